@@ -1,0 +1,1 @@
+"""Stratus services: one folder each, the same small set of modules."""

@@ -1,0 +1,39 @@
+"""Datamover composition root: moves datasets between storage tiers (the datasets issue).
+
+So far the process holds its connections and serves health and metrics; see docs/STATUS.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.datamover.settings import DatamoverSettings
+from shared.logging import configure_logging, get_logger
+from shared.problems import install_problem_handlers
+from shared.runtime import close_resources, open_resources
+from shared.telemetry import health_router
+
+log = get_logger(__name__)
+
+
+def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
+    settings = settings or DatamoverSettings()
+    configure_logging("datamover", level=settings.log_level, json=settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        res = await open_resources(settings, name="datamover")
+        app.state.resources = res
+        log.info("datamover_started")
+        try:
+            yield
+        finally:
+            await close_resources(res)
+
+    app = FastAPI(title="Stratus datamover", lifespan=lifespan)
+    install_problem_handlers(app)
+    app.include_router(health_router(lambda: app.state.resources.checks()))
+    return app

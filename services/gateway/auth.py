@@ -1,0 +1,83 @@
+"""Authentication: the platform admin key (from settings) or a tenant's API key (hashed)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.tenant.service import KeyOwner, find_key
+from shared.errors import Forbidden, Unauthorized
+from shared.security import constant_time_equal, hash_key, looks_like_key
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the admin, or a tenant through one of its keys."""
+
+    is_admin: bool
+    tenant_id: uuid.UUID | None = None
+    key_id: uuid.UUID | None = None
+    scopes: frozenset[str] = frozenset()
+
+    def require_admin(self) -> None:
+        if not self.is_admin:
+            raise Forbidden("this endpoint needs the platform admin key")
+
+    def require_tenant(self, scope: str) -> uuid.UUID:
+        if self.tenant_id is None:
+            raise Forbidden("this endpoint needs a tenant key")
+        if scope not in self.scopes:
+            raise Forbidden(f"this key lacks the {scope!r} scope")
+        return self.tenant_id
+
+
+class Authenticator:
+    """Resolves bearer tokens. Tenant keys are cached per process for ``ttl_s`` (so a
+    revocation takes effect within that time on every gateway)."""
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        admin_key: str,
+        key_secret: str,
+        ttl_s: float = 1.0,
+    ) -> None:
+        self.sessions = sessions
+        self.admin_key = admin_key
+        self.key_secret = key_secret
+        self.ttl_s = ttl_s
+        self._cache: dict[bytes, tuple[float, KeyOwner | None]] = {}
+
+    async def authenticate(self, authorization: str | None) -> Principal:
+        if not authorization:
+            raise Unauthorized("missing Authorization header")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized("expected 'Authorization: Bearer <api key>'")
+        if constant_time_equal(token, self.admin_key):
+            return Principal(is_admin=True)
+        if not looks_like_key(token):
+            raise Unauthorized("unknown API key")
+        owner = await self._lookup(hash_key(token, self.key_secret))
+        if owner is None:
+            raise Unauthorized("unknown API key")
+        if owner.suspended:
+            raise Forbidden("tenant is suspended")
+        return Principal(False, owner.tenant_id, owner.key_id, owner.scopes)
+
+    async def _lookup(self, digest: bytes) -> KeyOwner | None:
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        async with self.sessions() as session:
+            owner = await find_key(session=session, key_hash=digest)
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + self.ttl_s, owner)
+        return owner

@@ -1,0 +1,93 @@
+"""``/v1/jobs`` and ``/v1/kernels``: parse, call one service function, map the result."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+
+from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
+from services.gateway.jobs import service
+from services.gateway.jobs.schemas import JobList, JobOut, JobSubmit
+from shared.db.models import Job
+from shared.jobs.states import JobState
+from shared.kernels import CATALOGUE
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.problems import PROBLEM
+
+router = APIRouter(prefix="/v1", tags=["jobs"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc, "content": {PROBLEM: {}}}
+    for code, desc in {
+        401: "missing or unknown API key",
+        403: "key lacks the scope, or tenant suspended",
+        404: "no such job for this tenant",
+        422: "validation failed",
+        429: "rate limit or quota exceeded",
+        503: "a dependency is down; retry after Retry-After",
+    }.items()
+}
+
+
+def job_out(job: Job) -> JobOut:
+    return JobOut.model_validate(job, from_attributes=True)
+
+
+@router.get("/kernels", responses=ERRORS)
+async def list_kernels(principal: PrincipalDep) -> list[dict[str, Any]]:
+    principal.require_tenant("jobs:read")
+    return [spec.describe() for spec in CATALOGUE.values()]
+
+
+@router.post("/jobs", status_code=201, responses=ERRORS)
+async def submit_job(
+    body: JobSubmit,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> JobOut:
+    tenant_id = principal.require_tenant("jobs:write")
+    submitted = await service.submit_job(
+        session=session,
+        tenant_id=tenant_id,
+        data=body,
+        idempotency_key=idempotency_key,
+        default_timeout_s=settings.default_timeout_s,
+        default_max_retries=settings.default_max_retries,
+        idempotency_window_s=settings.idempotency_window_s,
+    )
+    response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
+    if submitted.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return job_out(submitted.job)
+
+
+@router.get("/jobs/{job_id}", responses=ERRORS)
+async def get_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> JobOut:
+    tenant_id = principal.require_tenant("jobs:read")
+    return job_out(await service.get_job(session=session, tenant_id=tenant_id, job_id=job_id))
+
+
+@router.get("/jobs", responses=ERRORS)
+async def list_jobs(
+    principal: PrincipalDep,
+    session: SessionDep,
+    state: JobState | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> JobList:
+    tenant_id = principal.require_tenant("jobs:read")
+    rows, next_cursor = await service.list_jobs(
+        session=session, tenant_id=tenant_id, state=state, limit=limit, cursor=cursor
+    )
+    return JobList(items=[job_out(j) for j in rows], next_cursor=next_cursor)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, responses=ERRORS)
+async def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> JobOut:
+    tenant_id = principal.require_tenant("jobs:write")
+    return job_out(await service.cancel_job(session=session, tenant_id=tenant_id, job_id=job_id))

@@ -1,0 +1,55 @@
+"""Job shapes of the public contract."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DatasetName = str
+
+
+class JobSubmit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kernel: str = Field(min_length=1, max_length=100)
+    device: Literal["cpu", "cuda", "any"] = "any"
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, DatasetName] = Field(default_factory=dict)
+    outputs: dict[str, DatasetName] = Field(default_factory=dict)
+    priority: int = Field(default=5, ge=0, le=9, description="9 runs first")
+    timeout_s: int | None = Field(default=None, ge=1, le=7 * 86_400)
+    max_retries: int | None = Field(default=None, ge=0, le=20)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    kernel: str
+    device: str
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    priority: int
+    timeout_s: int
+    max_retries: int
+    labels: dict[str, str]
+    state: str
+    state_reason: str | None = Field(
+        default=None, description="why the job is where it is (e.g. what a QUEUED job waits for)"
+    )
+    attempts: int
+    created_at: datetime
+    queued_at: datetime | None = None
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] | None
+    error: str | None
+    worker: str | None
+
+
+class JobList(BaseModel):
+    items: list[JobOut]
+    next_cursor: str | None

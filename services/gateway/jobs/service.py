@@ -1,0 +1,195 @@
+"""Job use cases for the gateway. Functions take ``session`` as a keyword and never commit."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.gateway.jobs.schemas import JobSubmit
+from shared.db.models import Job
+from shared.db.outbox import add_event
+from shared.errors import Conflict, Invalid
+from shared.events import JobCancelled, JobSubmitted, utcnow
+from shared.jobs.states import JobState
+from shared.jobs.store import lock_job, set_job_state
+from shared.kernels import get_spec
+from shared.pagination import decode_cursor, encode_cursor
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    replayed: bool
+
+
+def _check_io(kind: str, given: dict[str, str], expected: tuple[str, ...]) -> None:
+    missing = sorted(set(expected) - set(given))
+    unknown = sorted(set(given) - set(expected))
+    errors = [{"loc": ["body", kind, n], "msg": f"{kind[:-1]} is required"} for n in missing]
+    errors += [{"loc": ["body", kind, n], "msg": f"unknown {kind[:-1]}"} for n in unknown]
+    if errors:
+        raise Invalid(f"{kind} do not match the kernel", errors=errors)
+
+
+async def _check_inputs_exist(*, session: AsyncSession, inputs: dict[str, str]) -> None:
+    # Datasets arrive with the datasets issue; until then no dataset exists.
+    errors = [
+        {"loc": ["body", "inputs", n], "msg": f"dataset {name!r} not found"}
+        for n, name in sorted(inputs.items())
+    ]
+    if errors:
+        raise Invalid("input dataset not found", errors=errors)
+
+
+async def submit_job(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    data: JobSubmit,
+    idempotency_key: str | None,
+    default_timeout_s: int,
+    default_max_retries: int,
+    idempotency_window_s: int,
+) -> Submitted:
+    spec = get_spec(data.kernel)
+    params = spec.validate_params(data.params)
+    if data.device != "any" and data.device not in spec.devices:
+        raise Invalid(
+            f"kernel {spec.name!r} does not run on {data.device!r}",
+            errors=[{"loc": ["body", "device"], "msg": "unsupported device"}],
+        )
+    _check_io("inputs", data.inputs, spec.inputs)
+    _check_io("outputs", data.outputs, spec.outputs)
+    await _check_inputs_exist(session=session, inputs=data.inputs)
+
+    if idempotency_key is not None:
+        existing = await _find_idempotent(
+            session=session,
+            tenant_id=tenant_id,
+            key=idempotency_key,
+            window_s=idempotency_window_s,
+        )
+        if existing is not None:
+            return Submitted(existing, replayed=True)
+
+    job_id = uuid.uuid4()
+    now = utcnow()
+    inserted = (
+        await session.execute(
+            insert(Job)
+            .values(
+                id=job_id,
+                tenant_id=tenant_id,
+                kernel=spec.name,
+                device=data.device,
+                params=params,
+                inputs=data.inputs,
+                outputs=data.outputs,
+                labels=data.labels,
+                priority=data.priority,
+                timeout_s=data.timeout_s or default_timeout_s,
+                max_retries=(
+                    data.max_retries if data.max_retries is not None else default_max_retries
+                ),
+                state=JobState.PENDING.value,
+                attempts=0,
+                idempotency_key=idempotency_key,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[Job.tenant_id, Job.idempotency_key])
+            .returning(Job)
+        )
+    ).scalar_one_or_none()
+    if inserted is None:  # a concurrent request with the same key won the race
+        assert idempotency_key is not None
+        existing = await _find_idempotent(
+            session=session,
+            tenant_id=tenant_id,
+            key=idempotency_key,
+            window_s=idempotency_window_s,
+        )
+        if existing is None:
+            raise Conflict("a request with this Idempotency-Key is in progress; retry")
+        return Submitted(existing, replayed=True)
+    await add_event(
+        session,
+        JobSubmitted(
+            tenant_id=tenant_id,
+            job_id=job_id,
+            kernel=spec.name,
+            device=data.device,
+            priority=data.priority,
+        ),
+    )
+    return Submitted(inserted, replayed=False)
+
+
+async def _find_idempotent(
+    *, session: AsyncSession, tenant_id: uuid.UUID, key: str, window_s: int
+) -> Job | None:
+    job = (
+        await session.execute(
+            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
+        )
+    ).scalar_one_or_none()
+    if job is None:
+        return None
+    if job.created_at < utcnow() - timedelta(seconds=window_s):
+        # The key expired: release it so that this request creates a new job.
+        await session.execute(update(Job).where(Job.id == job.id).values(idempotency_key=None))
+        return None
+    return job
+
+
+async def get_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    from shared.errors import NotFound
+
+    job = (
+        await session.execute(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    ).scalar_one_or_none()
+    if job is None:
+        raise NotFound("job not found")
+    return job
+
+
+async def list_jobs(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    state: JobState | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Job], str | None]:
+    query = select(Job).where(Job.tenant_id == tenant_id)
+    if state is not None:
+        query = query.where(Job.state == state.value)
+    if cursor:
+        at, id_ = decode_cursor(cursor)
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(at, id_))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    rows = list((await session.execute(query)).scalars())
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, next_cursor
+
+
+async def cancel_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    await lock_job(session, job_id, tenant_id=tenant_id)  # 404 for another tenant's job
+    transition = await set_job_state(
+        session, job_id, JobState.CANCELLED, tenant_id=tenant_id, reason="cancelled by the user"
+    )
+    if not transition.accepted:
+        raise Conflict(f"job is already {transition.previous}")
+    await add_event(
+        session,
+        JobCancelled(tenant_id=tenant_id, job_id=job_id, worker=transition.job.worker),
+    )
+    return transition.job

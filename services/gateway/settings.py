@@ -1,0 +1,24 @@
+"""Gateway settings."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr, model_validator
+
+from shared.settings import PLACEHOLDER_SECRETS, CommonSettings
+
+
+class GatewaySettings(CommonSettings):
+    port: int = 8000
+    admin_key: SecretStr = SecretStr("dev-admin-key")
+    auth_cache_ttl_s: float = 1.0
+    max_body_bytes: int = 1_048_576
+    default_timeout_s: int = 3600
+    default_max_retries: int = 3
+    idempotency_window_s: int = 86_400
+
+    @model_validator(mode="after")
+    def _refuse_placeholder_admin_key(self) -> GatewaySettings:
+        secret = self.admin_key.get_secret_value()
+        if self.environment != "development" and secret in PLACEHOLDER_SECRETS:
+            raise ValueError("STRATUS_ADMIN_KEY must be set outside development")
+        return self

@@ -1,0 +1,116 @@
+"""``/v1/tenants`` (platform admin): tenants and their API keys."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
+from services.tenant import service
+from services.tenant.schemas import (
+    KeyCreate,
+    KeyCreated,
+    TenantCreate,
+    TenantOut,
+    TenantPatch,
+)
+from shared.db.models import Tenant
+from shared.problems import PROBLEM
+
+router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc, "content": {PROBLEM: {}}}
+    for code, desc in {
+        401: "missing or unknown API key",
+        403: "not the admin key",
+        404: "no such tenant or key",
+        409: "a tenant with this name exists",
+        422: "validation failed",
+    }.items()
+}
+
+
+def tenant_out(tenant: Tenant, settings: SettingsDep) -> TenantOut:
+    return TenantOut(
+        id=tenant.id,
+        name=tenant.name,
+        weight=tenant.weight,
+        quotas=service.effective_quotas(tenant.quotas, settings.quotas),
+        suspended=tenant.suspended,
+        created_at=tenant.created_at,
+        updated_at=tenant.updated_at,
+    )
+
+
+@router.post("", status_code=201, responses=ERRORS)
+async def create_tenant(
+    body: TenantCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> TenantOut:
+    principal.require_admin()
+    return tenant_out(await service.create_tenant(session=session, data=body), settings)
+
+
+@router.get("", responses=ERRORS)
+async def list_tenants(
+    principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> list[TenantOut]:
+    principal.require_admin()
+    return [tenant_out(t, settings) for t in await service.list_tenants(session=session)]
+
+
+@router.get("/{tenant_id}", responses=ERRORS)
+async def get_tenant(
+    tenant_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> TenantOut:
+    principal.require_admin()
+    return tenant_out(await service.get_tenant(session=session, tenant_id=tenant_id), settings)
+
+
+@router.patch("/{tenant_id}", responses=ERRORS)
+async def patch_tenant(
+    tenant_id: uuid.UUID,
+    body: TenantPatch,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> TenantOut:
+    principal.require_admin()
+    tenant = await service.patch_tenant(session=session, tenant_id=tenant_id, data=body)
+    return tenant_out(tenant, settings)
+
+
+@router.post("/{tenant_id}/keys", status_code=201, responses=ERRORS)
+async def create_key(
+    tenant_id: uuid.UUID,
+    body: KeyCreate,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> KeyCreated:
+    principal.require_admin()
+    new = await service.create_key(
+        session=session,
+        tenant_id=tenant_id,
+        data=body,
+        key_secret=settings.key_secret.get_secret_value(),
+    )
+    return KeyCreated(
+        id=new.row.id,
+        key=new.secret,
+        prefix=new.row.prefix,
+        name=new.row.name,
+        scopes=new.row.scopes,
+        created_at=new.row.created_at,
+    )
+
+
+@router.delete("/{tenant_id}/keys/{key_id}", status_code=204, responses=ERRORS)
+async def revoke_key(
+    tenant_id: uuid.UUID, key_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
+) -> Response:
+    principal.require_admin()
+    await service.revoke_key(session=session, tenant_id=tenant_id, key_id=key_id)
+    return Response(status_code=204)

@@ -1,0 +1,100 @@
+"""Scheduler composition root: event consumer, dispatcher and lease reaper loops."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.scheduler import service
+from services.scheduler.handlers import make_event_handler
+from services.scheduler.settings import SchedulerSettings
+from shared.logging import configure_logging, get_logger
+from shared.loops import periodic
+from shared.messaging.topology import SCHEDULER
+from shared.problems import install_problem_handlers
+from shared.runtime import Resources, close_resources, open_resources
+from shared.telemetry import health_router
+
+log = get_logger(__name__)
+
+
+def make_dispatch_step(
+    res: Resources, settings: SchedulerSettings
+) -> Callable[[], Awaitable[object]]:
+    sessions: async_sessionmaker[AsyncSession] = res.sessions
+
+    async def step() -> object:
+        async with sessions() as session, session.begin():
+            now = await session.scalar(select(func.now()))
+            assert now is not None
+            events = await service.dispatch(
+                session=session,
+                now=now,
+                worker_ttl_s=settings.worker_ttl_s,
+                slack=settings.dispatch_slack,
+                batch=settings.dispatch_batch,
+            )
+        if events:
+            res.relay.wake()
+        return events
+
+    return step
+
+
+def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], Awaitable[object]]:
+    async def step() -> object:
+        async with res.sessions() as session, session.begin():
+            now = await session.scalar(select(func.now()))
+            assert now is not None
+            events = await service.reap(
+                session=session, now=now, redispatch_after_s=settings.redispatch_after_s
+            )
+        if events:
+            res.relay.wake()
+        return events
+
+    return step
+
+
+def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
+    settings = settings or SchedulerSettings()
+    configure_logging("scheduler", level=settings.log_level, json=settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        res = await open_resources(settings, name="scheduler")
+        app.state.resources = res
+        wake = asyncio.Event()
+        if settings.dispatch_enabled:
+            res.spawn(
+                periodic(
+                    "dispatch",
+                    make_dispatch_step(res, settings),
+                    interval_s=settings.dispatch_interval_s,
+                    wake=wake,
+                ),
+                "dispatch",
+            )
+        if settings.reaper_enabled:
+            res.spawn(
+                periodic(
+                    "reaper", make_reap_step(res, settings), interval_s=settings.reaper_interval_s
+                ),
+                "reaper",
+            )
+        await res.broker.consume_batches(SCHEDULER, make_event_handler(res.sessions, wake.set))
+        log.info("scheduler_started")
+        try:
+            yield
+        finally:
+            await close_resources(res)
+
+    app = FastAPI(title="Stratus scheduler", lifespan=lifespan)
+    install_problem_handlers(app)
+    app.include_router(health_router(lambda: app.state.resources.checks()))
+    return app

@@ -1,0 +1,193 @@
+"""Scheduler use cases: admission, capacity-bounded priority dispatch, lease reaping.
+
+Functions take ``session`` as a keyword and never commit; events go to the outbox.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+
+from shared.db.models import Job, Worker
+from shared.db.outbox import add_events
+from shared.events import Event, JobDispatched, JobFinished
+from shared.jobs.states import JobState
+from shared.jobs.store import set_job_state
+
+DEVICES: tuple[Literal["cuda", "cpu"], ...] = (
+    "cuda",
+    "cpu",
+)  # GPU first, so that ``any`` jobs land on a GPU when one is free
+
+
+async def admit(*, session: AsyncSession, job_ids: Iterable[uuid.UUID]) -> int:
+    """PENDING -> QUEUED for each job (duplicates and late events are no-ops)."""
+    admitted = 0
+    for job_id in sorted(set(job_ids)):  # a fixed lock order: no deadlocks between batches
+        transition = await set_job_state(
+            session, job_id, JobState.QUEUED, reason="waiting for a worker slot"
+        )
+        admitted += transition.accepted
+    return admitted
+
+
+@dataclass(frozen=True)
+class Capacity:
+    slots: dict[str, int]
+    in_flight: dict[str, int]
+
+    def free(self, device: str, slack: float) -> int:
+        slots = self.slots.get(device, 0)
+        return max(0, math.ceil(slots * (1 + slack)) - self.in_flight.get(device, 0))
+
+
+async def capacity(*, session: AsyncSession, now: datetime, worker_ttl_s: float) -> Capacity:
+    live = await session.execute(
+        select(Worker.device, func.sum(Worker.concurrency))
+        .where(Worker.heartbeat_at > now - timedelta(seconds=worker_ttl_s), ~Worker.stopping)
+        .group_by(Worker.device)
+    )
+    busy = await session.execute(
+        select(Job.assigned_device, func.count())
+        .where(
+            Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+            Job.assigned_device.is_not(None),
+        )
+        .group_by(Job.assigned_device)
+    )
+    return Capacity(
+        slots={d: int(n) for d, n in live.all()},
+        in_flight={str(d): int(n) for d, n in busy.all()},
+    )
+
+
+def _dispatchable(device: str, now: datetime) -> ColumnElement[bool]:
+    return and_(
+        Job.state == JobState.QUEUED.value,
+        Job.dispatched_at.is_(None),
+        Job.device.in_([device, "any"]),
+        or_(Job.run_after.is_(None), Job.run_after <= now),
+    )
+
+
+async def dispatch(
+    *, session: AsyncSession, now: datetime, worker_ttl_s: float, slack: float, batch: int
+) -> list[Event]:
+    """Send the highest-priority waiting jobs to device queues, as many as live workers can
+    take. Jobs that cannot go anywhere get a ``state_reason`` that says why."""
+    cap = await capacity(session=session, now=now, worker_ttl_s=worker_ttl_s)
+    events: list[Event] = []
+    for device in DEVICES:
+        if cap.slots.get(device, 0) == 0:
+            continue
+        free = min(cap.free(device, slack), batch)
+        if free <= 0:
+            continue
+        rows = (
+            await session.execute(
+                select(Job.id, Job.tenant_id, Job.kernel)
+                .where(_dispatchable(device, now))
+                .order_by(Job.priority.desc(), Job.created_at, Job.id)
+                .limit(free)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        if not rows:
+            continue
+        await session.execute(
+            update(Job)
+            .where(Job.id.in_([r.id for r in rows]))
+            .values(
+                dispatched_at=now,
+                assigned_device=device,
+                state_reason=f"dispatched to the {device} queue",
+            )
+        )
+        events += [
+            JobDispatched(tenant_id=r.tenant_id, job_id=r.id, device=device, kernel=r.kernel)
+            for r in rows
+        ]
+    await _explain_waiting(session=session, cap=cap)
+    await add_events(session, events)
+    return events
+
+
+async def _explain_waiting(*, session: AsyncSession, cap: Capacity) -> None:
+    """Say on each undispatched job why it waits (no worker for its device, or all busy)."""
+    waiting = and_(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_(None))
+    for device, reason in (
+        ("cuda", "waiting: no cuda worker is up"),
+        ("any", "waiting: no worker is up"),
+        ("cpu", "waiting: no cpu worker is up"),
+    ):
+        devices = ("cuda", "cpu") if device == "any" else (device,)
+        if any(cap.slots.get(d, 0) for d in devices):
+            continue
+        await session.execute(
+            update(Job)
+            .where(waiting, Job.device == device, Job.state_reason.is_distinct_from(reason))
+            .values(state_reason=reason)
+        )
+
+
+async def reap(
+    *, session: AsyncSession, now: datetime, redispatch_after_s: float, batch: int = 200
+) -> list[Event]:
+    """Return jobs whose worker's lease expired to QUEUED (counting the attempt), or fail
+    them when no retries are left; re-dispatch dispatches that no worker ever claimed."""
+    expired = (
+        (
+            await session.execute(
+                select(Job.id)
+                .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now)
+                .order_by(Job.id)
+                .limit(batch)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    events: list[Event] = []
+    for job_id in expired:
+        t = await set_job_state(
+            session,
+            job_id,
+            JobState.QUEUED,
+            reason="the worker's lease expired (worker lost)",
+            error="worker lost while running the job",
+        )
+        if t.accepted:
+            events.append(
+                JobFinished(
+                    tenant_id=t.job.tenant_id,
+                    job_id=job_id,
+                    attempt=t.job.attempts,
+                    state=t.job.state,
+                )
+            )
+    await session.execute(
+        update(Job)
+        .where(
+            Job.state == JobState.QUEUED.value,
+            Job.dispatched_at < now - timedelta(seconds=redispatch_after_s),
+        )
+        .values(
+            dispatched_at=None,
+            assigned_device=None,
+            state_reason="re-dispatching: no worker claimed the job",
+        )
+    )
+    await session.execute(
+        delete(Worker).where(Worker.heartbeat_at < now - timedelta(seconds=redispatch_after_s * 10))
+    )
+    await add_events(session, events)
+    return events

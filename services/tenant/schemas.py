@@ -1,0 +1,84 @@
+"""Tenant and key shapes of the public contract."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from shared.security import SCOPES
+
+
+class Quotas(BaseModel):
+    """A tenant's quotas; a field left out means the platform default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running_jobs: int | None = Field(default=None, ge=0)
+    max_queued_jobs: int | None = Field(default=None, ge=0)
+    cpu_seconds_per_day: int | None = Field(default=None, ge=0)
+    storage_bytes: int | None = Field(default=None, ge=0)
+    requests_per_second: float | None = Field(default=None, gt=0)
+
+
+class TenantCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    weight: int = Field(default=1, ge=1, le=1000)
+    quotas: Quotas = Field(default_factory=Quotas)
+
+
+class TenantPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weight: int | None = Field(default=None, ge=1, le=1000)
+    quotas: Quotas | None = None
+    suspended: bool | None = None
+
+
+class TenantOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    weight: int
+    quotas: dict[str, Any]
+    suspended: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[str] | None = None
+
+    @field_validator("scopes")
+    @classmethod
+    def _known_scopes(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        unknown = sorted(set(v) - set(SCOPES))
+        if unknown:
+            raise ValueError(f"unknown scopes {unknown}; known: {list(SCOPES)}")
+        return sorted(set(v))
+
+
+class KeyCreated(BaseModel):
+    id: uuid.UUID
+    key: str = Field(description="the secret; shown only in this response")
+    prefix: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+
+
+class KeyOut(BaseModel):
+    id: uuid.UUID
+    prefix: str
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None

@@ -1,0 +1,133 @@
+"""Tenants and API keys: use cases. Take ``session`` as a keyword, never commit."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.tenant.schemas import KeyCreate, Quotas, TenantCreate, TenantPatch
+from shared.db.models import ApiKey, Tenant
+from shared.errors import Conflict, NotFound
+from shared.events import utcnow
+from shared.security import SCOPES, generate_key, hash_key, visible_prefix
+from shared.settings import QuotaDefaults
+
+
+def effective_quotas(stored: dict[str, Any], defaults: QuotaDefaults) -> dict[str, Any]:
+    merged = defaults.model_dump()
+    merged.update({k: v for k, v in stored.items() if v is not None})
+    return merged
+
+
+async def create_tenant(*, session: AsyncSession, data: TenantCreate) -> Tenant:
+    tenant_id = uuid.uuid4()
+    now = utcnow()
+    row = (
+        await session.execute(
+            insert(Tenant)
+            .values(
+                id=tenant_id,
+                name=data.name,
+                weight=data.weight,
+                quotas=data.quotas.model_dump(exclude_none=True),
+                suspended=False,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[Tenant.name])
+            .returning(Tenant.id)
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise Conflict(f"a tenant named {data.name!r} exists")
+    return await get_tenant(session=session, tenant_id=tenant_id)
+
+
+async def get_tenant(*, session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
+    tenant = await session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise NotFound("tenant not found")
+    return tenant
+
+
+async def list_tenants(*, session: AsyncSession) -> list[Tenant]:
+    return list(
+        (await session.execute(select(Tenant).order_by(Tenant.created_at.desc()))).scalars()
+    )
+
+
+async def patch_tenant(*, session: AsyncSession, tenant_id: uuid.UUID, data: TenantPatch) -> Tenant:
+    tenant = await get_tenant(session=session, tenant_id=tenant_id)
+    if data.weight is not None:
+        tenant.weight = data.weight
+    if data.quotas is not None:
+        merged = dict(tenant.quotas)
+        merged.update(data.quotas.model_dump(exclude_unset=True))
+        tenant.quotas = {k: v for k, v in Quotas(**merged).model_dump().items() if v is not None}
+    if data.suspended is not None:
+        tenant.suspended = data.suspended
+    tenant.updated_at = utcnow()
+    await session.flush()
+    return tenant
+
+
+@dataclass(frozen=True)
+class NewKey:
+    row: ApiKey
+    secret: str
+
+
+async def create_key(
+    *, session: AsyncSession, tenant_id: uuid.UUID, data: KeyCreate, key_secret: str
+) -> NewKey:
+    await get_tenant(session=session, tenant_id=tenant_id)
+    secret = generate_key()
+    row = ApiKey(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        name=data.name,
+        prefix=visible_prefix(secret),
+        key_hash=hash_key(secret, key_secret),
+        scopes=list(data.scopes) if data.scopes is not None else list(SCOPES),
+        created_at=utcnow(),
+    )
+    session.add(row)
+    await session.flush()
+    return NewKey(row, secret)
+
+
+async def revoke_key(*, session: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID) -> None:
+    result = await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+        .returning(ApiKey.id)
+    )
+    if result.scalar_one_or_none() is None:
+        raise NotFound("key not found")
+
+
+@dataclass(frozen=True)
+class KeyOwner:
+    key_id: uuid.UUID
+    tenant_id: uuid.UUID
+    scopes: frozenset[str]
+    suspended: bool
+
+
+async def find_key(*, session: AsyncSession, key_hash: bytes) -> KeyOwner | None:
+    row = (
+        await session.execute(
+            select(ApiKey.id, ApiKey.tenant_id, ApiKey.scopes, Tenant.suspended)
+            .join(Tenant, Tenant.id == ApiKey.tenant_id)
+            .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+        )
+    ).one_or_none()
+    if row is None:
+        return None
+    return KeyOwner(row.id, row.tenant_id, frozenset(row.scopes), row.suspended)

@@ -1,0 +1,193 @@
+"""Worker composition root: consume dispatches, run kernels in a warm process pool,
+heartbeat, and hand jobs back on shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from services.worker import service
+from services.worker.handlers import Running, cancelled_job, dispatched_job
+from services.worker.runner import AttemptCrashed, KernelError, KernelRunner
+from services.worker.service import Claim, Report
+from services.worker.settings import WorkerSettings
+from shared.db.engine import transaction
+from shared.jobs.states import JobState
+from shared.logging import configure_logging, get_logger
+from shared.loops import periodic
+from shared.messaging import Delivery
+from shared.messaging.topology import WORK_QUEUES, control_queue
+from shared.problems import install_problem_handlers
+from shared.runtime import Resources, close_resources, open_resources
+from shared.telemetry import health_router
+
+log = get_logger(__name__)
+
+
+class WorkerRuntime:
+    def __init__(self, res: Resources, settings: WorkerSettings, runner: KernelRunner) -> None:
+        self.res = res
+        self.settings = settings
+        self.runner = runner
+        self.slots = asyncio.Semaphore(settings.concurrency)
+        self.running = Running()
+        self.stopping = False
+
+    async def on_dispatch(self, delivery: Delivery) -> None:
+        event = dispatched_job(delivery)
+        await self.slots.acquire()
+        try:
+            async with transaction(self.res.sessions) as session:
+                claim = await service.claim(
+                    session=session,
+                    job_id=event.job_id,
+                    worker=self.settings.name,
+                    lease_s=self.settings.lease_s,
+                )
+        except BaseException:
+            self.slots.release()
+            raise
+        if claim is None:
+            self.slots.release()
+            return
+        task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}")
+        self.running.tasks[claim.job_id] = (claim, task)
+
+    async def on_control(self, delivery: Delivery) -> None:
+        job_id = cancelled_job(delivery)
+        if job_id is not None and self.running.cancel(job_id):
+            log.info("job_cancel_requested", job_id=str(job_id))
+
+    async def _run(self, claim: Claim) -> None:
+        try:
+            report = await self._attempt(claim)
+            if report is not None:
+                await self._record(claim, report)
+        finally:
+            self.running.tasks.pop(claim.job_id, None)
+            self.slots.release()
+
+    async def _attempt(self, claim: Claim) -> Report | None:
+        device = self.settings.device
+        try:
+            outcome = await asyncio.wait_for(
+                self.runner.run(claim.kernel, device, claim.params, claim.inputs, claim.outputs),
+                timeout=claim.timeout_s,
+            )
+        except TimeoutError:
+            return Report(JobState.TIMED_OUT, error=f"exceeded timeout_s={claim.timeout_s}")
+        except KernelError as exc:
+            return Report(JobState.FAILED, error=str(exc), retryable=False)
+        except AttemptCrashed as exc:
+            return Report(JobState.FAILED, error=str(exc), retryable=True)
+        except asyncio.CancelledError:
+            if self.stopping:  # shutting down: hand the job back for another worker
+                return Report(JobState.QUEUED, error="worker shut down during the attempt")
+            return None  # cancelled by the user: the job is already CANCELLED
+        return Report(
+            JobState.SUCCEEDED,
+            result=outcome.result,
+            cpu_seconds=outcome.cpu_seconds,
+            wall_seconds=outcome.wall_seconds,
+        )
+
+    async def _record(self, claim: Claim, report: Report) -> None:
+        """Make the outcome durable, retrying while the database is away. If the lease runs
+        out meanwhile, the reaper re-queues the job and fencing drops this late report."""
+        delay = 0.1
+        deadline = asyncio.get_running_loop().time() + self.settings.lease_s * 2
+        while True:
+            try:
+                async with transaction(self.res.sessions) as session:
+                    accepted = await service.record(
+                        session=session, claim=claim, worker=self.settings.name, report=report
+                    )
+                break
+            except Exception as exc:
+                if asyncio.get_running_loop().time() > deadline:
+                    log.error("record_gave_up", job_id=str(claim.job_id), error=type(exc).__name__)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.res.relay.wake()
+        log.info(
+            "attempt_recorded",
+            job_id=str(claim.job_id),
+            attempt=claim.attempt,
+            state=report.state.value,
+            accepted=accepted,
+        )
+
+    async def heartbeat(self) -> None:
+        async with transaction(self.res.sessions) as session:
+            await service.heartbeat(
+                session=session,
+                worker=self.settings.name,
+                device=self.settings.device,
+                concurrency=self.settings.concurrency,
+                lease_s=self.settings.lease_s,
+                stopping=self.stopping,
+            )
+
+    async def shutdown(self) -> None:
+        """Stop taking work, let running jobs finish for a grace period, hand back the rest."""
+        self.stopping = True
+        await self.res.broker.stop_consuming()
+        with contextlib.suppress(Exception):
+            await self.heartbeat()
+        tasks = [task for _, task in self.running.tasks.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+def create_app(settings: WorkerSettings | None = None) -> FastAPI:
+    settings = settings or WorkerSettings()
+    configure_logging("worker", level=settings.log_level, json=settings.log_json)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner = KernelRunner(
+            processes=settings.concurrency,
+            cache_dir=settings.numba_cache_dir,
+            warm=settings.warm_kernels,
+        )
+        runner.start()
+        await runner.warm_up()
+        res = await open_resources(settings, name="worker")
+        app.state.resources = res
+        rt = WorkerRuntime(res, settings, runner)
+        await rt.heartbeat()
+        res.spawn(
+            periodic("heartbeat", rt.heartbeat, interval_s=settings.heartbeat_interval_s),
+            "heartbeat",
+        )
+        await res.broker.consume(control_queue(settings.name), rt.on_control, prefetch=16)
+        await res.broker.consume(
+            WORK_QUEUES[settings.device],
+            rt.on_dispatch,
+            prefetch=settings.prefetch or settings.concurrency,
+        )
+        log.info(
+            "worker_started",
+            worker=settings.name,
+            device=settings.device,
+            concurrency=settings.concurrency,
+        )
+        try:
+            yield
+        finally:
+            await rt.shutdown()
+            await close_resources(res)
+            runner.close()
+
+    app = FastAPI(title="Stratus worker", lifespan=lifespan)
+    install_problem_handlers(app)
+    app.include_router(health_router(lambda: app.state.resources.checks()))
+    return app

@@ -1,0 +1,130 @@
+"""Worker use cases: claim a job under a lease, record an attempt's outcome, heartbeat.
+
+Functions take ``session`` as a keyword and never commit.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import Job, JobAttempt, Worker
+from shared.db.outbox import add_event
+from shared.events import JobFinished
+from shared.jobs.states import JobState
+from shared.jobs.store import set_job_state
+
+
+@dataclass(frozen=True)
+class Claim:
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    attempt: int
+    kernel: str
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    timeout_s: int
+
+
+async def claim(
+    *, session: AsyncSession, job_id: uuid.UUID, worker: str, lease_s: float
+) -> Claim | None:
+    """QUEUED -> RUNNING under a lease; None when the job is not ours to run (already taken,
+    cancelled, finished: a duplicate dispatch)."""
+    t = await set_job_state(session, job_id, JobState.RUNNING, worker=worker, lease_s=lease_s)
+    if not t.accepted:
+        return None
+    job = t.job
+    return Claim(
+        job.id,
+        job.tenant_id,
+        job.attempts,
+        job.kernel,
+        job.params,
+        job.inputs,
+        job.outputs,
+        job.timeout_s,
+    )
+
+
+@dataclass(frozen=True)
+class Report:
+    state: JobState
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    retryable: bool = True
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+
+async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Report) -> bool:
+    """Record an attempt's outcome, fenced by attempt number. The attempt's usage row and the
+    ``job.finished`` event are written only if the report was accepted, so they count once."""
+    t = await set_job_state(
+        session,
+        claim.job_id,
+        report.state,
+        attempt=claim.attempt,
+        worker=worker,
+        result=report.result,
+        error=report.error,
+        retryable=report.retryable,
+    )
+    if not t.accepted:
+        return False
+    await session.execute(
+        insert(JobAttempt)
+        .values(
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+            tenant_id=claim.tenant_id,
+            worker=worker,
+            outcome=report.state.value,
+            cpu_seconds=report.cpu_seconds,
+            wall_seconds=report.wall_seconds,
+        )
+        .on_conflict_do_nothing()
+    )
+    await add_event(
+        session,
+        JobFinished(
+            tenant_id=claim.tenant_id,
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+            state=t.job.state,
+            cpu_seconds=report.cpu_seconds,
+        ),
+    )
+    return True
+
+
+async def heartbeat(
+    *,
+    session: AsyncSession,
+    worker: str,
+    device: str,
+    concurrency: int,
+    lease_s: float,
+    stopping: bool = False,
+) -> None:
+    """Say this worker is alive (and how many jobs it takes) and extend its jobs' leases."""
+    await session.execute(
+        insert(Worker)
+        .values(id=worker, device=device, concurrency=concurrency, stopping=stopping)
+        .on_conflict_do_update(
+            index_elements=[Worker.id],
+            set_={"heartbeat_at": func.now(), "concurrency": concurrency, "stopping": stopping},
+        )
+    )
+    await session.execute(
+        update(Job)
+        .where(Job.worker == worker, Job.state == JobState.RUNNING.value)
+        .values(lease_expires_at=func.now() + timedelta(seconds=lease_s))
+    )

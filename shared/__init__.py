@@ -1,0 +1,1 @@
+"""Stratus shared library: settings, messaging, database, resilience, telemetry, events."""

@@ -1,0 +1,1 @@
+"""Database access: async engine, sessions, ORM models, outbox (schema: Alembic)."""

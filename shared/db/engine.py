@@ -1,0 +1,52 @@
+"""Async engine and session factory (SQLAlchemy 2 + asyncpg)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from shared.settings import PostgresSettings
+
+
+def make_engine(settings: PostgresSettings, *, application_name: str = "stratus") -> AsyncEngine:
+    return create_async_engine(
+        settings.url(),
+        pool_size=settings.pool_size,
+        max_overflow=settings.max_overflow,
+        pool_pre_ping=True,
+        pool_timeout=2.0,
+        connect_args={
+            "timeout": 2.0,
+            "command_timeout": settings.statement_timeout_ms / 1000,
+            "server_settings": {
+                "application_name": application_name,
+                "statement_timeout": str(settings.statement_timeout_ms),
+            },
+        },
+    )
+
+
+def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+@asynccontextmanager
+async def transaction(
+    sessions: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[AsyncSession]:
+    """One unit of work: commits on success, rolls back on any exception."""
+    async with sessions() as session, session.begin():
+        yield session
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))

@@ -1,0 +1,97 @@
+"""Typed event contracts. Every event carries event_id, occurred_at, tenant_id, schema_version."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import BaseModel, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    """Base of every event. ``routing_key`` is the topic it is published under."""
+
+    type: ClassVar[str]
+    event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: datetime = Field(default_factory=utcnow)
+    tenant_id: uuid.UUID | None = None
+    schema_version: int = 1
+
+    @property
+    def routing_key(self) -> str:
+        return self.type
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps({"type": self.type, **self.model_dump(mode="json")})
+
+
+class JobSubmitted(Event):
+    type: ClassVar[str] = "job.submitted"
+    job_id: uuid.UUID
+    kernel: str
+    device: str
+    priority: int
+
+
+class JobDispatched(Event):
+    """A job sent to a device's work queue. Routed as ``job.dispatch.<device>``."""
+
+    type: ClassVar[str] = "job.dispatch"
+    job_id: uuid.UUID
+    device: Literal["cpu", "cuda"]
+    kernel: str
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self.type}.{self.device}"
+
+
+class JobFinished(Event):
+    """An attempt ended: the job is final, or back to QUEUED for a retry."""
+
+    type: ClassVar[str] = "job.finished"
+    job_id: uuid.UUID
+    attempt: int
+    state: str
+    cpu_seconds: float = 0.0
+    gpu_seconds: float = 0.0
+
+
+class JobCancelled(Event):
+    """A job was cancelled; the worker running it (if any) stops it."""
+
+    type: ClassVar[str] = "job.cancelled"
+    job_id: uuid.UUID
+    worker: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls for cls in (JobSubmitted, JobDispatched, JobFinished, JobCancelled)
+}
+
+
+class UnknownEvent(ValueError):
+    pass
+
+
+def parse_event(body: bytes) -> Event:
+    """Decode a message body into its typed event; raise ``UnknownEvent`` for garbage."""
+    try:
+        data: dict[str, Any] = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise UnknownEvent("body is not JSON") from exc
+    if not isinstance(data, dict):
+        raise UnknownEvent("body is not an object")
+    cls = EVENT_TYPES.get(str(data.pop("type", "")))
+    if cls is None:
+        raise UnknownEvent("unknown event type")
+    try:
+        return cls.model_validate(data)
+    except ValueError as exc:
+        raise UnknownEvent(f"invalid {cls.type}: {exc}") from exc

@@ -1,0 +1,155 @@
+"""``set_job_state``: the only code that writes ``jobs.state``. It locks the row, applies the
+rules of ``states.decide`` and records the change in ``job_events``; callers own the
+transaction (and stage any outbox events in it)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import Job, JobEvent
+from shared.errors import NotFound
+from shared.events import utcnow
+from shared.jobs.states import FINAL, Decision, JobState, RetryPolicy, decide
+from shared.telemetry import JOB_TRANSITIONS
+
+DEFAULT_RETRY = RetryPolicy()
+
+
+@dataclass(frozen=True)
+class Transition:
+    job: Job
+    previous: JobState
+    decision: Decision
+
+    @property
+    def accepted(self) -> bool:
+        return self.decision.accepted
+
+    @property
+    def state(self) -> JobState:
+        return JobState(self.job.state)
+
+
+async def lock_job(
+    session: AsyncSession, job_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None
+) -> Job:
+    query = (
+        select(Job)
+        .where(Job.id == job_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if tenant_id is not None:
+        query = query.where(Job.tenant_id == tenant_id)
+    job = (await session.execute(query)).scalar_one_or_none()
+    if job is None:
+        raise NotFound("job not found")
+    return job
+
+
+async def set_job_state(
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    proposed: JobState,
+    *,
+    tenant_id: uuid.UUID | None = None,
+    attempt: int | None = None,
+    worker: str | None = None,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    reason: str | None = None,
+    retryable: bool = True,
+    lease_s: float | None = None,
+    retry_policy: RetryPolicy = DEFAULT_RETRY,
+) -> Transition:
+    """Lock the job, decide, apply. ``attempt`` fences reports from a superseded attempt."""
+    job = await lock_job(session, job_id, tenant_id=tenant_id)
+    current = JobState(job.state)
+    if attempt is not None and attempt != job.attempts and current not in FINAL:
+        return Transition(job, current, Decision(None, f"attempt {attempt} was superseded"))
+    decision = decide(
+        current,
+        proposed,
+        attempts=job.attempts,
+        max_retries=job.max_retries,
+        retryable=retryable,
+    )
+    if decision.state is None:
+        return Transition(job, current, decision)
+    now = utcnow()
+    _apply(
+        job,
+        current,
+        decision.state,
+        now=now,
+        worker=worker,
+        result=result,
+        error=error,
+        reason=reason or decision.reason or None,
+        lease_s=lease_s,
+        retry_policy=retry_policy,
+    )
+    await session.execute(
+        insert(JobEvent).values(
+            job_id=job.id,
+            attempt=job.attempts,
+            from_state=current.value,
+            to_state=decision.state.value,
+            reason=job.state_reason or error,
+            worker=worker,
+        )
+    )
+    await session.flush()
+    JOB_TRANSITIONS.labels(decision.state.value).inc()
+    return Transition(job, current, decision)
+
+
+def _apply(
+    job: Job,
+    current: JobState,
+    new: JobState,
+    *,
+    now: datetime,
+    worker: str | None,
+    result: dict[str, Any] | None,
+    error: str | None,
+    reason: str | None,
+    lease_s: float | None,
+    retry_policy: RetryPolicy,
+) -> None:
+    job.state = new.value
+    job.updated_at = now
+    job.state_reason = reason
+    if new is JobState.QUEUED:
+        job.dispatched_at = None
+        job.assigned_device = None
+        job.lease_expires_at = None
+        if current is JobState.PENDING:
+            job.queued_at = now
+        else:  # a retry: back off before the next attempt
+            job.worker = None
+            job.error = error
+            job.run_after = now + timedelta(seconds=retry_policy.delay(job.attempts))
+    elif new is JobState.RUNNING:
+        job.attempts += 1
+        job.worker = worker
+        job.started_at = now
+        job.error = None
+        job.lease_expires_at = now + timedelta(seconds=lease_s or 30.0)
+    else:  # final
+        job.finished_at = now
+        job.lease_expires_at = None
+        job.result = result
+        job.error = error
+        if worker is not None:
+            job.worker = worker
+
+
+def db_now() -> Any:
+    return func.now()

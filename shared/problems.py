@@ -1,0 +1,117 @@
+"""RFC 9457 problem+json responses: one mapping table from domain errors to HTTP."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.exceptions import HTTPException
+
+from shared import errors
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+PROBLEM = "application/problem+json"
+
+STATUS: dict[type[errors.StratusError], int] = {
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.Invalid: 422,
+    errors.Unauthorized: 401,
+    errors.Forbidden: 403,
+    errors.TooManyRequests: 429,
+    errors.DependencyUnavailable: 503,
+}
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    type_: str = "about:blank",
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    body.update(extra)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def _status_for(exc: errors.StratusError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return 500
+
+
+async def _domain(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.StratusError)
+    status = _status_for(exc)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, errors.TooManyRequests | errors.DependencyUnavailable):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, errors.Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, errors.Invalid) and exc.errors:
+        extra["errors"] = exc.errors
+    return problem(status, exc.title, exc.detail, headers=headers, **extra)
+
+
+def _jsonable_loc(loc: Any) -> list[Any]:
+    return [part if isinstance(part, int | str) else str(part) for part in loc]
+
+
+async def _validation(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errs = [{"loc": _jsonable_loc(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+    return problem(422, "Validation failed", "The request does not match the schema.", errors=errs)
+
+
+async def _http(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
+    detail = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+    return problem(
+        exc.status_code, titles.get(exc.status_code, "HTTP error"), detail, headers=exc.headers
+    )
+
+
+async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
+    log.warning("dependency_unavailable", dependency="postgres", error=type(exc).__name__)
+    return problem(
+        503,
+        "Service unavailable",
+        "The database is unavailable; retry later.",
+        headers={"Retry-After": "2"},
+    )
+
+
+async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
+    log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
+    return problem(500, "Internal error", "An unexpected error occurred.")
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(errors.StratusError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(HTTPException, _http)
+    for exc_type in (OperationalError, InterfaceError, PoolTimeout, ConnectionError, OSError):
+        app.add_exception_handler(exc_type, _database_down)
+    app.add_exception_handler(DBAPIError, _db_api)
+    app.add_exception_handler(Exception, _unhandled)
+
+
+async def _db_api(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DBAPIError)
+    if exc.connection_invalidated:
+        return await _database_down(request, exc)
+    return await _unhandled(request, exc)

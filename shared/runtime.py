@@ -1,0 +1,87 @@
+"""Resources a service opens in its lifespan and closes on shutdown, and how it is served."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from shared.db.engine import make_engine, make_sessionmaker, ping
+from shared.db.outbox import OutboxRelay
+from shared.messaging.broker import Broker
+from shared.settings import CommonSettings
+from shared.telemetry import ReadinessCheck
+
+
+@dataclass
+class Resources:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    broker: Broker
+    relay: OutboxRelay
+    redis: Redis | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    def checks(self) -> dict[str, ReadinessCheck]:
+        checks: dict[str, ReadinessCheck] = {
+            "postgres": lambda: ping(self.engine),
+            "rabbitmq": self.broker.ping,
+        }
+        if self.redis is not None:
+            redis = self.redis
+
+            async def redis_ping() -> None:
+                await redis.ping()
+
+            checks["redis"] = redis_ping
+        return checks
+
+    def spawn(self, coro: Any, name: str) -> None:
+        self.tasks.append(asyncio.create_task(coro, name=name))
+
+
+async def open_resources(
+    settings: CommonSettings, *, name: str, with_redis: bool = False
+) -> Resources:
+    engine = make_engine(settings.postgres, application_name=f"stratus-{name}")
+    sessions = make_sessionmaker(engine)
+    broker = Broker(settings.rabbit, name=f"stratus-{name}")
+    await broker.connect()
+    relay = OutboxRelay(sessions, broker, settings.outbox)
+    relay.start()
+    redis = (
+        Redis.from_url(settings.redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        if with_redis
+        else None
+    )
+    return Resources(engine, sessions, broker, relay, redis)
+
+
+async def close_resources(res: Resources) -> None:
+    for task in res.tasks:
+        task.cancel()
+    await asyncio.gather(*res.tasks, return_exceptions=True)
+    await res.relay.stop()
+    await res.broker.close()
+    if res.redis is not None:
+        await res.redis.aclose()
+    await res.engine.dispose()
+
+
+def serve(factory: str, settings: CommonSettings) -> None:
+    """Run an app factory under uvicorn (uvloop, httptools), as every service's ``__main__``."""
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )

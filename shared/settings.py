@@ -1,0 +1,92 @@
+"""Settings blocks shared by every service (pydantic-settings, ``STRATUS_`` prefix).
+
+Each service composes the blocks it needs into its own settings class and builds it in
+``main()`` / ``create_app()``, never at import time.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "dev-admin-key", "dev-key-secret"}
+
+
+class PostgresSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    password: SecretStr = SecretStr("")
+    database: str = "stratus"
+    pool_size: int = 10
+    max_overflow: int = 10
+    statement_timeout_ms: int = 30_000
+
+    def url(self, *, driver: str = "postgresql+asyncpg") -> str:
+        pw = self.password.get_secret_value()
+        auth = f"{self.user}:{pw}" if pw else self.user
+        return f"{driver}://{auth}@{self.host}:{self.port}/{self.database}"
+
+
+class RabbitSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 5672
+    user: str = "guest"
+    password: SecretStr = SecretStr("guest")
+    vhost: str = "stratus"
+    exchange: str = "stratus.events"
+    queue_prefix: str = "stratus"
+    delivery_limit: int = 5
+
+    def url(self) -> str:
+        from urllib.parse import quote
+
+        pw = quote(self.password.get_secret_value(), safe="")
+        return f"amqp://{self.user}:{pw}@{self.host}:{self.port}/{quote(self.vhost, safe='')}"
+
+
+class RedisSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class OutboxSettings(BaseModel):
+    enabled: bool = True
+    interval_s: float = 0.5
+    batch_size: int = 500
+
+
+class QuotaDefaults(BaseModel):
+    """Platform defaults for a tenant's quotas (a tenant's own values override them)."""
+
+    max_running_jobs: int = 64
+    max_queued_jobs: int = 10_000
+    cpu_seconds_per_day: int = 86_400 * 4
+    storage_bytes: int = 100 * 2**30
+    requests_per_second: float = 200.0
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service reads. Nested blocks use ``__``: ``STRATUS_POSTGRES__HOST``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STRATUS_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    environment: str = "development"
+    log_level: str = "INFO"
+    log_json: bool = True
+    postgres: PostgresSettings = Field(default_factory=PostgresSettings)
+    rabbit: RabbitSettings = Field(default_factory=RabbitSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    key_secret: SecretStr = SecretStr("dev-key-secret")
+
+    @model_validator(mode="after")
+    def _refuse_placeholders(self) -> CommonSettings:
+        secret = self.key_secret.get_secret_value()
+        if self.environment != "development" and secret in PLACEHOLDER_SECRETS:
+            raise ValueError("STRATUS_KEY_SECRET must be set outside development")
+        return self

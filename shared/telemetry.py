@@ -1,0 +1,122 @@
+"""Metrics (Prometheus) and the health endpoints every service serves."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.routing import Match
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+HTTP_REQUESTS = Counter(
+    "stratus_http_requests_total",
+    "HTTP requests",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_LATENCY = Histogram(
+    "stratus_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    registry=REGISTRY,
+)
+MESSAGES = Counter(
+    "stratus_messages_total",
+    "Messages consumed by outcome",
+    ["queue", "outcome"],
+    registry=REGISTRY,
+)
+PUBLISHED = Counter(
+    "stratus_messages_published_total",
+    "Messages published with confirms",
+    ["routing_key"],
+    registry=REGISTRY,
+)
+OUTBOX_PENDING = Gauge(
+    "stratus_outbox_pending", "Outbox rows seen waiting at the last relay pass", registry=REGISTRY
+)
+JOB_TRANSITIONS = Counter(
+    "stratus_job_transitions_total", "Job state transitions", ["to_state"], registry=REGISTRY
+)
+DEPENDENCY_UP = Gauge(
+    "stratus_dependency_up",
+    "1 when a dependency answered the last readiness probe",
+    ["dependency"],
+    registry=REGISTRY,
+)
+
+ReadinessCheck = Callable[[], Awaitable[Any]]
+
+
+def _route_of(request: Request) -> str:
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match == Match.FULL:
+            return str(getattr(route, "path", "other"))
+    return "unmatched"
+
+
+def instrument(app: FastAPI) -> None:
+    """Count and time every HTTP request by route template (never by raw path)."""
+
+    @app.middleware("http")
+    async def _metrics_mw(request: Request, call_next: Any) -> Response:
+        start = time.perf_counter()
+        response: Response = await call_next(request)
+        route = _route_of(request)
+        HTTP_REQUESTS.labels(request.method, route, str(response.status_code)).inc()
+        HTTP_LATENCY.labels(request.method, route).observe(time.perf_counter() - start)
+        return response
+
+
+def health_router(
+    checks: Callable[[], dict[str, ReadinessCheck]], *, timeout_s: float = 1.0
+) -> APIRouter:
+    """``/healthz`` (process alive), ``/readyz`` (every dependency answers), ``/metrics``.
+
+    ``checks`` is called per probe, so resources opened in the lifespan can be named.
+    """
+    router = APIRouter(include_in_schema=True, tags=["health"])
+
+    @router.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/readyz")
+    async def readyz() -> JSONResponse:
+        results: dict[str, str] = {}
+        ok = True
+        try:
+            current = checks()
+        except AttributeError:  # resources not open yet
+            return JSONResponse({"status": "starting", "checks": {}}, status_code=503)
+        for name, check in current.items():
+            try:
+                await asyncio.wait_for(check(), timeout_s)
+                results[name] = "ok"
+                DEPENDENCY_UP.labels(name).set(1)
+            except Exception as exc:  # any failure means "not ready"
+                ok = False
+                results[name] = f"unavailable: {type(exc).__name__}"
+                DEPENDENCY_UP.labels(name).set(0)
+        body = {"status": "ok" if ok else "unavailable", "checks": results}
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+    return router

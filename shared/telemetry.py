@@ -17,7 +17,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from starlette.routing import Match
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -62,11 +61,10 @@ ReadinessCheck = Callable[[], Awaitable[Any]]
 
 
 def _route_of(request: Request) -> str:
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match == Match.FULL:
-            return str(getattr(route, "path", "other"))
-    return "unmatched"
+    """The matched route's template (set in the scope by the router), never the raw path."""
+    route = request.scope.get("route")
+    path = getattr(route, "path", None)
+    return str(path) if path else "unmatched"
 
 
 def instrument(app: FastAPI) -> None:

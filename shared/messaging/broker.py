@@ -231,6 +231,23 @@ class Broker:
         self._spawn(loop())
         self._consumers.append((queue, await queue.consume(on_message)))
 
+    async def get(self, queue_name: str, *, timeout_s: float = 5.0) -> Delivery | None:
+        """Take one message from a queue (acknowledged), waiting up to ``timeout_s``.
+
+        For dead-letter inspection and tests; services consume with ``consume``.
+        """
+        assert self._pub_channel is not None
+        queue = await self._pub_channel.get_queue(queue_name, ensure=True)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            message = await queue.get(no_ack=False, fail=False)
+            if message is not None:
+                await message.ack()
+                return _delivery(message)
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
+            await asyncio.sleep(0.05)
+
     async def stop_consuming(self) -> None:
         """Stop taking new deliveries (unacknowledged ones go back to their queues)."""
         for queue, tag in self._consumers:

@@ -22,7 +22,10 @@ def _hits(samples: int, seed: int) -> int:
 
 
 def estimate(samples: int, seed: int) -> dict[str, Any]:
-    hits = _hits(samples, seed)
+    return summarize(_hits(samples, seed), samples)
+
+
+def summarize(hits: int, samples: int) -> dict[str, Any]:
     p = hits / samples
     return {
         "estimate": 4.0 * p,

@@ -1,0 +1,100 @@
+"""The whole suite as local processes under supervisord (as ``make up`` runs it), on a
+database and vhost of its own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from tools.cluster import (
+    ClusterConfig,
+    LocalCluster,
+    drop_database,
+    drop_vhost,
+    prepare_database,
+    prepare_vhost,
+)
+
+from tests.conftest import ADMIN_KEY
+
+BASE_PORT = 18_000
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="session")
+def cluster(
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    name = test_env["STRATUS_POSTGRES__DATABASE"] + "_e2e"
+    prepare_database(name)
+    prepare_vhost(name)
+    env = {
+        **test_env,
+        "STRATUS_POSTGRES__DATABASE": name,
+        "STRATUS_RABBIT__VHOST": name,
+        "STRATUS_LOG_LEVEL": "INFO",
+        "STRATUS_REAPER_INTERVAL_S": "0.5",
+        "STRATUS_WORKER_TTL_S": "5",
+    }
+    cfg = ClusterConfig(
+        run_dir=Path(tmp_path_factory.mktemp("cluster")),
+        env=env,
+        gateway_port=BASE_PORT,
+        scheduler_port=BASE_PORT + 1,
+        datamover_port=BASE_PORT + 3,
+        tenant_port=BASE_PORT + 4,
+        worker_base_port=BASE_PORT + 100,
+        workers=2,
+        worker_env={
+            "STRATUS_CONCURRENCY": "2",
+            "STRATUS_LEASE_S": "3",
+            "STRATUS_HEARTBEAT_INTERVAL_S": "0.5",
+        },
+    )
+    c = LocalCluster(cfg)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        drop_database(name)
+        drop_vhost(name)
+
+
+@pytest.fixture(scope="session")
+async def api(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=cluster.url("gateway"), timeout=10) as c:
+        yield c
+
+
+async def new_tenant_key(api: httpx.AsyncClient, name: str) -> dict[str, str]:
+    r = await api.post("/v1/tenants", json={"name": f"{name}-{time.time_ns()}"}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    k = await api.post(f"/v1/tenants/{r.json()['id']}/keys", json={"name": "k"}, headers=ADMIN)
+    assert k.status_code == 201, k.text
+    return {"Authorization": f"Bearer {k.json()['key']}"}
+
+
+async def wait_for_state(
+    api: httpx.AsyncClient,
+    job_id: str,
+    headers: dict[str, str],
+    states: set[str],
+    timeout: float = 60,
+) -> dict[str, Any]:
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    job: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = await api.get(f"/v1/jobs/{job_id}", headers=headers)
+        if r.status_code == 200:
+            job = r.json()
+            if job["state"] in states:
+                return job
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"job {job_id} not in {states} after {timeout}s: {job}")

@@ -1,0 +1,53 @@
+"""The gateway app in-process (real PostgreSQL, RabbitMQ and Redis behind it)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from tests.conftest import ADMIN_KEY
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="session")
+async def client(test_env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(GatewaySettings())
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
+            yield c
+
+
+@dataclass
+class TenantKey:
+    tenant_id: str
+    key: str
+    key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+async def make_tenant(client: httpx.AsyncClient, scopes: list[str] | None = None) -> TenantKey:
+    r = await client.post("/v1/tenants", json={"name": f"t-{uuid.uuid4().hex[:10]}"}, headers=ADMIN)
+    assert r.status_code == 201, r.text
+    tid = r.json()["id"]
+    body: dict[str, object] = {"name": "k"}
+    if scopes is not None:
+        body["scopes"] = scopes
+    k = await client.post(f"/v1/tenants/{tid}/keys", json=body, headers=ADMIN)
+    assert k.status_code == 201, k.text
+    return TenantKey(tid, k.json()["key"], k.json()["id"])
+
+
+@pytest.fixture
+async def tenant(client: httpx.AsyncClient) -> TenantKey:
+    return await make_tenant(client)

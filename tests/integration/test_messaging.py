@@ -1,0 +1,143 @@
+"""Messaging on the real RabbitMQ: confirmed publishing, redelivery after a consumer dies,
+poison messages dead-lettered after the delivery limit, mandatory routing."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from aio_pika.exceptions import DeliveryError
+
+from shared.messaging import Broker, Delivery, QueueSpec, Reject
+from shared.messaging.broker import Outgoing
+from shared.settings import CommonSettings
+
+
+def _broker(settings: CommonSettings, prefix: str, name: str) -> Broker:
+    rabbit = settings.rabbit.model_copy(update={"queue_prefix": prefix})
+    return Broker(rabbit, name=name)
+
+
+@pytest.fixture
+async def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+async def broker(settings: CommonSettings, prefix: str) -> AsyncIterator[Broker]:
+    b = _broker(settings, prefix, "test-a")
+    await b.connect(attempts=3)
+    yield b
+    await b.close()
+
+
+def _msg(key: str, body: bytes = b"{}") -> Outgoing:
+    return Outgoing(key, body, str(uuid.uuid4()))
+
+
+async def test_confirmed_publish_reaches_the_bound_queue(broker: Broker, prefix: str) -> None:
+    spec = QueueSpec("confirm", (f"{prefix}.confirm",))
+    await broker.declare(spec)
+    msgs = [_msg(f"{prefix}.confirm", str(i).encode()) for i in range(50)]
+    await broker.publish_many(msgs)  # returns only once every confirm arrived
+    got = [await broker.get(broker.qname(spec)) for _ in range(50)]
+    assert [g.body for g in got if g] == [str(i).encode() for i in range(50)]
+    assert got[0] is not None
+    assert got[0].message_id == msgs[0].message_id
+
+
+async def test_unroutable_mandatory_publish_raises(broker: Broker, prefix: str) -> None:
+    with pytest.raises(DeliveryError):
+        await broker.publish(_msg(f"{prefix}.nobody.listens"))
+
+
+async def test_unacked_message_is_redelivered_after_its_consumer_dies(
+    settings: CommonSettings, broker: Broker, prefix: str
+) -> None:
+    spec = QueueSpec("redeliver", (f"{prefix}.redeliver",))
+    received = asyncio.Event()
+
+    async def hold_forever(_d: Delivery) -> None:
+        received.set()
+        await asyncio.Event().wait()
+
+    doomed = _broker(settings, prefix, "doomed")
+    await doomed.connect(attempts=3)
+    await doomed.consume(spec, hold_forever, prefetch=1)
+    await broker.publish(_msg(f"{prefix}.redeliver", b"job"))
+    await asyncio.wait_for(received.wait(), 10)
+    await doomed.close()  # the consumer dies without acknowledging
+
+    second: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def take(d: Delivery) -> None:
+        await second.put(d)
+
+    survivor = _broker(settings, prefix, "survivor")
+    await survivor.connect(attempts=3)
+    try:
+        await survivor.consume(spec, take, prefetch=1)
+        d = await asyncio.wait_for(second.get(), 10)
+        assert d.body == b"job"
+        assert d.redelivered
+        assert d.delivery_count >= 1
+    finally:
+        await survivor.close()
+
+
+async def test_poison_message_is_dead_lettered_after_the_delivery_limit(
+    broker: Broker, prefix: str
+) -> None:
+    spec = QueueSpec("poison", (f"{prefix}.poison",), delivery_limit=2)
+    attempts: list[int] = []
+
+    async def always_fails(d: Delivery) -> None:
+        attempts.append(d.delivery_count)
+        raise RuntimeError("boom")
+
+    await broker.consume(spec, always_fails, prefetch=1)
+    await broker.publish(_msg(f"{prefix}.poison", b"poison"))
+    dead = await broker.get(f"{broker.qname(spec)}.dlq", timeout_s=15)
+    assert dead is not None
+    assert dead.body == b"poison"
+    assert len(attempts) == 3  # the first delivery plus two redeliveries
+
+
+async def test_reject_dead_letters_at_once(broker: Broker, prefix: str) -> None:
+    spec = QueueSpec("reject", (f"{prefix}.reject",), delivery_limit=5)
+    calls = 0
+
+    async def refuse(_d: Delivery) -> None:
+        nonlocal calls
+        calls += 1
+        raise Reject("not a valid event")
+
+    await broker.consume(spec, refuse, prefetch=1)
+    await broker.publish(_msg(f"{prefix}.reject", b"bad"))
+    dead = await broker.get(f"{broker.qname(spec)}.dlq", timeout_s=10)
+    assert dead is not None
+    assert calls == 1
+
+
+async def test_batch_consumer_isolates_a_poison_message(broker: Broker, prefix: str) -> None:
+    spec = QueueSpec("batch", (f"{prefix}.batch",), delivery_limit=1)
+    good: list[bytes] = []
+
+    async def handle(batch: list[Delivery]) -> None:
+        if any(d.body == b"bad" for d in batch):
+            raise Reject("bad message in batch")
+        good.extend(d.body for d in batch)
+
+    await broker.declare(spec)
+    await broker.publish_many([_msg(f"{prefix}.batch", b) for b in (b"1", b"bad", b"2", b"3")])
+    await broker.consume_batches(spec, handle, max_wait_s=0.05)
+    dead = await broker.get(f"{broker.qname(spec)}.dlq", timeout_s=10)
+    assert dead is not None
+    assert dead.body == b"bad"
+    for _ in range(100):
+        if len(good) == 3:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(good) == [b"1", b"2", b"3"]

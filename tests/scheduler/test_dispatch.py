@@ -1,0 +1,265 @@
+"""Scheduler use cases on a database of their own: admission, capacity-bounded priority
+dispatch, reasons for waiting, lease reaping, fencing of superseded attempts."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from tools.cluster import drop_database, prepare_database
+
+from services.scheduler import service
+from services.worker import service as worker_service
+from services.worker.service import Report
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant, Worker
+from shared.events import JobDispatched, utcnow
+from shared.jobs.states import JobState
+from shared.settings import CommonSettings
+
+
+@pytest.fixture(scope="module")
+async def db(settings: CommonSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    name = f"{settings.postgres.database}_sched"
+    prepare_database(name)
+    engine = make_engine(settings.postgres.model_copy(update={"database": name}))
+    yield make_sessionmaker(engine)
+    await engine.dispose()
+    drop_database(name)
+
+
+@pytest.fixture
+async def s(
+    db: async_sessionmaker[AsyncSession],
+) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+    async with db() as session, session.begin():
+        await session.execute(text("TRUNCATE tenants, workers, outbox CASCADE"))
+    return db
+
+
+async def _tenant(s: async_sessionmaker[AsyncSession]) -> uuid.UUID:
+    tid = uuid.uuid4()
+    async with s() as session, session.begin():
+        session.add(Tenant(id=tid, name=f"t{tid.hex[:8]}", weight=1, quotas={}, suspended=False))
+    return tid
+
+
+async def _jobs(
+    s: async_sessionmaker[AsyncSession],
+    tid: uuid.UUID,
+    priorities: list[int],
+    device: str = "cpu",
+    max_retries: int = 2,
+) -> list[uuid.UUID]:
+    ids = []
+    async with s() as session, session.begin():
+        base = utcnow()
+        for i, p in enumerate(priorities):
+            jid = uuid.uuid4()
+            ids.append(jid)
+            session.add(
+                Job(
+                    id=jid,
+                    tenant_id=tid,
+                    kernel="montecarlo_pi",
+                    device=device,
+                    params={"samples": 1},
+                    inputs={},
+                    outputs={},
+                    labels={},
+                    priority=p,
+                    timeout_s=60,
+                    max_retries=max_retries,
+                    state="PENDING",
+                    attempts=0,
+                    created_at=base + timedelta(milliseconds=i),
+                )
+            )
+    async with s() as session, session.begin():
+        assert await service.admit(session=session, job_ids=ids) == len(ids)
+    return ids
+
+
+async def _worker(
+    s: async_sessionmaker[AsyncSession], name: str, device: str, n: int, age_s: float = 0
+) -> None:
+    async with s() as session, session.begin():
+        session.add(
+            Worker(
+                id=name,
+                device=device,
+                concurrency=n,
+                stopping=False,
+                heartbeat_at=utcnow() - timedelta(seconds=age_s),
+            )
+        )
+
+
+async def _dispatch(s: async_sessionmaker[AsyncSession], slack: float = 0.0) -> list[JobDispatched]:
+    async with s() as session, session.begin():
+        events = await service.dispatch(
+            session=session, now=utcnow(), worker_ttl_s=15, slack=slack, batch=500
+        )
+    assert all(isinstance(e, JobDispatched) for e in events)
+    return events  # type: ignore[return-value]
+
+
+async def test_admission_is_idempotent(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    ids = await _jobs(s, tid, [0, 0])
+    async with s() as session, session.begin():
+        assert await service.admit(session=session, job_ids=ids + ids) == 0
+        n = await session.scalar(
+            select(func.count()).select_from(JobEvent).where(JobEvent.job_id.in_(ids))
+        )
+    assert n == 2
+
+
+async def test_dispatch_follows_priority_and_capacity(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    ids = await _jobs(s, tid, [1, 9, 5, 9, 0])
+    await _worker(s, "w1", "cpu", 2)
+    first = await _dispatch(s)
+    assert [e.job_id for e in first] == [ids[1], ids[3]]  # both 9s, oldest first
+    assert all(e.device == "cpu" for e in first)
+    assert await _dispatch(s) == []  # the two slots are taken
+    async with s() as session:
+        staged = await session.scalar(select(func.count()).select_from(Outbox))
+    assert staged == 2  # the dispatch events wait in the outbox, same transaction
+
+
+async def test_slack_allows_a_bounded_backlog(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    await _jobs(s, tid, [0] * 10)
+    await _worker(s, "w1", "cpu", 2)
+    assert len(await _dispatch(s, slack=1.0)) == 4
+
+
+async def test_no_worker_means_waiting_with_a_reason(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    [cuda_job] = await _jobs(s, tid, [0], device="cuda")
+    [cpu_job] = await _jobs(s, tid, [0], device="cpu")
+    await _worker(s, "stale", "cpu", 4, age_s=60)  # heartbeat too old: not live
+    assert await _dispatch(s) == []
+    async with s() as session:
+        cuda = await session.get(Job, cuda_job)
+        cpu = await session.get(Job, cpu_job)
+    assert cuda is not None
+    assert cpu is not None
+    assert cuda.state == "QUEUED"
+    assert cuda.state_reason == "waiting: no cuda worker is up"
+    assert cpu.state_reason == "waiting: no cpu worker is up"
+
+
+async def test_any_prefers_gpu_and_falls_back_to_cpu(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    ids = await _jobs(s, tid, [0, 0, 0], device="any")
+    await _worker(s, "g", "cuda", 1)
+    await _worker(s, "c", "cpu", 1)
+    events = await _dispatch(s)
+    assert {e.job_id: e.device for e in events} == {ids[0]: "cuda", ids[1]: "cpu"}
+    [cuda_only] = await _jobs(s, tid, [9], device="cuda")
+    assert await _dispatch(s) == []  # the GPU slot is busy; cuda jobs never go to a CPU
+    async with s() as session:
+        job = await session.get(Job, cuda_only)
+    assert job is not None
+    assert job.dispatched_at is None
+
+
+async def _claim(
+    s: async_sessionmaker[AsyncSession], jid: uuid.UUID, worker: str, lease_s: float = 30
+) -> worker_service.Claim:
+    async with s() as session, session.begin():
+        claim = await worker_service.claim(
+            session=session, job_id=jid, worker=worker, lease_s=lease_s
+        )
+    assert claim is not None
+    return claim
+
+
+async def test_claim_once_and_record_once(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    [jid] = await _jobs(s, tid, [0])
+    claim = await _claim(s, jid, "w1")
+    assert claim.attempt == 1
+    async with s() as session, session.begin():
+        assert (
+            await worker_service.claim(session=session, job_id=jid, worker="w2", lease_s=30) is None
+        )  # a duplicate dispatch
+    report = Report(JobState.SUCCEEDED, result={"estimate": 3.1}, cpu_seconds=0.5)
+    async with s() as session, session.begin():
+        assert await worker_service.record(session=session, claim=claim, worker="w1", report=report)
+    async with s() as session, session.begin():  # a duplicate report changes nothing
+        assert not await worker_service.record(
+            session=session, claim=claim, worker="w1", report=report
+        )
+    async with s() as session:
+        job = await session.get(Job, jid)
+        attempts = await session.scalar(
+            select(func.count()).select_from(JobAttempt).where(JobAttempt.job_id == jid)
+        )
+    assert job is not None
+    assert (job.state, job.result, job.worker, attempts) == (
+        "SUCCEEDED",
+        {"estimate": 3.1},
+        "w1",
+        1,
+    )
+
+
+async def test_reaper_requeues_lost_work_then_fails_it(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    [jid] = await _jobs(s, tid, [0], max_retries=1)
+    stale = await _claim(s, jid, "dead-worker", lease_s=0.01)
+
+    async def reap() -> None:
+        async with s() as session, session.begin():
+            await service.reap(
+                session=session, now=utcnow() + timedelta(seconds=1), redispatch_after_s=60
+            )
+
+    await reap()
+    async with s() as session:
+        job = await session.get(Job, jid)
+    assert job is not None
+    assert (job.state, job.attempts, job.worker) == ("QUEUED", 1, None)
+    assert job.run_after is not None  # backoff before the next attempt
+    assert job.error == "worker lost while running the job"
+
+    async with s() as session, session.begin():
+        await session.execute(update(Job).where(Job.id == jid).values(run_after=None))
+    second = await _claim(s, jid, "w2", lease_s=0.01)
+    assert second.attempt == 2
+    # The first worker comes back and reports: fenced off, it cannot overwrite attempt 2.
+    async with s() as session, session.begin():
+        assert not await worker_service.record(
+            session=session,
+            claim=stale,
+            worker="dead-worker",
+            report=Report(JobState.SUCCEEDED, result={"estimate": 0}),
+        )
+    await reap()  # second attempt lost too: no retries left
+    async with s() as session:
+        job = await session.get(Job, jid)
+    assert job is not None
+    assert (job.state, job.attempts, job.result) == ("FAILED", 2, None)
+
+
+async def test_unclaimed_dispatch_is_sent_again(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    [jid] = await _jobs(s, tid, [0])
+    await _worker(s, "w1", "cpu", 1)
+    assert len(await _dispatch(s)) == 1
+    async with s() as session, session.begin():
+        await service.reap(
+            session=session, now=utcnow() + timedelta(seconds=120), redispatch_after_s=60
+        )
+    async with s() as session:
+        job = await session.get(Job, jid)
+    assert job is not None
+    assert (job.state, job.dispatched_at) == ("QUEUED", None)
+    assert len(await _dispatch(s)) == 1

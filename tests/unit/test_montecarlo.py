@@ -1,0 +1,29 @@
+"""montecarlo_pi, CPU: estimate within 4 standard errors, deterministic per seed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from services.worker.kernels import KernelUnavailable, implementation
+from services.worker.kernels.montecarlo import estimate
+
+
+@pytest.mark.parametrize(("samples", "seed"), [(1, 0), (1000, 1), (200_003, 7)])
+def test_estimate_within_four_standard_errors(samples: int, seed: int) -> None:
+    r = estimate(samples, seed)
+    se = 4 * math.sqrt((math.pi / 4) * (1 - math.pi / 4) / samples)
+    assert abs(r["estimate"] - math.pi) <= 4 * se + (4.0 if samples == 1 else 0.0)
+    assert r["samples"] == samples
+
+
+def test_same_seed_same_estimate() -> None:
+    assert estimate(10_000, 3) == estimate(10_000, 3)
+    assert estimate(10_000, 3)["estimate"] != estimate(10_000, 4)["estimate"]
+
+
+def test_registry_refuses_missing_implementations() -> None:
+    assert implementation("montecarlo_pi", "cpu")({"samples": 10}, {}, {})["samples"] == 10
+    with pytest.raises(KernelUnavailable):
+        implementation("montecarlo_pi", "tpu")

@@ -10,7 +10,6 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from tools.cluster import drop_database, prepare_database
 
 from services.scheduler import service
 from services.worker import service as worker_service
@@ -20,6 +19,7 @@ from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant, Worker
 from shared.events import JobDispatched, utcnow
 from shared.jobs.states import JobState
 from shared.settings import CommonSettings
+from tools.cluster import drop_database, prepare_database
 
 
 @pytest.fixture(scope="module")

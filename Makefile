@@ -1,0 +1,93 @@
+# Stratus developer entry points. `make help` lists them.
+#
+#   make up / make down   docker compose when a Docker engine answers, else the services as
+#                         local processes under supervisord (python -m tools.cluster)
+#   make test             venv + servers + lint + typecheck + pytest (what .ci/run runs)
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp-install
+ENV_FILE := run/stratus.env
+# Extra arguments: make up UP_ARGS="--workers 2 --gateway-port 9000"; make test PYTEST_ARGS=-x
+UP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: help venv up down status servers lint typecheck test bench chaos logs clean
+
+help:
+	@echo "make venv       create $(VENV) and install the project with [dev] (again when pyproject.toml changes)"
+	@echo "make up         start Stratus (docker compose, or local processes without Docker)"
+	@echo "make down       stop what 'make up' started (never the database/broker servers)"
+	@echo "make status     supervisord status of the local processes"
+	@echo "make servers    make sure PostgreSQL, Redis and RabbitMQ answer on loopback"
+	@echo "make lint       ruff check + ruff format --check"
+	@echo "make typecheck  mypy --strict"
+	@echo "make test       venv, servers, lint, typecheck, then pytest"
+	@echo "make bench      run bench/pipeline.py"
+	@echo "make chaos      pytest tests/chaos"
+	@echo "make logs       follow run/logs/*.log"
+	@echo "make clean      remove caches and build outputs (keeps $(VENV) and $(ENV_FILE))"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -e ".[dev]"
+	@touch $@
+
+up: venv
+	@if docker info >/dev/null 2>&1; then \
+		$(PY) -m tools.cluster env >/dev/null && \
+		docker compose --env-file $(ENV_FILE) up -d --wait; \
+	else \
+		echo "no Docker engine: running the services as local processes"; \
+		$(PY) -m tools.cluster up $(UP_ARGS); \
+	fi
+
+down:
+	@if docker info >/dev/null 2>&1 && [ -f $(ENV_FILE) ]; then \
+		docker compose --env-file $(ENV_FILE) down; \
+	fi
+	@if [ -x $(PY) ]; then $(PY) -m tools.cluster down; fi
+
+status: venv
+	@$(PY) -m tools.cluster status
+
+servers:
+	bash scripts/ensure-servers.sh
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: venv servers lint typecheck
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv servers
+	$(PY) bench/pipeline.py
+
+chaos: venv servers
+	@if [ -d tests/chaos ]; then \
+		$(PY) -m pytest tests/chaos $(PYTEST_ARGS); \
+	else \
+		echo "no tests/chaos yet"; \
+	fi
+
+logs:
+	@ls run/logs/*.log >/dev/null 2>&1 || { echo "no logs under run/logs (make up first)"; exit 1; }
+	tail -n 50 -F run/logs/*.log
+
+clean:
+	rm -rf .mypy_cache .ruff_cache .pytest_cache build dist *.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	@if [ -x $(PY) ] && $(PY) -m tools.cluster status >/dev/null 2>&1; then \
+		echo "a local cluster is running: keeping run/logs"; \
+	else \
+		rm -rf run/logs; \
+	fi

@@ -10,6 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.conftest import ADMIN_KEY
 from tools.cluster import (
     ClusterConfig,
     LocalCluster,
@@ -19,9 +21,26 @@ from tools.cluster import (
     prepare_vhost,
 )
 
-from tests.conftest import ADMIN_KEY
 
-BASE_PORT = 18_000
+def _free_base_port() -> int:
+    """A base port with the 200 ports above it free, so parallel test runs don't collide."""
+    import random
+    import socket
+
+    for _ in range(50):
+        base = random.randrange(20_000, 40_000, 200)
+        ports = [base, base + 1, base + 3, base + 4, *range(base + 100, base + 104)]
+        try:
+            for port in ports:
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range for the test cluster")
+
+
+BASE_PORT = _free_base_port()
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 

@@ -10,10 +10,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
 
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.settings import CommonSettings
+from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
 
 RUN_ID = uuid.uuid4().hex[:8]
 ADMIN_KEY = "test-admin-" + secrets.token_urlsafe(16)

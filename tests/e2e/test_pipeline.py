@@ -10,9 +10,9 @@ import time
 
 import httpx
 import pytest
-from tools.cluster import LocalCluster
 
 from tests.e2e.conftest import new_tenant_key, wait_for_state
+from tools.cluster import LocalCluster
 
 pytestmark = pytest.mark.e2e
 

@@ -18,8 +18,13 @@ class PostgresSettings(BaseModel):
     user: str = "postgres"
     password: SecretStr = SecretStr("")
     database: str = "stratus"
-    pool_size: int = 10
-    max_overflow: int = 10
+    # Enough connections for the concurrency a service sees: overflow connections are opened
+    # and closed per burst, which costs far more than the query (a TLS attempt, auth, setup).
+    pool_size: int = 20
+    max_overflow: int = 5
+    # asyncpg's sslmode: "disable" on loopback and inside compose; "require"/"verify-full"
+    # where the database is across a network.
+    ssl: str = "disable"
     statement_timeout_ms: int = 30_000
 
     def url(self, *, driver: str = "postgresql+asyncpg") -> str:

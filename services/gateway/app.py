@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.gateway.auth import Authenticator
 from services.gateway.jobs.routes import router as jobs_router
@@ -45,26 +46,27 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.settings = settings
     install_problem_handlers(app)
     instrument(app)
-    _limit_body(app, settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health_router(lambda: app.state.resources.checks()))
     app.include_router(tenants_router)
     app.include_router(jobs_router)
     return app
 
 
-def _limit_body(app: FastAPI, max_bytes: int) -> None:
-    """413 for JSON bodies over the limit (dataset uploads stream and are exempt)."""
+class BodyLimitMiddleware:
+    """413 for bodies declared over the limit (dataset uploads stream and are exempt)."""
 
-    @app.middleware("http")
-    async def _body_limit(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if (
-            length is not None
-            and length.isdigit()
-            and int(length) > max_bytes
-            and not request.url.path.startswith("/v1/datasets/")
-        ):
-            return problem(413, "Payload too large", f"bodies are limited to {max_bytes} bytes")
-        return await call_next(request)
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].startswith("/v1/datasets/"):
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                    response = problem(
+                        413, "Payload too large", f"bodies are limited to {self.max_bytes} bytes"
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

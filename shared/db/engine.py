@@ -25,6 +25,7 @@ def make_engine(settings: PostgresSettings, *, application_name: str = "stratus"
         pool_timeout=2.0,
         connect_args={
             "timeout": 2.0,
+            "ssl": settings.ssl,
             "command_timeout": settings.statement_timeout_ms / 1000,
             "server_settings": {
                 "application_name": application_name,

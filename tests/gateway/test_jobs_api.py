@@ -299,3 +299,8 @@ async def test_health_ready_metrics(client: httpx.AsyncClient) -> None:
     metrics = (await client.get("/metrics")).text
     assert "stratus_http_requests_total" in metrics
     assert 'route="/healthz",status="200"' in metrics  # labelled by route template
+
+
+async def test_oversize_body_is_413(client: httpx.AsyncClient, tenant: TenantKey) -> None:
+    big = {**MC, "labels": {"pad": "x" * 2_000_000}}
+    assert_problem(await client.post("/v1/jobs", json=big, headers=tenant.headers), 413)

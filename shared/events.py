@@ -71,9 +71,27 @@ class JobCancelled(Event):
     worker: str | None = None
 
 
+class TenantChanged(Event):
+    """A tenant, its quotas or its keys changed: gateways drop what they cached about it."""
+
+    type: ClassVar[str] = "tenant.changed"
+    what: str
+
+
+class MigrationRequested(Event):
+    """A dataset migration was recorded (PENDING); the datamover starts it when it may."""
+
+    type: ClassVar[str] = "migration.requested"
+    migration_id: uuid.UUID
+    dataset: str
+    to_tier: str
+    mode: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (JobSubmitted, JobDispatched, JobFinished, JobCancelled)
+    cls.type: cls for cls in (JobSubmitted, JobDispatched, JobFinished, JobCancelled, TenantChanged)
 }
+EVENT_TYPES[MigrationRequested.type] = MigrationRequested
 
 
 class UnknownEvent(ValueError):

@@ -6,6 +6,8 @@ Each service composes the blocks it needs into its own settings class and builds
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -69,6 +71,58 @@ class QuotaDefaults(BaseModel):
     storage_bytes: int = 100 * 2**30
     requests_per_second: float = 200.0
 
+    def effective(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """A tenant's quotas with the platform defaults filled in."""
+        merged = self.model_dump()
+        merged.update({k: v for k, v in stored.items() if v is not None and k in merged})
+        return merged
+
+
+class TierSettings(BaseModel):
+    """One storage tier. ``kind`` is the fsspec protocol: ``file`` (a directory, ``root``) or
+    ``s3`` (``bucket`` on any S3-compatible ``endpoint_url``). ``options`` are passed to the
+    fsspec filesystem as they are, so that another protocol is configuration."""
+
+    kind: str = "file"
+    root: str = ""
+    bucket: str = "stratus"
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 60.0
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class LocalTierSettings(TierSettings):
+    root: str = "run/data/local"
+
+
+class ArchiveTierSettings(TierSettings):
+    root: str = "run/data/archive"
+
+
+class S3TierSettings(TierSettings):
+    kind: str = "s3"
+    endpoint_url: str | None = "http://127.0.0.1:9000"
+
+
+class StorageSettings(BaseModel):
+    """Storage tiers (``STRATUS_STORAGE__S3__ENDPOINT_URL`` ...); ``extra`` adds more by name."""
+
+    local: LocalTierSettings = Field(default_factory=LocalTierSettings)
+    archive: ArchiveTierSettings = Field(default_factory=ArchiveTierSettings)
+    s3: S3TierSettings = Field(default_factory=S3TierSettings)
+    extra: dict[str, TierSettings] = Field(default_factory=dict)
+    default_tier: str = "local"
+    chunk_bytes: int = Field(default=8 * 2**20, ge=5 * 2**20)  # S3 parts are at least 5 MiB
+    fsync: bool = True  # flush a file before publishing it (rename)
+
+    def tiers(self) -> dict[str, TierSettings]:
+        return {"local": self.local, "archive": self.archive, "s3": self.s3, **self.extra}
+
 
 class CommonSettings(BaseSettings):
     """Settings every service reads. Nested blocks use ``__``: ``STRATUS_POSTGRES__HOST``."""
@@ -85,6 +139,7 @@ class CommonSettings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
     host: str = "127.0.0.1"
     port: int = 8000
     key_secret: SecretStr = SecretStr("dev-key-secret")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,10 @@ from services.gateway.jobs.routes import router as jobs_router
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants.routes import router as tenants_router
 from shared.logging import configure_logging
+from shared.messaging import Delivery
+from shared.messaging.topology import control_queue
 from shared.problems import install_problem_handlers, problem
+from shared.ratelimit import RateLimiter
 from shared.runtime import close_resources, open_resources
 from shared.telemetry import health_router, instrument
 
@@ -26,11 +30,22 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         res = await open_resources(settings, name="gateway", with_redis=True)
         app.state.resources = res
-        app.state.authenticator = Authenticator(
+        auth = Authenticator(
             res.sessions,
             admin_key=settings.admin_key.get_secret_value(),
             key_secret=settings.key_secret.get_secret_value(),
+            quota_defaults=settings.quotas,
             ttl_s=settings.auth_cache_ttl_s,
+        )
+        app.state.authenticator = auth
+        assert res.redis is not None
+        app.state.rate_limiter = RateLimiter(res.redis)
+
+        async def on_control(_delivery: Delivery) -> None:
+            auth.invalidate()  # a tenant or key changed somewhere
+
+        await res.broker.consume(
+            control_queue(f"gateway-{uuid.uuid4().hex[:12]}", ("tenant.changed",)), on_control
         )
         try:
             yield

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.tenant.service import KeyOwner, find_key
 from shared.errors import Forbidden, Unauthorized
 from shared.security import constant_time_equal, hash_key, looks_like_key
+from shared.settings import QuotaDefaults
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,7 @@ class Principal:
     tenant_id: uuid.UUID | None = None
     key_id: uuid.UUID | None = None
     scopes: frozenset[str] = frozenset()
+    quotas: dict[str, Any] = field(default_factory=dict)  # effective: defaults filled in
 
     def require_admin(self) -> None:
         if not self.is_admin:
@@ -35,8 +38,9 @@ class Principal:
 
 
 class Authenticator:
-    """Resolves bearer tokens. Tenant keys are cached per process for ``ttl_s`` (so a
-    revocation takes effect within that time on every gateway)."""
+    """Resolves bearer tokens. Tenant keys are cached per process; a ``tenant.changed`` event
+    (key revoked, tenant suspended, quotas changed) empties the cache on every gateway at once,
+    and ``ttl_s`` bounds staleness should an event be missed."""
 
     def __init__(
         self,
@@ -44,13 +48,18 @@ class Authenticator:
         *,
         admin_key: str,
         key_secret: str,
-        ttl_s: float = 1.0,
+        quota_defaults: QuotaDefaults,
+        ttl_s: float = 30.0,
     ) -> None:
         self.sessions = sessions
         self.admin_key = admin_key
         self.key_secret = key_secret
+        self.quota_defaults = quota_defaults
         self.ttl_s = ttl_s
         self._cache: dict[bytes, tuple[float, KeyOwner | None]] = {}
+
+    def invalidate(self) -> None:
+        self._cache.clear()
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -68,7 +77,8 @@ class Authenticator:
             raise Unauthorized("unknown API key")
         if owner.suspended:
             raise Forbidden("tenant is suspended")
-        return Principal(False, owner.tenant_id, owner.key_id, owner.scopes)
+        quotas = self.quota_defaults.effective(owner.quotas)
+        return Principal(False, owner.tenant_id, owner.key_id, owner.scopes, quotas)
 
     async def _lookup(self, digest: bytes) -> KeyOwner | None:
         now = time.monotonic()

@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.settings import GatewaySettings
+from shared.errors import TooManyRequests
+from shared.ratelimit import RateLimiter
 from shared.runtime import Resources
 
 
@@ -36,8 +38,18 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 async def get_principal(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Principal:
+    """Authenticate, then charge the tenant's request against its global rate limit."""
     auth: Authenticator = request.app.state.authenticator
-    return await auth.authenticate(authorization)
+    principal = await auth.authenticate(authorization)
+    if principal.tenant_id is not None:
+        limiter: RateLimiter = request.app.state.rate_limiter
+        rate = float(principal.quotas.get("requests_per_second") or 0)
+        verdict = await limiter.check(str(principal.tenant_id), rate)
+        if not verdict.allowed:
+            raise TooManyRequests(
+                f"rate limit of {rate:g} requests/s exceeded", retry_after=verdict.retry_after_s
+            )
+    return principal
 
 
 ResourcesDep = Annotated[Resources, Depends(get_resources)]

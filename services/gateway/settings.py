@@ -10,7 +10,7 @@ from shared.settings import PLACEHOLDER_SECRETS, CommonSettings
 class GatewaySettings(CommonSettings):
     port: int = 8000
     admin_key: SecretStr = SecretStr("dev-admin-key")
-    auth_cache_ttl_s: float = 1.0
+    auth_cache_ttl_s: float = 30.0
     max_body_bytes: int = 1_048_576
     default_timeout_s: int = 3600
     default_max_retries: int = 3

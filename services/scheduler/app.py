@@ -27,6 +27,11 @@ def make_dispatch_step(
     res: Resources, settings: SchedulerSettings
 ) -> Callable[[], Awaitable[object]]:
     sessions: async_sessionmaker[AsyncSession] = res.sessions
+    fair = service.FairShareSettings(
+        quota_defaults=settings.quotas,
+        half_life_s=settings.usage_half_life_s,
+        usage_scale_s=settings.usage_scale_s,
+    )
 
     async def step() -> object:
         async with sessions() as session, session.begin():
@@ -38,6 +43,7 @@ def make_dispatch_step(
                 worker_ttl_s=settings.worker_ttl_s,
                 slack=settings.dispatch_slack,
                 batch=settings.dispatch_batch,
+                fair=fair,
             )
         if events:
             res.relay.wake()

@@ -8,21 +8,24 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.elements import ColumnElement
 
+from services.scheduler import loads
+from services.scheduler.fairshare import Candidate, allocate
 from shared.db.models import Job, Worker
 from shared.db.outbox import add_events
 from shared.events import Event, JobDispatched, JobFinished
 from shared.jobs.states import JobState
 from shared.jobs.store import set_job_state
+from shared.settings import QuotaDefaults
 
-DEVICES: tuple[Literal["cuda", "cpu"], ...] = (
+Device = Literal["cuda", "cpu"]
+DEVICES: tuple[Device, ...] = (
     "cuda",
     "cpu",
 )  # GPU first, so that ``any`` jobs land on a GPU when one is free
@@ -69,20 +72,25 @@ async def capacity(*, session: AsyncSession, now: datetime, worker_ttl_s: float)
     )
 
 
-def _dispatchable(device: str, now: datetime) -> ColumnElement[bool]:
-    return and_(
-        Job.state == JobState.QUEUED.value,
-        Job.dispatched_at.is_(None),
-        Job.device.in_([device, "any"]),
-        or_(Job.run_after.is_(None), Job.run_after <= now),
-    )
+@dataclass(frozen=True)
+class FairShareSettings:
+    quota_defaults: QuotaDefaults = field(default_factory=QuotaDefaults)
+    half_life_s: float = 3600.0
+    usage_scale_s: float = 60.0
 
 
 async def dispatch(
-    *, session: AsyncSession, now: datetime, worker_ttl_s: float, slack: float, batch: int
+    *,
+    session: AsyncSession,
+    now: datetime,
+    worker_ttl_s: float,
+    slack: float,
+    batch: int,
+    fair: FairShareSettings | None = None,
 ) -> list[Event]:
-    """Send the highest-priority waiting jobs to device queues, as many as live workers can
-    take. Jobs that cannot go anywhere get a ``state_reason`` that says why."""
+    """Fill the free worker slots of each device with waiting jobs, shared fairly between
+    tenants (``fairshare.allocate``). Jobs that cannot go anywhere get a ``state_reason``."""
+    fair = fair or FairShareSettings()
     cap = await capacity(session=session, now=now, worker_ttl_s=worker_ttl_s)
     events: list[Event] = []
     for device in DEVICES:
@@ -91,33 +99,75 @@ async def dispatch(
         free = min(cap.free(device, slack), batch)
         if free <= 0:
             continue
-        rows = (
-            await session.execute(
-                select(Job.id, Job.tenant_id, Job.kernel)
-                .where(_dispatchable(device, now))
-                .order_by(Job.priority.desc(), Job.created_at, Job.id)
-                .limit(free)
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        if not rows:
+        waiting = await loads.candidates(session=session, device=device, now=now, per_tenant=free)
+        if not waiting:
             continue
-        await session.execute(
-            update(Job)
-            .where(Job.id.in_([r.id for r in rows]))
-            .values(
-                dispatched_at=now,
-                assigned_device=device,
-                state_reason=f"dispatched to the {device} queue",
-            )
+        tenants = await loads.tenant_loads(
+            session=session,
+            tenant_ids=list(waiting),
+            now=now,
+            quota_defaults=fair.quota_defaults,
+            half_life_s=fair.half_life_s,
         )
-        events += [
-            JobDispatched(tenant_id=r.tenant_id, job_id=r.id, device=device, kernel=r.kernel)
-            for r in rows
-        ]
+        for tenant_id, t in tenants.items():
+            t.candidates = waiting[tenant_id]
+        plan = allocate(list(tenants.values()), free, usage_scale_s=fair.usage_scale_s)
+        await _hold(session=session, held=plan.held)
+        events += await _send(session=session, chosen=plan.chosen, device=device, now=now)
     await _explain_waiting(session=session, cap=cap)
     await add_events(session, events)
     return events
+
+
+async def _send(
+    *, session: AsyncSession, chosen: list[Candidate], device: Device, now: datetime
+) -> list[Event]:
+    """Mark the chosen jobs dispatched (skipping any another scheduler locked meanwhile)."""
+    if not chosen:
+        return []
+    locked = set(
+        (
+            await session.execute(
+                select(Job.id)
+                .where(
+                    Job.id.in_([c.job_id for c in chosen]),
+                    Job.state == JobState.QUEUED.value,
+                    Job.dispatched_at.is_(None),
+                )
+                .with_for_update(skip_locked=True)
+            )
+        ).scalars()
+    )
+    rows = [c for c in chosen if c.job_id in locked]
+    if not rows:
+        return []
+    await session.execute(
+        update(Job)
+        .where(Job.id.in_([c.job_id for c in rows]))
+        .values(
+            dispatched_at=now,
+            assigned_device=device,
+            state_reason=f"dispatched to the {device} queue",
+        )
+    )
+    return [
+        JobDispatched(tenant_id=c.tenant_id, job_id=c.job_id, device=device, kernel=c.kernel)
+        for c in rows
+    ]
+
+
+async def _hold(*, session: AsyncSession, held: dict[uuid.UUID, str]) -> None:
+    for tenant_id, reason in held.items():
+        await session.execute(
+            update(Job)
+            .where(
+                Job.tenant_id == tenant_id,
+                Job.state == JobState.QUEUED.value,
+                Job.dispatched_at.is_(None),
+                Job.state_reason.is_distinct_from(reason),
+            )
+            .values(state_reason=reason)
+        )
 
 
 async def _explain_waiting(*, session: AsyncSession, cap: Capacity) -> None:

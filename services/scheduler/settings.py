@@ -17,3 +17,7 @@ class SchedulerSettings(CommonSettings):
     reaper_interval_s: float = 2.0
     worker_ttl_s: float = 15.0
     redispatch_after_s: float = 60.0
+    # Fair share: CPU usage decays with this half-life; this many CPU seconds weigh like one
+    # job in flight when slots are shared between tenants.
+    usage_half_life_s: float = 3600.0
+    usage_scale_s: float = 60.0

@@ -12,16 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.tenant.schemas import KeyCreate, Quotas, TenantCreate, TenantPatch
 from shared.db.models import ApiKey, Tenant
+from shared.db.outbox import add_event
 from shared.errors import Conflict, NotFound
-from shared.events import utcnow
+from shared.events import TenantChanged, utcnow
 from shared.security import SCOPES, generate_key, hash_key, visible_prefix
-from shared.settings import QuotaDefaults
-
-
-def effective_quotas(stored: dict[str, Any], defaults: QuotaDefaults) -> dict[str, Any]:
-    merged = defaults.model_dump()
-    merged.update({k: v for k, v in stored.items() if v is not None})
-    return merged
 
 
 async def create_tenant(*, session: AsyncSession, data: TenantCreate) -> Tenant:
@@ -73,6 +67,7 @@ async def patch_tenant(*, session: AsyncSession, tenant_id: uuid.UUID, data: Ten
         tenant.suspended = data.suspended
     tenant.updated_at = utcnow()
     await session.flush()
+    await add_event(session, TenantChanged(tenant_id=tenant_id, what="updated"))
     return tenant
 
 
@@ -110,6 +105,7 @@ async def revoke_key(*, session: AsyncSession, tenant_id: uuid.UUID, key_id: uui
     )
     if result.scalar_one_or_none() is None:
         raise NotFound("key not found")
+    await add_event(session, TenantChanged(tenant_id=tenant_id, what="key_revoked"))
 
 
 @dataclass(frozen=True)
@@ -118,16 +114,17 @@ class KeyOwner:
     tenant_id: uuid.UUID
     scopes: frozenset[str]
     suspended: bool
+    quotas: dict[str, Any]
 
 
 async def find_key(*, session: AsyncSession, key_hash: bytes) -> KeyOwner | None:
     row = (
         await session.execute(
-            select(ApiKey.id, ApiKey.tenant_id, ApiKey.scopes, Tenant.suspended)
+            select(ApiKey.id, ApiKey.tenant_id, ApiKey.scopes, Tenant.suspended, Tenant.quotas)
             .join(Tenant, Tenant.id == ApiKey.tenant_id)
             .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
         )
     ).one_or_none()
     if row is None:
         return None
-    return KeyOwner(row.id, row.tenant_id, frozenset(row.scopes), row.suspended)
+    return KeyOwner(row.id, row.tenant_id, frozenset(row.scopes), row.suspended, row.quotas)

@@ -77,6 +77,7 @@ class OutboxRelay:
     async def run(self) -> None:
         failures = 0
         while True:
+            self._wake.clear()  # before reading: a wake-up during the pass is not lost
             try:
                 sent = await self.relay_once()
                 failures = 0
@@ -88,7 +89,6 @@ class OutboxRelay:
                 continue
             if sent >= self.settings.batch_size:
                 continue  # more waiting: keep going without sleeping
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.settings.interval_s):
                     await self._wake.wait()

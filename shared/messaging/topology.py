@@ -30,10 +30,12 @@ WORK_CUDA = QueueSpec("work.cuda", ("job.dispatch.cuda",))
 
 WORK_QUEUES = {"cpu": WORK_CPU, "cuda": WORK_CUDA}
 
+DATAMOVER = QueueSpec("datamover", ("migration.requested",))
+
 # Declared by every service at start, so that a mandatory publish is always routable.
-DURABLE_QUEUES: tuple[QueueSpec, ...] = (SCHEDULER, WORK_CPU, WORK_CUDA)
+DURABLE_QUEUES: tuple[QueueSpec, ...] = (SCHEDULER, WORK_CPU, WORK_CUDA, DATAMOVER)
 
 
-def control_queue(owner: str) -> QueueSpec:
-    """A per-process queue for broadcast control events (cancellation)."""
-    return QueueSpec(f"control.{owner}", ("job.cancelled",), durable=False)
+def control_queue(owner: str, bindings: tuple[str, ...] = ("job.cancelled",)) -> QueueSpec:
+    """A per-process queue for broadcast control events (cancellation, cache invalidation)."""
+    return QueueSpec(f"control.{owner}", bindings, durable=False)

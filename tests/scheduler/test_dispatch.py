@@ -263,3 +263,90 @@ async def test_unclaimed_dispatch_is_sent_again(s: async_sessionmaker[AsyncSessi
     assert job is not None
     assert (job.state, job.dispatched_at) == ("QUEUED", None)
     assert len(await _dispatch(s)) == 1
+
+
+async def _tenant_with(
+    s: async_sessionmaker[AsyncSession], weight: int = 1, quotas: dict[str, float] | None = None
+) -> uuid.UUID:
+    tid = uuid.uuid4()
+    async with s() as session, session.begin():
+        session.add(
+            Tenant(
+                id=tid, name=f"t{tid.hex[:8]}", weight=weight, quotas=quotas or {}, suspended=False
+            )
+        )
+    return tid
+
+
+async def test_fair_share_between_flooding_tenants_and_a_light_one(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    a = await _tenant_with(s, weight=1)
+    b = await _tenant_with(s, weight=3)
+    await _jobs(s, a, [9] * 30)  # a's high priority does not beat b's weight
+    await _jobs(s, b, [0] * 30)
+    await _worker(s, "w1", "cpu", 8)
+    first = await _dispatch(s)
+    assert len(first) == 8
+    per = {t: sum(e.tenant_id == t for e in first) for t in (a, b)}
+    assert per == {a: 2, b: 6}
+    light = await _tenant_with(s)
+    [lone] = await _jobs(s, light, [0])
+    async with s() as session, session.begin():  # two slots free up (jobs finished)
+        done = [e.job_id for e in first[:2]]
+        await session.execute(update(Job).where(Job.id.in_(done)).values(state="SUCCEEDED"))
+    second = await _dispatch(s)
+    assert second[0].job_id == lone
+
+
+async def test_max_running_jobs_keeps_jobs_queued_with_a_reason(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    tid = await _tenant_with(s, quotas={"max_running_jobs": 2})
+    ids = await _jobs(s, tid, [0] * 5)
+    await _worker(s, "w1", "cpu", 8)
+    assert len(await _dispatch(s)) == 2
+    assert await _dispatch(s) == []
+    async with s() as session:
+        job = await session.get(Job, ids[4])
+    assert job is not None
+    assert job.state == "QUEUED"
+    assert job.state_reason == "waiting: max_running_jobs (2) reached"
+    async with s() as session, session.begin():  # a quota change takes effect at once
+        await session.execute(
+            update(Tenant).where(Tenant.id == tid).values(quotas={"max_running_jobs": 4})
+        )
+    assert len(await _dispatch(s)) == 2
+
+
+async def test_cpu_seconds_per_day_holds_new_dispatches(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    tid = await _tenant_with(s, quotas={"cpu_seconds_per_day": 10})
+    [done] = await _jobs(s, tid, [0])
+    async with s() as session, session.begin():
+        session.add(
+            JobAttempt(
+                job_id=done,
+                attempt=1,
+                tenant_id=tid,
+                outcome="SUCCEEDED",
+                cpu_seconds=11.0,
+                finished_at=utcnow() - timedelta(hours=1),
+            )
+        )
+        await session.execute(update(Job).where(Job.id == done).values(state="SUCCEEDED"))
+    [waiting] = await _jobs(s, tid, [0])
+    await _worker(s, "w1", "cpu", 8)
+    assert await _dispatch(s) == []
+    async with s() as session:
+        job = await session.get(Job, waiting)
+    assert job is not None
+    assert "cpu_seconds_per_day" in (job.state_reason or "")
+    async with s() as session, session.begin():  # the window rolls: usage older than 24 h
+        await session.execute(
+            update(JobAttempt)
+            .where(JobAttempt.job_id == done)
+            .values(finished_at=utcnow() - timedelta(hours=25))
+        )
+    assert [e.job_id for e in await _dispatch(s)] == [waiting]

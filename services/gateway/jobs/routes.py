@@ -59,6 +59,7 @@ async def submit_job(
         default_timeout_s=settings.default_timeout_s,
         default_max_retries=settings.default_max_retries,
         idempotency_window_s=settings.idempotency_window_s,
+        max_queued_jobs=int(principal.quotas["max_queued_jobs"]),
     )
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     if submitted.replayed:

@@ -6,14 +6,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.jobs.schemas import JobSubmit
 from shared.db.models import Job
 from shared.db.outbox import add_event
-from shared.errors import Conflict, Invalid
+from shared.errors import Conflict, Invalid, TooManyRequests
 from shared.events import JobCancelled, JobSubmitted, utcnow
 from shared.jobs.states import JobState
 from shared.jobs.store import lock_job, set_job_state
@@ -55,6 +55,7 @@ async def submit_job(
     default_timeout_s: int,
     default_max_retries: int,
     idempotency_window_s: int,
+    max_queued_jobs: int,
 ) -> Submitted:
     spec = get_spec(data.kernel)
     params = spec.validate_params(data.params)
@@ -76,6 +77,7 @@ async def submit_job(
         )
         if existing is not None:
             return Submitted(existing, replayed=True)
+    await _check_queue_quota(session=session, tenant_id=tenant_id, limit=max_queued_jobs)
 
     job_id = uuid.uuid4()
     now = utcnow()
@@ -128,6 +130,21 @@ async def submit_job(
         ),
     )
     return Submitted(inserted, replayed=False)
+
+
+async def _check_queue_quota(*, session: AsyncSession, tenant_id: uuid.UUID, limit: int) -> None:
+    """429 when the tenant already has ``max_queued_jobs`` waiting (PENDING or QUEUED).
+
+    Concurrent submissions are not serialised, so a burst may overshoot by the number of
+    requests in flight at once; the next submission sees the true count.
+    """
+    waiting = await session.scalar(
+        select(func.count())
+        .select_from(Job)
+        .where(Job.tenant_id == tenant_id, Job.state.in_(("PENDING", "QUEUED")))
+    )
+    if (waiting or 0) >= limit:
+        raise TooManyRequests(f"max_queued_jobs ({limit}) reached; retry later", retry_after=5)
 
 
 async def _find_idempotent(

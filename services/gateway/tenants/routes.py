@@ -38,7 +38,7 @@ def tenant_out(tenant: Tenant, settings: SettingsDep) -> TenantOut:
         id=tenant.id,
         name=tenant.name,
         weight=tenant.weight,
-        quotas=service.effective_quotas(tenant.quotas, settings.quotas),
+        quotas=settings.quotas.effective(tenant.quotas),
         suspended=tenant.suspended,
         created_at=tenant.created_at,
         updated_at=tenant.updated_at,

@@ -1,0 +1,81 @@
+"""Fair share between tenants (pure allocation rules)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from services.scheduler.fairshare import Candidate, TenantLoad, allocate
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def tenant(
+    weight: int = 1, jobs: int = 100, priorities: list[int] | None = None, **kw: float
+) -> TenantLoad:
+    tid = uuid.uuid4()
+    prios = priorities if priorities is not None else [0] * jobs
+    cands = [
+        Candidate(uuid.uuid4(), tid, "k", p, T0 + timedelta(seconds=i)) for i, p in enumerate(prios)
+    ]
+    cands.sort(key=lambda c: (-c.priority, c.created_at))
+    return TenantLoad(tenant_id=tid, weight=weight, candidates=cands, **kw)  # type: ignore[arg-type]
+
+
+def count(chosen: list[Candidate], t: TenantLoad) -> int:
+    return sum(c.tenant_id == t.tenant_id for c in chosen)
+
+
+def test_slots_follow_weights() -> None:
+    a, b = tenant(weight=1), tenant(weight=3)
+    plan = allocate([a, b], 40, usage_scale_s=60)
+    assert (count(plan.chosen, a), count(plan.chosen, b)) == (10, 30)
+
+
+def test_jobs_in_flight_count_against_the_share() -> None:
+    a, b = tenant(weight=1, in_flight=8), tenant(weight=1, in_flight=0)
+    plan = allocate([a, b], 8, usage_scale_s=60)
+    assert count(plan.chosen, b) == 8  # b catches up before a gets more
+
+
+def test_a_light_tenant_goes_first_while_others_flood() -> None:
+    a, b = tenant(weight=1, in_flight=10), tenant(weight=3, in_flight=30)
+    light = tenant(weight=1, jobs=1)
+    plan = allocate([a, b, light], 1, usage_scale_s=60)
+    assert plan.chosen[0].tenant_id == light.tenant_id
+
+
+def test_recent_usage_lowers_the_share() -> None:
+    heavy, fresh = tenant(usage_s=600.0), tenant(usage_s=0.0)
+    plan = allocate([heavy, fresh], 10, usage_scale_s=60)  # 600 s weigh like 10 jobs
+    assert count(plan.chosen, fresh) == 10
+
+
+def test_priority_orders_jobs_within_a_tenant() -> None:
+    t = tenant(priorities=[1, 9, 5, 9])
+    plan = allocate([t], 3, usage_scale_s=60)
+    assert [c.priority for c in plan.chosen] == [9, 9, 5]
+    assert plan.chosen[0].created_at < plan.chosen[1].created_at
+
+
+def test_max_running_holds_with_a_reason() -> None:
+    full = tenant(in_flight=2, max_running=2)
+    part = tenant(in_flight=1, max_running=3)
+    plan = allocate([full, part], 10, usage_scale_s=60)
+    assert count(plan.chosen, full) == 0
+    assert count(plan.chosen, part) == 2
+    assert "max_running_jobs (2)" in plan.held[full.tenant_id]
+
+
+def test_cpu_quota_holds_with_a_reason() -> None:
+    spent = tenant(cpu_today_s=100.0, cpu_per_day_s=100.0)
+    plan = allocate([spent], 10, usage_scale_s=60)
+    assert plan.chosen == []
+    assert "cpu_seconds_per_day" in plan.held[spent.tenant_id]
+
+
+def test_never_more_than_free_or_available() -> None:
+    plan = allocate([tenant(jobs=3), tenant(jobs=2)], 100, usage_scale_s=60)
+    assert len(plan.chosen) == 5
+    assert len({c.job_id for c in plan.chosen}) == 5
+    assert allocate([tenant(jobs=3)], 0, usage_scale_s=60).chosen == []

@@ -42,8 +42,9 @@ class Verdict:
 
 
 def _params(rate_per_s: float, burst: float | None) -> tuple[int, int]:
+    """(emission interval, burst tolerance) in µs: ``burst`` requests pass at once."""
     interval = 1_000_000 / rate_per_s
-    tolerance = interval * max((burst if burst is not None else rate_per_s) - 1, 0)
+    tolerance = interval * max(burst if burst is not None else rate_per_s, 1)
     return max(1, round(interval)), round(tolerance)
 
 

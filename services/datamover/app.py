@@ -1,22 +1,72 @@
-"""Datamover composition root: moves datasets between storage tiers (the datasets issue).
-
-So far the process holds its connections and serves health and metrics; see docs/STATUS.md.
-"""
+"""Datamover composition root: the claim loop, the migrations it runs, the event consumer."""
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.datamover import service
+from services.datamover.handlers import make_handler
+from services.datamover.runner import Runner
 from services.datamover.settings import DatamoverSettings
 from shared.logging import configure_logging, get_logger
+from shared.loops import periodic
+from shared.messaging.topology import DATAMOVER
 from shared.problems import install_problem_handlers
-from shared.runtime import close_resources, open_resources
+from shared.runtime import Resources, close_resources, open_resources
+from shared.storage import Storage
 from shared.telemetry import health_router
 
 log = get_logger(__name__)
+
+
+class Mover:
+    """Claims migrations as capacity allows and runs each in its own task."""
+
+    def __init__(self, res: Resources, storage: Storage, settings: DatamoverSettings) -> None:
+        self.res = res
+        self.settings = settings
+        self.runner = Runner(res.sessions, storage, settings)
+        self.active: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.wake = asyncio.Event()
+        self._first = True
+
+    async def claim_step(self) -> int:
+        capacity = self.settings.max_active - len(self.active)
+        if capacity <= 0:
+            return 0
+        async with self.res.sessions() as session, session.begin():
+            ids = await service.claim(
+                session=session,
+                owner=self.runner.owner,
+                capacity=capacity,
+                per_tenant=self.settings.migrations_per_tenant,
+                lease_s=self.settings.lease_s,
+                reclaim_own=self._first,
+            )
+        self._first = False
+        for migration_id in ids:
+            if migration_id in self.active:
+                continue
+            task = asyncio.create_task(self.runner.run(migration_id), name=f"m-{migration_id}")
+            self.active[migration_id] = task
+            task.add_done_callback(functools.partial(self._done, migration_id))
+        return len(ids)
+
+    def _done(self, migration_id: uuid.UUID, _task: asyncio.Task[None]) -> None:
+        self.active.pop(migration_id, None)
+        self.wake.set()  # a slot is free: the next one in line may start
+
+    async def stop(self) -> None:
+        tasks = list(self.active.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
@@ -26,12 +76,32 @@ def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         res = await open_resources(settings, name="datamover")
+        storage = Storage(
+            settings.storage,
+            failure_threshold=settings.breaker_failure_threshold,
+            reset_timeout_s=settings.breaker_reset_s,
+        )
+        mover = Mover(res, storage, settings)
         app.state.resources = res
-        log.info("datamover_started")
+        app.state.mover = mover
+        res.spawn(
+            periodic(
+                "migration-claims",
+                mover.claim_step,
+                interval_s=settings.claim_interval_s,
+                wake=mover.wake,
+            ),
+            "migration-claims",
+        )
+        await res.broker.consume(DATAMOVER, make_handler(mover.wake.set))
+        log.info("datamover_started", owner=mover.runner.owner)
         try:
             yield
         finally:
+            await res.broker.stop_consuming()
+            await mover.stop()
             await close_resources(res)
+            await storage.close()
 
     app = FastAPI(title="Stratus datamover", lifespan=lifespan)
     install_problem_handlers(app)

@@ -9,8 +9,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services.gateway.accounting.routes import router as accounting_router
 from services.gateway.auth import Authenticator
+from services.gateway.datasets.routes import router as datasets_router
 from services.gateway.jobs.routes import router as jobs_router
+from services.gateway.migrations.routes import router as migrations_router
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants.routes import router as tenants_router
 from shared.logging import configure_logging
@@ -65,6 +68,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(health_router(lambda: app.state.resources.checks()))
     app.include_router(tenants_router)
     app.include_router(jobs_router)
+    app.include_router(datasets_router)
+    app.include_router(migrations_router)
+    app.include_router(accounting_router)
     return app
 
 

@@ -25,6 +25,11 @@ class Principal:
     scopes: frozenset[str] = frozenset()
     quotas: dict[str, Any] = field(default_factory=dict)  # effective: defaults filled in
 
+    @property
+    def actor(self) -> str:
+        """Who, for the audit log: the admin, or a tenant's key (never the secret)."""
+        return "admin" if self.is_admin else f"key:{self.key_id}"
+
     def require_admin(self) -> None:
         if not self.is_admin:
             raise Forbidden("this endpoint needs the platform admin key")

@@ -60,6 +60,9 @@ def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], 
             events = await service.reap(
                 session=session, now=now, redispatch_after_s=settings.redispatch_after_s
             )
+            await service.explain_waiting(
+                session=session, now=now, worker_ttl_s=settings.worker_ttl_s
+            )
         if events:
             res.relay.wake()
         return events

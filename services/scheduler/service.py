@@ -114,7 +114,6 @@ async def dispatch(
         plan = allocate(list(tenants.values()), free, usage_scale_s=fair.usage_scale_s)
         await _hold(session=session, held=plan.held)
         events += await _send(session=session, chosen=plan.chosen, device=device, now=now)
-    await _explain_waiting(session=session, cap=cap)
     await add_events(session, events)
     return events
 
@@ -170,8 +169,10 @@ async def _hold(*, session: AsyncSession, held: dict[uuid.UUID, str]) -> None:
         )
 
 
-async def _explain_waiting(*, session: AsyncSession, cap: Capacity) -> None:
-    """Say on each undispatched job why it waits (no worker for its device, or all busy)."""
+async def explain_waiting(*, session: AsyncSession, now: datetime, worker_ttl_s: float) -> None:
+    """Say on each undispatched job that no worker for its device is up (run by the reaper
+    loop: a slower cadence than dispatch is enough for a human-readable reason)."""
+    cap = await capacity(session=session, now=now, worker_ttl_s=worker_ttl_s)
     waiting = and_(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_(None))
     for device, reason in (
         ("cuda", "waiting: no cuda worker is up"),

@@ -1,8 +1,7 @@
-"""Tenant service composition root: tenants, keys, quotas and usage (the tenancy issue).
+"""Tenant service composition root: counts usage from ``job.finished`` events.
 
-The gateway calls ``services.tenant.service`` directly for tenants and keys.
-
-So far the process holds its connections and serves health and metrics; see docs/STATUS.md.
+Tenants, keys, quotas, usage reads and the audit log are use cases in this package
+(``service``, ``usage``, ``audit``) that the gateway calls in its own transactions.
 """
 
 from __future__ import annotations
@@ -12,8 +11,10 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from services.tenant.handlers import make_usage_handler
 from services.tenant.settings import TenantSettings
 from shared.logging import configure_logging, get_logger
+from shared.messaging.topology import TENANT_USAGE
 from shared.problems import install_problem_handlers
 from shared.runtime import close_resources, open_resources
 from shared.telemetry import health_router
@@ -29,6 +30,7 @@ def create_app(settings: TenantSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         res = await open_resources(settings, name="tenant")
         app.state.resources = res
+        await res.broker.consume_batches(TENANT_USAGE, make_usage_handler(res.sessions))
         log.info("tenant_started")
         try:
             yield

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -126,6 +127,14 @@ class Job(Base):
             "assigned_device",
             postgresql_where="state IN ('QUEUED', 'RUNNING')",
         ),
+        Index(
+            "ix_jobs_tenant_dispatchable",
+            "tenant_id",
+            text("priority DESC"),
+            "created_at",
+            "id",
+            postgresql_where=text("state = 'QUEUED' AND dispatched_at IS NULL"),
+        ),
     )
 
 
@@ -163,6 +172,8 @@ class JobAttempt(Base):
     wall_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     finished_at: Mapped[datetime] = _now()
 
+    __table_args__ = (Index("ix_job_attempts_tenant_finished", "tenant_id", "finished_at"),)
+
 
 class Worker(Base):
     __tablename__ = "workers"
@@ -185,3 +196,127 @@ class Outbox(Base):
     routing_key: Mapped[str] = mapped_column(String(200), nullable=False)
     body: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     created_at: Mapped[datetime] = _now()
+
+
+MIGRATION_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED")
+
+
+class Dataset(Base):
+    """A tenant's named bytes. ``tier`` is where reads come from; ``tiers`` every tier that
+    holds a verified copy (``tier`` included). The object lives at ``<tenant_id>/<name>``."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(255), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    checksum: Mapped[str] = mapped_column(String(80), nullable=False)
+    tier: Mapped[str] = mapped_column(String(32), nullable=False)
+    tiers: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("size >= 0", name="size_non_negative"),
+        UniqueConstraint("tenant_id", "name"),
+        Index("ix_datasets_tenant_created", "tenant_id", "created_at", "id"),
+    )
+
+
+class Migration(Base):
+    """A request to copy or move a dataset to another tier, and its progress."""
+
+    __tablename__ = "migrations"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    dataset: Mapped[str] = mapped_column(String(255), nullable=False)
+    from_tier: Mapped[str] = mapped_column(String(32), nullable=False)
+    to_tier: Mapped[str] = mapped_column(String(32), nullable=False)
+    mode: Mapped[str] = mapped_column(String(8), nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="PENDING")
+    bytes_total: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    # Every byte written to the target, re-copies after a crash included.
+    bytes_copied: Mapped[int] = mapped_column(BigInteger, nullable=False, default=0)
+    checksum: Mapped[str | None] = mapped_column(String(80))
+    error: Mapped[str | None] = mapped_column(Text)
+    chunk_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    upload: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # the target's partial state
+    owner: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint(f"state IN {MIGRATION_STATES!r}", name="state_known"),
+        CheckConstraint("mode IN ('copy', 'move')", name="mode_known"),
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_migrations_tenant_created", "tenant_id", "created_at", "id"),
+        Index("ix_migrations_tenant_state_created", "tenant_id", "state", "created_at", "id"),
+        Index(
+            "ix_migrations_active",
+            "state",
+            "created_at",
+            postgresql_where="state IN ('PENDING', 'RUNNING')",
+        ),
+        Index("ix_migrations_job_id", "job_id", postgresql_where="job_id IS NOT NULL"),
+    )
+
+
+class MigrationChunk(Base):
+    """One chunk of a migration copied to the target (its part ETag on S3): resume points."""
+
+    __tablename__ = "migration_chunks"
+
+    migration_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("migrations.id", ondelete="CASCADE"), primary_key=True
+    )
+    idx: Mapped[int] = mapped_column(Integer, primary_key=True)
+    etag: Mapped[str | None] = mapped_column(String(200))
+
+
+class UsageRecord(Base):
+    """CPU and GPU seconds of one attempt, recorded by the tenant service from ``job.finished``
+    events; the primary key makes a redelivered event count once."""
+
+    __tablename__ = "usage_records"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    cpu_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    gpu_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    recorded_at: Mapped[datetime] = _now()
+
+    __table_args__ = (Index("ix_usage_records_tenant_recorded", "tenant_id", "recorded_at"),)
+
+
+class AuditEntry(Base):
+    """Who did what to which tenant, and when: creations, revocations, quota changes, admin
+    reads. Written in the transaction of the change it records."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = _now()
+    actor: Mapped[str] = mapped_column(String(200), nullable=False)
+    action: Mapped[str] = mapped_column(String(64), nullable=False)
+    tenant_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    target: Mapped[str | None] = mapped_column(String(255))
+    details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+
+    __table_args__ = (Index("ix_audit_log_tenant_at", "tenant_id", "at"),)

@@ -31,9 +31,10 @@ WORK_CUDA = QueueSpec("work.cuda", ("job.dispatch.cuda",))
 WORK_QUEUES = {"cpu": WORK_CPU, "cuda": WORK_CUDA}
 
 DATAMOVER = QueueSpec("datamover", ("migration.requested",))
+TENANT_USAGE = QueueSpec("tenant.usage", ("job.finished",))
 
 # Declared by every service at start, so that a mandatory publish is always routable.
-DURABLE_QUEUES: tuple[QueueSpec, ...] = (SCHEDULER, WORK_CPU, WORK_CUDA, DATAMOVER)
+DURABLE_QUEUES: tuple[QueueSpec, ...] = (SCHEDULER, WORK_CPU, WORK_CUDA, DATAMOVER, TENANT_USAGE)
 
 
 def control_queue(owner: str, bindings: tuple[str, ...] = ("job.cancelled",)) -> QueueSpec:

@@ -138,3 +138,18 @@ async def test_cancel_running_job(api: httpx.AsyncClient) -> None:
     job = (await api.get(f"/v1/jobs/{r.json()['id']}", headers=h)).json()
     assert job["state"] == "CANCELLED"  # the worker's late report cannot move a final state
     assert (await api.post(f"/v1/jobs/{r.json()['id']}/cancel", headers=h)).status_code == 409
+
+
+async def test_usage_is_counted_by_the_tenant_service(api: httpx.AsyncClient) -> None:
+    h = await new_tenant_key(api, "usage")
+    r = await api.post(
+        "/v1/jobs", json={"kernel": "montecarlo_pi", "params": {"samples": 20_000_000}}, headers=h
+    )
+    await wait_for_state(api, r.json()["id"], h, {"SUCCEEDED"})
+    for _ in range(50):
+        usage = (await api.get("/v1/usage", headers=h)).json()
+        if usage["cpu_seconds"] > 0:
+            break
+        await asyncio.sleep(0.1)
+    assert usage["cpu_seconds"] > 0.01
+    assert usage["jobs"]["SUCCEEDED"] == 1

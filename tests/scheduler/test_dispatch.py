@@ -145,6 +145,8 @@ async def test_no_worker_means_waiting_with_a_reason(s: async_sessionmaker[Async
     [cpu_job] = await _jobs(s, tid, [0], device="cpu")
     await _worker(s, "stale", "cpu", 4, age_s=60)  # heartbeat too old: not live
     assert await _dispatch(s) == []
+    async with s() as session, session.begin():
+        await service.explain_waiting(session=session, now=utcnow(), worker_ttl_s=15)
     async with s() as session:
         cuda = await session.get(Job, cuda_job)
         cpu = await session.get(Job, cpu_job)

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 DatasetName = str
+
+
+LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")]
+# Printable text: no control characters (PostgreSQL JSON cannot even store NUL).
+LabelValue = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class JobSubmit(BaseModel):
@@ -22,7 +27,7 @@ class JobSubmit(BaseModel):
     priority: int = Field(default=5, ge=0, le=9, description="9 runs first")
     timeout_s: int | None = Field(default=None, ge=1, le=7 * 86_400)
     max_retries: int | None = Field(default=None, ge=0, le=20)
-    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
 
 
 class JobOut(BaseModel):

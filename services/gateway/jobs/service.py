@@ -19,6 +19,8 @@ from shared.jobs.states import JobState
 from shared.jobs.store import lock_job, set_job_state
 from shared.kernels import get_spec
 from shared.pagination import decode_cursor, encode_cursor
+from shared.storage.catalog import existing_names
+from shared.storage.names import name_problem
 
 
 @dataclass(frozen=True)
@@ -36,11 +38,16 @@ def _check_io(kind: str, given: dict[str, str], expected: tuple[str, ...]) -> No
         raise Invalid(f"{kind} do not match the kernel", errors=errors)
 
 
-async def _check_inputs_exist(*, session: AsyncSession, inputs: dict[str, str]) -> None:
-    # Datasets arrive with the datasets issue; until then no dataset exists.
+async def _check_inputs_exist(
+    *, session: AsyncSession, tenant_id: uuid.UUID, inputs: dict[str, str]
+) -> None:
+    """422 for an input that names no dataset of this tenant (or no valid name at all)."""
+    valid = {n: name for n, name in inputs.items() if name_problem(name) is None}
+    found = await existing_names(session=session, tenant_id=tenant_id, names=list(valid.values()))
     errors = [
         {"loc": ["body", "inputs", n], "msg": f"dataset {name!r} not found"}
         for n, name in sorted(inputs.items())
+        if name not in found
     ]
     if errors:
         raise Invalid("input dataset not found", errors=errors)
@@ -66,7 +73,7 @@ async def submit_job(
         )
     _check_io("inputs", data.inputs, spec.inputs)
     _check_io("outputs", data.outputs, spec.outputs)
-    await _check_inputs_exist(session=session, inputs=data.inputs)
+    await _check_inputs_exist(session=session, tenant_id=tenant_id, inputs=data.inputs)
 
     if idempotency_key is not None:
         existing = await _find_idempotent(

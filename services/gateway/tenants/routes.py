@@ -9,6 +9,7 @@ from fastapi import APIRouter, Response
 
 from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
 from services.tenant import service
+from services.tenant.audit import audit
 from services.tenant.schemas import (
     KeyCreate,
     KeyCreated,
@@ -50,7 +51,16 @@ async def create_tenant(
     body: TenantCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> TenantOut:
     principal.require_admin()
-    return tenant_out(await service.create_tenant(session=session, data=body), settings)
+    tenant = await service.create_tenant(session=session, data=body)
+    await audit(
+        session=session,
+        actor=principal.actor,
+        action="tenant.created",
+        tenant_id=tenant.id,
+        target=tenant.name,
+        details=body.model_dump(mode="json"),
+    )
+    return tenant_out(tenant, settings)
 
 
 @router.get("", responses=ERRORS)
@@ -58,6 +68,7 @@ async def list_tenants(
     principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> list[TenantOut]:
     principal.require_admin()
+    await audit(session=session, actor=principal.actor, action="tenants.read")
     return [tenant_out(t, settings) for t in await service.list_tenants(session=session)]
 
 
@@ -66,7 +77,9 @@ async def get_tenant(
     tenant_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> TenantOut:
     principal.require_admin()
-    return tenant_out(await service.get_tenant(session=session, tenant_id=tenant_id), settings)
+    tenant = await service.get_tenant(session=session, tenant_id=tenant_id)
+    await audit(session=session, actor=principal.actor, action="tenant.read", tenant_id=tenant_id)
+    return tenant_out(tenant, settings)
 
 
 @router.patch("/{tenant_id}", responses=ERRORS)
@@ -78,7 +91,19 @@ async def patch_tenant(
     settings: SettingsDep,
 ) -> TenantOut:
     principal.require_admin()
+    before = dict((await service.get_tenant(session=session, tenant_id=tenant_id)).quotas)
     tenant = await service.patch_tenant(session=session, tenant_id=tenant_id, data=body)
+    await audit(
+        session=session,
+        actor=principal.actor,
+        action="tenant.updated",
+        tenant_id=tenant_id,
+        details={
+            "change": body.model_dump(mode="json", exclude_unset=True),
+            "quotas_before": before,
+            "quotas_after": tenant.quotas,
+        },
+    )
     return tenant_out(tenant, settings)
 
 
@@ -97,6 +122,14 @@ async def create_key(
         data=body,
         key_secret=settings.key_secret.get_secret_value(),
     )
+    await audit(
+        session=session,
+        actor=principal.actor,
+        action="key.created",
+        tenant_id=tenant_id,
+        target=str(new.row.id),
+        details={"name": new.row.name, "prefix": new.row.prefix, "scopes": new.row.scopes},
+    )
     return KeyCreated(
         id=new.row.id,
         key=new.secret,
@@ -113,4 +146,11 @@ async def revoke_key(
 ) -> Response:
     principal.require_admin()
     await service.revoke_key(session=session, tenant_id=tenant_id, key_id=key_id)
+    await audit(
+        session=session,
+        actor=principal.actor,
+        action="key.revoked",
+        tenant_id=tenant_id,
+        target=str(key_id),
+    )
     return Response(status_code=204)

@@ -1,0 +1,182 @@
+"""Copy one object between tiers in chunks, several in flight, and verify it end to end.
+
+Chunks not yet done are read from the source and written to the target's partial object
+(``Upload``) by ``in_flight`` workers. A verifier follows them in order and hashes what the
+target holds: it reads each chunk back from the target where the tier can (directory tiers),
+else hashes the bytes that were sent (S3 parts, which S3 checks on receipt), re-reading the
+source for chunks done before a restart. The result is the copy's checksum, compared by the
+caller with the source's before anything is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from shared.resilience import RetryPolicy
+from shared.storage import Storage, Upload
+from shared.storage.checksum import format_checksum, new_hasher
+
+
+class VerificationFailed(Exception):
+    """The copy's checksum differs from the source's."""
+
+
+@dataclass
+class CopyJob:
+    source: str  # tier names
+    target: str
+    key: str
+    size: int
+    chunk_bytes: int
+    upload: Upload
+    done: dict[int, str | None] = field(default_factory=dict)  # chunk -> part ETag
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.size // self.chunk_bytes)
+
+    def span(self, index: int) -> tuple[int, int]:
+        offset = index * self.chunk_bytes
+        return offset, min(self.chunk_bytes, self.size - offset)
+
+    def etags(self) -> list[str | None]:
+        return [self.done[i] for i in range(self.chunks)]
+
+
+OnChunk = Callable[[int, str | None, int], None]
+
+
+class Throttle:
+    """Paces one migration to ``rate`` bytes per second (0: unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.start = time.monotonic()
+        self.sent = 0
+
+    async def __call__(self, nbytes: int) -> None:
+        if self.rate <= 0:
+            return
+        self.sent += nbytes
+        ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_error(exc)
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc
+    return group.exceptions[0]
+
+
+class Copier:
+    def __init__(
+        self,
+        storage: Storage,
+        job: CopyJob,
+        *,
+        policy: RetryPolicy,
+        in_flight: int,
+        on_chunk: OnChunk,
+        throttle: Throttle,
+    ) -> None:
+        self.storage = storage
+        self.job = job
+        self.policy = policy
+        self.in_flight = in_flight
+        self.on_chunk = on_chunk
+        self.throttle = throttle
+        self.source = storage.tier(job.source)
+        self.target = storage.tier(job.target)
+        self.ready = {i: asyncio.Event() for i in range(job.chunks)}
+        self.retained: dict[int, bytes] = {}
+        self.verified = 0
+        self.moved = asyncio.Condition()
+
+    async def run(self) -> str:
+        """Copy what is missing, verify everything; the copy's checksum."""
+        for i in self.job.done:
+            if i in self.ready:
+                self.ready[i].set()
+        todo = collections.deque(i for i in range(self.job.chunks) if i not in self.job.done)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for _ in range(min(self.in_flight, len(todo))):
+                    tg.create_task(self._worker(todo))
+                verify = tg.create_task(self._verify())
+        except BaseExceptionGroup as group:
+            raise _first_error(group) from None
+        return verify.result()
+
+    async def _read_source(self, offset: int, length: int) -> bytes:
+        job = self.job
+        return await self.storage.call(
+            job.source,
+            lambda: self.source.read(job.key, offset, length),
+            policy=self.policy,
+            what="read",
+        )
+
+    async def _worker(self, todo: collections.deque[int]) -> None:
+        job = self.job
+        keep = not self.target.can_read_back
+        window = 2 * self.in_flight
+        while todo:
+            index = todo.popleft()
+            if keep:  # bound the bytes held for the verifier
+                async with self.moved:
+                    await self.moved.wait_for(lambda i=index: i < self.verified + window)  # type: ignore[misc]
+            offset, length = job.span(index)
+            etag = None
+            if not await self.storage.call(
+                job.target,
+                lambda o=offset, n=length: self.target.copy_from(
+                    self.source, job.key, job.upload, o, n
+                ),  # type: ignore[misc]
+                policy=self.policy,
+                what="copy",
+            ):
+                data = await self._read_source(offset, length)
+                etag = await self.storage.call(
+                    job.target,
+                    lambda d=data, i=index, o=offset: self.target.write(job.upload, i, o, d),  # type: ignore[misc]
+                    policy=self.policy,
+                    what="write",
+                )
+                if keep:
+                    self.retained[index] = data
+            job.done[index] = etag
+            self.on_chunk(index, etag, length)
+            self.ready[index].set()
+            await self.throttle(length)
+
+    async def _verify(self) -> str:
+        job = self.job
+        hasher = new_hasher()
+        buffer = bytearray(job.chunk_bytes if self.target.can_read_back and job.chunks else 0)
+        for index in range(job.chunks):
+            await self.ready[index].wait()
+            offset, length = job.span(index)
+            kept = self.retained.pop(index, None)
+            if self.target.can_read_back:
+                await self.storage.call(
+                    job.target,
+                    lambda o=offset, n=length: self.target.hash_back(
+                        job.upload, o, n, hasher, buffer
+                    ),  # type: ignore[misc]
+                    policy=self.policy,
+                    what="read back",
+                )
+            else:  # a chunk sent before a restart: hash the source's bytes again
+                hasher.update(kept if kept is not None else await self._read_source(offset, length))
+            async with self.moved:
+                self.verified = index + 1
+                self.moved.notify_all()
+        return format_checksum(hasher)

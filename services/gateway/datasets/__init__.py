@@ -1,0 +1,1 @@
+"""``/v1/datasets``: streamed upload and download, metadata, listing, delete."""

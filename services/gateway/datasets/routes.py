@@ -1,0 +1,239 @@
+"""``/v1/datasets``: parse, call the service, map the result. Bodies stream both ways."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.exceptions import HTTPException
+
+from services.gateway.datasets import service
+from services.gateway.datasets.schemas import DatasetList, DatasetOut
+from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep, SettingsDep
+from shared.db.models import Dataset
+from shared.errors import Invalid
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.problems import PROBLEM
+from shared.storage import Storage, validate_name
+from shared.storage.checksum import etag
+from shared.storage.tiers import Reader
+
+READ_BLOCK = 1 << 20
+
+
+@asynccontextmanager
+async def storage_lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """The gateway's tiers, opened with the app and closed with it."""
+    storage = Storage(app.state.settings.storage)
+    app.state.storage = storage
+    try:
+        yield
+    finally:
+        await storage.close()
+
+
+router = APIRouter(prefix="/v1", tags=["datasets"], lifespan=storage_lifespan)
+
+
+def get_storage(request: Request) -> Storage:
+    storage: Storage = request.app.state.storage
+    return storage
+
+
+StorageDep = Annotated[Storage, Depends(get_storage)]
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc, "content": {PROBLEM: {}}}
+    for code, desc in {
+        401: "missing or unknown API key",
+        403: "key lacks the scope, or tenant suspended",
+        404: "no such dataset for this tenant",
+        409: "the name clashes with another dataset (a file and a folder)",
+        413: "over the tenant's storage_bytes quota",
+        422: "invalid name or tier",
+        503: "a storage tier or the database is down; retry after Retry-After",
+    }.items()
+}
+
+
+def dataset_out(dataset: Dataset) -> DatasetOut:
+    return DatasetOut.model_validate(dataset, from_attributes=True)
+
+
+def checked_name(request: Request, name: str) -> str:
+    """Refuse percent-encoded names (a valid name never needs encoding), then the rules."""
+    raw = request.scope.get("raw_path") or b""
+    if b"%" in raw or "\\" in name:
+        raise Invalid(
+            "invalid dataset name: encoded characters are not allowed",
+            errors=[{"loc": ["path", "name"], "msg": "encoded characters are not allowed"}],
+        )
+    return validate_name(name)
+
+
+@router.put(
+    "/datasets/{name:path}",
+    status_code=201,
+    responses={**ERRORS, 200: {"description": "an existing dataset was overwritten"}},
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def put_dataset(
+    name: str,
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    storage: StorageDep,
+    resources: ResourcesDep,
+    settings: SettingsDep,
+    response: Response,
+    background: BackgroundTasks,
+    tier: Annotated[str | None, Query(description="where to store it (default: local)")] = None,
+    content_length: Annotated[int | None, Header(ge=0)] = None,
+) -> DatasetOut:
+    tenant_id = principal.require_tenant("data:write")
+    name = checked_name(request, name)
+    tier_name = tier or storage.settings.default_tier
+    storage.tier(tier_name)
+    quota = int(principal.quotas.get("storage_bytes", settings.quotas.storage_bytes))
+    limit = await service.upload_allowance(
+        sessions=resources.sessions, tenant_id=tenant_id, name=name, quota=quota
+    )
+    try:
+        if content_length is not None and content_length > limit:
+            raise service.QuotaExceeded(
+                f"the upload would exceed the storage_bytes quota ({max(limit, 0)} bytes left)"
+            )
+        staged = await service.receive(
+            storage=storage,
+            tenant_id=tenant_id,
+            name=name,
+            tier=tier_name,
+            body=request.stream(),
+            limit=limit,
+        )
+        try:
+            published = await service.publish(
+                session=session,
+                storage=storage,
+                tenant_id=tenant_id,
+                name=name,
+                staged=staged,
+                quota=quota,
+            )
+        except BaseException:
+            await service.discard(storage=storage, staged=staged)
+            raise
+    except service.QuotaExceeded as exc:
+        raise HTTPException(413, exc.detail) from exc
+    background.add_task(
+        service.clean_stale,
+        sessions=resources.sessions,
+        storage=storage,
+        tenant_id=tenant_id,
+        name=name,
+        tiers=published.stale_tiers,
+    )
+    response.status_code = 201 if published.created else 200
+    response.headers["ETag"] = etag(published.dataset.checksum)
+    response.headers["Location"] = f"/v1/datasets/{name}"
+    return dataset_out(published.dataset)
+
+
+async def _stream(reader: Reader) -> AsyncIterator[bytes]:
+    try:
+        while block := await reader.read(READ_BLOCK):
+            yield block
+    finally:
+        await reader.close()
+
+
+@router.get(
+    "/datasets/{name:path}",
+    response_model=None,
+    responses={
+        **ERRORS,
+        200: {
+            "description": "the bytes (streamed), or with ?meta=1 the Dataset",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                "application/json": {"schema": DatasetOut.model_json_schema()},
+            },
+        },
+        304: {"description": "If-None-Match matched the ETag"},
+    },
+)
+async def get_dataset(
+    name: str,
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    storage: StorageDep,
+    meta: Annotated[bool, Query(description="1: the Dataset instead of the bytes")] = False,
+    if_none_match: Annotated[str | None, Header()] = None,
+) -> Response:
+    tenant_id = principal.require_tenant("data:read")
+    name = checked_name(request, name)
+    if meta:
+        dataset = await service.get_meta(session=session, tenant_id=tenant_id, name=name)
+        body = dataset_out(dataset).model_dump_json()
+        return Response(
+            body, media_type="application/json", headers={"ETag": etag(dataset.checksum)}
+        )
+    dataset, reader = await service.open_for_read(
+        session=session, storage=storage, tenant_id=tenant_id, name=name
+    )
+    tag = etag(dataset.checksum)
+    if if_none_match is not None and tag in {t.strip() for t in if_none_match.split(",")}:
+        await reader.close()
+        return Response(status_code=304, headers={"ETag": tag})
+    headers = {"ETag": tag, "Content-Length": str(dataset.size)}
+    return StreamingResponse(
+        _stream(reader), media_type="application/octet-stream", headers=headers
+    )
+
+
+@router.get("/datasets", responses=ERRORS)
+async def list_datasets(
+    principal: PrincipalDep,
+    session: SessionDep,
+    prefix: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> DatasetList:
+    tenant_id = principal.require_tenant("data:read")
+    rows, next_cursor = await service.list_datasets(
+        session=session, tenant_id=tenant_id, prefix=prefix, limit=limit, cursor=cursor
+    )
+    return DatasetList(items=[dataset_out(d) for d in rows], next_cursor=next_cursor)
+
+
+@router.delete("/datasets/{name:path}", status_code=204, responses=ERRORS)
+async def delete_dataset(
+    name: str,
+    request: Request,
+    principal: PrincipalDep,
+    session: SessionDep,
+    storage: StorageDep,
+    resources: ResourcesDep,
+    background: BackgroundTasks,
+) -> Response:
+    tenant_id = principal.require_tenant("data:write")
+    name = checked_name(request, name)
+    tiers = await service.delete_dataset(session=session, tenant_id=tenant_id, name=name)
+    background.add_task(
+        service.clean_stale,
+        sessions=resources.sessions,
+        storage=storage,
+        tenant_id=tenant_id,
+        name=name,
+        tiers=tiers,
+    )
+    return Response(status_code=204)

@@ -1,0 +1,22 @@
+"""Dataset shapes of the public contract."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, Field
+
+
+class DatasetOut(BaseModel):
+    name: str
+    size: int
+    checksum: str = Field(description='"xxh3-128:<hex>" of the bytes')
+    tier: str = Field(description="the tier reads come from")
+    tiers: list[str] = Field(description="every tier that holds a verified copy")
+    created_at: datetime
+    updated_at: datetime
+
+
+class DatasetList(BaseModel):
+    items: list[DatasetOut]
+    next_cursor: str | None

@@ -1,0 +1,232 @@
+"""Dataset use cases for the gateway. Functions take ``session`` as a keyword and never commit.
+
+An upload is received in two steps: ``receive`` streams the body into an invisible partial
+object on the tier (hashing as it goes, never holding more than a chunk or two in memory,
+and holding no database connection), then ``publish`` makes it visible and records the row
+in the request's transaction, under the dataset's lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db.models import Dataset
+from shared.errors import StratusError
+from shared.logging import get_logger
+from shared.pagination import decode_cursor, encode_cursor
+from shared.storage import Storage, object_key
+from shared.storage.catalog import (
+    Published,
+    check_no_clash,
+    get_dataset,
+    lock_name,
+    record_published,
+    remove_unlisted,
+    require_dataset,
+    storage_used,
+)
+from shared.storage.checksum import format_checksum, new_hasher
+from shared.storage.tiers import Reader, Upload
+
+log = get_logger(__name__)
+
+
+class QuotaExceeded(StratusError):
+    title = "Payload too large"
+
+
+@dataclass
+class Staged:
+    """An upload received but not yet visible."""
+
+    tier: str
+    upload: Upload
+    size: int = 0
+    checksum: str = ""
+    etags: list[str | None] = field(default_factory=list)
+
+
+async def upload_allowance(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: uuid.UUID,
+    name: str,
+    quota: int,
+) -> int:
+    """Bytes this upload may have: the quota less what the tenant stores, the dataset being
+    overwritten excluded. A short transaction of its own (none is held while streaming)."""
+    async with sessions() as session:
+        used = await storage_used(session=session, tenant_id=tenant_id)
+        existing = await get_dataset(session=session, tenant_id=tenant_id, name=name)
+    return quota - used + (existing.size if existing is not None else 0)
+
+
+def _over(limit: int) -> QuotaExceeded:
+    return QuotaExceeded(f"the upload would exceed the storage_bytes quota ({limit} bytes left)")
+
+
+async def receive(
+    *,
+    storage: Storage,
+    tenant_id: uuid.UUID,
+    name: str,
+    tier: str,
+    body: AsyncIterator[bytes],
+    limit: int,
+) -> Staged:
+    """Stream ``body`` into a partial object in chunks, one write in flight beside the read."""
+    target = storage.tier(tier)
+    key = object_key(tenant_id, name)
+    upload = await storage.guard(tier, lambda: target.begin(key, uuid.uuid4().hex, None))
+    staged = Staged(tier, upload)
+    hasher = new_hasher()
+    buffer = bytearray()
+    sent = 0
+    pending: asyncio.Task[str | None] | None = None
+
+    async def flush(data: bytes) -> None:
+        nonlocal pending, sent
+        if pending is not None:
+            staged.etags.append(await pending)
+        index, offset = len(staged.etags), sent
+        sent += len(data)
+        pending = asyncio.create_task(
+            storage.guard(tier, lambda: target.write(upload, index, offset, data))
+        )
+
+    try:
+        async for piece in body:
+            staged.size += len(piece)
+            if staged.size > limit:
+                raise _over(limit)
+            hasher.update(piece)
+            buffer += piece
+            while len(buffer) >= storage.chunk_bytes:
+                data = bytes(memoryview(buffer)[: storage.chunk_bytes])
+                del buffer[: storage.chunk_bytes]
+                await flush(data)
+        if buffer:
+            await flush(bytes(buffer))
+            buffer.clear()
+        if pending is not None:
+            staged.etags.append(await pending)
+            pending = None
+    except BaseException:
+        if pending is not None:
+            pending.cancel()
+        await discard(storage=storage, staged=staged)
+        raise
+    staged.checksum = format_checksum(hasher)
+    return staged
+
+
+async def discard(*, storage: Storage, staged: Staged) -> None:
+    try:
+        await storage.tier(staged.tier).abort(staged.upload)
+    except Exception as exc:  # best effort: a partial object is invisible anyway
+        log.warning("upload_abort_failed", tier=staged.tier, error=type(exc).__name__)
+
+
+async def publish(
+    *,
+    session: AsyncSession,
+    storage: Storage,
+    tenant_id: uuid.UUID,
+    name: str,
+    staged: Staged,
+    quota: int,
+) -> Published:
+    """Check the quota exactly, make the upload visible atomically, record the row."""
+    await lock_name(session=session, tenant_id=tenant_id, name=name)
+    await check_no_clash(session=session, tenant_id=tenant_id, name=name)
+    used = await storage_used(session=session, tenant_id=tenant_id)
+    existing = await get_dataset(session=session, tenant_id=tenant_id, name=name)
+    if used - (existing.size if existing else 0) + staged.size > quota:
+        raise _over(max(quota - used, 0))
+    target = storage.tier(staged.tier)
+    await storage.guard(staged.tier, lambda: target.publish(staged.upload, staged.etags))
+    return await record_published(
+        session=session,
+        tenant_id=tenant_id,
+        name=name,
+        size=staged.size,
+        checksum=staged.checksum,
+        tier=staged.tier,
+    )
+
+
+async def clean_stale(
+    *,
+    sessions: async_sessionmaker[AsyncSession],
+    storage: Storage,
+    tenant_id: uuid.UUID,
+    name: str,
+    tiers: tuple[str, ...],
+) -> None:
+    """After the commit: remove copies of an older version (or of a deleted dataset)."""
+    if not tiers:
+        return
+    try:
+        async with sessions() as session, session.begin():
+            await remove_unlisted(
+                session=session, storage=storage, tenant_id=tenant_id, name=name, tiers=tiers
+            )
+    except Exception as exc:
+        log.warning("dataset_cleanup_failed", tiers=list(tiers), error=type(exc).__name__)
+
+
+async def open_for_read(
+    *, session: AsyncSession, storage: Storage, tenant_id: uuid.UUID, name: str
+) -> tuple[Dataset, Reader]:
+    """The row and an open reader of the same version (opened under the dataset's lock)."""
+    await lock_name(session=session, tenant_id=tenant_id, name=name)
+    dataset = await require_dataset(session=session, tenant_id=tenant_id, name=name)
+    tier = storage.tier(dataset.tier)
+    key = object_key(tenant_id, name)
+    reader = await storage.guard(dataset.tier, lambda: tier.open_reader(key))
+    return dataset, reader
+
+
+async def get_meta(*, session: AsyncSession, tenant_id: uuid.UUID, name: str) -> Dataset:
+    return await require_dataset(session=session, tenant_id=tenant_id, name=name)
+
+
+async def delete_dataset(
+    *, session: AsyncSession, tenant_id: uuid.UUID, name: str
+) -> tuple[str, ...]:
+    """Delete the row; returns the tiers whose objects to remove after the commit."""
+    await lock_name(session=session, tenant_id=tenant_id, name=name)
+    dataset = await require_dataset(session=session, tenant_id=tenant_id, name=name)
+    tiers = tuple(dataset.tiers)
+    await session.delete(dataset)
+    await session.flush()
+    return tiers
+
+
+async def list_datasets(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    prefix: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Dataset], str | None]:
+    query = select(Dataset).where(Dataset.tenant_id == tenant_id)
+    if prefix:
+        query = query.where(Dataset.name.startswith(prefix, autoescape=True))
+    if cursor:
+        at, id_ = decode_cursor(cursor)
+        query = query.where(tuple_(Dataset.created_at, Dataset.id) < tuple_(at, id_))
+    query = query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)
+    rows = list((await session.execute(query)).scalars())
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, next_cursor

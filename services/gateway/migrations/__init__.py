@@ -1,0 +1,1 @@
+"""``/v1/migrations``: move or copy datasets between storage tiers."""

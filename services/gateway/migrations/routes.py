@@ -1,0 +1,91 @@
+"""``/v1/migrations``: parse, call one service function, map the result."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Response
+
+from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
+from services.gateway.migrations import service
+from services.gateway.migrations.schemas import MigrationCreate, MigrationList, MigrationOut
+from shared.db.models import Migration
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.problems import PROBLEM
+from shared.storage.migrations import MigrationMode, MigrationState, request_migration
+
+router = APIRouter(prefix="/v1", tags=["migrations"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": desc, "content": {PROBLEM: {}}}
+    for code, desc in {
+        401: "missing or unknown API key",
+        403: "key lacks the scope, or tenant suspended",
+        404: "no such dataset or migration for this tenant",
+        409: "the dataset is already on that tier",
+        422: "validation failed (unknown tier, invalid name)",
+        503: "a dependency is down; retry after Retry-After",
+    }.items()
+}
+
+
+def migration_out(migration: Migration) -> MigrationOut:
+    return MigrationOut.model_validate(migration, from_attributes=True)
+
+
+@router.post("/migrations", status_code=202, responses=ERRORS)
+async def create_migration(
+    body: MigrationCreate,
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+) -> MigrationOut:
+    tenant_id = principal.require_tenant("data:write")
+    requested = await request_migration(
+        session=session,
+        tenant_id=tenant_id,
+        dataset=body.dataset,
+        to_tier=body.to_tier,
+        mode=MigrationMode(body.mode),
+        tiers=settings.storage.tiers().keys(),
+        idempotency_key=idempotency_key,
+        idempotency_window_s=settings.idempotency_window_s,
+    )
+    response.headers["Location"] = f"/v1/migrations/{requested.migration.id}"
+    if requested.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return migration_out(requested.migration)
+
+
+@router.get("/migrations/{migration_id}", responses=ERRORS)
+async def get_migration(
+    migration_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
+) -> MigrationOut:
+    tenant_id = principal.require_tenant("data:read")
+    return migration_out(
+        await service.get_migration(session=session, tenant_id=tenant_id, migration_id=migration_id)
+    )
+
+
+@router.get("/migrations", responses=ERRORS)
+async def list_migrations(
+    principal: PrincipalDep,
+    session: SessionDep,
+    state: MigrationState | None = None,
+    dataset: Annotated[str | None, Query(max_length=255)] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> MigrationList:
+    tenant_id = principal.require_tenant("data:read")
+    rows, next_cursor = await service.list_migrations(
+        session=session,
+        tenant_id=tenant_id,
+        state=state,
+        dataset=dataset,
+        limit=limit,
+        cursor=cursor,
+    )
+    return MigrationList(items=[migration_out(m) for m in rows], next_cursor=next_cursor)

@@ -1,0 +1,54 @@
+"""Migration use cases for the gateway. Functions take ``session`` as a keyword and never
+commit. Recording a request (and its event) is ``shared.storage.migrations.request_migration``,
+which the scheduler calls too (stage-in)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select, tuple_
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import Migration
+from shared.errors import NotFound
+from shared.pagination import decode_cursor, encode_cursor
+from shared.storage.migrations import MigrationState
+
+
+async def get_migration(
+    *, session: AsyncSession, tenant_id: uuid.UUID, migration_id: uuid.UUID
+) -> Migration:
+    migration = (
+        await session.execute(
+            select(Migration).where(Migration.id == migration_id, Migration.tenant_id == tenant_id)
+        )
+    ).scalar_one_or_none()
+    if migration is None:
+        raise NotFound("migration not found")
+    return migration
+
+
+async def list_migrations(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    state: MigrationState | None,
+    dataset: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[Migration], str | None]:
+    query = select(Migration).where(Migration.tenant_id == tenant_id)
+    if state is not None:
+        query = query.where(Migration.state == state.value)
+    if dataset is not None:
+        query = query.where(Migration.dataset == dataset)
+    if cursor:
+        at, id_ = decode_cursor(cursor)
+        query = query.where(tuple_(Migration.created_at, Migration.id) < tuple_(at, id_))
+    query = query.order_by(Migration.created_at.desc(), Migration.id.desc()).limit(limit + 1)
+    rows = list((await session.execute(query)).scalars())
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
+    return rows, next_cursor

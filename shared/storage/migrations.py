@@ -1,0 +1,220 @@
+"""The migration lifecycle: states, the allowed transitions, the one function that writes
+``migrations.state`` (under a row lock), and the use case that records a request.
+
+PENDING → RUNNING → SUCCEEDED | FAILED; PENDING → FAILED (e.g. the dataset was deleted).
+SUCCEEDED and FAILED are final. A RUNNING migration taken over by another datamover after
+its lease expired stays RUNNING (a new owner, not a new state).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import Migration, MigrationChunk
+from shared.db.outbox import add_event
+from shared.errors import Conflict, IllegalTransition, Invalid, NotFound
+from shared.events import MigrationRequested, utcnow
+from shared.storage.catalog import require_dataset
+from shared.storage.names import validate_name
+
+
+class MigrationState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class MigrationMode(StrEnum):
+    COPY = "copy"
+    MOVE = "move"
+
+
+FINAL: frozenset[MigrationState] = frozenset({MigrationState.SUCCEEDED, MigrationState.FAILED})
+
+ALLOWED: dict[MigrationState, frozenset[MigrationState]] = {
+    MigrationState.PENDING: frozenset({MigrationState.RUNNING, MigrationState.FAILED}),
+    MigrationState.RUNNING: frozenset({MigrationState.SUCCEEDED, MigrationState.FAILED}),
+    MigrationState.SUCCEEDED: frozenset(),
+    MigrationState.FAILED: frozenset(),
+}
+
+
+def allowed(current: MigrationState, proposed: MigrationState) -> bool:
+    return proposed in ALLOWED[current]
+
+
+async def lock_migration(
+    session: AsyncSession, migration_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None
+) -> Migration:
+    query = (
+        select(Migration)
+        .where(Migration.id == migration_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if tenant_id is not None:
+        query = query.where(Migration.tenant_id == tenant_id)
+    migration = (await session.execute(query)).scalar_one_or_none()
+    if migration is None:
+        raise NotFound("migration not found")
+    return migration
+
+
+async def set_migration_state(
+    session: AsyncSession,
+    migration_id: uuid.UUID,
+    proposed: MigrationState,
+    *,
+    expected_owner: str | None = None,
+    **fields: Any,
+) -> Migration:
+    """Lock the row, check the transition, apply it with ``fields``. ``expected_owner``
+    fences a datamover whose lease was taken over: it may no longer change the migration."""
+    migration = await lock_migration(session, migration_id)
+    current = MigrationState(migration.state)
+    if expected_owner is not None and migration.owner != expected_owner:
+        raise IllegalTransition(
+            f"migration is owned by {migration.owner!r}, not {expected_owner!r}"
+        )
+    if not allowed(current, proposed):
+        raise IllegalTransition(f"migration is {current}; cannot become {proposed}")
+    now = utcnow()
+    migration.state = proposed.value
+    migration.updated_at = now
+    if proposed is MigrationState.RUNNING and migration.started_at is None:
+        migration.started_at = now
+    if proposed in FINAL:
+        migration.finished_at = now
+        migration.owner = None
+        migration.lease_expires_at = None
+        await session.execute(
+            delete(MigrationChunk).where(MigrationChunk.migration_id == migration_id)
+        )
+    for name, value in fields.items():
+        setattr(migration, name, value)
+    await session.flush()
+    return migration
+
+
+@dataclass(frozen=True)
+class Requested:
+    migration: Migration
+    replayed: bool
+
+
+async def request_migration(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    dataset: str,
+    to_tier: str,
+    mode: MigrationMode,
+    tiers: Collection[str],
+    idempotency_key: str | None = None,
+    idempotency_window_s: int = 86_400,
+    job_id: uuid.UUID | None = None,
+) -> Requested:
+    """Record a PENDING migration and its ``migration.requested`` event (same transaction).
+
+    404 for an unknown dataset, 422 for an unknown tier, 409 when the dataset is already on
+    ``to_tier``. The datamover re-reads the dataset when it starts the copy.
+    """
+    validate_name(dataset, loc=("body", "dataset"))
+    if to_tier not in tiers:
+        raise Invalid(
+            f"unknown tier {to_tier!r}",
+            errors=[{"loc": ["body", "to_tier"], "msg": f"one of {sorted(tiers)}"}],
+        )
+    if idempotency_key is not None:
+        found = await _find_idempotent(
+            session=session, tenant_id=tenant_id, key=idempotency_key, window_s=idempotency_window_s
+        )
+        if found is not None:
+            return Requested(found, replayed=True)
+    row = await require_dataset(session=session, tenant_id=tenant_id, name=dataset)
+    if row.tier == to_tier:
+        raise Conflict(f"dataset {dataset!r} is already on tier {to_tier!r}")
+    now = utcnow()
+    migration_id = uuid.uuid4()
+    inserted = (
+        await session.execute(
+            insert(Migration)
+            .values(
+                id=migration_id,
+                tenant_id=tenant_id,
+                dataset=dataset,
+                from_tier=row.tier,
+                to_tier=to_tier,
+                mode=mode.value,
+                state=MigrationState.PENDING.value,
+                bytes_total=row.size,
+                bytes_done=0,
+                bytes_copied=0,
+                checksum=row.checksum,
+                attempts=0,
+                job_id=job_id,
+                idempotency_key=idempotency_key,
+                created_at=now,
+                updated_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=[Migration.tenant_id, Migration.idempotency_key])
+            .returning(Migration)
+        )
+    ).scalar_one_or_none()
+    if inserted is None:  # a concurrent request with the same key won the race
+        assert idempotency_key is not None
+        found = await _find_idempotent(
+            session=session, tenant_id=tenant_id, key=idempotency_key, window_s=idempotency_window_s
+        )
+        if found is None:
+            raise Conflict("a request with this Idempotency-Key is in progress; retry")
+        return Requested(found, replayed=True)
+    await add_event(
+        session,
+        MigrationRequested(
+            tenant_id=tenant_id,
+            migration_id=migration_id,
+            dataset=dataset,
+            to_tier=to_tier,
+            mode=mode.value,
+        ),
+    )
+    return Requested(inserted, replayed=False)
+
+
+async def _find_idempotent(
+    *, session: AsyncSession, tenant_id: uuid.UUID, key: str, window_s: int
+) -> Migration | None:
+    found = (
+        await session.execute(
+            select(Migration).where(
+                Migration.tenant_id == tenant_id, Migration.idempotency_key == key
+            )
+        )
+    ).scalar_one_or_none()
+    if found is None:
+        return None
+    if found.created_at < utcnow() - timedelta(seconds=window_s):
+        await session.execute(
+            update(Migration).where(Migration.id == found.id).values(idempotency_key=None)
+        )
+        return None
+    return found
+
+
+async def migrations_for_job(*, session: AsyncSession, job_id: uuid.UUID) -> list[Migration]:
+    """The stage-in migrations requested for a job, oldest first."""
+    rows = await session.execute(
+        select(Migration).where(Migration.job_id == job_id).order_by(Migration.created_at)
+    )
+    return list(rows.scalars())

@@ -1,0 +1,278 @@
+"""The tier interface and the directory tier (fsspec's local filesystem).
+
+A tier stores objects by key (``<tenant_id>/<name>``). Writes never show a partial object:
+bytes go to an ``Upload`` (a temporary file, or an S3 multipart upload) written chunk by chunk,
+in any order, and ``publish`` makes it visible atomically (rename, or multipart completion).
+An ``Upload`` is plain data so that a restarted process can carry on with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import fsspec
+
+from shared.settings import TierSettings
+from shared.storage.checksum import Hasher
+
+TEMP_DIR = ".stratus-tmp"
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A partial object: ``temp`` file (directory tiers) or ``upload_id`` (S3 multipart)."""
+
+    key: str
+    temp: str = ""
+    upload_id: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Upload:
+        return cls(str(data["key"]), str(data.get("temp", "")), data.get("upload_id"))
+
+
+class Reader(Protocol):
+    """An open object being read from start to end (one consistent version)."""
+
+    async def read(self, n: int) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class Tier(ABC):
+    """One storage tier. Methods raise ``FileNotFoundError`` for a missing object; other
+    ``OSError``s and client errors are transient (see ``is_transient``)."""
+
+    name: str
+    can_read_back: bool = False  # whether an Upload's bytes can be read before publishing
+
+    @abstractmethod
+    async def size(self, key: str) -> int: ...
+
+    @abstractmethod
+    async def read(self, key: str, offset: int, length: int) -> bytes: ...
+
+    @abstractmethod
+    async def open_reader(self, key: str) -> Reader: ...
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove an object; a missing one is not an error."""
+
+    @abstractmethod
+    async def begin(self, key: str, ref: str, size: int | None) -> Upload:
+        """Start a partial object for ``key``; ``ref`` makes its temporary name unique."""
+
+    @abstractmethod
+    async def resume(self, upload: Upload) -> bool:
+        """Whether the partial object still exists (a restarted process may carry on)."""
+
+    @abstractmethod
+    async def write(self, upload: Upload, index: int, offset: int, data: bytes) -> str | None:
+        """Write chunk ``index`` at ``offset``; returns the part's ETag where there is one."""
+
+    async def read_back(self, upload: Upload, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    async def hash_back(
+        self, upload: Upload, offset: int, length: int, hasher: Hasher, buffer: bytearray
+    ) -> None:
+        """Feed a range of the partial object, read back, to ``hasher`` (``buffer`` may be
+        used to avoid allocating)."""
+        hasher.update(await self.read_back(upload, offset, length))
+
+    async def copy_from(
+        self, source: Tier, key: str, upload: Upload, offset: int, length: int
+    ) -> bool:
+        """Copy a range of ``source``'s object without passing it through Python, where the
+        pair allows it (in the kernel between directories). False: copy through memory."""
+        return False
+
+    @abstractmethod
+    async def publish(self, upload: Upload, etags: list[str | None]) -> None:
+        """Make the object visible under its key, atomically, replacing any older one."""
+
+    @abstractmethod
+    async def abort(self, upload: Upload) -> None:
+        """Throw a partial object away (nothing becomes visible)."""
+
+    def local_path(self, key: str) -> Path | None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class _FileReader:
+    def __init__(self, handle: Any) -> None:
+        self._handle = handle
+
+    async def read(self, n: int) -> bytes:
+        data: bytes = await asyncio.to_thread(self._handle.read, n)
+        return data
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._handle.close)
+
+
+class FileTier(Tier):
+    """A directory: objects are files under ``root``, uploads are files under ``root/.stratus-tmp``
+    (same filesystem, so publishing is a rename)."""
+
+    can_read_back = True
+
+    def __init__(self, name: str, settings: TierSettings, *, fsync: bool = True) -> None:
+        self.name = name
+        self.root = Path(settings.root or f"run/data/{name}").resolve()
+        self.fs = fsspec.filesystem("file", **settings.options)
+        self.fsync = fsync
+
+    def local_path(self, key: str) -> Path:
+        return self.root / key
+
+    def _temp(self, ref: str) -> Path:
+        return self.root / TEMP_DIR / ref
+
+    async def size(self, key: str) -> int:
+        info = await asyncio.to_thread(self.fs.info, str(self.local_path(key)))
+        if info.get("type") != "file":
+            raise FileNotFoundError(key)
+        return int(info["size"])
+
+    def _read(self, path: Path, offset: int, length: int) -> bytes:
+        with self.fs.open(str(path), "rb") as f:
+            f.seek(offset)
+            data: bytes = f.read(length)
+        if len(data) != length:
+            raise OSError(f"short read at {offset}: {len(data)} of {length} bytes")
+        return data
+
+    async def read(self, key: str, offset: int, length: int) -> bytes:
+        return await asyncio.to_thread(self._read, self.local_path(key), offset, length)
+
+    async def open_reader(self, key: str) -> Reader:
+        handle = await asyncio.to_thread(self.fs.open, str(self.local_path(key)), "rb")
+        return _FileReader(handle)
+
+    async def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(self.fs.rm_file, str(self.local_path(key)))
+
+    def _create(self, temp: Path, size: int | None) -> None:
+        self.fs.makedirs(str(temp.parent), exist_ok=True)
+        with self.fs.open(str(temp), "wb") as f:
+            if size:
+                f.truncate(size)
+
+    async def begin(self, key: str, ref: str, size: int | None) -> Upload:
+        temp = self._temp(ref)
+        await asyncio.to_thread(self._create, temp, size)
+        return Upload(key=key, temp=str(temp))
+
+    async def resume(self, upload: Upload) -> bool:
+        return bool(upload.temp) and await asyncio.to_thread(self.fs.isfile, upload.temp)
+
+    def _write(self, temp: str, offset: int, data: bytes) -> None:
+        with self.fs.open(temp, "r+b") as f:
+            f.seek(offset)
+            f.write(data)
+
+    async def write(self, upload: Upload, index: int, offset: int, data: bytes) -> str | None:
+        await asyncio.to_thread(self._write, upload.temp, offset, data)
+        return None
+
+    async def read_back(self, upload: Upload, offset: int, length: int) -> bytes:
+        return await asyncio.to_thread(self._read, Path(upload.temp), offset, length)
+
+    @staticmethod
+    def _hash_back(temp: str, offset: int, length: int, hasher: Hasher, buffer: bytearray) -> None:
+        view = memoryview(buffer)[:length]
+        with open(temp, "rb", buffering=0) as f:
+            f.seek(offset)
+            got = 0
+            while got < length:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise OSError(f"short read back at {offset + got}")
+                got += n
+        hasher.update(view)
+
+    async def hash_back(
+        self, upload: Upload, offset: int, length: int, hasher: Hasher, buffer: bytearray
+    ) -> None:
+        await asyncio.to_thread(self._hash_back, upload.temp, offset, length, hasher, buffer)
+
+    @staticmethod
+    def _copy_range(src: Path, temp: str, offset: int, length: int) -> None:
+        with open(src, "rb", buffering=0) as s, open(temp, "r+b", buffering=0) as d:
+            done = 0
+            while done < length:
+                n = os.copy_file_range(
+                    s.fileno(), d.fileno(), length - done, offset + done, offset + done
+                )
+                if n == 0:
+                    raise OSError(f"short copy at {offset + done}: the source ended early")
+                done += n
+
+    async def copy_from(
+        self, source: Tier, key: str, upload: Upload, offset: int, length: int
+    ) -> bool:
+        if not isinstance(source, FileTier) or not hasattr(os, "copy_file_range"):
+            return False
+        try:
+            await asyncio.to_thread(
+                self._copy_range, source.local_path(key), upload.temp, offset, length
+            )
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                return False  # not between these two filesystems: copy through memory
+            raise
+        return True
+
+    def _publish(self, temp: str, final: Path) -> None:
+        if self.fsync:
+            fd = os.open(temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.fs.makedirs(str(final.parent), exist_ok=True)
+        os.replace(temp, final)  # atomic: readers see the old file or the new one
+
+    async def publish(self, upload: Upload, etags: list[str | None]) -> None:
+        await asyncio.to_thread(self._publish, upload.temp, self.local_path(upload.key))
+
+    async def abort(self, upload: Upload) -> None:
+        if upload.temp:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(self.fs.rm_file, upload.temp)
+
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying the same storage call may succeed (an outage, not an answer)."""
+    if isinstance(exc, PERMANENT_ERRORS):
+        return False
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    module = type(exc).__module__
+    # botocore's connection and protocol errors, aiohttp's client errors
+    return module.startswith(("botocore", "aiobotocore", "aiohttp"))

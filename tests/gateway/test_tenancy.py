@@ -1,0 +1,179 @@
+"""Tenancy through the gateway: quotas, rate limit, usage, audit, and the access matrix."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.tenant.usage import record_usage
+from shared.events import JobFinished
+from tests.gateway.conftest import ADMIN, TenantKey, make_tenant
+from tests.gateway.test_jobs_api import MC, assert_problem
+
+
+async def _tenant_with_quotas(client: httpx.AsyncClient, quotas: dict[str, float]) -> TenantKey:
+    t = await make_tenant(client)
+    r = await client.patch(f"/v1/tenants/{t.tenant_id}", json={"quotas": quotas}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    await asyncio.sleep(0.3)  # the tenant.changed event reaches the gateway's cache
+    return t
+
+
+async def test_max_queued_jobs_answers_429_and_changes_live(client: httpx.AsyncClient) -> None:
+    t = await _tenant_with_quotas(client, {"max_queued_jobs": 3})
+    for _ in range(3):
+        assert (await client.post("/v1/jobs", json=MC, headers=t.headers)).status_code == 201
+    r = await client.post("/v1/jobs", json=MC, headers=t.headers)
+    body = assert_problem(r, 429)
+    assert "max_queued_jobs" in str(body["detail"])
+    assert int(r.headers["retry-after"]) >= 1
+    r = await client.patch(
+        f"/v1/tenants/{t.tenant_id}", json={"quotas": {"max_queued_jobs": 5}}, headers=ADMIN
+    )
+    assert r.status_code == 200
+    for _ in range(50):
+        r = await client.post("/v1/jobs", json=MC, headers=t.headers)
+        if r.status_code == 201:
+            break
+        await asyncio.sleep(0.05)
+    assert r.status_code == 201  # no restart needed
+
+
+async def test_rate_limit_answers_429_with_retry_after(client: httpx.AsyncClient) -> None:
+    t = await _tenant_with_quotas(client, {"requests_per_second": 5})
+    statuses = [(await client.get("/v1/jobs", headers=t.headers)) for _ in range(15)]
+    codes = [r.status_code for r in statuses]
+    assert codes[:5] == [200] * 5  # the burst allowance: one second's worth
+    limited = [r for r in statuses if r.status_code == 429]
+    assert len(limited) >= 8
+    assert_problem(limited[0], 429)
+    assert int(limited[0].headers["retry-after"]) >= 1
+    other = await make_tenant(client)  # budgets are per tenant
+    assert (await client.get("/v1/jobs", headers=other.headers)).status_code == 200
+
+
+async def test_usage_counts_each_attempt_once(
+    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    t = await make_tenant(client)
+    job = (await client.post("/v1/jobs", json=MC, headers=t.headers)).json()
+    tid, jid = uuid.UUID(t.tenant_id), uuid.UUID(job["id"])
+    events = [
+        JobFinished(tenant_id=tid, job_id=jid, attempt=1, state="QUEUED", cpu_seconds=1.5),
+        JobFinished(
+            tenant_id=tid,
+            job_id=jid,
+            attempt=2,
+            state="SUCCEEDED",
+            cpu_seconds=2.0,
+            gpu_seconds=0.5,
+        ),
+    ]
+    async with sessions() as s, s.begin():
+        assert await record_usage(session=s, events=events) == 2
+    async with sessions() as s, s.begin():  # redelivered: counted once
+        assert await record_usage(session=s, events=events) == 0
+    usage = (await client.get("/v1/usage", headers=t.headers)).json()
+    assert usage["cpu_seconds"] == pytest.approx(3.5)
+    assert usage["gpu_seconds"] == pytest.approx(0.5)
+    assert usage["jobs"]["PENDING"] == 1
+    assert set(usage) >= {"cpu_seconds", "gpu_seconds", "jobs", "storage_bytes", "bytes_moved"}
+    admin = (await client.get("/v1/admin/usage", headers=ADMIN)).json()
+    mine = [u for u in admin["items"] if u["tenant_id"] == t.tenant_id]
+    assert mine[0]["cpu_seconds"] == pytest.approx(3.5)
+    assert_problem(await client.get("/v1/usage", headers=ADMIN), 403)
+    assert_problem(await client.get("/v1/admin/usage", headers=t.headers), 403)
+
+
+async def test_audit_records_who_what_when_and_no_secret(client: httpx.AsyncClient) -> None:
+    t = await make_tenant(client)
+    await client.patch(
+        f"/v1/tenants/{t.tenant_id}", json={"quotas": {"max_running_jobs": 3}}, headers=ADMIN
+    )
+    await client.delete(f"/v1/tenants/{t.tenant_id}/keys/{t.key_id}", headers=ADMIN)
+    await client.get(f"/v1/tenants/{t.tenant_id}", headers=ADMIN)
+    r = await client.get("/v1/audit", params={"tenant_id": t.tenant_id}, headers=ADMIN)
+    assert r.status_code == 200
+    entries = r.json()["items"]
+    actions = [e["action"] for e in entries]
+    assert actions == [
+        "tenant.read",
+        "key.revoked",
+        "tenant.updated",
+        "key.created",
+        "tenant.created",
+    ]
+    assert all(e["actor"] == "admin" and e["at"] for e in entries)
+    changed = entries[2]["details"]
+    assert changed["quotas_after"]["max_running_jobs"] == 3
+    assert t.key not in r.text
+    assert_problem(await client.get("/v1/audit", headers={"Authorization": "Bearer x"}), 401)
+
+
+ENDPOINTS = [
+    ("GET", "/v1/kernels", None, "jobs:read"),
+    ("GET", "/v1/jobs", None, "jobs:read"),
+    ("POST", "/v1/jobs", MC, "jobs:write"),
+    ("GET", "/v1/jobs/{job}", None, "jobs:read"),
+    ("POST", "/v1/jobs/{job}/cancel", None, "jobs:write"),
+    ("GET", "/v1/usage", None, None),
+]
+ADMIN_ENDPOINTS = [
+    ("GET", "/v1/tenants", None),
+    ("POST", "/v1/tenants", {"name": "matrix-never-created"}),
+    ("GET", "/v1/tenants/{tenant}", None),
+    ("PATCH", "/v1/tenants/{tenant}", {"weight": 2}),
+    ("POST", "/v1/tenants/{tenant}/keys", {"name": "x"}),
+    ("GET", "/v1/audit", None),
+    ("GET", "/v1/admin/usage", None),
+]
+
+
+async def test_access_matrix(client: httpx.AsyncClient) -> None:
+    owner = await make_tenant(client)
+    job = (await client.post("/v1/jobs", json=MC, headers=owner.headers)).json()["id"]
+    other = await make_tenant(client)
+    revoked = await make_tenant(client)
+    await client.delete(f"/v1/tenants/{revoked.tenant_id}/keys/{revoked.key_id}", headers=ADMIN)
+    await asyncio.sleep(0.3)
+    callers = {
+        "none": {},
+        "malformed": {"Authorization": "Bearer sk_live_not-a-real-key-at-all-0000000000000000"},
+        "revoked": revoked.headers,
+        "other": other.headers,
+        "admin": ADMIN,
+    }
+    for method, path, body, scope in ENDPOINTS:
+        url = path.format(job=job, tenant=owner.tenant_id)
+        for who, headers in callers.items():
+            r = await client.request(method, url, json=body, headers=headers)
+            expected = {"none": 401, "malformed": 401, "revoked": 401, "admin": 403}.get(who)
+            if who == "other":
+                expected = 404 if "{job}" in path else (201 if method == "POST" else 200)
+            assert r.status_code == expected, (method, url, who, r.text)
+            assert job not in r.text or (who == "other" and r.status_code != 200)
+            assert owner.tenant_id not in r.text
+        if scope is not None:
+            others = [
+                s for s in ("jobs:read", "jobs:write", "data:read", "data:write") if s != scope
+            ]
+            limited = await make_tenant(client, scopes=others)
+            r = await client.request(
+                method,
+                path.format(job=job, tenant=owner.tenant_id),
+                json=body,
+                headers=limited.headers,
+            )
+            assert r.status_code in (403, 404), (method, path, r.text)
+    for method, path, body in ADMIN_ENDPOINTS:
+        url = path.format(tenant=owner.tenant_id)
+        for who in ("none", "malformed", "revoked"):
+            assert (
+                await client.request(method, url, json=body, headers=callers[who])
+            ).status_code == 401
+        r = await client.request(method, url, json=body, headers=owner.headers)
+        assert r.status_code == 403, (method, url)

@@ -96,7 +96,9 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                 ),
                 "reaper",
             )
-        await res.broker.consume_batches(SCHEDULER, make_event_handler(res.sessions, wake.set))
+        await res.broker.consume_batches(
+            SCHEDULER, make_event_handler(res.sessions, wake.set, list(settings.storage.tiers()))
+        )
         log.info("scheduler_started")
         try:
             yield

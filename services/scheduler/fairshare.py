@@ -23,6 +23,7 @@ class Candidate:
     kernel: str
     priority: int
     created_at: datetime
+    inputs: tuple[str, ...] = ()  # dataset names that must be on ``local`` first
 
 
 @dataclass

@@ -18,7 +18,9 @@ from shared.messaging import Delivery, Reject
 
 
 def make_event_handler(
-    sessions: async_sessionmaker[AsyncSession], wake_dispatcher: Callable[[], None]
+    sessions: async_sessionmaker[AsyncSession],
+    wake_dispatcher: Callable[[], None],
+    tiers: list[str] | None = None,
 ) -> Callable[[list[Delivery]], Awaitable[None]]:
     async def handle(batch: list[Delivery]) -> None:
         to_admit: list[uuid.UUID] = []
@@ -31,7 +33,7 @@ def make_event_handler(
                 to_admit.append(event.job_id)
         if to_admit:
             async with sessions() as session, session.begin():
-                await service.admit(session=session, job_ids=to_admit)
+                await service.admit(session=session, job_ids=to_admit, tiers=tiers)
         # Submissions, finished attempts and cancellations all change what can be dispatched.
         wake_dispatcher()
 

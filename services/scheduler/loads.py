@@ -21,7 +21,7 @@ async def candidates(
     """Up to ``per_tenant`` dispatchable jobs of every tenant, best first (one index probe
     per tenant, so a flooded queue costs no more than a short one)."""
     job = (
-        select(Job.id, Job.tenant_id, Job.kernel, Job.priority, Job.created_at)
+        select(Job.id, Job.tenant_id, Job.kernel, Job.priority, Job.created_at, Job.inputs)
         .where(
             Job.tenant_id == Tenant.id,
             Job.state == JobState.QUEUED.value,
@@ -34,7 +34,14 @@ async def candidates(
         .lateral()
     )
     rows = await session.execute(
-        select(job.c.id, job.c.tenant_id, job.c.kernel, job.c.priority, job.c.created_at)
+        select(
+            job.c.id,
+            job.c.tenant_id,
+            job.c.kernel,
+            job.c.priority,
+            job.c.created_at,
+            job.c.inputs,
+        )
         .select_from(Tenant)
         .join(job, literal(True))
         .where(~Tenant.suspended)
@@ -42,7 +49,14 @@ async def candidates(
     out: dict[uuid.UUID, list[Candidate]] = {}
     for r in rows:
         out.setdefault(r.tenant_id, []).append(
-            Candidate(r.id, r.tenant_id, r.kernel, r.priority, r.created_at)
+            Candidate(
+                r.id,
+                r.tenant_id,
+                r.kernel,
+                r.priority,
+                r.created_at,
+                tuple(sorted(set((r.inputs or {}).values()))),
+            )
         )
     return out
 

@@ -15,10 +15,12 @@ from typing import Literal
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.datamover.service import request_stage_in, stage_in_status
 from services.scheduler import loads
 from services.scheduler.fairshare import Candidate, allocate
 from shared.db.models import Job, Worker
 from shared.db.outbox import add_events
+from shared.errors import NotFound
 from shared.events import Event, JobDispatched, JobFinished
 from shared.jobs.states import JobState
 from shared.jobs.store import set_job_state
@@ -31,15 +33,65 @@ DEVICES: tuple[Device, ...] = (
 )  # GPU first, so that ``any`` jobs land on a GPU when one is free
 
 
-async def admit(*, session: AsyncSession, job_ids: Iterable[uuid.UUID]) -> int:
-    """PENDING -> QUEUED for each job (duplicates and late events are no-ops)."""
+async def admit(
+    *, session: AsyncSession, job_ids: Iterable[uuid.UUID], tiers: list[str] | None = None
+) -> int:
+    """PENDING -> QUEUED for each job (duplicates and late events are no-ops). A job whose
+    inputs are not on the ``local`` tier has the datamover stage them in and waits."""
     admitted = 0
     for job_id in sorted(set(job_ids)):  # a fixed lock order: no deadlocks between batches
         transition = await set_job_state(
             session, job_id, JobState.QUEUED, reason="waiting for a worker slot"
         )
         admitted += transition.accepted
+        if transition.accepted and transition.job.inputs:
+            await stage_in(session=session, job=transition.job, tiers=tiers or ["local"])
     return admitted
+
+
+async def stage_in(*, session: AsyncSession, job: Job, tiers: list[str]) -> None:
+    staging: list[str] = []
+    for name in sorted(set(job.inputs.values())):
+        try:
+            migration = await request_stage_in(
+                session=session,
+                tenant_id=job.tenant_id,
+                job_id=job.id,
+                dataset=name,
+                tiers=tiers,
+            )
+        except NotFound:
+            await set_job_state(
+                session, job.id, JobState.FAILED, error=f"input dataset {name!r} no longer exists"
+            )
+            return
+        if migration is not None:
+            staging.append(name)
+    if staging:
+        job.state_reason = f"staging in: {', '.join(staging)}"
+
+
+async def ready_to_run(*, session: AsyncSession, candidates: list[Candidate]) -> list[Candidate]:
+    """Drop candidates whose inputs are still being staged in; fail those whose stage-in
+    failed."""
+    ready: list[Candidate] = []
+    for c in candidates:
+        if not c.inputs:
+            ready.append(c)
+            continue
+        status = await stage_in_status(
+            session=session, tenant_id=c.tenant_id, job_id=c.job_id, inputs=list(c.inputs)
+        )
+        if status.failed:
+            await set_job_state(
+                session,
+                c.job_id,
+                JobState.FAILED,
+                error="stage-in failed: " + "; ".join(status.failed),
+            )
+        elif status.ready:
+            ready.append(c)
+    return ready
 
 
 @dataclass(frozen=True)
@@ -110,7 +162,7 @@ async def dispatch(
             half_life_s=fair.half_life_s,
         )
         for tenant_id, t in tenants.items():
-            t.candidates = waiting[tenant_id]
+            t.candidates = await ready_to_run(session=session, candidates=waiting[tenant_id])
         plan = allocate(list(tenants.values()), free, usage_scale_s=fair.usage_scale_s)
         await _hold(session=session, held=plan.held)
         events += await _send(session=session, chosen=plan.chosen, device=device, now=now)

@@ -15,10 +15,11 @@ from services.scheduler import service
 from services.worker import service as worker_service
 from services.worker.service import Report
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant, Worker
+from shared.db.models import Dataset, Job, JobAttempt, JobEvent, Migration, Outbox, Tenant, Worker
 from shared.events import JobDispatched, utcnow
 from shared.jobs.states import JobState
 from shared.settings import CommonSettings
+from shared.storage.migrations import migrations_for_job
 from tools.cluster import drop_database, prepare_database
 
 
@@ -352,3 +353,83 @@ async def test_cpu_seconds_per_day_holds_new_dispatches(
             .values(finished_at=utcnow() - timedelta(hours=25))
         )
     assert [e.job_id for e in await _dispatch(s)] == [waiting]
+
+
+async def _job_with_input(
+    s: async_sessionmaker[AsyncSession], tid: uuid.UUID, dataset: str, tiers: list[str]
+) -> uuid.UUID:
+    jid = uuid.uuid4()
+    async with s() as session, session.begin():
+        session.add(
+            Dataset(
+                id=uuid.uuid4(),
+                tenant_id=tid,
+                name=dataset,
+                size=8,
+                checksum="xxh3-128:00",
+                tier=tiers[0],
+                tiers=tiers,
+            )
+        )
+        session.add(
+            Job(
+                id=jid,
+                tenant_id=tid,
+                kernel="stencil2d",
+                device="cpu",
+                params={"iterations": 1},
+                inputs={"grid": dataset},
+                outputs={"grid": "out.npy"},
+                labels={},
+                priority=0,
+                timeout_s=60,
+                max_retries=0,
+                state="PENDING",
+                attempts=0,
+            )
+        )
+    async with s() as session, session.begin():
+        await service.admit(session=session, job_ids=[jid], tiers=["local", "archive", "s3"])
+    return jid
+
+
+async def test_inputs_off_local_are_staged_in_before_dispatch(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    tid = await _tenant(s)
+    await _worker(s, "w1", "cpu", 4)
+    jid = await _job_with_input(s, tid, "plate.npy", ["archive"])
+    async with s() as session:
+        job = await session.get(Job, jid)
+        staged = await migrations_for_job(session=session, job_id=jid)
+    assert job is not None
+    assert (job.state, job.state_reason) == ("QUEUED", "staging in: plate.npy")
+    assert [(m.dataset, m.to_tier, m.mode) for m in staged] == [("plate.npy", "local", "copy")]
+    assert await _dispatch(s) == []  # not before the input is on local
+    async with s() as session, session.begin():
+        await session.execute(
+            update(Dataset).where(Dataset.tenant_id == tid).values(tiers=["archive", "local"])
+        )
+    assert [e.job_id for e in await _dispatch(s)] == [jid]
+    local = await _job_with_input(s, tid, "here.npy", ["local"])
+    async with s() as session:
+        assert await migrations_for_job(session=session, job_id=local) == []
+    assert [e.job_id for e in await _dispatch(s)] == [local]
+
+
+async def test_failed_stage_in_fails_the_job(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    await _worker(s, "w1", "cpu", 4)
+    jid = await _job_with_input(s, tid, "cold.npy", ["s3"])
+    async with s() as session, session.begin():
+        await session.execute(
+            update(Migration)
+            .where(Migration.job_id == jid)
+            .values(state="FAILED", error="s3 unreachable")
+        )
+    assert await _dispatch(s) == []
+    async with s() as session:
+        job = await session.get(Job, jid)
+    assert job is not None
+    assert job.state == "FAILED"
+    assert job.error == "stage-in failed: cold.npy: s3 unreachable"

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 
 from shared import errors
 from shared.logging import get_logger
+from shared.resilience import CircuitOpen
 
 log = get_logger(__name__)
 
@@ -95,6 +96,17 @@ async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _circuit_open(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, CircuitOpen)
+    retry = str(max(1, math.ceil(exc.retry_after)))
+    return problem(
+        503,
+        "Service unavailable",
+        f"{exc.name} is unavailable; retry later.",
+        headers={"Retry-After": retry},
+    )
+
+
 async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
     return problem(500, "Internal error", "An unexpected error occurred.")
@@ -107,6 +119,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     for exc_type in (OperationalError, InterfaceError, PoolTimeout, ConnectionError, OSError):
         app.add_exception_handler(exc_type, _database_down)
     app.add_exception_handler(DBAPIError, _db_api)
+    app.add_exception_handler(CircuitOpen, _circuit_open)
     app.add_exception_handler(Exception, _unhandled)
 
 

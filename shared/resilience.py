@@ -82,6 +82,11 @@ class CircuitBreaker:
                 raise CircuitOpen(self.name, min(self.reset_timeout_s, 1.0))
             self._trials += 1
 
+    def abandon(self) -> None:
+        """A call that was let through ended with no verdict (cancelled): free its trial."""
+        if self._state is BreakerState.HALF_OPEN:
+            self._trials = max(self._trials - 1, 0)
+
     def on_success(self) -> None:
         if self._state is not BreakerState.CLOSED:
             log.info("circuit_closed", circuit=self.name)

@@ -10,11 +10,12 @@ import uvicorn
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from shared.db.engine import make_engine, make_sessionmaker, ping
+from shared.db.engine import is_connectivity_error, make_engine, make_sessionmaker, ping
 from shared.db.outbox import OutboxRelay
 from shared.messaging.broker import Broker
+from shared.resilience import CircuitBreaker
 from shared.settings import CommonSettings
-from shared.telemetry import ReadinessCheck
+from shared.telemetry import ReadinessCheck, watch_breaker
 
 
 @dataclass
@@ -25,6 +26,16 @@ class Resources:
     relay: OutboxRelay
     redis: Redis | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    db_breaker: CircuitBreaker = field(
+        default_factory=lambda: watch_breaker(
+            CircuitBreaker(
+                "postgres",
+                failure_threshold=3,
+                reset_timeout_s=2.0,
+                is_failure=is_connectivity_error,
+            )
+        )
+    )
 
     def checks(self) -> dict[str, ReadinessCheck]:
         checks: dict[str, ReadinessCheck] = {

@@ -28,6 +28,7 @@ class PostgresSettings(BaseModel):
     # where the database is across a network.
     ssl: str = "disable"
     statement_timeout_ms: int = 30_000
+    connect_timeout_s: float = 0.8  # a request never hangs on a database that is away
 
     def url(self, *, driver: str = "postgresql+asyncpg") -> str:
         pw = self.password.get_secret_value()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
@@ -58,7 +58,26 @@ DEPENDENCY_UP = Gauge(
     registry=REGISTRY,
 )
 
+CIRCUIT_STATE = Gauge(
+    "stratus_circuit_state",
+    "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+    ["circuit"],
+    registry=REGISTRY,
+)
+_STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
+
 ReadinessCheck = Callable[[], Awaitable[Any]]
+
+B = TypeVar("B")
+
+
+def watch_breaker(breaker: B) -> B:
+    """Expose a circuit breaker's state in ``/metrics`` (read at scrape time)."""
+    name = str(getattr(breaker, "name", "unknown"))
+    CIRCUIT_STATE.labels(name).set_function(
+        lambda: _STATE_VALUE.get(str(getattr(breaker, "state", "closed")), 0.0)
+    )
+    return breaker
 
 
 class MetricsMiddleware:

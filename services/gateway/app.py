@@ -39,6 +39,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             key_secret=settings.key_secret.get_secret_value(),
             quota_defaults=settings.quotas,
             ttl_s=settings.auth_cache_ttl_s,
+            breaker=res.db_breaker,
         )
         app.state.authenticator = auth
         assert res.redis is not None

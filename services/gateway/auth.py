@@ -7,12 +7,20 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.tenant.service import KeyOwner, find_key
 from shared.errors import Forbidden, Unauthorized
+from shared.logging import get_logger
+from shared.resilience import CircuitBreaker, CircuitOpen
 from shared.security import constant_time_equal, hash_key, looks_like_key
 from shared.settings import QuotaDefaults
+
+log = get_logger(__name__)
+
+CONNECTIVITY = (OperationalError, InterfaceError, PoolTimeout, DBAPIError, OSError)
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,9 @@ class Authenticator:
         key_secret: str,
         quota_defaults: QuotaDefaults,
         ttl_s: float = 30.0,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
+        self.breaker = breaker
         self.sessions = sessions
         self.admin_key = admin_key
         self.key_secret = key_secret
@@ -65,6 +75,21 @@ class Authenticator:
 
     def invalidate(self) -> None:
         self._cache.clear()
+
+    async def _fetch(self, digest: bytes) -> KeyOwner | None:
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.before_call()
+        try:
+            async with self.sessions() as session:
+                owner = await find_key(session=session, key_hash=digest)
+        except Exception as exc:
+            if breaker is not None:
+                breaker.on_failure(exc)
+            raise
+        if breaker is not None:
+            breaker.on_success()
+        return owner
 
     async def authenticate(self, authorization: str | None) -> Principal:
         if not authorization:
@@ -90,9 +115,15 @@ class Authenticator:
         hit = self._cache.get(digest)
         if hit is not None and hit[0] > now:
             return hit[1]
-        async with self.sessions() as session:
-            owner = await find_key(session=session, key_hash=digest)
-        if len(self._cache) > 10_000:
+        try:
+            owner = await self._fetch(digest)
+        except (CircuitOpen, *CONNECTIVITY) as exc:
+            if hit is None or hit[1] is None:
+                raise
+            # The database is away: keep authenticating known keys from the cache.
+            log.warning("auth_from_stale_cache", error=type(exc).__name__)
+            return hit[1]
+        if len(self._cache) > 10_000:  # bound the memory; a miss costs one query
             self._cache.clear()
         self._cache[digest] = (now + self.ttl_s, owner)
         return owner

@@ -28,11 +28,19 @@ def get_settings(request: Request) -> GatewaySettings:
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the route returns, rolled back on error."""
     res = get_resources(request)
-    async with res.sessions() as session:
-        async with session.begin():
+    res.db_breaker.before_call()  # open circuit: 503 at once, no waiting on a dead database
+    try:
+        async with res.sessions() as session, session.begin():
             yield session
-        if session.info.pop("outbox", False):
-            res.relay.wake()
+    except Exception as exc:
+        res.db_breaker.on_failure(exc)  # counts only connectivity errors
+        raise
+    except BaseException:  # cancelled (client went away): no verdict on the database
+        res.db_breaker.abandon()
+        raise
+    res.db_breaker.on_success()
+    if session.info.pop("outbox", False):
+        res.relay.wake()
 
 
 async def get_principal(

@@ -6,6 +6,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -22,9 +24,9 @@ def make_engine(settings: PostgresSettings, *, application_name: str = "stratus"
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
         pool_pre_ping=True,
-        pool_timeout=2.0,
+        pool_timeout=settings.connect_timeout_s,
         connect_args={
-            "timeout": 2.0,
+            "timeout": settings.connect_timeout_s,
             "ssl": settings.ssl,
             "command_timeout": settings.statement_timeout_ms / 1000,
             "server_settings": {
@@ -46,6 +48,13 @@ async def transaction(
     """One unit of work: commits on success, rolls back on any exception."""
     async with sessions() as session, session.begin():
         yield session
+
+
+def is_connectivity_error(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not be reached (not a bad query)."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError | ConnectionError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 async def ping(engine: AsyncEngine) -> None:

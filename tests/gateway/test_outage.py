@@ -1,0 +1,99 @@
+"""The gateway with its database gone: 503 with Retry-After within 1 s, known keys still
+authenticate from the cache, the circuit shows in /metrics, and it recovers by itself.
+
+The outage is made with a TCP proxy in front of the real PostgreSQL that this test closes
+and reopens, so the shared server keeps running for everything else."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from services.gateway.app import create_app
+from services.gateway.settings import GatewaySettings
+from shared.settings import CommonSettings
+from tests.gateway.conftest import TenantKey
+from tests.gateway.test_jobs_api import MC, assert_problem
+
+
+class TcpProxy:
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for w in list(self._writers):
+            w.close()
+        await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_w}
+
+        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(Exception):
+                while data := await r.read(65536):
+                    w.write(data)
+                    await w.drain()
+            w.close()
+
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+        self._writers -= {writer, up_w}
+
+
+@pytest.fixture
+async def proxied(settings: CommonSettings) -> AsyncIterator[tuple[TcpProxy, httpx.AsyncClient]]:
+    proxy = TcpProxy(settings.postgres.port)
+    await proxy.start()
+    gw = GatewaySettings()
+    gw = gw.model_copy(update={"postgres": gw.postgres.model_copy(update={"port": proxy.port})})
+    app = create_app(gw)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
+            yield proxy, c
+    with contextlib.suppress(Exception):
+        await proxy.stop()
+
+
+async def test_database_outage_is_503_fast_and_recovers(
+    proxied: tuple[TcpProxy, httpx.AsyncClient], tenant: TenantKey
+) -> None:
+    proxy, c = proxied
+    assert (await c.get("/v1/jobs", headers=tenant.headers)).status_code == 200  # key cached
+    await proxy.stop()
+    for _ in range(5):
+        t0 = time.monotonic()
+        r = await c.post("/v1/jobs", json=MC, headers=tenant.headers)
+        assert time.monotonic() - t0 < 1.0
+        assert_problem(r, 503)  # not 401: the key was authenticated from the cache
+        assert int(r.headers["retry-after"]) >= 1
+    assert (await c.get("/readyz")).status_code == 503
+    metrics = (await c.get("/metrics")).text
+    assert 'stratus_circuit_state{circuit="postgres"} 2.0' in metrics
+    await proxy.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = await c.post("/v1/jobs", json=MC, headers=tenant.headers)
+        if r.status_code == 201:
+            break
+        await asyncio.sleep(0.2)
+    assert r.status_code == 201
+    assert 'stratus_circuit_state{circuit="postgres"} 0.0' in (await c.get("/metrics")).text

@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 
 _SECRET_KEYS = re.compile(r"(key|secret|password|token|authorization)", re.IGNORECASE)
-_SECRET_VALUES = re.compile(r"\bsk_[A-Za-z0-9_]{8,}")
+_SECRET_VALUES = re.compile(r"sk_[A-Za-z0-9_-]{8,}")
 
 
 def _scrub(value: Any) -> Any:

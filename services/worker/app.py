@@ -11,9 +11,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from services.worker import service
+from services.worker.datasets import InvalidDatasetName, resolve_paths
 from services.worker.handlers import Running, cancelled_job, dispatched_job
-from services.worker.runner import AttemptCrashed, KernelError, KernelRunner
-from services.worker.service import Claim, Report
+from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
+from services.worker.service import Claim, Report, report_for
 from services.worker.settings import WorkerSettings
 from shared.db.engine import transaction
 from shared.jobs.states import JobState
@@ -34,7 +35,8 @@ class WorkerRuntime:
         self.settings = settings
         self.runner = runner
         self.slots = asyncio.Semaphore(settings.concurrency)
-        self.running = Running()
+        self.running = Running()  # cancellable attempts, by job
+        self.jobs: set[asyncio.Task[None]] = set()  # attempts and their records, for shutdown
         self.stopping = False
 
     async def on_dispatch(self, delivery: Delivery) -> None:
@@ -56,6 +58,8 @@ class WorkerRuntime:
             return
         task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}")
         self.running.tasks[claim.job_id] = (claim, task)
+        self.jobs.add(task)
+        task.add_done_callback(self.jobs.discard)
 
     async def on_control(self, delivery: Delivery) -> None:
         job_id = cancelled_job(delivery)
@@ -65,34 +69,37 @@ class WorkerRuntime:
     async def _run(self, claim: Claim) -> None:
         try:
             report = await self._attempt(claim)
-            if report is not None:
-                await self._record(claim, report)
+            self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
+            await self._record(claim, report)
         finally:
             self.running.tasks.pop(claim.job_id, None)
             self.slots.release()
 
-    async def _attempt(self, claim: Claim) -> Report | None:
-        device = self.settings.device
+    async def _attempt(self, claim: Claim) -> Report:
+        usage = Usage()
         try:
-            outcome = await asyncio.wait_for(
-                self.runner.run(claim.kernel, device, claim.params, claim.inputs, claim.outputs),
-                timeout=claim.timeout_s,
-            )
-        except TimeoutError:
-            return Report(JobState.TIMED_OUT, error=f"exceeded timeout_s={claim.timeout_s}")
-        except KernelError as exc:
+            request = self._request(claim)
+        except InvalidDatasetName as exc:
             return Report(JobState.FAILED, error=str(exc), retryable=False)
-        except AttemptCrashed as exc:
-            return Report(JobState.FAILED, error=str(exc), retryable=True)
+        try:
+            outcome = await self.runner.run(request, timeout_s=claim.timeout_s, usage=usage)
         except asyncio.CancelledError:
-            if self.stopping:  # shutting down: hand the job back for another worker
-                return Report(JobState.QUEUED, error="worker shut down during the attempt")
-            return None  # cancelled by the user: the job is already CANCELLED
-        return Report(
-            JobState.SUCCEEDED,
-            result=outcome.result,
-            cpu_seconds=outcome.cpu_seconds,
-            wall_seconds=outcome.wall_seconds,
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # the kernel's process is killed; record the attempt
+            return report_for(None, usage, stopping=self.stopping)
+        return report_for(outcome, usage)
+
+    def _request(self, claim: Claim) -> Request:
+        root = self.settings.data_root
+        inputs = resolve_paths(claim.tenant_id, claim.inputs, root=root)
+        outputs = resolve_paths(claim.tenant_id, claim.outputs, root=root)
+        return Request(
+            claim.kernel,
+            self.settings.device,
+            claim.params,
+            {k: str(v) for k, v in inputs.items()},
+            {k: str(v) for k, v in outputs.items()},
         )
 
     async def _record(self, claim: Claim, report: Report) -> None:
@@ -139,12 +146,38 @@ class WorkerRuntime:
         await self.res.broker.stop_consuming()
         with contextlib.suppress(Exception):
             await self.heartbeat()
-        tasks = [task for _, task in self.running.tasks.values()]
+        tasks = list(self.jobs)
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+def pool_config(settings: WorkerSettings) -> PoolConfig:
+    return PoolConfig(
+        processes=settings.concurrency,
+        cache_dir=settings.numba_cache_dir,
+        threads=settings.pool_threads(),
+        device=settings.device,
+        warm=settings.warm_kernels,
+        cuda_simulator=settings.cuda_simulator,
+        memory_limit_mb=settings.memory_limit_mb,
+        start_timeout_s=settings.pool_start_timeout_s,
+    )
+
+
+async def start_runner(settings: WorkerSettings) -> KernelRunner:
+    """The warm pool; a cuda worker refuses to start where the pool finds no CUDA."""
+    runner = KernelRunner(pool_config(settings))
+    await runner.start()
+    if settings.device not in runner.devices:
+        await runner.close()
+        raise RuntimeError(
+            f"STRATUS_DEVICE={settings.device} but this machine offers {runner.devices} "
+            "(numba.cuda.is_available() is false; STRATUS_CUDA_SIMULATOR=true runs the simulator)"
+        )
+    return runner
 
 
 def create_app(settings: WorkerSettings | None = None) -> FastAPI:
@@ -153,13 +186,7 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runner = KernelRunner(
-            processes=settings.concurrency,
-            cache_dir=settings.numba_cache_dir,
-            warm=settings.warm_kernels,
-        )
-        runner.start()
-        await runner.warm_up()
+        runner = await start_runner(settings)
         res = await open_resources(settings, name="worker")
         app.state.resources = res
         rt = WorkerRuntime(res, settings, runner)
@@ -185,7 +212,7 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
         finally:
             await rt.shutdown()
             await close_resources(res)
-            runner.close()
+            await runner.close()
 
     app = FastAPI(title="Stratus worker", lifespan=lifespan)
     install_problem_handlers(app)

@@ -1,110 +1,322 @@
-"""Runs kernels in a warm pool of child processes, so that the worker's event loop stays free
-and a kernel's CPU time can be measured per attempt."""
+"""Runs kernels in a warm pool of child processes, one job per process at a time.
+
+Each pool process (``services.worker.child``) is a direct child of the worker, started with
+numba's cache folder and thread count in its environment; it warms every kernel (from the
+on-disk cache) before it says ``ready``: about 1 s from start to ready on these machines
+(interpreter, NumPy and numba imports, then 0.1-0.4 s of warming), 13 s with a cold cache.
+A job is one request frame and one reply frame over the process's pipes (``protocol``).
+
+Stopping a job means killing its process (SIGKILL): on ``timeout_s`` (outcome ``TIMED_OUT``)
+and on cancellation of the calling task (``CancelledError`` propagates), the process is
+killed at once, its temporary output files removed, and a fresh process started in the
+background to take its place. A process that dies by itself (segfault, out of memory) gives
+the outcome ``CRASHED`` and is replaced the same way; the worker lives on.
+
+CPU seconds per attempt: measured in the pool process (``time.process_time``, all its
+threads) when the job ends there; read from ``/proc/<pid>/stat`` just before a kill.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
+import contextlib
 import os
+import signal
+import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
+
+from services.worker.protocol import encode, read_frame_async, temp_path
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class Status(StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"  # the kernel refused or raised: ``retryable`` says whose fault
+    CRASHED = "CRASHED"  # the process died under the job: retryable
+    TIMED_OUT = "TIMED_OUT"
+
+
+@dataclass
+class Usage:
+    """What an attempt used; filled in on every path, cancellation included."""
+
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
 
 
 @dataclass(frozen=True)
 class Outcome:
-    result: dict[str, Any]
-    cpu_seconds: float
-    wall_seconds: float
+    status: Status
+    usage: Usage
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    retryable: bool = False
 
 
-class KernelError(Exception):
-    """The kernel raised: the job's own fault, not retried."""
+@dataclass(frozen=True)
+class Request:
+    kernel: str
+    device: str
+    params: dict[str, Any]
+    inputs: dict[str, str] = field(default_factory=dict)  # name -> local path
+    outputs: dict[str, str] = field(default_factory=dict)
 
 
-class AttemptCrashed(Exception):
-    """The child process died (segfault, out of memory): retried if the job has retries left."""
+@dataclass(frozen=True)
+class PoolConfig:
+    processes: int
+    cache_dir: Path
+    threads: int = 1  # numba and BLAS threads of each pool process
+    device: str = "cpu"  # the kernels warmed at start
+    warm: bool = True
+    cuda_simulator: bool = False
+    memory_limit_mb: int = 0  # RLIMIT_AS of each pool process; 0: none
+    start_timeout_s: float = 600.0  # a cold start compiles every kernel
+    extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
-def _init_child(cache_dir: str, warm: bool) -> None:
-    os.environ["NUMBA_CACHE_DIR"] = cache_dir
-    if warm:
-        from services.worker.kernels import warm_all
-
-        warm_all()
+class PoolError(RuntimeError):
+    """A pool process could not be started."""
 
 
-def _execute(
-    kernel: str,
-    device: str,
-    params: dict[str, Any],
-    inputs: dict[str, str],
-    outputs: dict[str, str],
-) -> tuple[dict[str, Any], float]:
-    from services.worker.kernels import implementation
+def child_env(config: PoolConfig) -> dict[str, str]:
+    threads = str(config.threads)
+    env = {
+        # OpenBLAS threads spin for ~2^28 cycles after each call, stealing the cores from
+        # the next job's numba threads (measured: n-body at half speed after a dgemm); 2^4
+        "OPENBLAS_THREAD_TIMEOUT": "4",
+        **os.environ,
+        "NUMBA_CACHE_DIR": str(config.cache_dir),
+        "NUMBA_NUM_THREADS": threads,
+        "OMP_NUM_THREADS": threads,
+        "OPENBLAS_NUM_THREADS": threads,
+        "MKL_NUM_THREADS": threads,
+        "STRATUS_POOL_THREADS": threads,
+        "STRATUS_POOL_DEVICE": config.device,
+        "STRATUS_POOL_WARM": "1" if config.warm else "0",
+        "STRATUS_POOL_PARENT": str(os.getpid()),
+        "STRATUS_POOL_MEMORY_LIMIT_MB": str(config.memory_limit_mb),
+    }
+    if config.cuda_simulator:
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    env.update(config.extra_env)
+    return env
 
-    start = time.process_time()
-    result = implementation(kernel, device)(params, inputs, outputs)
-    return result, time.process_time() - start
+
+def exit_reason(code: int | None) -> str:
+    if code is None or code == 0:
+        return "the kernel's process stopped answering"
+    if code < 0:
+        name = signal.Signals(-code).name
+        if -code == signal.SIGKILL:
+            return f"the kernel's process was killed ({name}: out of memory?)"
+        return f"the kernel's process crashed ({name})"
+    return f"the kernel's process exited with status {code}"
+
+
+class PoolProcess:
+    def __init__(self, proc: asyncio.subprocess.Process, ready: dict[str, Any]) -> None:
+        self.proc = proc
+        self.devices: list[str] = list(ready.get("devices", ["cpu"]))
+        self.warm_s = float(ready.get("warm_s", 0.0))
+
+    @classmethod
+    async def start(cls, config: PoolConfig) -> PoolProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.worker.child",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=child_env(config),
+        )
+        assert proc.stdout is not None
+        try:
+            async with asyncio.timeout(config.start_timeout_s):
+                ready = await read_frame_async(proc.stdout)
+        except (asyncio.IncompleteReadError, TimeoutError) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            code = await proc.wait()
+            raise PoolError(f"a pool process failed to start: {exit_reason(code)}") from exc
+        return cls(proc, ready)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def call(self, request: Request) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        message = {
+            "kernel": request.kernel,
+            "device": request.device,
+            "params": request.params,
+            "inputs": request.inputs,
+            "outputs": request.outputs,
+        }
+        self.proc.stdin.write(encode(message))
+        await self.proc.stdin.drain()
+        return await read_frame_async(self.proc.stdout)
+
+    def cpu_seconds(self) -> float:
+        """CPU time of the process so far (user + system, all threads), 0 once it is gone."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return 0.0
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # lets asyncio release the transport once the process exits
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Close its stdin (it exits after the job it runs), kill it after ``grace_s``."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            async with asyncio.timeout(grace_s):
+                await self.proc.wait()
+        except TimeoutError:
+            self.kill()
+            await self.proc.wait()
 
 
 class KernelRunner:
-    def __init__(self, *, processes: int, cache_dir: Path, warm: bool) -> None:
-        self.processes = processes
-        self.cache_dir = cache_dir
-        self.warm = warm
-        self._pool: ProcessPoolExecutor | None = None
+    """A pool of ``config.processes`` warm pool processes."""
 
-    def start(self) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["NUMBA_CACHE_DIR"] = str(self.cache_dir)
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.processes,
-            mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_init_child,
-            initargs=(str(self.cache_dir), self.warm),
-        )
+    def __init__(self, config: PoolConfig) -> None:
+        self.config = config
+        self.devices: list[str] = []
+        self._idle: asyncio.Queue[PoolProcess] = asyncio.Queue()
+        self._procs: set[PoolProcess] = set()
+        self._respawns: set[asyncio.Task[None]] = set()
+        self._closing = False
 
-    async def warm_up(self) -> None:
-        """Start every pool process now (each warms the kernels) instead of on first use."""
-        assert self._pool is not None
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(
-            *(loop.run_in_executor(self._pool, time.sleep, 0.05) for _ in range(self.processes))
-        )
+    async def start(self) -> None:
+        """Start every process and wait until each is warm. The first one starts alone: on
+        a cold cache it compiles every kernel, and the others then load them from the cache."""
+        self.config.cache_dir.mkdir(parents=True, exist_ok=True)
+        first = await PoolProcess.start(self.config)
+        self._add(first)
+        rest = [PoolProcess.start(self.config) for _ in range(self.config.processes - 1)]
+        for proc in await asyncio.gather(*rest):
+            self._add(proc)
+        self.devices = first.devices
+        log.info("kernel_pool_started", processes=len(self._procs), warm_s=round(first.warm_s, 3))
+
+    def _add(self, proc: PoolProcess) -> None:
+        self._procs.add(proc)
+        self._idle.put_nowait(proc)
+
+    async def _acquire(self) -> PoolProcess:
+        while True:
+            proc = await self._idle.get()
+            if proc.alive:
+                return proc
+            self._replace(proc, None)  # died while idle (killed from outside)
 
     async def run(
-        self,
-        kernel: str,
-        device: str,
-        params: dict[str, Any],
-        inputs: dict[str, str],
-        outputs: dict[str, str],
+        self, request: Request, *, timeout_s: float | None = None, usage: Usage | None = None
     ) -> Outcome:
-        assert self._pool is not None
-        loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
+        """Run one job. Cancelling the calling task kills the job's process (and re-raises)."""
+        usage = usage if usage is not None else Usage()
+        proc = await self._acquire()
+        keep = False
+        cpu0, wall0 = proc.cpu_seconds(), time.perf_counter()
         try:
-            result, cpu = await loop.run_in_executor(
-                self._pool, _execute, kernel, device, params, inputs, outputs
-            )
-        except BrokenProcessPool as exc:
-            self._restart()
-            raise AttemptCrashed("the kernel's process died") from exc
-        except Exception as exc:
-            raise KernelError(f"{type(exc).__name__}: {exc}") from exc
-        return Outcome(result, cpu, time.perf_counter() - t0)
+            async with asyncio.timeout(timeout_s):
+                reply = await proc.call(request)
+            keep = not reply.get("fatal")
+            usage.cpu_seconds = float(reply["cpu_seconds"])
+            usage.wall_seconds = time.perf_counter() - wall0
+            return _outcome(reply, usage)
+        except TimeoutError:
+            self._charge(proc, cpu0, wall0, usage)
+            error = f"exceeded timeout_s={timeout_s:g}: the kernel's process was stopped"
+            return Outcome(Status.TIMED_OUT, usage, error=error)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self._charge(proc, cpu0, wall0, usage)
+            code = await proc.proc.wait()
+            log.warning("kernel_process_died", kernel=request.kernel, pid=proc.pid, code=code)
+            return Outcome(Status.CRASHED, usage, error=exit_reason(code), retryable=True)
+        except asyncio.CancelledError:
+            self._charge(proc, cpu0, wall0, usage)
+            raise
+        finally:
+            if keep:
+                self._idle.put_nowait(proc)
+            else:
+                self._replace(proc, request)
 
-    def _restart(self) -> None:
-        old = self._pool
-        self.start()
-        if old is not None:
-            old.shutdown(wait=False, cancel_futures=True)
+    @staticmethod
+    def _charge(proc: PoolProcess, cpu0: float, wall0: float, usage: Usage) -> None:
+        usage.cpu_seconds = max(0.0, proc.cpu_seconds() - cpu0)
+        usage.wall_seconds = time.perf_counter() - wall0
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+    def _replace(self, proc: PoolProcess, request: Request | None) -> None:
+        """Kill ``proc`` now, remove what it left, and start its successor in the background."""
+        proc.kill()
+        self._procs.discard(proc)
+        for path in request.outputs.values() if request else ():
+            temp_path(path, proc.pid).unlink(missing_ok=True)
+        if self._closing:
+            return
+        task = asyncio.create_task(self._respawn(proc), name=f"pool-respawn-{proc.pid}")
+        self._respawns.add(task)
+        task.add_done_callback(self._respawns.discard)
+
+    async def _respawn(self, old: PoolProcess) -> None:
+        await old.proc.wait()
+        delay = 0.5
+        while not self._closing:
+            try:
+                self._add(await PoolProcess.start(self.config))
+                return
+            except (PoolError, OSError) as exc:
+                log.error("kernel_pool_respawn_failed", error=str(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def wait_idle(self) -> None:
+        """Wait until every replacement process has started (tests, benchmarks)."""
+        while self._respawns:
+            await asyncio.gather(*self._respawns, return_exceptions=True)
+
+    @property
+    def size(self) -> int:
+        """Processes alive now (busy, idle or starting replacements not counted)."""
+        return sum(1 for p in self._procs if p.alive)
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in list(self._respawns):
+            task.cancel()
+        await asyncio.gather(*self._respawns, return_exceptions=True)
+        procs = list(self._procs)
+        self._procs.clear()
+        await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
+
+
+def _outcome(reply: dict[str, Any], usage: Usage) -> Outcome:
+    if reply.get("type") == "done":
+        return Outcome(Status.SUCCEEDED, usage, result=reply.get("result") or {})
+    retryable = bool(reply.get("retryable", False))
+    return Outcome(Status.FAILED, usage, error=str(reply.get("error")), retryable=retryable)

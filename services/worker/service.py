@@ -14,6 +14,7 @@ from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.worker.runner import Outcome, Status, Usage
 from shared.db.models import Job, JobAttempt, Worker
 from shared.db.outbox import add_event
 from shared.events import JobFinished
@@ -64,9 +65,38 @@ class Report:
     wall_seconds: float = 0.0
 
 
+def report_for(outcome: Outcome | None, usage: Usage, *, stopping: bool = False) -> Report:
+    """The report of an attempt from the runner's outcome; ``None`` when the attempt was
+    cancelled: by the user (the job is already CANCELLED) or by the worker shutting down
+    (hand the job back)."""
+    cpu, wall = usage.cpu_seconds, usage.wall_seconds
+    if outcome is None and stopping:
+        error = "worker shut down during the attempt"
+        return Report(JobState.QUEUED, error=error, cpu_seconds=cpu, wall_seconds=wall)
+    if outcome is None:
+        error = "cancelled while running"
+        return Report(JobState.CANCELLED, error=error, cpu_seconds=cpu, wall_seconds=wall)
+    state = {
+        Status.SUCCEEDED: JobState.SUCCEEDED,
+        Status.TIMED_OUT: JobState.TIMED_OUT,
+        Status.FAILED: JobState.FAILED,
+        Status.CRASHED: JobState.FAILED,
+    }[outcome.status]
+    return Report(
+        state,
+        result=outcome.result,
+        error=outcome.error,
+        retryable=outcome.retryable,
+        cpu_seconds=cpu,
+        wall_seconds=wall,
+    )
+
+
 async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Report) -> bool:
     """Record an attempt's outcome, fenced by attempt number. The attempt's usage row and the
-    ``job.finished`` event are written only if the report was accepted, so they count once."""
+    ``job.finished`` event are written only if the report was accepted, so they count once;
+    an attempt stopped because the user cancelled the job (already CANCELLED) still gets
+    its usage row."""
     t = await set_job_state(
         session,
         claim.job_id,
@@ -78,7 +108,24 @@ async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Re
         retryable=report.retryable,
     )
     if not t.accepted:
+        if report.state is JobState.CANCELLED and t.job.attempts == claim.attempt:
+            await _usage_row(session, claim, worker, report)
         return False
+    await _usage_row(session, claim, worker, report)
+    await add_event(
+        session,
+        JobFinished(
+            tenant_id=claim.tenant_id,
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+            state=t.job.state,
+            cpu_seconds=report.cpu_seconds,
+        ),
+    )
+    return True
+
+
+async def _usage_row(session: AsyncSession, claim: Claim, worker: str, report: Report) -> None:
     await session.execute(
         insert(JobAttempt)
         .values(
@@ -92,17 +139,6 @@ async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Re
         )
         .on_conflict_do_nothing()
     )
-    await add_event(
-        session,
-        JobFinished(
-            tenant_id=claim.tenant_id,
-            job_id=claim.job_id,
-            attempt=claim.attempt,
-            state=t.job.state,
-            cpu_seconds=report.cpu_seconds,
-        ),
-    )
-    return True
 
 
 async def heartbeat(

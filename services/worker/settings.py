@@ -27,3 +27,15 @@ class WorkerSettings(CommonSettings):
     shutdown_grace_s: float = 20.0
     numba_cache_dir: Path = Path(os.path.expanduser("~/.cache/stratus/numba"))
     warm_kernels: bool = True
+    # datasets until the datasets issue lands: STRATUS_DATA_ROOT/<tenant_id>/<name>
+    data_root: Path = Path(os.path.expanduser("~/.local/share/stratus/data"))
+    # numba and BLAS threads per pool process; default: the cores shared by the processes
+    threads_per_process: int | None = Field(default=None, ge=1)
+    cuda_simulator: bool = False  # serve the cuda queue on numba's CUDA simulator
+    memory_limit_mb: int = Field(default=0, ge=0)  # per pool process (RLIMIT_AS); 0: none
+    pool_start_timeout_s: float = 600.0
+
+    def pool_threads(self) -> int:
+        if self.threads_per_process is not None:
+            return self.threads_per_process
+        return max(1, (os.cpu_count() or 1) // self.concurrency)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from services.worker.kernels import KernelUnavailable, implementation
 from services.worker.kernels.montecarlo import estimate
+from services.worker.kernels.registry import KernelUnavailable, implementation
 
 
 @pytest.mark.parametrize(("samples", "seed"), [(1, 0), (1000, 1), (200_003, 7)])
@@ -24,6 +24,25 @@ def test_same_seed_same_estimate() -> None:
 
 
 def test_registry_refuses_missing_implementations() -> None:
-    assert implementation("montecarlo_pi", "cpu")({"samples": 10}, {}, {})["samples"] == 10
+    assert (
+        implementation("montecarlo_pi", "cpu")({"samples": 10}, {}, {}, threads=1)["samples"] == 10
+    )
     with pytest.raises(KernelUnavailable):
         implementation("montecarlo_pi", "tpu")
+
+
+def test_estimate_does_not_depend_on_the_thread_count() -> None:
+    import numba
+
+    from services.worker.kernels.montecarlo import STREAM
+
+    samples = 3 * STREAM + 5  # four streams, the last one short
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = estimate(samples, 11)
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        many = estimate(samples, 11)
+    finally:
+        numba.set_num_threads(before)
+    assert one == many

@@ -1,4 +1,9 @@
-"""Monte Carlo estimate of pi: the fraction of uniform points in the unit quarter circle."""
+"""Monte Carlo estimate of pi: the fraction of uniform points in the unit quarter circle.
+
+The samples are cut into streams of ``STREAM`` points; stream ``s`` draws from its own
+xoroshiro128+ generator seeded (through splitmix64) by ``(seed, s)``, and the streams run in
+parallel. The estimate depends on ``samples`` and ``seed`` only, never on the thread count.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +12,56 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba import prange
+
+from services.worker.kernels.base import Kernel, Paths
+
+STREAM = 2**20
+U53 = 2.0**-53  # 53 random bits -> a double in [0, 1)
 
 
 @numba.njit(cache=True, nogil=True)
-def _hits(samples: int, seed: int) -> int:
-    np.random.seed(seed)
+def _splitmix64(z: Any) -> tuple[Any, Any]:
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    x = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z, x ^ (x >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _rotl(x: Any, k: Any) -> Any:
+    return (x << k) | (x >> (np.uint64(64) - k))
+
+
+@numba.njit(cache=True, nogil=True)
+def _next(s0: Any, s1: Any) -> tuple[Any, Any, float]:
+    """xoroshiro128+: the new state and a double in [0, 1) from the top 53 bits."""
+    r = s0 + s1
+    s1 ^= s0
+    s0 = _rotl(s0, np.uint64(24)) ^ s1 ^ (s1 << np.uint64(16))
+    s1 = _rotl(s1, np.uint64(37))
+    return s0, s1, np.int64(r >> np.uint64(11)) * U53  # 53 bits: exact as int64
+
+
+@numba.njit(cache=True, nogil=True)
+def _stream_hits(seed: int, stream: int, count: int) -> int:
+    z = np.uint64(seed) ^ (np.uint64(stream) * np.uint64(0xD1B54A32D192ED03))
+    z, s0 = _splitmix64(z)
+    z, s1 = _splitmix64(z)
     hits = 0
-    for _ in range(samples):
-        x = np.random.random()
-        y = np.random.random()
+    for _ in range(count):
+        s0, s1, x = _next(s0, s1)
+        s0, s1, y = _next(s0, s1)
         if x * x + y * y <= 1.0:
             hits += 1
+    return hits
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _hits(samples: int, seed: int) -> int:
+    hits = 0
+    for s in prange((samples + STREAM - 1) // STREAM):
+        hits += _stream_hits(seed, s, min(STREAM, samples - s * STREAM))
     return hits
 
 
@@ -35,10 +79,13 @@ def summarize(hits: int, samples: int) -> dict[str, Any]:
 
 
 def run_cpu(
-    params: dict[str, Any], _inputs: dict[str, str], _outputs: dict[str, str]
+    params: dict[str, Any], inputs: Paths, outputs: Paths, *, threads: int = 1
 ) -> dict[str, Any]:
     return estimate(int(params["samples"]), int(params.get("seed", 0)))
 
 
 def warm() -> None:
     _hits(16, 1)
+
+
+KERNEL = Kernel("montecarlo_pi", run_cpu, warm, cuda="services.worker.kernels.montecarlo_cuda")

@@ -11,11 +11,14 @@ import numpy as np
 from numba import cuda
 from numba.cuda.random import create_xoroshiro128p_states, xoroshiro128p_uniform_float64
 
+from services.worker.kernels.base import Paths
+from services.worker.kernels.montecarlo import summarize
+
 THREADS_PER_BLOCK = 128
 MAX_BLOCKS = 4096
 
 
-@cuda.jit
+@cuda.jit(cache=True)
 def _hits_kernel(states: Any, samples: int, block_hits: Any) -> None:
     shared = cuda.shared.array(THREADS_PER_BLOCK, numba.int64)
     tid = cuda.threadIdx.x
@@ -57,9 +60,11 @@ def hits(samples: int, seed: int) -> int:
 
 
 def run_cuda(
-    params: dict[str, Any], _inputs: dict[str, str], _outputs: dict[str, str]
+    params: dict[str, Any], inputs: Paths, outputs: Paths, *, threads: int = 1
 ) -> dict[str, Any]:
-    from services.worker.kernels.montecarlo import summarize
-
     samples = int(params["samples"])
     return summarize(hits(samples, int(params.get("seed", 0))), samples)
+
+
+def warm_cuda() -> None:
+    hits(1, 0)

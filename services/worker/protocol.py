@@ -1,0 +1,56 @@
+"""Frames between the worker and its pool processes: a 4-byte big-endian length, then one
+JSON object (orjson; NumPy arrays and scalars in results serialise as lists and numbers).
+
+Worker -> pool process: ``{"kernel", "device", "params", "inputs", "outputs"}``.
+Pool process -> worker: ``{"type": "ready", "devices", "warm_s", "pid"}`` once at start, then
+per job ``{"type": "done", "result"}`` or ``{"type": "failed", "error", "retryable"}``, each
+with ``cpu_seconds`` and ``wall_seconds`` measured in the pool process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+HEADER = struct.Struct(">I")
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    body = orjson.dumps(message, option=orjson.OPT_SERIALIZE_NUMPY)
+    return HEADER.pack(len(body)) + body
+
+
+def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
+    stream.write(encode(message))
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
+    """The next message, or None at the end of the stream."""
+    head = stream.read(HEADER.size)
+    if len(head) < HEADER.size:
+        return None
+    (size,) = HEADER.unpack(head)
+    body = stream.read(size)
+    if len(body) < size:
+        return None
+    message: dict[str, Any] = orjson.loads(body)
+    return message
+
+
+async def read_frame_async(reader: asyncio.StreamReader) -> dict[str, Any]:
+    """The next message; ``asyncio.IncompleteReadError`` when the process has gone."""
+    (size,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+    message: dict[str, Any] = orjson.loads(await reader.readexactly(size))
+    return message
+
+
+def temp_path(path: str | Path, pid: int) -> Path:
+    """Where pool process ``pid`` writes the output ``path`` before renaming it into place
+    (so the worker can remove what a killed process left)."""
+    p = Path(path)
+    return p.with_name(f".{p.name}.stratus-{pid}.tmp")

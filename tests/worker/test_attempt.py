@@ -1,0 +1,113 @@
+"""From the runner's outcome to the report the worker records (``WorkerRuntime._attempt``):
+states, retryability and CPU seconds, for a user's cancel and a worker's shutdown too."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import pytest
+
+from services.worker.app import WorkerRuntime, start_runner
+from services.worker.runner import KernelRunner, Outcome, Request, Status, Usage
+from services.worker.service import Claim, report_for
+from services.worker.settings import WorkerSettings
+from shared.jobs.states import JobState
+from shared.runtime import Resources
+from tests.worker.conftest import CACHE
+
+
+def claim(kernel: str, params: dict[str, Any], timeout_s: int = 60, **names: Any) -> Claim:
+    inputs, outputs = names.get("inputs", {}), names.get("outputs", {})
+    return Claim(uuid.uuid4(), uuid.uuid4(), 1, kernel, params, inputs, outputs, timeout_s)
+
+
+@pytest.fixture
+def runtime(runner: KernelRunner, tmp_path: Path) -> WorkerRuntime:
+    settings = WorkerSettings(data_root=tmp_path, concurrency=2)
+    return WorkerRuntime(cast(Resources, None), settings, runner)
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable", "state"),
+    [
+        (Status.SUCCEEDED, False, JobState.SUCCEEDED),
+        (Status.FAILED, False, JobState.FAILED),
+        (Status.FAILED, True, JobState.FAILED),
+        (Status.CRASHED, True, JobState.FAILED),
+        (Status.TIMED_OUT, False, JobState.TIMED_OUT),
+    ],
+)
+def test_report_for_each_outcome(status: Status, retryable: bool, state: JobState) -> None:
+    usage = Usage(cpu_seconds=1.5, wall_seconds=2.0)
+    report = report_for(Outcome(status, usage, error="why", retryable=retryable), usage)
+    assert (report.state, report.retryable, report.cpu_seconds) == (state, retryable, 1.5)
+    assert report.wall_seconds == 2.0
+
+
+async def test_timeout_becomes_timed_out_with_its_cpu_seconds(runtime: WorkerRuntime) -> None:
+    report = await runtime._attempt(claim("spin", {"seconds": 30}, timeout_s=1))
+    assert report.state is JobState.TIMED_OUT
+    assert report.error == "exceeded timeout_s=1: the kernel's process was stopped"
+    assert report.cpu_seconds > 0.1
+
+
+async def test_a_users_cancel_stops_the_kernel_and_keeps_its_usage(
+    runtime: WorkerRuntime,
+) -> None:
+    await runtime.runner.wait_idle()
+    task = asyncio.create_task(runtime._attempt(claim("spin", {"seconds": 30})))
+    await asyncio.sleep(1.0)
+    task.cancel()
+    report = await asyncio.wait_for(task, 5)
+    assert report.state is JobState.CANCELLED
+    assert report.cpu_seconds > 0.1
+
+
+async def test_shutdown_hands_the_job_back(runtime: WorkerRuntime) -> None:
+    await runtime.runner.wait_idle()
+    runtime.stopping = True
+    task = asyncio.create_task(runtime._attempt(claim("spin", {"seconds": 30})))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    report = await asyncio.wait_for(task, 5)
+    assert report.state is JobState.QUEUED
+
+
+async def test_dataset_names_resolve_under_the_data_root(
+    runtime: WorkerRuntime, tmp_path: Path
+) -> None:
+    c = claim("histogram", {"bins": 2, "range": [0, 1]}, inputs={"data": "d/x.npy"})
+    missing = await runtime._attempt(c)
+    assert missing.state is JobState.FAILED
+    assert missing.error == "input 'data': dataset not found"
+    assert not missing.retryable
+    tenant_folder = tmp_path / str(c.tenant_id) / "d"
+    tenant_folder.mkdir(parents=True)
+    np.save(tenant_folder / "x.npy", np.array([0.1, 0.2, 0.9]))
+    found = await runtime._attempt(c)
+    assert found.state is JobState.SUCCEEDED
+    assert found.result == {"counts": [2, 1]}
+    escape = await runtime._attempt(claim("histogram", {}, inputs={"data": "../x.npy"}))
+    assert escape.state is JobState.FAILED
+    assert escape.error is not None
+    assert escape.error.startswith("invalid dataset name '../x.npy'")
+
+
+async def test_a_cuda_worker_needs_cuda_or_the_simulator(tmp_path: Path) -> None:
+    base = {"concurrency": 1, "numba_cache_dir": CACHE, "warm_kernels": False}
+    with pytest.raises(
+        RuntimeError, match=r"STRATUS_DEVICE=cuda but this machine offers \['cpu'\]"
+    ):
+        await start_runner(WorkerSettings(device="cuda", **base))
+    simulated = await start_runner(WorkerSettings(device="cuda", cuda_simulator=True, **base))
+    try:
+        assert simulated.devices == ["cpu", "cuda"]
+        outcome = await simulated.run(Request("montecarlo_pi", "cuda", {"samples": 200, "seed": 1}))
+        assert outcome.result is not None
+        assert outcome.result["samples"] == 200
+    finally:
+        await simulated.close()

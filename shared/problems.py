@@ -107,6 +107,15 @@ async def _circuit_open(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _overloaded(_request: Request, _exc: Exception) -> JSONResponse:
+    return problem(
+        503,
+        "Service overloaded",
+        "Every database connection is busy; retry shortly.",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled_error", error=type(exc).__name__, exc_info=exc)
     return problem(500, "Internal error", "An unexpected error occurred.")
@@ -116,8 +125,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(errors.StratusError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
-    for exc_type in (OperationalError, InterfaceError, PoolTimeout, ConnectionError, OSError):
+    for exc_type in (OperationalError, InterfaceError, ConnectionError, OSError):
         app.add_exception_handler(exc_type, _database_down)
+    app.add_exception_handler(PoolTimeout, _overloaded)
     app.add_exception_handler(DBAPIError, _db_api)
     app.add_exception_handler(CircuitOpen, _circuit_open)
     app.add_exception_handler(Exception, _unhandled)

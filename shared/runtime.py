@@ -26,6 +26,7 @@ class Resources:
     relay: OutboxRelay
     redis: Redis | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    relay_engine: AsyncEngine | None = None
     db_breaker: CircuitBreaker = field(
         default_factory=lambda: watch_breaker(
             CircuitBreaker(
@@ -62,14 +63,19 @@ async def open_resources(
     sessions = make_sessionmaker(engine)
     broker = Broker(settings.rabbit, name=f"stratus-{name}")
     await broker.connect()
-    relay = OutboxRelay(sessions, broker, settings.outbox)
+    # The relay has connections of its own, so a busy request pool never delays events.
+    relay_engine = make_engine(
+        settings.postgres.model_copy(update={"pool_size": 2, "max_overflow": 0}),
+        application_name=f"stratus-{name}-relay",
+    )
+    relay = OutboxRelay(make_sessionmaker(relay_engine), broker, settings.outbox)
     relay.start()
     redis = (
         Redis.from_url(settings.redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)
         if with_redis
         else None
     )
-    return Resources(engine, sessions, broker, relay, redis)
+    return Resources(engine, sessions, broker, relay, redis, relay_engine=relay_engine)
 
 
 async def close_resources(res: Resources) -> None:
@@ -81,6 +87,8 @@ async def close_resources(res: Resources) -> None:
     if res.redis is not None:
         await res.redis.aclose()
     await res.engine.dispose()
+    if res.relay_engine is not None:
+        await res.relay_engine.dispose()
 
 
 def serve(factory: str, settings: CommonSettings) -> None:

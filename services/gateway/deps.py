@@ -15,19 +15,21 @@ from shared.ratelimit import RateLimiter
 from shared.runtime import Resources
 
 
-def get_resources(request: Request) -> Resources:
+# Dependencies are ``async`` even when they do not await: FastAPI runs plain functions in a
+# thread pool, which costs more than the work they do.
+async def get_resources(request: Request) -> Resources:
     res: Resources = request.app.state.resources
     return res
 
 
-def get_settings(request: Request) -> GatewaySettings:
+async def get_settings(request: Request) -> GatewaySettings:
     settings: GatewaySettings = request.app.state.settings
     return settings
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     """One transaction per request: committed when the route returns, rolled back on error."""
-    res = get_resources(request)
+    res: Resources = request.app.state.resources
     res.db_breaker.before_call()  # open circuit: 503 at once, no waiting on a dead database
     try:
         async with res.sessions() as session, session.begin():

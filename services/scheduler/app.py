@@ -27,6 +27,7 @@ def make_dispatch_step(
     res: Resources, settings: SchedulerSettings
 ) -> Callable[[], Awaitable[object]]:
     sessions: async_sessionmaker[AsyncSession] = res.sessions
+    tiers = list(settings.storage.tiers())
     fair = service.FairShareSettings(
         quota_defaults=settings.quotas,
         half_life_s=settings.usage_half_life_s,
@@ -37,6 +38,7 @@ def make_dispatch_step(
         async with sessions() as session, session.begin():
             now = await session.scalar(select(func.now()))
             assert now is not None
+            await service.admit_waiting(session=session, limit=settings.dispatch_batch, tiers=tiers)
             events = await service.dispatch(
                 session=session,
                 now=now,
@@ -96,9 +98,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                 ),
                 "reaper",
             )
-        await res.broker.consume_batches(
-            SCHEDULER, make_event_handler(res.sessions, wake.set, list(settings.storage.tiers()))
-        )
+        await res.broker.consume_batches(SCHEDULER, make_event_handler(wake.set))
         log.info("scheduler_started")
         try:
             yield

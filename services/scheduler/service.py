@@ -23,7 +23,7 @@ from shared.db.outbox import add_events
 from shared.errors import NotFound
 from shared.events import Event, JobDispatched, JobFinished
 from shared.jobs.states import JobState
-from shared.jobs.store import set_job_state
+from shared.jobs.store import Admitted, admit_pending, set_job_state
 from shared.settings import QuotaDefaults
 
 Device = Literal["cuda", "cpu"]
@@ -36,8 +36,8 @@ DEVICES: tuple[Device, ...] = (
 async def admit(
     *, session: AsyncSession, job_ids: Iterable[uuid.UUID], tiers: list[str] | None = None
 ) -> int:
-    """PENDING -> QUEUED for each job (duplicates and late events are no-ops). A job whose
-    inputs are not on the ``local`` tier has the datamover stage them in and waits."""
+    """PENDING -> QUEUED for the given jobs (duplicates and late events are no-ops). A job
+    whose inputs are not on the ``local`` tier has the datamover stage them in and waits."""
     admitted = 0
     for job_id in sorted(set(job_ids)):  # a fixed lock order: no deadlocks between batches
         transition = await set_job_state(
@@ -45,30 +45,52 @@ async def admit(
         )
         admitted += transition.accepted
         if transition.accepted and transition.job.inputs:
-            await stage_in(session=session, job=transition.job, tiers=tiers or ["local"])
+            job = transition.job
+            await stage_in(
+                session=session,
+                admitted=Admitted(job.id, job.tenant_id, job.inputs),
+                tiers=tiers or ["local"],
+            )
     return admitted
 
 
-async def stage_in(*, session: AsyncSession, job: Job, tiers: list[str]) -> None:
+async def admit_waiting(*, session: AsyncSession, limit: int, tiers: list[str]) -> int:
+    """Admit PENDING jobs, oldest first, in one statement (the dispatch loop's first step)."""
+    admitted = await admit_pending(session, limit=limit)
+    for job in admitted:
+        if job.inputs:
+            await stage_in(session=session, admitted=job, tiers=tiers)
+    return len(admitted)
+
+
+async def stage_in(*, session: AsyncSession, admitted: Admitted, tiers: list[str]) -> None:
+    """Have the datamover bring inputs that are not on ``local`` there; the job waits."""
     staging: list[str] = []
-    for name in sorted(set(job.inputs.values())):
+    for name in sorted(set(admitted.inputs.values())):
         try:
             migration = await request_stage_in(
                 session=session,
-                tenant_id=job.tenant_id,
-                job_id=job.id,
+                tenant_id=admitted.tenant_id,
+                job_id=admitted.job_id,
                 dataset=name,
                 tiers=tiers,
             )
         except NotFound:
             await set_job_state(
-                session, job.id, JobState.FAILED, error=f"input dataset {name!r} no longer exists"
+                session,
+                admitted.job_id,
+                JobState.FAILED,
+                error=f"input dataset {name!r} no longer exists",
             )
             return
         if migration is not None:
             staging.append(name)
     if staging:
-        job.state_reason = f"staging in: {', '.join(staging)}"
+        await session.execute(
+            update(Job)
+            .where(Job.id == admitted.job_id)
+            .values(state_reason=f"staging in: {', '.join(staging)}")
+        )
 
 
 async def ready_to_run(*, session: AsyncSession, candidates: list[Candidate]) -> list[Candidate]:

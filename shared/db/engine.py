@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -23,7 +22,9 @@ def make_engine(settings: PostgresSettings, *, application_name: str = "stratus"
         settings.url(),
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
-        pool_pre_ping=True,
+        # No ping per checkout (a round trip per transaction): a connection broken by a
+        # database restart fails its first use, is invalidated, and the pool reconnects.
+        pool_pre_ping=False,
         pool_timeout=settings.connect_timeout_s,
         connect_args={
             "timeout": settings.connect_timeout_s,
@@ -52,7 +53,8 @@ async def transaction(
 
 def is_connectivity_error(exc: BaseException) -> bool:
     """True when ``exc`` says the database could not be reached (not a bad query)."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout | OSError | ConnectionError):
+    # A pool timeout is overload (every connection busy), not an outage: it does not count.
+    if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 

@@ -127,6 +127,7 @@ class Job(Base):
             "assigned_device",
             postgresql_where="state IN ('QUEUED', 'RUNNING')",
         ),
+        Index("ix_jobs_pending", "created_at", "id", postgresql_where=text("state = 'PENDING'")),
         Index(
             "ix_jobs_tenant_dispatchable",
             "tenant_id",

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Job, JobEvent
@@ -153,3 +153,56 @@ def _apply(
 
 def db_now() -> Any:
     return func.now()
+
+
+@dataclass(frozen=True)
+class Admitted:
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    inputs: dict[str, Any]
+
+
+_ADMIT = decide(JobState.PENDING, JobState.QUEUED, attempts=0, max_retries=0)
+assert _ADMIT.state is JobState.QUEUED  # the set-based form below relies on this rule
+
+_ADMIT_PENDING = text(
+    """
+    WITH picked AS (
+        SELECT id FROM jobs WHERE state = 'PENDING'
+        ORDER BY created_at, id LIMIT :limit FOR UPDATE SKIP LOCKED
+    )
+    UPDATE jobs SET state = 'QUEUED', queued_at = :now, updated_at = :now,
+                    state_reason = :reason
+    FROM picked WHERE jobs.id = picked.id
+    RETURNING jobs.id, jobs.tenant_id, jobs.inputs
+    """
+)
+
+
+async def admit_pending(
+    session: AsyncSession, *, limit: int, reason: str = "waiting for a worker slot"
+) -> list[Admitted]:
+    """PENDING -> QUEUED for up to ``limit`` waiting jobs, oldest first, in one statement:
+    the set-based form of ``set_job_state`` for the one transition that has no conditions
+    (rows locked by the UPDATE, history appended, other schedulers skip locked rows)."""
+    now = utcnow()
+    rows = (
+        await session.execute(_ADMIT_PENDING, {"limit": limit, "now": now, "reason": reason})
+    ).all()
+    if rows:
+        await session.execute(
+            insert(JobEvent),
+            [
+                {
+                    "job_id": r.id,
+                    "attempt": 0,
+                    "from_state": "PENDING",
+                    "to_state": "QUEUED",
+                    "reason": reason,
+                    "at": now,
+                }
+                for r in rows
+            ],
+        )
+        JOB_TRANSITIONS.labels("QUEUED").inc(len(rows))
+    return [Admitted(r.id, r.tenant_id, r.inputs or {}) for r in rows]

@@ -433,3 +433,52 @@ async def test_failed_stage_in_fails_the_job(s: async_sessionmaker[AsyncSession]
     assert job is not None
     assert job.state == "FAILED"
     assert job.error == "stage-in failed: cold.npy: s3 unreachable"
+
+
+async def test_set_based_admission_admits_oldest_pending_with_history(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    tid = await _tenant(s)
+    ids = []
+    async with s() as session, session.begin():
+        for i in range(5):
+            jid = uuid.uuid4()
+            ids.append(jid)
+            session.add(
+                Job(
+                    id=jid,
+                    tenant_id=tid,
+                    kernel="montecarlo_pi",
+                    device="cpu",
+                    params={},
+                    inputs={},
+                    outputs={},
+                    labels={},
+                    priority=0,
+                    timeout_s=60,
+                    max_retries=0,
+                    state="PENDING",
+                    attempts=0,
+                    created_at=utcnow() + timedelta(milliseconds=i),
+                )
+            )
+    async with s() as session, session.begin():
+        assert await service.admit_waiting(session=session, limit=3, tiers=["local"]) == 3
+    async with s() as session:
+        states = {
+            j.id: j.state
+            for j in (await session.execute(select(Job).where(Job.id.in_(ids)))).scalars()
+        }
+        history = (
+            await session.execute(
+                select(JobEvent.job_id, JobEvent.from_state, JobEvent.to_state).where(
+                    JobEvent.job_id.in_(ids)
+                )
+            )
+        ).all()
+    assert [states[i] for i in ids] == ["QUEUED"] * 3 + ["PENDING"] * 2
+    assert sorted((h.job_id, h.from_state, h.to_state) for h in history) == sorted(
+        (i, "PENDING", "QUEUED") for i in ids[:3]
+    )
+    async with s() as session, session.begin():
+        assert await service.admit_waiting(session=session, limit=10, tiers=["local"]) == 2

@@ -6,8 +6,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import func, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+import orjson
+from sqlalchemy import func, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.jobs.schemas import JobSubmit
@@ -86,36 +86,25 @@ async def submit_job(
             return Submitted(existing, replayed=True)
     await _check_queue_quota(session=session, tenant_id=tenant_id, limit=max_queued_jobs)
 
-    job_id = uuid.uuid4()
-    now = utcnow()
-    inserted = (
-        await session.execute(
-            insert(Job)
-            .values(
-                id=job_id,
-                tenant_id=tenant_id,
-                kernel=spec.name,
-                device=data.device,
-                params=params,
-                inputs=data.inputs,
-                outputs=data.outputs,
-                labels=data.labels,
-                priority=data.priority,
-                timeout_s=data.timeout_s or default_timeout_s,
-                max_retries=(
-                    data.max_retries if data.max_retries is not None else default_max_retries
-                ),
-                state=JobState.PENDING.value,
-                attempts=0,
-                idempotency_key=idempotency_key,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=[Job.tenant_id, Job.idempotency_key])
-            .returning(Job)
-        )
-    ).scalar_one_or_none()
-    if inserted is None:  # a concurrent request with the same key won the race
+    job = Job(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        kernel=spec.name,
+        device=data.device,
+        params=params,
+        inputs=data.inputs,
+        outputs=data.outputs,
+        labels=data.labels,
+        priority=data.priority,
+        timeout_s=data.timeout_s or default_timeout_s,
+        max_retries=data.max_retries if data.max_retries is not None else default_max_retries,
+        state=JobState.PENDING.value,
+        attempts=0,
+        idempotency_key=idempotency_key,
+        created_at=utcnow(),
+    )
+    if not await _insert_with_event(session=session, job=job):
+        # A concurrent request with the same key won the race: answer with its job.
         assert idempotency_key is not None
         existing = await _find_idempotent(
             session=session,
@@ -126,17 +115,64 @@ async def submit_job(
         if existing is None:
             raise Conflict("a request with this Idempotency-Key is in progress; retry")
         return Submitted(existing, replayed=True)
-    await add_event(
-        session,
-        JobSubmitted(
-            tenant_id=tenant_id,
-            job_id=job_id,
-            kernel=spec.name,
-            device=data.device,
-            priority=data.priority,
-        ),
+    return Submitted(job, replayed=False)
+
+
+# The job row and its outbox event in one round trip: the event is written only if the job
+# was (no idempotency conflict). A fixed text statement: no per-request statement building.
+_INSERT_JOB = text(
+    """
+    WITH job AS (
+        INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, labels,
+                          priority, timeout_s, max_retries, state, attempts, idempotency_key,
+                          created_at, updated_at)
+        VALUES (:id, :tenant_id, :kernel, :device, CAST(:params AS jsonb),
+                CAST(:inputs AS jsonb), CAST(:outputs AS jsonb), CAST(:labels AS jsonb),
+                :priority, :timeout_s, :max_retries, 'PENDING', 0, :idempotency_key,
+                :created_at, :created_at)
+        ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+        RETURNING id
     )
-    return Submitted(inserted, replayed=False)
+    INSERT INTO outbox (message_id, routing_key, body)
+    SELECT :message_id, :routing_key, :body FROM job
+    RETURNING id
+    """
+)
+
+
+async def _insert_with_event(*, session: AsyncSession, job: Job) -> bool:
+    event = JobSubmitted(
+        tenant_id=job.tenant_id,
+        job_id=job.id,
+        kernel=job.kernel,
+        device=job.device,
+        priority=job.priority,
+    )
+    row = await session.execute(
+        _INSERT_JOB,
+        {
+            "id": job.id,
+            "tenant_id": job.tenant_id,
+            "kernel": job.kernel,
+            "device": job.device,
+            "params": orjson.dumps(job.params).decode(),
+            "inputs": orjson.dumps(job.inputs).decode(),
+            "outputs": orjson.dumps(job.outputs).decode(),
+            "labels": orjson.dumps(job.labels).decode(),
+            "priority": job.priority,
+            "timeout_s": job.timeout_s,
+            "max_retries": job.max_retries,
+            "idempotency_key": job.idempotency_key,
+            "created_at": job.created_at,
+            "message_id": event.event_id,
+            "routing_key": event.routing_key,
+            "body": event.to_bytes(),
+        },
+    )
+    if row.first() is None:
+        return False
+    session.info["outbox"] = True  # the owner of the transaction wakes the relay
+    return True
 
 
 async def _check_queue_quota(*, session: AsyncSession, tenant_id: uuid.UUID, limit: int) -> None:

@@ -13,6 +13,7 @@ from services.gateway.accounting.routes import router as accounting_router
 from services.gateway.auth import Authenticator
 from services.gateway.datasets.routes import router as datasets_router
 from services.gateway.jobs.routes import router as jobs_router
+from services.gateway.jobs.service import QueueQuota
 from services.gateway.migrations.routes import router as migrations_router
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants.routes import router as tenants_router
@@ -44,6 +45,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.authenticator = auth
         assert res.redis is not None
         app.state.rate_limiter = RateLimiter(res.redis)
+        app.state.queue_quota = QueueQuota()
 
         async def on_control(_delivery: Delivery) -> None:
             auth.invalidate()  # a tenant or key changed somewhere

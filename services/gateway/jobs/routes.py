@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
 from services.gateway.jobs import service
@@ -48,6 +48,7 @@ async def submit_job(
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
+    request: Request,
     idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
 ) -> JobOut:
     tenant_id = principal.require_tenant("jobs:write")
@@ -60,6 +61,7 @@ async def submit_job(
         default_max_retries=settings.default_max_retries,
         idempotency_window_s=settings.idempotency_window_s,
         max_queued_jobs=int(principal.quotas["max_queued_jobs"]),
+        queue_quota=request.app.state.queue_quota,
     )
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     if submitted.replayed:

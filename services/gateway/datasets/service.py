@@ -13,13 +13,13 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import Dataset
 from shared.errors import StratusError
 from shared.logging import get_logger
-from shared.pagination import decode_cursor, encode_cursor
+from shared.pagination import keyset_page
 from shared.storage import Storage, object_key
 from shared.storage.catalog import (
     Published,
@@ -220,13 +220,6 @@ async def list_datasets(
     query = select(Dataset).where(Dataset.tenant_id == tenant_id)
     if prefix:
         query = query.where(Dataset.name.startswith(prefix, autoescape=True))
-    if cursor:
-        at, id_ = decode_cursor(cursor)
-        query = query.where(tuple_(Dataset.created_at, Dataset.id) < tuple_(at, id_))
-    query = query.order_by(Dataset.created_at.desc(), Dataset.id.desc()).limit(limit + 1)
-    rows = list((await session.execute(query)).scalars())
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
-    return rows, next_cursor
+    return await keyset_page(
+        session, query, created=Dataset.created_at, key=Dataset.id, limit=limit, cursor=cursor
+    )

@@ -8,18 +8,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import orjson
-from sqlalchemy import func, select, text, tuple_, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.jobs.schemas import JobSubmit
 from shared.db.models import Job
 from shared.db.outbox import add_event
-from shared.errors import Conflict, Invalid, TooManyRequests
+from shared.errors import Conflict, Invalid, NotFound, TooManyRequests
 from shared.events import JobCancelled, JobSubmitted, utcnow
 from shared.jobs.states import JobState
 from shared.jobs.store import lock_job, set_job_state
 from shared.kernels import get_spec
-from shared.pagination import decode_cursor, encode_cursor
+from shared.pagination import keyset_page
 from shared.storage.catalog import existing_names
 from shared.storage.names import name_problem
 
@@ -227,8 +227,6 @@ async def _find_idempotent(
 
 
 async def get_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-    from shared.errors import NotFound
-
     job = (
         await session.execute(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
     ).scalar_one_or_none()
@@ -248,16 +246,9 @@ async def list_jobs(
     query = select(Job).where(Job.tenant_id == tenant_id)
     if state is not None:
         query = query.where(Job.state == state.value)
-    if cursor:
-        at, id_ = decode_cursor(cursor)
-        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(at, id_))
-    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
-    rows = list((await session.execute(query)).scalars())
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
-    return rows, next_cursor
+    return await keyset_page(
+        session, query, created=Job.created_at, key=Job.id, limit=limit, cursor=cursor
+    )
 
 
 async def cancel_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Migration
 from shared.errors import NotFound
-from shared.pagination import decode_cursor, encode_cursor
+from shared.pagination import keyset_page
 from shared.storage.migrations import MigrationState
 
 
@@ -42,13 +42,6 @@ async def list_migrations(
         query = query.where(Migration.state == state.value)
     if dataset is not None:
         query = query.where(Migration.dataset == dataset)
-    if cursor:
-        at, id_ = decode_cursor(cursor)
-        query = query.where(tuple_(Migration.created_at, Migration.id) < tuple_(at, id_))
-    query = query.order_by(Migration.created_at.desc(), Migration.id.desc()).limit(limit + 1)
-    rows = list((await session.execute(query)).scalars())
-    next_cursor = None
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1].created_at, rows[-1].id)
-    return rows, next_cursor
+    return await keyset_page(
+        session, query, created=Migration.created_at, key=Migration.id, limit=limit, cursor=cursor
+    )

@@ -10,12 +10,13 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
+BENCH_STAMP := $(VENV)/.stamp-install-bench
 ENV_FILE := run/stratus.env
 # Extra arguments: make up UP_ARGS="--workers 2 --gateway-port 9000"; make test PYTEST_ARGS=-x
 UP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv up down status servers lint typecheck test bench chaos logs clean
+.PHONY: help venv bench-venv up down status servers lint typecheck test bench chaos logs clean
 
 help:
 	@echo "make venv       create $(VENV) and install the project with [dev] (again when pyproject.toml changes)"
@@ -26,7 +27,7 @@ help:
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make typecheck  mypy --strict"
 	@echo "make test       venv, servers, lint, typecheck, then pytest"
-	@echo "make bench      run bench/pipeline.py"
+	@echo "make bench      install [dev,bench], run bench/pipeline.py, bench/kernels.py --quick, bench/datamover.py --quick"
 	@echo "make chaos      pytest tests/chaos"
 	@echo "make logs       follow run/logs/*.log"
 	@echo "make clean      remove caches and build outputs (keeps $(VENV) and $(ENV_FILE))"
@@ -36,6 +37,13 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -e ".[dev]"
+	@touch $@
+
+# the benchmarks' extra dependencies (celery, the pipeline's baseline), only for `make bench`
+bench-venv: $(BENCH_STAMP)
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -e ".[dev,bench]"
 	@touch $@
 
 up: venv
@@ -69,8 +77,10 @@ typecheck: venv
 test: venv servers lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: venv servers
+bench: bench-venv servers
 	$(PY) bench/pipeline.py
+	$(PY) bench/kernels.py --quick
+	$(PY) bench/datamover.py --quick
 
 chaos: venv servers
 	@if [ -d tests/chaos ]; then \

@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from services.worker import service
-from services.worker.datasets import InvalidDatasetName, resolve_paths
+from services.worker.datasets import (
+    DatasetError,
+    input_paths,
+    missing_files,
+    output_paths,
+    remove_attempt_folder,
+)
 from services.worker.handlers import Running, cancelled_job, dispatched_job
 from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
-from services.worker.service import Claim, Report, report_for
+from services.worker.service import Claim, Recorded, Report, report_for
 from services.worker.settings import WorkerSettings
 from shared.db.engine import transaction
+from shared.errors import StratusError
 from shared.jobs.states import JobState
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic
@@ -24,16 +32,25 @@ from shared.messaging import Delivery
 from shared.messaging.topology import WORK_QUEUES, control_queue
 from shared.problems import install_problem_handlers
 from shared.runtime import Resources, close_resources, open_resources
+from shared.storage.catalog import remove_unlisted
+from shared.storage.registry import Storage
 from shared.telemetry import health_router
 
 log = get_logger(__name__)
 
 
 class WorkerRuntime:
-    def __init__(self, res: Resources, settings: WorkerSettings, runner: KernelRunner) -> None:
+    def __init__(
+        self,
+        res: Resources,
+        settings: WorkerSettings,
+        runner: KernelRunner,
+        storage: Storage | None = None,
+    ) -> None:
         self.res = res
         self.settings = settings
         self.runner = runner
+        self.storage = storage or Storage(settings.storage)
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.running = Running()  # cancellable attempts, by job
         self.jobs: set[asyncio.Task[None]] = set()  # attempts and their records, for shutdown
@@ -73,13 +90,17 @@ class WorkerRuntime:
             await self._record(claim, report)
         finally:
             self.running.tasks.pop(claim.job_id, None)
+            # what the record did not publish (failed, refused or abandoned attempt)
+            await asyncio.to_thread(
+                remove_attempt_folder, self.settings.storage, claim.job_id, claim.attempt
+            )
             self.slots.release()
 
     async def _attempt(self, claim: Claim) -> Report:
         usage = Usage()
         try:
             request = self._request(claim)
-        except InvalidDatasetName as exc:
+        except DatasetError as exc:
             return Report(JobState.FAILED, error=str(exc), retryable=False)
         try:
             outcome = await self.runner.run(request, timeout_s=claim.timeout_s, usage=usage)
@@ -88,12 +109,26 @@ class WorkerRuntime:
             if task is not None:
                 task.uncancel()  # the kernel's process is killed; record the attempt
             return report_for(None, usage, stopping=self.stopping)
-        return report_for(outcome, usage)
+        report = report_for(outcome, usage)
+        if report.state is JobState.SUCCEEDED:
+            unwritten = await asyncio.to_thread(missing_files, request.outputs)
+            if unwritten:
+                error = f"the kernel did not write its output(s) {', '.join(map(repr, unwritten))}"
+                report = dataclasses.replace(
+                    report, state=JobState.FAILED, error=error, retryable=False
+                )
+        return report
 
     def _request(self, claim: Claim) -> Request:
-        root = self.settings.data_root
-        inputs = resolve_paths(claim.tenant_id, claim.inputs, root=root)
-        outputs = resolve_paths(claim.tenant_id, claim.outputs, root=root)
+        storage = self.settings.storage
+        inputs = input_paths(claim.tenant_id, claim.inputs, storage=storage)
+        outputs = output_paths(
+            claim.tenant_id,
+            claim.outputs,
+            storage=storage,
+            job_id=claim.job_id,
+            attempt=claim.attempt,
+        )
         return Request(
             claim.kernel,
             self.settings.device,
@@ -103,17 +138,39 @@ class WorkerRuntime:
         )
 
     async def _record(self, claim: Claim, report: Report) -> None:
-        """Make the outcome durable, retrying while the database is away. If the lease runs
-        out meanwhile, the reaper re-queues the job and fencing drops this late report."""
+        """Make the outcome durable (and publish a successful attempt's outputs in the same
+        transaction), retrying while the database is away. If the lease runs out meanwhile,
+        the reaper re-queues the job and fencing drops this late report. Outputs that cannot
+        be published (a name that clashes with another dataset) fail the job instead."""
+        try:
+            outputs = output_paths(
+                claim.tenant_id,
+                claim.outputs,
+                storage=self.settings.storage,
+                job_id=claim.job_id,
+                attempt=claim.attempt,
+            )
+        except DatasetError:
+            outputs = {}  # the attempt failed on them already: nothing to publish
         delay = 0.1
         deadline = asyncio.get_running_loop().time() + self.settings.lease_s * 2
         while True:
             try:
                 async with transaction(self.res.sessions) as session:
-                    accepted = await service.record(
-                        session=session, claim=claim, worker=self.settings.name, report=report
+                    recorded = await service.record_attempt(
+                        session=session,
+                        storage=self.storage,
+                        claim=claim,
+                        worker=self.settings.name,
+                        report=report,
+                        outputs=outputs,
                     )
                 break
+            except StratusError as exc:  # the outputs' names: the job's fault
+                error = f"cannot publish the outputs: {exc.detail}"
+                report = dataclasses.replace(
+                    report, state=JobState.FAILED, error=error, retryable=False
+                )
             except Exception as exc:
                 if asyncio.get_running_loop().time() > deadline:
                     log.error("record_gave_up", job_id=str(claim.job_id), error=type(exc).__name__)
@@ -126,8 +183,29 @@ class WorkerRuntime:
             job_id=str(claim.job_id),
             attempt=claim.attempt,
             state=report.state.value,
-            accepted=accepted,
+            accepted=recorded.accepted,
+            outputs=len(recorded.stale),
         )
+        await self._clean_stale(claim, recorded)
+
+    async def _clean_stale(self, claim: Claim, recorded: Recorded) -> None:
+        """After the commit: remove the copies of the outputs' older versions on other tiers."""
+        for name, tiers in recorded.stale.items():
+            if not tiers:
+                continue
+            try:
+                async with transaction(self.res.sessions) as session:
+                    await remove_unlisted(
+                        session=session,
+                        storage=self.storage,
+                        tenant_id=claim.tenant_id,
+                        name=name,
+                        tiers=tiers,
+                    )
+            except Exception as exc:
+                log.warning(
+                    "output_cleanup_failed", dataset=name, tiers=list(tiers), error=str(exc)
+                )
 
     async def heartbeat(self) -> None:
         async with transaction(self.res.sessions) as session:
@@ -189,7 +267,8 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
         runner = await start_runner(settings)
         res = await open_resources(settings, name="worker")
         app.state.resources = res
-        rt = WorkerRuntime(res, settings, runner)
+        storage = Storage(settings.storage)
+        rt = WorkerRuntime(res, settings, runner, storage)
         await rt.heartbeat()
         res.spawn(
             periodic("heartbeat", rt.heartbeat, interval_s=settings.heartbeat_interval_s),
@@ -212,6 +291,7 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
         finally:
             await rt.shutdown()
             await close_resources(res)
+            await storage.close()
             await runner.close()
 
     app = FastAPI(title="Stratus worker", lifespan=lifespan)

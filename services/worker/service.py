@@ -6,8 +6,10 @@ Functions take ``session`` as a keyword and never commit.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, update
@@ -20,6 +22,9 @@ from shared.db.outbox import add_event
 from shared.events import JobFinished
 from shared.jobs.states import JobState
 from shared.jobs.store import set_job_state
+from shared.storage.catalog import publish_local_file
+from shared.storage.names import local_dataset_path
+from shared.storage.registry import Storage
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,48 @@ async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Re
         ),
     )
     return True
+
+
+@dataclass(frozen=True)
+class Recorded:
+    accepted: bool
+    stale: dict[str, tuple[str, ...]] = field(default_factory=dict)  # output -> tiers to clean
+
+
+async def record_attempt(
+    *,
+    session: AsyncSession,
+    storage: Storage,
+    claim: Claim,
+    worker: str,
+    report: Report,
+    outputs: Mapping[str, Path],
+    tier: str = "local",
+) -> Recorded:
+    """``record``, and for an accepted ``SUCCEEDED`` attempt, publish each output file (the
+    kernel's temporary files, ``outputs``: slot -> path) as the tenant's dataset on ``tier``,
+    in the same transaction. A refused (fenced, superseded) attempt publishes nothing. The
+    caller removes the copies of the older versions (``stale``) after the commit."""
+    accepted = await record(session=session, claim=claim, worker=worker, report=report)
+    if not accepted or report.state is not JobState.SUCCEEDED:
+        return Recorded(accepted)
+    stale: dict[str, tuple[str, ...]] = {}
+    for slot, name in claim.outputs.items():
+        path = outputs[slot]
+        if not path.exists():
+            # an earlier try of this record renamed it into place and then did not commit:
+            # publish the file where it is (the rename is then a no-op)
+            path = local_dataset_path(storage.settings, claim.tenant_id, name, tier=tier)
+        published = await publish_local_file(
+            session=session,
+            storage=storage,
+            tenant_id=claim.tenant_id,
+            name=name,
+            path=path,
+            tier=tier,
+        )
+        stale[name] = published.stale_tiers
+    return Recorded(True, stale)
 
 
 async def _usage_row(session: AsyncSession, claim: Claim, worker: str, report: Report) -> None:

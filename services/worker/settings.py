@@ -27,8 +27,6 @@ class WorkerSettings(CommonSettings):
     shutdown_grace_s: float = 20.0
     numba_cache_dir: Path = Path(os.path.expanduser("~/.cache/stratus/numba"))
     warm_kernels: bool = True
-    # datasets until the datasets issue lands: STRATUS_DATA_ROOT/<tenant_id>/<name>
-    data_root: Path = Path(os.path.expanduser("~/.local/share/stratus/data"))
     # numba and BLAS threads per pool process; default: the cores shared by the processes
     threads_per_process: int | None = Field(default=None, ge=1)
     cuda_simulator: bool = False  # serve the cuda queue on numba's CUDA simulator

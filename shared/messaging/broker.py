@@ -248,6 +248,57 @@ class Broker:
                 return None
             await asyncio.sleep(0.05)
 
+    async def depth(self, queue_name: str) -> int:
+        """Messages ready in a queue (a passive declare: never creates it)."""
+        channel = await self.connection.channel()
+        try:
+            queue = await channel.declare_queue(queue_name, passive=True)
+            return int(queue.declaration_result.message_count or 0)
+        finally:
+            await channel.close()
+
+    async def peek(self, queue_name: str, *, limit: int = 20) -> list[Delivery]:
+        """Up to ``limit`` messages of a queue, left in it (taken unacknowledged, then
+        returned). For dead-letter inspection."""
+        channel = await self.connection.channel()
+        taken: list[AbstractIncomingMessage] = []
+        try:
+            queue = await channel.declare_queue(queue_name, passive=True)
+            while len(taken) < limit:
+                message = await queue.get(no_ack=False, fail=False)
+                if message is None:
+                    break
+                taken.append(message)
+            return [_delivery(m) for m in taken]
+        finally:
+            await channel.close()  # unacknowledged messages go back to the queue
+
+    async def redrive(self, dead_letter_queue: str, target_queue: str) -> Delivery | None:
+        """Move the oldest dead letter back to the queue it came from (confirmed publish
+        first, then ack: a crash in between leaves a duplicate, never a loss)."""
+        assert self._pub_channel is not None
+        channel = await self.connection.channel()
+        try:
+            queue = await channel.declare_queue(dead_letter_queue, passive=True)
+            message = await queue.get(no_ack=False, fail=False)
+            if message is None:
+                return None
+            await self._pub_channel.default_exchange.publish(
+                aio_pika.Message(
+                    message.body,
+                    message_id=message.message_id,
+                    type=message.type,
+                    content_type=message.content_type,
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                ),
+                routing_key=target_queue,
+                mandatory=True,
+            )
+            await message.ack()
+            return _delivery(message)
+        finally:
+            await channel.close()
+
     async def stop_consuming(self) -> None:
         """Stop taking new deliveries (unacknowledged ones go back to their queues)."""
         for queue, tag in self._consumers:

@@ -300,3 +300,23 @@ def test_environment_values_survive_supervisord_parsing(value: str) -> None:
 def test_unrepresentable_environment_values_are_refused() -> None:
     with pytest.raises(ValueError, match="quotes"):
         env_value({"K": "both ' and \""})
+
+
+def test_services_that_touch_datasets_share_the_tier_volume() -> None:
+    """The gateway, the datamover and the workers see the same ``local`` and ``archive``
+    directories (a job's inputs are uploaded by one and read by another)."""
+    volumes = COMPOSE.get("volumes") or {}
+    roots = set()
+    for name in ("gateway", "datamover", "worker"):
+        service = COMPOSE_SERVICES[name]
+        mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in service.get("volumes", [])}
+        env = environment_of(service)
+        for var in ("STRATUS_STORAGE__LOCAL__ROOT", "STRATUS_STORAGE__ARCHIVE__ROOT"):
+            root = env[var]
+            roots.add(root)
+            mount = next((m for m in mounts if root == m or root.startswith(m + "/")), None)
+            assert mount is not None, (name, var, root)
+            assert mounts[mount] in volumes, (name, mounts[mount])
+            assert mounts[mount] == "stratus-data", (name, mount)
+        assert depends_on(service)["data-init"] == "service_completed_successfully", name
+    assert roots == {"/data/local", "/data/archive"}

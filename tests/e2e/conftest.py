@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY
+from tests.datamover.harness import BUCKET, MotoServer
 from tools.cluster import (
     ClusterConfig,
     LocalCluster,
@@ -45,13 +46,39 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="session")
+def e2e_moto() -> Iterator[MotoServer]:
+    """The cluster's ``s3`` tier: ``moto_server`` on loopback."""
+    server = MotoServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def storage_env(root: Path, moto: MotoServer) -> dict[str, str]:
+    """Every service's tiers: ``local`` and ``archive`` in ``root``, ``s3`` on moto."""
+    return {
+        "STRATUS_STORAGE__LOCAL__ROOT": str(root / "local"),
+        "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "archive"),
+        "STRATUS_STORAGE__S3__ENDPOINT_URL": moto.url,
+        "STRATUS_STORAGE__S3__BUCKET": BUCKET,
+        "STRATUS_STORAGE__S3__REGION": "us-east-1",
+        "STRATUS_STORAGE__S3__ACCESS_KEY_ID": "testing",
+        "STRATUS_STORAGE__S3__SECRET_ACCESS_KEY": "testing",
+        "STRATUS_STORAGE__FSYNC": "false",
+    }
+
+
+@pytest.fixture(scope="session")
 def cluster(
-    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, e2e_moto: MotoServer
 ) -> Iterator[LocalCluster]:
     name = test_env["STRATUS_POSTGRES__DATABASE"] + "_e2e"
     prepare_database(name)
     prepare_vhost(name)
     env = {
+        **storage_env(Path(tmp_path_factory.mktemp("tiers")), e2e_moto),
         **test_env,
         "STRATUS_POSTGRES__DATABASE": name,
         "STRATUS_RABBIT__VHOST": name,

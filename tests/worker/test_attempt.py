@@ -4,6 +4,7 @@ states, retryability and CPU seconds, for a user's cancel and a worker's shutdow
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from pathlib import Path
 from typing import Any, cast
@@ -17,6 +18,7 @@ from services.worker.service import Claim, report_for
 from services.worker.settings import WorkerSettings
 from shared.jobs.states import JobState
 from shared.runtime import Resources
+from shared.settings import StorageSettings
 from tests.worker.conftest import CACHE
 
 
@@ -27,7 +29,10 @@ def claim(kernel: str, params: dict[str, Any], timeout_s: int = 60, **names: Any
 
 @pytest.fixture
 def runtime(runner: KernelRunner, tmp_path: Path) -> WorkerRuntime:
-    settings = WorkerSettings(data_root=tmp_path, concurrency=2)
+    storage = StorageSettings.model_validate(
+        {"local": {"root": str(tmp_path / "local")}, "fsync": False}
+    )
+    settings = WorkerSettings(storage=storage, concurrency=2)
     return WorkerRuntime(cast(Resources, None), settings, runner)
 
 
@@ -77,15 +82,15 @@ async def test_shutdown_hands_the_job_back(runtime: WorkerRuntime) -> None:
     assert report.state is JobState.QUEUED
 
 
-async def test_dataset_names_resolve_under_the_data_root(
+async def test_dataset_names_resolve_on_the_local_tier(
     runtime: WorkerRuntime, tmp_path: Path
 ) -> None:
     c = claim("histogram", {"bins": 2, "range": [0, 1]}, inputs={"data": "d/x.npy"})
     missing = await runtime._attempt(c)
     assert missing.state is JobState.FAILED
-    assert missing.error == "input 'data': dataset not found"
+    assert missing.error == "input 'data': dataset 'd/x.npy' not found on the 'local' tier"
     assert not missing.retryable
-    tenant_folder = tmp_path / str(c.tenant_id) / "d"
+    tenant_folder = tmp_path / "local" / str(c.tenant_id) / "d"
     tenant_folder.mkdir(parents=True)
     np.save(tenant_folder / "x.npy", np.array([0.1, 0.2, 0.9]))
     found = await runtime._attempt(c)
@@ -95,6 +100,27 @@ async def test_dataset_names_resolve_under_the_data_root(
     assert escape.state is JobState.FAILED
     assert escape.error is not None
     assert escape.error.startswith("invalid dataset name '../x.npy'")
+    bad_output = await runtime._attempt(dataclasses.replace(c, outputs={"o": "/abs"}))
+    assert bad_output.state is JobState.FAILED
+    assert bad_output.error is not None
+    assert bad_output.error.startswith("invalid dataset name '/abs'")
+
+
+async def test_outputs_are_written_under_the_tiers_temporary_folder(
+    runtime: WorkerRuntime, tmp_path: Path
+) -> None:
+    c = claim("saxpy", {"a": 2.0}, inputs={"x": "x.npy", "y": "y.npy"}, outputs={"y": "out/y.npy"})
+    folder = tmp_path / "local" / str(c.tenant_id)
+    folder.mkdir(parents=True)
+    np.save(folder / "x.npy", np.arange(3.0))
+    np.save(folder / "y.npy", np.ones(3))
+    request = runtime._request(c)
+    temp = Path(request.outputs["y"])
+    assert temp.is_relative_to(tmp_path / "local" / ".stratus-tmp")
+    report = await runtime._attempt(c)
+    assert report.state is JobState.SUCCEEDED, report.error
+    np.testing.assert_array_equal(np.load(temp), 2.0 * np.arange(3.0) + 1.0)
+    assert not (folder / "out" / "y.npy").exists()  # published only when recorded
 
 
 async def test_a_cuda_worker_needs_cuda_or_the_simulator(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ import pytest
 from services.worker.datasets import InvalidDatasetName, resolve_paths
 from services.worker.kernels import registry
 from services.worker.kernels.base import KernelInputError, output_array
+from shared.settings import StorageSettings
 from tests.worker.conftest import Save
 
 Out = Callable[[str], str]
@@ -132,10 +133,14 @@ def test_output_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     assert [p.name for p in target.parent.iterdir()] == ["c.npy"]
 
 
+def _storage(root: Path) -> StorageSettings:
+    return StorageSettings.model_validate({"local": {"root": str(root)}})
+
+
 def test_resolve_paths_maps_names_under_the_tenant_folder(tmp_path: Path) -> None:
     tenant = uuid.uuid4()
-    got = resolve_paths(tenant, {"grid": "experiments/plate.npy"}, root=tmp_path)
-    assert got == {"grid": tmp_path / str(tenant) / "experiments" / "plate.npy"}
+    got = resolve_paths(tenant, {"grid": "experiments/plate.npy"}, storage=_storage(tmp_path))
+    assert got == {"grid": tmp_path.resolve() / str(tenant) / "experiments" / "plate.npy"}
 
 
 @pytest.mark.parametrize(
@@ -143,4 +148,4 @@ def test_resolve_paths_maps_names_under_the_tenant_folder(tmp_path: Path) -> Non
 )
 def test_resolve_paths_refuses_names_that_escape(name: str, tmp_path: Path) -> None:
     with pytest.raises(InvalidDatasetName):
-        resolve_paths(uuid.uuid4(), {"x": name}, root=tmp_path)
+        resolve_paths(uuid.uuid4(), {"x": name}, storage=_storage(tmp_path))

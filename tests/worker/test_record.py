@@ -4,9 +4,12 @@ and a superseded attempt records nothing."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -18,7 +21,9 @@ from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Job, JobAttempt, Tenant
 from shared.jobs.states import JobState
 from shared.jobs.store import set_job_state
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, StorageSettings
+from shared.storage.catalog import get_dataset
+from shared.storage.registry import Storage
 from tools.cluster import drop_database, prepare_database
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -102,3 +107,72 @@ async def test_a_superseded_attempt_records_nothing(db: Sessions) -> None:
     accepted, rows = await record(db, stale, Report(JobState.CANCELLED, cpu_seconds=1.0))
     assert not accepted
     assert rows == []
+
+
+def _storage(tmp_path: Path) -> Storage:
+    return Storage(
+        StorageSettings.model_validate(
+            {
+                "local": {"root": str(tmp_path / "local")},
+                "archive": {"root": str(tmp_path / "archive")},
+                "fsync": False,
+            }
+        )
+    )
+
+
+def _output(tmp_path: Path, claim: Claim, value: float) -> Path:
+    path = tmp_path / "local" / ".stratus-tmp" / "jobs" / f"{claim.job_id}-{claim.attempt}" / "c"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path.with_suffix(".npy"), np.full(3, value))
+    return path.with_suffix(".npy")
+
+
+async def test_a_succeeded_attempt_publishes_its_outputs_in_the_same_transaction(
+    db: Sessions, tmp_path: Path
+) -> None:
+    storage = _storage(tmp_path)
+    claim = dataclasses.replace(await running_job(db), outputs={"c": "out/c.npy"})
+    temp = _output(tmp_path, claim, 2.0)
+    async with db() as session, session.begin():
+        recorded = await service.record_attempt(
+            session=session,
+            storage=storage,
+            claim=claim,
+            worker="w1",
+            report=Report(JobState.SUCCEEDED, result={}),
+            outputs={"c": temp},
+        )
+    assert recorded.accepted
+    assert recorded.stale == {"out/c.npy": ()}
+    final = tmp_path / "local" / str(claim.tenant_id) / "out" / "c.npy"
+    np.testing.assert_array_equal(np.load(final), np.full(3, 2.0))
+    assert not temp.exists()
+    async with db() as session:
+        row = await get_dataset(session=session, tenant_id=claim.tenant_id, name="out/c.npy")
+    assert row is not None
+    assert (row.tier, row.tiers, row.size) == ("local", ["local"], final.stat().st_size)
+
+
+async def test_a_superseded_attempt_publishes_nothing(db: Sessions, tmp_path: Path) -> None:
+    storage = _storage(tmp_path)
+    stale = dataclasses.replace(await running_job(db), outputs={"c": "out/c.npy"})
+    async with db() as session, session.begin():  # reaped and run again elsewhere
+        await set_job_state(session, stale.job_id, JobState.QUEUED)
+        assert await service.claim(session=session, job_id=stale.job_id, worker="w2", lease_s=30)
+    temp = _output(tmp_path, stale, 1.0)
+    async with db() as session, session.begin():
+        recorded = await service.record_attempt(
+            session=session,
+            storage=storage,
+            claim=stale,
+            worker="w1",
+            report=Report(JobState.SUCCEEDED, result={}),
+            outputs={"c": temp},
+        )
+    assert not recorded.accepted
+    assert not (tmp_path / "local" / str(stale.tenant_id) / "out" / "c.npy").exists()
+    async with db() as session:
+        assert (
+            await get_dataset(session=session, tenant_id=stale.tenant_id, name="out/c.npy") is None
+        )

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.gateway.accounting.routes import router as accounting_router
+from services.gateway.admin.routes import router as admin_router
 from services.gateway.auth import Authenticator
 from services.gateway.datasets.routes import router as datasets_router
 from services.gateway.jobs.routes import router as jobs_router
@@ -74,6 +75,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(datasets_router)
     app.include_router(migrations_router)
     app.include_router(accounting_router)
+    app.include_router(admin_router)
     return app
 
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from shared.errors import DependencyUnavailable
 from shared.logging import get_logger
 from shared.messaging.topology import DLX, DURABLE_QUEUES, QueueSpec
 from shared.settings import RabbitSettings
@@ -248,37 +249,45 @@ class Broker:
                 return None
             await asyncio.sleep(0.05)
 
+    @contextlib.asynccontextmanager
+    async def _admin_channel(self) -> AsyncIterator[AbstractChannel]:
+        """A short-lived channel for admin operations; broker trouble becomes a 503."""
+        try:
+            channel = await self.connection.channel()
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            raise DependencyUnavailable("the broker is unavailable", retry_after=2) from exc
+        try:
+            yield channel
+        except aio_pika.exceptions.AMQPError as exc:
+            raise DependencyUnavailable("the broker is unavailable", retry_after=2) from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
+
     async def depth(self, queue_name: str) -> int:
         """Messages ready in a queue (a passive declare: never creates it)."""
-        channel = await self.connection.channel()
-        try:
+        async with self._admin_channel() as channel:
             queue = await channel.declare_queue(queue_name, passive=True)
             return int(queue.declaration_result.message_count or 0)
-        finally:
-            await channel.close()
 
     async def peek(self, queue_name: str, *, limit: int = 20) -> list[Delivery]:
         """Up to ``limit`` messages of a queue, left in it (taken unacknowledged, then
         returned). For dead-letter inspection."""
-        channel = await self.connection.channel()
         taken: list[AbstractIncomingMessage] = []
-        try:
+        async with self._admin_channel() as channel:  # closing it returns what was taken
             queue = await channel.declare_queue(queue_name, passive=True)
             while len(taken) < limit:
                 message = await queue.get(no_ack=False, fail=False)
                 if message is None:
                     break
                 taken.append(message)
-            return [_delivery(m) for m in taken]
-        finally:
-            await channel.close()  # unacknowledged messages go back to the queue
+        return [_delivery(m) for m in taken]
 
     async def redrive(self, dead_letter_queue: str, target_queue: str) -> Delivery | None:
         """Move the oldest dead letter back to the queue it came from (confirmed publish
         first, then ack: a crash in between leaves a duplicate, never a loss)."""
         assert self._pub_channel is not None
-        channel = await self.connection.channel()
-        try:
+        async with self._admin_channel() as channel:
             queue = await channel.declare_queue(dead_letter_queue, passive=True)
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
@@ -296,8 +305,6 @@ class Broker:
             )
             await message.ack()
             return _delivery(message)
-        finally:
-            await channel.close()
 
     async def stop_consuming(self) -> None:
         """Stop taking new deliveries (unacknowledged ones go back to their queues)."""

@@ -11,7 +11,7 @@ class SchedulerSettings(CommonSettings):
     dispatch_interval_s: float = 0.5
     # Jobs sent to a device queue beyond the live workers' slots, as a multiple of the slots:
     # a little slack hides the dispatch round trip without letting workers hoard jobs.
-    dispatch_slack: float = 1.0
+    dispatch_slack: float = 4.0
     dispatch_batch: int = 500
     reaper_enabled: bool = True
     reaper_interval_s: float = 2.0

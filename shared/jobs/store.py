@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -68,7 +69,26 @@ async def set_job_state(
     lease_s: float | None = None,
     retry_policy: RetryPolicy = DEFAULT_RETRY,
 ) -> Transition:
-    """Lock the job, decide, apply. ``attempt`` fences reports from a superseded attempt."""
+    """Lock the job, decide, apply. ``attempt`` fences reports from a superseded attempt.
+
+    The two transitions every job takes (a worker's claim, QUEUED -> RUNNING, and an outcome
+    without retry rules, RUNNING -> SUCCEEDED / TIMED_OUT / CANCELLED for the current attempt)
+    first try one conditional ``UPDATE … RETURNING`` (the row lock is the UPDATE's); anything
+    it does not match takes the general path below, which explains the refusal.
+    """
+    if tenant_id is None and reason is None:
+        fast = await _fast_path(
+            session,
+            job_id,
+            proposed,
+            attempt=attempt,
+            worker=worker,
+            result=result,
+            error=error,
+            lease_s=lease_s,
+        )
+        if fast is not None:
+            return fast
     job = await lock_job(session, job_id, tenant_id=tenant_id)
     current = JobState(job.state)
     if attempt is not None and attempt != job.attempts and current not in FINAL:
@@ -206,3 +226,91 @@ async def admit_pending(
         )
         JOB_TRANSITIONS.labels("QUEUED").inc(len(rows))
     return [Admitted(r.id, r.tenant_id, r.inputs or {}) for r in rows]
+
+
+_JOB_COLUMNS = ", ".join(c.name for c in Job.__table__.columns)
+
+# The column list comes from the ORM model, never from input.
+_CLAIM = text(
+    f"""
+    WITH job AS (
+        UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, worker = :worker,
+                        started_at = :now, updated_at = :now, error = NULL,
+                        state_reason = NULL, lease_expires_at = :lease
+        WHERE id = :id AND state = 'QUEUED'
+        RETURNING {_JOB_COLUMNS}
+    ), history AS (
+        INSERT INTO job_events (job_id, attempt, from_state, to_state, worker, at)
+        SELECT id, attempts, 'QUEUED', 'RUNNING', :worker, :now FROM job
+    )
+    SELECT * FROM job
+    """  # noqa: S608
+).columns(*Job.__table__.columns)
+
+_FINISH = text(
+    f"""
+    WITH job AS (
+        UPDATE jobs SET state = :state, updated_at = :now, finished_at = :now,
+                        lease_expires_at = NULL, result = CAST(:result AS jsonb),
+                        error = :error, state_reason = NULL,
+                        worker = COALESCE(:worker, worker)
+        WHERE id = :id AND state = 'RUNNING' AND attempts = :attempt
+        RETURNING {_JOB_COLUMNS}
+    ), history AS (
+        INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, worker, at)
+        SELECT id, attempts, 'RUNNING', :state, :error, :worker, :now FROM job
+    )
+    SELECT * FROM job
+    """  # noqa: S608
+).columns(*Job.__table__.columns)
+
+_FAST_FINAL = frozenset({JobState.SUCCEEDED, JobState.TIMED_OUT, JobState.CANCELLED})
+
+
+async def _fast_path(
+    session: AsyncSession,
+    job_id: uuid.UUID,
+    proposed: JobState,
+    *,
+    attempt: int | None,
+    worker: str | None,
+    result: dict[str, Any] | None,
+    error: str | None,
+    lease_s: float | None,
+) -> Transition | None:
+    now = utcnow()
+    if proposed is JobState.RUNNING and attempt is None and worker is not None:
+        previous = JobState.QUEUED
+        row = (
+            await session.execute(
+                _CLAIM,
+                {
+                    "id": job_id,
+                    "worker": worker,
+                    "now": now,
+                    "lease": now + timedelta(seconds=lease_s or 30.0),
+                },
+            )
+        ).first()
+    elif proposed in _FAST_FINAL and attempt is not None:
+        previous = JobState.RUNNING
+        row = (
+            await session.execute(
+                _FINISH,
+                {
+                    "id": job_id,
+                    "state": proposed.value,
+                    "now": now,
+                    "attempt": attempt,
+                    "result": None if result is None else orjson.dumps(result).decode(),
+                    "error": error,
+                    "worker": worker,
+                },
+            )
+        ).first()
+    else:
+        return None
+    if row is None:
+        return None
+    JOB_TRANSITIONS.labels(proposed.value).inc()
+    return Transition(Job(**row._mapping), previous, Decision(proposed))

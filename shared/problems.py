@@ -138,3 +138,8 @@ async def _db_api(request: Request, exc: Exception) -> JSONResponse:
     if exc.connection_invalidated:
         return await _database_down(request, exc)
     return await _unhandled(request, exc)
+
+
+def problem_responses(codes: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for a route's error statuses, each a problem+json body."""
+    return {code: {"description": desc, "content": {PROBLEM: {}}} for code, desc in codes.items()}

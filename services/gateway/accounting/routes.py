@@ -12,14 +12,11 @@ from services.tenant.audit import audit, entry_out, list_audit
 from services.tenant.usage import usage_of, usage_of_all
 from shared.errors import Forbidden
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from shared.problems import PROBLEM
+from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": desc, "content": {PROBLEM: {}}}
-    for code, desc in {401: "missing or unknown API key", 403: "wrong kind of key"}.items()
-}
+ERRORS = problem_responses({401: "missing or unknown API key", 403: "wrong kind of key"})
 
 
 @router.get("/usage", responses=ERRORS)

@@ -16,19 +16,18 @@ from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep
 from services.tenant.audit import audit
 from shared.errors import NotFound
 from shared.messaging.topology import DURABLE_QUEUES
-from shared.problems import PROBLEM
+from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1/admin/dead-letters", tags=["admin"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": desc, "content": {PROBLEM: {}}}
-    for code, desc in {
+ERRORS = problem_responses(
+    {
         401: "missing or unknown API key",
         403: "not the admin key",
         404: "no such queue, or no dead letter in it",
         503: "the broker is unavailable",
-    }.items()
-}
+    }
+)
 
 
 def _queues(res: ResourcesDep) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -16,7 +16,7 @@ from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep, Settin
 from shared.db.models import Dataset
 from shared.errors import Invalid
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from shared.problems import PROBLEM
+from shared.problems import problem_responses
 from shared.storage import Storage, validate_name
 from shared.storage.checksum import etag
 from shared.storage.tiers import Reader
@@ -45,9 +45,8 @@ def get_storage(request: Request) -> Storage:
 
 StorageDep = Annotated[Storage, Depends(get_storage)]
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": desc, "content": {PROBLEM: {}}}
-    for code, desc in {
+ERRORS = problem_responses(
+    {
         401: "missing or unknown API key",
         403: "key lacks the scope, or tenant suspended",
         404: "no such dataset for this tenant",
@@ -55,8 +54,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         413: "over the tenant's storage_bytes quota",
         422: "invalid name or tier",
         503: "a storage tier or the database is down; retry after Retry-After",
-    }.items()
-}
+    }
+)
 
 
 def dataset_out(dataset: Dataset) -> DatasetOut:

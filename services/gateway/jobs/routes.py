@@ -14,21 +14,20 @@ from shared.db.models import Job
 from shared.jobs.states import JobState
 from shared.kernels import CATALOGUE
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from shared.problems import PROBLEM
+from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": desc, "content": {PROBLEM: {}}}
-    for code, desc in {
+ERRORS = problem_responses(
+    {
         401: "missing or unknown API key",
         403: "key lacks the scope, or tenant suspended",
         404: "no such job for this tenant",
         422: "validation failed",
         429: "rate limit or quota exceeded",
         503: "a dependency is down; retry after Retry-After",
-    }.items()
-}
+    }
+)
 
 
 def job_out(job: Job) -> JobOut:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
 
@@ -12,22 +12,21 @@ from services.gateway.migrations import service
 from services.gateway.migrations.schemas import MigrationCreate, MigrationList, MigrationOut
 from shared.db.models import Migration
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
-from shared.problems import PROBLEM
+from shared.problems import problem_responses
 from shared.storage.migrations import MigrationMode, MigrationState, request_migration
 
 router = APIRouter(prefix="/v1", tags=["migrations"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": desc, "content": {PROBLEM: {}}}
-    for code, desc in {
+ERRORS = problem_responses(
+    {
         401: "missing or unknown API key",
         403: "key lacks the scope, or tenant suspended",
         404: "no such dataset or migration for this tenant",
         409: "the dataset is already on that tier",
         422: "validation failed (unknown tier, invalid name)",
         503: "a dependency is down; retry after Retry-After",
-    }.items()
-}
+    }
+)
 
 
 def migration_out(migration: Migration) -> MigrationOut:

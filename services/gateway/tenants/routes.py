@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import APIRouter, Response
 
@@ -18,20 +17,19 @@ from services.tenant.schemas import (
     TenantPatch,
 )
 from shared.db.models import Tenant
-from shared.problems import PROBLEM
+from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"description": desc, "content": {PROBLEM: {}}}
-    for code, desc in {
+ERRORS = problem_responses(
+    {
         401: "missing or unknown API key",
         403: "not the admin key",
         404: "no such tenant or key",
         409: "a tenant with this name exists",
         422: "validation failed",
-    }.items()
-}
+    }
+)
 
 
 def tenant_out(tenant: Tenant, settings: SettingsDep) -> TenantOut:

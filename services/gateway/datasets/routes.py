@@ -95,10 +95,12 @@ async def put_dataset(
     response: Response,
     background: BackgroundTasks,
     tier: Annotated[str | None, Query(description="where to store it (default: local)")] = None,
-    content_length: Annotated[int | None, Header(ge=0)] = None,
 ) -> DatasetOut:
     tenant_id = principal.require_tenant("data:write")
     name = checked_name(request, name)
+    # Read from the transport, not declared as an API parameter: it describes the body.
+    declared = request.headers.get("content-length", "")
+    content_length = int(declared) if declared.isdigit() else None
     tier_name = tier or storage.settings.default_tier
     storage.tier(tier_name)
     quota = int(principal.quotas.get("storage_bytes", settings.quotas.storage_bytes))

@@ -71,4 +71,5 @@ async def test_weights_share_the_workers_and_a_light_tenant_is_not_starved(
         listed = (
             await api.get("/v1/jobs", params={"state": "QUEUED", "limit": 500}, headers=h)
         ).json()["items"]
-        await asyncio.gather(*(api.post(f"/v1/jobs/{j['id']}/cancel", headers=h) for j in listed))
+        for j in listed:  # one at a time: a cancel storm is not what this test is about
+            await api.post(f"/v1/jobs/{j['id']}/cancel", headers=h)

@@ -20,6 +20,7 @@ from shared.events import JobDispatched, utcnow
 from shared.jobs.states import JobState
 from shared.settings import CommonSettings
 from shared.storage.migrations import migrations_for_job
+from tests.factories import new_job
 from tools.cluster import drop_database, prepare_database
 
 
@@ -63,20 +64,12 @@ async def _jobs(
             jid = uuid.uuid4()
             ids.append(jid)
             session.add(
-                Job(
+                new_job(
+                    tid,
                     id=jid,
-                    tenant_id=tid,
-                    kernel="montecarlo_pi",
                     device=device,
-                    params={"samples": 1},
-                    inputs={},
-                    outputs={},
-                    labels={},
                     priority=p,
-                    timeout_s=60,
                     max_retries=max_retries,
-                    state="PENDING",
-                    attempts=0,
                     created_at=base + timedelta(milliseconds=i),
                 )
             )
@@ -372,20 +365,14 @@ async def _job_with_input(
             )
         )
         session.add(
-            Job(
+            new_job(
+                tid,
                 id=jid,
-                tenant_id=tid,
                 kernel="stencil2d",
-                device="cpu",
                 params={"iterations": 1},
                 inputs={"grid": dataset},
                 outputs={"grid": "out.npy"},
-                labels={},
-                priority=0,
-                timeout_s=60,
                 max_retries=0,
-                state="PENDING",
-                attempts=0,
             )
         )
     async with s() as session, session.begin():
@@ -445,20 +432,11 @@ async def test_set_based_admission_admits_oldest_pending_with_history(
             jid = uuid.uuid4()
             ids.append(jid)
             session.add(
-                Job(
+                new_job(
+                    tid,
                     id=jid,
-                    tenant_id=tid,
-                    kernel="montecarlo_pi",
-                    device="cpu",
                     params={},
-                    inputs={},
-                    outputs={},
-                    labels={},
-                    priority=0,
-                    timeout_s=60,
                     max_retries=0,
-                    state="PENDING",
-                    attempts=0,
                     created_at=utcnow() + timedelta(milliseconds=i),
                 )
             )

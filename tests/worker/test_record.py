@@ -18,12 +18,13 @@ from services.scheduler import service as scheduler
 from services.worker import service
 from services.worker.service import Claim, Report
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Job, JobAttempt, Tenant
+from shared.db.models import JobAttempt, Tenant
 from shared.jobs.states import JobState
 from shared.jobs.store import set_job_state
 from shared.settings import CommonSettings, StorageSettings
 from shared.storage.catalog import get_dataset
 from shared.storage.registry import Storage
+from tests.factories import new_job
 from tools.cluster import drop_database, prepare_database
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -44,23 +45,7 @@ async def running_job(db: Sessions) -> Claim:
     async with db() as session, session.begin():
         session.add(Tenant(id=tid, name=f"w{tid.hex[:8]}", weight=1, quotas={}, suspended=False))
         await session.flush()
-        session.add(
-            Job(
-                id=jid,
-                tenant_id=tid,
-                kernel="montecarlo_pi",
-                device="cpu",
-                params={"samples": 1},
-                inputs={},
-                outputs={},
-                labels={},
-                priority=0,
-                timeout_s=60,
-                max_retries=2,
-                state="PENDING",
-                attempts=0,
-            )
-        )
+        session.add(new_job(tid, id=jid))
     async with db() as session, session.begin():
         assert await scheduler.admit(session=session, job_ids=[jid]) == 1
         claim = await service.claim(session=session, job_id=jid, worker="w1", lease_s=30)

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import Outbox
@@ -113,7 +112,3 @@ class OutboxRelay:
             )
             await session.execute(delete(Outbox).where(Outbox.id.in_([r.id for r in rows])))
         return len(rows)
-
-
-async def pending_count(session: AsyncSession) -> Any:
-    return (await session.execute(select(func.count()).select_from(Outbox))).scalar_one()

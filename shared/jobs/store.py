@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Job, JobEvent
@@ -169,10 +169,6 @@ def _apply(
         job.error = error
         if worker is not None:
             job.worker = worker
-
-
-def db_now() -> Any:
-    return func.now()
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ help:
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make typecheck  mypy --strict"
 	@echo "make test       venv, servers, lint, typecheck, then pytest"
-	@echo "make bench      install [dev,bench], run bench/pipeline.py, bench/kernels.py --quick, bench/datamover.py --quick"
+	@echo "make bench      install [dev,bench], run bench/pipeline.py, bench/auth.py, bench/kernels.py --quick, bench/datamover.py --quick"
 	@echo "make chaos      pytest tests/chaos"
 	@echo "make logs       follow run/logs/*.log"
 	@echo "make clean      remove caches and build outputs (keeps $(VENV) and $(ENV_FILE))"
@@ -79,6 +79,7 @@ test: venv servers lint typecheck
 
 bench: bench-venv servers
 	$(PY) bench/pipeline.py
+	$(PY) bench/auth.py
 	$(PY) bench/kernels.py --quick
 	$(PY) bench/datamover.py --quick
 

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import service
 from services.scheduler.handlers import make_event_handler
+from services.scheduler.scaling import Autoscaler, make_autoscale_step, make_backend
 from services.scheduler.settings import SchedulerSettings
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic
@@ -98,12 +99,25 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                 ),
                 "reaper",
             )
+        backend = make_backend(settings.autoscale) if settings.autoscale.enabled else None
+        if backend is not None:
+            scaler = Autoscaler(settings.autoscale, backend, worker_ttl_s=settings.worker_ttl_s)
+            res.spawn(
+                periodic(
+                    "autoscale",
+                    make_autoscale_step(res.sessions, scaler),
+                    interval_s=settings.autoscale.interval_s,
+                ),
+                "autoscale",
+            )
         await res.broker.consume_batches(SCHEDULER, make_event_handler(wake.set))
         log.info("scheduler_started")
         try:
             yield
         finally:
             await close_resources(res)
+            if backend is not None:
+                await backend.close()
 
     app = FastAPI(title="Stratus scheduler", lifespan=lifespan)
     install_problem_handlers(app)

@@ -2,7 +2,62 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+
 from shared.settings import CommonSettings
+
+
+class PoolSettings(BaseModel):
+    """One worker pool's bounds (``STRATUS_AUTOSCALE__CPU__MAX_WORKERS`` ...)."""
+
+    min_workers: int = Field(default=1, ge=0)
+    max_workers: int = Field(default=4, ge=0)
+    # demand (queued + running jobs) one worker is sized for; None: the autoscaler's default
+    target_jobs_per_worker: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PoolSettings:
+        if self.min_workers > self.max_workers:
+            raise ValueError("min_workers must not exceed max_workers")
+        return self
+
+
+class LocalBackendSettings(BaseModel):
+    """``local``: worker processes on this host, supervisord programs started and stopped
+    over its XML-RPC socket (``tools.cluster`` writes both)."""
+
+    supervisor_socket: str = "run/supervisor.sock"
+    cpu_program: str = "worker"
+    cuda_program: str = "cuda_worker"
+
+
+class DockerBackendSettings(BaseModel):
+    """``docker``: the compose service's containers, through the Docker Engine API."""
+
+    socket: str = "/var/run/docker.sock"
+    api_version: str = "v1.43"
+    project: str = "stratus"
+    cpu_service: str = "worker"
+    cuda_service: str = "cuda-worker"
+    stop_timeout_s: int = 30  # SIGTERM, then SIGKILL after this (> STRATUS_SHUTDOWN_GRACE_S)
+
+
+class AutoscaleSettings(BaseModel):
+    """The autoscaler loop. ``backend``: ``local`` (supervisord on this host), ``docker``
+    (compose containers) or ``kubernetes`` (KEDA scales the Deployments; the loop only
+    observes and publishes what it would do)."""
+
+    enabled: bool = False
+    backend: Literal["local", "docker", "kubernetes"] = "local"
+    interval_s: float = 1.0
+    cooldown_s: float = 60.0
+    target_jobs_per_worker: float = Field(default=4.0, gt=0)
+    cpu: PoolSettings = Field(default_factory=PoolSettings)
+    cuda: PoolSettings = Field(default_factory=lambda: PoolSettings(min_workers=0, max_workers=0))
+    local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
+    docker: DockerBackendSettings = Field(default_factory=DockerBackendSettings)
 
 
 class SchedulerSettings(CommonSettings):
@@ -21,3 +76,4 @@ class SchedulerSettings(CommonSettings):
     # job in flight when slots are shared between tenants.
     usage_half_life_s: float = 3600.0
     usage_scale_s: float = 60.0
+    autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)

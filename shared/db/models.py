@@ -187,6 +187,30 @@ class Worker(Base):
     stopping: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
 
 
+class WorkerPool(Base):
+    """The autoscaler's view of one worker pool (``cpu``, ``cuda``), written by the scheduler
+    on every pass and read by ``GET /v1/admin/pools``."""
+
+    __tablename__ = "worker_pools"
+
+    pool: Mapped[str] = mapped_column(String(16), primary_key=True)
+    backend: Mapped[str] = mapped_column(String(32), nullable=False)
+    min_workers: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_workers: Mapped[int] = mapped_column(Integer, nullable=False)
+    target_jobs_per_worker: Mapped[float] = mapped_column(Float, nullable=False)
+    cooldown_s: Mapped[float] = mapped_column(Float, nullable=False)
+    current_workers: Mapped[int] = mapped_column(Integer, nullable=False)
+    desired_workers: Mapped[int] = mapped_column(Integer, nullable=False)
+    queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
+    running_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
+    over_provisioned_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the last scaling decisions (up/down), newest last: [{"at", "action", "from", "to", ...}]
+    decisions: Mapped[list[dict[str, Any]]] = mapped_column(
+        JSONB, nullable=False, server_default=text("'[]'::jsonb")
+    )
+    updated_at: Mapped[datetime] = _now()
+
+
 class Outbox(Base):
     """Events written in the same transaction as the change they announce; a relay publishes."""
 

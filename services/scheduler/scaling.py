@@ -1,0 +1,265 @@
+"""The autoscaler loop: per worker pool, demand from PostgreSQL, the decision of
+``autoscale.PoolScaler``, the backend acts, and the outcome goes to ``worker_pools`` (read by
+``GET /v1/admin/pools``) and ``/metrics``.
+
+Demand is every job that needs a worker of the pool: PENDING and QUEUED ones (dispatched or
+not: a pool at zero workers has no slots, so its jobs wait undispatched and still count) and
+RUNNING ones. A job's pool is the device it was dispatched to, else the device it asked for;
+``any`` counts for the cpu pool (the cuda pool when the cpu pool may not grow).
+
+One scheduler at a time acts: the pass runs under a transaction-scoped advisory lock, so a
+second scheduler (or one restarted while the old one still finishes a pass) skips it. The
+cooldown's start is stored with the pool, so a restarted scheduler keeps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from prometheus_client import Counter, Gauge
+from sqlalchemy import case, cast, func, literal, select
+from sqlalchemy.dialects.postgresql import JSONPATH, insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.scheduler.autoscale import Decision, PoolPolicy, PoolScaler
+from services.scheduler.backends import BackendError, ScalingBackend
+from services.scheduler.settings import AutoscaleSettings
+from shared.db.models import Job, Worker, WorkerPool
+from shared.jobs.states import JobState
+from shared.logging import get_logger
+from shared.telemetry import REGISTRY
+
+log = get_logger(__name__)
+
+POOLS = ("cpu", "cuda")
+ADVISORY_LOCK = 0x5354_0007  # "ST", issue 7: one autoscaler at a time
+HISTORY = 50  # decisions kept per pool
+
+WORKERS = Gauge(
+    "stratus_pool_workers", "Workers the backend runs per pool", ["pool"], registry=REGISTRY
+)
+DESIRED = Gauge(
+    "stratus_pool_desired_workers", "Workers the demand asks for", ["pool"], registry=REGISTRY
+)
+LIVE = Gauge(
+    "stratus_pool_live_workers", "Workers heartbeating per pool", ["pool"], registry=REGISTRY
+)
+DEMAND = Gauge(
+    "stratus_pool_demand_jobs",
+    "Jobs needing a pool's workers",
+    ["pool", "state"],
+    registry=REGISTRY,
+)
+DECISIONS = Counter(
+    "stratus_pool_scaling_decisions_total",
+    "Scaling decisions taken (up, down)",
+    ["pool", "action"],
+    registry=REGISTRY,
+)
+
+
+@dataclass(frozen=True)
+class Demand:
+    queued: int = 0  # PENDING and QUEUED
+    running: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.running
+
+
+def policy_of(settings: AutoscaleSettings, pool: str) -> PoolPolicy:
+    bounds = settings.cpu if pool == "cpu" else settings.cuda
+    return PoolPolicy(
+        min_workers=bounds.min_workers,
+        max_workers=bounds.max_workers,
+        target_jobs_per_worker=bounds.target_jobs_per_worker or settings.target_jobs_per_worker,
+        cooldown_s=settings.cooldown_s,
+    )
+
+
+async def pool_demand(*, session: AsyncSession, any_pool: str) -> dict[str, Demand]:
+    pool = func.coalesce(
+        Job.assigned_device, case((Job.device == "any", literal(any_pool)), else_=Job.device)
+    )
+    rows = await session.execute(
+        select(pool, Job.state, func.count())
+        .where(
+            Job.state.in_([s.value for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)])
+        )
+        .group_by(pool, Job.state)
+    )
+    counts: dict[str, dict[bool, int]] = {}
+    for name, state, n in rows:
+        running = state == JobState.RUNNING.value
+        by_kind = counts.setdefault(str(name), {})
+        by_kind[running] = by_kind.get(running, 0) + int(n)
+    return {
+        p: Demand(counts.get(p, {}).get(False, 0), counts.get(p, {}).get(True, 0)) for p in POOLS
+    }
+
+
+async def live_workers(
+    *, session: AsyncSession, now: datetime, worker_ttl_s: float
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(live workers per pool, running jobs per worker name)."""
+    live = await session.execute(
+        select(Worker.device, func.count())
+        .where(Worker.heartbeat_at > now - timedelta(seconds=worker_ttl_s), ~Worker.stopping)
+        .group_by(Worker.device)
+    )
+    busy = await session.execute(
+        select(Job.worker, func.count())
+        .where(Job.state == JobState.RUNNING.value, Job.worker.is_not(None))
+        .group_by(Job.worker)
+    )
+    return {str(d): int(n) for d, n in live}, {str(w): int(n) for w, n in busy}
+
+
+class Autoscaler:
+    def __init__(
+        self, settings: AutoscaleSettings, backend: ScalingBackend, *, worker_ttl_s: float
+    ) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.worker_ttl_s = worker_ttl_s
+        self.scalers = {p: PoolScaler(policy_of(settings, p)) for p in POOLS}
+        self._restored = False
+
+    async def step(self, sessions: async_sessionmaker[AsyncSession]) -> list[Decision]:
+        """One pass over every pool; returns the decisions that changed a pool."""
+        async with sessions() as session, session.begin():
+            locked = await session.scalar(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK)))
+            if not locked:
+                return []
+            now = await session.scalar(select(func.now()))
+            assert now is not None
+            if not self._restored:
+                await self._restore(session)
+            any_pool = "cpu" if self.settings.cpu.max_workers > 0 else "cuda"
+            demand = await pool_demand(session=session, any_pool=any_pool)
+            live, busy = await live_workers(
+                session=session, now=now, worker_ttl_s=self.worker_ttl_s
+            )
+            acted: list[Decision] = []
+            for pool in POOLS:
+                try:
+                    decision = await self._pool(pool, demand[pool], live.get(pool, 0), busy, now)
+                except BackendError as exc:
+                    log.warning("autoscale_backend_failed", pool=pool, error=str(exc))
+                    continue
+                await self._save(session, pool, decision, demand[pool], now)
+                LIVE.labels(pool).set(live.get(pool, 0))
+                if decision.action != "hold":
+                    acted.append(decision)
+            return acted
+
+    async def _pool(
+        self, pool: str, demand: Demand, live: int, busy: dict[str, int], now: datetime
+    ) -> Decision:
+        backend = self.backend
+        current = await backend.current(pool) if backend.acts else live
+        decision = self.scalers[pool].decide(
+            demand=demand.total, current=current, now=now.timestamp()
+        )
+        WORKERS.labels(pool).set(current)
+        DESIRED.labels(pool).set(decision.desired)
+        DEMAND.labels(pool, "queued").set(demand.queued)
+        DEMAND.labels(pool, "running").set(demand.running)
+        if decision.action == "hold":
+            return decision
+        DECISIONS.labels(pool, decision.action).inc()
+        log.info(
+            "pool_scaled",
+            pool=pool,
+            action=decision.action,
+            workers=current,
+            target=decision.target,
+            desired=decision.desired,
+            demand=demand.total,
+            reason=decision.reason,
+            backend=backend.name,
+        )
+        if backend.acts:
+            reached = await backend.scale(pool, decision.target, busy=busy)
+            WORKERS.labels(pool).set(reached)
+        return decision
+
+    async def _restore(self, session: AsyncSession) -> None:
+        rows = await session.execute(select(WorkerPool.pool, WorkerPool.over_provisioned_since))
+        for pool, since in rows:
+            if pool in self.scalers and since is not None:
+                self.scalers[pool].over_since = since.timestamp()
+        self._restored = True
+
+    async def _save(
+        self, session: AsyncSession, pool: str, d: Decision, demand: Demand, now: datetime
+    ) -> None:
+        scaler = self.scalers[pool]
+        p = scaler.policy
+        since = scaler.over_since
+        values: dict[str, Any] = {
+            "backend": self.backend.name,
+            "min_workers": p.min_workers,
+            "max_workers": p.max_workers,
+            "target_jobs_per_worker": p.target_jobs_per_worker,
+            "cooldown_s": p.cooldown_s,
+            "current_workers": d.target if d.action != "hold" and self.backend.acts else d.current,
+            "desired_workers": d.desired,
+            "queued_jobs": demand.queued,
+            "running_jobs": demand.running,
+            "over_provisioned_since": None if since is None else _at(now, since),
+            "updated_at": now,
+        }
+        entries = [] if d.action == "hold" else [_entry(d, demand, now)]
+        stmt = insert(WorkerPool).values(pool=pool, decisions=entries, **values)
+        history = WorkerPool.__table__.c.decisions
+        if entries:
+            keep = func.jsonb_path_query_array(
+                history.concat(stmt.excluded.decisions),
+                cast(literal(f"$[last - {HISTORY - 1} to last]"), JSONPATH),
+            )
+            values["decisions"] = keep
+        await session.execute(stmt.on_conflict_do_update(index_elements=["pool"], set_=values))
+
+
+def _at(now: datetime, ts: float) -> datetime:
+    return now + timedelta(seconds=ts - now.timestamp())
+
+
+def _entry(d: Decision, demand: Demand, now: datetime) -> dict[str, Any]:
+    return {
+        "at": now.isoformat(),
+        "action": d.action,
+        "from": d.current,
+        "to": d.target,
+        "desired": d.desired,
+        "demand": demand.total,
+        "reason": d.reason,
+    }
+
+
+def make_backend(settings: AutoscaleSettings) -> ScalingBackend:
+    if settings.backend == "local":
+        from services.scheduler.backends.local import LocalBackend
+
+        return LocalBackend(settings.local)
+    if settings.backend == "docker":
+        from services.scheduler.backends.docker import DockerBackend
+
+        return DockerBackend(settings.docker)
+    from services.scheduler.backends.external import ObservingBackend
+
+    return ObservingBackend(settings.backend)
+
+
+def make_autoscale_step(
+    sessions: async_sessionmaker[AsyncSession], scaler: Autoscaler
+) -> Callable[[], Awaitable[Sequence[Decision]]]:
+    async def step() -> Sequence[Decision]:
+        return await scaler.step(sessions)
+
+    return step

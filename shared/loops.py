@@ -18,10 +18,14 @@ async def periodic(
     *,
     interval_s: float,
     wake: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Run ``step`` every ``interval_s`` (or sooner when woken), backing off on errors."""
+    """Run ``step`` every ``interval_s`` (or sooner when woken), backing off on errors.
+
+    With ``stop``: once it is set the loop returns after the step in progress (a graceful
+    shutdown sets it, waits for the loop, and cancels only what outlives its grace)."""
     failures = 0
-    while True:
+    while stop is None or not stop.is_set():
         if wake is not None:
             wake.clear()
         try:
@@ -30,11 +34,41 @@ async def periodic(
         except Exception as exc:
             failures += 1
             log.warning("loop_failed", loop=name, error=type(exc).__name__)
-            await asyncio.sleep(min(0.2 * 2**failures, 5.0) * (0.5 + random.random()))
+            await _pause(min(0.2 * 2**failures, 5.0) * (0.5 + random.random()), None, stop)
             continue
-        if wake is None:
-            await asyncio.sleep(interval_s)
-        else:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval_s):
-                    await wake.wait()
+        await _pause(interval_s, wake, stop)
+
+
+async def _pause(seconds: float, wake: asyncio.Event | None, stop: asyncio.Event | None) -> None:
+    """Sleep ``seconds``, or less when ``wake`` or ``stop`` is set."""
+    events = [e for e in (wake, stop) if e is not None]
+    if not events:
+        await asyncio.sleep(seconds)
+        return
+    if len(events) == 1:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await events[0].wait()
+        return
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+async def stop_loops(
+    loops: list[asyncio.Task[None]], stop: asyncio.Event, *, grace_s: float
+) -> None:
+    """Set ``stop``, let the loops finish the step in progress for ``grace_s`` at most, then
+    cancel what is left."""
+    stop.set()
+    if not loops:
+        return
+    _, pending = await asyncio.wait(loops, timeout=grace_s)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)

@@ -52,8 +52,10 @@ class Resources:
             checks["redis"] = redis_ping
         return checks
 
-    def spawn(self, coro: Any, name: str) -> None:
-        self.tasks.append(asyncio.create_task(coro, name=name))
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self.tasks.append(task)
+        return task
 
 
 async def open_resources(

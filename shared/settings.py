@@ -144,6 +144,8 @@ class CommonSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     key_secret: SecretStr = SecretStr("dev-key-secret")
+    # SIGTERM: how long a service lets the work in progress finish before cancelling it
+    shutdown_grace_s: float = 10.0
 
     @model_validator(mode="after")
     def _refuse_placeholders(self) -> CommonSettings:

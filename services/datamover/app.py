@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from services.datamover.handlers import make_handler
 from services.datamover.runner import Runner
 from services.datamover.settings import DatamoverSettings
 from shared.logging import configure_logging, get_logger
-from shared.loops import periodic
+from shared.loops import periodic, stop_loops
 from shared.messaging.topology import DATAMOVER
 from shared.problems import install_problem_handlers
 from shared.runtime import Resources, close_resources, open_resources
@@ -38,7 +39,7 @@ class Mover:
 
     async def claim_step(self) -> int:
         capacity = self.settings.max_active - len(self.active)
-        if capacity <= 0:
+        if capacity <= 0 or self.runner.stopping.is_set():
             return 0
         async with self.res.sessions() as session, session.begin():
             ids = await service.claim(
@@ -63,10 +64,28 @@ class Mover:
         self.wake.set()  # a slot is free: the next one in line may start
 
     async def stop(self) -> None:
+        """Claim nothing more; running copies pause at a chunk boundary and record their
+        progress (for ``shutdown_grace_s`` at most, then they are cancelled); then release the
+        leases so that another datamover resumes them at once."""
+        self.runner.stopping.set()
         tasks = list(self.active.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.settings.shutdown_grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        try:
+            async with self.res.sessions() as session, session.begin():
+                released = await service.release(session=session, owner=self.runner.owner)
+        except Exception as exc:  # the leases run out by themselves
+            log.warning("leases_not_released", error=type(exc).__name__)
+            return
+        if released:
+            self.res.relay.wake()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await self.res.relay.relay_once()  # wake the other datamovers now
+        log.info("datamover_stopped", released=[str(m) for m in released])
 
 
 def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
@@ -84,12 +103,14 @@ def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
         mover = Mover(res, storage, settings)
         app.state.resources = res
         app.state.mover = mover
-        res.spawn(
+        stop = asyncio.Event()
+        claims = res.spawn(
             periodic(
                 "migration-claims",
                 mover.claim_step,
                 interval_s=settings.claim_interval_s,
                 wake=mover.wake,
+                stop=stop,
             ),
             "migration-claims",
         )
@@ -99,6 +120,7 @@ def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
             yield
         finally:
             await res.broker.stop_consuming()
+            await stop_loops([claims], stop, grace_s=settings.shutdown_grace_s)
             await mover.stop()
             await close_resources(res)
             await storage.close()

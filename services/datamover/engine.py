@@ -99,6 +99,15 @@ class Copier:
         self.retained: dict[int, bytes] = {}
         self.verified = 0
         self.moved = asyncio.Condition()
+        self.draining = False
+        self.idle = asyncio.Event()  # set when no chunk is being copied any more
+        self._copying = 0
+
+    async def drain(self) -> None:
+        """Start no new chunk; those being copied finish (``idle`` is set then)."""
+        self.draining = True
+        async with self.moved:
+            self.moved.notify_all()
 
     async def run(self) -> str:
         """Copy what is missing, verify everything; the copy's checksum."""
@@ -106,9 +115,12 @@ class Copier:
             if i in self.ready:
                 self.ready[i].set()
         todo = collections.deque(i for i in range(self.job.chunks) if i not in self.job.done)
+        self._copying = min(self.in_flight, len(todo))
+        if not self._copying:
+            self.idle.set()
         try:
             async with asyncio.TaskGroup() as tg:
-                for _ in range(min(self.in_flight, len(todo))):
+                for _ in range(self._copying):
                     tg.create_task(self._worker(todo))
                 verify = tg.create_task(self._verify())
         except BaseExceptionGroup as group:
@@ -125,14 +137,27 @@ class Copier:
         )
 
     async def _worker(self, todo: collections.deque[int]) -> None:
+        try:
+            await self._copy_chunks(todo)
+        finally:
+            self._copying -= 1
+            if self._copying <= 0:
+                self.idle.set()
+
+    async def _copy_chunks(self, todo: collections.deque[int]) -> None:
         job = self.job
         keep = not self.target.can_read_back
         window = 2 * self.in_flight
-        while todo:
+        while todo and not self.draining:
             index = todo.popleft()
             if keep:  # bound the bytes held for the verifier
                 async with self.moved:
-                    await self.moved.wait_for(lambda i=index: i < self.verified + window)  # type: ignore[misc]
+                    await self.moved.wait_for(
+                        lambda i=index: self.draining or i < self.verified + window  # type: ignore[misc]
+                    )
+                if self.draining:
+                    todo.appendleft(index)
+                    return
             offset, length = job.span(index)
             etag = None
             if not await self.storage.call(

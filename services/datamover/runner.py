@@ -43,6 +43,10 @@ class DatasetChanged(Exception):
     """The dataset was overwritten or deleted while it was being migrated."""
 
 
+class Checkpointed(Exception):
+    """The datamover is stopping: the copy paused at a chunk boundary, progress recorded."""
+
+
 @dataclass
 class Plan:
     migration_id: uuid.UUID
@@ -82,10 +86,14 @@ class Runner:
         self.settings = settings
         self.owner = settings.owner()
         self.policy = settings.retry_policy()
+        self.stopping = asyncio.Event()  # set on shutdown: copies pause at a chunk boundary
 
     async def run(self, migration_id: uuid.UUID) -> None:
-        """Drive one claimed migration. Cancellation (shutdown) leaves it RUNNING: the lease
-        runs out, and this owner takes it back when it starts again."""
+        """Drive one claimed migration. On shutdown (``stopping``) a copy stops at a chunk
+        boundary with its progress recorded and the migration stays RUNNING; the caller then
+        releases the lease (``service.release``) so that another datamover resumes it.
+        Cancellation leaves it RUNNING too: the lease runs out, or this owner takes it back
+        when it starts again."""
         plan: Plan | None = None
         try:
             plan = await self._prepare(migration_id)
@@ -94,6 +102,9 @@ class Runner:
                 await self._publish(plan, plan.job)
         except service.LeaseLost as exc:
             log.warning("migration_lease_lost", migration=str(migration_id), reason=str(exc))
+            return
+        except Checkpointed:
+            log.info("migration_checkpointed", migration=str(migration_id))
             return
         except Exception as exc:
             log.warning("migration_failed", migration=str(migration_id), error=describe(exc))
@@ -164,11 +175,15 @@ class Runner:
             throttle=Throttle(self.settings.throttle_bytes_per_s),
         )
         task = asyncio.create_task(copier.run())
+        stop = asyncio.ensure_future(self.stopping.wait())
         try:
             while not task.done():
-                await asyncio.wait([task], timeout=self.settings.progress_interval_s)
+                await asyncio.wait([task, stop], timeout=self.settings.progress_interval_s)
+                if self.stopping.is_set() and not task.done():
+                    await self._checkpoint(plan, progress, copier, task)
                 await self._flush(plan, progress, final=task.done())
         finally:
+            stop.cancel()
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(BaseException):
@@ -185,6 +200,32 @@ class Runner:
                 f"verification failed: the copy's checksum {checksum} does not match the "
                 f"source's {plan.checksum}; nothing was published"
             )
+
+    async def _checkpoint(
+        self, plan: Plan, progress: _Progress, copier: Copier, task: asyncio.Task[str]
+    ) -> None:
+        """Let the chunks being copied finish, start no more, record them; ``Checkpointed``
+        (unless the copy ended meanwhile: then it goes on as usual)."""
+        await copier.drain()
+        idle = asyncio.ensure_future(copier.idle.wait())
+        try:
+            await asyncio.wait([task, idle], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+        if task.done():
+            return
+        task.cancel()  # the verifier, waiting for chunks that no one copies now
+        with contextlib.suppress(BaseException):
+            await task
+        try:
+            await self._flush(plan, progress, final=True)
+        except service.LeaseLost:
+            raise
+        except Exception as exc:  # those chunks are copied again by the next owner
+            log.warning(
+                "checkpoint_not_saved", migration=str(plan.migration_id), error=type(exc).__name__
+            )
+        raise Checkpointed
 
     async def _flush(self, plan: Plan, progress: _Progress, *, final: bool) -> None:
         chunks, copied = progress.take()

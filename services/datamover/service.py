@@ -21,8 +21,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Dataset, Migration, MigrationChunk
+from shared.db.outbox import add_events
 from shared.errors import IllegalTransition
-from shared.events import utcnow
+from shared.events import MigrationRequested, utcnow
 from shared.storage.catalog import get_dataset
 from shared.storage.migrations import (
     MigrationMode,
@@ -186,6 +187,39 @@ async def record_progress(
             )
             .on_conflict_do_nothing()
         )
+
+
+async def release(*, session: AsyncSession, owner: str) -> list[uuid.UUID]:
+    """On shutdown: end the leases of this owner's RUNNING migrations now (their progress is
+    recorded) and wake the datamovers, so that another one resumes them at once."""
+    rows = (
+        await session.execute(
+            update(Migration)
+            .where(Migration.owner == owner, Migration.state == MigrationState.RUNNING.value)
+            .values(lease_expires_at=func.now() - timedelta(seconds=1), updated_at=func.now())
+            .returning(
+                Migration.id,
+                Migration.tenant_id,
+                Migration.dataset,
+                Migration.to_tier,
+                Migration.mode,
+            )
+        )
+    ).all()
+    await add_events(
+        session,
+        [
+            MigrationRequested(
+                tenant_id=r.tenant_id,
+                migration_id=r.id,
+                dataset=r.dataset,
+                to_tier=r.to_tier,
+                mode=r.mode,
+            )
+            for r in rows
+        ],
+    )
+    return [r.id for r in rows]
 
 
 async def finish(

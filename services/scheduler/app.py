@@ -15,7 +15,7 @@ from services.scheduler.handlers import make_event_handler
 from services.scheduler.scaling import Autoscaler, make_autoscale_step, make_backend
 from services.scheduler.settings import SchedulerSettings
 from shared.logging import configure_logging, get_logger
-from shared.loops import periodic
+from shared.loops import periodic, stop_loops
 from shared.messaging.topology import SCHEDULER
 from shared.problems import install_problem_handlers
 from shared.runtime import Resources, close_resources, open_resources
@@ -73,6 +73,22 @@ def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], 
     return step
 
 
+async def stop_gracefully(
+    res: Resources, loops: list[asyncio.Task[None]], stop: asyncio.Event, *, grace_s: float
+) -> None:
+    """SIGTERM: take no more events, let the dispatch and reaper passes in progress commit
+    (``grace_s`` at most), then publish what they wrote to the outbox before closing."""
+    await res.broker.stop_consuming()
+    await stop_loops(loops, stop, grace_s=grace_s)
+    try:
+        async with asyncio.timeout(5):
+            while await res.relay.relay_once() > 0:
+                pass
+    except Exception as exc:  # any other relay publishes it later
+        log.warning("outbox_not_flushed", error=type(exc).__name__)
+    log.info("scheduler_stopped")
+
+
 def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
     settings = settings or SchedulerSettings()
     configure_logging("scheduler", level=settings.log_level, json=settings.log_json)
@@ -82,22 +98,32 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         res = await open_resources(settings, name="scheduler")
         app.state.resources = res
         wake = asyncio.Event()
+        stop = asyncio.Event()  # on shutdown: each loop ends after the pass in progress
+        loops: list[asyncio.Task[None]] = []
         if settings.dispatch_enabled:
-            res.spawn(
-                periodic(
+            loops.append(
+                res.spawn(
+                    periodic(
+                        "dispatch",
+                        make_dispatch_step(res, settings),
+                        interval_s=settings.dispatch_interval_s,
+                        wake=wake,
+                        stop=stop,
+                    ),
                     "dispatch",
-                    make_dispatch_step(res, settings),
-                    interval_s=settings.dispatch_interval_s,
-                    wake=wake,
-                ),
-                "dispatch",
+                )
             )
         if settings.reaper_enabled:
-            res.spawn(
-                periodic(
-                    "reaper", make_reap_step(res, settings), interval_s=settings.reaper_interval_s
-                ),
-                "reaper",
+            loops.append(
+                res.spawn(
+                    periodic(
+                        "reaper",
+                        make_reap_step(res, settings),
+                        interval_s=settings.reaper_interval_s,
+                        stop=stop,
+                    ),
+                    "reaper",
+                )
             )
         backend = make_backend(settings.autoscale) if settings.autoscale.enabled else None
         if backend is not None:
@@ -115,6 +141,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await stop_gracefully(res, loops, stop, grace_s=settings.shutdown_grace_s)
             await close_resources(res)
             if backend is not None:
                 await backend.close()

@@ -1,5 +1,6 @@
-"""aio-pika adapter: robust connection, confirmed persistent publishing, and one place that
-decides each delivery's outcome (ack, dead-letter, or requeue counted by the broker)."""
+"""aio-pika adapter: robust connection, confirmed persistent publishing behind a circuit
+breaker, and one place that decides each delivery's outcome (ack, dead-letter, or a retry
+later through a delay queue)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aio_pika
@@ -20,26 +22,33 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from shared.errors import DependencyUnavailable
 from shared.logging import get_logger
-from shared.messaging.topology import DLX, DURABLE_QUEUES, QueueSpec
+from shared.messaging.admin import BrokerAdmin, delivery_of, int_header
+from shared.messaging.admin import Delivery as Delivery  # re-exported
+from shared.messaging.topology import (
+    DELAY,
+    DELAY_HEADER,
+    DELAY_LEVELS_MS,
+    DLX,
+    DURABLE_QUEUES,
+    RETRIES_HEADER,
+    QueueSpec,
+    delay_level,
+    retry_routing_key,
+)
+from shared.resilience import CircuitBreaker, RetryPolicy
 from shared.settings import RabbitSettings
-from shared.telemetry import MESSAGES, PUBLISHED
+from shared.telemetry import MESSAGES, PUBLISHED, watch_breaker
 
 log = get_logger(__name__)
+
+# A consumer's transient failure: the message waits in a delay queue, then comes back.
+CONSUMER_RETRY = RetryPolicy(initial_s=0.5, multiplier=2.0, max_interval_s=30.0, jitter=0.2)
+PUBLISH_TIMEOUT_S = 5.0
 
 
 class Reject(Exception):
     """Raised by a handler: the message can never succeed; dead-letter it now."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    body: bytes
-    message_id: str | None
-    routing_key: str | None
-    redelivered: bool
-    delivery_count: int
 
 
 @dataclass(frozen=True)
@@ -48,24 +57,23 @@ class Outgoing:
     body: bytes
     message_id: str
     type: str | None = None
+    delay_ms: int | None = None  # published through a delay queue, routed when it ends
+    headers: dict[str, Any] | None = None
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
 BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
 
 
-def _delivery(message: AbstractIncomingMessage) -> Delivery:
-    count = message.headers.get("x-delivery-count", 0) if message.headers else 0
-    return Delivery(
-        body=message.body,
-        message_id=message.message_id,
-        routing_key=message.routing_key,
-        redelivered=bool(message.redelivered),
-        delivery_count=int(count) if isinstance(count, int | str) else 0,
-    )
+def _is_broker_failure(exc: BaseException) -> bool:
+    """Connection trouble counts against the breaker; a refused message (unroutable) does
+    not: the broker answered."""
+    if isinstance(exc, aio_pika.exceptions.DeliveryError | aio_pika.exceptions.PublishError):
+        return False
+    return isinstance(exc, TimeoutError | OSError | RuntimeError | aio_pika.exceptions.AMQPError)
 
 
-class Broker:
+class Broker(BrokerAdmin):
     """One robust connection; a confirming channel for publishing, one channel per consumer."""
 
     def __init__(self, settings: RabbitSettings, *, name: str) -> None:
@@ -74,9 +82,17 @@ class Broker:
         self._conn: AbstractRobustConnection | None = None
         self._pub_channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
+        self._delay_exchange: AbstractExchange | None = None
+        # one breaker per process for RabbitMQ: publishing fails fast while it is open
+        self.breaker = watch_breaker(
+            CircuitBreaker(
+                "rabbitmq", failure_threshold=3, reset_timeout_s=2.0, is_failure=_is_broker_failure
+            )
+        )
         self._channels: list[AbstractChannel] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AbstractQueue, str]] = []
+        self._limits: dict[str, int] = {}  # retries allowed per durable queue
 
     def qname(self, spec: QueueSpec) -> str:
         return f"{self.settings.queue_prefix}.{spec.name}"
@@ -88,6 +104,13 @@ class Broker:
     @property
     def dlx_name(self) -> str:
         return f"{self.settings.exchange}.{DLX}"
+
+    @property
+    def delay_exchange_name(self) -> str:
+        return f"{self.settings.exchange}.{DELAY}"
+
+    def delay_queue_name(self, level_ms: int) -> str:
+        return f"{self.settings.queue_prefix}.{DELAY}.{level_ms}ms"
 
     async def connect(self, *, attempts: int | None = None, max_delay: float = 5.0) -> None:
         """Connect (retrying with backoff until the broker answers) and declare the topology."""
@@ -110,6 +133,7 @@ class Broker:
                 delay = min(delay * 2, max_delay)
         self._pub_channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         await self._declare_exchanges(self._pub_channel)
+        await self._declare_delay_queues(self._pub_channel)
         for spec in DURABLE_QUEUES:
             await self.declare(spec)
 
@@ -124,6 +148,30 @@ class Broker:
             self.exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
         )
         await channel.declare_exchange(self.dlx_name, aio_pika.ExchangeType.DIRECT, durable=True)
+        self._delay_exchange = await channel.declare_exchange(
+            self.delay_exchange_name, aio_pika.ExchangeType.HEADERS, durable=True
+        )
+
+    async def _declare_delay_queues(self, channel: AbstractChannel) -> None:
+        """One quorum queue per backoff level with a fixed TTL; expired messages dead-letter
+        (at least once) into the events exchange under their own routing key. A message
+        reaches its level through the headers exchange, so its routing key is kept."""
+        for level in DELAY_LEVELS_MS:
+            name = self.delay_queue_name(level)
+            queue = await channel.declare_queue(
+                name,
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-message-ttl": level,
+                    "x-dead-letter-exchange": self.exchange_name,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
+            await queue.bind(
+                self.delay_exchange_name, arguments={"x-match": "all", DELAY_HEADER: name}
+            )
 
     async def declare(
         self, spec: QueueSpec, channel: AbstractChannel | None = None
@@ -132,6 +180,7 @@ class Broker:
         assert ch is not None
         name = self.qname(spec)
         if spec.durable:
+            self._limits[name] = spec.delivery_limit or self.settings.delivery_limit
             dlq = await ch.declare_queue(
                 f"{name}.dlq", durable=True, arguments={"x-queue-type": "quorum"}
             )
@@ -150,23 +199,43 @@ class Broker:
             )
         for key in spec.bindings:
             await queue.bind(self.exchange_name, routing_key=key)
+        if spec.durable:  # retried messages come back to this queue alone
+            await queue.bind(self.exchange_name, routing_key=retry_routing_key(name))
         return queue
 
     # -- publishing ------------------------------------------------------------------------
 
     async def publish(self, out: Outgoing) -> None:
-        """Publish one persistent, mandatory message and wait for the broker's confirm."""
-        if self._exchange is None:
+        """Publish one persistent, mandatory message and wait for the broker's confirm,
+        through the breaker (``CircuitOpen`` at once while RabbitMQ is known to be away).
+        With ``delay_ms`` it goes to the delay queue of its level and is routed by its key
+        when the delay ends."""
+        await self.breaker.call(lambda: self._publish(out))
+        PUBLISHED.labels(out.routing_key).inc()
+
+    async def _publish(self, out: Outgoing) -> None:
+        if self._exchange is None or self._delay_exchange is None:
             raise RuntimeError("broker not connected")
+        headers = dict(out.headers or {})
+        expiration = None
+        exchange = self._exchange
+        if out.delay_ms is not None:
+            level = delay_level(out.delay_ms)
+            headers[DELAY_HEADER] = self.delay_queue_name(level)
+            expiration = timedelta(milliseconds=max(min(out.delay_ms, level), 1))
+            exchange = self._delay_exchange
         message = aio_pika.Message(
             out.body,
             message_id=out.message_id,
             type=out.type,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            headers=headers or None,
+            expiration=expiration,
         )
-        await self._exchange.publish(message, routing_key=out.routing_key, mandatory=True)
-        PUBLISHED.labels(out.routing_key).inc()
+        await exchange.publish(
+            message, routing_key=out.routing_key, mandatory=True, timeout=PUBLISH_TIMEOUT_S
+        )
 
     async def publish_many(self, messages: Sequence[Outgoing]) -> None:
         """Pipelined confirmed publishing: all in flight at once, returns when all confirmed."""
@@ -192,7 +261,7 @@ class Broker:
         qname = self.qname(spec)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._settle(qname, message, handler(_delivery(message)))
+            await self._settle(qname, message, handler(delivery_of(message)))
 
         self._consumers.append((queue, await queue.consume(on_message)))
 
@@ -232,80 +301,6 @@ class Broker:
         self._spawn(loop())
         self._consumers.append((queue, await queue.consume(on_message)))
 
-    async def get(self, queue_name: str, *, timeout_s: float = 5.0) -> Delivery | None:
-        """Take one message from a queue (acknowledged), waiting up to ``timeout_s``.
-
-        For dead-letter inspection and tests; services consume with ``consume``.
-        """
-        assert self._pub_channel is not None
-        queue = await self._pub_channel.get_queue(queue_name, ensure=True)
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while True:
-            message = await queue.get(no_ack=False, fail=False)
-            if message is not None:
-                await message.ack()
-                return _delivery(message)
-            if asyncio.get_running_loop().time() >= deadline:
-                return None
-            await asyncio.sleep(0.05)
-
-    @contextlib.asynccontextmanager
-    async def _admin_channel(self) -> AsyncIterator[AbstractChannel]:
-        """A short-lived channel for admin operations; broker trouble becomes a 503."""
-        try:
-            channel = await self.connection.channel()
-        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-            raise DependencyUnavailable("the broker is unavailable", retry_after=2) from exc
-        try:
-            yield channel
-        except aio_pika.exceptions.AMQPError as exc:
-            raise DependencyUnavailable("the broker is unavailable", retry_after=2) from exc
-        finally:
-            with contextlib.suppress(Exception):
-                await channel.close()
-
-    async def depth(self, queue_name: str) -> int:
-        """Messages ready in a queue (a passive declare: never creates it)."""
-        async with self._admin_channel() as channel:
-            queue = await channel.declare_queue(queue_name, passive=True)
-            return int(queue.declaration_result.message_count or 0)
-
-    async def peek(self, queue_name: str, *, limit: int = 20) -> list[Delivery]:
-        """Up to ``limit`` messages of a queue, left in it (taken unacknowledged, then
-        returned). For dead-letter inspection."""
-        taken: list[AbstractIncomingMessage] = []
-        async with self._admin_channel() as channel:  # closing it returns what was taken
-            queue = await channel.declare_queue(queue_name, passive=True)
-            while len(taken) < limit:
-                message = await queue.get(no_ack=False, fail=False)
-                if message is None:
-                    break
-                taken.append(message)
-        return [_delivery(m) for m in taken]
-
-    async def redrive(self, dead_letter_queue: str, target_queue: str) -> Delivery | None:
-        """Move the oldest dead letter back to the queue it came from (confirmed publish
-        first, then ack: a crash in between leaves a duplicate, never a loss)."""
-        assert self._pub_channel is not None
-        async with self._admin_channel() as channel:
-            queue = await channel.declare_queue(dead_letter_queue, passive=True)
-            message = await queue.get(no_ack=False, fail=False)
-            if message is None:
-                return None
-            await self._pub_channel.default_exchange.publish(
-                aio_pika.Message(
-                    message.body,
-                    message_id=message.message_id,
-                    type=message.type,
-                    content_type=message.content_type,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key=target_queue,
-                mandatory=True,
-            )
-            await message.ack()
-            return _delivery(message)
-
     async def stop_consuming(self) -> None:
         """Stop taking new deliveries (unacknowledged ones go back to their queues)."""
         for queue, tag in self._consumers:
@@ -317,11 +312,11 @@ class Broker:
         self, qname: str, batch: list[AbstractIncomingMessage], handler: BatchHandler
     ) -> None:
         try:
-            await handler([_delivery(m) for m in batch])
+            await handler([delivery_of(m) for m in batch])
         except Exception as exc:
             log.warning("batch_failed", queue=qname, size=len(batch), error=type(exc).__name__)
             for message in batch:
-                await self._settle(qname, message, handler([_delivery(message)]))
+                await self._settle(qname, message, handler([delivery_of(message)]))
             return
         for message in batch:
             await message.ack()
@@ -332,8 +327,10 @@ class Broker:
     ) -> None:
         """The one place that decides a delivery's outcome.
 
-        success -> ack; ``Reject`` -> dead-letter now; anything else -> requeue after a short
-        pause, counted by the quorum queue, which dead-letters past its delivery limit.
+        success -> ack; ``Reject`` -> dead-letter now; anything else -> a retry later: the
+        message goes to a delay queue with its retry count (a header) incremented, and is
+        acknowledged; past the queue's limit it is dead-lettered. The quorum queue's own
+        delivery limit still catches a consumer that dies on a message (redeliveries).
         """
         try:
             await work
@@ -341,24 +338,62 @@ class Broker:
             log.warning(
                 "message_rejected", queue=qname, message_id=message.message_id, reason=str(exc)
             )
-            await message.reject(requeue=False)
-            MESSAGES.labels(qname, "dead_letter").inc()
+            await self._dead_letter(qname, message)
             return
         except Exception as exc:
-            count = _delivery(message).delivery_count
-            log.warning(
-                "message_failed",
-                queue=qname,
-                message_id=message.message_id,
-                error=type(exc).__name__,
-                delivery_count=count,
+            await self._retry_later(qname, message, exc)
+            return
+        await message.ack()
+        MESSAGES.labels(qname, "ack").inc()
+
+    async def _dead_letter(self, qname: str, message: AbstractIncomingMessage) -> None:
+        await message.reject(requeue=False)
+        MESSAGES.labels(qname, "dead_letter").inc()
+
+    async def _retry_later(
+        self, qname: str, message: AbstractIncomingMessage, exc: Exception
+    ) -> None:
+        """Republish through a delay queue (confirmed), then ack: a crash in between leaves
+        a duplicate, never a loss. Broker trouble falls back to a paused requeue."""
+        retries = int_header(message, RETRIES_HEADER) + 1
+        limit = self._limits.get(qname, self.settings.delivery_limit)
+        log.warning(
+            "message_failed",
+            queue=qname,
+            message_id=message.message_id,
+            error=type(exc).__name__,
+            retries=retries,
+        )
+        if retries > limit:
+            await self._dead_letter(qname, message)
+            return
+        delay_ms = round(CONSUMER_RETRY.delay(retries) * 1000)
+        headers = {
+            k: v
+            for k, v in (message.headers or {}).items()
+            if k not in ("x-death", "x-delivery-count", DELAY_HEADER)
+        }
+        headers[RETRIES_HEADER] = retries
+        try:
+            await self.publish(
+                Outgoing(
+                    retry_routing_key(qname),
+                    message.body,
+                    message.message_id or new_message_id(),
+                    message.type,
+                    delay_ms=delay_ms,
+                    headers=headers,
+                )
             )
+        except Exception as publish_exc:
+            log.warning("retry_publish_failed", queue=qname, error=type(publish_exc).__name__)
+            count = int_header(message, "x-delivery-count")
             await asyncio.sleep(min(0.1 * 2**count, 2.0))  # never a hot requeue loop
             await message.nack(requeue=True)
             MESSAGES.labels(qname, "requeue").inc()
             return
         await message.ack()
-        MESSAGES.labels(qname, "ack").inc()
+        MESSAGES.labels(qname, "retry").inc()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)

@@ -1,5 +1,6 @@
 """The broker topology as typed data: one topic exchange for events, quorum queues per consumer,
-each with a delivery limit and a dead-letter queue behind one dead-letter exchange."""
+each with a delivery limit and a dead-letter queue behind one dead-letter exchange, and delay
+queues (one per backoff level) that dead-letter back into the events exchange."""
 
 from __future__ import annotations
 
@@ -7,6 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DLX = "dlx"  # suffix of the dead-letter exchange name
+DELAY = "delay"  # suffix of the delay exchange name
+
+# Backoff levels, one delay queue each (``<prefix>.delay.<ms>ms``). A queue's messages all
+# expire after at most its fixed TTL; RabbitMQ expires messages only at the head of a queue,
+# so one queue per level keeps a short delay from waiting behind a long one. A message may
+# carry a shorter per-message TTL (jitter) within its level: it then waits at most its level.
+DELAY_LEVELS_MS: tuple[int, ...] = (500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000)
+# names the delay queue on the (headers) delay exchange; a header starting with "x-" would
+# be ignored by its bindings
+DELAY_HEADER = "stratus-delay-queue"
+RETRIES_HEADER = "x-stratus-retries"  # how many times a consumer has retried this message
 
 
 @dataclass(frozen=True)
@@ -24,7 +36,8 @@ class QueueSpec:
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
-SCHEDULER = QueueSpec("scheduler", ("job.submitted", "job.finished", "job.cancelled"))
+# job.retry: a retried job's backoff ended (it comes through a delay queue)
+SCHEDULER = QueueSpec("scheduler", ("job.submitted", "job.finished", "job.cancelled", "job.retry"))
 WORK_CPU = QueueSpec("work.cpu", ("job.dispatch.cpu",))
 WORK_CUDA = QueueSpec("work.cuda", ("job.dispatch.cuda",))
 
@@ -35,6 +48,19 @@ TENANT_USAGE = QueueSpec("tenant.usage", ("job.finished",))
 
 # Declared by every service at start, so that a mandatory publish is always routable.
 DURABLE_QUEUES: tuple[QueueSpec, ...] = (SCHEDULER, WORK_CPU, WORK_CUDA, DATAMOVER, TENANT_USAGE)
+
+
+def delay_level(delay_ms: int) -> int:
+    """The level that holds a delay: the shortest one at least as long (or the longest)."""
+    for level in DELAY_LEVELS_MS:
+        if delay_ms <= level:
+            return level
+    return DELAY_LEVELS_MS[-1]
+
+
+def retry_routing_key(queue_name: str) -> str:
+    """A consumer's retried messages come back on this key, bound to its queue alone."""
+    return f"retry.{queue_name}"
 
 
 def control_queue(owner: str, bindings: tuple[str, ...] = ("job.cancelled",)) -> QueueSpec:

@@ -102,7 +102,7 @@ async def test_poison_message_is_dead_lettered_after_the_delivery_limit(
     dead = await broker.get(f"{broker.qname(spec)}.dlq", timeout_s=15)
     assert dead is not None
     assert dead.body == b"poison"
-    assert len(attempts) == 3  # the first delivery plus two redeliveries
+    assert len(attempts) == 3  # the first delivery plus two retries (through delay queues)
 
 
 async def test_reject_dead_letters_at_once(broker: Broker, prefix: str) -> None:

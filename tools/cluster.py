@@ -15,6 +15,12 @@ Library (tests)::
 
 Every service is one supervisord program; the workers are one program ``worker`` with
 ``numprocs`` (processes ``worker_00``, ``worker_01`` ... on ``worker_base_port + n``).
+
+With ``autoscale=Autoscale(min_workers, max_workers)`` (what ``make up`` uses) the worker
+program has ``numprocs = max_workers`` and ``autostart=false``: the scheduler's autoscaler
+(``local`` backend) starts and stops them over this supervisord's socket, and supervisord
+still restarts one that crashes. ``cuda_max_workers > 0`` adds a program ``cuda_worker``
+(``STRATUS_DEVICE=cuda``, ports from ``worker_base_port + 50``) for the cuda pool.
 """
 
 from __future__ import annotations
@@ -58,7 +64,9 @@ from tools.supervision import (
 )
 
 __all__ = [
+    "CUDA_WORKER",
     "SERVICES",
+    "Autoscale",
     "ClusterConfig",
     "ClusterError",
     "LocalCluster",
@@ -71,12 +79,25 @@ __all__ = [
 ]
 
 WORKER = "worker"
+CUDA_WORKER = "cuda_worker"
+CUDA_PORT_OFFSET = 50
 SERVICES = ("gateway", "scheduler", "datamover", "tenant", WORKER)
 RPC_FACTORY = "supervisor.rpcinterface:make_main_rpcinterface"
 
 
 class ClusterError(RuntimeError):
     """The local cluster could not be started, addressed or stopped."""
+
+
+@dataclass
+class Autoscale:
+    """Worker pools sized by the scheduler's autoscaler (``STRATUS_AUTOSCALE__*``)."""
+
+    min_workers: int = 1
+    max_workers: int = 4
+    cuda_min_workers: int = 0
+    cuda_max_workers: int = 0
+    cuda_env: dict[str, str] = field(default_factory=dict)  # e.g. STRATUS_CUDA_SIMULATOR
 
 
 @dataclass
@@ -91,6 +112,15 @@ class ClusterConfig:
     workers: int = 1
     worker_env: dict[str, str] = field(default_factory=dict)  # extra env, workers only
     python: str = sys.executable
+    autoscale: Autoscale | None = None  # None: ``workers`` fixed worker processes
+
+    @property
+    def worker_processes(self) -> int:
+        return self.autoscale.max_workers if self.autoscale else self.workers
+
+    @property
+    def cuda_processes(self) -> int:
+        return self.autoscale.cuda_max_workers if self.autoscale else 0
 
 
 class LocalCluster:
@@ -101,7 +131,7 @@ class LocalCluster:
     """
 
     def __init__(self, cfg: ClusterConfig) -> None:
-        if cfg.workers < 1:
+        if cfg.worker_processes < 1:
             raise ValueError("workers must be at least 1")
         self.cfg = cfg
         self.run_dir = cfg.run_dir.resolve()
@@ -113,20 +143,34 @@ class LocalCluster:
 
     # --- naming ----------------------------------------------------------------------------
     def worker(self, index: int) -> str:
-        if not 0 <= index < self.cfg.workers:
-            raise ValueError(f"worker index {index} out of range (workers={self.cfg.workers})")
+        if not 0 <= index < self.cfg.worker_processes:
+            raise ValueError(
+                f"worker index {index} out of range (workers={self.cfg.worker_processes})"
+            )
         return f"{WORKER}_{index:02d}"
 
     def worker_names(self) -> list[str]:
-        return [self.worker(i) for i in range(self.cfg.workers)]
+        return [self.worker(i) for i in range(self.cfg.worker_processes)]
+
+    def cuda_worker_names(self) -> list[str]:
+        return [f"{CUDA_WORKER}_{i:02d}" for i in range(self.cfg.cuda_processes)]
 
     def process_names(self) -> list[str]:
-        return [s for s in SERVICES if s != WORKER] + self.worker_names()
+        services = [s for s in SERVICES if s != WORKER]
+        return services + self.worker_names() + self.cuda_worker_names()
+
+    def startup_names(self) -> list[str]:
+        """The processes that run from the start (autoscaled workers are the scheduler's)."""
+        if self.cfg.autoscale:
+            return [s for s in SERVICES if s != WORKER]
+        return self.process_names()
 
     def members(self, program: str) -> list[str]:
         """The process names ``program`` stands for."""
         if program == WORKER:
             return self.worker_names()
+        if program == CUDA_WORKER:
+            return self.cuda_worker_names()
         if program in self.process_names():
             return [program]
         raise ClusterError(
@@ -134,6 +178,9 @@ class LocalCluster:
         )
 
     def port(self, process: str) -> int:
+        if process.startswith(f"{CUDA_WORKER}_"):
+            number = int(process.removeprefix(f"{CUDA_WORKER}_"))
+            return self.cfg.worker_base_port + CUDA_PORT_OFFSET + number
         if process.startswith(f"{WORKER}_"):
             return self.cfg.worker_base_port + int(process.removeprefix(f"{WORKER}_"))
         ports = {
@@ -155,7 +202,11 @@ class LocalCluster:
 
     @staticmethod
     def namespec(process: str) -> str:
-        group = WORKER if process.startswith(f"{WORKER}_") else process
+        group = process
+        for program in (CUDA_WORKER, WORKER):
+            if process.startswith(f"{program}_"):
+                group = program
+                break
         return f"{group}:{process}"
 
     # --- configuration ---------------------------------------------------------------------
@@ -167,8 +218,27 @@ class LocalCluster:
         env[MARKER_VAR] = self.marker
         return env
 
+    def _autoscale_env(self) -> dict[str, str]:
+        """The scheduler's autoscaler settings: the ``local`` backend on this supervisord."""
+        a = self.cfg.autoscale
+        if a is None:
+            return {}
+        return {
+            "STRATUS_AUTOSCALE__ENABLED": "true",
+            "STRATUS_AUTOSCALE__BACKEND": "local",
+            "STRATUS_AUTOSCALE__LOCAL__SUPERVISOR_SOCKET": str(self.socket),
+            "STRATUS_AUTOSCALE__LOCAL__CPU_PROGRAM": WORKER,
+            "STRATUS_AUTOSCALE__LOCAL__CUDA_PROGRAM": CUDA_WORKER,
+            "STRATUS_AUTOSCALE__CPU__MIN_WORKERS": str(a.min_workers),
+            "STRATUS_AUTOSCALE__CPU__MAX_WORKERS": str(a.max_workers),
+            "STRATUS_AUTOSCALE__CUDA__MIN_WORKERS": str(a.cuda_min_workers),
+            "STRATUS_AUTOSCALE__CUDA__MAX_WORKERS": str(a.cuda_max_workers),
+        }
+
     def _program(self, name: str) -> str:
         env = self._service_env() | {"STRATUS_PORT": str(self.port(name))}
+        if name == "scheduler":
+            env = self._autoscale_env() | env  # settings given in ``env`` win
         options = {
             "command": python_command(self.cfg.python, f"services.{name}"),
             "directory": esc(str(REPO_ROOT)),
@@ -178,24 +248,31 @@ class LocalCluster:
         }
         return section(f"program:{name}", options)
 
-    def _worker_program(self) -> str:
+    def _worker_program(self, program: str = WORKER) -> str:
         env = self._service_env() | self.cfg.worker_env
+        base_port, numprocs = self.cfg.worker_base_port, self.cfg.worker_processes
+        if program == CUDA_WORKER:
+            env |= {"STRATUS_DEVICE": "cuda"}
+            env |= self.cfg.autoscale.cuda_env if self.cfg.autoscale else {}
+            base_port, numprocs = base_port + CUDA_PORT_OFFSET, self.cfg.cuda_processes
         command = numbered_command(
             self.cfg.python,
             "services.worker",
-            base_port=self.cfg.worker_base_port,
-            name_prefix=env.pop("STRATUS_NAME", f"{os.uname().nodename}-{WORKER}"),
+            base_port=base_port,
+            name_prefix=env.pop("STRATUS_NAME", f"{os.uname().nodename}-{program}"),
         )
         options = {
             "command": command,
             "process_name": "%(program_name)s_%(process_num)02d",
-            "numprocs": str(self.cfg.workers),
+            "numprocs": str(numprocs),
             "directory": esc(str(REPO_ROOT)),
             "environment": env_value(env),
             "stdout_logfile": esc(str(self.log_dir)) + "/%(program_name)s_%(process_num)02d.log",
             **PROGRAM_OPTIONS,
         }
-        return section(f"program:{WORKER}", options)
+        if self.cfg.autoscale:
+            options["autostart"] = "false"  # the autoscaler starts and stops them
+        return section(f"program:{program}", options)
 
     def write_config(self) -> Path:
         """Write ``run_dir/supervisord.conf`` (mode 600: it holds the secrets) and return it."""
@@ -220,6 +297,7 @@ class LocalCluster:
             + section("supervisorctl", {"serverurl": f"unix://{sock}"})
             + "".join(self._program(s) for s in SERVICES if s != WORKER)
             + self._worker_program()
+            + (self._worker_program(CUDA_WORKER) if self.cfg.cuda_processes else "")
         )
         fd = os.open(self.config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -273,6 +351,8 @@ class LocalCluster:
         self._launch(self.write_config())
         try:
             self.wait_ready(timeout=timeout)
+            if self.cfg.autoscale and self.cfg.autoscale.min_workers:
+                self.wait_workers(self.cfg.autoscale.min_workers, timeout=timeout)
         except BaseException:
             self.stop()
             raise
@@ -293,8 +373,9 @@ class LocalCluster:
         return ClusterError(message)
 
     def wait_ready(self, program: str | None = None, timeout: float = 90) -> None:
-        """Wait until each process of ``program`` (default: all) is RUNNING with /readyz 200."""
-        pending = self.members(program) if program else self.process_names()
+        """Wait until each process of ``program`` (default: all that run from the start) is
+        RUNNING with /readyz 200."""
+        pending = self.members(program) if program else self.startup_names()
         started = time.monotonic()
         while pending:
             states = self._states()
@@ -317,6 +398,35 @@ class LocalCluster:
                 raise self._not_ready(pending[0], why)
             if pending:
                 time.sleep(0.5)
+
+    def up_workers(self, program: str = WORKER) -> list[str]:
+        """The processes of a worker program that are started and not being stopped."""
+        names = set(self.members(program))
+        return [
+            name
+            for name, state in self._states().items()
+            if name in names and state in ("STARTING", "RUNNING", "BACKOFF")
+        ]
+
+    def wait_workers(self, count: int, program: str = WORKER, timeout: float = 90) -> None:
+        """Wait until at least ``count`` processes of ``program`` answer /readyz 200 (the
+        autoscaler starts them)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            ready = [
+                name
+                for name, state in self._states().items()
+                if name in self.members(program)
+                and state == "RUNNING"
+                and http_status(self.port(name), "/readyz") == 200
+            ]
+            if len(ready) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise self._not_ready(
+                    "scheduler", f"{len(ready)} of {count} {program} processes ready"
+                )
+            time.sleep(0.5)
 
     def stop(self, timeout: float = 60) -> None:
         """Shut supervisord down (it stops every service), then kill any leftover process.

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools.cluster import ClusterConfig, ClusterError, LocalCluster
+from tools.cluster import Autoscale, ClusterConfig, ClusterError, LocalCluster
 from tools.provision import (
     REPO_ROOT,
     ProvisionError,
@@ -42,7 +42,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="ensure servers, prepare db + vhost, start the services")
     defaults = ClusterConfig(run_dir=RUN_DIR)
-    up.add_argument("--workers", type=int, default=defaults.workers)
+    scaling = Autoscale()
+    up.add_argument(
+        "--workers", type=int, default=None, help="a fixed number of workers (no autoscaling)"
+    )
+    up.add_argument(
+        "--min-workers",
+        type=int,
+        default=scaling.min_workers,
+        help="autoscaled cpu pool: at least this many workers (0: scale to zero)",
+    )
+    up.add_argument("--max-workers", type=int, default=scaling.max_workers)
     for name in ("gateway", "scheduler", "datamover", "tenant", "worker_base"):
         flag = f"--{name.replace('_', '-')}-port"
         up.add_argument(flag, type=int, default=getattr(defaults, f"{name}_port"))
@@ -91,7 +101,10 @@ def _up(args: argparse.Namespace) -> int:
     cfg = ClusterConfig(
         run_dir=args.run_dir,
         env=env,
-        workers=args.workers,
+        workers=args.workers or 1,
+        autoscale=None
+        if args.workers
+        else Autoscale(min_workers=args.min_workers, max_workers=args.max_workers),
         gateway_port=args.gateway_port,
         scheduler_port=args.scheduler_port,
         datamover_port=args.datamover_port,

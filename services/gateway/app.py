@@ -10,6 +10,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.gateway.accounting.routes import router as accounting_router
+from services.gateway.admin.pools import router as pools_router
 from services.gateway.admin.routes import router as admin_router
 from services.gateway.auth import Authenticator
 from services.gateway.datasets.routes import router as datasets_router
@@ -76,6 +77,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(migrations_router)
     app.include_router(accounting_router)
     app.include_router(admin_router)
+    app.include_router(pools_router)
     return app
 
 

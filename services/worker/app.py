@@ -59,6 +59,9 @@ class WorkerRuntime:
     async def on_dispatch(self, delivery: Delivery) -> None:
         event = dispatched_job(delivery)
         await self.slots.acquire()
+        if self.stopping:  # waited for a slot through a shutdown: another worker takes it
+            self.slots.release()
+            raise RuntimeError("worker shutting down: job handed back unclaimed")
         try:
             async with transaction(self.res.sessions) as session:
                 claim = await service.claim(

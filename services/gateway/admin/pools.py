@@ -1,0 +1,104 @@
+"""``GET /v1/admin/pools`` (platform admin): the worker pools as the autoscaler sees them.
+
+The scheduler's autoscaler writes each pool's bounds, demand, current and desired worker
+counts and its last decisions to ``worker_pools`` on every pass; the live workers (fresh
+heartbeats) and their running jobs are read here, at request time.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import func, select
+
+from services.gateway.deps import PrincipalDep, SessionDep
+from services.tenant.audit import audit
+from shared.db.models import Job, Worker, WorkerPool
+from shared.jobs.states import JobState
+from shared.problems import problem_responses
+
+router = APIRouter(prefix="/v1/admin/pools", tags=["admin"])
+
+POOLS = ("cpu", "cuda")
+LIVE_S = 15.0  # a worker whose heartbeat is older is not counted (the scheduler's TTL)
+
+ERRORS = problem_responses(
+    {
+        401: "missing or unknown API key",
+        403: "not the admin key",
+        503: "the database is unavailable",
+    }
+)
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat().replace("+00:00", "Z")
+
+
+@router.get("", responses=ERRORS)
+async def list_pools(principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
+    """Per pool (``cpu``, ``cuda``): the autoscaler's bounds, demand (queued and running
+    jobs), current and desired workers, its recent decisions, and the live workers."""
+    principal.require_admin()
+    now = await session.scalar(select(func.now()))
+    assert now is not None
+    stored = {p.pool: p for p in (await session.scalars(select(WorkerPool))).all()}
+    running = dict(
+        (
+            await session.execute(
+                select(Job.worker, func.count())
+                .where(Job.state == JobState.RUNNING.value, Job.worker.is_not(None))
+                .group_by(Job.worker)
+            )
+        ).all()
+    )
+    workers = (
+        await session.scalars(
+            select(Worker)
+            .where(Worker.heartbeat_at > now - timedelta(seconds=LIVE_S))
+            .order_by(Worker.started_at, Worker.id)
+        )
+    ).all()
+    items = []
+    for pool in POOLS:
+        mine = [w for w in workers if w.device == pool]
+        item: dict[str, Any] = {
+            "pool": pool,
+            "autoscaling": pool in stored,
+            "live_workers": sum(not w.stopping for w in mine),
+            "workers": [
+                {
+                    "id": w.id,
+                    "concurrency": w.concurrency,
+                    "running_jobs": int(running.get(w.id, 0)),
+                    "stopping": w.stopping,
+                    "started_at": _iso(w.started_at),
+                    "heartbeat_at": _iso(w.heartbeat_at),
+                }
+                for w in mine
+            ],
+        }
+        if pool in stored:
+            item |= _autoscaler_view(stored[pool])
+        items.append(item)
+    await audit(session=session, actor=principal.actor, action="pools.read")
+    return {"items": items}
+
+
+def _autoscaler_view(p: WorkerPool) -> dict[str, Any]:
+    return {
+        "backend": p.backend,
+        "min_workers": p.min_workers,
+        "max_workers": p.max_workers,
+        "target_jobs_per_worker": p.target_jobs_per_worker,
+        "cooldown_s": p.cooldown_s,
+        "current_workers": p.current_workers,
+        "desired_workers": p.desired_workers,
+        "queued_jobs": p.queued_jobs,
+        "running_jobs": p.running_jobs,
+        "over_provisioned_since": _iso(p.over_provisioned_since),
+        "decisions": list(reversed(p.decisions)),  # newest first
+        "updated_at": _iso(p.updated_at),
+    }

@@ -8,8 +8,9 @@ multiplies by ``bins / (hi - lo)`` where NumPy divides: it is never off by more 
 either (the params model refuses ranges where that factor is not finite), so after the
 correction every value is in the bin whose edges hold it, as in NumPy.
 
-Per block of 2,048 values, a branch-free pass computes the bin indices (it vectorises) and a
-second pass counts them. Each thread counts into bins of its own (privatised), plus a slot
+Per block of 2,048 values, a branch-free pass computes the bin indices in float64 (it
+vectorises; the integer is read from the mantissa bits, see ``SHIFT``) and a second pass
+counts them. Each thread counts into bins of its own (privatised), plus a slot
 for the values outside, and the bins are summed at the end.
 """
 
@@ -25,32 +26,40 @@ from services.worker.kernels.base import Kernel, KernelInputError, Paths, load_i
 
 PRIVATE_BINS_LIMIT = 2**25  # per-thread bins kept below 256 MiB in all
 BLOCK = 2048
+# Adding 2**52 + 2**51 to a small non-negative integer-valued double leaves the integer in the
+# low bits of its mantissa: the bits, less SHIFT_BITS, are the integer (no float -> int
+# conversion, which AVX2 cannot vectorise).
+SHIFT = 6755399441055744.0
+SHIFT_BITS = np.uint64(0x4338000000000000)
 
 
 @numba.njit(cache=True, nogil=True)
-def _indices(block: Any, lo: float, hi: float, bins: int, idx: Any) -> None:
-    """``idx[i]``: NumPy's bin of ``block[i]``, or ``bins`` when it is outside or NaN."""
+def _indices(block: Any, lo: float, hi: float, bins: int, out: Any) -> None:
+    """``out[i]``: NumPy's bin of ``block[i]`` (``bins`` when it is outside or NaN) plus
+    ``SHIFT``, all in float64 so that the loop vectorises."""
     step = (hi - lo) / bins  # np.linspace's step: edge k is k*step + lo
     scale = bins / (hi - lo)
-    last = bins - 1
+    last = np.float64(bins - 1)
+    outside = np.float64(bins)
     for i in range(block.shape[0]):
         v = block[i]
         inside = (v >= lo) & (v <= hi)
-        k: Any = min(np.int64((v - lo) * scale if inside else 0.0), last)
-        k -= np.int64(v < k * step + lo)
-        upper = hi if k + 1 == bins else (k + 1) * step + lo
-        k += np.int64((v >= upper) & (k != last))
-        idx[i] = k if inside else bins
+        k = min(np.floor((v - lo) * scale if inside else 0.0), last)
+        k -= 1.0 if v < k * step + lo else 0.0
+        upper = hi if k == last else (k + 1.0) * step + lo
+        k += 1.0 if (v >= upper) & (k != last) else 0.0
+        out[i] = (k if inside else outside) + SHIFT
 
 
 @numba.njit(cache=True, nogil=True)
 def _count(data: Any, lo: float, hi: float, counts: Any) -> None:
-    idx = np.empty(BLOCK, np.int64)
+    buf = np.empty(BLOCK, np.float64)
+    bits = buf.view(np.uint64)  # unsigned: the index needs no wrap-around check
     for start in range(0, data.shape[0], BLOCK):
         block = data[start : start + BLOCK]
-        _indices(block, lo, hi, counts.shape[0] - 1, idx)
+        _indices(block, lo, hi, counts.shape[0] - 1, buf)
         for i in range(block.shape[0]):
-            counts[idx[i]] += 1
+            counts[bits[i] - SHIFT_BITS] += 1
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)

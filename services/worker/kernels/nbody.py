@@ -6,8 +6,10 @@ energy is kinetic plus the softened potential ``-Î£_{i<j} m_i m_j / sqrt(|r_ij|Â
 (pairs at distance zero again left out).
 
 The bodies are copied into one contiguous array per coordinate so the inner loop over ``j``
-vectorises; ``reassoc`` lets LLVM reorder the sums (no approximate maths: results differ from
-NumPy's only by rounding, ~1e-15 relative).
+vectorises. It has no branch: a pair at distance zero is computed like the others and its
+term replaced by zero (guarding the load of ``m[j]`` instead compiles to an AVX2 masked load,
+which cost 40% of the loop on this machine). ``reassoc`` lets LLVM reorder the sums (no
+approximate maths: results differ from NumPy's only by rounding, ~1e-15 relative).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ def accelerations(pos: Any, m: Any, eps2: float, acc: Any) -> None:
             dy = y[j] - yi
             dz = z[j] - zi
             r2 = dx * dx + dy * dy + dz * dz + eps2
-            w = m[j] / (r2 * np.sqrt(r2)) if r2 > 0.0 else 0.0
+            w = m[j] / (r2 * np.sqrt(r2))  # computed for every pair, then selected:
+            w = w if r2 > 0.0 else 0.0  # a guarded load would be a slow masked load
             sx += dx * w
             sy += dy * w
             sz += dz * w
@@ -62,7 +65,8 @@ def energy(pos: Any, vel: Any, m: Any, eps2: float) -> float:
         s = 0.0
         for j in range(x.shape[0]):
             r2 = (x[j] - x[i]) ** 2 + (y[j] - y[i]) ** 2 + (z[j] - z[i]) ** 2 + eps2
-            s += m[j] / np.sqrt(r2) if r2 > 0.0 else 0.0
+            p = m[j] / np.sqrt(r2)
+            s += p if r2 > 0.0 else 0.0
         potential += m[i] * s
     return kinetic - 0.5 * potential
 

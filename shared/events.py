@@ -27,6 +27,11 @@ class Event(BaseModel):
     def routing_key(self) -> str:
         return self.type
 
+    @property
+    def publish_delay_ms(self) -> int | None:
+        """Published through a delay queue when set: routed only after this long."""
+        return None
+
     def to_bytes(self) -> bytes:
         return orjson.dumps({"type": self.type, **self.model_dump(mode="json")})
 
@@ -63,6 +68,21 @@ class JobFinished(Event):
     gpu_seconds: float = 0.0
 
 
+class JobRetryDue(Event):
+    """A retried job's backoff has ended (published through a delay queue when the retry is
+    decided): the scheduler may dispatch it. ``jobs.run_after`` stays the durable truth; a
+    lost wake-up only waits for the dispatch loop's next pass."""
+
+    type: ClassVar[str] = "job.retry"
+    job_id: uuid.UUID
+    attempt: int
+    delay_ms: int
+
+    @property
+    def publish_delay_ms(self) -> int | None:
+        return self.delay_ms
+
+
 class JobCancelled(Event):
     """A job was cancelled; the worker running it (if any) stops it."""
 
@@ -89,7 +109,15 @@ class MigrationRequested(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls for cls in (JobSubmitted, JobDispatched, JobFinished, JobCancelled, TenantChanged)
+    cls.type: cls
+    for cls in (
+        JobSubmitted,
+        JobDispatched,
+        JobFinished,
+        JobRetryDue,
+        JobCancelled,
+        TenantChanged,
+    )
 }
 EVENT_TYPES[MigrationRequested.type] = MigrationRequested
 

@@ -221,6 +221,7 @@ class Outbox(Base):
     routing_key: Mapped[str] = mapped_column(String(200), nullable=False)
     body: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
     created_at: Mapped[datetime] = _now()
+    delay_ms: Mapped[int | None] = mapped_column(Integer)  # through a delay queue
 
 
 MIGRATION_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED")

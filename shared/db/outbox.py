@@ -29,7 +29,12 @@ async def add_events(session: AsyncSession, events: list[Event]) -> None:
     await session.execute(
         insert(Outbox),
         [
-            {"message_id": e.event_id, "routing_key": e.routing_key, "body": e.to_bytes()}
+            {
+                "message_id": e.event_id,
+                "routing_key": e.routing_key,
+                "body": e.to_bytes(),
+                "delay_ms": e.publish_delay_ms,
+            }
             for e in events
         ],
     )
@@ -97,7 +102,13 @@ class OutboxRelay:
         async with self.sessions() as session, session.begin():
             rows = (
                 await session.execute(
-                    select(Outbox.id, Outbox.message_id, Outbox.routing_key, Outbox.body)
+                    select(
+                        Outbox.id,
+                        Outbox.message_id,
+                        Outbox.routing_key,
+                        Outbox.body,
+                        Outbox.delay_ms,
+                    )
                     .order_by(Outbox.id)
                     .limit(self.settings.batch_size)
                     .with_for_update(skip_locked=True)
@@ -108,7 +119,10 @@ class OutboxRelay:
                 return 0
             OUTBOX_PENDING.set(len(rows))
             await self.broker.publish_many(
-                [Outgoing(r.routing_key, r.body, str(r.message_id)) for r in rows]
+                [
+                    Outgoing(r.routing_key, r.body, str(r.message_id), delay_ms=r.delay_ms)
+                    for r in rows
+                ]
             )
             await session.execute(delete(Outbox).where(Outbox.id.in_([r.id for r in rows])))
         return len(rows)

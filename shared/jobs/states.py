@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -56,14 +57,21 @@ class Decision:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff for retried attempts: ``initial * multiplier**(attempt-1)``, capped."""
+    """Backoff for retried attempts: ``initial * multiplier**(attempt-1)``, capped, then
+    spread by ``± jitter`` (a fraction) so that jobs failing together do not return together.
+    ``rand`` (in [0, 1)) makes the spread reproducible in tests."""
 
     initial_s: float = 1.0
     multiplier: float = 2.0
     maximum_s: float = 60.0
+    jitter: float = 0.0
 
-    def delay(self, attempt: int) -> float:
-        return float(min(self.initial_s * self.multiplier ** max(attempt - 1, 0), self.maximum_s))
+    def delay(self, attempt: int, *, rand: float | None = None) -> float:
+        base = min(self.initial_s * self.multiplier ** max(attempt - 1, 0), self.maximum_s)
+        if not self.jitter:
+            return float(base)
+        r = random.random() if rand is None else rand
+        return float(base * (1 + self.jitter * (2 * r - 1)))
 
 
 def decide(

@@ -1,6 +1,7 @@
 """``set_job_state``: the only code that writes ``jobs.state``. It locks the row, applies the
 rules of ``states.decide`` and records the change in ``job_events``; callers own the
-transaction (and stage any outbox events in it)."""
+transaction (and stage any outbox events in it). A retry (RUNNING -> QUEUED) sets
+``run_after`` and stages its own wake-up, ``job.retry`` through a delay queue."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Job, JobEvent
+from shared.db.outbox import add_event
 from shared.errors import NotFound
-from shared.events import utcnow
+from shared.events import JobRetryDue, utcnow
 from shared.jobs.states import FINAL, Decision, JobState, RetryPolicy, decide
 from shared.telemetry import JOB_TRANSITIONS
 
-DEFAULT_RETRY = RetryPolicy()
+DEFAULT_RETRY = RetryPolicy(jitter=0.2)
+# The wake-up comes this much after ``run_after``, so that the dispatch pass it starts finds
+# the job due (the database's clock may run a little behind this process').
+WAKE_MARGIN_MS = 100
 
 
 @dataclass(frozen=True)
@@ -125,6 +130,14 @@ async def set_job_state(
             worker=worker,
         )
     )
+    if decision.state is JobState.QUEUED and current is JobState.RUNNING and job.run_after:
+        delay_ms = int((job.run_after - now).total_seconds() * 1000) + WAKE_MARGIN_MS
+        await add_event(
+            session,
+            JobRetryDue(
+                tenant_id=job.tenant_id, job_id=job.id, attempt=job.attempts, delay_ms=delay_ms
+            ),
+        )
     await session.flush()
     JOB_TRANSITIONS.labels(decision.state.value).inc()
     return Transition(job, current, decision)

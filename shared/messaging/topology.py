@@ -14,7 +14,17 @@ DELAY = "delay"  # suffix of the delay exchange name
 # expire after at most its fixed TTL; RabbitMQ expires messages only at the head of a queue,
 # so one queue per level keeps a short delay from waiting behind a long one. A message may
 # carry a shorter per-message TTL (jitter) within its level: it then waits at most its level.
-DELAY_LEVELS_MS: tuple[int, ...] = (500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000)
+DELAY_LEVELS_MS: tuple[int, ...] = (
+    500,
+    1_000,
+    2_000,
+    4_000,
+    8_000,
+    16_000,
+    32_000,
+    64_000,
+    128_000,
+)
 # names the delay queue on the (headers) delay exchange; a header starting with "x-" would
 # be ignored by its bindings
 DELAY_HEADER = "stratus-delay-queue"

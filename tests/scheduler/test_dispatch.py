@@ -225,6 +225,11 @@ async def test_reaper_requeues_lost_work_then_fails_it(s: async_sessionmaker[Asy
     assert (job.state, job.attempts, job.worker) == ("QUEUED", 1, None)
     assert job.run_after is not None  # backoff before the next attempt
     assert job.error == "worker lost while running the job"
+    async with s() as session:  # and its wake-up, to go through a delay queue
+        delays = (
+            await session.execute(select(Outbox.delay_ms).where(Outbox.routing_key == "job.retry"))
+        ).scalars()
+        assert [800 <= (d or 0) <= 1300 for d in delays] == [True]  # 1 s ± 20 % + a margin
 
     async with s() as session, session.begin():
         await session.execute(update(Job).where(Job.id == jid).values(run_after=None))

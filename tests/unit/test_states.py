@@ -75,3 +75,13 @@ def test_timeout_and_cancel_are_not_retried() -> None:
 def test_retry_policy_backs_off_and_caps() -> None:
     p = RetryPolicy(initial_s=1, multiplier=2, maximum_s=10)
     assert [p.delay(n) for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 8, 10, 10]
+
+
+def test_retry_policy_jitter_spreads_within_bounds() -> None:
+    p = RetryPolicy(initial_s=1, multiplier=2, maximum_s=10, jitter=0.2)
+    assert p.delay(3, rand=0.0) == pytest.approx(3.2)
+    assert p.delay(3, rand=0.5) == pytest.approx(4.0)
+    assert p.delay(6, rand=0.999999) == pytest.approx(12.0, rel=1e-5)  # the cap, then jitter
+    spread = {round(p.delay(2), 6) for _ in range(50)}
+    assert len(spread) > 1
+    assert all(1.6 <= d <= 2.4 for d in spread)

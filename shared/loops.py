@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 from collections.abc import Awaitable, Callable
 
@@ -19,15 +20,29 @@ async def periodic(
     interval_s: float,
     wake: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
+    min_gap_s: float = 0.0,
 ) -> None:
     """Run ``step`` every ``interval_s`` (or sooner when woken), backing off on errors.
 
+    ``min_gap_s``: a wake-up coming sooner than this after the previous step starts the next
+    one only once the gap has passed, so that a stream of wake-ups (one per event under load)
+    is served by one step per gap instead of back-to-back steps; an isolated wake-up is
+    served at once.
+
     With ``stop``: once it is set the loop returns after the step in progress (a graceful
     shutdown sets it, waits for the loop, and cancels only what outlives its grace)."""
+    loop = asyncio.get_running_loop()
     failures = 0
+    started = -math.inf
     while stop is None or not stop.is_set():
+        gap = started + min_gap_s - loop.time()
+        if gap > 0:
+            await _pause(gap, None, stop)  # let more wake-ups gather
+            if stop is not None and stop.is_set():
+                return
         if wake is not None:
             wake.clear()
+        started = loop.time()
         try:
             await step()
             failures = 0

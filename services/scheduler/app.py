@@ -109,6 +109,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                         interval_s=settings.dispatch_interval_s,
                         wake=wake,
                         stop=stop,
+                        min_gap_s=settings.dispatch_min_gap_s,
                     ),
                     "dispatch",
                 )

@@ -64,6 +64,9 @@ class SchedulerSettings(CommonSettings):
     port: int = 8001
     dispatch_enabled: bool = True
     dispatch_interval_s: float = 0.5
+    # Under load every event wakes the dispatcher: passes woken within this gap of the last
+    # one wait for it, so one pass serves all the events of the gap (an idle one runs at once).
+    dispatch_min_gap_s: float = Field(default=0.02, ge=0.0, le=1.0)
     # Jobs sent to a device queue beyond the live workers' slots, as a multiple of the slots:
     # a little slack hides the dispatch round trip without letting workers hoard jobs.
     dispatch_slack: float = 4.0

@@ -24,6 +24,13 @@ from shared.logging import get_logger
 
 log = get_logger(__name__)
 
+
+class SupervisorFault(BackendError):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(f"supervisord fault {code}: {message}")
+        self.code = code
+
+
 UP = {"STARTING", "RUNNING", "BACKOFF"}  # started and not being stopped
 STARTABLE = {"STOPPED", "EXITED", "FATAL"}
 ALREADY_STARTED, NOT_RUNNING = 60, 70
@@ -62,8 +69,10 @@ class SupervisorClient:
             r.raise_for_status()
         except httpx.HTTPError as exc:
             raise BackendError(f"supervisord does not answer: {exc!r}") from exc
-        # supervisord's own answer over a socket only this user can open (mode 0700)
-        result, _ = xmlrpc.client.loads(r.content)
+        try:  # supervisord's own answer, over a socket only this user can open (mode 0700)
+            result, _ = xmlrpc.client.loads(r.content)
+        except xmlrpc.client.Fault as fault:  # e.g. SHUTDOWN_STATE while it stops
+            raise SupervisorFault(fault.faultCode, fault.faultString) from fault
         return result[0]
 
     async def processes(self) -> list[Process]:
@@ -82,9 +91,9 @@ class SupervisorClient:
     async def _ignoring(self, code: int, method: str, *args: Any) -> None:
         try:
             await self.call(method, *args)
-        except xmlrpc.client.Fault as fault:
-            if fault.faultCode != code:
-                raise BackendError(f"{method}{args}: {fault.faultString}") from fault
+        except SupervisorFault as fault:
+            if fault.code != code:
+                raise
 
     async def close(self) -> None:
         await self._http.aclose()

@@ -1,0 +1,208 @@
+"""Elastic scaling with the ``local`` backend, for real: the services under supervisord, the
+scheduler's autoscaler starting and stopping worker processes over supervisord's socket.
+
+A cpu pool with ``min=1, max=4`` takes a burst of 300 jobs: it reaches 4 workers within 10 s,
+every job succeeds on its first attempt, and the pool is back to 1 within cooldown + 10 s of
+the queue draining. A cuda pool (numba's CUDA simulator) with ``min=0`` has no worker while
+idle; one job starts one, runs on it, and the pool returns to zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import ADMIN, _free_base_port, new_tenant_key, wait_for_state
+from tools.cluster import (
+    CUDA_WORKER,
+    Autoscale,
+    ClusterConfig,
+    LocalCluster,
+    drop_database,
+    drop_vhost,
+    prepare_database,
+    prepare_vhost,
+)
+
+pytestmark = pytest.mark.e2e
+
+COOLDOWN_S = 6.0
+BURST = 300
+JOB = {"kernel": "montecarlo_pi", "params": {"samples": 300_000}}
+
+
+@pytest.fixture(scope="module")
+def scaled(
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    name = test_env["STRATUS_POSTGRES__DATABASE"] + "_scale"
+    prepare_database(name)
+    prepare_vhost(name)
+    tiers = Path(tmp_path_factory.mktemp("scale-tiers"))
+    base = _free_base_port()
+    env = {
+        **test_env,
+        "STRATUS_POSTGRES__DATABASE": name,
+        "STRATUS_RABBIT__VHOST": name,
+        "STRATUS_LOG_LEVEL": "INFO",
+        "STRATUS_STORAGE__LOCAL__ROOT": str(tiers / "local"),
+        "STRATUS_STORAGE__ARCHIVE__ROOT": str(tiers / "archive"),
+        "STRATUS_STORAGE__FSYNC": "false",
+        "STRATUS_REAPER_INTERVAL_S": "0.5",
+        "STRATUS_WORKER_TTL_S": "5",
+        "STRATUS_AUTOSCALE__INTERVAL_S": "0.5",
+        "STRATUS_AUTOSCALE__COOLDOWN_S": str(COOLDOWN_S),
+        "STRATUS_AUTOSCALE__TARGET_JOBS_PER_WORKER": "4",
+    }
+    cfg = ClusterConfig(
+        run_dir=Path(tmp_path_factory.mktemp("scale-cluster")),
+        env=env,
+        gateway_port=base,
+        scheduler_port=base + 1,
+        datamover_port=base + 3,
+        tenant_port=base + 4,
+        worker_base_port=base + 100,
+        worker_env={
+            "STRATUS_CONCURRENCY": "1",
+            "STRATUS_THREADS_PER_PROCESS": "1",
+            "STRATUS_LEASE_S": "5",
+            "STRATUS_HEARTBEAT_INTERVAL_S": "0.5",
+            "STRATUS_SHUTDOWN_GRACE_S": "15",
+        },
+        autoscale=Autoscale(
+            min_workers=1,
+            max_workers=4,
+            cuda_min_workers=0,
+            cuda_max_workers=1,
+            cuda_env={"STRATUS_CUDA_SIMULATOR": "true", "STRATUS_WARM_KERNELS": "false"},
+        ),
+    )
+    c = LocalCluster(cfg)
+    c.start(timeout=120)
+    try:
+        yield c
+    finally:
+        c.stop()
+        drop_database(name)
+        drop_vhost(name)
+
+
+@pytest.fixture(scope="module")
+async def api(scaled: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=scaled.url("gateway"), timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def tenant(api: httpx.AsyncClient) -> dict[str, str]:
+    h = await new_tenant_key(api, "scale")
+    mine = max((await api.get("/v1/tenants", headers=ADMIN)).json(), key=lambda t: t["created_at"])
+    r = await api.patch(
+        f"/v1/tenants/{mine['id']}", json={"quotas": {"requests_per_second": 10_000}}, headers=ADMIN
+    )
+    assert r.status_code == 200
+    await asyncio.sleep(0.3)  # the quota change reaches the gateway's cache
+    return h
+
+
+async def until(check: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``check`` every 0.2 s; the seconds it took, or fail saying ``what``."""
+    start = time.monotonic()
+    while not await asyncio.to_thread(check):
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        await asyncio.sleep(0.2)
+    return time.monotonic() - start
+
+
+async def pools(api: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
+    r = await api.get("/v1/admin/pools", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return {p["pool"]: p for p in r.json()["items"]}
+
+
+async def test_a_pool_at_zero_starts_a_worker_for_a_job_and_returns_to_zero(
+    scaled: LocalCluster, api: httpx.AsyncClient, tenant: dict[str, str]
+) -> None:
+    cuda = (await pools(api))["cuda"]
+    assert cuda["current_workers"] == 0
+    assert cuda["min_workers"] == 0
+    assert scaled.up_workers(CUDA_WORKER) == []
+    await asyncio.sleep(1.0)  # idle: it stays at zero
+    assert scaled.up_workers(CUDA_WORKER) == []
+    job = {"kernel": "montecarlo_pi", "device": "cuda", "params": {"samples": 2000, "seed": 7}}
+    r = await api.post("/v1/jobs", json=job, headers=tenant)
+    assert r.status_code == 201, r.text
+    await until(lambda: len(scaled.up_workers(CUDA_WORKER)) == 1, 10, "a cuda worker started")
+    done = await wait_for_state(
+        api, r.json()["id"], tenant, {"SUCCEEDED", "FAILED", "TIMED_OUT", "CANCELLED"}, 120
+    )
+    assert done["state"] == "SUCCEEDED", done
+    assert CUDA_WORKER in done["worker"]
+    assert done["attempts"] == 1
+    await until(
+        lambda: scaled.up_workers(CUDA_WORKER) == [], COOLDOWN_S + 10, "the cuda pool back at 0"
+    )
+    decisions = (await pools(api))["cuda"]["decisions"]  # newest first
+    assert [(d["action"], d["from"], d["to"]) for d in decisions[:2]] == [
+        ("down", 1, 0),
+        ("up", 0, 1),
+    ]
+
+
+async def test_a_burst_scales_the_pool_to_max_and_back_without_losing_a_job(
+    scaled: LocalCluster, api: httpx.AsyncClient, tenant: dict[str, str]
+) -> None:
+    await until(lambda: len(scaled.up_workers()) == 1, COOLDOWN_S + 10, "the cpu pool at 1")
+    sem = asyncio.Semaphore(16)
+    ids: list[str] = []
+
+    async def submit() -> None:
+        async with sem:
+            r = await api.post("/v1/jobs", json=JOB, headers=tenant)
+            assert r.status_code == 201, r.text
+            ids.append(r.json()["id"])
+
+    t0 = time.monotonic()
+    burst = asyncio.gather(*(submit() for _ in range(BURST)))
+    reached = await until(lambda: len(scaled.up_workers()) == 4, 10, "4 cpu workers")
+    await burst
+    assert reached <= 10
+    peak = (await pools(api))["cpu"]
+    assert peak["current_workers"] == 4
+    assert peak["desired_workers"] == 4
+
+    async def all_final() -> int:
+        r = await api.get("/v1/usage", headers=tenant)
+        jobs = r.json()["jobs"]
+        return sum(int(jobs.get(s, 0)) for s in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"))
+
+    deadline = time.monotonic() + 240
+    while await all_final() < BURST + 1:  # + the cuda job of the test before
+        assert time.monotonic() < deadline, "the burst did not finish within 240 s"
+        await asyncio.sleep(0.5)
+    drained = time.monotonic()
+    back = await until(lambda: len(scaled.up_workers()) == 1, COOLDOWN_S + 10, "the pool at 1")
+    print(f"4 workers after {reached:.1f}s, drained after {drained - t0:.1f}s, 1 after {back:.1f}s")
+
+    listed = await api.get("/v1/jobs", params={"limit": 500}, headers=tenant)
+    jobs = {j["id"]: j for j in listed.json()["items"] if j["id"] in set(ids)}
+    assert len(jobs) == BURST
+    states = {j["state"] for j in jobs.values()}
+    assert states == {"SUCCEEDED"}, states
+    assert {j["attempts"] for j in jobs.values()} == {1}  # none retried by a scale-down
+    assert len({j["worker"] for j in jobs.values()}) >= 2  # the new workers took part
+
+    cpu = (await pools(api))["cpu"]
+    assert cpu["current_workers"] == 1
+    history = list(reversed(cpu["decisions"]))  # oldest first
+    last_up = max(i for i, d in enumerate(history) if d["action"] == "up")
+    downs = history[last_up + 1 :]
+    assert [(d["from"], d["to"]) for d in downs][-3:] == [(4, 3), (3, 2), (2, 1)]
+    assert all(d["to"] == d["from"] - 1 for d in downs)  # one step at a time

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
@@ -20,6 +21,27 @@ from shared.resilience import CircuitOpen
 log = get_logger(__name__)
 
 PROBLEM = "application/problem+json"
+PROBLEM_REF = "#/components/schemas/Problem"
+
+
+class ProblemError(BaseModel):
+    """One reason a request was invalid: where (``loc``) and why (``msg``)."""
+
+    loc: list[str | int]
+    msg: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document: every error answer of every Stratus service."""
+
+    type: str = Field(default="about:blank", description="a URI naming the kind of problem")
+    title: str
+    status: int = Field(ge=400, le=599)
+    detail: str
+    errors: list[ProblemError] | None = Field(
+        default=None, description="validation errors (422 only)"
+    )
+
 
 STATUS: dict[type[errors.StratusError], int] = {
     errors.NotFound: 404,
@@ -122,6 +144,8 @@ async def _unhandled(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_problem_handlers(app: FastAPI) -> None:
+    """The error table above, and an OpenAPI document that describes its answers."""
+    document_problems(app)
     app.add_exception_handler(errors.StratusError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
@@ -141,5 +165,45 @@ async def _db_api(request: Request, exc: Exception) -> JSONResponse:
 
 
 def problem_responses(codes: dict[int, str]) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for a route's error statuses, each a problem+json body."""
-    return {code: {"description": desc, "content": {PROBLEM: {}}} for code, desc in codes.items()}
+    """OpenAPI ``responses`` for a route's error statuses, each a ``Problem`` (problem+json)."""
+    return {code: _problem_response(desc) for code, desc in codes.items()}
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {PROBLEM: {"schema": {"$ref": PROBLEM_REF}}}}
+
+
+def document_problems(app: FastAPI) -> None:
+    """Post-process the app's OpenAPI document once: ``Problem`` in the components, and
+    every 422 (FastAPI declares its own ``HTTPValidationError`` there, which the handler
+    above never sends) as a ``Problem``, and for every request body the 400 (not parseable:
+    not UTF-8, say) and the 413 (over the size limit) that any body can get."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        doc = generate()  # FastAPI caches the document; the first call amends it in place
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        if "Problem" not in schemas:
+            _amend(doc, schemas)
+        return doc
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _amend(doc: dict[str, Any], schemas: dict[str, Any]) -> None:
+    problem_schema = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(problem_schema.pop("$defs", {}))
+    schemas["Problem"] = problem_schema
+    for item in doc.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.get("responses", {})
+            if "422" in responses:
+                description = responses["422"].get("description") or "validation failed"
+                if description == "Validation Error":  # FastAPI's own
+                    description = "validation failed"
+                responses["422"] = _problem_response(description)
+            if "requestBody" in operation:
+                responses.setdefault("400", _problem_response("the body could not be parsed"))
+                responses.setdefault("413", _problem_response("the body is over the size limit"))
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)

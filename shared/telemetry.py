@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -17,6 +17,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -67,6 +68,16 @@ CIRCUIT_STATE = Gauge(
 _STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 ReadinessCheck = Callable[[], Awaitable[Any]]
+
+
+class Readiness(BaseModel):
+    """``/readyz``: ``ok`` when every dependency answers; per dependency ``ok`` or why not."""
+
+    status: str
+    checks: dict[str, str]
+
+
+READINESS = {"application/json": {"schema": {"$ref": "#/components/schemas/Readiness"}}}
 
 B = TypeVar("B")
 
@@ -126,7 +137,11 @@ def health_router(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @router.get("/readyz")
+    @router.get(
+        "/readyz",
+        response_model=Readiness,
+        responses={503: {"description": "a dependency does not answer", "content": READINESS}},
+    )
     async def readyz() -> JSONResponse:
         results: dict[str, str] = {}
         ok = True
@@ -146,7 +161,7 @@ def health_router(
         body = {"status": "ok" if ok else "unavailable", "checks": results}
         return JSONResponse(body, status_code=200 if ok else 503)
 
-    @router.get("/metrics")
+    @router.get("/metrics", response_class=PlainTextResponse)
     async def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 

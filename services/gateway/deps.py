@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import HTTPConnection
 
 from services.gateway.auth import Authenticator, Principal
 from services.gateway.settings import GatewaySettings
@@ -45,12 +47,27 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         res.relay.wake()
 
 
+class BearerScheme(HTTPBearer):
+    """Declares ``Authorization: Bearer <api key>`` in the OpenAPI document (a security
+    scheme, not a header parameter); ``get_principal`` reads and judges the header itself."""
+
+    async def __call__(self, request: HTTPConnection) -> HTTPAuthorizationCredentials | None:
+        return None
+
+
+BEARER = BearerScheme(
+    auto_error=False,
+    scheme_name="bearerAuth",
+    description="a tenant's API key (`sk_live_...`) or the platform admin key",
+)
+
+
 async def get_principal(
-    request: Request, authorization: Annotated[str | None, Header()] = None
+    request: Request, _bearer: Annotated[None, Security(BEARER)] = None
 ) -> Principal:
     """Authenticate, then charge the tenant's request against its global rate limit."""
     auth: Authenticator = request.app.state.authenticator
-    principal = await auth.authenticate(authorization)
+    principal = await auth.authenticate(request.headers.get("authorization"))
     if principal.tenant_id is not None:
         limiter: RateLimiter = request.app.state.rate_limiter
         rate = float(principal.quotas.get("requests_per_second") or 0)

@@ -16,7 +16,14 @@ from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
-ERRORS = problem_responses({401: "missing or unknown API key", 403: "wrong kind of key"})
+ERRORS = problem_responses(
+    {
+        401: "missing or unknown API key",
+        403: "wrong kind of key, or tenant suspended",
+        429: "rate limit exceeded",
+        503: "the database is down; retry after Retry-After",
+    }
+)
 
 
 @router.get("/usage", responses=ERRORS)

@@ -50,6 +50,7 @@ ERRORS = problem_responses(
         401: "missing or unknown API key",
         403: "key lacks the scope, or tenant suspended",
         404: "no such dataset for this tenant",
+        429: "rate limit exceeded",
         409: "the name clashes with another dataset (a file and a folder)",
         413: "over the tenant's storage_bytes quota",
         422: "invalid name or tier",
@@ -76,7 +77,10 @@ def checked_name(request: Request, name: str) -> str:
 @router.put(
     "/datasets/{name:path}",
     status_code=201,
-    responses={**ERRORS, 200: {"description": "an existing dataset was overwritten"}},
+    responses={
+        **ERRORS,
+        200: {"description": "an existing dataset was overwritten", "model": DatasetOut},
+    },
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -23,6 +23,7 @@ ERRORS = problem_responses(
         401: "missing or unknown API key",
         403: "key lacks the scope, or tenant suspended",
         404: "no such job for this tenant",
+        409: "the job is already final (cancel)",
         422: "validation failed",
         429: "rate limit or quota exceeded",
         503: "a dependency is down; retry after Retry-After",

@@ -24,6 +24,7 @@ ERRORS = problem_responses(
         404: "no such dataset or migration for this tenant",
         409: "the dataset is already on that tier",
         422: "validation failed (unknown tier, invalid name)",
+        429: "rate limit exceeded",
         503: "a dependency is down; retry after Retry-After",
     }
 )

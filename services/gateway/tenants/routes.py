@@ -28,6 +28,7 @@ ERRORS = problem_responses(
         404: "no such tenant or key",
         409: "a tenant with this name exists",
         422: "validation failed",
+        503: "the database is down; retry after Retry-After",
     }
 )
 

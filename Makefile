@@ -28,7 +28,7 @@ help:
 	@echo "make typecheck  mypy --strict"
 	@echo "make test       venv, servers, lint, typecheck, then pytest"
 	@echo "make bench      install [dev,bench], run bench/pipeline.py, bench/auth.py, bench/kernels.py --quick, bench/datamover.py --quick"
-	@echo "make chaos      pytest tests/chaos"
+	@echo "make chaos      the chaos suite with 2,000 jobs on private servers (make chaos CHAOS_JOBS=200)"
 	@echo "make logs       follow run/logs/*.log"
 	@echo "make clean      remove caches and build outputs (keeps $(VENV) and $(ENV_FILE))"
 
@@ -83,12 +83,11 @@ bench: bench-venv servers
 	$(PY) bench/kernels.py --quick
 	$(PY) bench/datamover.py --quick
 
-chaos: venv servers
-	@if [ -d tests/chaos ]; then \
-		$(PY) -m pytest tests/chaos $(PYTEST_ARGS); \
-	else \
-		echo "no tests/chaos yet"; \
-	fi
+# the chaos suite at full size (2,000 jobs) on private servers of its own; `make test` runs
+# it with 200. `$(PY) bench/chaos.py` prints the same figures without pytest.
+CHAOS_JOBS ?= 2000
+chaos: venv
+	CHAOS_JOBS=$(CHAOS_JOBS) $(PY) -m pytest tests/chaos -s $(PYTEST_ARGS)
 
 logs:
 	@ls run/logs/*.log >/dev/null 2>&1 || { echo "no logs under run/logs (make up first)"; exit 1; }

@@ -1,0 +1,154 @@
+"""What the chaos suite checks once the cluster is quiet, read straight from PostgreSQL and
+the broker: every job final and SUCCEEDED, no double outcome, usage once per attempt, every
+output published, the outbox and the dead-letter queues empty."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+FINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
+
+
+@dataclass
+class Findings:
+    submitted: int = 0
+    stored: int = 0  # jobs of the run's tenants in the database (duplicates would show here)
+    by_state: dict[str, int] = field(default_factory=dict)
+    attempts: int = 0  # attempts started, all jobs
+    double_outcomes: list[str] = field(default_factory=list)  # jobs with > 1 final event
+    inconsistent_results: list[str] = field(default_factory=list)  # same inputs, other result
+    usage_missing: int = 0  # attempts that ended but were never counted
+    usage_extra: int = 0  # usage rows for attempts that never started
+    usage_rows: int = 0
+    outputs_missing: list[str] = field(default_factory=list)
+    outbox: int = 0
+    queues: dict[str, int] = field(default_factory=dict)  # broker queue -> messages
+    migrations: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def final(self) -> int:
+        return sum(n for s, n in self.by_state.items() if s in FINAL)
+
+    @property
+    def succeeded(self) -> int:
+        return self.by_state.get("SUCCEEDED", 0)
+
+    @property
+    def lost(self) -> int:
+        return self.submitted - self.final
+
+    @property
+    def dead_letters(self) -> dict[str, int]:
+        return {q: n for q, n in self.queues.items() if q.endswith(".dlq") and n}
+
+    @property
+    def waiting_messages(self) -> dict[str, int]:
+        return {q: n for q, n in self.queues.items() if not q.endswith(".dlq") and n}
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.lost:
+            found.append(f"{self.lost} jobs not in a final state")
+        if self.succeeded != self.submitted:
+            found.append(f"SUCCEEDED {self.succeeded} != submitted {self.submitted}")
+        if self.stored != self.submitted:
+            found.append(f"{self.stored} jobs stored for {self.submitted} submitted")
+        if self.double_outcomes:
+            found.append(f"jobs with two outcomes: {self.double_outcomes[:5]}")
+        if self.inconsistent_results:
+            found.append(f"different results for the same inputs: {self.inconsistent_results}")
+        if self.usage_missing or self.usage_extra:
+            found.append(
+                f"usage: {self.usage_missing} attempts uncounted, {self.usage_extra} extra"
+            )
+        if self.outputs_missing:
+            found.append(f"outputs missing: {self.outputs_missing[:5]}")
+        if self.outbox:
+            found.append(f"outbox holds {self.outbox} events")
+        if self.dead_letters:
+            found.append(f"dead letters: {self.dead_letters}")
+        if self.waiting_messages:
+            found.append(f"messages left in queues: {self.waiting_messages}")
+        if set(self.migrations) - {"SUCCEEDED"}:
+            found.append(f"migrations not SUCCEEDED: {self.migrations}")
+        return found
+
+
+async def _scalar(session: AsyncConnection, sql: str, **params: Any) -> int:
+    return int(await session.scalar(text(sql), params) or 0)
+
+
+async def collect(
+    session: AsyncConnection,
+    tenant_ids: list[uuid.UUID],
+    submitted: int,
+    queues: dict[str, int],
+) -> Findings:
+    tids = tenant_ids
+    f = Findings(submitted=submitted, queues=queues)
+    rows = await session.execute(
+        text(
+            "SELECT state, count(*), sum(attempts) FROM jobs WHERE tenant_id = ANY(:t) "
+            "GROUP BY state"
+        ),
+        {"t": tids},
+    )
+    for state, n, attempts in rows.all():
+        f.by_state[state] = int(n)
+        f.stored += int(n)
+        f.attempts += int(attempts or 0)
+    doubles = await session.execute(
+        text(
+            "SELECT e.job_id, string_agg(e.to_state || '@' || e.attempt, ',') FROM job_events e "
+            "JOIN jobs j ON j.id = e.job_id WHERE j.tenant_id = ANY(:t) "
+            "AND e.to_state = ANY(:final) GROUP BY e.job_id HAVING count(*) > 1"
+        ),
+        {"t": tids, "final": list(FINAL)},
+    )
+    f.double_outcomes = [f"{job}: {states}" for job, states in doubles.all()]
+    # the same kernel on the same inputs and params gives the same result, whoever ran it
+    results = await session.execute(
+        text(
+            "SELECT kernel, params::text, count(DISTINCT result::text) FROM jobs "
+            "WHERE tenant_id = ANY(:t) AND state = 'SUCCEEDED' "
+            "AND kernel IN ('histogram', 'montecarlo_pi', 'nbody') GROUP BY 1, 2 "
+            "HAVING count(DISTINCT result::text) > 1"
+        ),
+        {"t": tids},
+    )
+    f.inconsistent_results = [f"{k} {p}: {n} results" for k, p, n in results.all()]
+    # every attempt that started (1..attempts) ended once, by the worker's record or by the
+    # reaper, and its job.finished event made exactly one usage row
+    started = await session.execute(
+        text("SELECT id, attempts FROM jobs WHERE tenant_id = ANY(:t)"), {"t": tids}
+    )
+    expected = {(job, k) for job, n in started.all() for k in range(1, n + 1)}
+    usage_sql = (
+        "SELECT u.job_id, u.attempt FROM usage_records u JOIN jobs j ON j.id = u.job_id "
+        "WHERE j.tenant_id = ANY(:t)"
+    )
+    counted = {(r[0], r[1]) for r in (await session.execute(text(usage_sql), {"t": tids})).all()}
+    f.usage_rows = len(counted)
+    f.usage_missing = len(expected - counted)
+    f.usage_extra = len(counted - expected)
+    missing = await session.execute(
+        text(
+            "SELECT j.id, o.value FROM jobs j, jsonb_each_text(j.outputs) o "
+            "WHERE j.tenant_id = ANY(:t) AND j.state = 'SUCCEEDED' AND NOT EXISTS ("
+            "SELECT 1 FROM datasets d WHERE d.tenant_id = j.tenant_id AND d.name = o.value)"
+        ),
+        {"t": tids},
+    )
+    f.outputs_missing = [f"{job}: {name}" for job, name in missing.all()]
+    f.outbox = await _scalar(session, "SELECT count(*) FROM outbox")
+    migrations = await session.execute(
+        text("SELECT state, count(*) FROM migrations WHERE tenant_id = ANY(:t) GROUP BY state"),
+        {"t": tids},
+    )
+    f.migrations = {state: int(n) for state, n in migrations.all()}
+    return f

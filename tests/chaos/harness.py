@@ -1,0 +1,449 @@
+"""The chaos run: the whole suite as processes (``LocalCluster``) on private servers
+(``tools.private_servers``), three tenants submitting a mixed, deterministic workload while
+faults are injected; then quiet, checks (``checks.py``) and figures.
+
+Timeline: half the jobs are submitted at once; once ``calm_fraction`` of all jobs have
+succeeded without any fault (throughput without faults), the rest are submitted at a steady
+pace while a worker is killed (SIGKILL, supervisord restarts it) every
+``worker_kill_every_s`` and, one after another, the scheduler and the datamover are killed
+(SIGKILL) and RabbitMQ (``stop_app``/``start_app``), PostgreSQL and Redis are restarted
+(throughput during faults). Each fault waits for the next job completion before the next
+one starts. Recovery time of a fault: from its start to the first job completion after it
+ended (the server is back, the process is killed)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db.engine import make_engine
+from tests.chaos import checks, workload
+from tests.chaos.checks import Findings
+from tools.cluster import ClusterConfig, LocalCluster, prepare_database
+from tools.private_servers import PrivateServers, free_ports
+from tools.provision import postgres_settings
+from tools.supervision import http_status
+
+DATABASE = "stratus_chaos"
+LOGS = Path(__file__).resolve().parents[2] / "run" / "chaos-logs"  # the last run's, kept
+MIGRATION_BYTES = 12 * 2**20  # three chunks each, paced so that the datamover dies mid-copy
+
+
+@dataclass(frozen=True)
+class ChaosPlan:
+    jobs: int = 200
+    tenants: int = 3
+    workers: int = 2
+    concurrency: int = 2
+    calm_fraction: float = 0.2  # of all jobs SUCCEEDED before the first fault
+    worker_kill_every_s: float = 4.0
+    fault_gap_s: float = 2.0  # pause after a fault recovered, before the next one
+    down_s: float = 3.0  # how long a restarted server stays away
+    trickle_s: float = 0.1  # pace of each of the 4 clients submitting during the faults
+    quiet_timeout_s: float = 600.0
+    migrations: int = 3  # in flight when the datamover is killed (one per tenant)
+
+
+@dataclass
+class Fault:
+    name: str
+    started: float  # epoch seconds
+    ended: float = 0.0  # the server is back / the process was killed
+    recovered: float | None = None  # first job completion after ``ended``
+
+    @property
+    def recovery_s(self) -> float | None:
+        return None if self.recovered is None else self.recovered - self.started
+
+
+@dataclass
+class ChaosReport:
+    plan: ChaosPlan
+    findings: Findings
+    faults: list[Fault] = field(default_factory=list)
+    calm_jobs_per_s: float = 0.0
+    fault_jobs_per_s: float = 0.0
+    calm_window_s: float = 0.0
+    fault_window_s: float = 0.0
+    quiet_after_s: float = 0.0
+    total_s: float = 0.0
+
+    @property
+    def throughput_ratio(self) -> float:
+        return self.fault_jobs_per_s / self.calm_jobs_per_s if self.calm_jobs_per_s else 0.0
+
+    def recovery(self) -> dict[str, float | None]:
+        """The longest recovery per kind of fault (None: no job completed after it)."""
+        kinds: dict[str, list[float | None]] = {}
+        for f in self.faults:
+            kinds.setdefault(f.name.split("#")[0], []).append(f.recovery_s)
+        return {
+            kind: None if None in times else max(t for t in times if t is not None)
+            for kind, times in kinds.items()
+        }
+
+    def lines(self) -> list[str]:
+        f = self.findings
+        kills = sum(1 for x in self.faults if x.name.startswith("kill -9 worker"))
+        out = [
+            f"jobs submitted {f.submitted}, final {f.final}, SUCCEEDED {f.succeeded}, "
+            f"lost {f.lost}, stored {f.stored}, by state {f.by_state}",
+            f"attempts {f.attempts} ({f.attempts - f.submitted} retried after faults); "
+            f"usage rows {f.usage_rows}: uncounted {f.usage_missing}, extra {f.usage_extra}",
+            f"jobs with two outcomes: {len(f.double_outcomes)}; different results for the "
+            f"same inputs: {len(f.inconsistent_results)}; outputs missing: "
+            f"{len(f.outputs_missing)}",
+            f"outbox {f.outbox}; dead letters {f.dead_letters or 0}; "
+            f"messages waiting {f.waiting_messages or 0}; migrations {f.migrations}",
+            f"faults: {kills} worker kills, then "
+            + ", ".join(x.name for x in self.faults if not x.name.startswith("kill -9 worker")),
+        ]
+        for kind, r in self.recovery().items():
+            shown = "never" if r is None else f"{r:.1f} s"
+            out.append(f"  recovery (fault -> next job completion), {kind}: {shown}")
+        out.append(
+            f"throughput without faults {self.calm_jobs_per_s:.1f} jobs/s "
+            f"({self.calm_window_s:.0f} s), during faults {self.fault_jobs_per_s:.1f} jobs/s "
+            f"({self.fault_window_s:.0f} s): ratio {self.throughput_ratio:.2f}"
+        )
+        out.append(
+            f"quiet {self.quiet_after_s:.0f} s after the last fault; run {self.total_s:.0f} s"
+        )
+        return out
+
+
+# --- the cluster on private servers ------------------------------------------------------------
+@contextlib.contextmanager
+def chaos_cluster(
+    root: Path, plan: ChaosPlan, env: dict[str, str], *, keep_logs: Path | None = None
+) -> Iterator[tuple[LocalCluster, PrivateServers]]:
+    """Private servers, a database on them, and the suite under supervisord; all stopped
+    on exit, whatever happened. The services' logs are copied to ``keep_logs`` then."""
+    servers = PrivateServers.create()  # in a directory of its own that its users can enter
+    servers.start()
+    try:
+        server_env = servers.env()
+        prepare_database(DATABASE, env=server_env)
+        ports = free_ports(4)
+        full_env = {
+            **env,
+            **server_env,
+            "STRATUS_POSTGRES__DATABASE": DATABASE,
+            "STRATUS_STORAGE__LOCAL__ROOT": str(root / "tiers" / "local"),
+            "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "tiers" / "archive"),
+            "STRATUS_STORAGE__FSYNC": "false",
+            "STRATUS_STORAGE__CHUNK_BYTES": str(5 * 2**20),
+            "STRATUS_LOG_LEVEL": "INFO",
+            "STRATUS_REAPER_INTERVAL_S": "0.5",
+            "STRATUS_WORKER_TTL_S": "5",
+            "STRATUS_REDISPATCH_AFTER_S": "15",
+            "STRATUS_CLAIM_INTERVAL_S": "0.5",
+            "STRATUS_LEASE_S": "4",  # datamover and worker leases: a killed one is seen soon
+            "STRATUS_THROTTLE_BYTES_PER_S": str(2 * 2**20),
+        }
+        cfg = ClusterConfig(
+            run_dir=root / "cluster",
+            env=full_env,
+            gateway_port=ports[0],
+            scheduler_port=ports[1],
+            datamover_port=ports[2],
+            tenant_port=ports[3],
+            worker_base_port=_worker_base(plan.workers),
+            workers=plan.workers,
+            worker_env={
+                "STRATUS_CONCURRENCY": str(plan.concurrency),
+                "STRATUS_HEARTBEAT_INTERVAL_S": "0.5",
+                "STRATUS_LEASE_S": "3",
+            },
+        )
+        cluster = LocalCluster(cfg)
+        cluster.start(timeout=180)
+        try:
+            yield cluster, servers
+        finally:
+            cluster.stop()
+            if keep_logs is not None:
+                shutil.rmtree(keep_logs, ignore_errors=True)
+                shutil.copytree(cluster.log_dir, keep_logs)
+    finally:
+        servers.stop()
+
+
+def _worker_base(workers: int) -> int:
+    """A base port with ``workers`` free ports above it."""
+    import socket
+
+    for _ in range(100):
+        base = free_ports(1)[0]
+        try:
+            for port in range(base, base + workers):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range for the workers")
+
+
+# --- the run -----------------------------------------------------------------------------------
+class ChaosRun:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        servers: PrivateServers,
+        plan: ChaosPlan,
+        admin_key: str,
+        say: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.servers = servers
+        self.plan = plan
+        self.admin_key = admin_key
+        self.say = say or (lambda message: print(message, flush=True))
+        self.faults: list[Fault] = []
+        self.ids: dict[int, str] = {}
+        self.tenants: list[workload.Tenant] = []
+        pg = postgres_settings(cluster.cfg.env).model_copy(update={"pool_size": 2})
+        self.engine: AsyncEngine = make_engine(pg, application_name="stratus-chaos")
+
+    @property
+    def tenant_ids(self) -> list[uuid.UUID]:
+        return [uuid.UUID(t.id) for t in self.tenants]
+
+    # progress, read from the database (through its outages)
+    async def succeeded(self) -> int | None:
+        try:
+            async with asyncio.timeout(5), self.engine.connect() as conn:
+                n = await conn.scalar(
+                    text(
+                        "SELECT count(*) FROM jobs WHERE state = 'SUCCEEDED' AND tenant_id = "
+                        "ANY(:t)"
+                    ),
+                    {"t": self.tenant_ids},
+                )
+                return int(n or 0)
+        except Exception:
+            return None
+
+    async def wait_succeeded(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while (await self.succeeded() or 0) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"fewer than {count} jobs SUCCEEDED after {timeout:.0f}s")
+            await asyncio.sleep(0.25)
+
+    async def wait_next_completion(self, after: float, timeout: float = 120) -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5), self.engine.connect() as conn:
+                    at = await conn.scalar(
+                        text(
+                            "SELECT min(finished_at) FROM jobs WHERE state = 'SUCCEEDED' "
+                            "AND finished_at > to_timestamp(:after)"
+                        ),
+                        {"after": after},
+                    )
+                if isinstance(at, datetime):
+                    return at.timestamp()
+            await asyncio.sleep(0.25)
+        return None
+
+    # faults
+    async def _fault(self, name: str, action: Callable[[], None]) -> Fault:
+        fault = Fault(name, time.time())
+        self.say(f"fault: {name}")
+        await asyncio.to_thread(action)
+        fault.ended = time.time()
+        self.faults.append(fault)
+        return fault
+
+    async def _kill(self, process: str) -> None:
+        await asyncio.to_thread(self.cluster.signal, process, signal.SIGKILL)
+
+    async def kill_workers(self, stop: asyncio.Event) -> None:
+        """SIGKILL a ready worker every ``worker_kill_every_s`` until ``stop``."""
+        n = 0
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.plan.worker_kill_every_s):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            name = self.cluster.worker(n % self.plan.workers)
+            n += 1
+            ready = await asyncio.to_thread(self.ready_workers)
+            if name not in ready or len(ready) < 2:
+                continue  # still starting after its last kill, or the last one standing
+            with contextlib.suppress(Exception):
+                await self._fault(
+                    f"kill -9 worker#{n}",
+                    lambda name=name: self.cluster.signal(name, signal.SIGKILL),  # type: ignore[misc]
+                )
+
+    def ready_workers(self) -> list[str]:
+        return [
+            name
+            for name in self.cluster.worker_names()
+            if http_status(self.cluster.port(name), "/readyz") == 200
+        ]
+
+    async def start_migrations(self, api: httpx.AsyncClient) -> None:
+        for n, t in enumerate(self.tenants[: self.plan.migrations]):
+            name = f"mig/blob-{n}.bin"
+            await workload.call(
+                api,
+                "PUT",
+                f"/v1/datasets/{name}",
+                ok=(200, 201),
+                content=workload.blob(MIGRATION_BYTES, n),
+                headers=t.headers,
+            )
+            await workload.call(
+                api,
+                "POST",
+                "/v1/migrations",
+                ok=(202,),
+                json={"dataset": name, "to_tier": "archive", "mode": "copy"},
+                headers={**t.headers, "Idempotency-Key": f"chaos-mig-{n}"},
+            )
+
+    async def migrations_running(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5), self.engine.connect() as conn:
+                    n = await conn.scalar(
+                        text(
+                            "SELECT count(*) FROM migrations WHERE state = 'RUNNING' "
+                            "AND bytes_done > 0"
+                        )
+                    )
+                if n:
+                    return
+            await asyncio.sleep(0.2)
+
+    async def one_off_faults(self, api: httpx.AsyncClient) -> None:
+        srv, down = self.servers, self.plan.down_s
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("kill -9 scheduler", lambda: self.cluster.signal("scheduler", signal.SIGKILL)),
+            ("kill -9 datamover", lambda: self.cluster.signal("datamover", signal.SIGKILL)),
+            ("restart rabbitmq", lambda: srv.restart_rabbitmq(down_s=down)),
+            ("restart postgres", lambda: srv.restart_postgres(down_s=down)),
+            ("restart redis", lambda: srv.restart_redis(down_s=down)),
+        ]
+        for name, action in steps:
+            if name == "kill -9 datamover":
+                await self.start_migrations(api)
+                await self.migrations_running()
+            fault = await self._fault(name, action)
+            fault.recovered = await self.wait_next_completion(fault.ended)
+            await asyncio.sleep(self.plan.fault_gap_s)
+
+    async def wait_quiet(self, timeout: float) -> None:
+        """Every submitted job final, no migration unfinished, the outbox empty."""
+        deadline = time.monotonic() + timeout
+        sql = text(
+            "SELECT (SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND state NOT IN "
+            "('SUCCEEDED','FAILED','CANCELLED','TIMED_OUT')) + (SELECT count(*) FROM migrations "
+            "WHERE state IN ('PENDING','RUNNING')) + (SELECT count(*) FROM outbox)"
+        )
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5), self.engine.connect() as conn:
+                    left = await conn.scalar(sql, {"t": self.tenant_ids})
+                if left == 0:
+                    await asyncio.sleep(3)  # consumers finish what they hold
+                    return
+            await asyncio.sleep(0.5)
+
+    async def run(self) -> ChaosReport:
+        plan = self.plan
+        started = time.monotonic()
+        async with httpx.AsyncClient(base_url=self.cluster.url("gateway"), timeout=10) as api:
+            self.tenants = await workload.create_tenants(
+                api, self.admin_key, plan.tenants, run=workload.run_id()
+            )
+            await workload.upload_inputs(api, self.tenants)
+            specs = workload.job_specs(plan.jobs, self.tenants)
+            half = len(specs) // 2
+            await workload.submit_all(api, specs[:half], self.ids)
+            self.say(f"submitted {half} jobs; waiting for {plan.calm_fraction:.0%} to succeed")
+            await self.wait_succeeded(max(1, int(plan.calm_fraction * plan.jobs)), 600)
+            calm_end = time.time()
+            stop = asyncio.Event()
+            killer = asyncio.create_task(self.kill_workers(stop))
+            trickle = asyncio.create_task(
+                workload.submit_all(
+                    api, specs[half:], self.ids, concurrency=4, pace_s=plan.trickle_s
+                )
+            )
+            try:
+                await self.one_off_faults(api)
+                await trickle
+            finally:
+                stop.set()
+                await killer
+                trickle.cancel()
+            faults_end = time.time()
+            for fault in self.faults:
+                if fault.recovered is None:
+                    fault.recovered = await self.wait_next_completion(fault.ended, timeout=5)
+            self.say("faults over; waiting for quiet")
+            await self.wait_quiet(plan.quiet_timeout_s)
+        report = ChaosReport(plan, await self.findings(), self.faults)
+        report.quiet_after_s = time.time() - faults_end
+        await self.throughput(report, calm_end, faults_end)
+        report.total_s = time.monotonic() - started
+        await self.engine.dispose()
+        return report
+
+    async def findings(self) -> Findings:
+        queues = await asyncio.to_thread(self.queue_depths)
+        async with self.engine.connect() as conn:
+            return await checks.collect(conn, self.tenant_ids, len(self.ids), queues)
+
+    def queue_depths(self) -> dict[str, int]:
+        out = self.servers.ctl("list_queues", "-q", "--no-table-headers", "name", "messages")
+        depths = {}
+        for line in out.splitlines():
+            parts = line.split()
+            if (
+                len(parts) == 2
+                and parts[1].isdigit()
+                and not parts[0].startswith("stratus.control")
+            ):
+                depths[parts[0]] = int(parts[1])
+        return depths
+
+    async def throughput(self, report: ChaosReport, calm_end: float, faults_end: float) -> None:
+        async with self.engine.connect() as conn:
+            rows = await conn.execute(
+                text(
+                    "SELECT extract(epoch FROM finished_at) FROM jobs WHERE state = 'SUCCEEDED' "
+                    "AND tenant_id = ANY(:t) ORDER BY finished_at"
+                ),
+                {"t": self.tenant_ids},
+            )
+            done = [float(r[0]) for r in rows.all()]
+        if not done:
+            return
+        first = done[0]
+        calm = [x for x in done if x <= calm_end]
+        during = [x for x in done if calm_end < x <= faults_end]
+        report.calm_window_s = max(calm_end - first, 1e-6)
+        report.fault_window_s = max(faults_end - calm_end, 1e-6)
+        report.calm_jobs_per_s = len(calm) / report.calm_window_s
+        report.fault_jobs_per_s = len(during) / report.fault_window_s

@@ -2,7 +2,9 @@
 script on Redis, so that every gateway replica draws on the same budget. The clock is Redis'
 own (``TIME``), never the replicas'. When Redis is unreachable the limiter falls back to the
 same algorithm in process memory: each replica then enforces the limit on its own (the
-effective limit is multiplied by the number of replicas) instead of failing requests."""
+effective limit is multiplied by the number of replicas) instead of failing requests. A
+circuit breaker (``redis`` in ``/metrics``) keeps a dead Redis from costing each request a
+timeout: while it is open the fallback answers at once, and a trial call closes it again."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from shared.logging import get_logger
+from shared.resilience import CircuitBreaker, CircuitOpen
+from shared.telemetry import watch_breaker
 
 log = get_logger(__name__)
 
@@ -67,26 +71,43 @@ class LocalGcra:
         return Verdict(True, 0.0)
 
 
+def _is_redis_failure(exc: BaseException) -> bool:
+    return isinstance(exc, RedisError | OSError)
+
+
 class RateLimiter:
-    def __init__(self, redis: Redis, *, prefix: str = "stratus:rl:") -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        prefix: str = "stratus:rl:",
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.local = LocalGcra()
         self._script = redis.register_script(GCRA)
         self.degraded = False
+        self.breaker = breaker or watch_breaker(
+            CircuitBreaker(
+                "redis", failure_threshold=3, reset_timeout_s=2.0, is_failure=_is_redis_failure
+            )
+        )
 
     async def check(self, key: str, rate_per_s: float, burst: float | None = None) -> Verdict:
         if rate_per_s <= 0 or math.isinf(rate_per_s):
             return Verdict(True, 0.0)
         interval, tolerance = _params(rate_per_s, burst)
         try:
-            allowed, retry_us = await self._script(
-                keys=[self.prefix + key], args=[interval, tolerance]
+            allowed, retry_us = await self.breaker.call(
+                lambda: self._script(keys=[self.prefix + key], args=[interval, tolerance])
             )
-        except (RedisError, OSError) as exc:
+        except (CircuitOpen, RedisError, OSError) as exc:
             if not self.degraded:
                 log.warning("rate_limit_degraded", error=type(exc).__name__)
                 self.degraded = True
             return self.local.check(key, rate_per_s, burst)
+        if self.degraded:
+            log.info("rate_limit_restored")
         self.degraded = False
         return Verdict(bool(allowed), int(retry_us) / 1_000_000)

@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobus
 
 from shared.errors import DependencyUnavailable
 from shared.messaging.topology import RETRIES_HEADER
+from shared.resilience import CircuitBreaker, CircuitOpen
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class BrokerAdmin:
     """Needs the publishing channel and the connection of the broker it is mixed into."""
 
     _pub_channel: AbstractChannel | None
+    breaker: CircuitBreaker
 
     @property
     def connection(self) -> AbstractRobustConnection:
@@ -72,11 +74,20 @@ class BrokerAdmin:
 
     @contextlib.asynccontextmanager
     async def _admin_channel(self) -> AsyncIterator[AbstractChannel]:
-        """A short-lived channel for admin operations; broker trouble becomes a 503."""
+        """A short-lived channel for admin operations; broker trouble becomes a 503 (at once
+        while the broker's circuit is open)."""
+        try:
+            self.breaker.before_call()
+        except CircuitOpen as exc:
+            raise DependencyUnavailable(
+                "the broker is unavailable", retry_after=max(exc.retry_after, 1.0)
+            ) from exc
         try:
             channel = await self.connection.channel()
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+            self.breaker.on_failure(exc)
             raise DependencyUnavailable("the broker is unavailable", retry_after=2) from exc
+        self.breaker.on_success()
         try:
             yield channel
         except aio_pika.exceptions.AMQPError as exc:

@@ -9,6 +9,7 @@ from shared.errors import DependencyUnavailable, Invalid
 from shared.resilience import CircuitBreaker, CircuitOpen, RetryPolicy, retry
 from shared.settings import StorageSettings, TierSettings
 from shared.storage.tiers import FileTier, Tier, is_transient
+from shared.telemetry import watch_breaker
 
 T = TypeVar("T")
 
@@ -39,12 +40,14 @@ class Storage:
         self.tiers: dict[str, Tier] = {
             name: make_tier(name, ts, fsync=settings.fsync) for name, ts in settings.tiers().items()
         }
-        self.breakers = {
-            name: CircuitBreaker(
-                f"storage.{name}",
-                failure_threshold=failure_threshold,
-                reset_timeout_s=reset_timeout_s,
-                is_failure=is_transient,
+        self.breakers = {  # state in /metrics as stratus_circuit_state{circuit="storage.<tier>"}
+            name: watch_breaker(
+                CircuitBreaker(
+                    f"storage.{name}",
+                    failure_threshold=failure_threshold,
+                    reset_timeout_s=reset_timeout_s,
+                    is_failure=is_transient,
+                )
             )
             for name in self.tiers
         }

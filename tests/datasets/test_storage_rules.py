@@ -171,3 +171,23 @@ async def test_a_job_output_file_becomes_a_dataset(
     got = await api.get("/v1/datasets/out/r.npy", headers=t.headers)
     assert got.content == b"result bytes"
     assert got.headers["etag"] == '"xxh3-128:' + xxhash.xxh3_128(b"result bytes").hexdigest() + '"'
+
+
+async def test_each_tier_breaker_shows_in_metrics(storage: StorageSettings) -> None:
+    from prometheus_client import generate_latest
+
+    from shared.errors import DependencyUnavailable
+    from shared.telemetry import REGISTRY
+
+    tiers = Storage(storage, failure_threshold=2, reset_timeout_s=60)
+
+    async def outage() -> None:
+        raise ConnectionRefusedError("tier unreachable")
+
+    for _ in range(2):
+        with pytest.raises(DependencyUnavailable):
+            await tiers.guard("archive", outage)
+    metrics = generate_latest(REGISTRY).decode()
+    assert 'stratus_circuit_state{circuit="storage.archive"} 2.0' in metrics
+    assert 'stratus_circuit_state{circuit="storage.local"} 0.0' in metrics
+    await tiers.close()

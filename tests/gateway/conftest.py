@@ -11,14 +11,25 @@ import pytest
 
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
+from shared.settings import StorageSettings
 from tests.conftest import ADMIN_KEY
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
 @pytest.fixture(scope="session")
-async def client(test_env: dict[str, str]) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(GatewaySettings())
+async def client(
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    tiers = tmp_path_factory.mktemp("gateway-tiers")  # datasets never land in run/data
+    storage = StorageSettings.model_validate(
+        {
+            "local": {"root": str(tiers / "local")},
+            "archive": {"root": str(tiers / "archive")},
+            "fsync": False,
+        }
+    )
+    app = create_app(GatewaySettings(storage=storage))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:

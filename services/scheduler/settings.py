@@ -24,6 +24,13 @@ class PoolSettings(BaseModel):
         return self
 
 
+class CudaPoolSettings(PoolSettings):
+    """The GPU pool scales to zero by default; raise ``max_workers`` where there are GPUs."""
+
+    min_workers: int = Field(default=0, ge=0)
+    max_workers: int = Field(default=0, ge=0)
+
+
 class LocalBackendSettings(BaseModel):
     """``local``: worker processes on this host, supervisord programs started and stopped
     over its XML-RPC socket (``tools.cluster`` writes both)."""
@@ -55,7 +62,7 @@ class AutoscaleSettings(BaseModel):
     cooldown_s: float = 60.0
     target_jobs_per_worker: float = Field(default=4.0, gt=0)
     cpu: PoolSettings = Field(default_factory=PoolSettings)
-    cuda: PoolSettings = Field(default_factory=lambda: PoolSettings(min_workers=0, max_workers=0))
+    cuda: CudaPoolSettings = Field(default_factory=CudaPoolSettings)
     local: LocalBackendSettings = Field(default_factory=LocalBackendSettings)
     docker: DockerBackendSettings = Field(default_factory=DockerBackendSettings)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -206,3 +207,7 @@ async def test_a_burst_scales_the_pool_to_max_and_back_without_losing_a_job(
     downs = history[last_up + 1 :]
     assert [(d["from"], d["to"]) for d in downs][-3:] == [(4, 3), (3, 2), (2, 1)]
     assert all(d["to"] == d["from"] - 1 for d in downs)  # one step at a time
+    first_down = datetime.fromisoformat(downs[0]["at"])
+    assert first_down - datetime.fromisoformat(history[last_up]["at"]) >= timedelta(
+        seconds=COOLDOWN_S
+    )  # not sooner than the cooldown after the pool grew

@@ -296,7 +296,15 @@ class Broker(BrokerAdmin):
                             batch.append(await inbox.get())
                 while len(batch) < max_batch and not inbox.empty():
                     batch.append(inbox.get_nowait())
-                await self._settle_batch(qname, batch, handler)
+                try:
+                    await self._settle_batch(qname, batch, handler)
+                except Exception as exc:
+                    # The channel closed under the batch (a broker restart): its deliveries
+                    # come back on the restored channel. The loop must live on, or the
+                    # restored consumer fills ``inbox`` and nothing is handled any more.
+                    log.warning(
+                        "batch_not_settled", queue=qname, size=len(batch), error=type(exc).__name__
+                    )
 
         self._spawn(loop())
         self._consumers.append((queue, await queue.consume(on_message)))

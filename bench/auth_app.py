@@ -1,10 +1,11 @@
-"""The gateway as ``bench/auth.py`` serves it: the real app, plus the jobs router mounted a
+"""The gateway as ``bench/auth.py`` serves it: the real app, plus its jobs router included a
 second time under ``/noauth`` with authentication disabled (bench only, never deployed).
 
-Under ``/noauth`` the principal dependency is replaced by a fixed tenant named in the
-``X-Bench-Tenant`` header: the same route functions, the same session, middleware, database
-pool and serialisation, minus the key lookup, the scope check and the rate limit. Both
-variants live in one process, so that one run compares them under the same conditions.
+One app, one middleware stack, one router: the principal dependency is replaced by one that,
+for paths under ``/noauth``, returns a fixed tenant named in the ``X-Bench-Tenant`` header
+(no key lookup, no scope check, no rate limit) and otherwise calls the gateway's own
+``get_principal``. Both variants therefore run the same route functions, session, database
+pool and serialisation in one process, so that one run compares them under the same load.
 
     python -m bench.auth_app      # STRATUS_* settings from the environment, like the gateway
 """
@@ -20,7 +21,6 @@ from services.gateway.auth import Principal
 from services.gateway.deps import get_principal
 from services.gateway.jobs.routes import router as jobs_router
 from services.gateway.settings import GatewaySettings
-from shared.problems import install_problem_handlers
 from shared.runtime import serve
 from shared.security import SCOPES
 
@@ -28,19 +28,18 @@ NOAUTH_PREFIX = "/noauth"
 TENANT_HEADER = "x-bench-tenant"
 
 
-async def unauthenticated(request: Request) -> Principal:
-    """Authentication disabled: the tenant is whoever the header names."""
-    return Principal(False, uuid.UUID(request.headers[TENANT_HEADER]), None, frozenset(SCOPES))
+async def principal(request: Request) -> Principal:
+    """Authentication disabled under ``/noauth``: the tenant is whoever the header names."""
+    if request.scope["path"].startswith(NOAUTH_PREFIX):
+        tenant_id = uuid.UUID(request.headers[TENANT_HEADER])
+        return Principal(False, tenant_id, None, frozenset(SCOPES))
+    return await get_principal(request)
 
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = create_gateway(settings)
-    open_app = FastAPI(openapi_url=None)
-    open_app.state = app.state  # resources opened by the gateway's lifespan
-    install_problem_handlers(open_app)
-    open_app.include_router(jobs_router)
-    open_app.dependency_overrides[get_principal] = unauthenticated
-    app.mount(NOAUTH_PREFIX, open_app)
+    app.include_router(jobs_router, prefix=NOAUTH_PREFIX, include_in_schema=False)
+    app.dependency_overrides[get_principal] = principal
     return app
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
@@ -17,11 +19,9 @@ from tests.conftest import ADMIN_KEY
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
-@pytest.fixture(scope="session")
-async def client(
-    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[httpx.AsyncClient]:
-    tiers = tmp_path_factory.mktemp("gateway-tiers")  # datasets never land in run/data
+@asynccontextmanager
+async def gateway_client(tiers: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """A gateway app in-process, its lifespan run, datasets under ``tiers`` (not run/data)."""
     storage = StorageSettings.model_validate(
         {
             "local": {"root": str(tiers / "local")},
@@ -34,6 +34,14 @@ async def client(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
             yield c
+
+
+@pytest.fixture(scope="session")
+async def client(
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with gateway_client(tmp_path_factory.mktemp("gateway-tiers")) as c:
+        yield c
 
 
 @dataclass

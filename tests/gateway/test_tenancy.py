@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
@@ -12,8 +13,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.tenant.usage import record_usage
 from shared.events import JobFinished
-from tests.gateway.conftest import ADMIN, TenantKey, make_tenant
-from tests.gateway.test_jobs_api import MC, assert_problem
+from tests.gateway.conftest import ADMIN, TenantKey, gateway_client, make_tenant
+from tests.gateway.test_jobs_api import MC, assert_problem, eventually_status
 
 
 async def _tenant_with_quotas(client: httpx.AsyncClient, quotas: dict[str, float]) -> TenantKey:
@@ -113,3 +114,28 @@ async def test_audit_records_who_what_when_and_no_secret(client: httpx.AsyncClie
     assert changed["quotas_after"]["max_running_jobs"] == 3
     assert t.key not in r.text
     assert_problem(await client.get("/v1/audit", headers={"Authorization": "Bearer x"}), 401)
+
+
+async def test_revocation_and_suspension_reach_every_gateway_within_1s(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Two gateways, each with the key in its cache: a change made through one empties the
+    other's cache by event (the TTL is 30 s), and no secret shows in either's metrics."""
+    t = await make_tenant(client)
+    suspended = await make_tenant(client)
+    async with gateway_client(tmp_path) as second:
+        for gateway in (client, second):  # both caches hold both keys
+            for key in (t, suspended):
+                assert (await gateway.get("/v1/jobs", headers=key.headers)).status_code == 200
+        r = await client.delete(f"/v1/tenants/{t.tenant_id}/keys/{t.key_id}", headers=ADMIN)
+        assert r.status_code == 204
+        r = await client.patch(
+            f"/v1/tenants/{suspended.tenant_id}", json={"suspended": True}, headers=ADMIN
+        )
+        assert r.status_code == 200
+        assert await eventually_status(second, "/v1/jobs", t.headers, 401, within_s=1.0)
+        assert await eventually_status(second, "/v1/jobs", suspended.headers, 403, within_s=1.0)
+        for gateway in (client, second):
+            metrics = (await gateway.get("/metrics")).text
+            assert t.key not in metrics
+            assert suspended.key not in metrics

@@ -108,6 +108,18 @@ class MigrationRequested(Event):
     mode: str
 
 
+class MigrationFinished(Event):
+    """A migration reached a final state (SUCCEEDED or FAILED), published with that state.
+    ``job_id`` names the job it stages inputs in for, if any: the scheduler dispatches it."""
+
+    type: ClassVar[str] = "migration.finished"
+    migration_id: uuid.UUID
+    dataset: str
+    to_tier: str
+    state: str
+    job_id: uuid.UUID | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.type: cls
     for cls in (
@@ -120,6 +132,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     )
 }
 EVENT_TYPES[MigrationRequested.type] = MigrationRequested
+EVENT_TYPES[MigrationFinished.type] = MigrationFinished
 
 
 class UnknownEvent(ValueError):

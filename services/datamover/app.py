@@ -62,6 +62,7 @@ class Mover:
     def _done(self, migration_id: uuid.UUID, _task: asyncio.Task[None]) -> None:
         self.active.pop(migration_id, None)
         self.wake.set()  # a slot is free: the next one in line may start
+        self.res.relay.wake()  # publish its migration.finished (if it ended) now
 
     async def stop(self) -> None:
         """Claim nothing more; running copies pause at a chunk boundary and record their

@@ -47,7 +47,11 @@ class QueueSpec:
 
 
 # job.retry: a retried job's backoff ended (it comes through a delay queue)
-SCHEDULER = QueueSpec("scheduler", ("job.submitted", "job.finished", "job.cancelled", "job.retry"))
+# migration.finished: a job's stage-in may be done, so the job may be dispatched now
+SCHEDULER = QueueSpec(
+    "scheduler",
+    ("job.submitted", "job.finished", "job.cancelled", "job.retry", "migration.finished"),
+)
 WORK_CPU = QueueSpec("work.cpu", ("job.dispatch.cpu",))
 WORK_CUDA = QueueSpec("work.cuda", ("job.dispatch.cuda",))
 

@@ -2,8 +2,9 @@
 ``migrations.state`` (under a row lock), and the use case that records a request.
 
 PENDING → RUNNING → SUCCEEDED | FAILED; PENDING → FAILED (e.g. the dataset was deleted).
-SUCCEEDED and FAILED are final. A RUNNING migration taken over by another datamover after
-its lease expired stays RUNNING (a new owner, not a new state).
+SUCCEEDED and FAILED are final; reaching one stages a ``migration.finished`` event in the same
+transaction (the scheduler dispatches a job whose stage-in it ends). A RUNNING migration taken
+over by another datamover after its lease expired stays RUNNING (a new owner, not a new state).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db.models import Migration, MigrationChunk
 from shared.db.outbox import add_event
 from shared.errors import Conflict, IllegalTransition, Invalid, NotFound
-from shared.events import MigrationRequested, utcnow
+from shared.events import MigrationFinished, MigrationRequested, utcnow
 from shared.storage.catalog import require_dataset
 from shared.storage.names import validate_name
 
@@ -102,6 +103,18 @@ async def set_migration_state(
         )
     for name, value in fields.items():
         setattr(migration, name, value)
+    if proposed in FINAL:  # in the same transaction as the state: wakes the scheduler
+        await add_event(
+            session,
+            MigrationFinished(
+                tenant_id=migration.tenant_id,
+                migration_id=migration.id,
+                dataset=migration.dataset,
+                to_tier=migration.to_tier,
+                state=proposed.value,
+                job_id=migration.job_id,
+            ),
+        )
     await session.flush()
     return migration
 

@@ -1,0 +1,89 @@
+"""Stage-in wakes the scheduler: a job whose input is on ``s3`` waits while the datamover
+brings it to ``local``, and the migration's ``migration.finished`` event (published with its
+final state) has the scheduler dispatch the job at once. The scheduler's own poll is slowed to
+two minutes here, so only the event can explain a prompt dispatch."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+from sqlalchemy import delete
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.scheduler.app import create_app
+from services.scheduler.settings import SchedulerSettings
+from shared.db.models import Job, Migration, Worker
+from shared.events import utcnow
+from shared.settings import StorageSettings
+from shared.storage.migrations import migrations_for_job
+from tests.datamover.harness import CHUNK, MotoServer, new_tenant, payload, put, running_datamover
+
+POLL_S = 120.0
+
+
+async def _job(sessions: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> Job:
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+    assert job is not None
+    return job
+
+
+async def _staged(sessions: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> list[Migration]:
+    async with sessions() as session:
+        return await migrations_for_job(session=session, job_id=job_id)
+
+
+async def test_a_job_is_dispatched_as_soon_as_its_stage_in_finishes(
+    api: httpx.AsyncClient,
+    storage: StorageSettings,
+    moto: MotoServer,
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    t = await new_tenant(api)
+    x = payload(2 * CHUNK + 7, seed=11)
+    assert (await put(api, t, "cold/x.npy", x, tier="s3"))["tier"] == "s3"
+    await put(api, t, "warm/y.npy", b"y")
+    worker = f"w-stage-{uuid.uuid4().hex[:8]}"
+    async with sessions() as session, session.begin():  # room for every job in this database
+        session.add(Worker(id=worker, device="cpu", concurrency=64, heartbeat_at=utcnow()))
+    settings = SchedulerSettings(
+        storage=storage, dispatch_interval_s=POLL_S, reaper_enabled=False, worker_ttl_s=600.0
+    )
+    scheduler = create_app(settings)
+    try:
+        async with running_datamover(storage), scheduler.router.lifespan_context(scheduler):
+            r = await api.post(
+                "/v1/jobs",
+                json={
+                    "kernel": "saxpy",
+                    "params": {"a": 2.0},
+                    "inputs": {"x": "cold/x.npy", "y": "warm/y.npy"},
+                    "outputs": {"y": "out/y.npy"},
+                },
+                headers=t.headers,
+            )
+            assert r.status_code == 201, r.text
+            job_id = uuid.UUID(r.json()["id"])
+            started = time.monotonic()
+            while (job := await _job(sessions, job_id)).dispatched_at is None:
+                assert time.monotonic() - started < 30, ("not dispatched", job.state_reason)
+                await asyncio.sleep(0.05)
+        staged = await _staged(sessions, job_id)
+    finally:
+        async with sessions() as session, session.begin():
+            await session.execute(delete(Worker).where(Worker.id == worker))
+    assert [(m.dataset, m.from_tier, m.to_tier, m.state) for m in staged] == [
+        ("cold/x.npy", "s3", "local", "SUCCEEDED")
+    ]
+    finished_at = staged[0].finished_at
+    assert finished_at is not None
+    assert job.dispatched_at is not None
+    assert job.dispatched_at >= finished_at  # not before its input was on local
+    lag = (job.dispatched_at - finished_at).total_seconds()
+    assert lag < 10, lag  # woken by migration.finished, long before the next poll
+    assert (job.state, job.state_reason) == ("QUEUED", "dispatched to the cpu queue")
+    meta = (await api.get("/v1/datasets/cold/x.npy?meta=1", headers=t.headers)).json()
+    assert meta["tiers"] == ["local", "s3"]

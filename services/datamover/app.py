@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.datamover import service
+from services.datamover import service, sweep
 from services.datamover.handlers import make_handler
 from services.datamover.runner import Runner
 from services.datamover.settings import DatamoverSettings
@@ -115,13 +115,31 @@ def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
             ),
             "migration-claims",
         )
+        loops = [claims]
+        if settings.sweep_enabled:
+            loops.append(
+                res.spawn(
+                    periodic(
+                        "upload-sweep",
+                        functools.partial(
+                            sweep.sweep,
+                            sessions=res.sessions,
+                            storage=storage,
+                            after_s=settings.sweep_after_s,
+                        ),
+                        interval_s=settings.sweep_interval_s,
+                        stop=stop,
+                    ),
+                    "upload-sweep",
+                )
+            )
         await res.broker.consume(DATAMOVER, make_handler(mover.wake.set))
         log.info("datamover_started", owner=mover.runner.owner)
         try:
             yield
         finally:
             await res.broker.stop_consuming()
-            await stop_loops([claims], stop, grace_s=settings.shutdown_grace_s)
+            await stop_loops(loops, stop, grace_s=settings.shutdown_grace_s)
             await mover.stop()
             await close_resources(res)
             await storage.close()

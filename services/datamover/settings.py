@@ -27,6 +27,11 @@ class DatamoverSettings(CommonSettings):
     retry_max_attempts: int = Field(default=8, ge=1)
     breaker_failure_threshold: int = 5
     breaker_reset_s: float = 5.0
+    # Abandoned partial objects (S3 multipart uploads, temporary files) that no live migration
+    # owns are aborted once older than sweep_after_s (longer than any upload may take).
+    sweep_enabled: bool = True
+    sweep_interval_s: float = 3600.0
+    sweep_after_s: float = Field(default=86_400.0, ge=0)
 
     def owner(self) -> str:
         return self.name or f"{socket.gethostname()}:datamover:{self.port}"

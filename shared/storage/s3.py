@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
+from datetime import datetime
 from typing import Any
 
 import s3fs
@@ -183,6 +185,65 @@ class S3Tier(Tier):
             await self._call(
                 "abort_multipart_upload", Key=self._key(upload.key), UploadId=upload.upload_id
             )
+
+    async def partial_uploads(self, older_than: datetime) -> list[Upload]:
+        """Multipart uploads under this tier's prefix, on keys shaped as Stratus makes them
+        (``<tenant uuid>/<name>``), last touched before ``older_than``: begun then, and no
+        part uploaded since (an upload still receiving parts is alive, however old)."""
+        found: list[Upload] = []
+        markers: dict[str, str] = {}
+        while True:
+            try:
+                page = await self._call(
+                    "list_multipart_uploads",
+                    Prefix=f"{self.prefix}/" if self.prefix else "",
+                    **markers,
+                )
+            except FileNotFoundError:  # no bucket yet: no uploads
+                return found
+            for item in page.get("Uploads", []):
+                key = self._unkey(str(item["Key"]))
+                if key is None or item["Initiated"] >= older_than:
+                    continue
+                upload = Upload(key=key, upload_id=str(item["UploadId"]))
+                if not await self._touched_since(upload, older_than):
+                    found.append(upload)
+            if not page.get("IsTruncated"):
+                return found
+            markers = {
+                "KeyMarker": page["NextKeyMarker"],
+                "UploadIdMarker": page["NextUploadIdMarker"],
+            }
+
+    async def _touched_since(self, upload: Upload, since: datetime) -> bool:
+        """Whether a part of the upload was uploaded at ``since`` or later (or the upload
+        is gone already)."""
+        marker: dict[str, Any] = {}
+        while True:
+            try:
+                page = await self._call(
+                    "list_parts", Key=self._key(upload.key), UploadId=upload.upload_id, **marker
+                )
+            except FileNotFoundError:
+                return True
+            if any(part["LastModified"] >= since for part in page.get("Parts", [])):
+                return True
+            if not page.get("IsTruncated"):
+                return False
+            marker = {"PartNumberMarker": page["NextPartNumberMarker"]}
+
+    def _unkey(self, key: str) -> str | None:
+        """The object key of a full S3 key, or None when it is not one of ours."""
+        if self.prefix:
+            if not key.startswith(f"{self.prefix}/"):
+                return None
+            key = key[len(self.prefix) + 1 :]
+        tenant, _, name = key.partition("/")
+        try:
+            uuid.UUID(tenant)
+        except ValueError:
+            return None
+        return key if name else None
 
     async def close(self) -> None:
         fs, self._fs = self._fs, None

@@ -14,6 +14,7 @@ import errno
 import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +33,11 @@ class Upload:
     key: str
     temp: str = ""
     upload_id: str | None = None
+
+    @property
+    def ref(self) -> str:
+        """What identifies the partial object on its tier (upload id, or temporary file)."""
+        return self.upload_id or self.temp
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +111,11 @@ class Tier(ABC):
     @abstractmethod
     async def abort(self, upload: Upload) -> None:
         """Throw a partial object away (nothing becomes visible)."""
+
+    async def partial_uploads(self, older_than: datetime) -> list[Upload]:
+        """Partial objects (begun, neither published nor aborted) last touched before
+        ``older_than``: what a sweep of abandoned uploads looks at."""
+        return []
 
     def local_path(self, key: str) -> Path | None:
         return None
@@ -256,6 +267,19 @@ class FileTier(Tier):
         if upload.temp:
             with contextlib.suppress(FileNotFoundError):
                 await asyncio.to_thread(self.fs.rm_file, upload.temp)
+
+    def _stale_temps(self, older_than: float) -> list[Upload]:
+        stale: list[Upload] = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.root / TEMP_DIR) as entries:
+            for entry in entries:
+                with contextlib.suppress(FileNotFoundError):  # published meanwhile
+                    if entry.is_file() and entry.stat().st_mtime < older_than:
+                        stale.append(Upload(key="", temp=entry.path))
+        return stale
+
+    async def partial_uploads(self, older_than: datetime) -> list[Upload]:
+        """Temporary files not written since ``older_than``."""
+        return await asyncio.to_thread(self._stale_temps, older_than.astimezone(UTC).timestamp())
 
 
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (

@@ -1,7 +1,7 @@
 """Chaos benchmark: the chaos suite's run (``tests/chaos/harness.py``) with its figures and the
 throughput during faults as a fraction of the throughput without faults, in the same run.
 
-    .venv/bin/python bench/chaos.py [--jobs 2000] [--quick] [--workers 2]
+    .venv/bin/python bench/chaos.py [--jobs 2000] [--quick] [--workers 3]
 
 Starts private PostgreSQL, Redis and RabbitMQ servers on ports of their own (never the
 developer's servers) and the whole suite under supervisord on them; three tenants submit
@@ -33,7 +33,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--jobs", type=int, default=2000)
     p.add_argument("--quick", action="store_true", help="200 jobs (what make test runs)")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=2, help="kernel slots per worker")
     return p.parse_args(argv)
 

@@ -5,11 +5,12 @@ faults are injected; then quiet, checks (``checks.py``) and figures.
 Timeline: half the jobs are submitted at once; once ``calm_fraction`` of all jobs have
 succeeded without any fault (throughput without faults), the rest are submitted at a steady
 pace while a worker is killed (SIGKILL, supervisord restarts it) every
-``worker_kill_every_s`` and, one after another, the scheduler and the datamover are killed
-(SIGKILL) and RabbitMQ (``stop_app``/``start_app``), PostgreSQL and Redis are restarted
-(throughput during faults). Each fault waits for the next job completion before the next
-one starts. Recovery time of a fault: from its start to the first job completion after it
-ended (the server is back, the process is killed)."""
+``worker_kill_every_s`` (one that is ready, while another one is ready too) until
+``kill_until`` of the jobs succeeded, and, one after another, the scheduler and the datamover
+are killed (SIGKILL) and RabbitMQ (``stop_app``/``start_app``), PostgreSQL and Redis are
+restarted (throughput during faults: until the last fault). Each fault waits for the next job
+completion before the next one starts. Recovery time of a fault: from its start to the first
+job completion after it ended (the server is back, the process is killed)."""
 
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ MIGRATION_BYTES = 12 * 2**20  # three chunks each, paced so that the datamover d
 class ChaosPlan:
     jobs: int = 200
     tenants: int = 3
-    workers: int = 2
+    workers: int = 3  # one is killed only while another one is ready
     concurrency: int = 2
     calm_fraction: float = 0.2  # of all jobs SUCCEEDED before the first fault
     worker_kill_every_s: float = 4.0
@@ -54,6 +55,7 @@ class ChaosPlan:
     trickle_s: float = 0.1  # pace of each of the 4 clients submitting during the faults
     quiet_timeout_s: float = 600.0
     migrations: int = 3  # in flight when the datamover is killed (one per tenant)
+    kill_until: float = 0.9  # workers are killed until this fraction of the jobs SUCCEEDED
 
 
 @dataclass
@@ -353,7 +355,8 @@ class ChaosRun:
             await asyncio.sleep(self.plan.fault_gap_s)
 
     async def wait_quiet(self, timeout: float) -> None:
-        """Every submitted job final, no migration unfinished, the outbox empty."""
+        """Every submitted job final, no migration unfinished, the outbox empty; then the
+        consumers' queues empty (a minute at most: what stays there is a finding)."""
         deadline = time.monotonic() + timeout
         sql = text(
             "SELECT (SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND state NOT IN "
@@ -365,9 +368,14 @@ class ChaosRun:
                 async with asyncio.timeout(5), self.engine.connect() as conn:
                     left = await conn.scalar(sql, {"t": self.tenant_ids})
                 if left == 0:
-                    await asyncio.sleep(3)  # consumers finish what they hold
-                    return
+                    break
             await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            depths = await asyncio.to_thread(self.queue_depths)
+            if not any(n for q, n in depths.items() if not q.endswith(".dlq")):
+                return
+            await asyncio.sleep(1)
 
     async def run(self) -> ChaosReport:
         plan = self.plan
@@ -393,6 +401,8 @@ class ChaosRun:
             try:
                 await self.one_off_faults(api)
                 await trickle
+                # workers keep dying until most of the work is done
+                await self.wait_succeeded(int(plan.kill_until * plan.jobs), plan.quiet_timeout_s)
             finally:
                 stop.set()
                 await killer

@@ -87,3 +87,11 @@ def test_health_endpoints_declare_what_they_send(doc: dict[str, Any]) -> None:
     assert set(doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == {"text/plain"}
     ready = doc["paths"]["/readyz"]["get"]["responses"]
     assert set(ready) >= {"200", "503"}
+
+
+def test_usage_is_typed_as_the_contract_says(doc: dict[str, Any]) -> None:
+    ok = doc["paths"]["/v1/usage"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert ok["schema"] == {"$ref": "#/components/schemas/Usage"}
+    usage = doc["components"]["schemas"]["Usage"]
+    fields = {"cpu_seconds", "gpu_seconds", "jobs", "storage_bytes", "bytes_moved"}
+    assert set(usage["required"]) == fields

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
+from services.gateway.accounting.schemas import Usage, UsageList
 from services.gateway.deps import PrincipalDep, SessionDep
 from services.tenant.audit import audit, entry_out, list_audit
 from services.tenant.usage import usage_of, usage_of_all
@@ -27,18 +28,18 @@ ERRORS = problem_responses(
 
 
 @router.get("/usage", responses=ERRORS)
-async def get_usage(principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
+async def get_usage(principal: PrincipalDep, session: SessionDep) -> Usage:
     """The calling tenant's usage: CPU/GPU seconds, jobs per state, bytes stored and moved."""
     if principal.tenant_id is None:
         raise Forbidden("this endpoint needs a tenant key (the admin view is /v1/admin/usage)")
-    return await usage_of(session=session, tenant_id=principal.tenant_id)
+    return Usage.model_validate(await usage_of(session=session, tenant_id=principal.tenant_id))
 
 
 @router.get("/admin/usage", responses=ERRORS)
-async def get_all_usage(principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
+async def get_all_usage(principal: PrincipalDep, session: SessionDep) -> UsageList:
     principal.require_admin()
     await audit(session=session, actor=principal.actor, action="usage.read")
-    return {"items": await usage_of_all(session=session)}
+    return UsageList.model_validate({"items": await usage_of_all(session=session)})
 
 
 @router.get("/audit", responses=ERRORS)

@@ -70,17 +70,19 @@ class Options:
 
 def parse_args(argv: list[str] | None) -> Options:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="2 bursts of 150 jobs")
+    p.add_argument("--quick", action="store_true", help="2 bursts of 100 jobs")
     p.add_argument("--bursts", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=300)
-    p.add_argument("--gap", type=float, default=None, help="default: cooldown + 15 s")
-    p.add_argument("--samples", type=int, default=2_000_000)
+    p.add_argument("--jobs", type=int, default=200)
+    p.add_argument("--gap", type=float, default=None, help="default: 4 x the cooldown")
+    # about 0.2 s of one core per job: a worker's start-up (interpreter, numba, warm pool:
+    # a few CPU seconds) must be small beside a burst for scaling out to pay at all
+    p.add_argument("--samples", type=int, default=20_000_000)
     p.add_argument("--max-workers", type=int, default=4)
     p.add_argument("--cooldown", type=float, default=10.0)
     a = p.parse_args(argv)
     if a.quick:
-        a.bursts, a.jobs = 2, 150
-    gap = a.gap if a.gap is not None else a.cooldown + 15.0
+        a.bursts, a.jobs = 2, 100
+    gap = a.gap if a.gap is not None else 4 * a.cooldown
     return Options(a.bursts, a.jobs, gap, a.samples, a.max_workers, a.cooldown)
 
 

@@ -14,6 +14,7 @@ cooldown's start is stored with the pool, so a restarted scheduler keeps it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -128,6 +129,8 @@ class Autoscaler:
         self.worker_ttl_s = worker_ttl_s
         self.scalers = {p: PoolScaler(policy_of(settings, p)) for p in POOLS}
         self._restored = False
+        # an observing backend: the last advice per pool, so that a standing one is said once
+        self._advice: dict[str, tuple[str, int]] = {}
 
     async def step(self, sessions: async_sessionmaker[AsyncSession]) -> list[Decision]:
         """One pass over every pool; returns the decisions that changed a pool."""
@@ -147,11 +150,13 @@ class Autoscaler:
             acted: list[Decision] = []
             for pool in POOLS:
                 try:
-                    decision = await self._pool(pool, demand[pool], live.get(pool, 0), busy, now)
+                    decision, workers = await self._pool(
+                        pool, demand[pool], live.get(pool, 0), busy, now
+                    )
                 except BackendError as exc:
                     log.warning("autoscale_backend_failed", pool=pool, error=str(exc))
                     continue
-                await self._save(session, pool, decision, demand[pool], now)
+                await self._save(session, pool, decision, workers, demand[pool], now)
                 LIVE.labels(pool).set(live.get(pool, 0))
                 if decision.action != "hold":
                     acted.append(decision)
@@ -159,7 +164,9 @@ class Autoscaler:
 
     async def _pool(
         self, pool: str, demand: Demand, live: int, busy: dict[str, int], now: datetime
-    ) -> Decision:
+    ) -> tuple[Decision, int]:
+        """The pool's decision, acted on; returns it (a hold when an observing backend's
+        advice has not changed) and the workers the pool has after it."""
         backend = self.backend
         current = await backend.current(pool) if backend.acts else live
         decision = self.scalers[pool].decide(
@@ -169,8 +176,14 @@ class Autoscaler:
         DESIRED.labels(pool).set(decision.desired)
         DEMAND.labels(pool, "queued").set(demand.queued)
         DEMAND.labels(pool, "running").set(demand.running)
+        if not backend.acts:
+            advice = (decision.action, decision.target)
+            if decision.action == "hold" or self._advice.get(pool) == advice:
+                self._advice[pool] = advice
+                return dataclasses.replace(decision, action="hold"), current
+            self._advice[pool] = advice
         if decision.action == "hold":
-            return decision
+            return decision, current
         DECISIONS.labels(pool, decision.action).inc()
         log.info(
             "pool_scaled",
@@ -183,10 +196,11 @@ class Autoscaler:
             reason=decision.reason,
             backend=backend.name,
         )
-        if backend.acts:
-            reached = await backend.scale(pool, decision.target, busy=busy)
-            WORKERS.labels(pool).set(reached)
-        return decision
+        if not backend.acts:
+            return decision, current
+        reached = await backend.scale(pool, decision.target, busy=busy)
+        WORKERS.labels(pool).set(reached)
+        return decision, reached
 
     async def _restore(self, session: AsyncSession) -> None:
         rows = await session.execute(select(WorkerPool.pool, WorkerPool.over_provisioned_since))
@@ -196,7 +210,13 @@ class Autoscaler:
         self._restored = True
 
     async def _save(
-        self, session: AsyncSession, pool: str, d: Decision, demand: Demand, now: datetime
+        self,
+        session: AsyncSession,
+        pool: str,
+        d: Decision,
+        workers: int,
+        demand: Demand,
+        now: datetime,
     ) -> None:
         scaler = self.scalers[pool]
         p = scaler.policy
@@ -207,7 +227,7 @@ class Autoscaler:
             "max_workers": p.max_workers,
             "target_jobs_per_worker": p.target_jobs_per_worker,
             "cooldown_s": p.cooldown_s,
-            "current_workers": d.target if d.action != "hold" and self.backend.acts else d.current,
+            "current_workers": workers,
             "desired_workers": d.desired,
             "queued_jobs": demand.queued,
             "running_jobs": demand.running,

@@ -9,7 +9,7 @@ from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler.scaling import Autoscaler
-from services.scheduler.settings import AutoscaleSettings, PoolSettings
+from services.scheduler.settings import AutoscaleSettings, CudaPoolSettings, PoolSettings
 from services.worker import service as worker_service
 from shared.db.models import Worker, WorkerPool
 from tests.gateway.conftest import ADMIN, TenantKey
@@ -30,7 +30,7 @@ async def test_pools_show_the_autoscalers_view_and_live_workers(
         enabled=True,
         cooldown_s=30,
         cpu=PoolSettings(min_workers=2, max_workers=5),
-        cuda=PoolSettings(min_workers=0, max_workers=1),
+        cuda=CudaPoolSettings(min_workers=0, max_workers=1),
     )
     backend = MemoryBackend(cpu=1)
     assert [d.target for d in await Autoscaler(settings, backend, worker_ttl_s=15).step(sessions)]

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import scaling
 from services.scheduler.scaling import Autoscaler
-from services.scheduler.settings import AutoscaleSettings, PoolSettings
+from services.scheduler.settings import AutoscaleSettings, CudaPoolSettings, PoolSettings
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Tenant, WorkerPool
 from shared.settings import CommonSettings
@@ -66,7 +66,7 @@ def _settings(cooldown_s: float = 60.0) -> AutoscaleSettings:
         cooldown_s=cooldown_s,
         target_jobs_per_worker=4,
         cpu=PoolSettings(min_workers=1, max_workers=4),
-        cuda=PoolSettings(min_workers=0, max_workers=2, target_jobs_per_worker=1),
+        cuda=CudaPoolSettings(min_workers=0, max_workers=2, target_jobs_per_worker=1),
     )
 
 
@@ -165,3 +165,25 @@ async def test_a_restarted_scheduler_keeps_the_cooldown(
         )
     third = Autoscaler(_settings(cooldown_s=3600), backend, worker_ttl_s=15)
     assert [(d.current, d.target) for d in await third.step(s)] == [(4, 3)]
+
+
+async def test_an_observing_backend_counts_heartbeats_and_says_each_advice_once(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    from services.scheduler.backends.external import ObservingBackend
+    from services.worker import service as worker_service
+
+    await _jobs(s, [{"device": "cpu"} for _ in range(12)])
+    async with s() as session, session.begin():
+        await worker_service.heartbeat(
+            session=session, worker="pod-a", device="cpu", concurrency=2, lease_s=30
+        )
+    scaler = Autoscaler(_settings(), ObservingBackend(), worker_ttl_s=15)
+    first = await scaler.step(s)  # it would go from 1 live worker to 3; KEDA does it
+    assert [(d.action, d.current, d.target) for d in first] == [("up", 1, 3)]
+    assert await scaler.step(s) == []  # the same advice is not repeated
+    cpu = (await _pools(s))["cpu"]
+    assert cpu.backend == "kubernetes"
+    assert cpu.current_workers == 1
+    assert cpu.desired_workers == 3
+    assert len(cpu.decisions) == 1

@@ -1,4 +1,4 @@
-"""Copy one object between tiers in chunks, several in flight, and verify it end to end.
+"""Copy one object between tiers in chunks and verify it end to end.
 
 Chunks not yet done are read from the source and written to the target's partial object
 (``Upload``) by ``in_flight`` workers. A verifier follows them in order and hashes what the
@@ -6,6 +6,12 @@ target holds: it reads each chunk back from the target where the tier can (direc
 else hashes the bytes that were sent (S3 parts, which S3 checks on receipt), re-reading the
 source for chunks done before a restart. The result is the copy's checksum, compared by the
 caller with the source's before anything is published.
+
+Between two directories one thread copies the missing chunks in order, in the kernel
+(``copy_file_range``, no bytes through Python), and a helper thread reads each one back from
+the target and hashes it right behind, while it is still in the cache. Several chunks in
+flight would only contend for the target file, and handing every chunk to the event loop and
+back costs more than it saves on a busy machine.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from shared.resilience import RetryPolicy
 from shared.storage import Storage, Upload
-from shared.storage.checksum import format_checksum, new_hasher
+from shared.storage.checksum import Hasher, format_checksum, new_hasher
+from shared.storage.tiers import FileTier
 
 
 class VerificationFailed(Exception):
@@ -58,13 +66,25 @@ class Throttle:
         self.start = time.monotonic()
         self.sent = 0
 
-    async def __call__(self, nbytes: int) -> None:
+    def delay(self, nbytes: int) -> float:
+        """Seconds to wait after sending ``nbytes`` more."""
         if self.rate <= 0:
-            return
+            return 0.0
         self.sent += nbytes
-        ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        return max(0.0, self.sent / self.rate - (time.monotonic() - self.start))
+
+    async def __call__(self, nbytes: int) -> None:
+        ahead = self.delay(nbytes)
         if ahead > 0:
             await asyncio.sleep(ahead)
+
+
+@dataclass
+class _Hashed:
+    """How far the copying thread of a directory-to-directory copy has verified."""
+
+    hasher: Hasher
+    next: int = 0
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -111,6 +131,8 @@ class Copier:
 
     async def run(self) -> str:
         """Copy what is missing, verify everything; the copy's checksum."""
+        if isinstance(self.source, FileTier) and isinstance(self.target, FileTier):
+            return await self._run_files(self.source, self.target)
         for i in self.job.done:
             if i in self.ready:
                 self.ready[i].set()
@@ -126,6 +148,57 @@ class Copier:
         except BaseExceptionGroup as group:
             raise _first_error(group) from None
         return verify.result()
+
+    async def _run_files(self, source: FileTier, target: FileTier) -> str:
+        """Directory to directory, off the event loop (see the module's docstring). A failed call
+        is retried from the first chunk not verified yet."""
+        job, loop = self.job, asyncio.get_running_loop()
+        path = source.local_path(job.key)
+        state = _Hashed(new_hasher())
+
+        def copied(index: int, length: int) -> None:  # on the event loop
+            job.done[index] = None
+            self.on_chunk(index, None, length)
+
+        def hash_next(index: int, buffer: bytearray) -> None:  # on the helper thread
+            offset, length = job.span(index)
+            hasher = state.hasher.copy()  # a chunk is hashed whole or not at all
+            target.hash_chunk(job.upload, offset, length, hasher, buffer)
+            state.hasher, state.next = hasher, index + 1
+
+        def work() -> bool:
+            """Copy here, hash on a helper thread one chunk behind (in order)."""
+            buffer = bytearray(min(job.chunk_bytes, job.size))
+            hashing: Future[None] | None = None
+            with ThreadPoolExecutor(1, thread_name_prefix="verify") as helper:
+                for index in range(state.next, job.chunks):
+                    if index not in job.done:
+                        if self.draining:
+                            break
+                        offset, length = job.span(index)
+                        target.copy_chunk(path, job.upload, offset, length)
+                        loop.call_soon_threadsafe(copied, index, length)
+                        if pause := self.throttle.delay(length):
+                            time.sleep(pause)
+                    if hashing is not None:
+                        hashing.result()  # the previous chunk's (its error, if any)
+                    hashing = helper.submit(hash_next, index, buffer)
+                if hashing is not None:
+                    hashing.result()
+            return state.next == job.chunks
+
+        try:
+            finished = await self.storage.call(
+                job.target, lambda: asyncio.to_thread(work), policy=self.policy, what="copy"
+            )
+        except asyncio.CancelledError:
+            self.draining = True  # the thread stops at the next chunk
+            raise
+        finally:
+            self.idle.set()
+        if not finished:  # drained at a chunk boundary: the runner cancels us
+            await asyncio.Future()
+        return format_checksum(state.hasher)
 
     async def _read_source(self, offset: int, length: int) -> bytes:
         job = self.job
@@ -159,24 +232,15 @@ class Copier:
                     todo.appendleft(index)
                     return
             offset, length = job.span(index)
-            etag = None
-            if not await self.storage.call(
+            data = await self._read_source(offset, length)
+            etag = await self.storage.call(
                 job.target,
-                lambda o=offset, n=length: self.target.copy_from(
-                    self.source, job.key, job.upload, o, n
-                ),  # type: ignore[misc]
+                lambda d=data, i=index, o=offset: self.target.write(job.upload, i, o, d),  # type: ignore[misc]
                 policy=self.policy,
-                what="copy",
-            ):
-                data = await self._read_source(offset, length)
-                etag = await self.storage.call(
-                    job.target,
-                    lambda d=data, i=index, o=offset: self.target.write(job.upload, i, o, d),  # type: ignore[misc]
-                    policy=self.policy,
-                    what="write",
-                )
-                if keep:
-                    self.retained[index] = data
+                what="write",
+            )
+            if keep:
+                self.retained[index] = data
             job.done[index] = etag
             self.on_chunk(index, etag, length)
             self.ready[index].set()

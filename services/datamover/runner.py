@@ -5,8 +5,9 @@
 2. copy and verify (``engine.Copier``), recording done chunks, ``bytes_done`` and the lease
    every ``progress_interval_s``;
 3. publish under the dataset's lock: still the same version? then make the copy visible
-   (rename / multipart completion), update the dataset's tiers, mark it published;
-4. for ``move``, delete the source copy (only now), then SUCCEEDED.
+   (rename / multipart completion), update the dataset's tiers, mark it published, and for a
+   ``copy`` make it SUCCEEDED in the same transaction;
+4. for a ``move``, delete the source copy (only now, after that commit), then SUCCEEDED.
 
 Any failure before 3 leaves the source as it was and aborts the partial object: FAILED with
 the reason. A kill at any point resumes from the recorded chunks (or from step 4).
@@ -55,6 +56,7 @@ class Plan:
     mode: MigrationMode
     checksum: str
     job: CopyJob | None  # None: nothing to copy (published already, or the fast path)
+    finished: bool = False  # SUCCEEDED with the publication (nothing to delete afterwards)
 
 
 def _tiers_after(dataset: Dataset, m: Migration) -> list[str]:
@@ -98,8 +100,8 @@ class Runner:
         try:
             plan = await self._prepare(migration_id)
             if plan.job is not None:
-                await self._copy(plan, plan.job)
-                await self._publish(plan, plan.job)
+                progress = await self._copy(plan, plan.job)
+                await self._publish(plan, plan.job, progress)
         except service.LeaseLost as exc:
             log.warning("migration_lease_lost", migration=str(migration_id), reason=str(exc))
             return
@@ -109,6 +111,9 @@ class Runner:
         except Exception as exc:
             log.warning("migration_failed", migration=str(migration_id), error=describe(exc))
             await self._fail(migration_id, plan, exc)
+            return
+        if plan.finished:
+            log.info("migration_succeeded", migration=str(migration_id))
             return
         try:
             await self._finish(plan)
@@ -164,7 +169,8 @@ class Runner:
         return await self.storage.call(tier, fn, policy=self.policy)
 
     # -- 2 ---------------------------------------------------------------------------------
-    async def _copy(self, plan: Plan, job: CopyJob) -> None:
+    async def _copy(self, plan: Plan, job: CopyJob) -> _Progress:
+        """Copy and verify; the progress not recorded yet (the publication records it)."""
         progress = _Progress(job)
         copier = Copier(
             self.storage,
@@ -181,7 +187,8 @@ class Runner:
                 await asyncio.wait([task, stop], timeout=self.settings.progress_interval_s)
                 if self.stopping.is_set() and not task.done():
                     await self._checkpoint(plan, progress, copier, task)
-                await self._flush(plan, progress, final=task.done())
+                if not task.done():
+                    await self._flush(plan, progress, final=False)
         finally:
             stop.cancel()
             if not task.done():
@@ -190,6 +197,7 @@ class Runner:
                     await task
         checksum = task.result()
         if checksum != plan.checksum:
+            await self._flush(plan, progress, final=False)  # the bytes it wrote all the same
             async with self.sessions() as session:
                 row = await get_dataset(
                     session=session, tenant_id=plan.tenant_id, name=plan.dataset
@@ -200,6 +208,7 @@ class Runner:
                 f"verification failed: the copy's checksum {checksum} does not match the "
                 f"source's {plan.checksum}; nothing was published"
             )
+        return progress
 
     async def _checkpoint(
         self, plan: Plan, progress: _Progress, copier: Copier, task: asyncio.Task[str]
@@ -251,7 +260,9 @@ class Runner:
             )
 
     # -- 3 ---------------------------------------------------------------------------------
-    async def _publish(self, plan: Plan, job: CopyJob) -> None:
+    async def _publish(self, plan: Plan, job: CopyJob, progress: _Progress) -> None:
+        """One transaction: the object visible, the dataset on its new tier, the last bytes
+        counted, and SUCCEEDED at once unless a source copy is left to delete (``move``)."""
         target = self.storage.tier(job.target)
         async with self.sessions() as session, session.begin():
             m = await service.lock_owned(
@@ -263,6 +274,16 @@ class Runner:
                 raise DatasetChanged("the dataset was deleted or overwritten during the copy")
             await self._call(job.target, lambda: target.publish(job.upload, job.etags()))
             await self._record_published(session, m, dataset)
+            m.bytes_copied += progress.take()[1]
+            if plan.mode is MigrationMode.COPY or m.from_tier == m.to_tier:
+                await session.flush()
+                await service.finish(
+                    session=session,
+                    migration_id=m.id,
+                    owner=self.owner,
+                    state=MigrationState.SUCCEEDED,
+                )
+                plan.finished = True
 
     async def _record_published(
         self, session: AsyncSession, m: Migration, dataset: Dataset

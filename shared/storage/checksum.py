@@ -14,6 +14,8 @@ class Hasher(Protocol):
 
     def hexdigest(self) -> str: ...
 
+    def copy(self) -> Hasher: ...
+
 
 def new_hasher() -> Hasher:
     return xxhash.xxh3_128()

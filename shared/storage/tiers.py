@@ -24,6 +24,8 @@ from shared.settings import TierSettings
 from shared.storage.checksum import Hasher
 
 TEMP_DIR = ".stratus-tmp"
+# copy_file_range cannot copy between these two files (another filesystem, no support)
+NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
 
 
 @dataclass(frozen=True)
@@ -96,13 +98,6 @@ class Tier(ABC):
         """Feed a range of the partial object, read back, to ``hasher`` (``buffer`` may be
         used to avoid allocating)."""
         hasher.update(await self.read_back(upload, offset, length))
-
-    async def copy_from(
-        self, source: Tier, key: str, upload: Upload, offset: int, length: int
-    ) -> bool:
-        """Copy a range of ``source``'s object without passing it through Python, where the
-        pair allows it (in the kernel between directories). False: copy through memory."""
-        return False
 
     @abstractmethod
     async def publish(self, upload: Upload, etags: list[str | None]) -> None:
@@ -223,32 +218,40 @@ class FileTier(Tier):
     ) -> None:
         await asyncio.to_thread(self._hash_back, upload.temp, offset, length, hasher, buffer)
 
-    @staticmethod
-    def _copy_range(src: Path, temp: str, offset: int, length: int) -> None:
-        with open(src, "rb", buffering=0) as s, open(temp, "r+b", buffering=0) as d:
+    def copy_chunk(self, source: Path, upload: Upload, offset: int, length: int) -> None:
+        """Copy a range of the file ``source`` into the partial object at the same offset,
+        in the kernel (``copy_file_range``) where the two filesystems allow, else through a
+        buffer. Blocking: the datamover calls it from its copying thread."""
+        kernel = True
+        with open(source, "rb", buffering=0) as s, open(upload.temp, "r+b", buffering=0) as d:
             done = 0
             while done < length:
-                n = os.copy_file_range(
-                    s.fileno(), d.fileno(), length - done, offset + done, offset + done
-                )
+                at, left = offset + done, length - done
+                if kernel:
+                    try:
+                        n = os.copy_file_range(s.fileno(), d.fileno(), left, at, at)
+                    except OSError as exc:
+                        if exc.errno not in (
+                            errno.EXDEV,
+                            errno.ENOSYS,
+                            errno.EOPNOTSUPP,
+                            errno.EINVAL,
+                        ):
+                            raise
+                        kernel = False  # not between these two filesystems: through memory
+                        continue
+                else:
+                    data = os.pread(s.fileno(), min(left, 2**20), at)
+                    n = os.pwrite(d.fileno(), data, at) if data else 0
                 if n == 0:
-                    raise OSError(f"short copy at {offset + done}: the source ended early")
+                    raise OSError(f"short copy at {at}: the source ended early")
                 done += n
 
-    async def copy_from(
-        self, source: Tier, key: str, upload: Upload, offset: int, length: int
-    ) -> bool:
-        if not isinstance(source, FileTier) or not hasattr(os, "copy_file_range"):
-            return False
-        try:
-            await asyncio.to_thread(
-                self._copy_range, source.local_path(key), upload.temp, offset, length
-            )
-        except OSError as exc:
-            if exc.errno in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-                return False  # not between these two filesystems: copy through memory
-            raise
-        return True
+    def hash_chunk(
+        self, upload: Upload, offset: int, length: int, hasher: Hasher, buffer: bytearray
+    ) -> None:
+        """``hash_back`` without leaving the calling thread."""
+        self._hash_back(upload.temp, offset, length, hasher, buffer)
 
     def _publish(self, temp: str, final: Path) -> None:
         if self.fsync:

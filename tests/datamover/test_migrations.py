@@ -144,12 +144,9 @@ class CorruptingTier(FileTier):
         self.flip(upload, offset)
         return result
 
-    async def copy_from(
-        self, source: Any, key: str, upload: Upload, offset: int, length: int
-    ) -> bool:
-        copied = await super().copy_from(source, key, upload, offset, length)
+    def copy_chunk(self, source: Path, upload: Upload, offset: int, length: int) -> None:
+        super().copy_chunk(source, upload, offset, length)
         self.flip(upload, offset)
-        return copied
 
 
 async def test_corrupted_chunk_is_caught_by_verification(

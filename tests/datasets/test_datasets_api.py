@@ -300,11 +300,11 @@ def rss_bytes() -> int:
 
 
 async def test_large_upload_keeps_memory_flat(api: httpx.AsyncClient) -> None:
-    """512 MiB generated on the fly through the gateway (this process): RSS stays flat."""
+    """2 GiB generated on the fly through the gateway (this process): RSS stays flat."""
     import asyncio
 
     t = await new_tenant(api)
-    total = 512 * 2**20
+    total = 2 * 2**30
     block = payload(2**20, seed=3)
     hasher = xxhash.xxh3_128()
     peak = base = rss_bytes()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,10 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db.engine import is_connectivity_error, make_engine, make_sessionmaker, ping
 from shared.db.outbox import OutboxRelay
+from shared.logging import get_logger
 from shared.messaging.broker import Broker
 from shared.resilience import CircuitBreaker
 from shared.settings import CommonSettings
+from shared.startup import note_ready, note_waiting
 from shared.telemetry import ReadinessCheck, watch_breaker
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -58,13 +63,34 @@ class Resources:
         return task
 
 
+async def wait_for_postgres(engine: AsyncEngine, *, max_delay: float = 5.0) -> None:
+    """Return once PostgreSQL answers, retrying with backoff (and jitter) until it does.
+    Any error is waited out (not reachable, starting up, database not created yet), and
+    logged with its kind, so a misconfiguration shows in the log and in ``/readyz``."""
+    delay = 0.2
+    while True:
+        try:
+            await ping(engine)
+        except Exception as exc:
+            note_waiting("postgres")
+            log.warning("postgres_connect_retry", error=type(exc).__name__, delay=delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, max_delay)
+            continue
+        note_ready("postgres")
+        return
+
+
 async def open_resources(
     settings: CommonSettings, *, name: str, with_redis: bool = False
 ) -> Resources:
+    """Open what a service needs, waiting (with backoff) for RabbitMQ and PostgreSQL to
+    answer, in whatever order they come up. Redis is not waited for: its users fall back."""
     engine = make_engine(settings.postgres, application_name=f"stratus-{name}")
     sessions = make_sessionmaker(engine)
     broker = Broker(settings.rabbit, name=f"stratus-{name}")
     await broker.connect()
+    await wait_for_postgres(engine)
     # The relay has connections of its own, so a busy request pool never delays events.
     relay_engine = make_engine(
         settings.postgres.model_copy(update={"pool_size": 2, "max_overflow": 0}),

@@ -7,7 +7,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, FastAPI, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -142,9 +142,15 @@ def health_router(
         response_model=Readiness,
         responses={503: {"description": "a dependency does not answer", "content": READINESS}},
     )
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
         results: dict[str, str] = {}
         ok = True
+        startup = getattr(request.app.state, "startup", None)  # see shared.startup
+        if startup is not None:  # still waiting for its dependencies
+            waiting = getattr(startup, "waiting_for", None) or "start"
+            return JSONResponse(
+                {"status": "starting", "checks": {waiting: "waiting"}}, status_code=503
+            )
         try:
             current = checks()
         except AttributeError:  # resources not open yet

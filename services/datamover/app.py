@@ -20,6 +20,7 @@ from shared.loops import periodic, stop_loops
 from shared.messaging.topology import DATAMOVER
 from shared.problems import install_problem_handlers
 from shared.runtime import Resources, close_resources, open_resources
+from shared.startup import start_in_background
 from shared.storage import Storage
 from shared.telemetry import health_router
 
@@ -144,7 +145,7 @@ def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
             await close_resources(res)
             await storage.close()
 
-    app = FastAPI(title="Stratus datamover", lifespan=lifespan)
+    app = FastAPI(title="Stratus datamover", lifespan=start_in_background(lifespan))
     install_problem_handlers(app)
     app.include_router(health_router(lambda: app.state.resources.checks()))
     return app

@@ -25,6 +25,7 @@ from shared.messaging.topology import control_queue
 from shared.problems import install_problem_handlers, problem
 from shared.ratelimit import RateLimiter
 from shared.runtime import close_resources, open_resources
+from shared.startup import StartingGuard, start_in_background
 from shared.telemetry import health_router, instrument
 
 
@@ -64,11 +65,12 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         title="Stratus",
         version="1",
         summary="Cloud-native HPC job service",
-        lifespan=lifespan,
+        lifespan=start_in_background(lifespan),
     )
     app.state.settings = settings
     install_problem_handlers(app)
     instrument(app)
+    app.add_middleware(StartingGuard)  # 503 + Retry-After until the dependencies answer
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.include_router(health_router(lambda: app.state.resources.checks()))
     app.include_router(tenants_router)

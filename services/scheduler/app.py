@@ -19,6 +19,7 @@ from shared.loops import periodic, stop_loops
 from shared.messaging.topology import SCHEDULER
 from shared.problems import install_problem_handlers
 from shared.runtime import Resources, close_resources, open_resources
+from shared.startup import start_in_background
 from shared.telemetry import health_router
 
 log = get_logger(__name__)
@@ -147,7 +148,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
             if backend is not None:
                 await backend.close()
 
-    app = FastAPI(title="Stratus scheduler", lifespan=lifespan)
+    app = FastAPI(title="Stratus scheduler", lifespan=start_in_background(lifespan))
     install_problem_handlers(app)
     app.include_router(health_router(lambda: app.state.resources.checks()))
     return app

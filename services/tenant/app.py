@@ -17,6 +17,7 @@ from shared.logging import configure_logging, get_logger
 from shared.messaging.topology import TENANT_USAGE
 from shared.problems import install_problem_handlers
 from shared.runtime import close_resources, open_resources
+from shared.startup import start_in_background
 from shared.telemetry import health_router
 
 log = get_logger(__name__)
@@ -37,7 +38,7 @@ def create_app(settings: TenantSettings | None = None) -> FastAPI:
         finally:
             await close_resources(res)
 
-    app = FastAPI(title="Stratus tenant", lifespan=lifespan)
+    app = FastAPI(title="Stratus tenant", lifespan=start_in_background(lifespan))
     install_problem_handlers(app)
     app.include_router(health_router(lambda: app.state.resources.checks()))
     return app

@@ -32,6 +32,7 @@ from shared.messaging import Delivery
 from shared.messaging.topology import WORK_QUEUES, control_queue
 from shared.problems import install_problem_handlers
 from shared.runtime import Resources, close_resources, open_resources
+from shared.startup import start_in_background
 from shared.storage.catalog import remove_unlisted
 from shared.storage.registry import Storage
 from shared.telemetry import health_router
@@ -297,7 +298,7 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
             await storage.close()
             await runner.close()
 
-    app = FastAPI(title="Stratus worker", lifespan=lifespan)
+    app = FastAPI(title="Stratus worker", lifespan=start_in_background(lifespan))
     install_problem_handlers(app)
     app.include_router(health_router(lambda: app.state.resources.checks()))
     return app

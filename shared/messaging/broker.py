@@ -38,6 +38,7 @@ from shared.messaging.topology import (
 )
 from shared.resilience import CircuitBreaker, RetryPolicy
 from shared.settings import RabbitSettings
+from shared.startup import note_ready, note_waiting
 from shared.telemetry import MESSAGES, PUBLISHED, watch_breaker
 
 log = get_logger(__name__)
@@ -110,7 +111,8 @@ class Broker(BrokerAdmin):
         return f"{self.settings.exchange}.{DELAY}"
 
     def delay_queue_name(self, level_ms: int) -> str:
-        return f"{self.settings.queue_prefix}.{DELAY}.{level_ms}ms"
+        # "delayed", not "delay": the first (quorum) declarations used that name
+        return f"{self.settings.queue_prefix}.{DELAY}ed.{level_ms}ms"
 
     async def connect(self, *, attempts: int | None = None, max_delay: float = 5.0) -> None:
         """Connect (retrying with backoff until the broker answers) and declare the topology."""
@@ -128,9 +130,11 @@ class Broker(BrokerAdmin):
             except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
                 if attempts is not None and n >= attempts:
                     raise
+                note_waiting("rabbitmq")
                 log.warning("broker_connect_retry", error=type(exc).__name__, delay=delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, max_delay)
+        note_ready("rabbitmq")
         self._pub_channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
         await self._declare_exchanges(self._pub_channel)
         await self._declare_delay_queues(self._pub_channel)
@@ -153,20 +157,22 @@ class Broker(BrokerAdmin):
         )
 
     async def _declare_delay_queues(self, channel: AbstractChannel) -> None:
-        """One quorum queue per backoff level with a fixed TTL; expired messages dead-letter
-        (at least once) into the events exchange under their own routing key. A message
-        reaches its level through the headers exchange, so its routing key is kept."""
+        """One durable classic queue per backoff level with a fixed TTL; expired messages
+        dead-letter into the events exchange under their own routing key. A message reaches
+        its level through the headers exchange, so its routing key is kept. Classic, not
+        quorum: a quorum queue per level and per test prefix loaded the shared broker (Raft
+        logs) for a waiting room; the price is at-most-once dead-lettering (a message that
+        expires as the node crashes may be lost), which the callers tolerate (see
+        docs/ARCHITECTURE.md, Retries)."""
         for level in DELAY_LEVELS_MS:
             name = self.delay_queue_name(level)
             queue = await channel.declare_queue(
                 name,
                 durable=True,
                 arguments={
-                    "x-queue-type": "quorum",
+                    "x-queue-type": "classic",
                     "x-message-ttl": level,
                     "x-dead-letter-exchange": self.exchange_name,
-                    "x-dead-letter-strategy": "at-least-once",
-                    "x-overflow": "reject-publish",
                 },
             )
             await queue.bind(

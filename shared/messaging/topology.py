@@ -10,7 +10,7 @@ from typing import Any
 DLX = "dlx"  # suffix of the dead-letter exchange name
 DELAY = "delay"  # suffix of the delay exchange name
 
-# Backoff levels, one delay queue each (``<prefix>.delay.<ms>ms``). A queue's messages all
+# Backoff levels, one delay queue each (``<prefix>.delayed.<ms>ms``). A queue's messages all
 # expire after at most its fixed TTL; RabbitMQ expires messages only at the head of a queue,
 # so one queue per level keeps a short delay from waiting behind a long one. A message may
 # carry a shorter per-message TTL (jitter) within its level: it then waits at most its level.

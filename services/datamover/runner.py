@@ -22,11 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from sqlalchemy.exc import InternalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.datamover import service
 from services.datamover.engine import Copier, CopyJob, Throttle, VerificationFailed
 from services.datamover.settings import DatamoverSettings
+from shared.db.engine import is_connectivity_error
 from shared.db.models import Dataset, Migration
 from shared.events import utcnow
 from shared.logging import get_logger
@@ -64,6 +66,14 @@ def _tiers_after(dataset: Dataset, m: Migration) -> list[str]:
     if m.mode == MigrationMode.MOVE.value and m.from_tier != m.to_tier:
         kept.discard(m.from_tier)
     return sorted(kept)
+
+
+def database_interrupted(exc: BaseException) -> bool:
+    """PostgreSQL went away under the migration (restart, failover, a cut connection), as
+    opposed to a fault of the migration itself."""
+    if isinstance(exc, SQLAlchemyError):
+        return is_connectivity_error(exc) or isinstance(exc, InternalError)
+    return isinstance(exc, ConnectionRefusedError)
 
 
 def describe(exc: BaseException) -> str:
@@ -109,6 +119,10 @@ class Runner:
             log.info("migration_checkpointed", migration=str(migration_id))
             return
         except Exception as exc:
+            if database_interrupted(exc):  # not the migration's fault: resume it
+                log.warning("migration_interrupted", migration=str(migration_id), error=str(exc))
+                await self._release(migration_id)
+                return
             log.warning("migration_failed", migration=str(migration_id), error=describe(exc))
             await self._fail(migration_id, plan, exc)
             return
@@ -119,6 +133,22 @@ class Runner:
             await self._finish(plan)
         except Exception as exc:  # published already: never FAILED; retried after the lease
             log.warning("migration_finish_deferred", migration=str(migration_id), error=str(exc))
+
+    async def _release(self, migration_id: uuid.UUID) -> None:
+        """Give the lease back so the claim loop resumes the migration from its recorded
+        chunks once the database answers; if it does not within a few tries, the lease runs
+        out by itself."""
+        delay = 0.5
+        for _ in range(5):
+            try:
+                async with self.sessions() as session, session.begin():
+                    await service.release(
+                        session=session, owner=self.owner, migration_id=migration_id
+                    )
+                return
+            except Exception:
+                await asyncio.sleep(delay)
+                delay *= 2
 
     # -- 1 ---------------------------------------------------------------------------------
     async def _prepare(self, migration_id: uuid.UUID) -> Plan:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select, text, update
+from sqlalchemy import and_, delete, func, or_, select, text, true, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -189,13 +189,17 @@ async def record_progress(
         )
 
 
-async def release(*, session: AsyncSession, owner: str) -> list[uuid.UUID]:
-    """On shutdown: end the leases of this owner's RUNNING migrations now (their progress is
-    recorded) and wake the datamovers, so that another one resumes them at once."""
+async def release(
+    *, session: AsyncSession, owner: str, migration_id: uuid.UUID | None = None
+) -> list[uuid.UUID]:
+    """End the leases of this owner's RUNNING migrations (or of one) now, their progress
+    being recorded, and wake the datamovers, so that one resumes them at once: on shutdown,
+    and after the database went away under a migration."""
+    only = Migration.id == migration_id if migration_id is not None else true()
     rows = (
         await session.execute(
             update(Migration)
-            .where(Migration.owner == owner, Migration.state == MigrationState.RUNNING.value)
+            .where(Migration.owner == owner, Migration.state == MigrationState.RUNNING.value, only)
             .values(lease_expires_at=func.now() - timedelta(seconds=1), updated_at=func.now())
             .returning(
                 Migration.id,

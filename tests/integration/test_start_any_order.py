@@ -140,6 +140,9 @@ async def test_a_service_waits_for_its_dependencies_in_any_order(
                 status, body = await _wait_for(c, proc, log, lambda s, _b: s == 200)
                 assert body["status"] == "ok"
                 assert set(body["checks"]) >= {"postgres", "rabbitmq"}
+                metrics = (await c.get("/metrics")).text  # each service shows its breakers
+                assert 'stratus_circuit_state{circuit="rabbitmq"} 0.0' in metrics
+                assert 'stratus_circuit_state{circuit="postgres"} 0.0' in metrics
     finally:
         for proxy in (rabbit, postgres):
             await proxy.close()

@@ -105,7 +105,7 @@ async def _wait_for(
         await asyncio.sleep(0.3)
 
 
-@pytest.mark.parametrize("module", ["services.tenant", "services.scheduler"])
+@pytest.mark.parametrize("module", ["services.tenant", "services.scheduler", "services.datamover"])
 async def test_a_service_waits_for_its_dependencies_in_any_order(
     module: str, settings: CommonSettings, test_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -119,6 +119,8 @@ async def test_a_service_waits_for_its_dependencies_in_any_order(
         "STRATUS_RABBIT__PORT": str(rabbit.port),
         "STRATUS_POSTGRES__PORT": str(postgres.port),
         "STRATUS_LOG_LEVEL": "INFO",
+        "STRATUS_STORAGE__LOCAL__ROOT": str(tmp_path / "local"),
+        "STRATUS_STORAGE__ARCHIVE__ROOT": str(tmp_path / "archive"),
     }
     log = tmp_path / "service.log"
     try:

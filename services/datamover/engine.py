@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from shared.resilience import RetryPolicy
 from shared.storage import Storage, Upload
 from shared.storage.checksum import Hasher, format_checksum, new_hasher
-from shared.storage.tiers import FileTier
+from shared.storage.tiers import READ_BACK_PIECE, FileTier
 
 
 class VerificationFailed(Exception):
@@ -168,7 +168,7 @@ class Copier:
 
         def work() -> bool:
             """Copy here, hash on a helper thread one chunk behind (in order)."""
-            buffer = bytearray(min(job.chunk_bytes, job.size))
+            buffer = bytearray(READ_BACK_PIECE)
             hashing: Future[None] | None = None
             with ThreadPoolExecutor(1, thread_name_prefix="verify") as helper:
                 for index in range(state.next, job.chunks):
@@ -249,7 +249,7 @@ class Copier:
     async def _verify(self) -> str:
         job = self.job
         hasher = new_hasher()
-        buffer = bytearray(job.chunk_bytes if self.target.can_read_back and job.chunks else 0)
+        buffer = bytearray(READ_BACK_PIECE if self.target.can_read_back else 0)
         for index in range(job.chunks):
             await self.ready[index].wait()
             offset, length = job.span(index)

@@ -7,11 +7,12 @@ else hashes the bytes that were sent (S3 parts, which S3 checks on receipt), re-
 source for chunks done before a restart. The result is the copy's checksum, compared by the
 caller with the source's before anything is published.
 
-Between two directories one thread copies the missing chunks in order, in the kernel
-(``copy_file_range``, no bytes through Python), and a helper thread reads each one back from
-the target and hashes it right behind, while it is still in the cache. Several chunks in
-flight would only contend for the target file, and handing every chunk to the event loop and
-back costs more than it saves on a busy machine.
+Between two directories one thread does it all, in order: each missing chunk is copied in the
+kernel (``copy_file_range``, no bytes through Python), then read back from the target at once,
+in pieces that fit the CPU's cache, while the chunk is still in the last-level cache: the
+verification costs about 15% more CPU than ``cp`` instead of a second pass from memory. On a
+busy machine CPU time is what counts: chunks in flight would only contend for the target
+file, and a second thread or a hand-off to the event loop per chunk cost more than they save.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from shared.resilience import RetryPolicy
@@ -160,32 +160,21 @@ class Copier:
             job.done[index] = None
             self.on_chunk(index, None, length)
 
-        def hash_next(index: int, buffer: bytearray) -> None:  # on the helper thread
-            offset, length = job.span(index)
-            hasher = state.hasher.copy()  # a chunk is hashed whole or not at all
-            target.hash_chunk(job.upload, offset, length, hasher, buffer)
-            state.hasher, state.next = hasher, index + 1
-
         def work() -> bool:
-            """Copy here, hash on a helper thread one chunk behind (in order)."""
             buffer = bytearray(READ_BACK_PIECE)
-            hashing: Future[None] | None = None
-            with ThreadPoolExecutor(1, thread_name_prefix="verify") as helper:
-                for index in range(state.next, job.chunks):
-                    if index not in job.done:
-                        if self.draining:
-                            break
-                        offset, length = job.span(index)
-                        target.copy_chunk(path, job.upload, offset, length)
-                        loop.call_soon_threadsafe(copied, index, length)
-                        if pause := self.throttle.delay(length):
-                            time.sleep(pause)
-                    if hashing is not None:
-                        hashing.result()  # the previous chunk's (its error, if any)
-                    hashing = helper.submit(hash_next, index, buffer)
-                if hashing is not None:
-                    hashing.result()
-            return state.next == job.chunks
+            for index in range(state.next, job.chunks):
+                offset, length = job.span(index)
+                if index not in job.done:
+                    if self.draining:
+                        return False
+                    target.copy_chunk(path, job.upload, offset, length)
+                    loop.call_soon_threadsafe(copied, index, length)
+                    if pause := self.throttle.delay(length):
+                        time.sleep(pause)
+                hasher = state.hasher.copy()  # a chunk is hashed whole or not at all
+                target.hash_chunk(job.upload, offset, length, hasher, buffer)
+                state.hasher, state.next = hasher, index + 1
+            return True
 
         try:
             finished = await self.storage.call(

@@ -214,7 +214,11 @@ class Runner:
         stop = asyncio.ensure_future(self.stopping.wait())
         try:
             while not task.done():
-                await asyncio.wait([task, stop], timeout=self.settings.progress_interval_s)
+                await asyncio.wait(  # the copy's end, a stop, or time to record progress
+                    [task, stop],
+                    timeout=self.settings.progress_interval_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if self.stopping.is_set() and not task.done():
                     await self._checkpoint(plan, progress, copier, task)
                 if not task.done():

@@ -272,3 +272,17 @@ async def test_delete_during_migration_fails_it_without_publishing(
     assert done["state"] == "FAILED"
     assert "deleted or overwritten" in done["error"]
     assert not tier_file(storage, "archive", t, "gone/x").exists()
+
+
+async def test_a_copy_ends_without_waiting_for_the_next_progress_record(
+    api: httpx.AsyncClient, storage: StorageSettings
+) -> None:
+    """The runner wakes when the copy ends, not when its progress interval does."""
+    t = await new_tenant(api)
+    data = payload(2 * CHUNK + 5, seed=31)
+    await put(api, t, "tick/data", data)
+    async with running_datamover(storage, progress_interval_s=600.0):
+        m = await migrate(api, t, "tick/data", "archive", "copy")
+        done = await wait_migration(api, t, m["id"], timeout=60)
+    assert done["state"] == "SUCCEEDED", done
+    assert tier_file(storage, "archive", t, "tick/data").read_bytes() == data

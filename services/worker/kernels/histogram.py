@@ -34,15 +34,17 @@ SHIFT_BITS = np.uint64(0x4338000000000000)
 
 
 @numba.njit(cache=True, nogil=True)
-def _indices(block: Any, lo: float, hi: float, bins: int, out: Any) -> None:
-    """``out[i]``: NumPy's bin of ``block[i]`` (``bins`` when it is outside or NaN) plus
-    ``SHIFT``, all in float64 so that the loop vectorises."""
+def _indices(data: Any, start: int, lo: float, hi: float, bins: int, out: Any) -> None:
+    """``out[i]``: NumPy's bin of ``data[start + i]`` (``bins`` when it is outside or NaN) plus
+    ``SHIFT``, all in float64 so that the loop vectorises. ``data`` is indexed rather than
+    sliced: a slice of a read-only array (inputs are read-only memory maps) is typed with
+    any layout, and the loop over it does not vectorise."""
     step = (hi - lo) / bins  # np.linspace's step: edge k is k*step + lo
     scale = bins / (hi - lo)
     last = np.float64(bins - 1)
     outside = np.float64(bins)
-    for i in range(block.shape[0]):
-        v = block[i]
+    for i in range(out.shape[0]):
+        v = data[start + i]
         inside = (v >= lo) & (v <= hi)
         k = min(np.floor((v - lo) * scale if inside else 0.0), last)
         k -= 1.0 if v < k * step + lo else 0.0
@@ -52,13 +54,14 @@ def _indices(block: Any, lo: float, hi: float, bins: int, out: Any) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def _count(data: Any, lo: float, hi: float, counts: Any) -> None:
+def _count(data: Any, begin: int, end: int, lo: float, hi: float, counts: Any) -> None:
+    """Add the bins of ``data[begin:end]`` to ``counts`` (the last slot: values outside)."""
     buf = np.empty(BLOCK, np.float64)
     bits = buf.view(np.uint64)  # unsigned: the index needs no wrap-around check
-    for start in range(0, data.shape[0], BLOCK):
-        block = data[start : start + BLOCK]
-        _indices(block, lo, hi, counts.shape[0] - 1, buf)
-        for i in range(block.shape[0]):
+    for start in range(begin, end, BLOCK):
+        out = buf[: min(BLOCK, end - start)]
+        _indices(data, start, lo, hi, counts.shape[0] - 1, out)
+        for i in range(out.shape[0]):
             counts[bits[i] - SHIFT_BITS] += 1
 
 
@@ -68,7 +71,7 @@ def histogram(data: Any, bins: int, lo: float, hi: float, chunks: int) -> Any:
     private = np.zeros((chunks, bins + 1), np.int64)  # the last slot: values outside
     step = (n + chunks - 1) // chunks
     for c in prange(chunks):
-        _count(data[c * step : min(n, (c + 1) * step)], lo, hi, private[c])
+        _count(data, c * step, min(n, (c + 1) * step), lo, hi, private[c])
     return private.sum(axis=0)[:-1]
 
 

@@ -88,6 +88,10 @@ class Job(Base):
     inputs: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
     outputs: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
     labels: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
+    # the tier the worker publishes the outputs on
+    output_tier: Mapped[str] = mapped_column(
+        String(32), nullable=False, default="local", server_default="local"
+    )
     priority: Mapped[int] = mapped_column(SmallInteger, nullable=False, default=0)
     timeout_s: Mapped[int] = mapped_column(Integer, nullable=False)
     max_retries: Mapped[int] = mapped_column(Integer, nullable=False)

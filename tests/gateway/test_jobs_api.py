@@ -66,6 +66,7 @@ async def test_submit_stores_job_and_outbox_event_together(
     assert job["params"] == {"samples": 1000, "seed": 1}
     assert job["attempts"] == 0
     assert job["result"] is None
+    assert job["output_tier"] == "local"  # the default
     assert r.headers["location"] == f"/v1/jobs/{job['id']}"
     for field in (
         "id",
@@ -89,6 +90,22 @@ async def test_submit_stores_job_and_outbox_event_together(
         row = await s.get(Job, uuid.UUID(job["id"]))
         assert row is not None
         assert str(row.tenant_id) == tenant.tenant_id
+        assert row.output_tier == "local"
+
+
+async def test_a_job_names_the_tier_of_its_outputs(
+    client: httpx.AsyncClient, tenant: TenantKey, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    for tier in ("archive", "s3"):
+        r = await client.post("/v1/jobs", json={**MC, "output_tier": tier}, headers=tenant.headers)
+        assert r.status_code == 201, r.text
+        assert r.json()["output_tier"] == tier
+        got = await client.get(f"/v1/jobs/{r.json()['id']}", headers=tenant.headers)
+        assert got.json()["output_tier"] == tier
+        async with sessions() as s:
+            row = await s.get(Job, uuid.UUID(r.json()["id"]))
+            assert row is not None
+            assert row.output_tier == tier
 
 
 async def test_same_idempotency_key_gives_one_job(
@@ -170,6 +187,14 @@ async def test_list_pages_newest_first_with_cursor(client: httpx.AsyncClient) ->
             ["body", "device"],
         ),
         ({"kernel": "montecarlo_pi", "params": {"samples": 1}, "colour": 1}, ["body", "colour"]),
+        (
+            {"kernel": "montecarlo_pi", "params": {"samples": 1}, "output_tier": "tape"},
+            ["body", "output_tier"],
+        ),
+        (
+            {"kernel": "montecarlo_pi", "params": {"samples": 1}, "output_tier": ""},
+            ["body", "output_tier"],
+        ),
         (
             {
                 "kernel": "saxpy",

@@ -62,6 +62,7 @@ async def submit_job(
         idempotency_window_s=settings.idempotency_window_s,
         max_queued_jobs=int(principal.quotas["max_queued_jobs"]),
         queue_quota=request.app.state.queue_quota,
+        tiers=settings.storage.tiers().keys(),
     )
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     if submitted.replayed:

@@ -24,6 +24,12 @@ class JobSubmit(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     inputs: dict[str, DatasetName] = Field(default_factory=dict)
     outputs: dict[str, DatasetName] = Field(default_factory=dict)
+    output_tier: str = Field(
+        default="local",
+        min_length=1,
+        max_length=32,
+        description="the configured storage tier the outputs are published on",
+    )
     priority: int = Field(default=5, ge=0, le=9, description="9 runs first")
     timeout_s: int | None = Field(default=None, ge=1, le=7 * 86_400)
     max_retries: int | None = Field(default=None, ge=0, le=20)
@@ -37,6 +43,7 @@ class JobOut(BaseModel):
     params: dict[str, Any]
     inputs: dict[str, str]
     outputs: dict[str, str]
+    output_tier: str
     priority: int
     timeout_s: int
     max_retries: int

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -67,8 +68,14 @@ async def submit_job(
     idempotency_window_s: int,
     max_queued_jobs: int,
     queue_quota: QueueQuota,
+    tiers: Collection[str] = ("local",),
 ) -> Submitted:
     spec = get_spec(data.kernel)
+    if data.output_tier not in tiers:
+        raise Invalid(
+            f"unknown output tier {data.output_tier!r}",
+            errors=[{"loc": ["body", "output_tier"], "msg": f"one of {sorted(tiers)}"}],
+        )
     params = spec.validate_params(data.params)
     if data.device != "any" and data.device not in spec.devices:
         raise Invalid(
@@ -98,6 +105,7 @@ async def submit_job(
         params=params,
         inputs=data.inputs,
         outputs=data.outputs,
+        output_tier=data.output_tier,
         labels=data.labels,
         priority=data.priority,
         timeout_s=data.timeout_s or default_timeout_s,
@@ -127,11 +135,12 @@ async def submit_job(
 _INSERT_JOB = text(
     """
     WITH job AS (
-        INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, labels,
-                          priority, timeout_s, max_retries, state, attempts, idempotency_key,
-                          created_at, updated_at)
+        INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, output_tier,
+                          labels, priority, timeout_s, max_retries, state, attempts,
+                          idempotency_key, created_at, updated_at)
         VALUES (:id, :tenant_id, :kernel, :device, CAST(:params AS jsonb),
-                CAST(:inputs AS jsonb), CAST(:outputs AS jsonb), CAST(:labels AS jsonb),
+                CAST(:inputs AS jsonb), CAST(:outputs AS jsonb), :output_tier,
+                CAST(:labels AS jsonb),
                 :priority, :timeout_s, :max_retries, 'PENDING', 0, :idempotency_key,
                 :created_at, :created_at)
         ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
@@ -162,6 +171,7 @@ async def _insert_with_event(*, session: AsyncSession, job: Job) -> bool:
             "params": orjson.dumps(job.params).decode(),
             "inputs": orjson.dumps(job.inputs).decode(),
             "outputs": orjson.dumps(job.outputs).decode(),
+            "output_tier": job.output_tier,
             "labels": orjson.dumps(job.labels).decode(),
             "priority": job.priority,
             "timeout_s": job.timeout_s,

@@ -8,11 +8,13 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
 from services.worker import service
 from services.worker.datasets import (
+    OUTPUT_TIER,
     DatasetError,
     input_paths,
     missing_files,
@@ -23,6 +25,7 @@ from services.worker.handlers import Running, cancelled_job, dispatched_job
 from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
 from services.worker.service import Claim, Recorded, Report, report_for
 from services.worker.settings import WorkerSettings
+from services.worker.stageout import StagedOutput, abort_staged, stage_out
 from shared.db.engine import transaction
 from shared.errors import StratusError
 from shared.jobs.states import JobState
@@ -88,19 +91,22 @@ class WorkerRuntime:
             log.info("job_cancel_requested", job_id=str(job_id))
 
     async def _run(self, claim: Claim) -> None:
+        staged: dict[str, StagedOutput] = {}
         try:
-            report = await self._attempt(claim)
+            report = await self._attempt(claim, staged)
             self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
-            await self._record(claim, report)
+            await self._record(claim, report, staged)
         finally:
             self.running.tasks.pop(claim.job_id, None)
+            await abort_staged(self.storage, staged)  # what the record did not publish
             # what the record did not publish (failed, refused or abandoned attempt)
             await asyncio.to_thread(
                 remove_attempt_folder, self.settings.storage, claim.job_id, claim.attempt
             )
             self.slots.release()
 
-    async def _attempt(self, claim: Claim) -> Report:
+    async def _attempt(self, claim: Claim, staged: dict[str, StagedOutput] | None = None) -> Report:
+        """Run the attempt; the partial objects of a stage-out go into ``staged``."""
         usage = Usage()
         try:
             request = self._request(claim)
@@ -121,6 +127,41 @@ class WorkerRuntime:
                 report = dataclasses.replace(
                     report, state=JobState.FAILED, error=error, retryable=False
                 )
+        if report.state is JobState.SUCCEEDED and claim.output_tier != OUTPUT_TIER:
+            staged = {} if staged is None else staged
+            report = await self._stage_out(claim, request, report, usage, staged)
+        return report
+
+    async def _stage_out(
+        self,
+        claim: Claim,
+        request: Request,
+        report: Report,
+        usage: Usage,
+        staged: dict[str, StagedOutput],
+    ) -> Report:
+        """Copy the outputs to the job's tier (verified, not published yet: see
+        ``services.worker.stageout``); a copy that fails fails the attempt, retryably."""
+        try:
+            await stage_out(
+                self.storage,
+                tenant_id=claim.tenant_id,
+                job_id=claim.job_id,
+                attempt=claim.attempt,
+                tier=claim.output_tier,
+                names=claim.outputs,
+                files={k: Path(v) for k, v in request.outputs.items()},
+                staged=staged,
+            )
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return report_for(None, usage, stopping=self.stopping)
+        except Exception as exc:
+            error = f"cannot copy the outputs to tier {claim.output_tier!r}: {exc}"
+            log.warning("stage_out_failed", job_id=str(claim.job_id), error=str(exc))
+            return dataclasses.replace(report, state=JobState.FAILED, error=error, retryable=True)
         return report
 
     def _request(self, claim: Claim) -> Request:
@@ -141,7 +182,7 @@ class WorkerRuntime:
             {k: str(v) for k, v in outputs.items()},
         )
 
-    async def _record(self, claim: Claim, report: Report) -> None:
+    async def _record(self, claim: Claim, report: Report, staged: dict[str, StagedOutput]) -> None:
         """Make the outcome durable (and publish a successful attempt's outputs in the same
         transaction), retrying while the database is away. If the lease runs out meanwhile,
         the reaper re-queues the job and fencing drops this late report. Outputs that cannot
@@ -168,6 +209,7 @@ class WorkerRuntime:
                         worker=self.settings.name,
                         report=report,
                         outputs=outputs,
+                        staged=staged,
                     )
                 break
             except StratusError as exc:  # the outputs' names: the job's fault

@@ -17,12 +17,13 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.worker.runner import Outcome, Status, Usage
+from services.worker.stageout import StagedOutput
 from shared.db.models import Job, JobAttempt, Worker
 from shared.db.outbox import add_event
 from shared.events import JobFinished
 from shared.jobs.states import JobState
 from shared.jobs.store import set_job_state
-from shared.storage.catalog import publish_local_file
+from shared.storage.catalog import publish_local_file, publish_upload
 from shared.storage.names import local_dataset_path
 from shared.storage.registry import Storage
 
@@ -37,6 +38,7 @@ class Claim:
     inputs: dict[str, str]
     outputs: dict[str, str]
     timeout_s: int
+    output_tier: str = "local"
 
 
 async def claim(
@@ -57,6 +59,7 @@ async def claim(
         job.inputs,
         job.outputs,
         job.timeout_s,
+        job.output_tier,
     )
 
 
@@ -144,16 +147,35 @@ async def record_attempt(
     worker: str,
     report: Report,
     outputs: Mapping[str, Path],
+    staged: Mapping[str, StagedOutput] | None = None,
     tier: str = "local",
 ) -> Recorded:
     """``record``, and for an accepted ``SUCCEEDED`` attempt, publish each output file (the
     kernel's temporary files, ``outputs``: slot -> path) as the tenant's dataset on ``tier``,
-    in the same transaction. A refused (fenced, superseded) attempt publishes nothing. The
-    caller removes the copies of the older versions (``stale``) after the commit."""
+    in the same transaction; for a job whose ``output_tier`` is not ``local``, publish the
+    verified partial objects ``staged`` on that tier instead. A refused (fenced, superseded)
+    attempt publishes nothing. The caller removes the copies of the older versions
+    (``stale``) after the commit."""
     accepted = await record(session=session, claim=claim, worker=worker, report=report)
     if not accepted or report.state is not JobState.SUCCEEDED:
         return Recorded(accepted)
     stale: dict[str, tuple[str, ...]] = {}
+    if claim.output_tier != tier:
+        for slot, name in claim.outputs.items():
+            out = (staged or {})[slot]
+            published = await publish_upload(
+                session=session,
+                storage=storage,
+                tenant_id=claim.tenant_id,
+                name=name,
+                tier=out.tier,
+                upload=out.upload,
+                etags=out.etags,
+                size=out.size,
+                checksum=out.checksum,
+            )
+            stale[name] = published.stale_tiers
+        return Recorded(True, stale)
     for slot, name in claim.outputs.items():
         path = outputs[slot]
         if not path.exists():

@@ -186,3 +186,47 @@ async def publish_local_file(
         checksum=checksum,
         tier=tier,
     )
+
+
+async def _holds(storage: Storage, tier: str, key: str, checksum: str) -> bool:
+    """Whether the object ``key`` on ``tier`` has exactly the bytes of ``checksum``."""
+    try:
+        reader = await storage.call(tier, lambda: storage.tier(tier).open_reader(key))
+    except FileNotFoundError:
+        return False
+    hasher = new_hasher()
+    try:
+        while block := await reader.read(8 * 2**20):
+            hasher.update(block)
+    finally:
+        await reader.close()
+    return format_checksum(hasher) == checksum
+
+
+async def publish_upload(
+    *,
+    session: AsyncSession,
+    storage: Storage,
+    tenant_id: uuid.UUID,
+    name: str,
+    tier: str,
+    upload: Upload,
+    etags: list[str | None],
+    size: int,
+    checksum: str,
+) -> Published:
+    """Register a verified partial object on ``tier`` (a job's output staged out) as the
+    dataset: publish it atomically under the lock and record the row. If an earlier try
+    published it and then did not commit, the object already there is accepted only when
+    its bytes hash to ``checksum``. The caller removes ``stale_tiers`` afterwards."""
+    validate_name(name)
+    await lock_name(session=session, tenant_id=tenant_id, name=name)
+    await check_no_clash(session=session, tenant_id=tenant_id, name=name)
+    try:
+        await storage.call(tier, lambda: storage.tier(tier).publish(upload, etags))
+    except FileNotFoundError:
+        if not await _holds(storage, tier, upload.key, checksum):
+            raise
+    return await record_published(
+        session=session, tenant_id=tenant_id, name=name, size=size, checksum=checksum, tier=tier
+    )

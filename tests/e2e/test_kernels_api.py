@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from shared.storage.checksum import format_checksum, new_hasher
 from tests.e2e.conftest import new_tenant_key, wait_for_state
 from tests.worker import reference as ref
 
@@ -227,3 +228,52 @@ async def test_an_input_on_s3_is_staged_in_and_the_output_is_downloadable(
     staged = await api.get("/v1/datasets/remote/x.npy", params={"meta": 1}, headers=h)
     assert staged.status_code == 200, staged.text
     assert staged.json()["checksum"] == on_s3["checksum"]
+
+
+@pytest.mark.parametrize("tier", ["archive", "s3"])
+async def test_outputs_land_on_the_tier_the_job_names(api: httpx.AsyncClient, tier: str) -> None:
+    """The worker stages the output out to ``output_tier`` before the job is SUCCEEDED: the
+    dataset is on that tier only, and its bytes download with the recorded checksum."""
+    h = await new_tenant_key(api, f"out-{tier}")
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal(2000), rng.standard_normal(2000)
+    await upload(api, h, "x.npy", x)
+    await upload(api, h, "y.npy", y)
+    name = f"results/{tier}/y.npy"
+    job = await run(
+        api,
+        h,
+        {
+            "kernel": "saxpy",
+            "params": {"a": -1.5},
+            "inputs": {"x": "x.npy", "y": "y.npy"},
+            "outputs": {"y": name},
+            "output_tier": tier,
+        },
+    )
+    assert job["state"] == "SUCCEEDED", job
+    assert job["output_tier"] == tier
+    meta = await api.get(f"/v1/datasets/{name}", params={"meta": 1}, headers=h)
+    assert meta.status_code == 200, meta.text
+    assert meta.json()["tier"] == tier
+    content = await api.get(f"/v1/datasets/{name}", headers=h)
+    assert content.status_code == 200, content.text
+    hasher = new_hasher()
+    hasher.update(content.content)
+    assert format_checksum(hasher) == meta.json()["checksum"]
+    assert content.headers["etag"].strip('"') == meta.json()["checksum"]
+    assert meta.json()["size"] == len(content.content)
+    assert_close(np.load(io.BytesIO(content.content)), ref.saxpy(-1.5, x, y))
+
+
+async def test_an_unknown_output_tier_is_refused_and_nothing_stored(
+    api: httpx.AsyncClient,
+) -> None:
+    h = await new_tenant_key(api, "out-unknown")
+    body = {"kernel": "montecarlo_pi", "params": {"samples": 10}, "output_tier": "tape"}
+    r = await api.post("/v1/jobs", json=body, headers=h)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert any(e["loc"] == ["body", "output_tier"] for e in r.json()["errors"])
+    listed = await api.get("/v1/jobs", headers=h)
+    assert listed.json()["items"] == []

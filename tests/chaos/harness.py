@@ -50,6 +50,10 @@ class ChaosPlan:
     concurrency: int = 2
     calm_fraction: float = 0.2  # of all jobs SUCCEEDED before the first fault
     worker_kill_every_s: float = 4.0
+    # and only once this many more jobs SUCCEEDED since the last worker kill: a kill costs the
+    # jobs it held a lease expiry, so on a fast machine (workers back in 2 s) kills every 4 s
+    # alone would starve the run instead of testing it
+    jobs_between_worker_kills: int = 5
     fault_gap_s: float = 2.0  # pause after a fault recovered, before the next one
     down_s: float = 3.0  # how long a restarted server stays away
     trickle_s: float = 0.1  # pace of each of the 4 clients submitting during the faults
@@ -276,8 +280,10 @@ class ChaosRun:
         await asyncio.to_thread(self.cluster.signal, process, signal.SIGKILL)
 
     async def kill_workers(self, stop: asyncio.Event) -> None:
-        """SIGKILL a ready worker every ``worker_kill_every_s`` until ``stop``."""
+        """SIGKILL a ready worker every ``worker_kill_every_s`` (once the work moved on by
+        ``jobs_between_worker_kills``) until ``stop``."""
         n = 0
+        progress_at_last_kill = -self.plan.jobs_between_worker_kills
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.plan.worker_kill_every_s):
@@ -289,6 +295,10 @@ class ChaosRun:
             ready = await asyncio.to_thread(self.ready_workers)
             if name not in ready or len(ready) < 2:
                 continue  # still starting after its last kill, or the last one standing
+            done = await self.succeeded()
+            if done is None or done < progress_at_last_kill + self.plan.jobs_between_worker_kills:
+                continue
+            progress_at_last_kill = done
             with contextlib.suppress(Exception):
                 await self._fault(
                     f"kill -9 worker#{n}",
@@ -410,7 +420,8 @@ class ChaosRun:
             faults_end = time.time()
             for fault in self.faults:
                 if fault.recovered is None:
-                    fault.recovered = await self.wait_next_completion(fault.ended, timeout=5)
+                    # read from finished_at: waiting longer does not change the figure
+                    fault.recovered = await self.wait_next_completion(fault.ended, timeout=120)
             self.say("faults over; waiting for quiet")
             await self.wait_quiet(plan.quiet_timeout_s)
         report = ChaosReport(plan, await self.findings(), self.faults)

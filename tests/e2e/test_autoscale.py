@@ -35,7 +35,9 @@ pytestmark = pytest.mark.e2e
 
 COOLDOWN_S = 6.0
 BURST = 300
-JOB = {"kernel": "montecarlo_pi", "params": {"samples": 300_000}}
+# device cpu: an ``any`` job goes to a free GPU slot first, and the cuda pool of the test
+# before (the CUDA simulator, slow) may still be up within its cooldown
+JOB = {"kernel": "montecarlo_pi", "device": "cpu", "params": {"samples": 300_000}}
 
 
 @pytest.fixture(scope="module")

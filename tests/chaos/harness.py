@@ -42,6 +42,9 @@ LOGS = Path(__file__).resolve().parents[2] / "run" / "chaos-logs"  # the last ru
 MIGRATION_BYTES = 12 * 2**20  # three chunks each, paced so that the datamover dies mid-copy
 
 
+ONE_OFF_FAULTS = 5  # scheduler, datamover, RabbitMQ, PostgreSQL, Redis
+
+
 @dataclass(frozen=True)
 class ChaosPlan:
     jobs: int = 200
@@ -347,7 +350,10 @@ class ChaosRun:
                     return
             await asyncio.sleep(0.2)
 
-    async def one_off_faults(self, api: httpx.AsyncClient) -> None:
+    async def one_off_faults(
+        self, api: httpx.AsyncClient, before: list[list[workload.JobSpec]]
+    ) -> None:
+        """Each fault once, ``before[k]`` submitted right before the k-th."""
         srv, down = self.servers, self.plan.down_s
         steps: list[tuple[str, Callable[[], None]]] = [
             ("kill -9 scheduler", lambda: self.cluster.signal("scheduler", signal.SIGKILL)),
@@ -356,7 +362,9 @@ class ChaosRun:
             ("restart postgres", lambda: srv.restart_postgres(down_s=down)),
             ("restart redis", lambda: srv.restart_redis(down_s=down)),
         ]
-        for name, action in steps:
+        assert len(steps) == ONE_OFF_FAULTS
+        for (name, action), batch in zip(steps, before, strict=True):
+            await workload.submit_all(api, batch, self.ids, concurrency=4)
             if name == "kill -9 datamover":
                 await self.start_migrations(api)
                 await self.migrations_running()
@@ -403,13 +411,22 @@ class ChaosRun:
             calm_end = time.time()
             stop = asyncio.Event()
             killer = asyncio.create_task(self.kill_workers(stop))
+            # a share of the rest goes in right before each one-off fault, so that work is in
+            # flight at every fault and a completion follows it however fast the machine is
+            rest = specs[half:]
+            share = len(rest) // (ONE_OFF_FAULTS + 1)
+            before = [rest[k * share : (k + 1) * share] for k in range(ONE_OFF_FAULTS)]
             trickle = asyncio.create_task(
                 workload.submit_all(
-                    api, specs[half:], self.ids, concurrency=4, pace_s=plan.trickle_s
+                    api,
+                    rest[ONE_OFF_FAULTS * share :],
+                    self.ids,
+                    concurrency=4,
+                    pace_s=plan.trickle_s,
                 )
             )
             try:
-                await self.one_off_faults(api)
+                await self.one_off_faults(api, before)
                 await trickle
                 # workers keep dying until most of the work is done
                 await self.wait_succeeded(int(plan.kill_until * plan.jobs), plan.quiet_timeout_s)

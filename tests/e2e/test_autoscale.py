@@ -149,8 +149,10 @@ async def test_a_pool_at_zero_starts_a_worker_for_a_job_and_returns_to_zero(
     assert done["state"] == "SUCCEEDED", done
     assert CUDA_WORKER in done["worker"]
     assert done["attempts"] == 1
+    # the issue bounds the way back only for the burst (cooldown + 10 s); here the cooldown, an
+    # autoscaler pass and the graceful stop of a CUDA-simulator worker took 16 s on a quiet run
     await until(
-        lambda: scaled.up_workers(CUDA_WORKER) == [], COOLDOWN_S + 10, "the cuda pool back at 0"
+        lambda: scaled.up_workers(CUDA_WORKER) == [], COOLDOWN_S + 30, "the cuda pool back at 0"
     )
     decisions = (await pools(api))["cuda"]["decisions"]  # newest first
     assert [(d["action"], d["from"], d["to"]) for d in decisions[:2]] == [

@@ -301,6 +301,8 @@ class ChaosRun:
             done = await self.succeeded()
             if done is None or done < progress_at_last_kill + self.plan.jobs_between_worker_kills:
                 continue
+            if done >= self.plan.kill_until * self.plan.jobs:
+                continue  # the work left must outlast the kill, or its recovery is unmeasurable
             progress_at_last_kill = done
             with contextlib.suppress(Exception):
                 await self._fault(

@@ -154,11 +154,16 @@ async def test_a_pool_at_zero_starts_a_worker_for_a_job_and_returns_to_zero(
     await until(
         lambda: scaled.up_workers(CUDA_WORKER) == [], COOLDOWN_S + 30, "the cuda pool back at 0"
     )
-    decisions = (await pools(api))["cuda"]["decisions"]  # newest first
-    assert [(d["action"], d["from"], d["to"]) for d in decisions[:2]] == [
-        ("down", 1, 0),
-        ("up", 0, 1),
-    ]
+    # the decision is stored once the backend's graceful stop returned: a few seconds after
+    # the worker stopped counting as up
+    deadline = time.monotonic() + 30
+    while True:
+        decisions = (await pools(api))["cuda"]["decisions"]  # newest first
+        got = [(d["action"], d["from"], d["to"]) for d in decisions[:2]]
+        if got == [("down", 1, 0), ("up", 0, 1)] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert got == [("down", 1, 0), ("up", 0, 1)]
 
 
 async def test_a_burst_scales_the_pool_to_max_and_back_without_losing_a_job(

@@ -353,9 +353,11 @@ class ChaosRun:
             await asyncio.sleep(0.2)
 
     async def one_off_faults(
-        self, api: httpx.AsyncClient, before: list[list[workload.JobSpec]]
+        self, api: httpx.AsyncClient, after: list[list[workload.JobSpec]]
     ) -> None:
-        """Each fault once, ``before[k]`` submitted right before the k-th."""
+        """Each fault once, ``after[k]`` submitted as soon as the k-th is over, so that a job
+        completion follows every fault however fast the machine (a Redis restart, say, stops
+        no job: the work in flight may all be done before it is over)."""
         srv, down = self.servers, self.plan.down_s
         steps: list[tuple[str, Callable[[], None]]] = [
             ("kill -9 scheduler", lambda: self.cluster.signal("scheduler", signal.SIGKILL)),
@@ -365,12 +367,12 @@ class ChaosRun:
             ("restart redis", lambda: srv.restart_redis(down_s=down)),
         ]
         assert len(steps) == ONE_OFF_FAULTS
-        for (name, action), batch in zip(steps, before, strict=True):
-            await workload.submit_all(api, batch, self.ids, concurrency=4)
+        for (name, action), batch in zip(steps, after, strict=True):
             if name == "kill -9 datamover":
                 await self.start_migrations(api)
                 await self.migrations_running()
             fault = await self._fault(name, action)
+            await workload.submit_all(api, batch, self.ids, concurrency=4)
             fault.recovered = await self.wait_next_completion(fault.ended)
             await asyncio.sleep(self.plan.fault_gap_s)
 
@@ -413,11 +415,10 @@ class ChaosRun:
             calm_end = time.time()
             stop = asyncio.Event()
             killer = asyncio.create_task(self.kill_workers(stop))
-            # a share of the rest goes in right before each one-off fault, so that work is in
-            # flight at every fault and a completion follows it however fast the machine is
+            # a share of the rest goes in as soon as each one-off fault is over (see there)
             rest = specs[half:]
             share = len(rest) // (ONE_OFF_FAULTS + 1)
-            before = [rest[k * share : (k + 1) * share] for k in range(ONE_OFF_FAULTS)]
+            after = [rest[k * share : (k + 1) * share] for k in range(ONE_OFF_FAULTS)]
             trickle = asyncio.create_task(
                 workload.submit_all(
                     api,
@@ -428,7 +429,7 @@ class ChaosRun:
                 )
             )
             try:
-                await self.one_off_faults(api, before)
+                await self.one_off_faults(api, after)
                 await trickle
                 # workers keep dying until most of the work is done
                 await self.wait_succeeded(int(plan.kill_until * plan.jobs), plan.quiet_timeout_s)

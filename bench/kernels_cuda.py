@@ -1,8 +1,11 @@
 """``bench/kernels.py --device cuda``: the CUDA kernels on a GPU, timed on device arrays
-(transfers excluded), against the card's measured device-to-device copy bandwidth
+(transfers excluded), against the card's STREAM triad bandwidth measured by a numba kernel
 (saxpy, stencil2d, histogram) and its cuBLAS dgemm rate (matmul, nbody) through CuPy or
-PyTorch where one is installed. Where there is no GPU it says so and exits 0; under the
-simulator (``NUMBA_ENABLE_CUDASIM=1``) it runs tiny sizes to check the code path only.
+PyTorch where one is installed, and against CuPy running the contract's NumPy expression on
+the same arrays (the GPU's counterpart of the NumPy reference); ``matmul`` is the kernel's
+default path (cuBLAS where CuPy is installed), ``matmul_numba_tiles`` the numba kernel.
+Where there is no GPU it says so and exits 0; under the simulator
+(``NUMBA_ENABLE_CUDASIM=1``) it runs tiny sizes to check the code path only.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba import cuda
 
 Sizes = dict[str, int]
 FULL: Sizes = {"n": 2**26, "side": 8192, "its": 20, "m": 4096, "bodies": 65536, "mc": 10**9}
@@ -57,11 +61,22 @@ def cublas_dgemm(m: int, repeat: int) -> tuple[str, float] | None:
         return None
 
 
-def copy_bandwidth(n: int, repeat: int) -> float:
-    from numba import cuda
+@cuda.jit
+def triad_kernel(a: Any, b: Any, c: Any, s: float) -> None:
+    i = cuda.grid(1)
+    while i < a.shape[0]:
+        a[i] = b[i] + s * c[i]
+        i += cuda.gridsize(1)
 
-    src, dst = cuda.to_device(np.ones(n)), cuda.device_array(n)
-    return 16 * n / gpu_time(lambda: dst.copy_to_device(src), repeat) / 1e9
+
+def triad_bandwidth(n: int, repeat: int) -> float:
+    """STREAM triad ``a = b + s * c`` in a numba grid-stride kernel (24 bytes per element):
+    the GPU's counterpart of the CPU bench's triad, the limit of the memory-bound kernels."""
+    from services.worker.kernels.cuda_launch import stride_blocks
+
+    b, c, a = cuda.to_device(np.ones(n)), cuda.to_device(np.ones(n)), cuda.device_array(n)
+    blocks = stride_blocks(n, 256)
+    return 24 * n / gpu_time(lambda: triad_kernel[blocks, 256](a, b, c, 3.0), repeat) / 1e9
 
 
 def measure(s: Sizes, repeat: int) -> list[dict[str, Any]]:
@@ -93,17 +108,20 @@ def measure(s: Sizes, repeat: int) -> list[dict[str, Any]]:
         "stencil2d": gpu_time(lambda: stencil2d_cuda.jacobi(grid, its), repeat) / its,
         "histogram": gpu_time(lambda: histogram_cuda.histogram(x, bin_edges, 0.0, 1.0), repeat),
         "matmul": gpu_time(lambda: matmul_cuda.matmul(a, b, c), repeat),
+        "matmul_numba_tiles": gpu_time(lambda: matmul_cuda.matmul_tiled(a, b, c), repeat),
         "nbody": gpu_time(lambda: nbody_cuda._pairs(pos, mass, 1e-4, acc, False), repeat),
         "montecarlo_pi": gpu_time(lambda: montecarlo_cuda.hits(s["mc"], 1), repeat),
     }
     work = {  # (amount per run in the unit's numerator, unit, limit it is compared with)
-        "saxpy": (24 * n / 1e9, "GB/s", "copy"),
-        "stencil2d": (16 * (side - 2) ** 2 / 1e9, "GB/s", "copy"),
-        "histogram": (8 * n / 1e9, "GB/s", "copy"),
+        "saxpy": (24 * n / 1e9, "GB/s", "triad"),
+        "stencil2d": (16 * (side - 2) ** 2 / 1e9, "GB/s", "triad"),
+        "histogram": (8 * n / 1e9, "GB/s", "triad"),
         "matmul": (2 * m**3 / 1e9, "GFLOP/s", "dgemm"),
+        "matmul_numba_tiles": (2 * m**3 / 1e9, "GFLOP/s", "dgemm"),
         "nbody": (20 * nb * nb / 1e9, "GFLOP/s", "dgemm"),
         "montecarlo_pi": (s["mc"] / 1e6, "Msamples/s", ""),
     }
+    refs = cupy_references(s, repeat, x, y, out, grid, a, b, c)
     return [
         {
             "kernel": k,
@@ -111,9 +129,45 @@ def measure(s: Sizes, repeat: int) -> list[dict[str, Any]]:
             "rate": work[k][0] / t[k],
             "unit": work[k][1],
             "limit": work[k][2],
+            "reference_seconds": refs.get(k),
+            "speedup_vs_reference": refs[k] / t[k] if k in refs else None,
         }
         for k in t
     ]
+
+
+def cupy_references(s: Sizes, repeat: int, *arrays: Any) -> dict[str, float]:
+    """The contract's NumPy expressions run by CuPy on the same device arrays (the GPU's
+    counterpart of the NumPy reference on the CPU); empty without CuPy or under the simulator."""
+    if numba.config.ENABLE_CUDASIM:
+        return {}
+    try:
+        import cupy
+    except ImportError:
+        return {}
+    x, y, out, grid, a, b, c = (cupy.asarray(v) for v in arrays)
+    its = s["its"]
+
+    def stencil() -> object:
+        u = grid
+        for _ in range(its):
+            v = u.copy()
+            v[1:-1, 1:-1] = 0.25 * (u[:-2, 1:-1] + u[2:, 1:-1] + u[1:-1, :-2] + u[1:-1, 2:])
+            u = v
+        return u
+
+    def pi() -> object:
+        p = cupy.random.default_rng(1).random((2, s["mc"] // 10))
+        return (p[0] ** 2 + p[1] ** 2 <= 1.0).sum()
+
+    return {
+        "saxpy": gpu_time(lambda: cupy.add(2.0 * x, y, out=out), repeat),
+        "stencil2d": gpu_time(stencil, repeat) / its,
+        "histogram": gpu_time(lambda: cupy.histogram(x, 1000, (0.0, 1.0)), repeat),
+        "matmul": gpu_time(lambda: cupy.matmul(a, b, out=c), repeat),
+        "matmul_numba_tiles": gpu_time(lambda: cupy.matmul(a, b, out=c), repeat),
+        "montecarlo_pi": gpu_time(pi, repeat) * 10,  # a tenth of the samples (memory)
+    }
 
 
 def run_cuda_bench(quick: bool, repeat: int) -> int:
@@ -128,16 +182,21 @@ def run_cuda_bench(quick: bool, repeat: int) -> int:
     sizes = SIMULATED if simulated else (QUICK if quick else FULL)
     device = "simulator" if simulated else cuda.current_context().device.name
     device = device.decode() if isinstance(device, bytes) else str(device)
-    copy = copy_bandwidth(sizes["n"], repeat)
+    triad = triad_bandwidth(sizes["n"], repeat)
     blas = None if simulated else cublas_dgemm(sizes["m"], repeat)
-    limits = {"copy": copy, "dgemm": blas[1] if blas else None}
+    limits = {"triad": triad, "dgemm": blas[1] if blas else None}
     rows = measure(sizes, repeat)
-    print(f"device: {device}; copy {copy:.1f} GB/s; dgemm {blas or 'no CuPy/PyTorch'}")
+    print(f"device: {device}; triad {triad:.1f} GB/s; dgemm {blas or 'no CuPy/PyTorch'}")
     for r in rows:
         lim = limits.get(r["limit"])
         r["fraction_of_limit"] = r["rate"] / lim if lim else None
         frac = f"{r['fraction_of_limit']:.0%}" if lim else "-"
-        print(f"{r['kernel']:<14}{r['seconds']:>12.6f} s{r['rate']:>12.1f} {r['unit']:<8}{frac:>6}")
+        speed = r["speedup_vs_reference"]
+        vs = f"{speed:>8.2f}x CuPy" if speed else ""
+        print(
+            f"{r['kernel']:<19}{r['seconds']:>12.6f} s{r['rate']:>12.1f} {r['unit']:<8}{frac:>6}"
+            f"{vs}"
+        )
     report = {"device": device, "simulated": simulated, "sizes": sizes, "limits": limits}
     write({**report, "kernels": rows}, "kernels-cuda.json")
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import tempfile
 import traceback
@@ -23,12 +24,14 @@ from tests.worker import reference as ref
 
 Case = Callable[[Path], tuple[bool, str]]
 CASES: dict[str, Case] = {}
+GPU_CASES: dict[str, Case] = {}  # large sizes, run on a real GPU only (``tools/gpu_check.sh``)
 rng = np.random.default_rng(7)
+SIMULATED = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
-def case(name: str) -> Callable[[Case], Case]:
+def case(name: str, *, gpu_only: bool = False) -> Callable[[Case], Case]:
     def register(fn: Case) -> Case:
-        CASES[name] = fn
+        (GPU_CASES if gpu_only else CASES)[name] = fn
         return fn
 
     return register
@@ -126,6 +129,16 @@ def _montecarlo(folder: Path) -> tuple[bool, str]:
     return ok, json.dumps(runs)
 
 
+@case("montecarlo_pi-same-counts-as-the-cpu")
+def _montecarlo_cpu(folder: Path) -> tuple[bool, str]:
+    from services.worker.kernels import registry
+
+    params = {"samples": 5000 if SIMULATED else 10**8 + 7, "seed": 2**40 + 3}
+    gpu = call("montecarlo_pi", params, {}, folder)[0]
+    cpu = registry.call("montecarlo_pi", "cpu", params, {}, {}, threads=1)
+    return gpu == cpu, f"{gpu} vs {cpu}"
+
+
 @case("bad-input-fails-before-the-device")
 def _bad_input(folder: Path) -> tuple[bool, str]:
     from services.worker.kernels.base import KernelInputError
@@ -137,9 +150,78 @@ def _bad_input(folder: Path) -> tuple[bool, str]:
     return False, "no error"
 
 
+# On a real GPU (not the simulator) the same kernels on sizes that need many blocks and
+# several grid-stride rounds: ``tools/gpu_check.sh`` runs this module on a GPU machine.
+
+
+@case("large-saxpy", gpu_only=True)
+def _saxpy_large(folder: Path) -> tuple[bool, str]:
+    x, y = rng.normal(size=10**7 + 3), rng.normal(size=10**7 + 3)
+    _, out = call("saxpy", {"a": -1.5}, {"x": x, "y": y}, folder)
+    return close(out["y"], ref.saxpy(-1.5, x, y))
+
+
+@case("large-matmul-numba-tiles", gpu_only=True)
+def _matmul_tiled(folder: Path) -> tuple[bool, str]:
+    from numba import cuda
+
+    from services.worker.kernels import matmul_cuda
+
+    a, b = rng.uniform(size=(1000, 777)), rng.uniform(size=(777, 1031))
+    dc = cuda.device_array((1000, 1031))
+    matmul_cuda.matmul_tiled(cuda.to_device(a), cuda.to_device(b), dc)
+    return close(dc.copy_to_host(), a @ b)
+
+
+@case("large-matmul", gpu_only=True)
+def _matmul_large(folder: Path) -> tuple[bool, str]:
+    a, b = rng.uniform(size=(1000, 777)), rng.uniform(size=(777, 1031))
+    _, out = call("matmul", {}, {"a": a, "b": b}, folder)
+    return close(out["c"], a @ b)
+
+
+@case("large-stencil2d", gpu_only=True)
+def _stencil_large(folder: Path) -> tuple[bool, str]:
+    grid = rng.normal(size=(1025, 2047))
+    _, out = call("stencil2d", {"iterations": 5}, {"grid": grid}, folder)
+    return bool(np.array_equal(out["grid"], ref.stencil2d(grid, 5))), "bit-identical"
+
+
+@case("large-histogram", gpu_only=True)
+def _histogram_large(folder: Path) -> tuple[bool, str]:
+    data = np.concatenate(
+        [rng.normal(0.5, 0.7, 10**7), ref.awkward_histogram_data(rng, 4097, -1.0, 2.0)]
+    )
+    result, _ = call("histogram", {"bins": 4097, "range": [-1.0, 2.0]}, {"data": data}, folder)
+    want = ref.histogram(data, 4097, -1.0, 2.0)
+    return result["counts"] == want, f"{sum(want)} counted"
+
+
+@case("large-nbody", gpu_only=True)
+def _nbody_large(folder: Path) -> Any:
+    bodies = ref.bodies(rng, 2000)
+    result, out = call(
+        "nbody", {"steps": 2, "dt": 0.01, "softening": 0.05}, {"bodies": bodies}, folder
+    )
+    want, e0, e1 = ref.nbody(bodies, 2, 0.01, 0.05)
+    ok, detail = close(out["bodies"], want)
+    energies = math.isclose(result["energy_initial"], e0, rel_tol=ref.RTOL) and math.isclose(
+        result["energy_final"], e1, rel_tol=ref.RTOL
+    )
+    return ok and energies, f"{detail}; energies {result} vs {e0}, {e1}"
+
+
+@case("large-montecarlo_pi", gpu_only=True)
+def _montecarlo_large(folder: Path) -> tuple[bool, str]:
+    run = call("montecarlo_pi", {"samples": 10**8, "seed": 11}, {}, folder)[0]
+    se = 4 * math.sqrt((math.pi / 4) * (1 - math.pi / 4) / 10**8)
+    return abs(run["estimate"] - math.pi) < 4 * se, json.dumps(run)
+
+
 def main() -> None:
     results: dict[str, tuple[bool, str]] = {}
-    for name, fn in CASES.items():
+    cases = CASES if SIMULATED else {**CASES, **GPU_CASES}
+    for name, fn in cases.items():
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 results[name] = fn(Path(tmp))

@@ -1,5 +1,6 @@
 """histogram on a GPU: a grid-stride loop over the data; each block counts into bins of its
-own in shared memory (atomics there are cheap), then adds them to the global counts once.
+own in shared memory (32-bit atomics, native in shared memory), then adds them to the global
+counts once.
 More bins than fit in shared memory: global atomics. The bin of each value is NumPy's,
 computed as on the CPU (``histogram.py``)."""
 
@@ -16,7 +17,8 @@ from services.worker.kernels.cuda_launch import stride_blocks
 from services.worker.kernels.histogram import edges, load
 
 THREADS = 256
-SHARED_BINS = 4096  # int64 counts: 32 KiB of shared memory per block
+SHARED_BINS = 8192  # int32 counts: 32 KiB of shared memory per block
+BLOCK_LIMIT = 2**31 - 1  # values one block may count (int32 shared counts)
 
 
 @cuda.jit(device=True)
@@ -36,7 +38,7 @@ def bin_of(v: float, edges: Any, lo: float, hi: float, bins: int) -> int:
 
 @cuda.jit(cache=True)
 def shared_kernel(data: Any, edges: Any, lo: float, hi: float, counts: Any) -> None:
-    local = cuda.shared.array(SHARED_BINS, numba.int64)
+    local = cuda.shared.array(SHARED_BINS, numba.int32)
     bins = counts.shape[0]
     for b in range(cuda.threadIdx.x, bins, cuda.blockDim.x):
         local[b] = 0
@@ -50,7 +52,7 @@ def shared_kernel(data: Any, edges: Any, lo: float, hi: float, counts: Any) -> N
     cuda.syncthreads()
     for b in range(cuda.threadIdx.x, bins, cuda.blockDim.x):
         if local[b]:
-            cuda.atomic.add(counts, b, local[b])
+            cuda.atomic.add(counts, b, numba.int64(local[b]))
 
 
 @cuda.jit(cache=True)
@@ -69,7 +71,9 @@ def histogram(data: Any, bin_edges: Any, lo: float, hi: float) -> Any:
     counts = cuda.to_device(np.zeros(bins, np.int64))
     kernel = shared_kernel if bins <= SHARED_BINS else global_kernel
     if data.shape[0]:
-        blocks = stride_blocks(data.shape[0], THREADS)
+        n = data.shape[0]
+        # enough blocks that no block counts more values than its int32 bins hold
+        blocks = max(stride_blocks(n, THREADS), -(-n // (BLOCK_LIMIT - THREADS)))
         kernel[blocks, THREADS](data, cuda.to_device(bin_edges), lo, hi, counts)
     return counts.copy_to_host()
 

@@ -2,7 +2,10 @@
 
 The samples are cut into streams of ``STREAM`` points; stream ``s`` draws from its own
 xoroshiro128+ generator seeded (through splitmix64) by ``(seed, s)``, and the streams run in
-parallel. The estimate depends on ``samples`` and ``seed`` only, never on the thread count.
+parallel. The estimate depends on ``samples`` and ``seed`` only, never on the thread count or
+the device: the CUDA version (``montecarlo_cuda``) runs the same functions, one stream per GPU
+thread, and returns the same counts. ``STREAM`` is small enough (4,096 points) to give a GPU
+a few hundred thousand streams for 10^9 samples; seeding one costs two splitmix64 steps.
 """
 
 from __future__ import annotations
@@ -16,45 +19,42 @@ from numba import prange
 
 from services.worker.kernels.base import Kernel, Paths
 
-STREAM = 2**20
+STREAM = 2**12
 U53 = 2.0**-53  # 53 random bits -> a double in [0, 1)
 
 
-@numba.njit(cache=True, nogil=True)
-def _splitmix64(z: Any) -> tuple[Any, Any]:
+def stream_hits_py(seed: int, stream: int, count: int) -> int:
+    """Hits among ``count`` points of stream ``stream``: splitmix64 seeds a xoroshiro128+
+    generator, each point takes two doubles in [0, 1) from the top 53 bits of its outputs.
+    Plain Python compiled twice, for the CPU (``_stream_hits``) and as a CUDA device function
+    (``montecarlo_cuda``): one body, no calls, so both compile it alike and agree bit for bit."""
+    z = np.uint64(seed) ^ (np.uint64(stream) * np.uint64(0xD1B54A32D192ED03))
+    z = z + np.uint64(0x9E3779B97F4A7C15)  # splitmix64, twice
+    x = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    s0 = x ^ (x >> np.uint64(31))
     z = z + np.uint64(0x9E3779B97F4A7C15)
     x = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z, x ^ (x >> np.uint64(31))
-
-
-@numba.njit(cache=True, nogil=True)
-def _rotl(x: Any, k: Any) -> Any:
-    return (x << k) | (x >> (np.uint64(64) - k))
-
-
-@numba.njit(cache=True, nogil=True)
-def _next(s0: Any, s1: Any) -> tuple[Any, Any, float]:
-    """xoroshiro128+: the new state and a double in [0, 1) from the top 53 bits."""
-    r = s0 + s1
-    s1 ^= s0
-    s0 = _rotl(s0, np.uint64(24)) ^ s1 ^ (s1 << np.uint64(16))
-    s1 = _rotl(s1, np.uint64(37))
-    return s0, s1, np.int64(r >> np.uint64(11)) * U53  # 53 bits: exact as int64
-
-
-@numba.njit(cache=True, nogil=True)
-def _stream_hits(seed: int, stream: int, count: int) -> int:
-    z = np.uint64(seed) ^ (np.uint64(stream) * np.uint64(0xD1B54A32D192ED03))
-    z, s0 = _splitmix64(z)
-    z, s1 = _splitmix64(z)
+    s1 = x ^ (x >> np.uint64(31))
     hits = 0
     for _ in range(count):
-        s0, s1, x = _next(s0, s1)
-        s0, s1, y = _next(s0, s1)
-        if x * x + y * y <= 1.0:
+        r = s0 + s1  # xoroshiro128+ (24, 16, 37)
+        s1 ^= s0
+        s0 = ((s0 << np.uint64(24)) | (s0 >> np.uint64(40))) ^ s1 ^ (s1 << np.uint64(16))
+        s1 = (s1 << np.uint64(37)) | (s1 >> np.uint64(27))
+        u = np.int64(r >> np.uint64(11)) * U53  # 53 bits: exact as int64
+        r = s0 + s1
+        s1 ^= s0
+        s0 = ((s0 << np.uint64(24)) | (s0 >> np.uint64(40))) ^ s1 ^ (s1 << np.uint64(16))
+        s1 = (s1 << np.uint64(37)) | (s1 >> np.uint64(27))
+        v = np.int64(r >> np.uint64(11)) * U53
+        if u * u + v * v <= 1.0:
             hits += 1
     return hits
+
+
+_stream_hits = numba.njit(cache=True, nogil=True)(stream_hits_py)
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)

@@ -16,11 +16,15 @@ from services.worker.kernels.cuda_launch import tiles
 from services.worker.kernels.stencil2d import load
 
 BX, BY = 32, 8  # threads per block in x (columns) and y (rows)
+# the tile with its halo; plain int globals, so that the shared array's shape is a compile-time
+# constant (numba-cuda on a real GPU rejects ``(BY + 2, BX + 2)``; the simulator accepts it)
+TY = BY + 2
+TX = BX + 2
 
 
 @cuda.jit(cache=True)
 def step_kernel(src: Any, dst: Any) -> None:
-    tile = cuda.shared.array((BY + 2, BX + 2), numba.float64)
+    tile = cuda.shared.array((TY, TX), numba.float64)
     tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
     i = cuda.blockIdx.y * BY + ty
     j = cuda.blockIdx.x * BX + tx

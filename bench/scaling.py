@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> Options:
     p.add_argument("--gap", type=float, default=90.0)
     # about 1 s of one core per job: starting a worker costs 4-5 CPU seconds here
     # (interpreter, libraries, the warm kernel pool), which must be small beside a burst
-    p.add_argument("--samples", type=int, default=100_000_000)
+    p.add_argument("--samples", type=int, default=300_000_000)  # about 1 s of one core
     p.add_argument("--max-workers", type=int, default=4)
     p.add_argument("--cooldown", type=float, default=10.0)
     a = p.parse_args(argv)

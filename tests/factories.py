@@ -1,11 +1,39 @@
-"""Rows for tests that need a job in the database without going through the API."""
+"""Rows for tests that need a job in the database without going through the API, and the
+database (and vhost) of their own that such tests work in."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Job
+from shared.settings import CommonSettings
+from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
+
+
+@asynccontextmanager
+async def own_database(
+    settings: CommonSettings, suffix: str, *, vhost: bool = False
+) -> AsyncIterator[tuple[str, async_sessionmaker[AsyncSession]]]:
+    """A migrated database ``<test database>_<suffix>`` (and a vhost of that name), dropped on
+    exit: (its name, sessions on it)."""
+    name = f"{settings.postgres.database}_{suffix}"
+    prepare_database(name)
+    if vhost:
+        prepare_vhost(name)
+    engine = make_engine(settings.postgres.model_copy(update={"database": name}))
+    try:
+        yield name, make_sessionmaker(engine)
+    finally:
+        await engine.dispose()
+        drop_database(name)
+        if vhost:
+            drop_vhost(name)
 
 
 def new_job(tenant_id: uuid.UUID, **fields: Any) -> Job:

@@ -14,30 +14,24 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.scheduler import service
 from services.worker import service as worker_service
 from services.worker.service import Report
-from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Dataset, Job, JobAttempt, JobEvent, Migration, Outbox, Tenant, Worker
 from shared.events import JobDispatched, utcnow
 from shared.jobs.states import JobState
 from shared.settings import CommonSettings
 from shared.storage.migrations import migrations_for_job
-from tests.factories import new_job
-from tools.cluster import drop_database, prepare_database
+from tests.factories import new_job, own_database
 
 
 @pytest.fixture(scope="module")
 async def db(settings: CommonSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    name = f"{settings.postgres.database}_sched"
-    prepare_database(name)
-    engine = make_engine(settings.postgres.model_copy(update={"database": name}))
-    yield make_sessionmaker(engine)
-    await engine.dispose()
-    drop_database(name)
+    async with own_database(settings, "sched") as (_, sessions):
+        yield sessions
 
 
 @pytest.fixture
 async def s(
     db: async_sessionmaker[AsyncSession],
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+) -> async_sessionmaker[AsyncSession]:
     async with db() as session, session.begin():
         await session.execute(text("TRUNCATE tenants, workers, outbox CASCADE"))
     return db

@@ -18,27 +18,19 @@ from services.scheduler.app import create_app
 from services.scheduler.settings import SchedulerSettings
 from services.worker import service as worker_service
 from services.worker.service import Report
-from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Job, Outbox, Tenant, Worker
 from shared.events import utcnow
 from shared.jobs.states import JobState
 from shared.settings import CommonSettings
-from tests.factories import new_job
-from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
+from tests.factories import new_job, own_database
 
 
 @pytest.fixture(scope="module")
 async def own(
     settings: CommonSettings,
 ) -> AsyncIterator[tuple[str, async_sessionmaker[AsyncSession]]]:
-    name = f"{settings.postgres.database}_wake"
-    prepare_database(name)
-    prepare_vhost(name)
-    engine = make_engine(settings.postgres.model_copy(update={"database": name}))
-    yield name, make_sessionmaker(engine)
-    await engine.dispose()
-    drop_database(name)
-    drop_vhost(name)
+    async with own_database(settings, "wake", vhost=True) as own:
+        yield own
 
 
 async def _dispatched(db: async_sessionmaker[AsyncSession], job_id: uuid.UUID) -> Job:

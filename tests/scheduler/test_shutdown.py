@@ -18,12 +18,10 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Job, Outbox, Tenant, Worker
 from shared.settings import CommonSettings
 from tests.datamover.harness import free_port
-from tests.factories import new_job
-from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
+from tests.factories import new_job, own_database
 from tools.supervision import http_status
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,14 +31,8 @@ REPO = Path(__file__).resolve().parents[2]
 async def own(
     settings: CommonSettings,
 ) -> AsyncIterator[tuple[str, async_sessionmaker[AsyncSession]]]:
-    name = f"{settings.postgres.database}_sd"
-    prepare_database(name)
-    prepare_vhost(name)
-    engine = make_engine(settings.postgres.model_copy(update={"database": name}))
-    yield name, make_sessionmaker(engine)
-    await engine.dispose()
-    drop_database(name)
-    drop_vhost(name)
+    async with own_database(settings, "sd", vhost=True) as own:
+        yield own
 
 
 @contextmanager

@@ -17,27 +17,21 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.scheduler import service as scheduler
 from services.worker import service
 from services.worker.service import Claim, Report
-from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import JobAttempt, Tenant
 from shared.jobs.states import JobState
 from shared.jobs.store import set_job_state
 from shared.settings import CommonSettings, StorageSettings
 from shared.storage.catalog import get_dataset
 from shared.storage.registry import Storage
-from tests.factories import new_job
-from tools.cluster import drop_database, prepare_database
+from tests.factories import new_job, own_database
 
 Sessions = async_sessionmaker[AsyncSession]
 
 
 @pytest.fixture(scope="module")
 async def db(settings: CommonSettings) -> AsyncIterator[Sessions]:
-    name = f"{settings.postgres.database}_worker"
-    prepare_database(name)
-    engine = make_engine(settings.postgres.model_copy(update={"database": name}))
-    yield make_sessionmaker(engine)
-    await engine.dispose()
-    drop_database(name)
+    async with own_database(settings, "worker") as (_, sessions):
+        yield sessions
 
 
 async def running_job(db: Sessions) -> Claim:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +102,17 @@ def cluster(
             "STRATUS_HEARTBEAT_INTERVAL_S": "0.5",
         },
     )
+    with running(cfg, name) as c:
+        yield c
+
+
+@contextmanager
+def running(cfg: ClusterConfig, name: str, *, timeout: float = 90) -> Iterator[LocalCluster]:
+    """The cluster of ``cfg`` started (its database and vhost ``name`` prepared before); on
+    exit it is stopped and both are dropped, also when the start fails."""
     c = LocalCluster(cfg)
-    c.start()
     try:
+        c.start(timeout=timeout)
         yield c
     finally:
         c.stop()

@@ -19,14 +19,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ADMIN, _free_base_port, new_tenant_key, wait_for_state
+from tests.e2e.conftest import ADMIN, _free_base_port, new_tenant_key, running, wait_for_state
 from tools.cluster import (
     CUDA_WORKER,
     Autoscale,
     ClusterConfig,
     LocalCluster,
-    drop_database,
-    drop_vhost,
     prepare_database,
     prepare_vhost,
 )
@@ -86,14 +84,8 @@ def scaled(
             cuda_env={"STRATUS_CUDA_SIMULATOR": "true", "STRATUS_WARM_KERNELS": "false"},
         ),
     )
-    c = LocalCluster(cfg)
-    c.start(timeout=120)
-    try:
+    with running(cfg, name, timeout=120) as c:
         yield c
-    finally:
-        c.stop()
-        drop_database(name)
-        drop_vhost(name)
 
 
 @pytest.fixture(scope="module")

@@ -129,7 +129,12 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
             )
         backend = make_backend(settings.autoscale) if settings.autoscale.enabled else None
         if backend is not None:
-            scaler = Autoscaler(settings.autoscale, backend, worker_ttl_s=settings.worker_ttl_s)
+            scaler = Autoscaler(
+                settings.autoscale,
+                backend,
+                worker_ttl_s=settings.worker_ttl_s,
+                quota_defaults=settings.quotas,
+            )
             res.spawn(
                 periodic(
                     "autoscale",

@@ -37,6 +37,25 @@ class TenantLoad:
     cpu_per_day_s: float = float("inf")
     candidates: list[Candidate] = field(default_factory=list)
 
+    @property
+    def held(self) -> str | None:
+        """Why none of the tenant's waiting jobs may start now, or ``None``."""
+        if self.cpu_today_s >= self.cpu_per_day_s:
+            return (
+                f"waiting: cpu_seconds_per_day ({self.cpu_per_day_s:g}) used up; "
+                "dispatch resumes as the 24 h window rolls"
+            )
+        if self.in_flight >= self.max_running:
+            return f"waiting: max_running_jobs ({self.max_running}) reached"
+        return None
+
+    @property
+    def headroom(self) -> int:
+        """How many more of its jobs may start now (the autoscaler's cap on its demand)."""
+        if self.cpu_today_s >= self.cpu_per_day_s:
+            return 0
+        return max(0, self.max_running - self.in_flight)
+
 
 HeapKey = tuple[float, int, float, int, uuid.UUID]
 
@@ -55,14 +74,9 @@ def allocate(tenants: list[TenantLoad], free: int, *, usage_scale_s: float) -> A
     for t in tenants:
         if not t.candidates:
             continue
-        if t.cpu_today_s >= t.cpu_per_day_s:
-            held[t.tenant_id] = (
-                f"waiting: cpu_seconds_per_day ({t.cpu_per_day_s:g}) used up; "
-                "dispatch resumes as the 24 h window rolls"
-            )
-            continue
-        if t.in_flight >= t.max_running:
-            held[t.tenant_id] = f"waiting: max_running_jobs ({t.max_running}) reached"
+        reason = t.held
+        if reason is not None:
+            held[t.tenant_id] = reason
             continue
         taken[t.tenant_id] = 0
         heapq.heappush(heap, _key(t, 0, usage_scale_s))
@@ -74,7 +88,7 @@ def allocate(tenants: list[TenantLoad], free: int, *, usage_scale_s: float) -> A
         chosen.append(t.candidates[n])
         n += 1
         taken[tenant_id] = n
-        if n < len(t.candidates) and t.in_flight + n < t.max_running:
+        if n < len(t.candidates) and n < t.headroom:
             heapq.heappush(heap, _key(t, n, usage_scale_s))
     return Allocation(chosen, held)
 

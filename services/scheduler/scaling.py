@@ -2,10 +2,16 @@
 ``autoscale.PoolScaler``, the backend acts, and the outcome goes to ``worker_pools`` (read by
 ``GET /v1/admin/pools``) and ``/metrics``.
 
-Demand is every job that needs a worker of the pool: PENDING and QUEUED ones (dispatched or
-not: a pool at zero workers has no slots, so its jobs wait undispatched and still count) and
-RUNNING ones. A job's pool is the device it was dispatched to, else the device it asked for;
-``any`` counts for the cpu pool (the cuda pool when the cpu pool may not grow).
+Demand is the work a worker of the pool could be given now: RUNNING jobs, dispatched QUEUED
+ones, and per tenant the waiting ones (PENDING, QUEUED undispatched) that the dispatcher may
+start, at most its headroom (``max_running_jobs`` minus its jobs in flight; none once its
+``cpu_seconds_per_day`` are used up or while it is suspended), without jobs in a retry's
+backoff (``run_after`` ahead) or still staging in their inputs. Undispatched jobs count, so a
+pool at zero workers, which has no slots and gets nothing dispatched, still starts one. The
+other waiting jobs are *held*: shown, never demand. Headroom is per tenant and each pool may
+use all of it, so a tenant with runnable jobs in both pools can count in both.
+A job's pool is the device it was dispatched to, else the device it asked for; ``any``
+counts for the cpu pool (the cuda pool when the cpu pool may not grow).
 
 One scheduler at a time acts: the pass runs under a transaction-scoped advisory lock, so a
 second scheduler (or one restarted while the old one still finishes a pass) skips it. The
@@ -15,22 +21,25 @@ cooldown's start is stored with the pool, so a restarted scheduler keeps it.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import case, cast, func, literal, select
+from sqlalchemy import and_, case, cast, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import JSONPATH, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.scheduler import loads
 from services.scheduler.autoscale import Decision, PoolPolicy, PoolScaler
 from services.scheduler.backends import BackendError, ScalingBackend
 from services.scheduler.settings import AutoscaleSettings
-from shared.db.models import Job, Worker, WorkerPool
+from shared.db.models import Job, Tenant, Worker, WorkerPool
 from shared.jobs.states import JobState
 from shared.logging import get_logger
+from shared.settings import QuotaDefaults
 from shared.telemetry import REGISTRY
 
 log = get_logger(__name__)
@@ -54,6 +63,12 @@ DEMAND = Gauge(
     ["pool", "state"],
     registry=REGISTRY,
 )
+HELD = Gauge(
+    "stratus_pool_held_jobs",
+    "Waiting jobs that are not demand (quota, suspended tenant, retry backoff, stage-in)",
+    ["pool"],
+    registry=REGISTRY,
+)
 DECISIONS = Counter(
     "stratus_pool_scaling_decisions_total",
     "Scaling decisions taken (up, down)",
@@ -64,12 +79,25 @@ DECISIONS = Counter(
 
 @dataclass(frozen=True)
 class Demand:
-    queued: int = 0  # PENDING and QUEUED
+    queued: int = 0  # QUEUED and dispatched, or waiting (PENDING, QUEUED) and runnable now
     running: int = 0
+    held: int = 0  # waiting but not runnable now: not demand
 
     @property
     def total(self) -> int:
         return self.queued + self.running
+
+
+@dataclass
+class _TenantPools:
+    """One tenant's active jobs per pool, as ``pool_demand`` reads them."""
+
+    weight: int
+    quotas: dict[str, Any]
+    suspended: bool
+    in_flight: int = 0
+    # pool -> (running, dispatched, waiting, runnable)
+    pools: dict[str, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
 
 
 def policy_of(settings: AutoscaleSettings, pool: str) -> PoolPolicy:
@@ -82,25 +110,73 @@ def policy_of(settings: AutoscaleSettings, pool: str) -> PoolPolicy:
     )
 
 
-async def pool_demand(*, session: AsyncSession, any_pool: str) -> dict[str, Demand]:
+async def pool_demand(
+    *,
+    session: AsyncSession,
+    any_pool: str,
+    now: datetime | None = None,
+    quota_defaults: QuotaDefaults | None = None,
+) -> dict[str, Demand]:
+    """Each pool's demand (see the module's doc): one query over the active jobs per tenant
+    and pool, and one for the CPU seconds of the tenants that have runnable jobs."""
+    if now is None:
+        now = await session.scalar(select(func.now()))
+        assert now is not None
+    quota_defaults = quota_defaults or QuotaDefaults()
     pool = func.coalesce(
         Job.assigned_device, case((Job.device == "any", literal(any_pool)), else_=Job.device)
     )
+    waiting = or_(
+        Job.state == JobState.PENDING.value,
+        and_(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_(None)),
+    )
     rows = await session.execute(
-        select(pool, Job.state, func.count())
+        select(
+            Tenant.id,
+            Tenant.weight,
+            Tenant.quotas,
+            Tenant.suspended,
+            pool,
+            func.count().filter(Job.state == JobState.RUNNING.value),
+            func.count().filter(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_not(None)),
+            func.count().filter(waiting),
+            func.count().filter(waiting, loads.due(now), ~loads.waiting_for_stage_in()),
+        )
+        .join_from(Job, Tenant, Job.tenant_id == Tenant.id)
         .where(
             Job.state.in_([s.value for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)])
         )
-        .group_by(pool, Job.state)
+        .group_by(Tenant.id, pool)
     )
-    counts: dict[str, dict[bool, int]] = {}
-    for name, state, n in rows:
-        running = state == JobState.RUNNING.value
-        by_kind = counts.setdefault(str(name), {})
-        by_kind[running] = by_kind.get(running, 0) + int(n)
-    return {
-        p: Demand(counts.get(p, {}).get(False, 0), counts.get(p, {}).get(True, 0)) for p in POOLS
-    }
+    tenants: dict[uuid.UUID, _TenantPools] = {}
+    for tid, weight, quotas, suspended, name, running, dispatched, waits, runnable in rows:
+        t = tenants.setdefault(tid, _TenantPools(weight, quotas, suspended))
+        t.in_flight += int(running) + int(dispatched)
+        t.pools[str(name)] = (int(running), int(dispatched), int(waits), int(runnable))
+    asking = [
+        tid for tid, t in tenants.items() if not t.suspended and any(p[3] for p in t.pools.values())
+    ]
+    used = await loads.cpu_today(session=session, tenant_ids=asking, now=now)
+    totals = {p: [0, 0, 0] for p in POOLS}  # queued, running, held
+    for tid, t in tenants.items():
+        load = loads.tenant_load(
+            tenant_id=tid,
+            weight=t.weight,
+            stored_quotas=t.quotas,
+            quota_defaults=quota_defaults,
+            in_flight=t.in_flight,
+            cpu_today_s=used.get(tid, 0.0),
+        )
+        headroom = 0 if t.suspended else load.headroom
+        for name, (running, dispatched, waits, runnable) in t.pools.items():
+            if name not in totals:
+                continue
+            counted = min(runnable, headroom)
+            total = totals[name]
+            total[0] += dispatched + counted
+            total[1] += running
+            total[2] += waits - counted
+    return {p: Demand(*totals[p]) for p in POOLS}
 
 
 async def live_workers(
@@ -122,11 +198,17 @@ async def live_workers(
 
 class Autoscaler:
     def __init__(
-        self, settings: AutoscaleSettings, backend: ScalingBackend, *, worker_ttl_s: float
+        self,
+        settings: AutoscaleSettings,
+        backend: ScalingBackend,
+        *,
+        worker_ttl_s: float,
+        quota_defaults: QuotaDefaults | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.worker_ttl_s = worker_ttl_s
+        self.quota_defaults = quota_defaults or QuotaDefaults()  # as the dispatcher's
         self.scalers = {p: PoolScaler(policy_of(settings, p)) for p in POOLS}
         self._restored = False
         # an observing backend: the last advice per pool, so that a standing one is said once
@@ -143,7 +225,9 @@ class Autoscaler:
             if not self._restored:
                 await self._restore(session)
             any_pool = "cpu" if self.settings.cpu.max_workers > 0 else "cuda"
-            demand = await pool_demand(session=session, any_pool=any_pool)
+            demand = await pool_demand(
+                session=session, any_pool=any_pool, now=now, quota_defaults=self.quota_defaults
+            )
             live, busy = await live_workers(
                 session=session, now=now, worker_ttl_s=self.worker_ttl_s
             )
@@ -176,6 +260,7 @@ class Autoscaler:
         DESIRED.labels(pool).set(decision.desired)
         DEMAND.labels(pool, "queued").set(demand.queued)
         DEMAND.labels(pool, "running").set(demand.running)
+        HELD.labels(pool).set(demand.held)
         if not backend.acts:
             advice = (decision.action, decision.target)
             if decision.action == "hold" or self._advice.get(pool) == advice:
@@ -193,6 +278,7 @@ class Autoscaler:
             target=decision.target,
             desired=decision.desired,
             demand=demand.total,
+            held=demand.held,
             reason=decision.reason,
             backend=backend.name,
         )
@@ -231,6 +317,7 @@ class Autoscaler:
             "desired_workers": d.desired,
             "queued_jobs": demand.queued,
             "running_jobs": demand.running,
+            "held_jobs": demand.held,
             "over_provisioned_since": None if since is None else _at(now, since),
             "updated_at": now,
         }

@@ -207,6 +207,8 @@ class WorkerPool(Base):
     desired_workers: Mapped[int] = mapped_column(Integer, nullable=False)
     queued_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
     running_jobs: Mapped[int] = mapped_column(Integer, nullable=False)
+    # waiting jobs that are not demand (tenant quota, suspended, retry backoff, stage-in)
+    held_jobs: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
     over_provisioned_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # the last scaling decisions (up/down), newest last: [{"at", "action", "from", "to", ...}]
     decisions: Mapped[list[dict[str, Any]]] = mapped_column(

@@ -46,6 +46,7 @@ async def test_pools_show_the_autoscalers_view_and_live_workers(
         assert (cpu["min_workers"], cpu["max_workers"], cpu["cooldown_s"]) == (2, 5, 30)
         assert cpu["current_workers"] == 2  # raised to the minimum
         assert cpu["desired_workers"] == 2
+        assert cpu["held_jobs"] >= 0  # waiting jobs that are not demand (quotas and the like)
         assert cpu["backend"] == "memory"
         assert cpu["decisions"][0]["action"] == "up"
         assert cpu["decisions"][0]["from"] == 1

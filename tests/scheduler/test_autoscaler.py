@@ -1,22 +1,27 @@
 """The autoscaler loop on a database of its own with an in-memory backend: what counts as a
-pool's demand, what it writes to ``worker_pools``, one autoscaler at a time, and a restarted
-scheduler keeping the cooldown it had."""
+pool's demand (and what is held: quotas, suspension, retry backoff, stage-in), what it writes
+to ``worker_pools``, one autoscaler at a time, and a restarted scheduler keeping the cooldown
+it had."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import scaling
+from services.scheduler import service as dispatch
 from services.scheduler.scaling import Autoscaler
 from services.scheduler.settings import AutoscaleSettings, CudaPoolSettings, PoolSettings
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Tenant, WorkerPool
+from shared.db.models import Dataset, Job, JobAttempt, Migration, Tenant, WorkerPool
+from shared.events import utcnow
 from shared.settings import CommonSettings
+from shared.telemetry import REGISTRY
 from tests.factories import new_job
 from tools.cluster import drop_database, prepare_database
 
@@ -70,12 +75,23 @@ def _settings(cooldown_s: float = 60.0) -> AutoscaleSettings:
     )
 
 
-async def _jobs(s: async_sessionmaker[AsyncSession], specs: list[dict[str, object]]) -> None:
+async def _jobs(
+    s: async_sessionmaker[AsyncSession],
+    specs: list[dict[str, object]],
+    *,
+    quotas: dict[str, float] | None = None,
+    suspended: bool = False,
+) -> uuid.UUID:
     tid = uuid.uuid4()
     async with s() as session, session.begin():
-        session.add(Tenant(id=tid, name=f"t{tid.hex[:8]}", weight=1, quotas={}, suspended=False))
+        session.add(
+            Tenant(
+                id=tid, name=f"t{tid.hex[:8]}", weight=1, quotas=quotas or {}, suspended=suspended
+            )
+        )
     async with s() as session, session.begin():
         session.add_all(new_job(tid, **spec) for spec in specs)
+    return tid
 
 
 async def _pools(s: async_sessionmaker[AsyncSession]) -> dict[str, WorkerPool]:
@@ -187,3 +203,181 @@ async def test_an_observing_backend_counts_heartbeats_and_says_each_advice_once(
     assert cpu.current_workers == 1
     assert cpu.desired_workers == 3
     assert len(cpu.decisions) == 1
+
+
+# Demand is only the work a worker could be given now: the waiting jobs that tenant quotas,
+# a suspension, a retry's backoff or a stage-in hold are not (they show as ``held``).
+
+RUNNING = {"device": "cpu", "state": "RUNNING", "assigned_device": "cpu"}
+QUEUED = {"device": "cpu", "state": "QUEUED"}
+
+
+async def _demand(s: async_sessionmaker[AsyncSession]) -> dict[str, scaling.Demand]:
+    async with s() as session:
+        return await scaling.pool_demand(session=session, any_pool="cpu")
+
+
+async def test_a_tenant_at_max_running_jobs_adds_only_its_running_jobs(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    tid = await _jobs(
+        s,
+        [RUNNING, RUNNING, *(QUEUED for _ in range(30)), *({"device": "cpu"} for _ in range(5))],
+        quotas={"max_running_jobs": 2},
+    )
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=0, running=2, held=35)
+    backend = MemoryBackend(cpu=1)
+    assert await Autoscaler(_settings(), backend, worker_ttl_s=15).step(s) == []
+    assert backend.counts["cpu"] == 1  # 35 waiting jobs start no worker that gets nothing
+    cpu = (await _pools(s))["cpu"]
+    assert (cpu.queued_jobs, cpu.running_jobs, cpu.held_jobs) == (0, 2, 35)
+    assert REGISTRY.get_sample_value("stratus_pool_held_jobs", {"pool": "cpu"}) == 35
+    assert (
+        REGISTRY.get_sample_value("stratus_pool_demand_jobs", {"pool": "cpu", "state": "queued"})
+        == 0
+    )
+    async with s() as session, session.begin():  # a quota change counts at once
+        await session.execute(
+            update(Tenant).where(Tenant.id == tid).values(quotas={"max_running_jobs": 5})
+        )
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=3, running=2, held=32)
+
+
+async def test_jobs_in_flight_use_up_a_tenants_headroom(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    await _jobs(
+        s,
+        [
+            RUNNING,
+            {**QUEUED, "dispatched_at": utcnow(), "assigned_device": "cpu"},  # sent: demand
+            *(QUEUED for _ in range(10)),
+        ],
+        quotas={"max_running_jobs": 4},
+    )
+    await _jobs(s, [QUEUED for _ in range(3)])  # another tenant, default quotas: all count
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=1 + 2 + 3, running=1, held=8)
+
+
+async def test_a_tenant_out_of_cpu_seconds_per_day_adds_none_of_its_waiting_jobs(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    done = uuid.uuid4()
+    tid = await _jobs(
+        s,
+        [{"id": done, "state": "SUCCEEDED"}, RUNNING, *(QUEUED for _ in range(8))],
+        quotas={"cpu_seconds_per_day": 10},
+    )
+    async with s() as session, session.begin():
+        session.add(
+            JobAttempt(
+                job_id=done,
+                attempt=1,
+                tenant_id=tid,
+                outcome="SUCCEEDED",
+                cpu_seconds=11.0,
+                finished_at=utcnow() - timedelta(hours=1),
+            )
+        )
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=0, running=1, held=8)
+    async with s() as session, session.begin():  # the 24 h window rolls past that usage
+        await session.execute(
+            update(JobAttempt)
+            .where(JobAttempt.job_id == done)
+            .values(finished_at=utcnow() - timedelta(hours=25))
+        )
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=8, running=1, held=0)
+
+
+async def test_a_suspended_tenants_waiting_jobs_do_not_count(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    tid = await _jobs(
+        s,
+        [
+            RUNNING,  # still runs on its worker: demand until it ends
+            *(QUEUED for _ in range(4)),
+            {"device": "cuda"},
+            {"device": "cpu"},
+        ],
+        suspended=True,
+    )
+    demand = await _demand(s)
+    assert demand["cpu"] == scaling.Demand(queued=0, running=1, held=5)
+    assert demand["cuda"] == scaling.Demand(queued=0, running=0, held=1)
+    async with s() as session, session.begin():
+        await session.execute(update(Tenant).where(Tenant.id == tid).values(suspended=False))
+    demand = await _demand(s)
+    assert demand["cpu"] == scaling.Demand(queued=5, running=1, held=0)
+    assert demand["cuda"] == scaling.Demand(queued=1, running=0, held=0)
+
+
+async def test_a_job_in_retry_backoff_counts_once_it_is_due(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    later = uuid.uuid4()
+    async with s() as session:
+        now = await session.scalar(select(func.now()))
+    assert now is not None
+    await _jobs(
+        s,
+        [
+            {**QUEUED, "id": later, "attempts": 1, "run_after": now + timedelta(hours=1)},
+            {**QUEUED, "attempts": 1, "run_after": now - timedelta(seconds=1)},  # due
+            QUEUED,
+        ],
+    )
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=2, running=0, held=1)
+    async with s() as session, session.begin():
+        await session.execute(
+            update(Job)
+            .where(Job.id == later)
+            .values(run_after=func.now() - text("interval '1 second'"))
+        )
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=3, running=0, held=0)
+
+
+async def test_a_job_staging_in_its_inputs_does_not_count(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    tid = await _jobs(s, [QUEUED])  # no inputs: counts
+
+    async def with_input(dataset: str, tier: str) -> uuid.UUID:
+        jid = uuid.uuid4()
+        async with s() as session, session.begin():
+            session.add(
+                Dataset(
+                    id=uuid.uuid4(),
+                    tenant_id=tid,
+                    name=dataset,
+                    size=8,
+                    checksum="xxh3-128:00",
+                    tier=tier,
+                    tiers=[tier],
+                )
+            )
+            session.add(new_job(tid, id=jid, inputs={"a": dataset, "b": dataset}))
+        async with s() as session, session.begin():
+            await dispatch.admit(session=session, job_ids=[jid], tiers=["local", "archive", "s3"])
+        return jid
+
+    staging = await with_input("plate.npy", "archive")
+    await with_input("here.npy", "local")  # already on local: no stage-in, counts
+    async with s() as session:
+        job = await session.get(Job, staging)
+    assert job is not None
+    assert (job.state, job.state_reason) == ("QUEUED", "staging in: plate.npy")
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=2, running=0, held=1)
+    failed = await with_input("cold.npy", "s3")
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=2, running=0, held=2)
+    async with s() as session, session.begin():
+        # the stage-in failed: the dispatcher fails the job, which needs a worker's slot
+        await session.execute(
+            update(Migration).where(Migration.job_id == failed).values(state="FAILED", error="x")
+        )
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=3, running=0, held=1)
+    async with s() as session, session.begin():  # the copy to local is done
+        await session.execute(
+            update(Dataset).where(Dataset.name == "plate.npy").values(tiers=["archive", "local"])
+        )
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=4, running=0, held=0)

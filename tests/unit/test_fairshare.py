@@ -79,3 +79,12 @@ def test_never_more_than_free_or_available() -> None:
     assert len(plan.chosen) == 5
     assert len({c.job_id for c in plan.chosen}) == 5
     assert allocate([tenant(jobs=3)], 0, usage_scale_s=60).chosen == []
+
+
+def test_headroom_is_what_the_quotas_leave_and_allocate_keeps_to_it() -> None:
+    """The autoscaler caps a tenant's demand with ``headroom``: the same rule as dispatch."""
+    assert tenant(in_flight=1, max_running=3).headroom == 2
+    assert tenant(in_flight=5, max_running=3).headroom == 0  # quota lowered below in flight
+    assert tenant(in_flight=0, max_running=3, cpu_today_s=9.0, cpu_per_day_s=9.0).headroom == 0
+    for t in (tenant(in_flight=1, max_running=4), tenant(in_flight=4, max_running=4)):
+        assert count(allocate([t], 100, usage_scale_s=60).chosen, t) == t.headroom

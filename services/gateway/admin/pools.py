@@ -40,7 +40,8 @@ def _iso(at: datetime | None) -> str | None:
 @router.get("", responses=ERRORS)
 async def list_pools(principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
     """Per pool (``cpu``, ``cuda``): the autoscaler's bounds, demand (queued and running
-    jobs), current and desired workers, its recent decisions, and the live workers."""
+    jobs; ``held_jobs`` wait but are not demand), current and desired workers, its recent
+    decisions, and the live workers."""
     principal.require_admin()
     now = await session.scalar(select(func.now()))
     assert now is not None
@@ -98,6 +99,7 @@ def _autoscaler_view(p: WorkerPool) -> dict[str, Any]:
         "desired_workers": p.desired_workers,
         "queued_jobs": p.queued_jobs,
         "running_jobs": p.running_jobs,
+        "held_jobs": p.held_jobs,
         "over_provisioned_since": _iso(p.over_provisioned_since),
         "decisions": list(reversed(p.decisions)),  # newest first
         "updated_at": _iso(p.updated_at),

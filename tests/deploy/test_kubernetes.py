@@ -9,6 +9,7 @@ No cluster is needed: the files are parsed; the SQL runs on the tests' own datab
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler.settings import SchedulerSettings
+from shared.db.models import Tenant, WorkerPool
 from shared.messaging.topology import WORK_QUEUES
 from shared.settings import CommonSettings, RabbitSettings
 from tests.deploy.test_compose import (
@@ -28,6 +30,7 @@ from tests.deploy.test_compose import (
     service_folders,
     settings_class,
 )
+from tests.factories import new_job, own_database
 
 K8S = REPO / "deploy" / "kubernetes"
 OVERRIDE = REPO / "deploy" / "docker" / "compose.autoscale.yml"
@@ -185,3 +188,57 @@ def test_the_compose_autoscaling_override(monkeypatch: pytest.MonkeyPatch) -> No
     cls = settings_class("worker")
     assert all(field_path(cls, k) for k in worker)
     assert float(worker["STRATUS_SHUTDOWN_GRACE_S"]) < settings.docker.stop_timeout_s
+
+
+async def test_kedas_demand_is_the_schedulers_while_fresh_else_every_active_job(
+    settings: CommonSettings,
+) -> None:
+    """The postgresql trigger reads the scheduler's demand (``worker_pools``, held jobs left
+    out) while its autoscaler keeps it fresh, and counts every active job of the pool when the
+    row is missing or older than 30 s."""
+    queries = {}
+    for so in BY_KIND["ScaledObject"].values():
+        query = next(t for t in so["spec"]["triggers"] if t["type"] == "postgresql")
+        sql = query["metadata"]["query"]
+        queries["cuda" if "'cuda'" in sql else "cpu"] = text(sql)
+    assert set(queries) == {"cpu", "cuda"}
+
+    async def values(db: async_sessionmaker[AsyncSession]) -> dict[str, Any]:
+        async with db() as session:
+            return {pool: await session.scalar(q) for pool, q in queries.items()}
+
+    async with own_database(settings, "keda") as (_, db):
+        tid = uuid.uuid4()
+        async with db() as session, session.begin():
+            session.add(Tenant(id=tid, name="keda", weight=1, quotas={}, suspended=False))
+            await session.flush()
+            session.add_all([new_job(tid, state="QUEUED") for _ in range(4)])
+            session.add_all([new_job(tid, device="any", state="PENDING")])
+            session.add_all([new_job(tid, device="cuda", state="RUNNING") for _ in range(2)])
+            session.add_all([new_job(tid, state="SUCCEEDED") for _ in range(3)])
+        assert await values(db) == {"cpu": 5, "cuda": 2}  # no scheduler yet: every active job
+
+        async with db() as session, session.begin():
+            for pool, queued, running, held in (("cpu", 1, 1, 3), ("cuda", 0, 0, 2)):
+                session.add(
+                    WorkerPool(
+                        pool=pool,
+                        backend="kubernetes",
+                        min_workers=0,
+                        max_workers=8,
+                        target_jobs_per_worker=4,
+                        cooldown_s=60,
+                        current_workers=1,
+                        desired_workers=1,
+                        queued_jobs=queued,
+                        running_jobs=running,
+                        held_jobs=held,
+                    )
+                )
+        assert await values(db) == {"cpu": 2, "cuda": 0}  # the scheduler's demand
+
+        async with db() as session, session.begin():
+            await session.execute(
+                text("UPDATE worker_pools SET updated_at = now() - interval '1 minute'")
+            )
+        assert await values(db) == {"cpu": 5, "cuda": 2}  # stale: every active job again

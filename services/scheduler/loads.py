@@ -39,16 +39,24 @@ def waiting_for_stage_in() -> ColumnElement[bool]:
     query: some input is not on ``local`` yet and none of the missing ones' stage-ins failed,
     so the dispatcher (``service.ready_to_run``) neither dispatches the job nor fails it."""
     name = func.jsonb_each_text(Job.inputs).table_valued("key", "value").alias("job_input")
-    on_local = exists().where(
-        Dataset.tenant_id == Job.tenant_id,
-        Dataset.name == name.c.value,
-        Dataset.tiers.has_key("local"),
-    ).correlate_except(Dataset)  # ``jobs`` is two levels up: auto-correlation stops at one
-    failed = exists().where(
-        Migration.job_id == Job.id,
-        Migration.dataset == name.c.value,
-        Migration.state == MigrationState.FAILED.value,
-    ).correlate_except(Migration)
+    on_local = (
+        exists()
+        .where(
+            Dataset.tenant_id == Job.tenant_id,
+            Dataset.name == name.c.value,
+            Dataset.tiers.has_key("local"),
+        )
+        .correlate_except(Dataset)
+    )  # ``jobs`` is two levels up: auto-correlation stops at one
+    failed = (
+        exists()
+        .where(
+            Migration.job_id == Job.id,
+            Migration.dataset == name.c.value,
+            Migration.state == MigrationState.FAILED.value,
+        )
+        .correlate_except(Migration)
+    )
     return and_(
         exists(select(name.c.value).where(~on_local)),
         ~exists(select(name.c.value).where(~on_local, failed)),

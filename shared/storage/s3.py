@@ -4,20 +4,81 @@ Uploads are multipart uploads: a part per chunk, in any order, resumable by ``Up
 completing the upload is the atomic publish (nothing is visible before). Ranged GETs read
 chunks; a dataset download is one GET, so it reads one consistent version of the object.
 Retries are the caller's (``shared.resilience``): s3fs and botocore are told to try once.
+
+Each part carries two checksums that S3 verifies on receipt: its SHA-256, signed (SigV4,
+``x-amz-content-sha256``), and its CRC32 (``x-amz-checksum-crc32``; the upload is created with
+``ChecksumAlgorithm=CRC32``, as boto3's ``upload_file`` does, so the object gets a composite
+CRC32 of its parts' and completion names each part's). Both are computed on a worker thread
+(hashlib and zlib release the GIL: the parts in flight hash in parallel) and handed to
+botocore, which would otherwise hash 8 MiB on the event loop per part while the other parts
+wait. Without a checksum algorithm S3 (and moto) computes a full-object CRC64NVME at
+completion, a second pass over the whole object on the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import uuid
+import zlib
 from datetime import datetime
 from typing import Any
 
+import botocore.auth
 import s3fs
+from botocore.auth import S3SigV4Auth
 
 from shared.settings import TierSettings
 from shared.storage.tiers import Reader, Tier, Upload
+
+PREHASHED = "s3v4-stratus-prehashed"  # a signature version name, for UploadPart only
+CHECKSUM_ALGORITHM = "CRC32"  # of each part, verified by S3; the object's is a composite
+
+
+class PartBody(bytearray):
+    """A part's bytes with their SHA-256 (hex), computed on a worker thread. A bytearray, not
+    bytes: botocore would wrap bytes in a ``BytesIO``, which aiohttp copies once more and
+    sends 64 KiB per turn of the event loop; this goes out in one write."""
+
+    sha256: str = ""
+
+
+def prepare_part(data: bytes) -> tuple[PartBody, str]:
+    """The part to send and its CRC32 (base64, ``ChecksumCRC32``): on a worker thread."""
+    body = PartBody(data)
+    body.sha256 = hashlib.sha256(body).hexdigest()
+    crc = zlib.crc32(body).to_bytes(4, "big")
+    return body, base64.b64encode(crc).decode()
+
+
+class PrehashedS3SigV4Auth(S3SigV4Auth):  # type: ignore[misc]  # botocore is untyped
+    """botocore's S3 SigV4 signer, taking the payload's SHA-256 from a ``PartBody``; any
+    other body is hashed as usual."""
+
+    def payload(self, request: Any) -> str:
+        body = request.body
+        if (
+            isinstance(body, PartBody)
+            and body.sha256
+            and not self._is_streaming_checksum_payload(request)
+            and self._should_sha256_sign_payload(request)
+        ):
+            return body.sha256
+        payload: str = super().payload(request)
+        return payload
+
+
+botocore.auth.AUTH_TYPE_MAPS.setdefault(PREHASHED, PrehashedS3SigV4Auth)
+
+
+def _choose_prehashed(signature_version: Any, context: dict[str, Any], **_: Any) -> str | None:
+    """``choose-signer.s3.UploadPart``: the prehashed signer where botocore would take plain
+    S3 SigV4 (``s3v4``); else botocore's own choice."""
+    if context.get("auth_type") not in (None, "v4") or context.get("unsigned_payload"):
+        return None
+    return PREHASHED if signature_version in ("v4", "s3v4") else None
 
 
 class _BodyReader:
@@ -82,6 +143,9 @@ class S3Tier(Tier):
                 if self._fs is None:
                     fs = self._new_fs()
                     await fs.set_session()
+                    fs.s3.meta.events.register(
+                        "choose-signer.s3.UploadPart", _choose_prehashed, unique_id=PREHASHED
+                    )
                     self._fs = fs
         return await self._fs._call_s3(method, Bucket=self.bucket, **kwargs)
 
@@ -129,12 +193,13 @@ class S3Tier(Tier):
         await self._ensure_bucket()
         if size == 0:
             return Upload(key=key)  # nothing to upload: publishing puts an empty object
+        create = {"Key": self._key(key), "ChecksumAlgorithm": CHECKSUM_ALGORITHM}
         try:
-            resp = await self._call("create_multipart_upload", Key=self._key(key))
+            resp = await self._call("create_multipart_upload", **create)
         except FileNotFoundError:  # the bucket went away: create it again, once
             self._bucket_ready = False
             await self._ensure_bucket()
-            resp = await self._call("create_multipart_upload", Key=self._key(key))
+            resp = await self._call("create_multipart_upload", **create)
         return Upload(key=key, upload_id=str(resp["UploadId"]))
 
     async def resume(self, upload: Upload) -> bool:
@@ -151,12 +216,14 @@ class S3Tier(Tier):
     async def write(self, upload: Upload, index: int, offset: int, data: bytes) -> str | None:
         if upload.upload_id is None:
             raise ValueError("this upload has no parts (an empty object)")
+        body, crc32 = await asyncio.to_thread(prepare_part, data)
         resp = await self._call(
             "upload_part",
             Key=self._key(upload.key),
             UploadId=upload.upload_id,
             PartNumber=index + 1,
-            Body=data,
+            Body=body,
+            ChecksumCRC32=crc32,
         )
         return str(resp["ETag"])
 
@@ -170,13 +237,36 @@ class S3Tier(Tier):
             return
         if upload.upload_id is None:
             raise ValueError("parts without a multipart upload")
-        parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]
+        checksums = await self._part_checksums(upload)
+        parts: list[dict[str, Any]] = []
+        for i, etag in enumerate(etags):
+            part: dict[str, Any] = {"PartNumber": i + 1, "ETag": etag}
+            if i + 1 in checksums:  # what S3 verified on receipt (an upload created with CRC32)
+                part[f"Checksum{CHECKSUM_ALGORITHM}"] = checksums[i + 1]
+            parts.append(part)
         await self._call(
             "complete_multipart_upload",
             Key=key,
             UploadId=upload.upload_id,
             MultipartUpload={"Parts": parts},
         )
+
+    async def _part_checksums(self, upload: Upload) -> dict[int, str]:
+        """Part number -> the part's CRC32 as S3 recorded it (none for an upload created
+        without a checksum algorithm): completion must name them. They are not kept with the
+        chunks, so that a part sent before a restart needs nothing more than its ETag."""
+        found: dict[int, str] = {}
+        marker: dict[str, Any] = {}
+        while True:
+            page = await self._call(
+                "list_parts", Key=self._key(upload.key), UploadId=upload.upload_id, **marker
+            )
+            for part in page.get("Parts", []):
+                if checksum := part.get(f"Checksum{CHECKSUM_ALGORITHM}"):
+                    found[int(part["PartNumber"])] = str(checksum)
+            if not page.get("IsTruncated"):
+                return found
+            marker = {"PartNumberMarker": page["NextPartNumberMarker"]}
 
     async def abort(self, upload: Upload) -> None:
         if upload.upload_id is None:

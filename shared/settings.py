@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.resilience import RetryPolicy
 
 PLACEHOLDER_SECRETS = {"", "changeme", "change-me", "dev-admin-key", "dev-key-secret"}
 
@@ -36,6 +38,24 @@ class PostgresSettings(BaseModel):
         return f"{driver}://{auth}@{self.host}:{self.port}/{self.database}"
 
 
+# Backoff levels, one delay queue each (``<prefix>.delayed.<ms>ms``); the default of
+# ``RabbitSettings.delay_levels_ms``. A queue's messages all expire after at most its fixed
+# TTL; RabbitMQ expires messages only at the head of a queue, so one queue per level keeps a
+# short delay from waiting behind a long one. A message may carry a shorter per-message TTL
+# (jitter) within its level: it then waits at most its level.
+DELAY_LEVELS_MS: tuple[int, ...] = (
+    500,
+    1_000,
+    2_000,
+    4_000,
+    8_000,
+    16_000,
+    32_000,
+    64_000,
+    128_000,
+)
+
+
 class RabbitSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 5672
@@ -45,6 +65,31 @@ class RabbitSettings(BaseModel):
     exchange: str = "stratus.events"
     queue_prefix: str = "stratus"
     delivery_limit: int = 5
+    # A consumer's transient failure waits ``retry_initial_s * retry_multiplier**(n-1)``
+    # (at most ``retry_max_interval_s``, +-``retry_jitter``) in a delay queue, then comes back;
+    # past ``delivery_limit`` retries it is dead-lettered.
+    retry_initial_s: float = Field(default=0.5, gt=0)
+    retry_multiplier: float = Field(default=2.0, ge=1)
+    retry_max_interval_s: float = Field(default=30.0, gt=0)
+    retry_jitter: float = Field(default=0.2, ge=0, lt=1)
+    # The delay queues, one per level (``<prefix>.delayed.<ms>ms``): a delay waits in the
+    # shortest level that holds it (JSON list in the environment, e.g. ``[500, 2000, 8000]``).
+    delay_levels_ms: tuple[int, ...] = DELAY_LEVELS_MS
+
+    @field_validator("delay_levels_ms")
+    @classmethod
+    def _ascending_levels(cls, levels: tuple[int, ...]) -> tuple[int, ...]:
+        if not levels or any(v <= 0 for v in levels) or list(levels) != sorted(set(levels)):
+            raise ValueError("delay levels must be positive, distinct and ascending")
+        return levels
+
+    def consumer_retry(self) -> RetryPolicy:
+        return RetryPolicy(
+            initial_s=self.retry_initial_s,
+            multiplier=self.retry_multiplier,
+            max_interval_s=self.retry_max_interval_s,
+            jitter=self.retry_jitter,
+        )
 
     def url(self) -> str:
         from urllib.parse import quote

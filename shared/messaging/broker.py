@@ -28,7 +28,6 @@ from shared.messaging.admin import Delivery as Delivery  # re-exported
 from shared.messaging.topology import (
     DELAY,
     DELAY_HEADER,
-    DELAY_LEVELS_MS,
     DLX,
     DURABLE_QUEUES,
     RETRIES_HEADER,
@@ -36,15 +35,13 @@ from shared.messaging.topology import (
     delay_level,
     retry_routing_key,
 )
-from shared.resilience import CircuitBreaker, RetryPolicy
+from shared.resilience import CircuitBreaker
 from shared.settings import RabbitSettings
 from shared.startup import note_ready, note_waiting
 from shared.telemetry import MESSAGES, PUBLISHED, watch_breaker
 
 log = get_logger(__name__)
 
-# A consumer's transient failure: the message waits in a delay queue, then comes back.
-CONSUMER_RETRY = RetryPolicy(initial_s=0.5, multiplier=2.0, max_interval_s=30.0, jitter=0.2)
 PUBLISH_TIMEOUT_S = 5.0
 
 
@@ -79,6 +76,7 @@ class Broker(BrokerAdmin):
 
     def __init__(self, settings: RabbitSettings, *, name: str) -> None:
         self.settings = settings
+        self._consumer_retry = settings.consumer_retry()
         self.name = name
         self._conn: AbstractRobustConnection | None = None
         self._pub_channel: AbstractChannel | None = None
@@ -164,7 +162,7 @@ class Broker(BrokerAdmin):
         logs) for a waiting room; the price is at-most-once dead-lettering (a message that
         expires as the node crashes may be lost), which the callers tolerate (see
         docs/ARCHITECTURE.md, Retries)."""
-        for level in DELAY_LEVELS_MS:
+        for level in self.settings.delay_levels_ms:
             name = self.delay_queue_name(level)
             queue = await channel.declare_queue(
                 name,
@@ -226,7 +224,7 @@ class Broker(BrokerAdmin):
         expiration = None
         exchange = self._exchange
         if out.delay_ms is not None:
-            level = delay_level(out.delay_ms)
+            level = delay_level(out.delay_ms, self.settings.delay_levels_ms)
             headers[DELAY_HEADER] = self.delay_queue_name(level)
             expiration = timedelta(milliseconds=max(min(out.delay_ms, level), 1))
             exchange = self._delay_exchange
@@ -381,7 +379,7 @@ class Broker(BrokerAdmin):
         if retries > limit:
             await self._dead_letter(qname, message)
             return
-        delay_ms = round(CONSUMER_RETRY.delay(retries) * 1000)
+        delay_ms = round(self._consumer_retry.delay(retries) * 1000)
         headers = {
             k: v
             for k, v in (message.headers or {}).items()

@@ -7,24 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.settings import DELAY_LEVELS_MS
+
 DLX = "dlx"  # suffix of the dead-letter exchange name
 DELAY = "delay"  # suffix of the delay exchange name
 
-# Backoff levels, one delay queue each (``<prefix>.delayed.<ms>ms``). A queue's messages all
-# expire after at most its fixed TTL; RabbitMQ expires messages only at the head of a queue,
-# so one queue per level keeps a short delay from waiting behind a long one. A message may
-# carry a shorter per-message TTL (jitter) within its level: it then waits at most its level.
-DELAY_LEVELS_MS: tuple[int, ...] = (
-    500,
-    1_000,
-    2_000,
-    4_000,
-    8_000,
-    16_000,
-    32_000,
-    64_000,
-    128_000,
-)
 # names the delay queue on the (headers) delay exchange; a header starting with "x-" would
 # be ignored by its bindings
 DELAY_HEADER = "stratus-delay-queue"
@@ -64,12 +51,12 @@ TENANT_USAGE = QueueSpec("tenant.usage", ("job.finished",))
 DURABLE_QUEUES: tuple[QueueSpec, ...] = (SCHEDULER, WORK_CPU, WORK_CUDA, DATAMOVER, TENANT_USAGE)
 
 
-def delay_level(delay_ms: int) -> int:
+def delay_level(delay_ms: int, levels: tuple[int, ...] = DELAY_LEVELS_MS) -> int:
     """The level that holds a delay: the shortest one at least as long (or the longest)."""
-    for level in DELAY_LEVELS_MS:
+    for level in levels:
         if delay_ms <= level:
             return level
-    return DELAY_LEVELS_MS[-1]
+    return levels[-1]
 
 
 def retry_routing_key(queue_name: str) -> str:

@@ -171,3 +171,39 @@ async def test_delayed_publish_keeps_its_key_and_never_arrives_early(
     assert first_at - t0 >= 0.29
     assert second_at - t0 >= 1.49
     assert second_at - t0 < 1.5 + 2.0  # at most its level (2 s), with a margin
+
+
+async def test_retry_backoff_and_delay_levels_come_from_the_settings(
+    settings: CommonSettings, prefix: str
+) -> None:
+    """``STRATUS_RABBIT__RETRY_*`` and ``__DELAY_LEVELS_MS``: the broker declares the levels
+    configured and a consumer's retry waits the configured backoff."""
+    rabbit = settings.rabbit.model_copy(
+        update={
+            "queue_prefix": prefix,
+            "retry_initial_s": 1.5,
+            "retry_jitter": 0.0,
+            "delay_levels_ms": (300, 1_500),
+        }
+    )
+    b = Broker(rabbit, name="test-levels")
+    await b.connect(attempts=3)
+    try:
+        for level in (300, 1_500):
+            assert await b.depth(b.delay_queue_name(level)) == 0  # declared
+        spec = QueueSpec("slow", (f"{prefix}.slow",), delivery_limit=3)
+        seen: list[float] = []
+        done = asyncio.Event()
+
+        async def fails_once(_d: Delivery) -> None:
+            seen.append(time.monotonic())
+            if len(seen) == 1:
+                raise ConnectionError("transient")
+            done.set()
+
+        await b.consume(spec, fails_once, prefetch=1)
+        await b.publish(_msg(f"{prefix}.slow"))
+        await asyncio.wait_for(done.wait(), 20)
+        assert seen[1] - seen[0] >= 1.4  # 1.5 s from the settings, not the default 0.5 s
+    finally:
+        await b.close()

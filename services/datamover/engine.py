@@ -10,11 +10,11 @@ caller with the source's before anything is published.
 Between two directories two threads share the work, in order: one copies each missing chunk
 in the kernel (``copy_file_range``, no bytes through Python) 2 MiB at a time, the other reads
 each piece back from the target right behind it and hashes it (``_Pipe``: the copier stays
-within ``LEAD`` of the verifier, so what is read back is still in the last-level cache). With
-a core to spare the verification then costs almost no time beside the copy (it was a second
-pass in the same thread: about a fifth of the copy's CPU); on a machine whose cores are
-all busy the two threads cost about 5% more CPU than one. Chunks in flight would only contend
-for the target file, and a hand-off to the event loop per chunk costs more than it saves.
+within ``LEAD`` of the verifier, so what is read back is still in the last-level cache). Where
+a core is free the verification (about a fifth of the copy's CPU, a second pass when one
+thread did both) overlaps the copy; on a machine whose cores are all busy the two threads
+cost about 5% more CPU than one. Chunks in flight would only contend for the target file, and
+a hand-off to the event loop per chunk costs more than it saves.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from services.worker.kernels import registry
-from services.worker.kernels.base import KernelInputError
+from services.worker.kernels.base import KernelInputError, readonly
 from tests.worker import reference as ref
 from tests.worker.conftest import Save
 
@@ -77,6 +77,43 @@ def test_nbody_coincident_bodies_without_softening_stay_finite(save: Save, out: 
     assert result["energy_initial"] == pytest.approx(e0, rel=ref.RTOL)
 
 
+@pytest.mark.parametrize(("scale", "softening"), [(1.0, 0.05), (1e-12, 1e-13), (1e12, 1e11)])
+def test_nbody_fast_inverse_square_root_agrees_with_numpy(scale: float, softening: float) -> None:
+    from services.worker.kernels import nbody
+
+    pos = rng.normal(size=(3, 301)) * scale
+    pos[:, 7] = pos[:, 3]  # two bodies at one point: softened, so r2 > 0 still
+    m = rng.uniform(0.5, 1.5, 301)
+    vel = rng.normal(size=(3, 301))
+    eps2 = softening**2
+    assert nbody.fast_inverse_ok(pos, eps2)
+    acc = np.empty_like(pos)
+    nbody.accelerations(pos, m, eps2, acc)
+    want = ref.accelerations(pos.T.copy(), m, eps2).T
+    np.testing.assert_allclose(acc, want, rtol=ref.RTOL, atol=1e-12 * np.abs(want).max())
+    got = nbody.energy(pos, vel, m, eps2)
+    assert got == pytest.approx(ref.energy(pos.T.copy(), vel.T.copy(), m, eps2), rel=ref.RTOL)
+
+
+def test_nbody_takes_the_exact_pass_outside_the_float32_range() -> None:
+    from services.worker.kernels import nbody
+
+    pos = rng.normal(size=(3, 40))
+    assert nbody.fast_inverse_ok(pos, 1e-4)
+    assert not nbody.fast_inverse_ok(pos, 0.0)  # no softening: r2 may be 0 or tiny
+    assert not nbody.fast_inverse_ok(pos, nbody.R2_MIN / 2)
+    assert not nbody.fast_inverse_ok(pos * 1e20, 1e-4)  # r2 beyond R2_MAX
+    assert not nbody.fast_inverse_ok(np.where(pos > 1.5, np.nan, pos), 1e-4)
+    assert not nbody.fast_inverse_ok(np.where(pos > 1.5, np.inf, pos), 1e-4)
+    assert nbody.fast_inverse_ok(np.empty((3, 0)), 1e-4)
+    m = rng.uniform(0.5, 1.5, 40)
+    for p, eps2 in ((pos * 1e20, 1e-4), (pos * 1e-40, 1e-90), (pos, 0.0)):
+        acc = np.empty_like(p)
+        nbody.accelerations(p, m, eps2, acc)
+        want = ref.accelerations(p.T.copy(), m, eps2).T
+        np.testing.assert_allclose(acc, want, rtol=ref.RTOL, atol=1e-12 * np.abs(want).max())
+
+
 @pytest.mark.parametrize(
     ("bins", "lo", "hi"),
     [(1, 0.0, 1.0), (7, -1.0, 1.0), (1000, -3.3, 2.9), (13, 1e-3, 1e-3 + 1e-9)],
@@ -105,6 +142,89 @@ def test_histogram_splits_work_between_threads_without_losing_counts() -> None:
     for chunks in (2, 3, 7, len(data) + 5):
         assert histogram(data, 50, 0.0, 1.0, chunks).tolist() == one.tolist()
     assert one.tolist() == ref.histogram(data, 50, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("segment", [1, 2, 7, 1023, 1024, 1025, 2**30])
+def test_histogram_adds_up_its_int32_lanes_every_segment(segment: int) -> None:
+    from services.worker.kernels.histogram import _count
+
+    data = readonly(np.concatenate([ref.awkward_histogram_data(rng, 20, -1.0, 1.0)] * 2))
+    for begin, end in ((0, len(data)), (3, len(data) - 2), (5, 6), (4, 4)):
+        counts = np.zeros(21, np.int64)
+        _count(data, begin, end, -1.0, 1.0, counts, segment)
+        assert counts[:-1].tolist() == ref.histogram(data[begin:end], 20, -1.0, 1.0)
+        assert counts.sum() == end - begin  # the last slot: values outside and NaN
+
+
+@pytest.mark.parametrize("bins", [2047, 2048, 5000])
+def test_histogram_with_bins_beyond_the_lanes(bins: int) -> None:
+    from services.worker.kernels.histogram import LANE_BINS_LIMIT, histogram
+
+    assert 2047 < LANE_BINS_LIMIT < 5000
+    data = readonly(ref.awkward_histogram_data(rng, bins, -2.0, 3.0))
+    for chunks in (1, 2):
+        got = histogram(data, bins, -2.0, 3.0, chunks)
+        assert got.tolist() == ref.histogram(data, bins, -2.0, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("bins", "lo", "hi"),
+    [
+        (1000, 0.0, 1.0),
+        (7, -1.0, 1.0),
+        (100, 1.0, 1.0 + 2**-40),
+        (13, 1e-3, 1e-3 + 1e-9),
+        (3, -1e300, 1e300),
+        (5000, 1e6, 1e6 + 1.0),
+    ],
+)
+def test_histogram_first_guesses_near_the_edges(bins: int, lo: float, hi: float) -> None:
+    """Values at 0.5 to 100 ``delta`` from the edges, and at a few ulps, in some blocks only:
+    blocks of safe guesses, unsure ones redone, runs of exact blocks, safe guesses again."""
+    from services.worker.kernels.histogram import BLOCK, EXACT_RUN, _delta, histogram
+
+    width = (hi - lo) / bins
+    delta = _delta(bins, lo, hi)
+    k = rng.integers(0, bins + 1, 4000)
+    near = (
+        lo
+        + (k + rng.choice([0.5, 1.0, 1.01, 2.0, 100.0], 4000) * rng.choice([-1, 1], 4000) * delta)
+        * width
+    )
+    edges = np.linspace(lo, hi, bins + 1)[k[:500]]
+    near = np.concatenate([near, edges, np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)])
+    blocks = [rng.uniform(lo, hi, BLOCK) for _ in range(3 * EXACT_RUN)]
+    for b in (3, 4, 20, 2 * EXACT_RUN):  # unsure values in a few blocks, at random places
+        pick = rng.integers(0, len(near), 50)
+        blocks[b][rng.integers(0, BLOCK, 50)] = near[pick]
+    data = readonly(np.concatenate([*blocks, near, rng.uniform(lo, hi, 77)]))
+    want = ref.histogram(data, bins, lo, hi)
+    for chunks in (1, 2, 3):
+        assert histogram(data, bins, lo, hi, chunks).tolist() == want
+
+
+def test_histogram_first_guess_alone_serves_random_values() -> None:
+    from services.worker.kernels.histogram import BLOCK, SHIFT, _delta, _guess, _indices
+
+    data = readonly(rng.uniform(-0.1, 1.1, BLOCK))
+    guessed, exact = np.empty(BLOCK), np.empty(BLOCK)
+    assert _guess(data, 0, 0.0, 1.0, 1000, _delta(1000, 0.0, 1.0), guessed) == 0  # all sure
+    _indices(data, 0, 0.0, 1.0, 1000, exact)
+    assert np.array_equal(guessed, exact)
+    assert 0 < np.count_nonzero(exact - SHIFT == 1000) < BLOCK  # 1000: outside
+    assert _guess(readonly(np.array([0.5, 2.0])), 0, 0.0, 1.0, 4, 1e-12, guessed[:2]) == 1
+
+
+@pytest.mark.parametrize(
+    "values", [[0.5], [2.0], [np.nan], [1.0], [0.0], [-np.inf], [0.25, 0.75], [0.5, np.nan]]
+)
+def test_histogram_of_runs_of_one_value(values: list[float]) -> None:
+    from services.worker.kernels.histogram import histogram
+
+    data = readonly(np.tile(np.array(values), 3001))  # odd lengths, runs in one bin or outside
+    for chunks in (1, 2, 3):
+        got = histogram(data, 4, 0.0, 1.0, chunks)
+        assert got.tolist() == ref.histogram(data, 4, 0.0, 1.0)
 
 
 @pytest.mark.parametrize(

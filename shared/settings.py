@@ -65,6 +65,9 @@ class RabbitSettings(BaseModel):
     exchange: str = "stratus.events"
     queue_prefix: str = "stratus"
     delivery_limit: int = 5
+    # Pause between a robust connection's attempts to reconnect once the broker went away:
+    # aio-pika's default (5 s) added up to 5 s to every recovery from a broker restart.
+    reconnect_interval_s: float = Field(default=1.0, gt=0)
     # A consumer's transient failure waits ``retry_initial_s * retry_multiplier**(n-1)``
     # (at most ``retry_max_interval_s``, +-``retry_jitter``) in a delay queue, then comes back;
     # past ``delivery_limit`` retries it is dead-lettered.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -58,6 +59,7 @@ class WorkerRuntime:
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.running = Running()  # cancellable attempts, by job
         self.jobs: set[asyncio.Task[None]] = set()  # attempts and their records, for shutdown
+        self.held: set[uuid.UUID] = set()  # claimed, not yet recorded: the leases to extend
         self.stopping = False
 
     async def on_dispatch(self, delivery: Delivery) -> None:
@@ -66,11 +68,19 @@ class WorkerRuntime:
         if self.stopping:  # waited for a slot through a shutdown: another worker takes it
             self.slots.release()
             raise RuntimeError("worker shutting down: job handed back unclaimed")
+        # When the broker closes the channel of this delivery (a RabbitMQ restart), aiormq
+        # cancels this handler. The claim and the start of its run go on in a task of their
+        # own, so that a claim that committed always gets its run (the delivery comes back
+        # and finds the job taken) instead of a job RUNNING that nothing runs.
+        await asyncio.shield(self._claim_and_start(event.job_id))
+
+    async def _claim_and_start(self, job_id: uuid.UUID) -> None:
+        """Claim the job for the slot taken for it and start its run, or give the slot back."""
         try:
             async with transaction(self.res.sessions) as session:
                 claim = await service.claim(
                     session=session,
-                    job_id=event.job_id,
+                    job_id=job_id,
                     worker=self.settings.name,
                     lease_s=self.settings.lease_s,
                 )
@@ -80,6 +90,7 @@ class WorkerRuntime:
         if claim is None:
             self.slots.release()
             return
+        self.held.add(claim.job_id)  # its lease is extended by the heartbeat from now on
         task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}")
         self.running.tasks[claim.job_id] = (claim, task)
         self.jobs.add(task)
@@ -98,6 +109,7 @@ class WorkerRuntime:
             await self._record(claim, report, staged)
         finally:
             self.running.tasks.pop(claim.job_id, None)
+            self.held.discard(claim.job_id)
             await abort_staged(self.storage, staged)  # what the record did not publish
             # what the record did not publish (failed, refused or abandoned attempt)
             await asyncio.to_thread(
@@ -262,6 +274,7 @@ class WorkerRuntime:
                 concurrency=self.settings.concurrency,
                 lease_s=self.settings.lease_s,
                 stopping=self.stopping,
+                held=set(self.held),
             )
 
     async def shutdown(self) -> None:

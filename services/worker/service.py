@@ -6,7 +6,7 @@ Functions take ``session`` as a keyword and never commit.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -218,8 +218,14 @@ async def heartbeat(
     concurrency: int,
     lease_s: float,
     stopping: bool = False,
+    held: Collection[uuid.UUID] = (),
 ) -> None:
-    """Say this worker is alive (and how many jobs it takes) and extend its jobs' leases."""
+    """Say this worker is alive (and how many jobs it takes) and extend the leases of the
+    jobs it ``held``: the ones it runs or records now. Only those: a job that is RUNNING
+    under this worker's name but that no attempt of this process holds (its claim committed
+    under a consumer cancelled by a broker restart, a record that gave up) must lose its
+    lease so that the reaper returns it, instead of being kept RUNNING, unrun, for as long
+    as the worker lives."""
     await session.execute(
         insert(Worker)
         .values(id=worker, device=device, concurrency=concurrency, stopping=stopping)
@@ -228,8 +234,14 @@ async def heartbeat(
             set_={"heartbeat_at": func.now(), "concurrency": concurrency, "stopping": stopping},
         )
     )
+    if not held:
+        return
     await session.execute(
         update(Job)
-        .where(Job.worker == worker, Job.state == JobState.RUNNING.value)
+        .where(
+            Job.id.in_(sorted(held)),
+            Job.worker == worker,
+            Job.state == JobState.RUNNING.value,
+        )
         .values(lease_expires_at=func.now() + timedelta(seconds=lease_s))
     )

@@ -123,6 +123,7 @@ class Broker(BrokerAdmin):
                     self.settings.url(),
                     client_properties={"connection_name": self.name},
                     timeout=5,
+                    reconnect_interval=self.settings.reconnect_interval_s,
                 )
                 break
             except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:

@@ -1,0 +1,57 @@
+"""How soon a consumer is back once the broker returns (issue 6, recovery after a RabbitMQ
+restart). The broker is reached through a TCP proxy that the test closes, keeps closed for a
+moment (a reconnection attempt fails on it, as one does while RabbitMQ restarts) and reopens.
+aio-pika then waits ``reconnect_interval`` before the next attempt; its default (5 s) was
+most of the recovery the chaos suite measured after a RabbitMQ restart, and
+``STRATUS_RABBIT__RECONNECT_INTERVAL_S`` (1 s) bounds it now."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+from shared.messaging import Broker, Delivery, QueueSpec
+from shared.messaging.broker import Outgoing
+from shared.settings import CommonSettings
+from tests.gateway.test_outage import TcpProxy
+
+
+async def test_a_consumer_is_back_within_the_reconnect_interval(settings: CommonSettings) -> None:
+    assert settings.rabbit.reconnect_interval_s == 1.0
+    proxy = TcpProxy(settings.rabbit.port)
+    await proxy.start()
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    key = f"{prefix}.r"
+    spec = QueueSpec("r", (key,))
+    via_proxy = settings.rabbit.model_copy(update={"port": proxy.port, "queue_prefix": prefix})
+    consumer = Broker(via_proxy, name="reconnect-consumer")
+    publisher = Broker(settings.rabbit.model_copy(update={"queue_prefix": prefix}), name="rp")
+    seen: list[bytes] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery.body)
+
+    await consumer.connect(attempts=3)
+    await publisher.connect(attempts=3)
+    try:
+        await consumer.consume(spec, handler)
+        await publisher.publish(Outgoing(key, b"before", str(uuid.uuid4())))
+        deadline = time.monotonic() + 10
+        while b"before" not in seen:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+
+        await proxy.stop()  # the connection drops; the first attempt to reconnect is refused
+        await asyncio.sleep(1.5)
+        await proxy.start()  # the broker is back
+        back = time.monotonic()
+        await publisher.publish(Outgoing(key, b"after", str(uuid.uuid4())))
+        while b"after" not in seen:
+            # one interval (1 s) and the restore of the channel; aio-pika's default waited 5 s
+            assert time.monotonic() - back < 3.0, "the consumer is not back yet"
+            await asyncio.sleep(0.05)
+    finally:
+        await consumer.close()
+        await publisher.close()
+        await proxy.stop()

@@ -1,0 +1,172 @@
+"""A job is RUNNING only while an attempt of a live worker holds it (issue 6, the chaos
+suite's slow recoveries).
+
+A worker's heartbeat used to extend the lease of every job RUNNING under its name. A job that
+no attempt of the process held any more kept its lease for as long as the worker lived, and
+the reaper never returned it: nothing ran it and nothing waited for it to end. Two ways in:
+
+- a RabbitMQ restart closes the channel of a delivery whose claim is committing; aiormq
+  cancels the consumer's handler, the claim commits, and the run is never started;
+- a record that gives up (the database away for longer than twice the lease).
+
+The heartbeat now extends only the leases of the jobs the process holds (claimed, not yet
+recorded), and a claim goes on to start its run whatever happens to the handler."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from services.scheduler import service as scheduler
+from services.worker import service
+from services.worker.app import WorkerRuntime
+from services.worker.runner import KernelRunner, Outcome, Request, Status, Usage
+from services.worker.settings import WorkerSettings
+from shared.db.models import Job, Tenant
+from shared.events import JobDispatched
+from shared.messaging import Delivery
+from shared.runtime import Resources
+from shared.settings import CommonSettings, StorageSettings
+from tests.factories import new_job, own_database
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture(scope="module")
+async def db(settings: CommonSettings) -> AsyncIterator[Sessions]:
+    async with own_database(settings, "leases") as (_, sessions):
+        yield sessions
+
+
+async def queued_job(db: Sessions) -> uuid.UUID:
+    tid, jid = uuid.uuid4(), uuid.uuid4()
+    async with db() as session, session.begin():
+        session.add(Tenant(id=tid, name=f"l{tid.hex[:8]}", weight=1, quotas={}, suspended=False))
+        await session.flush()
+        session.add(new_job(tid, id=jid))
+    async with db() as session, session.begin():
+        assert await scheduler.admit(session=session, job_ids=[jid]) == 1
+    return jid
+
+
+async def job(db: Sessions, job_id: uuid.UUID) -> Job:
+    async with db() as session:
+        found = await session.get(Job, job_id)
+        assert found is not None
+        return found
+
+
+async def now(db: Sessions) -> datetime:
+    async with db() as session:
+        at = await session.scalar(select(func.now()))
+        assert at is not None
+        return at
+
+
+class InstantRunner:
+    """A kernel runner whose every attempt succeeds at once (or once ``go`` is set)."""
+
+    def __init__(self, go: asyncio.Event | None = None) -> None:
+        self.go = go
+
+    async def run(self, request: Request, *, timeout_s: float, usage: Usage) -> Outcome:
+        if self.go is not None:
+            await self.go.wait()
+        return Outcome(Status.SUCCEEDED, usage, result={"kernel": request.kernel})
+
+
+def runtime(db: Sessions, tmp_path: Path, runner: InstantRunner, lease_s: float) -> WorkerRuntime:
+    storage = StorageSettings.model_validate({"local": {"root": str(tmp_path / "local")}})
+    settings = WorkerSettings(
+        name=f"w-{uuid.uuid4().hex[:8]}", storage=storage, concurrency=2, lease_s=lease_s
+    )
+    res = SimpleNamespace(sessions=db, relay=SimpleNamespace(wake=lambda: None))
+    return WorkerRuntime(cast(Resources, res), settings, cast(KernelRunner, runner))
+
+
+def dispatched(job_id: uuid.UUID) -> Delivery:
+    event = JobDispatched(tenant_id=uuid.uuid4(), job_id=job_id, device="cpu", kernel="x")
+    return Delivery(event.to_bytes(), None, "job.dispatch.cpu", False, 0)
+
+
+async def test_the_heartbeat_keeps_only_the_jobs_the_worker_holds(
+    db: Sessions, tmp_path: Path
+) -> None:
+    go = asyncio.Event()
+    rt = runtime(db, tmp_path, InstantRunner(go), lease_s=1.0)
+    held, orphan = await queued_job(db), await queued_job(db)
+    await rt.on_dispatch(dispatched(held))  # claimed, and its attempt runs (until ``go``)
+    async with db() as session, session.begin():  # RUNNING under its name, run by nothing
+        assert await service.claim(
+            session=session, job_id=orphan, worker=rt.settings.name, lease_s=1.0
+        )
+    deadline = asyncio.get_running_loop().time() + 2.5
+    while asyncio.get_running_loop().time() < deadline:  # the worker lives and beats
+        await rt.heartbeat()
+        await asyncio.sleep(0.2)
+    async with db() as session, session.begin():
+        reaped = await scheduler.reap(session=session, now=await now(db), redispatch_after_s=60)
+    try:
+        # the job no attempt holds loses its lease and goes back to the queue ...
+        assert [e.job_id for e in reaped] == [orphan]  # type: ignore[attr-defined]
+        assert (await job(db, orphan)).state == "QUEUED"
+        # ... the one the worker runs keeps it
+        assert (await job(db, held)).state == "RUNNING"
+    finally:
+        go.set()
+        await asyncio.wait(rt.jobs, timeout=10)
+    assert (await job(db, held)).state == "SUCCEEDED"
+
+
+@pytest.fixture
+def cancel_at_commit(db: Sessions) -> Iterator[list[asyncio.Task[Any]]]:
+    """The tasks put in the list are cancelled when the next transaction commits (COMMIT
+    sent, its answer not read yet): what aiormq does to a consumer's handler when the broker
+    closes its channel at that moment."""
+    victims: list[asyncio.Task[Any]] = []
+    engine = cast(AsyncEngine, db.kw["bind"])
+
+    def on_commit(_conn: object) -> None:
+        for task in victims:
+            task.cancel()
+        victims.clear()
+
+    event.listen(engine.sync_engine, "commit", on_commit)
+    try:
+        yield victims
+    finally:
+        event.remove(engine.sync_engine, "commit", on_commit)
+
+
+async def test_a_claim_committed_as_its_handler_is_cancelled_still_runs(
+    db: Sessions, tmp_path: Path, cancel_at_commit: list[asyncio.Task[Any]]
+) -> None:
+    jid = await queued_job(db)
+    rt = runtime(db, tmp_path, InstantRunner(), lease_s=30)
+    handler = asyncio.create_task(rt.on_dispatch(dispatched(jid)))
+    cancel_at_commit.append(handler)
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    deadline = asyncio.get_running_loop().time() + 10
+    while (state := (await job(db, jid)).state) == "RUNNING":
+        assert asyncio.get_running_loop().time() < deadline, (
+            "the claim committed but no attempt runs the job: it stays RUNNING as long as "
+            "the worker lives"
+        )
+        await asyncio.sleep(0.05)
+    if state == "QUEUED":  # the cancellation came before the COMMIT: it was rolled back
+        pytest.skip("the claim did not commit: nothing to check")
+    assert state == "SUCCEEDED"
+    if rt.jobs:
+        await asyncio.wait(rt.jobs, timeout=10)
+    assert not rt.held  # recorded: no lease left to extend
+    assert not rt.slots.locked()  # and the slot is free again

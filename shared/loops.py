@@ -9,6 +9,7 @@ import random
 from collections.abc import Awaitable, Callable
 
 from shared.logging import get_logger
+from shared.resilience import CircuitBreaker, CircuitOpen
 
 log = get_logger(__name__)
 
@@ -21,6 +22,7 @@ async def periodic(
     wake: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     min_gap_s: float = 0.0,
+    breaker: CircuitBreaker | None = None,
 ) -> None:
     """Run ``step`` every ``interval_s`` (or sooner when woken), backing off on errors.
 
@@ -30,7 +32,12 @@ async def periodic(
     served at once.
 
     With ``stop``: once it is set the loop returns after the step in progress (a graceful
-    shutdown sets it, waits for the loop, and cancels only what outlives its grace)."""
+    shutdown sets it, waits for the loop, and cancels only what outlives its grace).
+
+    With ``breaker`` (the service's PostgreSQL breaker, for steps that work on the database):
+    each step's outcome is reported to it (only connectivity errors count), and while it is
+    open no step runs; when it turns half-open one step tries the database again. Its state
+    is what ``/metrics`` shows (``stratus_circuit_state``)."""
     loop = asyncio.get_running_loop()
     failures = 0
     started = -math.inf
@@ -42,11 +49,25 @@ async def periodic(
                 return
         if wake is not None:
             wake.clear()
+        if breaker is not None:
+            try:
+                breaker.before_call()
+            except CircuitOpen as exc:
+                await _pause(max(exc.retry_after, 0.05), None, stop)
+                continue
         started = loop.time()
         try:
             await step()
             failures = 0
+            if breaker is not None:
+                breaker.on_success()
+        except asyncio.CancelledError:
+            if breaker is not None:
+                breaker.abandon()
+            raise
         except Exception as exc:
+            if breaker is not None:
+                breaker.on_failure(exc)
             failures += 1
             log.warning("loop_failed", loop=name, error=type(exc).__name__)
             await _pause(min(0.2 * 2**failures, 5.0) * (0.5 + random.random()), None, stop)

@@ -113,6 +113,7 @@ def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
                 interval_s=settings.claim_interval_s,
                 wake=mover.wake,
                 stop=stop,
+                breaker=res.db_breaker,
             ),
             "migration-claims",
         )

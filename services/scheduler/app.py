@@ -111,6 +111,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                         wake=wake,
                         stop=stop,
                         min_gap_s=settings.dispatch_min_gap_s,
+                        breaker=res.db_breaker,
                     ),
                     "dispatch",
                 )
@@ -123,6 +124,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                         make_reap_step(res, settings),
                         interval_s=settings.reaper_interval_s,
                         stop=stop,
+                        breaker=res.db_breaker,
                     ),
                     "reaper",
                 )
@@ -140,6 +142,7 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                     "autoscale",
                     make_autoscale_step(res.sessions, scaler),
                     interval_s=settings.autoscale.interval_s,
+                    breaker=res.db_breaker,
                 ),
                 "autoscale",
             )

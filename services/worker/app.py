@@ -330,7 +330,12 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
         rt = WorkerRuntime(res, settings, runner, storage)
         await rt.heartbeat()
         res.spawn(
-            periodic("heartbeat", rt.heartbeat, interval_s=settings.heartbeat_interval_s),
+            periodic(
+                "heartbeat",
+                rt.heartbeat,
+                interval_s=settings.heartbeat_interval_s,
+                breaker=res.db_breaker,
+            ),
             "heartbeat",
         )
         await res.broker.consume(control_queue(settings.name), rt.on_control, prefetch=16)

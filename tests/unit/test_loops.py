@@ -80,3 +80,67 @@ async def test_stop_during_the_gap_ends_the_loop_without_another_step() -> None:
     stop.set()
     await asyncio.wait_for(task, 2)
     assert steps == [1]
+
+
+async def test_a_breaker_stops_the_steps_while_the_database_is_out() -> None:
+    """Connectivity errors open the loop's breaker (no steps while open); after the reset
+    timeout one step tries again, and its success closes it. Other errors are answers."""
+    from shared.db.engine import is_connectivity_error
+    from shared.resilience import BreakerState, CircuitBreaker
+
+    breaker = CircuitBreaker(
+        "postgres", failure_threshold=2, reset_timeout_s=3.0, is_failure=is_connectivity_error
+    )
+    loop = asyncio.get_running_loop()
+    outage = {"on": True}
+    calls: list[float] = []
+    stop = asyncio.Event()
+
+    async def step() -> None:
+        calls.append(loop.time())
+        if outage["on"]:
+            raise ConnectionRefusedError("database down")
+
+    task = asyncio.create_task(periodic("t", step, interval_s=0.01, stop=stop, breaker=breaker))
+    for _ in range(200):
+        if breaker.state is BreakerState.OPEN:
+            break
+        await asyncio.sleep(0.01)
+    assert breaker.state is BreakerState.OPEN
+    opened_after = len(calls)
+    assert opened_after == 2  # the threshold
+    await asyncio.sleep(2.0)  # the loop's own backoff alone would have tried again by now
+    assert len(calls) == opened_after  # open: no step touched the database
+    outage["on"] = False
+    for _ in range(500):  # past the reset timeout: a trial step, then steps again
+        if breaker.state is BreakerState.CLOSED:
+            break
+        await asyncio.sleep(0.01)
+    assert breaker.state is BreakerState.CLOSED
+    await asyncio.sleep(0.1)
+    assert len(calls) > opened_after + 1
+    stop.set()
+    await asyncio.wait_for(task, 5)
+
+
+async def test_a_bad_query_does_not_open_the_breaker() -> None:
+    from shared.db.engine import is_connectivity_error
+    from shared.resilience import BreakerState, CircuitBreaker
+
+    breaker = CircuitBreaker(
+        "postgres", failure_threshold=1, reset_timeout_s=5, is_failure=is_connectivity_error
+    )
+    calls = 0
+    stop = asyncio.Event()
+
+    async def step() -> None:
+        nonlocal calls
+        calls += 1
+        raise ValueError("a bug, not an outage")
+
+    task = asyncio.create_task(periodic("t", step, interval_s=0.01, stop=stop, breaker=breaker))
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert breaker.state is BreakerState.CLOSED
+    assert calls >= 2  # backing off, not stopped by the breaker

@@ -28,7 +28,7 @@ from datetime import datetime
 from pathlib import Path
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.engine import make_engine
@@ -46,6 +46,13 @@ MIGRATION_BYTES = 12 * 2**20  # three chunks each, paced so that the datamover d
 
 ONE_OFF_FAULTS = 5  # scheduler, datamover, RabbitMQ, PostgreSQL, Redis
 KILL_POLL_S = 0.25  # how often the worker killer looks for its moment
+
+
+_SUCCEEDED = text("SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND state = 'SUCCEEDED'")
+_UNFINISHED = text(
+    "SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND state NOT IN "
+    "('SUCCEEDED','FAILED','CANCELLED','TIMED_OUT')"
+)
 
 
 @dataclass(frozen=True)
@@ -242,34 +249,21 @@ class ChaosRun:
         return [uuid.UUID(t.id) for t in self.tenants]
 
     # progress, read from the database (through its outages)
-    async def succeeded(self) -> int | None:
+    async def _count_jobs(self, query: TextClause) -> int | None:
+        """Jobs of the run that ``query`` counts (None while the database is away)."""
         try:
             async with asyncio.timeout(5), self.engine.connect() as conn:
-                n = await conn.scalar(
-                    text(
-                        "SELECT count(*) FROM jobs WHERE state = 'SUCCEEDED' AND tenant_id = "
-                        "ANY(:t)"
-                    ),
-                    {"t": self.tenant_ids},
-                )
+                n = await conn.scalar(query, {"t": self.tenant_ids})
                 return int(n or 0)
         except Exception:
             return None
 
+    async def succeeded(self) -> int | None:
+        return await self._count_jobs(_SUCCEEDED)
+
     async def unfinished(self) -> int | None:
         """Jobs of the run not in a final state yet (None while the database is away)."""
-        try:
-            async with asyncio.timeout(5), self.engine.connect() as conn:
-                n = await conn.scalar(
-                    text(
-                        "SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND state NOT IN "
-                        "('SUCCEEDED','FAILED','CANCELLED','TIMED_OUT')"
-                    ),
-                    {"t": self.tenant_ids},
-                )
-                return int(n or 0)
-        except Exception:
-            return None
+        return await self._count_jobs(_UNFINISHED)
 
     async def wait_succeeded(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # One prepared check of the CUDA kernels on a real GPU, for the device machine that the
 # development library lends some sessions (see docs/STATUS.md, issue 3). Run there from the
-# repository root with the wheels the image lacks in .whl/ (pydantic, orjson, structlog, ...):
+# repository root with the wheels the image lacks in .whl/ (git-ignored through
+# .git/info/exclude), for CPython 3.12 manylinux x86_64, downloaded here with
+# `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform ...`:
+# pydantic, pydantic-core, annotated-types, typing-inspection, orjson, structlog, greenlet at
+# the versions of .venv, and numpy 2.4.x (the image's numba-cuda fails on numpy 2.5, which
+# dropped np.row_stack). Then, with .whl carried:
 #   bash tools/gpu_check.sh OUT_DIR
 # 1. every CUDA kernel against the contract's NumPy expressions, on awkward small shapes and
 #    on large ones (tests/worker/cuda_sim_cases.py without the simulator);

@@ -6,12 +6,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Job
+from shared.db.models import Job, JobAttempt
+from shared.events import utcnow
 from shared.settings import CommonSettings
 from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
 
@@ -55,3 +57,18 @@ def new_job(tenant_id: uuid.UUID, **fields: Any) -> Job:
     }
     values.update(fields)
     return Job(**values)
+
+
+def cpu_used(
+    job_id: uuid.UUID, tenant_id: uuid.UUID, seconds: float, *, ago_s: float = 3600
+) -> JobAttempt:
+    """A SUCCEEDED first attempt of ``job_id`` that used ``seconds`` of CPU, ``ago_s`` ago
+    (what ``cpu_seconds_per_day`` counts)."""
+    return JobAttempt(
+        job_id=job_id,
+        attempt=1,
+        tenant_id=tenant_id,
+        outcome="SUCCEEDED",
+        cpu_seconds=seconds,
+        finished_at=utcnow() - timedelta(seconds=ago_s),
+    )

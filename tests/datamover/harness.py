@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,17 @@ class MotoServer:
             self.proc.wait(timeout=10)
             self.proc = None
 
+    @classmethod
+    @contextmanager
+    def running(cls) -> Iterator[MotoServer]:
+        """A started server, stopped on exit (for fixtures)."""
+        server = cls()
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
     def client(self) -> Any:
         return boto3.client(
             "s3",
@@ -106,12 +117,8 @@ def storage_settings(root: Path, moto: MotoServer, **extra: Any) -> StorageSetti
 
 @pytest.fixture(scope="session")
 def moto() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    try:
+    with MotoServer.running() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -49,12 +49,8 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 @pytest.fixture(scope="session")
 def e2e_moto() -> Iterator[MotoServer]:
     """The cluster's ``s3`` tier: ``moto_server`` on loopback."""
-    server = MotoServer()
-    server.start()
-    try:
+    with MotoServer.running() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def storage_env(root: Path, moto: MotoServer) -> dict[str, str]:

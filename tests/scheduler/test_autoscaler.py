@@ -22,7 +22,7 @@ from shared.db.models import Dataset, Job, JobAttempt, Migration, Tenant, Worker
 from shared.events import utcnow
 from shared.settings import CommonSettings
 from shared.telemetry import REGISTRY
-from tests.factories import new_job
+from tests.factories import cpu_used, new_job
 from tools.cluster import drop_database, prepare_database
 
 
@@ -269,16 +269,7 @@ async def test_a_tenant_out_of_cpu_seconds_per_day_adds_none_of_its_waiting_jobs
         quotas={"cpu_seconds_per_day": 10},
     )
     async with s() as session, session.begin():
-        session.add(
-            JobAttempt(
-                job_id=done,
-                attempt=1,
-                tenant_id=tid,
-                outcome="SUCCEEDED",
-                cpu_seconds=11.0,
-                finished_at=utcnow() - timedelta(hours=1),
-            )
-        )
+        session.add(cpu_used(done, tid, 11.0))
     assert (await _demand(s))["cpu"] == scaling.Demand(queued=0, running=1, held=8)
     async with s() as session, session.begin():  # the 24 h window rolls past that usage
         await session.execute(

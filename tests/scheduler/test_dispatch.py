@@ -19,7 +19,7 @@ from shared.events import JobDispatched, utcnow
 from shared.jobs.states import JobState
 from shared.settings import CommonSettings
 from shared.storage.migrations import migrations_for_job
-from tests.factories import new_job, own_database
+from tests.factories import cpu_used, new_job, own_database
 
 
 @pytest.fixture(scope="module")
@@ -320,16 +320,7 @@ async def test_cpu_seconds_per_day_holds_new_dispatches(
     tid = await _tenant_with(s, quotas={"cpu_seconds_per_day": 10})
     [done] = await _jobs(s, tid, [0])
     async with s() as session, session.begin():
-        session.add(
-            JobAttempt(
-                job_id=done,
-                attempt=1,
-                tenant_id=tid,
-                outcome="SUCCEEDED",
-                cpu_seconds=11.0,
-                finished_at=utcnow() - timedelta(hours=1),
-            )
-        )
+        session.add(cpu_used(done, tid, 11.0))
         await session.execute(update(Job).where(Job.id == done).values(state="SUCCEEDED"))
     [waiting] = await _jobs(s, tid, [0])
     await _worker(s, "w1", "cpu", 8)

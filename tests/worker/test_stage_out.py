@@ -18,7 +18,6 @@ from services.scheduler import service as scheduler
 from services.worker import service
 from services.worker.service import Claim, Recorded, Report
 from services.worker.stageout import StagedOutput, StageOutFailed, abort_staged, stage_out
-from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Tenant
 from shared.jobs.states import JobState
 from shared.jobs.store import set_job_state
@@ -29,30 +28,21 @@ from shared.storage.names import object_key
 from shared.storage.registry import Storage
 from shared.storage.tiers import TEMP_DIR, FileTier, Upload
 from tests.datamover.harness import CHUNK, MotoServer, storage_settings
-from tests.factories import new_job
-from tools.cluster import drop_database, prepare_database
+from tests.factories import new_job, own_database
 
 Sessions = async_sessionmaker[AsyncSession]
 
 
 @pytest.fixture(scope="module")
 async def db(settings: CommonSettings) -> AsyncIterator[Sessions]:
-    name = f"{settings.postgres.database}_stageout"
-    prepare_database(name)
-    engine = make_engine(settings.postgres.model_copy(update={"database": name}))
-    yield make_sessionmaker(engine)
-    await engine.dispose()
-    drop_database(name)
+    async with own_database(settings, "stageout") as (_, sessions):
+        yield sessions
 
 
 @pytest.fixture(scope="module")
 def moto_s3() -> Iterator[MotoServer]:
-    server = MotoServer()
-    server.start()
-    try:
+    with MotoServer.running() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -81,6 +81,9 @@ async def stop_gracefully(
     (``grace_s`` at most), then publish what they wrote to the outbox before closing."""
     await res.broker.stop_consuming()
     await stop_loops(loops, stop, grace_s=grace_s)
+    # The background relay first: a batch it holds (rows locked, SKIP LOCKED) would be
+    # invisible to the flush below and then dropped with it when the resources close.
+    await res.relay.stop()
     try:
         async with asyncio.timeout(5):
             while await res.relay.relay_once() > 0:

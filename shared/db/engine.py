@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from shared.db.raw import is_raw_connectivity_error
 from shared.settings import PostgresSettings
 
 
@@ -55,6 +56,8 @@ def is_connectivity_error(exc: BaseException) -> bool:
     """True when ``exc`` says the database could not be reached (not a bad query)."""
     # A pool timeout is overload (every connection busy), not an outage: it does not count.
     if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
+        return True
+    if is_raw_connectivity_error(exc):  # plain asyncpg (shared.db.raw), unwrapped
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 

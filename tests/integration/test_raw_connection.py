@@ -1,0 +1,53 @@
+"""shared.db.raw: plain asyncpg from the SQLAlchemy pool; a broken connection is replaced."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from shared.db.engine import is_connectivity_error
+from shared.db.raw import raw_connection
+
+
+async def test_runs_in_its_own_transaction(engine: AsyncEngine) -> None:
+    async with raw_connection(engine) as conn:
+        await conn.execute("CREATE TEMP TABLE raw_t (v int)")
+
+        async def insert_then_fail() -> None:
+            async with conn.transaction():
+                await conn.execute("INSERT INTO raw_t VALUES (1)")
+                raise RuntimeError("roll back")
+
+        with pytest.raises(RuntimeError):
+            await insert_then_fail()
+        async with conn.transaction():
+            await conn.execute("INSERT INTO raw_t VALUES (2)")
+        assert [r["v"] for r in await conn.fetch("SELECT v FROM raw_t")] == [2]
+        await conn.execute("DROP TABLE raw_t")
+
+
+async def test_a_killed_backend_is_a_connectivity_error_and_is_replaced(
+    engine: AsyncEngine,
+) -> None:
+    async with raw_connection(engine) as conn:
+        victim = await conn.fetchval("SELECT pg_backend_pid()")
+    async with raw_connection(engine) as other:
+        # The pool hands out its most recent connection first (LIFO), so the check-out above
+        # may be the same one: find a connection that is not the victim to kill it from.
+        if await other.fetchval("SELECT pg_backend_pid()") == victim:
+            async with raw_connection(engine) as third:
+                assert await third.fetchval("SELECT pg_terminate_backend($1)", victim)
+        else:
+            assert await other.fetchval("SELECT pg_terminate_backend($1)", victim)
+    caught: BaseException | None = None
+    for _ in range(engine.pool.size() + 2):  # reach the dead one, wherever it is in the pool
+        try:
+            async with raw_connection(engine) as conn:
+                await conn.fetchval("SELECT 1")
+        except Exception as exc:
+            caught = exc
+            break
+    assert caught is not None
+    assert is_connectivity_error(caught)
+    async with raw_connection(engine) as conn:  # the pool replaced it
+        assert await conn.fetchval("SELECT pg_backend_pid()") != victim

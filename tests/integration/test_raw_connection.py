@@ -7,6 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.engine import is_connectivity_error
 from shared.db.raw import raw_connection
+from shared.settings import CommonSettings
 
 
 async def test_runs_in_its_own_transaction(engine: AsyncEngine) -> None:
@@ -27,7 +28,7 @@ async def test_runs_in_its_own_transaction(engine: AsyncEngine) -> None:
 
 
 async def test_a_killed_backend_is_a_connectivity_error_and_is_replaced(
-    engine: AsyncEngine,
+    engine: AsyncEngine, settings: CommonSettings
 ) -> None:
     async with raw_connection(engine) as conn:
         victim = await conn.fetchval("SELECT pg_backend_pid()")
@@ -40,7 +41,7 @@ async def test_a_killed_backend_is_a_connectivity_error_and_is_replaced(
         else:
             assert await other.fetchval("SELECT pg_terminate_backend($1)", victim)
     caught: BaseException | None = None
-    for _ in range(engine.pool.size() + 2):  # reach the dead one, wherever it is in the pool
+    for _ in range(settings.postgres.pool_size + 2):  # reach the dead one, wherever it is
         try:
             async with raw_connection(engine) as conn:
                 await conn.fetchval("SELECT 1")

@@ -25,6 +25,9 @@ RAW_CONNECTIVITY: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError,
     asyncpg.AdminShutdownError,
+    # A backend terminated while the connection sat idle can leave the protocol in a state
+    # where the next query fails with "cannot switch to state ...": the connection is gone.
+    asyncpg.InternalClientError,
     OSError,
     ConnectionError,
 )

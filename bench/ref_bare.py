@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-import asyncpg  # type: ignore[import-untyped]
+import asyncpg
 import orjson
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 from fastapi import FastAPI, Request

@@ -14,6 +14,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from services.worker import service
+from services.worker.batch import Claims, Records
 from services.worker.datasets import (
     OUTPUT_TIER,
     DatasetError,
@@ -24,12 +25,13 @@ from services.worker.datasets import (
 )
 from services.worker.handlers import Running, cancelled_job, dispatched_job
 from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
-from services.worker.service import Claim, Recorded, Report, report_for
+from services.worker.service import Recorded, Report, report_for
 from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
 from shared.db.engine import transaction
 from shared.errors import StratusError
 from shared.jobs.states import JobState
+from shared.jobs.store import Claim
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic
 from shared.messaging import Delivery
@@ -61,6 +63,10 @@ class WorkerRuntime:
         self.jobs: set[asyncio.Task[None]] = set()  # attempts and their records, for shutdown
         self.held: set[uuid.UUID] = set()  # claimed, not yet recorded: the leases to extend
         self.stopping = False
+        self.claims = Claims(
+            res.engine, res.sessions, worker=settings.name, lease_s=settings.lease_s
+        )
+        self.records = Records(res.engine, worker=settings.name)
 
     async def on_dispatch(self, delivery: Delivery) -> None:
         event = dispatched_job(delivery)
@@ -77,13 +83,7 @@ class WorkerRuntime:
     async def _claim_and_start(self, job_id: uuid.UUID) -> None:
         """Claim the job for the slot taken for it and start its run, or give the slot back."""
         try:
-            async with transaction(self.res.sessions) as session:
-                claim = await service.claim(
-                    session=session,
-                    job_id=job_id,
-                    worker=self.settings.name,
-                    lease_s=self.settings.lease_s,
-                )
+            claim = await self.claims.claim(job_id)
         except BaseException:
             self.slots.release()
             raise
@@ -110,11 +110,13 @@ class WorkerRuntime:
         finally:
             self.running.tasks.pop(claim.job_id, None)
             self.held.discard(claim.job_id)
-            await abort_staged(self.storage, staged)  # what the record did not publish
-            # what the record did not publish (failed, refused or abandoned attempt)
-            await asyncio.to_thread(
-                remove_attempt_folder, self.settings.storage, claim.job_id, claim.attempt
-            )
+            if staged:
+                await abort_staged(self.storage, staged)  # what the record did not publish
+            if claim.outputs:  # the kernel writes in the attempt's folder only for outputs
+                # what the record did not publish (failed, refused or abandoned attempt)
+                await asyncio.to_thread(
+                    remove_attempt_folder, self.settings.storage, claim.job_id, claim.attempt
+                )
             self.slots.release()
 
     async def _attempt(self, claim: Claim, staged: dict[str, StagedOutput] | None = None) -> Report:
@@ -132,7 +134,7 @@ class WorkerRuntime:
                 task.uncancel()  # the kernel's process is killed; record the attempt
             return report_for(None, usage, stopping=self.stopping)
         report = report_for(outcome, usage)
-        if report.state is JobState.SUCCEEDED:
+        if report.state is JobState.SUCCEEDED and request.outputs:
             unwritten = await asyncio.to_thread(missing_files, request.outputs)
             if unwritten:
                 error = f"the kernel did not write its output(s) {', '.join(map(repr, unwritten))}"
@@ -213,16 +215,7 @@ class WorkerRuntime:
         deadline = asyncio.get_running_loop().time() + self.settings.lease_s * 2
         while True:
             try:
-                async with transaction(self.res.sessions) as session:
-                    recorded = await service.record_attempt(
-                        session=session,
-                        storage=self.storage,
-                        claim=claim,
-                        worker=self.settings.name,
-                        report=report,
-                        outputs=outputs,
-                        staged=staged,
-                    )
+                recorded = await self._write_record(claim, report, outputs, staged)
                 break
             except StratusError as exc:  # the outputs' names: the job's fault
                 error = f"cannot publish the outputs: {exc.detail}"
@@ -244,7 +237,37 @@ class WorkerRuntime:
             accepted=recorded.accepted,
             outputs=len(recorded.stale),
         )
-        await self._clean_stale(claim, recorded)
+        if recorded.stale:
+            await self._clean_stale(claim, recorded)
+
+    async def _write_record(
+        self,
+        claim: Claim,
+        report: Report,
+        outputs: dict[str, Path],
+        staged: dict[str, StagedOutput],
+    ) -> Recorded:
+        """One try at the record: an outcome without retry rules and without outputs to
+        publish goes in the records' group commit; the rest, and what that did not match
+        (superseded, cancelled meanwhile), in a session of its own."""
+        finish = service.finish_of(claim, report)
+        publishes = report.state is JobState.SUCCEEDED and bool(claim.outputs)
+        fast = True
+        if finish.without_rules and not publishes:
+            if await self.records.record(finish):
+                return Recorded(True)
+            fast = False  # it did not match: the general path decides
+        async with transaction(self.res.sessions) as session:
+            return await service.record_attempt(
+                session=session,
+                storage=self.storage,
+                claim=claim,
+                worker=self.settings.name,
+                report=report,
+                outputs=outputs,
+                staged=staged,
+                fast=fast,
+            )
 
     async def _clean_stale(self, claim: Claim, recorded: Recorded) -> None:
         """After the commit: remove the copies of the outputs' older versions on other tiers."""

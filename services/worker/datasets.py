@@ -96,6 +96,8 @@ def output_paths(
 ) -> dict[str, Path]:
     """Kernel output name -> the temporary file the kernel writes (the names are checked
     first, so a bad one fails the job before any compute)."""
+    if not names:
+        return {}
     resolve_paths(tenant_id, names, storage=storage, tier=OUTPUT_TIER)
     folder = attempt_folder(storage, job_id, attempt)
     return {

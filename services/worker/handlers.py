@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from services.worker.service import Claim
 from shared.events import JobCancelled, JobDispatched, UnknownEvent, parse_event
+from shared.jobs.store import Claim
 from shared.messaging import Delivery, Reject
 
 

@@ -1,6 +1,10 @@
 """Worker use cases: claim a job under a lease, record an attempt's outcome, heartbeat.
 
-Functions take ``session`` as a keyword and never commit.
+Functions take ``session`` as a keyword and never commit. The worker's hot path claims and
+records in group commits on plain asyncpg (``services.worker.batch``) with the set-based
+statements of ``shared.jobs.store``; the functions here run the same statements for one job
+inside a session, then ``set_job_state``'s general path for what those do not match, and
+publish a successful attempt's outputs in the same transaction.
 """
 
 from __future__ import annotations
@@ -22,30 +26,31 @@ from shared.db.models import Job, JobAttempt, Worker
 from shared.db.outbox import add_event
 from shared.events import JobFinished
 from shared.jobs.states import JobState
-from shared.jobs.store import set_job_state
+from shared.jobs.store import (
+    Claim,
+    Finish,
+    claim_queued,
+    finish_attempts,
+    session_fetch,
+    set_job_state,
+)
 from shared.storage.catalog import publish_local_file, publish_upload
 from shared.storage.names import local_dataset_path
 from shared.storage.registry import Storage
 
 
-@dataclass(frozen=True)
-class Claim:
-    job_id: uuid.UUID
-    tenant_id: uuid.UUID
-    attempt: int
-    kernel: str
-    params: dict[str, Any]
-    inputs: dict[str, str]
-    outputs: dict[str, str]
-    timeout_s: int
-    output_tier: str = "local"
-
-
 async def claim(
-    *, session: AsyncSession, job_id: uuid.UUID, worker: str, lease_s: float
+    *, session: AsyncSession, job_id: uuid.UUID, worker: str, lease_s: float, fast: bool = True
 ) -> Claim | None:
     """QUEUED -> RUNNING under a lease; None when the job is not ours to run (already taken,
-    cancelled, finished: a duplicate dispatch)."""
+    cancelled, finished: a duplicate dispatch). ``fast=False``: the caller tried
+    ``claim_queued`` already, in a transaction of its own."""
+    if fast:
+        claimed = await claim_queued(
+            session_fetch(session), [job_id], worker=worker, lease_s=lease_s
+        )
+        if job_id in claimed:
+            return claimed[job_id]
     t = await set_job_state(session, job_id, JobState.RUNNING, worker=worker, lease_s=lease_s)
     if not t.accepted:
         return None
@@ -100,11 +105,32 @@ def report_for(outcome: Outcome | None, usage: Usage, *, stopping: bool = False)
     )
 
 
-async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Report) -> bool:
+def finish_of(claim: Claim, report: Report) -> Finish:
+    return Finish(
+        claim.job_id,
+        claim.tenant_id,
+        claim.attempt,
+        report.state,
+        report.result,
+        report.error,
+        report.retryable,
+        report.cpu_seconds,
+        report.wall_seconds,
+    )
+
+
+async def record(
+    *, session: AsyncSession, claim: Claim, worker: str, report: Report, fast: bool = True
+) -> bool:
     """Record an attempt's outcome, fenced by attempt number. The attempt's usage row and the
     ``job.finished`` event are written only if the report was accepted, so they count once;
     an attempt stopped because the user cancelled the job (already CANCELLED) still gets
-    its usage row."""
+    its usage row. ``fast=False``: the caller tried ``finish_attempts`` already."""
+    finish = finish_of(claim, report)
+    fetch = session_fetch(session)
+    if fast and finish.without_rules and await finish_attempts(fetch, [finish], worker=worker):
+        session.info["outbox"] = True  # the owner of the transaction wakes the relay
+        return True
     t = await set_job_state(
         session,
         claim.job_id,
@@ -149,14 +175,15 @@ async def record_attempt(
     outputs: Mapping[str, Path],
     staged: Mapping[str, StagedOutput] | None = None,
     tier: str = "local",
+    fast: bool = True,
 ) -> Recorded:
     """``record``, and for an accepted ``SUCCEEDED`` attempt, publish each output file (the
     kernel's temporary files, ``outputs``: slot -> path) as the tenant's dataset on ``tier``,
     in the same transaction; for a job whose ``output_tier`` is not ``local``, publish the
     verified partial objects ``staged`` on that tier instead. A refused (fenced, superseded)
     attempt publishes nothing. The caller removes the copies of the older versions
-    (``stale``) after the commit."""
-    accepted = await record(session=session, claim=claim, worker=worker, report=report)
+    (``stale``) after the commit. ``fast``: as for ``record``."""
+    accepted = await record(session=session, claim=claim, worker=worker, report=report, fast=fast)
     if not accepted or report.state is not JobState.SUCCEEDED:
         return Recorded(accepted)
     stale: dict[str, tuple[str, ...]] = {}

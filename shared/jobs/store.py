@@ -1,14 +1,22 @@
 """``set_job_state``: the only code that writes ``jobs.state``. It locks the row, applies the
 rules of ``states.decide`` and records the change in ``job_events``; callers own the
 transaction (and stage any outbox events in it). A retry (RUNNING -> QUEUED) sets
-``run_after`` and stages its own wake-up, ``job.retry`` through a delay queue."""
+``run_after`` and stages its own wake-up, ``job.retry`` through a delay queue.
+
+The transitions every job takes have set-based forms here too, fixed SQL that applies the
+same rules (checked against ``decide`` at import) to many jobs in one statement:
+``admit_pending`` (PENDING -> QUEUED), and the worker's ``claim_queued`` (QUEUED -> RUNNING)
+and ``finish_attempts`` (RUNNING -> an outcome without retry rules, with the attempt's usage
+row and its ``job.finished`` event). What they do not match takes ``set_job_state``.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import insert, select, text
@@ -17,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db.models import Job, JobEvent
 from shared.db.outbox import add_event
 from shared.errors import NotFound
-from shared.events import JobRetryDue, utcnow
+from shared.events import JobFinished, JobRetryDue, utcnow
 from shared.jobs.states import FINAL, Decision, JobState, RetryPolicy, decide
 from shared.telemetry import JOB_TRANSITIONS
 
@@ -76,24 +84,10 @@ async def set_job_state(
 ) -> Transition:
     """Lock the job, decide, apply. ``attempt`` fences reports from a superseded attempt.
 
-    The two transitions every job takes (a worker's claim, QUEUED -> RUNNING, and an outcome
-    without retry rules, RUNNING -> SUCCEEDED / TIMED_OUT / CANCELLED for the current attempt)
-    first try one conditional ``UPDATE … RETURNING`` (the row lock is the UPDATE's); anything
-    it does not match takes the general path below, which explains the refusal.
+    The worker's hot transitions go through ``claim_queued`` and ``finish_attempts`` first
+    (one statement for many jobs); what those do not match comes here, which explains the
+    refusal or applies the rules they leave out (retries).
     """
-    if tenant_id is None and reason is None:
-        fast = await _fast_path(
-            session,
-            job_id,
-            proposed,
-            attempt=attempt,
-            worker=worker,
-            result=result,
-            error=error,
-            lease_s=lease_s,
-        )
-        if fast is not None:
-            return fast
     job = await lock_job(session, job_id, tenant_id=tenant_id)
     current = JobState(job.state)
     if attempt is not None and attempt != job.attempts and current not in FINAL:
@@ -237,89 +231,196 @@ async def admit_pending(
     return [Admitted(r.id, r.tenant_id, r.inputs or {}) for r in rows]
 
 
-_JOB_COLUMNS = ", ".join(c.name for c in Job.__table__.columns)
+# --- The worker's transitions, set-based ------------------------------------------------
+#
+# Fixed SQL with ``$n`` parameters, run either on a plain asyncpg connection
+# (``shared.db.raw``: the worker's group commits, each statement its own transaction) or
+# inside a SQLAlchemy session's transaction (``session_fetch``: the same text, through the
+# driver). One statement per batch of jobs: the UPDATE locks and changes the rows and the
+# CTEs append what goes with each change, so a batch commits whole or not at all.
 
-# The column list comes from the ORM model, never from input.
-_CLAIM = text(
-    f"""
+Row = Sequence[Any]
+
+
+class Fetch(Protocol):
+    """Runs one statement with positional parameters and returns its rows."""
+
+    def __call__(self, sql: str, /, *args: Any) -> Awaitable[Sequence[Row]]: ...
+
+
+def session_fetch(session: AsyncSession) -> Fetch:
+    """``Fetch`` inside ``session``'s transaction (SQLAlchemy's asyncpg dialect passes ``$n``
+    parameters through to the driver as they are)."""
+
+    async def fetch(sql: str, /, *args: Any) -> Sequence[Row]:
+        conn = await session.connection()
+        return (await conn.exec_driver_sql(sql, args)).all()
+
+    return fetch
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job a worker claimed (QUEUED -> RUNNING under its lease): what the attempt runs."""
+
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    attempt: int
+    kernel: str
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    timeout_s: int
+    output_tier: str = "local"
+
+
+# what CLAIM_QUEUED applies without asking ``decide``
+assert decide(JobState.QUEUED, JobState.RUNNING, attempts=0, max_retries=0) == Decision(
+    JobState.RUNNING
+)
+
+# ``_apply`` for QUEUED -> RUNNING, to every listed job that is QUEUED; the JSON columns are
+# read as text (decoded here: no dependence on the connection's codecs).
+CLAIM_QUEUED = """
     WITH job AS (
-        UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, worker = :worker,
-                        started_at = :now, updated_at = :now, error = NULL,
-                        state_reason = NULL, lease_expires_at = :lease
-        WHERE id = :id AND state = 'QUEUED'
-        RETURNING {_JOB_COLUMNS}
+        UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, worker = $2,
+                        started_at = $3, updated_at = $3, error = NULL,
+                        state_reason = NULL, lease_expires_at = $4
+        WHERE id = ANY($1::uuid[]) AND state = 'QUEUED'
+        RETURNING id, tenant_id, attempts, kernel, params, inputs, outputs, timeout_s,
+                  output_tier
     ), history AS (
         INSERT INTO job_events (job_id, attempt, from_state, to_state, worker, at)
-        SELECT id, attempts, 'QUEUED', 'RUNNING', :worker, :now FROM job
+        SELECT id, attempts, 'QUEUED', 'RUNNING', $2, $3 FROM job
     )
-    SELECT * FROM job
-    """  # noqa: S608
-).columns(*Job.__table__.columns)
+    SELECT id, tenant_id, attempts, kernel, params::text, inputs::text, outputs::text,
+           timeout_s, output_tier
+    FROM job
+"""
 
-_FINISH = text(
-    f"""
-    WITH job AS (
-        UPDATE jobs SET state = :state, updated_at = :now, finished_at = :now,
-                        lease_expires_at = NULL, result = CAST(:result AS jsonb),
-                        error = :error, state_reason = NULL,
-                        worker = COALESCE(:worker, worker)
-        WHERE id = :id AND state = 'RUNNING' AND attempts = :attempt
-        RETURNING {_JOB_COLUMNS}
+
+async def claim_queued(
+    fetch: Fetch, job_ids: Collection[uuid.UUID], *, worker: str, lease_s: float
+) -> dict[uuid.UUID, Claim]:
+    """QUEUED -> RUNNING under a lease of ``lease_s`` held by ``worker``, for those of
+    ``job_ids`` that are QUEUED, in one statement (a ``job_events`` row each). A job left
+    out of the result is not QUEUED (taken, cancelled, finished, unknown): ask
+    ``set_job_state`` why."""
+    now = utcnow()
+    rows = await fetch(CLAIM_QUEUED, list(job_ids), worker, now, now + timedelta(seconds=lease_s))
+    if rows:
+        JOB_TRANSITIONS.labels(JobState.RUNNING.value).inc(len(rows))
+    loads = orjson.loads
+    return {
+        r[0]: Claim(r[0], r[1], r[2], r[3], loads(r[4]), loads(r[5]), loads(r[6]), r[7], r[8])
+        for r in rows
+    }
+
+
+@dataclass(frozen=True)
+class Finish:
+    """An attempt's outcome as its worker reports it, with the resources it used."""
+
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    attempt: int
+    state: JobState
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    retryable: bool = True
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+
+    @property
+    def without_rules(self) -> bool:
+        """An outcome that ``decide`` takes as it comes from RUNNING (no retry to decide):
+        ``finish_attempts`` can apply it."""
+        return self.state in _AS_REPORTED or (self.state is JobState.FAILED and not self.retryable)
+
+
+_AS_REPORTED = frozenset({JobState.SUCCEEDED, JobState.TIMED_OUT, JobState.CANCELLED})
+
+
+def _taken_as_reported(state: JobState, *, retryable: bool) -> bool:
+    """``decide`` applies ``state`` from RUNNING as it is, retries left or not."""
+    return all(
+        decide(JobState.RUNNING, state, attempts=a, max_retries=2, retryable=retryable)
+        == Decision(state)
+        for a in (1, 5)
+    )
+
+
+# what FINISH_ATTEMPTS applies without asking ``decide``
+assert all(_taken_as_reported(s, retryable=True) for s in _AS_REPORTED)
+assert _taken_as_reported(JobState.FAILED, retryable=False)
+
+# ``_apply`` for RUNNING -> a final state, to every listed job still RUNNING the reported
+# attempt (fencing), with the attempt's usage row (counted once) and its ``job.finished``
+# event in the outbox, all in the one statement.
+FINISH_ATTEMPTS = """
+    WITH report AS (
+        SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[],
+                             $6::float8[], $7::float8[], $8::uuid[], $9::bytea[])
+            AS r(id, attempt, state, result, error, cpu_seconds, wall_seconds,
+                 message_id, body)
+    ), job AS (
+        UPDATE jobs SET state = report.state, updated_at = $10, finished_at = $10,
+                        lease_expires_at = NULL, result = CAST(report.result AS jsonb),
+                        error = report.error, state_reason = NULL, worker = $11
+        FROM report
+        WHERE jobs.id = report.id AND jobs.state = 'RUNNING' AND jobs.attempts = report.attempt
+        RETURNING jobs.id, jobs.tenant_id, jobs.attempts, report.state, report.error,
+                  report.cpu_seconds, report.wall_seconds, report.message_id, report.body
     ), history AS (
         INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, worker, at)
-        SELECT id, attempts, 'RUNNING', :state, :error, :worker, :now FROM job
+        SELECT id, attempts, 'RUNNING', state, error, $11, $10 FROM job
+    ), usage AS (
+        INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
+                                  gpu_seconds, wall_seconds)
+        SELECT id, attempts, tenant_id, $11, state, cpu_seconds, 0, wall_seconds FROM job
+        ON CONFLICT DO NOTHING
+    ), announced AS (
+        INSERT INTO outbox (message_id, routing_key, body)
+        SELECT message_id, $12, body FROM job
     )
-    SELECT * FROM job
-    """  # noqa: S608
-).columns(*Job.__table__.columns)
-
-_FAST_FINAL = frozenset({JobState.SUCCEEDED, JobState.TIMED_OUT, JobState.CANCELLED})
+    SELECT id, state FROM job
+"""
 
 
-async def _fast_path(
-    session: AsyncSession,
-    job_id: uuid.UUID,
-    proposed: JobState,
-    *,
-    attempt: int | None,
-    worker: str | None,
-    result: dict[str, Any] | None,
-    error: str | None,
-    lease_s: float | None,
-) -> Transition | None:
-    now = utcnow()
-    if proposed is JobState.RUNNING and attempt is None and worker is not None:
-        previous = JobState.QUEUED
-        row = (
-            await session.execute(
-                _CLAIM,
-                {
-                    "id": job_id,
-                    "worker": worker,
-                    "now": now,
-                    "lease": now + timedelta(seconds=lease_s or 30.0),
-                },
-            )
-        ).first()
-    elif proposed in _FAST_FINAL and attempt is not None:
-        previous = JobState.RUNNING
-        row = (
-            await session.execute(
-                _FINISH,
-                {
-                    "id": job_id,
-                    "state": proposed.value,
-                    "now": now,
-                    "attempt": attempt,
-                    "result": None if result is None else orjson.dumps(result).decode(),
-                    "error": error,
-                    "worker": worker,
-                },
-            )
-        ).first()
-    else:
-        return None
-    if row is None:
-        return None
-    JOB_TRANSITIONS.labels(proposed.value).inc()
-    return Transition(Job(**row._mapping), previous, Decision(proposed))
+async def finish_attempts(
+    fetch: Fetch, finishes: Sequence[Finish], *, worker: str
+) -> set[uuid.UUID]:
+    """Apply each outcome (``without_rules`` only, one per job) to its job if the job is
+    still RUNNING that attempt, with the attempt's usage row and its ``job.finished`` event,
+    in one statement; return the jobs it changed. The others (superseded attempt, job
+    cancelled meanwhile) are left as they are: ``set_job_state`` decides those."""
+    assert all(f.without_rules for f in finishes)
+    events = [
+        JobFinished(
+            tenant_id=f.tenant_id,
+            job_id=f.job_id,
+            attempt=f.attempt,
+            state=f.state.value,
+            cpu_seconds=f.cpu_seconds,
+        )
+        for f in finishes
+    ]
+    dumps = orjson.dumps
+    rows = await fetch(
+        FINISH_ATTEMPTS,
+        [f.job_id for f in finishes],
+        [f.attempt for f in finishes],
+        [f.state.value for f in finishes],
+        [None if f.result is None else dumps(f.result).decode() for f in finishes],
+        [f.error for f in finishes],
+        [f.cpu_seconds for f in finishes],
+        [f.wall_seconds for f in finishes],
+        [e.event_id for e in events],
+        [e.to_bytes() for e in events],
+        utcnow(),
+        worker,
+        JobFinished.type,
+    )
+    for r in rows:
+        JOB_TRANSITIONS.labels(r[1]).inc()
+    return {r[0] for r in rows}

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -14,9 +15,10 @@ import pytest
 
 from services.worker.app import WorkerRuntime, start_runner
 from services.worker.runner import KernelRunner, Outcome, Request, Status, Usage
-from services.worker.service import Claim, report_for
+from services.worker.service import report_for
 from services.worker.settings import WorkerSettings
 from shared.jobs.states import JobState
+from shared.jobs.store import Claim
 from shared.runtime import Resources
 from shared.settings import StorageSettings
 from tests.worker.conftest import CACHE
@@ -33,7 +35,8 @@ def runtime(runner: KernelRunner, tmp_path: Path) -> WorkerRuntime:
         {"local": {"root": str(tmp_path / "local")}, "fsync": False}
     )
     settings = WorkerSettings(storage=storage, concurrency=2)
-    return WorkerRuntime(cast(Resources, None), settings, runner)
+    res = SimpleNamespace(engine=None, sessions=None)  # no database: attempts only
+    return WorkerRuntime(cast(Resources, res), settings, runner)
 
 
 @pytest.mark.parametrize(

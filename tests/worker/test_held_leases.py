@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import cast
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.scheduler import service as scheduler
@@ -89,7 +89,9 @@ def runtime(db: Sessions, tmp_path: Path, runner: InstantRunner, lease_s: float)
     settings = WorkerSettings(
         name=f"w-{uuid.uuid4().hex[:8]}", storage=storage, concurrency=2, lease_s=lease_s
     )
-    res = SimpleNamespace(sessions=db, relay=SimpleNamespace(wake=lambda: None))
+    res = SimpleNamespace(
+        engine=db.kw["bind"], sessions=db, relay=SimpleNamespace(wake=lambda: None)
+    )
     return WorkerRuntime(cast(Resources, res), settings, cast(KernelRunner, runner))
 
 
@@ -127,46 +129,43 @@ async def test_the_heartbeat_keeps_only_the_jobs_the_worker_holds(
     assert (await job(db, held)).state == "SUCCEEDED"
 
 
-@pytest.fixture
-def cancel_at_commit(db: Sessions) -> Iterator[list[asyncio.Task[Any]]]:
-    """The tasks put in the list are cancelled when the next transaction commits (COMMIT
-    sent, its answer not read yet): what aiormq does to a consumer's handler when the broker
-    closes its channel at that moment."""
-    victims: list[asyncio.Task[Any]] = []
-    engine = cast(AsyncEngine, db.kw["bind"])
-
-    def on_commit(_conn: object) -> None:
-        for task in victims:
-            task.cancel()
-        victims.clear()
-
-    event.listen(engine.sync_engine, "commit", on_commit)
-    try:
-        yield victims
-    finally:
-        event.remove(engine.sync_engine, "commit", on_commit)
-
-
 async def test_a_claim_committed_as_its_handler_is_cancelled_still_runs(
-    db: Sessions, tmp_path: Path, cancel_at_commit: list[asyncio.Task[Any]]
+    db: Sessions, tmp_path: Path
 ) -> None:
+    """The claim's statement waits on the job's row (locked here), the handler is cancelled
+    (what aiormq does when the broker closes the delivery's channel), then the lock goes and
+    the claim commits: its attempt must run all the same."""
     jid = await queued_job(db)
     rt = runtime(db, tmp_path, InstantRunner(), lease_s=30)
-    handler = asyncio.create_task(rt.on_dispatch(dispatched(jid)))
-    cancel_at_commit.append(handler)
-    with pytest.raises(asyncio.CancelledError):
-        await handler
+    async with db() as session, session.begin():
+        await session.execute(select(Job.id).where(Job.id == jid).with_for_update())
+        handler = asyncio.create_task(rt.on_dispatch(dispatched(jid)))
+        await waiting_on_a_lock(db)
+        handler.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await handler
     deadline = asyncio.get_running_loop().time() + 10
-    while (state := (await job(db, jid)).state) == "RUNNING":
+    while (await job(db, jid)).state != "SUCCEEDED" or rt.jobs:
         assert asyncio.get_running_loop().time() < deadline, (
             "the claim committed but no attempt runs the job: it stays RUNNING as long as "
             "the worker lives"
         )
         await asyncio.sleep(0.05)
-    if state == "QUEUED":  # the cancellation came before the COMMIT: it was rolled back
-        pytest.skip("the claim did not commit: nothing to check")
-    assert state == "SUCCEEDED"
-    if rt.jobs:
-        await asyncio.wait(rt.jobs, timeout=10)
     assert not rt.held  # recorded: no lease left to extend
     assert not rt.slots.locked()  # and the slot is free again
+
+
+async def waiting_on_a_lock(db: Sessions) -> None:
+    """Until a statement of this test's database waits for a row lock."""
+    engine = cast(AsyncEngine, db.kw["bind"])
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        async with engine.connect() as conn:
+            if await conn.scalar(waiting):
+                return
+        assert asyncio.get_running_loop().time() < deadline, "the claim never reached the row"
+        await asyncio.sleep(0.02)

@@ -1,0 +1,304 @@
+"""The worker's claims and records in group commits on plain asyncpg
+(``services.worker.batch``, ``shared.jobs.store.claim_queued`` / ``finish_attempts``), on a
+database of its own: jobs that wait together go in one statement, each gets its own
+``job_events`` row, usage row and ``job.finished`` event; a superseded attempt in a batch is
+refused while the others commit; a row the database rejects fails its own caller only; and
+records made while the database is away are retried until it is back, then durable."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import orjson
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from services.scheduler import service as scheduler
+from services.worker import service
+from services.worker.app import WorkerRuntime
+from services.worker.batch import Claims, GroupCommit, Records
+from services.worker.runner import KernelRunner
+from services.worker.service import Report
+from services.worker.settings import WorkerSettings
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant
+from shared.jobs.states import JobState
+from shared.jobs.store import Claim, Finish, set_job_state
+from shared.runtime import Resources
+from shared.settings import CommonSettings, StorageSettings
+from tests.factories import new_job, own_database
+from tests.gateway.test_outage import TcpProxy
+from tests.worker.test_held_leases import InstantRunner, dispatched
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture(scope="module")
+async def db(settings: CommonSettings) -> AsyncIterator[tuple[str, Sessions]]:
+    async with own_database(settings, "groupcommit") as found:
+        yield found
+
+
+@pytest.fixture
+def sessions(db: tuple[str, Sessions]) -> Sessions:
+    return db[1]
+
+
+def engine_of(sessions: Sessions) -> AsyncEngine:
+    return cast(AsyncEngine, sessions.kw["bind"])
+
+
+async def queued_jobs(sessions: Sessions, n: int) -> list[uuid.UUID]:
+    tid, ids = uuid.uuid4(), [uuid.uuid4() for _ in range(n)]
+    async with sessions() as session, session.begin():
+        session.add(Tenant(id=tid, name=f"g{tid.hex[:8]}", weight=1, quotas={}, suspended=False))
+        await session.flush()
+        session.add_all(new_job(tid, id=jid, params={"samples": i}) for i, jid in enumerate(ids))
+    async with sessions() as session, session.begin():
+        assert await scheduler.admit(session=session, job_ids=ids) == n
+    return ids
+
+
+async def claimed(sessions: Sessions, n: int, worker: str = "w1") -> list[Claim]:
+    claims = Claims(engine_of(sessions), sessions, worker=worker, lease_s=30)
+    found = await asyncio.gather(*(claims.claim(j) for j in await queued_jobs(sessions, n)))
+    assert all(c is not None for c in found)
+    return [c for c in found if c is not None]
+
+
+def succeeded(claim: Claim, **fields: object) -> Finish:
+    values: dict[str, object] = {"result": {"n": claim.params["samples"]}, "cpu_seconds": 0.5}
+    values.update(fields)
+    return Finish(
+        claim.job_id,
+        claim.tenant_id,
+        claim.attempt,
+        JobState.SUCCEEDED,
+        **values,  # type: ignore[arg-type]
+    )
+
+
+async def events(sessions: Sessions, job_id: uuid.UUID) -> list[tuple[int, str, str, str | None]]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(JobEvent.attempt, JobEvent.from_state, JobEvent.to_state, JobEvent.worker)
+            .where(JobEvent.job_id == job_id)
+            .order_by(JobEvent.id)
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def usage(sessions: Sessions, job_id: uuid.UUID) -> list[tuple[int, str, float]]:
+    async with sessions() as session:
+        rows = await session.execute(
+            select(JobAttempt.attempt, JobAttempt.outcome, JobAttempt.cpu_seconds).where(
+                JobAttempt.job_id == job_id
+            )
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def finished_events(sessions: Sessions, job_ids: list[uuid.UUID]) -> dict[str, dict]:  # type: ignore[type-arg]
+    async with sessions() as session:
+        bodies = await session.scalars(
+            select(Outbox.body).where(Outbox.routing_key == "job.finished")
+        )
+        found = [orjson.loads(b) for b in bodies]
+    wanted = {str(j) for j in job_ids}
+    return {e["job_id"]: e for e in found if e["job_id"] in wanted}
+
+
+async def get(sessions: Sessions, job_id: uuid.UUID) -> Job:
+    async with sessions() as session:
+        job = await session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+async def test_claims_waiting_together_commit_in_one_statement(sessions: Sessions) -> None:
+    ids = await queued_jobs(sessions, 6)
+    claims = Claims(engine_of(sessions), sessions, worker="w1", lease_s=30)
+    found = await asyncio.gather(*(claims.claim(j) for j in ids), claims.claim(ids[0]))
+    # one statement for the six; the duplicate waited for the next, and found the job taken
+    assert (claims.commits.writes, claims.commits.items) == (2, 7)
+    assert found[-1] is None
+    for job_id, claim in zip(ids, found, strict=False):
+        assert claim is not None
+        assert (claim.job_id, claim.attempt, claim.kernel) == (job_id, 1, "montecarlo_pi")
+        assert claim.params == {"samples": ids.index(job_id)}
+        job = await get(sessions, job_id)
+        assert (job.state, job.worker, job.attempts) == ("RUNNING", "w1", 1)
+        assert job.lease_expires_at is not None
+        assert (await events(sessions, job_id))[-1] == (1, "QUEUED", "RUNNING", "w1")
+
+
+async def test_records_waiting_together_commit_in_one_statement(sessions: Sessions) -> None:
+    claims = await claimed(sessions, 5)
+    records = Records(engine_of(sessions), worker="w1")
+    accepted = await asyncio.gather(*(records.record(succeeded(c)) for c in claims))
+    assert accepted == [True] * 5
+    assert (records.commits.writes, records.commits.items) == (1, 5)
+    announced = await finished_events(sessions, [c.job_id for c in claims])
+    for c in claims:
+        job = await get(sessions, c.job_id)
+        assert (job.state, job.result, job.lease_expires_at) == (
+            "SUCCEEDED",
+            {"n": c.params["samples"]},
+            None,
+        )
+        assert job.finished_at is not None
+        assert (await events(sessions, c.job_id))[-2:] == [
+            (1, "QUEUED", "RUNNING", "w1"),
+            (1, "RUNNING", "SUCCEEDED", "w1"),
+        ]
+        assert await usage(sessions, c.job_id) == [(1, "SUCCEEDED", 0.5)]
+        event = announced[str(c.job_id)]
+        assert (event["type"], event["attempt"], event["state"]) == ("job.finished", 1, "SUCCEEDED")
+        assert event["tenant_id"] == str(c.tenant_id)
+
+
+async def test_a_superseded_attempt_in_a_batch_is_refused_and_the_others_commit(
+    sessions: Sessions,
+) -> None:
+    claims = await claimed(sessions, 4)
+    stale = claims[1]
+    async with sessions() as session, session.begin():  # reaped and claimed again elsewhere
+        await set_job_state(session, stale.job_id, JobState.QUEUED)
+        again = await service.claim(session=session, job_id=stale.job_id, worker="w2", lease_s=30)
+        assert again is not None
+    records = Records(engine_of(sessions), worker="w1")
+    accepted = await asyncio.gather(*(records.record(succeeded(c)) for c in claims))
+    assert accepted == [True, False, True, True]
+    assert records.commits.writes == 1
+    job = await get(sessions, stale.job_id)
+    assert (job.state, job.attempts, job.worker) == ("RUNNING", 2, "w2")
+    assert await usage(sessions, stale.job_id) == []  # nothing counted for the late report
+    assert str(stale.job_id) not in await finished_events(sessions, [stale.job_id])
+    for c in claims[:1] + claims[2:]:
+        assert (await get(sessions, c.job_id)).state == "SUCCEEDED"
+
+
+async def test_a_row_the_database_rejects_fails_its_own_caller_only(sessions: Sessions) -> None:
+    claims = await claimed(sessions, 3)
+    records = Records(engine_of(sessions), worker="w1")
+    bad = Finish(
+        claims[1].job_id,
+        claims[1].tenant_id,
+        1,
+        JobState.FAILED,
+        error="a NUL byte \x00 PostgreSQL refuses in text",
+        retryable=False,
+    )
+    outcomes = await asyncio.gather(
+        records.record(succeeded(claims[0])),
+        records.record(bad),
+        records.record(succeeded(claims[2])),
+        return_exceptions=True,
+    )
+    assert outcomes[0] is True
+    assert outcomes[2] is True
+    assert isinstance(outcomes[1], Exception)
+    assert (await get(sessions, claims[1].job_id)).state == "RUNNING"  # nothing of it written
+    assert await usage(sessions, claims[1].job_id) == []
+    for c in (claims[0], claims[2]):
+        assert (await get(sessions, c.job_id)).state == "SUCCEEDED"
+
+
+async def test_a_caller_cancelled_before_its_batch_writes_nothing() -> None:
+    written: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def write(items: list[int]) -> list[int]:
+        await gate.wait()
+        written.append(items)
+        return items
+
+    commits: GroupCommit[int, int] = GroupCommit("t", write, key=lambda i: i)
+    first = asyncio.create_task(commits.submit(1))
+    await asyncio.sleep(0.01)  # 1 is in flight; 2 and 3 wait for the next write
+    second, third = asyncio.create_task(commits.submit(2)), asyncio.create_task(commits.submit(3))
+    await asyncio.sleep(0)
+    second.cancel()
+    gate.set()
+    assert (await first, await third) == (1, 3)
+    assert second.cancelled()
+    assert written == [[1], [3]]
+
+
+def runtime(engine: AsyncEngine, sessions: Sessions, tmp_path: Path) -> WorkerRuntime:
+    storage = StorageSettings.model_validate({"local": {"root": str(tmp_path / "local")}})
+    settings = WorkerSettings(name="w1", storage=storage, concurrency=8, lease_s=30)
+    res = SimpleNamespace(
+        engine=engine, sessions=sessions, relay=SimpleNamespace(wake=lambda: None)
+    )
+    return WorkerRuntime(cast(Resources, res), settings, cast(KernelRunner, InstantRunner()))
+
+
+async def test_the_runtime_claims_runs_and_records_each_job(
+    sessions: Sessions, tmp_path: Path
+) -> None:
+    rt = runtime(engine_of(sessions), sessions, tmp_path)
+    ids = await queued_jobs(sessions, 6)
+    await asyncio.gather(*(rt.on_dispatch(dispatched(j)) for j in ids))
+    await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
+    assert rt.claims.commits.items == 6
+    assert rt.claims.commits.writes < 6  # the dispatches waiting together claimed together
+    for job_id in ids:
+        job = await get(sessions, job_id)
+        assert (job.state, job.result) == ("SUCCEEDED", {"kernel": "montecarlo_pi"})
+        assert [e[1:3] for e in await events(sessions, job_id)] == [
+            ("PENDING", "QUEUED"),
+            ("QUEUED", "RUNNING"),
+            ("RUNNING", "SUCCEEDED"),
+        ]
+        assert [u[:2] for u in await usage(sessions, job_id)] == [(1, "SUCCEEDED")]
+    assert not rt.held
+    assert not rt.slots.locked()
+
+
+@pytest.fixture
+async def proxied(
+    db: tuple[str, Sessions], settings: CommonSettings
+) -> AsyncIterator[tuple[TcpProxy, AsyncEngine]]:
+    """An engine on the test's database through a TCP proxy the test stops and restarts."""
+    proxy = TcpProxy(settings.postgres.port)
+    await proxy.start()
+    pg = settings.postgres.model_copy(
+        update={"database": db[0], "port": proxy.port, "connect_timeout_s": 1.0}
+    )
+    engine = make_engine(pg)
+    yield proxy, engine
+    await engine.dispose()
+    with contextlib.suppress(Exception):
+        await proxy.stop()
+
+
+async def test_records_made_while_the_database_is_away_are_retried_and_durable(
+    sessions: Sessions, proxied: tuple[TcpProxy, AsyncEngine], tmp_path: Path
+) -> None:
+    proxy, engine = proxied
+    rt = runtime(engine, make_sessionmaker(engine), tmp_path)
+    claims = await claimed(sessions, 3, worker=rt.settings.name)
+    await proxy.stop()  # the database goes away
+    report = Report(JobState.SUCCEEDED, result={"ok": True}, cpu_seconds=0.25)
+    recording = [asyncio.create_task(rt._record(c, report, {})) for c in claims]
+    await asyncio.sleep(1.0)  # the records fail and retry meanwhile
+    assert not any(t.done() for t in recording)
+    for c in claims:
+        assert (await get(sessions, c.job_id)).state == "RUNNING"
+    await proxy.start()  # back, on the same port
+    await asyncio.wait_for(asyncio.gather(*recording), 15)
+    announced = await finished_events(sessions, [c.job_id for c in claims])
+    for c in claims:
+        job = await get(sessions, c.job_id)
+        assert (job.state, job.result) == ("SUCCEEDED", {"ok": True})
+        assert (await events(sessions, c.job_id))[-1] == (1, "RUNNING", "SUCCEEDED", "w1")
+        assert await usage(sessions, c.job_id) == [(1, "SUCCEEDED", 0.25)]
+        assert announced[str(c.job_id)]["state"] == "SUCCEEDED"

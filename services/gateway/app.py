@@ -14,8 +14,10 @@ from services.gateway.admin.pools import router as pools_router
 from services.gateway.admin.routes import router as admin_router
 from services.gateway.auth import Authenticator
 from services.gateway.datasets.routes import router as datasets_router
+from services.gateway.deps import SubmitDb, raw_db
 from services.gateway.jobs.routes import router as jobs_router
 from services.gateway.jobs.service import QueueQuota
+from services.gateway.jobs.writer import JobWriter
 from services.gateway.migrations.routes import router as migrations_router
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants.routes import router as tenants_router
@@ -49,6 +51,14 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         assert res.redis is not None
         app.state.rate_limiter = RateLimiter(res.redis)
         app.state.queue_quota = QueueQuota()
+        writer = JobWriter(
+            lambda: raw_db(res),
+            on_commit=res.relay.wake,
+            max_rows=settings.submit_batch_max_rows,
+            linger_s=settings.submit_batch_linger_s,
+        )
+        writer.start()
+        app.state.submit_db = SubmitDb(res, writer)
 
         async def on_control(_delivery: Delivery) -> None:
             auth.invalidate()  # a tenant or key changed somewhere
@@ -59,6 +69,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            await writer.stop()  # what was accepted is written before the pool closes
             await close_resources(res)
 
     app = FastAPI(
@@ -68,6 +79,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         lifespan=start_in_background(lifespan),
     )
     app.state.settings = settings
+    app.state.tiers = frozenset(settings.storage.tiers())
     install_problem_handlers(app)
     instrument(app)
     app.add_middleware(StartingGuard)  # 503 + Retry-After until the dependencies answer

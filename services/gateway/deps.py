@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -11,8 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
 from services.gateway.auth import Authenticator, Principal
+from services.gateway.jobs.writer import JobWriter
 from services.gateway.settings import GatewaySettings
-from shared.errors import TooManyRequests
+from shared.db.engine import is_connectivity_error
+from shared.db.raw import raw_connection
+from shared.errors import DependencyUnavailable, TooManyRequests
 from shared.ratelimit import RateLimiter
 from shared.runtime import Resources
 
@@ -29,9 +33,10 @@ async def get_settings(request: Request) -> GatewaySettings:
     return settings
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """One transaction per request: committed when the route returns, rolled back on error."""
-    res: Resources = request.app.state.resources
+@asynccontextmanager
+async def session_scope(res: Resources) -> AsyncIterator[AsyncSession]:
+    """One session and transaction: committed when the block ends, rolled back on error,
+    guarded by the database circuit breaker; wakes the outbox relay when it wrote events."""
     res.db_breaker.before_call()  # open circuit: 503 at once, no waiting on a dead database
     try:
         async with res.sessions() as session, session.begin():
@@ -45,6 +50,60 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     res.db_breaker.on_success()
     if session.info.pop("outbox", False):
         res.relay.wake()
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """One transaction per request: committed when the route returns, rolled back on error."""
+    async with session_scope(request.app.state.resources) as session:
+        yield session
+
+
+def database_unavailable(exc: BaseException) -> BaseException:
+    """What a caller sees for ``exc`` from a raw connection: a connectivity error becomes the
+    503 that a session's ``OperationalError`` gets (plain asyncpg errors have no handler of
+    their own); anything else is itself."""
+    if is_connectivity_error(exc) and not isinstance(exc, DependencyUnavailable):
+        return DependencyUnavailable("The database is unavailable; retry later.", retry_after=2)
+    return exc
+
+
+@asynccontextmanager
+async def raw_db(res: Resources) -> AsyncIterator[Any]:
+    """A plain asyncpg connection for a hot path (no SQLAlchemy session), guarded by the
+    database circuit breaker exactly as ``get_session`` is: an open circuit is a 503 at once,
+    connectivity errors count, a cancelled call gives no verdict. The caller manages its own
+    transaction (``async with conn.transaction():``) or runs single statements."""
+    res.db_breaker.before_call()
+    try:
+        async with raw_connection(res.engine) as conn:
+            yield conn
+    except Exception as exc:
+        res.db_breaker.on_failure(exc)  # counts only connectivity errors
+        mapped = database_unavailable(exc)
+        if mapped is exc:
+            raise
+        raise mapped from exc
+    except BaseException:
+        res.db_breaker.abandon()
+        raise
+    res.db_breaker.on_success()
+
+
+class SubmitDb:
+    """The database as ``POST /v1/jobs`` uses it (``service.SubmitDb``): guarded raw
+    connections, a session only on demand, and the process's group-commit writer."""
+
+    __slots__ = ("res", "writer")
+
+    def __init__(self, res: Resources, writer: JobWriter) -> None:
+        self.res = res
+        self.writer = writer
+
+    def raw(self) -> AbstractAsyncContextManager[Any]:
+        return raw_db(self.res)
+
+    def session(self) -> AbstractAsyncContextManager[AsyncSession]:
+        return session_scope(self.res)
 
 
 class BearerScheme(HTTPBearer):

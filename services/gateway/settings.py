@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from shared.settings import PLACEHOLDER_SECRETS, CommonSettings
 
@@ -15,6 +15,12 @@ class GatewaySettings(CommonSettings):
     default_timeout_s: int = 3600
     default_max_retries: int = 3
     idempotency_window_s: int = 86_400
+    # Group commit of submissions (services/gateway/jobs/writer.py): a batch is written once
+    # this many rows wait, or this long after its first row arrived, whichever comes first.
+    # STRATUS_SUBMIT_BATCH_MAX_ROWS / STRATUS_SUBMIT_BATCH_LINGER_S; a linger of 0 writes
+    # whatever has gathered while the previous batch was being written.
+    submit_batch_max_rows: int = Field(default=64, ge=1, le=1000)
+    submit_batch_linger_s: float = Field(default=0.002, ge=0.0, le=0.1)
 
     @model_validator(mode="after")
     def _refuse_placeholder_admin_key(self) -> GatewaySettings:

@@ -1,18 +1,24 @@
-"""Job use cases for the gateway. Functions take ``session`` as a keyword and never commit."""
+"""Job use cases for the gateway. Functions take ``session`` as a keyword and never commit;
+submission, the hot path, writes through the group-commit ``JobWriter`` instead (see
+``services.gateway.jobs.writer``) and reads on plain asyncpg."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.gateway.jobs.schemas import JobSubmit
+from services.gateway.jobs.schemas import JobOut, JobSubmit
+from services.gateway.jobs.writer import JobWriter, NewJob
 from shared.db.models import Job
 from shared.db.outbox import add_event
 from shared.errors import Conflict, Invalid, NotFound, TooManyRequests
@@ -27,7 +33,7 @@ from shared.storage.names import name_problem
 
 @dataclass(frozen=True)
 class Submitted:
-    job: Job
+    job: JobOut
     replayed: bool
 
 
@@ -57,9 +63,22 @@ async def _check_inputs_exist(
         raise Invalid("input dataset not found", errors=errors)
 
 
+class SubmitDb(Protocol):
+    """What a submission needs from the database: a guarded plain asyncpg connection for its
+    few reads (``deps.raw_db``), a session only for what is shared with other routes (the
+    datasets of its inputs), and the group-commit writer for the insert."""
+
+    def raw(self) -> AbstractAsyncContextManager[Any]: ...
+
+    def session(self) -> AbstractAsyncContextManager[AsyncSession]: ...
+
+    @property
+    def writer(self) -> JobWriter: ...
+
+
 async def submit_job(
     *,
-    session: AsyncSession,
+    db: SubmitDb,
     tenant_id: uuid.UUID,
     data: JobSubmit,
     idempotency_key: str | None,
@@ -70,6 +89,8 @@ async def submit_job(
     queue_quota: QueueQuota,
     tiers: Collection[str] = ("local",),
 ) -> Submitted:
+    """Validate, answer a replay, check the queue quota, then insert through the writer
+    (group commit). No session is opened unless the job names inputs."""
     spec = get_spec(data.kernel)
     if data.output_tier not in tiers:
         raise Invalid(
@@ -84,23 +105,66 @@ async def submit_job(
         )
     _check_io("inputs", data.inputs, spec.inputs)
     _check_io("outputs", data.outputs, spec.outputs)
-    await _check_inputs_exist(session=session, tenant_id=tenant_id, inputs=data.inputs)
+    if data.inputs:
+        async with db.session() as session:
+            await _check_inputs_exist(session=session, tenant_id=tenant_id, inputs=data.inputs)
 
     if idempotency_key is not None:
         existing = await _find_idempotent(
-            session=session,
-            tenant_id=tenant_id,
-            key=idempotency_key,
-            window_s=idempotency_window_s,
+            db=db, tenant_id=tenant_id, key=idempotency_key, window_s=idempotency_window_s
         )
         if existing is not None:
             return Submitted(existing, replayed=True)
-    await queue_quota.check(session=session, tenant_id=tenant_id, limit=max_queued_jobs)
 
-    job = Job(
-        id=uuid.uuid4(),
+    async def count_waiting() -> int:
+        async with db.raw() as conn:
+            return int(await conn.fetchval(_COUNT_WAITING, tenant_id))
+
+    await queue_quota.check(tenant_id=tenant_id, limit=max_queued_jobs, count=count_waiting)
+
+    job = _new_job(
+        spec_name=spec.name,
         tenant_id=tenant_id,
-        kernel=spec.name,
+        data=data,
+        params=params,
+        idempotency_key=idempotency_key,
+        timeout_s=data.timeout_s or default_timeout_s,
+        max_retries=data.max_retries if data.max_retries is not None else default_max_retries,
+    )
+    if await db.writer.write(job):
+        return Submitted(_created(job), replayed=False)
+    # A concurrent request with the same key won the race: answer with its job.
+    assert idempotency_key is not None
+    existing = await _find_idempotent(
+        db=db, tenant_id=tenant_id, key=idempotency_key, window_s=idempotency_window_s
+    )
+    if existing is None:
+        raise Conflict("a request with this Idempotency-Key is in progress; retry")
+    return Submitted(existing, replayed=True)
+
+
+def _new_job(
+    *,
+    spec_name: str,
+    tenant_id: uuid.UUID,
+    data: JobSubmit,
+    params: dict[str, Any],
+    idempotency_key: str | None,
+    timeout_s: int,
+    max_retries: int,
+) -> NewJob:
+    job_id = uuid.uuid4()
+    event = JobSubmitted(
+        tenant_id=tenant_id,
+        job_id=job_id,
+        kernel=spec_name,
+        device=data.device,
+        priority=data.priority,
+    )
+    return NewJob(
+        id=job_id,
+        tenant_id=tenant_id,
+        kernel=spec_name,
         device=data.device,
         params=params,
         inputs=data.inputs,
@@ -108,85 +172,44 @@ async def submit_job(
         output_tier=data.output_tier,
         labels=data.labels,
         priority=data.priority,
-        timeout_s=data.timeout_s or default_timeout_s,
-        max_retries=data.max_retries if data.max_retries is not None else default_max_retries,
-        state=JobState.PENDING.value,
-        attempts=0,
+        timeout_s=timeout_s,
+        max_retries=max_retries,
         idempotency_key=idempotency_key,
         created_at=utcnow(),
+        message_id=event.event_id,
+        routing_key=event.routing_key,
+        event_body=event.to_bytes(),
     )
-    if not await _insert_with_event(session=session, job=job):
-        # A concurrent request with the same key won the race: answer with its job.
-        assert idempotency_key is not None
-        existing = await _find_idempotent(
-            session=session,
-            tenant_id=tenant_id,
-            key=idempotency_key,
-            window_s=idempotency_window_s,
-        )
-        if existing is None:
-            raise Conflict("a request with this Idempotency-Key is in progress; retry")
-        return Submitted(existing, replayed=True)
-    return Submitted(job, replayed=False)
 
 
-# The job row and its outbox event in one round trip: the event is written only if the job
-# was (no idempotency conflict). A fixed text statement: no per-request statement building.
-_INSERT_JOB = text(
-    """
-    WITH job AS (
-        INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, output_tier,
-                          labels, priority, timeout_s, max_retries, state, attempts,
-                          idempotency_key, created_at, updated_at)
-        VALUES (:id, :tenant_id, :kernel, :device, CAST(:params AS jsonb),
-                CAST(:inputs AS jsonb), CAST(:outputs AS jsonb), :output_tier,
-                CAST(:labels AS jsonb),
-                :priority, :timeout_s, :max_retries, 'PENDING', 0, :idempotency_key,
-                :created_at, :created_at)
-        ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
-        RETURNING id
-    )
-    INSERT INTO outbox (message_id, routing_key, body)
-    SELECT :message_id, :routing_key, :body FROM job
-    RETURNING id
-    """
-)
-
-
-async def _insert_with_event(*, session: AsyncSession, job: Job) -> bool:
-    event = JobSubmitted(
-        tenant_id=job.tenant_id,
-        job_id=job.id,
+def _created(job: NewJob) -> JobOut:
+    """The answer for a job just inserted: what the row holds, without reading it back."""
+    return JobOut.model_construct(
+        id=job.id,
         kernel=job.kernel,
         device=job.device,
+        params=job.params,
+        inputs=job.inputs,
+        outputs=job.outputs,
+        output_tier=job.output_tier,
         priority=job.priority,
+        timeout_s=job.timeout_s,
+        max_retries=job.max_retries,
+        labels=job.labels,
+        state=JobState.PENDING.value,
+        state_reason=None,
+        attempts=0,
+        created_at=job.created_at,
+        queued_at=None,
+        started_at=None,
+        finished_at=None,
+        result=None,
+        error=None,
+        worker=None,
     )
-    row = await session.execute(
-        _INSERT_JOB,
-        {
-            "id": job.id,
-            "tenant_id": job.tenant_id,
-            "kernel": job.kernel,
-            "device": job.device,
-            "params": orjson.dumps(job.params).decode(),
-            "inputs": orjson.dumps(job.inputs).decode(),
-            "outputs": orjson.dumps(job.outputs).decode(),
-            "output_tier": job.output_tier,
-            "labels": orjson.dumps(job.labels).decode(),
-            "priority": job.priority,
-            "timeout_s": job.timeout_s,
-            "max_retries": job.max_retries,
-            "idempotency_key": job.idempotency_key,
-            "created_at": job.created_at,
-            "message_id": event.event_id,
-            "routing_key": event.routing_key,
-            "body": event.to_bytes(),
-        },
-    )
-    if row.first() is None:
-        return False
-    session.info["outbox"] = True  # the owner of the transaction wakes the relay
-    return True
+
+
+_COUNT_WAITING = "SELECT count(*) FROM jobs WHERE tenant_id = $1 AND state IN ('PENDING', 'QUEUED')"
 
 
 class QueueQuota:
@@ -195,45 +218,90 @@ class QueueQuota:
     are long, so each gateway keeps a count per tenant for ``ttl_s`` and adds its own
     submissions to it; it asks the database again when the count expires or comes within 10%
     of the limit. Concurrent submissions are not serialised, so a burst may overshoot by the
-    number of requests in flight at once; the next submission sees the true count."""
+    number of requests in flight at once; the next submission sees the true count. Requests
+    that find the count expired at the same time share one query instead of each sending
+    its own."""
 
     def __init__(self, ttl_s: float = 1.0) -> None:
         self.ttl_s = ttl_s
         self._counts: dict[uuid.UUID, tuple[float, int]] = {}
+        self._counting: dict[uuid.UUID, asyncio.Future[int]] = {}
 
-    async def check(self, *, session: AsyncSession, tenant_id: uuid.UUID, limit: int) -> None:
+    async def check(
+        self, *, tenant_id: uuid.UUID, limit: int, count: Callable[[], Awaitable[int]]
+    ) -> None:
+        """``count`` counts the tenant's waiting jobs in the database."""
         now = time.monotonic()
         hit = self._counts.get(tenant_id)
         if hit is not None and hit[0] > now and hit[1] + 1 < 0.9 * limit:
             self._counts[tenant_id] = (hit[0], hit[1] + 1)
             return
-        waiting = await session.scalar(
-            select(func.count())
-            .select_from(Job)
-            .where(Job.tenant_id == tenant_id, Job.state.in_(("PENDING", "QUEUED")))
-        )
-        if (waiting or 0) >= limit:
+        waiting = await self._count(tenant_id, count)
+        if waiting >= limit:
             raise TooManyRequests(f"max_queued_jobs ({limit}) reached; retry later", retry_after=5)
         if len(self._counts) > 10_000:
             self._counts.clear()
-        self._counts[tenant_id] = (now + self.ttl_s, (waiting or 0) + 1)
+        self._counts[tenant_id] = (now + self.ttl_s, waiting + 1)
+
+    async def _count(self, tenant_id: uuid.UUID, count: Callable[[], Awaitable[int]]) -> int:
+        counting = self._counting.get(tenant_id)
+        if counting is None:
+            # A task of its own: a waiter that is cancelled (client gone) cancels only its wait.
+            counting = asyncio.ensure_future(count())
+            self._counting[tenant_id] = counting
+            counting.add_done_callback(lambda _f: self._counting.pop(tenant_id, None))
+        return await asyncio.shield(counting)
+
+
+_FIND_BY_KEY = """
+SELECT id, kernel, device, params::text, inputs::text, outputs::text, output_tier, priority,
+       timeout_s, max_retries, labels::text, state, state_reason, attempts, created_at,
+       queued_at, started_at, finished_at, result::text, error, worker
+FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2
+"""
+_RELEASE_KEY = "UPDATE jobs SET idempotency_key = NULL WHERE id = $1"
+
+
+def _job_out(row: Any) -> JobOut:
+    """A ``_FIND_BY_KEY`` row as the public shape (JSON columns come as text)."""
+    loads = orjson.loads
+    return JobOut(
+        id=row[0],
+        kernel=row[1],
+        device=row[2],
+        params=loads(row[3]),
+        inputs=loads(row[4]),
+        outputs=loads(row[5]),
+        output_tier=row[6],
+        priority=row[7],
+        timeout_s=row[8],
+        max_retries=row[9],
+        labels=loads(row[10]),
+        state=row[11],
+        state_reason=row[12],
+        attempts=row[13],
+        created_at=row[14],
+        queued_at=row[15],
+        started_at=row[16],
+        finished_at=row[17],
+        result=None if row[18] is None else loads(row[18]),
+        error=row[19],
+        worker=row[20],
+    )
 
 
 async def _find_idempotent(
-    *, session: AsyncSession, tenant_id: uuid.UUID, key: str, window_s: int
-) -> Job | None:
-    job = (
-        await session.execute(
-            select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)
-        )
-    ).scalar_one_or_none()
-    if job is None:
-        return None
-    if job.created_at < utcnow() - timedelta(seconds=window_s):
-        # The key expired: release it so that this request creates a new job.
-        await session.execute(update(Job).where(Job.id == job.id).values(idempotency_key=None))
-        return None
-    return job
+    *, db: SubmitDb, tenant_id: uuid.UUID, key: str, window_s: int
+) -> JobOut | None:
+    async with db.raw() as conn:
+        row = await conn.fetchrow(_FIND_BY_KEY, tenant_id, key)
+        if row is None:
+            return None
+        if row[14] < utcnow() - timedelta(seconds=window_s):
+            # The key expired: release it so that this request creates a new job.
+            await conn.execute(_RELEASE_KEY, row[0])
+            return None
+    return _job_out(row)
 
 
 async def get_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:

@@ -1,0 +1,276 @@
+"""Group commit for job submissions: the rows of concurrent ``POST /v1/jobs`` requests are
+written together, in one transaction and two set-based statements, on a plain asyncpg
+connection.
+
+Why: one transaction per submission costs a connection checkout, BEGIN, the insert and a
+COMMIT (with its WAL flush) for every job, and through SQLAlchemy most of that CPU went into
+session and statement machinery, not into PostgreSQL. A per-process ``JobWriter`` collects
+the validated rows of the requests in flight for at most ``linger_s`` after the first one
+arrived (or until ``max_rows`` are waiting), inserts them with one ``INSERT ... SELECT FROM
+unnest(...)`` (their ``job.submitted`` outbox rows in the same statement) and commits once.
+Rows that arrive while a batch is being written form the next batch, so under load batches
+grow by themselves and an idle gateway waits at most ``linger_s``.
+
+What a caller can rely on:
+
+- ``write`` returns only after COMMIT: a 201 is sent for a durable row only, nothing
+  accepted is lost. ``True``: the row was inserted; ``False``: its ``(tenant_id,
+  idempotency_key)`` was already taken (by an earlier job, or by another row of the same
+  batch, which is left out of the statement: one job per key), and the caller looks the
+  holder up as it did before group commit.
+- A connectivity failure (or an open circuit, or an exhausted pool) fails every request of
+  the batch with the same 503 as a session would give; nothing of the batch was written (one
+  transaction). Any other error retries the batch's rows one transaction each, so that one
+  bad row fails only its own request.
+- A request cancelled before its batch is written (client gone) is left out; one cancelled
+  while its batch is written does not disturb the batch (the writer task owns the
+  transaction, never the request), its row is simply committed unanswered, as a single
+  request's could be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+from shared.errors import DependencyUnavailable
+from shared.logging import get_logger
+from shared.resilience import CircuitOpen
+
+log = get_logger(__name__)
+
+
+@dataclass(slots=True)
+class NewJob:
+    """A validated submission ready to insert: the job row and its ``job.submitted`` event."""
+
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    kernel: str
+    device: str
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+    output_tier: str
+    labels: dict[str, str]
+    priority: int
+    timeout_s: int
+    max_retries: int
+    idempotency_key: str | None
+    created_at: datetime
+    message_id: uuid.UUID
+    routing_key: str
+    event_body: bytes
+
+
+# Every row of the batch in one statement: the jobs that do not collide with a taken key, then
+# the outbox rows of exactly the jobs inserted (joined on the ids the insert returned). JSON
+# goes in as text and is cast, so no codec of the pooled connection is involved.
+INSERT_JOBS = """
+WITH new AS (
+    INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, output_tier,
+                      labels, priority, timeout_s, max_retries, state, attempts,
+                      idempotency_key, created_at, updated_at)
+    SELECT r.id, r.tenant_id, r.kernel, r.device, CAST(r.params AS jsonb),
+           CAST(r.inputs AS jsonb), CAST(r.outputs AS jsonb), r.output_tier,
+           CAST(r.labels AS jsonb), r.priority, r.timeout_s, r.max_retries, 'PENDING', 0,
+           r.idempotency_key, r.created_at, r.created_at
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::int2[], $11::int4[], $12::int4[],
+                $13::text[], $14::timestamptz[])
+         AS r(id, tenant_id, kernel, device, params, inputs, outputs, output_tier, labels,
+              priority, timeout_s, max_retries, idempotency_key, created_at)
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    RETURNING id
+), events AS (
+    INSERT INTO outbox (message_id, routing_key, body)
+    SELECT e.message_id, e.routing_key, e.body
+    FROM unnest($1::uuid[], $15::uuid[], $16::text[], $17::bytea[])
+         AS e(job_id, message_id, routing_key, body)
+    JOIN new ON new.id = e.job_id
+)
+SELECT id FROM new
+"""
+
+
+def _arguments(jobs: list[NewJob]) -> list[list[Any]]:
+    dumps = orjson.dumps
+    return [
+        [j.id for j in jobs],
+        [j.tenant_id for j in jobs],
+        [j.kernel for j in jobs],
+        [j.device for j in jobs],
+        [dumps(j.params).decode() for j in jobs],
+        [dumps(j.inputs).decode() for j in jobs],
+        [dumps(j.outputs).decode() for j in jobs],
+        [j.output_tier for j in jobs],
+        [dumps(j.labels).decode() for j in jobs],
+        [j.priority for j in jobs],
+        [j.timeout_s for j in jobs],
+        [j.max_retries for j in jobs],
+        [j.idempotency_key for j in jobs],
+        [j.created_at for j in jobs],
+        [j.message_id for j in jobs],
+        [j.routing_key for j in jobs],
+        [j.event_body for j in jobs],
+    ]
+
+
+def _fails_the_batch(exc: BaseException) -> bool:
+    """Errors about the database, not about a row: retrying rows one by one cannot help."""
+    return isinstance(exc, DependencyUnavailable | CircuitOpen | PoolTimeout)
+
+
+Pending = tuple[NewJob, "asyncio.Future[bool]"]
+
+
+class JobWriter:
+    """One per process, started and stopped in the app's lifespan.
+
+    ``connect`` opens a guarded raw connection (``services.gateway.deps.raw_db``: circuit
+    breaker, connectivity errors as a 503); ``on_commit`` runs after each commit (the outbox
+    relay's wake-up)."""
+
+    def __init__(
+        self,
+        connect: Callable[[], AbstractAsyncContextManager[Any]],
+        *,
+        on_commit: Callable[[], None] = lambda: None,
+        max_rows: int = 64,
+        linger_s: float = 0.002,
+    ) -> None:
+        if max_rows < 1 or linger_s < 0:
+            raise ValueError("max_rows must be >= 1 and linger_s >= 0")
+        self.connect = connect
+        self.on_commit = on_commit
+        self.max_rows = max_rows
+        self.linger_s = linger_s
+        self._pending: list[Pending] = []
+        self._first_at = 0.0  # when the oldest pending row arrived (loop time)
+        self._wake = asyncio.Event()  # rows are waiting, or closing
+        self._full = asyncio.Event()  # max_rows are waiting, or closing
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0  # statistics, for tests and curiosity
+        self.rows = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="job-writer")
+
+    async def stop(self) -> None:
+        """Write what is waiting, then end; later writes are refused with a 503."""
+        self._closed = True
+        self._wake.set()
+        self._full.set()
+        if self._task is not None:
+            await self._task
+
+    async def write(self, job: NewJob) -> bool:
+        """Insert ``job`` and its event in the next batch; ``False`` when its idempotency key
+        is taken. Returns after COMMIT; raises what the write of the row raised."""
+        if self._closed or self._task is None or self._task.done():
+            raise DependencyUnavailable("the gateway is shutting down; retry", retry_after=1)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        if not self._pending:
+            self._first_at = loop.time()
+            self._wake.set()
+        self._pending.append((job, future))
+        if len(self._pending) >= self.max_rows:
+            self._full.set()
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                if self._closed:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            delay = self._first_at + self.linger_s - loop.time()
+            if delay > 0 and len(self._pending) < self.max_rows and not self._closed:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._full.wait()
+            batch = self._pending[: self.max_rows]
+            del self._pending[: self.max_rows]
+            self._first_at = loop.time() if self._pending else 0.0
+            try:
+                await self._flush(batch)
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:  # a bug here must not leave requests waiting forever
+                log.error("job_writer_error", error=type(exc).__name__, exc_info=exc)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+
+    async def _flush(self, batch: list[Pending]) -> None:
+        live = [(job, future) for job, future in batch if not future.done()]
+        if not live:
+            return
+        try:
+            inserted = await self._insert([job for job, _ in live])
+        except Exception as exc:
+            if len(live) == 1 or _fails_the_batch(exc):
+                for _, future in live:
+                    if not future.done():
+                        future.set_exception(exc)
+                return
+            log.warning("job_batch_failed_retrying_rows", rows=len(live), error=type(exc).__name__)
+            await self._one_by_one(live)
+            return
+        for job, future in live:
+            if not future.done():
+                future.set_result(job.id in inserted)
+
+    async def _one_by_one(self, rows: list[Pending]) -> None:
+        for job, future in rows:
+            if future.done():
+                continue  # cancelled meanwhile: never written, never answered
+            try:
+                inserted = await self._insert([job])
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            if not future.done():
+                future.set_result(job.id in inserted)
+
+    async def _insert(self, jobs: list[NewJob]) -> set[uuid.UUID]:
+        """One transaction; the ids inserted. Of several rows with the same (tenant, key) only
+        the first goes into the statement: the others are answered ``False``, like a row whose
+        key another request took."""
+        if any(j.idempotency_key is not None for j in jobs):
+            seen: set[tuple[uuid.UUID, str]] = set()
+            unique = []
+            for j in jobs:
+                if j.idempotency_key is not None:
+                    key = (j.tenant_id, j.idempotency_key)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                unique.append(j)
+            # A fixed order of keyed rows: two gateways' batches wait on each other's keys in
+            # the same order instead of deadlocking.
+            jobs = sorted(unique, key=lambda j: (str(j.tenant_id), j.idempotency_key or ""))
+        async with self.connect() as conn, conn.transaction():
+            rows = await conn.fetch(INSERT_JOBS, *_arguments(jobs))
+        self.batches += 1
+        self.rows += len(jobs)
+        self.on_commit()
+        return {row[0] for row in rows}

@@ -1,0 +1,401 @@
+"""Group commit of submissions (services/gateway/jobs/writer.py) against the real database:
+concurrent requests share a transaction, every answer matches its durable row and outbox
+event, one idempotency key gives one job even within a batch, a bad row fails only its own
+request, a cancelled request does not disturb its batch, and a database that goes away fails
+the whole batch with a 503 and leaves nothing of it behind.
+
+Each test runs a gateway on a database of its own with the outbox relay disabled, so the
+outbox rows the submissions wrote can be counted before anything publishes them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from services.gateway.app import create_app
+from services.gateway.deps import SubmitDb, raw_db
+from services.gateway.jobs.writer import JobWriter, NewJob
+from services.gateway.settings import GatewaySettings
+from shared.errors import DependencyUnavailable
+from shared.events import JobSubmitted, utcnow
+from shared.runtime import Resources
+from shared.settings import CommonSettings
+from tests.factories import own_database
+from tests.gateway.conftest import TenantKey, make_tenant
+from tests.gateway.test_jobs_api import MC, assert_problem
+from tests.gateway.test_outage import TcpProxy
+
+
+@dataclass
+class Gateway:
+    app: FastAPI
+    client: httpx.AsyncClient
+    dsn: str
+
+    @property
+    def res(self) -> Resources:
+        res: Resources = self.app.state.resources
+        return res
+
+    @property
+    def writer(self) -> JobWriter:
+        db: SubmitDb = self.app.state.submit_db
+        return db.writer
+
+    async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(self.dsn)
+        try:
+            return list(await conn.fetch(query, *args))
+        finally:
+            await conn.close()
+
+
+@asynccontextmanager
+async def own_gateway(
+    settings: CommonSettings, suffix: str, *, port: int | None = None, **updates: Any
+) -> AsyncIterator[Gateway]:
+    """A gateway on a database of its own (reached through ``port`` when given), relay off."""
+    async with own_database(settings, suffix) as (name, _sessions):
+        gw = GatewaySettings()
+        pg = gw.postgres.model_copy(update={"database": name})
+        dsn = pg.url(driver="postgresql")
+        if port is not None:
+            pg = pg.model_copy(update={"port": port})
+        gw = gw.model_copy(
+            update={
+                "postgres": pg,
+                "outbox": gw.outbox.model_copy(update={"enabled": False}),
+                **updates,
+            }
+        )
+        app = create_app(gw)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://gw") as client:
+                yield Gateway(app, client, dsn)
+
+
+async def submitted_events(gw: Gateway, tenant_id: str) -> dict[str, int]:
+    """job id -> number of job.submitted outbox rows for it, for ``tenant_id``."""
+    rows = await gw.sql(
+        "SELECT convert_from(body, 'UTF8')::jsonb ->> 'job_id' AS job_id, count(*) AS n "
+        "FROM outbox WHERE routing_key = 'job.submitted' "
+        "AND convert_from(body, 'UTF8')::jsonb ->> 'tenant_id' = $1 GROUP BY 1",
+        tenant_id,
+    )
+    return {r["job_id"]: r["n"] for r in rows}
+
+
+async def job_ids(gw: Gateway, tenant_id: str) -> set[str]:
+    rows = await gw.sql("SELECT id::text FROM jobs WHERE tenant_id = $1::uuid", tenant_id)
+    return {r[0] for r in rows}
+
+
+async def test_concurrent_submits_share_transactions_and_each_answer_is_its_row(
+    settings: CommonSettings,
+) -> None:
+    async with own_gateway(
+        settings, "gc_many", submit_batch_max_rows=32, submit_batch_linger_s=0.01
+    ) as gw:
+        t = await make_tenant(gw.client)
+        bodies = [{**MC, "priority": i % 10, "labels": {"n": str(i)}} for i in range(120)]
+        before = gw.writer.batches
+        rs = await asyncio.gather(
+            *(gw.client.post("/v1/jobs", json=b, headers=t.headers) for b in bodies)
+        )
+        assert [r.status_code for r in rs] == [201] * len(bodies), rs[0].text
+        assert gw.writer.batches - before < len(bodies) / 4  # really batched
+        ids = [r.json()["id"] for r in rs]
+        assert len(set(ids)) == len(bodies)
+        for r, body in zip(rs, bodies, strict=True):
+            job = r.json()
+            assert r.headers["location"] == f"/v1/jobs/{job['id']}"
+            assert "idempotent-replayed" not in r.headers
+            assert job["labels"] == body["labels"]
+            assert job["priority"] == body["priority"]
+        # Each answer is what reading the job back gives (jsonb orders object keys its own
+        # way, so the documents are compared, not their bytes).
+        for r in rs[:10] + rs[-10:]:
+            got = await gw.client.get(f"/v1/jobs/{r.json()['id']}", headers=t.headers)
+            assert got.status_code == 200
+            assert got.json() == r.json()
+        assert await job_ids(gw, t.tenant_id) == set(ids)
+        assert await submitted_events(gw, t.tenant_id) == dict.fromkeys(ids, 1)
+        rows = await gw.sql(
+            "SELECT id::text, labels ->> 'n', priority, state, attempts FROM jobs "
+            "WHERE tenant_id = $1::uuid",
+            t.tenant_id,
+        )
+        by_id = {r[0]: tuple(r)[1:] for r in rows}
+        for i, job_id in enumerate(ids):
+            assert by_id[job_id] == (str(i), i % 10, "PENDING", 0)
+
+
+async def test_same_key_in_one_batch_gives_one_job(settings: CommonSettings) -> None:
+    async with own_gateway(
+        settings, "gc_key", submit_batch_max_rows=64, submit_batch_linger_s=0.05
+    ) as gw:
+        t = await make_tenant(gw.client)
+        await gw.client.post("/v1/jobs", json=MC, headers=t.headers)  # quota count cached
+        before = gw.writer.batches
+        keyed = {**t.headers, "Idempotency-Key": "same-batch"}
+        rs = await asyncio.gather(
+            *(gw.client.post("/v1/jobs", json=MC, headers=keyed) for _ in range(8)),
+            *(gw.client.post("/v1/jobs", json=MC, headers=t.headers) for _ in range(4)),
+        )
+        assert gw.writer.batches - before == 1  # all twelve rows went in one transaction
+        assert {r.status_code for r in rs} == {201}
+        keyed_rs = rs[:8]
+        assert len({r.json()["id"] for r in keyed_rs}) == 1
+        assert [r.headers.get("idempotent-replayed") for r in keyed_rs].count("true") == 7
+        assert all(r.headers["location"] == keyed_rs[0].headers["location"] for r in keyed_rs)
+        assert len({r.json()["id"] for r in rs[8:]}) == 4
+        rows = await gw.sql(
+            "SELECT id::text FROM jobs WHERE tenant_id = $1::uuid AND idempotency_key = $2",
+            t.tenant_id,
+            "same-batch",
+        )
+        assert [r[0] for r in rows] == [keyed_rs[0].json()["id"]]
+        events = await submitted_events(gw, t.tenant_id)
+        assert len(events) == 6
+        assert set(events.values()) == {1}
+        # A later replay answers the same job, and reads as the first answer did.
+        again = await gw.client.post("/v1/jobs", json=MC, headers=keyed)
+        assert again.headers.get("idempotent-replayed") == "true"
+        assert again.json() == keyed_rs[0].json()
+
+
+async def test_expired_key_is_released_for_a_new_job(settings: CommonSettings) -> None:
+    async with own_gateway(settings, "gc_expire", idempotency_window_s=60) as gw:
+        t = await make_tenant(gw.client)
+        h = {**t.headers, "Idempotency-Key": "old"}
+        first = await gw.client.post("/v1/jobs", json=MC, headers=h)
+        assert first.status_code == 201
+        await gw.sql(
+            "UPDATE jobs SET created_at = now() - interval '2 minutes' WHERE id = $1::uuid",
+            first.json()["id"],
+        )
+        second = await gw.client.post("/v1/jobs", json=MC, headers=h)
+        assert second.status_code == 201
+        assert "idempotent-replayed" not in second.headers
+        assert second.json()["id"] != first.json()["id"]
+        rows = await gw.sql(
+            "SELECT id::text, idempotency_key FROM jobs WHERE tenant_id = $1::uuid ORDER BY "
+            "created_at",
+            t.tenant_id,
+        )
+        assert [tuple(r) for r in rows] == [
+            (first.json()["id"], None),
+            (second.json()["id"], "old"),
+        ]
+
+
+async def test_a_bad_row_fails_only_its_own_request(settings: CommonSettings) -> None:
+    async with own_gateway(
+        settings, "gc_poison", submit_batch_max_rows=64, submit_batch_linger_s=0.05
+    ) as gw:
+        good = await make_tenant(gw.client)
+        doomed: TenantKey = await make_tenant(gw.client)
+        warm = {}
+        for t in (good, doomed):  # keys authenticated and quota counts cached in the gateway
+            r = await gw.client.post("/v1/jobs", json=MC, headers=t.headers)
+            assert r.status_code == 201
+            warm[t.tenant_id] = r.json()["id"]
+        # The tenant disappears under the gateway's caches: its rows break the foreign key.
+        await gw.sql("DELETE FROM tenants WHERE id = $1::uuid", doomed.tenant_id)
+        before = gw.writer.batches
+        rs = await asyncio.gather(
+            *(gw.client.post("/v1/jobs", json=MC, headers=good.headers) for _ in range(6)),
+            gw.client.post("/v1/jobs", json=MC, headers=doomed.headers),
+            *(gw.client.post("/v1/jobs", json=MC, headers=good.headers) for _ in range(6)),
+        )
+        bad = rs.pop(6)
+        assert_problem(bad, 500)
+        assert [r.status_code for r in rs] == [201] * 12
+        assert gw.writer.batches - before == 12  # the batch failed, then each good row alone
+        ids = {r.json()["id"] for r in rs}
+        stored = await job_ids(gw, good.tenant_id)
+        assert ids <= stored
+        assert len(stored) == 13
+        events = await submitted_events(gw, good.tenant_id)
+        assert {i: events.get(i) for i in ids} == dict.fromkeys(ids, 1)
+        assert await job_ids(gw, doomed.tenant_id) == set()
+        assert await submitted_events(gw, doomed.tenant_id) == {warm[doomed.tenant_id]: 1}
+
+
+async def test_database_away_is_503_for_the_whole_batch_and_writes_nothing(
+    settings: CommonSettings,
+) -> None:
+    proxy = TcpProxy(settings.postgres.port)
+    await proxy.start()
+    try:
+        async with own_gateway(
+            settings, "gc_away", port=proxy.port, submit_batch_linger_s=0.02
+        ) as gw:
+            t = await make_tenant(gw.client)
+            assert (await gw.client.post("/v1/jobs", json=MC, headers=t.headers)).is_success
+            await proxy.stop()
+            rs = await asyncio.gather(
+                *(gw.client.post("/v1/jobs", json=MC, headers=t.headers) for _ in range(10))
+            )
+            for r in rs:
+                assert_problem(r, 503)
+                assert int(r.headers["retry-after"]) >= 1
+            await proxy.start()
+            assert len(await job_ids(gw, t.tenant_id)) == 1  # only the first one
+            assert len(await submitted_events(gw, t.tenant_id)) == 1
+    finally:
+        with contextlib.suppress(Exception):
+            await proxy.stop()
+
+
+# The writer on its own, with a connection whose backend dies or that is held up on purpose.
+
+
+class _Conn:
+    """An asyncpg connection that runs a hook after each statement of the batch."""
+
+    def __init__(self, conn: Any, after: Any) -> None:
+        self._conn = conn
+        self._after = after
+
+    def transaction(self) -> Any:
+        return self._conn.transaction()
+
+    async def fetch(self, query: str, *args: Any) -> Any:
+        rows = await self._conn.fetch(query, *args)
+        await self._after(self._conn)
+        return rows
+
+
+def new_row(tenant_id: uuid.UUID, **fields: Any) -> NewJob:
+    job_id = uuid.uuid4()
+    event = JobSubmitted(
+        tenant_id=tenant_id, job_id=job_id, kernel="montecarlo_pi", device="any", priority=5
+    )
+    values: dict[str, Any] = {
+        "id": job_id,
+        "tenant_id": tenant_id,
+        "kernel": "montecarlo_pi",
+        "device": "any",
+        "params": {"samples": 1},
+        "inputs": {},
+        "outputs": {},
+        "output_tier": "local",
+        "labels": {},
+        "priority": 5,
+        "timeout_s": 60,
+        "max_retries": 0,
+        "idempotency_key": None,
+        "created_at": utcnow(),
+        "message_id": event.event_id,
+        "routing_key": event.routing_key,
+        "event_body": event.to_bytes(),
+        **fields,
+    }
+    return NewJob(**values)
+
+
+@asynccontextmanager
+async def writer_with(
+    gw: Gateway, after: Any, *, linger_s: float = 0.05
+) -> AsyncIterator[JobWriter]:
+    @asynccontextmanager
+    async def connect() -> AsyncIterator[Any]:
+        async with raw_db(gw.res) as conn:
+            yield _Conn(conn, after)
+
+    writer = JobWriter(connect, max_rows=64, linger_s=linger_s)
+    writer.start()
+    try:
+        yield writer
+    finally:
+        await writer.stop()
+
+
+async def test_a_connection_lost_before_commit_fails_the_batch_and_leaves_nothing(
+    settings: CommonSettings,
+) -> None:
+    async with own_gateway(settings, "gc_lost") as gw:
+        t = await make_tenant(gw.client)
+        tenant_id = uuid.UUID(t.tenant_id)
+
+        async def kill_backend(conn: Any) -> None:  # the rows are inserted, not yet committed
+            await gw.sql("SELECT pg_terminate_backend($1)", conn.get_server_pid())
+            await asyncio.sleep(0.05)
+
+        rows = [new_row(tenant_id) for _ in range(5)]
+        async with writer_with(gw, kill_backend) as writer:
+            outcomes = await asyncio.gather(
+                *(writer.write(r) for r in rows), return_exceptions=True
+            )
+        assert all(isinstance(o, DependencyUnavailable) for o in outcomes), outcomes
+        assert writer.batches == 0
+        assert await job_ids(gw, t.tenant_id) == set()
+        assert await submitted_events(gw, t.tenant_id) == {}
+        # The pool replaced the dead connection: the API writes again.
+        assert (await gw.client.post("/v1/jobs", json=MC, headers=t.headers)).status_code == 201
+
+
+async def test_a_cancelled_request_does_not_disturb_its_batch(settings: CommonSettings) -> None:
+    async with own_gateway(settings, "gc_cancel") as gw:
+        t = await make_tenant(gw.client)
+        tenant_id = uuid.UUID(t.tenant_id)
+        in_transaction = asyncio.Event()
+        go_on = asyncio.Event()
+
+        async def hold(_conn: Any) -> None:
+            in_transaction.set()
+            await go_on.wait()
+
+        async with writer_with(gw, hold, linger_s=0.05) as writer:
+            gone_early = new_row(tenant_id)
+            gone_late = new_row(tenant_id)
+            stay = [new_row(tenant_id) for _ in range(4)]
+            early = asyncio.create_task(writer.write(gone_early))
+            late = asyncio.create_task(writer.write(gone_late))
+            kept = [asyncio.create_task(writer.write(r)) for r in stay]
+            await asyncio.sleep(0)
+            early.cancel()  # client gone before the batch is written: left out
+            await asyncio.wait_for(in_transaction.wait(), 5)
+            late.cancel()  # client gone while its batch is written: written unanswered
+            with pytest.raises(asyncio.CancelledError):
+                await late
+            go_on.set()
+            assert await asyncio.gather(*kept) == [True] * 4
+            with pytest.raises(asyncio.CancelledError):
+                await early
+        assert writer.batches == 1
+        expected = {str(r.id) for r in [*stay, gone_late]}
+        assert await job_ids(gw, t.tenant_id) == expected
+        assert await submitted_events(gw, t.tenant_id) == dict.fromkeys(expected, 1)
+
+
+async def test_a_bad_row_in_the_writer_is_its_own_error_only(settings: CommonSettings) -> None:
+    async with own_gateway(settings, "gc_bad") as gw:
+        t = await make_tenant(gw.client)
+        tenant_id = uuid.UUID(t.tenant_id)
+
+        async def nothing(_conn: Any) -> None:
+            return None
+
+        rows = [new_row(tenant_id) for _ in range(3)]
+        poison = new_row(tenant_id, device="gpu")  # breaks the jobs.device check constraint
+        async with writer_with(gw, nothing) as writer:
+            outcomes = await asyncio.gather(
+                *(writer.write(r) for r in [rows[0], poison, *rows[1:]]), return_exceptions=True
+            )
+        assert outcomes[0] is True
+        assert outcomes[2:] == [True, True]
+        assert isinstance(outcomes[1], asyncpg.CheckViolationError)
+        assert await job_ids(gw, t.tenant_id) == {str(r.id) for r in rows}

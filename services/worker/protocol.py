@@ -2,9 +2,10 @@
 JSON object (orjson; NumPy arrays and scalars in results serialise as lists and numbers).
 
 Worker -> pool process: ``{"kernel", "device", "params", "inputs", "outputs"}``.
-Pool process -> worker: ``{"type": "ready", "devices", "warm_s", "pid"}`` once at start, then
-per job ``{"type": "done", "result"}`` or ``{"type": "failed", "error", "retryable"}``, each
-with ``cpu_seconds`` and ``wall_seconds`` measured in the pool process.
+Pool process -> worker: ``{"type": "ready", "devices", "warm_s", "pid", "cpu_total"}`` once at
+start, then per job ``{"type": "done", "result"}`` or ``{"type": "failed", "error",
+"retryable"}``, each with ``cpu_seconds`` and ``wall_seconds`` measured in the pool process
+and ``cpu_total``, the process' CPU seconds so far.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ background to take its place. A process that dies by itself (segfault, out of me
 the outcome ``CRASHED`` and is replaced the same way; the worker lives on.
 
 CPU seconds per attempt: measured in the pool process (``time.process_time``, all its
-threads) when the job ends there; read from ``/proc/<pid>/stat`` just before a kill.
+threads) when the job ends there. Before a kill, the process' total from ``/proc/<pid>/stat``
+(clock ticks) less its total at the end of its previous job, which every reply carries
+(``cpu_total``), so a job that ends normally costs no ``/proc`` read.
 """
 
 from __future__ import annotations
@@ -128,6 +130,7 @@ class PoolProcess:
         self.proc = proc
         self.devices: list[str] = list(ready.get("devices", ["cpu"]))
         self.warm_s = float(ready.get("warm_s", 0.0))
+        self.cpu_total = float(ready.get("cpu_total", 0.0))  # at the end of its last reply
 
     @classmethod
     async def start(cls, config: PoolConfig) -> PoolProcess:
@@ -170,7 +173,9 @@ class PoolProcess:
         }
         self.proc.stdin.write(encode(message))
         await self.proc.stdin.drain()
-        return await read_frame_async(self.proc.stdout)
+        reply = await read_frame_async(self.proc.stdout)
+        self.cpu_total = float(reply.get("cpu_total", self.cpu_total))
+        return reply
 
     def cpu_seconds(self) -> float:
         """CPU time of the process so far (user + system, all threads), 0 once it is gone."""
@@ -240,7 +245,7 @@ class KernelRunner:
         usage = usage if usage is not None else Usage()
         proc = await self._acquire()
         keep = False
-        cpu0, wall0 = proc.cpu_seconds(), time.perf_counter()
+        cpu0, wall0 = proc.cpu_total, time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
                 reply = await proc.call(request)

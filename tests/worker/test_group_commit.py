@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -73,39 +73,36 @@ async def claimed(sessions: Sessions, n: int, worker: str = "w1") -> list[Claim]
     return [c for c in found if c is not None]
 
 
-def succeeded(claim: Claim, **fields: object) -> Finish:
-    values: dict[str, object] = {"result": {"n": claim.params["samples"]}, "cpu_seconds": 0.5}
-    values.update(fields)
+def succeeded(claim: Claim) -> Finish:
+    result = {"n": claim.params["samples"]}
     return Finish(
-        claim.job_id,
-        claim.tenant_id,
-        claim.attempt,
-        JobState.SUCCEEDED,
-        **values,  # type: ignore[arg-type]
+        claim.job_id, claim.tenant_id, claim.attempt, JobState.SUCCEEDED, result, cpu_seconds=0.5
     )
 
 
-async def events(sessions: Sessions, job_id: uuid.UUID) -> list[tuple[int, str, str, str | None]]:
+async def events(sessions: Sessions, job_id: uuid.UUID) -> list[tuple[Any, ...]]:
     async with sessions() as session:
         rows = await session.execute(
             select(JobEvent.attempt, JobEvent.from_state, JobEvent.to_state, JobEvent.worker)
             .where(JobEvent.job_id == job_id)
             .order_by(JobEvent.id)
         )
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [tuple(r) for r in rows]
 
 
-async def usage(sessions: Sessions, job_id: uuid.UUID) -> list[tuple[int, str, float]]:
+async def usage(sessions: Sessions, job_id: uuid.UUID) -> list[tuple[Any, ...]]:
     async with sessions() as session:
         rows = await session.execute(
             select(JobAttempt.attempt, JobAttempt.outcome, JobAttempt.cpu_seconds).where(
                 JobAttempt.job_id == job_id
             )
         )
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        return [tuple(r) for r in rows]
 
 
-async def finished_events(sessions: Sessions, job_ids: list[uuid.UUID]) -> dict[str, dict]:  # type: ignore[type-arg]
+async def finished_events(
+    sessions: Sessions, job_ids: list[uuid.UUID]
+) -> dict[str, dict[str, Any]]:
     async with sessions() as session:
         bodies = await session.scalars(
             select(Outbox.body).where(Outbox.routing_key == "job.finished")
@@ -302,3 +299,29 @@ async def test_records_made_while_the_database_is_away_are_retried_and_durable(
         assert (await events(sessions, c.job_id))[-1] == (1, "RUNNING", "SUCCEEDED", "w1")
         assert await usage(sessions, c.job_id) == [(1, "SUCCEEDED", 0.25)]
         assert announced[str(c.job_id)]["state"] == "SUCCEEDED"
+
+
+async def test_outcomes_the_statement_does_not_take_follow_the_rules(
+    sessions: Sessions, tmp_path: Path
+) -> None:
+    """A user's cancel that came first (the statement does not match: the general path counts
+    the attempt's usage), and a retryable failure (retry rules: never tried in a batch)."""
+    rt = runtime(engine_of(sessions), sessions, tmp_path)
+    cancelled, failed = await claimed(sessions, 2, worker=rt.settings.name)
+    async with sessions() as session, session.begin():  # the gateway's cancel
+        assert (await set_job_state(session, cancelled.job_id, JobState.CANCELLED)).accepted
+    await rt._record(cancelled, Report(JobState.CANCELLED, error="cancelled", cpu_seconds=2.0), {})
+    assert rt.records.commits.items == 1
+    assert (await get(sessions, cancelled.job_id)).state == "CANCELLED"
+    assert await usage(sessions, cancelled.job_id) == [(1, "CANCELLED", 2.0)]
+    retry = Report(JobState.FAILED, error="flaky", retryable=True, cpu_seconds=1.0)
+    await rt._record(failed, retry, {})
+    assert rt.records.commits.items == 1  # not offered to the statement
+    job = await get(sessions, failed.job_id)
+    assert (job.state, job.error, job.attempts) == ("QUEUED", "flaky", 1)
+    assert job.run_after is not None
+    assert (await events(sessions, failed.job_id))[-1] == (1, "RUNNING", "QUEUED", "w1")
+    assert await usage(sessions, failed.job_id) == [(1, "FAILED", 1.0)]
+    assert (await finished_events(sessions, [failed.job_id]))[str(failed.job_id)]["state"] == (
+        "QUEUED"
+    )

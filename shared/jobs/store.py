@@ -286,8 +286,9 @@ CLAIM_QUEUED = """
         UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, worker = $2,
                         started_at = $3, updated_at = $3, error = NULL,
                         state_reason = NULL, lease_expires_at = $4
-        WHERE id = ANY($1::uuid[]) AND state = 'QUEUED'
-        RETURNING id, tenant_id, attempts, kernel, params, inputs, outputs, timeout_s,
+        FROM unnest($1::uuid[]) AS listed(id)
+        WHERE jobs.id = listed.id AND jobs.state = 'QUEUED'
+        RETURNING jobs.id, tenant_id, attempts, kernel, params, inputs, outputs, timeout_s,
                   output_tier
     ), history AS (
         INSERT INTO job_events (job_id, attempt, from_state, to_state, worker, at)
@@ -307,7 +308,10 @@ async def claim_queued(
     out of the result is not QUEUED (taken, cancelled, finished, unknown): ask
     ``set_job_state`` why."""
     now = utcnow()
-    rows = await fetch(CLAIM_QUEUED, list(job_ids), worker, now, now + timedelta(seconds=lease_s))
+    # the rows are locked in the order listed (a nested loop over the list): by id, as the
+    # reaper and admission lock theirs, so that batches do not deadlock
+    ids = sorted(job_ids)
+    rows = await fetch(CLAIM_QUEUED, ids, worker, now, now + timedelta(seconds=lease_s))
     if rows:
         JOB_TRANSITIONS.labels(JobState.RUNNING.value).inc(len(rows))
     loads = orjson.loads
@@ -395,6 +399,7 @@ async def finish_attempts(
     in one statement; return the jobs it changed. The others (superseded attempt, job
     cancelled meanwhile) are left as they are: ``set_job_state`` decides those."""
     assert all(f.without_rules for f in finishes)
+    finishes = sorted(finishes, key=lambda f: f.job_id)  # the lock order, as claim_queued
     events = [
         JobFinished(
             tenant_id=f.tenant_id,

@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 # asyncpg's own errors for a database that cannot be reached or a connection that broke:
 # SQLAlchemy wraps these as OperationalError/InterfaceError, but raw use sees them bare.
@@ -40,12 +40,33 @@ def is_raw_connectivity_error(exc: BaseException) -> bool:
 @asynccontextmanager
 async def raw_connection(engine: AsyncEngine) -> AsyncIterator[Any]:
     """An asyncpg ``Connection`` from ``engine``'s pool for the duration of the block."""
+    async with pooled_connection(engine) as (_, driver):
+        yield driver
+
+
+@asynccontextmanager
+async def pooled_connection(engine: AsyncEngine) -> AsyncIterator[tuple[AsyncConnection, Any]]:
+    """``raw_connection`` with the SQLAlchemy connection it came from: a session bound to that
+    one (``async_sessionmaker(bind=...)``) runs on the same asyncpg connection, and inside a
+    transaction begun with ``driver.transaction()`` its own transaction is a savepoint (asyncpg
+    nests it), for the rare step of a raw path that needs session-based code."""
     async with engine.connect() as conn:
         fairy = await conn.get_raw_connection()
         driver: Any = fairy.driver_connection
         try:
-            yield driver
+            yield conn, driver
         except BaseException as exc:
-            if is_raw_connectivity_error(exc) or driver.is_closed():
+            if is_raw_connectivity_error(exc) or driver.is_closed() or _left_in_transaction(driver):
                 fairy.invalidate(exc if isinstance(exc, Exception) else None)
             raise
+        if _left_in_transaction(driver):  # a failure caught inside the block did it
+            fairy.invalidate()
+
+
+def _left_in_transaction(driver: Any) -> bool:
+    """A block that failed (a cancellation, most often) while a transaction began or ended
+    can leave it open: asyncpg keeps a transaction whose ``BEGIN`` was interrupted as the
+    connection's current one (``_top_xact``), so the next ``transaction()`` there would be a
+    mere savepoint whose commit commits nothing. The pool's reset does not see it (it only
+    rolls back SQLAlchemy's own transactions), so such a connection is closed instead."""
+    return bool(driver.is_in_transaction() or getattr(driver, "_top_xact", None) is not None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -52,3 +54,30 @@ async def test_a_killed_backend_is_a_connectivity_error_and_is_replaced(
     assert is_connectivity_error(caught)
     async with raw_connection(engine) as conn:  # the pool replaced it
         assert await conn.fetchval("SELECT pg_backend_pid()") != victim
+
+
+async def test_a_transaction_cancelled_while_it_began_is_not_left_on_the_connection(
+    engine: AsyncEngine, settings: CommonSettings
+) -> None:
+    """asyncpg keeps a transaction whose ``BEGIN`` was cancelled as the connection's current
+    one: the next ``transaction()`` on it would only be a savepoint whose "commit" commits
+    nothing (an outbox relay stopped at that moment made the next one's deletes vanish).
+    Such a connection must not go back to the pool as it is."""
+    pids: list[int] = []
+
+    async def begin_cancelled() -> None:
+        async with raw_connection(engine) as conn:
+            pids.append(await conn.fetchval("SELECT pg_backend_pid()"))
+            start = asyncio.ensure_future(conn.transaction().start())
+            await asyncio.sleep(0)  # BEGIN is on its way
+            start.cancel()
+            await start
+
+    with pytest.raises(asyncio.CancelledError):
+        await begin_cancelled()
+    for _ in range(settings.postgres.pool_size + 2):  # every pooled connection, that one too
+        async with raw_connection(engine) as conn:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            async with conn.transaction():
+                await conn.fetchval("SELECT 1")
+            assert not conn.is_in_transaction(), pid == pids[0]  # committed for real

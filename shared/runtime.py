@@ -96,7 +96,7 @@ async def open_resources(
         settings.postgres.model_copy(update={"pool_size": 2, "max_overflow": 0}),
         application_name=f"stratus-{name}-relay",
     )
-    relay = OutboxRelay(make_sessionmaker(relay_engine), broker, settings.outbox)
+    relay = OutboxRelay(relay_engine, broker, settings.outbox)
     relay.start()
     redis = (
         Redis.from_url(settings.redis.url, socket_timeout=1.0, socket_connect_timeout=1.0)

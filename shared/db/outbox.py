@@ -1,6 +1,10 @@
 """Transactional outbox: events are written with the change they announce, then a relay
 publishes them with confirms and deletes them. A crash between publish and delete publishes an
-event twice; every consumer tolerates duplicates (at-least-once)."""
+event twice; every consumer tolerates duplicates (at-least-once).
+
+The relay runs in every service and wakes after nearly every commit, so its two statements are
+fixed SQL on plain asyncpg (prepared once per connection) rather than SQLAlchemy statements
+built per batch."""
 
 from __future__ import annotations
 
@@ -8,10 +12,11 @@ import asyncio
 import contextlib
 import random
 
-from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import insert
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from shared.db.models import Outbox
+from shared.db.raw import raw_connection
 from shared.events import Event
 from shared.logging import get_logger
 from shared.messaging.broker import Broker, Outgoing
@@ -49,16 +54,12 @@ class OutboxRelay:
 
     ``wake()`` after a commit gives low latency; the interval poll picks up rows written by
     other processes or left behind by a crash. Rows are claimed with ``SKIP LOCKED`` so any
-    number of relays can run side by side.
+    number of relays can run side by side. ``engine`` is the relay's own (a pool of its own,
+    so that a busy request pool never delays events).
     """
 
-    def __init__(
-        self,
-        sessions: async_sessionmaker[AsyncSession],
-        broker: Broker,
-        settings: OutboxSettings,
-    ) -> None:
-        self.sessions = sessions
+    def __init__(self, engine: AsyncEngine, broker: Broker, settings: OutboxSettings) -> None:
+        self.engine = engine
         self.broker = broker
         self.settings = settings
         self._wake = asyncio.Event()
@@ -98,31 +99,29 @@ class OutboxRelay:
                     await self._wake.wait()
 
     async def relay_once(self) -> int:
-        """Publish one batch; return how many rows were published."""
-        async with self.sessions() as session, session.begin():
-            rows = (
-                await session.execute(
-                    select(
-                        Outbox.id,
-                        Outbox.message_id,
-                        Outbox.routing_key,
-                        Outbox.body,
-                        Outbox.delay_ms,
-                    )
-                    .order_by(Outbox.id)
-                    .limit(self.settings.batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+        """Publish one batch; return how many rows were published.
+
+        The rows stay locked (``SKIP LOCKED``: other relays take the next ones) until every
+        message is confirmed by the broker; only then are they deleted, in the same
+        transaction. A failed publish raises, the transaction rolls back, the rows stay."""
+        async with raw_connection(self.engine) as conn, conn.transaction():
+            rows = await conn.fetch(_CLAIM, self.settings.batch_size)
             if not rows:
                 OUTBOX_PENDING.set(0)
                 return 0
             OUTBOX_PENDING.set(len(rows))
             await self.broker.publish_many(
                 [
-                    Outgoing(r.routing_key, r.body, str(r.message_id), delay_ms=r.delay_ms)
-                    for r in rows
+                    Outgoing(routing_key, body, str(message_id), delay_ms=delay_ms)
+                    for _, message_id, routing_key, body, delay_ms in rows
                 ]
             )
-            await session.execute(delete(Outbox).where(Outbox.id.in_([r.id for r in rows])))
+            await conn.execute(_DELETE, [r[0] for r in rows])
         return len(rows)
+
+
+_CLAIM = """
+SELECT id, message_id, routing_key, body, delay_ms FROM outbox
+ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+"""
+_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"

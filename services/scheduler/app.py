@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import service
 from services.scheduler.handlers import make_event_handler
@@ -28,7 +27,6 @@ log = get_logger(__name__)
 def make_dispatch_step(
     res: Resources, settings: SchedulerSettings
 ) -> Callable[[], Awaitable[object]]:
-    sessions: async_sessionmaker[AsyncSession] = res.sessions
     tiers = list(settings.storage.tiers())
     fair = service.FairShareSettings(
         quota_defaults=settings.quotas,
@@ -37,13 +35,10 @@ def make_dispatch_step(
     )
 
     async def step() -> object:
-        async with sessions() as session, session.begin():
-            now = await session.scalar(select(func.now()))
-            assert now is not None
-            await service.admit_waiting(session=session, limit=settings.dispatch_batch, tiers=tiers)
+        async with service.open_pass(res.engine, res.sessions) as db:
+            await service.admit_waiting(db, limit=settings.dispatch_batch, tiers=tiers)
             events = await service.dispatch(
-                session=session,
-                now=now,
+                db,
                 worker_ttl_s=settings.worker_ttl_s,
                 slack=settings.dispatch_slack,
                 batch=settings.dispatch_batch,
@@ -64,9 +59,7 @@ def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], 
             events = await service.reap(
                 session=session, now=now, redispatch_after_s=settings.redispatch_after_s
             )
-            await service.explain_waiting(
-                session=session, now=now, worker_ttl_s=settings.worker_ttl_s
-            )
+            await service.explain_waiting(session=session, worker_ttl_s=settings.worker_ttl_s)
         if events:
             res.relay.wake()
         return events

@@ -1,6 +1,10 @@
 """Queries that feed fair share: each tenant's waiting candidates, jobs in flight, quotas and
 recent CPU usage (from ``job_attempts``, recorded once per attempt by the workers); and the
-conditions the autoscaler's demand shares with dispatch."""
+conditions the autoscaler's demand shares with dispatch.
+
+The dispatch pass runs once per wake-up (every job event), so its query is fixed SQL on plain
+asyncpg (``WAITING_LOADS``): building it with SQLAlchemy cost more CPU than PostgreSQL spent
+running it. The autoscaler's queries, once per interval, stay SQLAlchemy expressions."""
 
 from __future__ import annotations
 
@@ -8,25 +12,16 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Float, and_, cast, exists, func, literal, or_, select
+import orjson
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.fairshare import Candidate, TenantLoad
-from shared.db.models import Dataset, Job, JobAttempt, Migration, Tenant
-from shared.jobs.states import JobState
+from shared.db.models import Dataset, Job, JobAttempt, Migration
 from shared.settings import QuotaDefaults
 from shared.storage.migrations import MigrationState
 
 DAY = timedelta(days=1)  # the window of cpu_seconds_per_day
-
-
-def in_flight() -> ColumnElement[bool]:
-    """A job that holds one of its tenant's ``max_running_jobs``: RUNNING, or QUEUED and
-    dispatched (on its way to a worker)."""
-    return or_(
-        Job.state == JobState.RUNNING.value,
-        and_(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_not(None)),
-    )
 
 
 def due(now: datetime) -> ColumnElement[bool]:
@@ -86,85 +81,82 @@ def tenant_load(
     )
 
 
-async def candidates(
-    *, session: AsyncSession, device: str, now: datetime, per_tenant: int
-) -> dict[uuid.UUID, list[Candidate]]:
-    """Up to ``per_tenant`` dispatchable jobs of every tenant, best first (one index probe
-    per tenant, so a flooded queue costs no more than a short one)."""
-    job = (
-        select(Job.id, Job.tenant_id, Job.kernel, Job.priority, Job.created_at, Job.inputs)
-        .where(
-            Job.tenant_id == Tenant.id,
-            Job.state == JobState.QUEUED.value,
-            Job.dispatched_at.is_(None),
-            Job.device.in_([device, "any"]),
-            due(now),
-        )
-        .order_by(Job.priority.desc(), Job.created_at, Job.id)
-        .limit(per_tenant)
-        .lateral()
-    )
-    rows = await session.execute(
-        select(
-            job.c.id,
-            job.c.tenant_id,
-            job.c.kernel,
-            job.c.priority,
-            job.c.created_at,
-            job.c.inputs,
-        )
-        .select_from(Tenant)
-        .join(job, literal(True))
-        .where(~Tenant.suspended)
-    )
-    out: dict[uuid.UUID, list[Candidate]] = {}
-    for r in rows:
-        out.setdefault(r.tenant_id, []).append(
-            Candidate(
-                r.id,
-                r.tenant_id,
-                r.kernel,
-                r.priority,
-                r.created_at,
-                tuple(sorted(set((r.inputs or {}).values()))),
-            )
-        )
-    return out
+# The dispatch pass's one query per device: every unsuspended tenant's best dispatchable jobs
+# (one index probe per tenant on ix_jobs_tenant_dispatchable, so a flooded queue costs no
+# more than a short one), joined with what fair share needs of each tenant that has some:
+# weight, stored quotas, jobs in flight (RUNNING, or QUEUED and dispatched: what
+# max_running_jobs counts), CPU seconds decayed by age with the half-life, and CPU seconds in
+# the last 24 h (what cpu_seconds_per_day limits). Fixed text, prepared once per connection.
+# $1 device, $2 jobs per tenant, $3 half-life (s), $4 how far back usage counts (s).
+WAITING_LOADS = """
+WITH waiting AS (
+    SELECT j.id, j.tenant_id, j.kernel, j.priority, j.created_at, j.inputs::text AS inputs
+    FROM tenants t
+    CROSS JOIN LATERAL (
+        SELECT id, tenant_id, kernel, priority, created_at, inputs FROM jobs
+        WHERE jobs.tenant_id = t.id AND state = 'QUEUED' AND dispatched_at IS NULL
+          AND device IN ($1::text, 'any') AND (run_after IS NULL OR run_after <= now())
+        ORDER BY priority DESC, created_at, id
+        LIMIT $2
+    ) j
+    WHERE NOT t.suspended
+), asking AS (
+    SELECT t.id, t.weight, t.quotas::text AS quotas,
+           (SELECT count(*) FROM jobs f
+            WHERE f.tenant_id = t.id
+              AND (f.state = 'RUNNING' OR (f.state = 'QUEUED' AND f.dispatched_at IS NOT NULL))
+           ) AS in_flight,
+           u.decayed, u.today
+    FROM tenants t
+    CROSS JOIN LATERAL (
+        SELECT coalesce(sum(a.cpu_seconds * power(
+                   0.5, extract(epoch FROM now() - a.finished_at)::float8 / $3::float8)), 0)
+                   AS decayed,
+               coalesce(sum(a.cpu_seconds) FILTER (WHERE a.finished_at > now() - interval '1 day'),
+                        0) AS today
+        FROM job_attempts a
+        WHERE a.tenant_id = t.id AND a.finished_at > now() - make_interval(secs => $4::float8)
+    ) u
+    WHERE t.id IN (SELECT tenant_id FROM waiting)
+)
+SELECT w.id, w.tenant_id, w.kernel, w.priority, w.created_at, w.inputs,
+       a.weight, a.quotas, a.in_flight, a.decayed, a.today
+FROM waiting w JOIN asking a ON a.id = w.tenant_id
+ORDER BY w.tenant_id, w.priority DESC, w.created_at, w.id
+"""
 
 
-async def tenant_loads(
+async def waiting_loads(
+    conn: Any,
     *,
-    session: AsyncSession,
-    tenant_ids: list[uuid.UUID],
-    now: datetime,
+    device: str,
+    per_tenant: int,
     quota_defaults: QuotaDefaults,
     half_life_s: float,
 ) -> dict[uuid.UUID, TenantLoad]:
-    tenants = (
-        await session.execute(
-            select(Tenant.id, Tenant.weight, Tenant.quotas).where(Tenant.id.in_(tenant_ids))
-        )
-    ).all()
-    busy = await session.execute(
-        select(Job.tenant_id, func.count())
-        .where(Job.tenant_id.in_(tenant_ids), in_flight())
-        .group_by(Job.tenant_id)
+    """The load of every tenant with dispatchable jobs for ``device``, each with its up to
+    ``per_tenant`` best candidates (priority, then age), in one round trip on the plain
+    asyncpg connection ``conn``."""
+    rows = await conn.fetch(
+        WAITING_LOADS, device, per_tenant, half_life_s, max(86_400.0, 8 * half_life_s)
     )
-    flying = {r[0]: int(r[1]) for r in busy}
-    usage = await _usage(session=session, tenant_ids=tenant_ids, now=now, half_life_s=half_life_s)
-    loads: dict[uuid.UUID, TenantLoad] = {}
-    for t in tenants:
-        decayed, today = usage.get(t.id, (0.0, 0.0))
-        loads[t.id] = tenant_load(
-            tenant_id=t.id,
-            weight=t.weight,
-            stored_quotas=t.quotas,
-            quota_defaults=quota_defaults,
-            in_flight=flying.get(t.id, 0),
-            usage_s=decayed,
-            cpu_today_s=today,
-        )
-    return loads
+    out: dict[uuid.UUID, TenantLoad] = {}
+    for job_id, tenant_id, kernel, priority, created_at, inputs, *tenant in rows:
+        t = out.get(tenant_id)
+        if t is None:
+            weight, quotas, flying, decayed, today = tenant
+            t = out[tenant_id] = tenant_load(
+                tenant_id=tenant_id,
+                weight=weight,
+                stored_quotas=orjson.loads(quotas),
+                quota_defaults=quota_defaults,
+                in_flight=flying,
+                usage_s=float(decayed),
+                cpu_today_s=float(today),
+            )
+        names = () if inputs == "{}" else tuple(sorted(set(orjson.loads(inputs).values())))
+        t.candidates.append(Candidate(job_id, tenant_id, kernel, priority, created_at, names))
+    return out
 
 
 async def cpu_today(
@@ -179,25 +171,3 @@ async def cpu_today(
         .group_by(JobAttempt.tenant_id)
     )
     return {r[0]: float(r[1] or 0.0) for r in rows}
-
-
-async def _usage(
-    *, session: AsyncSession, tenant_ids: list[uuid.UUID], now: datetime, half_life_s: float
-) -> dict[uuid.UUID, tuple[float, float]]:
-    """(CPU seconds decayed by age with ``half_life_s``, CPU seconds in the last 24 h)."""
-    day_ago = now - DAY
-    horizon = now - timedelta(seconds=max(86_400.0, 8 * half_life_s))
-    age_s = func.extract("epoch", literal(now) - JobAttempt.finished_at)
-    decay = func.power(0.5, cast(age_s, Float) / half_life_s)
-    rows = await session.execute(
-        select(
-            JobAttempt.tenant_id,
-            func.coalesce(func.sum(JobAttempt.cpu_seconds * decay), 0.0),
-            func.coalesce(
-                func.sum(JobAttempt.cpu_seconds).filter(JobAttempt.finished_at > day_ago), 0.0
-            ),
-        )
-        .where(JobAttempt.tenant_id.in_(tenant_ids), JobAttempt.finished_at > horizon)
-        .group_by(JobAttempt.tenant_id)
-    )
-    return {r[0]: (float(r[1]), float(r[2])) for r in rows}

@@ -1,36 +1,51 @@
 """Scheduler use cases: admission, capacity-bounded priority dispatch, lease reaping.
 
-Functions take ``session`` as a keyword and never commit; events go to the outbox.
+The dispatch pass (``admit_waiting`` then ``dispatch``) runs on every wake-up, that is after
+nearly every job event, so it is fixed SQL on plain asyncpg inside one transaction
+(``open_pass``): a handful of prepared statements per pass instead of SQLAlchemy statements
+built, compiled and cached anew each time. The rare steps that need other modules' session
+functions (stage-in requests and checks, failing a job) run in a SQLAlchemy session on the same
+connection, a savepoint inside the pass's transaction. The reaper's use cases (``reap``,
+``explain_waiting``), on a slow interval, take ``session`` as a keyword. Nothing here commits;
+events go to the outbox in the same transaction.
 """
 
 from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import and_, delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+import orjson
+from sqlalchemy import and_, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.datamover.service import request_stage_in, stage_in_status
 from services.scheduler import loads
 from services.scheduler.fairshare import Candidate, allocate
 from shared.db.models import Job, Worker
 from shared.db.outbox import add_events
+from shared.db.raw import pooled_connection
 from shared.errors import NotFound
 from shared.events import Event, JobDispatched, JobFinished
-from shared.jobs.states import JobState
-from shared.jobs.store import Admitted, admit_pending, set_job_state
+from shared.jobs.states import JobState, decide
+from shared.jobs.store import Admitted, set_job_state
 from shared.settings import QuotaDefaults
+from shared.telemetry import JOB_TRANSITIONS
 
 Device = Literal["cuda", "cpu"]
 DEVICES: tuple[Device, ...] = (
     "cuda",
     "cpu",
 )  # GPU first, so that ``any`` jobs land on a GPU when one is free
+
+ADMIT_REASON = "waiting for a worker slot"
+_ADMIT = decide(JobState.PENDING, JobState.QUEUED, attempts=0, max_retries=0)
+assert _ADMIT.state is JobState.QUEUED  # the set-based admission relies on this rule
 
 
 async def admit(
@@ -40,9 +55,7 @@ async def admit(
     whose inputs are not on the ``local`` tier has the datamover stage them in and waits."""
     admitted = 0
     for job_id in sorted(set(job_ids)):  # a fixed lock order: no deadlocks between batches
-        transition = await set_job_state(
-            session, job_id, JobState.QUEUED, reason="waiting for a worker slot"
-        )
+        transition = await set_job_state(session, job_id, JobState.QUEUED, reason=ADMIT_REASON)
         admitted += transition.accepted
         if transition.accepted and transition.job.inputs:
             job = transition.job
@@ -54,13 +67,67 @@ async def admit(
     return admitted
 
 
-async def admit_waiting(*, session: AsyncSession, limit: int, tiers: list[str]) -> int:
-    """Admit PENDING jobs, oldest first, in one statement (the dispatch loop's first step)."""
-    admitted = await admit_pending(session, limit=limit)
-    for job in admitted:
-        if job.inputs:
-            await stage_in(session=session, admitted=job, tiers=tiers)
-    return len(admitted)
+class Pass:
+    """One dispatch pass's connection, in one transaction: ``conn`` is the plain asyncpg
+    connection for the fixed statements; ``session()`` opens a SQLAlchemy session on the same
+    connection for the rare session-based step (its transaction is a savepoint of the pass's:
+    asyncpg nests it), so everything the pass does commits or rolls back together."""
+
+    def __init__(
+        self, conn: Any, sa_conn: AsyncConnection, sessions: async_sessionmaker[AsyncSession]
+    ) -> None:
+        self.conn = conn
+        self._sa_conn = sa_conn
+        self._sessions = sessions
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        async with self._sessions(bind=self._sa_conn) as session, session.begin():
+            yield session
+
+
+@asynccontextmanager
+async def open_pass(
+    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+) -> AsyncIterator[Pass]:
+    """A connection from ``engine``'s pool in a transaction that commits when the block ends
+    (rolls back on an exception); ``sessions`` makes the pass's sessions."""
+    async with pooled_connection(engine) as (sa_conn, conn), conn.transaction():
+        yield Pass(conn, sa_conn, sessions)
+
+
+# ``shared.jobs.store.admit_pending`` in one round trip: PENDING -> QUEUED for the oldest
+# waiting jobs (rows locked by the UPDATE, those another scheduler holds skipped), with their
+# ``job_events`` rows. $1 how many, $2 the state_reason.
+_ADMIT_WAITING = """
+WITH picked AS (
+    SELECT id FROM jobs WHERE state = 'PENDING'
+    ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+), admitted AS (
+    UPDATE jobs SET state = 'QUEUED', queued_at = now(), updated_at = now(), state_reason = $2
+    FROM picked WHERE jobs.id = picked.id
+    RETURNING jobs.id, jobs.tenant_id, jobs.inputs::text AS inputs
+), history AS (
+    INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at)
+    SELECT id, 0, 'PENDING', 'QUEUED', $2, now() FROM admitted
+)
+SELECT id, tenant_id, inputs FROM admitted
+"""
+
+
+async def admit_waiting(db: Pass, *, limit: int, tiers: list[str]) -> int:
+    """Admit up to ``limit`` PENDING jobs, oldest first (the dispatch pass's first step); a
+    job whose inputs are not on ``local`` has the datamover stage them in and waits."""
+    rows = await db.conn.fetch(_ADMIT_WAITING, limit, ADMIT_REASON)
+    if not rows:
+        return 0
+    JOB_TRANSITIONS.labels(JobState.QUEUED.value).inc(len(rows))
+    staging = [Admitted(r[0], r[1], orjson.loads(r[2])) for r in rows if r[2] != "{}"]
+    if staging:
+        async with db.session() as session:
+            for job in staging:
+                await stage_in(session=session, admitted=job, tiers=tiers)
+    return len(rows)
 
 
 async def stage_in(*, session: AsyncSession, admitted: Admitted, tiers: list[str]) -> None:
@@ -126,24 +193,36 @@ class Capacity:
         return max(0, math.ceil(slots * (1 + slack)) - self.in_flight.get(device, 0))
 
 
-async def capacity(*, session: AsyncSession, now: datetime, worker_ttl_s: float) -> Capacity:
-    live = await session.execute(
-        select(Worker.device, func.sum(Worker.concurrency))
-        .where(Worker.heartbeat_at > now - timedelta(seconds=worker_ttl_s), ~Worker.stopping)
-        .group_by(Worker.device)
-    )
-    busy = await session.execute(
-        select(Job.assigned_device, func.count())
-        .where(
-            Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
-            Job.assigned_device.is_not(None),
-        )
-        .group_by(Job.assigned_device)
-    )
-    return Capacity(
-        slots={d: int(n) for d, n in live.all()},
-        in_flight={str(d): int(n) for d, n in busy.all()},
-    )
+# Live worker slots per device (heartbeat younger than $1 seconds, not stopping) and the jobs
+# that hold one (QUEUED and dispatched, or RUNNING), in one round trip.
+_CAPACITY = """
+SELECT true, device, sum(concurrency)::int FROM workers
+WHERE heartbeat_at > now() - make_interval(secs => $1::float8) AND NOT stopping
+GROUP BY device
+UNION ALL
+SELECT false, assigned_device, count(*)::int FROM jobs
+WHERE state IN ('QUEUED', 'RUNNING') AND assigned_device IS NOT NULL
+GROUP BY assigned_device
+"""
+
+
+def _capacity(rows: Iterable[Sequence[Any]]) -> Capacity:
+    slots: dict[str, int] = {}
+    in_flight: dict[str, int] = {}
+    for is_slots, device, n in rows:
+        (slots if is_slots else in_flight)[str(device)] = int(n)
+    return Capacity(slots=slots, in_flight=in_flight)
+
+
+async def capacity(conn: Any, *, worker_ttl_s: float) -> Capacity:
+    """Live slots and jobs in flight per device, on the plain asyncpg connection ``conn``."""
+    return _capacity(await conn.fetch(_CAPACITY, worker_ttl_s))
+
+
+async def session_capacity(*, session: AsyncSession, worker_ttl_s: float) -> Capacity:
+    """``capacity`` in a SQLAlchemy session (the same statement, given to the driver as is)."""
+    conn = await session.connection()
+    return _capacity((await conn.exec_driver_sql(_CAPACITY, (worker_ttl_s,))).all())
 
 
 @dataclass(frozen=True)
@@ -154,18 +233,21 @@ class FairShareSettings:
 
 
 async def dispatch(
+    db: Pass,
     *,
-    session: AsyncSession,
-    now: datetime,
     worker_ttl_s: float,
     slack: float,
     batch: int,
     fair: FairShareSettings | None = None,
 ) -> list[Event]:
     """Fill the free worker slots of each device with waiting jobs, shared fairly between
-    tenants (``fairshare.allocate``). Jobs that cannot go anywhere get a ``state_reason``."""
+    tenants (``fairshare.allocate``). Jobs that cannot go anywhere get a ``state_reason``.
+
+    Round trips: one for capacity; then, per device with free slots, one for the candidates
+    with their tenants' loads, one to send the chosen (lock, mark, stage the events), and one
+    more only when some tenant is held by a quota."""
     fair = fair or FairShareSettings()
-    cap = await capacity(session=session, now=now, worker_ttl_s=worker_ttl_s)
+    cap = await capacity(db.conn, worker_ttl_s=worker_ttl_s)
     events: list[Event] = []
     for device in DEVICES:
         if cap.slots.get(device, 0) == 0:
@@ -173,80 +255,92 @@ async def dispatch(
         free = min(cap.free(device, slack), batch)
         if free <= 0:
             continue
-        waiting = await loads.candidates(session=session, device=device, now=now, per_tenant=free)
-        if not waiting:
-            continue
-        tenants = await loads.tenant_loads(
-            session=session,
-            tenant_ids=list(waiting),
-            now=now,
+        tenants = await loads.waiting_loads(
+            db.conn,
+            device=device,
+            per_tenant=free,
             quota_defaults=fair.quota_defaults,
             half_life_s=fair.half_life_s,
         )
-        for tenant_id, t in tenants.items():
-            t.candidates = await ready_to_run(session=session, candidates=waiting[tenant_id])
+        if not tenants:
+            continue
+        staged = [c for t in tenants.values() for c in t.candidates if c.inputs]
+        if staged:  # rare: jobs with inputs, checked (or failed) by the datamover's rules
+            async with db.session() as session:
+                ready = {c.job_id for c in await ready_to_run(session=session, candidates=staged)}
+            for t in tenants.values():
+                t.candidates = [c for c in t.candidates if not c.inputs or c.job_id in ready]
         plan = allocate(list(tenants.values()), free, usage_scale_s=fair.usage_scale_s)
-        await _hold(session=session, held=plan.held)
-        events += await _send(session=session, chosen=plan.chosen, device=device, now=now)
-    await add_events(session, events)
+        await _hold(db.conn, plan.held)
+        events += await _send(db.conn, plan.chosen, device)
     return events
 
 
-async def _send(
-    *, session: AsyncSession, chosen: list[Candidate], device: Device, now: datetime
-) -> list[Event]:
-    """Mark the chosen jobs dispatched (skipping any another scheduler locked meanwhile)."""
+# Mark the chosen jobs dispatched and stage their events in the outbox, in one statement. A
+# job another scheduler locked (SKIP LOCKED) or dispatched meanwhile (the re-checked WHERE)
+# is left out, and so is its event. $1 job ids, $2 device, $3 state_reason, $4 routing key,
+# $5 message ids and $6 bodies of the events, in the order of $1.
+_SEND = """
+WITH locked AS (
+    SELECT id FROM jobs
+    WHERE id = ANY($1::uuid[]) AND state = 'QUEUED' AND dispatched_at IS NULL
+    FOR UPDATE SKIP LOCKED
+), sent AS (
+    UPDATE jobs SET dispatched_at = now(), assigned_device = $2, state_reason = $3
+    FROM locked WHERE jobs.id = locked.id
+    RETURNING jobs.id
+), staged AS (
+    INSERT INTO outbox (message_id, routing_key, body)
+    SELECT e.message_id, $4, e.body
+    FROM unnest($1::uuid[], $5::uuid[], $6::bytea[]) AS e(job_id, message_id, body)
+    JOIN sent ON sent.id = e.job_id
+)
+SELECT id FROM sent
+"""
+
+
+async def _send(conn: Any, chosen: list[Candidate], device: Device) -> list[Event]:
+    """Dispatch the chosen jobs to ``device``'s queue; return the events of those sent."""
     if not chosen:
         return []
-    locked = set(
-        (
-            await session.execute(
-                select(Job.id)
-                .where(
-                    Job.id.in_([c.job_id for c in chosen]),
-                    Job.state == JobState.QUEUED.value,
-                    Job.dispatched_at.is_(None),
-                )
-                .with_for_update(skip_locked=True)
-            )
-        ).scalars()
-    )
-    rows = [c for c in chosen if c.job_id in locked]
-    if not rows:
-        return []
-    await session.execute(
-        update(Job)
-        .where(Job.id.in_([c.job_id for c in rows]))
-        .values(
-            dispatched_at=now,
-            assigned_device=device,
-            state_reason=f"dispatched to the {device} queue",
-        )
-    )
-    return [
+    events = [
         JobDispatched(tenant_id=c.tenant_id, job_id=c.job_id, device=device, kernel=c.kernel)
-        for c in rows
+        for c in chosen
     ]
-
-
-async def _hold(*, session: AsyncSession, held: dict[uuid.UUID, str]) -> None:
-    for tenant_id, reason in held.items():
-        await session.execute(
-            update(Job)
-            .where(
-                Job.tenant_id == tenant_id,
-                Job.state == JobState.QUEUED.value,
-                Job.dispatched_at.is_(None),
-                Job.state_reason.is_distinct_from(reason),
-            )
-            .values(state_reason=reason)
+    sent = {
+        r[0]
+        for r in await conn.fetch(
+            _SEND,
+            [e.job_id for e in events],
+            device,
+            f"dispatched to the {device} queue",
+            events[0].routing_key,
+            [e.event_id for e in events],
+            [e.to_bytes() for e in events],
         )
+    }
+    return [e for e in events if e.job_id in sent]
 
 
-async def explain_waiting(*, session: AsyncSession, now: datetime, worker_ttl_s: float) -> None:
+# Say why a held tenant's jobs wait ($1 tenants, $2 reasons), writing only rows whose reason
+# changes.
+_HOLD = """
+UPDATE jobs SET state_reason = h.reason
+FROM unnest($1::uuid[], $2::text[]) AS h(tenant_id, reason)
+WHERE jobs.tenant_id = h.tenant_id AND jobs.state = 'QUEUED' AND jobs.dispatched_at IS NULL
+  AND jobs.state_reason IS DISTINCT FROM h.reason
+"""
+
+
+async def _hold(conn: Any, held: dict[uuid.UUID, str]) -> None:
+    if held:
+        await conn.execute(_HOLD, list(held), list(held.values()))
+
+
+async def explain_waiting(*, session: AsyncSession, worker_ttl_s: float) -> None:
     """Say on each undispatched job that no worker for its device is up (run by the reaper
     loop: a slower cadence than dispatch is enough for a human-readable reason)."""
-    cap = await capacity(session=session, now=now, worker_ttl_s=worker_ttl_s)
+    cap = await session_capacity(session=session, worker_ttl_s=worker_ttl_s)
     waiting = and_(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_(None))
     for device, reason in (
         ("cuda", "waiting: no cuda worker is up"),

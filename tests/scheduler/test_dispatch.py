@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 
+import orjson
 import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,8 +17,9 @@ from services.scheduler import service
 from services.worker import service as worker_service
 from services.worker.service import Report
 from shared.db.models import Dataset, Job, JobAttempt, JobEvent, Migration, Outbox, Tenant, Worker
-from shared.events import JobDispatched, utcnow
+from shared.events import Event, JobDispatched, utcnow
 from shared.jobs.states import JobState
+from shared.jobs.store import Claim
 from shared.settings import CommonSettings
 from shared.storage.migrations import migrations_for_job
 from tests.factories import cpu_used, new_job, own_database
@@ -87,11 +90,14 @@ async def _worker(
         )
 
 
+def _pass(s: async_sessionmaker[AsyncSession]) -> AbstractAsyncContextManager[service.Pass]:
+    """A dispatch pass's transaction on the sessions' database."""
+    return service.open_pass(s.kw["bind"], s)
+
+
 async def _dispatch(s: async_sessionmaker[AsyncSession], slack: float = 0.0) -> list[JobDispatched]:
-    async with s() as session, session.begin():
-        events = await service.dispatch(
-            session=session, now=utcnow(), worker_ttl_s=15, slack=slack, batch=500
-        )
+    async with _pass(s) as db:
+        events = await service.dispatch(db, worker_ttl_s=15, slack=slack, batch=500)
     assert all(isinstance(e, JobDispatched) for e in events)
     return events  # type: ignore[return-value]
 
@@ -134,7 +140,7 @@ async def test_no_worker_means_waiting_with_a_reason(s: async_sessionmaker[Async
     await _worker(s, "stale", "cpu", 4, age_s=60)  # heartbeat too old: not live
     assert await _dispatch(s) == []
     async with s() as session, session.begin():
-        await service.explain_waiting(session=session, now=utcnow(), worker_ttl_s=15)
+        await service.explain_waiting(session=session, worker_ttl_s=15)
     async with s() as session:
         cuda = await session.get(Job, cuda_job)
         cpu = await session.get(Job, cpu_job)
@@ -162,7 +168,7 @@ async def test_any_prefers_gpu_and_falls_back_to_cpu(s: async_sessionmaker[Async
 
 async def _claim(
     s: async_sessionmaker[AsyncSession], jid: uuid.UUID, worker: str, lease_s: float = 30
-) -> worker_service.Claim:
+) -> Claim:
     async with s() as session, session.begin():
         claim = await worker_service.claim(
             session=session, job_id=jid, worker=worker, lease_s=lease_s
@@ -430,8 +436,8 @@ async def test_set_based_admission_admits_oldest_pending_with_history(
                     created_at=utcnow() + timedelta(milliseconds=i),
                 )
             )
-    async with s() as session, session.begin():
-        assert await service.admit_waiting(session=session, limit=3, tiers=["local"]) == 3
+    async with _pass(s) as db:
+        assert await service.admit_waiting(db, limit=3, tiers=["local"]) == 3
     async with s() as session:
         states = {
             j.id: j.state
@@ -448,5 +454,98 @@ async def test_set_based_admission_admits_oldest_pending_with_history(
     assert sorted((h.job_id, h.from_state, h.to_state) for h in history) == sorted(
         (i, "PENDING", "QUEUED") for i in ids[:3]
     )
+    async with _pass(s) as db:
+        assert await service.admit_waiting(db, limit=10, tiers=["local"]) == 2
+
+
+def _ids(events: list[Event]) -> list[uuid.UUID]:
+    return [e.job_id for e in events if isinstance(e, JobDispatched)]
+
+
+async def test_admission_stages_inputs_in_within_the_pass(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    """The raw pass hands a job with inputs to the datamover's session code, on the same
+    connection and in the same transaction (a savepoint), and dispatches the rest at once."""
+    tid = await _tenant(s)
+    await _worker(s, "w1", "cpu", 4)
+    staged, plain = uuid.uuid4(), uuid.uuid4()
     async with s() as session, session.begin():
-        assert await service.admit_waiting(session=session, limit=10, tiers=["local"]) == 2
+        session.add(
+            Dataset(
+                id=uuid.uuid4(),
+                tenant_id=tid,
+                name="far.npy",
+                size=8,
+                checksum="xxh3-128:00",
+                tier="archive",
+                tiers=["archive"],
+            )
+        )
+        session.add(new_job(tid, id=staged, inputs={"grid": "far.npy"}, max_retries=0))
+        session.add(new_job(tid, id=plain, created_at=utcnow() + timedelta(milliseconds=1)))
+    async with _pass(s) as db:
+        assert await service.admit_waiting(db, limit=10, tiers=["local", "archive"]) == 2
+        events = await service.dispatch(db, worker_ttl_s=15, slack=0.0, batch=500)
+    assert _ids(events) == [plain]  # ``staged`` waits for its input
+    async with s() as session:
+        job = await session.get(Job, staged)
+        migrations = await migrations_for_job(session=session, job_id=staged)
+    assert job is not None
+    assert (job.state, job.state_reason) == ("QUEUED", "staging in: far.npy")
+    assert [(m.dataset, m.to_tier) for m in migrations] == [("far.npy", "local")]
+
+
+async def test_a_failed_pass_leaves_nothing_behind(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    await _worker(s, "w1", "cpu", 4)
+    async with s() as session, session.begin():
+        session.add(new_job(tid, id=(jid := uuid.uuid4())))
+
+    async def failing_pass() -> None:
+        async with _pass(s) as db:
+            await service.admit_waiting(db, limit=10, tiers=["local"])
+            assert len(await service.dispatch(db, worker_ttl_s=15, slack=0.0, batch=500)) == 1
+            raise RuntimeError("the pass fails before it commits")
+
+    with pytest.raises(RuntimeError):
+        await failing_pass()
+    async with s() as session:
+        job = await session.get(Job, jid)
+        staged = await session.scalar(select(func.count()).select_from(Outbox))
+        history = await session.scalar(
+            select(func.count()).select_from(JobEvent).where(JobEvent.job_id == jid)
+        )
+    assert job is not None
+    assert (job.state, job.dispatched_at, staged, history) == ("PENDING", None, 0, 0)
+    async with _pass(s) as db:  # the next pass does it all
+        await service.admit_waiting(db, limit=10, tiers=["local"])
+        events = await service.dispatch(db, worker_ttl_s=15, slack=0.0, batch=500)
+    assert _ids(events) == [jid]
+
+
+async def test_concurrent_passes_never_dispatch_a_job_twice(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    """Two schedulers' passes overlap: the second sees the first's chosen jobs still waiting
+    (not committed) but skips them (SKIP LOCKED); each job goes out once, with one event."""
+    tid = await _tenant(s)
+    ids = await _jobs(s, tid, list(range(9, -1, -1)))  # best first
+    await _worker(s, "w1", "cpu", 20)
+    async with _pass(s) as first:
+        a = await service.dispatch(first, worker_ttl_s=15, slack=0.0, batch=4)
+        assert _ids(a) == ids[:4]
+        async with _pass(s) as second:  # meanwhile, on another connection
+            b = await service.dispatch(second, worker_ttl_s=15, slack=0.0, batch=500)
+        assert _ids(b) == ids[4:]
+    async with _pass(s) as third:
+        assert await service.dispatch(third, worker_ttl_s=15, slack=0.0, batch=500) == []
+    async with s() as session:
+        staged = (await session.execute(select(Outbox.body))).scalars().all()
+        dispatched = await session.scalar(
+            select(func.count()).select_from(Job).where(Job.dispatched_at.is_not(None))
+        )
+    assert dispatched == 10
+    assert sorted(str(i) for i in ids) == sorted(
+        orjson.loads(b)["job_id"] for b in staged
+    )  # one event per job

@@ -101,27 +101,31 @@ class OutboxRelay:
     async def relay_once(self) -> int:
         """Publish one batch; return how many rows were published.
 
-        The rows stay locked (``SKIP LOCKED``: other relays take the next ones) until every
-        message is confirmed by the broker; only then are they deleted, in the same
-        transaction. A failed publish raises, the transaction rolls back, the rows stay."""
+        One statement claims the batch and deletes it, uncommitted: the rows stay locked
+        (``SKIP LOCKED``: other relays take the next ones) and in the table for everyone else
+        until the transaction commits, which it does only once the broker confirmed every
+        message. A failed publish raises, the transaction rolls back, the rows stay."""
         async with raw_connection(self.engine) as conn, conn.transaction():
-            rows = await conn.fetch(_CLAIM, self.settings.batch_size)
-            if not rows:
-                OUTBOX_PENDING.set(0)
-                return 0
+            rows = await conn.fetch(_TAKE, self.settings.batch_size)
             OUTBOX_PENDING.set(len(rows))
+            if not rows:
+                return 0
             await self.broker.publish_many(
                 [
                     Outgoing(routing_key, body, str(message_id), delay_ms=delay_ms)
-                    for _, message_id, routing_key, body, delay_ms in rows
+                    for message_id, routing_key, body, delay_ms in rows
                 ]
             )
-            await conn.execute(_DELETE, [r[0] for r in rows])
         return len(rows)
 
 
-_CLAIM = """
-SELECT id, message_id, routing_key, body, delay_ms FROM outbox
-ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+# The oldest rows no other relay holds, deleted in this transaction, in the order written.
+_TAKE = """
+WITH batch AS (
+    SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+), taken AS (
+    DELETE FROM outbox USING batch WHERE outbox.id = batch.id
+    RETURNING outbox.id, message_id, routing_key, body, delay_ms
+)
+SELECT message_id, routing_key, body, delay_ms FROM taken ORDER BY id
 """
-_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"

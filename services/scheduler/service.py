@@ -96,9 +96,10 @@ async def open_pass(
         yield Pass(conn, sa_conn, sessions)
 
 
-# ``shared.jobs.store.admit_pending`` in one round trip: PENDING -> QUEUED for the oldest
-# waiting jobs (rows locked by the UPDATE, those another scheduler holds skipped), with their
-# ``job_events`` rows. $1 how many, $2 the state_reason.
+# The set-based form of ``set_job_state``'s PENDING -> QUEUED (a transition without
+# conditions: see ``_ADMIT``), in one round trip: the oldest waiting jobs (rows locked by the
+# UPDATE, those another scheduler holds skipped), with their ``job_events`` rows.
+# $1 how many, $2 the state_reason.
 _ADMIT_WAITING = """
 WITH picked AS (
     SELECT id FROM jobs WHERE state = 'PENDING'

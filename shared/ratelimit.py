@@ -4,13 +4,21 @@ own (``TIME``), never the replicas'. When Redis is unreachable the limiter falls
 same algorithm in process memory: each replica then enforces the limit on its own (the
 effective limit is multiplied by the number of replicas) instead of failing requests. A
 circuit breaker (``redis`` in ``/metrics``) keeps a dead Redis from costing each request a
-timeout: while it is open the fallback answers at once, and a trial call closes it again."""
+timeout: while it is open the fallback answers at once, and a trial call closes it again.
+
+One round trip per key at a time: the checks of one key that arrive while a call for it is
+on its way to Redis wait and go together in the next call, which asks the script for ``n``
+requests at once. The script answers exactly what ``n`` one-request calls at that instant
+would have answered (the first ``k`` that fit pass, the rest get the same retry-after), so
+the limit stays global and exact; under load a replica spends one Redis call on many
+requests instead of one each, and a request waits at most for the call already in flight."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -21,21 +29,29 @@ from shared.telemetry import watch_breaker
 
 log = get_logger(__name__)
 
-# KEYS[1]: bucket; ARGV[1]: emission interval (µs); ARGV[2]: burst tolerance (µs).
-# Returns {allowed (0/1), retry after (µs)}.
+# KEYS[1]: bucket; ARGV[1]: emission interval (µs); ARGV[2]: burst tolerance (µs); ARGV[3]:
+# how many requests at once (n). The first k of them pass, k as n one-request calls in a row
+# would let through: request i (from 0) passes when tat + (i + 1) * interval - tolerance
+# <= now. Returns {k, retry after (µs) for the other n - k, 0 when none}.
 GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
-local allow_at = tat + interval - tolerance
-if allow_at > now then
-  return {0, allow_at - now}
+local k = math.floor((now + tolerance - tat) / interval)
+if k > n then k = n end
+if k < 0 then k = 0 end
+if k > 0 then
+  tat = tat + k * interval
+  redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tolerance + interval) / 1000) + 1)
 end
-redis.call('SET', KEYS[1], tat + interval, 'PX', math.ceil((tolerance + interval) / 1000) + 1)
-return {1, 0}
+if k < n then
+  return {k, tat + interval - tolerance - now}
+end
+return {k, 0}
 """
 
 
@@ -75,6 +91,16 @@ def _is_redis_failure(exc: BaseException) -> bool:
     return isinstance(exc, RedisError | OSError)
 
 
+@dataclass
+class _Waiting:
+    """Checks of one key waiting for the next Redis call (the latest rate applies to all)."""
+
+    rate_per_s: float
+    burst: float | None
+    futures: list[asyncio.Future[Verdict]] = field(default_factory=list)
+    sender: asyncio.Future[None] | None = None
+
+
 class RateLimiter:
     def __init__(
         self,
@@ -93,21 +119,61 @@ class RateLimiter:
                 "redis", failure_threshold=3, reset_timeout_s=2.0, is_failure=_is_redis_failure
             )
         )
+        self._waiting: dict[str, _Waiting] = {}  # keys whose sender task is running
+        self.calls = 0  # Redis calls made (for tests and curiosity)
 
     async def check(self, key: str, rate_per_s: float, burst: float | None = None) -> Verdict:
         if rate_per_s <= 0 or math.isinf(rate_per_s):
             return Verdict(True, 0.0)
-        interval, tolerance = _params(rate_per_s, burst)
+        future: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            waiting = self._waiting[key] = _Waiting(rate_per_s, burst)
+            # The call runs in a task of its own, so a caller that goes away (cancelled)
+            # cannot take the answer of the others with it.
+            waiting.sender = asyncio.ensure_future(self._send(key, waiting))
+        else:
+            waiting.rate_per_s, waiting.burst = rate_per_s, burst
+        waiting.futures.append(future)
+        return await future
+
+    async def _send(self, key: str, waiting: _Waiting) -> None:
+        """Call Redis for ``key`` until no check of it is waiting any more."""
+        futures: list[asyncio.Future[Verdict]] = []
         try:
+            while True:
+                futures = [f for f in waiting.futures if not f.done()]
+                waiting.futures = []
+                if not futures:
+                    return
+                verdicts = await self._verdicts(key, waiting, len(futures))
+                for future, verdict in zip(futures, verdicts, strict=True):
+                    if not future.done():
+                        future.set_result(verdict)
+        except BaseException as exc:  # a bug or shutdown: no check may wait forever
+            for future in futures + waiting.futures:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        finally:
+            del self._waiting[key]
+
+    async def _verdicts(self, key: str, waiting: _Waiting, n: int) -> list[Verdict]:
+        rate, burst = waiting.rate_per_s, waiting.burst
+        interval, tolerance = _params(rate, burst)
+        try:
+            self.calls += 1
             allowed, retry_us = await self.breaker.call(
-                lambda: self._script(keys=[self.prefix + key], args=[interval, tolerance])
+                lambda: self._script(keys=[self.prefix + key], args=[interval, tolerance, n])
             )
         except (CircuitOpen, RedisError, OSError) as exc:
             if not self.degraded:
                 log.warning("rate_limit_degraded", error=type(exc).__name__)
                 self.degraded = True
-            return self.local.check(key, rate_per_s, burst)
+            return [self.local.check(key, rate, burst) for _ in range(n)]
         if self.degraded:
             log.info("rate_limit_restored")
         self.degraded = False
-        return Verdict(bool(allowed), int(retry_us) / 1_000_000)
+        allowed = int(allowed)
+        refused = Verdict(False, int(retry_us) / 1_000_000)
+        return [Verdict(True, 0.0) if i < allowed else refused for i in range(n)]

@@ -105,7 +105,7 @@ async def test_concurrent_submits_share_transactions_and_each_answer_is_its_row(
     settings: CommonSettings,
 ) -> None:
     async with own_gateway(
-        settings, "gc_many", submit_batch_max_rows=32, submit_batch_linger_s=0.01
+        settings, "gc_many", submit_batch_max_rows=32, submit_batch_linger_s=0.1
     ) as gw:
         t = await make_tenant(gw.client)
         bodies = [{**MC, "priority": i % 10, "labels": {"n": str(i)}} for i in range(120)]
@@ -114,7 +114,7 @@ async def test_concurrent_submits_share_transactions_and_each_answer_is_its_row(
             *(gw.client.post("/v1/jobs", json=b, headers=t.headers) for b in bodies)
         )
         assert [r.status_code for r in rs] == [201] * len(bodies), rs[0].text
-        assert gw.writer.batches - before < len(bodies) / 4  # really batched
+        assert gw.writer.batches - before < len(bodies) / 8  # really batched
         ids = [r.json()["id"] for r in rs]
         assert len(set(ids)) == len(bodies)
         for r, body in zip(rs, bodies, strict=True):
@@ -142,11 +142,11 @@ async def test_concurrent_submits_share_transactions_and_each_answer_is_its_row(
 
 
 async def test_same_key_in_one_batch_gives_one_job(settings: CommonSettings) -> None:
-    async with own_gateway(
-        settings, "gc_key", submit_batch_max_rows=64, submit_batch_linger_s=0.05
-    ) as gw:
+    async with own_gateway(settings, "gc_key") as gw:
         t = await make_tenant(gw.client)
         await gw.client.post("/v1/jobs", json=MC, headers=t.headers)  # quota count cached
+        # The batch is written when all twelve rows wait, however slow the machine is.
+        gw.writer.max_rows, gw.writer.linger_s = 12, 10.0
         before = gw.writer.batches
         keyed = {**t.headers, "Idempotency-Key": "same-batch"}
         rs = await asyncio.gather(
@@ -201,9 +201,7 @@ async def test_expired_key_is_released_for_a_new_job(settings: CommonSettings) -
 
 
 async def test_a_bad_row_fails_only_its_own_request(settings: CommonSettings) -> None:
-    async with own_gateway(
-        settings, "gc_poison", submit_batch_max_rows=64, submit_batch_linger_s=0.05
-    ) as gw:
+    async with own_gateway(settings, "gc_poison") as gw:
         good = await make_tenant(gw.client)
         doomed: TenantKey = await make_tenant(gw.client)
         warm = {}
@@ -213,6 +211,7 @@ async def test_a_bad_row_fails_only_its_own_request(settings: CommonSettings) ->
             warm[t.tenant_id] = r.json()["id"]
         # The tenant disappears under the gateway's caches: its rows break the foreign key.
         await gw.sql("DELETE FROM tenants WHERE id = $1::uuid", doomed.tenant_id)
+        gw.writer.max_rows, gw.writer.linger_s = 13, 10.0  # all thirteen in one batch
         before = gw.writer.batches
         rs = await asyncio.gather(
             *(gw.client.post("/v1/jobs", json=MC, headers=good.headers) for _ in range(6)),
@@ -263,19 +262,19 @@ async def test_database_away_is_503_for_the_whole_batch_and_writes_nothing(
 
 
 class _Conn:
-    """An asyncpg connection that runs a hook after each statement of the batch."""
+    """An asyncpg connection whose batch statement runs under ``around(conn, run)``."""
 
-    def __init__(self, conn: Any, after: Any) -> None:
+    def __init__(self, conn: Any, around: Any) -> None:
         self._conn = conn
-        self._after = after
-
-    def transaction(self) -> Any:
-        return self._conn.transaction()
+        self._around = around
 
     async def fetch(self, query: str, *args: Any) -> Any:
-        rows = await self._conn.fetch(query, *args)
-        await self._after(self._conn)
-        return rows
+        assert not self._conn.is_in_transaction()  # the statement is a transaction of its own
+        return await self._around(self._conn, lambda: self._conn.fetch(query, *args))
+
+
+async def just_run(_conn: Any, run: Any) -> Any:
+    return await run()
 
 
 def new_row(tenant_id: uuid.UUID, **fields: Any) -> NewJob:
@@ -308,12 +307,12 @@ def new_row(tenant_id: uuid.UUID, **fields: Any) -> NewJob:
 
 @asynccontextmanager
 async def writer_with(
-    gw: Gateway, after: Any, *, linger_s: float = 0.05
+    gw: Gateway, around: Any, *, linger_s: float = 0.05
 ) -> AsyncIterator[JobWriter]:
     @asynccontextmanager
     async def connect() -> AsyncIterator[Any]:
         async with raw_db(gw.res) as conn:
-            yield _Conn(conn, after)
+            yield _Conn(conn, around)
 
     writer = JobWriter(connect, max_rows=64, linger_s=linger_s)
     writer.start()
@@ -323,22 +322,50 @@ async def writer_with(
         await writer.stop()
 
 
-async def test_a_connection_lost_before_commit_fails_the_batch_and_leaves_nothing(
+async def test_a_connection_lost_mid_statement_fails_the_batch_and_leaves_nothing(
     settings: CommonSettings,
 ) -> None:
     async with own_gateway(settings, "gc_lost") as gw:
         t = await make_tenant(gw.client)
         tenant_id = uuid.UUID(t.tenant_id)
+        # Another transaction holds key "zz" uncommitted: the batch inserts its other rows
+        # first (keyed rows go last, in key order), then waits for that one.
+        blocker = await asyncpg.connect(gw.dsn)
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute(
+            "INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, labels, "
+            "priority, timeout_s, max_retries, state, attempts, idempotency_key, created_at, "
+            "updated_at) VALUES ($1, $2, 'montecarlo_pi', 'any', '{}', '{}', '{}', '{}', 5, 60, "
+            "0, 'PENDING', 0, 'zz', now(), now())",
+            uuid.uuid4(),
+            tenant_id,
+        )
 
-        async def kill_backend(conn: Any) -> None:  # the rows are inserted, not yet committed
-            await gw.sql("SELECT pg_terminate_backend($1)", conn.get_server_pid())
-            await asyncio.sleep(0.05)
+        async def kill_while_waiting(conn: Any, run: Any) -> Any:
+            statement = asyncio.ensure_future(run())
+            pid = conn.get_server_pid()
+            for _ in range(200):
+                waiting = await gw.sql(
+                    "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND wait_event_type = 'Lock'",
+                    pid,
+                )
+                if waiting:
+                    break
+                await asyncio.sleep(0.01)
+            assert waiting, "the batch never waited for the held key"
+            await gw.sql("SELECT pg_terminate_backend($1)", pid)
+            return await statement
 
-        rows = [new_row(tenant_id) for _ in range(5)]
-        async with writer_with(gw, kill_backend) as writer:
-            outcomes = await asyncio.gather(
-                *(writer.write(r) for r in rows), return_exceptions=True
-            )
+        rows = [new_row(tenant_id) for _ in range(4)] + [new_row(tenant_id, idempotency_key="zz")]
+        try:
+            async with writer_with(gw, kill_while_waiting) as writer:
+                outcomes = await asyncio.gather(
+                    *(writer.write(r) for r in rows), return_exceptions=True
+                )
+        finally:
+            await blocking.rollback()
+            await blocker.close()
         assert all(isinstance(o, DependencyUnavailable) for o in outcomes), outcomes
         assert writer.batches == 0
         assert await job_ids(gw, t.tenant_id) == set()
@@ -351,12 +378,14 @@ async def test_a_cancelled_request_does_not_disturb_its_batch(settings: CommonSe
     async with own_gateway(settings, "gc_cancel") as gw:
         t = await make_tenant(gw.client)
         tenant_id = uuid.UUID(t.tenant_id)
-        in_transaction = asyncio.Event()
+        in_statement = asyncio.Event()
         go_on = asyncio.Event()
 
-        async def hold(_conn: Any) -> None:
-            in_transaction.set()
+        async def hold(_conn: Any, run: Any) -> Any:
+            statement = asyncio.ensure_future(run())
+            in_statement.set()
             await go_on.wait()
+            return await statement
 
         async with writer_with(gw, hold, linger_s=0.05) as writer:
             gone_early = new_row(tenant_id)
@@ -367,7 +396,7 @@ async def test_a_cancelled_request_does_not_disturb_its_batch(settings: CommonSe
             kept = [asyncio.create_task(writer.write(r)) for r in stay]
             await asyncio.sleep(0)
             early.cancel()  # client gone before the batch is written: left out
-            await asyncio.wait_for(in_transaction.wait(), 5)
+            await asyncio.wait_for(in_statement.wait(), 5)
             late.cancel()  # client gone while its batch is written: written unanswered
             with pytest.raises(asyncio.CancelledError):
                 await late
@@ -386,12 +415,9 @@ async def test_a_bad_row_in_the_writer_is_its_own_error_only(settings: CommonSet
         t = await make_tenant(gw.client)
         tenant_id = uuid.UUID(t.tenant_id)
 
-        async def nothing(_conn: Any) -> None:
-            return None
-
         rows = [new_row(tenant_id) for _ in range(3)]
         poison = new_row(tenant_id, device="gpu")  # breaks the jobs.device check constraint
-        async with writer_with(gw, nothing) as writer:
+        async with writer_with(gw, just_run) as writer:
             outcomes = await asyncio.gather(
                 *(writer.write(r) for r in [rows[0], poison, *rows[1:]]), return_exceptions=True
             )

@@ -1,13 +1,12 @@
 """Group commit for job submissions: the rows of concurrent ``POST /v1/jobs`` requests are
-written together, in one transaction and two set-based statements, on a plain asyncpg
-connection.
+written together, in one statement (and so one transaction) on a plain asyncpg connection.
 
 Why: one transaction per submission costs a connection checkout, BEGIN, the insert and a
 COMMIT (with its WAL flush) for every job, and through SQLAlchemy most of that CPU went into
 session and statement machinery, not into PostgreSQL. A per-process ``JobWriter`` collects
 the validated rows of the requests in flight for at most ``linger_s`` after the first one
-arrived (or until ``max_rows`` are waiting), inserts them with one ``INSERT ... SELECT FROM
-unnest(...)`` (their ``job.submitted`` outbox rows in the same statement) and commits once.
+arrived (or until ``max_rows`` are waiting) and inserts them with one ``INSERT ... SELECT
+FROM unnest(...)``, their ``job.submitted`` outbox rows in the same statement: one commit.
 Rows that arrive while a batch is being written form the next batch, so under load batches
 grow by themselves and an idle gateway waits at most ``linger_s``.
 
@@ -268,7 +267,9 @@ class JobWriter:
             # A fixed order of keyed rows: two gateways' batches wait on each other's keys in
             # the same order instead of deadlocking.
             jobs = sorted(unique, key=lambda j: (str(j.tenant_id), j.idempotency_key or ""))
-        async with self.connect() as conn, conn.transaction():
+        # One statement is one transaction of its own (the connection is in autocommit):
+        # no BEGIN/COMMIT round trips; the jobs and outbox rows commit together or not at all.
+        async with self.connect() as conn:
             rows = await conn.fetch(INSERT_JOBS, *_arguments(jobs))
         self.batches += 1
         self.rows += len(jobs)

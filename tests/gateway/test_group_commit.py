@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -24,12 +25,13 @@ from fastapi import FastAPI
 
 from services.gateway.app import create_app
 from services.gateway.deps import SubmitDb, raw_db
+from services.gateway.jobs.service import QueueQuota
 from services.gateway.jobs.writer import JobWriter, NewJob
 from services.gateway.settings import GatewaySettings
-from shared.errors import DependencyUnavailable
+from shared.errors import DependencyUnavailable, TooManyRequests
 from shared.events import JobSubmitted, utcnow
 from shared.runtime import Resources
-from shared.settings import CommonSettings
+from shared.settings import CommonSettings, StorageSettings
 from tests.factories import own_database
 from tests.gateway.conftest import TenantKey, make_tenant
 from tests.gateway.test_jobs_api import MC, assert_problem
@@ -425,3 +427,64 @@ async def test_a_bad_row_in_the_writer_is_its_own_error_only(settings: CommonSet
         assert outcomes[2:] == [True, True]
         assert isinstance(outcomes[1], asyncpg.CheckViolationError)
         assert await job_ids(gw, t.tenant_id) == {str(r.id) for r in rows}
+
+
+async def test_a_job_with_inputs_checks_they_exist(
+    settings: CommonSettings, tmp_path: Path
+) -> None:
+    storage = StorageSettings.model_validate(
+        {"local": {"root": str(tmp_path / "local")}, "fsync": False}
+    )
+    async with own_gateway(settings, "gc_inputs", storage=storage) as gw:
+        t = await make_tenant(gw.client)
+        put = await gw.client.put("/v1/datasets/in/x.bin", content=b"x" * 64, headers=t.headers)
+        assert put.status_code == 201, put.text
+        body = {
+            "kernel": "saxpy",
+            "params": {"a": 2},
+            "inputs": {"x": "in/x.bin", "y": "in/y.bin"},
+            "outputs": {"y": "out/y.bin"},
+        }
+        missing = assert_problem(
+            await gw.client.post("/v1/jobs", json=body, headers=t.headers), 422
+        )
+        assert missing["errors"] == [
+            {"loc": ["body", "inputs", "y"], "msg": "dataset 'in/y.bin' not found"}
+        ]
+        assert await job_ids(gw, t.tenant_id) == set()
+        put = await gw.client.put("/v1/datasets/in/y.bin", content=b"y" * 64, headers=t.headers)
+        assert put.status_code == 201, put.text
+        r = await gw.client.post("/v1/jobs", json=body, headers=t.headers)
+        assert r.status_code == 201, r.text
+        assert r.json()["inputs"] == body["inputs"]
+        assert await job_ids(gw, t.tenant_id) == {r.json()["id"]}
+        assert await submitted_events(gw, t.tenant_id) == {r.json()["id"]: 1}
+
+
+async def test_the_queue_quota_counts_once_for_concurrent_requests(
+    settings: CommonSettings,
+) -> None:
+    async with own_gateway(settings, "gc_quota") as gw:
+        t = await make_tenant(gw.client)
+        quota: QueueQuota = gw.app.state.queue_quota
+        counts = 0
+
+        async def count() -> int:  # the real query, counted
+            nonlocal counts
+            counts += 1
+            async with raw_db(gw.res) as conn:
+                n = await conn.fetchval("SELECT count(*) FROM jobs WHERE tenant_id = $1", tid)
+            await asyncio.sleep(0.05)  # slow enough for the others to find it in flight
+            return int(n)
+
+        tid = uuid.UUID(t.tenant_id)
+        await asyncio.gather(
+            *(quota.check(tenant_id=tid, limit=1000, count=count) for _ in range(3))
+        )
+        assert counts == 1
+        # Close to the limit every request counts again, and the limit holds.
+        for _ in range(2):
+            assert (await gw.client.post("/v1/jobs", json=MC, headers=t.headers)).status_code == 201
+        with pytest.raises(TooManyRequests):
+            await quota.check(tenant_id=tid, limit=2, count=count)
+        assert counts == 2

@@ -488,3 +488,19 @@ async def test_the_queue_quota_counts_once_for_concurrent_requests(
         with pytest.raises(TooManyRequests):
             await quota.check(tenant_id=tid, limit=2, count=count)
         assert counts == 2
+
+
+async def test_stopping_writes_what_waits_and_refuses_the_rest(settings: CommonSettings) -> None:
+    async with own_gateway(settings, "gc_stop") as gw:
+        t = await make_tenant(gw.client)
+        tenant_id = uuid.UUID(t.tenant_id)
+        rows = [new_row(tenant_id) for _ in range(3)]
+        async with writer_with(gw, just_run, linger_s=10.0) as writer:
+            waiting = [asyncio.create_task(writer.write(r)) for r in rows]
+            await asyncio.sleep(0.05)
+            assert not any(w.done() for w in waiting)  # lingering, nothing written yet
+            await asyncio.wait_for(writer.stop(), 5)  # the lifespan's end: no linger any more
+            assert [w.result() for w in waiting] == [True] * 3
+            with pytest.raises(DependencyUnavailable):
+                await writer.write(new_row(tenant_id))
+        assert await job_ids(gw, t.tenant_id) == {str(r.id) for r in rows}

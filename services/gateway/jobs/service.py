@@ -249,8 +249,13 @@ class QueueQuota:
             # A task of its own: a waiter that is cancelled (client gone) cancels only its wait.
             counting = asyncio.ensure_future(count())
             self._counting[tenant_id] = counting
-            counting.add_done_callback(lambda _f: self._counting.pop(tenant_id, None))
+            counting.add_done_callback(lambda f: self._counted(tenant_id, f))
         return await asyncio.shield(counting)
+
+    def _counted(self, tenant_id: uuid.UUID, counting: asyncio.Future[int]) -> None:
+        self._counting.pop(tenant_id, None)
+        if not counting.cancelled():
+            counting.exception()  # retrieved even when every waiter has gone away
 
 
 _FIND_BY_KEY = """

@@ -17,8 +17,11 @@ from services.gateway.settings import GatewaySettings
 from shared.db.engine import is_connectivity_error
 from shared.db.raw import raw_connection
 from shared.errors import DependencyUnavailable, TooManyRequests
+from shared.logging import get_logger
 from shared.ratelimit import RateLimiter
 from shared.runtime import Resources
+
+log = get_logger(__name__)
 
 
 # Dependencies are ``async`` even when they do not await: FastAPI runs plain functions in a
@@ -63,6 +66,8 @@ def database_unavailable(exc: BaseException) -> BaseException:
     503 that a session's ``OperationalError`` gets (plain asyncpg errors have no handler of
     their own); anything else is itself."""
     if is_connectivity_error(exc) and not isinstance(exc, DependencyUnavailable):
+        # Logged as the handler of a session's connectivity errors logs it.
+        log.warning("dependency_unavailable", dependency="postgres", error=type(exc).__name__)
         return DependencyUnavailable("The database is unavailable; retry later.", retry_after=2)
     return exc
 

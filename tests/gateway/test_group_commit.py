@@ -250,7 +250,12 @@ async def test_database_away_is_503_for_the_whole_batch_and_writes_nothing(
                 *(gw.client.post("/v1/jobs", json=MC, headers=t.headers) for _ in range(10))
             )
             for r in rs:
-                assert_problem(r, 503)
+                problem = assert_problem(r, 503)
+                assert problem["title"] == "Service unavailable"  # as a session's outage is
+                assert problem["detail"] in {
+                    "The database is unavailable; retry later.",
+                    "postgres is unavailable; retry later.",  # once the circuit is open
+                }
                 assert int(r.headers["retry-after"]) >= 1
             await proxy.start()
             assert len(await job_ids(gw, t.tenant_id)) == 1  # only the first one

@@ -14,7 +14,7 @@ from services.gateway.admin.pools import router as pools_router
 from services.gateway.admin.routes import router as admin_router
 from services.gateway.auth import Authenticator
 from services.gateway.datasets.routes import router as datasets_router
-from services.gateway.deps import SubmitDb, raw_db
+from services.gateway.deps import GatewayDb, raw_db
 from services.gateway.jobs.routes import router as jobs_router
 from services.gateway.jobs.service import QueueQuota
 from services.gateway.jobs.writer import JobWriter
@@ -58,7 +58,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             linger_s=settings.submit_batch_linger_s,
         )
         writer.start()
-        app.state.submit_db = SubmitDb(res, writer)
+        app.state.submit_db = GatewayDb(res, writer)
 
         async def on_control(_delivery: Delivery) -> None:
             auth.invalidate()  # a tenant or key changed somewhere

@@ -94,8 +94,8 @@ async def raw_db(res: Resources) -> AsyncIterator[Any]:
     res.db_breaker.on_success()
 
 
-class SubmitDb:
-    """The database as ``POST /v1/jobs`` uses it (``service.SubmitDb``): guarded raw
+class GatewayDb:
+    """The database as ``POST /v1/jobs`` uses it (implements ``service.SubmitDb``): guarded raw
     connections, a session only on demand, and the process's group-commit writer."""
 
     __slots__ = ("res", "writer")

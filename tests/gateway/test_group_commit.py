@@ -24,7 +24,7 @@ import pytest
 from fastapi import FastAPI
 
 from services.gateway.app import create_app
-from services.gateway.deps import SubmitDb, raw_db
+from services.gateway.deps import GatewayDb, raw_db
 from services.gateway.jobs.service import QueueQuota
 from services.gateway.jobs.writer import JobWriter, NewJob
 from services.gateway.settings import GatewaySettings
@@ -51,7 +51,7 @@ class Gateway:
 
     @property
     def writer(self) -> JobWriter:
-        db: SubmitDb = self.app.state.submit_db
+        db: GatewayDb = self.app.state.submit_db
         return db.writer
 
     async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:

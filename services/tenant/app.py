@@ -31,7 +31,7 @@ def create_app(settings: TenantSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         res = await open_resources(settings, name="tenant")
         app.state.resources = res
-        await res.broker.consume_batches(TENANT_USAGE, make_usage_handler(res.sessions))
+        await res.broker.consume_batches(TENANT_USAGE, make_usage_handler(res.engine))
         log.info("tenant_started")
         try:
             yield

@@ -331,8 +331,7 @@ class Broker(BrokerAdmin):
             for message in batch:
                 await self._settle(qname, message, handler([delivery_of(message)]))
             return
-        for message in batch:
-            await message.ack()
+        await _ack_all(batch)
         MESSAGES.labels(qname, "ack").inc(len(batch))
 
     async def _settle(
@@ -433,3 +432,19 @@ class Broker(BrokerAdmin):
 
 def new_message_id() -> str:
     return str(uuid.uuid4())
+
+
+async def _ack_all(batch: list[AbstractIncomingMessage]) -> None:
+    """Acknowledge a settled batch: one ``basic.ack`` with ``multiple`` for the highest
+    delivery tag when the whole batch came on one channel, else one ack per message.
+
+    Safe because a batch consumer owns its channel and settles its batches one after the
+    other: every unacknowledged delivery up to the batch's highest tag belongs to this batch
+    (earlier batches are settled; later deliveries have higher tags). After a reconnect the
+    channel differs, so a batch straddling one is acknowledged message by message."""
+    last = max(batch, key=lambda m: m.delivery_tag or 0)
+    if len(batch) > 1 and all(m.channel is last.channel for m in batch):
+        await last.ack(multiple=True)
+        return
+    for message in batch:
+        await message.ack()

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.tenant.usage import record_usage
+from shared.db.raw import raw_connection
 from shared.events import JobFinished
 from tests.gateway.conftest import ADMIN, TenantKey, gateway_client, make_tenant
 from tests.gateway.test_jobs_api import MC, assert_problem, eventually_status
@@ -59,7 +60,7 @@ async def test_rate_limit_answers_429_with_retry_after(client: httpx.AsyncClient
 
 
 async def test_usage_counts_each_attempt_once(
-    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+    client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     t = await make_tenant(client)
     job = (await client.post("/v1/jobs", json=MC, headers=t.headers)).json()
@@ -75,10 +76,9 @@ async def test_usage_counts_each_attempt_once(
             gpu_seconds=0.5,
         ),
     ]
-    async with sessions() as s, s.begin():
-        assert await record_usage(session=s, events=events) == 2
-    async with sessions() as s, s.begin():  # redelivered: counted once
-        assert await record_usage(session=s, events=events) == 0
+    async with raw_connection(engine) as conn:
+        assert await record_usage(conn=conn, events=events) == 2
+        assert await record_usage(conn=conn, events=events) == 0  # redelivered: counted once
     usage = (await client.get("/v1/usage", headers=t.headers)).json()
     assert usage["cpu_seconds"] == pytest.approx(3.5)
     assert usage["gpu_seconds"] == pytest.approx(0.5)

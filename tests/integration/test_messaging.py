@@ -141,3 +141,37 @@ async def test_batch_consumer_isolates_a_poison_message(broker: Broker, prefix: 
             break
         await asyncio.sleep(0.05)
     assert sorted(good) == [b"1", b"2", b"3"]
+
+
+async def test_batch_consumer_acknowledges_whole_batches(
+    broker: Broker, prefix: str, settings: CommonSettings
+) -> None:
+    """A settled batch is acknowledged (with one multiple ack): after the consumer's
+    connection closes, nothing comes back to the queue."""
+    spec = QueueSpec("acks", (f"{prefix}.acks",))
+    seen: list[bytes] = []
+    sizes: list[int] = []
+
+    async def handle(batch: list[Delivery]) -> None:
+        sizes.append(len(batch))
+        seen.extend(d.body for d in batch)
+
+    await broker.declare(spec)
+    await broker.publish_many([_msg(f"{prefix}.acks", str(i).encode()) for i in range(40)])
+    await broker.consume_batches(spec, handle, max_wait_s=0.05)
+    for _ in range(100):
+        if len(seen) == 40:
+            break
+        await asyncio.sleep(0.05)
+    assert sorted(seen, key=int) == [str(i).encode() for i in range(40)]
+    assert max(sizes) > 1  # batches, so the multiple ack was used
+    await asyncio.sleep(0.2)  # the last ack on its way
+    await broker.close()  # unacknowledged deliveries would return to the queue now
+    other = _broker(settings, prefix, "test-b")
+    await other.connect(attempts=3)
+    try:
+        queue = await other.declare(spec)
+        declared = await queue.channel.declare_queue(queue.name, passive=True)
+        assert declared.declaration_result.message_count == 0
+    finally:
+        await other.close()

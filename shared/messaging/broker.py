@@ -113,7 +113,13 @@ class Broker(BrokerAdmin):
         return f"{self.settings.queue_prefix}.{DELAY}ed.{level_ms}ms"
 
     async def connect(self, *, attempts: int | None = None, max_delay: float = 5.0) -> None:
-        """Connect (retrying with backoff until the broker answers) and declare the topology."""
+        """Connect (retrying with backoff until the broker answers) and declare the topology.
+
+        A broker that goes away between the connection and the end of the declarations (a
+        restart under a starting service) is one more failed attempt: the half-set-up
+        connection is closed before the next. Left open, its reconnect loop outlived the
+        failed start (aio-pika's swallows the cancellation at shutdown), and the process
+        hung, alive to its supervisor but serving nothing."""
         delay = 0.2
         n = 0
         while True:
@@ -125,20 +131,33 @@ class Broker(BrokerAdmin):
                     timeout=5,
                     reconnect_interval=self.settings.reconnect_interval_s,
                 )
+                await self._set_up(self._conn)
                 break
             except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
+                await self._discard_connection()
                 if attempts is not None and n >= attempts:
                     raise
                 note_waiting("rabbitmq")
                 log.warning("broker_connect_retry", error=type(exc).__name__, delay=delay)
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, max_delay)
+            except BaseException:
+                await self._discard_connection()
+                raise
         note_ready("rabbitmq")
-        self._pub_channel = await self._conn.channel(publisher_confirms=True, on_return_raises=True)
+
+    async def _set_up(self, conn: AbstractRobustConnection) -> None:
+        self._pub_channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
         await self._declare_exchanges(self._pub_channel)
         await self._declare_delay_queues(self._pub_channel)
         for spec in DURABLE_QUEUES:
             await self.declare(spec)
+
+    async def _discard_connection(self) -> None:
+        conn, self._conn, self._pub_channel = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close())
 
     @property
     def connection(self) -> AbstractRobustConnection:

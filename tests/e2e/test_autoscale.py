@@ -34,8 +34,10 @@ pytestmark = pytest.mark.e2e
 COOLDOWN_S = 6.0
 BURST = 300
 # device cpu: an ``any`` job goes to a free GPU slot first, and the cuda pool of the test
-# before (the CUDA simulator, slow) may still be up within its cooldown
-JOB = {"kernel": "montecarlo_pi", "device": "cpu", "params": {"samples": 300_000}}
+# before (the CUDA simulator, slow) may still be up within its cooldown. About 0.1 s each:
+# the burst must outlast the ~10 s new workers take to start (at 300k samples one worker ran
+# all 300 in 9 s once the pipeline got faster, and the new workers never took part).
+JOB = {"kernel": "montecarlo_pi", "device": "cpu", "params": {"samples": 30_000_000}}
 
 
 @pytest.fixture(scope="module")

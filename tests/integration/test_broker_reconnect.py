@@ -10,6 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Any
+
+import aiormq
+import pytest
 
 from shared.messaging import Broker, Delivery, QueueSpec
 from shared.messaging.broker import Outgoing
@@ -55,3 +59,31 @@ async def test_a_consumer_is_back_within_the_reconnect_interval(settings: Common
         await consumer.close()
         await publisher.close()
         await proxy.stop()
+
+
+async def test_a_start_cut_short_by_the_broker_closes_its_connection_and_retries(
+    settings: CommonSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker going away between the connection and the declarations (a restart under a
+    starting service) is one failed attempt: that connection is closed (its reconnect loop
+    would otherwise keep the process alive after a failed start) and the next one is used."""
+    rabbit = settings.rabbit.model_copy(update={"queue_prefix": f"t{uuid.uuid4().hex[:8]}"})
+    broker = Broker(rabbit, name="test-cut-short")
+    opened: list[Any] = []
+    real = Broker._declare_exchanges
+
+    async def flaky(self: Broker, channel: Any) -> None:
+        opened.append(self._conn)
+        if len(opened) == 1:
+            raise aiormq.exceptions.ConnectionClosed(320, "CONNECTION_FORCED - shutdown")
+        await real(self, channel)
+
+    monkeypatch.setattr(Broker, "_declare_exchanges", flaky)
+    try:
+        await broker.connect(attempts=3)
+        assert len(opened) == 2
+        assert opened[0] is not opened[1]
+        assert opened[0].is_closed  # the first attempt's connection, reconnect loop and all
+        assert not opened[1].is_closed
+    finally:
+        await broker.close()

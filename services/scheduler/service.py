@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-import orjson
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -32,20 +31,15 @@ from shared.db.outbox import add_events
 from shared.db.raw import pooled_connection
 from shared.errors import NotFound
 from shared.events import Event, JobDispatched, JobFinished
-from shared.jobs.states import JobState, decide
-from shared.jobs.store import Admitted, set_job_state
+from shared.jobs.states import JobState
+from shared.jobs.store import ADMIT_REASON, Admitted, admit_pending, set_job_state
 from shared.settings import QuotaDefaults
-from shared.telemetry import JOB_TRANSITIONS
 
 Device = Literal["cuda", "cpu"]
 DEVICES: tuple[Device, ...] = (
     "cuda",
     "cpu",
 )  # GPU first, so that ``any`` jobs land on a GPU when one is free
-
-ADMIT_REASON = "waiting for a worker slot"
-_ADMIT = decide(JobState.PENDING, JobState.QUEUED, attempts=0, max_retries=0)
-assert _ADMIT.state is JobState.QUEUED  # the set-based admission relies on this rule
 
 
 async def admit(
@@ -96,39 +90,16 @@ async def open_pass(
         yield Pass(conn, sa_conn, sessions)
 
 
-# The set-based form of ``set_job_state``'s PENDING -> QUEUED (a transition without
-# conditions: see ``_ADMIT``), in one round trip: the oldest waiting jobs (rows locked by the
-# UPDATE, those another scheduler holds skipped), with their ``job_events`` rows.
-# $1 how many, $2 the state_reason.
-_ADMIT_WAITING = """
-WITH picked AS (
-    SELECT id FROM jobs WHERE state = 'PENDING'
-    ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
-), admitted AS (
-    UPDATE jobs SET state = 'QUEUED', queued_at = now(), updated_at = now(), state_reason = $2
-    FROM picked WHERE jobs.id = picked.id
-    RETURNING jobs.id, jobs.tenant_id, jobs.inputs::text AS inputs
-), history AS (
-    INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at)
-    SELECT id, 0, 'PENDING', 'QUEUED', $2, now() FROM admitted
-)
-SELECT id, tenant_id, inputs FROM admitted
-"""
-
-
 async def admit_waiting(db: Pass, *, limit: int, tiers: list[str]) -> int:
     """Admit up to ``limit`` PENDING jobs, oldest first (the dispatch pass's first step); a
     job whose inputs are not on ``local`` has the datamover stage them in and waits."""
-    rows = await db.conn.fetch(_ADMIT_WAITING, limit, ADMIT_REASON)
-    if not rows:
-        return 0
-    JOB_TRANSITIONS.labels(JobState.QUEUED.value).inc(len(rows))
-    staging = [Admitted(r[0], r[1], orjson.loads(r[2])) for r in rows if r[2] != "{}"]
+    admitted = await admit_pending(db.conn.fetch, limit=limit)
+    staging = [job for job in admitted if job.inputs]
     if staging:
         async with db.session() as session:
             for job in staging:
                 await stage_in(session=session, admitted=job, tiers=tiers)
-    return len(rows)
+    return len(admitted)
 
 
 async def stage_in(*, session: AsyncSession, admitted: Admitted, tiers: list[str]) -> None:

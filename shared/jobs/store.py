@@ -1,11 +1,11 @@
-"""``set_job_state``: the only code that writes ``jobs.state``. It locks the row, applies the
+"""The only code that writes ``jobs.state``. ``set_job_state`` locks the row, applies the
 rules of ``states.decide`` and records the change in ``job_events``; callers own the
 transaction (and stage any outbox events in it). A retry (RUNNING -> QUEUED) sets
 ``run_after`` and stages its own wake-up, ``job.retry`` through a delay queue.
 
 The transitions every job takes have set-based forms here too, fixed SQL that applies the
 same rules (checked against ``decide`` at import) to many jobs in one statement:
-``admit_pending`` (PENDING -> QUEUED), and the worker's ``claim_queued`` (QUEUED -> RUNNING)
+``admit_pending`` (PENDING -> QUEUED, the scheduler's), and the worker's ``claim_queued`` (QUEUED -> RUNNING)
 and ``finish_attempts`` (RUNNING -> an outcome without retry rules, with the attempt's usage
 row and its ``job.finished`` event). What they do not match takes ``set_job_state``.
 """
@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import insert, select, text
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Job, JobEvent
@@ -178,63 +178,10 @@ def _apply(
             job.worker = worker
 
 
-@dataclass(frozen=True)
-class Admitted:
-    job_id: uuid.UUID
-    tenant_id: uuid.UUID
-    inputs: dict[str, Any]
-
-
-_ADMIT = decide(JobState.PENDING, JobState.QUEUED, attempts=0, max_retries=0)
-assert _ADMIT.state is JobState.QUEUED  # the set-based form below relies on this rule
-
-_ADMIT_PENDING = text(
-    """
-    WITH picked AS (
-        SELECT id FROM jobs WHERE state = 'PENDING'
-        ORDER BY created_at, id LIMIT :limit FOR UPDATE SKIP LOCKED
-    )
-    UPDATE jobs SET state = 'QUEUED', queued_at = :now, updated_at = :now,
-                    state_reason = :reason
-    FROM picked WHERE jobs.id = picked.id
-    RETURNING jobs.id, jobs.tenant_id, jobs.inputs
-    """
-)
-
-
-async def admit_pending(
-    session: AsyncSession, *, limit: int, reason: str = "waiting for a worker slot"
-) -> list[Admitted]:
-    """PENDING -> QUEUED for up to ``limit`` waiting jobs, oldest first, in one statement:
-    the set-based form of ``set_job_state`` for the one transition that has no conditions
-    (rows locked by the UPDATE, history appended, other schedulers skip locked rows)."""
-    now = utcnow()
-    rows = (
-        await session.execute(_ADMIT_PENDING, {"limit": limit, "now": now, "reason": reason})
-    ).all()
-    if rows:
-        await session.execute(
-            insert(JobEvent),
-            [
-                {
-                    "job_id": r.id,
-                    "attempt": 0,
-                    "from_state": "PENDING",
-                    "to_state": "QUEUED",
-                    "reason": reason,
-                    "at": now,
-                }
-                for r in rows
-            ],
-        )
-        JOB_TRANSITIONS.labels("QUEUED").inc(len(rows))
-    return [Admitted(r.id, r.tenant_id, r.inputs or {}) for r in rows]
-
-
-# --- The worker's transitions, set-based ------------------------------------------------
+# --- The transitions every job takes, set-based ------------------------------------------
 #
 # Fixed SQL with ``$n`` parameters, run either on a plain asyncpg connection
-# (``shared.db.raw``: the worker's group commits, each statement its own transaction) or
+# (``shared.db.raw``: the scheduler's dispatch pass, the worker's group commits) or
 # inside a SQLAlchemy session's transaction (``session_fetch``: the same text, through the
 # driver). One statement per batch of jobs: the UPDATE locks and changes the rows and the
 # CTEs append what goes with each change, so a batch commits whole or not at all.
@@ -257,6 +204,48 @@ def session_fetch(session: AsyncSession) -> Fetch:
         return (await conn.exec_driver_sql(sql, args)).all()
 
     return fetch
+
+
+@dataclass(frozen=True)
+class Admitted:
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    inputs: dict[str, Any]
+
+
+ADMIT_REASON = "waiting for a worker slot"
+_ADMIT = decide(JobState.PENDING, JobState.QUEUED, attempts=0, max_retries=0)
+assert _ADMIT.state is JobState.QUEUED  # the set-based form below relies on this rule
+
+# The set-based form of PENDING -> QUEUED (a transition without conditions: see ``_ADMIT``)
+# in one round trip: the oldest waiting jobs (rows locked by the UPDATE, those another
+# scheduler holds skipped), with their ``job_events`` rows. $1 how many, $2 the reason.
+_ADMIT_PENDING = """
+WITH picked AS (
+    SELECT id FROM jobs WHERE state = 'PENDING'
+    ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
+), admitted AS (
+    UPDATE jobs SET state = 'QUEUED', queued_at = now(), updated_at = now(), state_reason = $2
+    FROM picked WHERE jobs.id = picked.id
+    RETURNING jobs.id, jobs.tenant_id, jobs.inputs::text AS inputs
+), history AS (
+    INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at)
+    SELECT id, 0, 'PENDING', 'QUEUED', $2, now() FROM admitted
+)
+SELECT id, tenant_id, inputs FROM admitted
+"""
+
+
+async def admit_pending(fetch: Fetch, *, limit: int, reason: str = ADMIT_REASON) -> list[Admitted]:
+    """PENDING -> QUEUED for up to ``limit`` waiting jobs, oldest first, in one statement
+    (``fetch``: a plain asyncpg connection's ``fetch``, or ``session_fetch``)."""
+    rows = await fetch(_ADMIT_PENDING, limit, reason)
+    if rows:
+        JOB_TRANSITIONS.labels(JobState.QUEUED.value).inc(len(rows))
+    return [Admitted(r[0], r[1], orjson.loads(r[2]) if r[2] else {}) for r in rows]
+
+
+# --- The worker's transitions ---------------------------------------------------------
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from services.scheduler import service
 from services.scheduler.handlers import make_event_handler
 from services.scheduler.scaling import Autoscaler, make_autoscale_step, make_backend
 from services.scheduler.settings import SchedulerSettings
+from shared.db.maintenance import maintain
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic, stop_loops
 from shared.messaging.topology import SCHEDULER
@@ -123,6 +124,21 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
                         breaker=res.db_breaker,
                     ),
                     "reaper",
+                )
+            )
+        if settings.maintenance_enabled:
+            loops.append(
+                res.spawn(
+                    periodic(
+                        "maintenance",
+                        lambda: maintain(
+                            res.engine, min_dead_rows=settings.maintenance_min_dead_rows
+                        ),
+                        interval_s=settings.maintenance_interval_s,
+                        stop=stop,
+                        breaker=res.db_breaker,
+                    ),
+                    "maintenance",
                 )
             )
         backend = make_backend(settings.autoscale) if settings.autoscale.enabled else None

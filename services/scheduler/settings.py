@@ -80,6 +80,10 @@ class SchedulerSettings(CommonSettings):
     dispatch_batch: int = 500
     reaper_enabled: bool = True
     reaper_interval_s: float = 2.0
+    # Vacuum/analyze churned tables where the server's autovacuum is off (shared.db.maintenance).
+    maintenance_enabled: bool = True
+    maintenance_interval_s: float = 5.0
+    maintenance_min_dead_rows: int = Field(default=1000, ge=1)
     worker_ttl_s: float = 15.0
     redispatch_after_s: float = 60.0
     # Fair share: CPU usage decays with this half-life; this many CPU seconds weigh like one

@@ -57,7 +57,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             max_rows=settings.submit_batch_max_rows,
             linger_s=settings.submit_batch_linger_s,
         )
-        writer.start()
         app.state.submit_db = GatewayDb(res, writer)
 
         async def on_control(_delivery: Delivery) -> None:

@@ -7,7 +7,10 @@ or more round trips, and the session's statement building and greenlet hops were
 part of the worker's CPU per job. Here each is one fixed statement of ``shared.jobs.store``
 on the asyncpg connection under the pool (``shared.db.raw``), in autocommit: the statement is
 its own transaction. And the claims (or records) that wait while one statement is in flight
-go together in the next one, so that under load one round trip serves several jobs.
+go together in the next one, so that under load one round trip serves several jobs: a
+``shared.db.batch.GroupCommit`` without a timer (an idle worker writes at once), one item per
+job in a batch. A connectivity error fails the batch (each caller retries as it would alone);
+any other error re-runs the items one by one.
 
 What a statement does not match (a duplicate dispatch, a superseded attempt, a job cancelled
 meanwhile, a failure with retry rules) takes ``set_job_state``'s general path in a session
@@ -16,116 +19,15 @@ of its own: see ``Claims.claim`` and ``WorkerRuntime._record``.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.worker import service
-from shared.db.engine import is_connectivity_error, transaction
+from shared.db.batch import GroupCommit
+from shared.db.engine import transaction
 from shared.db.raw import raw_connection
 from shared.jobs.store import Claim, Finish, claim_queued, finish_attempts
-from shared.logging import get_logger
-
-log = get_logger(__name__)
-
-T = TypeVar("T")
-R = TypeVar("R")
-
-
-class GroupCommit(Generic[T, R]):
-    """Callers ``submit`` one item each and wait for its result; a task of its own hands the
-    items waiting to ``write`` in one call (one statement, one transaction) and gives each
-    caller its result. The items that come while a write is in flight make the next one: an
-    idle worker writes at once (no timer), and batches grow with the load by themselves.
-
-    At most one item per ``key`` goes into a batch (a second waits for the next); an item
-    whose caller was cancelled before its batch started is dropped. When a write fails, a
-    connectivity error fails each caller of the batch (each retries as it would alone); any
-    other error is retried item by item, so that it reaches the one caller whose item
-    caused it while the others commit."""
-
-    def __init__(
-        self,
-        name: str,
-        write: Callable[[list[T]], Awaitable[list[R]]],
-        *,
-        key: Callable[[T], Hashable],
-        max_batch: int = 64,
-    ) -> None:
-        self.name = name
-        self._write = write
-        self._key = key
-        self.max_batch = max_batch
-        self._waiting: deque[tuple[T, asyncio.Future[R]]] = deque()
-        self._writer: asyncio.Task[None] | None = None
-        self.writes = 0  # statements run, and items they carried: for tests and metrics
-        self.items = 0
-
-    async def submit(self, item: T) -> R:
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain(), name=f"group-commit-{self.name}")
-        return await future
-
-    async def _drain(self) -> None:
-        try:
-            await asyncio.sleep(0)  # the callers woken in the same turn of the loop join in
-            while self._waiting:
-                batch = self._take()
-                if batch:
-                    await self._write_batch(batch)
-        except BaseException:
-            for _, future in self._waiting:
-                future.cancel()
-            self._waiting.clear()
-            raise
-        finally:
-            self._writer = None
-
-    def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
-        batch: list[tuple[T, asyncio.Future[R]]] = []
-        later: list[tuple[T, asyncio.Future[R]]] = []
-        keys: set[Hashable] = set()
-        while self._waiting and len(batch) < self.max_batch:
-            item, future = self._waiting.popleft()
-            if future.done():  # its caller was cancelled: nobody waits for it
-                continue
-            key = self._key(item)
-            if key in keys:
-                later.append((item, future))
-                continue
-            keys.add(key)
-            batch.append((item, future))
-        self._waiting.extendleft(reversed(later))
-        return batch
-
-    async def _write_batch(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
-        try:
-            results = await self._write([item for item, _ in batch])
-        except asyncio.CancelledError:
-            for _, future in batch:
-                future.cancel()
-            raise
-        except Exception as exc:
-            if len(batch) == 1 or is_connectivity_error(exc):
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            log.warning("group_commit_split", name=self.name, size=len(batch), error=repr(exc))
-            for entry in batch:
-                await self._write_batch([entry])
-            return
-        self.writes += 1
-        self.items += len(batch)
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
 
 
 class Claims:

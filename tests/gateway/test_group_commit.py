@@ -322,7 +322,6 @@ async def writer_with(
             yield _Conn(conn, around)
 
     writer = JobWriter(connect, max_rows=64, linger_s=linger_s)
-    writer.start()
     try:
         yield writer
     finally:

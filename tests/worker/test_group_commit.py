@@ -23,10 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.scheduler import service as scheduler
 from services.worker import service
 from services.worker.app import WorkerRuntime
-from services.worker.batch import Claims, GroupCommit, Records
+from services.worker.batch import Claims, Records
 from services.worker.runner import KernelRunner
 from services.worker.service import Report
 from services.worker.settings import WorkerSettings
+from shared.db.batch import GroupCommit
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant
 from shared.jobs.states import JobState

@@ -8,9 +8,11 @@ the validated rows of the requests in flight for at most ``linger_s`` after the 
 arrived (or until ``max_rows`` are waiting) and inserts them with one ``INSERT ... SELECT
 FROM unnest(...)``, their ``job.submitted`` outbox rows in the same statement: one commit.
 Rows that arrive while a batch is being written form the next batch, so under load batches
-grow by themselves and an idle gateway waits at most ``linger_s``.
+grow by themselves and an idle gateway waits at most ``linger_s``. The batching itself is
+``shared.db.batch.GroupCommit``; what is the gateway's own here is the statement, the
+idempotency keys and the 503s.
 
-What a caller can rely on:
+What a caller can rely on (the rest is ``GroupCommit``'s):
 
 - ``write`` returns only after COMMIT: a 201 is sent for a durable row only, nothing
   accepted is lost. ``True``: the row was inserted; ``False``: its ``(tenant_id,
@@ -25,12 +27,11 @@ What a caller can rely on:
   while its batch is written does not disturb the batch (the writer task owns the
   transaction, never the request), its row is simply committed unanswered, as a single
   request's could be.
+- After ``stop`` (the lifespan's end, which writes what waits first) a write is a 503.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -41,11 +42,9 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from shared.db.batch import GroupCommit
 from shared.errors import DependencyUnavailable
-from shared.logging import get_logger
 from shared.resilience import CircuitOpen
-
-log = get_logger(__name__)
 
 
 @dataclass(slots=True)
@@ -125,15 +124,17 @@ def _arguments(jobs: list[NewJob]) -> list[list[Any]]:
 
 
 def _fails_the_batch(exc: BaseException) -> bool:
-    """Errors about the database, not about a row: retrying rows one by one cannot help."""
+    """Errors about the database, not about a row: retrying rows one by one cannot help.
+    (``raw_db`` has already turned a connectivity error into a ``DependencyUnavailable``.)"""
     return isinstance(exc, DependencyUnavailable | CircuitOpen | PoolTimeout)
 
 
-Pending = tuple[NewJob, "asyncio.Future[bool]"]
+def _shutting_down() -> BaseException:
+    return DependencyUnavailable("the gateway is shutting down; retry", retry_after=1)
 
 
 class JobWriter:
-    """One per process, started and stopped in the app's lifespan.
+    """One per process, stopped in the app's lifespan.
 
     ``connect`` opens a guarded raw connection (``services.gateway.deps.raw_db``: circuit
     breaker, connectivity errors as a 503); ``on_commit`` runs after each commit (the outbox
@@ -143,117 +144,61 @@ class JobWriter:
         self,
         connect: Callable[[], AbstractAsyncContextManager[Any]],
         *,
-        on_commit: Callable[[], None] = lambda: None,
+        on_commit: Callable[[], None] | None = None,
         max_rows: int = 64,
         linger_s: float = 0.002,
     ) -> None:
-        if max_rows < 1 or linger_s < 0:
-            raise ValueError("max_rows must be >= 1 and linger_s >= 0")
         self.connect = connect
-        self.on_commit = on_commit
-        self.max_rows = max_rows
-        self.linger_s = linger_s
-        self._pending: list[Pending] = []
-        self._first_at = 0.0  # when the oldest pending row arrived (loop time)
-        self._wake = asyncio.Event()  # rows are waiting, or closing
-        self._full = asyncio.Event()  # max_rows are waiting, or closing
-        self._closed = False
-        self._task: asyncio.Task[None] | None = None
-        self.batches = 0  # statistics, for tests and curiosity
-        self.rows = 0
+        self.commits: GroupCommit[NewJob, bool] = GroupCommit(
+            "jobs",
+            self._insert,
+            max_batch=max_rows,
+            linger_s=linger_s,
+            fails_batch=_fails_the_batch,
+            on_commit=on_commit,
+            closed=_shutting_down,
+        )
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="job-writer")
+    @property
+    def max_rows(self) -> int:
+        return self.commits.max_batch
+
+    @max_rows.setter
+    def max_rows(self, value: int) -> None:
+        self.commits.max_batch = value
+
+    @property
+    def linger_s(self) -> float:
+        return self.commits.linger_s
+
+    @linger_s.setter
+    def linger_s(self, value: float) -> None:
+        self.commits.linger_s = value
+
+    @property
+    def batches(self) -> int:
+        """Statements committed (statistics, for tests and curiosity)."""
+        return self.commits.writes
+
+    @property
+    def rows(self) -> int:
+        """Rows those statements answered."""
+        return self.commits.items
 
     async def stop(self) -> None:
         """Write what is waiting, then end; later writes are refused with a 503."""
-        self._closed = True
-        self._wake.set()
-        self._full.set()
-        if self._task is not None:
-            await self._task
+        await self.commits.close()
 
     async def write(self, job: NewJob) -> bool:
         """Insert ``job`` and its event in the next batch; ``False`` when its idempotency key
         is taken. Returns after COMMIT; raises what the write of the row raised."""
-        if self._closed or self._task is None or self._task.done():
-            raise DependencyUnavailable("the gateway is shutting down; retry", retry_after=1)
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[bool] = loop.create_future()
-        if not self._pending:
-            self._first_at = loop.time()
-            self._wake.set()
-        self._pending.append((job, future))
-        if len(self._pending) >= self.max_rows:
-            self._full.set()
-        return await future
+        return await self.commits.submit(job)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending:
-                if self._closed:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            delay = self._first_at + self.linger_s - loop.time()
-            if delay > 0 and len(self._pending) < self.max_rows and not self._closed:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(delay):
-                        await self._full.wait()
-            batch = self._pending[: self.max_rows]
-            del self._pending[: self.max_rows]
-            self._first_at = loop.time() if self._pending else 0.0
-            try:
-                await self._flush(batch)
-            except asyncio.CancelledError:
-                for _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:  # a bug here must not leave requests waiting forever
-                log.error("job_writer_error", error=type(exc).__name__, exc_info=exc)
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-
-    async def _flush(self, batch: list[Pending]) -> None:
-        live = [(job, future) for job, future in batch if not future.done()]
-        if not live:
-            return
-        try:
-            inserted = await self._insert([job for job, _ in live])
-        except Exception as exc:
-            if len(live) == 1 or _fails_the_batch(exc):
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(exc)
-                return
-            log.warning("job_batch_failed_retrying_rows", rows=len(live), error=type(exc).__name__)
-            await self._one_by_one(live)
-            return
-        for job, future in live:
-            if not future.done():
-                future.set_result(job.id in inserted)
-
-    async def _one_by_one(self, rows: list[Pending]) -> None:
-        for job, future in rows:
-            if future.done():
-                continue  # cancelled meanwhile: never written, never answered
-            try:
-                inserted = await self._insert([job])
-            except Exception as exc:
-                if not future.done():
-                    future.set_exception(exc)
-                continue
-            if not future.done():
-                future.set_result(job.id in inserted)
-
-    async def _insert(self, jobs: list[NewJob]) -> set[uuid.UUID]:
-        """One transaction; the ids inserted. Of several rows with the same (tenant, key) only
-        the first goes into the statement: the others are answered ``False``, like a row whose
-        key another request took."""
+    async def _insert(self, jobs: list[NewJob]) -> list[bool]:
+        """One transaction; for each job whether it was inserted. Of several rows with the
+        same (tenant, key) only the first goes into the statement: the others are answered
+        ``False``, like a row whose key another request took."""
+        rows = jobs
         if any(j.idempotency_key is not None for j in jobs):
             seen: set[tuple[uuid.UUID, str]] = set()
             unique = []
@@ -266,12 +211,10 @@ class JobWriter:
                 unique.append(j)
             # A fixed order of keyed rows: two gateways' batches wait on each other's keys in
             # the same order instead of deadlocking.
-            jobs = sorted(unique, key=lambda j: (str(j.tenant_id), j.idempotency_key or ""))
+            rows = sorted(unique, key=lambda j: (str(j.tenant_id), j.idempotency_key or ""))
         # One statement is one transaction of its own (the connection is in autocommit):
         # no BEGIN/COMMIT round trips; the jobs and outbox rows commit together or not at all.
         async with self.connect() as conn:
-            rows = await conn.fetch(INSERT_JOBS, *_arguments(jobs))
-        self.batches += 1
-        self.rows += len(jobs)
-        self.on_commit()
-        return {row[0] for row in rows}
+            found = await conn.fetch(INSERT_JOBS, *_arguments(rows))
+        inserted = {row[0] for row in found}
+        return [j.id in inserted for j in jobs]

@@ -4,10 +4,10 @@ transaction (and stage any outbox events in it). A retry (RUNNING -> QUEUED) set
 ``run_after`` and stages its own wake-up, ``job.retry`` through a delay queue.
 
 The transitions every job takes have set-based forms here too, fixed SQL that applies the
-same rules (checked against ``decide`` at import) to many jobs in one statement:
-``admit_pending`` (PENDING -> QUEUED, the scheduler's), and the worker's ``claim_queued`` (QUEUED -> RUNNING)
-and ``finish_attempts`` (RUNNING -> an outcome without retry rules, with the attempt's usage
-row and its ``job.finished`` event). What they do not match takes ``set_job_state``.
+same rules (checked against ``decide`` at import) to many jobs in one statement: the
+scheduler's ``admit_pending`` (PENDING -> QUEUED), and the worker's ``claim_queued`` (QUEUED ->
+RUNNING) and ``finish_attempts`` (RUNNING -> an outcome without retry rules, with the
+attempt's usage row and its ``job.finished`` event). What they do not match takes ``set_job_state``.
 """
 
 from __future__ import annotations

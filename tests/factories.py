@@ -11,8 +11,9 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.scheduler import service as scheduler
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Job, JobAttempt
+from shared.db.models import Dataset, Job, JobAttempt
 from shared.events import utcnow
 from shared.settings import CommonSettings
 from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
@@ -72,3 +73,33 @@ def cpu_used(
         cpu_seconds=seconds,
         finished_at=utcnow() - timedelta(seconds=ago_s),
     )
+
+
+async def admitted_with_input(
+    sessions: async_sessionmaker[AsyncSession],
+    tenant_id: uuid.UUID,
+    dataset: str,
+    tiers: list[str],
+    **fields: Any,
+) -> uuid.UUID:
+    """A dataset ``dataset`` on ``tiers`` (its tier the first), and a job reading it (its
+    ``inputs`` and other columns from ``fields``), admitted as the scheduler does: an input
+    off ``local`` has its stage-in requested. Returns the job's id."""
+    jid = uuid.uuid4()
+    fields.setdefault("inputs", {"grid": dataset})
+    async with sessions() as session, session.begin():
+        session.add(
+            Dataset(
+                id=uuid.uuid4(),
+                tenant_id=tenant_id,
+                name=dataset,
+                size=8,
+                checksum="xxh3-128:00",
+                tier=tiers[0],
+                tiers=tiers,
+            )
+        )
+        session.add(new_job(tenant_id, id=jid, **fields))
+    async with sessions() as session, session.begin():
+        await scheduler.admit(session=session, job_ids=[jid], tiers=["local", "archive", "s3"])
+    return jid

@@ -14,7 +14,6 @@ from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import scaling
-from services.scheduler import service as dispatch
 from services.scheduler.scaling import Autoscaler
 from services.scheduler.settings import AutoscaleSettings, CudaPoolSettings, PoolSettings
 from shared.db.engine import make_engine, make_sessionmaker
@@ -22,7 +21,7 @@ from shared.db.models import Dataset, Job, JobAttempt, Migration, Tenant, Worker
 from shared.events import utcnow
 from shared.settings import CommonSettings
 from shared.telemetry import REGISTRY
-from tests.factories import cpu_used, new_job
+from tests.factories import admitted_with_input, cpu_used, new_job
 from tools.cluster import drop_database, prepare_database
 
 
@@ -334,23 +333,9 @@ async def test_a_job_staging_in_its_inputs_does_not_count(
     tid = await _jobs(s, [QUEUED])  # no inputs: counts
 
     async def with_input(dataset: str, tier: str) -> uuid.UUID:
-        jid = uuid.uuid4()
-        async with s() as session, session.begin():
-            session.add(
-                Dataset(
-                    id=uuid.uuid4(),
-                    tenant_id=tid,
-                    name=dataset,
-                    size=8,
-                    checksum="xxh3-128:00",
-                    tier=tier,
-                    tiers=[tier],
-                )
-            )
-            session.add(new_job(tid, id=jid, inputs={"a": dataset, "b": dataset}))
-        async with s() as session, session.begin():
-            await dispatch.admit(session=session, job_ids=[jid], tiers=["local", "archive", "s3"])
-        return jid
+        return await admitted_with_input(
+            s, tid, dataset, [tier], inputs={"a": dataset, "b": dataset}
+        )
 
     staging = await with_input("plate.npy", "archive")
     await with_input("here.npy", "local")  # already on local: no stage-in, counts

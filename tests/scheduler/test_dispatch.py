@@ -22,7 +22,7 @@ from shared.jobs.states import JobState
 from shared.jobs.store import Claim
 from shared.settings import CommonSettings
 from shared.storage.migrations import migrations_for_job
-from tests.factories import cpu_used, new_job, own_database
+from tests.factories import admitted_with_input, cpu_used, new_job, own_database
 
 
 @pytest.fixture(scope="module")
@@ -347,33 +347,17 @@ async def test_cpu_seconds_per_day_holds_new_dispatches(
 async def _job_with_input(
     s: async_sessionmaker[AsyncSession], tid: uuid.UUID, dataset: str, tiers: list[str]
 ) -> uuid.UUID:
-    jid = uuid.uuid4()
-    async with s() as session, session.begin():
-        session.add(
-            Dataset(
-                id=uuid.uuid4(),
-                tenant_id=tid,
-                name=dataset,
-                size=8,
-                checksum="xxh3-128:00",
-                tier=tiers[0],
-                tiers=tiers,
-            )
-        )
-        session.add(
-            new_job(
-                tid,
-                id=jid,
-                kernel="stencil2d",
-                params={"iterations": 1},
-                inputs={"grid": dataset},
-                outputs={"grid": "out.npy"},
-                max_retries=0,
-            )
-        )
-    async with s() as session, session.begin():
-        await service.admit(session=session, job_ids=[jid], tiers=["local", "archive", "s3"])
-    return jid
+    return await admitted_with_input(
+        s,
+        tid,
+        dataset,
+        tiers,
+        kernel="stencil2d",
+        params={"iterations": 1},
+        inputs={"grid": dataset},
+        outputs={"grid": "out.npy"},
+        max_retries=0,
+    )
 
 
 async def test_inputs_off_local_are_staged_in_before_dispatch(

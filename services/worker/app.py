@@ -25,13 +25,13 @@ from services.worker.datasets import (
 )
 from services.worker.handlers import Running, cancelled_job, dispatched_job
 from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
-from services.worker.service import Recorded, Report, report_for
+from services.worker.service import Recorded, report_for
 from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
 from shared.db.engine import transaction
 from shared.errors import StratusError
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim
+from shared.jobs.store import Claim, Report
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic
 from shared.messaging import Delivery

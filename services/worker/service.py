@@ -14,7 +14,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import func, update
 from sqlalchemy.dialects.postgresql import insert
@@ -29,6 +28,7 @@ from shared.jobs.states import JobState
 from shared.jobs.store import (
     Claim,
     Finish,
+    Report,
     claim_queued,
     finish_attempts,
     session_fetch,
@@ -68,16 +68,6 @@ async def claim(
     )
 
 
-@dataclass(frozen=True)
-class Report:
-    state: JobState
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    retryable: bool = True
-    cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
-
-
 def report_for(outcome: Outcome | None, usage: Usage, *, stopping: bool = False) -> Report:
     """The report of an attempt from the runner's outcome; ``None`` when the attempt was
     cancelled: by the user (the job is already CANCELLED) or by the worker shutting down
@@ -106,17 +96,7 @@ def report_for(outcome: Outcome | None, usage: Usage, *, stopping: bool = False)
 
 
 def finish_of(claim: Claim, report: Report) -> Finish:
-    return Finish(
-        claim.job_id,
-        claim.tenant_id,
-        claim.attempt,
-        report.state,
-        report.result,
-        report.error,
-        report.retryable,
-        report.cpu_seconds,
-        report.wall_seconds,
-    )
+    return Finish(claim.job_id, claim.tenant_id, claim.attempt, report)
 
 
 async def record(

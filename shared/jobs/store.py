@@ -311,12 +311,9 @@ async def claim_queued(
 
 
 @dataclass(frozen=True)
-class Finish:
+class Report:
     """An attempt's outcome as its worker reports it, with the resources it used."""
 
-    job_id: uuid.UUID
-    tenant_id: uuid.UUID
-    attempt: int
     state: JobState
     result: dict[str, Any] | None = None
     error: str | None = None
@@ -324,11 +321,22 @@ class Finish:
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
 
+
+@dataclass(frozen=True)
+class Finish:
+    """The report of one attempt of one job: what ``finish_attempts`` writes."""
+
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    attempt: int
+    report: Report
+
     @property
     def without_rules(self) -> bool:
         """An outcome that ``decide`` takes as it comes from RUNNING (no retry to decide):
         ``finish_attempts`` can apply it."""
-        return self.state in _AS_REPORTED or (self.state is JobState.FAILED and not self.retryable)
+        r = self.report
+        return r.state in _AS_REPORTED or (r.state is JobState.FAILED and not r.retryable)
 
 
 _AS_REPORTED = frozenset({JobState.SUCCEEDED, JobState.TIMED_OUT, JobState.CANCELLED})
@@ -394,8 +402,8 @@ async def finish_attempts(
             tenant_id=f.tenant_id,
             job_id=f.job_id,
             attempt=f.attempt,
-            state=f.state.value,
-            cpu_seconds=f.cpu_seconds,
+            state=f.report.state.value,
+            cpu_seconds=f.report.cpu_seconds,
         )
         for f in finishes
     ]
@@ -404,11 +412,11 @@ async def finish_attempts(
         FINISH_ATTEMPTS,
         [f.job_id for f in finishes],
         [f.attempt for f in finishes],
-        [f.state.value for f in finishes],
-        [None if f.result is None else dumps(f.result).decode() for f in finishes],
-        [f.error for f in finishes],
-        [f.cpu_seconds for f in finishes],
-        [f.wall_seconds for f in finishes],
+        [f.report.state.value for f in finishes],
+        [None if f.report.result is None else dumps(f.report.result).decode() for f in finishes],
+        [f.report.error for f in finishes],
+        [f.report.cpu_seconds for f in finishes],
+        [f.report.wall_seconds for f in finishes],
         [e.event_id for e in events],
         [e.to_bytes() for e in events],
         utcnow(),

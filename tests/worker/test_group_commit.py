@@ -25,13 +25,12 @@ from services.worker import service
 from services.worker.app import WorkerRuntime
 from services.worker.batch import Claims, Records
 from services.worker.runner import KernelRunner
-from services.worker.service import Report
 from services.worker.settings import WorkerSettings
 from shared.db.batch import GroupCommit
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim, Finish, set_job_state
+from shared.jobs.store import Claim, Finish, Report, set_job_state
 from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
 from tests.factories import new_job, own_database
@@ -77,7 +76,10 @@ async def claimed(sessions: Sessions, n: int, worker: str = "w1") -> list[Claim]
 def succeeded(claim: Claim) -> Finish:
     result = {"n": claim.params["samples"]}
     return Finish(
-        claim.job_id, claim.tenant_id, claim.attempt, JobState.SUCCEEDED, result, cpu_seconds=0.5
+        claim.job_id,
+        claim.tenant_id,
+        claim.attempt,
+        Report(JobState.SUCCEEDED, result, cpu_seconds=0.5),
     )
 
 
@@ -190,9 +192,9 @@ async def test_a_row_the_database_rejects_fails_its_own_caller_only(sessions: Se
         claims[1].job_id,
         claims[1].tenant_id,
         1,
-        JobState.FAILED,
-        error="a NUL byte \x00 PostgreSQL refuses in text",
-        retryable=False,
+        Report(
+            JobState.FAILED, error="a NUL byte \x00 PostgreSQL refuses in text", retryable=False
+        ),
     )
     outcomes = await asyncio.gather(
         records.record(succeeded(claims[0])),

@@ -16,10 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import service as scheduler
 from services.worker import service
-from services.worker.service import Report
 from shared.db.models import JobAttempt, Tenant
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim, set_job_state
+from shared.jobs.store import Claim, Report, set_job_state
 from shared.settings import CommonSettings, StorageSettings
 from shared.storage.catalog import get_dataset
 from shared.storage.registry import Storage

@@ -16,11 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import service as scheduler
 from services.worker import service
-from services.worker.service import Recorded, Report
+from services.worker.service import Recorded
 from services.worker.stageout import StagedOutput, StageOutFailed, abort_staged, stage_out
 from shared.db.models import Tenant
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim, set_job_state
+from shared.jobs.store import Claim, Report, set_job_state
 from shared.settings import CommonSettings
 from shared.storage.catalog import get_dataset
 from shared.storage.checksum import format_checksum, new_hasher

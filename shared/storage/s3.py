@@ -28,6 +28,8 @@ from typing import Any
 
 import botocore.auth
 import s3fs
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.payload import Payload
 from botocore.auth import S3SigV4Auth
 
 from shared.settings import TierSettings
@@ -37,20 +39,69 @@ PREHASHED = "s3v4-stratus-prehashed"  # a signature version name, for UploadPart
 CHECKSUM_ALGORITHM = "CRC32"  # of each part, verified by S3; the object's is a composite
 
 
-class PartBody(bytearray):
-    """A part's bytes with their SHA-256 (hex), computed on a worker thread. A bytearray, not
-    bytes: botocore would wrap bytes in a ``BytesIO``, which aiohttp copies once more and
-    sends 64 KiB per turn of the event loop; this goes out in one write."""
-
-    sha256: str = ""
+_HEAD_BYTES = 64 * 1024  # of a part, sent joined with the request's headers
 
 
-def prepare_part(data: bytes) -> tuple[PartBody, str]:
+class PartBody(Payload):
+    """A part's bytes, not copied (a view of the chunk read), with their SHA-256 (hex),
+    computed on a worker thread, as the aiohttp payload botocore hands on as is.
+
+    aiohttp would copy a bytes-like body twice on the event loop, 8 MiB each: its
+    ``BytesPayload`` slices it to the declared length, and on Python before 3.12.9 it joins
+    the request's headers and the body into one new bytes object. This payload writes the
+    first ``_HEAD_BYTES`` (joined with the headers) and then the rest as a memoryview, which
+    the transport sends from the chunk's own buffer. ``read``/``seek``/``tell`` make it the
+    readable body botocore's parameter validation asks for; with the hash and the CRC32
+    given, botocore reads nothing."""
+
+    def __init__(self, data: bytes | bytearray | memoryview, sha256: str) -> None:
+        view = memoryview(data).cast("B")
+        super().__init__(view, content_type="application/octet-stream")
+        self._size = view.nbytes
+        self._view = view
+        self._pos = 0
+        self.sha256 = sha256
+
+    def __len__(self) -> int:
+        return self._view.nbytes
+
+    def read(self, n: int = -1) -> bytes:
+        end = self._view.nbytes if n < 0 else min(self._pos + n, self._view.nbytes)
+        data = bytes(self._view[self._pos : end])
+        self._pos = end
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = (0, self._pos, self._view.nbytes)[whence]
+        self._pos = max(0, min(base + offset, self._view.nbytes))
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return bytes(self._view).decode(encoding, errors)
+
+    async def as_bytes(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return bytes(self._view)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        await self.write_with_length(writer, None)
+
+    async def write_with_length(
+        self, writer: AbstractStreamWriter, content_length: int | None
+    ) -> None:
+        view = self._view if content_length is None else self._view[:content_length]
+        await writer.write(view[:_HEAD_BYTES])
+        if view.nbytes > _HEAD_BYTES:
+            await writer.write(view[_HEAD_BYTES:])
+
+
+def prepare_part(data: bytes | bytearray | memoryview) -> tuple[PartBody, str]:
     """The part to send and its CRC32 (base64, ``ChecksumCRC32``): on a worker thread."""
-    body = PartBody(data)
-    body.sha256 = hashlib.sha256(body).hexdigest()
-    crc = zlib.crc32(body).to_bytes(4, "big")
-    return body, base64.b64encode(crc).decode()
+    sha256 = hashlib.sha256(data).hexdigest()
+    crc = zlib.crc32(data).to_bytes(4, "big")
+    return PartBody(data, sha256), base64.b64encode(crc).decode()
 
 
 class PrehashedS3SigV4Auth(S3SigV4Auth):  # type: ignore[misc]  # botocore is untyped

@@ -188,15 +188,37 @@ async def test_s3_part_is_signed_with_its_sha256_computed_off_the_loop(
 
 def test_the_prehashed_signer_hashes_any_other_body_itself() -> None:
     """Only a ``PartBody`` brings its own hash (computed with it, off the loop); any other
-    body, or a ``PartBody`` without one, is hashed by botocore as usual."""
+    body, or a ``PartBody`` without one, is hashed by botocore as usual (it reads the
+    ``PartBody`` as a file)."""
     data = b"a" * 100
     real = hashlib.sha256(data).hexdigest()
     auth = PrehashedS3SigV4Auth(None, "s3", "us-east-1")
     body, crc32 = prepare_part(data)
-    assert bytes(body) == data
+    assert body.read() == data
+    assert len(body) == len(data)
     assert body.sha256 == real
     assert crc32 == base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
     body.sha256 = "0" * 64  # the signer takes it as it is: only prepare_part sets it
-    for sent, want in ((body, "0" * 64), (data, real), (PartBody(data), real)):
+    for sent, want in ((body, "0" * 64), (data, real), (PartBody(data, ""), real)):
         request = AWSRequest(method="PUT", url="http://127.0.0.1/b/k", data=sent)
         assert auth.payload(request) == want
+
+
+async def test_a_part_goes_to_the_transport_from_the_chunks_own_buffer() -> None:
+    """aiohttp joins the request's headers with the first write: that write is small, and the
+    rest of the part is handed on as a view of the chunk read, not a copy."""
+    data = payload(3 * 64 * 1024 + 5, seed=26)
+    body, _ = prepare_part(data)
+    writes: list[Any] = []
+
+    class Writer:
+        async def write(self, chunk: Any) -> None:
+            writes.append(chunk)
+
+    await body.write_with_length(Writer(), None)  # type: ignore[arg-type]
+    assert b"".join(bytes(w) for w in writes) == data
+    assert len(writes[0]) == 64 * 1024
+    assert all(isinstance(w, memoryview) and w.obj is data for w in writes)
+    writes.clear()
+    await body.write_with_length(Writer(), 100)  # type: ignore[arg-type]
+    assert b"".join(bytes(w) for w in writes) == data[:100]

@@ -71,8 +71,26 @@ class ChaosPlan:
     down_s: float = 3.0  # how long a restarted server stays away
     trickle_s: float = 0.1  # pace of each of the 4 clients submitting during the faults
     quiet_timeout_s: float = 600.0
+    # no job finishing for this long ends a wait at once (a hung service, not a slow
+    # machine): the run then fails on its findings within minutes instead of at the timeout
+    stall_s: float = 180.0
     migrations: int = 3  # in flight when the datamover is killed (one per tenant)
     kill_until: float = 0.9  # workers are killed until this fraction of the jobs SUCCEEDED
+
+
+class Progress:
+    """Whether a count stopped rising: ``stalled(value, now)`` is true once ``value`` has not
+    gone above its best for ``stall_s``."""
+
+    def __init__(self, stall_s: float) -> None:
+        self.stall_s = stall_s
+        self.best: float | None = None
+        self.since = time.monotonic()
+
+    def stalled(self, value: float, now: float) -> bool:
+        if self.best is None or value > self.best:
+            self.best, self.since = value, now
+        return now - self.since > self.stall_s
 
 
 @dataclass
@@ -266,10 +284,19 @@ class ChaosRun:
         return await self._count_jobs(_UNFINISHED)
 
     async def wait_succeeded(self, count: int, timeout: float) -> None:
+        """Until ``count`` jobs SUCCEEDED; fails after ``timeout``, or sooner when none
+        succeeded for the plan's ``stall_s``."""
         deadline = time.monotonic() + timeout
-        while (await self.succeeded() or 0) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"fewer than {count} jobs SUCCEEDED after {timeout:.0f}s")
+        progress = Progress(self.plan.stall_s)
+        while (done := await self.succeeded() or 0) < count:
+            now = time.monotonic()
+            stalled = progress.stalled(done, now)
+            if now > deadline or stalled:
+                why = f"none for {self.plan.stall_s:.0f}s" if stalled else "timed out"
+                raise AssertionError(
+                    f"fewer than {count} jobs SUCCEEDED ({done}) after "
+                    f"{timeout - (deadline - now):.0f}s: {why}"
+                )
             await asyncio.sleep(0.25)
 
     async def wait_next_completion(self, after: float, timeout: float = 120) -> float | None:
@@ -409,6 +436,7 @@ class ChaosRun:
         """Every submitted job final, no migration unfinished, the outbox empty; then the
         consumers' queues empty (a minute at most: what stays there is a finding)."""
         deadline = time.monotonic() + timeout
+        progress = Progress(self.plan.stall_s)
         sql = text(
             "SELECT (SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND state NOT IN "
             "('SUCCEEDED','FAILED','CANCELLED','TIMED_OUT')) + (SELECT count(*) FROM migrations "
@@ -420,6 +448,9 @@ class ChaosRun:
                     left = await conn.scalar(sql, {"t": self.tenant_ids})
                 if left == 0:
                     break
+                if left is not None and progress.stalled(-left, time.monotonic()):
+                    self.say(f"nothing finished for {self.plan.stall_s:.0f}s; {left} left")
+                    break  # the findings say what is stuck
             await asyncio.sleep(0.5)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -131,4 +131,5 @@ def serve(factory: str, settings: CommonSettings) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.http_keep_alive_s,
     )

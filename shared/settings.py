@@ -191,6 +191,12 @@ class CommonSettings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     host: str = "127.0.0.1"
     port: int = 8000
+    # How long an idle HTTP connection stays open. Longer than clients keep idle connections
+    # (httpx 5 s, aiohttp 15 s) and than a load balancer's idle timeout (60 s on AWS ALB):
+    # the client closes first, instead of reusing a connection the server is closing at
+    # that moment (uvicorn's default of 5 s equals httpx's, so under load such a client saw
+    # ReadError now and then).
+    http_keep_alive_s: int = Field(default=75, gt=0)
     key_secret: SecretStr = SecretStr("dev-key-secret")
     # SIGTERM: how long a service lets the work in progress finish before cancelling it
     shutdown_grace_s: float = 10.0

@@ -196,7 +196,7 @@ async def local_to_archive(b: Bench, size: int, repeat: int) -> dict[str, Any]:
                     ["cp", "--reflink=never", str(src), str(d)], check=True
                 )
             )
-        )  # type: ignore[misc]
+        )
         dst.unlink()
         name = f"big/m{i}.bin"
         os.link(src, b.path("local", name))  # the same inode: the same warm pages
@@ -237,11 +237,11 @@ async def s3_both_ways(b: Bench, size: int, repeat: int) -> dict[str, Any]:
     ups, downs, ours_up, ours_down = [], [], [], []
     for i in range(-1, repeat):  # round -1 warms up both sides and is not counted
         key = f"ref/{i}.bin"
-        ups.append(timed(lambda k=key: client.upload_file(str(src), BUCKET, k, Config=config)))  # type: ignore[misc]
+        ups.append(timed(lambda k=key: client.upload_file(str(src), BUCKET, k, Config=config)))
         out = RUN / f"ref-{i}.bin"
         downs.append(
             timed(lambda k=key, o=out: client.download_file(BUCKET, k, str(o), Config=config))
-        )  # type: ignore[misc]
+        )
         out.unlink()
         client.delete_object(Bucket=BUCKET, Key=key)
         name = f"s3/m{i}.bin"

@@ -72,7 +72,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, 
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True, parallel=True)  # type: ignore[untyped-decorator]
 def _triad(a: Any, b: Any, c: Any, s: float) -> None:
     for i in prange(a.shape[0]):
         a[i] = b[i] + s * c[i]

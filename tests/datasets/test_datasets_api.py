@@ -3,6 +3,7 @@ listing, delete, quota, scopes, tenancy and names, against real tiers."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -66,7 +67,7 @@ async def test_streamed_upload_without_length(api: httpx.AsyncClient) -> None:
     t = await new_tenant(api)
     pieces = [payload(70_000, seed=i) for i in range(40)]  # ~2.8 MB in odd pieces
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         for piece in pieces:
             yield piece
 
@@ -123,7 +124,7 @@ async def test_storage_quota_answers_413(api: httpx.AsyncClient) -> None:
     assert r.status_code == 413, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         for _ in range(6):
             yield b"c" * 100  # no Content-Length: refused while streaming
 
@@ -316,7 +317,7 @@ async def test_large_upload_keeps_memory_flat(api: httpx.AsyncClient) -> None:
             peak = max(peak, rss_bytes())
             await asyncio.sleep(0.02)
 
-    async def body():  # type: ignore[no-untyped-def]
+    async def body() -> AsyncIterator[bytes]:
         for _ in range(total // len(block)):
             hasher.update(block)
             yield block

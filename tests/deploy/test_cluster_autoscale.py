@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from supervisor.options import ServerOptions
+from supervisor.options import ServerOptions  # type: ignore[import-untyped]
 
 from services.scheduler.settings import SchedulerSettings
 from tools.cluster import CUDA_WORKER, Autoscale, ClusterConfig, LocalCluster

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import yaml
 from pydantic import BaseModel, SecretStr
-from supervisor.datatypes import dict_of_key_value_pairs
-from supervisor.options import ServerOptions
+from supervisor.datatypes import dict_of_key_value_pairs  # type: ignore[import-untyped]
+from supervisor.options import ServerOptions  # type: ignore[import-untyped]
 
 from shared.settings import CommonSettings
 from tools.cluster import SERVICES, ClusterConfig, LocalCluster

@@ -14,8 +14,8 @@ import pytest
 
 from shared.messaging import Broker, Delivery, QueueSpec
 from shared.messaging.broker import Outgoing
-from shared.messaging.topology import DELAY_LEVELS_MS, delay_level
-from shared.settings import CommonSettings
+from shared.messaging.topology import delay_level
+from shared.settings import DELAY_LEVELS_MS, CommonSettings
 from shared.telemetry import MESSAGES
 
 

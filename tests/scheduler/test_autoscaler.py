@@ -6,7 +6,7 @@ it had."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 
 import pytest
@@ -58,7 +58,7 @@ async def db(settings: CommonSettings) -> AsyncIterator[async_sessionmaker[Async
 @pytest.fixture
 async def s(
     db: async_sessionmaker[AsyncSession],
-) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
+) -> async_sessionmaker[AsyncSession]:
     async with db() as session, session.begin():
         await session.execute(text("TRUNCATE tenants, workers, worker_pools CASCADE"))
     return db
@@ -76,7 +76,7 @@ def _settings(cooldown_s: float = 60.0) -> AutoscaleSettings:
 
 async def _jobs(
     s: async_sessionmaker[AsyncSession],
-    specs: list[dict[str, object]],
+    specs: Sequence[Mapping[str, object]],
     *,
     quotas: dict[str, float] | None = None,
     suspended: bool = False,

@@ -15,11 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import service
 from services.worker import service as worker_service
-from services.worker.service import Report
 from shared.db.models import Dataset, Job, JobAttempt, JobEvent, Migration, Outbox, Tenant, Worker
 from shared.events import Event, JobDispatched, utcnow
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim
+from shared.jobs.store import Claim, Report
 from shared.settings import CommonSettings
 from shared.storage.migrations import migrations_for_job
 from tests.factories import admitted_with_input, cpu_used, new_job, own_database

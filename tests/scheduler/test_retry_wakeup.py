@@ -17,10 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.scheduler.app import create_app
 from services.scheduler.settings import SchedulerSettings
 from services.worker import service as worker_service
-from services.worker.service import Report
 from shared.db.models import Job, Outbox, Tenant, Worker
 from shared.events import utcnow
 from shared.jobs.states import JobState
+from shared.jobs.store import Report
 from shared.settings import CommonSettings
 from tests.factories import new_job, own_database
 

@@ -6,6 +6,13 @@ import asyncio
 import itertools
 
 from shared.loops import periodic
+from shared.resilience import BreakerState, CircuitBreaker
+
+
+def state_of(breaker: CircuitBreaker) -> BreakerState:
+    """A fresh read of the breaker's state, which the loop's task changes meanwhile (a bare
+    ``breaker.state`` would stay narrowed by mypy after an earlier ``is`` check)."""
+    return breaker.state
 
 
 async def _run(min_gap_s: float, *, wakes: int, every_s: float) -> list[float]:
@@ -86,7 +93,6 @@ async def test_a_breaker_stops_the_steps_while_the_database_is_out() -> None:
     """Connectivity errors open the loop's breaker (no steps while open); after the reset
     timeout one step tries again, and its success closes it. Other errors are answers."""
     from shared.db.engine import is_connectivity_error
-    from shared.resilience import BreakerState, CircuitBreaker
 
     breaker = CircuitBreaker(
         "postgres", failure_threshold=2, reset_timeout_s=3.0, is_failure=is_connectivity_error
@@ -103,20 +109,20 @@ async def test_a_breaker_stops_the_steps_while_the_database_is_out() -> None:
 
     task = asyncio.create_task(periodic("t", step, interval_s=0.01, stop=stop, breaker=breaker))
     for _ in range(200):
-        if breaker.state is BreakerState.OPEN:
+        if state_of(breaker) is BreakerState.OPEN:
             break
         await asyncio.sleep(0.01)
-    assert breaker.state is BreakerState.OPEN
+    assert state_of(breaker) is BreakerState.OPEN
     opened_after = len(calls)
     assert opened_after == 2  # the threshold
     await asyncio.sleep(2.0)  # the loop's own backoff alone would have tried again by now
     assert len(calls) == opened_after  # open: no step touched the database
     outage["on"] = False
     for _ in range(500):  # past the reset timeout: a trial step, then steps again
-        if breaker.state is BreakerState.CLOSED:
+        if state_of(breaker) is BreakerState.CLOSED:
             break
         await asyncio.sleep(0.01)
-    assert breaker.state is BreakerState.CLOSED
+    assert state_of(breaker) is BreakerState.CLOSED
     await asyncio.sleep(0.1)
     assert len(calls) > opened_after + 1
     stop.set()
@@ -125,7 +131,6 @@ async def test_a_breaker_stops_the_steps_while_the_database_is_out() -> None:
 
 async def test_a_bad_query_does_not_open_the_breaker() -> None:
     from shared.db.engine import is_connectivity_error
-    from shared.resilience import BreakerState, CircuitBreaker
 
     breaker = CircuitBreaker(
         "postgres", failure_threshold=1, reset_timeout_s=5, is_failure=is_connectivity_error
@@ -145,5 +150,6 @@ async def test_a_bad_query_does_not_open_the_breaker() -> None:
         await asyncio.sleep(0.01)
     stop.set()
     await asyncio.wait_for(task, 5)
-    assert breaker.state is BreakerState.CLOSED  # a threshold of 1: one counted failure opens it
+    # a threshold of 1: one counted failure opens it
+    assert state_of(breaker) is BreakerState.CLOSED
     assert calls >= 2  # backing off, not stopped by the breaker

@@ -39,12 +39,13 @@ def case(name: str, *, gpu_only: bool = False) -> Callable[[Case], Case]:
 
 def call(kernel: str, params: dict[str, Any], inputs: dict[str, Any], folder: Path) -> Any:
     from services.worker.kernels import registry
+    from shared.kernels import CATALOGUE
 
     paths = {}
     for name, arr in inputs.items():
         np.save(folder / f"{name}.npy", arr)
         paths[name] = str(folder / f"{name}.npy")
-    outputs = {name: str(folder / f"out-{name}.npy") for name in registry.CATALOGUE[kernel].outputs}
+    outputs = {name: str(folder / f"out-{name}.npy") for name in CATALOGUE[kernel].outputs}
     result = registry.call(kernel, "cuda", params, paths, outputs, threads=1)
     return result, {name: np.load(path) for name, path in outputs.items()}
 

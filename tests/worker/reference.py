@@ -39,7 +39,8 @@ def accelerations(pos: Array, m: Array, eps2: float) -> Array:
     d, r2 = _pairs(pos, eps2)
     with np.errstate(divide="ignore", invalid="ignore"):
         w = np.where(r2 > 0, m[None, :] / (r2 * np.sqrt(r2)), 0.0)
-    return (d * w[:, :, None]).sum(axis=1)
+    acc: Array = (d * w[:, :, None]).sum(axis=1)
+    return acc
 
 
 def energy(pos: Array, vel: Array, m: Array, eps2: float) -> float:

@@ -8,7 +8,7 @@ import dataclasses
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any, TypedDict, cast
 
 import numpy as np
 import pytest
@@ -126,8 +126,14 @@ async def test_outputs_are_written_under_the_tiers_temporary_folder(
     assert not (folder / "out" / "y.npy").exists()  # published only when recorded
 
 
+class RunnerSettings(TypedDict):
+    concurrency: int
+    numba_cache_dir: Path
+    warm_kernels: bool
+
+
 async def test_a_cuda_worker_needs_cuda_or_the_simulator(tmp_path: Path) -> None:
-    base = {"concurrency": 1, "numba_cache_dir": CACHE, "warm_kernels": False}
+    base: RunnerSettings = {"concurrency": 1, "numba_cache_dir": CACHE, "warm_kernels": False}
     with pytest.raises(
         RuntimeError, match=r"STRATUS_DEVICE=cuda but this machine offers \['cpu'\]"
     ):

@@ -68,7 +68,7 @@ async def job(db: Sessions, job_id: uuid.UUID) -> Job:
 async def now(db: Sessions) -> datetime:
     async with db() as session:
         at = await session.scalar(select(func.now()))
-        assert at is not None
+        assert isinstance(at, datetime)
         return at
 
 

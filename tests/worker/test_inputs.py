@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import pytest
 from services.worker.datasets import InvalidDatasetName, resolve_paths
 from services.worker.kernels import registry
 from services.worker.kernels.base import KernelInputError, output_array
+from shared.kernels import CATALOGUE
 from shared.settings import StorageSettings
 from tests.worker.conftest import Save
 
@@ -22,7 +24,9 @@ Out = Callable[[str], str]
 f64 = np.float64
 
 
-def run(kernel: str, params: dict[str, object], inputs: dict[str, str], outputs: dict[str, str]):  # type: ignore[no-untyped-def]
+def run(
+    kernel: str, params: Mapping[str, object], inputs: dict[str, str], outputs: dict[str, str]
+) -> dict[str, Any]:
     return registry.call(kernel, "cpu", dict(params), inputs, outputs, threads=1)
 
 
@@ -46,13 +50,13 @@ def run(kernel: str, params: dict[str, object], inputs: dict[str, str], outputs:
 def test_bad_shapes_and_dtypes_fail_with_a_clear_message(
     kernel: str,
     params: dict[str, object],
-    arrays: dict[str, np.ndarray],  # type: ignore[type-arg]
+    arrays: dict[str, np.ndarray[Any, Any]],
     message: str,
     save: Save,
     out: Out,
 ) -> None:
     inputs = {name: save(name, arr) for name, arr in arrays.items()}
-    outputs = {name: out(name) for name in registry.CATALOGUE[kernel].outputs}
+    outputs = {name: out(name) for name in CATALOGUE[kernel].outputs}
     with pytest.raises(KernelInputError, match=re.escape(message)):
         run(kernel, params, inputs, outputs)
     assert not any(Path(p).exists() for p in outputs.values())  # nothing written

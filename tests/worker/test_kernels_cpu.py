@@ -3,7 +3,8 @@ of awkward shapes (1x1, primes, non-square, empty)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,7 +18,9 @@ Out = Callable[[str], str]
 rng = np.random.default_rng(20261128)
 
 
-def call(kernel: str, params: dict[str, object], inputs: dict[str, str], outputs: dict[str, str]):  # type: ignore[no-untyped-def]
+def call(
+    kernel: str, params: Mapping[str, object], inputs: dict[str, str], outputs: dict[str, str]
+) -> dict[str, Any]:
     return registry.call(kernel, "cpu", dict(params), inputs, outputs, threads=2)
 
 

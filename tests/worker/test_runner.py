@@ -100,7 +100,7 @@ async def test_cancel_kills_the_running_kernel_within_5_s(runner: KernelRunner) 
     await runner.wait_idle()
     usage = Usage()
     task = asyncio.create_task(runner.run(spin(60), usage=usage))
-    pid = await running_pid(runner, pids(runner), task)  # type: ignore[arg-type]
+    pid = await running_pid(runner, pids(runner), task)
     t0 = time.monotonic()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -141,7 +141,7 @@ async def test_a_sigterm_to_the_process_group_does_not_stop_a_running_job(
 ) -> None:
     await runner.wait_idle()
     task = asyncio.create_task(runner.run(spin(1.0)))
-    pid = await running_pid(runner, pids(runner), task)  # type: ignore[arg-type]
+    pid = await running_pid(runner, pids(runner), task)
     os.kill(pid, signal.SIGTERM)  # what supervisord's stopasgroup sends: the worker decides
     outcome = await task
     assert outcome.status is Status.SUCCEEDED

@@ -17,7 +17,9 @@
 Times are wall clock from the request's commit to SUCCEEDED, as a user sees them; the
 datamover runs in-process on uvloop, as the service does under uvicorn, and the bench learns
 that a migration ended from the datamover's own task (no polling beside it). The reference and
-ours alternate round by round after one warm-up round each, and the figures are medians:
+ours alternate round by round after one warm-up round each, each going first every other
+round (what the one before leaves, dirty pages and moto's cleanup, slows the next), and the
+figures are medians:
 the machine is shared, so only ratios from one run mean anything. Everything it starts uses
 database and vhost ``stratus_bench_dm`` and ``bench/results/datamover-run/``, removed on exit.
 Results: ``bench/results/datamover.json``.
@@ -190,22 +192,33 @@ async def local_to_archive(b: Bench, size: int, repeat: int) -> dict[str, Any]:
     for i in range(-1, repeat):  # round -1 warms up both sides and is not counted
         dst = b.path("archive", f"cp/{i}.bin")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        cps.append(
-            timed(
-                lambda d=dst: subprocess.run(
-                    ["cp", "--reflink=never", str(src), str(d)], check=True
+
+        def reference(d: Path = dst) -> None:
+            cps.append(
+                timed(
+                    lambda: subprocess.run(["cp", "--reflink=never", str(src), str(d)], check=True)
                 )
             )
-        )
-        dst.unlink()
-        name = f"big/m{i}.bin"
-        os.link(src, b.path("local", name))  # the same inode: the same warm pages
-        await b.register(name, size, checksum)
-        wall, m = await b.migrate(name, "archive", MigrationMode.COPY)
-        assert m.checksum == checksum
-        moves.append(wall)
-        servers.append(server_time(m))
-        b.path("archive", name).unlink()
+            d.unlink()
+
+        async def ours(i: int = i) -> None:
+            name = f"big/m{i}.bin"
+            os.link(src, b.path("local", name))  # the same inode: the same warm pages
+            await b.register(name, size, checksum)
+            wall, m = await b.migrate(name, "archive", MigrationMode.COPY)
+            assert m.checksum == checksum
+            moves.append(wall)
+            servers.append(server_time(m))
+            b.path("archive", name).unlink()
+
+        # each side goes first every other round: what one leaves behind (dirty pages being
+        # written back) slows the other alike
+        if i % 2:
+            await ours()
+            reference()
+        else:
+            reference()
+            await ours()
     cps, moves, servers = cps[1:], moves[1:], servers[1:]
     cp, mv = median(cps), median(moves)
     return {
@@ -236,22 +249,30 @@ async def s3_both_ways(b: Bench, size: int, repeat: int) -> dict[str, Any]:
     )
     ups, downs, ours_up, ours_down = [], [], [], []
     for i in range(-1, repeat):  # round -1 warms up both sides and is not counted
-        key = f"ref/{i}.bin"
-        ups.append(timed(lambda k=key: client.upload_file(str(src), BUCKET, k, Config=config)))
-        out = RUN / f"ref-{i}.bin"
-        downs.append(
-            timed(lambda k=key, o=out: client.download_file(BUCKET, k, str(o), Config=config))
-        )
-        out.unlink()
-        client.delete_object(Bucket=BUCKET, Key=key)
-        name = f"s3/m{i}.bin"
-        os.link(src, b.path("local", name))
-        await b.register(name, size, checksum)
-        wall, _ = await b.migrate(name, "s3", MigrationMode.MOVE)
-        ours_up.append(wall)
-        wall, m = await b.migrate(name, "local", MigrationMode.MOVE)
-        assert m.checksum == checksum
-        ours_down.append(wall)
+
+        def reference(key: str = f"ref/{i}.bin", out: Path = RUN / f"ref-{i}.bin") -> None:
+            ups.append(timed(lambda: client.upload_file(str(src), BUCKET, key, Config=config)))
+            downs.append(timed(lambda: client.download_file(BUCKET, key, str(out), Config=config)))
+            out.unlink()
+            client.delete_object(Bucket=BUCKET, Key=key)
+
+        async def ours(name: str = f"s3/m{i}.bin") -> None:
+            os.link(src, b.path("local", name))
+            await b.register(name, size, checksum)
+            wall, _ = await b.migrate(name, "s3", MigrationMode.MOVE)
+            ours_up.append(wall)
+            wall, m = await b.migrate(name, "local", MigrationMode.MOVE)
+            assert m.checksum == checksum
+            ours_down.append(wall)
+
+        # each side goes first every other round: moto's work left over from the one before
+        # (freeing a deleted object, temporary files written back) slows the other alike
+        if i % 2:
+            await ours()
+            reference()
+        else:
+            reference()
+            await ours()
     ups, downs, ours_up, ours_down = ups[1:], downs[1:], ours_up[1:], ours_down[1:]
     up, down = median(ups), median(downs)
     return {

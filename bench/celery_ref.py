@@ -17,7 +17,7 @@ import os
 import threading
 import time
 
-from celery import Celery  # type: ignore[import-untyped]
+from celery import Celery
 from redis import Redis
 
 BROKER = os.environ.get("BENCH_CELERY_BROKER", "amqp://guest:guest@127.0.0.1:5672/stratus_bench")

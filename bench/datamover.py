@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +185,19 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+async def take_turns(
+    round_: int, reference: Callable[[], None], ours: Callable[[], Awaitable[None]]
+) -> None:
+    """Run both sides of a round, each going first every other round: what the first leaves
+    behind (dirty pages being written back, moto freeing a deleted object) slows the second."""
+    if round_ % 2:
+        await ours()
+        reference()
+    else:
+        reference()
+        await ours()
+
+
 async def local_to_archive(b: Bench, size: int, repeat: int) -> dict[str, Any]:
     src = b.path("local", "big/src.bin")
     checksum = await asyncio.to_thread(make_file, src, size)
@@ -211,14 +224,7 @@ async def local_to_archive(b: Bench, size: int, repeat: int) -> dict[str, Any]:
             servers.append(server_time(m))
             b.path("archive", name).unlink()
 
-        # each side goes first every other round: what one leaves behind (dirty pages being
-        # written back) slows the other alike
-        if i % 2:
-            await ours()
-            reference()
-        else:
-            reference()
-            await ours()
+        await take_turns(i, reference, ours)
     cps, moves, servers = cps[1:], moves[1:], servers[1:]
     cp, mv = median(cps), median(moves)
     return {
@@ -265,14 +271,7 @@ async def s3_both_ways(b: Bench, size: int, repeat: int) -> dict[str, Any]:
             assert m.checksum == checksum
             ours_down.append(wall)
 
-        # each side goes first every other round: moto's work left over from the one before
-        # (freeing a deleted object, temporary files written back) slows the other alike
-        if i % 2:
-            await ours()
-            reference()
-        else:
-            reference()
-            await ours()
+        await take_turns(i, reference, ours)
     ups, downs, ours_up, ours_down = ups[1:], downs[1:], ours_up[1:], ours_down[1:]
     up, down = median(ups), median(downs)
     return {

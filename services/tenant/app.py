@@ -31,7 +31,11 @@ def create_app(settings: TenantSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         res = await open_resources(settings, name="tenant")
         app.state.resources = res
-        await res.broker.consume_batches(TENANT_USAGE, make_usage_handler(res.engine))
+        await res.broker.consume_batches(
+            TENANT_USAGE,
+            make_usage_handler(res.engine),
+            max_wait_s=settings.usage_batch_wait_s,
+        )
         log.info("tenant_started")
         try:
             yield

@@ -143,6 +143,29 @@ async def test_batch_consumer_isolates_a_poison_message(broker: Broker, prefix: 
     assert sorted(good) == [b"1", b"2", b"3"]
 
 
+async def test_batch_consumer_waits_max_wait_s_for_a_trickle(broker: Broker, prefix: str) -> None:
+    """Deliveries that trickle in within ``max_wait_s`` of the first go into one batch (the
+    tenant service waits ``STRATUS_USAGE_BATCH_WAIT_S`` so: one statement and one ack for
+    several job.finished events even at a steady, low rate)."""
+    spec = QueueSpec("trickle", (f"{prefix}.trickle",))
+    sizes: list[int] = []
+
+    async def handle(batch: list[Delivery]) -> None:
+        sizes.append(len(batch))
+
+    await broker.declare(spec)
+    await broker.consume_batches(spec, handle, max_wait_s=0.5)
+    for i in range(5):
+        await broker.publish(_msg(f"{prefix}.trickle", str(i).encode()))
+        await asyncio.sleep(0.02)
+    for _ in range(100):
+        if sum(sizes) == 5:
+            break
+        await asyncio.sleep(0.05)
+    assert sum(sizes) == 5
+    assert sizes[0] >= 4, sizes  # 100 ms of trickle, well within the wait
+
+
 async def test_batch_consumer_acknowledges_whole_batches(
     broker: Broker, prefix: str, settings: CommonSettings
 ) -> None:

@@ -97,9 +97,13 @@ class PartBody(Payload):
             await writer.write(view[_HEAD_BYTES:])
 
 
-def prepare_part(data: bytes | bytearray | memoryview) -> tuple[PartBody, str]:
-    """The part to send and its CRC32 (base64, ``ChecksumCRC32``): on a worker thread."""
-    sha256 = hashlib.sha256(data).hexdigest()
+def prepare_part(
+    data: bytes | bytearray | memoryview, *, signed: bool = True
+) -> tuple[PartBody, str]:
+    """The part to send and its CRC32 (base64, ``ChecksumCRC32``): on a worker thread.
+    ``signed``: whether the payload's SHA-256 goes into the signature (``S3Tier.signs_payload``);
+    when not, it is not computed at all."""
+    sha256 = hashlib.sha256(data).hexdigest() if signed else ""
     crc = zlib.crc32(data).to_bytes(4, "big")
     return PartBody(data, sha256), base64.b64encode(crc).decode()
 
@@ -132,6 +136,11 @@ def _choose_prehashed(signature_version: Any, context: dict[str, Any], **_: Any)
     return PREHASHED if signature_version in ("v4", "s3v4") else None
 
 
+def _is_tls(endpoint_url: str | None) -> bool:
+    """Whether requests go over TLS: an ``https`` endpoint, or none (AWS's own, always TLS)."""
+    return endpoint_url is None or endpoint_url.lower().startswith("https://")
+
+
 class _BodyReader:
     def __init__(self, body: Any) -> None:
         self._body = body
@@ -156,6 +165,12 @@ class S3Tier(Tier):
         self.prefix = settings.prefix.strip("/")
         self._fs: Any = None
         self._bucket_ready = False
+        # Over TLS a part is protected in transit by TLS and checked on receipt by its CRC32,
+        # as boto3 sends it to S3 over HTTPS (UNSIGNED-PAYLOAD): no SHA-256 of each part, the
+        # costliest hash of the upload. Over plain HTTP the SigV4 payload signature is what
+        # stops a part from being altered on the way, so there it is computed and signed.
+        # (botocore, given the CRC32 by us, would sign the payload over TLS too unless told.)
+        self.signs_payload = not _is_tls(settings.endpoint_url)
         self._lock = asyncio.Lock()
 
     def _key(self, key: str) -> str:
@@ -180,6 +195,7 @@ class S3Tier(Tier):
                 # the SigV4 payload SHA-256 the server checks; the datamover hashes what it
                 # sends end to end against the source's checksum.
                 "request_checksum_calculation": "when_required",
+                "s3": {"payload_signing_enabled": self.signs_payload},
             },
             asynchronous=True,
             skip_instance_cache=True,
@@ -267,7 +283,7 @@ class S3Tier(Tier):
     async def write(self, upload: Upload, index: int, offset: int, data: bytes) -> str | None:
         if upload.upload_id is None:
             raise ValueError("this upload has no parts (an empty object)")
-        body, crc32 = await asyncio.to_thread(prepare_part, data)
+        body, crc32 = await asyncio.to_thread(prepare_part, data, signed=self.signs_payload)
         resp = await self._call(
             "upload_part",
             Key=self._key(upload.key),

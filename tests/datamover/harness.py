@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -43,24 +44,30 @@ def free_port() -> int:
 class MotoServer:
     """``moto_server`` on loopback; ``stop`` and ``start`` again on the same port."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, tls: tuple[Path, Path] | None = None) -> None:
+        """``tls``: a certificate and its key, to serve HTTPS (clients trust ``tls[0]``)."""
         self.port = port or free_port()
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        tls = ["-c", str(self.tls[0]), "-k", str(self.tls[1])] if self.tls else []
         self.proc = subprocess.Popen(
-            [str(MOTO), "-H", "127.0.0.1", "-p", str(self.port)],
+            [str(MOTO), "-H", "127.0.0.1", "-p", str(self.port), *tls],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+        )
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(self.tls[0])) if self.tls else True
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                httpx.get(self.url + "/moto-api/", timeout=0.5)
+                httpx.get(self.url + "/moto-api/", timeout=0.5, verify=verify)
                 return
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -90,6 +97,7 @@ class MotoServer:
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
             region_name="us-east-1",
+            verify=str(self.tls[0]) if self.tls else None,
         )
 
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
 import threading
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +224,90 @@ async def test_a_part_goes_to_the_transport_from_the_chunks_own_buffer() -> None
     writes.clear()
     await body.write_with_length(Writer(), 100)  # type: ignore[arg-type]
     assert b"".join(bytes(w) for w in writes) == data[:100]
+
+
+async def test_over_tls_a_part_is_sent_unsigned_and_not_hashed_for_it(
+    storage: StorageSettings,
+) -> None:
+    """Over plain HTTP the part's SHA-256 is signed (it guards the bytes on the way); over TLS
+    it is not computed at all and the payload goes UNSIGNED, as boto3 sends parts to S3 over
+    HTTPS; the CRC32, which S3 checks on receipt, is sent either way."""
+    data = payload(1000, seed=27)
+    plain = S3Tier("s3", storage.s3)
+    tls = S3Tier("s3", storage.s3.model_copy(update={"endpoint_url": "https://s3.example.invalid"}))
+    aws = S3Tier("s3", storage.s3.model_copy(update={"endpoint_url": None}))
+    assert (plain.signs_payload, tls.signs_payload, aws.signs_payload) == (True, False, False)
+    crc32 = base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+    signed, signed_crc = prepare_part(data, signed=True)
+    unsigned, unsigned_crc = prepare_part(data, signed=False)
+    assert signed.sha256 == hashlib.sha256(data).hexdigest()
+    assert unsigned.sha256 == ""
+    assert signed_crc == unsigned_crc == crc32
+    for tier, url, body, want in (
+        (plain, "http://127.0.0.1/b/k", signed, signed.sha256),
+        (tls, "https://s3.example.invalid/b/k", unsigned, "UNSIGNED-PAYLOAD"),
+    ):
+        fs = tier._new_fs()
+        await fs.set_session()  # builds the client; no request is sent
+        try:
+            request = AWSRequest(method="PUT", url=url, data=body)
+            request.context["client_config"] = fs.s3.meta.config
+            request.headers["x-amz-checksum-crc32"] = crc32
+            auth = PrehashedS3SigV4Auth(None, "s3", "us-east-1")
+            assert auth.payload(request) == want
+        finally:
+            await fs.s3.__aexit__(None, None, None)
+
+
+@pytest.fixture
+def tls_moto(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    """moto_server over HTTPS with a self-signed certificate for 127.0.0.1, which botocore
+    trusts through ``AWS_CA_BUNDLE``."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+    server = MotoServer(tls=(cert, key))
+    server.start()
+    try:
+        server.client().create_bucket(Bucket=BUCKET)
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_an_upload_over_tls_sends_unsigned_parts_that_s3_accepts(
+    tls_moto: MotoServer, storage: StorageSettings
+) -> None:
+    """A real multipart upload over HTTPS: each part goes UNSIGNED-PAYLOAD with its CRC32
+    (checked by the server), and the object reads back byte for byte."""
+    tier = S3Tier("s3", storage.s3.model_copy(update={"endpoint_url": tls_moto.url}))
+    data = payload(CHUNK + 4321, seed=28)
+    key = "00000000-0000-0000-0000-0000000000c2/tls.bin"
+    sent: list[tuple[str, str]] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        sha256, crc32 = headers["x-amz-content-sha256"], headers["x-amz-checksum-crc32"]
+        sent.append((sha256.decode(), crc32.decode()))
+
+    try:
+        upload = await tier.begin(key, "tls", len(data))
+        tier._fs.s3.meta.events.register("before-send.s3.UploadPart", capture)
+        etags = [
+            await tier.write(upload, 0, 0, data[:CHUNK]),
+            await tier.write(upload, 1, CHUNK, data[CHUNK:]),
+        ]
+        await tier.publish(upload, etags)
+    finally:
+        await tier.close()
+    crcs = [
+        base64.b64encode(zlib.crc32(part).to_bytes(4, "big")).decode()
+        for part in (data[:CHUNK], data[CHUNK:])
+    ]
+    assert sent == [("UNSIGNED-PAYLOAD", crcs[0]), ("UNSIGNED-PAYLOAD", crcs[1])]
+    assert tls_moto.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == data

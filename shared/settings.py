@@ -6,6 +6,7 @@ Each service composes the blocks it needs into its own settings class and builds
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -173,6 +174,24 @@ class StorageSettings(BaseModel):
         return {"local": self.local, "archive": self.archive, "s3": self.s3, **self.extra}
 
 
+class JobLimits(BaseModel):
+    """What one job may use, enforced where it runs and checked at submission
+    (``STRATUS_LIMITS__JOB_MEMORY_MB`` ...)."""
+
+    # Memory of one job (its pool process's address space, MiB). 0: the host's memory times
+    # ``memory_fraction``, shared by ``os.cpu_count()`` slots.
+    job_memory_mb: int = Field(default=0, ge=0)
+    memory_fraction: float = Field(default=0.8, gt=0, le=1)
+    # A result (the kernel's JSON) larger than this is stored as a dataset the job names.
+    result_inline_max_bytes: int = Field(default=64 * 2**10, ge=1024)
+
+    def job_memory_bytes(self, slots: int | None = None) -> int:
+        if self.job_memory_mb:
+            return self.job_memory_mb * 2**20
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return int(total * self.memory_fraction) // max(1, slots or os.cpu_count() or 1)
+
+
 class CommonSettings(BaseSettings):
     """Settings every service reads. Nested blocks use ``__``: ``STRATUS_POSTGRES__HOST``."""
 
@@ -189,6 +208,7 @@ class CommonSettings(BaseSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
     storage: StorageSettings = Field(default_factory=StorageSettings)
+    limits: JobLimits = Field(default_factory=JobLimits)
     host: str = "127.0.0.1"
     port: int = 8000
     # How long an idle HTTP connection stays open. Longer than clients keep idle connections

@@ -106,6 +106,8 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # SHA-256 (hex) of the request that carried ``idempotency_key``
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -285,6 +287,8 @@ class Migration(Base):
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     job_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # SHA-256 (hex) of the request that carried ``idempotency_key``
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

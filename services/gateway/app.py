@@ -6,7 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.gateway.accounting.routes import router as accounting_router
@@ -26,6 +26,7 @@ from shared.messaging import Delivery
 from shared.messaging.topology import control_queue
 from shared.problems import install_problem_handlers, problem
 from shared.ratelimit import RateLimiter
+from shared.routing import reject_undeclared_query
 from shared.runtime import close_resources, open_resources
 from shared.startup import StartingGuard, start_in_background
 from shared.telemetry import health_router, instrument
@@ -76,6 +77,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="1",
         summary="Cloud-native HPC job service",
         lifespan=start_in_background(lifespan),
+        dependencies=[Depends(reject_undeclared_query)],  # 422 for an unknown query parameter
     )
     app.state.settings = settings
     app.state.tiers = frozenset(settings.storage.tiers())

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime
-from typing import TypeVar
+from datetime import UTC, datetime
+from typing import Annotated, Any, TypeVar
 
 import orjson
+from fastapi import Query
+from pydantic import AfterValidator, AwareDatetime
 from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -16,8 +18,37 @@ from shared.errors import Invalid
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+# An encoded cursor is about 100 characters; anything far longer is not one of ours.
+MAX_CURSOR = 256
 
 T = TypeVar("T")
+
+
+def as_utc(value: datetime) -> datetime:
+    """``value`` in UTC. A naive time, or one that has no UTC equivalent (9999-12-31T23:00
+    at -05:00), is a ``ValueError``: the database would fail on it with a 500 otherwise."""
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("a time zone offset is required (RFC 3339)")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("out of range") from exc
+
+
+# An RFC 3339 instant in a query or body, normalised to UTC (``?created_after=``).
+Instant = Annotated[AwareDatetime, AfterValidator(as_utc)]
+
+LimitQuery = Annotated[
+    int, Query(ge=1, le=MAX_LIMIT, description=f"page size, at most {MAX_LIMIT}")
+]
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_CURSOR,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="the `next_cursor` of the previous page (opaque)",
+    ),
+]
 
 
 def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
@@ -26,14 +57,22 @@ def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """What ``encode_cursor`` wrote; anything else (another shape, a date that overflows,
+    a naive time) is a 422."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, id_ = orjson.loads(raw)
-        return datetime.fromisoformat(at), uuid.UUID(id_)
+        at, id_ = _two_strings(orjson.loads(raw))
+        return as_utc(datetime.fromisoformat(at)), uuid.UUID(id_)
     except (ValueError, TypeError) as exc:
         raise Invalid(
             "malformed cursor", errors=[{"loc": ["query", "cursor"], "msg": "malformed cursor"}]
         ) from exc
+
+
+def _two_strings(value: Any) -> tuple[str, str]:
+    if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
+        raise ValueError("not a cursor")
+    return value[0], value[1]
 
 
 async def keyset_page(

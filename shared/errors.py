@@ -34,6 +34,12 @@ class Invalid(StratusError):
         self.errors = errors or []
 
 
+class QuotaExceeded(StratusError):
+    """Storing this would take the tenant over its ``storage_bytes`` quota (413)."""
+
+    title = "Payload too large"
+
+
 class Unauthorized(StratusError):
     title = "Unauthorized"
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,6 +15,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from shared import errors
 from shared.logging import get_logger
@@ -22,6 +25,45 @@ log = get_logger(__name__)
 
 PROBLEM = "application/problem+json"
 PROBLEM_REF = "#/components/schemas/Problem"
+
+# Every problem's ``type`` is this base and a kind, one kind per kind of error; docs/PROBLEMS.md
+# lists them. A domain error's kind is its class name in kebab case (``NotFound``:
+# ``not-found``), so a new error class names its own kind.
+PROBLEM_BASE = "https://stratus.dev/problems/"
+KIND_PATTERN = r"^https://stratus\.dev/problems/[a-z0-9]+(-[a-z0-9]+)*$"
+
+# The kind of an answer that is not a domain error, by its status.
+HTTP_KINDS: dict[int, str] = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    408: "request-timeout",
+    409: "conflict",
+    411: "length-required",
+    413: "payload-too-large",
+    422: "validation-failed",
+    429: "too-many-requests",
+    500: "internal-error",
+    503: "service-unavailable",
+}
+HTTP_TITLES: dict[int, str] = {
+    400: "Bad request",
+    404: "Not found",
+    405: "Method not allowed",
+    408: "Request timeout",
+    411: "Length required",
+    413: "Payload too large",
+}
+
+
+def problem_type(kind: str) -> str:
+    return PROBLEM_BASE + kind
+
+
+def error_kind(cls: type[errors.StratusError]) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "-", cls.__name__).lower()
 
 
 class ProblemError(BaseModel):
@@ -34,7 +76,11 @@ class ProblemError(BaseModel):
 class Problem(BaseModel):
     """An RFC 9457 problem document: every error answer of every Stratus service."""
 
-    type: str = Field(default="about:blank", description="a URI naming the kind of problem")
+    type: str = Field(
+        description="a URI naming the kind of problem (one per kind, listed in docs/PROBLEMS.md)",
+        pattern=KIND_PATTERN,
+        examples=[problem_type("not-found")],
+    )
     title: str
     status: int = Field(ge=400, le=599)
     detail: str
@@ -47,6 +93,7 @@ STATUS: dict[type[errors.StratusError], int] = {
     errors.NotFound: 404,
     errors.Conflict: 409,
     errors.Invalid: 422,
+    errors.QuotaExceeded: 413,
     errors.Unauthorized: 401,
     errors.Forbidden: 403,
     errors.TooManyRequests: 429,
@@ -59,11 +106,18 @@ def problem(
     title: str,
     detail: str,
     *,
-    type_: str = "about:blank",
+    kind: str | None = None,
     headers: Mapping[str, str] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    body: dict[str, Any] = {"type": type_, "title": title, "status": status, "detail": detail}
+    """A problem+json answer; ``kind`` defaults to the one its status implies."""
+    kind = kind or HTTP_KINDS.get(status, "http-error")
+    body: dict[str, Any] = {
+        "type": problem_type(kind),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
     body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
@@ -86,7 +140,9 @@ async def _domain(_request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, errors.Invalid) and exc.errors:
         extra["errors"] = exc.errors
-    return problem(status, exc.title, exc.detail, headers=headers, **extra)
+    return problem(
+        status, exc.title, exc.detail, kind=error_kind(type(exc)), headers=headers, **extra
+    )
 
 
 def _jsonable_loc(loc: Any) -> list[Any]:
@@ -96,16 +152,38 @@ def _jsonable_loc(loc: Any) -> list[Any]:
 async def _validation(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errs = [{"loc": _jsonable_loc(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
-    return problem(422, "Validation failed", "The request does not match the schema.", errors=errs)
+    return problem(
+        422,
+        "Validation failed",
+        "The request does not match the schema.",
+        kind="validation-failed",
+        errors=errs,
+    )
 
 
 async def _http(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
-    titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
-    detail = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-    return problem(
-        exc.status_code, titles.get(exc.status_code, "HTTP error"), detail, headers=exc.headers
-    )
+    return http_problem(exc)
+
+
+def http_problem(exc: HTTPException) -> JSONResponse:
+    """The answer for an ``HTTPException``, raised by a route or by the edge's middleware."""
+    status = exc.status_code
+    title = HTTP_TITLES.get(status) or _phrase(status)
+    detail = exc.detail if isinstance(exc.detail, str) else title
+    return problem(status, title, detail, headers=exc.headers)
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "HTTP error"
+
+
+async def _client_gone(_request: Request, _exc: Exception) -> JSONResponse:
+    # Nobody reads this answer; the edge logged the disconnect in one line.
+    return problem(400, "Client disconnected", "The client went away before its body arrived.")
 
 
 async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
@@ -114,6 +192,7 @@ async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
         503,
         "Service unavailable",
         "The database is unavailable; retry later.",
+        kind="dependency-unavailable",
         headers={"Retry-After": "2"},
     )
 
@@ -125,6 +204,7 @@ async def _circuit_open(_request: Request, exc: Exception) -> JSONResponse:
         503,
         "Service unavailable",
         f"{exc.name} is unavailable; retry later.",
+        kind="dependency-unavailable",
         headers={"Retry-After": retry},
     )
 
@@ -134,6 +214,7 @@ async def _overloaded(_request: Request, _exc: Exception) -> JSONResponse:
         503,
         "Service overloaded",
         "Every database connection is busy; retry shortly.",
+        kind="overloaded",
         headers={"Retry-After": "1"},
     )
 
@@ -149,6 +230,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(errors.StratusError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     for exc_type in (OperationalError, InterfaceError, ConnectionError, OSError):
         app.add_exception_handler(exc_type, _database_down)
     app.add_exception_handler(PoolTimeout, _overloaded)

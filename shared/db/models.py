@@ -323,6 +323,27 @@ class MigrationChunk(Base):
     etag: Mapped[str | None] = mapped_column(String(200))
 
 
+class StorageReservation(Base):
+    """Bytes held against a tenant's ``storage_bytes`` quota by an upload, a job's output or
+    a copy in progress (``shared.storage.quota``). ``expires_at`` frees the bytes of a
+    writer that died; a copy's reservation (its migration's id) has none and ends with it."""
+
+    __tablename__ = "storage_reservations"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("bytes >= 0", name="bytes_non_negative"),
+        Index("ix_storage_reservations_tenant", "tenant_id"),
+    )
+
+
 class UsageRecord(Base):
     """CPU and GPU seconds of one attempt, recorded by the tenant service from ``job.finished``
     events; the primary key makes a redelivered event count once."""

@@ -16,7 +16,6 @@ from services.gateway.auth import Authenticator
 from services.gateway.datasets.routes import router as datasets_router
 from services.gateway.deps import GatewayDb, raw_db
 from services.gateway.jobs.routes import router as jobs_router
-from services.gateway.jobs.service import QueueQuota
 from services.gateway.jobs.writer import JobWriter
 from services.gateway.migrations.routes import router as migrations_router
 from services.gateway.settings import GatewaySettings
@@ -51,7 +50,6 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.authenticator = auth
         assert res.redis is not None
         app.state.rate_limiter = RateLimiter(res.redis)
-        app.state.queue_quota = QueueQuota()
         writer = JobWriter(
             lambda: raw_db(res),
             on_commit=res.relay.wake,

@@ -142,6 +142,14 @@ class Job(Base):
             "id",
             postgresql_where=text("state = 'QUEUED' AND dispatched_at IS NULL"),
         ),
+        # ``GET /v1/jobs?label=k:v``; only labelled jobs, so unlabelled submissions skip it
+        Index(
+            "ix_jobs_labelled",
+            "labels",
+            postgresql_using="gin",
+            postgresql_ops={"labels": "jsonb_path_ops"},
+            postgresql_where=text("labels <> '{}'::jsonb"),
+        ),
     )
 
 

@@ -6,15 +6,17 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import TypeAdapter
 
 from services.gateway.deps import PrincipalDep, SessionDep
 from services.gateway.jobs import service
-from services.gateway.jobs.schemas import JobList, JobOut, JobSubmit
+from services.gateway.jobs.schemas import JobList, JobOut, JobSubmit, LabelKey, LabelValue
 from services.gateway.settings import GatewaySettings
 from shared.db.models import Job
+from shared.errors import Invalid
 from shared.jobs.states import JobState
 from shared.kernels import CATALOGUE
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.pagination import DEFAULT_LIMIT, CursorQuery, Instant, LimitQuery
 from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
@@ -64,7 +66,6 @@ async def submit_job(
         default_max_retries=settings.default_max_retries,
         idempotency_window_s=settings.idempotency_window_s,
         max_queued_jobs=int(principal.quotas["max_queued_jobs"]),
-        queue_quota=state.queue_quota,
         tiers=state.tiers,
     )
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
@@ -79,17 +80,51 @@ async def get_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDe
     return job_out(await service.get_job(session=session, tenant_id=tenant_id, job_id=job_id))
 
 
+LABELS = TypeAdapter(dict[LabelKey, LabelValue])
+
+
+def label_pairs(given: list[str]) -> tuple[tuple[str, str], ...]:
+    """``?label=k:v`` (repeatable) as pairs; a key and value follow the submission's rules."""
+    pairs = []
+    for i, text in enumerate(given):
+        key, colon, value = text.partition(":")
+        try:
+            if not colon:
+                raise ValueError
+            LABELS.validate_python({key: value})
+        except ValueError:
+            raise Invalid(
+                f"label filter {i} is not key:value",
+                errors=[{"loc": ["query", "label", i], "msg": "expected key:value (a job label)"}],
+            ) from None
+        pairs.append((key, value))
+    return tuple(pairs)
+
+
 @router.get("/jobs", responses=ERRORS)
 async def list_jobs(
     principal: PrincipalDep,
     session: SessionDep,
     state: JobState | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: str | None = None,
+    kernel: Annotated[str | None, Query(max_length=100, description="kernel name")] = None,
+    label: Annotated[
+        list[str] | None, Query(description="`key:value`; repeat it: every one must match")
+    ] = None,
+    created_after: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
+    created_before: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
 ) -> JobList:
     tenant_id = principal.require_tenant("jobs:read")
+    where = service.JobFilter(
+        state=state,
+        kernel=kernel,
+        labels=label_pairs(label or []),
+        created_after=created_after,
+        created_before=created_before,
+    )
     rows, next_cursor = await service.list_jobs(
-        session=session, tenant_id=tenant_id, state=state, limit=limit, cursor=cursor
+        session=session, tenant_id=tenant_id, where=where, limit=limit, cursor=cursor
     )
     return JobList(items=[job_out(j) for j in rows], next_cursor=next_cursor)
 

@@ -4,24 +4,22 @@ submission, the hot path, writes through the group-commit ``JobWriter`` instead 
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import Select, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.jobs.schemas import JobOut, JobSubmit
 from services.gateway.jobs.writer import JobWriter, NewJob
 from shared.db.models import Job
 from shared.db.outbox import add_event
-from shared.errors import Conflict, Invalid, NotFound, TooManyRequests
+from shared.errors import Conflict, Invalid, NotFound
 from shared.events import JobCancelled, JobSubmitted, utcnow
 from shared.jobs.states import JobState
 from shared.jobs.store import lock_job, set_job_state
@@ -86,11 +84,11 @@ async def submit_job(
     default_max_retries: int,
     idempotency_window_s: int,
     max_queued_jobs: int,
-    queue_quota: QueueQuota,
     tiers: Collection[str] = ("local",),
 ) -> Submitted:
-    """Validate, answer a replay, check the queue quota, then insert through the writer
-    (group commit). No session is opened unless the job names inputs."""
+    """Validate, answer a replay, then insert through the writer (group commit), which
+    takes the job's place in the tenant's queue (``max_queued_jobs``) in the same statement.
+    No session is opened unless the job names inputs."""
     spec = get_spec(data.kernel)
     if data.output_tier not in tiers:
         raise Invalid(
@@ -116,12 +114,6 @@ async def submit_job(
         if existing is not None:
             return Submitted(existing, replayed=True)
 
-    async def count_waiting() -> int:
-        async with db.raw() as conn:
-            return int(await conn.fetchval(_COUNT_WAITING, tenant_id))
-
-    await queue_quota.check(tenant_id=tenant_id, limit=max_queued_jobs, count=count_waiting)
-
     job = _new_job(
         spec_name=spec.name,
         tenant_id=tenant_id,
@@ -130,6 +122,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         timeout_s=data.timeout_s or default_timeout_s,
         max_retries=data.max_retries if data.max_retries is not None else default_max_retries,
+        max_queued=max_queued_jobs,
     )
     if await db.writer.write(job):
         return Submitted(_created(job), replayed=False)
@@ -152,6 +145,7 @@ def _new_job(
     idempotency_key: str | None,
     timeout_s: int,
     max_retries: int,
+    max_queued: int,
 ) -> NewJob:
     job_id = uuid.uuid4()
     event = JobSubmitted(
@@ -179,6 +173,7 @@ def _new_job(
         message_id=event.event_id,
         routing_key=event.routing_key,
         event_body=event.to_bytes(),
+        max_queued=max_queued,
     )
 
 
@@ -207,55 +202,6 @@ def _created(job: NewJob) -> JobOut:
         error=None,
         worker=None,
     )
-
-
-_COUNT_WAITING = "SELECT count(*) FROM jobs WHERE tenant_id = $1 AND state IN ('PENDING', 'QUEUED')"
-
-
-class QueueQuota:
-    """``max_queued_jobs``: 429 when a tenant already has that many jobs waiting (PENDING or
-    QUEUED). Counting on every submission costs more than the submission itself once queues
-    are long, so each gateway keeps a count per tenant for ``ttl_s`` and adds its own
-    submissions to it; it asks the database again when the count expires or comes within 10%
-    of the limit. Concurrent submissions are not serialised, so a burst may overshoot by the
-    number of requests in flight at once; the next submission sees the true count. Requests
-    that find the count expired at the same time share one query instead of each sending
-    its own."""
-
-    def __init__(self, ttl_s: float = 1.0) -> None:
-        self.ttl_s = ttl_s
-        self._counts: dict[uuid.UUID, tuple[float, int]] = {}
-        self._counting: dict[uuid.UUID, asyncio.Future[int]] = {}
-
-    async def check(
-        self, *, tenant_id: uuid.UUID, limit: int, count: Callable[[], Awaitable[int]]
-    ) -> None:
-        """``count`` counts the tenant's waiting jobs in the database."""
-        now = time.monotonic()
-        hit = self._counts.get(tenant_id)
-        if hit is not None and hit[0] > now and hit[1] + 1 < 0.9 * limit:
-            self._counts[tenant_id] = (hit[0], hit[1] + 1)
-            return
-        waiting = await self._count(tenant_id, count)
-        if waiting >= limit:
-            raise TooManyRequests(f"max_queued_jobs ({limit}) reached; retry later", retry_after=5)
-        if len(self._counts) > 10_000:
-            self._counts.clear()
-        self._counts[tenant_id] = (now + self.ttl_s, waiting + 1)
-
-    async def _count(self, tenant_id: uuid.UUID, count: Callable[[], Awaitable[int]]) -> int:
-        counting = self._counting.get(tenant_id)
-        if counting is None:
-            # A task of its own: a waiter that is cancelled (client gone) cancels only its wait.
-            counting = asyncio.ensure_future(count())
-            self._counting[tenant_id] = counting
-            counting.add_done_callback(lambda f: self._counted(tenant_id, f))
-        return await asyncio.shield(counting)
-
-    def _counted(self, tenant_id: uuid.UUID, counting: asyncio.Future[int]) -> None:
-        self._counting.pop(tenant_id, None)
-        if not counting.cancelled():
-            counting.exception()  # retrieved even when every waiter has gone away
 
 
 _FIND_BY_KEY = """
@@ -318,17 +264,47 @@ async def get_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.U
     return job
 
 
+@dataclass(frozen=True)
+class JobFilter:
+    """What ``GET /v1/jobs`` narrows the list to; every condition given must hold."""
+
+    state: JobState | None = None
+    kernel: str | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+# The predicate of the partial index ``ix_jobs_labelled``, as a literal so that the planner
+# can use that index for a label filter.
+_LABELLED = text("jobs.labels <> '{}'::jsonb")
+
+
+def _filtered(query: Select[Job], where: JobFilter) -> Select[Job]:
+    if where.state is not None:
+        query = query.where(Job.state == where.state.value)
+    if where.kernel is not None:
+        query = query.where(Job.kernel == where.kernel)
+    if where.labels:
+        query = query.where(_LABELLED)
+    for key, value in where.labels:
+        query = query.where(Job.labels.contains({key: value}))
+    if where.created_after is not None:
+        query = query.where(Job.created_at > where.created_after)
+    if where.created_before is not None:
+        query = query.where(Job.created_at < where.created_before)
+    return query
+
+
 async def list_jobs(
     *,
     session: AsyncSession,
     tenant_id: uuid.UUID,
-    state: JobState | None,
+    where: JobFilter,
     limit: int,
     cursor: str | None,
 ) -> tuple[list[Job], str | None]:
-    query = select(Job).where(Job.tenant_id == tenant_id)
-    if state is not None:
-        query = query.where(Job.state == state.value)
+    query = _filtered(select(Job).where(Job.tenant_id == tenant_id), where)
     return await keyset_page(
         session, query, created=Job.created_at, key=Job.id, limit=limit, cursor=cursor
     )

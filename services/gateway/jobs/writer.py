@@ -19,6 +19,12 @@ What a caller can rely on (the rest is ``GroupCommit``'s):
   idempotency_key)`` was already taken (by an earlier job, or by another row of the same
   batch, which is left out of the statement: one job per key), and the caller looks the
   holder up as it did before group commit.
+- ``max_queued_jobs`` is exact under any concurrency: the statement takes each tenant's
+  submission lock (``jobs_waiting_room``, migration 0011) and counts its waiting jobs after
+  the lock is granted, so batches of one tenant, from any number of gateways, take their
+  places in its queue one after the other; a row beyond the room left is not inserted and
+  its ``write`` raises ``TooManyRequests`` (429). The lock is held for the statement only (its
+  own transaction), and tenants' locks are taken in id order, so batches cannot deadlock.
 - A connectivity failure (or an open circuit, or an exhausted pool) fails every request of
   the batch with the same 503 as a session would give; nothing of the batch was written (one
   transaction). Any other error retries the batch's rows one transaction each, so that one
@@ -43,7 +49,7 @@ import orjson
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from shared.db.batch import GroupCommit
-from shared.errors import DependencyUnavailable
+from shared.errors import DependencyUnavailable, TooManyRequests
 from shared.resilience import CircuitOpen
 
 
@@ -68,13 +74,36 @@ class NewJob:
     message_id: uuid.UUID
     routing_key: str
     event_body: bytes
+    # the tenant's max_queued_jobs (None: no limit)
+    max_queued: int | None = None
 
 
-# Every row of the batch in one statement: the jobs that do not collide with a taken key, then
-# the outbox rows of exactly the jobs inserted (joined on the ids the insert returned). JSON
-# goes in as text and is cast, so no codec of the pooled connection is involved.
+# Every row of the batch in one statement: the room each limited tenant has left in its queue
+# (under its submission lock, taken in tenant order), the rows that fit it and do not collide
+# with a taken key, then the outbox rows of exactly the jobs inserted (joined on the ids the
+# insert returned). The rows of one tenant take the room in the order of the batch. The answer
+# names each row inserted (true) or refused for the quota (false). JSON goes in as text and is
+# cast, so no codec of the pooled connection is involved.
 INSERT_JOBS = """
-WITH new AS (
+WITH room AS (
+    SELECT q.tenant_id, jobs_waiting_room(q.tenant_id, q.quota) AS room
+    FROM (
+        SELECT tenant_id, min(quota) AS quota
+        FROM unnest($2::uuid[], $18::int4[]) AS l(tenant_id, quota)
+        WHERE quota IS NOT NULL
+        GROUP BY tenant_id
+        ORDER BY tenant_id
+    ) q
+), r AS (
+    SELECT r.*, row_number() OVER (PARTITION BY r.tenant_id ORDER BY r.ord) AS place,
+           room.room
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+                $7::text[], $8::text[], $9::text[], $10::int2[], $11::int4[], $12::int4[],
+                $13::text[], $14::timestamptz[]) WITH ORDINALITY
+         AS r(id, tenant_id, kernel, device, params, inputs, outputs, output_tier, labels,
+              priority, timeout_s, max_retries, idempotency_key, created_at, ord)
+    LEFT JOIN room ON room.tenant_id = r.tenant_id
+), new AS (
     INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, output_tier,
                       labels, priority, timeout_s, max_retries, state, attempts,
                       idempotency_key, created_at, updated_at)
@@ -82,11 +111,8 @@ WITH new AS (
            CAST(r.inputs AS jsonb), CAST(r.outputs AS jsonb), r.output_tier,
            CAST(r.labels AS jsonb), r.priority, r.timeout_s, r.max_retries, 'PENDING', 0,
            r.idempotency_key, r.created_at, r.created_at
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::text[], $9::text[], $10::int2[], $11::int4[], $12::int4[],
-                $13::text[], $14::timestamptz[])
-         AS r(id, tenant_id, kernel, device, params, inputs, outputs, output_tier, labels,
-              priority, timeout_s, max_retries, idempotency_key, created_at)
+    FROM r
+    WHERE r.room IS NULL OR r.place <= r.room
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
     RETURNING id
 ), events AS (
@@ -96,7 +122,9 @@ WITH new AS (
          AS e(job_id, message_id, routing_key, body)
     JOIN new ON new.id = e.job_id
 )
-SELECT id FROM new
+SELECT id, true FROM new
+UNION ALL
+SELECT id, false FROM r WHERE r.place > r.room
 """
 
 
@@ -120,6 +148,7 @@ def _arguments(jobs: list[NewJob]) -> list[list[Any]]:
         [j.message_id for j in jobs],
         [j.routing_key for j in jobs],
         [j.event_body for j in jobs],
+        [j.max_queued for j in jobs],
     ]
 
 
@@ -149,7 +178,7 @@ class JobWriter:
         linger_s: float = 0.002,
     ) -> None:
         self.connect = connect
-        self.commits: GroupCommit[NewJob, bool] = GroupCommit(
+        self.commits: GroupCommit[NewJob, bool | None] = GroupCommit(
             "jobs",
             self._insert,
             max_batch=max_rows,
@@ -191,13 +220,20 @@ class JobWriter:
 
     async def write(self, job: NewJob) -> bool:
         """Insert ``job`` and its event in the next batch; ``False`` when its idempotency key
-        is taken. Returns after COMMIT; raises what the write of the row raised."""
-        return await self.commits.submit(job)
+        is taken. Returns after COMMIT; raises what the write of the row raised, and
+        ``TooManyRequests`` when the tenant's queue had no room left for it."""
+        inserted = await self.commits.submit(job)
+        if inserted is None:
+            raise TooManyRequests(
+                f"max_queued_jobs ({job.max_queued}) reached; retry later", retry_after=5
+            )
+        return inserted
 
-    async def _insert(self, jobs: list[NewJob]) -> list[bool]:
-        """One transaction; for each job whether it was inserted. Of several rows with the
-        same (tenant, key) only the first goes into the statement: the others are answered
-        ``False``, like a row whose key another request took."""
+    async def _insert(self, jobs: list[NewJob]) -> list[bool | None]:
+        """One transaction; for each job whether it was inserted, ``None`` when its tenant's
+        queue had no room for it. Of several rows with the same (tenant, key) only the first
+        goes into the statement: the others are answered ``False``, like a row whose key
+        another request took."""
         rows = jobs
         if any(j.idempotency_key is not None for j in jobs):
             seen: set[tuple[uuid.UUID, str]] = set()
@@ -216,5 +252,5 @@ class JobWriter:
         # no BEGIN/COMMIT round trips; the jobs and outbox rows commit together or not at all.
         async with self.connect() as conn:
             found = await conn.fetch(INSERT_JOBS, *_arguments(rows))
-        inserted = {row[0] for row in found}
-        return [j.id in inserted for j in jobs]
+        answered: dict[uuid.UUID, bool] = {row[0]: row[1] for row in found}
+        return [None if answered.get(j.id) is False else j.id in answered for j in jobs]

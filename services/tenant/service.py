@@ -15,6 +15,7 @@ from shared.db.models import ApiKey, Tenant
 from shared.db.outbox import add_event
 from shared.errors import Conflict, NotFound
 from shared.events import TenantChanged, utcnow
+from shared.pagination import keyset_page
 from shared.security import SCOPES, generate_key, hash_key, visible_prefix
 
 
@@ -49,9 +50,13 @@ async def get_tenant(*, session: AsyncSession, tenant_id: uuid.UUID) -> Tenant:
     return tenant
 
 
-async def list_tenants(*, session: AsyncSession) -> list[Tenant]:
-    return list(
-        (await session.execute(select(Tenant).order_by(Tenant.created_at.desc()))).scalars()
+async def list_tenants(
+    *, session: AsyncSession, limit: int, cursor: str | None
+) -> tuple[list[Tenant], str | None]:
+    """One page of tenants, newest first, and the cursor of the next."""
+    query = select(Tenant)
+    return await keyset_page(
+        session, query, created=Tenant.created_at, key=Tenant.id, limit=limit, cursor=cursor
     )
 
 
@@ -60,9 +65,9 @@ async def patch_tenant(*, session: AsyncSession, tenant_id: uuid.UUID, data: Ten
     if data.weight is not None:
         tenant.weight = data.weight
     if data.quotas is not None:
-        merged = dict(tenant.quotas)
-        merged.update(data.quotas.model_dump(exclude_unset=True))
-        tenant.quotas = {k: v for k, v in Quotas(**merged).model_dump().items() if v is not None}
+        # the fields given replace the stored ones; null returns one to the platform default
+        merged = {**tenant.quotas, **data.quotas.model_dump(exclude_unset=True)}
+        tenant.quotas = {k: v for k, v in merged.items() if v is not None}
     if data.suspended is not None:
         tenant.suspended = data.suspended
     tenant.updated_at = utcnow()

@@ -99,7 +99,9 @@ async def api(scaled: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
 @pytest.fixture(scope="module")
 async def tenant(api: httpx.AsyncClient) -> dict[str, str]:
     h = await new_tenant_key(api, "scale")
-    mine = max((await api.get("/v1/tenants", headers=ADMIN)).json(), key=lambda t: t["created_at"])
+    mine = max(
+        (await api.get("/v1/tenants", headers=ADMIN)).json()["items"], key=lambda t: t["created_at"]
+    )
     r = await api.patch(
         f"/v1/tenants/{mine['id']}", json={"quotas": {"requests_per_second": 10_000}}, headers=ADMIN
     )

@@ -19,7 +19,9 @@ PER_TENANT = 250  # far more than the workers run while the flood goes in, even 
 
 async def _tenant(api: httpx.AsyncClient, name: str, weight: int) -> tuple[str, dict[str, str]]:
     h = await new_tenant_key(api, name)
-    mine = max((await api.get("/v1/tenants", headers=ADMIN)).json(), key=lambda t: t["created_at"])
+    mine = max(
+        (await api.get("/v1/tenants", headers=ADMIN)).json()["items"], key=lambda t: t["created_at"]
+    )
     r = await api.patch(
         f"/v1/tenants/{mine['id']}",
         json={"weight": weight, "quotas": {"requests_per_second": 10_000}},

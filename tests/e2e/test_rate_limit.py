@@ -29,7 +29,7 @@ async def _hammer(client: httpx.AsyncClient, headers: dict[str, str], until: flo
 
 async def test_two_gateways_share_one_budget(cluster: LocalCluster, api: httpx.AsyncClient) -> None:
     h = await new_tenant_key(api, "rl")
-    tenants = (await api.get("/v1/tenants", headers=ADMIN)).json()
+    tenants = (await api.get("/v1/tenants", headers=ADMIN)).json()["items"]
     # The newest tenant is ours: give it a small budget.
     mine = max(tenants, key=lambda t: t["created_at"])
     r = await api.patch(

@@ -28,7 +28,8 @@ async def test_create_tenant_and_conflict(client: httpx.AsyncClient) -> None:
     assert_problem(await client.post("/v1/tenants", json={"name": name}, headers=ADMIN), 409)
     got = await client.get(f"/v1/tenants/{t['id']}", headers=ADMIN)
     assert got.json()["name"] == name
-    assert any(x["id"] == t["id"] for x in (await client.get("/v1/tenants", headers=ADMIN)).json())
+    listed = (await client.get("/v1/tenants", headers=ADMIN)).json()["items"]
+    assert any(x["id"] == t["id"] for x in listed)
     assert_problem(await client.get(f"/v1/tenants/{uuid.uuid4()}", headers=ADMIN), 404)
 
 

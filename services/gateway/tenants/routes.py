@@ -7,6 +7,7 @@ import uuid
 from fastapi import APIRouter, Response
 
 from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
+from services.gateway.tenants.schemas import TenantList
 from services.tenant import service
 from services.tenant.audit import audit
 from services.tenant.schemas import (
@@ -17,6 +18,7 @@ from services.tenant.schemas import (
     TenantPatch,
 )
 from shared.db.models import Tenant
+from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
@@ -64,11 +66,17 @@ async def create_tenant(
 
 @router.get("", responses=ERRORS)
 async def list_tenants(
-    principal: PrincipalDep, session: SessionDep, settings: SettingsDep
-) -> list[TenantOut]:
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> TenantList:
+    """Tenants, newest first, a page at a time (``next_cursor``)."""
     principal.require_admin()
+    rows, next_cursor = await service.list_tenants(session=session, limit=limit, cursor=cursor)
     await audit(session=session, actor=principal.actor, action="tenants.read")
-    return [tenant_out(t, settings) for t in await service.list_tenants(session=session)]
+    return TenantList(items=[tenant_out(t, settings) for t in rows], next_cursor=next_cursor)
 
 
 @router.get("/{tenant_id}", responses=ERRORS)

@@ -4,6 +4,8 @@ Every change to a dataset's objects happens under ``lock_name`` (a transaction-s
 advisory lock on ``(tenant, name)``, which works whether or not the row exists yet), and an
 object on a tier is deleted only when, under that lock, the row does not list that tier.
 So a slow cleanup can never remove bytes that a newer upload or migration published.
+Publishing a new version also claims the name (``claim_name``): a name that is another
+dataset's folder, or whose folder is another dataset, is a 409.
 Functions take ``session`` as a keyword and never commit.
 """
 
@@ -14,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Dataset
@@ -22,6 +24,7 @@ from shared.errors import Conflict, NotFound
 from shared.events import utcnow
 from shared.storage.checksum import format_checksum, new_hasher
 from shared.storage.names import object_key, validate_name
+from shared.storage.quota import lock_tenant_storage
 from shared.storage.registry import Storage
 from shared.storage.tiers import Upload
 
@@ -66,15 +69,20 @@ async def existing_names(
     return set(rows.scalars())
 
 
-async def storage_used(*, session: AsyncSession, tenant_id: uuid.UUID) -> int:
-    total = await session.scalar(
-        select(func.coalesce(func.sum(Dataset.size), 0)).where(Dataset.tenant_id == tenant_id)
-    )
-    return int(total or 0)
+async def claim_name(*, session: AsyncSession, tenant_id: uuid.UUID, name: str) -> None:
+    """Before a new version of ``name`` is published: lock the name, then the tenant's
+    storage (``quota.lock_tenant_storage``, held until commit), then refuse a clash. Names
+    clash across names (``a`` and ``a/b``), so the check and the row it protects must be
+    serialised per tenant: two racing publishers of ``p/a`` and ``p/a/b`` would both pass
+    it under their own name locks. Always in this order (name, then tenant): no deadlock."""
+    await lock_name(session=session, tenant_id=tenant_id, name=name)
+    await lock_tenant_storage(session=session, tenant_id=tenant_id)
+    await check_no_clash(session=session, tenant_id=tenant_id, name=name)
 
 
 async def check_no_clash(*, session: AsyncSession, tenant_id: uuid.UUID, name: str) -> None:
-    """A name cannot be both a dataset and a folder of others (``a`` and ``a/b``)."""
+    """A name cannot be both a dataset and a folder of others (``a`` and ``a/b``): on a
+    directory tier one would be a file where the other needs a folder."""
     parts = name.split("/")
     prefixes = ["/".join(parts[:i]) for i in range(1, len(parts))]
     clash = await session.scalar(
@@ -174,8 +182,7 @@ async def publish_local_file(
     the objects of ``stale_tiers`` afterwards (``remove_unlisted``)."""
     validate_name(name)
     size, checksum = await asyncio.to_thread(_hash_file, path)
-    await lock_name(session=session, tenant_id=tenant_id, name=name)
-    await check_no_clash(session=session, tenant_id=tenant_id, name=name)
+    await claim_name(session=session, tenant_id=tenant_id, name=name)
     upload = Upload(key=object_key(tenant_id, name), temp=str(path))
     await storage.tier(tier).publish(upload, [])
     return await record_published(
@@ -220,8 +227,7 @@ async def publish_upload(
     published it and then did not commit, the object already there is accepted only when
     its bytes hash to ``checksum``. The caller removes ``stale_tiers`` afterwards."""
     validate_name(name)
-    await lock_name(session=session, tenant_id=tenant_id, name=name)
-    await check_no_clash(session=session, tenant_id=tenant_id, name=name)
+    await claim_name(session=session, tenant_id=tenant_id, name=name)
     try:
         await storage.call(tier, lambda: storage.tier(tier).publish(upload, etags))
     except FileNotFoundError:

@@ -172,7 +172,7 @@ async def grow(
     return Reservation(reservation.id, tenant_id, int(total))
 
 
-async def settle(
+async def check_fits(
     *,
     session: AsyncSession,
     tenant_id: uuid.UUID,
@@ -181,9 +181,9 @@ async def settle(
     name: str | None = None,
     reservation_id: uuid.UUID | None = None,
 ) -> None:
-    """In the transaction that records ``nbytes`` as stored (as dataset ``name``, replacing
-    its current version): check the quota exactly and end the reservation, so that its bytes
-    turn into stored bytes in the same commit. ``QuotaExceeded`` if they do not fit."""
+    """Whether ``nbytes`` more stored bytes (dataset ``name``, replacing its current version)
+    fit, counting every reservation but ``reservation_id``: ``QuotaExceeded`` if not. The
+    tenant stays locked until commit, so the answer holds for the rest of the transaction."""
     await lock_tenant_storage(session=session, tenant_id=tenant_id)
     replacing = 0
     if name is not None:
@@ -193,6 +193,29 @@ async def settle(
     )
     if used - replacing + nbytes > quota:
         raise _refuse(quota, used - replacing)
+
+
+async def settle(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    nbytes: int,
+    quota: int,
+    name: str | None = None,
+    reservation_id: uuid.UUID | None = None,
+) -> None:
+    """In the transaction that records ``nbytes`` as stored: ``check_fits``, then end the
+    reservation, so that its bytes turn into stored bytes in the same commit. Call it after
+    the last step that may fail: the request's transaction then holds the reservation's row
+    lock, and a ``release`` from another transaction would wait for it."""
+    await check_fits(
+        session=session,
+        tenant_id=tenant_id,
+        nbytes=nbytes,
+        quota=quota,
+        name=name,
+        reservation_id=reservation_id,
+    )
     if reservation_id is not None:
         await release(session=session, reservation_id=reservation_id)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from shared.errors import DependencyUnavailable, Invalid
+from shared.errors import Conflict, DependencyUnavailable, Invalid, NotFound
 from shared.resilience import CircuitBreaker, CircuitOpen, RetryPolicy, retry
 from shared.settings import StorageSettings, TierSettings
-from shared.storage.tiers import FileTier, Tier, is_transient
+from shared.storage.tiers import NAME_CLASH_ERRORS, FileTier, Tier, is_transient
 from shared.telemetry import watch_breaker
 
 T = TypeVar("T")
@@ -81,15 +81,24 @@ class Storage:
         )
 
     async def guard(self, tier: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """One call for a request: an outage becomes ``DependencyUnavailable`` (503)."""
+        """One call for a request. Nothing a tier raises leaves as itself: a name taken by a
+        folder is a 409, a missing object a 404, an outage (or a tier that refuses access)
+        ``DependencyUnavailable`` (503), so that no storage error reaches the request's
+        database breaker or becomes a 500."""
         try:
             return await self.breakers[tier].call(fn)
         except CircuitOpen as exc:
             raise DependencyUnavailable(
                 f"storage tier {tier!r} is unavailable", retry_after=exc.retry_after
             ) from exc
+        except NAME_CLASH_ERRORS as exc:
+            raise Conflict(
+                f"the name clashes with a folder or file of other datasets on tier {tier!r}"
+            ) from exc
+        except FileNotFoundError as exc:
+            raise NotFound(f"the object is missing on tier {tier!r}") from exc
         except Exception as exc:
-            if is_transient(exc):
+            if is_transient(exc) or isinstance(exc, OSError):
                 raise DependencyUnavailable(
                     f"storage tier {tier!r} is unavailable", retry_after=2.0
                 ) from exc

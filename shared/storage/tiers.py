@@ -24,6 +24,7 @@ from shared.settings import TierSettings
 from shared.storage.checksum import Hasher
 
 TEMP_DIR = ".stratus-tmp"
+PUBLISH_TRIES = 5  # a folder pruned under a publish is made again this often
 READ_BACK_PIECE = 256 * 1024  # verification reads fit the cache: faster than whole chunks
 # copy_file_range cannot copy between these two files (another filesystem, no support)
 NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
@@ -171,9 +172,25 @@ class FileTier(Tier):
         handle = await asyncio.to_thread(self.fs.open, str(self.local_path(key)), "rb")
         return _FileReader(handle)
 
-    async def delete(self, key: str) -> None:
+    def _delete(self, key: str) -> None:
+        path = self.local_path(key)
         with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(self.fs.rm_file, str(self.local_path(key)))
+            self.fs.rm_file(str(path))
+        self._prune(path.parent, stop=self.root / key.split("/", 1)[0])
+
+    @staticmethod
+    def _prune(folder: Path, *, stop: Path) -> None:
+        """Remove the folders a deleted object leaves empty, up to (not including) ``stop``,
+        the tenant's own folder: a folder left behind would take the name of a dataset."""
+        while folder != stop and folder.is_relative_to(stop):
+            try:
+                folder.rmdir()  # only ever an empty one
+            except OSError:  # not empty (another dataset), or gone already
+                return
+            folder = folder.parent
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._delete, key)
 
     def _create(self, temp: Path, size: int | None) -> None:
         self.fs.makedirs(str(temp.parent), exist_ok=True)
@@ -263,8 +280,20 @@ class FileTier(Tier):
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        self.fs.makedirs(str(final.parent), exist_ok=True)
-        os.replace(temp, final)  # atomic: readers see the old file or the new one
+        for _ in range(PUBLISH_TRIES):
+            self.fs.makedirs(str(final.parent), exist_ok=True)
+            if final.is_dir():
+                with contextlib.suppress(OSError):  # not empty: the rename says so below
+                    final.rmdir()  # an empty folder left behind takes nothing from anyone
+            try:
+                os.replace(temp, final)  # atomic: readers see the old file or the new one
+                return
+            except FileNotFoundError:
+                # The folder was pruned (the last other dataset in it was deleted) between
+                # making it and the rename: make it again. A missing temp file is an answer.
+                if not os.path.exists(temp):
+                    raise
+        raise FileNotFoundError(f"{final.parent} kept disappearing")
 
     async def publish(self, upload: Upload, etags: list[str | None]) -> None:
         await asyncio.to_thread(self._publish, upload.temp, self.local_path(upload.key))
@@ -288,12 +317,17 @@ class FileTier(Tier):
         return await asyncio.to_thread(self._stale_temps, older_than.astimezone(UTC).timestamp())
 
 
-PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
-    FileNotFoundError,
-    PermissionError,
+# A name taken by a folder, or a folder's name taken by a file (``a`` and ``a/b``)
+NAME_CLASH_ERRORS: tuple[type[BaseException], ...] = (
     IsADirectoryError,
     NotADirectoryError,
     FileExistsError,
+)
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
+    FileNotFoundError,
+    PermissionError,
+    *NAME_CLASH_ERRORS,
 )
 
 

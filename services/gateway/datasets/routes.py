@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from starlette.exceptions import HTTPException
 
 from services.gateway.datasets import service
 from services.gateway.datasets.schemas import DatasetList, DatasetOut
@@ -108,21 +107,21 @@ async def put_dataset(
     tier_name = tier or storage.settings.default_tier
     storage.tier(tier_name)
     quota = int(principal.quotas.get("storage_bytes", settings.quotas.storage_bytes))
-    limit = await service.upload_allowance(
-        sessions=resources.sessions, tenant_id=tenant_id, name=name, quota=quota
+    hold = await service.hold_upload(
+        sessions=resources.sessions,
+        tenant_id=tenant_id,
+        name=name,
+        quota=quota,
+        declared=content_length,
     )
     try:
-        if content_length is not None and content_length > limit:
-            raise service.QuotaExceeded(
-                f"the upload would exceed the storage_bytes quota ({max(limit, 0)} bytes left)"
-            )
         staged = await service.receive(
             storage=storage,
             tenant_id=tenant_id,
             name=name,
             tier=tier_name,
             body=request.stream(),
-            limit=limit,
+            hold=hold,
         )
         try:
             published = await service.publish(
@@ -132,12 +131,14 @@ async def put_dataset(
                 name=name,
                 staged=staged,
                 quota=quota,
+                hold=hold,
             )
         except BaseException:
             await service.discard(storage=storage, staged=staged)
             raise
-    except service.QuotaExceeded as exc:
-        raise HTTPException(413, exc.detail) from exc
+    except BaseException:
+        await service.let_go(hold)
+        raise
     background.add_task(
         service.clean_stale,
         sessions=resources.sessions,

@@ -2,8 +2,9 @@
 
 An upload is received in two steps: ``receive`` streams the body into an invisible partial
 object on the tier (hashing as it goes, never holding more than a chunk or two in memory,
-and holding no database connection), then ``publish`` makes it visible and records the row
-in the request's transaction, under the dataset's lock.
+holding no database connection, and writing no byte that its quota reservation does not
+cover), then ``publish`` makes it visible and records the row in the request's transaction,
+under the dataset's lock and the tenant's.
 """
 
 from __future__ import annotations
@@ -17,28 +18,22 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import Dataset
-from shared.errors import StratusError
 from shared.logging import get_logger
 from shared.pagination import keyset_page
 from shared.storage import Storage, object_key
 from shared.storage.catalog import (
     Published,
-    check_no_clash,
-    get_dataset,
+    claim_name,
     lock_name,
     record_published,
     remove_unlisted,
     require_dataset,
-    storage_used,
 )
 from shared.storage.checksum import format_checksum, new_hasher
+from shared.storage.quota import Hold, check_fits, release, replaced_bytes
 from shared.storage.tiers import Reader, Upload
 
 log = get_logger(__name__)
-
-
-class QuotaExceeded(StratusError):
-    title = "Payload too large"
 
 
 @dataclass
@@ -52,23 +47,32 @@ class Staged:
     etags: list[str | None] = field(default_factory=list)
 
 
-async def upload_allowance(
+async def hold_upload(
     *,
     sessions: async_sessionmaker[AsyncSession],
     tenant_id: uuid.UUID,
     name: str,
     quota: int,
-) -> int:
-    """Bytes this upload may have: the quota less what the tenant stores, the dataset being
-    overwritten excluded. A short transaction of its own (none is held while streaming)."""
+    declared: int | None,
+) -> Hold:
+    """The upload's reservation against the quota: a declared length at once (413 before a
+    byte is read), else step by step as the body streams (``receive``). What the version it
+    overwrites stores is counted as freed. Short transactions of their own: none is held
+    while streaming."""
     async with sessions() as session:
-        used = await storage_used(session=session, tenant_id=tenant_id)
-        existing = await get_dataset(session=session, tenant_id=tenant_id, name=name)
-    return quota - used + (existing.size if existing is not None else 0)
+        replacing = await replaced_bytes(session=session, tenant_id=tenant_id, name=name)
+    hold = Hold(sessions, tenant_id=tenant_id, quota=quota, replacing=replacing)
+    if declared is not None:
+        await hold.cover(declared)
+    return hold
 
 
-def _over(limit: int) -> QuotaExceeded:
-    return QuotaExceeded(f"the upload would exceed the storage_bytes quota ({limit} bytes left)")
+async def let_go(hold: Hold) -> None:
+    """Give a failed upload's reservation back (best effort: it expires anyway)."""
+    try:
+        await hold.release()
+    except Exception as exc:
+        log.warning("reservation_release_failed", error=type(exc).__name__)
 
 
 async def receive(
@@ -78,9 +82,10 @@ async def receive(
     name: str,
     tier: str,
     body: AsyncIterator[bytes],
-    limit: int,
+    hold: Hold,
 ) -> Staged:
-    """Stream ``body`` into a partial object in chunks, one write in flight beside the read."""
+    """Stream ``body`` into a partial object in chunks, one write in flight beside the read;
+    no byte is written before ``hold`` covers it."""
     target = storage.tier(tier)
     key = object_key(tenant_id, name)
     upload = await storage.guard(tier, lambda: target.begin(key, uuid.uuid4().hex, None))
@@ -103,8 +108,7 @@ async def receive(
     try:
         async for piece in body:
             staged.size += len(piece)
-            if staged.size > limit:
-                raise _over(limit)
+            await hold.cover(staged.size)
             hasher.update(piece)
             buffer += piece
             while len(buffer) >= storage.chunk_bytes:
@@ -141,17 +145,22 @@ async def publish(
     name: str,
     staged: Staged,
     quota: int,
+    hold: Hold,
 ) -> Published:
-    """Check the quota exactly, make the upload visible atomically, record the row."""
-    await lock_name(session=session, tenant_id=tenant_id, name=name)
-    await check_no_clash(session=session, tenant_id=tenant_id, name=name)
-    used = await storage_used(session=session, tenant_id=tenant_id)
-    existing = await get_dataset(session=session, tenant_id=tenant_id, name=name)
-    if used - (existing.size if existing else 0) + staged.size > quota:
-        raise _over(max(quota - used, 0))
+    """Claim the name (409 on a clash), check the quota exactly, make the upload visible
+    atomically, record the row; the reservation ends in the same transaction."""
+    await claim_name(session=session, tenant_id=tenant_id, name=name)
+    await check_fits(
+        session=session,
+        tenant_id=tenant_id,
+        nbytes=staged.size,
+        quota=quota,
+        name=name,
+        reservation_id=hold.id,
+    )
     target = storage.tier(staged.tier)
     await storage.guard(staged.tier, lambda: target.publish(staged.upload, staged.etags))
-    return await record_published(
+    published = await record_published(
         session=session,
         tenant_id=tenant_id,
         name=name,
@@ -159,6 +168,9 @@ async def publish(
         checksum=staged.checksum,
         tier=staged.tier,
     )
+    if hold.id is not None:  # last: a failure before it leaves the reservation to ``let_go``
+        await release(session=session, reservation_id=hold.id)
+    return published
 
 
 async def clean_stale(

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from shared import errors
+from shared.db.engine import is_connectivity_error
 from shared.logging import get_logger
 from shared.resilience import CircuitOpen
 
@@ -231,12 +232,20 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    for exc_type in (OperationalError, InterfaceError, ConnectionError, OSError):
+    for exc_type in (OperationalError, InterfaceError, ConnectionError):
         app.add_exception_handler(exc_type, _database_down)
+    app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(PoolTimeout, _overloaded)
     app.add_exception_handler(DBAPIError, _db_api)
     app.add_exception_handler(CircuitOpen, _circuit_open)
     app.add_exception_handler(Exception, _unhandled)
+
+
+async def _os_error(request: Request, exc: Exception) -> JSONResponse:
+    # A file's error (a directory where a file should be, a full disk) is not the database's.
+    if is_connectivity_error(exc):
+        return await _database_down(request, exc)
+    return await _unhandled(request, exc)
 
 
 async def _db_api(request: Request, exc: Exception) -> JSONResponse:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -19,7 +21,7 @@ from shared.settings import PostgresSettings
 
 
 def make_engine(settings: PostgresSettings, *, application_name: str = "stratus") -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         settings.url(),
         pool_size=settings.pool_size,
         max_overflow=settings.max_overflow,
@@ -42,6 +44,20 @@ def make_engine(settings: PostgresSettings, *, application_name: str = "stratus"
             },
         },
     )
+    event.listen(engine.sync_engine, "do_connect", _connect)
+    return engine
+
+
+def _connect(dialect: Dialect, _record: Any, cargs: Any, cparams: Any) -> Any:
+    """Open a connection; a network failure on the way (refused, no route, a name that does
+    not resolve, a timeout) is raised as the driver's ``OperationalError``, as SQLAlchemy
+    raises every other failure of the database, so that what says "the database is away" is
+    a database error by type and never a bare ``OSError``, which a file raises too."""
+    try:
+        return dialect.connect(*cargs, **cparams)
+    except OSError as exc:
+        failed = dialect.loaded_dbapi.OperationalError
+        raise failed(f"cannot connect to the database: {exc}") from exc
 
 
 def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -58,9 +74,11 @@ async def transaction(
 
 
 def is_connectivity_error(exc: BaseException) -> bool:
-    """True when ``exc`` says the database could not be reached (not a bad query)."""
+    """True when ``exc`` says the database could not be reached (not a bad query). Only the
+    database's own errors count: what a block raises otherwise (a file's ``OSError``, a
+    storage tier's, a tenant's mistake) says nothing about the database."""
     # A pool timeout is overload (every connection busy), not an outage: it does not count.
-    if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError):
+    if isinstance(exc, OperationalError | InterfaceError):
         return True
     if is_raw_connectivity_error(exc):  # plain asyncpg (shared.db.raw), unwrapped
         return True

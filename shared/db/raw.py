@@ -11,6 +11,7 @@ statement per connection) and manages its own transaction (``async with conn.tra
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -28,8 +29,12 @@ RAW_CONNECTIVITY: tuple[type[BaseException], ...] = (
     # A backend terminated while the connection sat idle can leave the protocol in a state
     # where the next query fails with "cannot switch to state ...": the connection is gone.
     asyncpg.InternalClientError,
-    OSError,
+    # The network under the connection (refused, reset, timed out, a name that does not
+    # resolve); never any OSError: a file's (a directory where a file should be) is no
+    # sign of the database.
     ConnectionError,
+    TimeoutError,
+    socket.gaierror,
 )
 
 

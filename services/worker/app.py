@@ -322,7 +322,8 @@ def pool_config(settings: WorkerSettings) -> PoolConfig:
         device=settings.device,
         warm=settings.warm_kernels,
         cuda_simulator=settings.cuda_simulator,
-        memory_limit_mb=settings.memory_limit_mb,
+        memory_limit_bytes=settings.job_memory_bytes(),
+        result_inline_max_bytes=settings.limits.result_inline_max_bytes,
         start_timeout_s=settings.pool_start_timeout_s,
     )
 

@@ -5,19 +5,35 @@ and thread count are set there, before numba is imported), dies with the worker
 (``PR_SET_PDEATHSIG``) but ignores SIGTERM and SIGINT, warms every kernel, says ``ready``,
 then runs one job at a time: a request frame on stdin, a result frame on the original
 stdout. Anything a kernel prints goes to stderr (the worker's log), never into the frames.
+
+Memory: once warm, the process limits its private writable memory (``RLIMIT_DATA``: what
+``malloc``, NumPy and numba allocate; not the read-only memory maps of inputs, the shared
+maps of outputs, nor address space reserved for threads, which ``RLIMIT_AS`` would count)
+to what it holds now plus the job's allowance (``STRATUS_POOL_JOB_MEMORY_BYTES``). A kernel
+that needs more gets a ``MemoryError`` (inside a numba parallel loop, a ``SystemError``
+caused by one): the job fails, not retried (the same input needs the same memory), and the
+process exits so that the worker replaces it.
+
+Results: a result whose JSON is larger than ``STRATUS_POOL_RESULT_INLINE_MAX_BYTES`` is
+written to the request's ``result_path`` (atomically, as outputs are) and the reply names
+the file instead (``result_file``), so the worker never holds a large result in memory.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import resource
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any, BinaryIO
 
-from services.worker.protocol import read_frame, write_frame
+import orjson
+
+from services.worker.protocol import read_frame, temp_path, write_frame
 
 PR_SET_PDEATHSIG = 1
 
@@ -32,13 +48,71 @@ def _die_with_parent() -> None:
         os._exit(1)  # the worker died before the prctl
 
 
-def _limit_memory() -> None:
-    limit = int(os.environ.get("STRATUS_POOL_MEMORY_LIMIT_MB", "0"))
-    if limit > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (limit * 2**20, limit * 2**20))
+def data_bytes() -> int:
+    """This process's private writable memory now (``VmData``: what ``RLIMIT_DATA`` limits)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return 0
+    found = [line.split()[1] for line in status.splitlines() if line.startswith("VmData:")]
+    return int(found[0]) * 1024 if found else 0
 
 
-def handle(request: dict[str, Any], threads: int) -> dict[str, Any]:
+def limit_memory(job_bytes: int) -> None:
+    """Let the jobs of this process allocate ``job_bytes`` beyond what it holds now."""
+    if job_bytes > 0:
+        limit = data_bytes() + job_bytes
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+
+
+def memory_error(job_bytes: int) -> str:
+    if job_bytes > 0:
+        return f"memory limit exceeded: the job needed more than {job_bytes / 2**20:.0f} MiB"
+    return "out of memory: the job needed more memory than the machine had free"
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was caused by, a failed allocation."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MemoryError):
+            return True
+        if isinstance(seen, OSError) and seen.errno == errno.ENOMEM:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def write_result(path: str, body: bytes) -> dict[str, Any]:
+    """``body`` as the file ``path``, renamed into place once whole."""
+    from shared.storage.checksum import checksum_of
+
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(final, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": path, "size": len(body), "checksum": checksum_of(body)}
+
+
+def done(result: Any, request: dict[str, Any], inline_max: int) -> dict[str, Any]:
+    """The reply of a job that succeeded: its result inline, or in the file the worker gave."""
+    body = orjson.dumps(result, option=orjson.OPT_SERIALIZE_NUMPY)
+    path = request.get("result_path")
+    if inline_max <= 0 or len(body) <= inline_max or not path:
+        return {"type": "done", "result": orjson.Fragment(body)}
+    return {"type": "done", "result_file": write_result(path, body)}
+
+
+def handle(
+    request: dict[str, Any], threads: int, *, job_bytes: int = 0, inline_max: int = 0
+) -> dict[str, Any]:
     from services.worker.kernels import registry
     from services.worker.kernels.base import KernelInputError
 
@@ -53,29 +127,44 @@ def handle(request: dict[str, Any], threads: int) -> dict[str, Any]:
             request["outputs"],
             threads,
         )
-        reply = {"type": "done", "result": result}
+        reply = done(result, request, inline_max)
     except (KernelInputError, registry.KernelUnavailable) as exc:
         reply = {"type": "failed", "error": str(exc), "retryable": False}
-    except MemoryError:
-        reply = {"type": "failed", "error": "out of memory", "retryable": True, "fatal": True}
-    except OSError as exc:  # disk full, storage away: not the job's fault
-        reply = {"type": "failed", "error": f"{type(exc).__name__}: {exc}", "retryable": True}
+    except orjson.JSONEncodeError as exc:
+        error = f"the kernel's result is not JSON: {exc}"
+        reply = {"type": "failed", "error": error, "retryable": False}
     except Exception as exc:
-        reply = {"type": "failed", "error": f"{type(exc).__name__}: {exc}", "retryable": False}
+        reply = failure(exc, job_bytes)
     reply["cpu_total"] = time.process_time()  # the process' own, so far: see runner.run
     reply["cpu_seconds"] = reply["cpu_total"] - cpu0
     reply["wall_seconds"] = time.perf_counter() - wall0
     return reply
 
 
+def failure(exc: Exception, job_bytes: int) -> dict[str, Any]:
+    if out_of_memory(exc):  # the process is not trusted after it: the worker replaces it
+        return {
+            "type": "failed",
+            "error": memory_error(job_bytes),
+            "retryable": False,
+            "fatal": True,
+        }
+    if isinstance(exc, OSError):  # disk full, storage away: not the job's fault
+        return {"type": "failed", "error": f"{type(exc).__name__}: {exc}", "retryable": True}
+    return {"type": "failed", "error": f"{type(exc).__name__}: {exc}", "retryable": False}
+
+
 def serve(inp: BinaryIO, out: BinaryIO) -> None:
     threads = int(os.environ.get("STRATUS_POOL_THREADS", "1"))
     device = os.environ.get("STRATUS_POOL_DEVICE", "cpu")
+    job_bytes = int(os.environ.get("STRATUS_POOL_JOB_MEMORY_BYTES", "0"))
+    inline_max = int(os.environ.get("STRATUS_POOL_RESULT_INLINE_MAX_BYTES", "0"))
     t0 = time.perf_counter()
     from services.worker.kernels import registry
 
     if os.environ.get("STRATUS_POOL_WARM", "1") == "1":
         registry.warm_all(device)
+    limit_memory(job_bytes)  # after the imports and the warm-up: the job's share is its own
     ready = {
         "devices": registry.devices(),
         "warm_s": time.perf_counter() - t0,
@@ -83,12 +172,8 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     }
     write_frame(out, {"type": "ready", "pid": os.getpid(), **ready})
     while (request := read_frame(inp)) is not None:
-        reply = handle(request, threads)
-        try:
-            write_frame(out, reply)
-        except TypeError as exc:  # orjson.JSONEncodeError: a result that is not JSON
-            error = f"the kernel's result is not JSON: {exc}"
-            write_frame(out, {**reply, "type": "failed", "error": error, "retryable": False})
+        reply = handle(request, threads, job_bytes=job_bytes, inline_max=inline_max)
+        write_frame(out, reply)
         if reply.get("fatal"):
             return  # after MemoryError the process is not trusted: the worker replaces it
 
@@ -99,7 +184,6 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
-    _limit_memory()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # print() in a kernel goes to stderr, not into the frames
     serve(sys.stdin.buffer, out)

@@ -9,8 +9,14 @@ A job is one request frame and one reply frame over the process's pipes (``proto
 Stopping a job means killing its process (SIGKILL): on ``timeout_s`` (outcome ``TIMED_OUT``)
 and on cancellation of the calling task (``CancelledError`` propagates), the process is
 killed at once, its temporary output files removed, and a fresh process started in the
-background to take its place. A process that dies by itself (segfault, out of memory) gives
-the outcome ``CRASHED`` and is replaced the same way; the worker lives on.
+background to take its place. A process that dies by itself (segfault, killed from outside)
+gives the outcome ``CRASHED`` and is replaced the same way; the worker lives on.
+
+Memory: each process lets a job allocate ``memory_limit_bytes`` beyond what it holds when
+warm (``child``); a job that needs more ends ``FAILED`` (not retried) with a "memory limit
+exceeded" reason, and its process is replaced. Results: a result whose JSON is larger than
+``result_inline_max_bytes`` comes back as a file (``Outcome.result_file``) at the request's
+``result_path``.
 
 CPU seconds per attempt: measured in the pool process (``time.process_time``, all its
 threads) when the job ends there. Before a kill, the process' total from ``/proc/<pid>/stat``
@@ -62,6 +68,16 @@ class Outcome:
     result: dict[str, Any] | None = None
     error: str | None = None
     retryable: bool = False
+    result_file: ResultFile | None = None  # a result too large to come back inline
+
+
+@dataclass(frozen=True)
+class ResultFile:
+    """A job's result (its JSON) written to a file by the pool process."""
+
+    path: str
+    size: int
+    checksum: str
 
 
 @dataclass(frozen=True)
@@ -71,6 +87,7 @@ class Request:
     params: dict[str, Any]
     inputs: dict[str, str] = field(default_factory=dict)  # name -> local path
     outputs: dict[str, str] = field(default_factory=dict)
+    result_path: str | None = None  # where a result too large to come back inline goes
 
 
 @dataclass(frozen=True)
@@ -81,7 +98,8 @@ class PoolConfig:
     device: str = "cpu"  # the kernels warmed at start
     warm: bool = True
     cuda_simulator: bool = False
-    memory_limit_mb: int = 0  # RLIMIT_AS of each pool process; 0: none
+    memory_limit_bytes: int = 0  # what a job may allocate (see ``child``); 0: no limit
+    result_inline_max_bytes: int = 0  # larger results come back as a file; 0: all inline
     start_timeout_s: float = 600.0  # a cold start compiles every kernel
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
@@ -106,7 +124,8 @@ def child_env(config: PoolConfig) -> dict[str, str]:
         "STRATUS_POOL_DEVICE": config.device,
         "STRATUS_POOL_WARM": "1" if config.warm else "0",
         "STRATUS_POOL_PARENT": str(os.getpid()),
-        "STRATUS_POOL_MEMORY_LIMIT_MB": str(config.memory_limit_mb),
+        "STRATUS_POOL_JOB_MEMORY_BYTES": str(config.memory_limit_bytes),
+        "STRATUS_POOL_RESULT_INLINE_MAX_BYTES": str(config.result_inline_max_bytes),
     }
     if config.cuda_simulator:
         env["NUMBA_ENABLE_CUDASIM"] = "1"
@@ -170,6 +189,7 @@ class PoolProcess:
             "params": request.params,
             "inputs": request.inputs,
             "outputs": request.outputs,
+            "result_path": request.result_path,
         }
         self.proc.stdin.write(encode(message))
         await self.proc.stdin.drain()
@@ -280,8 +300,10 @@ class KernelRunner:
         """Kill ``proc`` now, remove what it left, and start its successor in the background."""
         proc.kill()
         self._procs.discard(proc)
-        for path in request.outputs.values() if request else ():
-            temp_path(path, proc.pid).unlink(missing_ok=True)
+        left = [*request.outputs.values(), request.result_path] if request else []
+        for path in left:
+            if path is not None:
+                temp_path(path, proc.pid).unlink(missing_ok=True)
         if self._closing:
             return
         task = asyncio.create_task(self._respawn(proc), name=f"pool-respawn-{proc.pid}")
@@ -321,6 +343,9 @@ class KernelRunner:
 
 
 def _outcome(reply: dict[str, Any], usage: Usage) -> Outcome:
+    if reply.get("type") == "done" and "result_file" in reply:
+        file = ResultFile(**reply["result_file"])
+        return Outcome(Status.SUCCEEDED, usage, result_file=file)
     if reply.get("type") == "done":
         return Outcome(Status.SUCCEEDED, usage, result=reply.get("result") or {})
     retryable = bool(reply.get("retryable", False))

@@ -30,8 +30,12 @@ class WorkerSettings(CommonSettings):
     # numba and BLAS threads per pool process; default: the cores shared by the processes
     threads_per_process: int | None = Field(default=None, ge=1)
     cuda_simulator: bool = False  # serve the cuda queue on numba's CUDA simulator
-    memory_limit_mb: int = Field(default=0, ge=0)  # per pool process (RLIMIT_AS); 0: none
     pool_start_timeout_s: float = 600.0
+
+    def job_memory_bytes(self) -> int:
+        """What one job may allocate: ``limits.job_memory_mb``, or a share of the machine's
+        memory for each of the ``concurrency`` slots."""
+        return self.limits.job_memory_bytes(slots=self.concurrency)
 
     def pool_threads(self) -> int:
         if self.threads_per_process is not None:

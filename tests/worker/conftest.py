@@ -62,7 +62,7 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 CACHE = Path(os.path.expanduser("~/.cache/stratus/numba"))
-MEMORY_LIMIT_MB = 2000
+MEMORY_LIMIT_MB = 2000  # what a job may allocate in these pool processes
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -72,7 +72,7 @@ async def runner(plugin_path: str) -> AsyncIterator[KernelRunner]:
         processes=2,
         cache_dir=CACHE,
         threads=1,
-        memory_limit_mb=MEMORY_LIMIT_MB,
+        memory_limit_bytes=MEMORY_LIMIT_MB * 2**20,
         extra_env={"PYTHONPATH": plugin_path},
     )
     pool = KernelRunner(config)

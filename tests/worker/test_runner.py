@@ -1,6 +1,6 @@
 """The warm pool: results and CPU seconds come back; a timeout or a cancel kills the job's
-process within seconds; a crash or an out-of-memory is a retryable failure; the pool
-replaces every process it loses and keeps working."""
+process within seconds; a crash is a retryable failure, a job over its memory limit a final
+one; the pool replaces every process it loses and keeps working."""
 
 from __future__ import annotations
 
@@ -124,13 +124,13 @@ async def test_segfault_is_a_retryable_crash_and_the_pool_lives_on(runner: Kerne
     assert runner.size == 2
 
 
-async def test_out_of_memory_is_a_retryable_failure(runner: KernelRunner) -> None:
+async def test_a_job_over_its_memory_limit_is_a_final_failure(runner: KernelRunner) -> None:
     await runner.wait_idle()
     before = pids(runner)
     outcome = await runner.run(Request("hog", "cpu", {"megabytes": 4000}))
     assert outcome.status is Status.FAILED
-    assert outcome.retryable
-    assert outcome.error == "out of memory"
+    assert not outcome.retryable  # the same input needs the same memory next time
+    assert outcome.error == "memory limit exceeded: the job needed more than 2000 MiB"
     assert len(before - pids(runner)) == 1  # that process is not reused
     await runner.wait_idle()
     assert (await runner.run(Request("hog", "cpu", {"megabytes": 10}))).status is Status.SUCCEEDED

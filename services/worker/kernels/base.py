@@ -1,9 +1,10 @@
 """What every kernel module shares: the implementation signature, the declaration a module
 exports (``Kernel``), the input error, and ``.npy`` arrays in and out.
 
-Arrays in: ``load_input`` memory-maps a ``.npy`` dataset read-only and checks its rank and
-dtype before any compute, raising ``KernelInputError`` with a message meant for the user (the
-worker fails the job with it, not retried). Every input reaches a jitted function as a
+Arrays in: ``load_input`` (``open_input`` where a kernel converts another dtype itself)
+memory-maps a ``.npy`` dataset read-only and checks its rank and dtype before any compute,
+raising ``KernelInputError`` with a message meant for the user (the worker fails the job
+with it, not retried). Every input reaches a jitted function as a
 read-only, C-contiguous, native-endian array, so each kernel has one compiled signature, the
 one its ``warm`` function compiles (or loads from the on-disk cache).
 
@@ -75,14 +76,13 @@ def _open(name: str, path: str) -> np.ndarray[Any, Any]:
     return arr
 
 
-def load_input(
+def open_input(
     inputs: Paths, name: str, *, ndim: int, kinds: str = "f", what: str = "float64"
 ) -> np.ndarray[Any, Any]:
-    """The input ``name`` as a read-only, C-contiguous float64 array of rank ``ndim``.
-
-    ``kinds`` are the dtype kinds accepted (``"f"``: float64 only; ``"fiu"``: any integer
-    too, converted to float64 exactly as NumPy would); ``what`` names them in the error.
-    """
+    """The input ``name`` as it is stored (memory-mapped, read-only), checked: rank
+    ``ndim`` and a dtype of ``kinds`` (``"f"``: float64 only; ``"fiu"``: any integer too);
+    ``what`` names them in the error. A kernel that takes another dtype than float64
+    converts it piece by piece (``histogram``), never the whole input at once."""
     if name not in inputs:
         raise KernelInputError(f"input {name!r} is missing")
     arr = _open(name, inputs[name])
@@ -91,6 +91,17 @@ def load_input(
         raise KernelInputError(
             f"input {name!r} must be a {ndim}-D {what} array, not {describe(arr)}"
         )
+    return arr
+
+
+def load_input(
+    inputs: Paths, name: str, *, ndim: int, kinds: str = "f", what: str = "float64"
+) -> np.ndarray[Any, Any]:
+    """The input ``name`` (``open_input``) as a read-only, C-contiguous float64 array: the
+    file's own memory, or a float64 copy of the whole input when it is stored otherwise
+    (byte-swapped, Fortran order, or an integer dtype of ``kinds``). A kernel that accepts
+    integers uses ``open_input`` instead and converts piece by piece."""
+    arr = open_input(inputs, name, ndim=ndim, kinds=kinds, what=what)
     if arr.dtype != np.float64 or not arr.flags.c_contiguous:
         arr = np.ascontiguousarray(arr, dtype=np.float64)  # a copy: integer, swapped or F order
     arr = arr.view(np.ndarray)  # a plain array over the same memory, not a memmap subclass

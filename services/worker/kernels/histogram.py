@@ -35,23 +35,36 @@ increments), small enough to stay in the L1 cache beside the block; every ``SEGM
 threads' counts are summed at the end. Bins beyond ``LANE_BINS_LIMIT`` miss the L1 cache
 anyway: they are counted directly into the int64 counts. Each thread's counts have a slot
 for the values outside.
+
+An input of another dtype than native float64 (integers, byte-swapped floats) is converted
+``CONVERT_BLOCK`` values at a time into one reused float64 buffer, each block counted as it
+is converted: the job's memory does not grow with its input (a float64 copy of an int8
+input would be eight times its size).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numba
 import numpy as np
 from numba import prange
 
-from services.worker.kernels.base import Kernel, KernelInputError, Paths, load_input, readonly
+from services.worker.kernels.base import (
+    Kernel,
+    KernelInputError,
+    Paths,
+    open_input,
+    readonly,
+)
 
 PRIVATE_BINS_LIMIT = 2**25  # per-thread bins kept below 256 MiB in all
 BLOCK = 1024  # values whose indices are computed at once (8 KiB of float64)
 LANES = 2  # int32 sub-histograms per thread (c0 and c1 in _count)
 LANE_BINS_LIMIT = 2048  # at most this many bins (+ outside) in lanes: 2 x 8 KiB
 SEGMENT = 2**30  # values counted into the lanes before they are added up (< 2**31 each)
+CONVERT_BLOCK = 2**20  # values of another dtype converted at once (8 MiB of float64)
 EXACT_RUN = 15  # blocks computed with the corrections after a block where a guess was unsure
 # Adding 2**52 + 2**51 to a small non-negative integer-valued double leaves the integer in the
 # low bits of its mantissa: the bits, less SHIFT_BITS, are the integer (no float -> int
@@ -154,12 +167,45 @@ def _count(
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def histogram(data: Any, bins: int, lo: float, hi: float, chunks: int) -> Any:
+def count_into(data: Any, lo: float, hi: float, private: Any) -> None:
+    """Add the bins of ``data`` to ``private`` (one row of counts per thread's chunk; the
+    last slot of each: values outside)."""
     n = data.shape[0]
-    private = np.zeros((chunks, bins + 1), np.int64)  # the last slot: values outside
+    chunks = private.shape[0]
     step = (n + chunks - 1) // chunks
     for c in prange(chunks):
         _count(data, c * step, min(n, (c + 1) * step), lo, hi, private[c], SEGMENT)
+
+
+def histogram(data: Any, bins: int, lo: float, hi: float, chunks: int) -> Any:
+    """The counts of float64 ``data``, its work cut into ``chunks``."""
+    private = np.zeros((chunks, bins + 1), np.int64)
+    count_into(data, lo, hi, private)
+    return private.sum(axis=0)[:-1]
+
+
+def converted_blocks(data: np.ndarray[Any, Any]) -> Iterator[np.ndarray[Any, Any]]:
+    """``data`` as read-only float64 blocks: itself if it is native float64, else its
+    ``CONVERT_BLOCK``-value pieces converted one after another into one buffer (none for
+    an empty input)."""
+    if data.shape[0] == 0:
+        return
+    if data.dtype == np.float64 and data.dtype.isnative and data.flags.c_contiguous:
+        yield readonly(data.view(np.ndarray))
+        return
+    buffer = np.empty(min(CONVERT_BLOCK, data.shape[0]), np.float64)
+    for start in range(0, data.shape[0], CONVERT_BLOCK):
+        piece = data[start : start + CONVERT_BLOCK]
+        block = buffer[: piece.shape[0]]
+        block[...] = piece  # as ``astype(np.float64)`` converts
+        yield readonly(block.view())
+
+
+def counts_of(data: np.ndarray[Any, Any], bins: int, lo: float, hi: float, chunks: int) -> Any:
+    """``histogram`` of ``data`` of any accepted dtype, converted block by block."""
+    private = np.zeros((chunks, bins + 1), np.int64)
+    for block in converted_blocks(data):
+        count_into(block, lo, hi, private)
     return private.sum(axis=0)[:-1]
 
 
@@ -172,24 +218,25 @@ def edges(bins: int, lo: float, hi: float) -> np.ndarray[Any, Any]:
     return readonly(e)
 
 
-def load(inputs: Paths) -> np.ndarray[Any, Any]:
-    return load_input(inputs, "data", ndim=1, kinds="fiu", what="float64 or integer")
+def open_data(inputs: Paths) -> np.ndarray[Any, Any]:
+    """The data as stored (``converted_blocks`` reads it as float64)."""
+    return open_input(inputs, "data", ndim=1, kinds="fiu", what="float64 or integer")
 
 
 def run_cpu(
     params: dict[str, Any], inputs: Paths, outputs: Paths, *, threads: int = 1
 ) -> dict[str, Any]:
-    data = load(inputs)
+    data = open_data(inputs)
     bins = int(params["bins"])
     lo, hi = (float(v) for v in params["range"])
     edges(bins, lo, hi)  # refuses what NumPy refuses
     chunks = max(1, min(threads, PRIVATE_BINS_LIMIT // bins))
-    counts = histogram(data, bins, lo, hi, chunks)
+    counts = counts_of(data, bins, lo, hi, chunks)
     return {"counts": counts.tolist()}
 
 
 def warm() -> None:
-    histogram(readonly(np.ones(3)), 2, 0.0, 2.0, 1)
+    counts_of(readonly(np.ones(3)), 2, 0.0, 2.0, 1)
 
 
 KERNEL = Kernel("histogram", run_cpu, warm, cuda="services.worker.kernels.histogram_cuda")

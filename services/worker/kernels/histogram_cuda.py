@@ -14,7 +14,7 @@ from numba import cuda
 
 from services.worker.kernels.base import Paths
 from services.worker.kernels.cuda_launch import stride_blocks
-from services.worker.kernels.histogram import edges, load
+from services.worker.kernels.histogram import converted_blocks, edges, open_data
 
 THREADS = 256
 SHARED_BINS = 8192  # int32 counts: 32 KiB of shared memory per block
@@ -81,10 +81,20 @@ def histogram(data: Any, bin_edges: Any, lo: float, hi: float) -> Any:
 def run_cuda(
     params: dict[str, Any], inputs: Paths, outputs: Paths, *, threads: int = 1
 ) -> dict[str, Any]:
-    data = load(inputs)
+    data = open_data(inputs)
     lo, hi = (float(v) for v in params["range"])
     bin_edges = edges(int(params["bins"]), lo, hi)  # refuses what NumPy refuses
-    return {"counts": histogram(cuda.to_device(data), bin_edges, lo, hi).tolist()}
+    return {"counts": histogram(upload(data), bin_edges, lo, hi).tolist()}
+
+
+def upload(data: Any) -> Any:
+    """``data`` as a float64 device array, converted on the host block by block."""
+    device = cuda.device_array(data.shape[0], np.float64)
+    start = 0
+    for block in converted_blocks(data):
+        device[start : start + block.shape[0]].copy_to_device(block)
+        start += block.shape[0]
+    return device
 
 
 def warm_cuda() -> None:

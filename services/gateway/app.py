@@ -7,12 +7,12 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.gateway.accounting.routes import router as accounting_router
 from services.gateway.admin.pools import router as pools_router
 from services.gateway.admin.routes import router as admin_router
 from services.gateway.auth import Authenticator
+from services.gateway.bodies import BodyLimitMiddleware, BodyLimits
 from services.gateway.datasets.routes import router as datasets_router
 from services.gateway.deps import GatewayDb, raw_db
 from services.gateway.jobs.routes import router as jobs_router
@@ -23,7 +23,7 @@ from services.gateway.tenants.routes import router as tenants_router
 from shared.logging import configure_logging
 from shared.messaging import Delivery
 from shared.messaging.topology import control_queue
-from shared.problems import install_problem_handlers, problem
+from shared.problems import install_problem_handlers
 from shared.ratelimit import RateLimiter
 from shared.routing import reject_undeclared_query
 from shared.runtime import close_resources, open_resources
@@ -82,7 +82,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     install_problem_handlers(app)
     instrument(app)
     app.add_middleware(StartingGuard)  # 503 + Retry-After until the dependencies answer
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.include_router(health_router(lambda: app.state.resources.checks()))
     app.include_router(tenants_router)
     app.include_router(jobs_router)
@@ -94,20 +94,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     return app
 
 
-class BodyLimitMiddleware:
-    """413 for bodies declared over the limit (dataset uploads stream and are exempt)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].startswith("/v1/datasets/"):
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                    response = problem(
-                        413, "Payload too large", f"bodies are limited to {self.max_bytes} bytes"
-                    )
-                    await response(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+def body_limits(settings: GatewaySettings) -> BodyLimits:
+    return BodyLimits(
+        max_bytes=settings.max_body_bytes,
+        timeout_s=settings.body_timeout_s,
+        idle_timeout_s=settings.body_idle_timeout_s,
+    )

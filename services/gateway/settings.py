@@ -12,6 +12,12 @@ class GatewaySettings(CommonSettings):
     admin_key: SecretStr = SecretStr("dev-admin-key")
     auth_cache_ttl_s: float = 30.0
     max_body_bytes: int = 1_048_576
+    # A request body (dataset uploads aside) must arrive whole within ``body_timeout_s`` of the
+    # request's start, and no body, uploads included, may pause longer than
+    # ``body_idle_timeout_s`` between two pieces: a client that trickles its body gets 408
+    # and its connection closed instead of holding a slot.
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    body_idle_timeout_s: float = Field(default=30.0, gt=0)
     default_timeout_s: int = 3600
     default_max_retries: int = 3
     idempotency_window_s: int = 86_400

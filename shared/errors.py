@@ -34,6 +34,13 @@ class Invalid(StratusError):
         self.errors = errors or []
 
 
+class IdempotencyKeyReused(Invalid):
+    """An ``Idempotency-Key`` the tenant already sent, within its window, with another body:
+    replaying the first answer would hide that this request was never carried out."""
+
+    title = "Idempotency-Key reused"
+
+
 class QuotaExceeded(StratusError):
     """Storing this would take the tenant over its ``storage_bytes`` quota (413)."""
 

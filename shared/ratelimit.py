@@ -11,7 +11,12 @@ on its way to Redis wait and go together in the next call, which asks the script
 requests at once. The script answers exactly what ``n`` one-request calls at that instant
 would have answered (the first ``k`` that fit pass, the rest get the same retry-after), so
 the limit stays global and exact; under load a replica spends one Redis call on many
-requests instead of one each, and a request waits at most for the call already in flight."""
+requests instead of one each, and a request waits at most for the call already in flight.
+
+The state of a key is bounded by the rate in force: its theoretical arrival time is never
+taken as more than one burst (``tolerance``) ahead of now at the current rate, and the key
+expires once that has passed. So a tiny rate that was set once leaves no debt beyond one
+burst of the rate now in force: raising a tenant's rate takes effect at once."""
 
 from __future__ import annotations
 
@@ -32,19 +37,23 @@ log = get_logger(__name__)
 # KEYS[1]: bucket; ARGV[1]: emission interval (µs); ARGV[2]: burst tolerance (µs); ARGV[3]:
 # how many requests at once (n). The first k of them pass, k as n one-request calls in a row
 # would let through: request i (from 0) passes when tat + (i + 1) * interval - tolerance
-# <= now. Returns {k, retry after (µs) for the other n - k, 0 when none}.
+# <= now. A stored tat further ahead than one burst at the current rate (left by an earlier,
+# lower rate) counts as one burst, and is stored so, with the current rate's expiry.
+# Returns {k, retry after (µs) for the other n - k, 0 when none}.
 GCRA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+local stored = tonumber(redis.call('GET', KEYS[1]) or now)
+local tat = stored
 if tat < now then tat = now end
+if tat > now + tolerance then tat = now + tolerance end
 local k = math.floor((now + tolerance - tat) / interval)
 if k > n then k = n end
 if k < 0 then k = 0 end
-if k > 0 then
+if k > 0 or tat < stored then
   tat = tat + k * interval
   redis.call('SET', KEYS[1], tat, 'PX', math.ceil((tolerance + interval) / 1000) + 1)
 end
@@ -77,11 +86,13 @@ class LocalGcra:
     def check(self, key: str, rate_per_s: float, burst: float | None = None) -> Verdict:
         interval, tolerance = _params(rate_per_s, burst)
         now = time.monotonic() * 1_000_000
-        tat = max(self._tat.get(key, now), now)
-        allow_at = tat + interval - tolerance
-        if allow_at > now:
-            return Verdict(False, (allow_at - now) / 1_000_000)
-        self._tat[key] = tat + interval
+        # how far the tat is ahead of now, within one burst: offsets from now, so that a
+        # huge interval is not lost in the rounding of a large clock value
+        ahead = min(max(self._tat.get(key, now) - now, 0.0), tolerance)
+        wait = ahead + interval - tolerance
+        if wait > 0:
+            return Verdict(False, wait / 1_000_000)
+        self._tat[key] = now + ahead + interval
         if len(self._tat) > 100_000:
             self._tat.clear()
         return Verdict(True, 0.0)

@@ -10,21 +10,33 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.security import SCOPES
 
+# Counts are checked in 32-bit columns and statements; bytes in 64-bit ones.
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+# The lowest rate limit: one request every 100 s. Below it a tenant is in effect locked out,
+# which is what ``suspended`` is for.
+MIN_REQUESTS_PER_SECOND = 0.01
+
 
 class Quotas(BaseModel):
-    """A tenant's quotas; a field left out means the platform default."""
+    """A tenant's quotas; a field left out (or null) means the platform default. Numbers are
+    strict (``true`` is not 1). 0 is a real limit for the counts (``max_running_jobs`` 0 holds
+    every job in the queue; ``max_queued_jobs`` 0 refuses every submission); the rate is at
+    least ``MIN_REQUESTS_PER_SECOND``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    max_running_jobs: int | None = Field(default=None, ge=0)
-    max_queued_jobs: int | None = Field(default=None, ge=0)
-    cpu_seconds_per_day: int | None = Field(default=None, ge=0)
-    storage_bytes: int | None = Field(default=None, ge=0)
-    requests_per_second: float | None = Field(default=None, gt=0)
+    max_running_jobs: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_queued_jobs: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    cpu_seconds_per_day: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    storage_bytes: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    requests_per_second: float | None = Field(
+        default=None, ge=MIN_REQUESTS_PER_SECOND, le=1_000_000
+    )
 
 
 class TenantCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     weight: int = Field(default=1, ge=1, le=1000)
@@ -32,7 +44,7 @@ class TenantCreate(BaseModel):
 
 
 class TenantPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     weight: int | None = Field(default=None, ge=1, le=1000)
     quotas: Quotas | None = None

@@ -24,6 +24,7 @@ from shared.db.models import Migration, MigrationChunk
 from shared.db.outbox import add_event
 from shared.errors import Conflict, IllegalTransition, Invalid, NotFound
 from shared.events import MigrationFinished, MigrationRequested, utcnow
+from shared.idempotency import check_replay
 from shared.storage.catalog import require_dataset
 from shared.storage.names import validate_name
 
@@ -134,13 +135,16 @@ async def request_migration(
     mode: MigrationMode,
     tiers: Collection[str],
     idempotency_key: str | None = None,
+    request_hash: str | None = None,
     idempotency_window_s: int = 86_400,
     job_id: uuid.UUID | None = None,
 ) -> Requested:
     """Record a PENDING migration and its ``migration.requested`` event (same transaction).
 
     404 for an unknown dataset, 422 for an unknown tier, 409 when the dataset is already on
-    ``to_tier``. The datamover re-reads the dataset when it starts the copy.
+    ``to_tier``. The datamover re-reads the dataset when it starts the copy. With an
+    ``idempotency_key``, ``request_hash`` is the body's fingerprint (``shared.idempotency``):
+    a replay with another body is a 422.
     """
     validate_name(dataset, loc=("body", "dataset"))
     if to_tier not in tiers:
@@ -153,7 +157,7 @@ async def request_migration(
             session=session, tenant_id=tenant_id, key=idempotency_key, window_s=idempotency_window_s
         )
         if found is not None:
-            return Requested(found, replayed=True)
+            return _replayed(found, request_hash)
     row = await require_dataset(session=session, tenant_id=tenant_id, name=dataset)
     if row.tier == to_tier:
         raise Conflict(f"dataset {dataset!r} is already on tier {to_tier!r}")
@@ -177,6 +181,7 @@ async def request_migration(
                 attempts=0,
                 job_id=job_id,
                 idempotency_key=idempotency_key,
+                request_hash=request_hash,
                 created_at=now,
                 updated_at=now,
             )
@@ -191,7 +196,7 @@ async def request_migration(
         )
         if found is None:
             raise Conflict("a request with this Idempotency-Key is in progress; retry")
-        return Requested(found, replayed=True)
+        return _replayed(found, request_hash)
     await add_event(
         session,
         MigrationRequested(
@@ -203,6 +208,12 @@ async def request_migration(
         ),
     )
     return Requested(inserted, replayed=False)
+
+
+def _replayed(found: Migration, request_hash: str | None) -> Requested:
+    if request_hash is not None:
+        check_replay(stored=found.request_hash, given=request_hash)
+    return Requested(found, replayed=True)
 
 
 async def _find_idempotent(

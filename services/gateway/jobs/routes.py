@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import TypeAdapter
 
 from services.gateway.deps import PrincipalDep, SessionDep
@@ -14,6 +14,7 @@ from services.gateway.jobs.schemas import JobList, JobOut, JobSubmit, LabelKey, 
 from services.gateway.settings import GatewaySettings
 from shared.db.models import Job
 from shared.errors import Invalid
+from shared.idempotency import IdempotencyKey
 from shared.jobs.states import JobState
 from shared.kernels import CATALOGUE
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, Instant, LimitQuery
@@ -50,7 +51,7 @@ async def submit_job(
     principal: PrincipalDep,
     response: Response,
     request: Request,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> JobOut:
     # The hot path: no session dependency (the insert is group-committed by the writer, the
     # reads are plain asyncpg) and the settings read off the app, not through a dependency.

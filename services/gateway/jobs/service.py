@@ -21,6 +21,7 @@ from shared.db.models import Job
 from shared.db.outbox import add_event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events import JobCancelled, JobSubmitted, utcnow
+from shared.idempotency import check_replay, request_hash
 from shared.jobs.states import JobState
 from shared.jobs.store import lock_job, set_job_state
 from shared.kernels import get_spec
@@ -107,9 +108,15 @@ async def submit_job(
         async with db.session() as session:
             await _check_inputs_exist(session=session, tenant_id=tenant_id, inputs=data.inputs)
 
+    fingerprint = None
     if idempotency_key is not None:
+        fingerprint = request_hash(data)
         existing = await _find_idempotent(
-            db=db, tenant_id=tenant_id, key=idempotency_key, window_s=idempotency_window_s
+            db=db,
+            tenant_id=tenant_id,
+            key=idempotency_key,
+            fingerprint=fingerprint,
+            window_s=idempotency_window_s,
         )
         if existing is not None:
             return Submitted(existing, replayed=True)
@@ -120,6 +127,7 @@ async def submit_job(
         data=data,
         params=params,
         idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
         timeout_s=data.timeout_s or default_timeout_s,
         max_retries=data.max_retries if data.max_retries is not None else default_max_retries,
         max_queued=max_queued_jobs,
@@ -128,8 +136,13 @@ async def submit_job(
         return Submitted(_created(job), replayed=False)
     # A concurrent request with the same key won the race: answer with its job.
     assert idempotency_key is not None
+    assert fingerprint is not None
     existing = await _find_idempotent(
-        db=db, tenant_id=tenant_id, key=idempotency_key, window_s=idempotency_window_s
+        db=db,
+        tenant_id=tenant_id,
+        key=idempotency_key,
+        fingerprint=fingerprint,
+        window_s=idempotency_window_s,
     )
     if existing is None:
         raise Conflict("a request with this Idempotency-Key is in progress; retry")
@@ -143,6 +156,7 @@ def _new_job(
     data: JobSubmit,
     params: dict[str, Any],
     idempotency_key: str | None,
+    fingerprint: str | None,
     timeout_s: int,
     max_retries: int,
     max_queued: int,
@@ -169,6 +183,7 @@ def _new_job(
         timeout_s=timeout_s,
         max_retries=max_retries,
         idempotency_key=idempotency_key,
+        request_hash=fingerprint,
         created_at=utcnow(),
         message_id=event.event_id,
         routing_key=event.routing_key,
@@ -207,7 +222,7 @@ def _created(job: NewJob) -> JobOut:
 _FIND_BY_KEY = """
 SELECT id, kernel, device, params::text, inputs::text, outputs::text, output_tier, priority,
        timeout_s, max_retries, labels::text, state, state_reason, attempts, created_at,
-       queued_at, started_at, finished_at, result::text, error, worker
+       queued_at, started_at, finished_at, result::text, error, worker, request_hash
 FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2
 """
 _RELEASE_KEY = "UPDATE jobs SET idempotency_key = NULL WHERE id = $1"
@@ -242,16 +257,19 @@ def _job_out(row: Any) -> JobOut:
 
 
 async def _find_idempotent(
-    *, db: SubmitDb, tenant_id: uuid.UUID, key: str, window_s: int
+    *, db: SubmitDb, tenant_id: uuid.UUID, key: str, fingerprint: str, window_s: int
 ) -> JobOut | None:
+    """The job that ``key`` names within its window, or None; 422 if it was submitted with
+    another body."""
     async with db.raw() as conn:
         row = await conn.fetchrow(_FIND_BY_KEY, tenant_id, key)
         if row is None:
             return None
-        if row[14] < utcnow() - timedelta(seconds=window_s):
+        if row["created_at"] < utcnow() - timedelta(seconds=window_s):
             # The key expired: release it so that this request creates a new job.
-            await conn.execute(_RELEASE_KEY, row[0])
+            await conn.execute(_RELEASE_KEY, row["id"])
             return None
+    check_replay(stored=row["request_hash"], given=fingerprint)
     return _job_out(row)
 
 

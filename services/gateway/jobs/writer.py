@@ -76,6 +76,8 @@ class NewJob:
     event_body: bytes
     # the tenant's max_queued_jobs (None: no limit)
     max_queued: int | None = None
+    # the body's fingerprint, kept with an idempotency key (``shared.idempotency``)
+    request_hash: str | None = None
 
 
 # Every row of the batch in one statement: the room each limited tenant has left in its queue
@@ -99,18 +101,18 @@ WITH room AS (
            room.room
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
                 $7::text[], $8::text[], $9::text[], $10::int2[], $11::int4[], $12::int4[],
-                $13::text[], $14::timestamptz[]) WITH ORDINALITY
+                $13::text[], $14::timestamptz[], $19::text[]) WITH ORDINALITY
          AS r(id, tenant_id, kernel, device, params, inputs, outputs, output_tier, labels,
-              priority, timeout_s, max_retries, idempotency_key, created_at, ord)
+              priority, timeout_s, max_retries, idempotency_key, created_at, request_hash, ord)
     LEFT JOIN room ON room.tenant_id = r.tenant_id
 ), new AS (
     INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, output_tier,
                       labels, priority, timeout_s, max_retries, state, attempts,
-                      idempotency_key, created_at, updated_at)
+                      idempotency_key, request_hash, created_at, updated_at)
     SELECT r.id, r.tenant_id, r.kernel, r.device, CAST(r.params AS jsonb),
            CAST(r.inputs AS jsonb), CAST(r.outputs AS jsonb), r.output_tier,
            CAST(r.labels AS jsonb), r.priority, r.timeout_s, r.max_retries, 'PENDING', 0,
-           r.idempotency_key, r.created_at, r.created_at
+           r.idempotency_key, r.request_hash, r.created_at, r.created_at
     FROM r
     WHERE r.room IS NULL OR r.place <= r.room
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
@@ -149,6 +151,7 @@ def _arguments(jobs: list[NewJob]) -> list[list[Any]]:
         [j.routing_key for j in jobs],
         [j.event_body for j in jobs],
         [j.max_queued for j in jobs],
+        [j.request_hash for j in jobs],
     ]
 
 

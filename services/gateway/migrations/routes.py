@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 
 from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
 from services.gateway.migrations import service
 from services.gateway.migrations.schemas import MigrationCreate, MigrationList, MigrationOut
 from shared.db.models import Migration
+from shared.idempotency import IdempotencyKey, request_hash
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.problems import problem_responses
 from shared.storage.migrations import MigrationMode, MigrationState, request_migration
@@ -41,7 +42,7 @@ async def create_migration(
     session: SessionDep,
     settings: SettingsDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> MigrationOut:
     tenant_id = principal.require_tenant("data:write")
     requested = await request_migration(
@@ -52,6 +53,7 @@ async def create_migration(
         mode=MigrationMode(body.mode),
         tiers=settings.storage.tiers().keys(),
         idempotency_key=idempotency_key,
+        request_hash=None if idempotency_key is None else request_hash(body),
         idempotency_window_s=settings.idempotency_window_s,
     )
     response.headers["Location"] = f"/v1/migrations/{requested.migration.id}"

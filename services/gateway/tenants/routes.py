@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
 from services.gateway.tenants.schemas import TenantList
@@ -92,6 +92,7 @@ async def get_tenant(
 @router.patch("/{tenant_id}", responses=ERRORS)
 async def patch_tenant(
     tenant_id: uuid.UUID,
+    request: Request,
     body: TenantPatch,
     principal: PrincipalDep,
     session: SessionDep,
@@ -111,6 +112,10 @@ async def patch_tenant(
             "quotas_after": tenant.quotas,
         },
     )
+    # This gateway applies the change (quotas, suspension) from the next request on (the
+    # transaction commits before the answer is sent); the others forget their cached keys on
+    # the tenant.changed event.
+    request.app.state.authenticator.invalidate()
     return tenant_out(tenant, settings)
 
 

@@ -67,6 +67,18 @@ def error_kind(cls: type[errors.StratusError]) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "-", cls.__name__).lower()
 
 
+def known_kinds() -> set[str]:
+    """Every kind an answer can name: each status's own, each domain error's (all defined in
+    ``shared.errors``), and the one a handler below names itself (every connection busy)."""
+    pending, domain = [errors.StratusError], set()
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            if cls.__module__ == errors.__name__:
+                domain.add(error_kind(cls))
+            pending.append(cls)
+    return {*HTTP_KINDS.values(), *domain, "overloaded"}
+
+
 class ProblemError(BaseModel):
     """One reason a request was invalid: where (``loc``) and why (``msg``)."""
 

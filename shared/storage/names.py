@@ -13,7 +13,11 @@ from shared.errors import Invalid
 from shared.settings import StorageSettings
 
 MAX_NAME = 255
-_ALLOWED = re.compile(r"[A-Za-z0-9._/-]+")
+NAME_CHARS = "A-Za-z0-9._/-"
+# For filters (a name, or the start of one): only the characters a name may contain. A
+# filter with any other character (a NUL, say) could match nothing: it is a 422.
+NAME_CHARS_PATTERN = rf"^[{NAME_CHARS}]*$"
+_ALLOWED = re.compile(rf"[{NAME_CHARS}]+")
 
 
 def name_problem(name: str) -> str | None:

@@ -9,7 +9,7 @@ import pytest
 
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
-from shared.problems import PROBLEM, PROBLEM_REF, Problem
+from shared.problems import KIND_PATTERN, PROBLEM, PROBLEM_REF, Problem, problem_type
 
 CONTRACT = {
     "/v1/tenants": {"get", "post"},
@@ -48,7 +48,8 @@ def test_every_contract_endpoint_is_described(doc: dict[str, Any]) -> None:
 
 def test_every_error_answer_is_a_problem(doc: dict[str, Any]) -> None:
     schemas = doc["components"]["schemas"]
-    assert set(schemas["Problem"]["required"]) == {"title", "status", "detail"}
+    assert set(schemas["Problem"]["required"]) == {"type", "title", "status", "detail"}
+    assert schemas["Problem"]["properties"]["type"]["pattern"] == KIND_PATTERN
     assert "HTTPValidationError" not in schemas  # FastAPI's own 422 body, never sent
     checked = 0
     for path, method, op in operations(doc):
@@ -65,7 +66,7 @@ def test_every_error_answer_is_a_problem(doc: dict[str, Any]) -> None:
     assert checked > 100
     # the model is the handlers' own shape
     Problem.model_validate(
-        {"type": "about:blank", "title": "t", "status": 422, "detail": "d", "errors": []}
+        {"type": problem_type("invalid"), "title": "t", "status": 422, "detail": "d", "errors": []}
     )
 
 

@@ -18,6 +18,7 @@ from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.problems import problem_responses
 from shared.storage import Storage, validate_name
 from shared.storage.checksum import etag
+from shared.storage.names import MAX_NAME, NAME_CHARS_PATTERN
 from shared.storage.tiers import Reader
 
 READ_BLOCK = 1 << 20
@@ -210,7 +211,10 @@ async def get_dataset(
 async def list_datasets(
     principal: PrincipalDep,
     session: SessionDep,
-    prefix: Annotated[str | None, Query(max_length=255)] = None,
+    prefix: Annotated[
+        str | None,
+        Query(max_length=MAX_NAME, pattern=NAME_CHARS_PATTERN, description="names that start so"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> DatasetList:

@@ -15,6 +15,7 @@ from shared.idempotency import IdempotencyKey, request_hash
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
 from shared.problems import problem_responses
 from shared.storage.migrations import MigrationMode, MigrationState, request_migration
+from shared.storage.names import MAX_NAME, NAME_CHARS_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["migrations"])
 
@@ -77,7 +78,10 @@ async def list_migrations(
     principal: PrincipalDep,
     session: SessionDep,
     state: MigrationState | None = None,
-    dataset: Annotated[str | None, Query(max_length=255)] = None,
+    dataset: Annotated[
+        str | None,
+        Query(max_length=MAX_NAME, pattern=NAME_CHARS_PATTERN, description="of this dataset"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> MigrationList:

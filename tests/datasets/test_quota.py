@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -49,7 +50,7 @@ async def test_streamed_uploads_without_a_length_never_exceed_the_quota(
     t = await new_tenant(api, quotas={"storage_bytes": QUOTA})
     data = payload(PIECE)
 
-    async def body() -> object:
+    async def body() -> AsyncIterator[bytes]:
         for i in range(0, PIECE, 10_000):
             yield data[i : i + 10_000]
             await asyncio.sleep(0)

@@ -15,6 +15,7 @@ from services.gateway.auth import Authenticator
 from services.gateway.bodies import BodyLimitMiddleware, BodyLimits
 from services.gateway.datasets.routes import router as datasets_router
 from services.gateway.deps import GatewayDb, raw_db
+from services.gateway.docs import install_docs
 from services.gateway.jobs.routes import router as jobs_router
 from services.gateway.jobs.writer import JobWriter
 from services.gateway.migrations.routes import router as migrations_router
@@ -76,6 +77,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         summary="Cloud-native HPC job service",
         lifespan=start_in_background(lifespan),
         dependencies=[Depends(reject_undeclared_query)],  # 422 for an unknown query parameter
+        docs_url=None,  # served by install_docs, without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.tiers = frozenset(settings.storage.tiers())
@@ -84,6 +87,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(StartingGuard)  # 503 + Retry-After until the dependencies answer
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.include_router(health_router(lambda: app.state.resources.checks()))
+    install_docs(app)
     app.include_router(tenants_router)
     app.include_router(jobs_router)
     app.include_router(datasets_router)

@@ -38,18 +38,6 @@ def as_utc(value: datetime) -> datetime:
 # An RFC 3339 instant in a query or body, normalised to UTC (``?created_after=``).
 Instant = Annotated[AwareDatetime, AfterValidator(as_utc)]
 
-LimitQuery = Annotated[
-    int, Query(ge=1, le=MAX_LIMIT, description=f"page size, at most {MAX_LIMIT}")
-]
-CursorQuery = Annotated[
-    str | None,
-    Query(
-        max_length=MAX_CURSOR,
-        pattern=r"^[A-Za-z0-9_-]*$",
-        description="the `next_cursor` of the previous page (opaque)",
-    ),
-]
-
 
 def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:
     raw = orjson.dumps([created_at.isoformat(), str(id_)])
@@ -60,19 +48,51 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
     """What ``encode_cursor`` wrote; anything else (another shape, a date that overflows,
     a naive time) is a 422."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, id_ = _two_strings(orjson.loads(raw))
-        return as_utc(datetime.fromisoformat(at)), uuid.UUID(id_)
-    except (ValueError, TypeError) as exc:
+        return _parse_cursor(cursor)
+    except ValueError as exc:
         raise Invalid(
             "malformed cursor", errors=[{"loc": ["query", "cursor"], "msg": "malformed cursor"}]
         ) from exc
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, id_ = _two_strings(orjson.loads(raw))
+        return as_utc(datetime.fromisoformat(at)), uuid.UUID(id_)
+    except TypeError as exc:
+        raise ValueError("malformed cursor") from exc
 
 
 def _two_strings(value: Any) -> tuple[str, str]:
     if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)):
         raise ValueError("not a cursor")
     return value[0], value[1]
+
+
+def _checked_cursor(cursor: str | None) -> str | None:
+    if cursor:
+        try:
+            _parse_cursor(cursor)
+        except ValueError:
+            raise ValueError("malformed cursor") from None
+    return cursor
+
+
+LimitQuery = Annotated[
+    int, Query(ge=1, le=MAX_LIMIT, description=f"page size, at most {MAX_LIMIT}")
+]
+# Checked at the edge, so that a malformed cursor is refused like any other bad parameter
+# (``keyset_page`` checks it again for callers that take a plain string).
+CursorQuery = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_CURSOR,
+        pattern=r"^[A-Za-z0-9_-]*$",
+        description="the `next_cursor` of the previous page (opaque)",
+    ),
+    AfterValidator(_checked_cursor),
+]
 
 
 async def keyset_page(

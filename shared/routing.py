@@ -13,10 +13,9 @@ from collections.abc import Iterable
 
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
-
-from shared.errors import Invalid
 
 UNKNOWN = "unknown query parameter"
 
@@ -58,7 +57,10 @@ async def reject_undeclared_query(request: Request) -> None:
         return
     unknown = undeclared(route, request.query_params.keys())
     if unknown:
-        raise Invalid(
-            f"{UNKNOWN}: {', '.join(unknown)}",
-            errors=[{"loc": ["query", name], "msg": UNKNOWN} for name in unknown],
+        # Answered like any other parameter that does not match the route's schema.
+        raise RequestValidationError(
+            [
+                {"type": "unknown_query_parameter", "loc": ("query", name), "msg": UNKNOWN}
+                for name in unknown
+            ]
         )

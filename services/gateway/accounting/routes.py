@@ -12,7 +12,7 @@ from services.gateway.deps import PrincipalDep, SessionDep
 from services.tenant.audit import audit, entry_out, list_audit
 from services.tenant.usage import usage_of, usage_of_all
 from shared.errors import Forbidden
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery
 from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["usage"])
@@ -48,7 +48,7 @@ async def get_audit(
     session: SessionDep,
     tenant_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: str | None = None,
+    cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     principal.require_admin()
     rows, next_cursor = await list_audit(

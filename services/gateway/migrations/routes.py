@@ -12,7 +12,7 @@ from services.gateway.migrations import service
 from services.gateway.migrations.schemas import MigrationCreate, MigrationList, MigrationOut
 from shared.db.models import Migration
 from shared.idempotency import IdempotencyKey, request_hash
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery
 from shared.problems import problem_responses
 from shared.storage.migrations import MigrationMode, MigrationState, request_migration
 from shared.storage.names import MAX_NAME, NAME_CHARS_PATTERN
@@ -83,7 +83,7 @@ async def list_migrations(
         Query(max_length=MAX_NAME, pattern=NAME_CHARS_PATTERN, description="of this dataset"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: str | None = None,
+    cursor: CursorQuery = None,
 ) -> MigrationList:
     tenant_id = principal.require_tenant("data:read")
     rows, next_cursor = await service.list_migrations(

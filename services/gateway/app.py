@@ -16,6 +16,7 @@ from services.gateway.bodies import BodyLimitMiddleware, BodyLimits
 from services.gateway.datasets.routes import router as datasets_router
 from services.gateway.deps import GatewayDb, raw_db
 from services.gateway.docs import install_docs
+from services.gateway.jobs.admission import ClosedPools
 from services.gateway.jobs.routes import router as jobs_router
 from services.gateway.jobs.writer import JobWriter
 from services.gateway.migrations.routes import router as migrations_router
@@ -82,6 +83,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.tiers = frozenset(settings.storage.tiers())
+    app.state.closed_pools = ClosedPools()
     install_problem_handlers(app)
     instrument(app)
     app.add_middleware(StartingGuard)  # 503 + Retry-After until the dependencies answer

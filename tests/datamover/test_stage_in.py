@@ -10,6 +10,7 @@ import time
 import uuid
 
 import httpx
+import numpy as np
 from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -19,7 +20,8 @@ from shared.db.models import Job, Migration, Worker
 from shared.events import utcnow
 from shared.settings import StorageSettings
 from shared.storage.migrations import migrations_for_job
-from tests.datamover.harness import CHUNK, MotoServer, new_tenant, payload, put, running_datamover
+from tests.datamover.harness import CHUNK, MotoServer, new_tenant, put, running_datamover
+from tests.gateway.test_submit_validation import npy
 
 POLL_S = 120.0
 
@@ -43,9 +45,9 @@ async def test_a_job_is_dispatched_as_soon_as_its_stage_in_finishes(
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     t = await new_tenant(api)
-    x = payload(2 * CHUNK + 7, seed=11)
-    assert (await put(api, t, "cold/x.npy", x, tier="s3"))["tier"] == "s3"
-    await put(api, t, "warm/y.npy", b"y")
+    values = np.arange(2 * CHUNK // 8 + 1, dtype=np.float64)  # over two chunks
+    assert (await put(api, t, "cold/x.npy", npy(values), tier="s3"))["tier"] == "s3"
+    await put(api, t, "warm/y.npy", npy(values))
     worker = f"w-stage-{uuid.uuid4().hex[:8]}"
     async with sessions() as session, session.begin():  # room for every job in this database
         session.add(Worker(id=worker, device="cpu", concurrency=64, heartbeat_at=utcnow()))

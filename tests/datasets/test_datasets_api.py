@@ -8,12 +8,14 @@ from pathlib import Path
 from urllib.parse import unquote
 
 import httpx
+import numpy as np
 import pytest
 import xxhash
 from fastapi import FastAPI
 
 from shared.settings import StorageSettings
 from tests.datamover.harness import BUCKET, CHUNK, MotoServer, new_tenant, payload, put
+from tests.gateway.test_submit_validation import npy
 
 
 def xxh(data: bytes) -> str:
@@ -284,11 +286,11 @@ async def test_job_inputs_must_exist(api: httpx.AsyncClient) -> None:
         ("body", "inputs", "x"),
         ("body", "inputs", "y"),
     }
-    await put(api, t, "v/x.npy", b"x")
+    await put(api, t, "v/x.npy", npy(np.ones(4)))
     r = await api.post("/v1/jobs", json=job, headers=t.headers)
     assert r.status_code == 422
     assert [tuple(e["loc"]) for e in r.json()["errors"]] == [("body", "inputs", "y")]
-    await put(api, t, "v/y.npy", b"y")
+    await put(api, t, "v/y.npy", npy(np.ones(4)))
     other = await new_tenant(api)
     assert (await api.post("/v1/jobs", json=job, headers=other.headers)).status_code == 422
     r = await api.post("/v1/jobs", json=job, headers=t.headers)

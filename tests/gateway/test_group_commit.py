@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 
@@ -35,6 +36,7 @@ from tests.factories import own_database
 from tests.gateway.conftest import TenantKey, make_tenant
 from tests.gateway.test_jobs_api import MC, assert_problem
 from tests.gateway.test_outage import TcpProxy
+from tests.gateway.test_submit_validation import npy
 
 
 @dataclass
@@ -440,7 +442,8 @@ async def test_a_job_with_inputs_checks_they_exist(
     )
     async with own_gateway(settings, "gc_inputs", storage=storage) as gw:
         t = await make_tenant(gw.client)
-        put = await gw.client.put("/v1/datasets/in/x.bin", content=b"x" * 64, headers=t.headers)
+        array = npy(np.ones(8))  # the inputs' .npy headers are checked too
+        put = await gw.client.put("/v1/datasets/in/x.bin", content=array, headers=t.headers)
         assert put.status_code == 201, put.text
         body = {
             "kernel": "saxpy",
@@ -455,7 +458,7 @@ async def test_a_job_with_inputs_checks_they_exist(
             {"loc": ["body", "inputs", "y"], "msg": "dataset 'in/y.bin' not found"}
         ]
         assert await job_ids(gw, t.tenant_id) == set()
-        put = await gw.client.put("/v1/datasets/in/y.bin", content=b"y" * 64, headers=t.headers)
+        put = await gw.client.put("/v1/datasets/in/y.bin", content=array, headers=t.headers)
         assert put.status_code == 201, put.text
         r = await gw.client.post("/v1/jobs", json=body, headers=t.headers)
         assert r.status_code == 201, r.text

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import TypeAdapter
 
 from services.gateway.deps import PrincipalDep, SessionDep
-from services.gateway.jobs import service
+from services.gateway.jobs import admission, service
 from services.gateway.jobs.schemas import JobList, JobOut, JobSubmit, LabelKey, LabelValue
 from services.gateway.settings import GatewaySettings
 from shared.db.models import Job
@@ -28,6 +28,7 @@ ERRORS = problem_responses(
         403: "key lacks the scope, or tenant suspended",
         404: "no such job for this tenant",
         409: "the job is already final (cancel)",
+        413: "the outputs' predicted size is over what is left of the storage_bytes quota",
         422: "validation failed",
         429: "rate limit or quota exceeded",
         503: "a dependency is down; retry after Retry-After",
@@ -67,6 +68,12 @@ async def submit_job(
         default_max_retries=settings.default_max_retries,
         idempotency_window_s=settings.idempotency_window_s,
         max_queued_jobs=int(principal.quotas["max_queued_jobs"]),
+        limits=admission.Limits(
+            storage=state.storage,
+            job_memory_bytes=settings.limits.job_memory_bytes(),
+            storage_quota=int(principal.quotas["storage_bytes"]),
+            pools=state.closed_pools,
+        ),
         tiers=state.tiers,
     )
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"

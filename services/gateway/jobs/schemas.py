@@ -6,9 +6,31 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
 
-DatasetName = str
+from shared.storage.names import NAME_SCHEMA, name_problem
+
+
+def _dataset_name(name: str) -> str:
+    """The rule of uploads (``name_problem``): a name stays in the tenant's own namespace."""
+    problem = name_problem(name)
+    if problem is not None:
+        message = "invalid dataset name: {problem}"
+        raise PydanticCustomError("dataset_name", message, {"problem": problem})
+    return name
+
+
+DatasetName = Annotated[str, AfterValidator(_dataset_name), WithJsonSchema(NAME_SCHEMA)]
+# An input or output of a kernel (``GET /v1/kernels`` lists them).
+IoName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")]
@@ -17,13 +39,14 @@ LabelValue = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-
 
 
 class JobSubmit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a bool is not an integer, a string is not a number.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     kernel: str = Field(min_length=1, max_length=100)
     device: Literal["cpu", "cuda", "any"] = "any"
     params: dict[str, Any] = Field(default_factory=dict)
-    inputs: dict[str, DatasetName] = Field(default_factory=dict)
-    outputs: dict[str, DatasetName] = Field(default_factory=dict)
+    inputs: dict[IoName, DatasetName] = Field(default_factory=dict, max_length=64)
+    outputs: dict[IoName, DatasetName] = Field(default_factory=dict, max_length=64)
     output_tier: str = Field(
         default="local",
         min_length=1,

@@ -15,6 +15,7 @@ import orjson
 from sqlalchemy import Select, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.gateway.jobs import admission
 from services.gateway.jobs.schemas import JobOut, JobSubmit
 from services.gateway.jobs.writer import JobWriter, NewJob
 from shared.db.models import Job
@@ -26,8 +27,6 @@ from shared.jobs.states import JobState
 from shared.jobs.store import lock_job, set_job_state
 from shared.kernels import get_spec
 from shared.pagination import keyset_page
-from shared.storage.catalog import existing_names
-from shared.storage.names import name_problem
 
 
 @dataclass(frozen=True)
@@ -43,23 +42,6 @@ def _check_io(kind: str, given: dict[str, str], expected: tuple[str, ...]) -> No
     errors += [{"loc": ["body", kind, n], "msg": f"unknown {kind[:-1]}"} for n in unknown]
     if errors:
         raise Invalid(f"{kind} do not match the kernel", errors=errors)
-
-
-async def _check_inputs_exist(
-    *, session: AsyncSession, tenant_id: uuid.UUID, inputs: dict[str, str]
-) -> None:
-    """422 for an input that names no dataset of this tenant (or no valid name at all)."""
-    if not inputs:
-        return
-    valid = {n: name for n, name in inputs.items() if name_problem(name) is None}
-    found = await existing_names(session=session, tenant_id=tenant_id, names=list(valid.values()))
-    errors = [
-        {"loc": ["body", "inputs", n], "msg": f"dataset {name!r} not found"}
-        for n, name in sorted(inputs.items())
-        if name not in found
-    ]
-    if errors:
-        raise Invalid("input dataset not found", errors=errors)
 
 
 class SubmitDb(Protocol):
@@ -85,11 +67,12 @@ async def submit_job(
     default_max_retries: int,
     idempotency_window_s: int,
     max_queued_jobs: int,
+    limits: admission.Limits,
     tiers: Collection[str] = ("local",),
 ) -> Submitted:
     """Validate, answer a replay, then insert through the writer (group commit), which
     takes the job's place in the tenant's queue (``max_queued_jobs``) in the same statement.
-    No session is opened unless the job names inputs."""
+    No session is opened unless the job names datasets."""
     spec = get_spec(data.kernel)
     if data.output_tier not in tiers:
         raise Invalid(
@@ -104,9 +87,9 @@ async def submit_job(
         )
     _check_io("inputs", data.inputs, spec.inputs)
     _check_io("outputs", data.outputs, spec.outputs)
-    if data.inputs:
-        async with db.session() as session:
-            await _check_inputs_exist(session=session, tenant_id=tenant_id, inputs=data.inputs)
+    await admission.admit(
+        db=db, tenant_id=tenant_id, data=data, spec=spec, params=params, limits=limits
+    )
 
     fingerprint = None
     if idempotency_key is not None:

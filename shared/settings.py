@@ -144,6 +144,26 @@ class TierSettings(BaseModel):
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 60.0
     options: dict[str, Any] = Field(default_factory=dict)
+    # None: offered when its settings say where it is (``configured``); True: offered as it
+    # is (an S3 tier whose credentials come from the environment or an instance role);
+    # False: never offered.
+    enabled: bool | None = None
+
+    @property
+    def configured(self) -> bool:
+        """Whether the tier is offered at all (jobs' ``output_tier``, uploads, migrations,
+        ``GET /v1/tiers``): a directory always; an S3 tier once it has a bucket and a key
+        pair, so that an unset one is a 422 at once instead of uploads and copies that fail
+        for want of credentials."""
+        if self.enabled is not None:
+            return self.enabled
+        if self.kind == "s3":
+            return bool(self.bucket) and _set(self.access_key_id) and _set(self.secret_access_key)
+        return True
+
+
+def _set(secret: SecretStr | None) -> bool:
+    return secret is not None and secret.get_secret_value() != ""
 
 
 class LocalTierSettings(TierSettings):
@@ -171,7 +191,15 @@ class StorageSettings(BaseModel):
     fsync: bool = True  # flush a file before publishing it (rename)
 
     def tiers(self) -> dict[str, TierSettings]:
-        return {"local": self.local, "archive": self.archive, "s3": self.s3, **self.extra}
+        """The configured tiers by name: the only ones any service offers or opens."""
+        every = {"local": self.local, "archive": self.archive, "s3": self.s3, **self.extra}
+        return {name: tier for name, tier in every.items() if tier.configured}
+
+    @model_validator(mode="after")
+    def _default_is_configured(self) -> StorageSettings:
+        if self.default_tier not in self.tiers():
+            raise ValueError(f"the default tier {self.default_tier!r} is not configured")
+        return self
 
 
 class JobLimits(BaseModel):

@@ -149,7 +149,7 @@ async def request_migration(
     validate_name(dataset, loc=("body", "dataset"))
     if to_tier not in tiers:
         raise Invalid(
-            f"unknown tier {to_tier!r}",
+            f"tier {to_tier!r} is not configured",
             errors=[{"loc": ["body", "to_tier"], "msg": f"one of {sorted(tiers)}"}],
         )
     if idempotency_key is not None:

@@ -1,4 +1,5 @@
-"""The configured tiers of one process, each behind its own circuit breaker."""
+"""The configured tiers of one process (``StorageSettings.tiers``), each behind its own
+circuit breaker."""
 
 from __future__ import annotations
 
@@ -60,8 +61,8 @@ class Storage:
         tier = self.tiers.get(name)
         if tier is None:
             raise Invalid(
-                f"unknown tier {name!r}",
-                errors=[{"loc": ["tier"], "msg": f"one of {sorted(self.tiers)}"}],
+                f"tier {name!r} is not configured",
+                errors=[{"loc": ["query", "tier"], "msg": f"one of {sorted(self.tiers)}"}],
             )
         return tier
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Query,
 from fastapi.responses import StreamingResponse
 
 from services.gateway.datasets import service
-from services.gateway.datasets.schemas import DatasetList, DatasetOut
+from services.gateway.datasets.schemas import DatasetList, DatasetOut, TierList, TierOut
 from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep, SettingsDep
 from shared.db.models import Dataset
 from shared.errors import Invalid
@@ -247,3 +247,19 @@ async def delete_dataset(
         tiers=tiers,
     )
     return Response(status_code=204)
+
+
+@router.get(
+    "/tiers",
+    tags=["tiers"],
+    responses=problem_responses({401: "missing or unknown API key", 429: "rate limit exceeded"}),
+)
+async def list_tiers(_principal: PrincipalDep, settings: SettingsDep) -> TierList:
+    """The storage tiers this cluster offers (for ``?tier=``, ``to_tier``, ``output_tier``)."""
+    storage = settings.storage
+    return TierList(
+        items=[
+            TierOut(name=name, kind=tier.kind, default=name == storage.default_tier)
+            for name, tier in storage.tiers().items()
+        ]
+    )

@@ -20,3 +20,13 @@ class DatasetOut(BaseModel):
 class DatasetList(BaseModel):
     items: list[DatasetOut]
     next_cursor: str | None
+
+
+class TierOut(BaseModel):
+    name: str
+    kind: str = Field(description='"file" (a directory) or "s3" (an S3-compatible bucket)')
+    default: bool = Field(description="where uploads and job outputs go when none is named")
+
+
+class TierList(BaseModel):
+    items: list[TierOut] = Field(description="the configured tiers: the only ones accepted")

@@ -24,12 +24,13 @@ from services.worker.datasets import (
     remove_attempt_folder,
 )
 from services.worker.handlers import Running, cancelled_job, dispatched_job
+from services.worker.results import pointer, result_path, stored_file
 from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
 from services.worker.service import Recorded, report_for
 from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
 from shared.db.engine import transaction
-from shared.errors import StratusError
+from shared.errors import QuotaExceeded, StratusError
 from shared.jobs.states import JobState
 from shared.jobs.store import Claim, Report
 from shared.logging import configure_logging, get_logger
@@ -112,7 +113,8 @@ class WorkerRuntime:
             self.held.discard(claim.job_id)
             if staged:
                 await abort_staged(self.storage, staged)  # what the record did not publish
-            if claim.outputs:  # the kernel writes in the attempt's folder only for outputs
+            folder = result_path(self.settings.storage, claim.job_id, claim.attempt).parent
+            if claim.outputs or folder.exists():  # the folder of the outputs, a large result
                 # what the record did not publish (failed, refused or abandoned attempt)
                 await asyncio.to_thread(
                     remove_attempt_folder, self.settings.storage, claim.job_id, claim.attempt
@@ -134,6 +136,8 @@ class WorkerRuntime:
                 task.uncancel()  # the kernel's process is killed; record the attempt
             return report_for(None, usage, stopping=self.stopping)
         report = report_for(outcome, usage)
+        if outcome.result_file is not None:  # too large for the job's row: see ``results``
+            report = dataclasses.replace(report, result=pointer(claim.job_id, outcome.result_file))
         if report.state is JobState.SUCCEEDED and request.outputs:
             unwritten = await asyncio.to_thread(missing_files, request.outputs)
             if unwritten:
@@ -194,13 +198,15 @@ class WorkerRuntime:
             claim.params,
             {k: str(v) for k, v in inputs.items()},
             {k: str(v) for k, v in outputs.items()},
+            str(result_path(storage, claim.job_id, claim.attempt)),
         )
 
     async def _record(self, claim: Claim, report: Report, staged: dict[str, StagedOutput]) -> None:
         """Make the outcome durable (and publish a successful attempt's outputs in the same
         transaction), retrying while the database is away. If the lease runs out meanwhile,
         the reaper re-queues the job and fencing drops this late report. Outputs that cannot
-        be published (a name that clashes with another dataset) fail the job instead."""
+        be published (a name that clashes with another dataset, over the tenant's
+        ``storage_bytes`` quota) fail the job instead, and nothing of them is kept."""
         try:
             outputs = output_paths(
                 claim.tenant_id,
@@ -217,10 +223,12 @@ class WorkerRuntime:
             try:
                 recorded = await self._write_record(claim, report, outputs, staged)
                 break
-            except StratusError as exc:  # the outputs' names: the job's fault
-                error = f"cannot publish the outputs: {exc.detail}"
+            except StratusError as exc:  # the outputs' names or size: the job's fault
+                error = exc.detail
+                if not isinstance(exc, QuotaExceeded):
+                    error = f"cannot publish the outputs: {exc.detail}"
                 report = dataclasses.replace(
-                    report, state=JobState.FAILED, error=error, retryable=False
+                    report, state=JobState.FAILED, result=None, error=error, retryable=False
                 )
             except Exception as exc:
                 if asyncio.get_running_loop().time() > deadline:
@@ -251,7 +259,8 @@ class WorkerRuntime:
         publish goes in the records' group commit; the rest, and what that did not match
         (superseded, cancelled meanwhile), in a session of its own."""
         finish = service.finish_of(claim, report)
-        publishes = report.state is JobState.SUCCEEDED and bool(claim.outputs)
+        result_file = stored_file(self.settings.storage, claim, report)
+        publishes = report.state is JobState.SUCCEEDED and bool(claim.outputs or result_file)
         fast = True
         if finish.without_rules and not publishes:
             if await self.records.record(finish):
@@ -266,6 +275,8 @@ class WorkerRuntime:
                 report=report,
                 outputs=outputs,
                 staged=staged,
+                result_file=result_file,
+                quotas=self.settings.quotas,
                 fast=fast,
             )
 

@@ -4,7 +4,8 @@ Functions take ``session`` as a keyword and never commit. The worker's hot path 
 records in group commits on plain asyncpg (``services.worker.batch``) with the set-based
 statements of ``shared.jobs.store``; the functions here run the same statements for one job
 inside a session, then ``set_job_state``'s general path for what those do not match, and
-publish a successful attempt's outputs in the same transaction.
+publish a successful attempt's outputs (and a result too large for its row: ``results``) in
+the same transaction, within the tenant's ``storage_bytes`` quota.
 """
 
 from __future__ import annotations
@@ -15,14 +16,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.worker.results import result_name
 from services.worker.runner import Outcome, Status, Usage
 from services.worker.stageout import StagedOutput
-from shared.db.models import Job, JobAttempt, Worker
+from shared.db.models import Job, JobAttempt, Tenant, Worker
 from shared.db.outbox import add_event
+from shared.errors import QuotaExceeded
 from shared.events import JobFinished
 from shared.jobs.states import JobState
 from shared.jobs.store import (
@@ -34,8 +37,10 @@ from shared.jobs.store import (
     session_fetch,
     set_job_state,
 )
-from shared.storage.catalog import publish_local_file, publish_upload
+from shared.settings import QuotaDefaults
+from shared.storage.catalog import lock_name, publish_local_file, publish_upload
 from shared.storage.names import local_dataset_path
+from shared.storage.quota import lock_tenant_storage, replaced_bytes, storage_used
 from shared.storage.registry import Storage
 
 
@@ -154,41 +159,54 @@ async def record_attempt(
     report: Report,
     outputs: Mapping[str, Path],
     staged: Mapping[str, StagedOutput] | None = None,
+    result_file: Path | None = None,
+    quotas: QuotaDefaults | None = None,
     tier: str = "local",
     fast: bool = True,
 ) -> Recorded:
     """``record``, and for an accepted ``SUCCEEDED`` attempt, publish each output file (the
     kernel's temporary files, ``outputs``: slot -> path) as the tenant's dataset on ``tier``,
     in the same transaction; for a job whose ``output_tier`` is not ``local``, publish the
-    verified partial objects ``staged`` on that tier instead. A refused (fenced, superseded)
-    attempt publishes nothing. The caller removes the copies of the older versions
-    (``stale``) after the commit. ``fast``: as for ``record``."""
+    verified partial objects ``staged`` on that tier instead. ``result_file``: the result
+    too large for the job's row, published as ``results.result_name`` on ``tier``.
+    Everything published must fit the tenant's ``storage_bytes`` quota (``quotas``: the
+    platform defaults), checked before anything is published: ``QuotaExceeded`` otherwise,
+    and the caller's rollback leaves nothing behind. A refused (fenced, superseded) attempt
+    publishes nothing. The caller removes the copies of the older versions (``stale``)
+    after the commit. ``fast``: as for ``record``."""
     accepted = await record(session=session, claim=claim, worker=worker, report=report, fast=fast)
     if not accepted or report.state is not JobState.SUCCEEDED:
         return Recorded(accepted)
+    uploads = (
+        {name: (staged or {})[slot] for slot, name in claim.outputs.items()}
+        if claim.output_tier != tier
+        else {}
+    )
+    files = _local_files(storage, claim, outputs, result_file, tier)
+    sizes = {name: out.size for name, out in uploads.items()}
+    sizes.update({name: path.stat().st_size for name, path in files.items()})
+    if sizes:
+        await check_outputs_fit(
+            session=session,
+            tenant_id=claim.tenant_id,
+            sizes=sizes,
+            defaults=quotas or QuotaDefaults(),
+        )
     stale: dict[str, tuple[str, ...]] = {}
-    if claim.output_tier != tier:
-        for slot, name in claim.outputs.items():
-            out = (staged or {})[slot]
-            published = await publish_upload(
-                session=session,
-                storage=storage,
-                tenant_id=claim.tenant_id,
-                name=name,
-                tier=out.tier,
-                upload=out.upload,
-                etags=out.etags,
-                size=out.size,
-                checksum=out.checksum,
-            )
-            stale[name] = published.stale_tiers
-        return Recorded(True, stale)
-    for slot, name in claim.outputs.items():
-        path = outputs[slot]
-        if not path.exists():
-            # an earlier try of this record renamed it into place and then did not commit:
-            # publish the file where it is (the rename is then a no-op)
-            path = local_dataset_path(storage.settings, claim.tenant_id, name, tier=tier)
+    for name, out in uploads.items():
+        published = await publish_upload(
+            session=session,
+            storage=storage,
+            tenant_id=claim.tenant_id,
+            name=name,
+            tier=out.tier,
+            upload=out.upload,
+            etags=out.etags,
+            size=out.size,
+            checksum=out.checksum,
+        )
+        stale[name] = published.stale_tiers
+    for name, path in files.items():
         published = await publish_local_file(
             session=session,
             storage=storage,
@@ -199,6 +217,60 @@ async def record_attempt(
         )
         stale[name] = published.stale_tiers
     return Recorded(True, stale)
+
+
+def _local_files(
+    storage: Storage,
+    claim: Claim,
+    outputs: Mapping[str, Path],
+    result_file: Path | None,
+    tier: str,
+) -> dict[str, Path]:
+    """Dataset name -> the file to publish on ``tier``: the outputs (when the job's tier is
+    this one) and the large result."""
+    files = (
+        {name: outputs[slot] for slot, name in claim.outputs.items()}
+        if claim.output_tier == tier
+        else {}
+    )
+    if result_file is not None:
+        files[result_name(claim.job_id)] = result_file
+    # a file that is gone: an earlier try of this record renamed it into place and then did
+    # not commit; publish the file where it is (the rename is then a no-op)
+    return {
+        name: path
+        if path.exists()
+        else local_dataset_path(storage.settings, claim.tenant_id, name, tier=tier)
+        for name, path in files.items()
+    }
+
+
+async def check_outputs_fit(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    sizes: Mapping[str, int],
+    defaults: QuotaDefaults,
+) -> None:
+    """Whether datasets of ``sizes`` (name -> bytes, each replacing the version it
+    overwrites) fit the tenant's ``storage_bytes`` quota, counting every reservation of its
+    writers in progress; ``QuotaExceeded`` if not. The names, then the tenant, stay locked
+    until commit (the order of the uploads' publish), so the answer holds while the
+    outputs are published."""
+    for name in sorted(sizes):  # one order for every writer of several names
+        await lock_name(session=session, tenant_id=tenant_id, name=name)
+    stored = await session.scalar(select(Tenant.quotas).where(Tenant.id == tenant_id))
+    quota = int(defaults.effective(stored or {})["storage_bytes"])
+    await lock_tenant_storage(session=session, tenant_id=tenant_id)
+    replacing = 0
+    for name in sizes:
+        replacing += await replaced_bytes(session=session, tenant_id=tenant_id, name=name)
+    left = quota - await storage_used(session=session, tenant_id=tenant_id) + replacing
+    need = sum(sizes.values())
+    if need > left:
+        raise QuotaExceeded(
+            f"storage_bytes quota exceeded: outputs need {need} bytes, {max(left, 0)} left"
+        )
 
 
 async def _usage_row(session: AsyncSession, claim: Claim, worker: str, report: Report) -> None:

@@ -352,24 +352,6 @@ class StorageReservation(Base):
     )
 
 
-class UsageRecord(Base):
-    """CPU and GPU seconds of one attempt, recorded by the tenant service from ``job.finished``
-    events; the primary key makes a redelivered event count once."""
-
-    __tablename__ = "usage_records"
-
-    job_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    attempt: Mapped[int] = mapped_column(Integer, primary_key=True)
-    tenant_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
-    )
-    cpu_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
-    gpu_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
-    recorded_at: Mapped[datetime] = _now()
-
-    __table_args__ = (Index("ix_usage_records_tenant_recorded", "tenant_id", "recorded_at"),)
-
-
 class AuditEntry(Base):
     """Who did what to which tenant, and when: creations, revocations, quota changes, admin
     reads. Written in the transaction of the change it records."""

@@ -3,10 +3,12 @@ record on a database of its own, directory tiers in a temporary folder): a resul
 inline cap becomes the dataset ``results/<job id>.json`` and the job's row holds a small
 pointer to it; outputs (and such a result) that would take the tenant over its
 ``storage_bytes`` quota fail the job with a reason naming the quota and leave nothing: no
-dataset row, no file, no partial object on any tier."""
+dataset row, no file, no partial object on any tier; and jobs publishing at once never take
+a tenant over it together."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,7 +29,9 @@ from services.worker.datasets import attempt_folder
 from services.worker.runner import KernelRunner, PoolConfig
 from services.worker.settings import WorkerSettings
 from shared.db.models import Dataset, Job, Tenant
-from shared.jobs.store import Claim
+from shared.errors import QuotaExceeded
+from shared.jobs.states import JobState
+from shared.jobs.store import Claim, Report
 from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
 from shared.storage.checksum import checksum_of
@@ -234,3 +238,45 @@ async def test_a_large_result_counts_against_the_quota(
     assert list(await datasets(db, tid)) == ["d.npy"]
     assert not (tmp_path / "local" / str(tid) / "results").exists()
     assert not attempt_folder(rt.settings.storage, job.id, 1).exists()
+
+
+async def test_concurrent_publishes_never_exceed_the_quota(
+    db: Sessions, pool: KernelRunner, tmp_path: Path
+) -> None:
+    """Twenty jobs record at once, each with a 1,000-byte output, under room for three."""
+    tid = await tenant(db, tmp_path, 3 * 1000 + 999)
+    rt = runtime(db, pool, tmp_path)
+    claims = []
+    for i in range(20):
+        jid = uuid.uuid4()
+        async with db() as session, session.begin():
+            session.add(new_job(tid, id=jid, outputs={"c": f"out/{i}.bin"}))
+        async with db() as session, session.begin():
+            assert await scheduler.admit(session=session, job_ids=[jid]) == 1
+            claim = await service.claim(session=session, job_id=jid, worker="w1", lease_s=30)
+        assert claim is not None
+        path = attempt_folder(rt.settings.storage, jid, 1) / "0-c.npy"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"x" * 1000)
+        claims.append((claim, path))
+
+    async def publish(claim: Claim, path: Path) -> bool:
+        try:
+            async with db() as session, session.begin():
+                await service.record_attempt(
+                    session=session,
+                    storage=rt.storage,
+                    claim=claim,
+                    worker="w1",
+                    report=Report(JobState.SUCCEEDED, result={}),
+                    outputs={"c": path},
+                )
+        except QuotaExceeded:
+            return False
+        return True
+
+    published = await asyncio.gather(*(publish(c, p) for c, p in claims))
+    assert sum(published) == 3
+    stored = await datasets(db, tid)
+    assert sorted(stored.values()) == [1000] * 3
+    assert len(files_under(tmp_path / "local" / str(tid) / "out")) == 3

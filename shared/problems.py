@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from shared import errors
 from shared.db.engine import is_connectivity_error
@@ -195,9 +196,27 @@ async def _validation(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http(_request: Request, exc: Exception) -> JSONResponse:
+async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 405:
+        # The router names only the methods of the first route whose path matched; a path
+        # served by several routes (GET and POST /v1/jobs) has all of theirs.
+        headers = {**(exc.headers or {}), "Allow": ", ".join(allowed_methods(request))}
+        exc = HTTPException(405, exc.detail, headers=headers)
     return http_problem(exc)
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app serves at the request's path."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
 
 
 def http_problem(exc: HTTPException) -> JSONResponse:

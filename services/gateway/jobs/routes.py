@@ -114,9 +114,13 @@ async def list_jobs(
     principal: PrincipalDep,
     session: SessionDep,
     state: JobState | None = None,
-    kernel: Annotated[str | None, Query(max_length=100, description="kernel name")] = None,
+    kernel: Annotated[
+        str | None, Query(min_length=1, max_length=100, description="kernel name")
+    ] = None,
     label: Annotated[
-        list[str] | None, Query(description="`key:value`; repeat it: every one must match")
+        list[str] | None,
+        # a job has at most 64 labels: more filters than that cannot all match
+        Query(max_length=64, description="`key:value`; repeat it: every one must match"),
     ] = None,
     created_after: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
     created_before: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,

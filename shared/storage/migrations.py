@@ -27,6 +27,7 @@ from shared.events import MigrationFinished, MigrationRequested, utcnow
 from shared.idempotency import check_replay
 from shared.storage.catalog import require_dataset
 from shared.storage.names import validate_name
+from shared.storage.quota import release, reserve
 
 
 class MigrationState(StrEnum):
@@ -102,6 +103,8 @@ async def set_migration_state(
         await session.execute(
             delete(MigrationChunk).where(MigrationChunk.migration_id == migration_id)
         )
+        # a copy's reservation: its bytes are now stored (the dataset lists the tier) or gone
+        await release(session=session, reservation_id=migration_id)
     for name, value in fields.items():
         setattr(migration, name, value)
     if proposed in FINAL:  # in the same transaction as the state: wakes the scheduler
@@ -138,13 +141,16 @@ async def request_migration(
     request_hash: str | None = None,
     idempotency_window_s: int = 86_400,
     job_id: uuid.UUID | None = None,
+    quota: int | None = None,
 ) -> Requested:
     """Record a PENDING migration and its ``migration.requested`` event (same transaction).
 
     404 for an unknown dataset, 422 for an unknown tier, 409 when the dataset is already on
-    ``to_tier``. The datamover re-reads the dataset when it starts the copy. With an
-    ``idempotency_key``, ``request_hash`` is the body's fingerprint (``shared.idempotency``):
-    a replay with another body is a 422.
+    ``to_tier``. The datamover re-reads the dataset when it starts the copy. A ``copy`` adds
+    a copy that counts against the ``storage_bytes`` ``quota``: its bytes are reserved until
+    it ends (413 if they do not fit; ``None``: not checked, for the platform's stage-in).
+    With an ``idempotency_key``, ``request_hash`` is the body's fingerprint
+    (``shared.idempotency``): a replay with another body is a 422.
     """
     validate_name(dataset, loc=("body", "dataset"))
     if to_tier not in tiers:
@@ -197,6 +203,15 @@ async def request_migration(
         if found is None:
             raise Conflict("a request with this Idempotency-Key is in progress; retry")
         return _replayed(found, request_hash)
+    if quota is not None and mode is MigrationMode.COPY and to_tier not in row.tiers:
+        await reserve(
+            session=session,
+            tenant_id=tenant_id,
+            nbytes=row.size,
+            quota=quota,
+            reservation_id=migration_id,
+            ttl_s=None,  # held until the migration ends (``set_migration_state``)
+        )
     await add_event(
         session,
         MigrationRequested(

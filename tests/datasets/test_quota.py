@@ -13,8 +13,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.errors import QuotaExceeded
+from shared.settings import StorageSettings
 from shared.storage.quota import Hold, release, reserve, settle, storage_used
-from tests.datamover.harness import new_tenant, payload
+from tests.datamover.harness import new_tenant, payload, put, running_datamover, wait_migration
 
 QUOTA = 1_000_000
 PIECE = 100_000
@@ -121,3 +122,60 @@ async def test_settle_checks_again_and_turns_the_reservation_into_stored_bytes(
             await settle(session=session, tenant_id=tenant_id, nbytes=1, quota=QUOTA)
         await release(session=session, reservation_id=r.id)
         await settle(session=session, tenant_id=tenant_id, nbytes=QUOTA, quota=QUOTA)
+
+
+async def test_a_copy_to_another_tier_counts_against_the_quota(
+    api: httpx.AsyncClient, storage: StorageSettings
+) -> None:
+    """A copy holds its bytes from the request (413 if they do not fit), and once done the
+    dataset's second copy counts as stored; a move changes nothing."""
+    t = await new_tenant(api, quotas={"storage_bytes": QUOTA})
+    h = t.headers
+    await put(api, t, "c.bin", payload(400_000))
+    first = await api.post(
+        "/v1/migrations", json={"dataset": "c.bin", "to_tier": "archive"}, headers=h
+    )
+    assert first.status_code == 202, first.text
+    # 800,000 held: a second copy, or 300,000 more bytes, would take the tenant over
+    again = await api.post("/v1/migrations", json={"dataset": "c.bin", "to_tier": "s3"}, headers=h)
+    assert again.status_code == 413, again.text
+    assert again.headers["content-type"].startswith("application/problem+json")
+    over = await api.put("/v1/datasets/more", content=payload(300_000), headers=h)
+    assert over.status_code == 413, over.text
+    async with running_datamover(storage):
+        done = await wait_migration(api, t, first.json()["id"])
+    assert done["state"] == "SUCCEEDED", done
+    meta = (await api.get("/v1/datasets/c.bin?meta=1", headers=h)).json()
+    assert meta["tiers"] == ["archive", "local"]
+    assert (
+        await api.put("/v1/datasets/more", content=payload(300_000), headers=h)
+    ).status_code == 413
+    fits = await api.put("/v1/datasets/more", content=payload(200_000), headers=h)
+    assert fits.status_code == 201, fits.text
+
+
+async def test_a_move_or_a_failed_copy_holds_nothing(
+    api: httpx.AsyncClient, storage: StorageSettings, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    t = await new_tenant(api, quotas={"storage_bytes": QUOTA})
+    tenant_id = uuid.UUID(t.id)
+    await put(api, t, "m.bin", payload(600_000))
+    move = {"dataset": "m.bin", "to_tier": "archive", "mode": "move"}
+    m = await api.post("/v1/migrations", json=move, headers=t.headers)
+    assert m.status_code == 202, m.text
+    async with sessions() as session:
+        assert await storage_used(session=session, tenant_id=tenant_id) == 600_000
+    gone = await api.delete("/v1/datasets/m.bin", headers=t.headers)  # the copy source goes
+    assert gone.status_code == 204
+    await put(api, t, "n.bin", payload(300_000))
+    copy = await api.post(
+        "/v1/migrations", json={"dataset": "n.bin", "to_tier": "archive"}, headers=t.headers
+    )
+    assert copy.status_code == 202, copy.text
+    assert (await api.delete("/v1/datasets/n.bin", headers=t.headers)).status_code == 204
+    async with running_datamover(storage):
+        for started in (m, copy):
+            done = await wait_migration(api, t, started.json()["id"])
+            assert done["state"] == "FAILED", done
+    async with sessions() as session:
+        assert await storage_used(session=session, tenant_id=tenant_id) == 0

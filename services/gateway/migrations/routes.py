@@ -25,6 +25,7 @@ ERRORS = problem_responses(
         403: "key lacks the scope, or tenant suspended",
         404: "no such dataset or migration for this tenant",
         409: "the dataset is already on that tier",
+        413: "a copy over the tenant's storage_bytes quota",
         422: "validation failed (unknown tier, invalid name)",
         429: "rate limit exceeded",
         503: "a dependency is down; retry after Retry-After",
@@ -56,6 +57,7 @@ async def create_migration(
         idempotency_key=idempotency_key,
         request_hash=None if idempotency_key is None else request_hash(body),
         idempotency_window_s=settings.idempotency_window_s,
+        quota=int(principal.quotas.get("storage_bytes", settings.quotas.storage_bytes)),
     )
     response.headers["Location"] = f"/v1/migrations/{requested.migration.id}"
     if requested.replayed:

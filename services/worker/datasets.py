@@ -14,6 +14,7 @@ filesystem, so that recording the attempt publishes it with a rename
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import uuid
@@ -81,9 +82,16 @@ def missing_files(paths: Mapping[str, str | Path]) -> list[str]:
 
 
 def attempt_folder(storage: StorageSettings, job_id: uuid.UUID, attempt: int) -> Path:
-    """Where an attempt's kernel writes its outputs: on the output tier's filesystem."""
-    root = Path(storage.tiers()[OUTPUT_TIER].root).resolve()
+    """Where an attempt's kernel writes its outputs (and a large result): on the output
+    tier's filesystem."""
+    root = _resolved(storage.tiers()[OUTPUT_TIER].root)
     return root / TEMP_DIR / "jobs" / f"{job_id}-{attempt}"
+
+
+@functools.cache
+def _resolved(root: str) -> Path:
+    """``root`` as an absolute path, once per process (every attempt asks: no syscalls)."""
+    return Path(root).resolve()
 
 
 def output_paths(

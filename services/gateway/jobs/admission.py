@@ -25,6 +25,7 @@ from shared.errors import Invalid, QuotaExceeded
 from shared.kernels import Footprint, KernelSpec
 from shared.npy import FIRST_READ, ArrayHeader, NpyError, header_end, parse_header
 from shared.storage import Storage, object_key
+from shared.storage.catalog import lock_name
 from shared.storage.quota import replaced_bytes, storage_used
 
 
@@ -59,14 +60,18 @@ async def admit(
     if not data.inputs and not data.outputs:
         return
     async with db.session() as session:
+        # Under the inputs' locks no upload or delete changes a file between its row and
+        # its header (a short read would count against the tier's breaker).
+        for name in sorted(set(data.inputs.values())):
+            await lock_name(session=session, tenant_id=tenant_id, name=name)
         found = await _datasets(session=session, tenant_id=tenant_id, data=data)
         _check_inputs_exist(data.inputs, found)
+        headers = await _read_headers(
+            storage=limits.storage, tenant_id=tenant_id, inputs=data.inputs, found=found
+        )
         used = await storage_used(session=session, tenant_id=tenant_id) if data.outputs else 0
         for name in set(data.outputs.values()):
             used -= await replaced_bytes(session=session, tenant_id=tenant_id, name=name)
-    headers = await _read_headers(
-        storage=limits.storage, tenant_id=tenant_id, inputs=data.inputs, found=found
-    )
     verdict = spec.check_inputs(headers, params)
     if verdict.problems:
         _refuse_inputs(spec, verdict.problems)

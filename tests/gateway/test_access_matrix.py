@@ -64,7 +64,8 @@ ENDPOINTS = [
     ),
     Endpoint("GET", "/v1/migrations", "data:read", other=200),
     Endpoint("GET", "/v1/migrations/{migration}", "data:read", other=404),
-    Endpoint("GET", "/v1/usage", ANY_TENANT, other=200),
+    Endpoint("GET", "/v1/usage", "jobs:read", other=200),
+    Endpoint("GET", "/v1/tenant", ANY_TENANT, other=200),
     Endpoint(
         "POST", "/v1/tenants", ADMIN_ONLY, ok=(201,), json=lambda ids: {"name": f"m-{ids['fresh']}"}
     ),

@@ -1,5 +1,6 @@
-"""What a job may leave behind is bounded, through the whole attempt (a warm pool process, the
-record on a database of its own, directory tiers in a temporary folder): a result above the
+"""What a job may use and leave behind is bounded, through the whole attempt (a warm pool
+process, the record on a database of its own, directory tiers in a temporary folder): a job
+over its memory limit ends FAILED with the reason, not retried; a result above the
 inline cap becomes the dataset ``results/<job id>.json`` and the job's row holds a small
 pointer to it; outputs (and such a result) that would take the tenant over its
 ``storage_bytes`` quota fail the job with a reason naming the quota and leave nothing: no
@@ -41,6 +42,7 @@ from tests.worker.conftest import CACHE
 
 Sessions = async_sessionmaker[AsyncSession]
 INLINE_MAX = 1024
+MEMORY_MB = 256
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +52,15 @@ async def db(settings: CommonSettings) -> AsyncIterator[Sessions]:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def pool() -> AsyncIterator[KernelRunner]:
-    """One pool process whose results above ``INLINE_MAX`` bytes come back as files."""
+async def pool(plugin_path: str) -> AsyncIterator[KernelRunner]:
+    """One pool process whose jobs may allocate ``MEMORY_MB`` MiB and whose results above
+    ``INLINE_MAX`` bytes come back as files; it knows the fault kernels too."""
     config = PoolConfig(
         processes=1,
         cache_dir=CACHE,
-        memory_limit_bytes=512 * 2**20,
+        memory_limit_bytes=MEMORY_MB * 2**20,
         result_inline_max_bytes=INLINE_MAX,
+        extra_env={"PYTHONPATH": plugin_path},
     )
     runner = KernelRunner(config)
     await runner.start()
@@ -280,3 +284,16 @@ async def test_concurrent_publishes_never_exceed_the_quota(
     stored = await datasets(db, tid)
     assert sorted(stored.values()) == [1000] * 3
     assert len(files_under(tmp_path / "local" / str(tid) / "out")) == 3
+
+
+async def test_a_job_over_its_memory_limit_ends_failed_and_is_not_retried(
+    db: Sessions, pool: KernelRunner, tmp_path: Path
+) -> None:
+    tid = await tenant(db, tmp_path, None)
+    rt = runtime(db, pool, tmp_path)
+    job = await run(db, rt, tid, kernel="hog", params={"megabytes": 2 * MEMORY_MB}, max_retries=3)
+    assert (job.state, job.attempts) == ("FAILED", 1)
+    assert job.error == f"memory limit exceeded: the job needed more than {MEMORY_MB} MiB"
+    await pool.wait_idle()
+    fits = await run(db, rt, tid, kernel="hog", params={"megabytes": MEMORY_MB // 4})
+    assert fits.state == "SUCCEEDED", fits.error

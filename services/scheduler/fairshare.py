@@ -5,7 +5,17 @@ Each tenant's *load* is its jobs in flight per unit of weight plus its recent CP
 ``usage_scale_s`` CPU seconds counting like one job in flight. Slots go one at a time to the
 tenant with the lowest load; within a tenant, jobs go by ``priority`` (9 first), then age.
 A tenant that floods the queue raises only its own load, so a light tenant's job goes first.
-Tenants at ``max_running_jobs`` or out of ``cpu_seconds_per_day`` get nothing and a reason.
+
+Limits, each a reason on the jobs it holds back:
+
+- ``max_running_jobs``: the tenant's jobs in flight, on every device.
+- ``cpu_seconds_per_day`` (``shared.jobs.usage``): a job starts only while the CPU seconds
+  of the tenant's attempts that ended in the last 24 h plus the ``timeout_s`` of each of its
+  jobs in flight (those chosen in this pass included) are under the budget.
+- The pool is shared while tenants contend: when more than one tenant has jobs waiting for a
+  device, none of them may hold every one of its live slots (``slots``), the dispatch slack
+  beyond the slots included: each keeps to ``slots - 1`` jobs in flight there, so that a
+  slot stays for the others. A tenant alone may use every slot and the slack.
 """
 
 from __future__ import annotations
@@ -14,6 +24,8 @@ import heapq
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+
+from shared.jobs.usage import cpu_budget_allows
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,7 @@ class Candidate:
     priority: int
     created_at: datetime
     inputs: tuple[str, ...] = ()  # dataset names that must be on ``local`` first
+    timeout_s: float = 0.0  # what it holds of the CPU budget while in flight
 
 
 @dataclass
@@ -35,15 +48,19 @@ class TenantLoad:
     usage_s: float = 0.0  # decayed CPU seconds
     cpu_today_s: float = 0.0
     cpu_per_day_s: float = float("inf")
+    held_s: float = 0.0  # the timeout_s of its jobs in flight: CPU seconds they may still use
+    on_device: int = 0  # its jobs in flight on the device being filled
     candidates: list[Candidate] = field(default_factory=list)
 
     @property
     def held(self) -> str | None:
         """Why none of the tenant's waiting jobs may start now, or ``None``."""
-        if self.cpu_today_s >= self.cpu_per_day_s:
+        if not cpu_budget_allows(
+            used_today_s=self.cpu_today_s, held_s=self.held_s, per_day_s=self.cpu_per_day_s
+        ):
             return (
-                f"waiting: cpu_seconds_per_day ({self.cpu_per_day_s:g}) used up; "
-                "dispatch resumes as the 24 h window rolls"
+                f"waiting: cpu_seconds_per_day ({self.cpu_per_day_s:g}) used up or held by "
+                "jobs in flight; dispatch resumes as they end and the 24 h window rolls"
             )
         if self.in_flight >= self.max_running:
             return f"waiting: max_running_jobs ({self.max_running}) reached"
@@ -52,7 +69,7 @@ class TenantLoad:
     @property
     def headroom(self) -> int:
         """How many more of its jobs may start now (the autoscaler's cap on its demand)."""
-        if self.cpu_today_s >= self.cpu_per_day_s:
+        if self.held is not None:
             return 0
         return max(0, self.max_running - self.in_flight)
 
@@ -66,11 +83,33 @@ class Allocation:
     held: dict[uuid.UUID, str]  # tenant -> why its jobs wait
 
 
-def allocate(tenants: list[TenantLoad], free: int, *, usage_scale_s: float) -> Allocation:
+@dataclass
+class _Taking:
+    """A tenant's state while slots are dealt: how many taken, what they hold."""
+
+    load: TenantLoad
+    taken: int = 0
+    held_s: float = 0.0
+
+    def may_take_next(self, cap: int) -> bool:
+        t = self.load
+        n = self.taken
+        return (
+            n < len(t.candidates)
+            and t.in_flight + n < t.max_running
+            and t.on_device + n < cap
+            and cpu_budget_allows(
+                used_today_s=t.cpu_today_s, held_s=self.held_s, per_day_s=t.cpu_per_day_s
+            )
+        )
+
+
+def allocate(
+    tenants: list[TenantLoad], free: int, *, usage_scale_s: float, slots: int | None = None
+) -> Allocation:
+    """Up to ``free`` jobs for the device whose live slots are ``slots`` (None: no share cap)."""
     held: dict[uuid.UUID, str] = {}
-    heap: list[HeapKey] = []
-    by_id = {t.tenant_id: t for t in tenants}
-    taken: dict[uuid.UUID, int] = {}
+    taking: dict[uuid.UUID, _Taking] = {}
     for t in tenants:
         if not t.candidates:
             continue
@@ -78,19 +117,29 @@ def allocate(tenants: list[TenantLoad], free: int, *, usage_scale_s: float) -> A
         if reason is not None:
             held[t.tenant_id] = reason
             continue
-        taken[t.tenant_id] = 0
-        heapq.heappush(heap, _key(t, 0, usage_scale_s))
+        taking[t.tenant_id] = _Taking(t, held_s=t.held_s)
+    cap = _share_cap(slots, contending=len(taking))
+    heap = [_key(s.load, 0, usage_scale_s) for s in taking.values() if s.may_take_next(cap)]
+    heapq.heapify(heap)
     chosen: list[Candidate] = []
     while heap and len(chosen) < free:
         *_, tenant_id = heapq.heappop(heap)
-        t = by_id[tenant_id]
-        n = taken[tenant_id]
-        chosen.append(t.candidates[n])
-        n += 1
-        taken[tenant_id] = n
-        if n < len(t.candidates) and n < t.headroom:
-            heapq.heappush(heap, _key(t, n, usage_scale_s))
+        s = taking[tenant_id]
+        job = s.load.candidates[s.taken]
+        chosen.append(job)
+        s.taken += 1
+        s.held_s += job.timeout_s
+        if s.may_take_next(cap):
+            heapq.heappush(heap, _key(s.load, s.taken, usage_scale_s))
     return Allocation(chosen, held)
+
+
+def _share_cap(slots: int | None, *, contending: int) -> int:
+    """The most jobs in flight on the device for one tenant: while others contend, all but
+    one of its live slots (a one-slot device cannot be shared that way)."""
+    if slots is None or contending < 2 or slots < 2:
+        return 1 << 30
+    return slots - 1
 
 
 def _key(

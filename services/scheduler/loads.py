@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.fairshare import Candidate, TenantLoad
 from shared.db.models import Dataset, Job, JobAttempt, Migration
+from shared.jobs.usage import IN_FLIGHT
 from shared.settings import QuotaDefaults
 from shared.storage.migrations import MigrationState
 
@@ -67,6 +68,7 @@ def tenant_load(
     in_flight: int,
     usage_s: float = 0.0,
     cpu_today_s: float = 0.0,
+    held_s: float = 0.0,
 ) -> TenantLoad:
     """A tenant's load with its effective quotas (its own values over the defaults)."""
     quotas = quota_defaults.effective(stored_quotas)
@@ -78,22 +80,25 @@ def tenant_load(
         usage_s=usage_s,
         cpu_today_s=cpu_today_s,
         cpu_per_day_s=float(quotas["cpu_seconds_per_day"]),
+        held_s=held_s,
     )
 
 
 # The dispatch pass's one query per device: every unsuspended tenant's best dispatchable jobs
 # (one index probe per tenant on ix_jobs_tenant_dispatchable, so a flooded queue costs no
 # more than a short one), joined with what fair share needs of each tenant that has some:
-# weight, stored quotas, jobs in flight (RUNNING, or QUEUED and dispatched: what
-# max_running_jobs counts), CPU seconds decayed by age with the half-life, and CPU seconds in
-# the last 24 h (what cpu_seconds_per_day limits). Fixed text, prepared once per connection.
+# weight, stored quotas, jobs in flight (``shared.jobs.usage.IN_FLIGHT``: what
+# max_running_jobs counts) with the CPU seconds they hold (their timeout_s) and how many are on
+# this device, CPU seconds decayed by age with the half-life, and CPU seconds in the last 24 h
+# (with the holds, what cpu_seconds_per_day limits). Fixed text, prepared once per connection.
 # $1 device, $2 jobs per tenant, $3 half-life (s), $4 how far back usage counts (s).
-WAITING_LOADS = """
+WAITING_LOADS = f"""
 WITH waiting AS (
-    SELECT j.id, j.tenant_id, j.kernel, j.priority, j.created_at, j.inputs::text AS inputs
+    SELECT j.id, j.tenant_id, j.kernel, j.priority, j.created_at, j.inputs::text AS inputs,
+           j.timeout_s
     FROM tenants t
     CROSS JOIN LATERAL (
-        SELECT id, tenant_id, kernel, priority, created_at, inputs FROM jobs
+        SELECT id, tenant_id, kernel, priority, created_at, inputs, timeout_s FROM jobs
         WHERE jobs.tenant_id = t.id AND state = 'QUEUED' AND dispatched_at IS NULL
           AND device IN ($1::text, 'any') AND (run_after IS NULL OR run_after <= now())
         ORDER BY priority DESC, created_at, id
@@ -101,13 +106,14 @@ WITH waiting AS (
     ) j
     WHERE NOT t.suspended
 ), asking AS (
-    SELECT t.id, t.weight, t.quotas::text AS quotas,
-           (SELECT count(*) FROM jobs f
-            WHERE f.tenant_id = t.id
-              AND (f.state = 'RUNNING' OR (f.state = 'QUEUED' AND f.dispatched_at IS NOT NULL))
-           ) AS in_flight,
+    SELECT t.id, t.weight, t.quotas::text AS quotas, f.in_flight, f.held, f.on_device,
            u.decayed, u.today
     FROM tenants t
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS in_flight, coalesce(sum(timeout_s), 0)::float8 AS held,
+               count(*) FILTER (WHERE assigned_device = $1::text) AS on_device
+        FROM jobs WHERE jobs.tenant_id = t.id AND {IN_FLIGHT}
+    ) f
     CROSS JOIN LATERAL (
         SELECT coalesce(sum(a.cpu_seconds * power(
                    0.5, extract(epoch FROM now() - a.finished_at)::float8 / $3::float8)), 0)
@@ -119,11 +125,11 @@ WITH waiting AS (
     ) u
     WHERE t.id IN (SELECT tenant_id FROM waiting)
 )
-SELECT w.id, w.tenant_id, w.kernel, w.priority, w.created_at, w.inputs,
-       a.weight, a.quotas, a.in_flight, a.decayed, a.today
+SELECT w.id, w.tenant_id, w.kernel, w.priority, w.created_at, w.inputs, w.timeout_s,
+       a.weight, a.quotas, a.in_flight, a.held, a.on_device, a.decayed, a.today
 FROM waiting w JOIN asking a ON a.id = w.tenant_id
 ORDER BY w.tenant_id, w.priority DESC, w.created_at, w.id
-"""
+"""  # noqa: S608 (built from constants only)
 
 
 async def waiting_loads(
@@ -141,10 +147,10 @@ async def waiting_loads(
         WAITING_LOADS, device, per_tenant, half_life_s, max(86_400.0, 8 * half_life_s)
     )
     out: dict[uuid.UUID, TenantLoad] = {}
-    for job_id, tenant_id, kernel, priority, created_at, inputs, *tenant in rows:
+    for job_id, tenant_id, kernel, priority, created_at, inputs, timeout_s, *tenant in rows:
         t = out.get(tenant_id)
         if t is None:
-            weight, quotas, flying, decayed, today = tenant
+            weight, quotas, flying, held, on_device, decayed, today = tenant
             t = out[tenant_id] = tenant_load(
                 tenant_id=tenant_id,
                 weight=weight,
@@ -153,9 +159,13 @@ async def waiting_loads(
                 in_flight=flying,
                 usage_s=float(decayed),
                 cpu_today_s=float(today),
+                held_s=float(held),
             )
+            t.on_device = on_device
         names = () if inputs == "{}" else tuple(sorted(set(orjson.loads(inputs).values())))
-        t.candidates.append(Candidate(job_id, tenant_id, kernel, priority, created_at, names))
+        t.candidates.append(
+            Candidate(job_id, tenant_id, kernel, priority, created_at, names, float(timeout_s))
+        )
     return out
 
 

@@ -32,7 +32,13 @@ from shared.db.raw import pooled_connection
 from shared.errors import NotFound
 from shared.events import Event, JobDispatched, JobFinished
 from shared.jobs.states import JobState
-from shared.jobs.store import ADMIT_REASON, Admitted, admit_pending, set_job_state
+from shared.jobs.store import (
+    ADMIT_REASON,
+    Admitted,
+    admit_pending,
+    record_lost_attempt,
+    set_job_state,
+)
 from shared.settings import QuotaDefaults
 
 Device = Literal["cuda", "cpu"]
@@ -242,7 +248,12 @@ async def dispatch(
                 ready = {c.job_id for c in await ready_to_run(session=session, candidates=staged)}
             for t in tenants.values():
                 t.candidates = [c for c in t.candidates if not c.inputs or c.job_id in ready]
-        plan = allocate(list(tenants.values()), free, usage_scale_s=fair.usage_scale_s)
+        plan = allocate(
+            list(tenants.values()),
+            free,
+            usage_scale_s=fair.usage_scale_s,
+            slots=cap.slots.get(device, 0),
+        )
         await _hold(db.conn, plan.held)
         events += await _send(db.conn, plan.chosen, device)
     return events
@@ -329,26 +340,39 @@ async def explain_waiting(*, session: AsyncSession, worker_ttl_s: float) -> None
         )
 
 
+def _held_s(started_at: datetime | None, lease_expires_at: datetime | None) -> float:
+    """How long a lost attempt held its slot: from its start to its lease's end (the CPU
+    seconds its worker measured were lost with it; this is their upper bound)."""
+    if started_at is None or lease_expires_at is None:
+        return 0.0
+    return max(0.0, (lease_expires_at - started_at).total_seconds())
+
+
 async def reap(
     *, session: AsyncSession, now: datetime, redispatch_after_s: float, batch: int = 200
 ) -> list[Event]:
     """Return jobs whose worker's lease expired to QUEUED (counting the attempt), or fail
-    them when no retries are left; re-dispatch dispatches that no worker ever claimed."""
+    them when no retries are left; re-dispatch dispatches that no worker ever claimed. The
+    lost attempt gets its ``job_attempts`` row here, as every attempt gets one where it ends
+    (``record_lost_attempt``)."""
     expired = (
-        (
-            await session.execute(
-                select(Job.id)
-                .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now)
-                .order_by(Job.id)
-                .limit(batch)
-                .with_for_update(skip_locked=True)
+        await session.execute(
+            select(
+                Job.id,
+                Job.tenant_id,
+                Job.attempts,
+                Job.worker,
+                Job.started_at,
+                Job.lease_expires_at,
             )
+            .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now)
+            .order_by(Job.id)
+            .limit(batch)
+            .with_for_update(skip_locked=True)
         )
-        .scalars()
-        .all()
-    )
+    ).all()
     events: list[Event] = []
-    for job_id in expired:
+    for job_id, tenant_id, attempt, worker, started_at, lease_expires_at in expired:
         t = await set_job_state(
             session,
             job_id,
@@ -357,6 +381,14 @@ async def reap(
             error="worker lost while running the job",
         )
         if t.accepted:
+            await record_lost_attempt(
+                session,
+                job_id=job_id,
+                tenant_id=tenant_id,
+                attempt=attempt,
+                worker=worker,
+                held_s=_held_s(started_at, lease_expires_at),
+            )
             events.append(
                 JobFinished(
                     tenant_id=t.job.tenant_id,

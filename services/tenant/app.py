@@ -1,7 +1,11 @@
-"""Tenant service composition root: counts usage from ``job.finished`` events.
+"""Tenant service composition root.
 
 Tenants, keys, quotas, usage reads and the audit log are use cases in this package
-(``service``, ``usage``, ``audit``) that the gateway calls in its own transactions.
+(``service``, ``usage``, ``audit``) that the gateway calls in its own transactions. Usage is
+not copied from events any more: every attempt's row in ``job_attempts`` is written in the
+transaction that ends the attempt, and that table is the one source of usage. So this process
+consumes nothing; it stays a deployment unit (health, readiness and metrics) for tenant work
+that must run on its own, and can be left out of a deployment that has none.
 """
 
 from __future__ import annotations
@@ -11,10 +15,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from services.tenant.handlers import make_usage_handler
 from services.tenant.settings import TenantSettings
 from shared.logging import configure_logging, get_logger
-from shared.messaging.topology import TENANT_USAGE
 from shared.problems import install_problem_handlers
 from shared.runtime import close_resources, open_resources
 from shared.startup import start_in_background
@@ -31,11 +33,6 @@ def create_app(settings: TenantSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         res = await open_resources(settings, name="tenant")
         app.state.resources = res
-        await res.broker.consume_batches(
-            TENANT_USAGE,
-            make_usage_handler(res.engine),
-            max_wait_s=settings.usage_batch_wait_s,
-        )
         log.info("tenant_started")
         try:
             yield

@@ -1,74 +1,177 @@
-"""Usage accounting: counted from ``job.finished`` events (once per attempt, whatever the
-number of deliveries), read by ``GET /v1/usage`` and the admin view."""
+"""Usage accounting, read from its one source, ``job_attempts`` (``shared.jobs.usage``), by
+``GET /v1/usage``, ``GET /v1/tenant`` and the admin view.
+
+An attempt counts in the window in which it ended (``finished_at``). ``group_by`` splits
+the CPU and GPU seconds of the window by the job's kernel, by label (a job counts once in
+the group of each ``key:value`` label it has; jobs without labels form the group whose key
+is null), or by UTC day.
+"""
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import Dataset, Job, Migration, Tenant, UsageRecord
-from shared.events import JobFinished
+from shared.db.models import Job, JobAttempt, Migration, Tenant
 from shared.jobs.states import JobState
+from shared.jobs.usage import DAY_S, IN_FLIGHT, WAITING
+from shared.storage.quota import reserved_bytes, stored_bytes
 
-# One fixed statement for a whole batch (arrays, not a VALUES list whose length changes the
-# statement): nothing to compile per batch, one round trip.
-_RECORD_USAGE = """
-    INSERT INTO usage_records (job_id, attempt, tenant_id, cpu_seconds, gpu_seconds, recorded_at)
-    SELECT u.job_id, u.attempt, u.tenant_id, u.cpu, u.gpu, now()
-    FROM unnest($1::uuid[], $2::int[], $3::uuid[], $4::float8[], $5::float8[])
-         AS u(job_id, attempt, tenant_id, cpu, gpu)
-    ON CONFLICT DO NOTHING
-    RETURNING job_id
-"""
+GroupBy = Literal["kernel", "label", "day"]
 
 
-async def record_usage(*, conn: Any, events: list[JobFinished]) -> int:
-    """Insert one row per (job, attempt) on a plain asyncpg connection (``shared.db.raw``);
-    a duplicate delivery inserts nothing. Returns the rows inserted."""
-    rows = [e for e in events if e.tenant_id is not None and e.attempt > 0]
-    if not rows:
-        return 0
-    inserted = await conn.fetch(
-        _RECORD_USAGE,
-        [e.job_id for e in rows],
-        [e.attempt for e in rows],
-        [e.tenant_id for e in rows],
-        [e.cpu_seconds for e in rows],
-        [e.gpu_seconds for e in rows],
-    )
-    return len(inserted)
+@dataclass(frozen=True)
+class Window:
+    """``[since, until)``; an open end is unbounded."""
+
+    since: datetime | None = None
+    until: datetime | None = None
 
 
-async def usage_of(*, session: AsyncSession, tenant_id: uuid.UUID) -> dict[str, Any]:
+def _attempts(tenant_id: uuid.UUID, window: Window) -> Select[Any]:
+    query = select(JobAttempt).where(JobAttempt.tenant_id == tenant_id)
+    if window.since is not None:
+        query = query.where(JobAttempt.finished_at >= window.since)
+    if window.until is not None:
+        query = query.where(JobAttempt.finished_at < window.until)
+    return query
+
+
+async def usage_of(
+    *,
+    session: AsyncSession,
+    tenant_id: uuid.UUID,
+    window: Window | None = None,
+    group_by: GroupBy | None = None,
+) -> dict[str, Any]:
+    """CPU and GPU seconds of the attempts that ended in ``window``, the jobs created in it
+    per state, the bytes stored now (every copy on every tier) and the bytes moved by
+    migrations created in it."""
+    window = window or Window()
+    attempts = _attempts(tenant_id, window).subquery()
     cpu, gpu = (
         await session.execute(
             select(
-                func.coalesce(func.sum(UsageRecord.cpu_seconds), 0.0),
-                func.coalesce(func.sum(UsageRecord.gpu_seconds), 0.0),
-            ).where(UsageRecord.tenant_id == tenant_id)
+                func.coalesce(func.sum(attempts.c.cpu_seconds), 0.0),
+                func.coalesce(func.sum(attempts.c.gpu_seconds), 0.0),
+            )
         )
     ).one()
-    counts = await session.execute(
-        select(Job.state, func.count()).where(Job.tenant_id == tenant_id).group_by(Job.state)
-    )
-    states = {state: int(n) for state, n in counts}
-    stored = await session.scalar(
-        select(func.coalesce(func.sum(Dataset.size), 0)).where(Dataset.tenant_id == tenant_id)
-    )
-    moved = await session.scalar(
-        select(func.coalesce(func.sum(Migration.bytes_copied), 0)).where(
-            Migration.tenant_id == tenant_id
-        )
-    )
-    return {
+    usage: dict[str, Any] = {
         "cpu_seconds": float(cpu),
         "gpu_seconds": float(gpu),
-        "jobs": {s.value: int(states.get(s.value, 0)) for s in JobState},
-        "storage_bytes": int(stored or 0),
-        "bytes_moved": int(moved or 0),
+        "jobs": await _jobs_per_state(session, tenant_id, window),
+        "storage_bytes": await stored_bytes(session=session, tenant_id=tenant_id),
+        "bytes_moved": await _bytes_moved(session, tenant_id, window),
+        "since": window.since,
+        "until": window.until,
+        "group_by": group_by,
+        "groups": None,
+    }
+    if group_by is not None:
+        usage["groups"] = await _groups(session, tenant_id, window, group_by)
+    return usage
+
+
+async def _jobs_per_state(
+    session: AsyncSession, tenant_id: uuid.UUID, window: Window
+) -> dict[str, int]:
+    query = select(Job.state, func.count()).where(Job.tenant_id == tenant_id)
+    if window.since is not None:
+        query = query.where(Job.created_at >= window.since)
+    if window.until is not None:
+        query = query.where(Job.created_at < window.until)
+    states = {state: int(n) for state, n in await session.execute(query.group_by(Job.state))}
+    return {s.value: states.get(s.value, 0) for s in JobState}
+
+
+async def _bytes_moved(session: AsyncSession, tenant_id: uuid.UUID, window: Window) -> int:
+    query = select(func.coalesce(func.sum(Migration.bytes_copied), 0)).where(
+        Migration.tenant_id == tenant_id
+    )
+    if window.since is not None:
+        query = query.where(Migration.created_at >= window.since)
+    if window.until is not None:
+        query = query.where(Migration.created_at < window.until)
+    return int(await session.scalar(query) or 0)
+
+
+async def _groups(
+    session: AsyncSession, tenant_id: uuid.UUID, window: Window, group_by: GroupBy
+) -> list[dict[str, Any]]:
+    a = _attempts(tenant_id, window).subquery()
+    if group_by == "day":
+        key: Any = func.to_char(func.timezone("UTC", a.c.finished_at), "YYYY-MM-DD")
+        source: Any = select(a, key.label("key")).subquery()
+    elif group_by == "kernel":
+        source = select(a, Job.kernel.label("key")).join(Job, Job.id == a.c.job_id).subquery()
+    else:
+        label = func.jsonb_each_text(Job.labels).table_valued("key", "value").lateral("label")
+        pair = label.c.key + literal(":") + label.c.value
+        source = (
+            select(a, pair.label("key"))
+            .join(Job, Job.id == a.c.job_id)
+            .outerjoin(label, literal(True))
+            .subquery()
+        )
+    rows = await session.execute(
+        select(
+            source.c.key,
+            func.sum(source.c.cpu_seconds),
+            func.sum(source.c.gpu_seconds),
+            func.count(func.distinct(source.c.job_id)),
+        )
+        .group_by(source.c.key)
+        .order_by(source.c.key.asc().nulls_last())
+    )
+    return [
+        {"key": k, "cpu_seconds": float(cpu), "gpu_seconds": float(gpu), "jobs": int(jobs)}
+        for k, cpu, gpu, jobs in rows
+    ]
+
+
+# A tenant's use of each of its quotas now, in one round trip. :t the tenant. (The text is
+# built from constants only.)
+_QUOTA_USE = text(
+    f"""
+SELECT
+    (SELECT count(*) FROM jobs WHERE tenant_id = :t AND {IN_FLIGHT}) AS in_flight,
+    (SELECT coalesce(sum(timeout_s), 0)::float8 FROM jobs WHERE tenant_id = :t AND {IN_FLIGHT})
+        AS held,
+    (SELECT count(*) FROM jobs WHERE tenant_id = :t AND {WAITING}) AS waiting,
+    (SELECT coalesce(sum(cpu_seconds), 0)::float8 FROM job_attempts
+     WHERE tenant_id = :t AND finished_at > now() - make_interval(secs => {DAY_S}))
+        AS cpu_day
+"""  # noqa: S608
+)
+
+
+async def quota_use(
+    *, session: AsyncSession, tenant_id: uuid.UUID, quotas: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Each quota of the tenant (``quotas``: the effective ones) with what it counts now, as
+    the limits count it: jobs in flight, jobs waiting, CPU seconds of the last 24 h (and the
+    CPU seconds its jobs in flight hold), bytes stored (and reserved by writes in progress)."""
+    row = (await session.execute(_QUOTA_USE, {"t": tenant_id})).one()
+    return {
+        "max_running_jobs": {"limit": quotas["max_running_jobs"], "used": int(row.in_flight)},
+        "max_queued_jobs": {"limit": quotas["max_queued_jobs"], "used": int(row.waiting)},
+        "cpu_seconds_per_day": {
+            "limit": quotas["cpu_seconds_per_day"],
+            "used": float(row.cpu_day),
+            "held": float(row.held),
+        },
+        "storage_bytes": {
+            "limit": quotas["storage_bytes"],
+            "used": await stored_bytes(session=session, tenant_id=tenant_id),
+            "held": await reserved_bytes(session=session, tenant_id=tenant_id),
+        },
+        "requests_per_second": {"limit": quotas["requests_per_second"]},
     }
 
 

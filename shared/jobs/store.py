@@ -20,9 +20,10 @@ from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import Job, JobEvent
+from shared.db.models import Job, JobAttempt, JobEvent
 from shared.db.outbox import add_event
 from shared.errors import NotFound
 from shared.events import JobFinished, JobRetryDue, utcnow
@@ -176,6 +177,38 @@ def _apply(
         job.error = error
         if worker is not None:
             job.worker = worker
+
+
+# What ``job_attempts.outcome`` says of an attempt whose worker was lost (its lease expired).
+LOST = "LOST"
+
+
+async def record_lost_attempt(
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    attempt: int,
+    worker: str | None,
+    held_s: float,
+) -> None:
+    """The ``job_attempts`` row of an attempt reaped after its worker was lost, charged
+    ``held_s`` CPU seconds. A worker that comes back and reports the attempt later is fenced
+    (the job is no longer RUNNING that attempt), and the primary key keeps one row per
+    attempt, so the attempt counts once."""
+    await session.execute(
+        pg_insert(JobAttempt)
+        .values(
+            job_id=job_id,
+            attempt=attempt,
+            tenant_id=tenant_id,
+            worker=worker,
+            outcome=LOST,
+            cpu_seconds=held_s,
+            wall_seconds=held_s,
+        )
+        .on_conflict_do_nothing()
+    )
 
 
 # --- The transitions every job takes, set-based ------------------------------------------

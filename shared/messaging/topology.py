@@ -45,10 +45,9 @@ WORK_CUDA = QueueSpec("work.cuda", ("job.dispatch.cuda",))
 WORK_QUEUES = {"cpu": WORK_CPU, "cuda": WORK_CUDA}
 
 DATAMOVER = QueueSpec("datamover", ("migration.requested",))
-TENANT_USAGE = QueueSpec("tenant.usage", ("job.finished",))
 
 # Declared by every service at start, so that a mandatory publish is always routable.
-DURABLE_QUEUES: tuple[QueueSpec, ...] = (SCHEDULER, WORK_CPU, WORK_CUDA, DATAMOVER, TENANT_USAGE)
+DURABLE_QUEUES: tuple[QueueSpec, ...] = (SCHEDULER, WORK_CPU, WORK_CUDA, DATAMOVER)
 
 
 def delay_level(delay_ms: int, levels: tuple[int, ...] = DELAY_LEVELS_MS) -> int:

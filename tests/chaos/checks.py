@@ -123,13 +123,13 @@ async def collect(
     )
     f.inconsistent_results = [f"{k} {p}: {n} results" for k, p, n in results.all()]
     # every attempt that started (1..attempts) ended once, by the worker's record or by the
-    # reaper, and its job.finished event made exactly one usage row
+    # reaper, with exactly one usage row (job_attempts)
     started = await session.execute(
         text("SELECT id, attempts FROM jobs WHERE tenant_id = ANY(:t)"), {"t": tids}
     )
     expected = {(job, k) for job, n in started.all() for k in range(1, n + 1)}
     usage_sql = (
-        "SELECT u.job_id, u.attempt FROM usage_records u JOIN jobs j ON j.id = u.job_id "
+        "SELECT u.job_id, u.attempt FROM job_attempts u JOIN jobs j ON j.id = u.job_id "
         "WHERE j.tenant_id = ANY(:t)"
     )
     counted = {(r[0], r[1]) for r in (await session.execute(text(usage_sql), {"t": tids})).all()}

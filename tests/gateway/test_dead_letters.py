@@ -15,7 +15,7 @@ from tests.gateway.test_jobs_api import assert_problem
 async def test_list_and_redrive_a_dead_letter(
     client: httpx.AsyncClient, settings: CommonSettings, tenant: TenantKey
 ) -> None:
-    queue = f"{settings.rabbit.queue_prefix}.tenant.usage"  # no consumer in these tests
+    queue = f"{settings.rabbit.queue_prefix}.datamover"  # no consumer in these tests
     marker = f"poison-{uuid.uuid4()}"
     conn = await aio_pika.connect(settings.rabbit.url())
     try:

@@ -4,16 +4,10 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 import httpx
-import pytest
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.tenant.usage import record_usage
-from shared.db.raw import raw_connection
-from shared.events import JobFinished
 from tests.gateway.conftest import ADMIN, TenantKey, gateway_client, make_tenant
 from tests.gateway.test_jobs_api import MC, assert_problem, eventually_status
 
@@ -57,38 +51,6 @@ async def test_rate_limit_answers_429_with_retry_after(client: httpx.AsyncClient
     assert int(limited[0].headers["retry-after"]) >= 1
     other = await make_tenant(client)  # budgets are per tenant
     assert (await client.get("/v1/jobs", headers=other.headers)).status_code == 200
-
-
-async def test_usage_counts_each_attempt_once(
-    client: httpx.AsyncClient, engine: AsyncEngine
-) -> None:
-    t = await make_tenant(client)
-    job = (await client.post("/v1/jobs", json=MC, headers=t.headers)).json()
-    tid, jid = uuid.UUID(t.tenant_id), uuid.UUID(job["id"])
-    events = [
-        JobFinished(tenant_id=tid, job_id=jid, attempt=1, state="QUEUED", cpu_seconds=1.5),
-        JobFinished(
-            tenant_id=tid,
-            job_id=jid,
-            attempt=2,
-            state="SUCCEEDED",
-            cpu_seconds=2.0,
-            gpu_seconds=0.5,
-        ),
-    ]
-    async with raw_connection(engine) as conn:
-        assert await record_usage(conn=conn, events=events) == 2
-        assert await record_usage(conn=conn, events=events) == 0  # redelivered: counted once
-    usage = (await client.get("/v1/usage", headers=t.headers)).json()
-    assert usage["cpu_seconds"] == pytest.approx(3.5)
-    assert usage["gpu_seconds"] == pytest.approx(0.5)
-    assert usage["jobs"]["PENDING"] == 1
-    assert set(usage) >= {"cpu_seconds", "gpu_seconds", "jobs", "storage_bytes", "bytes_moved"}
-    admin = (await client.get("/v1/admin/usage", headers=ADMIN)).json()
-    mine = [u for u in admin["items"] if u["tenant_id"] == t.tenant_id]
-    assert mine[0]["cpu_seconds"] == pytest.approx(3.5)
-    assert_problem(await client.get("/v1/usage", headers=ADMIN), 403)
-    assert_problem(await client.get("/v1/admin/usage", headers=t.headers), 403)
 
 
 async def test_audit_records_who_what_when_and_no_secret(client: httpx.AsyncClient) -> None:

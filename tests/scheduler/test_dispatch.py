@@ -532,3 +532,64 @@ async def test_concurrent_passes_never_dispatch_a_job_twice(
     assert sorted(str(i) for i in ids) == sorted(
         orjson.loads(b)["job_id"] for b in staged
     )  # one event per job
+
+
+async def test_jobs_in_flight_hold_their_timeout_against_the_cpu_budget(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    tid = await _tenant_with(s, quotas={"cpu_seconds_per_day": 100})
+    ids = await _jobs(s, tid, [0] * 5)  # timeout_s 60 each
+    await _worker(s, "w1", "cpu", 8)
+    first = await _dispatch(s)
+    assert [e.job_id for e in first] == ids[:2]  # 0 < 100, then 60 < 100; 120 is not
+    assert await _dispatch(s) == []
+    async with s() as session:
+        job = await session.get(Job, ids[2])
+    assert job is not None
+    assert "cpu_seconds_per_day" in (job.state_reason or "")
+    async with s() as session, session.begin():  # one ends: its 5 s replace its 60 s hold
+        session.add(cpu_used(ids[0], tid, 5.0, ago_s=1))
+        await session.execute(update(Job).where(Job.id == ids[0]).values(state="SUCCEEDED"))
+    assert [e.job_id for e in await _dispatch(s)] == [ids[2]]  # 5 + 60 < 100
+
+
+async def test_a_tenant_keeps_a_slot_free_while_another_waits(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    hog = await _tenant_with(s)
+    small = await _tenant_with(s)
+    await _jobs(s, hog, [0] * 10)
+    [tiny] = await _jobs(s, small, [0])
+    await _worker(s, "w1", "cpu", 4)
+    sent = await _dispatch(s, slack=4.0)
+    assert tiny in {e.job_id for e in sent}
+    assert sum(e.tenant_id == hog for e in sent) == 3  # not the fourth slot, nor the slack
+    assert len(await _dispatch(s, slack=4.0)) == 7  # alone now: the rest go, into the slack
+
+
+async def test_a_lost_attempt_is_counted_once(s: async_sessionmaker[AsyncSession]) -> None:
+    tid = await _tenant(s)
+    [jid] = await _jobs(s, tid, [0])
+    lost = await _claim(s, jid, "dead-worker", lease_s=0.01)
+    for _ in range(2):  # a second pass of the reaper finds nothing more to count
+        async with s() as session, session.begin():
+            await service.reap(
+                session=session, now=utcnow() + timedelta(seconds=1), redispatch_after_s=60
+            )
+    async with s() as session, session.begin():  # the worker comes back: fenced, not counted
+        assert not await worker_service.record(
+            session=session,
+            claim=lost,
+            worker="dead-worker",
+            report=Report(JobState.SUCCEEDED, result={"estimate": 0}, cpu_seconds=9.0),
+        )
+    async with s() as session:
+        rows = (
+            await session.execute(
+                select(JobAttempt.attempt, JobAttempt.outcome, JobAttempt.cpu_seconds).where(
+                    JobAttempt.job_id == jid
+                )
+            )
+        ).all()
+    assert [(a, o) for a, o, _ in rows] == [(1, "LOST")]
+    assert 0 <= rows[0][2] < 5  # its slot was held from its start to its lease's end

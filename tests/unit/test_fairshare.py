@@ -88,3 +88,47 @@ def test_headroom_is_what_the_quotas_leave_and_allocate_keeps_to_it() -> None:
     assert tenant(in_flight=0, max_running=3, cpu_today_s=9.0, cpu_per_day_s=9.0).headroom == 0
     for t in (tenant(in_flight=1, max_running=4), tenant(in_flight=4, max_running=4)):
         assert count(allocate([t], 100, usage_scale_s=60).chosen, t) == t.headroom
+
+
+def timed(t: TenantLoad, timeout_s: float) -> TenantLoad:
+    t.candidates = [
+        Candidate(c.job_id, c.tenant_id, c.kernel, c.priority, c.created_at, (), timeout_s)
+        for c in t.candidates
+    ]
+    return t
+
+
+def test_jobs_in_flight_hold_their_timeout_of_the_cpu_budget() -> None:
+    # 100 s a day, 60 s jobs: the first starts (0 < 100), the second too (60 < 100), then
+    # the two in flight hold 120 s and nothing more starts
+    t = timed(tenant(cpu_per_day_s=100.0), 60.0)
+    assert count(allocate([t], 10, usage_scale_s=60).chosen, t) == 2
+    held = timed(tenant(cpu_per_day_s=100.0, cpu_today_s=10.0, held_s=90.0), 60.0)
+    plan = allocate([held], 10, usage_scale_s=60)
+    assert plan.chosen == []
+    assert "held by jobs in flight" in plan.held[held.tenant_id]
+    assert held.headroom == 0
+
+
+def test_what_ended_and_what_is_held_add_up() -> None:
+    t = timed(tenant(cpu_per_day_s=100.0, cpu_today_s=30.0, held_s=60.0), 5.0)
+    # 90 < 100: one starts and then holds 95; 95 < 100: another; 100 is the budget: no more
+    assert count(allocate([t], 10, usage_scale_s=60).chosen, t) == 2
+
+
+def test_a_tenant_keeps_a_slot_for_the_others_while_they_wait() -> None:
+    hog, small = tenant(jobs=30), tenant(jobs=1)
+    plan = allocate([hog, small], 20, usage_scale_s=60, slots=4)
+    assert count(plan.chosen, small) == 1
+    assert count(plan.chosen, hog) == 3  # all but one of the 4 slots, not the slack
+    crowded = tenant(jobs=30, on_device=3)  # already holds 3 of the 4
+    plan = allocate([crowded, tenant(jobs=1)], 20, usage_scale_s=60, slots=4)
+    assert count(plan.chosen, crowded) == 0
+
+
+def test_a_tenant_alone_uses_every_slot_and_the_slack() -> None:
+    alone = tenant(jobs=30, on_device=3)
+    assert count(allocate([alone], 20, usage_scale_s=60, slots=4).chosen, alone) == 20
+    one_slot = tenant(jobs=5)
+    plan = allocate([one_slot, tenant(jobs=5)], 5, usage_scale_s=60, slots=1)
+    assert len(plan.chosen) == 5  # a one-slot pool cannot keep a slot back

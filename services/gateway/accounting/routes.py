@@ -1,4 +1,5 @@
-"""``/v1/usage`` (a tenant's own), ``/v1/admin/usage`` and ``/v1/audit`` (the admin)."""
+"""``/v1/usage`` and ``/v1/tenant`` (a tenant's own), ``/v1/admin/usage`` and ``/v1/audit``
+(the admin)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
-from services.gateway.accounting.schemas import Usage, UsageList
-from services.gateway.deps import PrincipalDep, SessionDep
+from services.gateway.accounting.schemas import TenantSelf, Usage, UsageList
+from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
 from services.tenant.audit import audit, entry_out, list_audit
-from services.tenant.usage import usage_of, usage_of_all
-from shared.errors import Forbidden
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery
+from services.tenant.service import get_tenant
+from services.tenant.usage import GroupBy, Window, quota_use, usage_of, usage_of_all
+from shared.errors import Forbidden, Invalid
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Instant
 from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["usage"])
@@ -20,7 +22,8 @@ router = APIRouter(prefix="/v1", tags=["usage"])
 ERRORS = problem_responses(
     {
         401: "missing or unknown API key",
-        403: "wrong kind of key, or tenant suspended",
+        403: "wrong kind of key, a key without the `jobs:read` scope, or tenant suspended",
+        422: "bad bounds or grouping",
         429: "rate limit exceeded",
         503: "the database is down; retry after Retry-After",
     }
@@ -28,11 +31,52 @@ ERRORS = problem_responses(
 
 
 @router.get("/usage", responses=ERRORS)
-async def get_usage(principal: PrincipalDep, session: SessionDep) -> Usage:
-    """The calling tenant's usage: CPU/GPU seconds, jobs per state, bytes stored and moved."""
+async def get_usage(
+    principal: PrincipalDep,
+    session: SessionDep,
+    since: Annotated[Instant | None, Query(description="RFC 3339, inclusive")] = None,
+    until: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
+    group_by: Annotated[GroupBy | None, Query(description="split the window's usage")] = None,
+) -> Usage:
+    """The calling tenant's usage: CPU/GPU seconds, jobs per state, bytes stored and moved;
+    with ``since``/``until``, of that window; with ``group_by``, split by kernel, label or
+    day. Needs the ``jobs:read`` scope."""
     if principal.tenant_id is None:
         raise Forbidden("this endpoint needs a tenant key (the admin view is /v1/admin/usage)")
-    return Usage.model_validate(await usage_of(session=session, tenant_id=principal.tenant_id))
+    tenant_id = principal.require_tenant("jobs:read")
+    if since is not None and until is not None and since >= until:
+        raise Invalid(
+            "since must come before until",
+            errors=[{"loc": ["query", "until"], "msg": "must be later than since"}],
+        )
+    usage = await usage_of(
+        session=session, tenant_id=tenant_id, window=Window(since, until), group_by=group_by
+    )
+    return Usage.model_validate(usage)
+
+
+@router.get("/tenant", responses=ERRORS)
+async def get_own_tenant(
+    principal: PrincipalDep, session: SessionDep, settings: SettingsDep
+) -> TenantSelf:
+    """The calling tenant: weight, effective quotas, and its use of each quota now (any
+    scope)."""
+    if principal.tenant_id is None:
+        raise Forbidden("this endpoint needs a tenant key (the admin view is /v1/tenants)")
+    tenant = await get_tenant(session=session, tenant_id=principal.tenant_id)
+    quotas = settings.quotas.effective(tenant.quotas)
+    return TenantSelf.model_validate(
+        {
+            "id": tenant.id,
+            "name": tenant.name,
+            "weight": tenant.weight,
+            "suspended": tenant.suspended,
+            "quotas": quotas,
+            "usage": await quota_use(session=session, tenant_id=tenant.id, quotas=quotas),
+            "created_at": tenant.created_at,
+            "updated_at": tenant.updated_at,
+        }
+    )
 
 
 @router.get("/admin/usage", responses=ERRORS)
@@ -48,7 +92,7 @@ async def get_audit(
     session: SessionDep,
     tenant_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
+    cursor: str | None = None,
 ) -> dict[str, Any]:
     principal.require_admin()
     rows, next_cursor = await list_audit(

@@ -1,0 +1,29 @@
+"""What a tenant has used, one definition for the scheduler's dispatch, ``GET /v1/usage`` and
+``GET /v1/tenant``. The source is ``job_attempts``: one row per attempt, however it ended
+(succeeded, failed, timed out, cancelled while running, handed back, or reaped after its
+worker was lost), written in the transaction that ends the attempt and keyed by (job,
+attempt), so each attempt's CPU seconds count exactly once.
+
+``cpu_seconds_per_day`` is a budget over the last 24 h that jobs in flight draw on too: a job
+in flight holds its ``timeout_s`` (the most its attempt may use) until its attempt ends and
+its measured CPU seconds replace the hold. A job may start only while the CPU seconds of the
+attempts that ended in the last 24 h plus the holds of the jobs in flight are under the
+budget; so the budget is exceeded by at most the last job started, and never by jobs in
+flight that nobody counted.
+"""
+
+from __future__ import annotations
+
+# SQL conditions on a ``jobs`` row (no alias): the job holds a worker slot or is on its way
+# to one (RUNNING, or QUEUED and dispatched); it waits in the tenant's queue.
+IN_FLIGHT = "(state = 'RUNNING' OR (state = 'QUEUED' AND dispatched_at IS NOT NULL))"
+WAITING = "state IN ('PENDING', 'QUEUED')"
+
+# The window of ``cpu_seconds_per_day``.
+DAY_S = 86_400.0
+
+
+def cpu_budget_allows(*, used_today_s: float, held_s: float, per_day_s: float) -> bool:
+    """Whether one more job may start under ``cpu_seconds_per_day``: what ended in the last
+    24 h plus what the jobs in flight hold is under the budget."""
+    return used_today_s + held_s < per_day_s

@@ -1,11 +1,13 @@
 """Frames between the worker and its pool processes: a 4-byte big-endian length, then one
 JSON object (orjson; NumPy arrays and scalars in results serialise as lists and numbers).
 
-Worker -> pool process: ``{"kernel", "device", "params", "inputs", "outputs"}``.
+Worker -> pool process: ``{"kernel", "device", "params", "inputs", "outputs",
+"result_path"}``.
 Pool process -> worker: ``{"type": "ready", "devices", "warm_s", "pid", "cpu_total"}`` once at
-start, then per job ``{"type": "done", "result"}`` or ``{"type": "failed", "error",
-"retryable"}``, each with ``cpu_seconds`` and ``wall_seconds`` measured in the pool process
-and ``cpu_total``, the process' CPU seconds so far.
+start, then per job ``{"type": "done", "result"}`` (a large result: ``"result_file": {"path",
+"size", "checksum"}`` instead) or ``{"type": "failed", "error", "retryable"}`` (``"fatal"``:
+the process exits after it), each with ``cpu_seconds`` and ``wall_seconds`` measured in the
+pool process and ``cpu_total``, the process' CPU seconds so far.
 """
 
 from __future__ import annotations

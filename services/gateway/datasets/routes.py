@@ -14,7 +14,7 @@ from services.gateway.datasets.schemas import DatasetList, DatasetOut, TierList,
 from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep, SettingsDep
 from shared.db.models import Dataset
 from shared.errors import Invalid
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery
 from shared.problems import problem_responses
 from shared.storage import Storage, validate_name
 from shared.storage.checksum import etag
@@ -216,7 +216,7 @@ async def list_datasets(
         Query(max_length=MAX_NAME, pattern=NAME_CHARS_PATTERN, description="names that start so"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: str | None = None,
+    cursor: CursorQuery = None,
 ) -> DatasetList:
     tenant_id = principal.require_tenant("data:read")
     rows, next_cursor = await service.list_datasets(

@@ -14,7 +14,7 @@ from services.tenant.audit import audit, entry_out, list_audit
 from services.tenant.service import get_tenant
 from services.tenant.usage import GroupBy, Window, quota_use, usage_of, usage_of_all
 from shared.errors import Forbidden, Invalid
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, Instant
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery, Instant
 from shared.problems import problem_responses
 
 router = APIRouter(prefix="/v1", tags=["usage"])
@@ -92,7 +92,7 @@ async def get_audit(
     session: SessionDep,
     tenant_id: uuid.UUID | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: str | None = None,
+    cursor: CursorQuery = None,
 ) -> dict[str, Any]:
     principal.require_admin()
     rows, next_cursor = await list_audit(

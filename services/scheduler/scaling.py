@@ -96,6 +96,7 @@ class _TenantPools:
     quotas: dict[str, Any]
     suspended: bool
     in_flight: int = 0
+    held_s: float = 0.0  # the timeout_s of its jobs in flight (their hold on the CPU budget)
     # pool -> (running, dispatched, waiting, runnable)
     pools: dict[str, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
 
@@ -141,6 +142,7 @@ async def pool_demand(
             func.count().filter(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_not(None)),
             func.count().filter(waiting),
             func.count().filter(waiting, loads.due(now), ~loads.waiting_for_stage_in()),
+            func.coalesce(func.sum(Job.timeout_s).filter(~waiting), 0),
         )
         .join_from(Job, Tenant, Job.tenant_id == Tenant.id)
         .where(
@@ -149,9 +151,10 @@ async def pool_demand(
         .group_by(Tenant.id, pool)
     )
     tenants: dict[uuid.UUID, _TenantPools] = {}
-    for tid, weight, quotas, suspended, name, running, dispatched, waits, runnable in rows:
+    for tid, weight, quotas, suspended, name, running, dispatched, waits, runnable, held in rows:
         t = tenants.setdefault(tid, _TenantPools(weight, quotas, suspended))
         t.in_flight += int(running) + int(dispatched)
+        t.held_s += float(held)
         t.pools[str(name)] = (int(running), int(dispatched), int(waits), int(runnable))
     asking = [
         tid for tid, t in tenants.items() if not t.suspended and any(p[3] for p in t.pools.values())
@@ -166,6 +169,7 @@ async def pool_demand(
             quota_defaults=quota_defaults,
             in_flight=t.in_flight,
             cpu_today_s=used.get(tid, 0.0),
+            held_s=t.held_s,
         )
         headroom = 0 if t.suspended else load.headroom
         for name, (running, dispatched, waits, runnable) in t.pools.items():

@@ -264,7 +264,11 @@ async def test_a_tenant_out_of_cpu_seconds_per_day_adds_none_of_its_waiting_jobs
     done = uuid.uuid4()
     tid = await _jobs(
         s,
-        [{"id": done, "state": "SUCCEEDED"}, RUNNING, *(QUEUED for _ in range(8))],
+        [
+            {"id": done, "state": "SUCCEEDED"},
+            {**RUNNING, "timeout_s": 5},  # holds 5 s of the budget while it runs
+            *(QUEUED for _ in range(8)),
+        ],
         quotas={"cpu_seconds_per_day": 10},
     )
     async with s() as session, session.begin():
@@ -277,6 +281,17 @@ async def test_a_tenant_out_of_cpu_seconds_per_day_adds_none_of_its_waiting_jobs
             .values(finished_at=utcnow() - timedelta(hours=25))
         )
     assert (await _demand(s))["cpu"] == scaling.Demand(queued=8, running=1, held=0)
+
+
+async def test_jobs_in_flight_that_hold_the_cpu_budget_leave_no_demand(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    await _jobs(
+        s,
+        [{**RUNNING, "timeout_s": 60}, *(QUEUED for _ in range(8))],
+        quotas={"cpu_seconds_per_day": 50},
+    )
+    assert (await _demand(s))["cpu"] == scaling.Demand(queued=0, running=1, held=8)
 
 
 async def test_a_suspended_tenants_waiting_jobs_do_not_count(

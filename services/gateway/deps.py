@@ -6,8 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import HTTPConnection
 
@@ -19,6 +21,7 @@ from shared.db.raw import raw_connection
 from shared.errors import DependencyUnavailable, TooManyRequests
 from shared.logging import get_logger
 from shared.ratelimit import RateLimiter
+from shared.resilience import CircuitBreaker
 from shared.runtime import Resources
 
 log = get_logger(__name__)
@@ -45,7 +48,7 @@ async def session_scope(res: Resources) -> AsyncIterator[AsyncSession]:
         async with res.sessions() as session, session.begin():
             yield session
     except Exception as exc:
-        res.db_breaker.on_failure(exc)  # counts only connectivity errors
+        judge(res.db_breaker, exc)
         raise
     except BaseException:  # cancelled (client went away): no verdict on the database
         res.db_breaker.abandon()
@@ -53,6 +56,19 @@ async def session_scope(res: Resources) -> AsyncIterator[AsyncSession]:
     res.db_breaker.on_success()
     if session.info.pop("outbox", False):
         res.relay.wake()
+
+
+def judge(breaker: CircuitBreaker, exc: Exception) -> None:
+    """What an error of a block that used the database says about the database: its own
+    connection failing counts against it; an error it answered with (a constraint, a bad
+    statement) shows it is up; anything else (a tenant's 404 or 409, a storage tier's error)
+    says nothing about it, so it neither counts nor closes an open circuit."""
+    if is_connectivity_error(exc):
+        breaker.on_failure(exc)
+    elif isinstance(exc, DBAPIError | asyncpg.PostgresError):
+        breaker.on_success()
+    else:
+        breaker.abandon()
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
@@ -83,7 +99,7 @@ async def raw_db(res: Resources) -> AsyncIterator[Any]:
         async with raw_connection(res.engine) as conn:
             yield conn
     except Exception as exc:
-        res.db_breaker.on_failure(exc)  # counts only connectivity errors
+        judge(res.db_breaker, exc)
         mapped = database_unavailable(exc)
         if mapped is exc:
             raise

@@ -9,15 +9,22 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy.exc import OperationalError
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.gateway.deps import session_scope
 from shared.db.engine import is_connectivity_error, make_engine
-from shared.resilience import BreakerState
+from shared.errors import Conflict
+from shared.resilience import BreakerState, CircuitBreaker
+from shared.runtime import Resources
 from shared.settings import PostgresSettings, StorageSettings
 from tests.datamover.harness import Tenant, new_tenant, payload, put
 
@@ -77,6 +84,43 @@ async def test_a_database_that_cannot_be_reached_fails_with_a_database_error() -
         assert is_connectivity_error(caught.value)
     finally:
         await engine.dispose()
+
+
+async def test_an_error_that_is_not_the_database_s_gives_no_verdict_on_it(
+    sessions: async_sessionmaker[AsyncSession],
+) -> None:
+    """A request's block that fails with a tenant's 409 or a file's error neither counts
+    against the database nor closes its open circuit: only the database's own answers do."""
+    now = [0.0]
+    breaker = CircuitBreaker(
+        "postgres",
+        failure_threshold=1,
+        reset_timeout_s=10.0,
+        is_failure=is_connectivity_error,
+        clock=lambda: now[0],
+    )
+    res = cast(
+        Resources,
+        SimpleNamespace(db_breaker=breaker, sessions=sessions, relay=SimpleNamespace(wake=None)),
+    )
+    breaker.on_failure(ConnectionRefusedError())
+    now[0] = 11.0  # past the reset timeout: the next block is the trial
+
+    async def block(sql: str, error: Exception | None = None) -> None:
+        async with session_scope(res) as session:
+            await session.execute(text(sql))
+            if error is not None:
+                raise error
+
+    for error in (Conflict("a clash"), IsADirectoryError(21, "Is a directory")):
+        with pytest.raises(type(error)):
+            await block("SELECT 1", error)
+        assert breaker.state is BreakerState.HALF_OPEN
+    await block("SELECT 1")
+    assert breaker.state is BreakerState.CLOSED
+    with pytest.raises(DBAPIError):  # the database answered: it is up
+        await block("SELECT 1/0")
+    assert breaker.state is BreakerState.CLOSED
 
 
 async def test_a_folder_left_where_a_dataset_goes_is_a_409_and_not_an_outage(

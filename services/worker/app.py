@@ -136,8 +136,6 @@ class WorkerRuntime:
                 task.uncancel()  # the kernel's process is killed; record the attempt
             return report_for(None, usage, stopping=self.stopping)
         report = report_for(outcome, usage)
-        if outcome.result_file is not None:  # too large for the job's row: see ``results``
-            report = dataclasses.replace(report, result=pointer(claim.job_id, outcome.result_file))
         if report.state is JobState.SUCCEEDED and request.outputs:
             unwritten = await asyncio.to_thread(missing_files, request.outputs)
             if unwritten:
@@ -148,6 +146,9 @@ class WorkerRuntime:
         if report.state is JobState.SUCCEEDED and claim.output_tier != OUTPUT_TIER:
             staged = {} if staged is None else staged
             report = await self._stage_out(claim, request, report, usage, staged)
+        if report.state is JobState.SUCCEEDED and outcome.result_file is not None:
+            # too large for the job's row: published as a dataset (``results``)
+            report = dataclasses.replace(report, result=pointer(claim.job_id, outcome.result_file))
         return report
 
     async def _stage_out(

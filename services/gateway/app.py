@@ -20,6 +20,7 @@ from services.gateway.jobs.admission import ClosedPools
 from services.gateway.jobs.routes import router as jobs_router
 from services.gateway.jobs.writer import JobWriter
 from services.gateway.migrations.routes import router as migrations_router
+from services.gateway.openapi import describe_deployment
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants.routes import router as tenants_router
 from shared.logging import configure_logging
@@ -85,6 +86,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.state.tiers = frozenset(settings.storage.tiers())
     app.state.closed_pools = ClosedPools()
     install_problem_handlers(app)
+    describe_deployment(app, settings)
     instrument(app)
     app.add_middleware(StartingGuard)  # 503 + Retry-After until the dependencies answer
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))

@@ -6,10 +6,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.gateway.app import create_app
+from services.gateway.jobs.routes import label_pairs
+from services.gateway.openapi import CURSOR_SCHEMA, LABEL_FILTER
 from services.gateway.settings import GatewaySettings
+from shared.kernels import CATALOGUE
 from shared.problems import KIND_PATTERN, PROBLEM, PROBLEM_REF, Problem, problem_type
+from shared.security import SCOPES
+from shared.storage.names import MAX_NAME, NAME_PATTERN
 
 CONTRACT = {
     "/v1/tenants": {"get", "post"},
@@ -96,3 +103,60 @@ def test_usage_is_typed_as_the_contract_says(doc: dict[str, Any]) -> None:
     usage = doc["components"]["schemas"]["Usage"]
     fields = {"cpu_seconds", "gpu_seconds", "jobs", "storage_bytes", "bytes_moved"}
     assert set(usage["required"]) == fields
+
+
+def test_the_document_names_the_values_this_gateway_accepts(doc: dict[str, Any]) -> None:
+    """A request that keeps to the document is not refused for a value it allowed."""
+    schemas = doc["components"]["schemas"]
+    tiers = sorted(GatewaySettings().storage.tiers())
+    assert schemas["JobSubmit"]["properties"]["kernel"]["enum"] == sorted(CATALOGUE)
+    assert schemas["JobSubmit"]["properties"]["output_tier"]["enum"] == tiers
+    assert schemas["MigrationCreate"]["properties"]["to_tier"]["enum"] == tiers
+    scopes = schemas["KeyCreate"]["properties"]["scopes"]["anyOf"][0]
+    assert scopes["items"]["enum"] == list(SCOPES)
+    upload = doc["paths"]["/v1/datasets/{name}"]["put"]
+    tier = next(p for p in upload["parameters"] if p["name"] == "tier")
+    assert tier["schema"]["anyOf"][0]["enum"] == tiers
+
+
+def test_dataset_names_cursors_and_label_filters_are_described(doc: dict[str, Any]) -> None:
+    cursors = 0
+    for path, method, op in operations(doc):
+        for p in op.get("parameters", []):
+            if p["in"] == "path" and path.startswith("/v1/datasets/"):
+                assert p["schema"]["pattern"] == NAME_PATTERN, (path, method)
+                assert p["schema"]["maxLength"] == MAX_NAME
+            if p["name"] == "cursor":
+                assert p["schema"]["anyOf"][0] == CURSOR_SCHEMA, (path, method)
+                cursors += 1
+    assert cursors >= 4
+    label = next(p for p in doc["paths"]["/v1/jobs"]["get"]["parameters"] if p["name"] == "label")
+    assert label["schema"]["anyOf"][0]["items"]["pattern"] == LABEL_FILTER
+
+
+@given(st.lists(st.from_regex(LABEL_FILTER, fullmatch=True), min_size=1, max_size=5))
+@settings(max_examples=200, deadline=None)
+def test_every_label_filter_the_document_allows_is_accepted(filters: list[str]) -> None:
+    assert len(label_pairs(filters)) == len(filters)
+
+
+def test_an_upload_may_be_empty_but_declares_its_length(doc: dict[str, Any]) -> None:
+    upload = doc["paths"]["/v1/datasets/{name}"]["put"]
+    assert upload["requestBody"]["required"] is False
+    assert upload["responses"]["411"]["content"] == {PROBLEM: {"schema": {"$ref": PROBLEM_REF}}}
+
+
+def test_created_resources_link_to_the_operations_that_use_their_ids(
+    doc: dict[str, Any],
+) -> None:
+    ids = {op["operationId"] for _, _, op in operations(doc)}
+    created = {
+        ("/v1/jobs", "post", "201"): 2,
+        ("/v1/migrations", "post", "202"): 1,
+        ("/v1/datasets/{name}", "put", "201"): 2,
+    }
+    for (path, method, status), count in created.items():
+        links = doc["paths"][path][method]["responses"][status]["links"]
+        assert len(links) == count, (path, links)
+        for link in links.values():
+            assert link["operationId"] in ids

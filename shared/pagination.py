@@ -95,6 +95,21 @@ CursorQuery = Annotated[
 ]
 
 
+def created_window(
+    query: Select[T],
+    created: InstrumentedAttribute[datetime],
+    *,
+    after: datetime | None,
+    before: datetime | None,
+) -> Select[T]:
+    """``?created_after=`` and ``?created_before=`` of a list: both bounds exclusive."""
+    if after is not None:
+        query = query.where(created > after)
+    if before is not None:
+        query = query.where(created < before)
+    return query
+
+
 async def keyset_page(
     session: AsyncSession,
     query: Select[T],

@@ -14,7 +14,7 @@ from services.gateway.datasets.schemas import DatasetList, DatasetOut, TierList,
 from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep, SettingsDep
 from shared.db.models import Dataset
 from shared.errors import Invalid
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery, Instant
 from shared.problems import problem_responses
 from shared.storage import Storage, validate_name
 from shared.storage.checksum import etag
@@ -215,12 +215,20 @@ async def list_datasets(
         str | None,
         Query(max_length=MAX_NAME, pattern=NAME_CHARS_PATTERN, description="names that start so"),
     ] = None,
+    created_after: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
+    created_before: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> DatasetList:
     tenant_id = principal.require_tenant("data:read")
     rows, next_cursor = await service.list_datasets(
-        session=session, tenant_id=tenant_id, prefix=prefix, limit=limit, cursor=cursor
+        session=session,
+        tenant_id=tenant_id,
+        prefix=prefix,
+        limit=limit,
+        cursor=cursor,
+        created_after=created_after,
+        created_before=created_before,
     )
     return DatasetList(items=[dataset_out(d) for d in rows], next_cursor=next_cursor)
 

@@ -13,13 +13,14 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import Dataset
 from shared.logging import get_logger
-from shared.pagination import keyset_page
+from shared.pagination import created_window, keyset_page
 from shared.storage import Storage, object_key
 from shared.storage.catalog import (
     Published,
@@ -228,10 +229,13 @@ async def list_datasets(
     prefix: str | None,
     limit: int,
     cursor: str | None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> tuple[list[Dataset], str | None]:
     query = select(Dataset).where(Dataset.tenant_id == tenant_id)
     if prefix:
         query = query.where(Dataset.name.startswith(prefix, autoescape=True))
+    query = created_window(query, Dataset.created_at, after=created_after, before=created_before)
     return await keyset_page(
         session, query, created=Dataset.created_at, key=Dataset.id, limit=limit, cursor=cursor
     )

@@ -12,7 +12,7 @@ from services.gateway.migrations import service
 from services.gateway.migrations.schemas import MigrationCreate, MigrationList, MigrationOut
 from shared.db.models import Migration
 from shared.idempotency import IdempotencyKey, request_hash
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery
+from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery, Instant
 from shared.problems import problem_responses
 from shared.storage.migrations import MigrationMode, MigrationState, request_migration
 from shared.storage.names import MAX_NAME, NAME_CHARS_PATTERN
@@ -84,6 +84,8 @@ async def list_migrations(
         str | None,
         Query(max_length=MAX_NAME, pattern=NAME_CHARS_PATTERN, description="of this dataset"),
     ] = None,
+    created_after: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
+    created_before: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: CursorQuery = None,
 ) -> MigrationList:
@@ -95,5 +97,7 @@ async def list_migrations(
         dataset=dataset,
         limit=limit,
         cursor=cursor,
+        created_after=created_after,
+        created_before=created_before,
     )
     return MigrationList(items=[migration_out(m) for m in rows], next_cursor=next_cursor)

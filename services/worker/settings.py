@@ -34,7 +34,11 @@ class WorkerSettings(CommonSettings):
 
     def job_memory_bytes(self) -> int:
         """What one job may allocate: ``limits.job_memory_mb``, or a share of the machine's
-        memory for each of the ``concurrency`` slots."""
+        memory for each of the ``concurrency`` slots. 0 (no limit) for the CUDA simulator, a
+        development stand-in that runs every GPU thread of a block as a Python thread: their
+        stacks (8 MiB each, 256 to a block) would count as the job's memory."""
+        if self.device == "cuda" and self.cuda_simulator:
+            return 0
         return self.limits.job_memory_bytes(slots=self.concurrency)
 
     def pool_threads(self) -> int:

@@ -122,3 +122,10 @@ def test_the_pool_limit_is_the_shared_job_memory_setting(monkeypatch: pytest.Mon
     monkeypatch.delenv("STRATUS_LIMITS__JOB_MEMORY_MB")
     share = WorkerSettings(concurrency=4).limits.job_memory_bytes(slots=4)
     assert pool_config(WorkerSettings(concurrency=4)).memory_limit_bytes == share > 0
+
+
+def test_the_cuda_simulator_runs_without_a_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STRATUS_LIMITS__JOB_MEMORY_MB", "300")
+    simulated = WorkerSettings(device="cuda", cuda_simulator=True)
+    assert pool_config(simulated).memory_limit_bytes == 0  # a thread per GPU thread
+    assert pool_config(WorkerSettings(cuda_simulator=True)).memory_limit_bytes == 300 * 2**20

@@ -192,6 +192,23 @@ async def record_attempt(
             sizes=sizes,
             defaults=quotas or QuotaDefaults(),
         )
+    stale = await _publish(
+        session=session, storage=storage, claim=claim, uploads=uploads, files=files, tier=tier
+    )
+    return Recorded(True, stale)
+
+
+async def _publish(
+    *,
+    session: AsyncSession,
+    storage: Storage,
+    claim: Claim,
+    uploads: Mapping[str, StagedOutput],
+    files: Mapping[str, Path],
+    tier: str,
+) -> dict[str, tuple[str, ...]]:
+    """Publish each staged object and each file under its dataset name; the tiers that held
+    each one's older version."""
     stale: dict[str, tuple[str, ...]] = {}
     for name, out in uploads.items():
         published = await publish_upload(
@@ -216,7 +233,7 @@ async def record_attempt(
             tier=tier,
         )
         stale[name] = published.stale_tiers
-    return Recorded(True, stale)
+    return stale
 
 
 def _local_files(

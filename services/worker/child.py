@@ -73,14 +73,15 @@ def memory_error(job_bytes: int) -> str:
 
 def out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is, or was caused by, a failed allocation."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, MemoryError):
-            return True
-        if isinstance(seen, OSError) and seen.errno == errno.ENOMEM:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    chain: list[BaseException] = []
+    link: BaseException | None = exc
+    while link is not None and link not in chain:  # a chain set by hand may loop
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return any(
+        isinstance(e, MemoryError) or (isinstance(e, OSError) and e.errno == errno.ENOMEM)
+        for e in chain
+    )
 
 
 def write_result(path: str, body: bytes) -> dict[str, Any]:

@@ -33,6 +33,7 @@ def make_dispatch_step(
         quota_defaults=settings.quotas,
         half_life_s=settings.usage_half_life_s,
         usage_scale_s=settings.usage_scale_s,
+        reserved_slots=settings.reserved_slots,
     )
 
     async def step() -> object:

@@ -12,10 +12,14 @@ Limits, each a reason on the jobs it holds back:
 - ``cpu_seconds_per_day`` (``shared.jobs.usage``): a job starts only while the CPU seconds
   of the tenant's attempts that ended in the last 24 h plus the ``timeout_s`` of each of its
   jobs in flight (those chosen in this pass included) are under the budget.
-- The pool is shared while tenants contend: when more than one tenant has jobs waiting for a
-  device, none of them may hold every one of its live slots (``slots``), the dispatch slack
-  beyond the slots included: each keeps to ``slots - 1`` jobs in flight there, so that a
-  slot stays for the others. A tenant alone may use every slot and the slack.
+- The pool is shared: no tenant holds every live slot (``slots``) of a device.
+  - While more than one tenant has jobs waiting for the device, each keeps to ``slots - 1``
+    jobs in flight there, the dispatch slack beyond the slots included.
+  - A tenant alone keeps to ``slots - reserved`` on a device of at least ``4 * reserved``
+    slots: those slots stay free for a tenant that comes later, which would otherwise wait
+    behind the first tenant's running jobs and its jobs queued at the workers (the worker
+    queues are first in, first out). Below that size, or with ``reserved`` 0, a tenant alone
+    uses every slot and the slack: short jobs keep the workers busy between dispatch passes.
 """
 
 from __future__ import annotations
@@ -105,9 +109,15 @@ class _Taking:
 
 
 def allocate(
-    tenants: list[TenantLoad], free: int, *, usage_scale_s: float, slots: int | None = None
+    tenants: list[TenantLoad],
+    free: int,
+    *,
+    usage_scale_s: float,
+    slots: int | None = None,
+    reserved: int = 0,
 ) -> Allocation:
-    """Up to ``free`` jobs for the device whose live slots are ``slots`` (None: no share cap)."""
+    """Up to ``free`` jobs for the device whose live slots are ``slots`` (None: no share cap),
+    of which a tenant alone leaves ``reserved`` free."""
     held: dict[uuid.UUID, str] = {}
     taking: dict[uuid.UUID, _Taking] = {}
     for t in tenants:
@@ -118,7 +128,7 @@ def allocate(
             held[t.tenant_id] = reason
             continue
         taking[t.tenant_id] = _Taking(t, held_s=t.held_s)
-    cap = _share_cap(slots, contending=len(taking))
+    cap = _share_cap(slots, contending=len(taking), reserved=reserved)
     heap = [_key(s.load, 0, usage_scale_s) for s in taking.values() if s.may_take_next(cap)]
     heapq.heapify(heap)
     chosen: list[Candidate] = []
@@ -134,12 +144,17 @@ def allocate(
     return Allocation(chosen, held)
 
 
-def _share_cap(slots: int | None, *, contending: int) -> int:
+def _share_cap(slots: int | None, *, contending: int, reserved: int) -> int:
     """The most jobs in flight on the device for one tenant: while others contend, all but
-    one of its live slots (a one-slot device cannot be shared that way)."""
-    if slots is None or contending < 2 or slots < 2:
+    one of its live slots (a one-slot device cannot be shared that way); alone, all but
+    ``reserved`` of them on a device large enough to spare them."""
+    if slots is None:
         return 1 << 30
-    return slots - 1
+    if contending >= 2 and slots >= 2:
+        return slots - max(1, reserved if slots >= 4 * reserved else 0)
+    if reserved and slots >= 4 * reserved:
+        return slots - reserved
+    return 1 << 30
 
 
 def _key(

@@ -208,6 +208,7 @@ class FairShareSettings:
     quota_defaults: QuotaDefaults = field(default_factory=QuotaDefaults)
     half_life_s: float = 3600.0
     usage_scale_s: float = 60.0
+    reserved_slots: int = 1
 
 
 async def dispatch(
@@ -253,6 +254,7 @@ async def dispatch(
             free,
             usage_scale_s=fair.usage_scale_s,
             slots=cap.slots.get(device, 0),
+            reserved=fair.reserved_slots,
         )
         await _hold(db.conn, plan.held)
         events += await _send(db.conn, plan.chosen, device)

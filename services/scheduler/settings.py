@@ -90,4 +90,7 @@ class SchedulerSettings(CommonSettings):
     # job in flight when slots are shared between tenants.
     usage_half_life_s: float = 3600.0
     usage_scale_s: float = 60.0
+    # Slots of a device (of at least four times as many) that a tenant alone leaves free, so
+    # that a tenant arriving later starts at once instead of after the first one's jobs.
+    reserved_slots: int = Field(default=1, ge=0)
     autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)

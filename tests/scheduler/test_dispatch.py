@@ -564,7 +564,12 @@ async def test_a_tenant_keeps_a_slot_free_while_another_waits(
     sent = await _dispatch(s, slack=4.0)
     assert tiny in {e.job_id for e in sent}
     assert sum(e.tenant_id == hog for e in sent) == 3  # not the fourth slot, nor the slack
-    assert len(await _dispatch(s, slack=4.0)) == 7  # alone now: the rest go, into the slack
+    # alone now, the hog keeps to the slots less the one reserved, which it holds already
+    assert await _dispatch(s, slack=4.0) == []
+    async with _pass(s) as db:  # with no slot reserved, the rest go, into the slack
+        fair = service.FairShareSettings(reserved_slots=0)
+        rest = await service.dispatch(db, worker_ttl_s=15, slack=4.0, batch=500, fair=fair)
+    assert len(rest) == 7
 
 
 async def test_a_lost_attempt_is_counted_once(s: async_sessionmaker[AsyncSession]) -> None:

@@ -132,3 +132,17 @@ def test_a_tenant_alone_uses_every_slot_and_the_slack() -> None:
     one_slot = tenant(jobs=5)
     plan = allocate([one_slot, tenant(jobs=5)], 5, usage_scale_s=60, slots=1)
     assert len(plan.chosen) == 5  # a one-slot pool cannot keep a slot back
+
+
+def test_a_tenant_alone_leaves_the_reserved_slots_for_a_later_one() -> None:
+    alone = tenant(jobs=30)
+    plan = allocate([alone], 20, usage_scale_s=60, slots=4, reserved=1)
+    assert count(plan.chosen, alone) == 3  # neither the fourth slot nor the slack
+    # the tenant that comes next takes the slot kept free, while the first keeps its three
+    hog, late = tenant(jobs=27, on_device=3), tenant(jobs=1)
+    plan = allocate([hog, late], 20, usage_scale_s=60, slots=4, reserved=1)
+    assert count(plan.chosen, late) == 1
+    assert count(plan.chosen, hog) == 0
+    # a device too small to spare a slot is used whole
+    small = tenant(jobs=30)
+    assert count(allocate([small], 20, usage_scale_s=60, slots=3, reserved=1).chosen, small) == 20

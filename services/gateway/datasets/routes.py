@@ -260,7 +260,9 @@ async def delete_dataset(
 @router.get(
     "/tiers",
     tags=["tiers"],
-    responses=problem_responses({401: "missing or unknown API key", 429: "rate limit exceeded"}),
+    responses=problem_responses(
+        {401: "missing or unknown API key", 403: "tenant suspended", 429: "rate limit exceeded"}
+    ),
 )
 async def list_tiers(_principal: PrincipalDep, settings: SettingsDep) -> TierList:
     """The storage tiers this cluster offers (for ``?tier=``, ``to_tier``, ``output_tier``)."""

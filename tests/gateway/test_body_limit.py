@@ -195,10 +195,14 @@ def test_a_trickled_body_is_cut_off_by_the_body_timeout(gateway: Gateway) -> Non
     with start(gateway, "POST", "/v1/jobs", head) as sock:
         begun = time.monotonic()
         while not answered(sock) and time.monotonic() - begun < s.body_timeout_s * 10:
-            sock.sendall(chunk(b" "))
+            try:
+                sock.sendall(chunk(b" "))
+            except OSError:  # closed between the check and the send
+                break
             time.sleep(s.body_idle_timeout_s / 4)
         status, response = read_status(sock, timeout_s=1)
-        assert sock.recv(65536) in (b"", response.split(b"\r\n\r\n", 1)[1])
+        while sock.recv(65536):  # the rest of the answer, then the gateway closes
+            pass
     assert status == 408, response
     assert b"connection: close" in response.lower()
 

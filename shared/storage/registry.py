@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from shared.errors import Conflict, DependencyUnavailable, Invalid, NotFound
+from shared.errors import DependencyUnavailable, Invalid, NotFound
 from shared.resilience import CircuitBreaker, CircuitOpen, RetryPolicy, retry
 from shared.settings import StorageSettings, TierSettings
-from shared.storage.tiers import NAME_CLASH_ERRORS, FileTier, Tier, is_transient
+from shared.storage.tiers import FileTier, Tier, is_transient
 from shared.telemetry import watch_breaker
 
 T = TypeVar("T")
@@ -82,19 +82,16 @@ class Storage:
         )
 
     async def guard(self, tier: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """One call for a request. Nothing a tier raises leaves as itself: a name taken by a
-        folder is a 409, a missing object a 404, an outage (or a tier that refuses access)
-        ``DependencyUnavailable`` (503), so that no storage error reaches the request's
-        database breaker or becomes a 500."""
+        """One call for a request. Nothing a tier raises leaves as itself: a missing object
+        is a 404, any other storage error ``DependencyUnavailable`` (503: an outage, a full
+        disk, a tier that refuses access), so that no storage error reaches the request's
+        database breaker or becomes a 500. Name clashes are the catalogue's 409, decided
+        before any tier is written (``catalog.claim_name``)."""
         try:
             return await self.breakers[tier].call(fn)
         except CircuitOpen as exc:
             raise DependencyUnavailable(
                 f"storage tier {tier!r} is unavailable", retry_after=exc.retry_after
-            ) from exc
-        except NAME_CLASH_ERRORS as exc:
-            raise Conflict(
-                f"the name clashes with a folder or file of other datasets on tier {tier!r}"
             ) from exc
         except FileNotFoundError as exc:
             raise NotFound(f"the object is missing on tier {tier!r}") from exc

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import errno
 import os
+import shutil
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -273,18 +274,17 @@ class FileTier(Tier):
         """``hash_back`` without leaving the calling thread."""
         self._hash_back(upload.temp, offset, length, hasher, buffer)
 
-    def _publish(self, temp: str, final: Path) -> None:
+    def _publish(self, temp: str, key: str) -> None:
         if self.fsync:
             fd = os.open(temp, os.O_RDONLY)
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+        final = self.local_path(key)
         for _ in range(PUBLISH_TRIES):
+            self._make_room(final, tenant_root=self.root / key.split("/", 1)[0])
             self.fs.makedirs(str(final.parent), exist_ok=True)
-            if final.is_dir():
-                with contextlib.suppress(OSError):  # not empty: the rename says so below
-                    final.rmdir()  # an empty folder left behind takes nothing from anyone
             try:
                 os.replace(temp, final)  # atomic: readers see the old file or the new one
                 return
@@ -295,8 +295,24 @@ class FileTier(Tier):
                     raise
         raise FileNotFoundError(f"{final.parent} kept disappearing")
 
+    @staticmethod
+    def _make_room(final: Path, *, tenant_root: Path) -> None:
+        """Clear what deleted datasets whose clean-up has not run yet (it runs after the
+        delete's commit) leave in the way: a file where a folder of ``final`` goes, a folder
+        where ``final`` goes. Whatever is there is such a leftover: a name is published only
+        once the catalogue holds no dataset above or below it (``catalog.claim_name``), or
+        for a dataset that exists, which rules out the same."""
+        for folder in reversed(final.parents):  # from the top down
+            if folder == tenant_root or not folder.is_relative_to(tenant_root):
+                continue
+            if os.path.lexists(folder) and not folder.is_dir():
+                with contextlib.suppress(FileNotFoundError):
+                    folder.unlink()
+        if final.is_dir() and not final.is_symlink():
+            shutil.rmtree(final, ignore_errors=True)  # a clean-up racing here removes the same
+
     async def publish(self, upload: Upload, etags: list[str | None]) -> None:
-        await asyncio.to_thread(self._publish, upload.temp, self.local_path(upload.key))
+        await asyncio.to_thread(self._publish, upload.temp, upload.key)
 
     async def abort(self, upload: Upload) -> None:
         if upload.temp:
@@ -317,17 +333,12 @@ class FileTier(Tier):
         return await asyncio.to_thread(self._stale_temps, older_than.astimezone(UTC).timestamp())
 
 
-# A name taken by a folder, or a folder's name taken by a file (``a`` and ``a/b``)
-NAME_CLASH_ERRORS: tuple[type[BaseException], ...] = (
-    IsADirectoryError,
-    NotADirectoryError,
-    FileExistsError,
-)
-
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     PermissionError,
-    *NAME_CLASH_ERRORS,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
 )
 
 

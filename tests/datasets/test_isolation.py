@@ -20,13 +20,15 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.gateway.app import create_app
 from services.gateway.deps import session_scope
+from services.gateway.settings import GatewaySettings
 from shared.db.engine import is_connectivity_error, make_engine
 from shared.errors import Conflict
 from shared.resilience import BreakerState, CircuitBreaker
 from shared.runtime import Resources
 from shared.settings import PostgresSettings, StorageSettings
-from tests.datamover.harness import Tenant, new_tenant, payload, put
+from tests.datamover.harness import CHUNK, Tenant, new_tenant, payload, put
 
 DATA = payload(4096)
 
@@ -123,21 +125,66 @@ async def test_an_error_that_is_not_the_database_s_gives_no_verdict_on_it(
     assert breaker.state is BreakerState.CLOSED
 
 
-async def test_a_folder_left_where_a_dataset_goes_is_a_409_and_not_an_outage(
-    api: httpx.AsyncClient, gateway: FastAPI, storage: StorageSettings
+@pytest.fixture(scope="module")
+async def broken(
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """A gateway with a tier that fails every write: its root is a file, not a folder."""
+    root = tmp_path_factory.mktemp("broken-tiers")
+    (root / "not-a-folder").write_bytes(b"")
+    storage = StorageSettings.model_validate(
+        {
+            "local": {"root": str(root / "local")},
+            "archive": {"root": str(root / "archive")},
+            "extra": {"broken": {"kind": "file", "root": str(root / "not-a-folder")}},
+            "chunk_bytes": CHUNK,
+            "fsync": False,
+        }
+    )
+    app = create_app(GatewaySettings(storage=storage))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://broken") as client:
+            yield app, client
+
+
+async def test_a_failing_tier_is_a_503_of_its_own_and_not_a_database_outage(
+    api: httpx.AsyncClient, broken: tuple[FastAPI, httpx.AsyncClient]
 ) -> None:
-    """A folder with something in it where the file should go (left by a crash, or written
-    by hand) makes the tier raise ``IsADirectoryError``: the tenant's 409, every time, and
-    the database breaker stays closed for everyone."""
+    """Every write to the tier raises ``NotADirectoryError`` (an ``OSError``): each upload
+    is a 503 problem about the tier, the database breaker stays closed, and every other
+    request of every tenant is answered as before."""
+    app, client = broken
     t, other = await new_tenant(api), await new_tenant(api)
-    orphan = tenant_root(storage, t) / "y" / "a" / "orphan"
-    orphan.parent.mkdir(parents=True)
-    orphan.write_bytes(b"x")
     for _ in range(6):  # twice the database breaker's threshold
-        assert_problem(await api.put("/v1/datasets/y/a", content=DATA, headers=t.headers), 409)
-        assert breaker_state(gateway) is BreakerState.CLOSED
-    assert (await api.put("/v1/datasets/z", content=DATA, headers=other.headers)).status_code == 201
-    assert (await api.get("/v1/datasets", headers=other.headers)).status_code == 200
+        r = await client.put(
+            "/v1/datasets/a", params={"tier": "broken"}, content=DATA, headers=t.headers
+        )
+        assert_problem(r, 503)
+        assert "broken" in r.json()["detail"]
+        assert breaker_state(app) is BreakerState.CLOSED
+    assert (await client.put("/v1/datasets/b", content=DATA, headers=t.headers)).status_code == 201
+    assert (
+        await client.put("/v1/datasets/z", content=DATA, headers=other.headers)
+    ).status_code == 201
+    assert (await client.get("/v1/datasets", headers=other.headers)).status_code == 200
+    assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_folder_left_where_a_dataset_goes_is_cleared(
+    api: httpx.AsyncClient, storage: StorageSettings
+) -> None:
+    """What a deleted dataset's pending clean-up (or a crash) leaves where a new dataset
+    goes, a folder or a file above it, is removed: the name is the tenant's to use."""
+    t = await new_tenant(api)
+    root = tenant_root(storage, t)
+    (root / "y" / "a").mkdir(parents=True)
+    (root / "y" / "a" / "leftover").write_bytes(b"x")
+    (root / "w").write_bytes(b"x")
+    assert (await api.put("/v1/datasets/y/a", content=DATA, headers=t.headers)).status_code == 201
+    assert (await api.put("/v1/datasets/w/v", content=DATA, headers=t.headers)).status_code == 201
+    assert (root / "y" / "a").read_bytes() == DATA
+    assert (root / "w" / "v").read_bytes() == DATA
 
 
 async def test_a_name_freed_by_deleting_the_dataset_below_it_can_be_used(
@@ -202,7 +249,8 @@ async def test_racing_uploads_of_a_name_and_its_folder_store_exactly_one(
 
 async def _abuse(api: httpx.AsyncClient, t: Tenant, storage: StorageSettings, i: int) -> list[int]:
     """One round of what a hostile tenant can send: clashes both ways, racing clashes,
-    deletes that would leave folders, a folder where a file goes, a NUL in a filter."""
+    deletes that would leave folders, a leftover folder where a file goes, a NUL in a
+    filter."""
     h = t.headers
     sent = [
         await api.put(f"/v1/datasets/x{i}/a/b", content=DATA, headers=h),
@@ -215,11 +263,11 @@ async def _abuse(api: httpx.AsyncClient, t: Tenant, storage: StorageSettings, i:
             api.delete(f"/v1/datasets/x{i}/a", headers=h),
         ),
     ]
-    orphan = tenant_root(storage, t) / f"o{i}" / "a" / "f"
-    orphan.parent.mkdir(parents=True, exist_ok=True)
-    orphan.write_bytes(b"x")
+    leftover = tenant_root(storage, t) / f"o{i}" / "a" / "f"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"x")
     for _ in range(3):
-        sent.append(await api.put(f"/v1/datasets/o{i}/a", content=DATA, headers=h))  # 409
+        sent.append(await api.put(f"/v1/datasets/o{i}/a", content=DATA, headers=h))
     sent.append(await api.get("/v1/datasets", params={"prefix": "\x00"}, headers=h))  # 422
     return [r.status_code for r in sent]
 

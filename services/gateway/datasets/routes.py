@@ -107,39 +107,17 @@ async def put_dataset(
     content_length = int(declared) if declared.isdigit() else None
     tier_name = tier or storage.settings.default_tier
     storage.tier(tier_name)
-    quota = int(principal.quotas.get("storage_bytes", settings.quotas.storage_bytes))
-    hold = await service.hold_upload(
+    published = await service.upload(
+        session=session,
         sessions=resources.sessions,
+        storage=storage,
         tenant_id=tenant_id,
         name=name,
-        quota=quota,
+        tier=tier_name,
+        body=request.stream(),
         declared=content_length,
+        quota=int(principal.quotas.get("storage_bytes", settings.quotas.storage_bytes)),
     )
-    try:
-        staged = await service.receive(
-            storage=storage,
-            tenant_id=tenant_id,
-            name=name,
-            tier=tier_name,
-            body=request.stream(),
-            hold=hold,
-        )
-        try:
-            published = await service.publish(
-                session=session,
-                storage=storage,
-                tenant_id=tenant_id,
-                name=name,
-                staged=staged,
-                quota=quota,
-                hold=hold,
-            )
-        except BaseException:
-            await service.discard(storage=storage, staged=staged)
-            raise
-    except BaseException:
-        await service.let_go(hold)
-        raise
     background.add_task(
         service.clean_stale,
         sessions=resources.sessions,

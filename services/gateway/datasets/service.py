@@ -48,6 +48,45 @@ class Staged:
     etags: list[str | None] = field(default_factory=list)
 
 
+async def upload(
+    *,
+    session: AsyncSession,
+    sessions: async_sessionmaker[AsyncSession],
+    storage: Storage,
+    tenant_id: uuid.UUID,
+    name: str,
+    tier: str,
+    body: AsyncIterator[bytes],
+    declared: int | None,
+    quota: int,
+) -> Published:
+    """Reserve, receive, publish; whatever fails on the way leaves no partial object and
+    no reservation behind."""
+    hold = await hold_upload(
+        sessions=sessions, tenant_id=tenant_id, name=name, quota=quota, declared=declared
+    )
+    try:
+        staged = await receive(
+            storage=storage, tenant_id=tenant_id, name=name, tier=tier, body=body, hold=hold
+        )
+        try:
+            return await publish(
+                session=session,
+                storage=storage,
+                tenant_id=tenant_id,
+                name=name,
+                staged=staged,
+                quota=quota,
+                hold=hold,
+            )
+        except BaseException:
+            await discard(storage=storage, staged=staged)
+            raise
+    except BaseException:
+        await let_go(hold)
+        raise
+
+
 async def hold_upload(
     *,
     sessions: async_sessionmaker[AsyncSession],

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from services.gateway.settings import GatewaySettings
-from shared.kernels import CATALOGUE
+from shared.kernels import CATALOGUE, KernelSpec
 from shared.problems import problem_responses
 from shared.security import SCOPES
 from shared.storage.names import NAME_SCHEMA
@@ -63,6 +63,9 @@ def describe_deployment(app: FastAPI, settings: GatewaySettings) -> None:
 def amend(doc: dict[str, Any], *, tiers: list[str]) -> None:
     schemas = doc["components"]["schemas"]
     _property(schemas, "JobSubmit", "kernel")["enum"] = sorted(CATALOGUE)
+    schemas["JobSubmit"]["oneOf"] = [
+        _kernel_variant(CATALOGUE[name], schemas) for name in sorted(CATALOGUE)
+    ]
     _property(schemas, "JobSubmit", "output_tier")["enum"] = tiers
     _property(schemas, "MigrationCreate", "to_tier")["enum"] = tiers
     schemas["MigrationCreate"]["properties"]["dataset"] = {**NAME_SCHEMA, "title": "Dataset"}
@@ -73,6 +76,36 @@ def amend(doc: dict[str, Any], *, tiers: list[str]) -> None:
             _describe_parameter(path, parameter, tiers=tiers)
     _describe_upload(doc["paths"]["/v1/datasets/{name}"]["put"])
     _add_links(doc)
+
+
+def _kernel_variant(spec: KernelSpec, schemas: dict[str, Any]) -> dict[str, Any]:
+    """What a submission of one kernel holds: its params (the schema ``GET /v1/kernels``
+    serves) and exactly its inputs and outputs, each a dataset name."""
+    params = spec.params.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(params.pop("$defs", {}))
+    required = ["kernel"]
+    required += ["params"] if params.get("required") else []
+    required += ["inputs"] if spec.inputs else []
+    required += ["outputs"] if spec.outputs else []
+    return {
+        "title": spec.name,
+        "properties": {
+            "kernel": {"const": spec.name},
+            "params": params,
+            "inputs": _datasets(spec.inputs),
+            "outputs": _datasets(spec.outputs),
+        },
+        "required": required,
+    }
+
+
+def _datasets(names: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": dict.fromkeys(names, NAME_SCHEMA),
+        "required": list(names),
+        "additionalProperties": False,
+    }
 
 
 def _describe_parameter(path: str, parameter: dict[str, Any], *, tiers: list[str]) -> None:

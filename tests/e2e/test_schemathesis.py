@@ -95,6 +95,12 @@ CONFIG = """
 hooks = "tests.e2e.schemathesis_hooks"
 request-timeout = 30
 
+# Links: the document's own, and the Location headers. Links guessed from field names follow
+# nullable ids too (a migration's job_id) and call GET /v1/jobs/None, a request the document
+# itself forbids (job_id is a UUID).
+[phases.stateful.inference]
+algorithms = ["location-headers"]
+
 [headers]
 Authorization = "Bearer {tenant_key}"
 

@@ -160,3 +160,16 @@ def test_created_resources_link_to_the_operations_that_use_their_ids(
         assert len(links) == count, (path, links)
         for link in links.values():
             assert link["operationId"] in ids
+
+
+def test_a_submission_is_described_per_kernel(doc: dict[str, Any]) -> None:
+    """Each kernel's params, inputs and outputs, as the submission rules check them."""
+    variants = {v["title"]: v for v in doc["components"]["schemas"]["JobSubmit"]["oneOf"]}
+    assert sorted(variants) == sorted(CATALOGUE)
+    for name, spec in CATALOGUE.items():
+        variant = variants[name]["properties"]
+        assert variant["kernel"] == {"const": name}
+        assert variant["params"] == spec.params.model_json_schema()
+        assert variant["inputs"]["required"] == list(spec.inputs)
+        assert variant["outputs"]["required"] == list(spec.outputs)
+        assert variant["inputs"]["additionalProperties"] is False

@@ -24,6 +24,7 @@ from tests.gateway.test_jobs_api import MC, assert_problem
 Ids = dict[str, str]
 Body = Callable[[Ids], dict[str, Any]]
 ANY_TENANT = "tenant"  # any tenant key, no particular scope
+ANY_KEY = "key"  # any valid key, the admin's included
 ADMIN_ONLY = "admin"
 CALLERS = ("none", "malformed", "revoked", "other", "noscope", "admin")
 DATA = b"matrix-bytes-0123456789"
@@ -33,7 +34,7 @@ DATA = b"matrix-bytes-0123456789"
 class Endpoint:
     method: str
     path: str  # {job} {dataset} {migration} {tenant} {spare_key}: the owner's; {fresh}: new
-    scope: str  # a scope, ANY_TENANT or ADMIN_ONLY
+    scope: str  # a scope, ANY_TENANT, ANY_KEY or ADMIN_ONLY
     other: int | None = None  # another tenant's key: 404 for the owner's things, 2xx for its own
     ok: tuple[int, ...] = (200,)  # the admin key on an admin endpoint
     json: Body | None = None
@@ -66,6 +67,7 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/migrations/{migration}", "data:read", other=404),
     Endpoint("GET", "/v1/usage", "jobs:read", other=200),
     Endpoint("GET", "/v1/tenant", ANY_TENANT, other=200),
+    Endpoint("GET", "/v1/tiers", ANY_KEY, other=200),
     Endpoint(
         "POST", "/v1/tenants", ADMIN_ONLY, ok=(201,), json=lambda ids: {"name": f"m-{ids['fresh']}"}
     ),
@@ -88,6 +90,8 @@ def expected(ep: Endpoint, caller: str) -> tuple[int, ...]:
         return (401,)
     if ep.scope == ADMIN_ONLY:
         return ep.ok if caller == "admin" else (403,)
+    if ep.scope == ANY_KEY and caller in ("admin", "noscope"):
+        return (200,)
     if caller == "admin":
         return (403,)  # a tenant endpoint: the admin key is not a tenant's
     if caller == "noscope":

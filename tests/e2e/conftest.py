@@ -24,7 +24,7 @@ from tools.cluster import (
 )
 
 
-def _free_base_port() -> int:
+def free_base_port() -> int:
     """A base port with the 200 ports above it free, so parallel test runs don't collide."""
     import random
     import socket
@@ -42,7 +42,7 @@ def _free_base_port() -> int:
     raise RuntimeError("no free port range for the test cluster")
 
 
-BASE_PORT = _free_base_port()
+BASE_PORT = free_base_port()
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 

@@ -15,7 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,8 +26,22 @@ import orjson
 import pytest
 
 from shared.settings import JobLimits
-from tests.e2e.conftest import ADMIN, BASE_PORT, new_tenant_key, wait_for_state
-from tools.cluster import LocalCluster
+from tests.datamover.harness import MotoServer
+from tests.e2e.conftest import (
+    ADMIN,
+    free_base_port,
+    new_tenant_key,
+    running,
+    storage_env,
+    wait_for_state,
+)
+from tools.cluster import (
+    Autoscale,
+    ClusterConfig,
+    LocalCluster,
+    prepare_database,
+    prepare_vhost,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -69,6 +85,48 @@ class Watcher:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, e2e_moto: MotoServer
+) -> Iterator[LocalCluster]:
+    """A cluster as ``make up`` runs one: the scheduler's autoscaler owns the worker pools
+    (cpu: 2 workers of 2 slots, held there; cuda: a maximum of 0, as by default)."""
+    name = test_env["STRATUS_POSTGRES__DATABASE"] + "_abuse"
+    prepare_database(name)
+    prepare_vhost(name)
+    env = {
+        **storage_env(Path(tmp_path_factory.mktemp("tiers")), e2e_moto),
+        **test_env,
+        "STRATUS_POSTGRES__DATABASE": name,
+        "STRATUS_RABBIT__VHOST": name,
+        "STRATUS_REAPER_INTERVAL_S": "0.5",
+        "STRATUS_WORKER_TTL_S": "5",
+        # bodies that trickle are cut off sooner than by default, so the test ends sooner
+        "STRATUS_BODY_TIMEOUT_S": "5",
+        "STRATUS_BODY_IDLE_TIMEOUT_S": "2",
+    }
+    base = free_base_port()
+    cfg = ClusterConfig(
+        run_dir=Path(tmp_path_factory.mktemp("abuse-cluster")),
+        env=env,
+        gateway_port=base,
+        scheduler_port=base + 1,
+        datamover_port=base + 3,
+        tenant_port=base + 4,
+        worker_base_port=base + 100,
+        worker_env={"STRATUS_CONCURRENCY": "2"},
+        autoscale=Autoscale(min_workers=2, max_workers=2),
+    )
+    with running(cfg, name) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def api(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=cluster.url("gateway"), timeout=30) as c:
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -395,7 +453,8 @@ async def test_9_jobs_in_flight_count_against_the_cpu_budget(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
     _, h = await tenant(api, "cpubudget", cpu_seconds_per_day=1)
-    job = {"kernel": "montecarlo_pi", "params": {"samples": 10**8}, "timeout_s": 60}
+    # each job needs more CPU than the whole budget
+    job = {"kernel": "montecarlo_pi", "params": {"samples": 10**9}, "timeout_s": 60}
     ids = [(await api.post("/v1/jobs", json=job, headers=h)).json()["id"] for _ in range(6)]
     deadline = time.monotonic() + 60
     while True:  # until one has ended and the others are held by the budget, saying so
@@ -441,7 +500,7 @@ async def test_10_odd_text_is_a_422_never_a_500(
         ("/v1/datasets", {"prefix": "\x00"}),
         ("/v1/migrations", {"dataset": "\x00"}),
         ("/v1/jobs", {"cursor": _cursor(["2026-01-01", 1])}),
-        ("/v1/jobs", {"cursor": _cursor(["9999-12-31T23:59:59+00:00", "0" * 32])}),
+        ("/v1/jobs", {"cursor": _cursor(["9999-12-31T23:59:59-23:59", str(uuid.uuid4())])}),
         ("/v1/jobs", {"cursor": _cursor(["-99999-01-01", "x"])}),
         ("/v1/jobs", {"cursor": "%%%"}),
         ("/v1/datasets", {"cursor": _cursor([1, 2, 3])}),
@@ -555,7 +614,7 @@ async def test_15_a_tier_that_is_not_configured_is_not_offered(
     _, h = await tenant(api, "tiers")
     tiers = (await api.get("/v1/tiers", headers=h)).json()
     assert "s3" in {t["name"] for t in tiers["items"]}
-    port = BASE_PORT + 60
+    port = free_base_port()
     env = {k: v for k, v in {**os.environ, **cluster.cfg.env}.items() if "STORAGE__S3__" not in k}
     env["STRATUS_PORT"] = str(port)
     proc = subprocess.Popen(
@@ -712,5 +771,5 @@ async def test_20_the_caller_sees_its_quotas_and_the_api_describes_itself(
     assert "cdn.jsdelivr.net" not in docs.text
     root = (await api.get("/")).json()
     assert "/docs" in orjson.dumps(root).decode()
-    problem_of(await api.get("/v1/jobs/nope", headers=h), 404)
+    problem_of(await api.get(f"/v1/jobs/{uuid.uuid4()}", headers=h), 404)
     await bystander.check()

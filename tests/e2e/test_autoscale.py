@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ADMIN, _free_base_port, new_tenant_key, running, wait_for_state
+from tests.e2e.conftest import ADMIN, free_base_port, new_tenant_key, running, wait_for_state
 from tools.cluster import (
     CUDA_WORKER,
     Autoscale,
@@ -48,7 +48,7 @@ def scaled(
     prepare_database(name)
     prepare_vhost(name)
     tiers = Path(tmp_path_factory.mktemp("scale-tiers"))
-    base = _free_base_port()
+    base = free_base_port()
     env = {
         **test_env,
         "STRATUS_POSTGRES__DATABASE": name,

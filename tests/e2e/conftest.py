@@ -3,9 +3,13 @@ database and vhost of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +126,54 @@ async def api(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def new_tenant_key(api: httpx.AsyncClient, name: str) -> dict[str, str]:
-    r = await api.post("/v1/tenants", json={"name": f"{name}-{time.time_ns()}"}, headers=ADMIN)
+async def new_tenant(
+    api: httpx.AsyncClient, name: str, **quotas: Any
+) -> tuple[str, dict[str, str]]:
+    """A new tenant with ``quotas``: its id, and the headers of a key with every scope."""
+    r = await api.post(
+        "/v1/tenants", json={"name": f"{name}-{time.time_ns()}", "quotas": quotas}, headers=ADMIN
+    )
     assert r.status_code == 201, r.text
-    k = await api.post(f"/v1/tenants/{r.json()['id']}/keys", json={"name": "k"}, headers=ADMIN)
+    tid: str = r.json()["id"]
+    k = await api.post(f"/v1/tenants/{tid}/keys", json={"name": "k"}, headers=ADMIN)
     assert k.status_code == 201, k.text
-    return {"Authorization": f"Bearer {k.json()['key']}"}
+    return tid, {"Authorization": f"Bearer {k.json()['key']}"}
+
+
+async def new_tenant_key(api: httpx.AsyncClient, name: str, **quotas: Any) -> dict[str, str]:
+    return (await new_tenant(api, name, **quotas))[1]
+
+
+@asynccontextmanager
+async def another_gateway(
+    env: dict[str, str], port: int, *, without: str | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A further gateway process with ``env`` (over this process's environment, less the
+    settings whose names start with ``without``) on ``port``, ready when the block starts,
+    stopped when it ends."""
+    merged = {**os.environ, **env, "STRATUS_PORT": str(port)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.gateway"],
+        env={k: v for k, v in merged.items() if not (without and k.startswith(without))},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, "the gateway exited"
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the gateway was not ready within 60 s"
+                await asyncio.sleep(0.1)
+            yield client
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 async def wait_for_state(

@@ -11,8 +11,6 @@ import io
 import math
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,7 +27,9 @@ from shared.settings import JobLimits
 from tests.datamover.harness import MotoServer
 from tests.e2e.conftest import (
     ADMIN,
+    another_gateway,
     free_base_port,
+    new_tenant,
     new_tenant_key,
     running,
     storage_env,
@@ -172,18 +172,6 @@ async def bystander(api: httpx.AsyncClient, watcher: Watcher) -> AsyncIterator[B
     await b.check()
 
 
-async def tenant(api: httpx.AsyncClient, name: str, **quotas: Any) -> tuple[str, dict[str, str]]:
-    """A new tenant with ``quotas``: its id and the headers of a key with every scope."""
-    r = await api.post(
-        "/v1/tenants", json={"name": f"{name}-{time.time_ns()}", "quotas": quotas}, headers=ADMIN
-    )
-    assert r.status_code == 201, r.text
-    tid = r.json()["id"]
-    k = await api.post(f"/v1/tenants/{tid}/keys", json={"name": "k"}, headers=ADMIN)
-    assert k.status_code == 201, k.text
-    return tid, {"Authorization": f"Bearer {k.json()['key']}"}
-
-
 def problem_of(r: httpx.Response, status: int) -> dict[str, Any]:
     assert r.status_code == status, f"{r.status_code} {r.text[:500]}"
     assert r.headers["content-type"].startswith("application/problem+json"), r.headers
@@ -199,7 +187,7 @@ def problem_of(r: httpx.Response, status: int) -> dict[str, Any]:
 async def test_1_dataset_prefix_collisions_never_take_the_service_down(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "collide")
+    _, h = await new_tenant(api, "collide")
     blob = npy(np.zeros(4))
     for _ in range(4):  # more than the breaker's threshold
         assert (await api.put("/v1/datasets/x/a/b", content=blob, headers=h)).status_code == 201
@@ -304,7 +292,7 @@ async def test_2_bodies_that_trickle_are_timed_out(
 async def test_3_an_output_that_cannot_fit_the_storage_quota_is_refused_at_submit(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "outquota", storage_bytes=1_000_000)
+    _, h = await new_tenant(api, "outquota", storage_bytes=1_000_000)
     a, b = np.ones((4000, 1)), np.ones((1, 4000))
     assert (await api.put("/v1/datasets/a.npy", content=npy(a), headers=h)).status_code == 201
     assert (await api.put("/v1/datasets/b.npy", content=npy(b), headers=h)).status_code == 201
@@ -321,7 +309,7 @@ async def test_4_concurrent_uploads_never_exceed_the_storage_quota(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
     quota = 1_000_000
-    _, h = await tenant(api, "racequota", storage_bytes=quota)
+    _, h = await new_tenant(api, "racequota", storage_bytes=quota)
     blob = os.urandom(100_000)
     answers = await asyncio.gather(
         *(api.put(f"/v1/datasets/r/{i}", content=blob, headers=h) for i in range(30))
@@ -338,7 +326,7 @@ async def test_4_concurrent_uploads_never_exceed_the_storage_quota(
 async def test_5_a_footprint_over_the_job_memory_limit_is_refused_at_submit(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "bigmem")
+    _, h = await new_tenant(api, "bigmem")
     # the output alone is over the per-job memory limit (the same host's default)
     n = math.isqrt(JobLimits().job_memory_bytes() // 8) + 1000
     assert (
@@ -360,7 +348,7 @@ async def test_6_max_queued_jobs_is_exact_under_concurrent_submits(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
     # max_running_jobs 0: nothing leaves the queue while the submissions race
-    _, h = await tenant(api, "queued", max_queued_jobs=5, max_running_jobs=0)
+    _, h = await new_tenant(api, "queued", max_queued_jobs=5, max_running_jobs=0)
     job = {"kernel": "montecarlo_pi", "params": {"samples": 1000}}
     answers = await asyncio.gather(*(api.post("/v1/jobs", json=job, headers=h) for _ in range(50)))
     codes = [r.status_code for r in answers]
@@ -375,7 +363,7 @@ async def test_6_max_queued_jobs_is_exact_under_concurrent_submits(
 async def test_7_a_tiny_rate_limit_does_not_outlive_the_quota_change(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    tid, h = await tenant(api, "lockout")
+    tid, h = await new_tenant(api, "lockout")
     r = await api.patch(
         f"/v1/tenants/{tid}", json={"quotas": {"requests_per_second": 1e-9}}, headers=ADMIN
     )
@@ -401,7 +389,7 @@ async def test_7_a_tiny_rate_limit_does_not_outlive_the_quota_change(
 async def test_8_results_stay_small_and_lists_stay_small(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "bigresult")
+    _, h = await new_tenant(api, "bigresult")
     data = npy(np.random.default_rng(0).random(1000))
     assert (await api.put("/v1/datasets/d.npy", content=data, headers=h)).status_code == 201
     huge = {
@@ -428,8 +416,8 @@ async def test_8_results_stay_small_and_lists_stay_small(
 async def test_9_one_tenants_long_jobs_leave_a_slot_for_another_tenant(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, hog = await tenant(api, "hog")
-    _, small = await tenant(api, "small")
+    _, hog = await new_tenant(api, "hog")
+    _, small = await new_tenant(api, "small")
     long_job = {"kernel": "montecarlo_pi", "params": {"samples": 3 * 10**9}, "timeout_s": 120}
     hogs = [
         (await api.post("/v1/jobs", json=long_job, headers=hog)).json()["id"] for _ in range(10)
@@ -452,7 +440,7 @@ async def test_9_one_tenants_long_jobs_leave_a_slot_for_another_tenant(
 async def test_9_jobs_in_flight_count_against_the_cpu_budget(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "cpubudget", cpu_seconds_per_day=1)
+    _, h = await new_tenant(api, "cpubudget", cpu_seconds_per_day=1)
     # each job needs more CPU than the whole budget
     job = {"kernel": "montecarlo_pi", "params": {"samples": 10**9}, "timeout_s": 60}
     ids = [(await api.post("/v1/jobs", json=job, headers=h)).json()["id"] for _ in range(6)]
@@ -482,7 +470,7 @@ def _cursor(value: Any) -> str:
 async def test_10_odd_text_is_a_422_never_a_500(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "oddtext")
+    _, h = await new_tenant(api, "oddtext")
     base = '{"kernel":"montecarlo_pi","params":{"samples":10},'
     bodies = [
         '{"kernel":"saxpy","params":{"a":1},"inputs":{"x":"x","y":"y"},"outputs":{"y":"a\\u0000b"}}',
@@ -513,8 +501,8 @@ async def test_10_odd_text_is_a_422_never_a_500(
 async def test_11_output_names_follow_the_upload_rule_at_submit(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    other, _ = await tenant(api, "victim")
-    _, h = await tenant(api, "names")
+    other, _ = await new_tenant(api, "victim")
+    _, h = await new_tenant(api, "names")
     grid = npy(np.zeros((8, 8)))
     assert (await api.put("/v1/datasets/g.npy", content=grid, headers=h)).status_code == 201
     for name in (f"../{other}/x", "/abs", "", "a//b", "a/../b"):
@@ -531,7 +519,7 @@ async def test_11_output_names_follow_the_upload_rule_at_submit(
 async def test_12_an_idempotency_key_is_tied_to_its_body(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "idem")
+    _, h = await new_tenant(api, "idem")
     job = {"kernel": "montecarlo_pi", "params": {"samples": 10}}
     first = await api.post("/v1/jobs", json=job, headers={**h, "Idempotency-Key": "k1"})
     assert first.status_code == 201
@@ -550,7 +538,7 @@ async def test_12_an_idempotency_key_is_tied_to_its_body(
 async def test_13_usage_needs_a_scope_copies_count_and_types_are_strict(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    tid, h = await tenant(api, "strict")
+    tid, h = await new_tenant(api, "strict")
     k = await api.post(
         f"/v1/tenants/{tid}/keys", json={"name": "data", "scopes": ["data:read"]}, headers=ADMIN
     )
@@ -592,7 +580,7 @@ async def test_13_usage_needs_a_scope_copies_count_and_types_are_strict(
 async def test_14_list_filters_work_and_unknown_ones_are_refused(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "filters")
+    _, h = await new_tenant(api, "filters")
     for i, color in enumerate(["red", "blue", "red"]):
         job = {"kernel": "montecarlo_pi", "params": {"samples": 10 + i}, "labels": {"color": color}}
         assert (await api.post("/v1/jobs", json=job, headers=h)).status_code == 201
@@ -611,55 +599,31 @@ async def test_15_a_tier_that_is_not_configured_is_not_offered(
     cluster: LocalCluster, api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
     """A second gateway on the same cluster, started without the ``s3`` tier's settings."""
-    _, h = await tenant(api, "tiers")
+    _, h = await new_tenant(api, "tiers")
     tiers = (await api.get("/v1/tiers", headers=h)).json()
     assert "s3" in {t["name"] for t in tiers["items"]}
-    port = free_base_port()
-    env = {k: v for k, v in {**os.environ, **cluster.cfg.env}.items() if "STORAGE__S3__" not in k}
-    env["STRATUS_PORT"] = str(port)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "services.gateway"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as no_s3:
-            for _ in range(300):
-                try:
-                    if (await no_s3.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-            names = {t["name"] for t in (await no_s3.get("/v1/tiers", headers=h)).json()["items"]}
-            assert "s3" not in names
-            assert {"local", "archive"} <= names
-            job = {"kernel": "montecarlo_pi", "params": {"samples": 10}, "output_tier": "s3"}
-            problem_of(await no_s3.post("/v1/jobs", json=job, headers=h), 422)
-            r = await no_s3.put(
-                "/v1/datasets/t.bin", content=b"abc", params={"tier": "s3"}, headers=h
-            )
-            problem_of(r, 422)
-            assert (
-                await no_s3.put("/v1/datasets/t.bin", content=b"abc", headers=h)
-            ).status_code == 201
-            r = await no_s3.post(
-                "/v1/migrations",
-                json={"dataset": "t.bin", "to_tier": "s3", "mode": "copy"},
-                headers=h,
-            )
-            problem_of(r, 422)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    env = cluster.cfg.env
+    async with another_gateway(env, free_base_port(), without="STRATUS_STORAGE__S3__") as no_s3:
+        names = {t["name"] for t in (await no_s3.get("/v1/tiers", headers=h)).json()["items"]}
+        assert "s3" not in names
+        assert {"local", "archive"} <= names
+        job = {"kernel": "montecarlo_pi", "params": {"samples": 10}, "output_tier": "s3"}
+        problem_of(await no_s3.post("/v1/jobs", json=job, headers=h), 422)
+        r = await no_s3.put("/v1/datasets/t.bin", content=b"abc", params={"tier": "s3"}, headers=h)
+        problem_of(r, 422)
+        r = await no_s3.put("/v1/datasets/t.bin", content=b"abc", headers=h)
+        assert r.status_code == 201, r.text
+        r = await no_s3.post(
+            "/v1/migrations", json={"dataset": "t.bin", "to_tier": "s3", "mode": "copy"}, headers=h
+        )
+        problem_of(r, 422)
     await bystander.check()
 
 
 async def test_16_a_device_no_pool_can_run_is_refused(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "cuda")
+    _, h = await new_tenant(api, "cuda")
     job = {"kernel": "montecarlo_pi", "params": {"samples": 10}, "device": "cuda"}
     body = problem_of(await api.post("/v1/jobs", json=job, headers=h), 422)
     assert "cuda" in body["detail"]
@@ -669,7 +633,7 @@ async def test_16_a_device_no_pool_can_run_is_refused(
 async def test_17_inputs_are_checked_from_their_headers_at_submit(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "shapes")
+    _, h = await new_tenant(api, "shapes")
     for name, arr in {
         "a.npy": np.ones((3, 4)),
         "b.npy": np.ones((5, 2)),
@@ -735,7 +699,7 @@ async def test_17_inputs_are_checked_from_their_headers_at_submit(
 async def test_19_a_cancelled_running_attempt_is_in_usage(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    _, h = await tenant(api, "usage")
+    _, h = await new_tenant(api, "usage")
     job = {"kernel": "montecarlo_pi", "params": {"samples": 3 * 10**9}, "labels": {"run": "u"}}
     r = await api.post("/v1/jobs", json=job, headers=h)
     job_id = r.json()["id"]
@@ -759,7 +723,7 @@ async def test_19_a_cancelled_running_attempt_is_in_usage(
 async def test_20_the_caller_sees_its_quotas_and_the_api_describes_itself(
     api: httpx.AsyncClient, bystander: Bystander
 ) -> None:
-    tid, h = await tenant(api, "self", max_queued_jobs=7)
+    tid, h = await new_tenant(api, "self", max_queued_jobs=7)
     me = (await api.get("/v1/tenant", headers=h)).json()
     assert me["id"] == tid
     assert me["quotas"]["max_queued_jobs"] == 7

@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 
 import httpx
 
-from tests.e2e.conftest import ADMIN, BASE_PORT, new_tenant_key
+from tests.e2e.conftest import BASE_PORT, another_gateway, new_tenant_key
 from tools.cluster import LocalCluster
 
 RATE = 40.0
@@ -28,42 +25,16 @@ async def _hammer(client: httpx.AsyncClient, headers: dict[str, str], until: flo
 
 
 async def test_two_gateways_share_one_budget(cluster: LocalCluster, api: httpx.AsyncClient) -> None:
-    h = await new_tenant_key(api, "rl")
-    tenants = (await api.get("/v1/tenants", headers=ADMIN)).json()["items"]
-    # The newest tenant is ours: give it a small budget.
-    mine = max(tenants, key=lambda t: t["created_at"])
-    r = await api.patch(
-        f"/v1/tenants/{mine['id']}", json={"quotas": {"requests_per_second": RATE}}, headers=ADMIN
-    )
-    assert r.status_code == 200
-    port = BASE_PORT + 50
-    env = {**os.environ, **cluster.cfg.env, "STRATUS_PORT": str(port)}
-    second = subprocess.Popen(
-        [sys.executable, "-m", "services.gateway"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as api2:
-            for _ in range(100):
-                try:
-                    if (await api2.get("/readyz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(1.5)  # the budget refills after the setup requests
-            until = time.monotonic() + SECONDS
-            counts = await asyncio.gather(
-                _hammer(api, h, until),
-                _hammer(api, h, until),
-                _hammer(api2, h, until),
-                _hammer(api2, h, until),
-            )
-    finally:
-        second.terminate()
-        second.wait(timeout=15)
+    h = await new_tenant_key(api, "rl", requests_per_second=RATE)
+    async with another_gateway(cluster.cfg.env, BASE_PORT + 50) as api2:
+        await asyncio.sleep(1.5)  # the budget refills after the setup requests
+        until = time.monotonic() + SECONDS
+        counts = await asyncio.gather(
+            _hammer(api, h, until),
+            _hammer(api, h, until),
+            _hammer(api2, h, until),
+            _hammer(api2, h, until),
+        )
     accepted = sum(counts)
     limit = RATE * SECONDS + RATE  # the steady rate plus one second's burst
     assert abs(accepted - limit) <= 0.1 * limit, (accepted, limit, counts)

@@ -12,14 +12,14 @@ Limits, each a reason on the jobs it holds back:
 - ``cpu_seconds_per_day`` (``shared.jobs.usage``): a job starts only while the CPU seconds
   of the tenant's attempts that ended in the last 24 h plus the ``timeout_s`` of each of its
   jobs in flight (those chosen in this pass included) are under the budget.
-- The pool is shared: no tenant holds every live slot (``slots``) of a device.
-  - While more than one tenant has jobs waiting for the device, each keeps to ``slots - 1``
-    jobs in flight there, the dispatch slack beyond the slots included.
-  - A tenant alone keeps to ``slots - reserved`` on a device of at least ``4 * reserved``
-    slots: those slots stay free for a tenant that comes later, which would otherwise wait
-    behind the first tenant's running jobs and its jobs queued at the workers (the worker
-    queues are first in, first out). Below that size, or with ``reserved`` 0, a tenant alone
-    uses every slot and the slack: short jobs keep the workers busy between dispatch passes.
+- A tenant alone keeps to ``slots - reserved`` jobs in flight on a device of at least
+  ``4 * reserved`` live slots (``slots``), the dispatch slack beyond the slots included:
+  those slots stay free for a tenant that comes later, which would otherwise wait behind the
+  first tenant's running jobs and its jobs queued at the workers (the worker queues are first
+  in, first out). Below that size, or with ``reserved`` 0, a tenant alone uses every slot and
+  the slack: short jobs keep the workers busy between dispatch passes. While tenants contend
+  the weighted order above shares the slots and the slack: their jobs reach the worker queues
+  interleaved by load, each tenant's share of the queue following its weight.
 """
 
 from __future__ import annotations
@@ -145,14 +145,9 @@ def allocate(
 
 
 def _share_cap(slots: int | None, *, contending: int, reserved: int) -> int:
-    """The most jobs in flight on the device for one tenant: while others contend, all but
-    one of its live slots (a one-slot device cannot be shared that way); alone, all but
-    ``reserved`` of them on a device large enough to spare them."""
-    if slots is None:
-        return 1 << 30
-    if contending >= 2 and slots >= 2:
-        return slots - max(1, reserved if slots >= 4 * reserved else 0)
-    if reserved and slots >= 4 * reserved:
+    """The most jobs in flight on the device for one tenant: alone, all but ``reserved`` of
+    its live slots on a device large enough to spare them; else no cap of its own."""
+    if slots is not None and contending == 1 and reserved and slots >= 4 * reserved:
         return slots - reserved
     return 1 << 30
 

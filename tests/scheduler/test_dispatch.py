@@ -553,23 +553,31 @@ async def test_jobs_in_flight_hold_their_timeout_against_the_cpu_budget(
     assert [e.job_id for e in await _dispatch(s)] == [ids[2]]  # 5 + 60 < 100
 
 
-async def test_a_tenant_keeps_a_slot_free_while_another_waits(
+async def test_a_tenant_alone_keeps_a_slot_free_for_one_that_comes_later(
     s: async_sessionmaker[AsyncSession],
 ) -> None:
     hog = await _tenant_with(s)
     small = await _tenant_with(s)
     await _jobs(s, hog, [0] * 10)
-    [tiny] = await _jobs(s, small, [0])
     await _worker(s, "w1", "cpu", 4)
     sent = await _dispatch(s, slack=4.0)
-    assert tiny in {e.job_id for e in sent}
-    assert sum(e.tenant_id == hog for e in sent) == 3  # not the fourth slot, nor the slack
-    # alone now, the hog keeps to the slots less the one reserved, which it holds already
+    assert len(sent) == 3  # neither the fourth slot nor the slack
     assert await _dispatch(s, slack=4.0) == []
-    async with _pass(s) as db:  # with no slot reserved, the rest go, into the slack
+    [tiny] = await _jobs(s, small, [0])
+    sent = await _dispatch(s, slack=4.0)  # the slot kept free, ahead of the hog's next jobs
+    assert sent[0].job_id == tiny
+
+
+async def test_with_no_slot_reserved_a_tenant_alone_fills_the_slots_and_the_slack(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    hog = await _tenant_with(s)
+    await _jobs(s, hog, [0] * 30)
+    await _worker(s, "w1", "cpu", 4)
+    async with _pass(s) as db:
         fair = service.FairShareSettings(reserved_slots=0)
-        rest = await service.dispatch(db, worker_ttl_s=15, slack=4.0, batch=500, fair=fair)
-    assert len(rest) == 7
+        sent = await service.dispatch(db, worker_ttl_s=15, slack=4.0, batch=500, fair=fair)
+    assert len(sent) == 20
 
 
 async def test_a_lost_attempt_is_counted_once(s: async_sessionmaker[AsyncSession]) -> None:

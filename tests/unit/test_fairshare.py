@@ -116,14 +116,11 @@ def test_what_ended_and_what_is_held_add_up() -> None:
     assert count(allocate([t], 10, usage_scale_s=60).chosen, t) == 2
 
 
-def test_a_tenant_keeps_a_slot_for_the_others_while_they_wait() -> None:
-    hog, small = tenant(jobs=30), tenant(jobs=1)
-    plan = allocate([hog, small], 20, usage_scale_s=60, slots=4)
-    assert count(plan.chosen, small) == 1
-    assert count(plan.chosen, hog) == 3  # all but one of the 4 slots, not the slack
-    crowded = tenant(jobs=30, on_device=3)  # already holds 3 of the 4
-    plan = allocate([crowded, tenant(jobs=1)], 20, usage_scale_s=60, slots=4)
-    assert count(plan.chosen, crowded) == 0
+def test_contending_tenants_share_the_slots_and_the_slack_by_weight() -> None:
+    heavy, light = tenant(jobs=30, weight=3), tenant(jobs=30)
+    plan = allocate([heavy, light], 20, usage_scale_s=60, slots=4, reserved=1)
+    assert count(plan.chosen, heavy) == 15
+    assert count(plan.chosen, light) == 5
 
 
 def test_a_tenant_alone_uses_every_slot_and_the_slack() -> None:
@@ -138,11 +135,11 @@ def test_a_tenant_alone_leaves_the_reserved_slots_for_a_later_one() -> None:
     alone = tenant(jobs=30)
     plan = allocate([alone], 20, usage_scale_s=60, slots=4, reserved=1)
     assert count(plan.chosen, alone) == 3  # neither the fourth slot nor the slack
-    # the tenant that comes next takes the slot kept free, while the first keeps its three
+    # the tenant that comes next takes the slot kept free, ahead of the first one's jobs
     hog, late = tenant(jobs=27, on_device=3), tenant(jobs=1)
     plan = allocate([hog, late], 20, usage_scale_s=60, slots=4, reserved=1)
+    assert plan.chosen[0].tenant_id == late.tenant_id  # first into the worker queue
     assert count(plan.chosen, late) == 1
-    assert count(plan.chosen, hog) == 0
     # a device too small to spare a slot is used whole
     small = tenant(jobs=30)
     assert count(allocate([small], 20, usage_scale_s=60, slots=3, reserved=1).chosen, small) == 20

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -19,7 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from shared import errors
-from shared.db.engine import is_connectivity_error
+from shared.db.engine import is_connectivity_error, is_overload_error
 from shared.logging import get_logger
 from shared.resilience import CircuitOpen
 
@@ -289,6 +290,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(OSError, _os_error)
     app.add_exception_handler(PoolTimeout, _overloaded)
     app.add_exception_handler(DBAPIError, _db_api)
+    app.add_exception_handler(asyncpg.InsufficientResourcesError, _db_refused)
     app.add_exception_handler(CircuitOpen, _circuit_open)
     app.add_exception_handler(Exception, _unhandled)
 
@@ -304,6 +306,13 @@ async def _db_api(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DBAPIError)
     if exc.connection_invalidated:
         return await _database_down(request, exc)
+    return await _db_refused(request, exc)
+
+
+async def _db_refused(request: Request, exc: Exception) -> JSONResponse:
+    if is_overload_error(exc):  # too many connections: the server's, not the request's
+        log.warning("database_overloaded", error=type(exc).__name__)
+        return await _overloaded(request, exc)
     return await _unhandled(request, exc)
 
 

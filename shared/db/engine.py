@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -83,6 +84,18 @@ def is_connectivity_error(exc: BaseException) -> bool:
     if is_raw_connectivity_error(exc):  # plain asyncpg (shared.db.raw), unwrapped
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def is_overload_error(exc: BaseException) -> bool:
+    """True when the server refused for want of resources (SQLSTATE class 53: too many
+    connections, out of memory or disk): a 503 to retry shortly, not an outage and not the
+    request's fault. SQLAlchemy wraps the driver's error; plain asyncpg raises it as is."""
+    cause = exc.orig if isinstance(exc, DBAPIError) else exc
+    while cause is not None:
+        if isinstance(cause, asyncpg.InsufficientResourcesError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 async def ping(engine: AsyncEngine) -> None:

@@ -71,7 +71,9 @@ def storage_env(root: Path, moto: MotoServer) -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
+# A cluster per module: its processes end with the module, so they never compete with the
+# tests that follow it (nor hold the database connections those need).
+@pytest.fixture(scope="module")
 def cluster(
     test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, e2e_moto: MotoServer
 ) -> Iterator[LocalCluster]:
@@ -120,7 +122,7 @@ def running(cfg: ClusterConfig, name: str, *, timeout: float = 90) -> Iterator[L
         drop_vhost(name)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 async def api(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=cluster.url("gateway"), timeout=10) as c:
         yield c

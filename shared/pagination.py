@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
 from fastapi import Query
-from pydantic import AfterValidator, AwareDatetime
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 from sqlalchemy import Select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -35,8 +36,18 @@ def as_utc(value: datetime) -> datetime:
         raise ValueError("out of range") from exc
 
 
+def rfc3339_text(value: Any) -> Any:
+    """Only text in RFC 3339's shape (a date, ``T`` or a space, a time): pydantic would take
+    ``0.5`` or ``1700000000`` as seconds since 1970, which the document does not offer."""
+    if not (isinstance(value, str) and RFC3339.match(value)):
+        raise ValueError("an RFC 3339 date-time is required, e.g. 2026-01-01T00:00:00Z")
+    return value
+
+
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
 # An RFC 3339 instant in a query or body, normalised to UTC (``?created_after=``).
-Instant = Annotated[AwareDatetime, AfterValidator(as_utc)]
+Instant = Annotated[AwareDatetime, BeforeValidator(rfc3339_text), AfterValidator(as_utc)]
 
 
 def encode_cursor(created_at: datetime, id_: uuid.UUID) -> str:

@@ -11,8 +11,11 @@ from sqlalchemy import insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import AuditEntry
+from shared.errors import Invalid
 from shared.events import utcnow
 from shared.pagination import decode_cursor, encode_cursor
+
+BIGINT_MAX = 2**63 - 1
 
 
 async def audit(
@@ -44,6 +47,11 @@ async def list_audit(
         query = query.where(AuditEntry.tenant_id == tenant_id)
     if cursor:
         at, marker = decode_cursor(cursor)
+        if marker.int > BIGINT_MAX:  # not an id this list wrote (they are BIGINTs)
+            raise Invalid(
+                "malformed cursor",
+                errors=[{"loc": ["query", "cursor"], "msg": "malformed cursor"}],
+            )
         query = query.where(tuple_(AuditEntry.at, AuditEntry.id) < tuple_(at, marker.int))
     query = query.order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(limit + 1)
     rows = list((await session.execute(query)).scalars())

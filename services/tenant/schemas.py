@@ -10,9 +10,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.security import SCOPES
 
-# Counts are checked in 32-bit columns and statements; bytes in 64-bit ones.
+# Counts are checked in 32-bit columns and statements; bytes and seconds in 64-bit ones, up
+# to the largest integer a JSON client holds exactly (a double's 53 bits).
 INT32_MAX = 2**31 - 1
-INT64_MAX = 2**63 - 1
+JSON_INT_MAX = 2**53 - 1
 # The lowest rate limit: one request every 100 s. Below it a tenant is in effect locked out,
 # which is what ``suspended`` is for.
 MIN_REQUESTS_PER_SECOND = 0.01
@@ -28,8 +29,8 @@ class Quotas(BaseModel):
 
     max_running_jobs: int | None = Field(default=None, ge=0, le=INT32_MAX)
     max_queued_jobs: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    cpu_seconds_per_day: int | None = Field(default=None, ge=0, le=INT64_MAX)
-    storage_bytes: int | None = Field(default=None, ge=0, le=INT64_MAX)
+    cpu_seconds_per_day: int | None = Field(default=None, ge=0, le=JSON_INT_MAX)
+    storage_bytes: int | None = Field(default=None, ge=0, le=JSON_INT_MAX)
     requests_per_second: float | None = Field(
         default=None, ge=MIN_REQUESTS_PER_SECOND, le=1_000_000
     )

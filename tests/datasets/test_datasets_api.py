@@ -251,6 +251,18 @@ async def test_path_escapes_are_422_before_any_storage_call(
     assert not (tiers_root.parent / "escape").exists()
 
 
+async def test_a_slash_sent_encoded_names_the_same_dataset(
+    api: httpx.AsyncClient, gateway: FastAPI
+) -> None:
+    """OpenAPI clients encode ``/`` in a path parameter: ``dir%2Ffile`` is ``dir/file``."""
+    t = await new_tenant(api)
+    status, _, body = await raw_request(gateway, "PUT", b"/v1/datasets/dir%2Ffile", t.headers, b"x")
+    assert status == 201, body
+    r = await api.get("/v1/datasets/dir/file", headers=t.headers)
+    assert r.status_code == 200
+    assert r.content == b"x"
+
+
 async def test_bad_names_are_422(api: httpx.AsyncClient) -> None:
     t = await new_tenant(api)
     for name in ("a//b", "a b", "é", "x:y", "a\\b", "n" * 256):

@@ -200,6 +200,15 @@ async def test_every_list_route_refuses_a_malformed_cursor(
     assert body["type"] == PROBLEM_BASE + "validation-failed"
 
 
+async def test_the_audit_log_refuses_a_cursor_of_another_list(client: httpx.AsyncClient) -> None:
+    """Audit entries have integer ids: a cursor with a random UUID is not one of its own."""
+    cursor = forge(["2000-01-01T00:00:00+00:00", str(uuid.uuid4())])
+    body = assert_problem(
+        await client.get("/v1/audit", params={"cursor": cursor}, headers=ADMIN), 422
+    )
+    assert [e["loc"] for e in body["errors"]] == [["query", "cursor"]]
+
+
 @pytest.mark.parametrize(
     "path", ["/v1/jobs", "/v1/datasets", "/v1/migrations", "/v1/tenants", "/v1/audit"]
 )

@@ -114,7 +114,8 @@ async def test_group_by_day(client: httpx.AsyncClient, used: TenantKey) -> None:
         {"group_by": "tenant"},
         {"since": "yesterday"},
         {"since": "2026-01-01T00:00:00"},  # no offset
-        {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"},
+        {"since": "1700000000"},  # seconds since 1970: not RFC 3339
+        {"until": "0.5"},
     ],
 )
 async def test_bad_bounds_or_grouping_are_a_422(
@@ -162,3 +163,12 @@ async def test_the_caller_sees_its_quotas_and_its_use_of_each(
     theirs = (await client.get("/v1/tenant", headers=other.headers)).json()
     assert theirs["id"] == other.tenant_id
     assert theirs["usage"]["max_queued_jobs"]["used"] == 0
+
+
+async def test_a_window_that_ends_before_it_starts_is_empty(
+    client: httpx.AsyncClient, used: TenantKey
+) -> None:
+    params = {"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"}
+    r = await client.get("/v1/usage", params=params, headers=used.headers)
+    assert r.status_code == 200, r.text
+    assert r.json()["cpu_seconds"] == 0

@@ -13,7 +13,7 @@ from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
 from services.tenant.audit import audit, entry_out, list_audit
 from services.tenant.service import get_tenant
 from services.tenant.usage import GroupBy, Window, quota_use, usage_of, usage_of_all
-from shared.errors import Forbidden, Invalid
+from shared.errors import Forbidden
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery, Instant
 from shared.problems import problem_responses
 
@@ -39,16 +39,11 @@ async def get_usage(
     group_by: Annotated[GroupBy | None, Query(description="split the window's usage")] = None,
 ) -> Usage:
     """The calling tenant's usage: CPU/GPU seconds, jobs per state, bytes stored and moved;
-    with ``since``/``until``, of that window; with ``group_by``, split by kernel, label or
-    day. Needs the ``jobs:read`` scope."""
+    with ``since``/``until``, of that window (empty when ``until`` is not later); with
+    ``group_by``, split by kernel, label or day. Needs the ``jobs:read`` scope."""
     if principal.tenant_id is None:
         raise Forbidden("this endpoint needs a tenant key (the admin view is /v1/admin/usage)")
     tenant_id = principal.require_tenant("jobs:read")
-    if since is not None and until is not None and since >= until:
-        raise Invalid(
-            "since must come before until",
-            errors=[{"loc": ["query", "until"], "msg": "must be later than since"}],
-        )
     usage = await usage_of(
         session=session, tenant_id=tenant_id, window=Window(since, until), group_by=group_by
     )

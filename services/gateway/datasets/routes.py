@@ -13,7 +13,6 @@ from services.gateway.datasets import service
 from services.gateway.datasets.schemas import DatasetList, DatasetOut, TierList, TierOut
 from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep, SettingsDep
 from shared.db.models import Dataset
-from shared.errors import Invalid
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery, Instant
 from shared.problems import problem_responses
 from shared.storage import Storage, validate_name
@@ -64,13 +63,9 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
 
 
 def checked_name(request: Request, name: str) -> str:
-    """Refuse percent-encoded names (a valid name never needs encoding), then the rules."""
-    raw = request.scope.get("raw_path") or b""
-    if b"%" in raw or "\\" in name:
-        raise Invalid(
-            "invalid dataset name: encoded characters are not allowed",
-            errors=[{"loc": ["path", "name"], "msg": "encoded characters are not allowed"}],
-        )
+    """The name as the client meant it (the path decoded: clients may encode ``/`` as
+    ``%2F``), held to the naming rules, which refuse what an encoding could smuggle in (a NUL,
+    a ``..`` segment, a backslash)."""
     return validate_name(name)
 
 

@@ -206,7 +206,9 @@ async def test_the_audit_log_refuses_a_cursor_of_another_list(client: httpx.Asyn
     body = assert_problem(
         await client.get("/v1/audit", params={"cursor": cursor}, headers=ADMIN), 422
     )
-    assert [e["loc"] for e in body["errors"]] == [["query", "cursor"]]
+    errors = body["errors"]
+    assert isinstance(errors, list)
+    assert [e["loc"] for e in errors] == [["query", "cursor"]]
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,6 @@ from sqlalchemy import insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import AuditEntry
-from shared.errors import Invalid
 from shared.events import utcnow
 from shared.pagination import decode_cursor, encode_cursor
 
@@ -47,12 +46,10 @@ async def list_audit(
         query = query.where(AuditEntry.tenant_id == tenant_id)
     if cursor:
         at, marker = decode_cursor(cursor)
-        if marker.int > BIGINT_MAX:  # not an id this list wrote (they are BIGINTs)
-            raise Invalid(
-                "malformed cursor",
-                errors=[{"loc": ["query", "cursor"], "msg": "malformed cursor"}],
-            )
-        query = query.where(tuple_(AuditEntry.at, AuditEntry.id) < tuple_(at, marker.int))
+        # Entries have BIGINT ids: a larger marker (not one this list wrote) stands for the
+        # largest, which keeps the page where it would be rather than failing in the database.
+        marker_id = min(marker.int, BIGINT_MAX)
+        query = query.where(tuple_(AuditEntry.at, AuditEntry.id) < tuple_(at, marker_id))
     query = query.order_by(AuditEntry.at.desc(), AuditEntry.id.desc()).limit(limit + 1)
     rows = list((await session.execute(query)).scalars())
     next_cursor = None

@@ -53,6 +53,7 @@ from pydantic import (
 from shared.errors import Invalid
 from shared.logging import get_logger
 from shared.npy import TIMES, ArrayHeader, npy_file_bytes
+from shared.validation import JsonInt
 
 PLUGIN_GROUP = "stratus.kernels"
 
@@ -75,11 +76,11 @@ class MatmulParams(Params):
 
 
 class Stencil2dParams(Params):
-    iterations: int = Field(ge=1, le=1_000_000, description="Jacobi steps, 1 to 1,000,000")
+    iterations: JsonInt = Field(ge=1, le=1_000_000, description="Jacobi steps, 1 to 1,000,000")
 
 
 class NbodyParams(Params):
-    steps: int = Field(ge=1, le=1_000_000, description="leapfrog steps, 1 to 1,000,000")
+    steps: JsonInt = Field(ge=1, le=1_000_000, description="leapfrog steps, 1 to 1,000,000")
     dt: float = Field(gt=0, description="time step (> 0, finite)")
     softening: float = Field(default=0.01, ge=0, description="softening length (>= 0, finite)")
 
@@ -89,7 +90,7 @@ MAX_BINS = 1_000_000
 
 
 class HistogramParams(Params):
-    bins: int = Field(
+    bins: JsonInt = Field(
         ge=1,
         le=MAX_BINS,
         description=f"number of equal bins, 1 to {MAX_BINS:,} (the result's size)",
@@ -109,8 +110,8 @@ class HistogramParams(Params):
 
 
 class MontecarloPiParams(Params):
-    samples: int = Field(ge=1, le=10**12, description="number of random points, 1 to 10**12")
-    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="0 to 2**63 - 1")
+    samples: JsonInt = Field(ge=1, le=10**12, description="number of random points, 1 to 10**12")
+    seed: JsonInt = Field(default=0, ge=0, le=2**63 - 1, description="0 to 2**63 - 1")
 
 
 Headers = Mapping[str, ArrayHeader]

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.security import SCOPES
+from shared.validation import JsonInt
 
 # Counts are checked in 32-bit columns and statements; bytes and seconds in 64-bit ones, up
 # to the largest integer a JSON client holds exactly (a double's 53 bits).
@@ -27,10 +28,10 @@ class Quotas(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    max_running_jobs: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    max_queued_jobs: int | None = Field(default=None, ge=0, le=INT32_MAX)
-    cpu_seconds_per_day: int | None = Field(default=None, ge=0, le=JSON_INT_MAX)
-    storage_bytes: int | None = Field(default=None, ge=0, le=JSON_INT_MAX)
+    max_running_jobs: JsonInt | None = Field(default=None, ge=0, le=INT32_MAX)
+    max_queued_jobs: JsonInt | None = Field(default=None, ge=0, le=INT32_MAX)
+    cpu_seconds_per_day: JsonInt | None = Field(default=None, ge=0, le=JSON_INT_MAX)
+    storage_bytes: JsonInt | None = Field(default=None, ge=0, le=JSON_INT_MAX)
     requests_per_second: float | None = Field(
         default=None, ge=MIN_REQUESTS_PER_SECOND, le=1_000_000
     )
@@ -40,14 +41,14 @@ class TenantCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     name: str = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    weight: int = Field(default=1, ge=1, le=1000)
+    weight: JsonInt = Field(default=1, ge=1, le=1000)
     quotas: Quotas = Field(default_factory=Quotas)
 
 
 class TenantPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    weight: int | None = Field(default=None, ge=1, le=1000)
+    weight: JsonInt | None = Field(default=None, ge=1, le=1000)
     quotas: Quotas | None = None
     suspended: bool | None = None
 

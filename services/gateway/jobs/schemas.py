@@ -17,6 +17,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from shared.storage.names import NAME_SCHEMA, name_problem
+from shared.validation import JsonInt
 
 
 def _dataset_name(name: str) -> str:
@@ -53,9 +54,9 @@ class JobSubmit(BaseModel):
         max_length=32,
         description="the configured storage tier the outputs are published on",
     )
-    priority: int = Field(default=5, ge=0, le=9, description="9 runs first")
-    timeout_s: int | None = Field(default=None, ge=1, le=7 * 86_400)
-    max_retries: int | None = Field(default=None, ge=0, le=20)
+    priority: JsonInt = Field(default=5, ge=0, le=9, description="9 runs first")
+    timeout_s: JsonInt | None = Field(default=None, ge=1, le=7 * 86_400)
+    max_retries: JsonInt | None = Field(default=None, ge=0, le=20)
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
 
 

@@ -16,5 +16,9 @@ def _integral(value: Any) -> Any:
     return value
 
 
-# An integer in a strictly validated body: not a bool, not a string, but 5.0 is 5.
-JsonInt = Annotated[int, BeforeValidator(_integral)]
+INTEGRAL = BeforeValidator(_integral)
+# An integer in a strictly validated body: not a bool, not a string, but 5.0 is 5. Where the
+# field may also be null, give its bounds before ``INTEGRAL``
+# (``Annotated[int, Field(ge=0), INTEGRAL] | None``): bounds given after a validator are
+# applied by it, and the JSON schema no longer shows them as ``minimum``/``maximum``.
+JsonInt = Annotated[int, INTEGRAL]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from shared.security import SCOPES
-from shared.validation import JsonInt
+from shared.validation import INTEGRAL, JsonInt
 
 # Counts are checked in 32-bit columns and statements; bytes and seconds in 64-bit ones, up
 # to the largest integer a JSON client holds exactly (a double's 53 bits).
@@ -28,10 +28,10 @@ class Quotas(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    max_running_jobs: JsonInt | None = Field(default=None, ge=0, le=INT32_MAX)
-    max_queued_jobs: JsonInt | None = Field(default=None, ge=0, le=INT32_MAX)
-    cpu_seconds_per_day: JsonInt | None = Field(default=None, ge=0, le=JSON_INT_MAX)
-    storage_bytes: JsonInt | None = Field(default=None, ge=0, le=JSON_INT_MAX)
+    max_running_jobs: Annotated[int, Field(ge=0, le=INT32_MAX), INTEGRAL] | None = None
+    max_queued_jobs: Annotated[int, Field(ge=0, le=INT32_MAX), INTEGRAL] | None = None
+    cpu_seconds_per_day: Annotated[int, Field(ge=0, le=JSON_INT_MAX), INTEGRAL] | None = None
+    storage_bytes: Annotated[int, Field(ge=0, le=JSON_INT_MAX), INTEGRAL] | None = None
     requests_per_second: float | None = Field(
         default=None, ge=MIN_REQUESTS_PER_SECOND, le=1_000_000
     )
@@ -48,7 +48,7 @@ class TenantCreate(BaseModel):
 class TenantPatch(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    weight: JsonInt | None = Field(default=None, ge=1, le=1000)
+    weight: Annotated[int, Field(ge=1, le=1000), INTEGRAL] | None = None
     quotas: Quotas | None = None
     suspended: bool | None = None
 

@@ -173,3 +173,22 @@ def test_a_submission_is_described_per_kernel(doc: dict[str, Any]) -> None:
         assert variant["inputs"]["required"] == list(spec.inputs)
         assert variant["outputs"]["required"] == list(spec.outputs)
         assert variant["inputs"]["additionalProperties"] is False
+
+
+def test_bounds_are_json_schema_keywords(doc: dict[str, Any]) -> None:
+    """Every bound is ``minimum``/``maximum``, which clients and validators know; pydantic's own
+    ``ge``/``le`` leak into the document when a bound is given after a validator."""
+    leaked: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") in ("integer", "number") and {"ge", "le", "gt", "lt"} & set(node):
+                leaked.append(path)
+            for key, value in node.items():
+                walk(value, f"{path}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}/{i}")
+
+    walk(doc, "")
+    assert leaked == []

@@ -17,7 +17,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from shared.storage.names import NAME_SCHEMA, name_problem
-from shared.validation import JsonInt
+from shared.validation import INTEGRAL, JsonInt
 
 
 def _dataset_name(name: str) -> str:
@@ -55,8 +55,8 @@ class JobSubmit(BaseModel):
         description="the configured storage tier the outputs are published on",
     )
     priority: JsonInt = Field(default=5, ge=0, le=9, description="9 runs first")
-    timeout_s: JsonInt | None = Field(default=None, ge=1, le=7 * 86_400)
-    max_retries: JsonInt | None = Field(default=None, ge=0, le=20)
+    timeout_s: Annotated[int, Field(ge=1, le=7 * 86_400), INTEGRAL] | None = None
+    max_retries: Annotated[int, Field(ge=0, le=20), INTEGRAL] | None = None
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
 
 

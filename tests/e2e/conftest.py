@@ -124,7 +124,7 @@ def running(cfg: ClusterConfig, name: str, *, timeout: float = 90) -> Iterator[L
 
 @pytest.fixture(scope="module")
 async def api(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=cluster.url("gateway"), timeout=10) as c:
+    async with httpx.AsyncClient(base_url=cluster.url("gateway"), timeout=30) as c:
         yield c
 
 

@@ -124,12 +124,6 @@ def cluster(
 
 
 @pytest.fixture(scope="module")
-async def api(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=cluster.url("gateway"), timeout=30) as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
 def watcher(cluster: LocalCluster) -> Iterator[Watcher]:
     with Watcher(cluster.url("gateway")) as w:
         yield w

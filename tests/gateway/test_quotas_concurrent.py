@@ -32,7 +32,17 @@ async def submit_all(clients: list[httpx.AsyncClient], t: TenantKey, n: int) -> 
             body = assert_problem(r, 429)
             assert "max_queued_jobs (5)" in str(body["detail"])
             assert r.headers["Retry-After"]
+        elif r.status_code == 503:  # every connection busy on a loaded machine: nothing stored
+            assert_problem(r, 503)
+            assert r.headers["Retry-After"]
     return [r.status_code for r in answers]
+
+
+def assert_exactly_five(codes: list[int]) -> None:
+    """Five accepted, whatever the concurrency; every other answer a refusal."""
+    assert codes.count(201) == 5, codes
+    assert set(codes) <= {201, 429, 503}, codes
+    assert codes.count(429) >= len(codes) // 2, codes  # the quota, not overload, refused
 
 
 @pytest.mark.parametrize("n", [50, 200])
@@ -41,8 +51,7 @@ async def test_concurrent_submits_never_exceed_max_queued_jobs(
 ) -> None:
     t = await limited_tenant(client, 5)
     codes = await submit_all([client], t, n)
-    assert codes.count(201) == 5, codes
-    assert codes.count(429) == n - 5, codes
+    assert_exactly_five(codes)
     listed = (await client.get("/v1/jobs", params={"limit": 500}, headers=t.headers)).json()
     assert len(listed["items"]) == 5
 
@@ -53,8 +62,7 @@ async def test_two_gateways_share_one_queue_quota(
     t = await limited_tenant(client, 5)
     async with gateway_client(tmp_path) as other:
         codes = await submit_all([client, other], t, 200)
-    assert codes.count(201) == 5, codes
-    assert codes.count(429) == 195, codes
+    assert_exactly_five(codes)
 
 
 async def test_room_frees_as_jobs_leave_the_queue_and_other_tenants_are_untouched(

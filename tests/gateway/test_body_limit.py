@@ -23,7 +23,7 @@ from tests.datamover.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 64 * 1024
-HUGE = 200 * 1024 * 1024  # what the review sent; never sent whole when the gateway is right
+HUGE = 200 * 1024 * 1024  # far over every limit: never sent whole when the gateway is right
 
 
 @dataclass

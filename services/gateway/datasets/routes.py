@@ -100,7 +100,7 @@ async def put_dataset(
     # Read from the transport, not declared as an API parameter: it describes the body.
     declared = request.headers.get("content-length", "")
     content_length = int(declared) if declared.isdigit() else None
-    tier_name = tier or storage.settings.default_tier
+    tier_name = storage.settings.default_tier if tier is None else tier  # ?tier= is no tier
     storage.tier(tier_name)
     published = await service.upload(
         session=session,

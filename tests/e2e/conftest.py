@@ -71,40 +71,65 @@ def storage_env(root: Path, moto: MotoServer) -> dict[str, str]:
     }
 
 
+@contextmanager
+def own_cluster(
+    suffix: str,
+    test_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    env: dict[str, str],
+    base: int | None = None,
+    timeout: float = 90,
+    **config: Any,
+) -> Iterator[LocalCluster]:
+    """A cluster on a database and vhost of its own (the test run's, ``_<suffix>``), with
+    ``env`` over the test run's settings, its ports from ``base`` (a free range by default)
+    and the rest of ``ClusterConfig`` from ``config``; stopped and dropped on exit."""
+    name = f"{test_env['STRATUS_POSTGRES__DATABASE']}_{suffix}"
+    prepare_database(name)
+    prepare_vhost(name)
+    base = free_base_port() if base is None else base
+    cfg = ClusterConfig(
+        run_dir=Path(tmp_path_factory.mktemp(f"{suffix}-cluster")),
+        env={
+            **test_env,
+            "STRATUS_POSTGRES__DATABASE": name,
+            "STRATUS_RABBIT__VHOST": name,
+            "STRATUS_LOG_LEVEL": "INFO",
+            "STRATUS_REAPER_INTERVAL_S": "0.5",
+            "STRATUS_WORKER_TTL_S": "5",
+            **env,
+        },
+        gateway_port=base,
+        scheduler_port=base + 1,
+        datamover_port=base + 3,
+        tenant_port=base + 4,
+        worker_base_port=base + 100,
+        **config,
+    )
+    with running(cfg, name, timeout=timeout) as c:
+        yield c
+
+
 # A cluster per module: its processes end with the module, so they never compete with the
 # tests that follow it (nor hold the database connections those need).
 @pytest.fixture(scope="module")
 def cluster(
     test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, e2e_moto: MotoServer
 ) -> Iterator[LocalCluster]:
-    name = test_env["STRATUS_POSTGRES__DATABASE"] + "_e2e"
-    prepare_database(name)
-    prepare_vhost(name)
-    env = {
-        **storage_env(Path(tmp_path_factory.mktemp("tiers")), e2e_moto),
-        **test_env,
-        "STRATUS_POSTGRES__DATABASE": name,
-        "STRATUS_RABBIT__VHOST": name,
-        "STRATUS_LOG_LEVEL": "INFO",
-        "STRATUS_REAPER_INTERVAL_S": "0.5",
-        "STRATUS_WORKER_TTL_S": "5",
-    }
-    cfg = ClusterConfig(
-        run_dir=Path(tmp_path_factory.mktemp("cluster")),
-        env=env,
-        gateway_port=BASE_PORT,
-        scheduler_port=BASE_PORT + 1,
-        datamover_port=BASE_PORT + 3,
-        tenant_port=BASE_PORT + 4,
-        worker_base_port=BASE_PORT + 100,
+    with own_cluster(
+        "e2e",
+        test_env,
+        tmp_path_factory,
+        env=storage_env(Path(tmp_path_factory.mktemp("tiers")), e2e_moto),
+        base=BASE_PORT,
         workers=2,
         worker_env={
             "STRATUS_CONCURRENCY": "2",
             "STRATUS_LEASE_S": "3",
             "STRATUS_HEARTBEAT_INTERVAL_S": "0.5",
         },
-    )
-    with running(cfg, name) as c:
+    ) as c:
         yield c
 
 

@@ -31,16 +31,13 @@ from tests.e2e.conftest import (
     free_base_port,
     new_tenant,
     new_tenant_key,
-    running,
+    own_cluster,
     storage_env,
     wait_for_state,
 )
 from tools.cluster import (
     Autoscale,
-    ClusterConfig,
     LocalCluster,
-    prepare_database,
-    prepare_vhost,
 )
 
 pytestmark = pytest.mark.e2e
@@ -93,33 +90,20 @@ def cluster(
 ) -> Iterator[LocalCluster]:
     """A cluster as ``make up`` runs one: the scheduler's autoscaler owns the worker pools
     (cpu: 2 workers of 2 slots, held there; cuda: a maximum of 0, as by default)."""
-    name = test_env["STRATUS_POSTGRES__DATABASE"] + "_abuse"
-    prepare_database(name)
-    prepare_vhost(name)
     env = {
         **storage_env(Path(tmp_path_factory.mktemp("tiers")), e2e_moto),
-        **test_env,
-        "STRATUS_POSTGRES__DATABASE": name,
-        "STRATUS_RABBIT__VHOST": name,
-        "STRATUS_REAPER_INTERVAL_S": "0.5",
-        "STRATUS_WORKER_TTL_S": "5",
         # bodies that trickle are cut off sooner than by default, so the test ends sooner
         "STRATUS_BODY_TIMEOUT_S": "5",
         "STRATUS_BODY_IDLE_TIMEOUT_S": "2",
     }
-    base = free_base_port()
-    cfg = ClusterConfig(
-        run_dir=Path(tmp_path_factory.mktemp("abuse-cluster")),
+    with own_cluster(
+        "abuse",
+        test_env,
+        tmp_path_factory,
         env=env,
-        gateway_port=base,
-        scheduler_port=base + 1,
-        datamover_port=base + 3,
-        tenant_port=base + 4,
-        worker_base_port=base + 100,
         worker_env={"STRATUS_CONCURRENCY": "2"},
         autoscale=Autoscale(min_workers=2, max_workers=2),
-    )
-    with running(cfg, name) as c:
+    ) as c:
         yield c
 
 

@@ -19,14 +19,11 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import ADMIN, free_base_port, new_tenant_key, running, wait_for_state
+from tests.e2e.conftest import ADMIN, new_tenant_key, own_cluster, wait_for_state
 from tools.cluster import (
     CUDA_WORKER,
     Autoscale,
-    ClusterConfig,
     LocalCluster,
-    prepare_database,
-    prepare_vhost,
 )
 
 pytestmark = pytest.mark.e2e
@@ -44,33 +41,21 @@ JOB = {"kernel": "montecarlo_pi", "device": "cpu", "params": {"samples": 30_000_
 def scaled(
     test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalCluster]:
-    name = test_env["STRATUS_POSTGRES__DATABASE"] + "_scale"
-    prepare_database(name)
-    prepare_vhost(name)
     tiers = Path(tmp_path_factory.mktemp("scale-tiers"))
-    base = free_base_port()
     env = {
-        **test_env,
-        "STRATUS_POSTGRES__DATABASE": name,
-        "STRATUS_RABBIT__VHOST": name,
-        "STRATUS_LOG_LEVEL": "INFO",
         "STRATUS_STORAGE__LOCAL__ROOT": str(tiers / "local"),
         "STRATUS_STORAGE__ARCHIVE__ROOT": str(tiers / "archive"),
         "STRATUS_STORAGE__FSYNC": "false",
-        "STRATUS_REAPER_INTERVAL_S": "0.5",
-        "STRATUS_WORKER_TTL_S": "5",
         "STRATUS_AUTOSCALE__INTERVAL_S": "0.5",
         "STRATUS_AUTOSCALE__COOLDOWN_S": str(COOLDOWN_S),
         "STRATUS_AUTOSCALE__TARGET_JOBS_PER_WORKER": "4",
     }
-    cfg = ClusterConfig(
-        run_dir=Path(tmp_path_factory.mktemp("scale-cluster")),
+    with own_cluster(
+        "scale",
+        test_env,
+        tmp_path_factory,
         env=env,
-        gateway_port=base,
-        scheduler_port=base + 1,
-        datamover_port=base + 3,
-        tenant_port=base + 4,
-        worker_base_port=base + 100,
+        timeout=120,
         worker_env={
             "STRATUS_CONCURRENCY": "1",
             "STRATUS_THREADS_PER_PROCESS": "1",
@@ -85,8 +70,7 @@ def scaled(
             cuda_max_workers=1,
             cuda_env={"STRATUS_CUDA_SIMULATOR": "true", "STRATUS_WARM_KERNELS": "false"},
         ),
-    )
-    with running(cfg, name, timeout=120) as c:
+    ) as c:
         yield c
 
 

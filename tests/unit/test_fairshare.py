@@ -136,7 +136,7 @@ def test_a_tenant_alone_leaves_the_reserved_slots_for_a_later_one() -> None:
     plan = allocate([alone], 20, usage_scale_s=60, slots=4, reserved=1)
     assert count(plan.chosen, alone) == 3  # neither the fourth slot nor the slack
     # the tenant that comes next takes the slot kept free, ahead of the first one's jobs
-    hog, late = tenant(jobs=27, on_device=3), tenant(jobs=1)
+    hog, late = tenant(jobs=27, in_flight=3, on_device=3), tenant(jobs=1)
     plan = allocate([hog, late], 20, usage_scale_s=60, slots=4, reserved=1)
     assert plan.chosen[0].tenant_id == late.tenant_id  # first into the worker queue
     assert count(plan.chosen, late) == 1

@@ -44,7 +44,7 @@ from services.worker.kernels import histogram, montecarlo, nbody, saxpy, stencil
 from services.worker.kernels.base import readonly  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-TARGETS = {  # issue 3: fraction of the machine's limit
+TARGETS = {  # each kernel's goal, as a fraction of the machine's limit
     "saxpy": 0.80,
     "stencil2d": 0.75,
     "histogram": 0.40,

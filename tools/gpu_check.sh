@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One prepared check of the CUDA kernels on a real GPU, for the device machine that the
-# development library lends some sessions (see docs/STATUS.md, issue 3). Run there from the
+# One prepared check of the CUDA kernels on a machine with a real GPU whose Python image
+# lacks some of the project's dependencies. Run there from the
 # repository root with the wheels the image lacks in .whl/ (git-ignored through
 # .git/info/exclude), for CPython 3.12 manylinux x86_64, downloaded here with
 # `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform ...`:

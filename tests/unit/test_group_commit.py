@@ -20,13 +20,25 @@ class Away(Exception):
 
 
 class Store:
-    def __init__(self, delay: float = 0.0) -> None:
-        self.delay = delay
+    """A fake write. With ``gated``, each write waits until the test calls ``release``:
+    what callers do while a write is in flight is then a matter of order, not of time."""
+
+    def __init__(self, *, gated: bool = False) -> None:
         self.batches: list[list[int]] = []
         self.commits = 0
+        self.writing = asyncio.Event()  # a write has started
+        self._gate = asyncio.Event()
+        if not gated:
+            self._gate.set()
+        self.started_at: list[float] = []
+
+    def release(self) -> None:
+        self._gate.set()
 
     async def write(self, items: list[int]) -> list[int]:
-        await asyncio.sleep(self.delay)
+        self.started_at.append(asyncio.get_running_loop().time())
+        self.writing.set()
+        await self._gate.wait()
         if any(i < 0 for i in items):
             raise Bad(items)
         if any(i == 0 for i in items):
@@ -49,31 +61,40 @@ def group(store: Store, **options: object) -> GroupCommit[int, int]:
 
 
 async def test_callers_of_one_turn_share_a_write_and_the_next_ones_wait_for_it() -> None:
-    store = Store(delay=0.02)
+    store = Store(gated=True)
     commits = group(store)
     first = [asyncio.create_task(commits.submit(i)) for i in (1, 2, 3)]
-    await asyncio.sleep(0.005)  # the first write is in flight
+    await store.writing.wait()  # the first write is in flight
     second = [asyncio.create_task(commits.submit(i)) for i in (4, 5)]
+    await asyncio.sleep(0)  # their submissions are waiting
+    store.release()
     assert await asyncio.gather(*first, *second) == [10, 20, 30, 40, 50]
     assert store.batches == [[1, 2, 3], [4, 5]]
     assert (commits.writes, commits.items, store.commits) == (2, 5, 2)
 
 
 async def test_the_linger_gathers_callers_of_different_turns() -> None:
+    """Callers of later turns of the event loop join the first one's batch while it lingers,
+    and its write starts no sooner than ``linger_s`` after the first arrived."""
+    loop = asyncio.get_running_loop()
     store = Store()
-    commits = group(store, linger_s=0.05)
+    commits = group(store, linger_s=1.0)
+    arrived = loop.time()
     tasks = []
     for i in (1, 2, 3):
         tasks.append(asyncio.create_task(commits.submit(i)))
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(0)  # the next caller comes in a later turn
     assert await asyncio.gather(*tasks) == [10, 20, 30]
     assert store.batches == [[1, 2, 3]]
+    assert store.started_at[0] - arrived >= commits.linger_s - 0.01
 
 
 async def test_max_batch_waiting_write_without_lingering() -> None:
     store = Store()
-    commits = group(store, linger_s=10.0, max_batch=2)
-    got = await asyncio.wait_for(asyncio.gather(*(commits.submit(i) for i in (1, 2, 3, 4))), 1)
+    commits = group(store, linger_s=3600.0, max_batch=2)
+    submitted = asyncio.gather(*(commits.submit(i) for i in (1, 2, 3, 4)))
+    # lingering would take the hour: any bound far below it tells the two apart
+    got = await asyncio.wait_for(submitted, commits.linger_s / 60)
     assert got == [10, 20, 30, 40]
     assert store.batches == [[1, 2], [3, 4]]
 
@@ -104,13 +125,14 @@ async def test_an_error_that_fails_the_batch_reaches_every_caller() -> None:
 
 
 async def test_a_caller_cancelled_while_waiting_is_dropped() -> None:
-    store = Store(delay=0.02)
+    store = Store(gated=True)
     commits = group(store)
     first = asyncio.create_task(commits.submit(1))
-    await asyncio.sleep(0.005)
+    await store.writing.wait()
     gone, kept = asyncio.create_task(commits.submit(2)), asyncio.create_task(commits.submit(3))
     await asyncio.sleep(0)
     gone.cancel()
+    store.release()
     assert (await first, await kept) == (10, 30)
     assert gone.cancelled()
     assert store.batches == [[1], [3]]
@@ -118,11 +140,12 @@ async def test_a_caller_cancelled_while_waiting_is_dropped() -> None:
 
 async def test_closing_writes_what_waits_then_refuses() -> None:
     store = Store()
-    commits = GroupCommit("t", store.write, linger_s=10.0, closed=lambda: Away("closed"))
+    commits = GroupCommit("t", store.write, linger_s=3600.0, closed=lambda: Away("closed"))
     waiting = [asyncio.create_task(commits.submit(i)) for i in (1, 2)]
-    await asyncio.sleep(0.01)
+    for _ in range(3):
+        await asyncio.sleep(0)
     assert not any(w.done() for w in waiting)  # lingering
-    await asyncio.wait_for(commits.close(), 1)
+    await asyncio.wait_for(commits.close(), commits.linger_s / 60)  # without the linger
     assert [w.result() for w in waiting] == [10, 20]
     with pytest.raises(Away):
         await commits.submit(3)

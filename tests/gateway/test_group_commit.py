@@ -35,8 +35,8 @@ from shared.settings import CommonSettings, StorageSettings
 from tests.factories import own_database
 from tests.gateway.conftest import TenantKey, make_tenant
 from tests.gateway.test_jobs_api import MC, assert_problem
-from tests.gateway.test_outage import TcpProxy
 from tests.gateway.test_submit_validation import npy
+from tests.netfault import TcpProxy
 
 
 @dataclass

@@ -19,43 +19,7 @@ from services.gateway.settings import GatewaySettings
 from shared.settings import CommonSettings
 from tests.gateway.conftest import TenantKey
 from tests.gateway.test_jobs_api import MC, assert_problem
-
-
-class TcpProxy:
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._writers: set[asyncio.StreamWriter] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for w in list(self._writers):
-            w.close()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.close()
-            return
-        self._writers |= {writer, up_w}
-
-        async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(Exception):
-                while data := await r.read(65536):
-                    w.write(data)
-                    await w.drain()
-            w.close()
-
-        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
-        self._writers -= {writer, up_w}
+from tests.netfault import TcpProxy
 
 
 @pytest.fixture

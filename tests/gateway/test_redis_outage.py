@@ -20,7 +20,7 @@ from services.gateway.settings import GatewaySettings
 from shared.ratelimit import RateLimiter
 from shared.resilience import BreakerState
 from tests.gateway.conftest import TenantKey
-from tests.gateway.test_outage import TcpProxy
+from tests.netfault import TcpProxy
 
 OPEN = 'stratus_circuit_state{circuit="redis"} 2.0'
 CLOSED = 'stratus_circuit_state{circuit="redis"} 0.0'

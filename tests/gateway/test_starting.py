@@ -14,8 +14,8 @@ import pytest
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from tests.gateway.conftest import TenantKey
-from tests.gateway.test_outage import TcpProxy
 from tests.integration.test_start_any_order import closed_proxy
+from tests.netfault import TcpProxy
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from shared.messaging.broker import Outgoing
 from shared.resilience import BreakerState, CircuitOpen
 from shared.settings import CommonSettings
 from shared.telemetry import REGISTRY
-from tests.gateway.test_outage import TcpProxy
+from tests.netfault import TcpProxy
 
 
 def _state_in_metrics() -> str:

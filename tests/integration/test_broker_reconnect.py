@@ -18,7 +18,7 @@ import pytest
 from shared.messaging import Broker, Delivery, QueueSpec
 from shared.messaging.broker import Outgoing
 from shared.settings import CommonSettings
-from tests.gateway.test_outage import TcpProxy
+from tests.netfault import TcpProxy
 
 
 async def test_a_consumer_is_back_within_the_reconnect_interval(settings: CommonSettings) -> None:

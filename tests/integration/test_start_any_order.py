@@ -21,7 +21,7 @@ import pytest
 
 from shared.settings import CommonSettings
 from tests.datamover.harness import free_port
-from tests.gateway.test_outage import TcpProxy
+from tests.netfault import TcpProxy
 
 REPO = Path(__file__).resolve().parents[2]
 

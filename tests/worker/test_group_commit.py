@@ -33,7 +33,7 @@ from shared.jobs.states import JobState
 from shared.jobs.store import Claim, Finish, Report, set_job_state
 from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
-from tests.factories import admit_jobs, new_job, own_database
+from tests.factories import new_job, own_database
 from tests.netfault import TcpProxy
 from tests.worker.test_held_leases import InstantRunner, dispatched
 

@@ -14,7 +14,7 @@ Set-ups, each a fresh local cluster under supervisord (the ``local`` backend):
 Every worker runs one job at a time on one thread. Per set-up it prints the completion time
 (the sum over bursts of first submit to last job finished) and the worker-seconds used (worker
 processes started and not stopped, sampled every 0.2 s from supervisord, integrated from the
-first submit to the end of the last burst). Targets (issue 7): autoscaling finishes within
+first submit to the end of the last burst). Targets: autoscaling finishes within
 1.25x the fixed-max time while using at most 0.7x its worker-seconds.
 
 Everything lives on ports 19400-19600 and in a database and vhost ``stratus_bench_scaling_*``
@@ -214,7 +214,6 @@ def run_setup(setup: str, opts: Options, env: dict[str, str], admin: dict[str, s
         gateway_port=BASE_PORT,
         scheduler_port=BASE_PORT + 1,
         datamover_port=BASE_PORT + 3,
-        tenant_port=BASE_PORT + 4,
         worker_base_port=BASE_PORT + 100,
         workers=fixed or 1,
         worker_env={"STRATUS_CONCURRENCY": "1", "STRATUS_THREADS_PER_PROCESS": "1"},

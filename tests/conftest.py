@@ -1,10 +1,19 @@
 """Test harness: every test session gets its own PostgreSQL database and RabbitMQ vhost on
-the real servers (never the ones ``make up`` uses), dropped at the end."""
+the real servers (never the ones ``make up`` uses), dropped at the end.
+
+Two guard rails keep a broken run short and its failures readable: the servers are checked
+once per module, before its first test that needs them, and a module whose servers do not
+answer within ``STRATUS_TEST_SERVER_CHECK_S`` fails at once, each test saying which server
+is out (instead of every test running into its timeout); and after
+``STRATUS_TEST_DEADLINE_S`` of the session every test left fails at once with "session
+deadline exceeded", so that a run that has gone wrong still ends, with its report, well
+inside CI's limit."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -13,10 +22,43 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.settings import CommonSettings
+from tests.servers import servers_out
 from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
 
 RUN_ID = uuid.uuid4().hex[:8]
 ADMIN_KEY = "test-admin-" + secrets.token_urlsafe(16)
+DEADLINE_S = float(os.environ.get("STRATUS_TEST_DEADLINE_S", str(40 * 60)))
+SERVER_CHECK_S = float(os.environ.get("STRATUS_TEST_SERVER_CHECK_S", "5"))
+
+_started = time.monotonic()
+_modules_out: dict[str, str] = {}  # module → the servers that did not answer ("" when all did)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _started
+    _started = time.monotonic()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    elapsed = time.monotonic() - _started
+    if elapsed > DEADLINE_S:
+        pytest.fail(
+            f"session deadline exceeded: {elapsed:.0f}s into the run, past "
+            f"STRATUS_TEST_DEADLINE_S={DEADLINE_S:.0f}; the tests left are not run",
+            pytrace=False,
+        )
+    if "test_env" not in getattr(item, "fixturenames", ()):
+        return  # needs no server
+    module = item.nodeid.split("::")[0]
+    if module not in _modules_out:
+        _modules_out[module] = "; ".join(servers_out(CommonSettings(), SERVER_CHECK_S))
+    if _modules_out[module]:
+        pytest.fail(
+            f"servers not answering within {SERVER_CHECK_S:.0f}s, checked before the first "
+            f"test of {module}: {_modules_out[module]}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")

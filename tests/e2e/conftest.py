@@ -18,6 +18,7 @@ import pytest
 
 from tests.conftest import ADMIN_KEY
 from tests.datamover.harness import BUCKET, MotoServer
+from tests.servers import unacked_messages, unfinished_jobs
 from tools.cluster import (
     ClusterConfig,
     LocalCluster,
@@ -26,6 +27,7 @@ from tools.cluster import (
     prepare_database,
     prepare_vhost,
 )
+from tools.provision import postgres_settings
 
 
 def free_base_port() -> int:
@@ -47,6 +49,8 @@ def free_base_port() -> int:
 
 
 BASE_PORT = free_base_port()
+# what a module's last jobs may need to finish (the e2e jobs run for a second or less)
+IDLE_WITHIN_S = 60.0
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 
@@ -108,6 +112,7 @@ def own_cluster(
         **config,
     )
     with running(cfg, name, timeout=timeout) as c:
+        assert_idle(cfg.env, name)
         yield c
 
 
@@ -131,6 +136,20 @@ def cluster(
         },
     ) as c:
         yield c
+
+def assert_idle(env: dict[str, str], name: str, *, within_s: float = IDLE_WITHIN_S) -> None:
+    """The cluster of database and vhost ``name`` is idle within ``within_s``: no job left
+    QUEUED or RUNNING, no message delivered and not acknowledged. A module that leaves work
+    behind fails here rather than slowing whatever runs next."""
+    pg = postgres_settings(env).model_copy(update={"database": name})
+    deadline = time.monotonic() + within_s
+    while True:
+        busy = {**unfinished_jobs(pg), **unacked_messages(name)}
+        if not busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not busy, f"the cluster is not idle {within_s:.0f}s after its module: {busy}"
+
 
 
 @contextmanager

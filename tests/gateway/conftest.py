@@ -36,7 +36,9 @@ async def gateway_client(tiers: Path) -> AsyncIterator[httpx.AsyncClient]:
             yield c
 
 
-@pytest.fixture(scope="session")
+# A gateway per module: its outbox relay and consumers stop when the module ends, so none
+# keeps working on the shared database and vhost under the modules that follow.
+@pytest.fixture(scope="module")
 async def client(
     test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[httpx.AsyncClient]:

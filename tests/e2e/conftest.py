@@ -112,8 +112,8 @@ def own_cluster(
         **config,
     )
     with running(cfg, name, timeout=timeout) as c:
-        assert_idle(cfg.env, name)
         yield c
+        assert_idle(cfg.env, name)
 
 
 # A cluster per module: its processes end with the module, so they never compete with the
@@ -137,6 +137,7 @@ def cluster(
     ) as c:
         yield c
 
+
 def assert_idle(env: dict[str, str], name: str, *, within_s: float = IDLE_WITHIN_S) -> None:
     """The cluster of database and vhost ``name`` is idle within ``within_s``: no job left
     QUEUED or RUNNING, no message delivered and not acknowledged. A module that leaves work
@@ -149,7 +150,6 @@ def assert_idle(env: dict[str, str], name: str, *, within_s: float = IDLE_WITHIN
             break
         time.sleep(0.5)
     assert not busy, f"the cluster is not idle {within_s:.0f}s after its module: {busy}"
-
 
 
 @contextmanager

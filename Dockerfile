@@ -1,6 +1,6 @@
 # One image for every Stratus service; the command picks the service:
 #   docker run stratus                                  # gateway (the default)
-#   docker run stratus python -m services.worker        # scheduler, worker, datamover, tenant
+#   docker run stratus python -m services.worker        # scheduler, worker, datamover
 #   docker run stratus alembic upgrade head             # migrations
 # Health checks live in docker-compose.yml (each service's /readyz), not in the image.
 FROM python:3.11-slim

@@ -75,7 +75,6 @@ CELERY_VHOST = "stratus_bench_celery"
 GATEWAY_PORT = 19000
 SCHEDULER_PORT = 19001
 DATAMOVER_PORT = 19003
-TENANT_PORT = 19004
 WORKER_BASE_PORT = 19100
 REF_PORT = 19010
 REDIS_URL = "redis://127.0.0.1:6379/15"  # bench-only db
@@ -1027,7 +1026,7 @@ def run(opts: Options) -> dict[str, Any]:
         say(f"  machine: {machine()}; PostgreSQL, RabbitMQ and Redis on this machine")
         say(
             f"  Stratus: supervisord (tools.cluster) with 1 gateway, 1 scheduler, "
-            f"1 worker process (STRATUS_CONCURRENCY={opts.concurrency}), datamover, tenant; "
+            f"1 worker process (STRATUS_CONCURRENCY={opts.concurrency}), datamover; "
             f"log level INFO; database/vhost {DB}; ports {GATEWAY_PORT}-{WORKER_BASE_PORT}"
         )
         say(
@@ -1051,7 +1050,6 @@ def run(opts: Options) -> dict[str, Any]:
             gateway_port=GATEWAY_PORT,
             scheduler_port=SCHEDULER_PORT,
             datamover_port=DATAMOVER_PORT,
-            tenant_port=TENANT_PORT,
             worker_base_port=WORKER_BASE_PORT,
             workers=1,
             worker_env={"STRATUS_CONCURRENCY": str(opts.concurrency)},

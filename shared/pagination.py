@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, TypeVar
 
@@ -119,6 +120,32 @@ def created_window(
     if before is not None:
         query = query.where(created < before)
     return query
+
+
+@dataclass(frozen=True)
+class PageQuery:
+    """What a newest-first list is asked for: ``limit`` rows after ``cursor``, of those
+    created between ``created_after`` and ``created_before`` (exclusive; ``None``: open)."""
+
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+
+async def newest_first(
+    session: AsyncSession,
+    query: Select[T],
+    *,
+    created: InstrumentedAttribute[datetime],
+    key: InstrumentedAttribute[uuid.UUID],
+    page: PageQuery,
+) -> tuple[list[T], str | None]:
+    """The page of ``query`` that ``page`` asks for, and the cursor of the next."""
+    query = created_window(query, created, after=page.created_after, before=page.created_before)
+    return await keyset_page(
+        session, query, created=created, key=key, limit=page.limit, cursor=page.cursor
+    )
 
 
 async def keyset_page(

@@ -81,7 +81,7 @@ __all__ = [
 WORKER = "worker"
 CUDA_WORKER = "cuda_worker"
 CUDA_PORT_OFFSET = 50
-SERVICES = ("gateway", "scheduler", "datamover", "tenant", WORKER)
+SERVICES = ("gateway", "scheduler", "datamover", WORKER)
 RPC_FACTORY = "supervisor.rpcinterface:make_main_rpcinterface"
 
 
@@ -107,7 +107,6 @@ class ClusterConfig:
     gateway_port: int = 8000
     scheduler_port: int = 8001
     datamover_port: int = 8003
-    tenant_port: int = 8004
     worker_base_port: int = 8100
     workers: int = 1
     worker_env: dict[str, str] = field(default_factory=dict)  # extra env, workers only
@@ -187,7 +186,6 @@ class LocalCluster:
             "gateway": self.cfg.gateway_port,
             "scheduler": self.cfg.scheduler_port,
             "datamover": self.cfg.datamover_port,
-            "tenant": self.cfg.tenant_port,
         }
         if process not in ports:
             raise ClusterError(f"unknown process {process!r}")

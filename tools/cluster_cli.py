@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         help="autoscaled cpu pool: at least this many workers (0: scale to zero)",
     )
     up.add_argument("--max-workers", type=int, default=scaling.max_workers)
-    for name in ("gateway", "scheduler", "datamover", "tenant", "worker_base"):
+    for name in ("gateway", "scheduler", "datamover", "worker_base"):
         flag = f"--{name.replace('_', '-')}-port"
         up.add_argument(flag, type=int, default=getattr(defaults, f"{name}_port"))
     up.add_argument("--timeout", type=float, default=180.0, help="readiness wait, seconds")
@@ -108,7 +108,6 @@ def _up(args: argparse.Namespace) -> int:
         gateway_port=args.gateway_port,
         scheduler_port=args.scheduler_port,
         datamover_port=args.datamover_port,
-        tenant_port=args.tenant_port,
         worker_base_port=args.worker_base_port,
     )
     cluster = LocalCluster(cfg)

@@ -14,6 +14,7 @@ from services.gateway.admin.routes import router as admin_router
 from services.gateway.auth import Authenticator
 from services.gateway.bodies import BodyLimitMiddleware, BodyLimits
 from services.gateway.datasets.routes import router as datasets_router
+from services.gateway.datasets.routes import tiers_router
 from services.gateway.deps import GatewayDb, raw_db
 from services.gateway.docs import install_docs
 from services.gateway.jobs.admission import ClosedPools
@@ -95,6 +96,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(tenants_router)
     app.include_router(jobs_router)
     app.include_router(datasets_router)
+    app.include_router(tiers_router)
     app.include_router(migrations_router)
     app.include_router(accounting_router)
     app.include_router(admin_router)

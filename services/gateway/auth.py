@@ -11,7 +11,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.tenant.service import KeyOwner, find_key
+from services.gateway.tenants.service import KeyOwner, find_key
 from shared.errors import Forbidden, Unauthorized
 from shared.logging import get_logger
 from shared.resilience import CircuitBreaker, CircuitOpen

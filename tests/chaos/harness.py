@@ -180,7 +180,7 @@ def chaos_cluster(
     try:
         server_env = servers.env()
         prepare_database(DATABASE, env=server_env)
-        ports = free_ports(4)
+        ports = free_ports(3)
         full_env = {
             **env,
             **server_env,
@@ -203,7 +203,6 @@ def chaos_cluster(
             gateway_port=ports[0],
             scheduler_port=ports[1],
             datamover_port=ports[2],
-            tenant_port=ports[3],
             worker_base_port=_worker_base(plan.workers),
             workers=plan.workers,
             worker_env={

@@ -41,7 +41,7 @@ def test_autoscaled_programs_and_the_schedulers_settings(
     for name in workers + cuda:
         assert procs[name].autostart is False
         assert procs[name].autorestart  # a crash is restarted
-    for name in ("gateway", "scheduler", "datamover", "tenant"):
+    for name in ("gateway", "scheduler", "datamover"):
         assert procs[name].autostart is True
     cuda_env = procs["cuda_worker_01"].environment
     assert cuda_env["STRATUS_DEVICE"] == "cuda"
@@ -49,7 +49,7 @@ def test_autoscaled_programs_and_the_schedulers_settings(
     assert "$((9150 + 1))" in procs["cuda_worker_01"].command
     assert cluster.port("cuda_worker_01") == 9151
     assert cluster.namespec("cuda_worker_01") == "cuda_worker:cuda_worker_01"
-    assert cluster.startup_names() == ["gateway", "scheduler", "datamover", "tenant"]
+    assert cluster.startup_names() == ["gateway", "scheduler", "datamover"]
 
     env = procs["scheduler"].environment
     for key, value in env.items():

@@ -107,7 +107,6 @@ def own_cluster(
         gateway_port=base,
         scheduler_port=base + 1,
         datamover_port=base + 3,
-        tenant_port=base + 4,
         worker_base_port=base + 100,
         **config,
     )

@@ -105,9 +105,7 @@ async def _wait_for(
         await asyncio.sleep(0.3)
 
 
-@pytest.mark.parametrize(
-    "module", ["services.tenant", "services.scheduler", "services.datamover", "services.worker"]
-)
+@pytest.mark.parametrize("module", ["services.scheduler", "services.datamover", "services.worker"])
 async def test_a_service_waits_for_its_dependencies_in_any_order(
     module: str, settings: CommonSettings, test_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -6,31 +6,30 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from services.gateway.accounting.schemas import TenantSelf, Usage, UsageList
+from services.gateway.accounting.service import GroupBy, Window, quota_use, usage_of, usage_of_all
 from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
-from services.tenant.audit import audit, entry_out, list_audit
-from services.tenant.service import get_tenant
-from services.tenant.usage import GroupBy, Window, quota_use, usage_of, usage_of_all
+from services.gateway.routing import feature_router
+from services.gateway.tenants.audit import audit, entry_out, list_audit
+from services.gateway.tenants.service import get_tenant
 from shared.errors import Forbidden
 from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery, Instant
-from shared.problems import problem_responses
 
-router = APIRouter(prefix="/v1", tags=["usage"])
-
-ERRORS = problem_responses(
-    {
-        401: "missing or unknown API key",
+router = feature_router(
+    prefix="/v1",
+    tag="usage",
+    errors={
         403: "wrong kind of key, a key without the `jobs:read` scope, or tenant suspended",
         422: "bad bounds or grouping",
         429: "rate limit exceeded",
         503: "the database is down; retry after Retry-After",
-    }
+    },
 )
 
 
-@router.get("/usage", responses=ERRORS)
+@router.get("/usage")
 async def get_usage(
     principal: PrincipalDep,
     session: SessionDep,
@@ -50,7 +49,7 @@ async def get_usage(
     return Usage.model_validate(usage)
 
 
-@router.get("/tenant", responses=ERRORS)
+@router.get("/tenant")
 async def get_own_tenant(
     principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> TenantSelf:
@@ -74,14 +73,14 @@ async def get_own_tenant(
     )
 
 
-@router.get("/admin/usage", responses=ERRORS)
+@router.get("/admin/usage")
 async def get_all_usage(principal: PrincipalDep, session: SessionDep) -> UsageList:
     principal.require_admin()
     await audit(session=session, actor=principal.actor, action="usage.read")
     return UsageList.model_validate({"items": await usage_of_all(session=session)})
 
 
-@router.get("/audit", responses=ERRORS)
+@router.get("/audit")
 async def get_audit(
     principal: PrincipalDep,
     session: SessionDep,

@@ -14,7 +14,7 @@ from fastapi import APIRouter
 from sqlalchemy import func, select
 
 from services.gateway.deps import PrincipalDep, SessionDep
-from services.tenant.audit import audit
+from services.gateway.tenants.audit import audit
 from shared.db.models import Job, Worker, WorkerPool
 from shared.jobs.states import JobState
 from shared.problems import problem_responses

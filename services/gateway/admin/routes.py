@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep
-from services.tenant.audit import audit
+from services.gateway.tenants.audit import audit
 from shared.errors import NotFound
 from shared.messaging.topology import DURABLE_QUEUES
 from shared.problems import problem_responses

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import APIRouter, BackgroundTasks, Depends, FastAPI, Header, Query, Request, Response
+from fastapi import BackgroundTasks, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from services.gateway.datasets import service
 from services.gateway.datasets.schemas import DatasetList, DatasetOut, TierList, TierOut
 from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep, SettingsDep
+from services.gateway.routing import PageDep, feature_router
 from shared.db.models import Dataset
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery, Instant
-from shared.problems import problem_responses
+from shared.runtime import Resources
 from shared.storage import Storage, validate_name
 from shared.storage.checksum import etag
 from shared.storage.names import MAX_NAME, NAME_CHARS_PATTERN
@@ -34,7 +35,23 @@ async def storage_lifespan(app: FastAPI) -> AsyncIterator[None]:
         await storage.close()
 
 
-router = APIRouter(prefix="/v1", tags=["datasets"], lifespan=storage_lifespan)
+router = feature_router(
+    prefix="/v1",
+    tag="datasets",
+    errors={
+        403: "key lacks the scope, or tenant suspended",
+        404: "no such dataset for this tenant",
+        429: "rate limit exceeded",
+        409: "the name clashes with another dataset (a file and a folder)",
+        413: "over the tenant's storage_bytes quota",
+        422: "invalid name or tier",
+        503: "a storage tier or the database is down; retry after Retry-After",
+    },
+    lifespan=storage_lifespan,
+)
+tiers_router = feature_router(
+    prefix="/v1", tag="tiers", errors={403: "tenant suspended", 429: "rate limit exceeded"}
+)
 
 
 def get_storage(request: Request) -> Storage:
@@ -43,19 +60,6 @@ def get_storage(request: Request) -> Storage:
 
 
 StorageDep = Annotated[Storage, Depends(get_storage)]
-
-ERRORS = problem_responses(
-    {
-        401: "missing or unknown API key",
-        403: "key lacks the scope, or tenant suspended",
-        404: "no such dataset for this tenant",
-        429: "rate limit exceeded",
-        409: "the name clashes with another dataset (a file and a folder)",
-        413: "over the tenant's storage_bytes quota",
-        422: "invalid name or tier",
-        503: "a storage tier or the database is down; retry after Retry-After",
-    }
-)
 
 
 def dataset_out(dataset: Dataset) -> DatasetOut:
@@ -69,13 +73,31 @@ def checked_name(request: Request, name: str) -> str:
     return validate_name(name)
 
 
+def clean_after_commit(
+    background: BackgroundTasks,
+    *,
+    resources: Resources,
+    storage: Storage,
+    tenant_id: uuid.UUID,
+    name: str,
+    tiers: tuple[str, ...],
+) -> None:
+    """Once the answer is sent (the transaction committed), remove the copies on ``tiers``
+    that the dataset's row no longer lists."""
+    background.add_task(
+        service.clean_stale,
+        sessions=resources.sessions,
+        storage=storage,
+        tenant_id=tenant_id,
+        name=name,
+        tiers=tiers,
+    )
+
+
 @router.put(
     "/datasets/{name:path}",
     status_code=201,
-    responses={
-        **ERRORS,
-        200: {"description": "an existing dataset was overwritten", "model": DatasetOut},
-    },
+    responses={200: {"description": "an existing dataset was overwritten", "model": DatasetOut}},
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -90,7 +112,6 @@ async def put_dataset(
     session: SessionDep,
     storage: StorageDep,
     resources: ResourcesDep,
-    settings: SettingsDep,
     response: Response,
     background: BackgroundTasks,
     tier: Annotated[str | None, Query(description="where to store it (default: local)")] = None,
@@ -99,23 +120,20 @@ async def put_dataset(
     name = checked_name(request, name)
     # Read from the transport, not declared as an API parameter: it describes the body.
     declared = request.headers.get("content-length", "")
-    content_length = int(declared) if declared.isdigit() else None
-    tier_name = storage.settings.default_tier if tier is None else tier  # ?tier= is no tier
-    storage.tier(tier_name)
     published = await service.upload(
         session=session,
         sessions=resources.sessions,
         storage=storage,
         tenant_id=tenant_id,
         name=name,
-        tier=tier_name,
+        tier=tier,
         body=request.stream(),
-        declared=content_length,
-        quota=int(principal.quotas.get("storage_bytes", settings.quotas.storage_bytes)),
+        declared=int(declared) if declared.isdigit() else None,
+        quota=int(principal.quotas["storage_bytes"]),
     )
-    background.add_task(
-        service.clean_stale,
-        sessions=resources.sessions,
+    clean_after_commit(
+        background,
+        resources=resources,
         storage=storage,
         tenant_id=tenant_id,
         name=name,
@@ -139,7 +157,6 @@ async def _stream(reader: Reader) -> AsyncIterator[bytes]:
     "/datasets/{name:path}",
     response_model=None,
     responses={
-        **ERRORS,
         200: {
             "description": "the bytes (streamed), or with ?meta=1 the Dataset",
             "content": {
@@ -180,33 +197,24 @@ async def get_dataset(
     )
 
 
-@router.get("/datasets", responses=ERRORS)
+@router.get("/datasets")
 async def list_datasets(
     principal: PrincipalDep,
     session: SessionDep,
+    page: PageDep,
     prefix: Annotated[
         str | None,
         Query(max_length=MAX_NAME, pattern=NAME_CHARS_PATTERN, description="names that start so"),
     ] = None,
-    created_after: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
-    created_before: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
 ) -> DatasetList:
     tenant_id = principal.require_tenant("data:read")
     rows, next_cursor = await service.list_datasets(
-        session=session,
-        tenant_id=tenant_id,
-        prefix=prefix,
-        limit=limit,
-        cursor=cursor,
-        created_after=created_after,
-        created_before=created_before,
+        session=session, tenant_id=tenant_id, prefix=prefix, page=page
     )
     return DatasetList(items=[dataset_out(d) for d in rows], next_cursor=next_cursor)
 
 
-@router.delete("/datasets/{name:path}", status_code=204, responses=ERRORS)
+@router.delete("/datasets/{name:path}", status_code=204)
 async def delete_dataset(
     name: str,
     request: Request,
@@ -219,9 +227,9 @@ async def delete_dataset(
     tenant_id = principal.require_tenant("data:write")
     name = checked_name(request, name)
     tiers = await service.delete_dataset(session=session, tenant_id=tenant_id, name=name)
-    background.add_task(
-        service.clean_stale,
-        sessions=resources.sessions,
+    clean_after_commit(
+        background,
+        resources=resources,
         storage=storage,
         tenant_id=tenant_id,
         name=name,
@@ -230,13 +238,7 @@ async def delete_dataset(
     return Response(status_code=204)
 
 
-@router.get(
-    "/tiers",
-    tags=["tiers"],
-    responses=problem_responses(
-        {401: "missing or unknown API key", 403: "tenant suspended", 429: "rate limit exceeded"}
-    ),
-)
+@tiers_router.get("/tiers")
 async def list_tiers(_principal: PrincipalDep, settings: SettingsDep) -> TierList:
     """The storage tiers this cluster offers (for ``?tier=``, ``to_tier``, ``output_tier``)."""
     storage = settings.storage

@@ -13,14 +13,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import Dataset
 from shared.logging import get_logger
-from shared.pagination import created_window, keyset_page
+from shared.pagination import PageQuery, newest_first
 from shared.storage import Storage, object_key
 from shared.storage.catalog import (
     Published,
@@ -55,13 +54,16 @@ async def upload(
     storage: Storage,
     tenant_id: uuid.UUID,
     name: str,
-    tier: str,
+    tier: str | None,
     body: AsyncIterator[bytes],
     declared: int | None,
     quota: int,
 ) -> Published:
-    """Reserve, receive, publish; whatever fails on the way leaves no partial object and
-    no reservation behind."""
+    """Store ``body`` as ``name`` on ``tier`` (``None``: the default tier): reserve, receive,
+    publish. ``declared``: the length the client announced, if any. Whatever fails on the way
+    leaves no partial object and no reservation behind."""
+    tier = storage.settings.default_tier if tier is None else tier
+    storage.tier(tier)  # an unknown tier is refused before the quota is asked
     hold = await hold_upload(
         sessions=sessions, tenant_id=tenant_id, name=name, quota=quota, declared=declared
     )
@@ -266,15 +268,9 @@ async def list_datasets(
     session: AsyncSession,
     tenant_id: uuid.UUID,
     prefix: str | None,
-    limit: int,
-    cursor: str | None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    page: PageQuery,
 ) -> tuple[list[Dataset], str | None]:
     query = select(Dataset).where(Dataset.tenant_id == tenant_id)
     if prefix:
         query = query.where(Dataset.name.startswith(prefix, autoescape=True))
-    query = created_window(query, Dataset.created_at, after=created_after, before=created_before)
-    return await keyset_page(
-        session, query, created=Dataset.created_at, key=Dataset.id, limit=limit, cursor=cursor
-    )
+    return await newest_first(session, query, created=Dataset.created_at, key=Dataset.id, page=page)

@@ -5,23 +5,21 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import Query, Response
 
 from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
 from services.gateway.migrations import service
 from services.gateway.migrations.schemas import MigrationCreate, MigrationList, MigrationOut
+from services.gateway.routing import PageDep, feature_router
 from shared.db.models import Migration
 from shared.idempotency import IdempotencyKey, request_hash
-from shared.pagination import DEFAULT_LIMIT, MAX_LIMIT, CursorQuery, Instant
-from shared.problems import problem_responses
 from shared.storage.migrations import MigrationMode, MigrationState, request_migration
 from shared.storage.names import MAX_NAME, NAME_CHARS_PATTERN
 
-router = APIRouter(prefix="/v1", tags=["migrations"])
-
-ERRORS = problem_responses(
-    {
-        401: "missing or unknown API key",
+router = feature_router(
+    prefix="/v1",
+    tag="migrations",
+    errors={
         403: "key lacks the scope, or tenant suspended",
         404: "no such dataset or migration for this tenant",
         409: "the dataset is already on that tier",
@@ -29,7 +27,7 @@ ERRORS = problem_responses(
         422: "validation failed (unknown tier, invalid name)",
         429: "rate limit exceeded",
         503: "a dependency is down; retry after Retry-After",
-    }
+    },
 )
 
 
@@ -37,7 +35,7 @@ def migration_out(migration: Migration) -> MigrationOut:
     return MigrationOut.model_validate(migration, from_attributes=True)
 
 
-@router.post("/migrations", status_code=202, responses=ERRORS)
+@router.post("/migrations", status_code=202)
 async def create_migration(
     body: MigrationCreate,
     principal: PrincipalDep,
@@ -57,7 +55,7 @@ async def create_migration(
         idempotency_key=idempotency_key,
         request_hash=None if idempotency_key is None else request_hash(body),
         idempotency_window_s=settings.idempotency_window_s,
-        quota=int(principal.quotas.get("storage_bytes", settings.quotas.storage_bytes)),
+        quota=int(principal.quotas["storage_bytes"]),
     )
     response.headers["Location"] = f"/v1/migrations/{requested.migration.id}"
     if requested.replayed:
@@ -65,7 +63,7 @@ async def create_migration(
     return migration_out(requested.migration)
 
 
-@router.get("/migrations/{migration_id}", responses=ERRORS)
+@router.get("/migrations/{migration_id}")
 async def get_migration(
     migration_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
 ) -> MigrationOut:
@@ -75,29 +73,19 @@ async def get_migration(
     )
 
 
-@router.get("/migrations", responses=ERRORS)
+@router.get("/migrations")
 async def list_migrations(
     principal: PrincipalDep,
     session: SessionDep,
+    page: PageDep,
     state: MigrationState | None = None,
     dataset: Annotated[
         str | None,
         Query(max_length=MAX_NAME, pattern=NAME_CHARS_PATTERN, description="of this dataset"),
     ] = None,
-    created_after: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
-    created_before: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
 ) -> MigrationList:
     tenant_id = principal.require_tenant("data:read")
     rows, next_cursor = await service.list_migrations(
-        session=session,
-        tenant_id=tenant_id,
-        state=state,
-        dataset=dataset,
-        limit=limit,
-        cursor=cursor,
-        created_after=created_after,
-        created_before=created_before,
+        session=session, tenant_id=tenant_id, state=state, dataset=dataset, page=page
     )
     return MigrationList(items=[migration_out(m) for m in rows], next_cursor=next_cursor)

@@ -5,14 +5,13 @@ which the scheduler calls too (stage-in)."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Migration
 from shared.errors import NotFound
-from shared.pagination import created_window, keyset_page
+from shared.pagination import PageQuery, newest_first
 from shared.storage.migrations import MigrationState
 
 
@@ -35,17 +34,13 @@ async def list_migrations(
     tenant_id: uuid.UUID,
     state: MigrationState | None,
     dataset: str | None,
-    limit: int,
-    cursor: str | None,
-    created_after: datetime | None = None,
-    created_before: datetime | None = None,
+    page: PageQuery,
 ) -> tuple[list[Migration], str | None]:
     query = select(Migration).where(Migration.tenant_id == tenant_id)
     if state is not None:
         query = query.where(Migration.state == state.value)
     if dataset is not None:
         query = query.where(Migration.dataset == dataset)
-    query = created_window(query, Migration.created_at, after=created_after, before=created_before)
-    return await keyset_page(
-        session, query, created=Migration.created_at, key=Migration.id, limit=limit, cursor=cursor
+    return await newest_first(
+        session, query, created=Migration.created_at, key=Migration.id, page=page
     )

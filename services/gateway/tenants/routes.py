@@ -4,34 +4,33 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Request, Response
+from fastapi import Request, Response
 
 from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
-from services.gateway.tenants.schemas import TenantList
-from services.tenant import service
-from services.tenant.audit import audit
-from services.tenant.schemas import (
+from services.gateway.routing import feature_router
+from services.gateway.tenants import service
+from services.gateway.tenants.audit import audit
+from services.gateway.tenants.schemas import (
     KeyCreate,
     KeyCreated,
     TenantCreate,
+    TenantList,
     TenantOut,
     TenantPatch,
 )
 from shared.db.models import Tenant
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
-from shared.problems import problem_responses
 
-router = APIRouter(prefix="/v1/tenants", tags=["tenants"])
-
-ERRORS = problem_responses(
-    {
-        401: "missing or unknown API key",
+router = feature_router(
+    prefix="/v1/tenants",
+    tag="tenants",
+    errors={
         403: "not the admin key",
         404: "no such tenant or key",
         409: "a tenant with this name exists",
         422: "validation failed",
         503: "the database is down; retry after Retry-After",
-    }
+    },
 )
 
 
@@ -47,7 +46,7 @@ def tenant_out(tenant: Tenant, settings: SettingsDep) -> TenantOut:
     )
 
 
-@router.post("", status_code=201, responses=ERRORS)
+@router.post("", status_code=201)
 async def create_tenant(
     body: TenantCreate, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> TenantOut:
@@ -64,7 +63,7 @@ async def create_tenant(
     return tenant_out(tenant, settings)
 
 
-@router.get("", responses=ERRORS)
+@router.get("")
 async def list_tenants(
     principal: PrincipalDep,
     session: SessionDep,
@@ -79,7 +78,7 @@ async def list_tenants(
     return TenantList(items=[tenant_out(t, settings) for t in rows], next_cursor=next_cursor)
 
 
-@router.get("/{tenant_id}", responses=ERRORS)
+@router.get("/{tenant_id}")
 async def get_tenant(
     tenant_id: uuid.UUID, principal: PrincipalDep, session: SessionDep, settings: SettingsDep
 ) -> TenantOut:
@@ -89,7 +88,7 @@ async def get_tenant(
     return tenant_out(tenant, settings)
 
 
-@router.patch("/{tenant_id}", responses=ERRORS)
+@router.patch("/{tenant_id}")
 async def patch_tenant(
     tenant_id: uuid.UUID,
     request: Request,
@@ -119,7 +118,7 @@ async def patch_tenant(
     return tenant_out(tenant, settings)
 
 
-@router.post("/{tenant_id}/keys", status_code=201, responses=ERRORS)
+@router.post("/{tenant_id}/keys", status_code=201)
 async def create_key(
     tenant_id: uuid.UUID,
     body: KeyCreate,
@@ -152,7 +151,7 @@ async def create_key(
     )
 
 
-@router.delete("/{tenant_id}/keys/{key_id}", status_code=204, responses=ERRORS)
+@router.delete("/{tenant_id}/keys/{key_id}", status_code=204)
 async def revoke_key(
     tenant_id: uuid.UUID, key_id: uuid.UUID, principal: PrincipalDep, session: SessionDep
 ) -> Response:

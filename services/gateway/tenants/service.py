@@ -10,7 +10,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.tenant.schemas import KeyCreate, TenantCreate, TenantPatch
+from services.gateway.tenants.schemas import KeyCreate, TenantCreate, TenantPatch
 from shared.db.models import ApiKey, Tenant
 from shared.db.outbox import add_event
 from shared.errors import Conflict, NotFound

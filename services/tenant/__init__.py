@@ -1,1 +1,0 @@
-"""Stratus tenant service."""

@@ -6,14 +6,17 @@ from typing import Any
 
 
 class StratusError(Exception):
-    """Base of every domain error; ``detail`` is safe to show to the caller."""
+    """Base of every domain error; ``detail`` is safe to show to the caller, and
+    ``retry_after`` (seconds, sent as ``Retry-After``) says when trying again may succeed:
+    ``None`` for an error that waiting does not cure."""
 
     title = "Error"
+    default_retry_after: float | None = None
 
-    def __init__(self, detail: str = "", **extra: Any) -> None:
+    def __init__(self, detail: str = "", *, retry_after: float | None = None) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
-        self.extra = extra
+        self.retry_after = self.default_retry_after if retry_after is None else retry_after
 
 
 class NotFound(StratusError):
@@ -57,20 +60,14 @@ class Forbidden(StratusError):
 
 class TooManyRequests(StratusError):
     title = "Too many requests"
-
-    def __init__(self, detail: str = "", retry_after: float = 1.0) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
+    default_retry_after = 1.0
 
 
 class DependencyUnavailable(StratusError):
     """A dependency (database, broker, cache) is down or its circuit is open."""
 
     title = "Service unavailable"
-
-    def __init__(self, detail: str = "", retry_after: float = 1.0) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
+    default_retry_after = 1.0
 
 
 class IllegalTransition(Conflict):

@@ -170,8 +170,8 @@ async def _domain(_request: Request, exc: Exception) -> JSONResponse:
     status = _status_for(exc)
     headers: dict[str, str] = {}
     extra: dict[str, Any] = {}
-    if isinstance(exc, errors.TooManyRequests | errors.DependencyUnavailable):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if exc.retry_after is not None:
+        headers["Retry-After"] = retry_after_header(exc.retry_after)
     if isinstance(exc, errors.Unauthorized):
         headers["WWW-Authenticate"] = "Bearer"
     if isinstance(exc, errors.Invalid) and exc.errors:
@@ -240,36 +240,39 @@ async def _client_gone(_request: Request, _exc: Exception) -> JSONResponse:
     return problem(400, "Client disconnected", "The client went away before its body arrived.")
 
 
+def retry_after_header(seconds: float) -> str:
+    """``Retry-After`` in whole seconds, at least 1."""
+    return str(max(1, math.ceil(seconds)))
+
+
+def unavailable(
+    detail: str,
+    retry_after: float,
+    *,
+    title: str = "Service unavailable",
+    kind: str = "dependency-unavailable",
+) -> JSONResponse:
+    """A 503 that says when to try again."""
+    headers = {"Retry-After": retry_after_header(retry_after)}
+    return problem(503, title, detail, kind=kind, headers=headers)
+
+
 async def _database_down(_request: Request, exc: Exception) -> JSONResponse:
     log.warning("dependency_unavailable", dependency="postgres", error=type(exc).__name__)
-    return problem(
-        503,
-        "Service unavailable",
-        "The database is unavailable; retry later.",
-        kind="dependency-unavailable",
-        headers={"Retry-After": "2"},
-    )
+    return unavailable("The database is unavailable; retry later.", 2)
 
 
 async def _circuit_open(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, CircuitOpen)
-    retry = str(max(1, math.ceil(exc.retry_after)))
-    return problem(
-        503,
-        "Service unavailable",
-        f"{exc.name} is unavailable; retry later.",
-        kind="dependency-unavailable",
-        headers={"Retry-After": retry},
-    )
+    return unavailable(f"{exc.name} is unavailable; retry later.", exc.retry_after)
 
 
 async def _overloaded(_request: Request, _exc: Exception) -> JSONResponse:
-    return problem(
-        503,
-        "Service overloaded",
+    return unavailable(
         "Every database connection is busy; retry shortly.",
+        1,
+        title="Service overloaded",
         kind="overloaded",
-        headers={"Retry-After": "1"},
     )
 
 

@@ -31,8 +31,8 @@ def make_engine(settings: PostgresSettings, *, application_name: str = "stratus"
         pool_pre_ping=False,
         # Most recently used first: the few connections a steady load needs stay hot, with
         # their prepared statements and introspected types (plain asyncpg on hot paths,
-        # shared.db.raw, prepares per connection); FIFO cycled through the whole pool, so
-        # each connection prepared each statement again (16% of the gateway's samples).
+        # shared.db.raw, prepares per connection); FIFO would cycle through the whole pool,
+        # and each connection would prepare each statement again.
         pool_use_lifo=True,
         pool_timeout=settings.connect_timeout_s,
         connect_args={

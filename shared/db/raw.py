@@ -1,12 +1,12 @@
 """Plain asyncpg on a hot path, from the same pool as SQLAlchemy.
 
 SQLAlchemy's statement building, cache keys and session bookkeeping cost more than the
-query itself on paths that run once per job (a py-spy profile put 40-64% of each service's
-samples there). ``raw_connection`` checks a connection out of the engine's pool and hands
-over the asyncpg connection underneath: one pool, one set of settings (statement timeout,
-application name, TLS), and a connection that fails with a connectivity error is invalidated
-so the pool replaces it. The caller runs fixed SQL text (asyncpg prepares and caches each
-statement per connection) and manages its own transaction (``async with conn.transaction()``).
+query itself on paths that run once per job (docs/BENCHMARKS.md). ``raw_connection`` checks
+a connection out of the engine's pool and hands over the asyncpg connection underneath: one
+pool, one set of settings (statement timeout, application name, TLS), and a connection that
+fails with a connectivity error is invalidated so the pool replaces it. The caller runs
+fixed SQL text (asyncpg prepares and caches each statement per connection) and manages its
+own transaction (``async with conn.transaction()``).
 """
 
 from __future__ import annotations

@@ -109,7 +109,8 @@ class Broker(BrokerAdmin):
         return f"{self.settings.exchange}.{DELAY}"
 
     def delay_queue_name(self, level_ms: int) -> str:
-        # "delayed", not "delay": the first (quorum) declarations used that name
+        # "delayed", not "delay": a broker may hold quorum queues named "delay.<n>ms", and
+        # declaring a name that exists with another queue type fails (PRECONDITION_FAILED)
         return f"{self.settings.queue_prefix}.{DELAY}ed.{level_ms}ms"
 
     async def connect(self, *, attempts: int | None = None, max_delay: float = 5.0) -> None:
@@ -117,9 +118,9 @@ class Broker(BrokerAdmin):
 
         A broker that goes away between the connection and the end of the declarations (a
         restart under a starting service) is one more failed attempt: the half-set-up
-        connection is closed before the next. Left open, its reconnect loop outlived the
-        failed start (aio-pika's swallows the cancellation at shutdown), and the process
-        hung, alive to its supervisor but serving nothing."""
+        connection is closed before the next: left open, its reconnect loop would outlive
+        the failed start (aio-pika's swallows the cancellation at shutdown) and keep the
+        process alive to its supervisor but serving nothing."""
         delay = 0.2
         n = 0
         while True:
@@ -178,8 +179,8 @@ class Broker(BrokerAdmin):
         """One durable classic queue per backoff level with a fixed TTL; expired messages
         dead-letter into the events exchange under their own routing key. A message reaches
         its level through the headers exchange, so its routing key is kept. Classic, not
-        quorum: a quorum queue per level and per test prefix loaded the shared broker (Raft
-        logs) for a waiting room; the price is at-most-once dead-lettering (a message that
+        quorum: a quorum queue per level (and per test prefix) loads the broker with Raft
+        logs for a waiting room; the price is at-most-once dead-lettering (a message that
         expires as the node crashes may be lost), which the callers tolerate (see
         docs/ARCHITECTURE.md, Retries)."""
         for level in self.settings.delay_levels_ms:
@@ -264,11 +265,6 @@ class Broker(BrokerAdmin):
     async def publish_many(self, messages: Sequence[Outgoing]) -> None:
         """Pipelined confirmed publishing: all in flight at once, returns when all confirmed."""
         await asyncio.gather(*(self.publish(m) for m in messages))
-
-    async def publish_event(self, event: Any) -> None:
-        await self.publish(
-            Outgoing(event.routing_key, event.to_bytes(), str(event.event_id), event.type)
-        )
 
     # -- consuming -------------------------------------------------------------------------
 

@@ -10,34 +10,29 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter
 from sqlalchemy import func, select
 
 from services.gateway.deps import PrincipalDep, SessionDep
+from services.gateway.routing import feature_router
 from services.gateway.tenants.audit import audit
 from shared.db.models import Job, Worker, WorkerPool
 from shared.jobs.states import JobState
-from shared.problems import problem_responses
 
-router = APIRouter(prefix="/v1/admin/pools", tags=["admin"])
+router = feature_router(
+    prefix="/v1/admin/pools",
+    tag="admin",
+    errors={403: "not the admin key", 503: "the database is unavailable"},
+)
 
 POOLS = ("cpu", "cuda")
 LIVE_S = 15.0  # a worker whose heartbeat is older is not counted (the scheduler's TTL)
-
-ERRORS = problem_responses(
-    {
-        401: "missing or unknown API key",
-        403: "not the admin key",
-        503: "the database is unavailable",
-    }
-)
 
 
 def _iso(at: datetime | None) -> str | None:
     return None if at is None else at.isoformat().replace("+00:00", "Z")
 
 
-@router.get("", responses=ERRORS)
+@router.get("")
 async def list_pools(principal: PrincipalDep, session: SessionDep) -> dict[str, Any]:
     """Per pool (``cpu``, ``cuda``): the autoscaler's bounds, demand (queued and running
     jobs; ``held_jobs`` wait but are not demand), current and desired workers, its recent

@@ -10,23 +10,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import Query
 
 from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep
+from services.gateway.routing import feature_router
 from services.gateway.tenants.audit import audit
 from shared.errors import NotFound
 from shared.messaging.topology import DURABLE_QUEUES
-from shared.problems import problem_responses
 
-router = APIRouter(prefix="/v1/admin/dead-letters", tags=["admin"])
-
-ERRORS = problem_responses(
-    {
-        401: "missing or unknown API key",
+router = feature_router(
+    prefix="/v1/admin/dead-letters",
+    tag="admin",
+    errors={
         403: "not the admin key",
         404: "no such queue, or no dead letter in it",
         503: "the broker is unavailable",
-    }
+    },
 )
 
 
@@ -35,7 +34,7 @@ def _queues(res: ResourcesDep) -> dict[str, str]:
     return {name: f"{name}.dlq" for name in names}
 
 
-@router.get("", responses=ERRORS)
+@router.get("")
 async def list_dead_letters(
     principal: PrincipalDep,
     res: ResourcesDep,
@@ -66,7 +65,7 @@ async def list_dead_letters(
     return {"items": items}
 
 
-@router.post("/{queue}/redrive", responses=ERRORS)
+@router.post("/{queue}/redrive")
 async def redrive_one(
     queue: str, principal: PrincipalDep, res: ResourcesDep, session: SessionDep
 ) -> dict[str, Any]:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import Query, Request, Response
 from pydantic import TypeAdapter
 
 from services.gateway.deps import PrincipalDep, SessionDep
 from services.gateway.jobs import admission, service
 from services.gateway.jobs.schemas import JobList, JobOut, JobSubmit, LabelKey, LabelValue
+from services.gateway.routing import feature_router
 from services.gateway.settings import GatewaySettings
 from shared.db.models import Job
 from shared.errors import Invalid
@@ -18,13 +19,11 @@ from shared.idempotency import IdempotencyKey
 from shared.jobs.states import JobState
 from shared.kernels import CATALOGUE
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, Instant, LimitQuery
-from shared.problems import problem_responses
 
-router = APIRouter(prefix="/v1", tags=["jobs"])
-
-ERRORS = problem_responses(
-    {
-        401: "missing or unknown API key",
+router = feature_router(
+    prefix="/v1",
+    tag="jobs",
+    errors={
         403: "key lacks the scope, or tenant suspended",
         404: "no such job for this tenant",
         409: "the job is already final (cancel)",
@@ -32,7 +31,7 @@ ERRORS = problem_responses(
         422: "validation failed",
         429: "rate limit or quota exceeded",
         503: "a dependency is down; retry after Retry-After",
-    }
+    },
 )
 
 
@@ -40,13 +39,13 @@ def job_out(job: Job) -> JobOut:
     return JobOut.model_validate(job, from_attributes=True)
 
 
-@router.get("/kernels", responses=ERRORS)
+@router.get("/kernels")
 async def list_kernels(principal: PrincipalDep) -> list[dict[str, Any]]:
     principal.require_tenant("jobs:read")
     return [spec.describe() for spec in CATALOGUE.values()]
 
 
-@router.post("/jobs", status_code=201, responses=ERRORS)
+@router.post("/jobs", status_code=201)
 async def submit_job(
     body: JobSubmit,
     principal: PrincipalDep,
@@ -82,7 +81,7 @@ async def submit_job(
     return submitted.job
 
 
-@router.get("/jobs/{job_id}", responses=ERRORS)
+@router.get("/jobs/{job_id}")
 async def get_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> JobOut:
     tenant_id = principal.require_tenant("jobs:read")
     return job_out(await service.get_job(session=session, tenant_id=tenant_id, job_id=job_id))
@@ -109,7 +108,7 @@ def label_pairs(given: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-@router.get("/jobs", responses=ERRORS)
+@router.get("/jobs")
 async def list_jobs(
     principal: PrincipalDep,
     session: SessionDep,
@@ -141,7 +140,7 @@ async def list_jobs(
     return JobList(items=[job_out(j) for j in rows], next_cursor=next_cursor)
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202, responses=ERRORS)
+@router.post("/jobs/{job_id}/cancel", status_code=202)
 async def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> JobOut:
     tenant_id = principal.require_tenant("jobs:write")
     return job_out(await service.cancel_job(session=session, tenant_id=tenant_id, job_id=job_id))

@@ -4,18 +4,20 @@ database (and vhost) of their own that such tests work in."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.scheduler import service as scheduler
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Dataset, Job, JobAttempt
+from shared.db.models import Dataset, Job, JobAttempt, Migration
 from shared.events import utcnow
+from shared.jobs.store import admit_pending, session_fetch
 from shared.settings import CommonSettings
+from shared.storage.stagein import request_stage_ins
 from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
 
 
@@ -101,5 +103,28 @@ async def admitted_with_input(
         )
         session.add(new_job(tenant_id, id=jid, **fields))
     async with sessions() as session, session.begin():
-        await scheduler.admit(session=session, job_ids=[jid], tiers=["local", "archive", "s3"])
+        await admit_jobs(session=session, job_ids=[jid], tiers=["local", "archive", "s3"])
     return jid
+
+
+async def admit_jobs(
+    *, session: AsyncSession, job_ids: Iterable[uuid.UUID], tiers: list[str] | None = None
+) -> int:
+    """Admit the PENDING jobs of ``job_ids`` as the dispatch pass does (``admit_pending``,
+    then the stage-ins of their inputs), in ``session``'s transaction; returns how many were
+    admitted. The test's database holds no other PENDING job (checked)."""
+    wanted = set(job_ids)
+    admitted = await admit_pending(session_fetch(session), limit=len(wanted))
+    assert {a.job_id for a in admitted} <= wanted, "another PENDING job in the test's database"
+    for job in admitted:
+        if job.inputs:
+            await request_stage_ins(session=session, admitted=job, tiers=tiers or ["local"])
+    return len(admitted)
+
+
+async def migrations_for_job(*, session: AsyncSession, job_id: uuid.UUID) -> list[Migration]:
+    """The stage-in migrations requested for a job, oldest first."""
+    rows = await session.execute(
+        select(Migration).where(Migration.job_id == job_id).order_by(Migration.created_at)
+    )
+    return list(rows.scalars())

@@ -5,15 +5,15 @@ Claiming: PENDING migrations start oldest first, at most ``per_tenant`` RUNNING 
 and one at a time per dataset; a RUNNING migration whose lease expired (its datamover died)
 is taken over and resumes from its recorded chunks.
 
-Stage-in (for the scheduler): ``request_stage_in`` asks for a dataset to be brought to the
-``local`` tier for a job, ``stage_in_status`` says whether the job's inputs are there yet.
+A job's stage-in is a COPY migration to ``local`` like any other (requested by the scheduler
+through ``shared.storage.stagein``).
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, delete, func, or_, select, text, true, update
@@ -23,13 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db.models import Dataset, Migration, MigrationChunk
 from shared.db.outbox import add_events
 from shared.errors import IllegalTransition
-from shared.events import MigrationRequested, utcnow
+from shared.events import utcnow
 from shared.storage.catalog import get_dataset
 from shared.storage.migrations import (
-    MigrationMode,
     MigrationState,
     lock_migration,
-    request_migration,
+    requested_event,
     set_migration_state,
 )
 from shared.storage.tiers import Upload
@@ -39,6 +38,58 @@ CLAIM_LOCK = "stratus.migrations.claim"
 
 class LeaseLost(Exception):
     """Another datamover took the migration over: stop touching it."""
+
+
+@dataclass
+class _Running:
+    """The RUNNING migrations, as the claim rules count them."""
+
+    per_tenant: dict[uuid.UUID, int] = field(default_factory=dict)
+    datasets: set[tuple[uuid.UUID, str]] = field(default_factory=set)
+
+    def add(self, tenant_id: uuid.UUID, dataset: str) -> None:
+        self.per_tenant[tenant_id] = self.per_tenant.get(tenant_id, 0) + 1
+        self.datasets.add((tenant_id, dataset))
+
+    def may_start(self, m: Migration, per_tenant: int) -> bool:
+        """Below the tenant's limit and no migration of the same dataset running."""
+        busy = (m.tenant_id, m.dataset) in self.datasets
+        return self.per_tenant.get(m.tenant_id, 0) < per_tenant and not busy
+
+
+async def _running(session: AsyncSession) -> _Running:
+    running = _Running()
+    rows = await session.execute(
+        select(Migration.tenant_id, Migration.dataset).where(
+            Migration.state == MigrationState.RUNNING.value
+        )
+    )
+    for tenant_id, dataset in rows.all():
+        running.add(tenant_id, dataset)
+    return running
+
+
+async def _claimable(
+    session: AsyncSession, *, owner: str, now: datetime, reclaim_own: bool
+) -> list[Migration]:
+    """PENDING migrations and RUNNING ones whose lease expired (or this owner's, with
+    ``reclaim_own``), oldest first, locked (those another datamover holds skipped)."""
+    orphaned = Migration.lease_expires_at < now
+    if reclaim_own:
+        orphaned = or_(orphaned, Migration.owner == owner)
+    rows = await session.execute(
+        select(Migration)
+        .where(
+            or_(
+                Migration.state == MigrationState.PENDING.value,
+                and_(Migration.state == MigrationState.RUNNING.value, orphaned),
+            )
+        )
+        .order_by(Migration.created_at, Migration.id)
+        .limit(200)
+        .with_for_update(skip_locked=True)
+    )
+    return list(rows.scalars())
 
 
 async def claim(
@@ -58,41 +109,18 @@ async def claim(
         text("SELECT pg_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": CLAIM_LOCK}
     )
     now = await session.scalar(select(func.now()))
-    running = select(Migration.tenant_id, Migration.dataset).where(
-        Migration.state == MigrationState.RUNNING.value
-    )
-    per: dict[uuid.UUID, int] = {}
-    busy: set[tuple[uuid.UUID, str]] = set()
-    for tenant_id, dataset in (await session.execute(running)).all():
-        per[tenant_id] = per.get(tenant_id, 0) + 1
-        busy.add((tenant_id, dataset))
-    orphaned = Migration.lease_expires_at < now
-    if reclaim_own:
-        orphaned = or_(orphaned, Migration.owner == owner)
-    candidates = (
-        await session.execute(
-            select(Migration)
-            .where(
-                or_(
-                    Migration.state == MigrationState.PENDING.value,
-                    and_(Migration.state == MigrationState.RUNNING.value, orphaned),
-                )
-            )
-            .order_by(Migration.created_at, Migration.id)
-            .limit(200)
-            .with_for_update(skip_locked=True)
-        )
-    ).scalars()
-    lease = now + timedelta(seconds=lease_s) if now is not None else None
+    assert now is not None
+    running = await _running(session)
+    lease = now + timedelta(seconds=lease_s)
     claimed: list[uuid.UUID] = []
-    for m in list(candidates):
+    for m in await _claimable(session, owner=owner, now=now, reclaim_own=reclaim_own):
         if len(claimed) >= capacity:
             break
         if m.state == MigrationState.RUNNING.value:  # take over where it stopped
             m.owner, m.lease_expires_at, m.attempts = owner, lease, m.attempts + 1
             claimed.append(m.id)
             continue
-        if per.get(m.tenant_id, 0) >= per_tenant or (m.tenant_id, m.dataset) in busy:
+        if not running.may_start(m, per_tenant):
             continue  # waits its turn (in order: nothing later of this tenant overtakes it)
         await set_migration_state(
             session,
@@ -102,8 +130,7 @@ async def claim(
             lease_expires_at=lease,
             attempts=m.attempts + 1,
         )
-        per[m.tenant_id] = per.get(m.tenant_id, 0) + 1
-        busy.add((m.tenant_id, m.dataset))
+        running.add(m.tenant_id, m.dataset)
         claimed.append(m.id)
     await session.flush()
     return claimed
@@ -196,34 +223,16 @@ async def release(
     being recorded, and wake the datamovers, so that one resumes them at once: on shutdown,
     and after the database went away under a migration."""
     only = Migration.id == migration_id if migration_id is not None else true()
-    rows = (
-        await session.execute(
+    released = (
+        await session.scalars(
             update(Migration)
             .where(Migration.owner == owner, Migration.state == MigrationState.RUNNING.value, only)
             .values(lease_expires_at=func.now() - timedelta(seconds=1), updated_at=func.now())
-            .returning(
-                Migration.id,
-                Migration.tenant_id,
-                Migration.dataset,
-                Migration.to_tier,
-                Migration.mode,
-            )
+            .returning(Migration)
         )
     ).all()
-    await add_events(
-        session,
-        [
-            MigrationRequested(
-                tenant_id=r.tenant_id,
-                migration_id=r.id,
-                dataset=r.dataset,
-                to_tier=r.to_tier,
-                mode=r.mode,
-            )
-            for r in rows
-        ],
-    )
-    return [r.id for r in rows]
+    await add_events(session, [requested_event(m) for m in released])
+    return [m.id for m in released]
 
 
 async def finish(
@@ -240,59 +249,3 @@ async def finish(
         )
     except IllegalTransition as exc:
         raise LeaseLost(str(exc)) from exc
-
-
-@dataclass(frozen=True)
-class StageIn:
-    """Where a job's inputs stand: ``ready`` when every input is on ``local``."""
-
-    ready: bool
-    waiting_for: tuple[str, ...]  # input datasets not on local yet
-    failed: tuple[str, ...]  # errors of failed stage-in migrations
-
-
-async def request_stage_in(
-    *,
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    job_id: uuid.UUID,
-    dataset: str,
-    tiers: list[str],
-) -> Migration | None:
-    """Ask for ``dataset`` to be copied to ``local`` for ``job_id`` (idempotent per job and
-    dataset). ``None`` when it is on ``local`` already."""
-    row = await get_dataset(session=session, tenant_id=tenant_id, name=dataset)
-    if row is not None and "local" in row.tiers:
-        return None
-    requested = await request_migration(
-        session=session,
-        tenant_id=tenant_id,
-        dataset=dataset,
-        to_tier="local",
-        mode=MigrationMode.COPY,
-        tiers=tiers,
-        idempotency_key=f"stage-in:{job_id}:{dataset}"[:255],
-        job_id=job_id,
-    )
-    return requested.migration
-
-
-async def stage_in_status(
-    *, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID, inputs: list[str]
-) -> StageIn:
-    rows = await session.execute(
-        select(Dataset.name, Dataset.tiers).where(
-            Dataset.tenant_id == tenant_id, Dataset.name.in_(inputs)
-        )
-    )
-    on_local = {name for name, tiers in rows.all() if "local" in tiers}
-    waiting = tuple(sorted(set(inputs) - on_local))
-    failed = await session.execute(
-        select(Migration.dataset, Migration.error).where(
-            Migration.job_id == job_id,
-            Migration.state == MigrationState.FAILED.value,
-            Migration.dataset.in_(waiting),
-        )
-    )
-    errors = tuple(f"{name}: {error}" for name, error in failed.all())
-    return StageIn(ready=not waiting, waiting_for=waiting, failed=errors)

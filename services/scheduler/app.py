@@ -1,17 +1,20 @@
-"""Scheduler composition root: event consumer, dispatcher and lease reaper loops."""
+"""Scheduler composition root: the event consumer and the background loops (dispatch, lease
+reaper, optional vacuum, optional autoscaler)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
 
 from fastapi import FastAPI
 from sqlalchemy import func, select
 
 from services.scheduler import service
+from services.scheduler.autoscaler import Autoscaler, make_autoscale_step, make_backend
 from services.scheduler.handlers import make_event_handler
-from services.scheduler.scaling import Autoscaler, make_autoscale_step, make_backend
 from services.scheduler.settings import SchedulerSettings
 from shared.db.maintenance import maintain
 from shared.logging import configure_logging, get_logger
@@ -38,7 +41,7 @@ def make_dispatch_step(
 
     async def step() -> object:
         async with service.open_pass(res.engine, res.sessions) as db:
-            await service.admit_waiting(db, limit=settings.dispatch_batch, tiers=tiers)
+            await service.admit(db, limit=settings.dispatch_batch, tiers=tiers)
             events = await service.dispatch(
                 db,
                 worker_ttl_s=settings.worker_ttl_s,
@@ -58,8 +61,13 @@ def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], 
         async with res.sessions() as session, session.begin():
             now = await session.scalar(select(func.now()))
             assert now is not None
-            events = await service.reap(
-                session=session, now=now, redispatch_after_s=settings.redispatch_after_s
+            events = await service.requeue_lost(session=session, now=now)
+            await service.redispatch_unclaimed(
+                session=session, now=now, after_s=settings.redispatch_after_s
+            )
+            # a worker row outlives its last heartbeat by far more than any dispatch could
+            await service.forget_workers(
+                session=session, now=now, silent_s=settings.redispatch_after_s * 10
             )
             await service.explain_waiting(session=session, worker_ttl_s=settings.worker_ttl_s)
         if events:
@@ -67,6 +75,43 @@ def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], 
         return events
 
     return step
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A background loop of the scheduler: its step and how often it runs."""
+
+    name: str
+    step: Callable[[], Awaitable[object]]
+    interval_s: float
+    wake: asyncio.Event | None = None  # also runs when set (a job event)
+    min_gap_s: float = 0.0
+
+
+def loops_of(
+    res: Resources, settings: SchedulerSettings, wake: asyncio.Event, autoscaler: Autoscaler | None
+) -> list[Loop]:
+    """The enabled loops; each works on the database (the PostgreSQL breaker guards it)."""
+    loops: list[Loop] = []
+    if settings.dispatch_enabled:
+        loops.append(
+            Loop(
+                "dispatch",
+                make_dispatch_step(res, settings),
+                settings.dispatch_interval_s,
+                wake=wake,
+                min_gap_s=settings.dispatch_min_gap_s,
+            )
+        )
+    if settings.reaper_enabled:
+        loops.append(Loop("reaper", make_reap_step(res, settings), settings.reaper_interval_s))
+    if settings.db_vacuum:
+        vacuum = partial(maintain, res.engine, min_dead_rows=settings.db_vacuum_min_dead_rows)
+        loops.append(Loop("vacuum", vacuum, settings.db_vacuum_interval_s))
+    if autoscaler is not None:
+        step = make_autoscale_step(res.sessions, autoscaler)
+        loops.append(Loop("autoscale", step, settings.autoscale.interval_s))
+    return loops
 
 
 async def stop_gracefully(
@@ -98,67 +143,30 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         app.state.resources = res
         wake = asyncio.Event()
         stop = asyncio.Event()  # on shutdown: each loop ends after the pass in progress
-        loops: list[asyncio.Task[None]] = []
-        if settings.dispatch_enabled:
-            loops.append(
-                res.spawn(
-                    periodic(
-                        "dispatch",
-                        make_dispatch_step(res, settings),
-                        interval_s=settings.dispatch_interval_s,
-                        wake=wake,
-                        stop=stop,
-                        min_gap_s=settings.dispatch_min_gap_s,
-                        breaker=res.db_breaker,
-                    ),
-                    "dispatch",
-                )
-            )
-        if settings.reaper_enabled:
-            loops.append(
-                res.spawn(
-                    periodic(
-                        "reaper",
-                        make_reap_step(res, settings),
-                        interval_s=settings.reaper_interval_s,
-                        stop=stop,
-                        breaker=res.db_breaker,
-                    ),
-                    "reaper",
-                )
-            )
-        if settings.maintenance_enabled:
-            loops.append(
-                res.spawn(
-                    periodic(
-                        "maintenance",
-                        lambda: maintain(
-                            res.engine, min_dead_rows=settings.maintenance_min_dead_rows
-                        ),
-                        interval_s=settings.maintenance_interval_s,
-                        stop=stop,
-                        breaker=res.db_breaker,
-                    ),
-                    "maintenance",
-                )
-            )
         backend = make_backend(settings.autoscale) if settings.autoscale.enabled else None
+        autoscaler = None
         if backend is not None:
-            scaler = Autoscaler(
+            autoscaler = Autoscaler(
                 settings.autoscale,
                 backend,
                 worker_ttl_s=settings.worker_ttl_s,
                 quota_defaults=settings.quotas,
             )
+        loops = [
             res.spawn(
                 periodic(
-                    "autoscale",
-                    make_autoscale_step(res.sessions, scaler),
-                    interval_s=settings.autoscale.interval_s,
+                    loop.name,
+                    loop.step,
+                    interval_s=loop.interval_s,
+                    wake=loop.wake,
+                    stop=stop,
+                    min_gap_s=loop.min_gap_s,
                     breaker=res.db_breaker,
                 ),
-                "autoscale",
+                loop.name,
             )
+            for loop in loops_of(res, settings, wake, autoscaler)
+        ]
         await res.broker.consume_batches(SCHEDULER, make_event_handler(wake.set))
         log.info("scheduler_started")
         try:

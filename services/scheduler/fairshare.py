@@ -6,7 +6,7 @@ Each tenant's *load* is its jobs in flight per unit of weight plus its recent CP
 tenant with the lowest load; within a tenant, jobs go by ``priority`` (9 first), then age.
 A tenant that floods the queue raises only its own load, so a light tenant's job goes first.
 
-Limits, each a reason on the jobs it holds back:
+Limits (``TenantLoad.over_quota``), each a reason on the jobs it keeps waiting:
 
 - ``max_running_jobs``: the tenant's jobs in flight, on every device.
 - ``cpu_seconds_per_day`` (``shared.jobs.usage``): a job starts only while the CPU seconds
@@ -39,7 +39,6 @@ class Candidate:
     kernel: str
     priority: int
     created_at: datetime
-    inputs: tuple[str, ...] = ()  # dataset names that must be on ``local`` first
     timeout_s: float = 0.0  # what it holds of the CPU budget while in flight
 
 
@@ -57,8 +56,8 @@ class TenantLoad:
     candidates: list[Candidate] = field(default_factory=list)
 
     @property
-    def held(self) -> str | None:
-        """Why none of the tenant's waiting jobs may start now, or ``None``."""
+    def over_quota(self) -> str | None:
+        """Why a quota lets none of the tenant's waiting jobs start now, or ``None``."""
         if not cpu_budget_allows(
             used_today_s=self.cpu_today_s, held_s=self.held_s, per_day_s=self.cpu_per_day_s
         ):
@@ -73,7 +72,7 @@ class TenantLoad:
     @property
     def headroom(self) -> int:
         """How many more of its jobs may start now (the autoscaler's cap on its demand)."""
-        if self.held is not None:
+        if self.over_quota is not None:
             return 0
         return max(0, self.max_running - self.in_flight)
 
@@ -84,7 +83,7 @@ HeapKey = tuple[float, int, float, int, uuid.UUID]
 @dataclass(frozen=True)
 class Allocation:
     chosen: list[Candidate]
-    held: dict[uuid.UUID, str]  # tenant -> why its jobs wait
+    over_quota: dict[uuid.UUID, str]  # tenant -> why its jobs wait
 
 
 @dataclass
@@ -118,14 +117,14 @@ def allocate(
 ) -> Allocation:
     """Up to ``free`` jobs for the device whose live slots are ``slots`` (None: no share cap),
     of which a tenant alone leaves ``reserved`` free."""
-    held: dict[uuid.UUID, str] = {}
+    over_quota: dict[uuid.UUID, str] = {}
     taking: dict[uuid.UUID, _Taking] = {}
     for t in tenants:
         if not t.candidates:
             continue
-        reason = t.held
+        reason = t.over_quota
         if reason is not None:
-            held[t.tenant_id] = reason
+            over_quota[t.tenant_id] = reason
             continue
         taking[t.tenant_id] = _Taking(t, held_s=t.held_s)
     cap = _share_cap(slots, contending=len(taking), reserved=reserved)
@@ -141,7 +140,7 @@ def allocate(
         s.held_s += job.timeout_s
         if s.may_take_next(cap):
             heapq.heappush(heap, _key(s.load, s.taken, usage_scale_s))
-    return Allocation(chosen, held)
+    return Allocation(chosen, over_quota)
 
 
 def _share_cap(slots: int | None, *, contending: int, reserved: int) -> int:

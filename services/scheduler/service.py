@@ -1,13 +1,14 @@
 """Scheduler use cases: admission, capacity-bounded priority dispatch, lease reaping.
 
-The dispatch pass (``admit_waiting`` then ``dispatch``) runs on every wake-up, that is after
-nearly every job event, so it is fixed SQL on plain asyncpg inside one transaction
-(``open_pass``): a handful of prepared statements per pass instead of SQLAlchemy statements
-built, compiled and cached anew each time. The rare steps that need other modules' session
-functions (stage-in requests and checks, failing a job) run in a SQLAlchemy session on the same
-connection, a savepoint inside the pass's transaction. The reaper's use cases (``reap``,
-``explain_waiting``), on a slow interval, take ``session`` as a keyword. Nothing here commits;
-events go to the outbox in the same transaction.
+The dispatch pass (``admit`` then ``dispatch``) runs on every wake-up, that is after nearly
+every job event, so it is fixed SQL on plain asyncpg inside one transaction (``open_pass``):
+a handful of prepared statements per pass instead of SQLAlchemy statements built, compiled
+and cached anew each time. The rare steps that need the shared library's session functions
+(stage-in requests, failing a job) run in a SQLAlchemy session on the same connection, a
+savepoint inside the pass's transaction. The reaper's use cases (``requeue_lost``,
+``redispatch_unclaimed``, ``forget_workers``, ``explain_waiting``), on a slow interval, take
+``session`` as a keyword. Nothing here commits; events go to the outbox in the same
+transaction.
 """
 
 from __future__ import annotations
@@ -23,48 +24,22 @@ from typing import Any, Literal
 from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.datamover.service import request_stage_in, stage_in_status
-from services.scheduler import loads
+from services.scheduler import runnable
 from services.scheduler.fairshare import Candidate, allocate
 from shared.db.models import Job, Worker
 from shared.db.outbox import add_events
 from shared.db.raw import pooled_connection
-from shared.errors import NotFound
 from shared.events import Event, JobDispatched, JobFinished
 from shared.jobs.states import JobState
-from shared.jobs.store import (
-    ADMIT_REASON,
-    Admitted,
-    admit_pending,
-    record_lost_attempt,
-    set_job_state,
-)
+from shared.jobs.store import admit_pending, record_lost_attempt, set_job_state
 from shared.settings import QuotaDefaults
+from shared.storage.stagein import fail_stage_in, request_stage_ins
 
 Device = Literal["cuda", "cpu"]
 DEVICES: tuple[Device, ...] = (
     "cuda",
     "cpu",
 )  # GPU first, so that ``any`` jobs land on a GPU when one is free
-
-
-async def admit(
-    *, session: AsyncSession, job_ids: Iterable[uuid.UUID], tiers: list[str] | None = None
-) -> int:
-    """PENDING -> QUEUED for the given jobs (duplicates and late events are no-ops). A job
-    whose inputs are not on the ``local`` tier has the datamover stage them in and waits."""
-    admitted = 0
-    for job_id in sorted(set(job_ids)):  # a fixed lock order: no deadlocks between batches
-        transition = await set_job_state(session, job_id, JobState.QUEUED, reason=ADMIT_REASON)
-        admitted += transition.accepted
-        if transition.accepted and transition.job.inputs:
-            job = transition.job
-            await stage_in(
-                session=session,
-                admitted=Admitted(job.id, job.tenant_id, job.inputs),
-                tiers=tiers or ["local"],
-            )
-    return admitted
 
 
 class Pass:
@@ -96,69 +71,17 @@ async def open_pass(
         yield Pass(conn, sa_conn, sessions)
 
 
-async def admit_waiting(db: Pass, *, limit: int, tiers: list[str]) -> int:
-    """Admit up to ``limit`` PENDING jobs, oldest first (the dispatch pass's first step); a
-    job whose inputs are not on ``local`` has the datamover stage them in and waits."""
+async def admit(db: Pass, *, limit: int, tiers: list[str]) -> int:
+    """The dispatch pass's first step: PENDING -> QUEUED for up to ``limit`` jobs, oldest
+    first, and the stage-in of their inputs that are not on ``local`` requested (such a job
+    waits until they are)."""
     admitted = await admit_pending(db.conn.fetch, limit=limit)
     staging = [job for job in admitted if job.inputs]
     if staging:
         async with db.session() as session:
             for job in staging:
-                await stage_in(session=session, admitted=job, tiers=tiers)
+                await request_stage_ins(session=session, admitted=job, tiers=tiers)
     return len(admitted)
-
-
-async def stage_in(*, session: AsyncSession, admitted: Admitted, tiers: list[str]) -> None:
-    """Have the datamover bring inputs that are not on ``local`` there; the job waits."""
-    staging: list[str] = []
-    for name in sorted(set(admitted.inputs.values())):
-        try:
-            migration = await request_stage_in(
-                session=session,
-                tenant_id=admitted.tenant_id,
-                job_id=admitted.job_id,
-                dataset=name,
-                tiers=tiers,
-            )
-        except NotFound:
-            await set_job_state(
-                session,
-                admitted.job_id,
-                JobState.FAILED,
-                error=f"input dataset {name!r} no longer exists",
-            )
-            return
-        if migration is not None:
-            staging.append(name)
-    if staging:
-        await session.execute(
-            update(Job)
-            .where(Job.id == admitted.job_id)
-            .values(state_reason=f"staging in: {', '.join(staging)}")
-        )
-
-
-async def ready_to_run(*, session: AsyncSession, candidates: list[Candidate]) -> list[Candidate]:
-    """Drop candidates whose inputs are still being staged in; fail those whose stage-in
-    failed."""
-    ready: list[Candidate] = []
-    for c in candidates:
-        if not c.inputs:
-            ready.append(c)
-            continue
-        status = await stage_in_status(
-            session=session, tenant_id=c.tenant_id, job_id=c.job_id, inputs=list(c.inputs)
-        )
-        if status.failed:
-            await set_job_state(
-                session,
-                c.job_id,
-                JobState.FAILED,
-                error="stage-in failed: " + "; ".join(status.failed),
-            )
-        elif status.ready:
-            ready.append(c)
-    return ready
 
 
 @dataclass(frozen=True)
@@ -224,7 +147,7 @@ async def dispatch(
 
     Round trips: one for capacity; then, per device with free slots, one for the candidates
     with their tenants' loads, one to send the chosen (lock, mark, stage the events), and one
-    more only when some tenant is held by a quota."""
+    more only when a quota keeps some tenant's jobs waiting."""
     fair = fair or FairShareSettings()
     cap = await capacity(db.conn, worker_ttl_s=worker_ttl_s)
     events: list[Event] = []
@@ -234,29 +157,27 @@ async def dispatch(
         free = min(cap.free(device, slack), batch)
         if free <= 0:
             continue
-        tenants = await loads.waiting_loads(
+        waiting = await runnable.candidates(
             db.conn,
             device=device,
             per_tenant=free,
             quota_defaults=fair.quota_defaults,
             half_life_s=fair.half_life_s,
         )
-        if not tenants:
-            continue
-        staged = [c for t in tenants.values() for c in t.candidates if c.inputs]
-        if staged:  # rare: jobs with inputs, checked (or failed) by the datamover's rules
+        if waiting.stage_in_failed:
             async with db.session() as session:
-                ready = {c.job_id for c in await ready_to_run(session=session, candidates=staged)}
-            for t in tenants.values():
-                t.candidates = [c for c in t.candidates if not c.inputs or c.job_id in ready]
+                for job_id in waiting.stage_in_failed:
+                    await fail_stage_in(session=session, job_id=job_id)
+        if not waiting.tenants:
+            continue
         plan = allocate(
-            list(tenants.values()),
+            list(waiting.tenants.values()),
             free,
             usage_scale_s=fair.usage_scale_s,
             slots=cap.slots.get(device, 0),
             reserved=fair.reserved_slots,
         )
-        await _hold(db.conn, plan.held)
+        await _say_over_quota(db.conn, plan.over_quota)
         events += await _send(db.conn, plan.chosen, device)
     return events
 
@@ -307,9 +228,9 @@ async def _send(conn: Any, chosen: list[Candidate], device: Device) -> list[Even
     return [e for e in events if e.job_id in sent]
 
 
-# Say why a held tenant's jobs wait ($1 tenants, $2 reasons), writing only rows whose reason
-# changes.
-_HOLD = """
+# Say why an over-quota tenant's jobs wait ($1 tenants, $2 reasons), writing only rows whose
+# reason changes.
+_OVER_QUOTA = """
 UPDATE jobs SET state_reason = h.reason
 FROM unnest($1::uuid[], $2::text[]) AS h(tenant_id, reason)
 WHERE jobs.tenant_id = h.tenant_id AND jobs.state = 'QUEUED' AND jobs.dispatched_at IS NULL
@@ -317,9 +238,9 @@ WHERE jobs.tenant_id = h.tenant_id AND jobs.state = 'QUEUED' AND jobs.dispatched
 """
 
 
-async def _hold(conn: Any, held: dict[uuid.UUID, str]) -> None:
-    if held:
-        await conn.execute(_HOLD, list(held), list(held.values()))
+async def _say_over_quota(conn: Any, reasons: dict[uuid.UUID, str]) -> None:
+    if reasons:
+        await conn.execute(_OVER_QUOTA, list(reasons), list(reasons.values()))
 
 
 async def explain_waiting(*, session: AsyncSession, worker_ttl_s: float) -> None:
@@ -342,21 +263,18 @@ async def explain_waiting(*, session: AsyncSession, worker_ttl_s: float) -> None
         )
 
 
-def _held_s(started_at: datetime | None, lease_expires_at: datetime | None) -> float:
-    """How long a lost attempt held its slot: from its start to its lease's end (the CPU
+def _slot_time_s(started_at: datetime | None, lease_expires_at: datetime | None) -> float:
+    """How long a lost attempt kept its slot: from its start to its lease's end (the CPU
     seconds its worker measured were lost with it; this is their upper bound)."""
     if started_at is None or lease_expires_at is None:
         return 0.0
     return max(0.0, (lease_expires_at - started_at).total_seconds())
 
 
-async def reap(
-    *, session: AsyncSession, now: datetime, redispatch_after_s: float, batch: int = 200
-) -> list[Event]:
+async def requeue_lost(*, session: AsyncSession, now: datetime, batch: int = 200) -> list[Event]:
     """Return jobs whose worker's lease expired to QUEUED (counting the attempt), or fail
-    them when no retries are left; re-dispatch dispatches that no worker ever claimed. The
-    lost attempt gets its ``job_attempts`` row here, as every attempt gets one where it ends
-    (``record_lost_attempt``)."""
+    them when no retries are left. The lost attempt gets its ``job_attempts`` row here, as
+    every attempt gets one where it ends (``record_lost_attempt``)."""
     expired = (
         await session.execute(
             select(
@@ -389,7 +307,7 @@ async def reap(
                 tenant_id=tenant_id,
                 attempt=attempt,
                 worker=worker,
-                held_s=_held_s(started_at, lease_expires_at),
+                held_s=_slot_time_s(started_at, lease_expires_at),
             )
             events.append(
                 JobFinished(
@@ -399,11 +317,18 @@ async def reap(
                     state=t.job.state,
                 )
             )
+    await add_events(session, events)
+    return events
+
+
+async def redispatch_unclaimed(*, session: AsyncSession, now: datetime, after_s: float) -> None:
+    """Send again the jobs dispatched more than ``after_s`` ago that no worker claimed (the
+    message or its worker was lost)."""
     await session.execute(
         update(Job)
         .where(
             Job.state == JobState.QUEUED.value,
-            Job.dispatched_at < now - timedelta(seconds=redispatch_after_s),
+            Job.dispatched_at < now - timedelta(seconds=after_s),
         )
         .values(
             dispatched_at=None,
@@ -411,8 +336,10 @@ async def reap(
             state_reason="re-dispatching: no worker claimed the job",
         )
     )
+
+
+async def forget_workers(*, session: AsyncSession, now: datetime, silent_s: float) -> None:
+    """Delete the rows of workers whose last heartbeat is older than ``silent_s``."""
     await session.execute(
-        delete(Worker).where(Worker.heartbeat_at < now - timedelta(seconds=redispatch_after_s * 10))
+        delete(Worker).where(Worker.heartbeat_at < now - timedelta(seconds=silent_s))
     )
-    await add_events(session, events)
-    return events

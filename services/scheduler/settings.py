@@ -80,10 +80,14 @@ class SchedulerSettings(CommonSettings):
     dispatch_batch: int = 500
     reaper_enabled: bool = True
     reaper_interval_s: float = 2.0
-    # Vacuum/analyze churned tables where the server's autovacuum is off (shared.db.maintenance).
-    maintenance_enabled: bool = True
-    maintenance_interval_s: float = 5.0
-    maintenance_min_dead_rows: int = Field(default=1000, ge=1)
+    # ``STRATUS_DB_VACUUM``: for a PostgreSQL server that runs with ``autovacuum = off``,
+    # the scheduler vacuums and analyzes the tables a steady load churns, every
+    # ``db_vacuum_interval_s``, each once its dead rows reach ``db_vacuum_min_dead_rows``
+    # (``shared.db.maintenance``). Off by default: a server with autovacuum on (PostgreSQL's
+    # default) does this itself, and the loop does nothing there even when on.
+    db_vacuum: bool = False
+    db_vacuum_interval_s: float = 5.0
+    db_vacuum_min_dead_rows: int = Field(default=1000, ge=1)
     worker_ttl_s: float = 15.0
     redispatch_after_s: float = 60.0
     # Fair share: CPU usage decays with this half-life; this many CPU seconds weigh like one

@@ -1,19 +1,18 @@
-"""Vacuum and analyze the tables a steady load churns, when PostgreSQL's autovacuum is off.
+"""Vacuum and analyze the tables a steady load churns, for a server whose autovacuum is off.
 
-Every job updates its ``jobs`` row four times and inserts and deletes three ``outbox`` rows.
-The dead row versions this leaves stay in the tables and in their partial indexes (the
-pending, dispatchable and active jobs; the outbox's head) until a vacuum removes them, and
-every scan of those indexes walks over them: with autovacuum off (as on the CI machines'
-server, ``conf.d/90-ci.conf``) PostgreSQL's CPU per job grew run after run, from about 2 ms
-on a fresh database to 8 ms and more after a few thousand jobs. Without ANALYZE the planner
-also keeps the statistics of empty tables.
+An operator setting, off by default: ``STRATUS_DB_VACUUM=true`` on the scheduler (see
+``SchedulerSettings.db_vacuum``). Every job updates its ``jobs`` row four times and inserts
+and deletes three ``outbox`` rows. The dead row versions this leaves stay in the tables and in
+their partial indexes (the pending, dispatchable and active jobs; the outbox's head) until a
+vacuum removes them, and every scan of those indexes walks over them, so without autovacuum
+PostgreSQL's CPU per job grows with every job run; without ANALYZE the planner also keeps the
+statistics of empty tables.
 
-So the scheduler runs ``maintain`` every ``STRATUS_MAINTENANCE_INTERVAL_S``: where the
-server's ``autovacuum`` is ``off`` it vacuums (with ANALYZE) each table of the schema whose
-dead rows reach ``min_dead_rows`` and a fraction of its live rows, and analyzes the tables
-that changed as much since their last ANALYZE. With autovacuum on it does nothing: that is
-autovacuum's job. One scheduler at a time (an advisory lock); VACUUM runs outside any
-transaction, without the statement timeout, on a plain asyncpg connection.
+Where the server's ``autovacuum`` is ``off``, ``maintain`` vacuums (with ANALYZE) each table of
+the schema whose dead rows reach ``min_dead_rows`` and a fraction of its live rows, and
+analyzes the tables that changed as much since their last ANALYZE. With autovacuum on it does
+nothing: that is autovacuum's job. One scheduler at a time (an advisory lock); VACUUM runs
+outside any transaction, without the statement timeout, on a plain asyncpg connection.
 """
 
 from __future__ import annotations

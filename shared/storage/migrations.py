@@ -20,9 +20,10 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import Migration, MigrationChunk
+from shared.db.locks import lock_row
+from shared.db.models import Dataset, Migration, MigrationChunk
 from shared.db.outbox import add_event
-from shared.errors import Conflict, IllegalTransition, Invalid, NotFound
+from shared.errors import Conflict, IllegalTransition, Invalid
 from shared.events import MigrationFinished, MigrationRequested, utcnow
 from shared.idempotency import check_replay
 from shared.storage.catalog import require_dataset
@@ -59,18 +60,7 @@ def allowed(current: MigrationState, proposed: MigrationState) -> bool:
 async def lock_migration(
     session: AsyncSession, migration_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None
 ) -> Migration:
-    query = (
-        select(Migration)
-        .where(Migration.id == migration_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if tenant_id is not None:
-        query = query.where(Migration.tenant_id == tenant_id)
-    migration = (await session.execute(query)).scalar_one_or_none()
-    if migration is None:
-        raise NotFound("migration not found")
-    return migration
+    return await lock_row(session, Migration, migration_id, tenant_id=tenant_id)
 
 
 async def set_migration_state(
@@ -129,6 +119,17 @@ class Requested:
     replayed: bool
 
 
+def requested_event(migration: Migration) -> MigrationRequested:
+    """The ``migration.requested`` event that has a datamover start (or resume) it."""
+    return MigrationRequested(
+        tenant_id=migration.tenant_id,
+        migration_id=migration.id,
+        dataset=migration.dataset,
+        to_tier=migration.to_tier,
+        mode=migration.mode,
+    )
+
+
 async def request_migration(
     *,
     session: AsyncSession,
@@ -158,36 +159,99 @@ async def request_migration(
             f"tier {to_tier!r} is not configured",
             errors=[{"loc": ["body", "to_tier"], "msg": f"one of {sorted(tiers)}"}],
         )
+    key = None
     if idempotency_key is not None:
-        found = await _find_idempotent(
-            session=session, tenant_id=tenant_id, key=idempotency_key, window_s=idempotency_window_s
-        )
+        key = _Key(tenant_id, idempotency_key, request_hash, idempotency_window_s)
+        found = await key.find(session)
         if found is not None:
-            return _replayed(found, request_hash)
+            return key.replayed(found)
     row = await require_dataset(session=session, tenant_id=tenant_id, name=dataset)
     if row.tier == to_tier:
         raise Conflict(f"dataset {dataset!r} is already on tier {to_tier!r}")
+    inserted = await _insert(session, row, to_tier=to_tier, mode=mode, job_id=job_id, key=key)
+    if inserted is None:  # a concurrent request with the same key won the race
+        assert key is not None
+        found = await key.find(session)
+        if found is None:
+            raise Conflict("a request with this Idempotency-Key is in progress; retry")
+        return key.replayed(found)
+    if quota is not None and mode is MigrationMode.COPY and to_tier not in row.tiers:
+        await reserve(
+            session=session,
+            tenant_id=tenant_id,
+            nbytes=row.size,
+            quota=quota,
+            reservation_id=inserted.id,
+            ttl_s=None,  # held until the migration ends (``set_migration_state``)
+        )
+    await add_event(session, requested_event(inserted))
+    return Requested(inserted, replayed=False)
+
+
+@dataclass(frozen=True)
+class _Key:
+    """A request's idempotency key, the fingerprint of its body, and how long it holds."""
+
+    tenant_id: uuid.UUID
+    key: str
+    request_hash: str | None
+    window_s: int
+
+    async def find(self, session: AsyncSession) -> Migration | None:
+        """The migration this key recorded within the window (an older one lets go of it)."""
+        found = (
+            await session.execute(
+                select(Migration).where(
+                    Migration.tenant_id == self.tenant_id, Migration.idempotency_key == self.key
+                )
+            )
+        ).scalar_one_or_none()
+        if found is None:
+            return None
+        if found.created_at < utcnow() - timedelta(seconds=self.window_s):
+            await session.execute(
+                update(Migration).where(Migration.id == found.id).values(idempotency_key=None)
+            )
+            return None
+        return found
+
+    def replayed(self, found: Migration) -> Requested:
+        if self.request_hash is not None:
+            check_replay(stored=found.request_hash, given=self.request_hash)
+        return Requested(found, replayed=True)
+
+
+async def _insert(
+    session: AsyncSession,
+    dataset: Dataset,
+    *,
+    to_tier: str,
+    mode: MigrationMode,
+    job_id: uuid.UUID | None,
+    key: _Key | None,
+) -> Migration | None:
+    """The PENDING migration of ``dataset`` as it is now; ``None`` when a row with the same
+    idempotency key exists (a concurrent request inserted it)."""
     now = utcnow()
-    migration_id = uuid.uuid4()
-    inserted = (
+    return (
         await session.execute(
             insert(Migration)
             .values(
-                id=migration_id,
-                tenant_id=tenant_id,
-                dataset=dataset,
-                from_tier=row.tier,
+                id=uuid.uuid4(),
+                tenant_id=dataset.tenant_id,
+                dataset=dataset.name,
+                from_tier=dataset.tier,
                 to_tier=to_tier,
                 mode=mode.value,
                 state=MigrationState.PENDING.value,
-                bytes_total=row.size,
+                bytes_total=dataset.size,
                 bytes_done=0,
                 bytes_copied=0,
-                checksum=row.checksum,
+                checksum=dataset.checksum,
                 attempts=0,
                 job_id=job_id,
-                idempotency_key=idempotency_key,
-                request_hash=request_hash,
+                idempotency_key=None if key is None else key.key,
+                request_hash=None if key is None else key.request_hash,
                 created_at=now,
                 updated_at=now,
             )
@@ -195,65 +259,3 @@ async def request_migration(
             .returning(Migration)
         )
     ).scalar_one_or_none()
-    if inserted is None:  # a concurrent request with the same key won the race
-        assert idempotency_key is not None
-        found = await _find_idempotent(
-            session=session, tenant_id=tenant_id, key=idempotency_key, window_s=idempotency_window_s
-        )
-        if found is None:
-            raise Conflict("a request with this Idempotency-Key is in progress; retry")
-        return _replayed(found, request_hash)
-    if quota is not None and mode is MigrationMode.COPY and to_tier not in row.tiers:
-        await reserve(
-            session=session,
-            tenant_id=tenant_id,
-            nbytes=row.size,
-            quota=quota,
-            reservation_id=migration_id,
-            ttl_s=None,  # held until the migration ends (``set_migration_state``)
-        )
-    await add_event(
-        session,
-        MigrationRequested(
-            tenant_id=tenant_id,
-            migration_id=migration_id,
-            dataset=dataset,
-            to_tier=to_tier,
-            mode=mode.value,
-        ),
-    )
-    return Requested(inserted, replayed=False)
-
-
-def _replayed(found: Migration, request_hash: str | None) -> Requested:
-    if request_hash is not None:
-        check_replay(stored=found.request_hash, given=request_hash)
-    return Requested(found, replayed=True)
-
-
-async def _find_idempotent(
-    *, session: AsyncSession, tenant_id: uuid.UUID, key: str, window_s: int
-) -> Migration | None:
-    found = (
-        await session.execute(
-            select(Migration).where(
-                Migration.tenant_id == tenant_id, Migration.idempotency_key == key
-            )
-        )
-    ).scalar_one_or_none()
-    if found is None:
-        return None
-    if found.created_at < utcnow() - timedelta(seconds=window_s):
-        await session.execute(
-            update(Migration).where(Migration.id == found.id).values(idempotency_key=None)
-        )
-        return None
-    return found
-
-
-async def migrations_for_job(*, session: AsyncSession, job_id: uuid.UUID) -> list[Migration]:
-    """The stage-in migrations requested for a job, oldest first."""
-    rows = await session.execute(
-        select(Migration).where(Migration.job_id == job_id).order_by(Migration.created_at)
-    )
-    return list(rows.scalars())

@@ -19,8 +19,8 @@ from services.scheduler.settings import SchedulerSettings
 from shared.db.models import Job, Migration, Worker
 from shared.events import utcnow
 from shared.settings import StorageSettings
-from shared.storage.migrations import migrations_for_job
 from tests.datamover.harness import CHUNK, MotoServer, new_tenant, put, running_datamover
+from tests.factories import migrations_for_job
 from tests.gateway.test_submit_validation import npy
 
 POLL_S = 120.0

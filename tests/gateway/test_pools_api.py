@@ -8,7 +8,7 @@ import httpx
 from sqlalchemy import delete, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.scheduler.scaling import Autoscaler
+from services.scheduler.autoscaler import Autoscaler
 from services.scheduler.settings import AutoscaleSettings, CudaPoolSettings, PoolSettings
 from services.worker import service as worker_service
 from shared.db.models import Worker, WorkerPool

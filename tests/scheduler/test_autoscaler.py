@@ -1,5 +1,5 @@
 """The autoscaler loop on a database of its own with an in-memory backend: what counts as a
-pool's demand (and what is held: quotas, suspension, retry backoff, stage-in), what it writes
+pool's demand (and what is blocked: quotas, suspension, retry backoff, stage-in), what it writes
 to ``worker_pools``, one autoscaler at a time, and a restarted scheduler keeping the cooldown
 it had."""
 
@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.scheduler import scaling
-from services.scheduler.scaling import Autoscaler
+from services.scheduler.autoscaler import ADVISORY_LOCK, HISTORY, Autoscaler
+from services.scheduler.demand import Demand, pool_demand
 from services.scheduler.settings import AutoscaleSettings, CudaPoolSettings, PoolSettings
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Dataset, Job, JobAttempt, Migration, Tenant, WorkerPool
@@ -113,9 +113,9 @@ async def test_demand_counts_waiting_and_running_jobs_per_pool(
         ],
     )
     async with s() as session:
-        demand = await scaling.pool_demand(session=session, any_pool="cpu")
-    assert demand["cpu"] == scaling.Demand(queued=7, running=0)
-    assert demand["cuda"] == scaling.Demand(queued=1, running=1)
+        demand = await pool_demand(session=session, any_pool="cpu")
+    assert demand["cpu"] == Demand(queued=7, running=0)
+    assert demand["cuda"] == Demand(queued=1, running=1)
 
 
 async def test_a_pass_scales_both_pools_and_records_them(
@@ -143,12 +143,12 @@ async def test_a_pass_scales_both_pools_and_records_them(
 async def test_history_is_bounded(s: async_sessionmaker[AsyncSession]) -> None:
     backend = MemoryBackend(cpu=1)
     scaler = Autoscaler(_settings(cooldown_s=0), backend, worker_ttl_s=15)
-    for i in range(scaling.HISTORY + 5):
+    for i in range(HISTORY + 5):
         backend.counts["cpu"] = 3  # something (a person) started workers: idle, step down
         await scaler.step(s)
         assert backend.counts["cpu"] == 2, i
     decisions = (await _pools(s))["cpu"].decisions
-    assert len(decisions) == scaling.HISTORY
+    assert len(decisions) == HISTORY
     assert all(d["action"] == "down" for d in decisions)
 
 
@@ -157,7 +157,7 @@ async def test_one_autoscaler_at_a_time(s: async_sessionmaker[AsyncSession]) -> 
     backend = MemoryBackend(cpu=1)
     scaler = Autoscaler(_settings(), backend, worker_ttl_s=15)
     async with s() as other, other.begin():  # another scheduler is in the middle of a pass
-        assert await other.scalar(select(func.pg_advisory_xact_lock(scaling.ADVISORY_LOCK))) is None
+        assert await other.scalar(select(func.pg_advisory_xact_lock(ADVISORY_LOCK))) is None
         assert await scaler.step(s) == []
         assert backend.calls == []
     assert [(d.current, d.target) for d in await scaler.step(s)] == [(1, 4)]
@@ -205,15 +205,16 @@ async def test_an_observing_backend_counts_heartbeats_and_says_each_advice_once(
 
 
 # Demand is only the work a worker could be given now: the waiting jobs that tenant quotas,
-# a suspension, a retry's backoff or a stage-in hold are not (they show as ``held``).
+# a suspension, a retry's backoff or a stage-in block are not (they count as ``blocked``,
+# ``held_jobs`` in the API).
 
 RUNNING = {"device": "cpu", "state": "RUNNING", "assigned_device": "cpu"}
 QUEUED = {"device": "cpu", "state": "QUEUED"}
 
 
-async def _demand(s: async_sessionmaker[AsyncSession]) -> dict[str, scaling.Demand]:
+async def _demand(s: async_sessionmaker[AsyncSession]) -> dict[str, Demand]:
     async with s() as session:
-        return await scaling.pool_demand(session=session, any_pool="cpu")
+        return await pool_demand(session=session, any_pool="cpu")
 
 
 async def test_a_tenant_at_max_running_jobs_adds_only_its_running_jobs(
@@ -224,7 +225,7 @@ async def test_a_tenant_at_max_running_jobs_adds_only_its_running_jobs(
         [RUNNING, RUNNING, *(QUEUED for _ in range(30)), *({"device": "cpu"} for _ in range(5))],
         quotas={"max_running_jobs": 2},
     )
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=0, running=2, held=35)
+    assert (await _demand(s))["cpu"] == Demand(queued=0, running=2, blocked=35)
     backend = MemoryBackend(cpu=1)
     assert await Autoscaler(_settings(), backend, worker_ttl_s=15).step(s) == []
     assert backend.counts["cpu"] == 1  # 35 waiting jobs start no worker that gets nothing
@@ -239,7 +240,7 @@ async def test_a_tenant_at_max_running_jobs_adds_only_its_running_jobs(
         await session.execute(
             update(Tenant).where(Tenant.id == tid).values(quotas={"max_running_jobs": 5})
         )
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=3, running=2, held=32)
+    assert (await _demand(s))["cpu"] == Demand(queued=3, running=2, blocked=32)
 
 
 async def test_jobs_in_flight_use_up_a_tenants_headroom(
@@ -255,7 +256,7 @@ async def test_jobs_in_flight_use_up_a_tenants_headroom(
         quotas={"max_running_jobs": 4},
     )
     await _jobs(s, [QUEUED for _ in range(3)])  # another tenant, default quotas: all count
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=1 + 2 + 3, running=1, held=8)
+    assert (await _demand(s))["cpu"] == Demand(queued=1 + 2 + 3, running=1, blocked=8)
 
 
 async def test_a_tenant_out_of_cpu_seconds_per_day_adds_none_of_its_waiting_jobs(
@@ -273,14 +274,14 @@ async def test_a_tenant_out_of_cpu_seconds_per_day_adds_none_of_its_waiting_jobs
     )
     async with s() as session, session.begin():
         session.add(cpu_used(done, tid, 11.0))
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=0, running=1, held=8)
+    assert (await _demand(s))["cpu"] == Demand(queued=0, running=1, blocked=8)
     async with s() as session, session.begin():  # the 24 h window rolls past that usage
         await session.execute(
             update(JobAttempt)
             .where(JobAttempt.job_id == done)
             .values(finished_at=utcnow() - timedelta(hours=25))
         )
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=8, running=1, held=0)
+    assert (await _demand(s))["cpu"] == Demand(queued=8, running=1, blocked=0)
 
 
 async def test_jobs_in_flight_that_hold_the_cpu_budget_leave_no_demand(
@@ -291,7 +292,7 @@ async def test_jobs_in_flight_that_hold_the_cpu_budget_leave_no_demand(
         [{**RUNNING, "timeout_s": 60}, *(QUEUED for _ in range(8))],
         quotas={"cpu_seconds_per_day": 50},
     )
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=0, running=1, held=8)
+    assert (await _demand(s))["cpu"] == Demand(queued=0, running=1, blocked=8)
 
 
 async def test_a_suspended_tenants_waiting_jobs_do_not_count(
@@ -308,13 +309,13 @@ async def test_a_suspended_tenants_waiting_jobs_do_not_count(
         suspended=True,
     )
     demand = await _demand(s)
-    assert demand["cpu"] == scaling.Demand(queued=0, running=1, held=5)
-    assert demand["cuda"] == scaling.Demand(queued=0, running=0, held=1)
+    assert demand["cpu"] == Demand(queued=0, running=1, blocked=5)
+    assert demand["cuda"] == Demand(queued=0, running=0, blocked=1)
     async with s() as session, session.begin():
         await session.execute(update(Tenant).where(Tenant.id == tid).values(suspended=False))
     demand = await _demand(s)
-    assert demand["cpu"] == scaling.Demand(queued=5, running=1, held=0)
-    assert demand["cuda"] == scaling.Demand(queued=1, running=0, held=0)
+    assert demand["cpu"] == Demand(queued=5, running=1, blocked=0)
+    assert demand["cuda"] == Demand(queued=1, running=0, blocked=0)
 
 
 async def test_a_job_in_retry_backoff_counts_once_it_is_due(
@@ -332,14 +333,14 @@ async def test_a_job_in_retry_backoff_counts_once_it_is_due(
             QUEUED,
         ],
     )
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=2, running=0, held=1)
+    assert (await _demand(s))["cpu"] == Demand(queued=2, running=0, blocked=1)
     async with s() as session, session.begin():
         await session.execute(
             update(Job)
             .where(Job.id == later)
             .values(run_after=func.now() - text("interval '1 second'"))
         )
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=3, running=0, held=0)
+    assert (await _demand(s))["cpu"] == Demand(queued=3, running=0, blocked=0)
 
 
 async def test_a_job_staging_in_its_inputs_does_not_count(
@@ -358,17 +359,17 @@ async def test_a_job_staging_in_its_inputs_does_not_count(
         job = await session.get(Job, staging)
     assert job is not None
     assert (job.state, job.state_reason) == ("QUEUED", "staging in: plate.npy")
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=2, running=0, held=1)
+    assert (await _demand(s))["cpu"] == Demand(queued=2, running=0, blocked=1)
     failed = await with_input("cold.npy", "s3")
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=2, running=0, held=2)
+    assert (await _demand(s))["cpu"] == Demand(queued=2, running=0, blocked=2)
     async with s() as session, session.begin():
         # the stage-in failed: the dispatcher fails the job, which needs a worker's slot
         await session.execute(
             update(Migration).where(Migration.job_id == failed).values(state="FAILED", error="x")
         )
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=3, running=0, held=1)
+    assert (await _demand(s))["cpu"] == Demand(queued=3, running=0, blocked=1)
     async with s() as session, session.begin():  # the copy to local is done
         await session.execute(
             update(Dataset).where(Dataset.name == "plate.npy").values(tiers=["archive", "local"])
         )
-    assert (await _demand(s))["cpu"] == scaling.Demand(queued=4, running=0, held=0)
+    assert (await _demand(s))["cpu"] == Demand(queued=4, running=0, blocked=0)

@@ -20,8 +20,14 @@ from shared.events import Event, JobDispatched, utcnow
 from shared.jobs.states import JobState
 from shared.jobs.store import Claim, Report
 from shared.settings import CommonSettings
-from shared.storage.migrations import migrations_for_job
-from tests.factories import admitted_with_input, cpu_used, new_job, own_database
+from tests.factories import (
+    admit_jobs,
+    admitted_with_input,
+    cpu_used,
+    migrations_for_job,
+    new_job,
+    own_database,
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +76,7 @@ async def _jobs(
                 )
             )
     async with s() as session, session.begin():
-        assert await service.admit(session=session, job_ids=ids) == len(ids)
+        assert await admit_jobs(session=session, job_ids=ids) == len(ids)
     return ids
 
 
@@ -105,7 +111,7 @@ async def test_admission_is_idempotent(s: async_sessionmaker[AsyncSession]) -> N
     tid = await _tenant(s)
     ids = await _jobs(s, tid, [0, 0])
     async with s() as session, session.begin():
-        assert await service.admit(session=session, job_ids=ids + ids) == 0
+        assert await admit_jobs(session=session, job_ids=ids + ids) == 0
         n = await session.scalar(
             select(func.count()).select_from(JobEvent).where(JobEvent.job_id.in_(ids))
         )
@@ -213,9 +219,7 @@ async def test_reaper_requeues_lost_work_then_fails_it(s: async_sessionmaker[Asy
 
     async def reap() -> None:
         async with s() as session, session.begin():
-            await service.reap(
-                session=session, now=utcnow() + timedelta(seconds=1), redispatch_after_s=60
-            )
+            await service.requeue_lost(session=session, now=utcnow() + timedelta(seconds=1))
 
     await reap()
     async with s() as session:
@@ -255,8 +259,8 @@ async def test_unclaimed_dispatch_is_sent_again(s: async_sessionmaker[AsyncSessi
     await _worker(s, "w1", "cpu", 1)
     assert len(await _dispatch(s)) == 1
     async with s() as session, session.begin():
-        await service.reap(
-            session=session, now=utcnow() + timedelta(seconds=120), redispatch_after_s=60
+        await service.redispatch_unclaimed(
+            session=session, now=utcnow() + timedelta(seconds=120), after_s=60
         )
     async with s() as session:
         job = await session.get(Job, jid)
@@ -420,7 +424,7 @@ async def test_set_based_admission_admits_oldest_pending_with_history(
                 )
             )
     async with _pass(s) as db:
-        assert await service.admit_waiting(db, limit=3, tiers=["local"]) == 3
+        assert await service.admit(db, limit=3, tiers=["local"]) == 3
     async with s() as session:
         states = {
             j.id: j.state
@@ -438,7 +442,7 @@ async def test_set_based_admission_admits_oldest_pending_with_history(
         (i, "PENDING", "QUEUED") for i in ids[:3]
     )
     async with _pass(s) as db:
-        assert await service.admit_waiting(db, limit=10, tiers=["local"]) == 2
+        assert await service.admit(db, limit=10, tiers=["local"]) == 2
 
 
 def _ids(events: list[Event]) -> list[uuid.UUID]:
@@ -468,7 +472,7 @@ async def test_admission_stages_inputs_in_within_the_pass(
         session.add(new_job(tid, id=staged, inputs={"grid": "far.npy"}, max_retries=0))
         session.add(new_job(tid, id=plain, created_at=utcnow() + timedelta(milliseconds=1)))
     async with _pass(s) as db:
-        assert await service.admit_waiting(db, limit=10, tiers=["local", "archive"]) == 2
+        assert await service.admit(db, limit=10, tiers=["local", "archive"]) == 2
         events = await service.dispatch(db, worker_ttl_s=15, slack=0.0, batch=500)
     assert _ids(events) == [plain]  # ``staged`` waits for its input
     async with s() as session:
@@ -487,7 +491,7 @@ async def test_a_failed_pass_leaves_nothing_behind(s: async_sessionmaker[AsyncSe
 
     async def failing_pass() -> None:
         async with _pass(s) as db:
-            await service.admit_waiting(db, limit=10, tiers=["local"])
+            await service.admit(db, limit=10, tiers=["local"])
             assert len(await service.dispatch(db, worker_ttl_s=15, slack=0.0, batch=500)) == 1
             raise RuntimeError("the pass fails before it commits")
 
@@ -502,7 +506,7 @@ async def test_a_failed_pass_leaves_nothing_behind(s: async_sessionmaker[AsyncSe
     assert job is not None
     assert (job.state, job.dispatched_at, staged, history) == ("PENDING", None, 0, 0)
     async with _pass(s) as db:  # the next pass does it all
-        await service.admit_waiting(db, limit=10, tiers=["local"])
+        await service.admit(db, limit=10, tiers=["local"])
         events = await service.dispatch(db, worker_ttl_s=15, slack=0.0, batch=500)
     assert _ids(events) == [jid]
 
@@ -586,9 +590,7 @@ async def test_a_lost_attempt_is_counted_once(s: async_sessionmaker[AsyncSession
     lost = await _claim(s, jid, "dead-worker", lease_s=0.01)
     for _ in range(2):  # a second pass of the reaper finds nothing more to count
         async with s() as session, session.begin():
-            await service.reap(
-                session=session, now=utcnow() + timedelta(seconds=1), redispatch_after_s=60
-            )
+            await service.requeue_lost(session=session, now=utcnow() + timedelta(seconds=1))
     async with s() as session, session.begin():  # the worker comes back: fenced, not counted
         assert not await worker_service.record(
             session=session,

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from services.scheduler.autoscale import PoolPolicy, PoolScaler
+from services.scheduler.pool_policy import PoolPolicy, PoolScaler
 
 POLICY = PoolPolicy(min_workers=1, max_workers=4, target_jobs_per_worker=4, cooldown_s=30)
 

@@ -64,14 +64,14 @@ def test_max_running_holds_with_a_reason() -> None:
     plan = allocate([full, part], 10, usage_scale_s=60)
     assert count(plan.chosen, full) == 0
     assert count(plan.chosen, part) == 2
-    assert "max_running_jobs (2)" in plan.held[full.tenant_id]
+    assert "max_running_jobs (2)" in plan.over_quota[full.tenant_id]
 
 
 def test_cpu_quota_holds_with_a_reason() -> None:
     spent = tenant(cpu_today_s=100.0, cpu_per_day_s=100.0)
     plan = allocate([spent], 10, usage_scale_s=60)
     assert plan.chosen == []
-    assert "cpu_seconds_per_day" in plan.held[spent.tenant_id]
+    assert "cpu_seconds_per_day" in plan.over_quota[spent.tenant_id]
 
 
 def test_never_more_than_free_or_available() -> None:
@@ -92,7 +92,7 @@ def test_headroom_is_what_the_quotas_leave_and_allocate_keeps_to_it() -> None:
 
 def timed(t: TenantLoad, timeout_s: float) -> TenantLoad:
     t.candidates = [
-        Candidate(c.job_id, c.tenant_id, c.kernel, c.priority, c.created_at, (), timeout_s)
+        Candidate(c.job_id, c.tenant_id, c.kernel, c.priority, c.created_at, timeout_s)
         for c in t.candidates
     ]
     return t
@@ -106,7 +106,7 @@ def test_jobs_in_flight_hold_their_timeout_of_the_cpu_budget() -> None:
     held = timed(tenant(cpu_per_day_s=100.0, cpu_today_s=10.0, held_s=90.0), 60.0)
     plan = allocate([held], 10, usage_scale_s=60)
     assert plan.chosen == []
-    assert "held by jobs in flight" in plan.held[held.tenant_id]
+    assert "held by jobs in flight" in plan.over_quota[held.tenant_id]
     assert held.headroom == 0
 
 

@@ -23,7 +23,6 @@ import pytest_asyncio
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.scheduler import service as scheduler
 from services.worker import service
 from services.worker.app import WorkerRuntime
 from services.worker.datasets import attempt_folder
@@ -37,7 +36,7 @@ from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
 from shared.storage.checksum import checksum_of
 from shared.storage.tiers import TEMP_DIR
-from tests.factories import new_job, own_database
+from tests.factories import admit_jobs, new_job, own_database
 from tests.worker.conftest import CACHE
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -120,7 +119,7 @@ async def run(db: Sessions, rt: WorkerRuntime, tid: uuid.UUID, **job: Any) -> Jo
     async with db() as session, session.begin():
         session.add(new_job(tid, id=jid, **job))
     async with db() as session, session.begin():
-        assert await scheduler.admit(session=session, job_ids=[jid]) == 1
+        assert await admit_jobs(session=session, job_ids=[jid]) == 1
         claim = await service.claim(session=session, job_id=jid, worker="w1", lease_s=30)
     assert isinstance(claim, Claim)
     await rt.slots.acquire()  # as ``on_dispatch`` does; ``_run`` gives it back
@@ -256,7 +255,7 @@ async def test_concurrent_publishes_never_exceed_the_quota(
         async with db() as session, session.begin():
             session.add(new_job(tid, id=jid, outputs={"c": f"out/{i}.bin"}))
         async with db() as session, session.begin():
-            assert await scheduler.admit(session=session, job_ids=[jid]) == 1
+            assert await admit_jobs(session=session, job_ids=[jid]) == 1
             claim = await service.claim(session=session, job_id=jid, worker="w1", lease_s=30)
         assert claim is not None
         path = attempt_folder(rt.settings.storage, jid, 1) / "0-c.npy"

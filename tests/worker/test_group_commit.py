@@ -20,7 +20,6 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.scheduler import service as scheduler
 from services.worker import service
 from services.worker.app import WorkerRuntime
 from services.worker.batch import Claims, Records
@@ -33,7 +32,7 @@ from shared.jobs.states import JobState
 from shared.jobs.store import Claim, Finish, Report, set_job_state
 from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
-from tests.factories import new_job, own_database
+from tests.factories import admit_jobs, new_job, own_database
 from tests.netfault import TcpProxy
 from tests.worker.test_held_leases import InstantRunner, dispatched
 
@@ -62,7 +61,7 @@ async def queued_jobs(sessions: Sessions, n: int) -> list[uuid.UUID]:
         await session.flush()
         session.add_all(new_job(tid, id=jid, params={"samples": i}) for i, jid in enumerate(ids))
     async with sessions() as session, session.begin():
-        assert await scheduler.admit(session=session, job_ids=ids) == n
+        assert await admit_jobs(session=session, job_ids=ids) == n
     return ids
 
 

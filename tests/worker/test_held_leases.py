@@ -36,7 +36,7 @@ from shared.events import JobDispatched
 from shared.messaging import Delivery
 from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
-from tests.factories import new_job, own_database
+from tests.factories import admit_jobs, new_job, own_database
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -54,7 +54,7 @@ async def queued_job(db: Sessions) -> uuid.UUID:
         await session.flush()
         session.add(new_job(tid, id=jid))
     async with db() as session, session.begin():
-        assert await scheduler.admit(session=session, job_ids=[jid]) == 1
+        assert await admit_jobs(session=session, job_ids=[jid]) == 1
     return jid
 
 
@@ -116,7 +116,7 @@ async def test_the_heartbeat_keeps_only_the_jobs_the_worker_holds(
         await rt.heartbeat()
         await asyncio.sleep(0.2)
     async with db() as session, session.begin():
-        reaped = await scheduler.reap(session=session, now=await now(db), redispatch_after_s=60)
+        reaped = await scheduler.requeue_lost(session=session, now=await now(db))
     try:
         # the job no attempt holds loses its lease and goes back to the queue ...
         assert [e.job_id for e in reaped] == [orphan]  # type: ignore[attr-defined]

@@ -14,7 +14,6 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.scheduler import service as scheduler
 from services.worker import service
 from shared.db.models import JobAttempt, Tenant
 from shared.jobs.states import JobState
@@ -22,7 +21,7 @@ from shared.jobs.store import Claim, Report, set_job_state
 from shared.settings import CommonSettings, StorageSettings
 from shared.storage.catalog import get_dataset
 from shared.storage.registry import Storage
-from tests.factories import new_job, own_database
+from tests.factories import admit_jobs, new_job, own_database
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -40,7 +39,7 @@ async def running_job(db: Sessions) -> Claim:
         await session.flush()
         session.add(new_job(tid, id=jid))
     async with db() as session, session.begin():
-        assert await scheduler.admit(session=session, job_ids=[jid]) == 1
+        assert await admit_jobs(session=session, job_ids=[jid]) == 1
         claim = await service.claim(session=session, job_id=jid, worker="w1", lease_s=30)
     assert claim is not None
     return claim

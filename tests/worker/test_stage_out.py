@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.scheduler import service as scheduler
 from services.worker import service
 from services.worker.service import Recorded
 from services.worker.stageout import StagedOutput, StageOutFailed, abort_staged, stage_out
@@ -28,7 +27,7 @@ from shared.storage.names import object_key
 from shared.storage.registry import Storage
 from shared.storage.tiers import TEMP_DIR, FileTier, Upload
 from tests.datamover.harness import CHUNK, MotoServer, storage_settings
-from tests.factories import new_job, own_database
+from tests.factories import admit_jobs, new_job, own_database
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -59,7 +58,7 @@ async def running_job(db: Sessions, tier: str) -> Claim:
         await session.flush()
         session.add(new_job(tid, id=jid, outputs={"c": "out/c.bin"}, output_tier=tier))
     async with db() as session, session.begin():
-        assert await scheduler.admit(session=session, job_ids=[jid]) == 1
+        assert await admit_jobs(session=session, job_ids=[jid]) == 1
         claim = await service.claim(session=session, job_id=jid, worker="w1", lease_s=30)
     assert claim is not None
     assert claim.output_tier == tier

@@ -7,7 +7,7 @@ heartbeats) and their running jobs are read here, at request time.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -15,17 +15,14 @@ from sqlalchemy import func, select
 from services.gateway.deps import PrincipalDep, SessionDep
 from services.gateway.routing import feature_router
 from services.gateway.tenants.audit import audit
-from shared.db.models import Job, Worker, WorkerPool
-from shared.jobs.states import JobState
+from shared.db.models import Worker, WorkerPool
+from shared.jobs.pools import POOLS, heartbeat_fresh, running_per_worker
 
 router = feature_router(
     prefix="/v1/admin/pools",
     tag="admin",
     errors={403: "not the admin key", 503: "the database is unavailable"},
 )
-
-POOLS = ("cpu", "cuda")
-LIVE_S = 15.0  # a worker whose heartbeat is older is not counted (the scheduler's TTL)
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -41,20 +38,10 @@ async def list_pools(principal: PrincipalDep, session: SessionDep) -> dict[str, 
     now = await session.scalar(select(func.now()))
     assert now is not None
     stored = {p.pool: p for p in (await session.scalars(select(WorkerPool))).all()}
-    running = dict(
-        (
-            await session.execute(
-                select(Job.worker, func.count())
-                .where(Job.state == JobState.RUNNING.value, Job.worker.is_not(None))
-                .group_by(Job.worker)
-            )
-        ).all()
-    )
+    running = await running_per_worker(session=session)
     workers = (
         await session.scalars(
-            select(Worker)
-            .where(Worker.heartbeat_at > now - timedelta(seconds=LIVE_S))
-            .order_by(Worker.started_at, Worker.id)
+            select(Worker).where(heartbeat_fresh(now)).order_by(Worker.started_at, Worker.id)
         )
     ).all()
     items = []
@@ -68,7 +55,7 @@ async def list_pools(principal: PrincipalDep, session: SessionDep) -> dict[str, 
                 {
                     "id": w.id,
                     "concurrency": w.concurrency,
-                    "running_jobs": int(running.get(w.id, 0)),
+                    "running_jobs": running.get(w.id, 0),
                     "stopping": w.stopping,
                     "started_at": _iso(w.started_at),
                     "heartbeat_at": _iso(w.heartbeat_at),

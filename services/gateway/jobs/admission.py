@@ -18,10 +18,10 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.gateway.admin.pools import LIVE_S
 from services.gateway.jobs.schemas import JobSubmit
 from shared.db.models import Dataset
 from shared.errors import Invalid, QuotaExceeded
+from shared.jobs.pools import WORKER_TTL_S
 from shared.kernels import Footprint, KernelSpec
 from shared.npy import FIRST_READ, ArrayHeader, NpyError, header_end, parse_header
 from shared.storage import Storage, object_key
@@ -119,7 +119,7 @@ class ClosedPools:
         if self._known is not None and self._known[0] > now:
             return self._known[1]
         async with db.raw() as conn:
-            rows = await conn.fetch(_CLOSED_POOLS, LIVE_S)
+            rows = await conn.fetch(_CLOSED_POOLS, WORKER_TTL_S)
         closed = frozenset(str(r[0]) for r in rows)
         self._known = (now + self.ttl_s, closed)
         return closed

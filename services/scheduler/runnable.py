@@ -1,62 +1,45 @@
-"""Queries that feed fair share: each tenant's waiting candidates, jobs in flight, quotas and
-recent CPU usage (from ``job_attempts``, recorded once per attempt by the workers); and the
-conditions the autoscaler's demand shares with dispatch.
+"""What may run now, and the loads of the tenants that ask: the inputs of the dispatch pass
+and of the autoscaler's demand (``demand.pool_demand``).
+
+``runnable_now`` is the one rule, as SQL both statements embed: a waiting job (``WAITING``)
+may start now when it is due (not in a retry's backoff) and not staging in its inputs. A job
+whose stage-in failed is runnable in this sense: the dispatch pass fails it. Quotas and
+suspension act per tenant, on top of the rule (``fairshare.TenantLoad``).
 
 The dispatch pass runs once per wake-up (every job event), so its query is fixed SQL on plain
-asyncpg (``WAITING_LOADS``): building it with SQLAlchemy cost more CPU than PostgreSQL spent
-running it. The autoscaler's queries, once per interval, stay SQLAlchemy expressions."""
+asyncpg (``_CANDIDATES``): building it with SQLAlchemy cost more CPU than PostgreSQL spent
+running it. The autoscaler's queries, once per interval, are SQLAlchemy expressions.
+"""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.fairshare import Candidate, TenantLoad
-from shared.db.models import Dataset, Job, JobAttempt, Migration
+from shared.db.models import JobAttempt
 from shared.jobs.usage import IN_FLIGHT
 from shared.settings import QuotaDefaults
-from shared.storage.migrations import MigrationState
+from shared.storage.stagein import stage_in_failed, staging_in
 
 DAY = timedelta(days=1)  # the window of cpu_seconds_per_day
 
 
-def due(now: datetime) -> ColumnElement[bool]:
-    """Not in a retry's backoff (``run_after`` passed or unset)."""
-    return or_(Job.run_after.is_(None), Job.run_after <= now)
+def waiting(job: str) -> str:
+    """SQL: the ``jobs`` row ``job`` waits to be dispatched: PENDING, or QUEUED and not sent
+    to a device queue yet."""
+    return f"({job}.state = 'PENDING' OR ({job}.state = 'QUEUED' AND {job}.dispatched_at IS NULL))"
 
 
-def waiting_for_stage_in() -> ColumnElement[bool]:
-    """The datamover's ``stage_in_status`` as a condition on a ``jobs`` row of the enclosing
-    query: some input is not on ``local`` yet and none of the missing ones' stage-ins failed,
-    so the dispatcher (``service.ready_to_run``) neither dispatches the job nor fails it."""
-    name = func.jsonb_each_text(Job.inputs).table_valued("key", "value").alias("job_input")
-    on_local = (
-        exists()
-        .where(
-            Dataset.tenant_id == Job.tenant_id,
-            Dataset.name == name.c.value,
-            Dataset.tiers.has_key("local"),
-        )
-        .correlate_except(Dataset)
-    )  # ``jobs`` is two levels up: auto-correlation stops at one
-    failed = (
-        exists()
-        .where(
-            Migration.job_id == Job.id,
-            Migration.dataset == name.c.value,
-            Migration.state == MigrationState.FAILED.value,
-        )
-        .correlate_except(Migration)
-    )
-    return and_(
-        exists(select(name.c.value).where(~on_local)),
-        ~exists(select(name.c.value).where(~on_local, failed)),
-    )
+def runnable_now(job: str) -> str:
+    """SQL: the waiting ``jobs`` row ``job`` may start now (see the module's doc)."""
+    return f"(({job}.run_after IS NULL OR {job}.run_after <= now()) AND NOT {staging_in(job)})"
 
 
 def tenant_load(
@@ -84,23 +67,25 @@ def tenant_load(
     )
 
 
-# The dispatch pass's one query per device: every unsuspended tenant's best dispatchable jobs
-# (one index probe per tenant on ix_jobs_tenant_dispatchable, so a flooded queue costs no
-# more than a short one), joined with what fair share needs of each tenant that has some:
-# weight, stored quotas, jobs in flight (``shared.jobs.usage.IN_FLIGHT``: what
-# max_running_jobs counts) with the CPU seconds they hold (their timeout_s) and how many are on
-# this device, CPU seconds decayed by age with the half-life, and CPU seconds in the last 24 h
-# (with the holds, what cpu_seconds_per_day limits). Fixed text, prepared once per connection.
+# The dispatch pass's one query per device: every unsuspended tenant's best runnable jobs for
+# the device (one index probe per tenant on ix_jobs_tenant_dispatchable, so a flooded queue
+# costs no more than a short one), each with whether its stage-in failed, joined with what
+# fair share needs of each tenant that has some: weight, stored quotas, jobs in flight
+# (``shared.jobs.usage.IN_FLIGHT``: what max_running_jobs counts) with the CPU seconds they
+# hold (their timeout_s) and how many are on this device, CPU seconds decayed by age with the
+# half-life, and CPU seconds in the last 24 h (with the holds, what cpu_seconds_per_day
+# limits). Fixed text, prepared once per connection.
 # $1 device, $2 jobs per tenant, $3 half-life (s), $4 how far back usage counts (s).
-WAITING_LOADS = f"""
+_CANDIDATES = f"""
 WITH waiting AS (
-    SELECT j.id, j.tenant_id, j.kernel, j.priority, j.created_at, j.inputs::text AS inputs,
-           j.timeout_s
+    SELECT j.id, j.tenant_id, j.kernel, j.priority, j.created_at, j.timeout_s, j.failed
     FROM tenants t
     CROSS JOIN LATERAL (
-        SELECT id, tenant_id, kernel, priority, created_at, inputs, timeout_s FROM jobs
+        SELECT id, tenant_id, kernel, priority, created_at, timeout_s,
+               {stage_in_failed("jobs")} AS failed
+        FROM jobs
         WHERE jobs.tenant_id = t.id AND state = 'QUEUED' AND dispatched_at IS NULL
-          AND device IN ($1::text, 'any') AND (run_after IS NULL OR run_after <= now())
+          AND device IN ($1::text, 'any') AND {runnable_now("jobs")}
         ORDER BY priority DESC, created_at, id
         LIMIT $2
     ) j
@@ -125,33 +110,42 @@ WITH waiting AS (
     ) u
     WHERE t.id IN (SELECT tenant_id FROM waiting)
 )
-SELECT w.id, w.tenant_id, w.kernel, w.priority, w.created_at, w.inputs, w.timeout_s,
+SELECT w.id, w.tenant_id, w.kernel, w.priority, w.created_at, w.timeout_s, w.failed,
        a.weight, a.quotas, a.in_flight, a.held, a.on_device, a.decayed, a.today
 FROM waiting w JOIN asking a ON a.id = w.tenant_id
 ORDER BY w.tenant_id, w.priority DESC, w.created_at, w.id
 """  # noqa: S608 (built from constants only)
 
 
-async def waiting_loads(
+@dataclass
+class Waiting:
+    """The dispatch pass's view of one device: the tenants that have runnable jobs for it,
+    each with its best candidates, and the runnable jobs whose stage-in failed."""
+
+    tenants: dict[uuid.UUID, TenantLoad] = field(default_factory=dict)
+    stage_in_failed: list[uuid.UUID] = field(default_factory=list)
+
+
+async def candidates(
     conn: Any,
     *,
     device: str,
     per_tenant: int,
     quota_defaults: QuotaDefaults,
     half_life_s: float,
-) -> dict[uuid.UUID, TenantLoad]:
-    """The load of every tenant with dispatchable jobs for ``device``, each with its up to
+) -> Waiting:
+    """The load of every tenant with runnable jobs for ``device``, each with its up to
     ``per_tenant`` best candidates (priority, then age), in one round trip on the plain
     asyncpg connection ``conn``."""
     rows = await conn.fetch(
-        WAITING_LOADS, device, per_tenant, half_life_s, max(86_400.0, 8 * half_life_s)
+        _CANDIDATES, device, per_tenant, half_life_s, max(86_400.0, 8 * half_life_s)
     )
-    out: dict[uuid.UUID, TenantLoad] = {}
-    for job_id, tenant_id, kernel, priority, created_at, inputs, timeout_s, *tenant in rows:
-        t = out.get(tenant_id)
+    out = Waiting()
+    for job_id, tenant_id, kernel, priority, created_at, timeout_s, failed, *tenant in rows:
+        t = out.tenants.get(tenant_id)
         if t is None:
             weight, quotas, flying, held, on_device, decayed, today = tenant
-            t = out[tenant_id] = tenant_load(
+            t = out.tenants[tenant_id] = tenant_load(
                 tenant_id=tenant_id,
                 weight=weight,
                 stored_quotas=orjson.loads(quotas),
@@ -162,10 +156,12 @@ async def waiting_loads(
                 held_s=float(held),
             )
             t.on_device = on_device
-        names = () if inputs == "{}" else tuple(sorted(set(orjson.loads(inputs).values())))
-        t.candidates.append(
-            Candidate(job_id, tenant_id, kernel, priority, created_at, names, float(timeout_s))
-        )
+        if failed:
+            out.stage_in_failed.append(job_id)
+        else:
+            t.candidates.append(
+                Candidate(job_id, tenant_id, kernel, priority, created_at, float(timeout_s))
+            )
     return out
 
 

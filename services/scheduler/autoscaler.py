@@ -1,17 +1,6 @@
-"""The autoscaler loop: per worker pool, demand from PostgreSQL, the decision of
-``autoscale.PoolScaler``, the backend acts, and the outcome goes to ``worker_pools`` (read by
-``GET /v1/admin/pools``) and ``/metrics``.
-
-Demand is the work a worker of the pool could be given now: RUNNING jobs, dispatched QUEUED
-ones, and per tenant the waiting ones (PENDING, QUEUED undispatched) that the dispatcher may
-start, at most its headroom (``max_running_jobs`` minus its jobs in flight; none once its
-``cpu_seconds_per_day`` are used up or while it is suspended), without jobs in a retry's
-backoff (``run_after`` ahead) or still staging in their inputs. Undispatched jobs count, so a
-pool at zero workers, which has no slots and gets nothing dispatched, still starts one. The
-other waiting jobs are *held*: shown, never demand. Headroom is per tenant and each pool may
-use all of it, so a tenant with runnable jobs in both pools can count in both.
-A job's pool is the device it was dispatched to, else the device it asked for; ``any``
-counts for the cpu pool (the cuda pool when the cpu pool may not grow).
+"""The autoscaler loop: per worker pool, its demand (``demand.pool_demand``), the decision of
+``pool_policy.PoolScaler``, the backend acts, and the outcome goes to ``worker_pools`` (read
+by ``GET /v1/admin/pools``) and ``/metrics``.
 
 One scheduler at a time acts: the pass runs under a transaction-scoped advisory lock, so a
 second scheduler (or one restarted while the old one still finishes a pass) skips it. The
@@ -21,31 +10,28 @@ cooldown's start is stored with the pool, so a restarted scheduler keeps it.
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import and_, case, cast, func, literal, or_, select
+from sqlalchemy import cast, func, literal, select
 from sqlalchemy.dialects.postgresql import JSONPATH, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.scheduler import loads
-from services.scheduler.autoscale import Decision, PoolPolicy, PoolScaler
 from services.scheduler.backends import BackendError, ScalingBackend
+from services.scheduler.demand import Demand, live_workers, pool_demand
+from services.scheduler.pool_policy import Decision, PoolPolicy, PoolScaler
 from services.scheduler.settings import AutoscaleSettings
-from shared.db.models import Job, Tenant, Worker, WorkerPool
-from shared.jobs.states import JobState
+from shared.db.models import WorkerPool
+from shared.jobs.pools import POOLS, running_per_worker
 from shared.logging import get_logger
 from shared.settings import QuotaDefaults
 from shared.telemetry import REGISTRY
 
 log = get_logger(__name__)
 
-POOLS = ("cpu", "cuda")
-ADVISORY_LOCK = 0x5354_0007  # "ST", issue 7: one autoscaler at a time
+ADVISORY_LOCK = 0x5354_0007  # one autoscaler at a time
 HISTORY = 50  # decisions kept per pool
 
 WORKERS = Gauge(
@@ -63,7 +49,7 @@ DEMAND = Gauge(
     ["pool", "state"],
     registry=REGISTRY,
 )
-HELD = Gauge(
+BLOCKED = Gauge(
     "stratus_pool_held_jobs",
     "Waiting jobs that are not demand (quota, suspended tenant, retry backoff, stage-in)",
     ["pool"],
@@ -77,30 +63,6 @@ DECISIONS = Counter(
 )
 
 
-@dataclass(frozen=True)
-class Demand:
-    queued: int = 0  # QUEUED and dispatched, or waiting (PENDING, QUEUED) and runnable now
-    running: int = 0
-    held: int = 0  # waiting but not runnable now: not demand
-
-    @property
-    def total(self) -> int:
-        return self.queued + self.running
-
-
-@dataclass
-class _TenantPools:
-    """One tenant's active jobs per pool, as ``pool_demand`` reads them."""
-
-    weight: int
-    quotas: dict[str, Any]
-    suspended: bool
-    in_flight: int = 0
-    held_s: float = 0.0  # the timeout_s of its jobs in flight (their hold on the CPU budget)
-    # pool -> (running, dispatched, waiting, runnable)
-    pools: dict[str, tuple[int, int, int, int]] = dataclasses.field(default_factory=dict)
-
-
 def policy_of(settings: AutoscaleSettings, pool: str) -> PoolPolicy:
     bounds = settings.cpu if pool == "cpu" else settings.cuda
     return PoolPolicy(
@@ -109,95 +71,6 @@ def policy_of(settings: AutoscaleSettings, pool: str) -> PoolPolicy:
         target_jobs_per_worker=bounds.target_jobs_per_worker or settings.target_jobs_per_worker,
         cooldown_s=settings.cooldown_s,
     )
-
-
-async def pool_demand(
-    *,
-    session: AsyncSession,
-    any_pool: str,
-    now: datetime | None = None,
-    quota_defaults: QuotaDefaults | None = None,
-) -> dict[str, Demand]:
-    """Each pool's demand (see the module's doc): one query over the active jobs per tenant
-    and pool, and one for the CPU seconds of the tenants that have runnable jobs."""
-    if now is None:
-        now = await session.scalar(select(func.now()))
-        assert now is not None
-    quota_defaults = quota_defaults or QuotaDefaults()
-    pool = func.coalesce(
-        Job.assigned_device, case((Job.device == "any", literal(any_pool)), else_=Job.device)
-    )
-    waiting = or_(
-        Job.state == JobState.PENDING.value,
-        and_(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_(None)),
-    )
-    rows = await session.execute(
-        select(
-            Tenant.id,
-            Tenant.weight,
-            Tenant.quotas,
-            Tenant.suspended,
-            pool,
-            func.count().filter(Job.state == JobState.RUNNING.value),
-            func.count().filter(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_not(None)),
-            func.count().filter(waiting),
-            func.count().filter(waiting, loads.due(now), ~loads.waiting_for_stage_in()),
-            func.coalesce(func.sum(Job.timeout_s).filter(~waiting), 0),
-        )
-        .join_from(Job, Tenant, Job.tenant_id == Tenant.id)
-        .where(
-            Job.state.in_([s.value for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)])
-        )
-        .group_by(Tenant.id, pool)
-    )
-    tenants: dict[uuid.UUID, _TenantPools] = {}
-    for tid, weight, quotas, suspended, name, running, dispatched, waits, runnable, held in rows:
-        t = tenants.setdefault(tid, _TenantPools(weight, quotas, suspended))
-        t.in_flight += int(running) + int(dispatched)
-        t.held_s += float(held)
-        t.pools[str(name)] = (int(running), int(dispatched), int(waits), int(runnable))
-    asking = [
-        tid for tid, t in tenants.items() if not t.suspended and any(p[3] for p in t.pools.values())
-    ]
-    used = await loads.cpu_today(session=session, tenant_ids=asking, now=now)
-    totals = {p: [0, 0, 0] for p in POOLS}  # queued, running, held
-    for tid, t in tenants.items():
-        load = loads.tenant_load(
-            tenant_id=tid,
-            weight=t.weight,
-            stored_quotas=t.quotas,
-            quota_defaults=quota_defaults,
-            in_flight=t.in_flight,
-            cpu_today_s=used.get(tid, 0.0),
-            held_s=t.held_s,
-        )
-        headroom = 0 if t.suspended else load.headroom
-        for name, (running, dispatched, waits, runnable) in t.pools.items():
-            if name not in totals:
-                continue
-            counted = min(runnable, headroom)
-            total = totals[name]
-            total[0] += dispatched + counted
-            total[1] += running
-            total[2] += waits - counted
-    return {p: Demand(*totals[p]) for p in POOLS}
-
-
-async def live_workers(
-    *, session: AsyncSession, now: datetime, worker_ttl_s: float
-) -> tuple[dict[str, int], dict[str, int]]:
-    """(live workers per pool, running jobs per worker name)."""
-    live = await session.execute(
-        select(Worker.device, func.count())
-        .where(Worker.heartbeat_at > now - timedelta(seconds=worker_ttl_s), ~Worker.stopping)
-        .group_by(Worker.device)
-    )
-    busy = await session.execute(
-        select(Job.worker, func.count())
-        .where(Job.state == JobState.RUNNING.value, Job.worker.is_not(None))
-        .group_by(Job.worker)
-    )
-    return {str(d): int(n) for d, n in live}, {str(w): int(n) for w, n in busy}
 
 
 class Autoscaler:
@@ -232,9 +105,8 @@ class Autoscaler:
             demand = await pool_demand(
                 session=session, any_pool=any_pool, now=now, quota_defaults=self.quota_defaults
             )
-            live, busy = await live_workers(
-                session=session, now=now, worker_ttl_s=self.worker_ttl_s
-            )
+            live = await live_workers(session=session, now=now, worker_ttl_s=self.worker_ttl_s)
+            busy = await running_per_worker(session=session)
             acted: list[Decision] = []
             for pool in POOLS:
                 try:
@@ -264,7 +136,7 @@ class Autoscaler:
         DESIRED.labels(pool).set(decision.desired)
         DEMAND.labels(pool, "queued").set(demand.queued)
         DEMAND.labels(pool, "running").set(demand.running)
-        HELD.labels(pool).set(demand.held)
+        BLOCKED.labels(pool).set(demand.blocked)
         if not backend.acts:
             advice = (decision.action, decision.target)
             if decision.action == "hold" or self._advice.get(pool) == advice:
@@ -282,7 +154,7 @@ class Autoscaler:
             target=decision.target,
             desired=decision.desired,
             demand=demand.total,
-            held=demand.held,
+            blocked=demand.blocked,
             reason=decision.reason,
             backend=backend.name,
         )
@@ -321,7 +193,7 @@ class Autoscaler:
             "desired_workers": d.desired,
             "queued_jobs": demand.queued,
             "running_jobs": demand.running,
-            "held_jobs": demand.held,
+            "held_jobs": demand.blocked,
             "over_provisioned_since": None if since is None else _at(now, since),
             "updated_at": now,
         }

@@ -1,0 +1,162 @@
+"""Each worker pool's demand: the work a worker of the pool could be given now.
+
+Demand is the pool's RUNNING jobs, its dispatched QUEUED ones, and per tenant the waiting
+ones that are runnable now (``runnable.runnable_now``, the dispatch pass's rule), at most the
+tenant's headroom (``max_running_jobs`` minus its jobs in flight; none once its
+``cpu_seconds_per_day`` are used up or while it is suspended). Undispatched jobs count, so a
+pool at zero workers, which has no slots and gets nothing dispatched, still starts one. The
+other waiting jobs are *blocked*: shown (``held_jobs`` of ``GET /v1/admin/pools``), never
+demand. Headroom is per tenant and each pool may use all of it, so a tenant with runnable jobs
+in both pools can count in both. A job's pool is the device it was dispatched to, else the
+device it asked for; ``any`` counts for ``any_pool``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Boolean, ColumnElement, case, func, literal, literal_column, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.scheduler.runnable import cpu_today, runnable_now, tenant_load, waiting
+from shared.db.models import Job, Tenant, Worker
+from shared.jobs.pools import POOLS, heartbeat_fresh
+from shared.jobs.states import JobState
+from shared.settings import QuotaDefaults
+
+
+@dataclass(frozen=True)
+class Demand:
+    queued: int = 0  # QUEUED and dispatched, or waiting (PENDING, QUEUED) and runnable now
+    running: int = 0
+    blocked: int = 0  # waiting but not runnable now, or beyond the tenant's headroom
+
+    @property
+    def total(self) -> int:
+        return self.queued + self.running
+
+
+@dataclass(frozen=True)
+class PoolJobs:
+    """One tenant's active jobs in one pool."""
+
+    running: int
+    dispatched: int  # QUEUED and sent to the pool's queue
+    waiting: int  # PENDING, or QUEUED and not dispatched
+    runnable: int  # of the waiting, those runnable now
+
+
+@dataclass
+class TenantJobs:
+    """One tenant's active jobs per pool, with what its headroom depends on."""
+
+    weight: int
+    quotas: dict[str, Any]
+    suspended: bool
+    in_flight: int = 0
+    held_s: float = 0.0  # the timeout_s of its jobs in flight (their hold on the CPU budget)
+    pools: dict[str, PoolJobs] = dataclasses.field(default_factory=dict)
+
+
+def _sql(fragment: str) -> ColumnElement[bool]:
+    return literal_column(fragment, Boolean)
+
+
+async def jobs_per_tenant(*, session: AsyncSession, any_pool: str) -> dict[uuid.UUID, TenantJobs]:
+    """Every tenant's active jobs per pool, in one query."""
+    pool = func.coalesce(
+        Job.assigned_device, case((Job.device == "any", literal(any_pool)), else_=Job.device)
+    )
+    is_waiting = _sql(waiting("jobs"))
+    rows = await session.execute(
+        select(
+            Tenant.id,
+            Tenant.weight,
+            Tenant.quotas,
+            Tenant.suspended,
+            pool,
+            func.count().filter(Job.state == JobState.RUNNING.value),
+            func.count().filter(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_not(None)),
+            func.count().filter(is_waiting),
+            func.count().filter(is_waiting, _sql(runnable_now("jobs"))),
+            func.coalesce(func.sum(Job.timeout_s).filter(~is_waiting), 0),
+        )
+        .join_from(Job, Tenant, Job.tenant_id == Tenant.id)
+        .where(
+            Job.state.in_([s.value for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)])
+        )
+        .group_by(Tenant.id, pool)
+    )
+    tenants: dict[uuid.UUID, TenantJobs] = {}
+    for tid, weight, quotas, suspended, name, *counts, held_s in rows:
+        jobs = PoolJobs(*(int(n) for n in counts))
+        t = tenants.setdefault(tid, TenantJobs(weight, quotas, suspended))
+        t.in_flight += jobs.running + jobs.dispatched
+        t.held_s += float(held_s)
+        t.pools[str(name)] = jobs
+    return tenants
+
+
+async def pool_demand(
+    *,
+    session: AsyncSession,
+    any_pool: str,
+    now: datetime | None = None,
+    quota_defaults: QuotaDefaults | None = None,
+) -> dict[str, Demand]:
+    """Each pool's demand (see the module's doc): one query over the active jobs per tenant
+    and pool, and one for the CPU seconds of the tenants that have runnable jobs."""
+    if now is None:
+        now = await session.scalar(select(func.now()))
+        assert now is not None
+    quota_defaults = quota_defaults or QuotaDefaults()
+    tenants = await jobs_per_tenant(session=session, any_pool=any_pool)
+    asking = [
+        tid
+        for tid, t in tenants.items()
+        if not t.suspended and any(p.runnable for p in t.pools.values())
+    ]
+    used = await cpu_today(session=session, tenant_ids=asking, now=now)
+    demand = {p: Demand() for p in POOLS}
+    for tid, t in tenants.items():
+        load = tenant_load(
+            tenant_id=tid,
+            weight=t.weight,
+            stored_quotas=t.quotas,
+            quota_defaults=quota_defaults,
+            in_flight=t.in_flight,
+            cpu_today_s=used.get(tid, 0.0),
+            held_s=t.held_s,
+        )
+        headroom = 0 if t.suspended else load.headroom
+        for name, jobs in t.pools.items():
+            if name in demand:
+                demand[name] = _add(demand[name], jobs, headroom)
+    return demand
+
+
+def _add(demand: Demand, jobs: PoolJobs, headroom: int) -> Demand:
+    """``demand`` with one tenant's jobs in the pool added, its runnable ones up to
+    ``headroom``."""
+    counted = min(jobs.runnable, headroom)
+    return Demand(
+        queued=demand.queued + jobs.dispatched + counted,
+        running=demand.running + jobs.running,
+        blocked=demand.blocked + jobs.waiting - counted,
+    )
+
+
+async def live_workers(
+    *, session: AsyncSession, now: datetime, worker_ttl_s: float
+) -> dict[str, int]:
+    """Live workers per pool (fresh heartbeat, not stopping)."""
+    rows = await session.execute(
+        select(Worker.device, func.count())
+        .where(heartbeat_fresh(now, worker_ttl_s), ~Worker.stopping)
+        .group_by(Worker.device)
+    )
+    return {str(d): int(n) for d, n in rows}

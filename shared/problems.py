@@ -35,6 +35,9 @@ PROBLEM_REF = "#/components/schemas/Problem"
 PROBLEM_BASE = "https://stratus.dev/problems/"
 KIND_PATTERN = r"^https://stratus\.dev/problems/[a-z0-9]+(-[a-z0-9]+)*$"
 
+# The kind of a 503 for want of database connections: not an outage, retry shortly.
+OVERLOADED = "overloaded"
+
 # The kind of an answer that is not a domain error, by its status.
 HTTP_KINDS: dict[int, str] = {
     400: "bad-request",
@@ -67,18 +70,6 @@ def problem_type(kind: str) -> str:
 
 def error_kind(cls: type[errors.StratusError]) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "-", cls.__name__).lower()
-
-
-def known_kinds() -> set[str]:
-    """Every kind an answer can name: each status's own, each domain error's (all defined in
-    ``shared.errors``), and the one a handler below names itself (every connection busy)."""
-    pending, domain = [errors.StratusError], set()
-    while pending:
-        for cls in pending.pop().__subclasses__():
-            if cls.__module__ == errors.__name__:
-                domain.add(error_kind(cls))
-            pending.append(cls)
-    return {*HTTP_KINDS.values(), *domain, "overloaded"}
 
 
 class ProblemError(BaseModel):
@@ -272,7 +263,7 @@ async def _overloaded(_request: Request, _exc: Exception) -> JSONResponse:
         "Every database connection is busy; retry shortly.",
         1,
         title="Service overloaded",
-        kind="overloaded",
+        kind=OVERLOADED,
     )
 
 

@@ -2,7 +2,7 @@
 
 Why: on a path that writes once per request or per job, a transaction each costs a
 connection checkout, the statement and a COMMIT (with its WAL flush) every time, and through
-SQLAlchemy most of that CPU went into session and statement machinery, not into PostgreSQL.
+SQLAlchemy most of that CPU goes into session and statement machinery, not into PostgreSQL.
 A ``GroupCommit`` lets each caller ``submit`` one item and wait for its own result while a
 task of its own hands the items waiting to ``write`` in one call (one fixed statement on
 plain asyncpg, in autocommit: the statement is its own transaction), so that under load one

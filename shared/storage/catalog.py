@@ -60,15 +60,6 @@ async def require_dataset(*, session: AsyncSession, tenant_id: uuid.UUID, name: 
     return dataset
 
 
-async def existing_names(
-    *, session: AsyncSession, tenant_id: uuid.UUID, names: list[str]
-) -> set[str]:
-    rows = await session.execute(
-        select(Dataset.name).where(Dataset.tenant_id == tenant_id, Dataset.name.in_(names))
-    )
-    return set(rows.scalars())
-
-
 async def claim_name(*, session: AsyncSession, tenant_id: uuid.UUID, name: str) -> None:
     """Before a new version of ``name`` is published: lock the name, then the tenant's
     storage (``quota.lock_tenant_storage``, held until commit), then refuse a clash. Names
@@ -186,12 +177,7 @@ async def publish_local_file(
     upload = Upload(key=object_key(tenant_id, name), temp=str(path))
     await storage.tier(tier).publish(upload, [])
     return await record_published(
-        session=session,
-        tenant_id=tenant_id,
-        name=name,
-        size=size,
-        checksum=checksum,
-        tier=tier,
+        session=session, tenant_id=tenant_id, name=name, size=size, checksum=checksum, tier=tier
     )
 
 

@@ -7,8 +7,9 @@ of what is held runs under one per-tenant lock (a transaction-scoped advisory lo
 writers can never both be granted the same free bytes, whatever their dataset names.
 
 A writer reserves (``reserve``, or ``Hold`` for bytes that arrive as a stream), writes, then
-in the transaction that records the dataset calls ``settle``: the final check, and the
-reservation turns into stored bytes in the same commit. A writer that fails ``release``s;
+in the transaction that records the dataset checks once more (``check_fits``) and
+``release``s its reservation last, so that its bytes turn into stored bytes in the same
+commit. A writer that fails ``release``s;
 one that dies leaves a reservation that expires. Functions take ``session`` as a keyword and
 never commit, except ``Hold``, whose steps are short transactions of their own (no database
 connection is held while bytes stream).
@@ -28,7 +29,8 @@ from shared.errors import QuotaExceeded
 from shared.events import utcnow
 
 # Long enough for a slow upload of a large file; a reservation whose writer died stops
-# counting after this. ``settle`` checks again, so an expired one can never exceed the quota.
+# counting after this. ``check_fits`` runs again at the end, so an expired one can never
+# exceed the quota.
 RESERVATION_TTL_S = 3600.0
 
 
@@ -193,31 +195,6 @@ async def check_fits(
     )
     if used - replacing + nbytes > quota:
         raise _refuse(quota, used - replacing)
-
-
-async def settle(
-    *,
-    session: AsyncSession,
-    tenant_id: uuid.UUID,
-    nbytes: int,
-    quota: int,
-    name: str | None = None,
-    reservation_id: uuid.UUID | None = None,
-) -> None:
-    """In the transaction that records ``nbytes`` as stored: ``check_fits``, then end the
-    reservation, so that its bytes turn into stored bytes in the same commit. Call it after
-    the last step that may fail: the request's transaction then holds the reservation's row
-    lock, and a ``release`` from another transaction would wait for it."""
-    await check_fits(
-        session=session,
-        tenant_id=tenant_id,
-        nbytes=nbytes,
-        quota=quota,
-        name=name,
-        reservation_id=reservation_id,
-    )
-    if reservation_id is not None:
-        await release(session=session, reservation_id=reservation_id)
 
 
 async def release(*, session: AsyncSession, reservation_id: uuid.UUID) -> None:

@@ -252,12 +252,7 @@ class FileTier(Tier):
                     try:
                         n = os.copy_file_range(s.fileno(), d.fileno(), left, at, at)
                     except OSError as exc:
-                        if exc.errno not in (
-                            errno.EXDEV,
-                            errno.ENOSYS,
-                            errno.EOPNOTSUPP,
-                            errno.EINVAL,
-                        ):
+                        if exc.errno not in NO_KERNEL_COPY:
                             raise
                         kernel = False  # not between these two filesystems: through memory
                         continue

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.errors import QuotaExceeded
 from shared.settings import StorageSettings
-from shared.storage.quota import Hold, release, reserve, settle, storage_used
+from shared.storage.quota import Hold, check_fits, release, reserve, storage_used
 from tests.datamover.harness import new_tenant, payload, put, running_datamover, wait_migration
 
 QUOTA = 1_000_000
@@ -98,7 +98,7 @@ async def test_fifty_concurrent_reservations_grant_exactly_the_quota(
         assert await storage_used(session=session, tenant_id=tenant_id) == QUOTA
 
 
-async def test_settle_checks_again_and_turns_the_reservation_into_stored_bytes(
+async def test_the_exact_check_counts_every_reservation_but_its_own(
     api: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     tenant_id = uuid.UUID((await new_tenant(api)).id)
@@ -112,16 +112,18 @@ async def test_settle_checks_again_and_turns_the_reservation_into_stored_bytes(
         with pytest.raises(QuotaExceeded):  # held bytes of others count, its own do not
             await reserve(session=session, tenant_id=tenant_id, nbytes=QUOTA, quota=QUOTA)
     async with sessions() as session, session.begin():
-        await settle(
+        await check_fits(
             session=session, tenant_id=tenant_id, nbytes=QUOTA, quota=QUOTA, reservation_id=hold.id
         )
+        assert hold.id is not None
+        await release(session=session, reservation_id=hold.id)
         assert await storage_used(session=session, tenant_id=tenant_id) == 0
     async with sessions() as session, session.begin():
         r = await reserve(session=session, tenant_id=tenant_id, nbytes=QUOTA, quota=QUOTA)
         with pytest.raises(QuotaExceeded):
-            await settle(session=session, tenant_id=tenant_id, nbytes=1, quota=QUOTA)
+            await check_fits(session=session, tenant_id=tenant_id, nbytes=1, quota=QUOTA)
         await release(session=session, reservation_id=r.id)
-        await settle(session=session, tenant_id=tenant_id, nbytes=QUOTA, quota=QUOTA)
+        await check_fits(session=session, tenant_id=tenant_id, nbytes=QUOTA, quota=QUOTA)
 
 
 async def test_a_copy_to_another_tier_counts_against_the_quota(

@@ -10,10 +10,23 @@ from pathlib import Path
 import httpx
 
 from services.gateway.settings import GatewaySettings
-from shared.problems import KIND_PATTERN, PROBLEM_BASE, known_kinds
+from shared import errors
+from shared.problems import HTTP_KINDS, KIND_PATTERN, OVERLOADED, PROBLEM_BASE, error_kind
 from tests.gateway.conftest import TenantKey
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROBLEMS.md"
+
+
+def known_kinds() -> set[str]:
+    """Every kind an answer can name: each status's own, each domain error's (all defined in
+    ``shared.errors``), and the one the problem table names itself (every connection busy)."""
+    pending, domain = [errors.StratusError], set()
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            if cls.__module__ == errors.__name__:
+                domain.add(error_kind(cls))
+            pending.append(cls)
+    return {*HTTP_KINDS.values(), *domain, OVERLOADED}
 
 
 def documented_kinds() -> set[str]:

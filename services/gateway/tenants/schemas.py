@@ -89,15 +89,6 @@ class KeyCreated(BaseModel):
     created_at: datetime
 
 
-class KeyOut(BaseModel):
-    id: uuid.UUID
-    prefix: str
-    name: str
-    scopes: list[str]
-    created_at: datetime
-    revoked_at: datetime | None
-
-
 class TenantList(BaseModel):
     items: list[TenantOut]
     next_cursor: str | None

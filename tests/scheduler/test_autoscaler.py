@@ -16,13 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.scheduler.autoscaler import ADVISORY_LOCK, HISTORY, Autoscaler
 from services.scheduler.demand import Demand, pool_demand
 from services.scheduler.settings import AutoscaleSettings, CudaPoolSettings, PoolSettings
-from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Dataset, Job, JobAttempt, Migration, Tenant, WorkerPool
 from shared.events import utcnow
 from shared.settings import CommonSettings
 from shared.telemetry import REGISTRY
-from tests.factories import admitted_with_input, cpu_used, new_job
-from tools.cluster import drop_database, prepare_database
+from tests.factories import admitted_with_input, cpu_used, new_job, own_database
 
 
 class MemoryBackend:
@@ -47,12 +45,8 @@ class MemoryBackend:
 
 @pytest.fixture(scope="module")
 async def db(settings: CommonSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    name = f"{settings.postgres.database}_scale"
-    prepare_database(name)
-    engine = make_engine(settings.postgres.model_copy(update={"database": name}))
-    yield make_sessionmaker(engine)
-    await engine.dispose()
-    drop_database(name)
+    async with own_database(settings, "scale") as (_, sessions):
+        yield sessions
 
 
 @pytest.fixture

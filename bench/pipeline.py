@@ -280,6 +280,8 @@ def stratus_env(admin_key: str) -> dict[str, str]:
         "STRATUS_ADMIN_KEY": admin_key,
         "STRATUS_KEY_SECRET": secrets.token_urlsafe(32),
         "STRATUS_ENVIRONMENT": "bench",
+        # the scheduler vacuums the churned tables where the server runs without autovacuum
+        "STRATUS_DB_VACUUM": "true",
     }
 
 

@@ -6,7 +6,7 @@ it had."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 import pytest
@@ -18,9 +18,8 @@ from services.scheduler.demand import Demand, pool_demand
 from services.scheduler.settings import AutoscaleSettings, CudaPoolSettings, PoolSettings
 from shared.db.models import Dataset, Job, JobAttempt, Migration, Tenant, WorkerPool
 from shared.events import utcnow
-from shared.settings import CommonSettings
 from shared.telemetry import REGISTRY
-from tests.factories import admitted_with_input, cpu_used, new_job, own_database
+from tests.factories import admitted_with_input, cpu_used, new_job
 
 
 class MemoryBackend:
@@ -41,21 +40,6 @@ class MemoryBackend:
 
     async def close(self) -> None:
         return None
-
-
-@pytest.fixture(scope="module")
-async def db(settings: CommonSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    async with own_database(settings, "scale") as (_, sessions):
-        yield sessions
-
-
-@pytest.fixture
-async def s(
-    db: async_sessionmaker[AsyncSession],
-) -> async_sessionmaker[AsyncSession]:
-    async with db() as session, session.begin():
-        await session.execute(text("TRUNCATE tenants, workers, worker_pools CASCADE"))
-    return db
 
 
 def _settings(cooldown_s: float = 60.0) -> AutoscaleSettings:

@@ -4,13 +4,12 @@ dispatch, reasons for waiting, lease reaping, fencing of superseded attempts."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
 
 import orjson
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import service
@@ -19,30 +18,13 @@ from shared.db.models import Dataset, Job, JobAttempt, JobEvent, Migration, Outb
 from shared.events import Event, JobDispatched, utcnow
 from shared.jobs.states import JobState
 from shared.jobs.store import Claim, Report
-from shared.settings import CommonSettings
 from tests.factories import (
     admit_jobs,
     admitted_with_input,
     cpu_used,
     migrations_for_job,
     new_job,
-    own_database,
 )
-
-
-@pytest.fixture(scope="module")
-async def db(settings: CommonSettings) -> AsyncIterator[async_sessionmaker[AsyncSession]]:
-    async with own_database(settings, "sched") as (_, sessions):
-        yield sessions
-
-
-@pytest.fixture
-async def s(
-    db: async_sessionmaker[AsyncSession],
-) -> async_sessionmaker[AsyncSession]:
-    async with db() as session, session.begin():
-        await session.execute(text("TRUNCATE tenants, workers, outbox CASCADE"))
-    return db
 
 
 async def _tenant(s: async_sessionmaker[AsyncSession]) -> uuid.UUID:

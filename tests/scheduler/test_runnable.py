@@ -5,27 +5,21 @@ or not (retry backoff, inputs on ``local``, staging in, a failed stage-in)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import runnable, service
 from services.scheduler.demand import jobs_per_tenant
 from shared.db.models import Migration, Tenant
 from shared.events import utcnow
-from shared.settings import CommonSettings, QuotaDefaults
-from tests.factories import admit_jobs, admitted_with_input, new_job, own_database
+from shared.settings import QuotaDefaults
+from tests.factories import admit_jobs, admitted_with_input, new_job
 
 Sessions = async_sessionmaker[AsyncSession]
-
-
-@pytest.fixture(scope="module")
-async def db(settings: CommonSettings) -> AsyncIterator[Sessions]:
-    async with own_database(settings, "runnable") as (_, sessions):
-        yield sessions
 
 
 async def _tenant(s: Sessions) -> uuid.UUID:
@@ -94,14 +88,12 @@ CASES: dict[Callable[[Sessions, uuid.UUID], Awaitable[uuid.UUID]], tuple[bool, b
 
 @pytest.mark.parametrize("case", list(CASES), ids=[c.__name__ for c in CASES])
 async def test_dispatch_and_demand_apply_the_same_rule(
-    db: Sessions, case: Callable[[Sessions, uuid.UUID], Awaitable[uuid.UUID]]
+    s: Sessions, case: Callable[[Sessions, uuid.UUID], Awaitable[uuid.UUID]]
 ) -> None:
-    async with db() as session, session.begin():
-        await session.execute(text("TRUNCATE tenants CASCADE"))
-    tid = await _tenant(db)
-    jid = await case(db, tid)
+    tid = await _tenant(s)
+    jid = await case(s, tid)
     expected, fails = CASES[case]
-    async with service.open_pass(db.kw["bind"], db) as p:
+    async with service.open_pass(s.kw["bind"], s) as p:
         waiting = await runnable.candidates(
             p.conn,
             device="cpu",
@@ -113,7 +105,7 @@ async def test_dispatch_and_demand_apply_the_same_rule(
     offered = load is not None and jid in {c.job_id for c in load.candidates}
     assert (offered or jid in waiting.stage_in_failed) is expected
     assert (jid in waiting.stage_in_failed) is fails
-    async with db() as session:
+    async with s() as session:
         pools = (await jobs_per_tenant(session=session, any_pool="cpu"))[tid].pools
     # other jobs of the case (a dataset's first reader) are on local: runnable
     others = pools["cpu"].waiting - 1

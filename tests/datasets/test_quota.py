@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.errors import QuotaExceeded
-from shared.settings import StorageSettings
+from shared.settings import CommonSettings, StorageSettings
 from shared.storage.quota import Hold, check_fits, release, reserve, storage_used
 from tests.datamover.harness import new_tenant, payload, put, running_datamover, wait_migration
 
@@ -80,13 +80,16 @@ async def test_a_refused_or_failed_upload_leaves_nothing_held(
 
 
 async def test_fifty_concurrent_reservations_grant_exactly_the_quota(
-    api: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+    api: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession], settings: CommonSettings
 ) -> None:
     tenant_id = uuid.UUID((await new_tenant(api)).id)
+    # As many at once as the pool has connections: a caller waiting for one would be held to
+    # the pool's checkout timeout (a wall-clock bound), not to the quota's rules.
+    connections = asyncio.Semaphore(settings.postgres.pool_size)
 
     async def one() -> bool:
         try:
-            async with sessions() as session, session.begin():
+            async with connections, sessions() as session, session.begin():
                 await reserve(session=session, tenant_id=tenant_id, nbytes=PIECE, quota=QUOTA)
         except QuotaExceeded:
             return False

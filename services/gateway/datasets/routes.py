@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import BackgroundTasks, Depends, FastAPI, Header, Query, Request, Response
@@ -66,32 +67,40 @@ def dataset_out(dataset: Dataset) -> DatasetOut:
     return DatasetOut.model_validate(dataset, from_attributes=True)
 
 
-def checked_name(request: Request, name: str) -> str:
+def checked_name(name: str) -> str:
     """The name as the client meant it (the path decoded: clients may encode ``/`` as
     ``%2F``), held to the naming rules, which refuse what an encoding could smuggle in (a NUL,
     a ``..`` segment, a backslash)."""
     return validate_name(name)
 
 
-def clean_after_commit(
-    background: BackgroundTasks,
-    *,
-    resources: Resources,
-    storage: Storage,
-    tenant_id: uuid.UUID,
-    name: str,
-    tiers: tuple[str, ...],
-) -> None:
-    """Once the answer is sent (the transaction committed), remove the copies on ``tiers``
-    that the dataset's row no longer lists."""
-    background.add_task(
-        service.clean_stale,
-        sessions=resources.sessions,
-        storage=storage,
-        tenant_id=tenant_id,
-        name=name,
-        tiers=tiers,
-    )
+@dataclass(frozen=True)
+class StaleCopies:
+    """Removes a dataset's copies that its row no longer lists, once the answer is sent (the
+    request's transaction committed)."""
+
+    background: BackgroundTasks
+    resources: Resources
+    storage: Storage
+
+    def remove_after_commit(self, tenant_id: uuid.UUID, name: str, tiers: tuple[str, ...]) -> None:
+        self.background.add_task(
+            service.clean_stale,
+            sessions=self.resources.sessions,
+            storage=self.storage,
+            tenant_id=tenant_id,
+            name=name,
+            tiers=tiers,
+        )
+
+
+async def stale_copies(
+    background: BackgroundTasks, resources: ResourcesDep, storage: StorageDep
+) -> StaleCopies:
+    return StaleCopies(background, resources, storage)
+
+
+StaleCopiesDep = Annotated[StaleCopies, Depends(stale_copies)]
 
 
 @router.put(
@@ -112,12 +121,12 @@ async def put_dataset(
     session: SessionDep,
     storage: StorageDep,
     resources: ResourcesDep,
+    stale: StaleCopiesDep,
     response: Response,
-    background: BackgroundTasks,
     tier: Annotated[str | None, Query(description="where to store it (default: local)")] = None,
 ) -> DatasetOut:
     tenant_id = principal.require_tenant("data:write")
-    name = checked_name(request, name)
+    name = checked_name(name)
     # Read from the transport, not declared as an API parameter: it describes the body.
     declared = request.headers.get("content-length", "")
     published = await service.upload(
@@ -131,14 +140,7 @@ async def put_dataset(
         declared=int(declared) if declared.isdigit() else None,
         quota=int(principal.quotas["storage_bytes"]),
     )
-    clean_after_commit(
-        background,
-        resources=resources,
-        storage=storage,
-        tenant_id=tenant_id,
-        name=name,
-        tiers=published.stale_tiers,
-    )
+    stale.remove_after_commit(tenant_id, name, published.stale_tiers)
     response.status_code = 201 if published.created else 200
     response.headers["ETag"] = etag(published.dataset.checksum)
     response.headers["Location"] = f"/v1/datasets/{name}"
@@ -169,7 +171,6 @@ async def _stream(reader: Reader) -> AsyncIterator[bytes]:
 )
 async def get_dataset(
     name: str,
-    request: Request,
     principal: PrincipalDep,
     session: SessionDep,
     storage: StorageDep,
@@ -177,7 +178,7 @@ async def get_dataset(
     if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     tenant_id = principal.require_tenant("data:read")
-    name = checked_name(request, name)
+    name = checked_name(name)
     if meta:
         dataset = await service.get_meta(session=session, tenant_id=tenant_id, name=name)
         body = dataset_out(dataset).model_dump_json()
@@ -216,25 +217,12 @@ async def list_datasets(
 
 @router.delete("/datasets/{name:path}", status_code=204)
 async def delete_dataset(
-    name: str,
-    request: Request,
-    principal: PrincipalDep,
-    session: SessionDep,
-    storage: StorageDep,
-    resources: ResourcesDep,
-    background: BackgroundTasks,
+    name: str, principal: PrincipalDep, session: SessionDep, stale: StaleCopiesDep
 ) -> Response:
     tenant_id = principal.require_tenant("data:write")
-    name = checked_name(request, name)
+    name = checked_name(name)
     tiers = await service.delete_dataset(session=session, tenant_id=tenant_id, name=name)
-    clean_after_commit(
-        background,
-        resources=resources,
-        storage=storage,
-        tenant_id=tenant_id,
-        name=name,
-        tiers=tiers,
-    )
+    stale.remove_after_commit(tenant_id, name, tiers)
     return Response(status_code=204)
 
 

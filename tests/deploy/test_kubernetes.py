@@ -158,16 +158,6 @@ def test_keda_watches_real_queues_with_the_schedulers_bounds(
     assert pool in triggers["postgresql"]["metadata"]["query"]
 
 
-async def test_kedas_demand_queries_run_on_the_schema(
-    sessions: async_sessionmaker[AsyncSession],
-) -> None:
-    for so in BY_KIND["ScaledObject"].values():
-        query = next(t for t in so["spec"]["triggers"] if t["type"] == "postgresql")
-        async with sessions() as session:
-            value = await session.scalar(text(query["metadata"]["query"]))
-        assert isinstance(value, int)
-
-
 def test_the_compose_autoscaling_override(monkeypatch: pytest.MonkeyPatch) -> None:
     override = yaml.safe_load(OVERRIDE.read_text())["services"]
     assert set(override) <= set(COMPOSE_SERVICES)

@@ -81,7 +81,9 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/audit", ADMIN_ONLY),
     Endpoint("GET", "/v1/admin/usage", ADMIN_ONLY),
     Endpoint("GET", "/v1/admin/dead-letters", ADMIN_ONLY),
-    Endpoint("POST", "/v1/admin/dead-letters/stratus.scheduler/redrive", ADMIN_ONLY, ok=(200, 404)),
+    # past the access check, a queue that does not exist: one answer whatever other tests
+    # left dead-lettered (test_dead_letters redrives a real dead letter)
+    Endpoint("POST", "/v1/admin/dead-letters/no-such-queue/redrive", ADMIN_ONLY, ok=(404,)),
 ]
 
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db.models import Job, JobEvent, Outbox
+from shared.db.models import Job, JobEvent
+from shared.messaging import Broker, Delivery, QueueSpec
+from shared.settings import CommonSettings
 from tests.gateway.conftest import ADMIN, TenantKey, make_tenant
 
 MC = {"kernel": "montecarlo_pi", "params": {"samples": 1000, "seed": 1}}
@@ -299,16 +302,39 @@ async def test_cancel_pending_job_then_409(
 
 
 async def test_outbox_is_drained_by_the_relay(
-    client: httpx.AsyncClient, tenant: TenantKey, sessions: async_sessionmaker[AsyncSession]
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    sessions: async_sessionmaker[AsyncSession],
+    settings: CommonSettings,
 ) -> None:
-    await client.post("/v1/jobs", json=MC, headers=tenant.headers)
-    for _ in range(100):
-        async with sessions() as s:
-            n = await s.scalar(select(func.count()).select_from(Outbox))
-        if n == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert n == 0
+    """The job's event reaches the exchange and its outbox row is gone: published, not lost."""
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    listener = Broker(settings.rabbit.model_copy(update={"queue_prefix": prefix}), name="listen")
+    published: set[str] = set()
+
+    async def handler(delivery: Delivery) -> None:
+        published.add(json.loads(delivery.body)["job_id"])
+
+    await listener.connect(attempts=3)
+    try:
+        await listener.consume(QueueSpec("submitted", ("job.submitted",), durable=False), handler)
+        r = await client.post("/v1/jobs", json=MC, headers=tenant.headers)
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        async with asyncio.timeout(30):
+            while job_id not in published:
+                await asyncio.sleep(0.05)
+    finally:
+        await listener.close()
+    async with sessions() as s:
+        left = await s.scalar(
+            text(
+                "SELECT count(*) FROM outbox"
+                " WHERE convert_from(body, 'UTF8')::jsonb ->> 'job_id' = :job"
+            ),
+            {"job": job_id},
+        )
+    assert left == 0
 
 
 async def test_openapi_describes_the_contract(client: httpx.AsyncClient) -> None:

@@ -13,7 +13,7 @@ from services.scheduler.settings import AutoscaleSettings, CudaPoolSettings, Poo
 from services.worker import service as worker_service
 from shared.db.models import Worker, WorkerPool
 from tests.gateway.conftest import ADMIN, TenantKey
-from tests.gateway.test_jobs_api import assert_problem
+from tests.gateway.test_jobs_api import MC, assert_problem
 from tests.scheduler.test_autoscaler import MemoryBackend
 
 
@@ -21,6 +21,10 @@ async def test_pools_show_the_autoscalers_view_and_live_workers(
     client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession], tenant: TenantKey
 ) -> None:
     name = f"pool-test-{uuid.uuid4().hex[:8]}"
+    for _ in range(2):  # waiting, but held: their tenant is suspended
+        r = await client.post("/v1/jobs", json={**MC, "device": "cpu"}, headers=tenant.headers)
+        assert r.status_code == 201, r.text
+    await suspend(client, tenant, True)
     async with sessions() as session, session.begin():
         await session.execute(delete(WorkerPool))
         await worker_service.heartbeat(
@@ -46,7 +50,7 @@ async def test_pools_show_the_autoscalers_view_and_live_workers(
         assert (cpu["min_workers"], cpu["max_workers"], cpu["cooldown_s"]) == (2, 5, 30)
         assert cpu["current_workers"] == 2  # raised to the minimum
         assert cpu["desired_workers"] == 2
-        assert cpu["held_jobs"] >= 0  # waiting jobs that are not demand (quotas and the like)
+        held = cpu["held_jobs"]  # waiting jobs that are not demand (quotas and the like)
         assert cpu["backend"] == "memory"
         assert cpu["decisions"][0]["action"] == "up"
         assert cpu["decisions"][0]["from"] == 1
@@ -65,6 +69,10 @@ async def test_pools_show_the_autoscalers_view_and_live_workers(
         }
         assert [w["stopping"] for w in again["cpu"]["workers"] if w["id"] == name] == [True]
         assert again["cpu"]["live_workers"] == cpu["live_workers"] - 1
+        await suspend(client, tenant, False)  # its two jobs are demand now, no longer held
+        await Autoscaler(settings, backend, worker_ttl_s=15).step(sessions)
+        after = (await client.get("/v1/admin/pools", headers=ADMIN)).json()["items"]
+        assert {p["pool"]: p for p in after}["cpu"]["held_jobs"] == held - 2
     finally:
         async with sessions() as session, session.begin():
             await session.execute(delete(Worker).where(Worker.id == name))
@@ -73,6 +81,13 @@ async def test_pools_show_the_autoscalers_view_and_live_workers(
     assert_problem(await client.get("/v1/admin/pools"), 401)
     audit = (await client.get("/v1/audit", headers=ADMIN)).json()["items"]
     assert any(a["action"] == "pools.read" for a in audit)
+
+
+async def suspend(client: httpx.AsyncClient, tenant: TenantKey, suspended: bool) -> None:
+    r = await client.patch(
+        f"/v1/tenants/{tenant.tenant_id}", json={"suspended": suspended}, headers=ADMIN
+    )
+    assert r.status_code == 200, r.text
 
 
 async def test_without_an_autoscaler_the_pools_still_list_live_workers(

@@ -7,11 +7,9 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,8 @@ from shared.db.models import Job, Outbox, Tenant, Worker
 from shared.settings import CommonSettings
 from tests.datamover.harness import free_port
 from tests.factories import new_job, own_database
+from tests.processes import service_process
 from tools.supervision import http_status
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +30,6 @@ async def own(
 ) -> AsyncIterator[tuple[str, async_sessionmaker[AsyncSession]]]:
     async with own_database(settings, "sd", vhost=True) as own:
         yield own
-
-
-@contextmanager
-def scheduler_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "services.scheduler"], cwd=REPO, env=env, stdout=out, stderr=out
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 async def _wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -81,7 +64,7 @@ async def test_sigterm_lets_the_dispatch_pass_in_progress_commit(
         "STRATUS_SHUTDOWN_GRACE_S": "30",
     }
     log = tmp_path / "scheduler.log"
-    with scheduler_process(env, log) as proc:
+    with service_process("scheduler", env, log) as proc:
         await _wait_ready(port, proc, log)
         # Hold the job history table: the next pass admits the job (UPDATE), then waits
         # on this lock to append its history, in the middle of its transaction.

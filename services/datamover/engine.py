@@ -11,10 +11,10 @@ Between two directories two threads share the work, in order: one copies each mi
 in the kernel (``copy_file_range``, no bytes through Python) 2 MiB at a time, the other reads
 each piece back from the target right behind it and hashes it (``_Pipe``: the copier stays
 within ``LEAD`` of the verifier, so what is read back is still in the last-level cache). Where
-a core is free the verification (about a fifth of the copy's CPU, a second pass when one
-thread did both) overlaps the copy; on a machine whose cores are all busy the two threads
-cost about 5% more CPU than one. Chunks in flight would only contend for the target file, and
-a hand-off to the event loop per chunk costs more than it saves.
+a core is free the verification overlaps the copy instead of being a second pass; on a machine
+whose cores are all busy the two threads cost little more CPU than one (docs/BENCHMARKS.md,
+Datamover). Chunks in flight would only contend for the target file, and a hand-off to the
+event loop per chunk costs more than it saves.
 """
 
 from __future__ import annotations

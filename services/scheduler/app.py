@@ -4,10 +4,11 @@ reaper, optional vacuum, optional autoscaler)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 from sqlalchemy import func, select
@@ -21,6 +22,7 @@ from shared.logging import configure_logging, get_logger
 from shared.loops import periodic, stop_loops
 from shared.messaging.topology import SCHEDULER
 from shared.problems import install_problem_handlers
+from shared.resilience import CircuitBreaker
 from shared.runtime import Resources, close_resources, open_resources
 from shared.startup import start_in_background
 from shared.telemetry import health_router
@@ -87,6 +89,27 @@ class Loop:
     wake: asyncio.Event | None = None  # also runs when set (a job event)
     min_gap_s: float = 0.0
 
+    def run(self, stop: asyncio.Event, *, breaker: CircuitBreaker) -> Coroutine[Any, Any, None]:
+        """The loop until ``stop`` is set, guarded by the PostgreSQL ``breaker``."""
+        return periodic(
+            self.name,
+            self.step,
+            interval_s=self.interval_s,
+            wake=self.wake,
+            stop=stop,
+            min_gap_s=self.min_gap_s,
+            breaker=breaker,
+        )
+
+
+def make_autoscaler(settings: SchedulerSettings) -> Autoscaler:
+    return Autoscaler(
+        settings.autoscale,
+        make_backend(settings.autoscale),
+        worker_ttl_s=settings.worker_ttl_s,
+        quota_defaults=settings.quotas,
+    )
+
 
 def loops_of(
     res: Resources, settings: SchedulerSettings, wake: asyncio.Event, autoscaler: Autoscaler | None
@@ -143,28 +166,9 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         app.state.resources = res
         wake = asyncio.Event()
         stop = asyncio.Event()  # on shutdown: each loop ends after the pass in progress
-        backend = make_backend(settings.autoscale) if settings.autoscale.enabled else None
-        autoscaler = None
-        if backend is not None:
-            autoscaler = Autoscaler(
-                settings.autoscale,
-                backend,
-                worker_ttl_s=settings.worker_ttl_s,
-                quota_defaults=settings.quotas,
-            )
+        autoscaler = make_autoscaler(settings) if settings.autoscale.enabled else None
         loops = [
-            res.spawn(
-                periodic(
-                    loop.name,
-                    loop.step,
-                    interval_s=loop.interval_s,
-                    wake=loop.wake,
-                    stop=stop,
-                    min_gap_s=loop.min_gap_s,
-                    breaker=res.db_breaker,
-                ),
-                loop.name,
-            )
+            res.spawn(loop.run(stop, breaker=res.db_breaker), loop.name)
             for loop in loops_of(res, settings, wake, autoscaler)
         ]
         await res.broker.consume_batches(SCHEDULER, make_event_handler(wake.set))
@@ -174,8 +178,8 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         finally:
             await stop_gracefully(res, loops, stop, grace_s=settings.shutdown_grace_s)
             await close_resources(res)
-            if backend is not None:
-                await backend.close()
+            if autoscaler is not None:
+                await autoscaler.backend.close()
 
     app = FastAPI(title="Stratus scheduler", lifespan=start_in_background(lifespan))
     install_problem_handlers(app)

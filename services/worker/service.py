@@ -59,18 +59,7 @@ async def claim(
     t = await set_job_state(session, job_id, JobState.RUNNING, worker=worker, lease_s=lease_s)
     if not t.accepted:
         return None
-    job = t.job
-    return Claim(
-        job.id,
-        job.tenant_id,
-        job.attempts,
-        job.kernel,
-        job.params,
-        job.inputs,
-        job.outputs,
-        job.timeout_s,
-        job.output_tier,
-    )
+    return Claim.of(t.job)
 
 
 def report_for(outcome: Outcome | None, usage: Usage, *, stopping: bool = False) -> Report:

@@ -76,6 +76,10 @@ class ApiKey(Base):
 
 
 class Job(Base):
+    """A job's row. The raw statements that read and write it take their columns from here
+    (``shared.jobs.row``); docs/ARCHITECTURE.md, "Adding a job field", says what else a new
+    column needs."""
+
     __tablename__ = "jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)

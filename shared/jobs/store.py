@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -27,6 +27,7 @@ from shared.db.models import Job, JobAttempt, JobEvent
 from shared.db.outbox import add_event
 from shared.errors import NotFound
 from shared.events import JobFinished, JobRetryDue, utcnow
+from shared.jobs.row import Columns
 from shared.jobs.states import FINAL, Decision, JobState, RetryPolicy, decide
 from shared.telemetry import JOB_TRANSITIONS
 
@@ -295,31 +296,35 @@ class Claim:
     timeout_s: int
     output_tier: str = "local"
 
+    @classmethod
+    def of(cls, job: Job) -> Claim:
+        """The claim of a job that ``set_job_state`` moved to RUNNING."""
+        return cls(**CLAIMED.attributes(job))
+
+
+# Claim's fields are the job's columns of the same names, but for these two.
+CLAIMED = Columns([f.name for f in fields(Claim)], renamed={"job_id": "id", "attempt": "attempts"})
 
 # what CLAIM_QUEUED applies without asking ``decide``
 assert decide(JobState.QUEUED, JobState.RUNNING, attempts=0, max_retries=0) == Decision(
     JobState.RUNNING
 )
 
-# ``_apply`` for QUEUED -> RUNNING, to every listed job that is QUEUED; the JSON columns are
-# read as text (decoded here: no dependence on the connection's codecs).
-CLAIM_QUEUED = """
+# ``_apply`` for QUEUED -> RUNNING, to every listed job that is QUEUED.
+CLAIM_QUEUED = f"""
     WITH job AS (
         UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, worker = $2,
                         started_at = $3, updated_at = $3, error = NULL,
                         state_reason = NULL, lease_expires_at = $4
         FROM unnest($1::uuid[]) AS listed(id)
         WHERE jobs.id = listed.id AND jobs.state = 'QUEUED'
-        RETURNING jobs.id, tenant_id, attempts, kernel, params, inputs, outputs, timeout_s,
-                  output_tier
+        RETURNING jobs.*
     ), history AS (
         INSERT INTO job_events (job_id, attempt, from_state, to_state, worker, at)
         SELECT id, attempts, 'QUEUED', 'RUNNING', $2, $3 FROM job
     )
-    SELECT id, tenant_id, attempts, kernel, params::text, inputs::text, outputs::text,
-           timeout_s, output_tier
-    FROM job
-"""
+    SELECT {CLAIMED.select()} FROM job
+"""  # noqa: S608 (column names of the model only)
 
 
 async def claim_queued(
@@ -336,11 +341,8 @@ async def claim_queued(
     rows = await fetch(CLAIM_QUEUED, ids, worker, now, now + timedelta(seconds=lease_s))
     if rows:
         JOB_TRANSITIONS.labels(JobState.RUNNING.value).inc(len(rows))
-    loads = orjson.loads
-    return {
-        r[0]: Claim(r[0], r[1], r[2], r[3], loads(r[4]), loads(r[5]), loads(r[6]), r[7], r[8])
-        for r in rows
-    }
+    claims = [Claim(**CLAIMED.decode(r)) for r in rows]
+    return {c.job_id: c for c in claims}
 
 
 @dataclass(frozen=True)

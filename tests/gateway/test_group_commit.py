@@ -99,6 +99,11 @@ async def submitted_events(gw: Gateway, tenant_id: str) -> dict[str, int]:
     return {r["job_id"]: r["n"] for r in rows}
 
 
+def one_batch_of(gw: Gateway, rows: int) -> None:
+    """The writer's next batch is written when ``rows`` wait, however slow the machine is."""
+    gw.writer.commits.max_batch, gw.writer.commits.linger_s = rows, 10.0
+
+
 async def job_ids(gw: Gateway, tenant_id: str) -> set[str]:
     rows = await gw.sql("SELECT id::text FROM jobs WHERE tenant_id = $1::uuid", tenant_id)
     return {r[0] for r in rows}
@@ -112,12 +117,12 @@ async def test_concurrent_submits_share_transactions_and_each_answer_is_its_row(
     ) as gw:
         t = await make_tenant(gw.client)
         bodies = [{**MC, "priority": i % 10, "labels": {"n": str(i)}} for i in range(120)]
-        before = gw.writer.batches
+        before = gw.writer.commits.writes
         rs = await asyncio.gather(
             *(gw.client.post("/v1/jobs", json=b, headers=t.headers) for b in bodies)
         )
         assert [r.status_code for r in rs] == [201] * len(bodies), rs[0].text
-        assert gw.writer.batches - before < len(bodies) / 8  # really batched
+        assert gw.writer.commits.writes - before < len(bodies) / 8  # really batched
         ids = [r.json()["id"] for r in rs]
         assert len(set(ids)) == len(bodies)
         for r, body in zip(rs, bodies, strict=True):
@@ -148,15 +153,14 @@ async def test_same_key_in_one_batch_gives_one_job(settings: CommonSettings) -> 
     async with own_gateway(settings, "gc_key") as gw:
         t = await make_tenant(gw.client)
         await gw.client.post("/v1/jobs", json=MC, headers=t.headers)  # quota count cached
-        # The batch is written when all twelve rows wait, however slow the machine is.
-        gw.writer.max_rows, gw.writer.linger_s = 12, 10.0
-        before = gw.writer.batches
+        one_batch_of(gw, 12)
+        before = gw.writer.commits.writes
         keyed = {**t.headers, "Idempotency-Key": "same-batch"}
         rs = await asyncio.gather(
             *(gw.client.post("/v1/jobs", json=MC, headers=keyed) for _ in range(8)),
             *(gw.client.post("/v1/jobs", json=MC, headers=t.headers) for _ in range(4)),
         )
-        assert gw.writer.batches - before == 1  # all twelve rows went in one transaction
+        assert gw.writer.commits.writes - before == 1  # all twelve rows went in one transaction
         assert {r.status_code for r in rs} == {201}
         keyed_rs = rs[:8]
         assert len({r.json()["id"] for r in keyed_rs}) == 1
@@ -214,8 +218,8 @@ async def test_a_bad_row_fails_only_its_own_request(settings: CommonSettings) ->
             warm[t.tenant_id] = r.json()["id"]
         # The tenant disappears under the gateway's caches: its rows break the foreign key.
         await gw.sql("DELETE FROM tenants WHERE id = $1::uuid", doomed.tenant_id)
-        gw.writer.max_rows, gw.writer.linger_s = 13, 10.0  # all thirteen in one batch
-        before = gw.writer.batches
+        one_batch_of(gw, 13)
+        before = gw.writer.commits.writes
         rs = await asyncio.gather(
             *(gw.client.post("/v1/jobs", json=MC, headers=good.headers) for _ in range(6)),
             gw.client.post("/v1/jobs", json=MC, headers=doomed.headers),
@@ -224,7 +228,7 @@ async def test_a_bad_row_fails_only_its_own_request(settings: CommonSettings) ->
         bad = rs.pop(6)
         assert_problem(bad, 500)
         assert [r.status_code for r in rs] == [201] * 12
-        assert gw.writer.batches - before == 12  # the batch failed, then each good row alone
+        assert gw.writer.commits.writes - before == 12  # the batch failed, then each good row alone
         ids = {r.json()["id"] for r in rs}
         stored = await job_ids(gw, good.tenant_id)
         assert ids <= stored
@@ -285,12 +289,11 @@ async def just_run(_conn: Any, run: Any) -> Any:
     return await run()
 
 
-def new_row(tenant_id: uuid.UUID, **fields: Any) -> NewJob:
+def new_row(tenant_id: uuid.UUID, **columns: Any) -> NewJob:
+    """A submission of ``montecarlo_pi`` as the service would write it; ``columns`` override."""
     job_id = uuid.uuid4()
-    event = JobSubmitted(
-        tenant_id=tenant_id, job_id=job_id, kernel="montecarlo_pi", device="any", priority=5
-    )
-    values: dict[str, Any] = {
+    now = utcnow()
+    row: dict[str, Any] = {
         "id": job_id,
         "tenant_id": tenant_id,
         "kernel": "montecarlo_pi",
@@ -303,14 +306,18 @@ def new_row(tenant_id: uuid.UUID, **fields: Any) -> NewJob:
         "priority": 5,
         "timeout_s": 60,
         "max_retries": 0,
+        "state": "PENDING",
+        "attempts": 0,
         "idempotency_key": None,
-        "created_at": utcnow(),
-        "message_id": event.event_id,
-        "routing_key": event.routing_key,
-        "event_body": event.to_bytes(),
-        **fields,
+        "request_hash": None,
+        "created_at": now,
+        "updated_at": now,
+        **columns,
     }
-    return NewJob(**values)
+    event = JobSubmitted(
+        tenant_id=tenant_id, job_id=job_id, kernel="montecarlo_pi", device="any", priority=5
+    )
+    return NewJob(row, event)
 
 
 @asynccontextmanager
@@ -374,7 +381,7 @@ async def test_a_connection_lost_mid_statement_fails_the_batch_and_leaves_nothin
             await blocking.rollback()
             await blocker.close()
         assert all(isinstance(o, DependencyUnavailable) for o in outcomes), outcomes
-        assert writer.batches == 0
+        assert writer.commits.writes == 0
         assert await job_ids(gw, t.tenant_id) == set()
         assert await submitted_events(gw, t.tenant_id) == {}
         # The pool replaced the dead connection: the API writes again.
@@ -411,7 +418,7 @@ async def test_a_cancelled_request_does_not_disturb_its_batch(settings: CommonSe
             assert await asyncio.gather(*kept) == [True] * 4
             with pytest.raises(asyncio.CancelledError):
                 await early
-        assert writer.batches == 1
+        assert writer.commits.writes == 1
         expected = {str(r.id) for r in [*stay, gone_late]}
         assert await job_ids(gw, t.tenant_id) == expected
         assert await submitted_events(gw, t.tenant_id) == dict.fromkeys(expected, 1)

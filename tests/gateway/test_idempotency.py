@@ -78,6 +78,31 @@ async def test_the_same_body_replays_whatever_its_spelling(
     assert await count(sessions, Job, t) == 1
 
 
+async def test_the_answer_its_replay_and_a_read_are_the_same_job(
+    client: httpx.AsyncClient,
+) -> None:
+    """Three mappings of the job row (the 201 built from the row written, the replay read by
+    key, the ORM row of GET) give every field of the contract the same value."""
+    t = await make_tenant(client)
+    body = {
+        **MC,
+        "priority": 8,
+        "labels": {"run": "7"},
+        "output_tier": "archive",
+        "timeout_s": 120,
+        "max_retries": 1,
+    }
+    created = await client.post("/v1/jobs", json=body, headers=keyed(t, "three"))
+    assert created.status_code == 201, created.text
+    replayed = await client.post("/v1/jobs", json=body, headers=keyed(t, "three"))
+    assert replayed.status_code == 201, replayed.text
+    assert replayed.headers.get("idempotent-replayed") == "true"
+    got = await client.get(f"/v1/jobs/{created.json()['id']}", headers=t.headers)
+    assert got.status_code == 200, got.text
+    assert created.json() == replayed.json() == got.json()
+    assert {k: created.json()[k] for k in body} == body
+
+
 async def test_the_fingerprint_is_stored_with_the_job(
     client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
 ) -> None:

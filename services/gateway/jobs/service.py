@@ -11,21 +11,21 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import orjson
-from sqlalchemy import Select, select, text
+from sqlalchemy import ColumnElement, TextClause, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.jobs import admission
 from services.gateway.jobs.schemas import JobOut, JobSubmit
-from services.gateway.jobs.writer import JobWriter, NewJob
+from services.gateway.jobs.writer import FROM_REQUEST, JobWriter, NewJob
 from shared.db.models import Job
 from shared.db.outbox import add_event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events import JobCancelled, JobSubmitted, utcnow
 from shared.idempotency import check_replay, request_hash
+from shared.jobs.row import Columns
 from shared.jobs.states import JobState
 from shared.jobs.store import lock_job, set_job_state
-from shared.kernels import get_spec
+from shared.kernels import KernelSpec, get_spec
 from shared.pagination import keyset_page
 
 
@@ -74,6 +74,50 @@ async def submit_job(
     takes the job's place in the tenant's queue (``max_queued_jobs``) in the same statement.
     No session is opened unless the job names datasets."""
     spec = get_spec(data.kernel)
+    params = _checked_params(data, spec, tiers)
+    await admission.admit(
+        db=db, tenant_id=tenant_id, data=data, spec=spec, params=params, limits=limits
+    )
+    fingerprint = None if idempotency_key is None else request_hash(data)
+
+    async def holder() -> JobOut | None:
+        """The job that already holds ``idempotency_key``."""
+        if idempotency_key is None or fingerprint is None:
+            return None
+        return await _find_idempotent(
+            db=db,
+            tenant_id=tenant_id,
+            key=idempotency_key,
+            fingerprint=fingerprint,
+            window_s=idempotency_window_s,
+        )
+
+    existing = await holder()
+    if existing is not None:
+        return Submitted(existing, replayed=True)
+    job = _new_job(
+        tenant_id=tenant_id,
+        data=data,
+        max_queued=max_queued_jobs,
+        kernel=spec.name,
+        params=params,
+        timeout_s=data.timeout_s or default_timeout_s,
+        max_retries=data.max_retries if data.max_retries is not None else default_max_retries,
+        idempotency_key=idempotency_key,
+        request_hash=fingerprint,
+    )
+    if await db.writer.write(job):
+        return Submitted(_created(job), replayed=False)
+    # A concurrent request with the same key won the race: answer with its job.
+    existing = await holder()
+    if existing is None:
+        raise Conflict("a request with this Idempotency-Key is in progress; retry")
+    return Submitted(existing, replayed=True)
+
+
+def _checked_params(data: JobSubmit, spec: KernelSpec, tiers: Collection[str]) -> dict[str, Any]:
+    """The kernel's params validated; 422 for a tier, device, input or output that the
+    configuration or the kernel does not know."""
     if data.output_tier not in tiers:
         raise Invalid(
             f"unknown output tier {data.output_tier!r}",
@@ -87,156 +131,49 @@ async def submit_job(
         )
     _check_io("inputs", data.inputs, spec.inputs)
     _check_io("outputs", data.outputs, spec.outputs)
-    await admission.admit(
-        db=db, tenant_id=tenant_id, data=data, spec=spec, params=params, limits=limits
-    )
-
-    fingerprint = None
-    if idempotency_key is not None:
-        fingerprint = request_hash(data)
-        existing = await _find_idempotent(
-            db=db,
-            tenant_id=tenant_id,
-            key=idempotency_key,
-            fingerprint=fingerprint,
-            window_s=idempotency_window_s,
-        )
-        if existing is not None:
-            return Submitted(existing, replayed=True)
-
-    job = _new_job(
-        spec_name=spec.name,
-        tenant_id=tenant_id,
-        data=data,
-        params=params,
-        idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
-        timeout_s=data.timeout_s or default_timeout_s,
-        max_retries=data.max_retries if data.max_retries is not None else default_max_retries,
-        max_queued=max_queued_jobs,
-    )
-    if await db.writer.write(job):
-        return Submitted(_created(job), replayed=False)
-    # A concurrent request with the same key won the race: answer with its job.
-    assert idempotency_key is not None
-    assert fingerprint is not None
-    existing = await _find_idempotent(
-        db=db,
-        tenant_id=tenant_id,
-        key=idempotency_key,
-        fingerprint=fingerprint,
-        window_s=idempotency_window_s,
-    )
-    if existing is None:
-        raise Conflict("a request with this Idempotency-Key is in progress; retry")
-    return Submitted(existing, replayed=True)
+    return params
 
 
-def _new_job(
-    *,
-    spec_name: str,
-    tenant_id: uuid.UUID,
-    data: JobSubmit,
-    params: dict[str, Any],
-    idempotency_key: str | None,
-    fingerprint: str | None,
-    timeout_s: int,
-    max_retries: int,
-    max_queued: int,
-) -> NewJob:
+def _new_job(*, tenant_id: uuid.UUID, data: JobSubmit, max_queued: int, **columns: Any) -> NewJob:
+    """The row a submission writes (``WRITTEN``): the request's fields as they come,
+    ``columns`` (what the gateway works out) over them, a PENDING job created now; and its
+    ``job.submitted`` event."""
     job_id = uuid.uuid4()
+    now = utcnow()
+    row = {name: getattr(data, name) for name in FROM_REQUEST}
+    row.update(columns)
+    row.update(
+        id=job_id,
+        tenant_id=tenant_id,
+        state=JobState.PENDING.value,
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
     event = JobSubmitted(
         tenant_id=tenant_id,
         job_id=job_id,
-        kernel=spec_name,
-        device=data.device,
-        priority=data.priority,
+        kernel=row["kernel"],
+        device=row["device"],
+        priority=row["priority"],
     )
-    return NewJob(
-        id=job_id,
-        tenant_id=tenant_id,
-        kernel=spec_name,
-        device=data.device,
-        params=params,
-        inputs=data.inputs,
-        outputs=data.outputs,
-        output_tier=data.output_tier,
-        labels=data.labels,
-        priority=data.priority,
-        timeout_s=timeout_s,
-        max_retries=max_retries,
-        idempotency_key=idempotency_key,
-        request_hash=fingerprint,
-        created_at=utcnow(),
-        message_id=event.event_id,
-        routing_key=event.routing_key,
-        event_body=event.to_bytes(),
-        max_queued=max_queued,
-    )
+    return NewJob(row, event, max_queued=max_queued)
 
 
 def _created(job: NewJob) -> JobOut:
-    """The answer for a job just inserted: what the row holds, without reading it back."""
-    return JobOut.model_construct(
-        id=job.id,
-        kernel=job.kernel,
-        device=job.device,
-        params=job.params,
-        inputs=job.inputs,
-        outputs=job.outputs,
-        output_tier=job.output_tier,
-        priority=job.priority,
-        timeout_s=job.timeout_s,
-        max_retries=job.max_retries,
-        labels=job.labels,
-        state=JobState.PENDING.value,
-        state_reason=None,
-        attempts=0,
-        created_at=job.created_at,
-        queued_at=None,
-        started_at=None,
-        finished_at=None,
-        result=None,
-        error=None,
-        worker=None,
-    )
+    """The answer for a job just inserted: what its row holds (the columns a submission does
+    not write are still empty), without reading it back."""
+    row = job.row
+    values: dict[str, Any] = {name: row.get(name) for name in JobOut.model_fields}
+    return JobOut.model_construct(**values)
 
 
-_FIND_BY_KEY = """
-SELECT id, kernel, device, params::text, inputs::text, outputs::text, output_tier, priority,
-       timeout_s, max_retries, labels::text, state, state_reason, attempts, created_at,
-       queued_at, started_at, finished_at, result::text, error, worker, request_hash
-FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2
-"""
+# What a replay answers, and the fingerprint it checks.
+_REPLAYED = Columns((*JobOut.model_fields, "request_hash"))
+_FIND_BY_KEY = f"""
+SELECT {_REPLAYED.select()} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2
+"""  # noqa: S608 (column names of the model only)
 _RELEASE_KEY = "UPDATE jobs SET idempotency_key = NULL WHERE id = $1"
-
-
-def _job_out(row: Any) -> JobOut:
-    """A ``_FIND_BY_KEY`` row as the public shape (JSON columns come as text)."""
-    loads = orjson.loads
-    return JobOut(
-        id=row[0],
-        kernel=row[1],
-        device=row[2],
-        params=loads(row[3]),
-        inputs=loads(row[4]),
-        outputs=loads(row[5]),
-        output_tier=row[6],
-        priority=row[7],
-        timeout_s=row[8],
-        max_retries=row[9],
-        labels=loads(row[10]),
-        state=row[11],
-        state_reason=row[12],
-        attempts=row[13],
-        created_at=row[14],
-        queued_at=row[15],
-        started_at=row[16],
-        finished_at=row[17],
-        result=None if row[18] is None else loads(row[18]),
-        error=row[19],
-        worker=row[20],
-    )
 
 
 async def _find_idempotent(
@@ -253,7 +190,7 @@ async def _find_idempotent(
             await conn.execute(_RELEASE_KEY, row["id"])
             return None
     check_replay(stored=row["request_hash"], given=fingerprint)
-    return _job_out(row)
+    return JobOut.model_validate(_REPLAYED.decode(row))
 
 
 async def get_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
@@ -281,20 +218,20 @@ class JobFilter:
 _LABELLED = text("jobs.labels <> '{}'::jsonb")
 
 
-def _filtered(query: Select[Job], where: JobFilter) -> Select[Job]:
+def _conditions(where: JobFilter) -> list[ColumnElement[bool] | TextClause]:
+    conditions: list[ColumnElement[bool] | TextClause] = []
     if where.state is not None:
-        query = query.where(Job.state == where.state.value)
+        conditions.append(Job.state == where.state.value)
     if where.kernel is not None:
-        query = query.where(Job.kernel == where.kernel)
+        conditions.append(Job.kernel == where.kernel)
     if where.labels:
-        query = query.where(_LABELLED)
-    for key, value in where.labels:
-        query = query.where(Job.labels.contains({key: value}))
+        conditions.append(_LABELLED)
+        conditions += [Job.labels.contains({key: value}) for key, value in where.labels]
     if where.created_after is not None:
-        query = query.where(Job.created_at > where.created_after)
+        conditions.append(Job.created_at > where.created_after)
     if where.created_before is not None:
-        query = query.where(Job.created_at < where.created_before)
-    return query
+        conditions.append(Job.created_at < where.created_before)
+    return conditions
 
 
 async def list_jobs(
@@ -305,7 +242,7 @@ async def list_jobs(
     limit: int,
     cursor: str | None,
 ) -> tuple[list[Job], str | None]:
-    query = _filtered(select(Job).where(Job.tenant_id == tenant_id), where)
+    query = select(Job).where(Job.tenant_id == tenant_id, *_conditions(where))
     return await keyset_page(
         session, query, created=Job.created_at, key=Job.id, limit=limit, cursor=cursor
     )

@@ -1,39 +1,17 @@
-"""Group commit for job submissions: the rows of concurrent ``POST /v1/jobs`` requests are
-written together, in one statement (and so one transaction) on a plain asyncpg connection.
+"""Group commit for job submissions (``shared.db.batch.GroupCommit`` does the batching): the
+rows of concurrent ``POST /v1/jobs`` requests and their ``job.submitted`` outbox rows go in
+one statement on a plain asyncpg connection, one commit.
 
-Why: one transaction per submission costs a connection checkout, BEGIN, the insert and a
-COMMIT (with its WAL flush) for every job, and through SQLAlchemy most of that CPU went into
-session and statement machinery, not into PostgreSQL. A per-process ``JobWriter`` collects
-the validated rows of the requests in flight for at most ``linger_s`` after the first one
-arrived (or until ``max_rows`` are waiting) and inserts them with one ``INSERT ... SELECT
-FROM unnest(...)``, their ``job.submitted`` outbox rows in the same statement: one commit.
-Rows that arrive while a batch is being written form the next batch, so under load batches
-grow by themselves and an idle gateway waits at most ``linger_s``. The batching itself is
-``shared.db.batch.GroupCommit``; what is the gateway's own here is the statement, the
-idempotency keys and the 503s.
+What is the gateway's own here:
 
-What a caller can rely on (the rest is ``GroupCommit``'s):
-
-- ``write`` returns only after COMMIT: a 201 is sent for a durable row only, nothing
-  accepted is lost. ``True``: the row was inserted; ``False``: its ``(tenant_id,
-  idempotency_key)`` was already taken (by an earlier job, or by another row of the same
-  batch, which is left out of the statement: one job per key), and the caller looks the
-  holder up as it did before group commit.
-- ``max_queued_jobs`` is exact under any concurrency: the statement takes each tenant's
-  submission lock (``jobs_waiting_room``, migration 0011) and counts its waiting jobs after
-  the lock is granted, so batches of one tenant, from any number of gateways, take their
-  places in its queue one after the other; a row beyond the room left is not inserted and
-  its ``write`` raises ``TooManyRequests`` (429). The lock is held for the statement only (its
-  own transaction), and tenants' locks are taken in id order, so batches cannot deadlock.
-- A connectivity failure (or an open circuit, or an exhausted pool) fails every request of
-  the batch with the same 503 as a session would give; nothing of the batch was written (one
-  transaction). Any other error retries the batch's rows one transaction each, so that one
-  bad row fails only its own request.
-- A request cancelled before its batch is written (client gone) is left out; one cancelled
-  while its batch is written does not disturb the batch (the writer task owns the
-  transaction, never the request), its row is simply committed unanswered, as a single
-  request's could be.
-- After ``stop`` (the lifespan's end, which writes what waits first) a write is a 503.
+- the statement: it takes each limited tenant's submission lock (``jobs_waiting_room``, in
+  tenant order, so that batches cannot deadlock) and counts its waiting jobs under it, so
+  ``max_queued_jobs`` is exact across gateways; a row beyond the room left is refused (429).
+- idempotency keys: of the rows of a batch with one ``(tenant_id, idempotency_key)`` only the
+  first is written; ``write`` answers ``False`` for a key already taken, and the caller
+  looks its holder up.
+- 503s: a connectivity failure, an open circuit or an exhausted pool fails every request of
+  the batch (nothing of it was written), as does a write after ``stop``.
 """
 
 from __future__ import annotations
@@ -42,56 +20,82 @@ import uuid
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
-import orjson
+from pydantic import BaseModel
+from sqlalchemy import Table
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from services.gateway.jobs.schemas import JobSubmit
 from shared.db.batch import GroupCommit
 from shared.errors import DependencyUnavailable, TooManyRequests
+from shared.events import JobSubmitted
+from shared.jobs.row import JOBS, Columns, stored
 from shared.resilience import CircuitOpen
+
+# The columns the gateway sets itself; the columns named like a field of ``JobSubmit`` are
+# stored as the request gives them, the others keep their defaults.
+SET_BY_GATEWAY = (
+    "id",
+    "tenant_id",
+    "state",
+    "attempts",
+    "idempotency_key",
+    "request_hash",
+    "created_at",
+    "updated_at",
+)
+
+
+def written_columns(submit: type[BaseModel], table: Table = JOBS) -> Columns:
+    """What a submission writes: ``SET_BY_GATEWAY``, then the fields of ``submit`` that are
+    columns of ``table``."""
+    return Columns((*SET_BY_GATEWAY, *stored(submit.model_fields, table)), table=table)
+
+
+WRITTEN = written_columns(JobSubmit)
+FROM_REQUEST = WRITTEN.fields[len(SET_BY_GATEWAY) :]
 
 
 @dataclass(slots=True)
 class NewJob:
-    """A validated submission ready to insert: the job row and its ``job.submitted`` event."""
+    """A validated submission ready to insert: the job's row (``WRITTEN``'s columns by name)
+    and its ``job.submitted`` event."""
 
-    id: uuid.UUID
-    tenant_id: uuid.UUID
-    kernel: str
-    device: str
-    params: dict[str, Any]
-    inputs: dict[str, str]
-    outputs: dict[str, str]
-    output_tier: str
-    labels: dict[str, str]
-    priority: int
-    timeout_s: int
-    max_retries: int
-    idempotency_key: str | None
-    created_at: datetime
-    message_id: uuid.UUID
-    routing_key: str
-    event_body: bytes
+    row: dict[str, Any]
+    event: JobSubmitted
     # the tenant's max_queued_jobs (None: no limit)
     max_queued: int | None = None
-    # the body's fingerprint, kept with an idempotency key (``shared.idempotency``)
-    request_hash: str | None = None
+
+    @property
+    def id(self) -> uuid.UUID:
+        job_id: uuid.UUID = self.row["id"]
+        return job_id
+
+    @property
+    def key(self) -> tuple[uuid.UUID, str] | None:
+        """``(tenant_id, idempotency_key)``, or None for a submission without a key."""
+        key: str | None = self.row["idempotency_key"]
+        return None if key is None else (self.row["tenant_id"], key)
 
 
-# Every row of the batch in one statement: the room each limited tenant has left in its queue
-# (under its submission lock, taken in tenant order), the rows that fit it and do not collide
-# with a taken key, then the outbox rows of exactly the jobs inserted (joined on the ids the
-# insert returned). The rows of one tenant take the room in the order of the batch. The answer
-# names each row inserted (true) or refused for the quota (false). JSON goes in as text and is
-# cast, so no codec of the pooled connection is involved.
-INSERT_JOBS = """
+def insert_statement(written: Columns) -> str:
+    """Every row of a batch in one statement: the room each limited tenant has left in its
+    queue (under its submission lock, taken in tenant order), the rows that fit it and do not
+    collide with a taken key, then the outbox rows of exactly the jobs inserted (joined on the
+    ids the insert returned). The rows of one tenant take the room in the order of the batch.
+    The answer names each row inserted (true) or refused for the quota (false).
+
+    Parameters: ``written``'s columns, then the events' ids, routing keys and bodies, then
+    each row's ``max_queued``."""
+    n = len(written.fields)
+    job_id, tenant_id = written.parameter("id"), written.parameter("tenant_id")
+    return f"""
 WITH room AS (
     SELECT q.tenant_id, jobs_waiting_room(q.tenant_id, q.quota) AS room
     FROM (
         SELECT tenant_id, min(quota) AS quota
-        FROM unnest($2::uuid[], $18::int4[]) AS l(tenant_id, quota)
+        FROM unnest({tenant_id}::uuid[], ${n + 4}::int4[]) AS l(tenant_id, quota)
         WHERE quota IS NOT NULL
         GROUP BY tenant_id
         ORDER BY tenant_id
@@ -99,20 +103,11 @@ WITH room AS (
 ), r AS (
     SELECT r.*, row_number() OVER (PARTITION BY r.tenant_id ORDER BY r.ord) AS place,
            room.room
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                $7::text[], $8::text[], $9::text[], $10::int2[], $11::int4[], $12::int4[],
-                $13::text[], $14::timestamptz[], $19::text[]) WITH ORDINALITY
-         AS r(id, tenant_id, kernel, device, params, inputs, outputs, output_tier, labels,
-              priority, timeout_s, max_retries, idempotency_key, created_at, request_hash, ord)
+    FROM {written.unnest()} WITH ORDINALITY AS r({written.names()}, ord)
     LEFT JOIN room ON room.tenant_id = r.tenant_id
 ), new AS (
-    INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, output_tier,
-                      labels, priority, timeout_s, max_retries, state, attempts,
-                      idempotency_key, request_hash, created_at, updated_at)
-    SELECT r.id, r.tenant_id, r.kernel, r.device, CAST(r.params AS jsonb),
-           CAST(r.inputs AS jsonb), CAST(r.outputs AS jsonb), r.output_tier,
-           CAST(r.labels AS jsonb), r.priority, r.timeout_s, r.max_retries, 'PENDING', 0,
-           r.idempotency_key, r.request_hash, r.created_at, r.created_at
+    INSERT INTO jobs ({written.names()})
+    SELECT {written.values("r")}
     FROM r
     WHERE r.room IS NULL OR r.place <= r.room
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
@@ -120,38 +115,28 @@ WITH room AS (
 ), events AS (
     INSERT INTO outbox (message_id, routing_key, body)
     SELECT e.message_id, e.routing_key, e.body
-    FROM unnest($1::uuid[], $15::uuid[], $16::text[], $17::bytea[])
+    FROM unnest({job_id}::uuid[], ${n + 1}::uuid[], ${n + 2}::text[], ${n + 3}::bytea[])
          AS e(job_id, message_id, routing_key, body)
     JOIN new ON new.id = e.job_id
 )
-SELECT id, true FROM new
+SELECT id, true AS inserted FROM new
 UNION ALL
 SELECT id, false FROM r WHERE r.place > r.room
-"""
+"""  # noqa: S608 (column names of the model only)
 
 
-def _arguments(jobs: list[NewJob]) -> list[list[Any]]:
-    dumps = orjson.dumps
+INSERT_JOBS = insert_statement(WRITTEN)
+
+
+def arguments(written: Columns, jobs: list[NewJob]) -> list[Any]:
+    """The parameters of ``insert_statement(written)`` for ``jobs``."""
+    events = [j.event for j in jobs]
     return [
-        [j.id for j in jobs],
-        [j.tenant_id for j in jobs],
-        [j.kernel for j in jobs],
-        [j.device for j in jobs],
-        [dumps(j.params).decode() for j in jobs],
-        [dumps(j.inputs).decode() for j in jobs],
-        [dumps(j.outputs).decode() for j in jobs],
-        [j.output_tier for j in jobs],
-        [dumps(j.labels).decode() for j in jobs],
-        [j.priority for j in jobs],
-        [j.timeout_s for j in jobs],
-        [j.max_retries for j in jobs],
-        [j.idempotency_key for j in jobs],
-        [j.created_at for j in jobs],
-        [j.message_id for j in jobs],
-        [j.routing_key for j in jobs],
-        [j.event_body for j in jobs],
+        *written.arguments([j.row for j in jobs]),
+        [e.event_id for e in events],
+        [e.routing_key for e in events],
+        [e.to_bytes() for e in events],
         [j.max_queued for j in jobs],
-        [j.request_hash for j in jobs],
     ]
 
 
@@ -159,6 +144,23 @@ def _fails_the_batch(exc: BaseException) -> bool:
     """Errors about the database, not about a row: retrying rows one by one cannot help.
     (``raw_db`` has already turned a connectivity error into a ``DependencyUnavailable``.)"""
     return isinstance(exc, DependencyUnavailable | CircuitOpen | PoolTimeout)
+
+
+def _one_per_key(jobs: list[NewJob]) -> list[NewJob]:
+    """The rows without a key, then the first row of each ``(tenant_id, idempotency_key)``
+    in key order: two gateways' batches wait on each other's keys in the same order instead
+    of deadlocking."""
+    plain: list[NewJob] = []
+    firsts: dict[tuple[uuid.UUID, str], NewJob] = {}
+    for j in jobs:
+        key = j.key
+        if key is None:
+            plain.append(j)
+        else:
+            firsts.setdefault(key, j)
+    if not firsts:
+        return plain
+    return plain + [firsts[k] for k in sorted(firsts, key=lambda k: (str(k[0]), k[1]))]
 
 
 def _shutting_down() -> BaseException:
@@ -191,32 +193,6 @@ class JobWriter:
             closed=_shutting_down,
         )
 
-    @property
-    def max_rows(self) -> int:
-        return self.commits.max_batch
-
-    @max_rows.setter
-    def max_rows(self, value: int) -> None:
-        self.commits.max_batch = value
-
-    @property
-    def linger_s(self) -> float:
-        return self.commits.linger_s
-
-    @linger_s.setter
-    def linger_s(self, value: float) -> None:
-        self.commits.linger_s = value
-
-    @property
-    def batches(self) -> int:
-        """Statements committed (statistics, for tests and curiosity)."""
-        return self.commits.writes
-
-    @property
-    def rows(self) -> int:
-        """Rows those statements answered."""
-        return self.commits.items
-
     async def stop(self) -> None:
         """Write what is waiting, then end; later writes are refused with a 503."""
         await self.commits.close()
@@ -237,23 +213,10 @@ class JobWriter:
         queue had no room for it. Of several rows with the same (tenant, key) only the first
         goes into the statement: the others are answered ``False``, like a row whose key
         another request took."""
-        rows = jobs
-        if any(j.idempotency_key is not None for j in jobs):
-            seen: set[tuple[uuid.UUID, str]] = set()
-            unique = []
-            for j in jobs:
-                if j.idempotency_key is not None:
-                    key = (j.tenant_id, j.idempotency_key)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                unique.append(j)
-            # A fixed order of keyed rows: two gateways' batches wait on each other's keys in
-            # the same order instead of deadlocking.
-            rows = sorted(unique, key=lambda j: (str(j.tenant_id), j.idempotency_key or ""))
+        rows = _one_per_key(jobs)
         # One statement is one transaction of its own (the connection is in autocommit):
         # no BEGIN/COMMIT round trips; the jobs and outbox rows commit together or not at all.
         async with self.connect() as conn:
-            found = await conn.fetch(INSERT_JOBS, *_arguments(rows))
-        answered: dict[uuid.UUID, bool] = {row[0]: row[1] for row in found}
+            found = await conn.fetch(INSERT_JOBS, *arguments(WRITTEN, rows))
+        answered: dict[uuid.UUID, bool] = {row["id"]: row["inserted"] for row in found}
         return [None if answered.get(j.id) is False else j.id in answered for j in jobs]

@@ -1,8 +1,9 @@
 """A TCP proxy on loopback in front of a real server, for tests that break the network on
-purpose: the server gone (``stop``, ``start`` again on the same port), every connection cut
-at once (``cut``), a connection cut in the middle of what it carries (``cut_on``: half a
-frame, a transaction, a part of an upload), and a slow link (``stall``/``resume``,
-``latency_s``). The servers themselves keep running for everything else."""
+purpose: the server gone (``stop``, ``start`` again on the same port) or restarting
+(``refuse``: connections dropped as they come), every connection cut at once (``cut``), a
+connection cut in the middle of what it carries (``cut_on``: half a frame, a transaction, a
+part of an upload), and a slow link (``stall``/``resume``, ``latency_s``). The servers
+themselves keep running for everything else."""
 
 from __future__ import annotations
 
@@ -41,13 +42,14 @@ class TcpProxy:
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.port = 0  # set by the first start; later starts listen on the same port
-        self.accepted = 0  # connections accepted since the proxy was made
+        self.accepted: list[float] = []  # when each connection came (the loop's clock)
         self.latency_s = 0.0  # added before each chunk is forwarded, both ways: a slow link
         self._server: asyncio.Server | None = None
         self._links: set[_Link] = set()
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._cut_on: _CutOn | None = None
+        self._refuse = 0
 
     @property
     def open_links(self) -> int:
@@ -75,6 +77,11 @@ class TcpProxy:
             link.abort()
         return len(links)
 
+    def refuse(self, connections: int) -> None:
+        """Drop the next ``connections`` connections as soon as they come (a server that is
+        still restarting)."""
+        self._refuse = connections
+
     def stall(self) -> None:
         """Hold every byte in the proxy, both ways, until ``resume``."""
         self._flowing.clear()
@@ -90,7 +97,11 @@ class TcpProxy:
         return self._cut_on.done
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
+        self.accepted.append(asyncio.get_running_loop().time())
+        if self._refuse > 0:
+            self._refuse -= 1
+            writer.transport.abort()
+            return
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.target_port)
         except OSError:

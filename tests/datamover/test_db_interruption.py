@@ -1,19 +1,22 @@
 """PostgreSQL going away under a migration is not the migration's fault: the datamover gives
-the lease back and resumes it once the database answers, instead of failing it (found by the
-chaos suite: a PostgreSQL restart made running migrations FAILED when the failure could be
-written)."""
+the lease back and resumes it once the database answers, instead of failing it.
+
+The datamover reaches PostgreSQL through a TCP proxy (``tests.netfault``) that cuts its
+connection in the middle of the publishing transaction: the rows are locked and the object
+is published on the target tier when the statement that moves the dataset to that tier is
+half sent and the connection drops. PostgreSQL
+rolls the transaction back; the migration must end SUCCEEDED on its second attempt with the
+object whole, and the first attempt's half-done publication must have left nothing behind."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy.exc import InterfaceError
 
-from services.datamover.runner import Runner
-from shared.settings import StorageSettings
+from shared.settings import CommonSettings, StorageSettings
 from tests.datamover.harness import (
     CHUNK,
     new_tenant,
@@ -22,26 +25,34 @@ from tests.datamover.harness import (
     running_datamover,
     wait_migration,
 )
+from tests.netfault import TcpProxy
+
+# a statement of the publishing transaction that no other step of a copy sends: the dataset
+# on its new tier, written after the row and the name are locked and the object published
+PUBLISHING = b"UPDATE datasets SET"
 
 
-async def test_a_database_error_under_a_migration_resumes_it_instead_of_failing_it(
-    api: httpx.AsyncClient, storage: StorageSettings, monkeypatch: pytest.MonkeyPatch
+@pytest.fixture
+async def proxy(settings: CommonSettings) -> AsyncIterator[TcpProxy]:
+    proxy = TcpProxy(settings.postgres.port)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+async def test_a_connection_cut_mid_transaction_resumes_the_migration_instead_of_failing_it(
+    api: httpx.AsyncClient,
+    storage: StorageSettings,
+    settings: CommonSettings,
+    proxy: TcpProxy,
 ) -> None:
     t = await new_tenant(api)
     data = payload(2 * CHUNK + 99, seed=5)
     await put(api, t, "dbcut/a.bin", data)
-    original = Runner._publish
-    calls = 0
-
-    async def cut_once(self: Runner, *args: Any) -> Any:
-        nonlocal calls
-        calls += 1
-        if calls == 1:  # what asyncpg raises when PostgreSQL restarts under a query
-            raise InterfaceError("UPDATE migrations", {}, ConnectionError("connection was closed"))
-        return await original(self, *args)
-
-    monkeypatch.setattr(Runner, "_publish", cut_once)
-    async with running_datamover(storage, lease_s=120):  # only a released lease is quick
+    cut = proxy.cut_on(PUBLISHING, after=-len(PUBLISHING) // 2)
+    postgres = settings.postgres.model_copy(update={"port": proxy.port})
+    # only a released lease is quick to resume: one that ran out would take two minutes
+    async with running_datamover(storage, postgres=postgres, lease_s=120):
         r = await api.post(
             "/v1/migrations",
             json={"dataset": "dbcut/a.bin", "to_tier": "archive", "mode": "copy"},
@@ -49,7 +60,10 @@ async def test_a_database_error_under_a_migration_resumes_it_instead_of_failing_
         )
         assert r.status_code == 202, r.text
         done = await wait_migration(api, t, r.json()["id"], timeout=45)
+    assert cut.is_set()
     assert done["state"] == "SUCCEEDED", done
-    assert calls == 2
     assert done["attempts"] == 2
+    assert done["bytes_done"] == len(data)
     assert (Path(storage.archive.root) / t.id / "dbcut/a.bin").read_bytes() == data
+    meta = (await api.get("/v1/datasets/dbcut/a.bin?meta=1", headers=t.headers)).json()
+    assert sorted(meta["tiers"]) == ["archive", "local"]  # published once, by the second try

@@ -30,6 +30,7 @@ from shared.db.models import Job, Worker
 from shared.db.outbox import add_events
 from shared.db.raw import pooled_connection
 from shared.events import Event, JobDispatched, JobFinished
+from shared.jobs.proposals import Lost
 from shared.jobs.states import JobState
 from shared.jobs.store import admit_pending, record_lost_attempt, set_job_state
 from shared.settings import QuotaDefaults
@@ -293,13 +294,7 @@ async def requeue_lost(*, session: AsyncSession, now: datetime, batch: int = 200
     ).all()
     events: list[Event] = []
     for job_id, tenant_id, attempt, worker, started_at, lease_expires_at in expired:
-        t = await set_job_state(
-            session,
-            job_id,
-            JobState.QUEUED,
-            reason="the worker's lease expired (worker lost)",
-            error="worker lost while running the job",
-        )
+        t = await set_job_state(session, job_id, Lost(attempt))
         if t.accepted:
             await record_lost_attempt(
                 session,

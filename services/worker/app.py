@@ -9,30 +9,31 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from fastapi import FastAPI
 
 from services.worker import service
 from services.worker.batch import Claims, Records
 from services.worker.datasets import (
-    OUTPUT_TIER,
+    SCRATCH_TIER,
+    AttemptFiles,
     DatasetError,
+    attempt_files,
+    check_output_names,
     input_paths,
     missing_files,
-    output_paths,
-    remove_attempt_folder,
 )
 from services.worker.handlers import Running, cancelled_job, dispatched_job
-from services.worker.results import pointer, result_path, stored_file
+from services.worker.results import pointer
 from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
 from services.worker.service import Recorded, report_for
 from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
 from shared.db.engine import transaction
 from shared.errors import QuotaExceeded, StratusError
+from shared.jobs.proposals import Report
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim, Report
+from shared.jobs.store import Claim
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic
 from shared.messaging import Delivery
@@ -103,29 +104,30 @@ class WorkerRuntime:
             log.info("job_cancel_requested", job_id=str(job_id))
 
     async def _run(self, claim: Claim) -> None:
+        files = attempt_files(self.settings.storage, claim)
         staged: dict[str, StagedOutput] = {}
         try:
-            report = await self._attempt(claim, staged)
+            report = await self._attempt(claim, files, staged)
             self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
-            await self._record(claim, report, staged)
+            await self._record(claim, report, files, staged)
         finally:
             self.running.tasks.pop(claim.job_id, None)
             self.held.discard(claim.job_id)
             if staged:
                 await abort_staged(self.storage, staged)  # what the record did not publish
-            folder = result_path(self.settings.storage, claim.job_id, claim.attempt).parent
-            if claim.outputs or folder.exists():  # the folder of the outputs, a large result
+            if claim.outputs or files.folder.exists():  # the folder of the outputs, a large result
                 # what the record did not publish (failed, refused or abandoned attempt)
-                await asyncio.to_thread(
-                    remove_attempt_folder, self.settings.storage, claim.job_id, claim.attempt
-                )
+                await asyncio.to_thread(files.remove)
             self.slots.release()
 
-    async def _attempt(self, claim: Claim, staged: dict[str, StagedOutput] | None = None) -> Report:
-        """Run the attempt; the partial objects of a stage-out go into ``staged``."""
+    async def _attempt(
+        self, claim: Claim, files: AttemptFiles, staged: dict[str, StagedOutput] | None = None
+    ) -> Report:
+        """Run the attempt, its kernel writing ``files``; the partial objects of a stage-out
+        go into ``staged``."""
         usage = Usage()
         try:
-            request = self._request(claim)
+            request = self._request(claim, files)
         except DatasetError as exc:
             return Report(JobState.FAILED, error=str(exc), retryable=False)
         try:
@@ -136,16 +138,16 @@ class WorkerRuntime:
                 task.uncancel()  # the kernel's process is killed; record the attempt
             return report_for(None, usage, stopping=self.stopping)
         report = report_for(outcome, usage)
-        if report.state is JobState.SUCCEEDED and request.outputs:
-            unwritten = await asyncio.to_thread(missing_files, request.outputs)
+        if report.state is JobState.SUCCEEDED and files.outputs:
+            unwritten = await asyncio.to_thread(missing_files, files.outputs)
             if unwritten:
                 error = f"the kernel did not write its output(s) {', '.join(map(repr, unwritten))}"
                 report = dataclasses.replace(
                     report, state=JobState.FAILED, error=error, retryable=False
                 )
-        if report.state is JobState.SUCCEEDED and claim.output_tier != OUTPUT_TIER:
+        if report.state is JobState.SUCCEEDED and claim.output_tier != SCRATCH_TIER:
             staged = {} if staged is None else staged
-            report = await self._stage_out(claim, request, report, usage, staged)
+            report = await self._stage_out(claim, files, report, usage, staged)
         if report.state is JobState.SUCCEEDED and outcome.result_file is not None:
             # too large for the job's row: published as a dataset (``results``)
             report = dataclasses.replace(report, result=pointer(claim.job_id, outcome.result_file))
@@ -154,7 +156,7 @@ class WorkerRuntime:
     async def _stage_out(
         self,
         claim: Claim,
-        request: Request,
+        files: AttemptFiles,
         report: Report,
         usage: Usage,
         staged: dict[str, StagedOutput],
@@ -169,7 +171,7 @@ class WorkerRuntime:
                 attempt=claim.attempt,
                 tier=claim.output_tier,
                 names=claim.outputs,
-                files={k: Path(v) for k, v in request.outputs.items()},
+                files=files.outputs,
                 staged=staged,
             )
         except asyncio.CancelledError:
@@ -183,46 +185,37 @@ class WorkerRuntime:
             return dataclasses.replace(report, state=JobState.FAILED, error=error, retryable=True)
         return report
 
-    def _request(self, claim: Claim) -> Request:
+    def _request(self, claim: Claim, files: AttemptFiles) -> Request:
+        """What the pool runs; ``DatasetError`` for a dataset name the job may not use."""
         storage = self.settings.storage
         inputs = input_paths(claim.tenant_id, claim.inputs, storage=storage)
-        outputs = output_paths(
-            claim.tenant_id,
-            claim.outputs,
-            storage=storage,
-            job_id=claim.job_id,
-            attempt=claim.attempt,
-        )
+        check_output_names(claim.tenant_id, claim.outputs, storage=storage)
         return Request(
             claim.kernel,
             self.settings.device,
             claim.params,
             {k: str(v) for k, v in inputs.items()},
-            {k: str(v) for k, v in outputs.items()},
-            str(result_path(storage, claim.job_id, claim.attempt)),
+            {k: str(v) for k, v in files.outputs.items()},
+            str(files.result),
         )
 
-    async def _record(self, claim: Claim, report: Report, staged: dict[str, StagedOutput]) -> None:
+    async def _record(
+        self,
+        claim: Claim,
+        report: Report,
+        files: AttemptFiles,
+        staged: dict[str, StagedOutput],
+    ) -> None:
         """Make the outcome durable (and publish a successful attempt's outputs in the same
         transaction), retrying while the database is away. If the lease runs out meanwhile,
         the reaper re-queues the job and fencing drops this late report. Outputs that cannot
         be published (a name that clashes with another dataset, over the tenant's
         ``storage_bytes`` quota) fail the job instead, and nothing of them is kept."""
-        try:
-            outputs = output_paths(
-                claim.tenant_id,
-                claim.outputs,
-                storage=self.settings.storage,
-                job_id=claim.job_id,
-                attempt=claim.attempt,
-            )
-        except DatasetError:
-            outputs = {}  # the attempt failed on them already: nothing to publish
         delay = 0.1
         deadline = asyncio.get_running_loop().time() + self.settings.lease_s * 2
         while True:
             try:
-                recorded = await self._write_record(claim, report, outputs, staged)
+                recorded = await self._write_record(claim, report, files, staged)
                 break
             except StratusError as exc:  # the outputs' names or size: the job's fault
                 error = exc.detail
@@ -253,20 +246,17 @@ class WorkerRuntime:
         self,
         claim: Claim,
         report: Report,
-        outputs: dict[str, Path],
+        files: AttemptFiles,
         staged: dict[str, StagedOutput],
     ) -> Recorded:
-        """One try at the record: an outcome without retry rules and without outputs to
-        publish goes in the records' group commit; the rest, and what that did not match
-        (superseded, cancelled meanwhile), in a session of its own."""
-        finish = service.finish_of(claim, report)
-        result_file = stored_file(self.settings.storage, claim, report)
-        publishes = report.state is JobState.SUCCEEDED and bool(claim.outputs or result_file)
-        fast = True
-        if finish.without_rules and not publishes:
-            if await self.records.record(finish):
-                return Recorded(True)
-            fast = False  # it did not match: the general path decides
+        """One try at the record: an outcome with nothing to publish goes in the records'
+        group commit; what that does not apply (retry rules, a superseded attempt, a job
+        cancelled meanwhile), and an outcome with datasets to publish, take the general path
+        in a session of its own."""
+        if not service.publishes(claim, report, files) and await self.records.record(
+            service.finish_of(claim, report)
+        ):
+            return Recorded(True)
         async with transaction(self.res.sessions) as session:
             return await service.record_attempt(
                 session=session,
@@ -274,11 +264,9 @@ class WorkerRuntime:
                 claim=claim,
                 worker=self.settings.name,
                 report=report,
-                outputs=outputs,
+                files=files,
                 staged=staged,
-                result_file=result_file,
                 quotas=self.settings.quotas,
-                fast=fast,
             )
 
     async def _clean_stale(self, claim: Claim, recorded: Recorded) -> None:

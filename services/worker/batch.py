@@ -2,19 +2,18 @@
 
 Every job costs the worker two writes: its claim (QUEUED -> RUNNING, which must be durable
 before the dispatch is acknowledged) and its record (the outcome, the attempt's usage row
-and its ``job.finished`` event). Through a SQLAlchemy session each was a transaction of three
-or more round trips, and the session's statement building and greenlet hops were the larger
-part of the worker's CPU per job. Here each is one fixed statement of ``shared.jobs.store``
-on the asyncpg connection under the pool (``shared.db.raw``), in autocommit: the statement is
-its own transaction. And the claims (or records) that wait while one statement is in flight
-go together in the next one, so that under load one round trip serves several jobs: a
-``shared.db.batch.GroupCommit`` without a timer (an idle worker writes at once), one item per
-job in a batch. A connectivity error fails the batch (each caller retries as it would alone);
-any other error re-runs the items one by one.
+and its ``job.finished`` event). Each is one fixed statement of ``shared.jobs.store`` on the
+asyncpg connection under the pool (``shared.db.raw``), in autocommit: the statement is its
+own transaction, with none of a SQLAlchemy session's statement building on the way. And the
+claims (or records) that wait while one statement is in flight go together in the next one,
+so that under load one round trip serves several jobs: a ``shared.db.batch.GroupCommit``
+without a timer (an idle worker writes at once), one item per job in a batch. A
+connectivity error fails the batch (each caller retries as it would alone); any other error
+re-runs the items one by one.
 
-What a statement does not match (a duplicate dispatch, a superseded attempt, a job cancelled
-meanwhile, a failure with retry rules) takes ``set_job_state``'s general path in a session
-of its own: see ``Claims.claim`` and ``WorkerRuntime._record``.
+What a statement does not apply (a duplicate dispatch, a superseded attempt, a job cancelled
+meanwhile, a failure with retry rules) takes the general path of ``services.worker.service``
+in a session of its own: see ``Claims.claim`` and ``WorkerRuntime._write_record``.
 """
 
 from __future__ import annotations
@@ -65,14 +64,14 @@ class Claims:
             return claim
         async with transaction(self.sessions) as session:  # not QUEUED: the rules say why
             return await service.claim(
-                session=session, job_id=job_id, worker=self.worker, lease_s=self.lease_s, fast=False
+                session=session, job_id=job_id, worker=self.worker, lease_s=self.lease_s
             )
 
 
 class Records:
-    """A worker's records of outcomes without retry rules and without outputs to publish:
-    ``finish_attempts`` for the waiting ones together. ``record`` says whether the job took
-    the outcome; when it did not, the caller asks the general path."""
+    """A worker's records of outcomes with nothing to publish: ``finish_attempts`` for the
+    waiting ones together. ``record`` says whether the statement applied the outcome; when
+    it did not, the caller takes the general path."""
 
     def __init__(self, engine: AsyncEngine, *, worker: str) -> None:
         self.engine = engine
@@ -83,8 +82,9 @@ class Records:
 
     async def _write(self, finishes: list[Finish]) -> list[bool]:
         async with raw_connection(self.engine) as conn:
-            done = await finish_attempts(conn.fetch, finishes, worker=self.worker)
-        return [finish.job_id in done for finish in finishes]
+            left = await finish_attempts(conn.fetch, finishes, worker=self.worker)
+        not_applied = {finish.job_id for finish in left}
+        return [finish.job_id not in not_applied for finish in finishes]
 
     async def record(self, finish: Finish) -> bool:
         return await self.commits.submit(finish)

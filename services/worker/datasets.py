@@ -5,9 +5,9 @@ Inputs: a dataset ``name`` of tenant ``t`` is the file ``<local root>/<t>/<name>
 datamover use). The scheduler stages an input held on another tier in to ``local`` before
 it dispatches the job, so a missing file here fails the job (not retried).
 
-Outputs: a kernel writes each output into a folder of the attempt under the tier's
-temporary folder (``<local root>/.stratus-tmp/jobs/<job>-<attempt>/``), on the tier's
-filesystem, so that recording the attempt publishes it with a rename
+Outputs: a kernel writes each output into a folder of the attempt under the scratch tier's
+temporary folder (``<local root>/.stratus-tmp/jobs/<job>-<attempt>/``, ``AttemptFiles``), on
+that tier's filesystem, so that recording the attempt publishes it with a rename
 (``shared.storage.catalog.publish_local_file``). Whatever is left there after the record
 (a failed, refused or abandoned attempt) is removed with the folder.
 """
@@ -19,15 +19,19 @@ import re
 import shutil
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import Invalid
+from shared.jobs.store import Claim
 from shared.settings import StorageSettings
 from shared.storage.names import local_dataset_path, name_problem
 from shared.storage.tiers import TEMP_DIR
 
 INPUT_TIER = "local"
-OUTPUT_TIER = "local"
+# The tier on whose filesystem kernels write their outputs: a job whose ``output_tier`` is
+# this one publishes them with a rename, any other tier gets a copy (``stageout``).
+SCRATCH_TIER = "local"
 _SLOT = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -82,9 +86,9 @@ def missing_files(paths: Mapping[str, str | Path]) -> list[str]:
 
 
 def attempt_folder(storage: StorageSettings, job_id: uuid.UUID, attempt: int) -> Path:
-    """Where an attempt's kernel writes its outputs (and a large result): on the output
+    """Where an attempt's kernel writes its outputs (and a large result): on the scratch
     tier's filesystem."""
-    root = _resolved(storage.tiers()[OUTPUT_TIER].root)
+    root = _resolved(storage.tiers()[SCRATCH_TIER].root)
     return root / TEMP_DIR / "jobs" / f"{job_id}-{attempt}"
 
 
@@ -94,25 +98,37 @@ def _resolved(root: str) -> Path:
     return Path(root).resolve()
 
 
-def output_paths(
-    tenant_id: uuid.UUID,
-    names: Mapping[str, str],
-    *,
-    storage: StorageSettings,
-    job_id: uuid.UUID,
-    attempt: int,
-) -> dict[str, Path]:
-    """Kernel output name -> the temporary file the kernel writes (the names are checked
-    first, so a bad one fails the job before any compute)."""
-    if not names:
-        return {}
-    resolve_paths(tenant_id, names, storage=storage, tier=OUTPUT_TIER)
-    folder = attempt_folder(storage, job_id, attempt)
-    return {
-        slot: folder / f"{i}-{_SLOT.sub('_', slot)[:64]}.npy"
-        for i, slot in enumerate(sorted(names))
-    }
+@dataclass(frozen=True)
+class AttemptFiles:
+    """The files an attempt's kernel writes, in the attempt's folder: each output (slot -> a
+    temporary file) and a result too large for the job's row."""
+
+    folder: Path
+    outputs: dict[str, Path]
+
+    @property
+    def result(self) -> Path:
+        return self.folder / "result.json"
+
+    def remove(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def remove_attempt_folder(storage: StorageSettings, job_id: uuid.UUID, attempt: int) -> None:
-    shutil.rmtree(attempt_folder(storage, job_id, attempt), ignore_errors=True)
+def attempt_files(storage: StorageSettings, claim: Claim) -> AttemptFiles:
+    """The files of the attempt ``claim`` runs."""
+    folder = attempt_folder(storage, claim.job_id, claim.attempt)
+    return AttemptFiles(
+        folder,
+        {
+            slot: folder / f"{i}-{_SLOT.sub('_', slot)[:64]}.npy"
+            for i, slot in enumerate(sorted(claim.outputs))
+        },
+    )
+
+
+def check_output_names(
+    tenant_id: uuid.UUID, names: Mapping[str, str], *, storage: StorageSettings
+) -> None:
+    """``InvalidDatasetName`` for an output name the job may not write (checked before any
+    compute, so that a bad one fails the job at once)."""
+    resolve_paths(tenant_id, names, storage=storage, tier=SCRATCH_TIER)

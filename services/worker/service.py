@@ -2,64 +2,51 @@
 
 Functions take ``session`` as a keyword and never commit. The worker's hot path claims and
 records in group commits on plain asyncpg (``services.worker.batch``) with the set-based
-statements of ``shared.jobs.store``; the functions here run the same statements for one job
-inside a session, then ``set_job_state``'s general path for what those do not match, and
-publish a successful attempt's outputs (and a result too large for its row: ``results``) in
-the same transaction, within the tenant's ``storage_bytes`` quota.
+statements of ``shared.jobs.store``; the functions here are the general path for what those
+do not match: ``set_job_state`` decides, and a successful attempt's outputs (and a result too
+large for its row: ``results``) are published in the same transaction, within the tenant's
+``storage_bytes`` quota.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.worker.results import result_name
+from services.worker.datasets import SCRATCH_TIER, AttemptFiles
+from services.worker.results import result_name, stored_file
 from services.worker.runner import Outcome, Status, Usage
 from services.worker.stageout import StagedOutput
-from shared.db.models import Job, JobAttempt, Tenant, Worker
+from shared.db.models import Job, Tenant, Worker
 from shared.db.outbox import add_event
 from shared.errors import QuotaExceeded
 from shared.events import JobFinished
+from shared.jobs.proposals import Claimed, Report, Reported
 from shared.jobs.states import JobState
-from shared.jobs.store import (
-    Claim,
-    Finish,
-    Report,
-    claim_queued,
-    finish_attempts,
-    session_fetch,
-    set_job_state,
-)
+from shared.jobs.store import Claim, Finish, set_job_state
+from shared.jobs.usage import count_attempt
 from shared.settings import QuotaDefaults
-from shared.storage.catalog import lock_name, publish_local_file, publish_upload
+from shared.storage.catalog import Published, lock_name, publish_local_file, publish_upload
 from shared.storage.names import local_dataset_path
 from shared.storage.quota import lock_tenant_storage, replaced_bytes, storage_used
 from shared.storage.registry import Storage
 
 
 async def claim(
-    *, session: AsyncSession, job_id: uuid.UUID, worker: str, lease_s: float, fast: bool = True
+    *, session: AsyncSession, job_id: uuid.UUID, worker: str, lease_s: float
 ) -> Claim | None:
     """QUEUED -> RUNNING under a lease; None when the job is not ours to run (already taken,
-    cancelled, finished: a duplicate dispatch). ``fast=False``: the caller tried
-    ``claim_queued`` already, in a transaction of its own."""
-    if fast:
-        claimed = await claim_queued(
-            session_fetch(session), [job_id], worker=worker, lease_s=lease_s
-        )
-        if job_id in claimed:
-            return claimed[job_id]
-    t = await set_job_state(session, job_id, JobState.RUNNING, worker=worker, lease_s=lease_s)
-    if not t.accepted:
-        return None
-    return Claim.of(t.job)
+    cancelled, finished: a duplicate dispatch)."""
+    t = await set_job_state(session, job_id, Claimed(worker, lease_s))
+    return Claim.of(t.job) if t.accepted else None
 
 
 def report_for(outcome: Outcome | None, usage: Usage, *, stopping: bool = False) -> Report:
@@ -93,33 +80,26 @@ def finish_of(claim: Claim, report: Report) -> Finish:
     return Finish(claim.job_id, claim.tenant_id, claim.attempt, report)
 
 
-async def record(
-    *, session: AsyncSession, claim: Claim, worker: str, report: Report, fast: bool = True
-) -> bool:
+async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Report) -> bool:
     """Record an attempt's outcome, fenced by attempt number. The attempt's usage row and the
     ``job.finished`` event are written only if the report was accepted, so they count once;
     an attempt stopped because the user cancelled the job (already CANCELLED) still gets
-    its usage row. ``fast=False``: the caller tried ``finish_attempts`` already."""
-    finish = finish_of(claim, report)
-    fetch = session_fetch(session)
-    if fast and finish.without_rules and await finish_attempts(fetch, [finish], worker=worker):
-        session.info["outbox"] = True  # the owner of the transaction wakes the relay
-        return True
-    t = await set_job_state(
-        session,
-        claim.job_id,
-        report.state,
-        attempt=claim.attempt,
-        worker=worker,
-        result=report.result,
-        error=report.error,
-        retryable=report.retryable,
-    )
+    its usage row."""
+    t = await set_job_state(session, claim.job_id, Reported(claim.attempt, worker, report))
+    cancelled_first = report.state is JobState.CANCELLED and t.job.attempts == claim.attempt
+    if t.accepted or cancelled_first:
+        await count_attempt(
+            session,
+            job_id=claim.job_id,
+            tenant_id=claim.tenant_id,
+            attempt=claim.attempt,
+            worker=worker,
+            outcome=report.state.value,
+            cpu_seconds=report.cpu_seconds,
+            wall_seconds=report.wall_seconds,
+        )
     if not t.accepted:
-        if report.state is JobState.CANCELLED and t.job.attempts == claim.attempt:
-            await _usage_row(session, claim, worker, report)
         return False
-    await _usage_row(session, claim, worker, report)
     await add_event(
         session,
         JobFinished(
@@ -139,6 +119,13 @@ class Recorded:
     stale: dict[str, tuple[str, ...]] = field(default_factory=dict)  # output -> tiers to clean
 
 
+def publishes(claim: Claim, report: Report, files: AttemptFiles) -> bool:
+    """Whether recording ``report`` publishes datasets: the outputs, or a large result."""
+    return report.state is JobState.SUCCEEDED and bool(
+        claim.outputs or stored_file(claim, report, files)
+    )
+
+
 async def record_attempt(
     *,
     session: AsyncSession,
@@ -146,34 +133,30 @@ async def record_attempt(
     claim: Claim,
     worker: str,
     report: Report,
-    outputs: Mapping[str, Path],
+    files: AttemptFiles,
     staged: Mapping[str, StagedOutput] | None = None,
-    result_file: Path | None = None,
     quotas: QuotaDefaults | None = None,
-    tier: str = "local",
-    fast: bool = True,
 ) -> Recorded:
-    """``record``, and for an accepted ``SUCCEEDED`` attempt, publish each output file (the
-    kernel's temporary files, ``outputs``: slot -> path) as the tenant's dataset on ``tier``,
-    in the same transaction; for a job whose ``output_tier`` is not ``local``, publish the
-    verified partial objects ``staged`` on that tier instead. ``result_file``: the result
-    too large for the job's row, published as ``results.result_name`` on ``tier``.
-    Everything published must fit the tenant's ``storage_bytes`` quota (``quotas``: the
-    platform defaults), checked before anything is published: ``QuotaExceeded`` otherwise,
-    and the caller's rollback leaves nothing behind. A refused (fenced, superseded) attempt
-    publishes nothing. The caller removes the copies of the older versions (``stale``)
-    after the commit. ``fast``: as for ``record``."""
-    accepted = await record(session=session, claim=claim, worker=worker, report=report, fast=fast)
+    """``record``, and for an accepted ``SUCCEEDED`` attempt, publish each output file the
+    kernel wrote (``files``) as the tenant's dataset on the scratch tier, in the same
+    transaction; for a job whose ``output_tier`` is another one, publish the verified partial
+    objects ``staged`` on that tier instead. A result too large for the job's row is
+    published as ``results.result_name`` on the scratch tier. Everything published must fit
+    the tenant's ``storage_bytes`` quota (``quotas``: the platform defaults), checked before
+    anything is published: ``QuotaExceeded`` otherwise, and the caller's rollback leaves
+    nothing behind. A refused (fenced, superseded) attempt publishes nothing. The caller
+    removes the copies of the older versions (``stale``) after the commit."""
+    accepted = await record(session=session, claim=claim, worker=worker, report=report)
     if not accepted or report.state is not JobState.SUCCEEDED:
         return Recorded(accepted)
     uploads = (
         {name: (staged or {})[slot] for slot, name in claim.outputs.items()}
-        if claim.output_tier != tier
+        if claim.output_tier != SCRATCH_TIER
         else {}
     )
-    files = _local_files(storage, claim, outputs, result_file, tier)
+    local = _local_files(storage, claim, report, files)
     sizes = {name: out.size for name, out in uploads.items()}
-    sizes.update({name: path.stat().st_size for name, path in files.items()})
+    sizes.update({name: path.stat().st_size for name, path in local.items()})
     if sizes:
         await check_outputs_fit(
             session=session,
@@ -181,73 +164,53 @@ async def record_attempt(
             sizes=sizes,
             defaults=quotas or QuotaDefaults(),
         )
-    stale = await _publish(
-        session=session, storage=storage, claim=claim, uploads=uploads, files=files, tier=tier
-    )
+    steps: list[tuple[str, Callable[..., Awaitable[Published]]]] = [
+        (
+            name,
+            partial(
+                publish_upload,
+                tier=out.tier,
+                upload=out.upload,
+                etags=out.etags,
+                size=out.size,
+                checksum=out.checksum,
+            ),
+        )
+        for name, out in uploads.items()
+    ]
+    steps += [
+        (name, partial(publish_local_file, path=path, tier=SCRATCH_TIER))
+        for name, path in local.items()
+    ]
+    stale: dict[str, tuple[str, ...]] = {}
+    for name, publish in steps:
+        published = await publish(
+            session=session, storage=storage, tenant_id=claim.tenant_id, name=name
+        )
+        stale[name] = published.stale_tiers
     return Recorded(True, stale)
 
 
-async def _publish(
-    *,
-    session: AsyncSession,
-    storage: Storage,
-    claim: Claim,
-    uploads: Mapping[str, StagedOutput],
-    files: Mapping[str, Path],
-    tier: str,
-) -> dict[str, tuple[str, ...]]:
-    """Publish each staged object and each file under its dataset name; the tiers that held
-    each one's older version."""
-    stale: dict[str, tuple[str, ...]] = {}
-    for name, out in uploads.items():
-        published = await publish_upload(
-            session=session,
-            storage=storage,
-            tenant_id=claim.tenant_id,
-            name=name,
-            tier=out.tier,
-            upload=out.upload,
-            etags=out.etags,
-            size=out.size,
-            checksum=out.checksum,
-        )
-        stale[name] = published.stale_tiers
-    for name, path in files.items():
-        published = await publish_local_file(
-            session=session,
-            storage=storage,
-            tenant_id=claim.tenant_id,
-            name=name,
-            path=path,
-            tier=tier,
-        )
-        stale[name] = published.stale_tiers
-    return stale
-
-
 def _local_files(
-    storage: Storage,
-    claim: Claim,
-    outputs: Mapping[str, Path],
-    result_file: Path | None,
-    tier: str,
+    storage: Storage, claim: Claim, report: Report, files: AttemptFiles
 ) -> dict[str, Path]:
-    """Dataset name -> the file to publish on ``tier``: the outputs (when the job's tier is
-    this one) and the large result."""
-    files = (
-        {name: outputs[slot] for slot, name in claim.outputs.items()}
-        if claim.output_tier == tier
+    """Dataset name -> the file to publish on the scratch tier: the outputs (when the job's
+    tier is that one) and the large result."""
+    found = (
+        {name: files.outputs[slot] for slot, name in claim.outputs.items()}
+        if claim.output_tier == SCRATCH_TIER
         else {}
     )
+    result_file = stored_file(claim, report, files)
     if result_file is not None:
-        files[result_name(claim.job_id)] = result_file
+        found[result_name(claim.job_id)] = result_file
     # a file that is gone: an earlier try of this record renamed it into place and then did
     # not commit; publish the file where it is (the rename is then a no-op)
     return {
         name: path
         if path.exists()
-        else local_dataset_path(storage.settings, claim.tenant_id, name, tier=tier)
-        for name, path in files.items()
+        else local_dataset_path(storage.settings, claim.tenant_id, name, tier=SCRATCH_TIER)
+        for name, path in found.items()
     }
 
 
@@ -277,22 +240,6 @@ async def check_outputs_fit(
         raise QuotaExceeded(
             f"storage_bytes quota exceeded: outputs need {need} bytes, {max(left, 0)} left"
         )
-
-
-async def _usage_row(session: AsyncSession, claim: Claim, worker: str, report: Report) -> None:
-    await session.execute(
-        insert(JobAttempt)
-        .values(
-            job_id=claim.job_id,
-            attempt=claim.attempt,
-            tenant_id=claim.tenant_id,
-            worker=worker,
-            outcome=report.state.value,
-            cpu_seconds=report.cpu_seconds,
-            wall_seconds=report.wall_seconds,
-        )
-        .on_conflict_do_nothing()
-    )
 
 
 async def heartbeat(

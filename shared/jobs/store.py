@@ -4,10 +4,12 @@ transaction (and stage any outbox events in it). A retry (RUNNING -> QUEUED) set
 ``run_after`` and stages its own wake-up, ``job.retry`` through a delay queue.
 
 The transitions every job takes have set-based forms here too, fixed SQL that applies the
-same rules (checked against ``decide`` at import) to many jobs in one statement: the
-scheduler's ``admit_pending`` (PENDING -> QUEUED), and the worker's ``claim_queued`` (QUEUED ->
-RUNNING) and ``finish_attempts`` (RUNNING -> an outcome without retry rules, with the
-attempt's usage row and its ``job.finished`` event). What they do not match takes ``set_job_state``.
+same rules to many jobs in one statement: the scheduler's ``admit_pending`` (PENDING ->
+QUEUED), and the worker's ``claim_queued`` (QUEUED -> RUNNING) and ``finish_attempts``
+(RUNNING -> an outcome without retry rules, with the attempt's usage row and its
+``job.finished`` event). What they do not match takes ``set_job_state``.
+tests/integration/test_state_paths.py runs each of them, and ``set_job_state``, from every
+state and checks what they do against ``decide``.
 """
 
 from __future__ import annotations
@@ -20,15 +22,24 @@ from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import Job, JobAttempt, JobEvent
+from shared.db.models import Job, JobEvent
 from shared.db.outbox import add_event
 from shared.errors import NotFound
 from shared.events import JobFinished, JobRetryDue, utcnow
+from shared.jobs.proposals import (
+    Claimed,
+    Lost,
+    Proposal,
+    Report,
+    Reported,
+    reason_and_error,
+    retryable,
+)
 from shared.jobs.row import Columns
 from shared.jobs.states import FINAL, Decision, JobState, RetryPolicy, decide
+from shared.jobs.usage import count_attempt
 from shared.telemetry import JOB_TRANSITIONS
 
 DEFAULT_RETRY = RetryPolicy(jitter=0.2)
@@ -72,19 +83,12 @@ async def lock_job(
 async def set_job_state(
     session: AsyncSession,
     job_id: uuid.UUID,
-    proposed: JobState,
+    proposal: Proposal,
     *,
     tenant_id: uuid.UUID | None = None,
-    attempt: int | None = None,
-    worker: str | None = None,
-    result: dict[str, Any] | None = None,
-    error: str | None = None,
-    reason: str | None = None,
-    retryable: bool = True,
-    lease_s: float | None = None,
-    retry_policy: RetryPolicy = DEFAULT_RETRY,
 ) -> Transition:
-    """Lock the job, decide, apply. ``attempt`` fences reports from a superseded attempt.
+    """Lock the job, decide, apply. A ``Reported`` or ``Lost`` attempt counts only while the
+    job is RUNNING that attempt: the report of a superseded attempt changes nothing.
 
     The worker's hot transitions go through ``claim_queued`` and ``finish_attempts`` first
     (one statement for many jobs); what those do not match comes here, which explains the
@@ -92,30 +96,27 @@ async def set_job_state(
     """
     job = await lock_job(session, job_id, tenant_id=tenant_id)
     current = JobState(job.state)
-    if attempt is not None and attempt != job.attempts and current not in FINAL:
-        return Transition(job, current, Decision(None, f"attempt {attempt} was superseded"))
+    if (
+        isinstance(proposal, Reported | Lost)
+        and current not in FINAL
+        and (current is not JobState.RUNNING or proposal.attempt != job.attempts)
+    ):
+        refused = Decision(None, f"attempt {proposal.attempt} is not running (superseded)")
+        return Transition(job, current, refused)
     decision = decide(
         current,
-        proposed,
+        proposal.state,
         attempts=job.attempts,
         max_retries=job.max_retries,
-        retryable=retryable,
+        retryable=retryable(proposal),
     )
     if decision.state is None:
         return Transition(job, current, decision)
     now = utcnow()
-    _apply(
-        job,
-        current,
-        decision.state,
-        now=now,
-        worker=worker,
-        result=result,
-        error=error,
-        reason=reason or decision.reason or None,
-        lease_s=lease_s,
-        retry_policy=retry_policy,
-    )
+    reason, error = reason_and_error(proposal)
+    _apply(job, current, decision.state, proposal, error=error, now=now)
+    job.state_reason = reason or decision.reason or None
+    worker = proposal.worker if isinstance(proposal, Claimed | Reported) else None
     await session.execute(
         insert(JobEvent).values(
             job_id=job.id,
@@ -143,18 +144,14 @@ def _apply(
     job: Job,
     current: JobState,
     new: JobState,
+    proposal: Proposal,
     *,
-    now: datetime,
-    worker: str | None,
-    result: dict[str, Any] | None,
     error: str | None,
-    reason: str | None,
-    lease_s: float | None,
-    retry_policy: RetryPolicy,
+    now: datetime,
 ) -> None:
+    """The columns of ``new`` (``decide``'s answer to ``proposal``) on the locked row."""
     job.state = new.value
     job.updated_at = now
-    job.state_reason = reason
     if new is JobState.QUEUED:
         job.dispatched_at = None
         job.assigned_device = None
@@ -164,20 +161,20 @@ def _apply(
         else:  # a retry: back off before the next attempt
             job.worker = None
             job.error = error
-            job.run_after = now + timedelta(seconds=retry_policy.delay(job.attempts))
-    elif new is JobState.RUNNING:
+            job.run_after = now + timedelta(seconds=DEFAULT_RETRY.delay(job.attempts))
+    elif isinstance(proposal, Claimed):  # RUNNING, the one proposal that reaches it
         job.attempts += 1
-        job.worker = worker
+        job.worker = proposal.worker
         job.started_at = now
         job.error = None
-        job.lease_expires_at = now + timedelta(seconds=lease_s or 30.0)
+        job.lease_expires_at = now + timedelta(seconds=proposal.lease_s)
     else:  # final
         job.finished_at = now
         job.lease_expires_at = None
-        job.result = result
         job.error = error
-        if worker is not None:
-            job.worker = worker
+        job.result = proposal.report.result if isinstance(proposal, Reported) else None
+        if isinstance(proposal, Reported):
+            job.worker = proposal.worker
 
 
 # What ``job_attempts.outcome`` says of an attempt whose worker was lost (its lease expired).
@@ -197,18 +194,15 @@ async def record_lost_attempt(
     ``held_s`` CPU seconds. A worker that comes back and reports the attempt later is fenced
     (the job is no longer RUNNING that attempt), and the primary key keeps one row per
     attempt, so the attempt counts once."""
-    await session.execute(
-        pg_insert(JobAttempt)
-        .values(
-            job_id=job_id,
-            attempt=attempt,
-            tenant_id=tenant_id,
-            worker=worker,
-            outcome=LOST,
-            cpu_seconds=held_s,
-            wall_seconds=held_s,
-        )
-        .on_conflict_do_nothing()
+    await count_attempt(
+        session,
+        job_id=job_id,
+        tenant_id=tenant_id,
+        attempt=attempt,
+        worker=worker,
+        outcome=LOST,
+        cpu_seconds=held_s,
+        wall_seconds=held_s,
     )
 
 
@@ -248,10 +242,8 @@ class Admitted:
 
 
 ADMIT_REASON = "waiting for a worker slot"
-_ADMIT = decide(JobState.PENDING, JobState.QUEUED, attempts=0, max_retries=0)
-assert _ADMIT.state is JobState.QUEUED  # the set-based form below relies on this rule
 
-# The set-based form of PENDING -> QUEUED (a transition without conditions: see ``_ADMIT``)
+# The set-based form of PENDING -> QUEUED (``decide`` takes it without conditions)
 # in one round trip: the oldest waiting jobs (rows locked by the UPDATE, those another
 # scheduler holds skipped), with their ``job_events`` rows. $1 how many, $2 the reason.
 _ADMIT_PENDING = """
@@ -305,11 +297,6 @@ class Claim:
 # Claim's fields are the job's columns of the same names, but for these two.
 CLAIMED = Columns([f.name for f in fields(Claim)], renamed={"job_id": "id", "attempt": "attempts"})
 
-# what CLAIM_QUEUED applies without asking ``decide``
-assert decide(JobState.QUEUED, JobState.RUNNING, attempts=0, max_retries=0) == Decision(
-    JobState.RUNNING
-)
-
 # ``_apply`` for QUEUED -> RUNNING, to every listed job that is QUEUED.
 CLAIM_QUEUED = f"""
     WITH job AS (
@@ -346,18 +333,6 @@ async def claim_queued(
 
 
 @dataclass(frozen=True)
-class Report:
-    """An attempt's outcome as its worker reports it, with the resources it used."""
-
-    state: JobState
-    result: dict[str, Any] | None = None
-    error: str | None = None
-    retryable: bool = True
-    cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
-
-
-@dataclass(frozen=True)
 class Finish:
     """The report of one attempt of one job: what ``finish_attempts`` writes."""
 
@@ -368,27 +343,13 @@ class Finish:
 
     @property
     def without_rules(self) -> bool:
-        """An outcome that ``decide`` takes as it comes from RUNNING (no retry to decide):
-        ``finish_attempts`` can apply it."""
+        """An outcome that ``decide`` takes as it comes from RUNNING, retries left or not
+        (tests/integration/test_state_paths.py holds this to ``decide``)."""
         r = self.report
         return r.state in _AS_REPORTED or (r.state is JobState.FAILED and not r.retryable)
 
 
 _AS_REPORTED = frozenset({JobState.SUCCEEDED, JobState.TIMED_OUT, JobState.CANCELLED})
-
-
-def _taken_as_reported(state: JobState, *, retryable: bool) -> bool:
-    """``decide`` applies ``state`` from RUNNING as it is, retries left or not."""
-    return all(
-        decide(JobState.RUNNING, state, attempts=a, max_retries=2, retryable=retryable)
-        == Decision(state)
-        for a in (1, 5)
-    )
-
-
-# what FINISH_ATTEMPTS applies without asking ``decide``
-assert all(_taken_as_reported(s, retryable=True) for s in _AS_REPORTED)
-assert _taken_as_reported(JobState.FAILED, retryable=False)
 
 # ``_apply`` for RUNNING -> a final state, to every listed job still RUNNING the reported
 # attempt (fencing), with the attempt's usage row (counted once) and its ``job.finished``
@@ -423,15 +384,17 @@ FINISH_ATTEMPTS = """
 """
 
 
-async def finish_attempts(
-    fetch: Fetch, finishes: Sequence[Finish], *, worker: str
-) -> set[uuid.UUID]:
-    """Apply each outcome (``without_rules`` only, one per job) to its job if the job is
-    still RUNNING that attempt, with the attempt's usage row and its ``job.finished`` event,
-    in one statement; return the jobs it changed. The others (superseded attempt, job
-    cancelled meanwhile) are left as they are: ``set_job_state`` decides those."""
-    assert all(f.without_rules for f in finishes)
-    finishes = sorted(finishes, key=lambda f: f.job_id)  # the lock order, as claim_queued
+async def finish_attempts(fetch: Fetch, finishes: Sequence[Finish], *, worker: str) -> list[Finish]:
+    """Apply each outcome (one per job) to its job if the job is still RUNNING that attempt
+    and the outcome is ``without_rules``, with the attempt's usage row and its
+    ``job.finished`` event, in one statement. Return the finishes it did not apply (retry
+    rules to decide, a superseded attempt, a job cancelled meanwhile): ``set_job_state``
+    decides those."""
+    applicable = sorted(  # the lock order, as claim_queued
+        (f for f in finishes if f.without_rules), key=lambda f: f.job_id
+    )
+    if not applicable:
+        return list(finishes)
     events = [
         JobFinished(
             tenant_id=f.tenant_id,
@@ -440,18 +403,18 @@ async def finish_attempts(
             state=f.report.state.value,
             cpu_seconds=f.report.cpu_seconds,
         )
-        for f in finishes
+        for f in applicable
     ]
     dumps = orjson.dumps
     rows = await fetch(
         FINISH_ATTEMPTS,
-        [f.job_id for f in finishes],
-        [f.attempt for f in finishes],
-        [f.report.state.value for f in finishes],
-        [None if f.report.result is None else dumps(f.report.result).decode() for f in finishes],
-        [f.report.error for f in finishes],
-        [f.report.cpu_seconds for f in finishes],
-        [f.report.wall_seconds for f in finishes],
+        [f.job_id for f in applicable],
+        [f.attempt for f in applicable],
+        [f.report.state.value for f in applicable],
+        [None if f.report.result is None else dumps(f.report.result).decode() for f in applicable],
+        [f.report.error for f in applicable],
+        [f.report.cpu_seconds for f in applicable],
+        [f.report.wall_seconds for f in applicable],
         [e.event_id for e in events],
         [e.to_bytes() for e in events],
         utcnow(),
@@ -460,4 +423,5 @@ async def finish_attempts(
     )
     for r in rows:
         JOB_TRANSITIONS.labels(r[1]).inc()
-    return {r[0] for r in rows}
+    applied = {r[0] for r in rows}
+    return [f for f in finishes if f.job_id not in applied or not f.without_rules]

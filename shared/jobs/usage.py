@@ -14,6 +14,13 @@ flight that nobody counted.
 
 from __future__ import annotations
 
+import uuid
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from shared.db.models import JobAttempt
+
 # SQL conditions on a ``jobs`` row (no alias): the job holds a worker slot or is on its way
 # to one (RUNNING, or QUEUED and dispatched); it waits in the tenant's queue.
 IN_FLIGHT = "(state = 'RUNNING' OR (state = 'QUEUED' AND dispatched_at IS NOT NULL))"
@@ -27,3 +34,32 @@ def cpu_budget_allows(*, used_today_s: float, held_s: float, per_day_s: float) -
     """Whether one more job may start under ``cpu_seconds_per_day``: what ended in the last
     24 h plus what the jobs in flight hold is under the budget."""
     return used_today_s + held_s < per_day_s
+
+
+async def count_attempt(
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    attempt: int,
+    worker: str | None,
+    outcome: str,
+    cpu_seconds: float,
+    wall_seconds: float,
+) -> None:
+    """The ``job_attempts`` row of an attempt that ended. Its key (job, attempt) keeps one
+    row per attempt: a repeat (a redelivered report, a reaped attempt reported late) counts
+    nothing."""
+    await session.execute(
+        insert(JobAttempt)
+        .values(
+            job_id=job_id,
+            attempt=attempt,
+            tenant_id=tenant_id,
+            worker=worker,
+            outcome=outcome,
+            cpu_seconds=cpu_seconds,
+            wall_seconds=wall_seconds,
+        )
+        .on_conflict_do_nothing()
+    )

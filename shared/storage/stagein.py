@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from shared.db.models import Job, Migration
 from shared.errors import NotFound
-from shared.jobs.states import JobState
+from shared.jobs.proposals import Failed
 from shared.jobs.store import Admitted, session_fetch, set_job_state
 from shared.storage.catalog import get_dataset
 from shared.storage.migrations import MigrationMode, MigrationState, request_migration
@@ -110,10 +110,7 @@ async def request_stage_ins(
             )
         except NotFound:
             await set_job_state(
-                session,
-                admitted.job_id,
-                JobState.FAILED,
-                error=f"input dataset {name!r} no longer exists",
+                session, admitted.job_id, Failed(f"input dataset {name!r} no longer exists")
             )
             return
         if migration is not None:
@@ -130,5 +127,4 @@ async def fail_stage_in(*, session: AsyncSession, job_id: uuid.UUID) -> None:
     """Fail a job whose stage-in failed (``stage_in_failed``), with the migrations' errors."""
     rows = await session_fetch(session)(_ERRORS, job_id)
     errors = "; ".join(f"{name}: {error}" for name, error in rows)
-    error = f"stage-in failed: {errors}"
-    await set_job_state(session, job_id, JobState.FAILED, error=error)
+    await set_job_state(session, job_id, Failed(f"stage-in failed: {errors}"))

@@ -16,8 +16,9 @@ from services.scheduler import service
 from services.worker import service as worker_service
 from shared.db.models import Dataset, Job, JobAttempt, JobEvent, Migration, Outbox, Tenant, Worker
 from shared.events import Event, JobDispatched, utcnow
+from shared.jobs.proposals import Report
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim, Report
+from shared.jobs.store import Claim
 from tests.factories import (
     admit_jobs,
     admitted_with_input,

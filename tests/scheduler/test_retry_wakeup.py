@@ -19,8 +19,8 @@ from services.scheduler.settings import SchedulerSettings
 from services.worker import service as worker_service
 from shared.db.models import Job, Outbox, Tenant, Worker
 from shared.events import utcnow
+from shared.jobs.proposals import Report
 from shared.jobs.states import JobState
-from shared.jobs.store import Report
 from shared.settings import CommonSettings
 from tests.factories import new_job, own_database
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypedDict, cast
@@ -14,9 +15,11 @@ import numpy as np
 import pytest
 
 from services.worker.app import WorkerRuntime, start_runner
+from services.worker.datasets import attempt_files
 from services.worker.runner import KernelRunner, Outcome, Request, Status, Usage
 from services.worker.service import report_for
 from services.worker.settings import WorkerSettings
+from shared.jobs.proposals import Report
 from shared.jobs.states import JobState
 from shared.jobs.store import Claim
 from shared.runtime import Resources
@@ -27,6 +30,11 @@ from tests.worker.conftest import CACHE
 def claim(kernel: str, params: dict[str, Any], timeout_s: int = 60, **names: Any) -> Claim:
     inputs, outputs = names.get("inputs", {}), names.get("outputs", {})
     return Claim(uuid.uuid4(), uuid.uuid4(), 1, kernel, params, inputs, outputs, timeout_s)
+
+
+def attempt(runtime: WorkerRuntime, c: Claim) -> Coroutine[Any, Any, Report]:
+    """``runtime``'s attempt of ``c``, its files where the worker puts them."""
+    return runtime._attempt(c, attempt_files(runtime.settings.storage, c))
 
 
 @pytest.fixture
@@ -57,7 +65,7 @@ def test_report_for_each_outcome(status: Status, retryable: bool, state: JobStat
 
 
 async def test_timeout_becomes_timed_out_with_its_cpu_seconds(runtime: WorkerRuntime) -> None:
-    report = await runtime._attempt(claim("spin", {"seconds": 30}, timeout_s=1))
+    report = await attempt(runtime, claim("spin", {"seconds": 30}, timeout_s=1))
     assert report.state is JobState.TIMED_OUT
     assert report.error == "exceeded timeout_s=1: the kernel's process was stopped"
     assert report.cpu_seconds > 0.1
@@ -67,7 +75,7 @@ async def test_a_users_cancel_stops_the_kernel_and_keeps_its_usage(
     runtime: WorkerRuntime,
 ) -> None:
     await runtime.runner.wait_idle()
-    task = asyncio.create_task(runtime._attempt(claim("spin", {"seconds": 30})))
+    task = asyncio.create_task(attempt(runtime, claim("spin", {"seconds": 30})))
     await asyncio.sleep(1.0)
     task.cancel()
     report = await asyncio.wait_for(task, 5)
@@ -78,7 +86,7 @@ async def test_a_users_cancel_stops_the_kernel_and_keeps_its_usage(
 async def test_shutdown_hands_the_job_back(runtime: WorkerRuntime) -> None:
     await runtime.runner.wait_idle()
     runtime.stopping = True
-    task = asyncio.create_task(runtime._attempt(claim("spin", {"seconds": 30})))
+    task = asyncio.create_task(attempt(runtime, claim("spin", {"seconds": 30})))
     await asyncio.sleep(0.5)
     task.cancel()
     report = await asyncio.wait_for(task, 5)
@@ -89,21 +97,21 @@ async def test_dataset_names_resolve_on_the_local_tier(
     runtime: WorkerRuntime, tmp_path: Path
 ) -> None:
     c = claim("histogram", {"bins": 2, "range": [0, 1]}, inputs={"data": "d/x.npy"})
-    missing = await runtime._attempt(c)
+    missing = await attempt(runtime, c)
     assert missing.state is JobState.FAILED
     assert missing.error == "input 'data': dataset 'd/x.npy' not found on the 'local' tier"
     assert not missing.retryable
     tenant_folder = tmp_path / "local" / str(c.tenant_id) / "d"
     tenant_folder.mkdir(parents=True)
     np.save(tenant_folder / "x.npy", np.array([0.1, 0.2, 0.9]))
-    found = await runtime._attempt(c)
+    found = await attempt(runtime, c)
     assert found.state is JobState.SUCCEEDED
     assert found.result == {"counts": [2, 1]}
-    escape = await runtime._attempt(claim("histogram", {}, inputs={"data": "../x.npy"}))
+    escape = await attempt(runtime, claim("histogram", {}, inputs={"data": "../x.npy"}))
     assert escape.state is JobState.FAILED
     assert escape.error is not None
     assert escape.error.startswith("invalid dataset name '../x.npy'")
-    bad_output = await runtime._attempt(dataclasses.replace(c, outputs={"o": "/abs"}))
+    bad_output = await attempt(runtime, dataclasses.replace(c, outputs={"o": "/abs"}))
     assert bad_output.state is JobState.FAILED
     assert bad_output.error is not None
     assert bad_output.error.startswith("invalid dataset name '/abs'")
@@ -117,10 +125,10 @@ async def test_outputs_are_written_under_the_tiers_temporary_folder(
     folder.mkdir(parents=True)
     np.save(folder / "x.npy", np.arange(3.0))
     np.save(folder / "y.npy", np.ones(3))
-    request = runtime._request(c)
+    request = runtime._request(c, attempt_files(runtime.settings.storage, c))
     temp = Path(request.outputs["y"])
     assert temp.is_relative_to(tmp_path / "local" / ".stratus-tmp")
-    report = await runtime._attempt(c)
+    report = await attempt(runtime, c)
     assert report.state is JobState.SUCCEEDED, report.error
     np.testing.assert_array_equal(np.load(temp), 2.0 * np.arange(3.0) + 1.0)
     assert not (folder / "out" / "y.npy").exists()  # published only when recorded

@@ -25,13 +25,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.worker import service
 from services.worker.app import WorkerRuntime
-from services.worker.datasets import attempt_folder
+from services.worker.datasets import AttemptFiles, attempt_folder
 from services.worker.runner import KernelRunner, PoolConfig
 from services.worker.settings import WorkerSettings
 from shared.db.models import Dataset, Job, Tenant
 from shared.errors import QuotaExceeded
+from shared.jobs.proposals import Report
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim, Report
+from shared.jobs.store import Claim
 from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
 from shared.storage.checksum import checksum_of
@@ -272,7 +273,7 @@ async def test_concurrent_publishes_never_exceed_the_quota(
                     claim=claim,
                     worker="w1",
                     report=Report(JobState.SUCCEEDED, result={}),
-                    outputs={"c": path},
+                    files=AttemptFiles(path.parent, {"c": path}),
                 )
         except QuotaExceeded:
             return False

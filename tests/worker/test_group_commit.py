@@ -23,13 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.worker import service
 from services.worker.app import WorkerRuntime
 from services.worker.batch import Claims, Records
+from services.worker.datasets import attempt_files
 from services.worker.runner import KernelRunner
 from services.worker.settings import WorkerSettings
 from shared.db.batch import GroupCommit
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant
+from shared.jobs.proposals import Cancelled, Lost, Report
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim, Finish, Report, set_job_state
+from shared.jobs.store import Claim, Finish, set_job_state
 from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
 from tests.factories import admit_jobs, new_job, own_database
@@ -169,7 +171,7 @@ async def test_a_superseded_attempt_in_a_batch_is_refused_and_the_others_commit(
     claims = await claimed(sessions, 4)
     stale = claims[1]
     async with sessions() as session, session.begin():  # reaped and claimed again elsewhere
-        await set_job_state(session, stale.job_id, JobState.QUEUED)
+        await set_job_state(session, stale.job_id, Lost(stale.attempt))
         again = await service.claim(session=session, job_id=stale.job_id, worker="w2", lease_s=30)
         assert again is not None
     records = Records(engine_of(sessions), worker="w1")
@@ -287,7 +289,10 @@ async def test_records_made_while_the_database_is_away_are_retried_and_durable(
     claims = await claimed(sessions, 3, worker=rt.settings.name)
     await proxy.stop()  # the database goes away
     report = Report(JobState.SUCCEEDED, result={"ok": True}, cpu_seconds=0.25)
-    recording = [asyncio.create_task(rt._record(c, report, {})) for c in claims]
+    recording = [
+        asyncio.create_task(rt._record(c, report, attempt_files(rt.settings.storage, c), {}))
+        for c in claims
+    ]
     await asyncio.sleep(1.0)  # the records fail and retry meanwhile
     assert not any(t.done() for t in recording)
     for c in claims:
@@ -307,18 +312,20 @@ async def test_outcomes_the_statement_does_not_take_follow_the_rules(
     sessions: Sessions, tmp_path: Path
 ) -> None:
     """A user's cancel that came first (the statement does not match: the general path counts
-    the attempt's usage), and a retryable failure (retry rules: never tried in a batch)."""
+    the attempt's usage), and a retryable failure (retry rules: the statement returns it
+    unapplied)."""
     rt = runtime(engine_of(sessions), sessions, tmp_path)
     cancelled, failed = await claimed(sessions, 2, worker=rt.settings.name)
     async with sessions() as session, session.begin():  # the gateway's cancel
-        assert (await set_job_state(session, cancelled.job_id, JobState.CANCELLED)).accepted
-    await rt._record(cancelled, Report(JobState.CANCELLED, error="cancelled", cpu_seconds=2.0), {})
+        assert (await set_job_state(session, cancelled.job_id, Cancelled())).accepted
+    stopped = Report(JobState.CANCELLED, error="cancelled", cpu_seconds=2.0)
+    await rt._record(cancelled, stopped, attempt_files(rt.settings.storage, cancelled), {})
     assert rt.records.commits.items == 1
     assert (await get(sessions, cancelled.job_id)).state == "CANCELLED"
     assert await usage(sessions, cancelled.job_id) == [(1, "CANCELLED", 2.0)]
     retry = Report(JobState.FAILED, error="flaky", retryable=True, cpu_seconds=1.0)
-    await rt._record(failed, retry, {})
-    assert rt.records.commits.items == 1  # not offered to the statement
+    await rt._record(failed, retry, attempt_files(rt.settings.storage, failed), {})
+    assert rt.records.commits.items == 2  # offered to the statement, which left it to the rules
     job = await get(sessions, failed.job_id)
     assert (job.state, job.error, job.attempts) == ("QUEUED", "flaky", 1)
     assert job.run_after is not None

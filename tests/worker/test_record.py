@@ -15,9 +15,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.worker import service
+from services.worker.datasets import AttemptFiles, attempt_files
 from shared.db.models import JobAttempt, Tenant
+from shared.jobs.proposals import Cancelled, Lost, Report
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim, Report, set_job_state
+from shared.jobs.store import Claim, set_job_state
 from shared.settings import CommonSettings, StorageSettings
 from shared.storage.catalog import get_dataset
 from shared.storage.registry import Storage
@@ -64,7 +66,7 @@ async def test_a_finished_attempt_records_its_cpu_seconds(db: Sessions) -> None:
 async def test_an_attempt_the_user_cancelled_still_records_its_usage(db: Sessions) -> None:
     claim = await running_job(db)
     async with db() as session, session.begin():  # the gateway's cancel
-        assert (await set_job_state(session, claim.job_id, JobState.CANCELLED)).accepted
+        assert (await set_job_state(session, claim.job_id, Cancelled())).accepted
     report = Report(JobState.CANCELLED, error="cancelled while running", cpu_seconds=3.25)
     accepted, rows = await record(db, claim, report)
     assert not accepted  # the job was already CANCELLED
@@ -76,11 +78,11 @@ async def test_an_attempt_the_user_cancelled_still_records_its_usage(db: Session
 async def test_a_superseded_attempt_records_nothing(db: Sessions) -> None:
     stale = await running_job(db)
     async with db() as session, session.begin():  # reaped, run again elsewhere, cancelled
-        await set_job_state(session, stale.job_id, JobState.QUEUED)
+        await set_job_state(session, stale.job_id, Lost(stale.attempt))
         second = await service.claim(session=session, job_id=stale.job_id, worker="w2", lease_s=30)
         assert second is not None
         assert second.attempt == stale.attempt + 1
-        await set_job_state(session, stale.job_id, JobState.CANCELLED)
+        await set_job_state(session, stale.job_id, Cancelled())
     accepted, rows = await record(db, stale, Report(JobState.CANCELLED, cpu_seconds=1.0))
     assert not accepted
     assert rows == []
@@ -98,11 +100,12 @@ def _storage(tmp_path: Path) -> Storage:
     )
 
 
-def _output(tmp_path: Path, claim: Claim, value: float) -> Path:
-    path = tmp_path / "local" / ".stratus-tmp" / "jobs" / f"{claim.job_id}-{claim.attempt}" / "c"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path.with_suffix(".npy"), np.full(3, value))
-    return path.with_suffix(".npy")
+def _output(storage: Storage, claim: Claim, value: float) -> AttemptFiles:
+    """The attempt's files, its output ``c`` written as the kernel would."""
+    files = attempt_files(storage.settings, claim)
+    files.folder.mkdir(parents=True, exist_ok=True)
+    np.save(files.outputs["c"], np.full(3, value))
+    return files
 
 
 async def test_a_succeeded_attempt_publishes_its_outputs_in_the_same_transaction(
@@ -110,7 +113,7 @@ async def test_a_succeeded_attempt_publishes_its_outputs_in_the_same_transaction
 ) -> None:
     storage = _storage(tmp_path)
     claim = dataclasses.replace(await running_job(db), outputs={"c": "out/c.npy"})
-    temp = _output(tmp_path, claim, 2.0)
+    files = _output(storage, claim, 2.0)
     async with db() as session, session.begin():
         recorded = await service.record_attempt(
             session=session,
@@ -118,13 +121,13 @@ async def test_a_succeeded_attempt_publishes_its_outputs_in_the_same_transaction
             claim=claim,
             worker="w1",
             report=Report(JobState.SUCCEEDED, result={}),
-            outputs={"c": temp},
+            files=files,
         )
     assert recorded.accepted
     assert recorded.stale == {"out/c.npy": ()}
     final = tmp_path / "local" / str(claim.tenant_id) / "out" / "c.npy"
     np.testing.assert_array_equal(np.load(final), np.full(3, 2.0))
-    assert not temp.exists()
+    assert not files.outputs["c"].exists()
     async with db() as session:
         row = await get_dataset(session=session, tenant_id=claim.tenant_id, name="out/c.npy")
     assert row is not None
@@ -135,9 +138,9 @@ async def test_a_superseded_attempt_publishes_nothing(db: Sessions, tmp_path: Pa
     storage = _storage(tmp_path)
     stale = dataclasses.replace(await running_job(db), outputs={"c": "out/c.npy"})
     async with db() as session, session.begin():  # reaped and run again elsewhere
-        await set_job_state(session, stale.job_id, JobState.QUEUED)
+        await set_job_state(session, stale.job_id, Lost(stale.attempt))
         assert await service.claim(session=session, job_id=stale.job_id, worker="w2", lease_s=30)
-    temp = _output(tmp_path, stale, 1.0)
+    files = _output(storage, stale, 1.0)
     async with db() as session, session.begin():
         recorded = await service.record_attempt(
             session=session,
@@ -145,7 +148,7 @@ async def test_a_superseded_attempt_publishes_nothing(db: Sessions, tmp_path: Pa
             claim=stale,
             worker="w1",
             report=Report(JobState.SUCCEEDED, result={}),
-            outputs={"c": temp},
+            files=files,
         )
     assert not recorded.accepted
     assert not (tmp_path / "local" / str(stale.tenant_id) / "out" / "c.npy").exists()

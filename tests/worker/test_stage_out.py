@@ -15,11 +15,13 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.worker import service
+from services.worker.datasets import AttemptFiles
 from services.worker.service import Recorded
 from services.worker.stageout import StagedOutput, StageOutFailed, abort_staged, stage_out
 from shared.db.models import Tenant
+from shared.jobs.proposals import Lost, Report
 from shared.jobs.states import JobState
-from shared.jobs.store import Claim, Report, set_job_state
+from shared.jobs.store import Claim, set_job_state
 from shared.settings import CommonSettings
 from shared.storage.catalog import get_dataset
 from shared.storage.checksum import format_checksum, new_hasher
@@ -101,7 +103,7 @@ async def record(
             claim=claim,
             worker="w1",
             report=Report(JobState.SUCCEEDED, result={}),
-            outputs={"c": path},
+            files=AttemptFiles(path.parent, {"c": path}),
             staged=staged,
         )
 
@@ -174,7 +176,7 @@ async def test_a_record_retried_after_publishing_keeps_the_verified_object(
             claim=claim,
             worker="w1",
             report=Report(JobState.SUCCEEDED, result={}),
-            outputs={"c": path},
+            files=AttemptFiles(path.parent, {"c": path}),
             staged=staged,
         )
         await session.rollback()  # the commit was lost
@@ -226,7 +228,7 @@ async def test_a_superseded_attempt_publishes_nothing_on_the_tier(
     path, _ = kernel_output(tmp_path, stale, 1000)
     staged = await stage(storage, stale, path)
     async with db() as session, session.begin():  # reaped and run again elsewhere
-        await set_job_state(session, stale.job_id, JobState.QUEUED)
+        await set_job_state(session, stale.job_id, Lost(stale.attempt))
         assert await service.claim(session=session, job_id=stale.job_id, worker="w2", lease_s=30)
     recorded = await record(db, storage, stale, path, staged)
     await abort_staged(storage, staged)

@@ -22,6 +22,7 @@ from shared.db.outbox import add_event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events import JobCancelled, JobSubmitted, utcnow
 from shared.idempotency import check_replay, request_hash
+from shared.jobs.proposals import Cancelled
 from shared.jobs.row import Columns
 from shared.jobs.states import JobState
 from shared.jobs.store import lock_job, set_job_state
@@ -250,9 +251,7 @@ async def list_jobs(
 
 async def cancel_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
     await lock_job(session, job_id, tenant_id=tenant_id)  # 404 for another tenant's job
-    transition = await set_job_state(
-        session, job_id, JobState.CANCELLED, tenant_id=tenant_id, reason="cancelled by the user"
-    )
+    transition = await set_job_state(session, job_id, Cancelled(), tenant_id=tenant_id)
     if not transition.accepted:
         raise Conflict(f"job is already {transition.previous}")
     await add_event(

@@ -1,0 +1,229 @@
+"""The set-based transitions of ``shared.jobs.store`` against the one rule, ``decide``, on a
+database of its own: every from-state, every proposed state, attempts on either side of
+``max_retries``, retryable or not, the report's attempt current or not.
+
+Each case runs on two jobs alike: one through the statement (``admit_pending``,
+``claim_queued``, ``finish_attempts``), its twin through the general path (``set_job_state``,
+and for a record the worker's ``service.record``). The statement may apply a case only where
+``decide`` accepts it and takes the proposed state as it is, and then must leave exactly what
+the general path leaves (row, history, usage row, event); a case it does not apply it must not
+touch, for the general path to decide."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.worker import service as worker
+from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant
+from shared.events import utcnow
+from shared.jobs.proposals import Claimed, Report
+from shared.jobs.states import FINAL, JobState, decide
+from shared.jobs.store import (
+    ADMIT_REASON,
+    Claim,
+    Finish,
+    admit_pending,
+    claim_queued,
+    finish_attempts,
+    session_fetch,
+    set_job_state,
+)
+from shared.settings import CommonSettings
+from tests.factories import new_job, own_database
+
+Sessions = async_sessionmaker[AsyncSession]
+S = JobState
+# (attempts, max_retries): retries left, the last retry, none left
+RETRIES = [(1, 2), (3, 2), (2, 1)]
+LEASE_S = 30.0
+
+
+@pytest.fixture(scope="module")
+async def db(settings: CommonSettings) -> AsyncIterator[Sessions]:
+    async with own_database(settings, "statepaths") as (_, sessions):
+        yield sessions
+
+
+async def jobs_in(db: Sessions, cases: Iterable[tuple[JobState, int, int]]) -> list[uuid.UUID]:
+    """One job per case, in its state with its attempts and ``max_retries`` (a RUNNING one
+    held by worker ``w0``), with what earlier steps said (which a transition may clear)."""
+    tid, now, ids = uuid.uuid4(), utcnow(), []
+    async with db() as session, session.begin():
+        session.add(Tenant(id=tid, name=f"p{tid.hex[:8]}", weight=1, quotas={}, suspended=False))
+        await session.flush()
+        for state, attempts, max_retries in cases:
+            running = state is S.RUNNING
+            ids.append(uuid.uuid4())
+            session.add(
+                new_job(
+                    tid,
+                    id=ids[-1],
+                    state=state.value,
+                    attempts=attempts,
+                    max_retries=max_retries,
+                    worker="w0" if running else None,
+                    started_at=now if running else None,
+                    lease_expires_at=now + timedelta(seconds=LEASE_S) if running else None,
+                    finished_at=now if state in FINAL else None,
+                    error="an earlier attempt failed",
+                    state_reason="what an earlier step said",
+                )
+            )
+    return ids
+
+
+async def effects(db: Sessions, job_ids: list[uuid.UUID]) -> list[dict[str, Any]]:
+    """What transitions left of each job, times as whether they are set (two paths never
+    run at the same instant)."""
+    async with db() as session:
+        jobs = {j.id: j for j in await session.scalars(select(Job).where(Job.id.in_(job_ids)))}
+        history = await session.execute(
+            select(
+                JobEvent.job_id,
+                JobEvent.attempt,
+                JobEvent.from_state,
+                JobEvent.to_state,
+                JobEvent.reason,
+            )
+            .where(JobEvent.job_id.in_(job_ids))
+            .order_by(JobEvent.id)
+        )
+        usage = await session.execute(
+            select(
+                JobAttempt.job_id, JobAttempt.attempt, JobAttempt.outcome, JobAttempt.cpu_seconds
+            ).where(JobAttempt.job_id.in_(job_ids))
+        )
+        bodies = await session.scalars(
+            select(Outbox.body).where(Outbox.routing_key == "job.finished")
+        )
+        announced = [orjson.loads(b) for b in bodies]
+    found: dict[uuid.UUID, dict[str, Any]] = {
+        job_id: {"history": [], "usage": [], "announced": []} for job_id in job_ids
+    }
+    for job_id, *event in history:
+        found[job_id]["history"].append(tuple(event))
+    for job_id, *row in usage:
+        found[job_id]["usage"].append(tuple(row))
+    for e in announced:
+        if uuid.UUID(e["job_id"]) in found:
+            found[uuid.UUID(e["job_id"])]["announced"].append(
+                (e["attempt"], e["state"], e["cpu_seconds"])
+            )
+    for job_id, job in jobs.items():
+        lease = None
+        if job.lease_expires_at is not None and job.started_at is not None:
+            lease = (job.lease_expires_at - job.started_at).total_seconds()
+        found[job_id] |= {
+            "row": (job.state, job.attempts, job.worker, job.error, job.state_reason, job.result),
+            "set": tuple(
+                getattr(job, c) is not None
+                for c in ("queued_at", "started_at", "finished_at", "run_after", "lease_expires_at")
+            ),
+            "lease_s": lease,
+        }
+    return [found[job_id] for job_id in job_ids]
+
+
+async def test_admit_pending_queues_every_pending_job_and_touches_no_other(db: Sessions) -> None:
+    cases = [(s, a, m) for s in S for a, m in RETRIES]
+    ids = await jobs_in(db, cases)
+    before = await effects(db, ids)
+    async with db() as session, session.begin():
+        admitted = {a.job_id for a in await admit_pending(session_fetch(session), limit=1000)}
+    after = await effects(db, ids)
+    for case, job_id, was, now in zip(cases, ids, before, after, strict=True):
+        state, attempts, max_retries = case
+        if job_id not in admitted:
+            assert state is not S.PENDING, "a waiting job left PENDING"
+            assert now == was, case
+            continue
+        decided = decide(state, S.QUEUED, attempts=attempts, max_retries=max_retries)
+        assert (state, decided.state) == (S.PENDING, S.QUEUED)
+        assert (now["row"][0], now["row"][4]) == ("QUEUED", ADMIT_REASON)
+        assert (now["row"][1:4], now["row"][5]) == (was["row"][1:4], was["row"][5])
+        assert now["set"][0]  # queued_at
+        assert now["history"] == [(0, "PENDING", "QUEUED", ADMIT_REASON)]
+
+
+async def test_claim_queued_does_what_the_general_path_does(db: Sessions) -> None:
+    cases = [(s, a, m) for s in S for a, m in RETRIES]
+    ids, twins = await jobs_in(db, cases), await jobs_in(db, cases)
+    before = await effects(db, ids)
+    async with db() as session, session.begin():
+        claimed = await claim_queued(session_fetch(session), ids, worker="w1", lease_s=LEASE_S)
+        general = [await set_job_state(session, t, Claimed("w1", LEASE_S)) for t in twins]
+    after, twins_after = await effects(db, ids), await effects(db, twins)
+    for i, (state, attempts, max_retries) in enumerate(cases):
+        decided = decide(state, S.RUNNING, attempts=attempts, max_retries=max_retries)
+        assert (ids[i] in claimed) is decided.accepted is general[i].accepted, cases[i]
+        if ids[i] not in claimed:
+            assert after[i] == before[i], cases[i]
+            continue
+        assert decided.state is S.RUNNING
+        assert after[i] == twins_after[i], cases[i]
+        assert after[i]["lease_s"] == LEASE_S
+        twin_claim = Claim.of(general[i].job)
+        assert claimed[ids[i]] == replace(
+            twin_claim, job_id=ids[i], tenant_id=claimed[ids[i]].tenant_id
+        )
+
+
+def report(state: JobState, retryable: bool) -> Report:
+    result = {"pi": 3.14} if state is S.SUCCEEDED else None
+    error = None if state is S.SUCCEEDED else f"{state.lower()} here"
+    return Report(state, result, error, retryable, cpu_seconds=1.5, wall_seconds=2.0)
+
+
+async def test_finish_attempts_does_what_the_general_path_does(db: Sessions) -> None:
+    cases = list(itertools.product(S, RETRIES, S, (True, False), (True, False)))
+    ids = await jobs_in(db, [(s, a, m) for s, (a, m), *_ in cases])
+    twins = await jobs_in(db, [(s, a, m) for s, (a, m), *_ in cases])
+    before = await effects(db, ids)
+    async with db() as session, session.begin():
+        claims = [
+            replace(Claim.of(j), attempt=j.attempts if current else j.attempts + 1)
+            for j, (*_, current) in zip(
+                [await session.get_one(Job, t) for t in twins], cases, strict=True
+            )
+        ]
+    reports = [report(proposed, retryable) for _, _, proposed, retryable, _ in cases]
+    finishes = [
+        Finish(job_id, c.tenant_id, c.attempt, r)
+        for job_id, c, r in zip(ids, claims, reports, strict=True)
+    ]
+    async with db() as session, session.begin():
+        left = await finish_attempts(session_fetch(session), finishes, worker="w1")
+    async with db() as session, session.begin():
+        accepted = [
+            await worker.record(session=session, claim=c, worker="w1", report=r)
+            for c, r in zip(claims, reports, strict=True)
+        ]
+    not_applied = {f.job_id for f in left}
+    after, twins_after = await effects(db, ids), await effects(db, twins)
+    for i, case in enumerate(cases):
+        state, (attempts, max_retries), proposed, retryable, current = case
+        decided = decide(
+            state, proposed, attempts=attempts, max_retries=max_retries, retryable=retryable
+        )
+        fenced = state not in FINAL and (state is not S.RUNNING or not current)
+        assert accepted[i] is (decided.accepted and not fenced), case
+        if ids[i] in not_applied:
+            assert after[i] == before[i], case
+            # what it left, it could not apply: retry rules, or the general path refuses
+            assert not (finishes[i].without_rules and accepted[i]), case
+            continue
+        assert decided.state is proposed, case  # what the statement applies, decide takes as is
+        assert accepted[i], case
+        assert after[i] == twins_after[i], case
+        assert after[i]["usage"] == [(attempts, proposed.value, 1.5)]
+        assert after[i]["announced"] == [(attempts, proposed.value, 1.5)]

@@ -1,5 +1,5 @@
 """A service run as its own process (``python -m services.<name>``), for the tests that
-signal it or kill it; whatever it leaves running is stopped when the block ends."""
+signal it or kill it; whatever is left running is stopped when the block ends."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def service_process(
-    service: str, env: dict[str, str], log: Path
+    module: str, env: dict[str, str], log: Path, *, stop_s: float = 10.0
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """``services.<service>`` with exactly ``env``, its output appended to ``log``. On exit
-    a process still running gets SIGTERM, then SIGKILL after 10 s."""
+    """``python -m <module>`` with exactly ``env``, its output appended to ``log``. On exit a
+    process still running gets SIGTERM, then SIGKILL after ``stop_s``."""
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{service}"], cwd=REPO, env=env, stdout=out, stderr=out
+            [sys.executable, "-m", module], cwd=REPO, env=env, stdout=out, stderr=out
         )
     try:
         yield proc
@@ -28,7 +28,7 @@ def service_process(
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=stop_s)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

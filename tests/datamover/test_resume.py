@@ -53,7 +53,7 @@ async def test_kill_9_mid_migration_resumes_from_done_chunks(
         STRATUS_IN_FLIGHT="4",
     )
     log = tmp_path / "datamover.log"
-    with service_process("datamover", env, log) as first:
+    with service_process("services.datamover", env, log) as first:
         r = await api.post(
             "/v1/migrations",
             json={"dataset": "resume/big.bin", "to_tier": "s3", "mode": "move"},
@@ -86,7 +86,7 @@ async def test_kill_9_mid_migration_resumes_from_done_chunks(
     assert total * 0.4 <= done_at_kill < total
     assert s3_keys(moto, t.id) == []  # parts are uploaded; nothing is visible yet
 
-    with service_process("datamover", env, log):
+    with service_process("services.datamover", env, log):
         done = await wait_migration(api, t, mid, timeout=90)
     assert done["state"] == "SUCCEEDED", (done, log.read_text()[-3000:])
     assert done["attempts"] == 2

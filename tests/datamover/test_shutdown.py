@@ -44,7 +44,7 @@ async def test_sigterm_checkpoints_releases_the_lease_and_another_datamover_resu
     first_env = datamover_env(test_env, storage, STRATUS_NAME=f"dm-a-{t.id[:8]}", **common)
     second_env = datamover_env(test_env, storage, STRATUS_NAME=f"dm-b-{t.id[:8]}", **common)
     log = tmp_path / "datamover.log"
-    with service_process("datamover", first_env, log) as first:
+    with service_process("services.datamover", first_env, log) as first:
         r = await api.post(
             "/v1/migrations",
             json={"dataset": "shutdown/big.bin", "to_tier": "archive", "mode": "copy"},
@@ -82,7 +82,7 @@ async def test_sigterm_checkpoints_releases_the_lease_and_another_datamover_resu
     assert expired, "the lease was not released"
 
     resumed_at = time.monotonic()
-    with service_process("datamover", second_env, log):
+    with service_process("services.datamover", second_env, log):
         done = await wait_migration(api, t, mid, timeout=60)
     took = time.monotonic() - resumed_at
     assert done["state"] == "SUCCEEDED", (done, log.read_text()[-3000:])

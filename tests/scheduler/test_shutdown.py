@@ -64,7 +64,7 @@ async def test_sigterm_lets_the_dispatch_pass_in_progress_commit(
         "STRATUS_SHUTDOWN_GRACE_S": "30",
     }
     log = tmp_path / "scheduler.log"
-    with service_process("scheduler", env, log) as proc:
+    with service_process("services.scheduler", env, log) as proc:
         await _wait_ready(port, proc, log)
         # Hold the job history table: the next pass admits the job (UPDATE), then waits
         # on this lock to append its history, in the middle of its transaction.

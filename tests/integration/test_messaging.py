@@ -13,6 +13,7 @@ from aio_pika.exceptions import DeliveryError
 from shared.messaging import Broker, Delivery, QueueSpec, Reject
 from shared.messaging.broker import Outgoing
 from shared.settings import CommonSettings
+from tests.servers import unacked_messages
 
 
 def _broker(settings: CommonSettings, prefix: str, name: str) -> Broker:
@@ -154,16 +155,15 @@ async def test_batch_consumer_waits_max_wait_s_for_a_trickle(broker: Broker, pre
         sizes.append(len(batch))
 
     await broker.declare(spec)
-    await broker.consume_batches(spec, handle, max_wait_s=0.5)
+    # a wait far longer than the trickle can take; the fifth message ends the batch
+    await broker.consume_batches(spec, handle, max_wait_s=60.0, max_batch=5)
     for i in range(5):
         await broker.publish(_msg(f"{prefix}.trickle", str(i).encode()))
         await asyncio.sleep(0.02)
-    for _ in range(100):
-        if sum(sizes) == 5:
-            break
-        await asyncio.sleep(0.05)
-    assert sum(sizes) == 5
-    assert sizes[0] >= 4, sizes  # 100 ms of trickle, well within the wait
+    async with asyncio.timeout(30):
+        while sum(sizes) < 5:
+            await asyncio.sleep(0.05)
+    assert sizes == [5]
 
 
 async def test_batch_consumer_acknowledges_whole_batches(
@@ -188,7 +188,9 @@ async def test_batch_consumer_acknowledges_whole_batches(
         await asyncio.sleep(0.05)
     assert sorted(seen, key=int) == [str(i).encode() for i in range(40)]
     assert max(sizes) > 1  # batches, so the multiple ack was used
-    await asyncio.sleep(0.2)  # the last ack on its way
+    async with asyncio.timeout(30):  # the last ack on its way
+        while unacked_messages(settings.rabbit.vhost).get(f"unacked in {broker.qname(spec)}"):
+            await asyncio.sleep(0.2)
     await broker.close()  # unacknowledged deliveries would return to the queue now
     other = _broker(settings, prefix, "test-b")
     await other.connect(attempts=3)

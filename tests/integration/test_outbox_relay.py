@@ -153,13 +153,14 @@ async def test_a_wake_up_relays_at_once(
     engine: AsyncEngine, broker: GatedBroker, prefix: str
 ) -> None:
     spec = await _queue(broker, prefix)
-    relay = OutboxRelay(engine, broker, OutboxSettings(batch_size=10, interval_s=30))
+    every = OutboxSettings(batch_size=10, interval_s=30)
+    relay = OutboxRelay(engine, broker, every)
     relay.start()
     try:
         await asyncio.sleep(0.2)  # the first pass found nothing; it now waits 30 s or a wake-up
         ids = await _stage(engine, [f"{prefix}.relay"] * 2)
         relay.wake()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(every.interval_s / 2):  # the wake-up, not the interval
             while await _left(engine):
                 await asyncio.sleep(0.02)
     finally:

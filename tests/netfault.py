@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 
@@ -50,6 +51,17 @@ class TcpProxy:
         self._flowing.set()
         self._cut_on: _CutOn | None = None
         self._refuse = 0
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, target_port: int) -> AsyncIterator[TcpProxy]:
+        """A started proxy, stopped on exit (for fixtures)."""
+        proxy = cls(target_port)
+        await proxy.start()
+        try:
+            yield proxy
+        finally:
+            await proxy.stop()
 
     @property
     def open_links(self) -> int:

@@ -25,6 +25,7 @@ from tests.datamover.harness import (
     running_datamover,
     wait_migration,
 )
+from tests.datamover.test_migrations import migrate
 from tests.netfault import TcpProxy
 
 # a statement of the publishing transaction that no other step of a copy sends: the dataset
@@ -34,10 +35,8 @@ PUBLISHING = b"UPDATE datasets SET"
 
 @pytest.fixture
 async def proxy(settings: CommonSettings) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(settings.postgres.port)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
+    async with TcpProxy.running(settings.postgres.port) as proxy:
+        yield proxy
 
 
 async def test_a_connection_cut_mid_transaction_resumes_the_migration_instead_of_failing_it(
@@ -53,13 +52,8 @@ async def test_a_connection_cut_mid_transaction_resumes_the_migration_instead_of
     postgres = settings.postgres.model_copy(update={"port": proxy.port})
     # only a released lease is quick to resume: one that ran out would take two minutes
     async with running_datamover(storage, postgres=postgres, lease_s=120):
-        r = await api.post(
-            "/v1/migrations",
-            json={"dataset": "dbcut/a.bin", "to_tier": "archive", "mode": "copy"},
-            headers=t.headers,
-        )
-        assert r.status_code == 202, r.text
-        done = await wait_migration(api, t, r.json()["id"], timeout=45)
+        started = await migrate(api, t, "dbcut/a.bin", "archive", "copy")
+        done = await wait_migration(api, t, started["id"], timeout=45)
     assert cut.is_set()
     assert done["state"] == "SUCCEEDED", done
     assert done["attempts"] == 2

@@ -22,6 +22,7 @@ from tests.datamover.harness import (
     running_datamover,
     wait_migration,
 )
+from tests.datamover.test_migrations import migrate
 from tests.netfault import TcpProxy
 
 READ_TIMEOUT_S = 1.0  # the proxied client's: a stall longer than this is a failed call
@@ -29,10 +30,8 @@ READ_TIMEOUT_S = 1.0  # the proxied client's: a stall longer than this is a fail
 
 @pytest.fixture
 async def proxy(moto: MotoServer) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(moto.port)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
+    async with TcpProxy.running(moto.port) as proxy:
+        yield proxy
 
 
 def through(proxy: TcpProxy, storage: StorageSettings) -> StorageSettings:
@@ -57,13 +56,8 @@ async def test_a_connection_cut_mid_part_is_retried_and_the_object_is_whole(
     # the second part's request, cut a megabyte into its body
     cut = proxy.cut_on(b"partNumber=2", after=2**20)
     async with running_datamover(through(proxy, storage), retry_max_attempts=6):
-        r = await api.post(
-            "/v1/migrations",
-            json={"dataset": "s3cut/a.bin", "to_tier": "s3", "mode": "copy"},
-            headers=t.headers,
-        )
-        assert r.status_code == 202, r.text
-        done = await wait_migration(api, t, r.json()["id"], timeout=60)
+        started = await migrate(api, t, "s3cut/a.bin", "s3", "copy")
+        done = await wait_migration(api, t, started["id"], timeout=60)
     assert cut.is_set()
     assert done["state"] == "SUCCEEDED", done
     assert done["attempts"] == 1  # the part was retried, the migration did not fail
@@ -82,13 +76,7 @@ async def test_a_stalled_link_times_out_and_the_copy_completes_once_it_flows(
     await put(api, t, "s3slow/a.bin", data)
     proxy.stall()
     async with running_datamover(through(proxy, storage), retry_max_attempts=8):
-        r = await api.post(
-            "/v1/migrations",
-            json={"dataset": "s3slow/a.bin", "to_tier": "s3", "mode": "copy"},
-            headers=t.headers,
-        )
-        assert r.status_code == 202, r.text
-        mid = r.json()["id"]
+        mid = (await migrate(api, t, "s3slow/a.bin", "s3", "copy"))["id"]
         async with asyncio.timeout(30):
             while not proxy.accepted:  # the datamover is calling S3, and nothing flows
                 await asyncio.sleep(0.05)

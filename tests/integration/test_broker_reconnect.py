@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import pytest
 
@@ -24,10 +26,8 @@ RECONNECT_INTERVAL_S = 0.5  # this test's setting: told apart from the default b
 
 @pytest.fixture
 async def proxy(settings: CommonSettings) -> AsyncIterator[TcpProxy]:
-    proxy = TcpProxy(settings.rabbit.port)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
+    async with TcpProxy.running(settings.rabbit.port) as proxy:
+        yield proxy
 
 
 def via(proxy: TcpProxy, settings: CommonSettings, prefix: str) -> RabbitSettings:
@@ -51,14 +51,24 @@ async def until(check: object, what: str, within_s: float = 30) -> None:
         raise AssertionError(f"not within {within_s:.0f}s: {what}") from None
 
 
-async def test_a_consumer_reconnects_after_the_interval_and_misses_nothing(
-    settings: CommonSettings, proxy: TcpProxy
-) -> None:
+@dataclass
+class Consumed:
+    """A consumer through the proxy, a publisher straight to the broker, one queue."""
+
+    seen: list[bytes]
+    publisher: Broker
+    key: str
+
+    async def publish(self, body: bytes) -> None:
+        await self.publisher.publish(Outgoing(self.key, body, str(uuid.uuid4())))
+
+
+@asynccontextmanager
+async def consumed(settings: CommonSettings, proxy: TcpProxy) -> AsyncIterator[Consumed]:
     prefix = f"t{uuid.uuid4().hex[:8]}"
-    key = f"{prefix}.r"
-    spec = QueueSpec("r", (key,))
-    consumer = Broker(via(proxy, settings, prefix), name="reconnect-consumer")
-    publisher = Broker(settings.rabbit.model_copy(update={"queue_prefix": prefix}), name="rp")
+    spec = QueueSpec("q", (f"{prefix}.q",))
+    consumer = Broker(via(proxy, settings, prefix), name=f"{prefix}-consumer")
+    publisher = Broker(settings.rabbit.model_copy(update={"queue_prefix": prefix}), name=prefix)
     seen: list[bytes] = []
 
     async def handler(delivery: Delivery) -> None:
@@ -68,22 +78,28 @@ async def test_a_consumer_reconnects_after_the_interval_and_misses_nothing(
     await publisher.connect(attempts=3)
     try:
         await consumer.consume(spec, handler)
-        await publisher.publish(Outgoing(key, b"before", str(uuid.uuid4())))
-        await until(lambda: b"before" in seen, "the message before the cut")
-
-        connections = len(proxy.accepted)
-        proxy.refuse(1)  # the first attempt to reconnect fails, as while RabbitMQ restarts
-        assert proxy.cut() == 1
-        await publisher.publish(Outgoing(key, b"during", str(uuid.uuid4())))  # queued meanwhile
-        await until(lambda: b"during" in seen, "the message published while it was away")
-        await publisher.publish(Outgoing(key, b"after", str(uuid.uuid4())))
-        await until(lambda: b"after" in seen, "the message after it came back")
-        assert seen == [b"before", b"during", b"after"]
-        refused, back = proxy.accepted[connections : connections + 2]
-        assert RECONNECT_INTERVAL_S - 0.01 <= back - refused < AIO_PIKA_RECONNECT_INTERVAL_S
+        yield Consumed(seen, publisher, f"{prefix}.q")
     finally:
         await consumer.close()
         await publisher.close()
+
+
+async def test_a_consumer_reconnects_after_the_interval_and_misses_nothing(
+    settings: CommonSettings, proxy: TcpProxy
+) -> None:
+    async with consumed(settings, proxy) as c:
+        await c.publish(b"before")
+        await until(lambda: b"before" in c.seen, "the message before the cut")
+        connections = len(proxy.accepted)
+        proxy.refuse(1)  # the first attempt to reconnect fails, as while RabbitMQ restarts
+        assert proxy.cut() == 1
+        await c.publish(b"during")  # queued meanwhile
+        await until(lambda: b"during" in c.seen, "the message published while it was away")
+        await c.publish(b"after")
+        await until(lambda: b"after" in c.seen, "the message after it came back")
+    assert c.seen == [b"before", b"during", b"after"]
+    refused, back = proxy.accepted[connections : connections + 2]
+    assert RECONNECT_INTERVAL_S - 0.01 <= back - refused < AIO_PIKA_RECONNECT_INTERVAL_S
 
 
 async def test_a_delivery_cut_mid_frame_is_redelivered_whole(
@@ -91,31 +107,15 @@ async def test_a_delivery_cut_mid_frame_is_redelivered_whole(
 ) -> None:
     """The connection drops in the middle of a message's body frame: the consumer never sees
     half a message; the broker redelivers it once the consumer is back."""
-    prefix = f"t{uuid.uuid4().hex[:8]}"
-    key = f"{prefix}.big"
-    spec = QueueSpec("big", (key,))
-    consumer = Broker(via(proxy, settings, prefix), name="mid-frame-consumer")
-    publisher = Broker(settings.rabbit.model_copy(update={"queue_prefix": prefix}), name="mp")
     marker = uuid.uuid4().bytes  # inside the first body frame (frames carry up to 128 KiB)
     body = b"a" * 60_000 + marker + b"b" * 400_000
-    seen: list[bytes] = []
-
-    async def handler(delivery: Delivery) -> None:
-        seen.append(delivery.body)
-
-    await consumer.connect(attempts=3)
-    await publisher.connect(attempts=3)
-    try:
-        await consumer.consume(spec, handler)
+    async with consumed(settings, proxy) as c:
         cut = proxy.cut_on(marker, upstream=False, after=-len(marker) // 2)
-        await publisher.publish(Outgoing(key, body, str(uuid.uuid4())))
+        await c.publish(body)
         await until(cut.is_set, "the cut in the middle of the body")
-        await until(lambda: len(seen) >= 1, "the redelivered message")
-        assert seen == [body]
-        assert len(proxy.accepted) >= 2  # it did come through a new connection
-    finally:
-        await consumer.close()
-        await publisher.close()
+        await until(lambda: len(c.seen) >= 1, "the redelivered message")
+    assert c.seen == [body]
+    assert len(proxy.accepted) >= 2  # it did come through a new connection
 
 
 async def test_a_start_cut_short_by_the_broker_closes_its_connection_and_retries(

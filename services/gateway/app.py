@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import Depends, FastAPI
 
@@ -34,51 +35,26 @@ from shared.runtime import close_resources, open_resources
 from shared.startup import StartingGuard, start_in_background
 from shared.telemetry import health_router, instrument
 
+ROUTERS = (
+    tenants_router,
+    jobs_router,
+    datasets_router,
+    tiers_router,
+    migrations_router,
+    accounting_router,
+    admin_router,
+    pools_router,
+)
+
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
     configure_logging("gateway", level=settings.log_level, json=settings.log_json)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        res = await open_resources(settings, name="gateway", with_redis=True)
-        app.state.resources = res
-        auth = Authenticator(
-            res.sessions,
-            admin_key=settings.admin_key.get_secret_value(),
-            key_secret=settings.key_secret.get_secret_value(),
-            quota_defaults=settings.quotas,
-            ttl_s=settings.auth_cache_ttl_s,
-            breaker=res.db_breaker,
-        )
-        app.state.authenticator = auth
-        assert res.redis is not None
-        app.state.rate_limiter = RateLimiter(res.redis)
-        writer = JobWriter(
-            lambda: raw_db(res),
-            on_commit=res.relay.wake,
-            max_rows=settings.submit_batch_max_rows,
-            linger_s=settings.submit_batch_linger_s,
-        )
-        app.state.submit_db = GatewayDb(res, writer)
-
-        async def on_control(_delivery: Delivery) -> None:
-            auth.invalidate()  # a tenant or key changed somewhere
-
-        await res.broker.consume(
-            control_queue(f"gateway-{uuid.uuid4().hex[:12]}", ("tenant.changed",)), on_control
-        )
-        try:
-            yield
-        finally:
-            await writer.stop()  # what was accepted is written before the pool closes
-            await close_resources(res)
-
     app = FastAPI(
         title="Stratus",
         version="1",
         summary="Cloud-native HPC job service",
-        lifespan=start_in_background(lifespan),
+        lifespan=start_in_background(partial(lifespan, settings=settings)),
         dependencies=[Depends(reject_undeclared_query)],  # 422 for an unknown query parameter
         docs_url=None,  # served by install_docs, without a CDN
         redoc_url=None,
@@ -93,15 +69,47 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.include_router(health_router(lambda: app.state.resources.checks()))
     install_docs(app)
-    app.include_router(tenants_router)
-    app.include_router(jobs_router)
-    app.include_router(datasets_router)
-    app.include_router(tiers_router)
-    app.include_router(migrations_router)
-    app.include_router(accounting_router)
-    app.include_router(admin_router)
-    app.include_router(pools_router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI, *, settings: GatewaySettings) -> AsyncIterator[None]:
+    """The gateway's resources, its authenticator (its key cache emptied on every
+    ``tenant.changed``), rate limiter and submission writer, for the app's life."""
+    res = await open_resources(settings, name="gateway", with_redis=True)
+    app.state.resources = res
+    auth = Authenticator(
+        res.sessions,
+        admin_key=settings.admin_key.get_secret_value(),
+        key_secret=settings.key_secret.get_secret_value(),
+        quota_defaults=settings.quotas,
+        ttl_s=settings.auth_cache_ttl_s,
+        breaker=res.db_breaker,
+    )
+    app.state.authenticator = auth
+    assert res.redis is not None
+    app.state.rate_limiter = RateLimiter(res.redis)
+    writer = JobWriter(
+        lambda: raw_db(res),
+        on_commit=res.relay.wake,
+        max_rows=settings.submit_batch_max_rows,
+        linger_s=settings.submit_batch_linger_s,
+    )
+    app.state.submit_db = GatewayDb(res, writer)
+
+    async def on_control(_delivery: Delivery) -> None:
+        auth.invalidate()  # a tenant or key changed somewhere
+
+    await res.broker.consume(
+        control_queue(f"gateway-{uuid.uuid4().hex[:12]}", ("tenant.changed",)), on_control
+    )
+    try:
+        yield
+    finally:
+        await writer.stop()  # what was accepted is written before the pool closes
+        await close_resources(res)
 
 
 def body_limits(settings: GatewaySettings) -> BodyLimits:

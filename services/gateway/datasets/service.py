@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -29,7 +30,7 @@ from shared.storage.catalog import (
     remove_unlisted,
     require_dataset,
 )
-from shared.storage.checksum import format_checksum, new_hasher
+from shared.storage.checksum import Hasher, format_checksum, new_hasher
 from shared.storage.quota import Hold, check_fits, release, replaced_bytes
 from shared.storage.tiers import Reader, Upload
 
@@ -133,33 +134,15 @@ async def receive(
     upload = await storage.guard(tier, lambda: target.begin(key, uuid.uuid4().hex, None))
     staged = Staged(tier, upload)
     hasher = new_hasher()
-    buffer = bytearray()
-    sent = 0
+    size = storage.chunk_bytes
     pending: asyncio.Task[str | None] | None = None
-
-    async def flush(data: bytes) -> None:
-        nonlocal pending, sent
-        if pending is not None:
-            staged.etags.append(await pending)
-        index, offset = len(staged.etags), sent
-        sent += len(data)
-        pending = asyncio.create_task(
-            storage.guard(tier, lambda: target.write(upload, index, offset, data))
-        )
-
     try:
-        async for piece in body:
-            staged.size += len(piece)
-            await hold.cover(staged.size)
-            hasher.update(piece)
-            buffer += piece
-            while len(buffer) >= storage.chunk_bytes:
-                data = bytes(memoryview(buffer)[: storage.chunk_bytes])
-                del buffer[: storage.chunk_bytes]
-                await flush(data)
-        if buffer:
-            await flush(bytes(buffer))
-            buffer.clear()
+        async with aclosing(_chunks(body, size, staged=staged, hold=hold, hasher=hasher)) as chunks:
+            async for data in chunks:
+                if pending is not None:
+                    staged.etags.append(await pending)
+                index = len(staged.etags)  # every chunk but the last is ``size`` long
+                pending = asyncio.create_task(_write(storage, staged, index, index * size, data))
         if pending is not None:
             staged.etags.append(await pending)
             pending = None
@@ -170,6 +153,33 @@ async def receive(
         raise
     staged.checksum = format_checksum(hasher)
     return staged
+
+
+async def _chunks(
+    body: AsyncIterator[bytes], size: int, *, staged: Staged, hold: Hold, hasher: Hasher
+) -> AsyncGenerator[bytes, None]:
+    """``body`` cut again into ``size``-byte chunks (the last one shorter); each byte is
+    counted in ``staged.size``, covered by ``hold`` and hashed before it is handed on."""
+    buffer = bytearray()
+    async for piece in body:
+        staged.size += len(piece)
+        await hold.cover(staged.size)
+        hasher.update(piece)
+        buffer += piece
+        while len(buffer) >= size:
+            data = bytes(memoryview(buffer)[:size])
+            del buffer[:size]
+            yield data
+    if buffer:
+        yield bytes(buffer)
+
+
+async def _write(
+    storage: Storage, staged: Staged, index: int, offset: int, data: bytes
+) -> str | None:
+    """Write part ``index`` of the staged upload at ``offset``; its ETag where there is one."""
+    tier, upload = storage.tier(staged.tier), staged.upload
+    return await storage.guard(staged.tier, lambda: tier.write(upload, index, offset, data))
 
 
 async def discard(*, storage: Storage, staged: Staged) -> None:

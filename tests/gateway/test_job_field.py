@@ -12,7 +12,8 @@ from services.gateway.jobs import writer
 from shared.jobs.row import Columns
 from shared.settings import CommonSettings
 from tests.gateway.conftest import make_tenant
-from tests.gateway.test_group_commit import new_row, own_gateway, submitted_events
+from tests.gateway.test_group_commit import own_gateway, submitted_events
+from tests.gateway.test_job_writer import new_row
 from tests.unit.test_job_row import OutWithComment, SubmitWithComment, with_comment
 
 

@@ -1,15 +1,13 @@
-"""aio-pika adapter: robust connection, confirmed persistent publishing behind a circuit
-breaker, and one place that decides each delivery's outcome (ack, dead-letter, or a retry
-later through a delay queue)."""
+"""aio-pika adapter: robust connection, the topology declared, confirmed persistent
+publishing behind a circuit breaker, and consumers whose deliveries ``outcome.Settler``
+settles (ack, dead-letter, or a retry later through a delay queue)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import random
-import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -23,14 +21,16 @@ from aio_pika.abc import (
 )
 
 from shared.logging import get_logger
-from shared.messaging.admin import BrokerAdmin, delivery_of, int_header
+from shared.messaging.admin import BrokerAdmin, delivery_of
 from shared.messaging.admin import Delivery as Delivery  # re-exported
+from shared.messaging.outcome import BatchHandler, Handler, Settler
+from shared.messaging.outcome import Outgoing as Outgoing  # re-exported
+from shared.messaging.outcome import Reject as Reject  # re-exported
 from shared.messaging.topology import (
     DELAY,
     DELAY_HEADER,
     DLX,
     DURABLE_QUEUES,
-    RETRIES_HEADER,
     QueueSpec,
     delay_level,
     retry_routing_key,
@@ -38,29 +38,11 @@ from shared.messaging.topology import (
 from shared.resilience import CircuitBreaker
 from shared.settings import RabbitSettings
 from shared.startup import note_ready, note_waiting
-from shared.telemetry import MESSAGES, PUBLISHED, watch_breaker
+from shared.telemetry import PUBLISHED, watch_breaker
 
 log = get_logger(__name__)
 
 PUBLISH_TIMEOUT_S = 5.0
-
-
-class Reject(Exception):
-    """Raised by a handler: the message can never succeed; dead-letter it now."""
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    routing_key: str
-    body: bytes
-    message_id: str
-    type: str | None = None
-    delay_ms: int | None = None  # published through a delay queue, routed when it ends
-    headers: dict[str, Any] | None = None
-
-
-Handler = Callable[[Delivery], Awaitable[None]]
-BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
 
 
 def _is_broker_failure(exc: BaseException) -> bool:
@@ -76,7 +58,6 @@ class Broker(BrokerAdmin):
 
     def __init__(self, settings: RabbitSettings, *, name: str) -> None:
         self.settings = settings
-        self._consumer_retry = settings.consumer_retry()
         self.name = name
         self._conn: AbstractRobustConnection | None = None
         self._pub_channel: AbstractChannel | None = None
@@ -91,7 +72,7 @@ class Broker(BrokerAdmin):
         self._channels: list[AbstractChannel] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AbstractQueue, str]] = []
-        self._limits: dict[str, int] = {}  # retries allowed per durable queue
+        self._settler = Settler(self.publish, settings.consumer_retry(), settings.delivery_limit)
 
     def qname(self, spec: QueueSpec) -> str:
         return f"{self.settings.queue_prefix}.{spec.name}"
@@ -205,7 +186,7 @@ class Broker(BrokerAdmin):
         assert ch is not None
         name = self.qname(spec)
         if spec.durable:
-            self._limits[name] = spec.delivery_limit or self.settings.delivery_limit
+            self._settler.limits[name] = spec.delivery_limit or self.settings.delivery_limit
             dlq = await ch.declare_queue(
                 f"{name}.dlq", durable=True, arguments={"x-queue-type": "quorum"}
             )
@@ -281,7 +262,7 @@ class Broker(BrokerAdmin):
         qname = self.qname(spec)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
-            await self._settle(qname, message, handler(delivery_of(message)))
+            await self._settler.settle(qname, message, handler(delivery_of(message)))
 
         self._consumers.append((queue, await queue.consume(on_message)))
 
@@ -317,7 +298,7 @@ class Broker(BrokerAdmin):
                 while len(batch) < max_batch and not inbox.empty():
                     batch.append(inbox.get_nowait())
                 try:
-                    await self._settle_batch(qname, batch, handler)
+                    await self._settler.settle_batch(qname, batch, handler)
                 except Exception as exc:
                     # The channel closed under the batch (a broker restart): its deliveries
                     # come back on the restored channel. The loop must live on, or the
@@ -335,92 +316,6 @@ class Broker(BrokerAdmin):
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)
         self._consumers.clear()
-
-    async def _settle_batch(
-        self, qname: str, batch: list[AbstractIncomingMessage], handler: BatchHandler
-    ) -> None:
-        try:
-            await handler([delivery_of(m) for m in batch])
-        except Exception as exc:
-            log.warning("batch_failed", queue=qname, size=len(batch), error=type(exc).__name__)
-            for message in batch:
-                await self._settle(qname, message, handler([delivery_of(message)]))
-            return
-        await _ack_all(batch)
-        MESSAGES.labels(qname, "ack").inc(len(batch))
-
-    async def _settle(
-        self, qname: str, message: AbstractIncomingMessage, work: Awaitable[None]
-    ) -> None:
-        """The one place that decides a delivery's outcome.
-
-        success -> ack; ``Reject`` -> dead-letter now; anything else -> a retry later: the
-        message goes to a delay queue with its retry count (a header) incremented, and is
-        acknowledged; past the queue's limit it is dead-lettered. The quorum queue's own
-        delivery limit still catches a consumer that dies on a message (redeliveries).
-        """
-        try:
-            await work
-        except Reject as exc:
-            log.warning(
-                "message_rejected", queue=qname, message_id=message.message_id, reason=str(exc)
-            )
-            await self._dead_letter(qname, message)
-            return
-        except Exception as exc:
-            await self._retry_later(qname, message, exc)
-            return
-        await message.ack()
-        MESSAGES.labels(qname, "ack").inc()
-
-    async def _dead_letter(self, qname: str, message: AbstractIncomingMessage) -> None:
-        await message.reject(requeue=False)
-        MESSAGES.labels(qname, "dead_letter").inc()
-
-    async def _retry_later(
-        self, qname: str, message: AbstractIncomingMessage, exc: Exception
-    ) -> None:
-        """Republish through a delay queue (confirmed), then ack: a crash in between leaves
-        a duplicate, never a loss. Broker trouble falls back to a paused requeue."""
-        retries = int_header(message, RETRIES_HEADER) + 1
-        limit = self._limits.get(qname, self.settings.delivery_limit)
-        log.warning(
-            "message_failed",
-            queue=qname,
-            message_id=message.message_id,
-            error=type(exc).__name__,
-            retries=retries,
-        )
-        if retries > limit:
-            await self._dead_letter(qname, message)
-            return
-        delay_ms = round(self._consumer_retry.delay(retries) * 1000)
-        headers = {
-            k: v
-            for k, v in (message.headers or {}).items()
-            if k not in ("x-death", "x-delivery-count", DELAY_HEADER)
-        }
-        headers[RETRIES_HEADER] = retries
-        try:
-            await self.publish(
-                Outgoing(
-                    retry_routing_key(qname),
-                    message.body,
-                    message.message_id or new_message_id(),
-                    message.type,
-                    delay_ms=delay_ms,
-                    headers=headers,
-                )
-            )
-        except Exception as publish_exc:
-            log.warning("retry_publish_failed", queue=qname, error=type(publish_exc).__name__)
-            count = int_header(message, "x-delivery-count")
-            await asyncio.sleep(min(0.1 * 2**count, 2.0))  # never a hot requeue loop
-            await message.nack(requeue=True)
-            MESSAGES.labels(qname, "requeue").inc()
-            return
-        await message.ack()
-        MESSAGES.labels(qname, "retry").inc()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -443,23 +338,3 @@ class Broker(BrokerAdmin):
             with contextlib.suppress(Exception):
                 await self._conn.close()
         self._conn = None
-
-
-def new_message_id() -> str:
-    return str(uuid.uuid4())
-
-
-async def _ack_all(batch: list[AbstractIncomingMessage]) -> None:
-    """Acknowledge a settled batch: one ``basic.ack`` with ``multiple`` for the highest
-    delivery tag when the whole batch came on one channel, else one ack per message.
-
-    Safe because a batch consumer owns its channel and settles its batches one after the
-    other: every unacknowledged delivery up to the batch's highest tag belongs to this batch
-    (earlier batches are settled; later deliveries have higher tags). After a reconnect the
-    channel differs, so a batch straddling one is acknowledged message by message."""
-    last = max(batch, key=lambda m: m.delivery_tag or 0)
-    if len(batch) > 1 and all(m.channel is last.channel for m in batch):
-        await last.ack(multiple=True)
-        return
-    for message in batch:
-        await message.ack()

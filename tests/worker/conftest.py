@@ -3,6 +3,7 @@ installs ``tests/worker/fault_kernels.py`` as a ``stratus.kernels`` entry-point 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -59,6 +60,13 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A PYTHONPATH under which the fault kernels are an installed plugin."""
     folder = install_plugin(tmp_path_factory.mktemp("plugin"))
     return os.pathsep.join([str(folder), str(REPO), os.environ.get("PYTHONPATH", "")])
+
+
+async def kernel_started(runner: KernelRunner) -> None:
+    """Until a pool process has spent CPU time on a job (``spin`` does; an idle one waits
+    for its next request)."""
+    while not any(p.cpu_seconds() - p.cpu_total > 0.05 for p in runner._procs):
+        await asyncio.sleep(0.02)
 
 
 CACHE = Path(os.path.expanduser("~/.cache/stratus/numba"))

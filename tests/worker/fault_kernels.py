@@ -29,13 +29,15 @@ class NoParams(Params):
 
 
 def spin(params: dict[str, Any], inputs: Paths, outputs: Paths, *, threads: int = 1) -> Any:
-    """Busy for ``seconds`` of wall time (pure Python: holds one core), or asleep."""
+    """Busy until it has used ``seconds`` of CPU time (pure Python: one core), or asleep for
+    ``seconds`` of wall time. CPU time, not wall time, so that what it is charged does not
+    depend on how busy the machine is: only how long it takes does."""
     if not params["busy"]:
         time.sleep(params["seconds"])
         return {"loops": 0}
-    end = time.perf_counter() + params["seconds"]
+    end = time.process_time() + params["seconds"]
     loops = 0
-    while time.perf_counter() < end:
+    while time.process_time() < end:
         loops += 1
     return {"loops": loops}
 

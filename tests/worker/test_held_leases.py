@@ -1,29 +1,22 @@
-"""A job is RUNNING only while an attempt of a live worker holds it (issue 6, the chaos
-suite's slow recoveries).
+"""A job is RUNNING only while an attempt of a live worker holds it.
 
-A worker's heartbeat used to extend the lease of every job RUNNING under its name. A job that
-no attempt of the process held any more kept its lease for as long as the worker lived, and
-the reaper never returned it: nothing ran it and nothing waited for it to end. Two ways in:
-
-- a RabbitMQ restart closes the channel of a delivery whose claim is committing; aiormq
-  cancels the consumer's handler, the claim commits, and the run is never started;
-- a record that gives up (the database away for longer than twice the lease).
-
-The heartbeat now extends only the leases of the jobs the process holds (claimed, not yet
-recorded), and a claim goes on to start its run whatever happens to the handler."""
+The heartbeat extends the leases of the jobs the process holds (claimed, not yet recorded)
+and of no other job RUNNING under its name: one that no attempt holds (its claim committed
+under a consumer cancelled by a broker restart, a record that gave up) loses its lease, and
+the reaper returns it. And a claim that committed goes on to start its run whatever happens
+to the handler that asked for it."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.scheduler import service as scheduler
@@ -65,13 +58,6 @@ async def job(db: Sessions, job_id: uuid.UUID) -> Job:
         return found
 
 
-async def now(db: Sessions) -> datetime:
-    async with db() as session:
-        at = await session.scalar(select(func.now()))
-        assert isinstance(at, datetime)
-        return at
-
-
 class InstantRunner:
     """A kernel runner whose every attempt succeeds at once (or once ``go`` is set)."""
 
@@ -100,23 +86,32 @@ def dispatched(job_id: uuid.UUID) -> Delivery:
     return Delivery(event.to_bytes(), None, "job.dispatch.cpu", False, 0)
 
 
+# The orphan's lease is far shorter than the worker's, so that a time between the two ends
+# exists whatever the offset between this process' clock and the database's.
+ORPHAN_LEASE_S = 1.0
+
+
 async def test_the_heartbeat_keeps_only_the_jobs_the_worker_holds(
     db: Sessions, tmp_path: Path
 ) -> None:
     go = asyncio.Event()
-    rt = runtime(db, tmp_path, InstantRunner(go), lease_s=1.0)
+    rt = runtime(db, tmp_path, InstantRunner(go), lease_s=30)
     held, orphan = await queued_job(db), await queued_job(db)
     await rt.on_dispatch(dispatched(held))  # claimed, and its attempt runs (until ``go``)
     async with db() as session, session.begin():  # RUNNING under its name, run by nothing
         assert await service.claim(
-            session=session, job_id=orphan, worker=rt.settings.name, lease_s=1.0
+            session=session, job_id=orphan, worker=rt.settings.name, lease_s=ORPHAN_LEASE_S
         )
-    deadline = asyncio.get_running_loop().time() + 2.5
-    while asyncio.get_running_loop().time() < deadline:  # the worker lives and beats
-        await rt.heartbeat()
-        await asyncio.sleep(0.2)
-    async with db() as session, session.begin():
-        reaped = await scheduler.requeue_lost(session=session, now=await now(db))
+    claimed = {j: (await job(db, j)).lease_expires_at for j in (held, orphan)}
+    await rt.heartbeat()
+    beaten = {j: (await job(db, j)).lease_expires_at for j in (held, orphan)}
+    assert beaten[orphan] == claimed[orphan]  # not extended
+    assert beaten[held] != claimed[held]  # extended, to the heartbeat's time + the lease
+    lapsed, kept = beaten[orphan], beaten[held]
+    assert lapsed is not None
+    assert kept is not None
+    async with db() as session, session.begin():  # the reaper, once the orphan's lease ran out
+        reaped = await scheduler.requeue_lost(session=session, now=lapsed + (kept - lapsed) / 2)
     try:
         # the job no attempt holds loses its lease and goes back to the queue ...
         assert [e.job_id for e in reaped] == [orphan]  # type: ignore[attr-defined]

@@ -1,13 +1,16 @@
 """The warm pool: results and CPU seconds come back; a timeout or a cancel kills the job's
-process within seconds; a crash is a retryable failure, a job over its memory limit a final
-one; the pool replaces every process it loses and keeps working."""
+process; a crash is a retryable failure, a job over its memory limit a final one; the pool
+replaces every process it loses and keeps working.
+
+The ``spin`` kernel spins for CPU seconds, so what a job is charged is known whatever the
+load of the machine; a kernel that must be stopped spins for longer than the test's own
+timeout, so a kill that does not happen fails the test instead of passing it late."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,9 +18,11 @@ import numpy as np
 import pytest
 
 from services.worker.runner import KernelRunner, Request, Status, Usage
-from tests.worker.conftest import Save
+from tests.worker.conftest import Save, kernel_started
 
 Out = Callable[[str], str]
+# CPU seconds of a kernel that only a kill stops: longer than the test's timeout
+NEVER_S = 600
 
 
 def spin(seconds: float) -> Request:
@@ -34,11 +39,13 @@ def gone(pid: int) -> bool:
 
 async def running_pid(runner: KernelRunner, before: set[int], task: asyncio.Task[object]) -> int:
     """The pid of the process that took ``task``: the one no longer idle."""
-    await asyncio.sleep(0.5)
-    assert not task.done()
-    idle = {p.pid for p in runner._idle._queue}  # type: ignore[attr-defined]
-    (pid,) = before - idle
-    return pid
+    while True:
+        assert not task.done()
+        idle = {p.pid for p in runner._idle._queue}  # type: ignore[attr-defined]
+        if len(before - idle) == 1:
+            (pid,) = before - idle
+            return pid
+        await asyncio.sleep(0.02)
 
 
 async def test_a_kernel_runs_in_a_pool_process_and_writes_its_output(
@@ -60,11 +67,10 @@ async def test_busy_kernel_reports_its_cpu_seconds(runner: KernelRunner) -> None
     assert busy.status is Status.SUCCEEDED
     assert busy.result is not None
     assert busy.result["loops"] > 0
-    # the machine is shared: a busy kernel gets at least a slice of a core, a sleeping one none
-    assert 0.1 < busy.usage.cpu_seconds < 5
-    assert idle.usage.cpu_seconds < 0.05
-    assert busy.usage.wall_seconds >= 0.6
-    assert idle.usage.wall_seconds >= 0.6
+    # one thread spun for 0.6 CPU seconds: charged those, at most its wall time
+    assert 0.6 <= busy.usage.cpu_seconds <= busy.usage.wall_seconds
+    # asleep for 0.6 s of wall time: charged less than that
+    assert idle.usage.cpu_seconds < 0.6 <= idle.usage.wall_seconds
 
 
 async def test_bad_input_is_a_final_failure_and_keeps_the_process(
@@ -80,36 +86,33 @@ async def test_bad_input_is_a_final_failure_and_keeps_the_process(
     assert pids(runner) == before
 
 
-async def test_timeout_kills_the_process_within_seconds(runner: KernelRunner) -> None:
+async def test_timeout_kills_the_process(runner: KernelRunner) -> None:
     await runner.wait_idle()
     before = pids(runner)
-    t0 = time.monotonic()
-    outcome = await runner.run(spin(60), timeout_s=1.0)
+    outcome = await runner.run(spin(NEVER_S), timeout_s=1.0)
     assert outcome.status is Status.TIMED_OUT
-    assert time.monotonic() - t0 < 3
     assert outcome.error is not None
     assert "timeout_s=1" in outcome.error
-    assert outcome.usage.cpu_seconds > 0.1  # charged up to the kill
+    assert outcome.usage.wall_seconds >= 1.0  # not stopped before its timeout
+    assert outcome.usage.cpu_seconds <= outcome.usage.wall_seconds  # one core at most
     (killed,) = before - pids(runner)
-    await runner.wait_idle()
+    await runner.wait_idle()  # the replacement starts once the killed process has exited
     assert gone(killed)
     assert (await runner.run(spin(0.05))).status is Status.SUCCEEDED
 
 
-async def test_cancel_kills_the_running_kernel_within_5_s(runner: KernelRunner) -> None:
+async def test_cancel_kills_the_running_kernel(runner: KernelRunner) -> None:
     await runner.wait_idle()
     usage = Usage()
-    task = asyncio.create_task(runner.run(spin(60), usage=usage))
+    task = asyncio.create_task(runner.run(spin(NEVER_S), usage=usage))
     pid = await running_pid(runner, pids(runner), task)
-    t0 = time.monotonic()
+    await kernel_started(runner)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(0.2)
+    await runner.wait_idle()  # the replacement starts once the killed process has exited
     assert gone(pid)
-    assert time.monotonic() - t0 < 5
-    assert usage.cpu_seconds > 0.1
-    await runner.wait_idle()
+    assert usage.cpu_seconds > 0.05  # what it had used when it was seen running
     assert runner.size == 2
 
 

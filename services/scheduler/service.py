@@ -32,7 +32,8 @@ from shared.db.raw import pooled_connection
 from shared.events import Event, JobDispatched, JobFinished
 from shared.jobs.proposals import Lost
 from shared.jobs.states import JobState
-from shared.jobs.store import admit_pending, record_lost_attempt, set_job_state
+from shared.jobs.store import admit_pending, set_job_state
+from shared.jobs.usage import record_lost_attempt
 from shared.settings import QuotaDefaults
 from shared.storage.stagein import fail_stage_in, request_stage_ins
 

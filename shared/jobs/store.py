@@ -39,7 +39,6 @@ from shared.jobs.proposals import (
 )
 from shared.jobs.row import Columns
 from shared.jobs.states import FINAL, Decision, JobState, RetryPolicy, decide
-from shared.jobs.usage import count_attempt
 from shared.telemetry import JOB_TRANSITIONS
 
 DEFAULT_RETRY = RetryPolicy(jitter=0.2)
@@ -175,35 +174,6 @@ def _apply(
         job.result = proposal.report.result if isinstance(proposal, Reported) else None
         if isinstance(proposal, Reported):
             job.worker = proposal.worker
-
-
-# What ``job_attempts.outcome`` says of an attempt whose worker was lost (its lease expired).
-LOST = "LOST"
-
-
-async def record_lost_attempt(
-    session: AsyncSession,
-    *,
-    job_id: uuid.UUID,
-    tenant_id: uuid.UUID,
-    attempt: int,
-    worker: str | None,
-    held_s: float,
-) -> None:
-    """The ``job_attempts`` row of an attempt reaped after its worker was lost, charged
-    ``held_s`` CPU seconds. A worker that comes back and reports the attempt later is fenced
-    (the job is no longer RUNNING that attempt), and the primary key keeps one row per
-    attempt, so the attempt counts once."""
-    await count_attempt(
-        session,
-        job_id=job_id,
-        tenant_id=tenant_id,
-        attempt=attempt,
-        worker=worker,
-        outcome=LOST,
-        cpu_seconds=held_s,
-        wall_seconds=held_s,
-    )
 
 
 # --- The transitions every job takes, set-based ------------------------------------------

@@ -63,3 +63,32 @@ async def count_attempt(
         )
         .on_conflict_do_nothing()
     )
+
+
+# What ``job_attempts.outcome`` says of an attempt whose worker was lost (its lease expired).
+LOST = "LOST"
+
+
+async def record_lost_attempt(
+    session: AsyncSession,
+    *,
+    job_id: uuid.UUID,
+    tenant_id: uuid.UUID,
+    attempt: int,
+    worker: str | None,
+    held_s: float,
+) -> None:
+    """The ``job_attempts`` row of an attempt reaped after its worker was lost, charged
+    ``held_s`` CPU seconds. A worker that comes back and reports the attempt later is fenced
+    (the job is no longer RUNNING that attempt), and the primary key keeps one row per
+    attempt, so the attempt counts once."""
+    await count_attempt(
+        session,
+        job_id=job_id,
+        tenant_id=tenant_id,
+        attempt=attempt,
+        worker=worker,
+        outcome=LOST,
+        cpu_seconds=held_s,
+        wall_seconds=held_s,
+    )

@@ -91,11 +91,11 @@ WITH waiting AS (
     ) j
     WHERE NOT t.suspended
 ), asking AS (
-    SELECT t.id, t.weight, t.quotas::text AS quotas, f.in_flight, f.held, f.on_device,
+    SELECT t.id, t.weight, t.quotas::text AS quotas, f.in_flight, f.held_s, f.on_device,
            u.decayed, u.today
     FROM tenants t
     CROSS JOIN LATERAL (
-        SELECT count(*) AS in_flight, coalesce(sum(timeout_s), 0)::float8 AS held,
+        SELECT count(*) AS in_flight, coalesce(sum(timeout_s), 0)::float8 AS held_s,
                count(*) FILTER (WHERE assigned_device = $1::text) AS on_device
         FROM jobs WHERE jobs.tenant_id = t.id AND {IN_FLIGHT}
     ) f
@@ -111,7 +111,7 @@ WITH waiting AS (
     WHERE t.id IN (SELECT tenant_id FROM waiting)
 )
 SELECT w.id, w.tenant_id, w.kernel, w.priority, w.created_at, w.timeout_s, w.failed,
-       a.weight, a.quotas, a.in_flight, a.held, a.on_device, a.decayed, a.today
+       a.weight, a.quotas, a.in_flight, a.held_s, a.on_device, a.decayed, a.today
 FROM waiting w JOIN asking a ON a.id = w.tenant_id
 ORDER BY w.tenant_id, w.priority DESC, w.created_at, w.id
 """  # noqa: S608 (built from constants only)

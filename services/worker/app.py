@@ -63,7 +63,7 @@ class WorkerRuntime:
         self.slots = asyncio.Semaphore(settings.concurrency)
         self.running = Running()  # cancellable attempts, by job
         self.jobs: set[asyncio.Task[None]] = set()  # attempts and their records, for shutdown
-        self.held: set[uuid.UUID] = set()  # claimed, not yet recorded: the leases to extend
+        self.leased: set[uuid.UUID] = set()  # claimed, not yet recorded: the leases to extend
         self.stopping = False
         self.claims = Claims(
             res.engine, res.sessions, worker=settings.name, lease_s=settings.lease_s
@@ -92,7 +92,7 @@ class WorkerRuntime:
         if claim is None:
             self.slots.release()
             return
-        self.held.add(claim.job_id)  # its lease is extended by the heartbeat from now on
+        self.leased.add(claim.job_id)  # its lease is extended by the heartbeat from now on
         task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}")
         self.running.tasks[claim.job_id] = (claim, task)
         self.jobs.add(task)
@@ -112,7 +112,7 @@ class WorkerRuntime:
             await self._record(claim, report, files, staged)
         finally:
             self.running.tasks.pop(claim.job_id, None)
-            self.held.discard(claim.job_id)
+            self.leased.discard(claim.job_id)
             if staged:
                 await abort_staged(self.storage, staged)  # what the record did not publish
             if claim.outputs or files.folder.exists():  # the folder of the outputs, a large result
@@ -297,7 +297,7 @@ class WorkerRuntime:
                 concurrency=self.settings.concurrency,
                 lease_s=self.settings.lease_s,
                 stopping=self.stopping,
-                held=set(self.held),
+                leased=set(self.leased),
             )
 
     async def shutdown(self) -> None:

@@ -250,10 +250,10 @@ async def heartbeat(
     concurrency: int,
     lease_s: float,
     stopping: bool = False,
-    held: Collection[uuid.UUID] = (),
+    leased: Collection[uuid.UUID] = (),
 ) -> None:
     """Say this worker is alive (and how many jobs it takes) and extend the leases of the
-    jobs it ``held``: the ones it runs or records now. Only those: a job that is RUNNING
+    jobs in ``leased``: the ones it runs or records now. Only those: a job that is RUNNING
     under this worker's name but that no attempt of this process holds (its claim committed
     under a consumer cancelled by a broker restart, a record that gave up) must lose its
     lease so that the reaper returns it, instead of being kept RUNNING, unrun, for as long
@@ -266,12 +266,12 @@ async def heartbeat(
             set_={"heartbeat_at": func.now(), "concurrency": concurrency, "stopping": stopping},
         )
     )
-    if not held:
+    if not leased:
         return
     await session.execute(
         update(Job)
         .where(
-            Job.id.in_(sorted(held)),
+            Job.id.in_(sorted(leased)),
             Job.worker == worker,
             Job.state == JobState.RUNNING.value,
         )

@@ -260,7 +260,7 @@ async def test_the_runtime_claims_runs_and_records_each_job(
             ("RUNNING", "SUCCEEDED"),
         ]
         assert [u[:2] for u in await usage(sessions, job_id)] == [(1, "SUCCEEDED")]
-    assert not rt.held
+    assert not rt.leased
     assert not rt.slots.locked()
 
 

@@ -146,7 +146,7 @@ async def test_a_claim_committed_as_its_handler_is_cancelled_still_runs(
             "the worker lives"
         )
         await asyncio.sleep(0.05)
-    assert not rt.held  # recorded: no lease left to extend
+    assert not rt.leased  # recorded: no lease left to extend
     assert not rt.slots.locked()  # and the slot is free again
 
 

@@ -8,11 +8,8 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,7 @@ import pytest
 from shared.settings import CommonSettings
 from tests.datamover.harness import free_port
 from tests.netfault import TcpProxy
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.processes import service_process
 
 
 def closed_proxy(target_port: int) -> TcpProxy:
@@ -56,26 +52,6 @@ class ThreadedProxy:
             )
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-
-
-@contextmanager
-def service_process(
-    module: str, env: dict[str, str], log: Path
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", module], cwd=REPO, env=env, stdout=out, stderr=out
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 async def _readiness(c: httpx.AsyncClient) -> tuple[int, dict[str, Any]]:
@@ -124,7 +100,7 @@ async def test_a_service_waits_for_its_dependencies_in_any_order(
     }
     log = tmp_path / "service.log"
     try:
-        with service_process(module, env, log) as proc:
+        with service_process(module, env, log, stop_s=30) as proc:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
                 status, body = await _wait_for(c, proc, log, lambda s, _b: s == 503)
                 assert body == {"status": "starting", "checks": {"rabbitmq": "waiting"}}

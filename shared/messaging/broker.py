@@ -290,13 +290,7 @@ class Broker(BrokerAdmin):
 
         async def loop() -> None:
             while True:
-                batch = [await inbox.get()]
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(max_wait_s):
-                        while len(batch) < max_batch:
-                            batch.append(await inbox.get())
-                while len(batch) < max_batch and not inbox.empty():
-                    batch.append(inbox.get_nowait())
+                batch = await _next_batch(inbox, max_batch, max_wait_s)
                 try:
                     await self._settler.settle_batch(qname, batch, handler)
                 except Exception as exc:
@@ -338,3 +332,18 @@ class Broker(BrokerAdmin):
             with contextlib.suppress(Exception):
                 await self._conn.close()
         self._conn = None
+
+
+async def _next_batch(
+    inbox: asyncio.Queue[AbstractIncomingMessage], max_batch: int, max_wait_s: float
+) -> list[AbstractIncomingMessage]:
+    """The next batch: the first delivery to arrive, those that follow within
+    ``max_wait_s``, and any already waiting, up to ``max_batch``."""
+    batch = [await inbox.get()]
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(max_wait_s):
+            while len(batch) < max_batch:
+                batch.append(await inbox.get())
+    while len(batch) < max_batch and not inbox.empty():
+        batch.append(inbox.get_nowait())
+    return batch

@@ -109,23 +109,8 @@ class Settler:
             await self._dead_letter(qname, message)
             return
         delay_ms = round(self.retry.delay(retries) * 1000)
-        headers = {
-            k: v
-            for k, v in (message.headers or {}).items()
-            if k not in ("x-death", "x-delivery-count", DELAY_HEADER)
-        }
-        headers[RETRIES_HEADER] = retries
         try:
-            await self.publish(
-                Outgoing(
-                    retry_routing_key(qname),
-                    message.body,
-                    message.message_id or new_message_id(),
-                    message.type,
-                    delay_ms=delay_ms,
-                    headers=headers,
-                )
-            )
+            await self.publish(_retried(qname, message, retries, delay_ms))
         except Exception as publish_exc:
             log.warning("retry_publish_failed", queue=qname, error=type(publish_exc).__name__)
             count = int_header(message, "x-delivery-count")
@@ -135,6 +120,25 @@ class Settler:
             return
         await message.ack()
         MESSAGES.labels(qname, "retry").inc()
+
+
+def _retried(qname: str, message: AbstractIncomingMessage, retries: int, delay_ms: int) -> Outgoing:
+    """``message`` again, for ``qname`` alone after ``delay_ms``, counting ``retries``; the
+    broker's own bookkeeping headers stay behind."""
+    headers = {
+        k: v
+        for k, v in (message.headers or {}).items()
+        if k not in ("x-death", "x-delivery-count", DELAY_HEADER)
+    }
+    headers[RETRIES_HEADER] = retries
+    return Outgoing(
+        retry_routing_key(qname),
+        message.body,
+        message.message_id or new_message_id(),
+        message.type,
+        delay_ms=delay_ms,
+        headers=headers,
+    )
 
 
 def new_message_id() -> str:

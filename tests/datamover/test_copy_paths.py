@@ -23,7 +23,8 @@ from services.datamover.engine import Copier, CopyJob, Throttle
 from shared.resilience import RetriesExhausted, RetryPolicy
 from shared.settings import StorageSettings
 from shared.storage import Storage, Upload
-from shared.storage.s3 import PartBody, PrehashedS3SigV4Auth, S3Tier, prepare_part
+from shared.storage.s3 import S3Tier
+from shared.storage.s3_parts import PartBody, PrehashedS3SigV4Auth, prepare_part
 from shared.storage.tiers import FileTier
 from tests.datamover.harness import BUCKET, CHUNK, MotoServer, payload
 

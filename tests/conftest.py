@@ -2,9 +2,10 @@
 the real servers (never the ones ``make up`` uses), dropped at the end.
 
 Two guard rails keep a broken run short and its failures readable: the servers are checked
-once per module, before its first test that needs them, and a module whose servers do not
-answer within ``STRATUS_TEST_SERVER_CHECK_S`` fails at once, each test saying which server
-is out (instead of every test running into its timeout); and after
+once per module, before its first test that needs them, and again after a test that ran
+into its timeout; a module whose servers do not answer within ``STRATUS_TEST_SERVER_CHECK_S``
+fails at once, each test saying which server is out (instead of every test running into
+its timeout); and after
 ``STRATUS_TEST_DEADLINE_S`` of the session every test left fails at once with "session
 deadline exceeded", so that a run that has gone wrong still ends, with its report, well
 inside CI's limit."""
@@ -15,7 +16,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -55,10 +56,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         _modules_out[module] = "; ".join(servers_out(CommonSettings(), SERVER_CHECK_S))
     if _modules_out[module]:
         pytest.fail(
-            f"servers not answering within {SERVER_CHECK_S:.0f}s, checked before the first "
-            f"test of {module}: {_modules_out[module]}",
+            f"servers not answering within {SERVER_CHECK_S:.0f}s, checked for {module}: "
+            f"{_modules_out[module]}",
             pytrace=False,
         )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A test that ran into its timeout has the servers checked again: when one stopped
+    answering, the rest of its module fails at once instead of timing out test by test."""
+    report: pytest.TestReport = yield
+    if report.failed and call.excinfo is not None and "Timeout" in str(call.excinfo.value):
+        out = servers_out(CommonSettings(), SERVER_CHECK_S)
+        if out:
+            _modules_out[item.nodeid.split("::")[0]] = "; ".join(out)
+    return report
 
 
 @pytest.fixture(scope="session")

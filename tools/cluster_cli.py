@@ -30,7 +30,7 @@ ENV_FILE_DEFAULTS = {
     "STRATUS_RABBIT__VHOST": "stratus",
     "STRATUS_ENVIRONMENT": "production",
     # The scheduler vacuums the tables a steady load churns (shared.db.maintenance): the
-    # PostgreSQL that scripts/ensure-servers.sh finds on these machines runs with autovacuum
+    # PostgreSQL that scripts/ensure-servers.sh finds on the CI machines runs with autovacuum
     # off, and dead outbox and job rows would slow every statement. Set it to false in
     # run/stratus.env for a server whose autovacuum is on.
     "STRATUS_DB_VACUUM": "true",

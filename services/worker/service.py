@@ -164,6 +164,22 @@ async def record_attempt(
             sizes=sizes,
             defaults=quotas or QuotaDefaults(),
         )
+    stale = await _publish(
+        session=session, storage=storage, tenant_id=claim.tenant_id, uploads=uploads, files=local
+    )
+    return Recorded(True, stale)
+
+
+async def _publish(
+    *,
+    session: AsyncSession,
+    storage: Storage,
+    tenant_id: uuid.UUID,
+    uploads: Mapping[str, StagedOutput],
+    files: Mapping[str, Path],
+) -> dict[str, tuple[str, ...]]:
+    """Publish each staged object and each file under its dataset name; the tiers that held
+    each one's older version."""
     steps: list[tuple[str, Callable[..., Awaitable[Published]]]] = [
         (
             name,
@@ -180,15 +196,13 @@ async def record_attempt(
     ]
     steps += [
         (name, partial(publish_local_file, path=path, tier=SCRATCH_TIER))
-        for name, path in local.items()
+        for name, path in files.items()
     ]
     stale: dict[str, tuple[str, ...]] = {}
     for name, publish in steps:
-        published = await publish(
-            session=session, storage=storage, tenant_id=claim.tenant_id, name=name
-        )
+        published = await publish(session=session, storage=storage, tenant_id=tenant_id, name=name)
         stale[name] = published.stale_tiers
-    return Recorded(True, stale)
+    return stale
 
 
 def _local_files(

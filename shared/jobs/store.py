@@ -87,12 +87,9 @@ async def set_job_state(
     tenant_id: uuid.UUID | None = None,
 ) -> Transition:
     """Lock the job, decide, apply. A ``Reported`` or ``Lost`` attempt counts only while the
-    job is RUNNING that attempt: the report of a superseded attempt changes nothing.
-
-    The worker's hot transitions go through ``claim_queued`` and ``finish_attempts`` first
-    (one statement for many jobs); what those do not match comes here, which explains the
-    refusal or applies the rules they leave out (retries).
-    """
+    job is RUNNING that attempt: the report of a superseded attempt changes nothing. What
+    the set-based forms below do not match comes here, which explains the refusal or applies
+    the rules they leave out (retries)."""
     job = await lock_job(session, job_id, tenant_id=tenant_id)
     current = JobState(job.state)
     if (
@@ -115,18 +112,33 @@ async def set_job_state(
     reason, error = reason_and_error(proposal)
     _apply(job, current, decision.state, proposal, error=error, now=now)
     job.state_reason = reason or decision.reason or None
-    worker = proposal.worker if isinstance(proposal, Claimed | Reported) else None
+    await _record_change(session, job, current, proposal, error=error, now=now)
+    await session.flush()
+    JOB_TRANSITIONS.labels(decision.state.value).inc()
+    return Transition(job, current, decision)
+
+
+async def _record_change(
+    session: AsyncSession,
+    job: Job,
+    previous: JobState,
+    proposal: Proposal,
+    *,
+    error: str | None,
+    now: datetime,
+) -> None:
+    """The change's ``job_events`` row, and a retry's wake-up once its backoff is over."""
     await session.execute(
         insert(JobEvent).values(
             job_id=job.id,
             attempt=job.attempts,
-            from_state=current.value,
-            to_state=decision.state.value,
+            from_state=previous.value,
+            to_state=job.state,
             reason=job.state_reason or error,
-            worker=worker,
+            worker=proposal.worker if isinstance(proposal, Claimed | Reported) else None,
         )
     )
-    if decision.state is JobState.QUEUED and current is JobState.RUNNING and job.run_after:
+    if job.state == JobState.QUEUED and previous is JobState.RUNNING and job.run_after:
         delay_ms = int((job.run_after - now).total_seconds() * 1000) + WAKE_MARGIN_MS
         await add_event(
             session,
@@ -134,9 +146,6 @@ async def set_job_state(
                 tenant_id=job.tenant_id, job_id=job.id, attempt=job.attempts, delay_ms=delay_ms
             ),
         )
-    await session.flush()
-    JOB_TRANSITIONS.labels(decision.state.value).inc()
-    return Transition(job, current, decision)
 
 
 def _apply(

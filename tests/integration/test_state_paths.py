@@ -7,7 +7,8 @@ Each case runs on two jobs alike: one through the statement (``admit_pending``,
 and for a record the worker's ``service.record``). The statement may apply a case only where
 ``decide`` accepts it and takes the proposed state as it is, and then must leave exactly what
 the general path leaves (row, history, usage row, event); a case it does not apply it must not
-touch, for the general path to decide."""
+touch, for the general path to decide. The proposals no statement takes (a lost worker, a
+user's cancel, the platform's failure) are held to ``decide`` on the general path alone."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.worker import service as worker
 from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant
 from shared.events import utcnow
-from shared.jobs.proposals import Claimed, Report
+from shared.jobs.proposals import Cancelled, Claimed, Failed, Lost, Proposal, Report
 from shared.jobs.states import FINAL, JobState, decide
 from shared.jobs.store import (
     ADMIT_REASON,
@@ -227,3 +228,35 @@ async def test_finish_attempts_does_what_the_general_path_does(db: Sessions) -> 
         assert after[i] == twins_after[i], case
         assert after[i]["usage"] == [(attempts, proposed.value, 1.5)]
         assert after[i]["announced"] == [(attempts, proposed.value, 1.5)]
+
+
+async def test_the_general_path_takes_what_decide_says_and_fences_attempts(
+    db: Sessions,
+) -> None:
+    """The reaper's, the user's and the platform's proposals from every state: the state
+    ``decide`` gives, and a lost attempt only while the job runs that attempt."""
+    proposals: list[Proposal] = [Cancelled(), Failed("an input is gone")]
+    cases = [
+        (state, attempts, max_retries, proposal)
+        for state, (attempts, max_retries) in itertools.product(S, RETRIES)
+        for proposal in [*proposals, Lost(attempts), Lost(attempts + 1)]
+    ]
+    ids = await jobs_in(db, [c[:3] for c in cases])
+    async with db() as session, session.begin():
+        changes = [await set_job_state(session, j, c[3]) for j, c in zip(ids, cases, strict=True)]
+    for (state, attempts, max_retries, proposal), change in zip(cases, changes, strict=True):
+        decided = decide(
+            state,
+            proposal.state,
+            attempts=attempts,
+            max_retries=max_retries,
+            retryable=not isinstance(proposal, Failed),
+        )
+        fenced = (
+            isinstance(proposal, Lost)
+            and state not in FINAL
+            and (state is not S.RUNNING or proposal.attempt != attempts)
+        )
+        expected = None if fenced else decided.state
+        assert (change.accepted, change.decision.state) == (expected is not None, expected)
+        assert change.state is (expected or state), (state, attempts, proposal)

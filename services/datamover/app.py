@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from services.datamover import service, sweep
 from services.datamover.handlers import make_handler
-from services.datamover.runner import Runner
+from services.datamover.runner import MigrationRunner
 from services.datamover.settings import DatamoverSettings
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic, stop_loops
@@ -33,7 +33,7 @@ class Mover:
     def __init__(self, res: Resources, storage: Storage, settings: DatamoverSettings) -> None:
         self.res = res
         self.settings = settings
-        self.runner = Runner(res.sessions, storage, settings)
+        self.runner = MigrationRunner(res.sessions, storage, settings)
         self.active: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.wake = asyncio.Event()
         self._first = True

@@ -86,7 +86,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class Runner:
+class MigrationRunner:
     def __init__(
         self,
         sessions: async_sessionmaker[AsyncSession],

@@ -21,12 +21,12 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import insert, select
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from shared.db.locks import lock_row
 from shared.db.models import Job, JobEvent
 from shared.db.outbox import add_event
-from shared.errors import NotFound
 from shared.events import JobFinished, JobRetryDue, utcnow
 from shared.jobs.proposals import (
     Claimed,
@@ -65,18 +65,7 @@ class Transition:
 async def lock_job(
     session: AsyncSession, job_id: uuid.UUID, *, tenant_id: uuid.UUID | None = None
 ) -> Job:
-    query = (
-        select(Job)
-        .where(Job.id == job_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if tenant_id is not None:
-        query = query.where(Job.tenant_id == tenant_id)
-    job = (await session.execute(query)).scalar_one_or_none()
-    if job is None:
-        raise NotFound("job not found")
-    return job
+    return await lock_row(session, Job, job_id, tenant_id=tenant_id)
 
 
 async def set_job_state(

@@ -31,7 +31,6 @@ import sys
 import time
 import xmlrpc.client
 from pathlib import Path
-from types import TracebackType
 
 from tools.cluster_layout import (
     CUDA_WORKER,
@@ -45,6 +44,7 @@ from tools.cluster_layout import (
 from tools.provision import REPO_ROOT, drop_database, drop_vhost, prepare_database, prepare_vhost
 from tools.supervision import (
     ProcessStatus,
+    Running,
     Supervisor,
     alive,
     http_status,
@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 
-class LocalCluster(ClusterLayout):
+class LocalCluster(ClusterLayout, Running):
     """The services of one ``ClusterConfig`` under one supervisord rooted in ``run_dir``:
     started, waited for, signalled and stopped (the layout is ``ClusterLayout``'s)."""
 
@@ -244,18 +244,6 @@ class LocalCluster(ClusterLayout):
         for name in names:
             rpc.start(self.namespec(name))
         self.wait_ready(program, timeout=timeout)
-
-    def __enter__(self) -> LocalCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,9 +28,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 
-from tools.supervision import alive, kill_all
+from tools.supervision import Running, alive, kill_all
 
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
@@ -123,7 +122,7 @@ def _read_pid(path: Path) -> int | None:
 
 
 @dataclass
-class PrivateServers:
+class PrivateServers(Running):
     root: Path
     pg_port: int
     redis_port: int
@@ -349,18 +348,6 @@ class PrivateServers:
             "redis": self.root / "redis" / "server.log",
             "rabbitmq": self.rabbit_home / "log",
         }
-
-    def __enter__(self) -> PrivateServers:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _main() -> None:  # a manual check: start, restart each, stop

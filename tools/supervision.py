@@ -15,7 +15,8 @@ import xmlrpc.client
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from types import TracebackType
+from typing import Any, Self, cast
 
 MARKER_VAR = "STRATUS_LOCALCLUSTER_ID"
 """Set for supervisord and inherited by every process it starts (and their children), so
@@ -273,3 +274,25 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError as exc:
         return f"(no log: {exc})"
     return "\n".join(text.splitlines()[-lines:])
+
+
+class Running:
+    """``with x:`` starts ``x`` (``start``) and stops it (``stop``) however the block ends."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

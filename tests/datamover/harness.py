@@ -139,7 +139,7 @@ def storage(tiers_root: Path, moto: MotoServer) -> StorageSettings:
     return storage_settings(tiers_root, moto)
 
 
-@pytest.fixture(scope="module")  # its relay and consumers stop with the module
+@pytest.fixture(scope="session")
 async def gateway(test_env: dict[str, str], storage: StorageSettings) -> AsyncIterator[FastAPI]:
     """The gateway in-process, with the test tiers."""
     app = create_app(GatewaySettings(storage=storage))
@@ -147,7 +147,7 @@ async def gateway(test_env: dict[str, str], storage: StorageSettings) -> AsyncIt
         yield app
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 async def api(gateway: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=gateway)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=60) as c:

@@ -11,14 +11,13 @@ from pydantic import TypeAdapter
 from services.gateway.deps import PrincipalDep, SessionDep
 from services.gateway.jobs import admission, service
 from services.gateway.jobs.schemas import JobList, JobOut, JobSubmit, LabelKey, LabelValue
-from services.gateway.routing import feature_router
+from services.gateway.routing import PageDep, feature_router
 from services.gateway.settings import GatewaySettings
 from shared.db.models import Job
 from shared.errors import Invalid
 from shared.idempotency import IdempotencyKey
 from shared.jobs.states import JobState
 from shared.kernels import CATALOGUE
-from shared.pagination import DEFAULT_LIMIT, CursorQuery, Instant, LimitQuery
 
 router = feature_router(
     prefix="/v1",
@@ -112,6 +111,7 @@ def label_pairs(given: list[str]) -> tuple[tuple[str, str], ...]:
 async def list_jobs(
     principal: PrincipalDep,
     session: SessionDep,
+    page: PageDep,
     state: JobState | None = None,
     kernel: Annotated[
         str | None, Query(min_length=1, max_length=100, description="kernel name")
@@ -121,21 +121,17 @@ async def list_jobs(
         # a job has at most 64 labels: more filters than that cannot all match
         Query(max_length=64, description="`key:value`; repeat it: every one must match"),
     ] = None,
-    created_after: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
-    created_before: Annotated[Instant | None, Query(description="RFC 3339, exclusive")] = None,
-    limit: LimitQuery = DEFAULT_LIMIT,
-    cursor: CursorQuery = None,
 ) -> JobList:
     tenant_id = principal.require_tenant("jobs:read")
     where = service.JobFilter(
         state=state,
         kernel=kernel,
         labels=label_pairs(label or []),
-        created_after=created_after,
-        created_before=created_before,
+        created_after=page.created_after,
+        created_before=page.created_before,
     )
     rows, next_cursor = await service.list_jobs(
-        session=session, tenant_id=tenant_id, where=where, limit=limit, cursor=cursor
+        session=session, tenant_id=tenant_id, where=where, limit=page.limit, cursor=page.cursor
     )
     return JobList(items=[job_out(j) for j in rows], next_cursor=next_cursor)
 

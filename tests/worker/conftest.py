@@ -62,10 +62,14 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     return os.pathsep.join([str(folder), str(REPO), os.environ.get("PYTHONPATH", "")])
 
 
+# CPU seconds a pool process has spent on its current job once ``kernel_started`` returns
+STARTED_CPU_S = 0.05
+
+
 async def kernel_started(runner: KernelRunner) -> None:
-    """Until a pool process has spent CPU time on a job (``spin`` does; an idle one waits
-    for its next request)."""
-    while not any(p.cpu_seconds() - p.cpu_total > 0.05 for p in runner._procs):
+    """Until a pool process has spent more than ``STARTED_CPU_S`` on a job (``spin`` does;
+    an idle one waits for its next request)."""
+    while not any(p.cpu_seconds() - p.cpu_total > STARTED_CPU_S for p in runner._procs):
         await asyncio.sleep(0.02)
 
 

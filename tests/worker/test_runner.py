@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from services.worker.runner import KernelRunner, Request, Status, Usage
-from tests.worker.conftest import Save, kernel_started
+from tests.worker.conftest import STARTED_CPU_S, Save, kernel_started
 
 Out = Callable[[str], str]
 # CPU seconds of a kernel that only a kill stops: longer than the test's timeout
@@ -61,16 +61,18 @@ async def test_a_kernel_runs_in_a_pool_process_and_writes_its_output(
 
 
 async def test_busy_kernel_reports_its_cpu_seconds(runner: KernelRunner) -> None:
+    seconds = 0.6
     busy, idle = await asyncio.gather(
-        runner.run(spin(0.6)), runner.run(Request("spin", "cpu", {"seconds": 0.6, "busy": False}))
+        runner.run(spin(seconds)),
+        runner.run(Request("spin", "cpu", {"seconds": seconds, "busy": False})),
     )
     assert busy.status is Status.SUCCEEDED
     assert busy.result is not None
     assert busy.result["loops"] > 0
-    # one thread spun for 0.6 CPU seconds: charged those, at most its wall time
-    assert 0.6 <= busy.usage.cpu_seconds <= busy.usage.wall_seconds
-    # asleep for 0.6 s of wall time: charged less than that
-    assert idle.usage.cpu_seconds < 0.6 <= idle.usage.wall_seconds
+    # one thread spun until it had used ``seconds`` of CPU: charged those, at most its wall time
+    assert seconds <= busy.usage.cpu_seconds <= busy.usage.wall_seconds
+    # asleep for ``seconds`` of wall time: charged less CPU than that
+    assert idle.usage.cpu_seconds < seconds <= idle.usage.wall_seconds
 
 
 async def test_bad_input_is_a_final_failure_and_keeps_the_process(
@@ -89,11 +91,12 @@ async def test_bad_input_is_a_final_failure_and_keeps_the_process(
 async def test_timeout_kills_the_process(runner: KernelRunner) -> None:
     await runner.wait_idle()
     before = pids(runner)
-    outcome = await runner.run(spin(NEVER_S), timeout_s=1.0)
+    timeout_s = 1.0
+    outcome = await runner.run(spin(NEVER_S), timeout_s=timeout_s)
     assert outcome.status is Status.TIMED_OUT
     assert outcome.error is not None
-    assert "timeout_s=1" in outcome.error
-    assert outcome.usage.wall_seconds >= 1.0  # not stopped before its timeout
+    assert f"timeout_s={timeout_s:g}" in outcome.error
+    assert outcome.usage.wall_seconds >= timeout_s  # not stopped before its timeout
     assert outcome.usage.cpu_seconds <= outcome.usage.wall_seconds  # one core at most
     (killed,) = before - pids(runner)
     await runner.wait_idle()  # the replacement starts once the killed process has exited
@@ -112,7 +115,7 @@ async def test_cancel_kills_the_running_kernel(runner: KernelRunner) -> None:
         await task
     await runner.wait_idle()  # the replacement starts once the killed process has exited
     assert gone(pid)
-    assert usage.cpu_seconds > 0.05  # what it had used when it was seen running
+    assert usage.cpu_seconds > STARTED_CPU_S  # what it had used when it was seen running
     assert runner.size == 2
 
 

@@ -1,15 +1,17 @@
 """The storage quota is exact under concurrency: reservations through the API (30 uploads to
-different names at once) and through ``shared.storage.quota`` directly (what a job's output
+different names, as many at once as the gateway's pool has connections) and through ``shared.storage.quota`` directly (what a job's output
 publishing uses), and copies to another tier count."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.errors import QuotaExceeded
@@ -27,14 +29,30 @@ async def _usage(api: httpx.AsyncClient, headers: dict[str, str]) -> int:
     return sum(d["size"] * len(d["tiers"]) for d in listed.json()["items"])
 
 
+async def _warm(gateway: FastAPI) -> int:
+    """Open the gateway's pool, one connection after another, and return its size. Uploads
+    hold a connection at a time each; as many at once as there are, on connections already
+    open, never wait for one to open or be free: such a wait is held to the pool's timeouts
+    (``connect_timeout_s``, a 503), which are not the quota under test."""
+    engine = gateway.state.resources.engine
+    size: int = gateway.state.settings.postgres.pool_size
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(size):
+            conn = await held.enter_async_context(engine.connect())
+            await conn.exec_driver_sql("SELECT 1")
+    return size
+
+
 async def test_concurrent_uploads_to_different_names_never_exceed_the_quota(
-    api: httpx.AsyncClient,
+    api: httpx.AsyncClient, gateway: FastAPI
 ) -> None:
     t = await new_tenant(api, quotas={"storage_bytes": QUOTA})
     data = payload(PIECE)
+    connections = asyncio.Semaphore(await _warm(gateway))
 
     async def upload(i: int) -> int:
-        r = await api.put(f"/v1/datasets/race/{i}.bin", content=data, headers=t.headers)
+        async with connections:
+            r = await api.put(f"/v1/datasets/race/{i}.bin", content=data, headers=t.headers)
         assert r.status_code in (201, 413), r.text
         return r.status_code
 
@@ -45,11 +63,12 @@ async def test_concurrent_uploads_to_different_names_never_exceed_the_quota(
 
 
 async def test_streamed_uploads_without_a_length_never_exceed_the_quota(
-    api: httpx.AsyncClient,
+    api: httpx.AsyncClient, gateway: FastAPI
 ) -> None:
     """Chunked bodies (no Content-Length) reserve as they stream."""
     t = await new_tenant(api, quotas={"storage_bytes": QUOTA})
     data = payload(PIECE)
+    connections = asyncio.Semaphore(await _warm(gateway))
 
     async def body() -> AsyncIterator[bytes]:
         for i in range(0, PIECE, 10_000):
@@ -57,7 +76,8 @@ async def test_streamed_uploads_without_a_length_never_exceed_the_quota(
             await asyncio.sleep(0)
 
     async def upload(i: int) -> int:
-        r = await api.put(f"/v1/datasets/s/{i}", content=body(), headers=t.headers)
+        async with connections:
+            r = await api.put(f"/v1/datasets/s/{i}", content=body(), headers=t.headers)
         assert r.status_code in (201, 413), r.text
         return r.status_code
 

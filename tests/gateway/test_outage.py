@@ -1,81 +1,111 @@
-"""The gateway with its database gone: 503 with Retry-After within 1 s, known keys still
+"""The gateway with its database gone: 503 with Retry-After, and once the circuit is open
+without trying a connection, so without waiting for the connect timeout; known keys still
 authenticate from the cache, the circuit shows in /metrics, and it recovers by itself. With
 a slow link to it: slow answers, not failures.
 
-The outage is made with a TCP proxy in front of the real PostgreSQL that this test closes
-and reopens, so the shared server keeps running for everything else."""
+The outage is made with a TCP proxy in front of the real PostgreSQL that this test breaks
+and mends, so the shared server keeps running for everything else. The outbox relay is off:
+every connection the proxy sees is one a request opened."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.db.models import Job
+from shared.resilience import BreakerState
 from shared.settings import CommonSettings
 from tests.gateway.conftest import TenantKey
 from tests.gateway.test_jobs_api import MC, assert_problem
 from tests.netfault import TcpProxy
 
 
+@dataclass
+class Proxied:
+    proxy: TcpProxy
+    client: httpx.AsyncClient
+    app: FastAPI
+
+
 @pytest.fixture
-async def proxied(settings: CommonSettings) -> AsyncIterator[tuple[TcpProxy, httpx.AsyncClient]]:
+async def proxied(settings: CommonSettings) -> AsyncIterator[Proxied]:
     proxy = TcpProxy(settings.postgres.port)
     await proxy.start()
     gw = GatewaySettings()
-    gw = gw.model_copy(update={"postgres": gw.postgres.model_copy(update={"port": proxy.port})})
+    gw = gw.model_copy(
+        update={
+            "postgres": gw.postgres.model_copy(update={"port": proxy.port}),
+            "outbox": gw.outbox.model_copy(update={"enabled": False}),
+        }
+    )
     app = create_app(gw)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gw") as c:
-            yield proxy, c
+            yield Proxied(proxy, c, app)
     with contextlib.suppress(Exception):
         await proxy.stop()
 
 
 async def test_database_outage_is_503_fast_and_recovers(
-    proxied: tuple[TcpProxy, httpx.AsyncClient], tenant: TenantKey
+    proxied: Proxied, tenant: TenantKey
 ) -> None:
-    proxy, c = proxied
+    proxy, c = proxied.proxy, proxied.client
+    breaker = proxied.app.state.resources.db_breaker
+    connect_timeout_s = proxied.app.state.settings.postgres.connect_timeout_s
     assert (await c.get("/v1/jobs", headers=tenant.headers)).status_code == 200  # key cached
+    # The server goes away (its connections with it), and what answers at its address then
+    # swallows every packet: a connection attempt waits for the whole connect timeout.
     await proxy.stop()
-    for _ in range(5):
-        t0 = time.monotonic()
+    await proxy.start()
+    proxy.stall()
+    loop = asyncio.get_running_loop()
+    answered_open = 0  # requests that the open circuit answered
+    for _ in range(3 * breaker.failure_threshold):
+        tried, was_open = len(proxy.accepted), breaker.state is BreakerState.OPEN
+        t0 = loop.time()
         r = await c.post("/v1/jobs", json=MC, headers=tenant.headers)
-        assert time.monotonic() - t0 < 1.0
+        took = loop.time() - t0
         assert_problem(r, 503)  # not 401: the key was authenticated from the cache
         assert int(r.headers["retry-after"]) >= 1
+        if was_open:  # no connection tried, so none waited for
+            assert len(proxy.accepted) == tried
+            assert took < connect_timeout_s, took
+            answered_open += 1
+            if answered_open == 2:
+                break
+    assert answered_open == 2, "the circuit did not open"
     assert (await c.get("/readyz")).status_code == 503
     metrics = (await c.get("/metrics")).text
     assert 'stratus_circuit_state{circuit="postgres"} 2.0' in metrics
-    await proxy.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        r = await c.post("/v1/jobs", json=MC, headers=tenant.headers)
-        if r.status_code == 201:
-            break
-        await asyncio.sleep(0.2)
-    assert r.status_code == 201
+    proxy.resume()
+    await asyncio.sleep(breaker.reset_timeout_s)
+    assert breaker.state is BreakerState.HALF_OPEN
+    r = await c.post("/v1/jobs", json=MC, headers=tenant.headers)  # the trial call
+    assert r.status_code == 201, r.text
+    assert breaker.state is BreakerState.CLOSED
     assert 'stratus_circuit_state{circuit="postgres"} 0.0' in (await c.get("/metrics")).text
 
 
 async def test_a_slow_database_link_is_slow_not_an_outage(
-    proxied: tuple[TcpProxy, httpx.AsyncClient],
+    proxied: Proxied,
     tenant: TenantKey,
     sessions: async_sessionmaker[AsyncSession],
 ) -> None:
     """Every packet to and from PostgreSQL delayed: concurrent submissions all succeed, each
     once, and the circuit stays closed (slowness is no connectivity failure)."""
-    proxy, c = proxied
+    proxy, c = proxied.proxy, proxied.client
     assert (await c.get("/v1/jobs", headers=tenant.headers)).status_code == 200
     proxy.latency_s = 0.03  # each way, per chunk: a statement's round trip takes 60 ms more
     rs = await asyncio.gather(

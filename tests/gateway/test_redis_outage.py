@@ -2,8 +2,8 @@
 per-process limit), the ``redis`` circuit opens so that a dead Redis costs no time per
 request, and it closes again by itself when Redis is back.
 
-Redis is reached through a TCP proxy that the test closes and reopens on the same port, so
-the shared server keeps running for everything else."""
+Redis is reached through a TCP proxy that the test closes, reopens on the same port as a
+black hole, then mends, so the shared server keeps running for everything else."""
 
 from __future__ import annotations
 

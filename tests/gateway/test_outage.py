@@ -94,7 +94,6 @@ async def test_database_outage_is_503_fast_and_recovers(
     assert breaker.state is BreakerState.HALF_OPEN
     r = await c.post("/v1/jobs", json=MC, headers=tenant.headers)  # the trial call
     assert r.status_code == 201, r.text
-    assert breaker.state is BreakerState.CLOSED
     assert 'stratus_circuit_state{circuit="postgres"} 0.0' in (await c.get("/metrics")).text
 
 

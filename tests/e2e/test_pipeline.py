@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import signal
 import subprocess
-import time
 
 import httpx
 import pytest
@@ -91,14 +91,11 @@ async def test_job_of_a_killed_worker_is_requeued_and_completes(
     victim = job["worker"]
     pid = int(victim.rsplit("-", 1)[1])
     subprocess.run(["pkill", "-9", "-P", str(pid)], check=False)  # its kernel processes
-    subprocess.run(["kill", "-9", str(pid)], check=True)
-    t0 = time.monotonic()
+    os.kill(pid, signal.SIGKILL)
     done = await wait_for_state(api, r.json()["id"], h, {"SUCCEEDED", "FAILED"}, timeout=120)
     assert done["state"] == "SUCCEEDED", done
     assert done["attempts"] == 2
     assert done["worker"] != victim
-    assert time.monotonic() - t0 < 120
-    _ = signal  # kill -9 is SIGKILL
 
 
 async def test_cancel_running_job(api: httpx.AsyncClient) -> None:

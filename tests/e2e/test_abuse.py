@@ -348,19 +348,20 @@ async def test_7_a_tiny_rate_limit_does_not_outlive_the_quota_change(
     assert r.status_code in (200, 422), r.text  # refusing such a rate outright is fine too
     await api.get("/v1/kernels", headers=h)
     await api.get("/v1/kernels", headers=h)
+    rate = 5
     r = await api.patch(
-        f"/v1/tenants/{tid}", json={"quotas": {"requests_per_second": 5}}, headers=ADMIN
+        f"/v1/tenants/{tid}", json={"quotas": {"requests_per_second": rate}}, headers=ADMIN
     )
     assert r.status_code == 200, r.text
-    deadline = time.monotonic() + 5
-    while True:
+    # The old rate's debt is gone: at most one emission interval of the new rate (1/rate s)
+    # to wait, which Retry-After (whole seconds) says, and the request after that wait passes.
+    r = await api.get("/v1/kernels", headers=h)
+    if r.status_code == 429:
+        wait_s = int(r.headers["Retry-After"])
+        assert wait_s <= math.ceil(1 / rate), wait_s
+        await asyncio.sleep(wait_s)
         r = await api.get("/v1/kernels", headers=h)
-        if r.status_code == 200:
-            break
-        assert r.status_code == 429
-        assert int(r.headers["Retry-After"]) <= 1
-        assert time.monotonic() < deadline, "still limited 5 s after the quota was raised"
-        await asyncio.sleep(0.2)
+    assert r.status_code == 200, "still limited after waiting what the new rate asks"
     await bystander.check()
 
 
@@ -686,9 +687,9 @@ async def test_19_a_cancelled_running_attempt_is_in_usage(
     await api.post(f"/v1/jobs/{job_id}/cancel", headers=h)
     await wait_for_state(api, job_id, h, {"CANCELLED"})
     deadline = time.monotonic() + 20
-    while True:
+    while True:  # the tenant's only job: any CPU time charged is the cancelled attempt's
         usage = (await api.get("/v1/usage", headers=h)).json()
-        if usage["cpu_seconds"] > 0.5:
+        if usage["cpu_seconds"] > 0:
             break
         assert time.monotonic() < deadline, usage
         await asyncio.sleep(0.5)

@@ -18,6 +18,10 @@ from shared.messaging.topology import delay_level
 from shared.settings import DELAY_LEVELS_MS, CommonSettings
 from shared.telemetry import MESSAGES
 
+# RabbitMQ times a TTL on its own clock, in whole milliseconds: by ours, a delayed message
+# may come back up to this much before its delay is over.
+EARLY_S = 0.01
+
 
 def _broker(settings: CommonSettings, prefix: str, name: str) -> Broker:
     return Broker(settings.rabbit.model_copy(update={"queue_prefix": prefix}), name=name)
@@ -47,7 +51,9 @@ def test_delay_level_is_the_shortest_that_holds_the_delay() -> None:
     assert delay_level(10**9) == DELAY_LEVELS_MS[-1]
 
 
-async def test_transient_failures_retry_through_delay_queues(broker: Broker, prefix: str) -> None:
+async def test_transient_failures_retry_through_delay_queues(
+    broker: Broker, prefix: str, settings: CommonSettings
+) -> None:
     spec = QueueSpec("flaky", (f"{prefix}.flaky",), delivery_limit=5)
     seen: list[tuple[float, Delivery]] = []
     done = asyncio.Event()
@@ -67,8 +73,13 @@ async def test_transient_failures_retry_through_delay_queues(broker: Broker, pre
     assert {d.message_id for _, d in seen} == {sent.message_id}
     assert {d.body for _, d in seen} == {b"work"}
     gaps = [b[0] - a[0] for a, b in itertools.pairwise(seen)]
-    assert gaps[0] >= 0.35  # 0.5 s ± 20 % jitter, then about twice that
-    assert gaps[1] >= 0.75
+    rabbit = settings.rabbit  # the n-th retry waits initial * multiplier**(n-1), ± jitter
+    shortest = [
+        rabbit.retry_initial_s * rabbit.retry_multiplier**n * (1 - rabbit.retry_jitter)
+        for n in (0, 1)
+    ]
+    assert gaps[0] >= shortest[0] - EARLY_S, gaps
+    assert gaps[1] >= shortest[1] - EARLY_S, gaps
     await asyncio.sleep(0.3)
     assert await broker.depth(broker.qname(spec)) == 0
     assert await broker.depth(f"{broker.qname(spec)}.dlq") == 0
@@ -160,18 +171,19 @@ async def test_delayed_publish_keeps_its_key_and_never_arrives_early(
         await got.put((time.monotonic(), d))
 
     await broker.consume(spec, take, prefetch=4)
+    slow_ms, fast_ms = 1500, 300
     t0 = time.monotonic()
     # the longer delay first: a shorter one in another level does not wait behind it
-    await broker.publish(_msg(f"{prefix}.later", b"slow", delay_ms=1500))
-    await broker.publish(_msg(f"{prefix}.later", b"fast", delay_ms=300))
+    await broker.publish(_msg(f"{prefix}.later", b"slow", delay_ms=slow_ms))
+    await broker.publish(_msg(f"{prefix}.later", b"fast", delay_ms=fast_ms))
     first_at, first = await asyncio.wait_for(got.get(), 10)
     second_at, second = await asyncio.wait_for(got.get(), 10)
     assert (first.body, second.body) == (b"fast", b"slow")
     assert first.routing_key == second.routing_key == f"{prefix}.later"
-    assert first_at - t0 >= 0.29
-    assert second_at - t0 >= 1.49
+    assert first_at - t0 >= fast_ms / 1000 - EARLY_S
+    assert second_at - t0 >= slow_ms / 1000 - EARLY_S
     # held by its level, not by a longer one
-    longer = min(level for level in DELAY_LEVELS_MS if level > delay_level(1500))
+    longer = min(level for level in DELAY_LEVELS_MS if level > delay_level(slow_ms))
     assert second_at - t0 < longer / 1000
 
 
@@ -206,6 +218,7 @@ async def test_retry_backoff_and_delay_levels_come_from_the_settings(
         await b.consume(spec, fails_once, prefetch=1)
         await b.publish(_msg(f"{prefix}.slow"))
         await asyncio.wait_for(done.wait(), 20)
-        assert seen[1] - seen[0] >= 1.4  # 1.5 s from the settings, not the default 0.5 s
+        # the configured backoff (no jitter), not the default 0.5 s
+        assert seen[1] - seen[0] >= rabbit.retry_initial_s - EARLY_S
     finally:
         await b.close()

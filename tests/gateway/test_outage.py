@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
 from shared.db.models import Job
-from shared.resilience import BreakerState
+from shared.resilience import BreakerState, CircuitBreaker
 from shared.settings import CommonSettings
 from tests.gateway.conftest import TenantKey
 from tests.gateway.test_jobs_api import MC, assert_problem
@@ -58,34 +58,56 @@ async def proxied(settings: CommonSettings) -> AsyncIterator[Proxied]:
         await proxy.stop()
 
 
+async def black_hole(proxy: TcpProxy) -> None:
+    """The server goes away (its connections with it), and what answers at its address then
+    swallows every packet: a connection attempt waits for the client's whole connect timeout."""
+    await proxy.stop()
+    await proxy.start()
+    proxy.stall()
+
+
+async def until_open(
+    proxy: TcpProxy,
+    breaker: CircuitBreaker,
+    send: Callable[[], Awaitable[httpx.Response]],
+    *,
+    connect_timeout_s: float,
+) -> list[httpx.Response]:
+    """Every answer to ``send``, called until the open circuit has answered twice; each of
+    those two without a connection tried, so before the connect timeout."""
+    loop = asyncio.get_running_loop()
+    answers: list[httpx.Response] = []
+    answered_open = 0
+    for _ in range(3 * breaker.failure_threshold):
+        tried, was_open = len(proxy.accepted), breaker.state is BreakerState.OPEN
+        t0 = loop.time()
+        answers.append(await send())
+        took = loop.time() - t0
+        if was_open:
+            assert len(proxy.accepted) == tried
+            assert took < connect_timeout_s, took
+            answered_open += 1
+            if answered_open == 2:
+                return answers
+    raise AssertionError("the circuit did not open")
+
+
 async def test_database_outage_is_503_fast_and_recovers(
     proxied: Proxied, tenant: TenantKey
 ) -> None:
     proxy, c = proxied.proxy, proxied.client
     breaker = proxied.app.state.resources.db_breaker
-    connect_timeout_s = proxied.app.state.settings.postgres.connect_timeout_s
     assert (await c.get("/v1/jobs", headers=tenant.headers)).status_code == 200  # key cached
-    # The server goes away (its connections with it), and what answers at its address then
-    # swallows every packet: a connection attempt waits for the whole connect timeout.
-    await proxy.stop()
-    await proxy.start()
-    proxy.stall()
-    loop = asyncio.get_running_loop()
-    answered_open = 0  # requests that the open circuit answered
-    for _ in range(3 * breaker.failure_threshold):
-        tried, was_open = len(proxy.accepted), breaker.state is BreakerState.OPEN
-        t0 = loop.time()
-        r = await c.post("/v1/jobs", json=MC, headers=tenant.headers)
-        took = loop.time() - t0
+    await black_hole(proxy)
+    answers = await until_open(
+        proxy,
+        breaker,
+        lambda: c.post("/v1/jobs", json=MC, headers=tenant.headers),
+        connect_timeout_s=proxied.app.state.settings.postgres.connect_timeout_s,
+    )
+    for r in answers:
         assert_problem(r, 503)  # not 401: the key was authenticated from the cache
         assert int(r.headers["retry-after"]) >= 1
-        if was_open:  # no connection tried, so none waited for
-            assert len(proxy.accepted) == tried
-            assert took < connect_timeout_s, took
-            answered_open += 1
-            if answered_open == 2:
-                break
-    assert answered_open == 2, "the circuit did not open"
     assert (await c.get("/readyz")).status_code == 503
     metrics = (await c.get("/metrics")).text
     assert 'stratus_circuit_state{circuit="postgres"} 2.0' in metrics

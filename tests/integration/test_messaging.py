@@ -145,9 +145,8 @@ async def test_batch_consumer_isolates_a_poison_message(broker: Broker, prefix: 
 
 
 async def test_batch_consumer_waits_max_wait_s_for_a_trickle(broker: Broker, prefix: str) -> None:
-    """Deliveries that trickle in within ``max_wait_s`` of the first go into one batch (the
-    tenant service waits ``STRATUS_USAGE_BATCH_WAIT_S`` so: one statement and one ack for
-    several job.finished events even at a steady, low rate)."""
+    """Deliveries that trickle in within ``max_wait_s`` of the first go into one batch: one
+    handler call and one ack for several events even at a steady, low rate."""
     spec = QueueSpec("trickle", (f"{prefix}.trickle",))
     sizes: list[int] = []
 

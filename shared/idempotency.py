@@ -35,8 +35,8 @@ def request_hash(body: BaseModel) -> str:
 
 
 def check_replay(*, stored: str | None, given: str) -> None:
-    """Raise unless a replay carries the body its key was first used with. A row written
-    before fingerprints were stored (``stored`` is None) replays as it always did."""
+    """Raise unless a replay carries the body its key was first used with. A row with no
+    stored fingerprint (``stored`` is None) replays whatever the body."""
     if stored is not None and stored != given:
         raise IdempotencyKeyReused(
             "this Idempotency-Key was used with a different request body",

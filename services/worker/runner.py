@@ -2,8 +2,8 @@
 
 Each pool process (``services.worker.child``) is a direct child of the worker, started with
 numba's cache folder and thread count in its environment; it warms every kernel (from the
-on-disk cache) before it says ``ready``: about 1 s from start to ready on these machines
-(interpreter, NumPy and numba imports, then 0.1-0.4 s of warming), 13 s with a cold cache.
+on-disk cache) before it says ``ready``: interpreter, NumPy and numba imports, then the
+warming, about a second with a warm cache and many with a cold one (docs/BENCHMARKS.md).
 A job is one request frame and one reply frame over the process's pipes (``protocol``).
 
 Stopping a job means killing its process (SIGKILL): on ``timeout_s`` (outcome ``TIMED_OUT``)
@@ -112,7 +112,7 @@ def child_env(config: PoolConfig) -> dict[str, str]:
     threads = str(config.threads)
     env = {
         # OpenBLAS threads spin for ~2^28 cycles after each call, stealing the cores from
-        # the next job's numba threads (measured: n-body at half speed after a dgemm); 2^4
+        # the next job's numba threads (n-body runs at half speed after a dgemm); 2^4
         "OPENBLAS_THREAD_TIMEOUT": "4",
         **os.environ,
         "NUMBA_CACHE_DIR": str(config.cache_dir),

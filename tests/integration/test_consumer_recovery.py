@@ -1,7 +1,7 @@
 """A consumer outlives its connection: when the broker closes the connection under a batch
 in progress (what a RabbitMQ restart does), the batch consumer keeps handling deliveries
-on the restored channel. Found by the chaos suite: the batch loop used to die on the failed
-ack, and the scheduler's and tenant service's queues filled up unread."""
+on the restored channel, instead of dying on the failed ack and leaving its queue to fill
+up unread."""
 
 from __future__ import annotations
 

@@ -15,11 +15,11 @@ per pass by ``fast_inverse_ok``), the fast pass takes ``g = 1 / sqrt(r2)`` in fl
 correctly rounded square root and division, twice the lanes per instruction of float64:
 ``g`` within about 1.5e-7 of the truth) and corrects it in float64: with ``e = 1 - r2 g²``,
 ``r2**-1.5 = g³ (1 - e)**-1.5 ≈ g³ (1 + 1.5 e)``, a relative error of about ``1.9 e²``
-(< 2e-13) per pair, well inside the contract's 1e-9; 1.46x faster on one core. The energy
+(< 2e-13) per pair, well inside the contract's 1e-9 (its speed-up: docs/BENCHMARKS.md). The energy
 likewise (``r2**-0.5 ≈ g (1 + e/2)``, one Newton step). Otherwise (no softening, bodies at
 one point, extreme coordinates) the exact pass: every pair computed, a pair at distance zero
 replaced by zero (guarding the load of ``m[j]`` instead compiles to an AVX2 masked load,
-which cost 40% of the loop on this machine).
+a slow one).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The storage quota is exact under concurrency: reservations through the API (30 uploads to
-different names, as many at once as the gateway's pool has connections) and through ``shared.storage.quota`` directly (what a job's output
-publishing uses), and copies to another tier count."""
+different names, as many at once as the gateway's pool has connections) and through
+``shared.storage.quota`` directly (what a job's output publishing uses), and copies to
+another tier count."""
 
 from __future__ import annotations
 

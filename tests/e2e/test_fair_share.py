@@ -18,8 +18,11 @@ import pytest
 
 from tests.e2e.conftest import ADMIN, new_tenant, wait_for_state
 
-JOB = {"kernel": "montecarlo_pi", "params": {"samples": 10_000_000}}
-PER_TENANT = 250  # far more than the workers run while the flood goes in, even when quiet
+# Jobs long enough, and a flood deep enough, that the workers run only a small part of it
+# while it goes in, even on a quiet machine: the busy period then sees well over 120
+# completions before the heavier tenant's queue runs low.
+JOB = {"kernel": "montecarlo_pi", "params": {"samples": 20_000_000}}
+PER_TENANT = 300
 SLOTS = 2 * 2  # the e2e cluster: two workers of concurrency 2
 HEAVY_SHARE = 3 / 4  # weights 1 and 3
 BUSY_S = 180.0  # the busy period at most, on a busy machine

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI
 
 from services.gateway.app import create_app
 from services.gateway.settings import GatewaySettings
@@ -31,9 +33,26 @@ async def gateway_client(tiers: Path) -> AsyncIterator[httpx.AsyncClient]:
     )
     app = create_app(GatewaySettings(storage=storage))
     async with app.router.lifespan_context(app):
+        await open_pool(app)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as c:
             yield c
+
+
+async def open_pool(app: FastAPI) -> None:
+    """Wait for the gateway's resources, then open its whole connection pool, one connection
+    after another. A burst of concurrent requests on a cold pool opens its connections all at
+    once, and on a busy machine a connection that takes longer than ``connect_timeout_s`` is a
+    503: an answer about the machine, not about what a test submits."""
+    for _ in range(300):
+        if getattr(app.state, "resources", None) is not None:
+            break
+        await asyncio.sleep(0.1)
+    engine = app.state.resources.engine
+    async with AsyncExitStack() as held:
+        for _ in range(app.state.settings.postgres.pool_size):
+            conn = await held.enter_async_context(engine.connect())
+            await conn.exec_driver_sql("SELECT 1")
 
 
 # A gateway per module: its outbox relay and consumers stop when the module ends, so none

@@ -117,6 +117,16 @@ class Job(Base):
     queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # An array's own row (its ``job_arrays`` row has the rest): never dispatched itself; its
+    # state is derived from its elements' counts by the database (``shared.jobs.arrays``).
+    is_array: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    # An element's array and index; its id is ``shared.jobs.arrays.element_id``.
+    array_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    array_index: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         CheckConstraint(f"state IN {JOB_STATES!r}", name="state_known"),
@@ -153,6 +163,62 @@ class Job(Base):
             postgresql_using="gin",
             postgresql_ops={"labels": "jsonb_path_ops"},
             postgresql_where=text("labels <> '{}'::jsonb"),
+        ),
+        Index(
+            "ix_jobs_array_element",
+            "array_id",
+            "array_index",
+            unique=True,
+            postgresql_where=text("array_id IS NOT NULL"),
+        ),
+    )
+
+
+class JobArray(Base):
+    """An array's settings and its elements' counts by state, kept by the database: a
+    statement-level trigger on ``jobs`` adds each statement's state changes of elements, so
+    reading the counts is one row whatever the array's size. Elements are materialised as
+    ``jobs`` rows only when the scheduler is about to run them (indices from ``next_index``
+    up); the rest exist only as ``n_pending`` (``shared.jobs.arrays``)."""
+
+    __tablename__ = "job_arrays"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    size: Mapped[int] = mapped_column(Integer, nullable=False)
+    index_param: Mapped[str | None] = mapped_column(String(100))
+    max_concurrent: Mapped[int | None] = mapped_column(Integer)
+    # ``overrides[i]`` merged over the params of element i; null when none were given
+    overrides: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # the lowest index not materialised yet
+    next_index: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # the array was cancelled: no more elements are materialised
+    cancelled: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    n_pending: Mapped[int] = mapped_column(Integer, nullable=False)
+    n_queued: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_running: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_succeeded: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_cancelled: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    n_timed_out: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+
+    __table_args__ = (
+        CheckConstraint("size >= 1", name="size_positive"),
+        CheckConstraint("max_concurrent IS NULL OR max_concurrent >= 1", name="max_positive"),
+        CheckConstraint(
+            "n_pending >= 0 AND n_queued >= 0 AND n_running >= 0 AND n_succeeded >= 0"
+            " AND n_failed >= 0 AND n_cancelled >= 0 AND n_timed_out >= 0",
+            name="counts_natural",
+        ),
+        # the scheduler's scan for arrays with elements left to materialise
+        Index(
+            "ix_job_arrays_open",
+            "tenant_id",
+            postgresql_where=text("NOT cancelled AND next_index < size"),
         ),
     )
 

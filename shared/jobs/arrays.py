@@ -1,0 +1,110 @@
+"""Job arrays: the ids of elements, and the rules of an array's counts and state.
+
+An array is one ``jobs`` row (``is_array``) with a ``job_arrays`` row: its settings and its
+elements' counts by state. An element becomes a ``jobs`` row of its own only when the
+scheduler is about to run it (as Slurm splits a task out of its array only when it is
+scheduled); until then it exists only as one of ``n_pending``. A statement-level trigger on
+``jobs`` (migration 0013, ``stratus_array_counts``) adds every statement's state changes of
+elements to their arrays' counts and sets the array's own state from them, whichever code
+path wrote the state: reading an array's counts is one row, never a count of its elements.
+
+An element's public id is ``"{array_id}:{index}"``; its row's id is derived from both
+(``element_id``), so the scheduler can materialise an element twice without a second row
+and any route can find it without a lookup.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from shared.jobs.states import JobState
+
+# The count column of each element state, in ``job_arrays``.
+COUNT_COLUMNS: dict[JobState, str] = {
+    JobState.PENDING: "n_pending",
+    JobState.QUEUED: "n_queued",
+    JobState.RUNNING: "n_running",
+    JobState.SUCCEEDED: "n_succeeded",
+    JobState.FAILED: "n_failed",
+    JobState.CANCELLED: "n_cancelled",
+    JobState.TIMED_OUT: "n_timed_out",
+}
+
+
+def element_id(array_id: uuid.UUID, index: int) -> uuid.UUID:
+    """The ``jobs.id`` of element ``index`` of ``array_id``: the array id's first 80 bits and
+    the index in the last 48. SQL: ``element_id_sql``."""
+    if not 0 <= index < 1 << 48:
+        raise ValueError(f"array index out of range: {index}")
+    return uuid.UUID(hex=array_id.hex[:20] + f"{index:012x}")
+
+
+def element_id_sql(array_id: str, index: str) -> str:
+    """SQL for ``element_id`` of the uuid expression ``array_id`` and the integer ``index``."""
+    return f"(left(replace({array_id}::text, '-', ''), 20) || lpad(to_hex({index}), 12, '0'))::uuid"
+
+
+def public_id(array_id: uuid.UUID, index: int) -> str:
+    """An element's id as the API shows it."""
+    return f"{array_id}:{index}"
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """A job id as a route received it: a job or an array (``index`` None), or an element."""
+
+    id: uuid.UUID
+    index: int | None = None
+
+
+def parse_job_ref(text: str) -> JobRef | None:
+    """``"<uuid>"`` or ``"<uuid>:<index>"``; None for anything else (the route answers 404)."""
+    head, colon, tail = text.partition(":")
+    try:
+        job_id = uuid.UUID(head)
+    except ValueError:
+        return None
+    if not colon:
+        return JobRef(job_id)
+    if not tail.isascii() or not tail.isdigit() or len(tail) > 9:
+        return None
+    return JobRef(job_id, int(tail))
+
+
+@dataclass(frozen=True)
+class Counts:
+    """An array's elements by state (``job_arrays``' ``n_*``)."""
+
+    size: int
+    cancelled: bool
+    pending: int = 0
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled_n: int = 0
+    timed_out: int = 0
+
+    def by_state(self) -> dict[str, int]:
+        return {
+            "PENDING": self.pending,
+            "QUEUED": self.queued,
+            "RUNNING": self.running,
+            "SUCCEEDED": self.succeeded,
+            "FAILED": self.failed,
+            "CANCELLED": self.cancelled_n,
+            "TIMED_OUT": self.timed_out,
+        }
+
+    def state(self) -> JobState:
+        """The array's state, as the database's ``stratus_array_refresh`` derives it:
+        PENDING while every element is pending, RUNNING while any is not final, then
+        SUCCEEDED when all succeeded, CANCELLED when the array was cancelled, else FAILED."""
+        if self.pending == self.size:
+            return JobState.PENDING
+        if self.pending + self.queued + self.running > 0:
+            return JobState.RUNNING
+        if self.succeeded == self.size:
+            return JobState.SUCCEEDED
+        return JobState.CANCELLED if self.cancelled else JobState.FAILED

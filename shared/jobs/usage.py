@@ -22,9 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db.models import JobAttempt
 
 # SQL conditions on a ``jobs`` row (no alias): the job holds a worker slot or is on its way
-# to one (RUNNING, or QUEUED and dispatched); it waits in the tenant's queue.
-IN_FLIGHT = "(state = 'RUNNING' OR (state = 'QUEUED' AND dispatched_at IS NOT NULL))"
-WAITING = "state IN ('PENDING', 'QUEUED')"
+# to one (RUNNING, or QUEUED and dispatched); it waits in the tenant's queue. An array's own
+# row is neither (its state sums up its elements'); an element with a row is a job like any.
+IN_FLIGHT = (
+    "(NOT is_array AND (state = 'RUNNING' OR (state = 'QUEUED' AND dispatched_at IS NOT NULL)))"
+)
+WAITING = "(NOT is_array AND state IN ('PENDING', 'QUEUED'))"
 
 # The window of ``cpu_seconds_per_day``.
 DAY_S = 86_400.0

@@ -114,7 +114,7 @@ BEGIN
     RETURN NULL;
 END
 $$
-"""
+"""  # noqa: S608 (built from constants only)
 
 
 def upgrade() -> None:
@@ -163,7 +163,9 @@ def upgrade() -> None:
             ["job_id"], ["jobs.id"], name="fk_job_arrays_job_id_jobs", ondelete="CASCADE"
         ),
         sa.ForeignKeyConstraint(
-            ["tenant_id"], ["tenants.id"], name="fk_job_arrays_tenant_id_tenants",
+            ["tenant_id"],
+            ["tenants.id"],
+            name="fk_job_arrays_tenant_id_tenants",
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("job_id", name="pk_job_arrays"),

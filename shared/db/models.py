@@ -123,9 +123,7 @@ class Job(Base):
         Boolean, nullable=False, default=False, server_default=text("false")
     )
     # An element's array and index; its id is ``shared.jobs.arrays.element_id``.
-    array_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE")
-    )
+    array_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     array_index: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (

@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 
 from services.gateway.jobs import writer
-from shared.jobs.row import Columns
+from shared.jobs.row import Columns, stored
 from shared.settings import CommonSettings
 from tests.gateway.conftest import make_tenant
 from tests.gateway.test_group_commit import own_gateway, submitted_events
@@ -31,13 +31,15 @@ async def test_a_new_job_field_is_written_and_read_back(settings: CommonSettings
             )
             assert [(r["id"], r["inserted"]) for r in found] == [(job.id, True)]
 
-            replay = Columns((*OutWithComment.model_fields, "request_hash"), table=table)
+            replay = Columns(
+                stored((*OutWithComment.model_fields, "request_hash"), table), table=table
+            )
             read = f"SELECT {replay.select()} FROM jobs WHERE id = $1"  # noqa: S608
             out = OutWithComment.model_validate(replay.decode(await conn.fetchrow(read, job.id)))
         finally:
             await conn.close()
         assert (out.id, out.comment, out.state, out.params) == (
-            job.id,
+            str(job.id),
             "hello",
             "PENDING",
             {"samples": 1},

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -60,8 +61,29 @@ class JobSubmit(BaseModel):
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
 
 
+def _id_text(value: object) -> object:
+    return str(value) if isinstance(value, uuid.UUID) else value
+
+
+# A job's id: a UUID, or ``"{array_id}:{index}"`` for an element of an array.
+JobId = Annotated[
+    str,
+    BeforeValidator(_id_text),
+    Field(description='a UUID, or "{array_id}:{index}" for an element of an array'),
+]
+
+
+class ArrayOut(BaseModel):
+    """An array's settings and its elements' counts by state."""
+
+    size: int
+    index_param: str | None = None
+    max_concurrent: int | None = None
+    counts: dict[str, int]
+
+
 class JobOut(BaseModel):
-    id: uuid.UUID
+    id: JobId
     kernel: str
     device: str
     params: dict[str, Any]
@@ -84,6 +106,11 @@ class JobOut(BaseModel):
     result: dict[str, Any] | None
     error: str | None
     worker: str | None
+    array_id: Annotated[str | None, BeforeValidator(_id_text)] = Field(
+        default=None, description="an element's array"
+    )
+    array_index: int | None = Field(default=None, description="an element's index in its array")
+    array: ArrayOut | None = Field(default=None, description="an array's settings and counts")
 
 
 class JobList(BaseModel):

@@ -23,7 +23,7 @@ from shared.errors import Conflict, Invalid, NotFound
 from shared.events import JobCancelled, JobSubmitted, utcnow
 from shared.idempotency import check_replay, request_hash
 from shared.jobs.proposals import Cancelled
-from shared.jobs.row import Columns
+from shared.jobs.row import Columns, stored
 from shared.jobs.states import JobState
 from shared.jobs.store import lock_job, set_job_state
 from shared.kernels import KernelSpec, get_spec
@@ -166,11 +166,12 @@ def _created(job: NewJob) -> JobOut:
     not write are still empty), without reading it back."""
     row = job.row
     values: dict[str, Any] = {name: row.get(name) for name in JobOut.model_fields}
+    values["id"] = str(row["id"])
     return JobOut.model_construct(**values)
 
 
 # What a replay answers, and the fingerprint it checks.
-_REPLAYED = Columns((*JobOut.model_fields, "request_hash"))
+_REPLAYED = Columns(stored((*JobOut.model_fields, "request_hash")))
 _FIND_BY_KEY = f"""
 SELECT {_REPLAYED.select()} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2
 """  # noqa: S608 (column names of the model only)

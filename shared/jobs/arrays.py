@@ -16,7 +16,9 @@ and any route can find it without a lookup.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from shared.jobs.states import JobState
 
@@ -48,6 +50,45 @@ def element_id_sql(array_id: str, index: str) -> str:
 def public_id(array_id: uuid.UUID, index: int) -> str:
     """An element's id as the API shows it."""
     return f"{array_id}:{index}"
+
+
+# The placeholder of a dataset name that each element replaces by its index.
+INDEX = "{index}"
+
+
+@dataclass(frozen=True)
+class Element:
+    """What element ``index`` of an array runs: the parent's templates filled in."""
+
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: dict[str, str]
+
+
+def element_of(
+    *,
+    params: Mapping[str, Any],
+    inputs: Mapping[str, str],
+    outputs: Mapping[str, str],
+    index: int,
+    index_param: str | None,
+    overrides: Sequence[Mapping[str, Any]] | None,
+) -> Element:
+    """Element ``index`` of an array with these templates: ``params``, then ``overrides[index]``
+    (when there is one) merged over them at the top level, then ``index_param`` set to the
+    index; ``{index}`` in each dataset name replaced by the index. The scheduler's
+    materialisation does the same in SQL (jsonb ``||``, ``replace``): tests hold it to this."""
+    merged = dict(params)
+    if overrides is not None and index < len(overrides):
+        merged.update(overrides[index])
+    if index_param is not None:
+        merged[index_param] = index
+    text = str(index)
+    return Element(
+        params=merged,
+        inputs={k: v.replace(INDEX, text) for k, v in inputs.items()},
+        outputs={k: v.replace(INDEX, text) for k, v in outputs.items()},
+    )
 
 
 @dataclass(frozen=True)

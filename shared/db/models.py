@@ -435,3 +435,21 @@ class AuditEntry(Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False, default=dict)
 
     __table_args__ = (Index("ix_audit_log_tenant_at", "tenant_id", "at"),)
+
+
+class UsageHour(Base):
+    """A tenant's attempts summed by the hour (UTC) in which they ended, kept by a trigger on
+    ``job_attempts`` (migration 0014), so the dispatch pass reads a day of hourly rows per
+    tenant, not a day of attempts (``shared.jobs.usage``). ``cpu_moment_s``: the sum of each
+    attempt's CPU seconds times its seconds into the hour, where the CPU time lies in it."""
+
+    __tablename__ = "usage_hours"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False)
+    cpu_seconds: Mapped[float] = mapped_column(Float, nullable=False)
+    gpu_seconds: Mapped[float] = mapped_column(Float, nullable=False)
+    cpu_moment_s: Mapped[float] = mapped_column(Float, nullable=False)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Dataset, Job, JobAttempt, Migration
+from shared.db.models import Dataset, Job, JobArray, JobAttempt, Migration
 from shared.events import utcnow
 from shared.jobs.store import admit_pending, session_fetch
 from shared.settings import CommonSettings
@@ -60,6 +60,33 @@ def new_job(tenant_id: uuid.UUID, **fields: Any) -> Job:
     }
     values.update(fields)
     return Job(**values)
+
+
+def new_array(
+    tenant_id: uuid.UUID,
+    size: int,
+    *,
+    index_param: str | None = None,
+    max_concurrent: int | None = None,
+    overrides: list[dict[str, Any]] | None = None,
+    **fields: Any,
+) -> tuple[Job, JobArray]:
+    """An array of ``size`` elements as the gateway stores it: its own PENDING row
+    (``new_job`` with ``fields``, ``is_array``) and its ``job_arrays`` row, every element
+    pending and none materialised. Add the job first (flush) and then the array."""
+    job = new_job(tenant_id, is_array=True, **fields)
+    array = JobArray(
+        job_id=job.id,
+        tenant_id=tenant_id,
+        size=size,
+        index_param=index_param,
+        max_concurrent=max_concurrent,
+        overrides=overrides,
+        next_index=0,
+        cancelled=False,
+        n_pending=size,
+    )
+    return job, array
 
 
 def cpu_used(

@@ -42,6 +42,9 @@ def make_dispatch_step(
     )
 
     async def step() -> object:
+        await service.materialise(
+            res.engine, window=settings.array_window, limit=settings.array_materialise_max
+        )
         async with service.open_pass(res.engine, res.sessions) as db:
             await service.admit(db, limit=settings.dispatch_batch, tiers=tiers)
             events = await service.dispatch(

@@ -9,6 +9,11 @@ other waiting jobs are *blocked*: shown (``held_jobs`` of ``GET /v1/admin/pools`
 demand. Headroom is per tenant and each pool may use all of it, so a tenant with runnable jobs
 in both pools can count in both. A job's pool is the device it was dispatched to, else the
 device it asked for; ``any`` counts for ``any_pool``.
+
+An array's own row is never demand; its elements are, with a row or not: those without one
+(``shared.jobs.materialise``) wait like PENDING jobs of the array's device, and are runnable
+within the array's ``max_concurrent`` less its live elements, so a 1,000-element array
+asks for workers before the scheduler has materialised any of it.
 """
 
 from __future__ import annotations
@@ -19,11 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, ColumnElement, case, func, literal, literal_column, select
+import orjson
+from sqlalchemy import Boolean, ColumnElement, case, func, literal, literal_column, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.runnable import cpu_today, runnable_now, tenant_load, waiting
 from shared.db.models import Job, Tenant, Worker
+from shared.jobs.materialise import AHEAD, LIVE, VIRTUAL
 from shared.jobs.pools import POOLS, heartbeat_fresh
 from shared.jobs.states import JobState
 from shared.settings import QuotaDefaults
@@ -87,7 +94,8 @@ async def jobs_per_tenant(*, session: AsyncSession, any_pool: str) -> dict[uuid.
         )
         .join_from(Job, Tenant, Job.tenant_id == Tenant.id)
         .where(
-            Job.state.in_([s.value for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)])
+            Job.state.in_([s.value for s in (JobState.PENDING, JobState.QUEUED, JobState.RUNNING)]),
+            ~Job.is_array,
         )
         .group_by(Tenant.id, pool)
     )
@@ -98,7 +106,38 @@ async def jobs_per_tenant(*, session: AsyncSession, any_pool: str) -> dict[uuid.
         t.in_flight += jobs.running + jobs.dispatched
         t.held_s += float(held_s)
         t.pools[str(name)] = jobs
+    await _add_virtual_elements(session, tenants, any_pool=any_pool)
     return tenants
+
+
+# Per tenant and pool, the elements of open arrays that have no row yet: how many, and how
+# many of them may run now (within ``max_concurrent`` less the array's live elements).
+_VIRTUAL = f"""
+SELECT t.id, t.weight, t.quotas::text, t.suspended,
+       CASE WHEN p.device = 'any' THEN CAST(:any_pool AS text) ELSE p.device END AS pool,
+       sum({VIRTUAL}),
+       sum(CASE WHEN a.max_concurrent IS NULL THEN {VIRTUAL}
+                ELSE least({VIRTUAL}, greatest(0, a.max_concurrent - {LIVE})) END)
+FROM job_arrays a
+JOIN jobs p ON p.id = a.job_id
+JOIN tenants t ON t.id = a.tenant_id
+{AHEAD}
+WHERE NOT a.cancelled AND a.next_index < a.size
+GROUP BY t.id, pool
+"""  # noqa: S608 (built from constants only)
+
+
+async def _add_virtual_elements(
+    session: AsyncSession, tenants: dict[uuid.UUID, TenantJobs], *, any_pool: str
+) -> None:
+    """Each tenant's array elements without a row, added to its waiting (and runnable) jobs."""
+    rows = await session.execute(text(_VIRTUAL), {"any_pool": any_pool})
+    for tid, weight, quotas, suspended, name, n, runnable in rows:
+        t = tenants.setdefault(tid, TenantJobs(weight, orjson.loads(quotas), suspended))
+        jobs = t.pools.get(str(name), PoolJobs(0, 0, 0, 0))
+        t.pools[str(name)] = dataclasses.replace(
+            jobs, waiting=jobs.waiting + int(n), runnable=jobs.runnable + int(runnable)
+        )
 
 
 async def pool_demand(

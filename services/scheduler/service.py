@@ -30,6 +30,7 @@ from shared.db.models import Job, Worker
 from shared.db.outbox import add_events
 from shared.db.raw import pooled_connection
 from shared.events import Event, JobDispatched, JobFinished
+from shared.jobs.materialise import materialise_elements
 from shared.jobs.proposals import Lost
 from shared.jobs.states import JobState
 from shared.jobs.store import admit_pending, set_job_state
@@ -73,6 +74,16 @@ async def open_pass(
         yield Pass(conn, sa_conn, sessions)
 
 
+async def materialise(engine: AsyncEngine, *, window: int, limit: int) -> int:
+    """Before the pass: the next elements of open arrays become ``jobs`` rows (QUEUED, or
+    PENDING for admission when they read datasets), at most ``window`` live per array and
+    ``limit`` in all (``shared.jobs.materialise``). Its own short transaction: the arrays'
+    rows it locks are the ones every element's state change updates (the counts' trigger),
+    so they are held for one statement, not for the whole pass."""
+    async with pooled_connection(engine) as (_, conn), conn.transaction():
+        return await materialise_elements(conn.fetch, window=window, limit=limit)
+
+
 async def admit(db: Pass, *, limit: int, tiers: list[str]) -> int:
     """The dispatch pass's first step: PENDING -> QUEUED for up to ``limit`` jobs, oldest
     first, and the stage-in of their inputs that are not on ``local`` requested (such a job
@@ -97,14 +108,15 @@ class Capacity:
 
 
 # Live worker slots per device (heartbeat younger than $1 seconds, not stopping) and the jobs
-# that hold one (QUEUED and dispatched, or RUNNING), in one round trip.
+# that hold one (QUEUED and dispatched, or RUNNING; an array's own row never is), in one
+# round trip.
 _CAPACITY = """
 SELECT true, device, sum(concurrency)::int FROM workers
 WHERE heartbeat_at > now() - make_interval(secs => $1::float8) AND NOT stopping
 GROUP BY device
 UNION ALL
 SELECT false, assigned_device, count(*)::int FROM jobs
-WHERE state IN ('QUEUED', 'RUNNING') AND assigned_device IS NOT NULL
+WHERE state IN ('QUEUED', 'RUNNING') AND assigned_device IS NOT NULL AND NOT is_array
 GROUP BY assigned_device
 """
 
@@ -249,7 +261,7 @@ async def explain_waiting(*, session: AsyncSession, worker_ttl_s: float) -> None
     """Say on each undispatched job that no worker for its device is up (run by the reaper
     loop: a slower cadence than dispatch is enough for a human-readable reason)."""
     cap = await session_capacity(session=session, worker_ttl_s=worker_ttl_s)
-    waiting = and_(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_(None))
+    waiting = and_(Job.state == JobState.QUEUED.value, Job.dispatched_at.is_(None), ~Job.is_array)
     for device, reason in (
         ("cuda", "waiting: no cuda worker is up"),
         ("any", "waiting: no worker is up"),
@@ -287,7 +299,7 @@ async def requeue_lost(*, session: AsyncSession, now: datetime, batch: int = 200
                 Job.started_at,
                 Job.lease_expires_at,
             )
-            .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now)
+            .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now, ~Job.is_array)
             .order_by(Job.id)
             .limit(batch)
             .with_for_update(skip_locked=True)
@@ -325,6 +337,7 @@ async def redispatch_unclaimed(*, session: AsyncSession, now: datetime, after_s:
         .where(
             Job.state == JobState.QUEUED.value,
             Job.dispatched_at < now - timedelta(seconds=after_s),
+            ~Job.is_array,
         )
         .values(
             dispatched_at=None,

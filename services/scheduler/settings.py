@@ -78,6 +78,11 @@ class SchedulerSettings(CommonSettings):
     # a little slack hides the dispatch round trip without letting workers hoard jobs.
     dispatch_slack: float = 4.0
     dispatch_batch: int = 500
+    # Array elements get a ``jobs`` row only shortly before they run: each pass materialises
+    # up to ``array_window`` live (materialised, not final) elements per array (fewer under
+    # the array's ``max_concurrent``) and at most ``array_materialise_max`` in all.
+    array_window: int = Field(default=256, ge=1)
+    array_materialise_max: int = Field(default=1000, ge=1)
     reaper_enabled: bool = True
     reaper_interval_s: float = 2.0
     # ``STRATUS_DB_VACUUM``: for a PostgreSQL server that runs with ``autovacuum = off``,

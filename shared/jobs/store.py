@@ -213,10 +213,12 @@ ADMIT_REASON = "waiting for a worker slot"
 
 # The set-based form of PENDING -> QUEUED (``decide`` takes it without conditions)
 # in one round trip: the oldest waiting jobs (rows locked by the UPDATE, those another
-# scheduler holds skipped), with their ``job_events`` rows. $1 how many, $2 the reason.
+# scheduler holds skipped), with their ``job_events`` rows. An array's own row is PENDING
+# until its first element has a row, and is never admitted: its state is its elements'.
+# $1 how many, $2 the reason.
 _ADMIT_PENDING = """
 WITH picked AS (
-    SELECT id FROM jobs WHERE state = 'PENDING'
+    SELECT id FROM jobs WHERE state = 'PENDING' AND NOT is_array
     ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
 ), admitted AS (
     UPDATE jobs SET state = 'QUEUED', queued_at = now(), updated_at = now(), state_reason = $2

@@ -1,0 +1,110 @@
+"""Late materialisation of array elements: the scheduler's step that turns the next pending
+elements of open arrays into ``jobs`` rows, bounded per array and per pass.
+
+An array's element exists only as one of its ``n_pending`` until this step gives it a row
+(``shared.jobs.arrays``). Each dispatch pass runs ``MATERIALISE`` once: for every open array
+(not cancelled, indices left, tenant not suspended) it inserts the next elements from
+``next_index`` up, as many as keep the array's *live* elements (materialised and not final)
+within ``min(max_concurrent, window)``, and at most ``limit`` in all, then advances
+``next_index``. Since an element counts as live from its insert until it is final,
+``max_concurrent`` holds by construction: at most that many are queued, dispatched or
+running at once. A finished element frees its place and its ``job.finished`` wakes the next
+pass, which refills the window. The step reads the arrays' counts (kept by the trigger of
+migration 0013) and never the elements, so its work and the scheduler's memory do not grow
+with an array's size.
+
+An element's row is ``shared.jobs.arrays.element_of`` in SQL (tests hold the two together):
+the parent's columns, params ``parent || overrides[i] || {index_param: i}``, ``{index}`` in
+the dataset names replaced by ``i``, the parent's ``created_at`` (dispatch takes an array's
+elements in index order), QUEUED at once when it reads no datasets, else PENDING for
+admission and stage-in. An element cancelled on its own before it was materialised already
+has its (CANCELLED) row: the insert leaves it as it is.
+"""
+
+from __future__ import annotations
+
+from shared.jobs.arrays import INDEX, element_id_sql
+from shared.jobs.store import ADMIT_REASON, Fetch
+
+# The elements of array ``a`` (a ``job_arrays`` row) that have no row: the indices from
+# ``next_index`` up less those that have one already (cancelled on their own), given
+# ``ahead``, the count of element rows from ``next_index`` up. Pending, unless the array is
+# cancelled.
+VIRTUAL = "(a.size - a.next_index - ahead.n)"
+AHEAD = """
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n FROM jobs e
+        WHERE e.array_id = a.job_id AND e.array_index >= a.next_index
+    ) ahead
+"""
+# The elements of ``a`` with a row that are not final (what ``max_concurrent`` bounds).
+LIVE = f"(a.n_queued + a.n_running + a.n_pending - {VIRTUAL})"
+
+# $1 the window per array, $2 the most elements in all, $3 the reason of a QUEUED element.
+# Arrays are locked (SKIP LOCKED: an array another transaction holds waits for the next
+# pass) and served each tenant's first array first, then by priority and age.
+MATERIALISE = f"""
+WITH open AS (
+    SELECT a.job_id, a.tenant_id, a.next_index, a.index_param, a.overrides,
+           least(a.size - a.next_index,
+                 least(coalesce(a.max_concurrent, $1::int), $1::int) - {LIVE}) AS room
+    FROM job_arrays a
+    JOIN tenants t ON t.id = a.tenant_id
+    {AHEAD}
+    WHERE NOT a.cancelled AND a.next_index < a.size AND NOT t.suspended
+    FOR UPDATE OF a SKIP LOCKED
+), ranked AS (
+    SELECT o.*, sum(o.room) OVER (ORDER BY o.tenant_rank, o.priority DESC, o.created_at,
+                                           o.job_id) AS upto
+    FROM (
+        SELECT open.*, p.priority, p.created_at,
+               row_number() OVER (PARTITION BY open.tenant_id
+                                  ORDER BY p.priority DESC, p.created_at, open.job_id)
+                   AS tenant_rank
+        FROM open JOIN jobs p ON p.id = open.job_id
+        WHERE open.room > 0
+    ) o
+), taken AS (
+    SELECT job_id, next_index, index_param, overrides,
+           least(room, $2::int - (upto - room))::int AS n
+    FROM ranked WHERE upto - room < $2::int
+), advanced AS (
+    UPDATE job_arrays a SET next_index = a.next_index + taken.n
+    FROM taken WHERE a.job_id = taken.job_id
+), inserted AS (
+    INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, labels,
+                      output_tier, priority, timeout_s, max_retries, state, state_reason,
+                      attempts, created_at, updated_at, queued_at, is_array, array_id,
+                      array_index)
+    SELECT {element_id_sql("p.id", "i")}, p.tenant_id, p.kernel, p.device,
+           p.params || coalesce(taken.overrides -> i, '{{}}'::jsonb)
+               || CASE WHEN taken.index_param IS NULL THEN '{{}}'::jsonb
+                       ELSE jsonb_build_object(taken.index_param, i) END,
+           replace(p.inputs::text, '{INDEX}', i::text)::jsonb,
+           replace(p.outputs::text, '{INDEX}', i::text)::jsonb,
+           p.labels, p.output_tier, p.priority, p.timeout_s, p.max_retries,
+           CASE WHEN p.inputs = '{{}}'::jsonb THEN 'QUEUED' ELSE 'PENDING' END,
+           CASE WHEN p.inputs = '{{}}'::jsonb THEN $3::text END,
+           0, p.created_at, now(),
+           CASE WHEN p.inputs = '{{}}'::jsonb THEN now() END,
+           false, p.id, i
+    FROM taken
+    JOIN jobs p ON p.id = taken.job_id
+    CROSS JOIN LATERAL generate_series(taken.next_index, taken.next_index + taken.n - 1) AS i
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*)::int FROM inserted
+"""  # noqa: S608 (built from constants only)
+
+
+async def materialise_elements(
+    fetch: Fetch, *, window: int, limit: int, reason: str = ADMIT_REASON
+) -> int:
+    """Give the next elements of every open array a ``jobs`` row (see the module's doc), at
+    most ``window`` live per array and ``limit`` in all; return how many rows were inserted.
+    ``fetch``: a plain asyncpg connection's ``fetch``, or ``store.session_fetch``."""
+    if window <= 0 or limit <= 0:
+        return 0
+    rows = await fetch(MATERIALISE, window, limit, reason)
+    return int(rows[0][0])

@@ -36,7 +36,7 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev]" -e ./clients/python
 	@touch $@
 
 # the benchmarks' extra dependencies (celery, the pipeline's baseline), only for `make bench`

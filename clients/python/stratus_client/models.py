@@ -1,0 +1,196 @@
+"""The API's resources as typed models (API version 1).
+
+Every model keeps fields it does not know (``extra="allow"``): the service adds fields within
+a version, and an older client reads them as attributes instead of failing."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class JobState(StrEnum):
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    TIMED_OUT = "TIMED_OUT"
+
+
+FINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+)
+
+
+class Kernel(_Model):
+    name: str
+    description: str
+    devices: list[str]
+    params_schema: dict[str, Any]
+    inputs: list[str]
+    outputs: list[str]
+
+
+class ArraySpec(_Model):
+    """``array`` of a submission: ``size`` elements; element ``i`` runs with ``params``, then
+    ``overrides[i]`` over them, then ``index_param`` set to ``i``; ``{index}`` in a dataset
+    name becomes ``i``."""
+
+    size: int
+    index_param: str | None = None
+    max_concurrent: int | None = None
+    overrides: list[dict[str, Any]] | None = None
+
+
+class ArrayStatus(_Model):
+    """An array's settings and its elements' counts by state."""
+
+    size: int
+    index_param: str | None = None
+    max_concurrent: int | None = None
+    counts: dict[str, int] = Field(default_factory=dict)
+
+
+class Job(_Model):
+    """A job, an array (``array`` set) or an element of one (``array_id``/``array_index``
+    set; its id is ``"{array_id}:{index}"``)."""
+
+    id: str
+    kernel: str
+    device: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    outputs: dict[str, Any] = Field(default_factory=dict)
+    output_tier: str | None = None
+    priority: int = 5
+    timeout_s: int | None = None
+    max_retries: int | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    state: str
+    state_reason: str | None = None
+    attempts: int = 0
+    created_at: datetime
+    queued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    worker: str | None = None
+    progress: float | None = None
+    assigned_device: str | None = None
+    array_id: str | None = None
+    array_index: int | None = None
+    array: ArrayStatus | None = None
+
+    @property
+    def is_final(self) -> bool:
+        """Nothing moves the job out of this state any more."""
+        return self.state in FINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == JobState.SUCCEEDED
+
+
+class Dataset(_Model):
+    name: str
+    size: int
+    checksum: str
+    tier: str
+    tiers: list[str] = Field(default_factory=list)
+    created_at: datetime
+    updated_at: datetime
+    produced_by: str | None = None
+
+
+class Migration(_Model):
+    id: str
+    dataset: str
+    from_tier: str
+    to_tier: str
+    mode: str
+    state: str
+    bytes_total: int
+    bytes_done: int
+    checksum: str | None = None
+    error: str | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in {"SUCCEEDED", "FAILED"}
+
+
+class Usage(_Model):
+    cpu_seconds: float
+    gpu_seconds: float
+    jobs: dict[str, int]
+    storage_bytes: int
+    bytes_moved: int
+
+
+class QuotaUse(_Model):
+    limit: float
+    used: float | None = None
+    held: float | None = None
+
+
+class TenantSelf(_Model):
+    """``GET /v1/tenant``: the caller's own tenant, its quotas and its use of each."""
+
+    id: str
+    name: str
+    weight: int
+    suspended: bool
+    quotas: dict[str, Any]
+    usage: dict[str, QuotaUse]
+    created_at: datetime
+    updated_at: datetime
+
+
+class Quotas(_Model):
+    """A tenant's quotas; a field left out means the platform default."""
+
+    max_running_jobs: int | None = None
+    max_queued_jobs: int | None = None
+    cpu_seconds_per_day: int | None = None
+    storage_bytes: int | None = None
+    requests_per_second: float | None = None
+
+
+class Tenant(_Model):
+    id: str
+    name: str
+    weight: int
+    quotas: dict[str, Any]
+    suspended: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class ApiKey(_Model):
+    """A new API key: ``key`` is the secret, shown only when it is created."""
+
+    id: str
+    key: str
+    prefix: str
+    scopes: list[str]
+    created_at: datetime
+    name: str | None = None
+
+
+class Page(_Model):
+    """One page of a list: its raw items and the cursor of the next page (None: the last)."""
+
+    items: list[dict[str, Any]]
+    next_cursor: str | None = None

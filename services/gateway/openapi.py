@@ -29,6 +29,11 @@ CURSOR_SCHEMA = {"type": "string", "format": CURSOR_FORMAT}
 # ``?label=key:value``: a label key, a colon, a label value (the submission's rules).
 LABEL_FILTER = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}:[^\x00-\x1f\x7f]{0,256}$"
 
+# A job's id in a route: a UUID (a job, an array), or "{array_id}:{index}" (an element).
+JOB_ID_PATTERN = (
+    r"^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}(:[0-9]{1,9})?$"
+)
+
 # (operation, response status) -> links: the id a response holds, and where it goes.
 LINKS: dict[tuple[str, str, str], dict[str, tuple[str, str, str]]] = {
     ("post", "/v1/jobs", "201"): {
@@ -114,6 +119,10 @@ def _describe_parameter(path: str, parameter: dict[str, Any], *, tiers: list[str
         parameter["schema"] = {**NAME_SCHEMA, "title": "Name"}
     elif where == "query" and name == "tier":
         _branch(parameter["schema"], "string")["enum"] = tiers
+    elif where == "path" and name == "job_id":
+        parameter["schema"] = {**parameter["schema"], "pattern": JOB_ID_PATTERN}
+    elif where == "query" and name == "cursor" and path.endswith("/elements"):
+        pass  # an element index, described by its route
     elif where == "query" and name == "cursor":
         parameter["schema"] = {"anyOf": [CURSOR_SCHEMA, {"type": "null"}], "title": "Cursor"}
         parameter["description"] = (

@@ -51,6 +51,7 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/jobs", "jobs:read", other=200),
     Endpoint("GET", "/v1/jobs/{job}", "jobs:read", other=404),
     Endpoint("POST", "/v1/jobs/{job}/cancel", "jobs:write", other=404),
+    Endpoint("GET", "/v1/jobs/{job}/elements", "jobs:read", other=404),
     Endpoint("PUT", "/v1/datasets/m/{fresh}.bin", "data:write", other=201, content=DATA),
     Endpoint("GET", "/v1/datasets/{dataset}", "data:read", other=404),
     Endpoint("GET", "/v1/datasets/{dataset}?meta=1", "data:read", other=404),

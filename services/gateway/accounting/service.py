@@ -4,8 +4,7 @@
 An attempt counts in the window in which it ended (``finished_at``). ``group_by`` splits
 the CPU and GPU seconds of the window by the job's kernel, by label (a job counts once in
 the group of each ``key:value`` label it has; jobs without labels form the group whose key
-is null), or by UTC day. ``GET /v1/tenant``'s use of ``cpu_seconds_per_day`` is read from the
-hourly ``usage_hours`` buckets, the figure the scheduler holds the budget to.
+is null), or by UTC day.
 """
 
 from __future__ import annotations
@@ -18,9 +17,10 @@ from typing import Any, Literal
 from sqlalchemy import Select, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import Job, JobAttempt, Migration, Tenant
+from shared.db.models import Job, JobArray, JobAttempt, Migration, Tenant
+from shared.jobs.arrays import COUNT_COLUMNS
 from shared.jobs.states import JobState
-from shared.jobs.usage import IN_FLIGHT, WAITING, cpu_today_sql
+from shared.jobs.usage import DAY_S, IN_FLIGHT, WAITING
 from shared.storage.quota import reserved_bytes, stored_bytes
 
 GroupBy = Literal["kernel", "label", "day"]
@@ -82,13 +82,24 @@ async def usage_of(
 async def _jobs_per_state(
     session: AsyncSession, tenant_id: uuid.UUID, window: Window
 ) -> dict[str, int]:
-    query = select(Job.state, func.count()).where(Job.tenant_id == tenant_id)
-    if window.since is not None:
-        query = query.where(Job.created_at >= window.since)
-    if window.until is not None:
-        query = query.where(Job.created_at < window.until)
+    """The tenant's jobs by state, each element of an array one job: the rows of jobs that
+    are neither arrays nor elements, plus the arrays' counts (which hold every element,
+    with a row or not yet; an element has its array's ``created_at``)."""
+    created = [Job.created_at >= window.since] if window.since is not None else []
+    created += [Job.created_at < window.until] if window.until is not None else []
+    query = select(Job.state, func.count()).where(
+        Job.tenant_id == tenant_id, Job.array_id.is_(None), ~Job.is_array, *created
+    )
     states = {state: int(n) for state, n in await session.execute(query.group_by(Job.state))}
-    return {s.value: states.get(s.value, 0) for s in JobState}
+    columns = [getattr(JobArray, COUNT_COLUMNS[s]) for s in JobState]
+    sums = (
+        await session.execute(
+            select(*(func.coalesce(func.sum(c), 0) for c in columns))
+            .join(Job, Job.id == JobArray.job_id)
+            .where(JobArray.tenant_id == tenant_id, *created)
+        )
+    ).one()
+    return {s.value: states.get(s.value, 0) + int(n) for s, n in zip(JobState, sums, strict=True)}
 
 
 async def _bytes_moved(session: AsyncSession, tenant_id: uuid.UUID, window: Window) -> int:
@@ -136,9 +147,8 @@ async def _groups(
     ]
 
 
-# A tenant's use of each of its quotas now, in one round trip, as the scheduler counts it
-# (the CPU seconds of the last 24 h by the hour, ``shared.jobs.usage``). :t the tenant. (The
-# text is built from constants only.)
+# A tenant's use of each of its quotas now, in one round trip. :t the tenant. (The text is
+# built from constants only.)
 _QUOTA_USE = text(
     f"""
 SELECT
@@ -146,7 +156,9 @@ SELECT
     (SELECT coalesce(sum(timeout_s), 0)::float8 FROM jobs WHERE tenant_id = :t AND {IN_FLIGHT})
         AS held,
     (SELECT count(*) FROM jobs WHERE tenant_id = :t AND {WAITING}) AS waiting,
-    {cpu_today_sql(":t")} AS cpu_day
+    (SELECT coalesce(sum(cpu_seconds), 0)::float8 FROM job_attempts
+     WHERE tenant_id = :t AND finished_at > now() - make_interval(secs => {DAY_S}))
+        AS cpu_day
 """  # noqa: S608
 )
 

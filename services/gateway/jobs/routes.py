@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Annotated, Any
 
-from fastapi import Query, Request, Response
+from fastapi import Path, Query, Request, Response
 from pydantic import TypeAdapter
 
 from services.gateway.deps import PrincipalDep, SessionDep
-from services.gateway.jobs import admission, service
+from services.gateway.jobs import admission, elements, service
 from services.gateway.jobs.schemas import JobList, JobOut, JobSubmit, LabelKey, LabelValue
 from services.gateway.routing import PageDep, feature_router
 from services.gateway.settings import GatewaySettings
-from shared.db.models import Job
 from shared.errors import Invalid
 from shared.idempotency import IdempotencyKey
 from shared.jobs.states import JobState
 from shared.kernels import CATALOGUE
+from shared.pagination import DEFAULT_LIMIT, LimitQuery
 
 router = feature_router(
     prefix="/v1",
@@ -32,10 +31,6 @@ router = feature_router(
         503: "a dependency is down; retry after Retry-After",
     },
 )
-
-
-def job_out(job: Job) -> JobOut:
-    return JobOut.model_validate(job, from_attributes=True)
 
 
 @router.get("/kernels")
@@ -80,10 +75,50 @@ async def submit_job(
     return submitted.job
 
 
+# A job's id in a route: a job's or an array's UUID, or an element's "{array_id}:{index}".
+# Anything else is no job of the caller's: 404, as another tenant's id (openapi.py gives it
+# its pattern in the document).
+JobIdPath = Annotated[
+    str,
+    Path(
+        max_length=64,
+        description="a job's or an array's id, or an element's: \"{array_id}:{index}\"",
+    ),
+]
+
+
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> JobOut:
+async def get_job(job_id: JobIdPath, principal: PrincipalDep, session: SessionDep) -> JobOut:
+    """A job; an array, with its settings and its elements' counts by state; or an element
+    (``{array_id}:{index}``), also before it was scheduled (PENDING)."""
     tenant_id = principal.require_tenant("jobs:read")
-    return job_out(await service.get_job(session=session, tenant_id=tenant_id, job_id=job_id))
+    return await service.get_job(session=session, tenant_id=tenant_id, job_id=job_id)
+
+
+@router.get("/jobs/{job_id}/elements")
+async def list_elements(
+    job_id: JobIdPath,
+    principal: PrincipalDep,
+    session: SessionDep,
+    state: JobState | None = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=9,
+            pattern=r"^[0-9]*$",
+            description="the `next_cursor` of the previous page (an element index)",
+        ),
+    ] = None,
+) -> JobList:
+    """The elements of an array in index order, from ``cursor`` up; with ``state``, only
+    those in that state (an element not scheduled yet is PENDING, or CANCELLED once its
+    array is). 404 for a job that is not an array."""
+    tenant_id = principal.require_tenant("jobs:read")
+    page = await elements.list_elements(
+        session=session, tenant_id=tenant_id, text=job_id, state=state, limit=limit, cursor=cursor
+    )
+    return JobList(items=page.items, next_cursor=page.next_cursor)
 
 
 LABELS = TypeAdapter(dict[LabelKey, LabelValue])
@@ -130,13 +165,15 @@ async def list_jobs(
         created_after=page.created_after,
         created_before=page.created_before,
     )
-    rows, next_cursor = await service.list_jobs(
+    items, next_cursor = await service.list_jobs(
         session=session, tenant_id=tenant_id, where=where, limit=page.limit, cursor=page.cursor
     )
-    return JobList(items=[job_out(j) for j in rows], next_cursor=next_cursor)
+    return JobList(items=items, next_cursor=next_cursor)
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202)
-async def cancel_job(job_id: uuid.UUID, principal: PrincipalDep, session: SessionDep) -> JobOut:
+async def cancel_job(job_id: JobIdPath, principal: PrincipalDep, session: SessionDep) -> JobOut:
+    """Cancel a job or an element (a running one is stopped within 5 s), or an array: every
+    element that is not final. 409 when it is final already."""
     tenant_id = principal.require_tenant("jobs:write")
-    return job_out(await service.cancel_job(session=session, tenant_id=tenant_id, job_id=job_id))
+    return await service.cancel_job(session=session, tenant_id=tenant_id, job_id=job_id)

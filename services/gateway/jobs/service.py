@@ -14,18 +14,15 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, TextClause, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.gateway.jobs import admission
+from services.gateway.jobs import admission, cancel, elements
 from services.gateway.jobs.schemas import JobOut, JobSubmit
 from services.gateway.jobs.writer import FROM_REQUEST, JobWriter, NewJob
 from shared.db.models import Job
-from shared.db.outbox import add_event
-from shared.errors import Conflict, Invalid, NotFound
-from shared.events import JobCancelled, JobSubmitted, utcnow
+from shared.errors import Conflict, Invalid
+from shared.events import JobSubmitted, utcnow
 from shared.idempotency import check_replay, request_hash
-from shared.jobs.proposals import Cancelled
 from shared.jobs.row import Columns, stored
 from shared.jobs.states import JobState
-from shared.jobs.store import lock_job, set_job_state
 from shared.kernels import KernelSpec, get_spec
 from shared.pagination import keyset_page
 
@@ -195,13 +192,9 @@ async def _find_idempotent(
     return JobOut.model_validate(_REPLAYED.decode(row))
 
 
-async def get_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-    job = (
-        await session.execute(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
-    ).scalar_one_or_none()
-    if job is None:
-        raise NotFound("job not found")
-    return job
+async def get_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: str) -> JobOut:
+    """A job, an array or an element (``job_id``: a UUID or ``"{array_id}:{index}"``)."""
+    return await elements.read_job(session=session, tenant_id=tenant_id, text=job_id)
 
 
 @dataclass(frozen=True)
@@ -243,20 +236,19 @@ async def list_jobs(
     where: JobFilter,
     limit: int,
     cursor: str | None,
-) -> tuple[list[Job], str | None]:
-    query = select(Job).where(Job.tenant_id == tenant_id, *_conditions(where))
-    return await keyset_page(
+) -> tuple[list[JobOut], str | None]:
+    """A page of the tenant's jobs and arrays, newest first; an array's elements are not
+    listed (its counts are shown with it)."""
+    query = select(Job).where(
+        Job.tenant_id == tenant_id, Job.array_id.is_(None), *_conditions(where)
+    )
+    rows, next_cursor = await keyset_page(
         session, query, created=Job.created_at, key=Job.id, limit=limit, cursor=cursor
     )
+    arrays = await elements.arrays_of(session, rows)
+    return [elements.job_out(j, arrays.get(j.id)) for j in rows], next_cursor
 
 
-async def cancel_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job:
-    await lock_job(session, job_id, tenant_id=tenant_id)  # 404 for another tenant's job
-    transition = await set_job_state(session, job_id, Cancelled(), tenant_id=tenant_id)
-    if not transition.accepted:
-        raise Conflict(f"job is already {transition.previous}")
-    await add_event(
-        session,
-        JobCancelled(tenant_id=tenant_id, job_id=job_id, worker=transition.job.worker),
-    )
-    return transition.job
+async def cancel_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: str) -> JobOut:
+    """Cancel a job, an array (every element not final) or an element."""
+    return await cancel.cancel(session=session, tenant_id=tenant_id, text_id=job_id)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -23,12 +23,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.fairshare import Candidate, TenantLoad
-from shared.db.models import JobAttempt
-from shared.jobs.usage import IN_FLIGHT
+from shared.db.models import UsageHour
+from shared.jobs.usage import DAY_FROM, IN_FLIGHT, day_from, decayed_sql
 from shared.settings import QuotaDefaults
 from shared.storage.stagein import stage_in_failed, staging_in
-
-DAY = timedelta(days=1)  # the window of cpu_seconds_per_day
 
 
 def waiting(job: str) -> str:
@@ -73,8 +71,10 @@ def tenant_load(
 # fair share needs of each tenant that has some: weight, stored quotas, jobs in flight
 # (``shared.jobs.usage.IN_FLIGHT``: what max_running_jobs counts) with the CPU seconds they
 # hold (their timeout_s) and how many are on this device, CPU seconds decayed by age with the
-# half-life, and CPU seconds in the last 24 h (with the holds, what cpu_seconds_per_day
-# limits). Fixed text, prepared once per connection.
+# half-life, and CPU seconds of the last 24 h (with the holds, what cpu_seconds_per_day
+# limits). Both usages come from the tenant's hourly ``usage_hours`` buckets (at most a day's
+# worth, or 8 half-lives' if longer), never from its attempts: see ``shared.jobs.usage``.
+# Fixed text, prepared once per connection.
 # $1 device, $2 jobs per tenant, $3 half-life (s), $4 how far back usage counts (s).
 _CANDIDATES = f"""
 WITH waiting AS (
@@ -100,13 +100,11 @@ WITH waiting AS (
         FROM jobs WHERE jobs.tenant_id = t.id AND {IN_FLIGHT}
     ) f
     CROSS JOIN LATERAL (
-        SELECT coalesce(sum(a.cpu_seconds * power(
-                   0.5, extract(epoch FROM now() - a.finished_at)::float8 / $3::float8)), 0)
-                   AS decayed,
-               coalesce(sum(a.cpu_seconds) FILTER (WHERE a.finished_at > now() - interval '1 day'),
-                        0) AS today
-        FROM job_attempts a
-        WHERE a.tenant_id = t.id AND a.finished_at > now() - make_interval(secs => $4::float8)
+        SELECT coalesce(sum({decayed_sql("h", "$3::float8")}), 0) AS decayed,
+               coalesce(sum(h.cpu_seconds) FILTER (WHERE h.hour >= {DAY_FROM}), 0) AS today
+        FROM usage_hours h
+        WHERE h.tenant_id = t.id
+          AND h.hour >= date_trunc('hour', now() - make_interval(secs => $4::float8), 'UTC')
     ) u
     WHERE t.id IN (SELECT tenant_id FROM waiting)
 )
@@ -168,12 +166,13 @@ async def candidates(
 async def cpu_today(
     *, session: AsyncSession, tenant_ids: list[uuid.UUID], now: datetime
 ) -> dict[uuid.UUID, float]:
-    """CPU seconds in the last 24 h per tenant (what ``cpu_seconds_per_day`` limits)."""
+    """CPU seconds in the last 24 h per tenant (what ``cpu_seconds_per_day`` limits), from
+    the hourly buckets as the dispatch pass counts them (``shared.jobs.usage.day_from``)."""
     if not tenant_ids:
         return {}
     rows = await session.execute(
-        select(JobAttempt.tenant_id, func.sum(JobAttempt.cpu_seconds))
-        .where(JobAttempt.tenant_id.in_(tenant_ids), JobAttempt.finished_at > now - DAY)
-        .group_by(JobAttempt.tenant_id)
+        select(UsageHour.tenant_id, func.sum(UsageHour.cpu_seconds))
+        .where(UsageHour.tenant_id.in_(tenant_ids), UsageHour.hour >= day_from(now))
+        .group_by(UsageHour.tenant_id)
     )
     return {r[0]: float(r[1] or 0.0) for r in rows}

@@ -4,7 +4,8 @@
 An attempt counts in the window in which it ended (``finished_at``). ``group_by`` splits
 the CPU and GPU seconds of the window by the job's kernel, by label (a job counts once in
 the group of each ``key:value`` label it has; jobs without labels form the group whose key
-is null), or by UTC day.
+is null), or by UTC day. ``GET /v1/tenant``'s use of ``cpu_seconds_per_day`` is read from the
+hourly ``usage_hours`` buckets, the figure the scheduler holds the budget to.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db.models import Job, JobArray, JobAttempt, Migration, Tenant
 from shared.jobs.arrays import COUNT_COLUMNS
 from shared.jobs.states import JobState
-from shared.jobs.usage import DAY_S, IN_FLIGHT, WAITING
+from shared.jobs.usage import IN_FLIGHT, WAITING, cpu_today_sql
 from shared.storage.quota import reserved_bytes, stored_bytes
 
 GroupBy = Literal["kernel", "label", "day"]
@@ -147,8 +148,9 @@ async def _groups(
     ]
 
 
-# A tenant's use of each of its quotas now, in one round trip. :t the tenant. (The text is
-# built from constants only.)
+# A tenant's use of each of its quotas now, in one round trip, as the scheduler counts it
+# (the CPU seconds of the last 24 h by the hour, ``shared.jobs.usage``). :t the tenant. (The
+# text is built from constants only.)
 _QUOTA_USE = text(
     f"""
 SELECT
@@ -156,9 +158,7 @@ SELECT
     (SELECT coalesce(sum(timeout_s), 0)::float8 FROM jobs WHERE tenant_id = :t AND {IN_FLIGHT})
         AS held,
     (SELECT count(*) FROM jobs WHERE tenant_id = :t AND {WAITING}) AS waiting,
-    (SELECT coalesce(sum(cpu_seconds), 0)::float8 FROM job_attempts
-     WHERE tenant_id = :t AND finished_at > now() - make_interval(secs => {DAY_S}))
-        AS cpu_day
+    {cpu_today_sql(":t")} AS cpu_day
 """  # noqa: S608
 )
 

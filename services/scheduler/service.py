@@ -34,7 +34,7 @@ from shared.jobs.materialise import materialise_elements
 from shared.jobs.proposals import Lost
 from shared.jobs.states import JobState
 from shared.jobs.store import admit_pending, set_job_state
-from shared.jobs.usage import record_lost_attempt
+from shared.jobs.usage import LostAttempt, record_lost_attempts
 from shared.settings import QuotaDefaults
 from shared.storage.stagein import fail_stage_in, request_stage_ins
 
@@ -77,10 +77,11 @@ async def open_pass(
 async def materialise(engine: AsyncEngine, *, window: int, limit: int) -> int:
     """Before the pass: the next elements of open arrays become ``jobs`` rows (QUEUED, or
     PENDING for admission when they read datasets), at most ``window`` live per array and
-    ``limit`` in all (``shared.jobs.materialise``). Its own short transaction: the arrays'
-    rows it locks are the ones every element's state change updates (the counts' trigger),
-    so they are held for one statement, not for the whole pass."""
-    async with pooled_connection(engine) as (_, conn), conn.transaction():
+    ``limit`` in all (``shared.jobs.materialise``). One statement, a transaction of its own
+    (the connection is in autocommit): the arrays' rows it locks are the ones every
+    element's state change updates (the counts' trigger), so they are held for one
+    statement, not for the whole pass."""
+    async with pooled_connection(engine) as (_, conn):
         return await materialise_elements(conn.fetch, window=window, limit=limit)
 
 
@@ -288,7 +289,7 @@ def _slot_time_s(started_at: datetime | None, lease_expires_at: datetime | None)
 async def requeue_lost(*, session: AsyncSession, now: datetime, batch: int = 200) -> list[Event]:
     """Return jobs whose worker's lease expired to QUEUED (counting the attempt), or fail
     them when no retries are left. The lost attempt gets its ``job_attempts`` row here, as
-    every attempt gets one where it ends (``record_lost_attempt``)."""
+    every attempt gets one where it ends (``record_lost_attempts``: all in one statement)."""
     expired = (
         await session.execute(
             select(
@@ -306,17 +307,12 @@ async def requeue_lost(*, session: AsyncSession, now: datetime, batch: int = 200
         )
     ).all()
     events: list[Event] = []
+    lost: list[LostAttempt] = []
     for job_id, tenant_id, attempt, worker, started_at, lease_expires_at in expired:
         t = await set_job_state(session, job_id, Lost(attempt))
         if t.accepted:
-            await record_lost_attempt(
-                session,
-                job_id=job_id,
-                tenant_id=tenant_id,
-                attempt=attempt,
-                worker=worker,
-                held_s=_slot_time_s(started_at, lease_expires_at),
-            )
+            held_s = _slot_time_s(started_at, lease_expires_at)
+            lost.append(LostAttempt(job_id, tenant_id, attempt, worker, held_s))
             events.append(
                 JobFinished(
                     tenant_id=t.job.tenant_id,
@@ -325,6 +321,7 @@ async def requeue_lost(*, session: AsyncSession, now: datetime, batch: int = 200
                     state=t.job.state,
                 )
             )
+    await record_lost_attempts(session, lost)
     await add_events(session, events)
     return events
 

@@ -6,10 +6,12 @@ and its pending elements are."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+import yaml
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler import service
@@ -321,3 +323,38 @@ async def test_a_cancelled_element_leaves_the_window(s: Sessions) -> None:
         await set_job_state(session, element_id(aid, 0), Cancelled())
     assert await _materialise(s) == 1
     assert [e.state for e in await _elements(s, aid)] == ["CANCELLED", "QUEUED", "QUEUED"]
+
+
+def _keda_fallbacks() -> dict[str, str]:
+    """The queries of KEDA's postgresql triggers (deploy/kubernetes/keda.yaml), per pool."""
+    path = Path(__file__).parents[2] / "deploy" / "kubernetes" / "keda.yaml"
+    queries = {}
+    for doc in yaml.safe_load_all(path.read_text()):
+        for trigger in doc["spec"].get("triggers", []) if doc["kind"] == "ScaledObject" else []:
+            if trigger["type"] == "postgresql":
+                sql = trigger["metadata"]["query"]
+                queries["cuda" if "'cuda'" in sql else "cpu"] = sql
+    return queries
+
+
+async def test_kedas_fallback_counts_elements_not_the_array_row(s: Sessions) -> None:
+    """Without the scheduler's demand, KEDA counts every element that needs the pool, with a
+    row or not, and never an array's own row."""
+    tid = await _tenant(s)
+    aid = await _array(s, tid, 10, device="any")
+    await _array(s, tid, 3, device="cuda")
+    cancelled = await _array(s, tid, 50)
+    async with s() as session, session.begin():
+        await session.execute(
+            update(JobArray).where(JobArray.job_id == cancelled).values(cancelled=True)
+        )
+    queries = _keda_fallbacks()
+
+    async def values() -> dict[str, Any]:
+        async with s() as session:
+            return {pool: await session.scalar(text(q)) for pool, q in queries.items()}
+
+    assert await values() == {"cpu": 10, "cuda": 3}
+    await _materialise(s, window=4)
+    await _finish(s, [element_id(aid, 0)])
+    assert await values() == {"cpu": 9, "cuda": 3}  # 3 rows, 6 without one

@@ -14,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from services.gateway.jobs.schemas import TEMPLATE_SCHEMA
 from services.gateway.settings import GatewaySettings
 from shared.kernels import CATALOGUE, KernelSpec
 from shared.problems import problem_responses
@@ -58,15 +59,16 @@ def describe_deployment(app: FastAPI, settings: GatewaySettings) -> None:
     def openapi() -> dict[str, Any]:
         doc = generate()
         if not doc.get("x-stratus-described"):
-            amend(doc, tiers=tiers)
+            amend(doc, tiers=tiers, array_max_size=settings.array_max_size)
             doc["x-stratus-described"] = True
         return doc
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def amend(doc: dict[str, Any], *, tiers: list[str]) -> None:
+def amend(doc: dict[str, Any], *, tiers: list[str], array_max_size: int = 100_000) -> None:
     schemas = doc["components"]["schemas"]
+    _property(schemas, "ArraySpec", "size")["maximum"] = array_max_size
     _property(schemas, "JobSubmit", "kernel")["enum"] = sorted(CATALOGUE)
     schemas["JobSubmit"]["oneOf"] = [
         _kernel_variant(CATALOGUE[name], schemas) for name in sorted(CATALOGUE)
@@ -85,7 +87,8 @@ def amend(doc: dict[str, Any], *, tiers: list[str]) -> None:
 
 def _kernel_variant(spec: KernelSpec, schemas: dict[str, Any]) -> dict[str, Any]:
     """What a submission of one kernel holds: its params (the schema ``GET /v1/kernels``
-    serves) and exactly its inputs and outputs, each a dataset name."""
+    serves) and exactly its inputs and outputs, each a dataset name (``{index}`` in it for
+    an array's elements)."""
     params = spec.params.model_json_schema(ref_template="#/components/schemas/{model}")
     schemas.update(params.pop("$defs", {}))
     required = ["kernel"]
@@ -107,7 +110,7 @@ def _kernel_variant(spec: KernelSpec, schemas: dict[str, Any]) -> dict[str, Any]
 def _datasets(names: tuple[str, ...]) -> dict[str, Any]:
     return {
         "type": "object",
-        "properties": dict.fromkeys(names, NAME_SCHEMA),
+        "properties": dict.fromkeys(names, TEMPLATE_SCHEMA),
         "required": list(names),
         "additionalProperties": False,
     }

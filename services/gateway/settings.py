@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, SecretStr, model_validator
 
+from services.gateway.jobs.schemas import ARRAY_SIZE_LIMIT
 from shared.settings import PLACEHOLDER_SECRETS, CommonSettings
 
 
@@ -27,6 +28,9 @@ class GatewaySettings(CommonSettings):
     # whatever has gathered while the previous batch was being written.
     submit_batch_max_rows: int = Field(default=64, ge=1, le=1000)
     submit_batch_linger_s: float = Field(default=0.002, ge=0.0, le=0.1)
+    # The most elements one array may have (STRATUS_ARRAY_MAX_SIZE); each element is a job for
+    # the tenant's max_queued_jobs, so a tenant's quota may bound an array more tightly.
+    array_max_size: int = Field(default=100_000, ge=1, le=ARRAY_SIZE_LIMIT)
 
     @model_validator(mode="after")
     def _refuse_placeholder_admin_key(self) -> GatewaySettings:

@@ -18,10 +18,12 @@ connection is held while bytes stream).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, delete, func, or_, select, text, update
+from sqlalchemy import ColumnElement, Text, any_, bindparam, delete, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.models import Dataset, StorageReservation
@@ -66,6 +68,19 @@ async def replaced_bytes(*, session: AsyncSession, tenant_id: uuid.UUID, name: s
     total = await session.scalar(
         select(func.coalesce(func.sum(_copies()), 0)).where(
             Dataset.tenant_id == tenant_id, Dataset.name == name
+        )
+    )
+    return int(total or 0)
+
+
+async def replaced_bytes_of(
+    *, session: AsyncSession, tenant_id: uuid.UUID, names: Sequence[str]
+) -> int:
+    """``replaced_bytes`` of every name in ``names``, in one query (an array's outputs)."""
+    total = await session.scalar(
+        select(func.coalesce(func.sum(_copies()), 0)).where(
+            Dataset.tenant_id == tenant_id,
+            Dataset.name == any_(bindparam("names", list(names), type_=ARRAY(Text))),
         )
     )
     return int(total or 0)

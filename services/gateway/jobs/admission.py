@@ -10,23 +10,28 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Text, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.gateway.jobs.arrays import MAX_ERRORS, ArrayPlan, Sample, at_element
 from services.gateway.jobs.schemas import JobSubmit
 from shared.db.models import Dataset
 from shared.errors import Invalid, QuotaExceeded
+from shared.jobs.arrays import INDEX
 from shared.jobs.pools import WORKER_TTL_S
-from shared.kernels import Footprint, KernelSpec
+from shared.kernels import Footprint, Headers, KernelSpec
 from shared.npy import FIRST_READ, ArrayHeader, NpyError, header_end, parse_header
 from shared.storage import Storage, object_key
 from shared.storage.catalog import lock_name
-from shared.storage.quota import replaced_bytes, storage_used
+from shared.storage.quota import replaced_bytes, replaced_bytes_of, storage_used
+
+T = TypeVar("T")
 
 
 class AdmissionDb(Protocol):
@@ -78,6 +83,109 @@ async def admit(
     if verdict.footprint is not None:
         _check_memory(verdict.footprint, limits.job_memory_bytes)
         _check_storage(verdict.footprint, data.outputs, limits.storage_quota - used)
+
+
+async def admit_array(
+    *,
+    db: AdmissionDb,
+    tenant_id: uuid.UUID,
+    data: JobSubmit,
+    spec: KernelSpec,
+    plan: ArrayPlan,
+    limits: Limits,
+) -> None:
+    """``admit`` for an array: every element's inputs exist (one query for all their names);
+    the headers, shape rules and footprint are checked on the first and the last element's
+    inputs only (the worker checks each element's when it runs), and the storage quota
+    against the outputs of the larger of the two times the size."""
+    _check_distinct_outputs(data.outputs)
+    await _check_device(db=db, device=data.device, spec=spec, pools=limits.pools)
+    if not data.inputs and not data.outputs:
+        return
+    headers: dict[int, dict[str, ArrayHeader]] = {}
+    async with db.session() as session:
+        for name in sorted({n for e in plan.samples for n in e.inputs.values()}):
+            await lock_name(session=session, tenant_id=tenant_id, name=name)
+        found = await _datasets_named(
+            session=session, tenant_id=tenant_id, names=_every_name(data.inputs, plan.size)
+        )
+        _check_every_input(data.inputs, plan.size, found)
+        for e in plan.samples:
+            read = _read_headers(
+                storage=limits.storage, tenant_id=tenant_id, inputs=e.inputs, found=found
+            )
+            headers[e.index] = await _element(e.index, read)
+        used = 0
+        if data.outputs:
+            outputs = _every_name(data.outputs, plan.size)
+            used = await storage_used(session=session, tenant_id=tenant_id)
+            used -= await replaced_bytes_of(session=session, tenant_id=tenant_id, names=outputs)
+    each = 0
+    for e in plan.samples:
+        each = max(each, _check_element(spec, e, headers[e.index], limits.job_memory_bytes))
+    _check_array_storage(each, plan.size, limits.storage_quota - used)
+
+
+def _every_name(templates: Mapping[str, str], size: int) -> list[str]:
+    names = {t for t in templates.values() if INDEX not in t}
+    for t in templates.values():
+        if INDEX in t:
+            names.update(t.replace(INDEX, str(i)) for i in range(size))
+    return sorted(names)
+
+
+def _check_every_input(inputs: Mapping[str, str], size: int, found: Mapping[str, Stored]) -> None:
+    """422 naming the first missing inputs: ``["body", "inputs", n]`` for an input every
+    element shares, ``["body", "array", "elements", i, "inputs", n]`` for element i's own."""
+    shared = {n: t for n, t in inputs.items() if INDEX not in t}
+    _check_inputs_exist(shared, found)
+    own = sorted((n, t) for n, t in inputs.items() if INDEX in t)
+    named = ((i, n, t.replace(INDEX, str(i))) for i in range(size) for n, t in own)
+    missing = [(i, n, name) for i, n, name in named if name not in found]
+    if not missing:
+        return
+    errors = [
+        {"loc": ["body", "array", "elements", i, "inputs", n], "msg": f"dataset {name!r} not found"}
+        for i, n, name in missing[:MAX_ERRORS]
+    ]
+    i, n, name = missing[0]
+    raise Invalid(
+        f"{len(missing)} input datasets of the array not found, the first element {i}'s "
+        f"input {n!r} ({name!r})",
+        errors=errors,
+    )
+
+
+async def _element(i: int, check: Awaitable[T]) -> T:
+    """``check`` of element ``i``: a refusal names the element."""
+    try:
+        return await check
+    except Invalid as exc:
+        raise at_element(exc, i) from None
+
+
+def _check_element(spec: KernelSpec, e: Sample, headers: Headers, memory_limit: int) -> int:
+    """Element ``e``'s inputs against the kernel's rules and its footprint against the memory
+    limit; what its outputs will store."""
+    try:
+        verdict = spec.check_inputs(headers, e.params)
+        if verdict.problems:
+            _refuse_inputs(spec, verdict.problems)
+        if verdict.footprint is None:
+            return 0
+        _check_memory(verdict.footprint, memory_limit)
+    except Invalid as exc:
+        raise at_element(exc, e.index) from None
+    return verdict.footprint.output_bytes
+
+
+def _check_array_storage(each: int, size: int, left: int) -> None:
+    if each * size <= left:
+        return
+    raise QuotaExceeded(
+        f"the array's outputs are predicted to store {each * size} bytes ({size} elements of "
+        f"{each} bytes), over the {max(left, 0)} bytes left of the storage_bytes quota"
+    )
 
 
 def _check_distinct_outputs(outputs: Mapping[str, str]) -> None:
@@ -146,6 +254,19 @@ async def _check_device(
 class Stored:
     size: int
     tier: str
+
+
+async def _datasets_named(
+    *, session: AsyncSession, tenant_id: uuid.UUID, names: list[str]
+) -> dict[str, Stored]:
+    """The tenant's datasets among ``names``, in one query however many: size and tier."""
+    rows = await session.execute(
+        select(Dataset.name, Dataset.size, Dataset.tier).where(
+            Dataset.tenant_id == tenant_id,
+            Dataset.name == any_(bindparam("names", names, type_=ARRAY(Text))),
+        )
+    )
+    return {name: Stored(size, tier) for name, size, tier in rows}
 
 
 async def _datasets(

@@ -68,6 +68,7 @@ async def submit_job(
             pools=state.closed_pools,
         ),
         tiers=state.tiers,
+        array_max_size=settings.array_max_size,
     )
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     if submitted.replayed:

@@ -17,20 +17,40 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from shared.storage.names import NAME_SCHEMA, name_problem
+from shared.jobs.arrays import INDEX
+from shared.storage.names import MAX_NAME, NAME_SCHEMA, name_problem
 from shared.validation import INTEGRAL, JsonInt
 
 
-def _dataset_name(name: str) -> str:
+def _dataset_name(name: str) -> None:
     """The rule of uploads (``name_problem``): a name stays in the tenant's own namespace."""
     problem = name_problem(name)
     if problem is not None:
         message = "invalid dataset name: {problem}"
         raise PydanticCustomError("dataset_name", message, {"problem": problem})
+
+
+# ``{index}`` in a dataset name of an array stands for each element's index. The name rule
+# holds whatever digits replace it, except for the length: a template is checked here with
+# ``0`` in its place, and the service checks the longest name (the last index) once it knows
+# the array's size. A job that is no array may not use it (the service's 422).
+_TEMPLATE_FIRST = r"(?:[A-Za-z0-9_-]|\{index\})"
+_TEMPLATE_CHAR = r"(?:[A-Za-z0-9._-]|\{index\})"
+_TEMPLATE_SEGMENT = (
+    rf"(?:{_TEMPLATE_FIRST}{_TEMPLATE_CHAR}*|\.{_TEMPLATE_FIRST}{_TEMPLATE_CHAR}*"
+    rf"|\.\.{_TEMPLATE_CHAR}+)"
+)
+TEMPLATE_PATTERN = rf"^{_TEMPLATE_SEGMENT}(?:/{_TEMPLATE_SEGMENT})*$"
+TEMPLATE_SCHEMA = {**NAME_SCHEMA, "pattern": TEMPLATE_PATTERN}
+
+
+def _dataset_template(name: str) -> str:
+    # A template is held to the name's length as given too, as the document says.
+    _dataset_name(name if len(name) > MAX_NAME else name.replace(INDEX, "0"))
     return name
 
 
-DatasetName = Annotated[str, AfterValidator(_dataset_name), WithJsonSchema(NAME_SCHEMA)]
+DatasetTemplate = Annotated[str, AfterValidator(_dataset_template), WithJsonSchema(TEMPLATE_SCHEMA)]
 # An input or output of a kernel (``GET /v1/kernels`` lists them).
 IoName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
@@ -40,6 +60,35 @@ LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-
 LabelValue = Annotated[str, StringConstraints(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
+# The most elements an array may have whatever the operator allows (an index stays an int4
+# of nine digits at most, as element ids in routes are read).
+ARRAY_SIZE_LIMIT = 1_000_000_000
+
+
+class ArraySpec(BaseModel):
+    """An array of jobs: element ``i`` (0 to ``size`` - 1) runs the kernel with ``params``,
+    then ``overrides[i]`` merged over them, then ``index_param`` set to ``i``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    size: Annotated[int, Field(ge=1, le=ARRAY_SIZE_LIMIT), INTEGRAL] = Field(
+        description="the number of elements, 1 to the operator's maximum (default 100,000)"
+    )
+    index_param: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="a param of the kernel that each element gets its index in",
+    )
+    max_concurrent: Annotated[int, Field(ge=1, le=ARRAY_SIZE_LIMIT), INTEGRAL] | None = Field(
+        default=None, description="at most this many elements run at once"
+    )
+    overrides: list[dict[str, Any]] | None = Field(
+        default=None,
+        description="element i's params merged over `params`; at most `size` entries",
+    )
+
+
 class JobSubmit(BaseModel):
     # Strict: a bool is not an integer, a string is not a number.
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -47,8 +96,8 @@ class JobSubmit(BaseModel):
     kernel: str = Field(min_length=1, max_length=100)
     device: Literal["cpu", "cuda", "any"] = "any"
     params: dict[str, Any] = Field(default_factory=dict)
-    inputs: dict[IoName, DatasetName] = Field(default_factory=dict, max_length=64)
-    outputs: dict[IoName, DatasetName] = Field(default_factory=dict, max_length=64)
+    inputs: dict[IoName, DatasetTemplate] = Field(default_factory=dict, max_length=64)
+    outputs: dict[IoName, DatasetTemplate] = Field(default_factory=dict, max_length=64)
     output_tier: str = Field(
         default="local",
         min_length=1,
@@ -59,6 +108,9 @@ class JobSubmit(BaseModel):
     timeout_s: Annotated[int, Field(ge=1, le=7 * 86_400), INTEGRAL] | None = None
     max_retries: Annotated[int, Field(ge=0, le=20), INTEGRAL] | None = None
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
+    array: ArraySpec | None = Field(
+        default=None, description="submit an array of jobs (a parameter sweep) in one request"
+    )
 
 
 def _id_text(value: object) -> object:

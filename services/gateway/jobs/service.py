@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from sqlalchemy import ColumnElement, TextClause, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.gateway.jobs import admission, cancel, elements
+from services.gateway.jobs import admission, arrays, cancel, elements
 from services.gateway.jobs.schemas import JobOut, JobSubmit
 from services.gateway.jobs.writer import FROM_REQUEST, JobWriter, NewJob
 from shared.db.models import Job
@@ -67,15 +67,24 @@ async def submit_job(
     max_queued_jobs: int,
     limits: admission.Limits,
     tiers: Collection[str] = ("local",),
+    array_max_size: int = 100_000,
 ) -> Submitted:
     """Validate, answer a replay, then insert through the writer (group commit), which
-    takes the job's place in the tenant's queue (``max_queued_jobs``) in the same statement.
+    takes the job's place in the tenant's queue (``max_queued_jobs``) in the same statement;
+    an array (``data.array``) takes one place per element, in a statement of its own.
     No session is opened unless the job names datasets."""
     spec = get_spec(data.kernel)
     params = _checked_params(data, spec, tiers)
-    await admission.admit(
-        db=db, tenant_id=tenant_id, data=data, spec=spec, params=params, limits=limits
-    )
+    plan = None
+    if data.array is None:
+        await admission.admit(
+            db=db, tenant_id=tenant_id, data=data, spec=spec, params=params, limits=limits
+        )
+    else:
+        plan = arrays.check_array(data, spec, max_size=array_max_size)
+        await admission.admit_array(
+            db=db, tenant_id=tenant_id, data=data, spec=spec, plan=plan, limits=limits
+        )
     fingerprint = None if idempotency_key is None else request_hash(data)
 
     async def holder() -> JobOut | None:
@@ -104,8 +113,13 @@ async def submit_job(
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
     )
-    if await db.writer.write(job):
-        return Submitted(_created(job), replayed=False)
+    if plan is None:
+        written = await db.writer.write(job)
+    else:
+        job.row["is_array"] = True
+        written = await db.writer.write_array(job, plan.array)
+    if written:
+        return Submitted(_created(job, plan), replayed=False)
     # A concurrent request with the same key won the race: answer with its job.
     existing = await holder()
     if existing is None:
@@ -114,14 +128,19 @@ async def submit_job(
 
 
 def _checked_params(data: JobSubmit, spec: KernelSpec, tiers: Collection[str]) -> dict[str, Any]:
-    """The kernel's params validated; 422 for a tier, device, input or output that the
-    configuration or the kernel does not know."""
+    """The kernel's params validated (an array's are its elements', checked by
+    ``arrays.check_array``: they are stored as given); 422 for a tier, device, input or
+    output that the configuration or the kernel does not know."""
     if data.output_tier not in tiers:
         raise Invalid(
             f"unknown output tier {data.output_tier!r}",
             errors=[{"loc": ["body", "output_tier"], "msg": f"one of {sorted(tiers)}"}],
         )
-    params = spec.validate_params(data.params)
+    if data.array is None:
+        arrays.check_no_index(data)
+        params = spec.validate_params(data.params)
+    else:
+        params = dict(data.params)
     if data.device != "any" and data.device not in spec.devices:
         raise Invalid(
             f"kernel {spec.name!r} does not run on {data.device!r}",
@@ -158,19 +177,21 @@ def _new_job(*, tenant_id: uuid.UUID, data: JobSubmit, max_queued: int, **column
     return NewJob(row, event, max_queued=max_queued)
 
 
-def _created(job: NewJob) -> JobOut:
+def _created(job: NewJob, plan: arrays.ArrayPlan | None = None) -> JobOut:
     """The answer for a job just inserted: what its row holds (the columns a submission does
-    not write are still empty), without reading it back."""
+    not write are still empty), without reading it back; an array's elements all pending."""
     row = job.row
     values: dict[str, Any] = {name: row.get(name) for name in JobOut.model_fields}
     values["id"] = str(row["id"])
+    if plan is not None:
+        values["array"] = arrays.created_array(plan.array)
     return JobOut.model_construct(**values)
 
 
 # What a replay answers, and the fingerprint it checks.
 _REPLAYED = Columns(stored((*JobOut.model_fields, "request_hash")))
 _FIND_BY_KEY = f"""
-SELECT {_REPLAYED.select()} FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2
+SELECT {_REPLAYED.select()}, is_array FROM jobs WHERE tenant_id = $1 AND idempotency_key = $2
 """  # noqa: S608 (column names of the model only)
 _RELEASE_KEY = "UPDATE jobs SET idempotency_key = NULL WHERE id = $1"
 
@@ -188,8 +209,12 @@ async def _find_idempotent(
             # The key expired: release it so that this request creates a new job.
             await conn.execute(_RELEASE_KEY, row["id"])
             return None
+        array = await conn.fetchrow(arrays.ARRAY_OF, row["id"]) if row["is_array"] else None
     check_replay(stored=row["request_hash"], given=fingerprint)
-    return JobOut.model_validate(_REPLAYED.decode(row))
+    job = JobOut.model_validate(_REPLAYED.decode(row))
+    if array is not None:
+        job.array = arrays.array_out(array)
+    return job
 
 
 async def get_job(*, session: AsyncSession, tenant_id: uuid.UUID, job_id: str) -> JobOut:

@@ -12,6 +12,10 @@ What is the gateway's own here:
   looks its holder up.
 - 503s: a connectivity failure, an open circuit or an exhausted pool fails every request of
   the batch (nothing of it was written), as does a write after ``stop``.
+
+An array (``write_array``) is one request with one row however many elements it has: its
+``jobs`` row, its ``job_arrays`` row and its event go in one statement of their own, which
+takes the array's places in the queue (one per element) under the same lock and count.
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from pydantic import BaseModel
 from sqlalchemy import Table
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from services.gateway.jobs.schemas import JobSubmit
+from services.gateway.jobs.schemas import ArraySpec, JobSubmit
 from shared.db.batch import GroupCommit
 from shared.errors import DependencyUnavailable, TooManyRequests
 from shared.events import JobSubmitted
@@ -127,6 +132,52 @@ SELECT id, false FROM r WHERE r.place > r.room
 
 INSERT_JOBS = insert_statement(WRITTEN)
 
+# An array's own row: what a job's submission writes, and ``is_array``.
+WRITTEN_ARRAY = Columns((*WRITTEN.fields, "is_array"))
+
+
+def array_statement(written: Columns) -> str:
+    """One array: the room left in its tenant's queue (under the submission lock; no limit
+    when the quota parameter is null), its ``jobs`` row when all its elements fit and its
+    key is free, then its ``job_arrays`` row (every element pending) and its outbox row for
+    exactly that row. The answer: the room, and the id inserted (null: none).
+
+    Parameters: ``written``'s columns (arrays of one), then the tenant, its
+    ``max_queued_jobs``, the size, ``index_param``, ``max_concurrent``, the overrides (JSON
+    text), and the event's id, routing key and body."""
+    n = len(written.fields)
+    p = {name: f"${n + i}" for i, name in enumerate(
+        ("tenant", "quota", "size", "index_param", "max_concurrent", "overrides", "message_id",
+         "routing_key", "body"), start=1)}  # fmt: skip
+    return f"""
+WITH room AS (
+    SELECT CASE WHEN {p["quota"]}::int4 IS NULL THEN NULL
+                ELSE jobs_waiting_room({p["tenant"]}::uuid, {p["quota"]}::int4) END AS room
+), new AS (
+    INSERT INTO jobs ({written.names()})
+    SELECT {written.values("r")}
+    FROM {written.unnest()} AS r({written.names()}), room
+    WHERE room.room IS NULL OR room.room >= {p["size"]}::int4
+    ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
+    RETURNING id, tenant_id
+), arrays AS (
+    INSERT INTO job_arrays (job_id, tenant_id, size, index_param, max_concurrent, overrides,
+                            next_index, cancelled, n_pending, n_queued, n_running,
+                            n_succeeded, n_failed, n_cancelled, n_timed_out)
+    SELECT new.id, new.tenant_id, {p["size"]}::int4, {p["index_param"]}::text,
+           {p["max_concurrent"]}::int4, CAST({p["overrides"]}::text AS jsonb),
+           0, false, {p["size"]}::int4, 0, 0, 0, 0, 0, 0
+    FROM new
+), events AS (
+    INSERT INTO outbox (message_id, routing_key, body)
+    SELECT {p["message_id"]}::uuid, {p["routing_key"]}::text, {p["body"]}::bytea FROM new
+)
+SELECT (SELECT room FROM room) AS room, (SELECT id FROM new) AS id
+"""  # noqa: S608 (column names of the model only)
+
+
+INSERT_ARRAY = array_statement(WRITTEN_ARRAY)
+
 
 def arguments(written: Columns, jobs: list[NewJob]) -> list[Any]:
     """The parameters of ``insert_statement(written)`` for ``jobs``."""
@@ -183,6 +234,7 @@ class JobWriter:
         linger_s: float = 0.002,
     ) -> None:
         self.connect = connect
+        self.on_commit = on_commit
         self.commits: GroupCommit[NewJob, bool | None] = GroupCommit(
             "jobs",
             self._insert,
@@ -206,6 +258,40 @@ class JobWriter:
             raise TooManyRequests(
                 f"max_queued_jobs ({job.max_queued}) reached; retry later", retry_after=5
             )
+        return inserted
+
+    async def write_array(self, job: NewJob, array: ArraySpec) -> bool:
+        """Insert an array's row (``job.row``: ``WRITTEN_ARRAY``'s columns), its
+        ``job_arrays`` row and its event, in one statement of its own; ``False`` when its
+        idempotency key is taken. ``TooManyRequests`` when the tenant's queue has fewer
+        places left than the array has elements (each element is a job waiting)."""
+        if self.commits.closed:
+            raise _shutting_down()
+        event = job.event
+        overrides = None if array.overrides is None else orjson.dumps(array.overrides).decode()
+        async with self.connect() as conn:
+            found = await conn.fetchrow(
+                INSERT_ARRAY,
+                *WRITTEN_ARRAY.arguments([job.row]),
+                job.row["tenant_id"],
+                job.max_queued,
+                array.size,
+                array.index_param,
+                array.max_concurrent,
+                overrides,
+                event.event_id,
+                event.routing_key,
+                event.to_bytes(),
+            )
+        room, inserted = found["room"], found["id"] is not None
+        if not inserted and room is not None and room < array.size:
+            raise TooManyRequests(
+                f"max_queued_jobs ({job.max_queued}) has room for {max(room, 0)} more jobs; "
+                f"the array's {array.size} elements are a job each. Retry later",
+                retry_after=5,
+            )
+        if inserted and self.on_commit is not None:
+            self.on_commit()
         return inserted
 
     async def _insert(self, jobs: list[NewJob]) -> list[bool | None]:

@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.dialects.postgresql import insert
@@ -140,26 +142,40 @@ async def count_attempt(
 LOST = "LOST"
 
 
-async def record_lost_attempt(
-    session: AsyncSession,
-    *,
-    job_id: uuid.UUID,
-    tenant_id: uuid.UUID,
-    attempt: int,
-    worker: str | None,
-    held_s: float,
-) -> None:
-    """The ``job_attempts`` row of an attempt reaped after its worker was lost, charged
-    ``held_s`` CPU seconds. A worker that comes back and reports the attempt later is fenced
-    (the job is no longer RUNNING that attempt), and the primary key keeps one row per
-    attempt, so the attempt counts once."""
-    await count_attempt(
-        session,
-        job_id=job_id,
-        tenant_id=tenant_id,
-        attempt=attempt,
-        worker=worker,
-        outcome=LOST,
-        cpu_seconds=held_s,
-        wall_seconds=held_s,
+@dataclass(frozen=True)
+class LostAttempt:
+    """An attempt reaped after its worker was lost, charged ``held_s`` CPU seconds."""
+
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    attempt: int
+    worker: str | None
+    held_s: float
+
+
+async def record_lost_attempts(session: AsyncSession, lost: Sequence[LostAttempt]) -> None:
+    """The ``job_attempts`` rows of the attempts ``lost``, in one statement: the trigger
+    that adds a statement's attempts to ``usage_hours`` locks their hours in (tenant, hour)
+    order, which one statement per attempt (in job order) would not keep. A worker that
+    comes back and reports an attempt later is fenced (the job is no longer RUNNING that
+    attempt), and the primary key keeps one row per attempt, so each counts once."""
+    if not lost:
+        return
+    await session.execute(
+        insert(JobAttempt)
+        .values(
+            [
+                {
+                    "job_id": a.job_id,
+                    "attempt": a.attempt,
+                    "tenant_id": a.tenant_id,
+                    "worker": a.worker,
+                    "outcome": LOST,
+                    "cpu_seconds": a.held_s,
+                    "wall_seconds": a.held_s,
+                }
+                for a in lost
+            ]
+        )
+        .on_conflict_do_nothing()
     )

@@ -5,18 +5,20 @@ counting elements, idempotent replays, and an array of 100,000 elements stored a
 from __future__ import annotations
 
 import asyncio
+import itertools
+import re
 import uuid
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-from pydantic import Field
+from pydantic import Field, TypeAdapter, ValidationError
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.jobs.arrays import check_array
-from services.gateway.jobs.schemas import JobSubmit
+from services.gateway.jobs.schemas import TEMPLATE_PATTERN, DatasetTemplate, JobSubmit
 from shared.db.models import Job, JobArray
 from shared.errors import Invalid
 from shared.jobs.arrays import element_id
@@ -237,6 +239,22 @@ async def test_index_only_in_the_dataset_names_of_an_array(
     problem = assert_problem(await client.post("/v1/jobs", json=body, headers=tenant.headers), 422)
     assert loc in locs(problem), problem
     assert await stored(sessions, tenant) == (0, 0)
+
+
+def test_the_template_pattern_is_the_template_rule() -> None:
+    """The document's pattern for dataset names (``{index}`` allowed) accepts exactly what
+    the submission accepts."""
+    pattern, rule = re.compile(TEMPLATE_PATTERN), TypeAdapter(DatasetTemplate)
+    tokens = ["a", ".", "/", "-", "{index}", "{", "x}"]
+    names = ["".join(p) for n in range(1, 5) for p in itertools.product(tokens, repeat=n)]
+    names += ["x" * 248 + "{index}", "x" * 249 + "{index}", "{index}" * 37, "{Index}", "{}"]
+    for name in names:
+        try:
+            rule.validate_python(name)
+            accepted = True
+        except ValidationError:
+            accepted = False
+        assert accepted == (bool(pattern.fullmatch(name)) and len(name) <= MAX_NAME), name
 
 
 def test_names_are_checked_with_the_longest_index() -> None:

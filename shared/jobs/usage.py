@@ -52,6 +52,16 @@ IN_FLIGHT = (
 WAITING = "(NOT is_array AND state IN ('PENDING', 'QUEUED'))"
 
 
+def waiting_jobs_sql(tenant: str, cap: str = "NULL") -> str:
+    """SQL for how many jobs the tenant ``tenant`` (an SQL expression) has waiting, what
+    ``max_queued_jobs`` counts: each element of an array is one job, with a row or not yet.
+    It is the database function ``jobs_waiting`` (migration 0015), which the submissions'
+    ``jobs_waiting_room`` counts with too: the waiting rows outside arrays (at most ``cap``),
+    plus ``n_pending + n_queued`` of the tenant's arrays that are not final. An element with
+    a row is in its array's counts, so it is counted there and never as a row as well."""
+    return f"jobs_waiting({tenant}, {cap})"
+
+
 # The window of ``cpu_seconds_per_day``.
 DAY_S = 86_400.0
 HOUR_S = 3600.0

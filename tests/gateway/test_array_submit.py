@@ -22,6 +22,7 @@ from services.gateway.jobs.schemas import TEMPLATE_PATTERN, DatasetTemplate, Job
 from shared.db.models import Job, JobArray
 from shared.errors import Invalid
 from shared.jobs.arrays import element_id
+from shared.jobs.usage import waiting_jobs_sql
 from shared.kernels import KernelSpec, MontecarloPiParams, Params, get_spec
 from shared.storage.names import MAX_NAME
 from tests.factories import new_job
@@ -375,7 +376,7 @@ async def test_an_element_with_a_row_is_counted_once(
     r = await client.post("/v1/jobs", json=sweep(5), headers=t.headers)
     assert r.status_code == 201, r.text
     array_id, tenant_id = uuid.UUID(r.json()["id"]), uuid.UUID(t.tenant_id)
-    waiting = text("SELECT jobs_waiting(:t, NULL)")
+    waiting = text(f"SELECT {waiting_jobs_sql(':t')}")
     async with sessions() as s:
         assert await s.scalar(waiting, {"t": tenant_id}) == 5
         element = new_job(

@@ -447,6 +447,10 @@ async def test_usage_counts_elements_not_arrays(
     assert sum(jobs.values()) == 1 + 10 + 2
     later = (await get(client, tenant, "/v1/usage?since=2999-01-01T00:00:00Z"))["jobs"]
     assert later == counts()
+    quotas = (await get(client, tenant, "/v1/tenant"))["usage"]
+    # waiting: the plain job, 6 virtual elements and the queued one; in flight: the running one
+    assert quotas["max_queued_jobs"]["used"] == 8
+    assert quotas["max_running_jobs"]["used"] == 1
 
 
 async def test_the_document_describes_job_ids_and_element_pages(client: httpx.AsyncClient) -> None:

@@ -178,6 +178,29 @@ async def test_the_base_params_need_not_be_valid_alone_when_every_element_is(
     assert ["body", "array", "elements", 2, "params", "samples"] in locs(problem)
 
 
+@pytest.mark.parametrize(
+    ("raw", "loc"),
+    [
+        ('{"samples": 1, "x": "\\ud800"}', ["body", "array", "elements", 1, "params"]),
+        ('{"\\ud800": 1}', ["body", "array", "elements", 1, "params"]),
+    ],
+    ids=["value", "key"],
+)
+async def test_a_lone_surrogate_in_an_override_is_a_422(
+    client: httpx.AsyncClient,
+    tenant: TenantKey,
+    sessions: async_sessionmaker[AsyncSession],
+    raw: str,
+    loc: list[Any],
+) -> None:
+    body = '{"kernel": "montecarlo_pi", "params": {"samples": 1}, "array": {"size": 3, '
+    body += f'"overrides": [{{}}, {raw}]}}}}'
+    headers = {**tenant.headers, "Content-Type": "application/json"}
+    r = await client.post("/v1/jobs", content=body.encode(), headers=headers)
+    assert loc in locs(assert_problem(r, 422))
+    assert await stored(sessions, tenant) == (0, 0)
+
+
 # --- dataset names ----------------------------------------------------------------------------
 
 STENCIL = {"kernel": "stencil2d", "params": {"iterations": 1}}

@@ -21,6 +21,7 @@ A refused element is a 422 whose ``errors[].loc`` names it:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -161,9 +162,20 @@ def _check_no_index_elsewhere(data: JobSubmit) -> None:
         for i, o in enumerate((data.array and data.array.overrides) or [])
     ]
     for loc, value in places:
-        if INDEX in orjson.dumps(value).decode():
+        if _mentions_index(value):
             msg = "{index} is replaced in dataset names (inputs, outputs) only"
             raise _refuse(loc, msg)
+
+
+def _mentions_index(value: object) -> bool:
+    """Whether a string in ``value`` (JSON: its keys too) holds ``{index}``."""
+    if isinstance(value, str):
+        return INDEX in value
+    if isinstance(value, dict):
+        return any(_mentions_index(k) or _mentions_index(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_mentions_index(v) for v in value)
+    return False
 
 
 def check_no_index(data: JobSubmit) -> None:
@@ -211,11 +223,19 @@ def _groups(array: ArraySpec) -> list[tuple[int, int]]:
     overrides = array.overrides or []
     bounds: dict[bytes, list[int]] = {}
     for i, override in enumerate(overrides):
-        key = orjson.dumps(override, option=orjson.OPT_SORT_KEYS)
-        bounds.setdefault(key, [i, i])[1] = i
+        bounds.setdefault(_canonical(override), [i, i])[1] = i
     if len(overrides) < array.size:  # the elements without an override
-        bounds.setdefault(b"{}", [len(overrides), 0])[1] = array.size - 1
+        bounds.setdefault(_canonical({}), [len(overrides), 0])[1] = array.size - 1
     return sorted((first, last) for first, last in bounds.values())
+
+
+def _canonical(override: Mapping[str, Any]) -> bytes:
+    """An override as canonical JSON. A lone surrogate (JSON can escape one, UTF-8 cannot
+    hold it) takes the slower ``json``, which escapes it; the element's check refuses it."""
+    try:
+        return orjson.dumps(override, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return json.dumps(override, sort_keys=True).encode()
 
 
 def _validate_groups(

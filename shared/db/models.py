@@ -131,7 +131,14 @@ class Job(Base):
         CheckConstraint("device IN ('cpu', 'cuda', 'any')", name="device_known"),
         CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
         UniqueConstraint("tenant_id", "idempotency_key"),
-        Index("ix_jobs_tenant_created", "tenant_id", "created_at", "id"),
+        # ``GET /v1/jobs``: the jobs it lists, never an array's elements (migration 0016)
+        Index(
+            "ix_jobs_tenant_created",
+            "tenant_id",
+            "created_at",
+            "id",
+            postgresql_where=text("array_id IS NULL"),
+        ),
         Index("ix_jobs_tenant_state_created", "tenant_id", "state", "created_at", "id"),
         Index(
             "ix_jobs_dispatchable",
@@ -154,13 +161,14 @@ class Job(Base):
             "id",
             postgresql_where=text("state = 'QUEUED' AND dispatched_at IS NULL"),
         ),
-        # ``GET /v1/jobs?label=k:v``; only labelled jobs, so unlabelled submissions skip it
+        # ``GET /v1/jobs?label=k:v``; only labelled jobs that it lists (no elements), so
+        # unlabelled submissions and elements skip it
         Index(
             "ix_jobs_labelled",
             "labels",
             postgresql_using="gin",
             postgresql_ops={"labels": "jsonb_path_ops"},
-            postgresql_where=text("labels <> '{}'::jsonb"),
+            postgresql_where=text("labels <> '{}'::jsonb AND array_id IS NULL"),
         ),
         Index(
             "ix_jobs_array_element",

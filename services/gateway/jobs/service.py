@@ -233,8 +233,9 @@ class JobFilter:
     created_before: datetime | None = None
 
 
-# The predicate of the partial index ``ix_jobs_labelled``, as a literal so that the planner
-# can use that index for a label filter.
+# With the list's ``array_id IS NULL``, the predicate of the partial index
+# ``ix_jobs_labelled``, as a literal so that the planner can use that index for a label
+# filter.
 _LABELLED = text("jobs.labels <> '{}'::jsonb")
 
 

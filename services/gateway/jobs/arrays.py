@@ -21,17 +21,19 @@ A refused element is a 422 whose ``errors[].loc`` names it:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from pydantic import TypeAdapter, ValidationError
 
 from services.gateway.jobs.schemas import ArrayOut, ArraySpec, JobSubmit
 from shared.errors import Invalid
 from shared.jobs.arrays import INDEX, Counts, element_of
-from shared.kernels import KernelSpec
+from shared.kernels import KernelSpec, Params
 from shared.storage.names import name_problem
 
 # The most errors a refusal lists (one per element could be 100,000).
@@ -124,11 +126,12 @@ def check_array(data: JobSubmit, spec: KernelSpec, *, max_size: int) -> ArrayPla
     array = data.array
     assert array is not None
     _check_settings(array, spec, max_size)
-    _check_no_index_elsewhere(data)
+    groups = _groups(array)
+    _check_no_index_elsewhere(data, groups)
     _check_names(data.inputs, "inputs", array.size)
     _check_names(data.outputs, "outputs", array.size)
     _check_outputs_per_element(data.outputs, array.size)
-    validated = _validate_groups(data.params, array, spec)
+    validated = _validate_groups(data.params, array, spec, groups)
     last = array.size - 1
     samples = tuple(
         Sample(i, validated[i], names_of(data.inputs, i), names_of(data.outputs, i))
@@ -153,14 +156,13 @@ def _check_settings(array: ArraySpec, spec: KernelSpec, max_size: int) -> None:
         raise _refuse(["array", "index_param"], msg)
 
 
-def _check_no_index_elsewhere(data: JobSubmit) -> None:
+def _check_no_index_elsewhere(data: JobSubmit, groups: list[tuple[int, int]]) -> None:
     """``{index}`` is replaced in dataset names only: anywhere else it would reach the
-    kernel as it is, which is never what a sweep meant."""
+    kernel as it is, which is never what a sweep meant. Each distinct override is looked
+    at once, at its first index."""
+    overrides = (data.array and data.array.overrides) or []
     places: list[tuple[list[Any], object]] = [(["params"], data.params), (["labels"], data.labels)]
-    places += [
-        (["array", "overrides", i], o)
-        for i, o in enumerate((data.array and data.array.overrides) or [])
-    ]
+    places += [(["array", "overrides", i], overrides[i]) for i, _ in groups if i < len(overrides)]
     for loc, value in places:
         if _mentions_index(value):
             msg = "{index} is replaced in dataset names (inputs, outputs) only"
@@ -221,12 +223,17 @@ def _groups(array: ArraySpec) -> list[tuple[int, int]]:
     """The elements by distinct override (compared as canonical JSON; none is ``{}``): the
     first and the last index of each, in order of the first."""
     overrides = array.overrides or []
-    bounds: dict[bytes, list[int]] = {}
+    firsts: dict[bytes, int] = {}
+    lasts: dict[bytes, int] = {}
     for i, override in enumerate(overrides):
-        bounds.setdefault(_canonical(override), [i, i])[1] = i
+        key = _canonical(override)
+        firsts.setdefault(key, i)
+        lasts[key] = i
     if len(overrides) < array.size:  # the elements without an override
-        bounds.setdefault(_canonical({}), [len(overrides), 0])[1] = array.size - 1
-    return sorted((first, last) for first, last in bounds.values())
+        key = _canonical({})
+        firsts.setdefault(key, len(overrides))
+        lasts[key] = array.size - 1
+    return sorted((first, lasts[key]) for key, first in firsts.items())
 
 
 def _canonical(override: Mapping[str, Any]) -> bytes:
@@ -239,30 +246,50 @@ def _canonical(override: Mapping[str, Any]) -> bytes:
 
 
 def _validate_groups(
-    params: Mapping[str, Any], array: ArraySpec, spec: KernelSpec
+    params: Mapping[str, Any], array: ArraySpec, spec: KernelSpec, groups: list[tuple[int, int]]
 ) -> dict[int, dict[str, Any]]:
     """Each group's first and last element validated (only its first without an
     ``index_param``: they have the same params); the validated params of elements 0 and
     ``size`` - 1, which the checks of inputs use."""
-    wanted = {0, array.size - 1}
-    found: dict[int, dict[str, Any]] = {}
-    for first, last in _groups(array):
-        checked: dict[str, Any] = {}
-        for i in dict.fromkeys((first, last) if array.index_param else (first,)):
-            element = element_of(
-                params=params,
-                inputs={},
-                outputs={},
-                index=i,
-                index_param=array.index_param,
-                overrides=array.overrides,
-            )
-            try:
-                checked = spec.validate_params(element.params)
-            except Invalid as exc:
-                raise at_element(exc, i) from None
-            if i in wanted:
-                found[i] = checked
-        if last in wanted:  # without an index_param, the params of the whole group
-            found.setdefault(last, checked)
-    return found
+
+    def params_of(i: int) -> dict[str, Any]:
+        return element_of(
+            params=params,
+            inputs={},
+            outputs={},
+            index=i,
+            index_param=array.index_param,
+            overrides=array.overrides,
+        ).params
+
+    ends = {first for first, _ in groups}
+    if array.index_param:
+        ends.update(last for _, last in groups)
+    indices = sorted(ends)
+    _validate_all(spec, indices, [params_of(i) for i in indices])
+    return {i: spec.validate_params(params_of(i)) for i in {0, array.size - 1}}
+
+
+@functools.cache
+def _many(model: type[Params]) -> TypeAdapter[list[Params]]:
+    return TypeAdapter(list[model])  # type: ignore[valid-type]
+
+
+def _validate_all(spec: KernelSpec, indices: list[int], sets: list[dict[str, Any]]) -> None:
+    """``spec.validate_params`` of every set (element ``indices[k]``'s params are
+    ``sets[k]``) in one validation of a JSON list; the first element refused is validated
+    alone again, so that its 422 is exactly a job's, at the element."""
+    text = json.dumps(sets, ensure_ascii=False)
+    try:
+        text.encode()
+        _many(spec.params).validate_json(text, strict=True)
+        return
+    except UnicodeEncodeError:  # a lone surrogate: find its element one set at a time
+        first = range(len(sets))
+    except ValidationError as exc:
+        first = range(int(exc.errors()[0]["loc"][0]), len(sets))
+    for k in first:
+        try:
+            spec.validate_params(sets[k])
+        except Invalid as exc:
+            raise at_element(exc, indices[k]) from None

@@ -13,6 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import httpx
 import pytest
 from stratus_client import AsyncClient, Client, RetryEvent, RetryPolicy
 
@@ -143,8 +144,6 @@ async def test_a_lost_answer_is_retried_with_the_same_idempotency_key(
 
 async def test_failed_connections_of_a_cancel_are_not_retried(url: str, key: str) -> None:
     """A cancel whose answer is lost may have worked: the error is raised, not repeated."""
-    import httpx
-
     with Client(url, key) as c:
         job = c.submit("montecarlo_pi", params=MC)
         c.wait(job.id, timeout=60)

@@ -9,11 +9,13 @@ import uuid
 
 import httpx
 import orjson
+import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.jobs import cancel
 from shared.db.models import Job, JobArray, JobEvent, Outbox
+from shared.errors import Conflict
 from shared.jobs.arrays import element_id
 from shared.jobs.states import JobState
 from tests.gateway.array_rows import counts, get, materialise, move, stored_array
@@ -169,3 +171,19 @@ async def test_elements_materialised_while_a_cancel_waits_are_cancelled(
             )
         ).all()
     assert [tuple(h) for h in history] == [("QUEUED", "CANCELLED")]
+
+
+async def test_an_element_another_transaction_holds_is_a_409_to_retry(
+    tenant: TenantKey, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """What the cancel answers when an element it must lock after the array's lock is held
+    (by a claim that waits for the array): no wait, a 409 with ``Retry-After``."""
+    aid = await stored_array(sessions, tenant, 2, materialised=1)
+    held = select(Job.id).where(Job.id == element_id(aid, 0))
+    async with sessions() as claim, claim.begin():
+        await claim.execute(held.with_for_update())
+        async with sessions() as s, s.begin():
+            with pytest.raises(Conflict) as refused:
+                await cancel._lock_nowait(s, held)
+    assert refused.value.retry_after is not None
+    assert refused.value.detail == cancel.BUSY

@@ -293,3 +293,9 @@ def _validate_all(spec: KernelSpec, indices: list[int], sets: list[dict[str, Any
             spec.validate_params(sets[k])
         except Invalid as exc:
             raise at_element(exc, indices[k]) from None
+    # Never reached while one set validates as the list's item does; refused all the same.
+    refused = Invalid(
+        f"params do not match the schema of kernel {spec.name!r}",
+        errors=[{"loc": ["body", "params"], "msg": "refused"}],
+    )
+    raise at_element(refused, indices[first.start])

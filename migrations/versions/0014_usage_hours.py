@@ -30,16 +30,16 @@ _ROWS = """
 """
 
 
-def _add(source: str) -> str:
-    """Add the rows of ``source`` to their buckets, one statement: buckets locked in
-    (tenant_id, hour) order, so two statements never wait on each other's buckets
-    crosswise. A tenant that is gone (its deletion cascades to its attempts) gets none."""
+def _add(source: str, *, live: str = "true") -> str:
+    """Add the rows of ``source`` that satisfy ``live`` to their buckets, one statement:
+    buckets locked in (tenant_id, hour) order, so two statements never wait on each other's
+    buckets crosswise."""
     return f"""
         INSERT INTO usage_hours AS b
             (tenant_id, hour, attempts, cpu_seconds, gpu_seconds, cpu_moment_s)
         SELECT tenant_id, hour, sum(n), sum(cpu), sum(gpu), sum(moment)
         FROM ({source}) d
-        WHERE tenant_id IN (SELECT id FROM tenants)
+        WHERE {live}
         GROUP BY tenant_id, hour
         HAVING sum(n) <> 0 OR sum(cpu) <> 0 OR sum(gpu) <> 0 OR sum(moment) <> 0
         ORDER BY tenant_id, hour
@@ -53,6 +53,10 @@ def _add(source: str) -> str:
 
 _NEW = _ROWS.format(k=1, table="new_rows")
 _OLD = _ROWS.format(k=-1, table="old_rows")
+# Attempts deleted with their tenant (the deletion cascades to its jobs and their attempts)
+# leave no bucket behind: the tenant's buckets go with it. Inserted attempts need no such
+# check (their jobs' tenants exist), which keeps the tenants table out of the record path.
+_LIVE = "EXISTS (SELECT 1 FROM tenants WHERE tenants.id = d.tenant_id)"
 
 # One function for the three triggers (a trigger with transition tables has one event).
 # Attempts are only ever inserted by the services; an update or a delete (a job's deletion
@@ -65,9 +69,9 @@ BEGIN
     IF TG_OP = 'INSERT' THEN
         {_add(_NEW)}
     ELSIF TG_OP = 'DELETE' THEN
-        {_add(_OLD)}
+        {_add(_OLD, live=_LIVE)}
     ELSE
-        {_add(_NEW + " UNION ALL " + _OLD)}
+        {_add(_NEW + " UNION ALL " + _OLD, live=_LIVE)}
     END IF;
     RETURN NULL;
 END

@@ -41,17 +41,19 @@ AHEAD = """
 LIVE = f"(a.n_queued + a.n_running + a.n_pending - {VIRTUAL})"
 
 # $1 the window per array, $2 the most elements in all, $3 the reason of a QUEUED element.
-# Arrays are locked (SKIP LOCKED: an array another transaction holds waits for the next
-# pass) and served each tenant's first array first, then by priority and age.
+# Only arrays with room are locked (SKIP LOCKED: an array another transaction holds waits
+# for the next pass; a full one is not touched, so a pass writes nothing while every window
+# is full), and served each tenant's first array first, then by priority and age.
+_BOUND = "least(coalesce(a.max_concurrent, $1::int), $1::int)"
 MATERIALISE = f"""
 WITH open AS (
     SELECT a.job_id, a.tenant_id, a.next_index, a.index_param, a.overrides,
-           least(a.size - a.next_index,
-                 least(coalesce(a.max_concurrent, $1::int), $1::int) - {LIVE}) AS room
+           least(a.size - a.next_index, {_BOUND} - {LIVE}) AS room
     FROM job_arrays a
     JOIN tenants t ON t.id = a.tenant_id
     {AHEAD}
     WHERE NOT a.cancelled AND a.next_index < a.size AND NOT t.suspended
+      AND {_BOUND} > {LIVE}
     FOR UPDATE OF a SKIP LOCKED
 ), ranked AS (
     SELECT o.*, sum(o.room) OVER (ORDER BY o.tenant_rank, o.priority DESC, o.created_at,

@@ -5,6 +5,7 @@ and its pending elements are."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 from typing import Any
@@ -358,3 +359,17 @@ async def test_kedas_fallback_counts_elements_not_the_array_row(s: Sessions) -> 
     await _materialise(s, window=4)
     await _finish(s, [element_id(aid, 0)])
     assert await values() == {"cpu": 9, "cuda": 3}  # 3 rows, 6 without one
+
+
+async def test_concurrent_passes_never_exceed_the_bound(s: Sessions) -> None:
+    """Schedulers materialising at once (each its own transaction) leave the array at its
+    bound, not a multiple of it."""
+    tid = await _tenant(s)
+    aid = await _array(s, tid, 100, max_concurrent=3)
+    for _ in range(5):
+        await asyncio.gather(*(_materialise(s) for _ in range(6)))
+        elements = await _elements(s, aid)
+        assert sum(e.state not in FINAL for e in elements) == 3
+        _, array = await _row(s, aid)
+        assert array.next_index == len(elements)
+        await _finish(s, [elements[-1].id])

@@ -1,6 +1,7 @@
-"""Every Python example of the SDK's README runs as it is, as a user would run it: a
-process of its own, configured only by the environment (``STRATUS_URL``,
-``STRATUS_API_KEY``, and ``STRATUS_ADMIN_KEY`` for the admin's example)."""
+"""Every Python example of the SDK's README, and of the main README's "Python SDK" section,
+runs as it is, as a user would run it: a process of its own, configured only by the
+environment (``STRATUS_URL``, ``STRATUS_API_KEY``, and ``STRATUS_ADMIN_KEY`` for the admin's
+example)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,18 @@ import pytest
 
 from tests.conftest import ADMIN_KEY
 
-README = Path(__file__).parents[2] / "clients" / "python" / "README.md"
+ROOT = Path(__file__).parents[2]
+SDK_README = ROOT / "clients" / "python" / "README.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
-EXAMPLES = BLOCK.findall(README.read_text())
+SDK_EXAMPLES = BLOCK.findall(SDK_README.read_text())
+# the main README's "Python SDK" section, up to the next section
+SECTION = re.compile(r"^## Python SDK\n(.*?)(?=^## )", re.DOTALL | re.MULTILINE)
+EXAMPLES = SDK_EXAMPLES + BLOCK.findall(SECTION.findall((ROOT / "README.md").read_text())[0])
 
 
-def test_the_readme_has_examples() -> None:
-    assert len(EXAMPLES) >= 8
+def test_the_readmes_have_examples() -> None:
+    assert len(SDK_EXAMPLES) >= 8
+    assert len(EXAMPLES) > len(SDK_EXAMPLES)
 
 
 @pytest.mark.parametrize("code", EXAMPLES, ids=[f"example-{i}" for i in range(len(EXAMPLES))])

@@ -3,9 +3,12 @@ ApiError, configuration, request bodies and paths, and .npy in chunks."""
 
 from __future__ import annotations
 
+import ast
 import email.utils
 import io
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -192,3 +195,20 @@ def test_polls_grow_and_end_on_the_deadline() -> None:
     assert clipped is not None
     assert clipped <= 0.5
     assert Deadline(0).clip(1.0) is None
+
+
+ALLOWED_IMPORTS = {"httpx", "pydantic", "numpy", "stratus_client"}
+
+
+def test_the_sdk_imports_nothing_of_the_service() -> None:
+    """Built on the public API only: the standard library, httpx, pydantic, NumPy."""
+    package = Path(__file__).parents[2] / "clients" / "python" / "stratus_client"
+    found: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    assert found - ALLOWED_IMPORTS <= sys.stdlib_module_names
+    assert "numpy" in found  # the scan sees the lazy import too

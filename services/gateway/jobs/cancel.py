@@ -87,6 +87,7 @@ async def cancel_array(session: AsyncSession, tenant_id: uuid.UUID, parent: Job)
     first = await _lock_live(session, parent, wait=True)
     array = await _lock_array(session, parent.id)
     if array.n_pending + array.n_queued + array.n_running == 0:
+        await session.refresh(parent)  # its state as the last element left it
         raise Conflict(f"array is already {parent.state}")
     late = await _lock_live(session, parent, wait=False)  # materialised meanwhile
     for job_id in sorted(set(first) | set(late)):

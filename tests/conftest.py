@@ -23,8 +23,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.settings import CommonSettings
+from tests.databases import (
+    copy_database,
+    delete_vhost,
+    migrate_template,
+    new_vhost,
+    template_of,
+)
 from tests.servers import servers_out
-from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
+from tools.cluster import drop_database
 
 RUN_ID = uuid.uuid4().hex[:8]
 ADMIN_KEY = "test-admin-" + secrets.token_urlsafe(16)
@@ -79,8 +86,9 @@ def pytest_runtest_makereport(
 @pytest.fixture(scope="session")
 def test_env() -> Iterator[dict[str, str]]:
     db = vhost = f"stratus_test_{RUN_ID}"
-    prepare_database(db)
-    prepare_vhost(vhost)
+    migrate_template(db)
+    copy_database(db, db)
+    new_vhost(vhost)
     env = {
         "STRATUS_POSTGRES__DATABASE": db,
         "STRATUS_RABBIT__VHOST": vhost,
@@ -100,7 +108,8 @@ def test_env() -> Iterator[dict[str, str]]:
             else:
                 os.environ[k] = v
         drop_database(db)
-        drop_vhost(vhost)
+        drop_database(template_of(db))
+        delete_vhost(vhost)
 
 
 @pytest.fixture(scope="session")

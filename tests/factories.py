@@ -18,7 +18,8 @@ from shared.events import utcnow
 from shared.jobs.store import admit_pending, session_fetch
 from shared.settings import CommonSettings
 from shared.storage.stagein import request_stage_ins
-from tools.cluster import drop_database, drop_vhost, prepare_database, prepare_vhost
+from tests.databases import copy_database, delete_vhost, new_vhost
+from tools.cluster import drop_database
 
 
 @asynccontextmanager
@@ -28,9 +29,9 @@ async def own_database(
     """A migrated database ``<test database>_<suffix>`` (and a vhost of that name), dropped on
     exit: (its name, sessions on it)."""
     name = f"{settings.postgres.database}_{suffix}"
-    prepare_database(name)
+    copy_database(name, settings.postgres.database)
     if vhost:
-        prepare_vhost(name)
+        new_vhost(name)
     engine = make_engine(settings.postgres.model_copy(update={"database": name}))
     try:
         yield name, make_sessionmaker(engine)
@@ -38,7 +39,7 @@ async def own_database(
         await engine.dispose()
         drop_database(name)
         if vhost:
-            drop_vhost(name)
+            delete_vhost(name)
 
 
 def new_job(tenant_id: uuid.UUID, **fields: Any) -> Job:

@@ -17,16 +17,10 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY
+from tests.databases import copy_database, delete_vhost, new_vhost
 from tests.datamover.harness import BUCKET, MotoServer
 from tests.servers import unacked_messages, unfinished_jobs
-from tools.cluster import (
-    ClusterConfig,
-    LocalCluster,
-    drop_database,
-    drop_vhost,
-    prepare_database,
-    prepare_vhost,
-)
+from tools.cluster import ClusterConfig, LocalCluster, drop_database
 from tools.provision import postgres_settings
 
 
@@ -52,6 +46,17 @@ BASE_PORT = free_base_port()
 # what a module's last jobs may need to finish (the e2e jobs run for a second or less)
 IDLE_WITHIN_S = 60.0
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The modules on the shared cluster (``e2e_cluster``) run after the modules with a
+    cluster of their own, so that two clusters never run side by side."""
+    here = Path(__file__).parent
+    slots = [i for i, item in enumerate(items) if here in item.path.parents]
+    ours = [items[i] for i in slots]
+    ours.sort(key=lambda item: "e2e_cluster" in getattr(item, "fixturenames", ()))
+    for i, item in zip(slots, ours, strict=True):
+        items[i] = item
 
 
 @pytest.fixture(scope="session")
@@ -90,8 +95,8 @@ def own_cluster(
     ``env`` over the test run's settings, its ports from ``base`` (a free range by default)
     and the rest of ``ClusterConfig`` from ``config``; stopped and dropped on exit."""
     name = f"{test_env['STRATUS_POSTGRES__DATABASE']}_{suffix}"
-    prepare_database(name)
-    prepare_vhost(name)
+    copy_database(name, test_env["STRATUS_POSTGRES__DATABASE"])
+    new_vhost(name)
     base = free_base_port() if base is None else base
     cfg = ClusterConfig(
         run_dir=Path(tmp_path_factory.mktemp(f"{suffix}-cluster")),
@@ -115,10 +120,12 @@ def own_cluster(
         assert_idle(cfg.env, name)
 
 
-# A cluster per module: its processes end with the module, so they never compete with the
-# tests that follow it (nor hold the database connections those need).
-@pytest.fixture(scope="module")
-def cluster(
+# One cluster for the e2e modules that need no settings of their own: its processes start
+# with the first of them and end with the last, so they never compete with the tests of
+# other directories (nor hold the database connections those need). A module with settings
+# of its own overrides ``cluster`` with an ``own_cluster``.
+@pytest.fixture(scope="package")
+def e2e_cluster(
     test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, e2e_moto: MotoServer
 ) -> Iterator[LocalCluster]:
     with own_cluster(
@@ -135,6 +142,14 @@ def cluster(
         },
     ) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def cluster(e2e_cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """The e2e cluster, checked idle when the module ends: a module that leaves work behind
+    fails itself rather than slowing the modules after it."""
+    yield e2e_cluster
+    assert_idle(e2e_cluster.cfg.env, e2e_cluster.cfg.env["STRATUS_RABBIT__VHOST"])
 
 
 def assert_idle(env: dict[str, str], name: str, *, within_s: float = IDLE_WITHIN_S) -> None:
@@ -162,7 +177,7 @@ def running(cfg: ClusterConfig, name: str, *, timeout: float = 90) -> Iterator[L
     finally:
         c.stop()
         drop_database(name)
-        drop_vhost(name)
+        delete_vhost(name)
 
 
 @pytest.fixture(scope="module")

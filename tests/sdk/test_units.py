@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 from stratus_client import ApiError, Client, ConfigurationError, RetryPolicy
-from stratus_client._calls import dataset_path, job_path, submission
+from stratus_client._calls import dataset_path, job_path, submission, submit
 from stratus_client._npy import NpyReader, npy_parts
 from stratus_client._wait import Deadline, poll_delays
 from stratus_client.retry import parse_retry_after
@@ -129,6 +129,13 @@ def test_a_submission_holds_only_what_was_given() -> None:
         "array": {"size": 3},
         "checkpoint_interval_s": 0,
     }
+
+
+def test_each_submission_has_a_key_of_its_own_unless_given() -> None:
+    first, second = submit({"kernel": "k"}, None), submit({"kernel": "k"}, None)
+    assert first.headers["Idempotency-Key"] != second.headers["Idempotency-Key"]
+    assert submit({"kernel": "k"}, "mine").headers["Idempotency-Key"] == "mine"
+    assert first.idempotent  # so a lost answer is retried, with the same key
 
 
 def test_ids_and_names_stay_one_path_segment() -> None:

@@ -74,7 +74,7 @@ def _time(value: datetime | str) -> str:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
-def _given(**params: Any) -> Params:
+def query(**params: Any) -> Params:
     """The query parameters that have a value (the API refuses unknown or empty ones)."""
     return tuple((k, str(v)) for k, v in params.items() if v is not None)
 
@@ -83,12 +83,11 @@ def kernels() -> Call[list[Kernel]]:
     return Call("GET", "/v1/kernels", lambda r: _KERNELS.validate_json(r.content))
 
 
-def submit(body: dict[str, Any], idempotency_key: str | None) -> tuple[Call[Job], str]:
-    """The submission and its ``Idempotency-Key`` (a new one unless given): every retry of
+def submit(body: dict[str, Any], idempotency_key: str | None) -> Call[Job]:
+    """The submission with its ``Idempotency-Key`` (a new one unless given): every retry of
     the call carries the same key, so the service creates the job at most once."""
     key = idempotency_key or str(uuid.uuid4())
-    call = Call("POST", "/v1/jobs", _model(Job), json=body, headers={"Idempotency-Key": key})
-    return call, key
+    return Call("POST", "/v1/jobs", _model(Job), json=body, headers={"Idempotency-Key": key})
 
 
 def submission(
@@ -147,7 +146,7 @@ def job_filters(
     created_before: datetime | str | None = None,
 ) -> Params:
     """``GET /v1/jobs`` filters: every label given must match (``?label=k:v`` repeated)."""
-    pairs = _given(
+    pairs = query(
         state=state,
         kernel=kernel,
         created_after=None if created_after is None else _time(created_after),
@@ -158,12 +157,12 @@ def job_filters(
 
 def page(path: str, filters: Params, cursor: str | None, page_size: int) -> Call[Page]:
     """One page of the list at ``path``; the next one is asked with its ``next_cursor``."""
-    params = (*filters, ("limit", str(page_size)), *_given(cursor=cursor))
+    params = (*filters, ("limit", str(page_size)), *query(cursor=cursor))
     return Call("GET", path, _model(Page), params=params)
 
 
 def put_dataset(name: str, tier: str | None) -> Call[Dataset]:
-    return Call("PUT", dataset_path(name), _model(Dataset), params=_given(tier=tier))
+    return Call("PUT", dataset_path(name), _model(Dataset), params=query(tier=tier))
 
 
 def get_dataset(name: str) -> Call[httpx.Response]:

@@ -200,7 +200,7 @@ class AsyncClient:
             depends_on=depends_on,
             extra=extra,
         )
-        call, _key = _calls.submit(body, idempotency_key)
+        call = _calls.submit(body, idempotency_key)
         return await self._run(call)
 
     async def get(self, job_id: str) -> Job:
@@ -269,7 +269,7 @@ class AsyncClient:
     async def migrations(
         self, *, state: str | None = None, dataset: str | None = None
     ) -> AsyncIterator[Migration]:
-        filters = _calls.job_filters(state=state) + ((("dataset", dataset),) if dataset else ())
+        filters = _calls.query(state=state, dataset=dataset)
         async for item in self._items("/v1/migrations", filters):
             yield Migration.model_validate(item)
 

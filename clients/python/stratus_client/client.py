@@ -192,7 +192,7 @@ class Client:
             depends_on=depends_on,
             extra=extra,
         )
-        call, _key = _calls.submit(body, idempotency_key)
+        call = _calls.submit(body, idempotency_key)
         return self._run(call)
 
     def get(self, job_id: str) -> Job:
@@ -256,7 +256,7 @@ class Client:
     def migrations(
         self, *, state: str | None = None, dataset: str | None = None
     ) -> Iterator[Migration]:
-        filters = _calls.job_filters(state=state) + ((("dataset", dataset),) if dataset else ())
+        filters = _calls.query(state=state, dataset=dataset)
         for item in self._items("/v1/migrations", filters):
             yield Migration.model_validate(item)
 

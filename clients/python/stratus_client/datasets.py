@@ -114,7 +114,7 @@ class Datasets:
 
     def list(self, *, prefix: str | None = None) -> Iterator[Dataset]:
         """The tenant's datasets (names starting with ``prefix``), every page."""
-        filters = (("prefix", prefix),) if prefix else ()
+        filters = _calls.query(prefix=prefix or None)
         for item in self._client._items("/v1/datasets", filters):
             yield Dataset.model_validate(item)
 
@@ -189,7 +189,7 @@ class AsyncDatasets:
         return await self._client._run(_calls.dataset_meta(name))
 
     async def list(self, *, prefix: str | None = None) -> AsyncIterator[Dataset]:
-        filters = (("prefix", prefix),) if prefix else ()
+        filters = _calls.query(prefix=prefix or None)
         async for item in self._client._items("/v1/datasets", filters):
             yield Dataset.model_validate(item)
 

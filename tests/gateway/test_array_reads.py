@@ -93,6 +93,8 @@ async def test_ids_that_name_no_job_are_404(
         f"{aid}:1:2",
         f"{aid}:3",  # past the last element
         f"{aid}:1234567890",
+        f"{aid}:{'9' * 100}",
+        "x" * 300,
         f"{plain}:0",  # not an array
         str(uuid.uuid4()),
         f"{uuid.uuid4()}:0",

@@ -82,7 +82,6 @@ async def submit_job(
 JobIdPath = Annotated[
     str,
     Path(
-        max_length=64,
         description="a job's or an array's id, or an element's: \"{array_id}:{index}\"",
     ),
 ]

@@ -139,7 +139,9 @@ def storage(tiers_root: Path, moto: MotoServer) -> StorageSettings:
     return storage_settings(tiers_root, moto)
 
 
-@pytest.fixture(scope="session")
+# A gateway per package (datamover, datasets): its connection pool and consumers are gone
+# when the package ends, so the directories that follow have the database's connections.
+@pytest.fixture(scope="package")
 async def gateway(test_env: dict[str, str], storage: StorageSettings) -> AsyncIterator[FastAPI]:
     """The gateway in-process, with the test tiers."""
     app = create_app(GatewaySettings(storage=storage))
@@ -147,7 +149,7 @@ async def gateway(test_env: dict[str, str], storage: StorageSettings) -> AsyncIt
         yield app
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 async def api(gateway: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=gateway)
     async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=60) as c:

@@ -13,6 +13,7 @@ from stratus_client.models import (
     ArraySpec,
     ArrayStatus,
     Dataset,
+    DeadLetters,
     Job,
     JobState,
     Kernel,
@@ -22,6 +23,7 @@ from stratus_client.models import (
     Tenant,
     TenantSelf,
     Usage,
+    WorkerPool,
 )
 from stratus_client.retry import NO_RETRIES, RetryEvent, RetryPolicy
 
@@ -39,6 +41,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "Dataset",
+    "DeadLetters",
     "Job",
     "JobState",
     "Kernel",
@@ -52,5 +55,6 @@ __all__ = [
     "TenantSelf",
     "Usage",
     "WaitTimeout",
+    "WorkerPool",
     "__version__",
 ]

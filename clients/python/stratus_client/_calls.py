@@ -17,6 +17,7 @@ from stratus_client.models import (
     ApiKey,
     ArraySpec,
     Dataset,
+    DeadLetters,
     Job,
     Kernel,
     Migration,
@@ -25,6 +26,7 @@ from stratus_client.models import (
     Tenant,
     TenantSelf,
     Usage,
+    WorkerPool,
 )
 
 T = TypeVar("T")
@@ -51,6 +53,15 @@ def _model(cls: type[M]) -> Callable[[httpx.Response], M]:
 
 
 _KERNELS = TypeAdapter(list[Kernel])
+
+
+def _items_of(cls: type[M]) -> Callable[[httpx.Response], list[M]]:
+    """An answer ``{"items": [...]}`` that is never paged, as models."""
+
+    def parse(r: httpx.Response) -> list[M]:
+        return [cls.model_validate(item) for item in Page.model_validate_json(r.content).items]
+
+    return parse
 
 
 def _nothing(_r: httpx.Response) -> None:
@@ -248,3 +259,11 @@ def create_key(tenant_id: str, name: str, scopes: Iterable[str] | None) -> Call[
 def delete_key(tenant_id: str, key_id: str) -> Call[None]:
     path = f"{tenant_path(tenant_id)}/keys/{quote(str(key_id), safe='')}"
     return Call("DELETE", path, _nothing)
+
+
+def pools() -> Call[list[WorkerPool]]:
+    return Call("GET", "/v1/admin/pools", _items_of(WorkerPool))
+
+
+def dead_letters(peek: int) -> Call[list[DeadLetters]]:
+    return Call("GET", "/v1/admin/dead-letters", _items_of(DeadLetters), params=query(peek=peek))

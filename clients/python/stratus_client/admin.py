@@ -1,5 +1,5 @@
 """The platform admin's methods (``client.admin``; the client must hold the admin key):
-tenants, their quotas, and their API keys."""
+tenants, their quotas, their API keys; worker pools and dead letters."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from stratus_client import _calls
-from stratus_client.models import ApiKey, Quotas, Tenant
+from stratus_client.models import ApiKey, DeadLetters, Quotas, Tenant, WorkerPool
 
 if TYPE_CHECKING:
     from stratus_client.aio import AsyncClient
@@ -56,6 +56,15 @@ class Admin:
         """Revoke a key: it stops working within a second on every gateway."""
         self._client._run(_calls.delete_key(tenant_id, key_id))
 
+    def pools(self) -> list[WorkerPool]:
+        """The worker pools: live workers, and the autoscaler's bounds, demand and decisions."""
+        return self._client._run(_calls.pools())
+
+    def dead_letters(self, *, peek: int = 10) -> list[DeadLetters]:
+        """Per durable queue: its dead letters' count and the oldest ``peek`` (0-100) of them,
+        left in place."""
+        return self._client._run(_calls.dead_letters(peek))
+
 
 class AsyncAdmin:
     def __init__(self, client: AsyncClient) -> None:
@@ -91,3 +100,9 @@ class AsyncAdmin:
 
     async def delete_key(self, tenant_id: str, key_id: str) -> None:
         await self._client._run(_calls.delete_key(tenant_id, key_id))
+
+    async def pools(self) -> list[WorkerPool]:
+        return await self._client._run(_calls.pools())
+
+    async def dead_letters(self, *, peek: int = 10) -> list[DeadLetters]:
+        return await self._client._run(_calls.dead_letters(peek))

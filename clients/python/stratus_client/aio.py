@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -140,22 +141,33 @@ class AsyncClient:
                 return
             cursor = page.next_cursor
 
-    async def _follow(
+    async def _snapshots(
         self,
         read: Callable[[], Awaitable[F]],
         what: str,
         timeout: float | None,  # noqa: ASYNC109 - the deadline is the wait's own (Client's too)
-    ) -> F:
+    ) -> AsyncIterator[F]:
         deadline = Deadline(timeout)
         for delay in poll_delays():
             seen = await read()
+            yield seen
             if seen.is_final:
-                return seen
+                return
             wait = deadline.clip(delay)
             if wait is None:
                 raise WaitTimeout(what, timeout or 0, seen)
             await asyncio.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover - poll_delays never ends
+
+    async def _follow(
+        self,
+        read: Callable[[], Awaitable[F]],
+        what: str,
+        timeout: float | None,  # noqa: ASYNC109 - as _snapshots
+    ) -> F:
+        async for seen in self._snapshots(read, what, timeout):
+            if seen.is_final:
+                return seen
+        raise AssertionError("unreachable")  # pragma: no cover - the last one is final
 
     # --- kernels and jobs -------------------------------------------------------------------
 
@@ -249,6 +261,15 @@ class AsyncClient:
         ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds."""
         return await self._follow(lambda: self.get(job_id), f"job {job_id}", timeout)
 
+    def watch(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Job]:
+        """The job at each look until it is final (the last one), as ``Client.watch``."""
+        return self._snapshots(lambda: self.get(job_id), f"job {job_id}", timeout)
+
     # --- migrations, usage, tenant ----------------------------------------------------------
 
     async def migrate(
@@ -283,6 +304,16 @@ class AsyncClient:
         return await self._follow(
             lambda: self.get_migration(migration_id), f"migration {migration_id}", timeout
         )
+
+    def watch_migration(
+        self,
+        migration_id: str,
+        *,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Migration]:
+        """The migration at each look until it is final (the last one)."""
+        read = partial(self.get_migration, migration_id)
+        return self._snapshots(read, f"migration {migration_id}", timeout)
 
     async def usage(self) -> Usage:
         """CPU and GPU seconds, jobs by state, storage and bytes moved of the tenant."""

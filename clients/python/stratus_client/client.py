@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
+from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -137,17 +139,22 @@ class Client:
                 return
             cursor = page.next_cursor
 
-    def _follow(self, read: Callable[[], F], what: str, timeout: float | None) -> F:
+    def _snapshots(self, read: Callable[[], F], what: str, timeout: float | None) -> Iterator[F]:
+        """What ``read`` returns at each poll, the final one last; ``WaitTimeout`` once
+        ``timeout`` passes first."""
         deadline = Deadline(timeout)
         for delay in poll_delays():
             seen = read()
+            yield seen
             if seen.is_final:
-                return seen
+                return
             wait = deadline.clip(delay)
             if wait is None:
                 raise WaitTimeout(what, timeout or 0, seen)
             time.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover - poll_delays never ends
+
+    def _follow(self, read: Callable[[], F], what: str, timeout: float | None) -> F:
+        return deque(self._snapshots(read, what, timeout), maxlen=1)[0]
 
     # --- kernels and jobs -------------------------------------------------------------------
 
@@ -236,6 +243,11 @@ class Client:
         ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds."""
         return self._follow(lambda: self.get(job_id), f"job {job_id}", timeout)
 
+    def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]:
+        """The job as ``wait`` sees it at each look, until it is final (the last one): for a
+        progress display. ``WaitTimeout`` after ``timeout`` seconds."""
+        return self._snapshots(lambda: self.get(job_id), f"job {job_id}", timeout)
+
     # --- migrations, usage, tenant ----------------------------------------------------------
 
     def migrate(
@@ -265,6 +277,13 @@ class Client:
         return self._follow(
             lambda: self.get_migration(migration_id), f"migration {migration_id}", timeout
         )
+
+    def watch_migration(
+        self, migration_id: str, *, timeout: float | None = None
+    ) -> Iterator[Migration]:
+        """The migration at each look until it is final (the last one), as ``watch``."""
+        read = partial(self.get_migration, migration_id)
+        return self._snapshots(read, f"migration {migration_id}", timeout)
 
     def usage(self) -> Usage:
         """CPU and GPU seconds, jobs by state, storage and bytes moved of the tenant."""

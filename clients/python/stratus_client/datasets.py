@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from stratus_client.client import Client
 
 PathLike = str | os.PathLike[str]
+# Called with the bytes moved so far: for a progress display.
+Progress = Callable[[int], None]
 
 
 def _sized(call: _calls.Call[Dataset], size: int) -> _calls.Call[Dataset]:
@@ -39,6 +41,32 @@ def _file_chunks(path: PathLike) -> Iterator[bytes]:
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             yield chunk
+
+
+def _counted(chunks: Iterator[bytes], progress: Progress | None) -> Iterator[bytes]:
+    """``chunks``, with ``progress`` told the bytes taken so far (from 0)."""
+    if progress is None:
+        yield from chunks
+        return
+    done = 0
+    progress(done)
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk)
+        progress(done)
+
+
+async def _counted_async(
+    chunks: AsyncIterator[bytes], progress: Progress | None
+) -> AsyncIterator[bytes]:
+    done = 0
+    if progress is not None:
+        progress(done)
+    async for chunk in chunks:
+        yield chunk
+        done += len(chunk)
+        if progress is not None:
+            progress(done)
 
 
 class _Temp:
@@ -69,10 +97,18 @@ class Datasets:
         """Store ``data`` as dataset ``name`` (on ``tier``, default the service's)."""
         return self._client._run_with(_calls.put_dataset(name, tier), lambda: data)
 
-    def put_file(self, name: str, path: PathLike, *, tier: str | None = None) -> Dataset:
-        """Store the file at ``path``, read and sent in chunks."""
+    def put_file(
+        self,
+        name: str,
+        path: PathLike,
+        *,
+        tier: str | None = None,
+        progress: Progress | None = None,
+    ) -> Dataset:
+        """Store the file at ``path``, read and sent in chunks; ``progress(bytes_sent)``
+        after each (from 0 again when the upload is tried again)."""
         call = _sized(_calls.put_dataset(name, tier), os.path.getsize(path))
-        return self._client._run_with(call, lambda: _file_chunks(path))
+        return self._client._run_with(call, lambda: _counted(_file_chunks(path), progress))
 
     def put_array(self, name: str, array: npt.ArrayLike, *, tier: str | None = None) -> Dataset:
         """Store a NumPy array as a ``.npy`` dataset, sent from the array's own memory."""
@@ -90,11 +126,12 @@ class Datasets:
     def get_bytes(self, name: str) -> bytes:
         return b"".join(self._chunks(name))
 
-    def get_file(self, name: str, path: PathLike) -> Path:
-        """Write the dataset to ``path`` (replaced only once every byte has arrived)."""
+    def get_file(self, name: str, path: PathLike, *, progress: Progress | None = None) -> Path:
+        """Write the dataset to ``path`` (replaced only once every byte has arrived);
+        ``progress(bytes_received)`` after each chunk."""
         temp = _Temp(path)
         try:
-            for chunk in self._chunks(name):
+            for chunk in _counted(self._chunks(name), progress):
                 temp.file.write(chunk)
         except BaseException:
             temp.discard()
@@ -145,10 +182,19 @@ class AsyncDatasets:
     async def put_bytes(self, name: str, data: bytes, *, tier: str | None = None) -> Dataset:
         return await self._client._run_with(_calls.put_dataset(name, tier), lambda: data)
 
-    async def put_file(self, name: str, path: PathLike, *, tier: str | None = None) -> Dataset:
+    async def put_file(
+        self,
+        name: str,
+        path: PathLike,
+        *,
+        tier: str | None = None,
+        progress: Progress | None = None,
+    ) -> Dataset:
         size = await asyncio.to_thread(os.path.getsize, path)
         call = _sized(_calls.put_dataset(name, tier), size)
-        return await self._client._run_with(call, lambda: _file_chunks_async(path))
+        return await self._client._run_with(
+            call, lambda: _counted_async(_file_chunks_async(path), progress)
+        )
 
     async def put_array(
         self, name: str, array: npt.ArrayLike, *, tier: str | None = None
@@ -168,10 +214,12 @@ class AsyncDatasets:
     async def get_bytes(self, name: str) -> bytes:
         return b"".join([chunk async for chunk in self._chunks(name)])
 
-    async def get_file(self, name: str, path: PathLike) -> Path:
+    async def get_file(
+        self, name: str, path: PathLike, *, progress: Progress | None = None
+    ) -> Path:
         temp = await asyncio.to_thread(_Temp, path)
         try:
-            async for chunk in self._chunks(name):
+            async for chunk in _counted_async(self._chunks(name), progress):
                 await asyncio.to_thread(temp.file.write, chunk)
         except BaseException:
             await asyncio.to_thread(temp.discard)

@@ -189,6 +189,31 @@ class ApiKey(_Model):
     name: str | None = None
 
 
+class WorkerPool(_Model):
+    """A worker pool (``cpu``, ``cuda``): its live workers and, when the autoscaler runs it,
+    its bounds, demand, current and desired workers and recent decisions."""
+
+    pool: str
+    autoscaling: bool
+    live_workers: int
+    workers: list[dict[str, Any]] = Field(default_factory=list)
+    min_workers: int | None = None
+    max_workers: int | None = None
+    current_workers: int | None = None
+    desired_workers: int | None = None
+    queued_jobs: int | None = None
+    running_jobs: int | None = None
+
+
+class DeadLetters(_Model):
+    """The messages a queue's consumers gave up on: how many wait, and the oldest few."""
+
+    queue: str
+    dead_letter_queue: str
+    messages: int
+    oldest: list[dict[str, Any]] = Field(default_factory=list)
+
+
 class Page(_Model):
     """One page of a list: its raw items and the cursor of the next page (None: the last)."""
 

@@ -55,9 +55,11 @@ async def open_pool(app: FastAPI) -> None:
             await conn.exec_driver_sql("SELECT 1")
 
 
-# A gateway per module: its outbox relay and consumers stop when the module ends, so none
-# keeps working on the shared database and vhost under the modules that follow.
-@pytest.fixture(scope="module")
+# One gateway for the gateway tests: its outbox relay and consumers stop when the last of
+# them ends, so none keeps working on the shared database and vhost under the directories
+# that follow. A module that needs other settings starts a gateway of its own beside it
+# (``gateway_client``).
+@pytest.fixture(scope="package")
 async def client(
     test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[httpx.AsyncClient]:

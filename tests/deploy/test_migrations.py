@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tools.cluster import drop_database, prepare_database
+from tests.databases import copy_database
+from tools.cluster import drop_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def fresh_db(test_env: dict[str, str]) -> Iterator[str]:
+    """A copy of the run's template: what ``alembic upgrade head`` built, in this run."""
     name = test_env["STRATUS_POSTGRES__DATABASE"] + "_mig"
-    prepare_database(name)
+    copy_database(name, test_env["STRATUS_POSTGRES__DATABASE"])
     try:
         yield name
     finally:

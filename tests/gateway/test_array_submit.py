@@ -353,6 +353,35 @@ async def test_concurrent_arrays_never_overrun_max_queued_jobs(
         assert r.status_code == expected, r.text
 
 
+async def test_arrays_and_single_jobs_at_once_share_the_room_exactly(
+    client: httpx.AsyncClient, sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """Single jobs (the group-commit batches) and arrays (a statement each) take their places
+    under the same lock: together they never exceed the quota, and the count the quota is
+    held to is what they took."""
+    t = await quota_tenant(client, 20)
+    bodies = [sweep(4) if i % 3 == 0 else MC for i in range(45)]
+    answers = await asyncio.gather(
+        *(client.post("/v1/jobs", json=b, headers=t.headers) for b in bodies)
+    )
+    taken = sum(
+        (4 if "array" in b else 1)
+        for b, r in zip(bodies, answers, strict=True)
+        if r.status_code == 201
+    )
+    assert {r.status_code for r in answers} <= {201, 429, 503}
+    assert taken <= 20
+    if 503 not in {r.status_code for r in answers}:  # only the quota refused
+        assert taken >= 17  # a refused array needs 4: up to 3 places may stay free
+    if any(r.status_code == 429 and "array" not in b for b, r in zip(bodies, answers, strict=True)):
+        assert taken == 20  # a single job was refused: no place was left
+    async with sessions() as s:
+        waiting = await s.scalar(
+            text(f"SELECT {waiting_jobs_sql(':t')}"), {"t": uuid.UUID(t.tenant_id)}
+        )
+    assert waiting == taken
+
+
 # --- idempotency and size ----------------------------------------------------------------------
 
 

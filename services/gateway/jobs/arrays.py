@@ -16,7 +16,8 @@ distinct parameter sets, not 100,000:
   when it holds for one, except for the length, which the last (longest) index decides.
 
 A refused element is a 422 whose ``errors[].loc`` names it:
-``["body", "array", "elements", i, "params" | "inputs" | "outputs", ...]``.
+``["body", "array", "elements", i, "params" | "inputs", ...]``; a dataset name that is wrong for
+every element is refused where it is given (``["body", "outputs", name]``).
 """
 
 from __future__ import annotations

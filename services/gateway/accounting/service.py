@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db.models import Job, JobArray, JobAttempt, Migration, Tenant
 from shared.jobs.arrays import COUNT_COLUMNS
 from shared.jobs.states import JobState
-from shared.jobs.usage import IN_FLIGHT, cpu_today_sql
+from shared.jobs.usage import IN_FLIGHT, cpu_today_sql, waiting_jobs_sql
 from shared.storage.quota import reserved_bytes, stored_bytes
 
 GroupBy = Literal["kernel", "label", "day"]
@@ -150,15 +150,15 @@ async def _groups(
 
 # A tenant's use of each of its quotas now, in one round trip, as the scheduler counts it
 # (the CPU seconds of the last 24 h by the hour, ``shared.jobs.usage``) and as a submission
-# takes its place in the queue (``jobs_waiting``, migration 0015: each element of an array
-# one job). :t the tenant. (The text is built from constants only.)
+# takes its place in the queue (``waiting_jobs_sql``: each element of an array one job). :t
+# the tenant. (The text is built from constants only.)
 _QUOTA_USE = text(
     f"""
 SELECT
     (SELECT count(*) FROM jobs WHERE tenant_id = :t AND {IN_FLIGHT}) AS in_flight,
     (SELECT coalesce(sum(timeout_s), 0)::float8 FROM jobs WHERE tenant_id = :t AND {IN_FLIGHT})
         AS held,
-    jobs_waiting(:t, NULL) AS waiting,
+    {waiting_jobs_sql(":t")} AS waiting,
     {cpu_today_sql(":t")} AS cpu_day
 """  # noqa: S608
 )

@@ -15,7 +15,7 @@ import pytest
 from shared.messaging import Broker, Delivery, QueueSpec
 from shared.messaging.broker import Outgoing
 from shared.settings import CommonSettings
-from tools.cluster import drop_vhost, prepare_vhost
+from tests.databases import delete_vhost, new_vhost
 from tools.provision import _rabbitmqctl
 
 
@@ -23,9 +23,9 @@ from tools.provision import _rabbitmqctl
 def vhost(settings: CommonSettings) -> Iterator[str]:
     """A vhost of this test's own: its connections are the only ones closed."""
     name = f"{settings.rabbit.vhost}_rc"
-    prepare_vhost(name)
+    new_vhost(name)
     yield name
-    drop_vhost(name)
+    delete_vhost(name)
 
 
 def _broker(settings: CommonSettings, vhost: str, name: str) -> Broker:

@@ -42,6 +42,16 @@ def element_id(array_id: uuid.UUID, index: int) -> uuid.UUID:
     return uuid.UUID(hex=array_id.hex[:20] + f"{index:012x}")
 
 
+# The last 48 bits of an array's own id: no index reaches it (``size`` is far below 2**48 - 1),
+# so no element's id is its array's.
+_ARRAY_TAIL = "f" * 12
+
+
+def new_array_id() -> uuid.UUID:
+    """A fresh id for an array: random but for its last 48 bits (``_ARRAY_TAIL``)."""
+    return uuid.UUID(hex=uuid.uuid4().hex[:20] + _ARRAY_TAIL)
+
+
 def element_id_sql(array_id: str, index: str) -> str:
     """SQL for ``element_id`` of the uuid expression ``array_id`` and the integer ``index``."""
     return f"(left(replace({array_id}::text, '-', ''), 20) || lpad(to_hex({index}), 12, '0'))::uuid"

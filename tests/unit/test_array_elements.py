@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from shared.jobs.arrays import JobRef, element_id, element_of, parse_job_ref, public_id
+from shared.jobs.arrays import (
+    JobRef,
+    element_id,
+    element_of,
+    new_array_id,
+    parse_job_ref,
+    public_id,
+)
 
 
 def test_overrides_then_index_param_over_params() -> None:
@@ -47,3 +54,14 @@ def test_route_ids() -> None:
         assert parse_job_ref(bad) is None, bad
     assert element_id(a, 7).hex[:20] == a.hex[:20]
     assert element_id(a, 7) != element_id(a, 8)
+
+
+def test_no_element_of_an_array_has_the_array_s_own_id() -> None:
+    """An array's id ends in 48 one-bits, which no index reaches: element ids never collide
+    with it (the materialisation would skip such an element as already there)."""
+    for _ in range(100):
+        array_id = new_array_id()
+        assert array_id.hex.endswith("f" * 12)
+        assert element_id(array_id, 0) != array_id
+        assert element_id(array_id, (1 << 48) - 2) != array_id
+        assert element_id(array_id, 5).hex[:20] == array_id.hex[:20]

@@ -116,7 +116,7 @@ def test_a_new_job_row_has_every_written_column_and_its_answer_is_a_job_out() ->
 
 def test_a_replay_reads_every_field_of_job_out_by_name() -> None:
     names = selected(service._FIND_BY_KEY)
-    assert names == [*stored(JobOut.model_fields), "request_hash"]
+    assert names == [*stored(JobOut.model_fields), "request_hash", "is_array"]
     assert "array" not in names  # an array's settings and counts are not in its jobs row
     now = datetime.now(UTC)
     row: dict[str, Any] = {

@@ -21,6 +21,7 @@ from shared.db.models import Job
 from shared.errors import Conflict, Invalid
 from shared.events import JobSubmitted, utcnow
 from shared.idempotency import check_replay, request_hash
+from shared.jobs.arrays import new_array_id
 from shared.jobs.row import Columns, stored
 from shared.jobs.states import JobState
 from shared.kernels import KernelSpec, get_spec
@@ -112,6 +113,7 @@ async def submit_job(
         max_retries=data.max_retries if data.max_retries is not None else default_max_retries,
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
+        job_id=None if plan is None else new_array_id(),
     )
     if plan is None:
         written = await db.writer.write(job)
@@ -151,11 +153,18 @@ def _checked_params(data: JobSubmit, spec: KernelSpec, tiers: Collection[str]) -
     return params
 
 
-def _new_job(*, tenant_id: uuid.UUID, data: JobSubmit, max_queued: int, **columns: Any) -> NewJob:
+def _new_job(
+    *,
+    tenant_id: uuid.UUID,
+    data: JobSubmit,
+    max_queued: int,
+    job_id: uuid.UUID | None = None,
+    **columns: Any,
+) -> NewJob:
     """The row a submission writes (``WRITTEN``): the request's fields as they come,
-    ``columns`` (what the gateway works out) over them, a PENDING job created now; and its
-    ``job.submitted`` event."""
-    job_id = uuid.uuid4()
+    ``columns`` (what the gateway works out) over them, a PENDING job created now (``job_id``,
+    else a new one); and its ``job.submitted`` event."""
+    job_id = job_id or uuid.uuid4()
     now = utcnow()
     row = {name: getattr(data, name) for name in FROM_REQUEST}
     row.update(columns)

@@ -1,0 +1,290 @@
+"""What one trivial job costs the database and the broker, per job.
+
+    .venv/bin/python bench/job_cost.py [--jobs N] [--clients C] [--idle S]
+
+Starts a local cluster (``tools.cluster``: 1 gateway, 1 scheduler, 1 worker, datamover; ports
+19400-19600, database and vhost ``stratus_jobcost``, dropped on exit), runs a warm-up, then:
+
+1. idle: ``--idle`` seconds with nothing submitted, for the background rate (the scheduler's
+   periodic passes, heartbeats, relay polls), which is subtracted from the run below;
+2. the run: ``--jobs`` trivial ``montecarlo_pi`` jobs (samples=1000) from ``--clients``
+   concurrent clients, until all are SUCCEEDED and the outbox is empty.
+
+It prints per job: PostgreSQL transactions (``pg_stat_database``, less this script's own
+queries), rows inserted, updated and deleted per table (``pg_stat_user_tables``), and the
+messages published per routing key (a queue of its own bound to ``#`` on the events
+exchange sees every publish) with the queues they reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import asyncpg
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repo root
+
+from shared.messaging.topology import DURABLE_QUEUES
+from tools.cluster import (
+    ClusterConfig,
+    LocalCluster,
+    drop_database,
+    drop_vhost,
+    prepare_database,
+    prepare_vhost,
+)
+from tools.provision import postgres_settings, rabbit_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DB = VHOST = "stratus_jobcost"
+RUN_DIR = ROOT / "bench" / "results" / "job-cost-run"
+EXCHANGE = "stratus.events"
+TAP = "bench.jobcost.tap"
+# PostgreSQL publishes a backend's counters at most once a second, and an idle backend's
+# within about 10 s: a snapshot waits until the counted inserts match the tables' rows
+STATS_SETTLE_S = 1.5
+SETTLE_TIMEOUT_S = 25.0
+SETTLED = """
+    SELECT (SELECT count(*) FROM jobs) = (SELECT n_tup_ins FROM pg_stat_user_tables
+                                          WHERE relname = 'jobs')
+       AND (SELECT count(*) FROM job_events) = (SELECT n_tup_ins - n_tup_del
+                                                FROM pg_stat_user_tables
+                                                WHERE relname = 'job_events')
+       AND (SELECT count(*) FROM job_attempts) = (SELECT n_tup_ins FROM pg_stat_user_tables
+                                                  WHERE relname = 'job_attempts')
+       AND (SELECT count(*) FROM outbox) = (SELECT n_tup_ins - n_tup_del
+                                            FROM pg_stat_user_tables WHERE relname = 'outbox')
+"""
+
+TABLE_COUNTERS = """
+    SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables
+"""
+DB_COUNTERS = """
+    SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()
+"""
+
+
+@dataclass
+class Snapshot:
+    transactions: int
+    tables: dict[str, tuple[int, int, int]]
+    at: float
+
+
+class Meter:
+    """The database's counters, less the transactions this meter itself runs."""
+
+    def __init__(self, db: asyncpg.Connection) -> None:
+        self.db = db
+        self.own = 0  # statements (each a transaction) this script ran on the database
+
+    async def query(self, sql: str, *args: Any) -> Any:
+        self.own += 1
+        return await self.db.fetch(sql, *args)
+
+    async def snapshot(self) -> Snapshot:
+        deadline = time.monotonic() + SETTLE_TIMEOUT_S
+        while True:
+            await asyncio.sleep(STATS_SETTLE_S)
+            await self.query("SELECT pg_stat_clear_snapshot()")
+            if (await self.query(SETTLED))[0][0] or time.monotonic() > deadline:
+                break
+        xacts = (await self.query(DB_COUNTERS))[0][0]
+        tables = {r[0]: (r[1], r[2], r[3]) for r in await self.query(TABLE_COUNTERS)}
+        return Snapshot(int(xacts) - self.own, tables, time.monotonic())
+
+
+def delta(a: Snapshot, b: Snapshot) -> tuple[float, dict[str, tuple[int, int, int]]]:
+    tables = {
+        name: tuple(y - x for x, y in zip(a.tables.get(name, (0, 0, 0)), v, strict=True))
+        for name, v in b.tables.items()
+    }
+    return b.transactions - a.transactions, {k: v for k, v in tables.items() if any(v)}  # type: ignore[misc]
+
+
+async def tap_counts(channel: aio_pika.abc.AbstractChannel) -> Counter[str]:
+    """Empty the tap queue: the messages published since the last call, by routing key."""
+    queue = await channel.get_queue(TAP)
+    counts: Counter[str] = Counter()
+    while (message := await queue.get(no_ack=True, fail=False)) is not None:
+        counts[message.routing_key or ""] += 1
+    return counts
+
+
+def queues_of(routing_key: str) -> list[str]:
+    """The durable queues a routing key reaches (per-process control queues not listed)."""
+    return [q.name for q in DURABLE_QUEUES if routing_key in q.bindings]
+
+
+async def new_tenant(gateway: str, admin_key: str) -> dict[str, str]:
+    async with httpx.AsyncClient(base_url=gateway, timeout=30) as api:
+        admin = {"Authorization": f"Bearer {admin_key}"}
+        body = {
+            "name": f"jobcost-{time.time_ns()}",
+            "quotas": {"requests_per_second": 100_000, "max_queued_jobs": 100_000},
+        }
+        r = await api.post("/v1/tenants", json=body, headers=admin)
+        r.raise_for_status()
+        k = await api.post(f"/v1/tenants/{r.json()['id']}/keys", json={"name": "b"}, headers=admin)
+        k.raise_for_status()
+    return {"Authorization": f"Bearer {k.json()['key']}"}
+
+
+async def submit(gateway: str, key: dict[str, str], n: int, clients: int) -> None:
+    seq = iter(range(n))
+
+    async def client(api: httpx.AsyncClient) -> None:
+        for i in seq:
+            body = {"kernel": "montecarlo_pi", "params": {"samples": 1000, "seed": i}}
+            r = await api.post("/v1/jobs", json=body)
+            r.raise_for_status()
+
+    async with httpx.AsyncClient(base_url=gateway, headers=key, timeout=30) as api:
+        await asyncio.gather(*(client(api) for _ in range(clients)))
+
+
+async def wait_done(meter: Meter, n: int, timeout: float = 300.0) -> None:
+    """Until ``n`` more jobs have succeeded than before and the outbox is empty."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = await meter.query(
+            "SELECT (SELECT count(*) FROM jobs WHERE state = 'SUCCEEDED'), "
+            "(SELECT count(*) FROM jobs WHERE state NOT IN ('SUCCEEDED')), "
+            "(SELECT count(*) FROM outbox)"
+        )
+        ok, other, outbox = rows[0]
+        if ok >= n and other == 0 and outbox == 0:
+            return
+        await asyncio.sleep(0.25)
+    raise RuntimeError("the jobs did not finish in time")
+
+
+def report(title: str, n: int, xacts: float, tables: dict[str, tuple[int, int, int]]) -> None:
+    ins = sum(v[0] for v in tables.values())
+    upd = sum(v[1] for v in tables.values())
+    dele = sum(v[2] for v in tables.values())
+    print(f"{title}: {xacts / n:.2f} transactions, rows {ins / n:.2f} inserted, "
+          f"{upd / n:.2f} updated, {dele / n:.2f} deleted per job")  # fmt: skip
+    for name, (i, u, d) in sorted(tables.items()):
+        print(f"    {name:<20} ins {i / n:6.2f}  upd {u / n:6.2f}  del {d / n:6.2f}")
+
+
+async def measure(gateway: str, admin_key: str, opts: argparse.Namespace) -> None:
+    pg = postgres_settings({"STRATUS_POSTGRES__DATABASE": DB})
+    amqp = rabbit_settings({"STRATUS_RABBIT__VHOST": VHOST}).url()
+    db = await asyncpg.connect(pg.url(driver="postgresql"))
+    broker = await aio_pika.connect(amqp)
+    try:
+        channel = await broker.channel()
+        tap = await channel.declare_queue(TAP, auto_delete=True)
+        await tap.bind(EXCHANGE, "#")
+        meter = Meter(db)
+        key = await new_tenant(gateway, admin_key)
+        await submit(gateway, key, 20, opts.clients)  # warm-up: imports, JIT, prepared plans
+        await wait_done(meter, 20)
+        await tap_counts(channel)
+
+        before = await meter.snapshot()
+        await asyncio.sleep(opts.idle)
+        after = await meter.snapshot()
+        idle_s = after.at - before.at
+        idle_x, idle_t = delta(before, after)
+        idle_msgs = await tap_counts(channel)
+
+        start = await meter.snapshot()
+        t0 = time.monotonic()
+        await submit(gateway, key, opts.jobs, opts.clients)
+        await wait_done(meter, opts.jobs + 20)
+        run_s = time.monotonic() - t0
+        end = await meter.snapshot()
+        msgs = await tap_counts(channel)
+        xacts, tables = delta(start, end)
+        window = end.at - start.at
+        n = opts.jobs
+        print(f"{n} jobs from {opts.clients} clients in {run_s:.1f} s "
+              f"(counters over {window:.1f} s)")  # fmt: skip
+        print(f"background over {idle_s:.1f} s idle: {idle_x / idle_s:.1f} transactions/s, "
+              f"{sum(sum(v) for v in idle_t.values()) / idle_s:.1f} row writes/s, "
+              f"{sum(idle_msgs.values())} messages")  # fmt: skip
+        scale = window / idle_s
+        net_tables = {
+            name: tuple(v - round(b * scale) for v, b in zip(vals, idle_t.get(name, (0, 0, 0)),
+                                                             strict=True))
+            for name, vals in tables.items()
+        }  # fmt: skip
+        report("raw", n, xacts, tables)
+        report("less background", n, xacts - idle_x * scale, net_tables)  # type: ignore[arg-type]
+        print("messages published per job (routing key -> durable queues it reaches):")
+        for rk, count in sorted(msgs.items()):
+            print(f"    {rk:<22} {count / n:5.2f}  -> {', '.join(queues_of(rk)) or '-'}")
+        deliveries = sum(c * len(queues_of(rk)) for rk, c in msgs.items())
+        print(f"    in all: {sum(msgs.values()) / n:.2f} published, {deliveries / n:.2f} "
+              "deliveries on durable queues")  # fmt: skip
+    finally:
+        await broker.close()
+        await db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=300)
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--idle", type=float, default=6.0)
+    opts = parser.parse_args(argv)
+    admin_key = "jobcost-admin-" + secrets.token_urlsafe(16)
+    env = {
+        "STRATUS_POSTGRES__DATABASE": DB,
+        "STRATUS_RABBIT__VHOST": VHOST,
+        "STRATUS_ADMIN_KEY": admin_key,
+        "STRATUS_KEY_SECRET": secrets.token_urlsafe(32),
+        "STRATUS_ENVIRONMENT": "bench",
+    }
+    drop_database(DB)
+    prepare_database(DB)
+    prepare_vhost(VHOST)
+    cfg = ClusterConfig(
+        run_dir=RUN_DIR,
+        env=env,
+        gateway_port=19400,
+        scheduler_port=19401,
+        datamover_port=19403,
+        worker_base_port=19500,
+        workers=1,
+        python=sys.executable,
+    )
+    cluster = LocalCluster(cfg)
+    try:
+        cluster.start(timeout=120)
+        print(f"job cost, {os.cpu_count()} cores, source {git_head()}")
+        asyncio.run(measure(cluster.url("gateway"), admin_key, opts))
+    finally:
+        cluster.stop()
+        drop_database(DB)
+        drop_vhost(VHOST)
+    return 0
+
+
+def git_head() -> str:
+    head = ROOT / ".git" / "HEAD"
+    try:
+        ref = head.read_text().strip()
+        if ref.startswith("ref: "):
+            return (ROOT / ".git" / ref[5:]).read_text().strip()[:7]
+        return ref[:7]
+    except OSError:
+        return "?"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -122,6 +122,7 @@ async def _wait_elements(
             polls += 1
             end = finished.timestamp() if finished is not None else None
             return ok, bad, end, ok + bad < expected, polls
+        await asyncio.sleep(0.05)
 
 
 async def sweep(

@@ -216,7 +216,7 @@ async def assert_owner_untouched(client: httpx.AsyncClient, owner: Owner) -> Non
     h, ids = owner.key.headers, owner.ids
     job = await client.get(f"/v1/jobs/{ids['job']}", headers=h)
     assert job.status_code == 200
-    assert job.json()["state"] == "PENDING"  # nobody else could cancel it
+    assert job.json()["state"] == "QUEUED"  # nobody else could cancel it
     data = await client.get(f"/v1/datasets/{ids['dataset']}", headers=h)
     assert (data.status_code, data.content) == (200, DATA)  # nobody else could delete it
     mig = await client.get(f"/v1/migrations/{ids['migration']}", headers=h)

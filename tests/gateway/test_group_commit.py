@@ -148,7 +148,7 @@ async def test_concurrent_submits_share_transactions_and_each_answer_is_its_row(
         )
         by_id = {r[0]: tuple(r)[1:] for r in rows}
         for i, job_id in enumerate(ids):
-            assert by_id[job_id] == (str(i), i % 10, "PENDING", 0)
+            assert by_id[job_id] == (str(i), i % 10, "QUEUED", 0)
 
 
 async def test_same_key_in_one_batch_gives_one_job(settings: CommonSettings) -> None:

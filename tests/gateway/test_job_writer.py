@@ -59,6 +59,8 @@ def new_row(tenant_id: uuid.UUID, **columns: Any) -> NewJob:
         "max_retries": 0,
         "state": "PENDING",
         "attempts": 0,
+        "queued_at": None,
+        "state_reason": None,
         "idempotency_key": None,
         "request_hash": None,
         "created_at": now,

@@ -63,7 +63,8 @@ async def test_submit_stores_job_and_outbox_event_together(
     )
     assert r.status_code == 201, r.text
     job = r.json()
-    assert job["state"] == "PENDING"
+    # no inputs to stage in: stored QUEUED, as admission would make it
+    assert (job["state"], job["queued_at"]) == ("QUEUED", job["created_at"])
     assert job["priority"] == 7
     assert job["labels"] == {"x": "y"}
     assert job["params"] == {"samples": 1000, "seed": 1}
@@ -166,8 +167,10 @@ async def test_list_pages_newest_first_with_cursor(client: httpx.AsyncClient) ->
         if cursor is None:
             break
     assert seen == list(reversed(made))
-    r = await client.get("/v1/jobs", params={"state": "PENDING"}, headers=t.headers)
+    r = await client.get("/v1/jobs", params={"state": "QUEUED"}, headers=t.headers)
     assert len(r.json()["items"]) == 7
+    r = await client.get("/v1/jobs", params={"state": "PENDING"}, headers=t.headers)
+    assert r.json()["items"] == []
     r = await client.get("/v1/jobs", params={"state": "RUNNING"}, headers=t.headers)
     assert r.json()["items"] == []
     assert_problem(await client.get("/v1/jobs", params={"limit": 501}, headers=t.headers), 422)
@@ -281,7 +284,7 @@ async def test_suspended_tenant_gets_403(client: httpx.AsyncClient) -> None:
     assert await eventually_status(client, "/v1/jobs", t.headers, 403, within_s=1.0)
 
 
-async def test_cancel_pending_job_then_409(
+async def test_cancel_waiting_job_then_409(
     client: httpx.AsyncClient, tenant: TenantKey, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     job = (await client.post("/v1/jobs", json=MC, headers=tenant.headers)).json()
@@ -298,7 +301,7 @@ async def test_cancel_pending_job_then_409(
                 )
             )
         ).all()
-    assert [tuple(h) for h in history] == [("PENDING", "CANCELLED")]
+    assert [tuple(h) for h in history] == [("QUEUED", "CANCELLED")]
 
 
 async def test_outbox_is_drained_by_the_relay(

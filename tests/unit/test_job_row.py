@@ -102,10 +102,20 @@ def new_job(tenant_id: uuid.UUID, *, job_id: uuid.UUID | None = None) -> writer.
     return job
 
 
+def test_a_job_with_inputs_is_stored_pending_for_admission_and_its_stage_in() -> None:
+    data = JobSubmit(kernel="smooth", inputs={"data": "in/x.npy"})
+    job = service._new_job(tenant_id=uuid.uuid4(), data=data, max_queued=0)
+    assert (job.row["state"], job.row["queued_at"], job.row["state_reason"]) == (
+        "PENDING",
+        None,
+        None,
+    )
+
+
 def test_a_new_job_row_has_every_written_column_and_its_answer_is_a_job_out() -> None:
     job = new_job(uuid.uuid4())
     assert set(job.row) == set(writer.WRITTEN.fields)
-    assert job.row["state"] == "PENDING"
+    assert (job.row["state"], job.row["queued_at"]) == ("QUEUED", job.row["created_at"])
     assert job.row["labels"] == {"a": "b"}  # as the request gave it
     answer = service._created(job)
     JobOut.model_validate(answer.model_dump())  # every field of the contract is there

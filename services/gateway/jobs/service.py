@@ -24,6 +24,7 @@ from shared.idempotency import check_replay, request_hash
 from shared.jobs.arrays import new_array_id
 from shared.jobs.row import Columns, stored
 from shared.jobs.states import JobState
+from shared.jobs.store import ADMIT_REASON
 from shared.kernels import KernelSpec, get_spec
 from shared.pagination import keyset_page
 
@@ -162,19 +163,27 @@ def _new_job(
     **columns: Any,
 ) -> NewJob:
     """The row a submission writes (``WRITTEN``): the request's fields as they come,
-    ``columns`` (what the gateway works out) over them, a PENDING job created now (``job_id``,
-    else a new one); and its ``job.submitted`` event."""
+    ``columns`` (what the gateway works out) over them, a job created now (``job_id``, else a
+    new one); and its ``job.submitted`` event.
+
+    A single job without inputs is stored QUEUED, as admission would make it at once (it has
+    nothing to stage in): the scheduler's dispatch takes it without a PENDING -> QUEUED
+    step. A job with inputs stays PENDING for admission and its stage-in; an array's own
+    row is PENDING, its state then being its elements'."""
     job_id = job_id or uuid.uuid4()
     now = utcnow()
     row = {name: getattr(data, name) for name in FROM_REQUEST}
     row.update(columns)
+    queued = not data.inputs and data.array is None
     row.update(
         id=job_id,
         tenant_id=tenant_id,
-        state=JobState.PENDING.value,
+        state=(JobState.QUEUED if queued else JobState.PENDING).value,
         attempts=0,
         created_at=now,
         updated_at=now,
+        queued_at=now if queued else None,
+        state_reason=ADMIT_REASON if queued else None,
     )
     event = JobSubmitted(
         tenant_id=tenant_id,

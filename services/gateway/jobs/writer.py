@@ -49,6 +49,8 @@ SET_BY_GATEWAY = (
     "request_hash",
     "created_at",
     "updated_at",
+    "queued_at",
+    "state_reason",
 )
 
 

@@ -7,11 +7,16 @@ succeeded without any fault (throughput without faults), the rest are submitted 
 pace while a worker is killed (SIGKILL, supervisord restarts it) every
 ``worker_kill_every_s`` at most (one that is ready, while another one is ready too, and only
 while jobs are unfinished) until ``kill_until`` of the jobs succeeded, and, one after
-another, the scheduler and the datamover
-are killed (SIGKILL) and RabbitMQ (``stop_app``/``start_app``), PostgreSQL and Redis are
-restarted (throughput during faults: until the last fault). Each fault waits for the next job
-completion before the next one starts. Recovery time of a fault: from its start to the first
-job completion after it ended (the server is back, the process is killed)."""
+another, the scheduler and the datamover are killed (SIGKILL) and RabbitMQ
+(``stop_app``/``start_app``), PostgreSQL and Redis are restarted (throughput during faults:
+until the last fault). Each fault waits for the next job completion before the next one
+starts. Recovery time of a fault: from its start to the first job completion after it ended
+(the server is back, the process is killed).
+
+Arrays are among the jobs (``workload``; a job is a single job or an element). Faults are
+aimed at them (``targets``): while elements run, the worker killed is the one that runs
+the most of them, and PostgreSQL is restarted while an array's elements finish one after
+another, so that their records are cut off."""
 
 from __future__ import annotations
 
@@ -32,8 +37,9 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.engine import make_engine
-from tests.chaos import checks, workload
+from tests.chaos import checks, targets, workload
 from tests.chaos.checks import Findings
+from tests.chaos.targets import ArrayHits
 from tools.cluster import ClusterConfig, LocalCluster, prepare_database
 from tools.private_servers import PrivateServers, free_ports
 from tools.provision import postgres_settings
@@ -48,7 +54,10 @@ ONE_OFF_FAULTS = 5  # scheduler, datamover, RabbitMQ, PostgreSQL, Redis
 KILL_POLL_S = 0.25  # how often the worker killer looks for its moment
 
 
-_SUCCEEDED = text("SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND state = 'SUCCEEDED'")
+# jobs: single jobs and elements (an array's own row is none)
+_SUCCEEDED = text(
+    "SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND state = 'SUCCEEDED' AND NOT is_array"
+)
 _UNFINISHED = text(
     "SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND state NOT IN "
     "('SUCCEEDED','FAILED','CANCELLED','TIMED_OUT')"
@@ -110,6 +119,7 @@ class ChaosReport:
     plan: ChaosPlan
     findings: Findings
     faults: list[Fault] = field(default_factory=list)
+    hits: ArrayHits = field(default_factory=ArrayHits)
     calm_jobs_per_s: float = 0.0
     fault_jobs_per_s: float = 0.0
     calm_window_s: float = 0.0
@@ -144,6 +154,8 @@ class ChaosReport:
             f"{len(f.outputs_missing)}",
             f"outbox {f.outbox}; dead letters {f.dead_letters or 0}; "
             f"messages waiting {f.waiting_messages or 0}; migrations {f.migrations}",
+            *f.arrays.lines(),
+            *self.hits.lines(),
             f"faults: {kills} worker kills, then "
             + ", ".join(x.name for x in self.faults if not x.name.startswith("kill -9 worker")),
         ]
@@ -257,7 +269,12 @@ class ChaosRun:
         self.say = say or (lambda message: print(message, flush=True))
         self.faults: list[Fault] = []
         self.ids: dict[int, str] = {}
+        self.specs: list[workload.JobSpec] = []
         self.tenants: list[workload.Tenant] = []
+        self.hits = ArrayHits()
+        # the array submitted just before PostgreSQL restarts, and that restart's times
+        self.pg_array: workload.JobSpec | None = None
+        self.restart: tuple[float, float] | None = None
         pg = postgres_settings(cluster.cfg.env).model_copy(update={"pool_size": 2})
         self.engine: AsyncEngine = make_engine(pg, application_name="stratus-chaos")
 
@@ -306,7 +323,7 @@ class ChaosRun:
                     at = await conn.scalar(
                         text(
                             "SELECT min(finished_at) FROM jobs WHERE state = 'SUCCEEDED' "
-                            "AND finished_at > to_timestamp(:after)"
+                            "AND NOT is_array AND finished_at > to_timestamp(:after)"
                         ),
                         {"after": after},
                     )
@@ -352,18 +369,43 @@ class ChaosRun:
                 continue
             if done >= self.plan.kill_until * self.plan.jobs:
                 continue  # the work left must outlast the kill, or its recovery is unmeasurable
-            name = self.cluster.worker(n % self.plan.workers)
+            victim = await self._victim(n)
             n += 1
-            ready = await asyncio.to_thread(self.ready_workers)
-            if name not in ready or len(ready) < 2:
-                continue  # still starting after its last kill, or the last one standing
+            if victim is None:
+                continue
+            name, holder = victim
             progress_at_last_kill = done
             last_kill = time.monotonic()
+            if holder is not None:
+                self.hits.kills_on_elements += 1
+                self.hits.held += holder.elements
+                self.hits.killed_workers.append(holder.worker)
             with contextlib.suppress(Exception):
                 await self._fault(
                     f"kill -9 worker#{n}",
                     lambda name=name: self.cluster.signal(name, signal.SIGKILL),  # type: ignore[misc]
                 )
+
+    async def _victim(self, n: int) -> tuple[str, targets.Holder | None] | None:
+        """The worker process to kill now, with what it runs of the arrays: the ready one
+        that runs the most elements; none while elements are queued or running but not on a
+        worker that may be killed (the next poll looks again); else the ``n``-th in turn.
+        Never the last one ready, nor one still starting after its last kill."""
+        ready = await asyncio.to_thread(self.ready_workers)
+        if len(ready) < 2:
+            return None
+        running = await targets.running_elements(self.engine, self.tenant_ids)
+        pids = await asyncio.to_thread(self.pids)
+        holder = targets.pick_holder(ready, pids, running)
+        if holder is not None:
+            return holder.process, holder
+        if await targets.elements_live(self.engine, self.tenant_ids):
+            return None
+        name = self.cluster.worker(n % self.plan.workers)
+        return (name, None) if name in ready else None
+
+    def pids(self) -> dict[str, int]:
+        return {p.name: p.pid for p in self.cluster.status() if p.pid > 0}
 
     def ready_workers(self) -> list[str]:
         return [
@@ -407,6 +449,12 @@ class ChaosRun:
                     return
             await asyncio.sleep(0.2)
 
+    async def array_finishing(self, api: httpx.AsyncClient, spec: workload.JobSpec) -> None:
+        """Submit the array ``spec`` and wait until its elements finish one after another
+        (one SUCCEEDED, another RUNNING): a restart then cuts their records off."""
+        await workload.submit_all(api, [spec], self.ids, concurrency=1)
+        await targets.wait_elements_finishing(self.engine, uuid.UUID(self.ids[spec.index]))
+
     async def one_off_faults(
         self, api: httpx.AsyncClient, after: list[list[workload.JobSpec]]
     ) -> None:
@@ -426,7 +474,11 @@ class ChaosRun:
             if name == "kill -9 datamover":
                 await self.start_migrations(api)
                 await self.migrations_running()
+            if name == "restart postgres" and self.pg_array is not None:
+                await self.array_finishing(api, self.pg_array)
             fault = await self._fault(name, action)
+            if name == "restart postgres":
+                self.restart = (fault.started, fault.ended)
             await workload.submit_all(api, batch, self.ids, concurrency=4)
             fault.recovered = await self.wait_next_completion(fault.ended)
             await asyncio.sleep(self.plan.fault_gap_s)
@@ -466,16 +518,23 @@ class ChaosRun:
                 api, self.admin_key, plan.tenants, run=workload.run_id()
             )
             await workload.upload_inputs(api, self.tenants)
-            specs = workload.job_specs(plan.jobs, self.tenants)
+            self.specs = specs = workload.job_specs(plan.jobs, self.tenants)
             half = len(specs) // 2
             await workload.submit_all(api, specs[:half], self.ids)
-            self.say(f"submitted {half} jobs; waiting for {plan.calm_fraction:.0%} to succeed")
+            self.say(
+                f"submitted {sum(s.units for s in specs[:half])} jobs; "
+                f"waiting for {plan.calm_fraction:.0%} to succeed"
+            )
             await self.wait_succeeded(max(1, int(plan.calm_fraction * plan.jobs)), 600)
             calm_end = time.time()
             stop = asyncio.Event()
             killer = asyncio.create_task(self.kill_workers(stop))
             # a share of the rest goes in as soon as each one-off fault is over (see there)
             rest = specs[half:]
+            # the last bounded array of the rest goes in just before PostgreSQL restarts
+            bounded = [s for s in rest if s.array and s.array.get("max_concurrent")]
+            self.pg_array = bounded[-1] if bounded else None
+            rest = [s for s in rest if s is not self.pg_array]
             share = len(rest) // (ONE_OFF_FAULTS + 1)
             after = [rest[k * share : (k + 1) * share] for k in range(ONE_OFF_FAULTS)]
             trickle = asyncio.create_task(
@@ -506,7 +565,7 @@ class ChaosRun:
                     fault.recovered = await self.wait_next_completion(fault.ended, timeout=120)
             self.say("faults over; waiting for quiet")
             await self.wait_quiet(plan.quiet_timeout_s)
-        report = ChaosReport(plan, await self.findings(), self.faults)
+        report = ChaosReport(plan, await self.findings(), self.faults, self.hits)
         report.quiet_after_s = time.time() - faults_end
         await self.throughput(report, calm_end, faults_end)
         report.total_s = time.monotonic() - started
@@ -515,8 +574,16 @@ class ChaosRun:
 
     async def findings(self) -> Findings:
         queues = await asyncio.to_thread(self.queue_depths)
+        submitted = [s for s in self.specs if s.index in self.ids]
         async with self.engine.connect() as conn:
-            return await checks.collect(conn, self.tenant_ids, len(self.ids), queues)
+            await targets.count_hits(conn, self.tenant_ids, self.hits, self.restart)
+            return await checks.collect(
+                conn,
+                self.tenant_ids,
+                sum(s.units for s in submitted),
+                queues,
+                arrays=sum(1 for s in submitted if s.array),
+            )
 
     def queue_depths(self) -> dict[str, int]:
         out = self.servers.ctl("list_queues", "-q", "--no-table-headers", "name", "messages")
@@ -536,7 +603,7 @@ class ChaosRun:
             rows = await conn.execute(
                 text(
                     "SELECT extract(epoch FROM finished_at) FROM jobs WHERE state = 'SUCCEEDED' "
-                    "AND tenant_id = ANY(:t) ORDER BY finished_at"
+                    "AND tenant_id = ANY(:t) AND NOT is_array ORDER BY finished_at"
                 ),
                 {"t": self.tenant_ids},
             )

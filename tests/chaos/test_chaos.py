@@ -1,6 +1,8 @@
 """The chaos suite: the whole suite as processes on private servers, a mixed workload of
-three tenants, and every kind of fault while it runs (``harness.py``); then nothing lost,
-nothing doubled, usage once per attempt, queues and outbox empty, and each fault recovered.
+three tenants with arrays among their jobs, and every kind of fault while it runs
+(``harness.py``), aimed at the arrays too (``targets.py``); then nothing lost, nothing
+doubled, usage once per attempt, queues and outbox empty, each array whole and consistent
+with its counts (``array_checks.py``), and each fault recovered.
 
 ``make test`` runs it with 200 jobs; ``make chaos`` with 2,000 (``CHAOS_JOBS``). The servers
 are the suite's own (``tools.private_servers``): stopping them disturbs no one."""
@@ -17,13 +19,15 @@ import httpx
 import pytest
 
 from tests.chaos import workload
-from tests.chaos.harness import LOGS, ChaosPlan, ChaosRun, chaos_cluster
+from tests.chaos.harness import LOGS, ChaosPlan, ChaosReport, ChaosRun, chaos_cluster
 from tests.conftest import ADMIN_KEY, RUN_ID
 from tools.cluster import LocalCluster
 from tools.private_servers import PrivateServers
 
 JOBS = int(os.environ.get("CHAOS_JOBS", "200"))
 PLAN = ChaosPlan(jobs=JOBS)
+# stand-ins for the run's tenants: what the workload holds for a run of JOBS jobs
+TENANTS = [workload.Tenant(str(n), f"t{n}", "") for n in range(PLAN.tenants)]
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +93,19 @@ async def test_chaos_nothing_lost_nothing_doubled(
         "restart redis",
     }, kinds
     assert all(r is not None for r in kinds.values()), kinds
+    arrays = [s for s in workload.job_specs(JOBS, TENANTS) if s.array]
+    if arrays:  # a run too small for arrays has none (see workload.array_sizes)
+        _faults_hit_arrays(report)
+        bounded = [s for s in arrays if s.array and s.array.get("max_concurrent")]
+        # max_concurrent was checked (from each element's history) for every bounded array
+        assert len(report.findings.arrays.peaks) == len(bounded), report.findings.arrays
+
+
+def _faults_hit_arrays(report: ChaosReport) -> None:
+    """The faults landed on elements: a worker killed while it ran elements ended at least
+    one of their attempts (the reaper's LOST row), and an element ran across the restart of
+    PostgreSQL (started before it stopped, ended after it was back)."""
+    hits = report.hits
+    assert hits.kills_on_elements >= 1, hits
+    assert hits.interrupted >= 1, hits
+    assert hits.across_restart >= 1, hits

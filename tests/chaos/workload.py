@@ -1,6 +1,8 @@
 """The chaos suite's workload: tenants with deterministic input datasets and a fixed list of
-jobs over every CPU kernel (same seed, same list), submitted with idempotency keys and
-retried through outages until the gateway answers."""
+jobs over every CPU kernel (same seed, same list) with arrays of ``montecarlo_pi`` elements
+among them, submitted with idempotency keys and retried through outages until the gateway
+answers. An array's elements count toward the run's jobs: ``job_specs(200, ...)`` makes 200
+jobs in all, singles and elements together."""
 
 from __future__ import annotations
 
@@ -16,6 +18,18 @@ import httpx
 import numpy as np
 
 RETRYABLE = {429, 500, 502, 503, 504}
+
+# Of the run's jobs, this share are elements of arrays: ``ARRAYS_PER_200`` arrays per 200
+# jobs (at least that many), every tenant with one or two of them.
+ARRAY_SHARE = 0.4
+ARRAYS_PER_200 = 4
+# Each array's ``max_concurrent`` in turn (None: no bound). The last array of a run has a
+# bound, so that it runs long enough for a fault to land while its elements finish.
+ARRAY_MAX_CONCURRENT: tuple[int | None, ...] = (3, None, 4, 2)
+# Elements long enough (tens of ms) that a worker killed while it holds them kills them
+# mid-run; the arrays share the samples, so elements of different arrays with one seed
+# check each other's results.
+ARRAY_SAMPLES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -38,6 +52,16 @@ class JobSpec:
     @property
     def idempotency_key(self) -> str:
         return f"chaos-{self.index}"
+
+    @property
+    def array(self) -> dict[str, Any] | None:
+        array: dict[str, Any] | None = self.body.get("array")
+        return array
+
+    @property
+    def units(self) -> int:
+        """The jobs this submission makes: an array's elements, else one."""
+        return int(self.array["size"]) if self.array else 1
 
 
 def _npy(arr: np.ndarray[Any, Any]) -> bytes:
@@ -112,8 +136,49 @@ def job_body(index: int) -> dict[str, Any]:
     }
 
 
+def array_body(k: int, size: int) -> dict[str, Any]:
+    """Array ``k`` of the mix: ``size`` montecarlo_pi elements, the index as the seed."""
+    array: dict[str, Any] = {"size": size, "index_param": "seed"}
+    bound = ARRAY_MAX_CONCURRENT[k % len(ARRAY_MAX_CONCURRENT)]
+    if bound is not None:
+        array["max_concurrent"] = bound
+    return {
+        "kernel": "montecarlo_pi",
+        "params": {"samples": ARRAY_SAMPLES},
+        "array": array,
+        "timeout_s": 120,
+        "max_retries": 20,
+        "labels": {"chaos": "1"},
+    }
+
+
+def array_sizes(count: int) -> list[int]:
+    """The sizes of the arrays of a run of ``count`` jobs: ``ARRAY_SHARE`` of them, in
+    ``ARRAYS_PER_200`` arrays per 200 jobs of as equal sizes as may be (none for a run too
+    small to give each array two elements)."""
+    arrays = max(ARRAYS_PER_200, ARRAYS_PER_200 * count // 200)
+    elements = int(count * ARRAY_SHARE)
+    if elements < 2 * arrays:
+        return []
+    return [elements // arrays + (k < elements % arrays) for k in range(arrays)]
+
+
 def job_specs(count: int, tenants: list[Tenant]) -> list[JobSpec]:
-    return [JobSpec(i, tenants[i % len(tenants)], job_body(i)) for i in range(count)]
+    """``count`` jobs: single jobs with the arrays spread evenly among them (array ``k`` at
+    the middle of the ``k``-th of as many equal stretches), tenants in turn."""
+    sizes = array_sizes(count)
+    singles = count - sum(sizes)
+    total = singles + len(sizes)
+    at = {(2 * k + 1) * total // (2 * len(sizes)): k for k in range(len(sizes))}
+    specs, single = [], 0
+    for i in range(total):
+        if i in at:
+            k = at[i]
+            specs.append(JobSpec(i, tenants[k % len(tenants)], array_body(k, sizes[k])))
+        else:
+            specs.append(JobSpec(i, tenants[single % len(tenants)], job_body(single)))
+            single += 1
+    return specs
 
 
 async def call(

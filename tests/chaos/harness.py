@@ -453,7 +453,9 @@ class ChaosRun:
         """Submit the array ``spec`` and wait until its elements finish one after another
         (one SUCCEEDED, another RUNNING): a restart then cuts their records off."""
         await workload.submit_all(api, [spec], self.ids, concurrency=1)
-        await targets.wait_elements_finishing(self.engine, uuid.UUID(self.ids[spec.index]))
+        await targets.wait_elements_finishing(
+            self.engine, uuid.UUID(self.ids[spec.index]), timeout=self.plan.stall_s
+        )
 
     async def one_off_faults(
         self, api: httpx.AsyncClient, after: list[list[workload.JobSpec]]

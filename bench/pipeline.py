@@ -516,7 +516,7 @@ async def phase_gateway(env: Env, db: asyncpg.Connection) -> dict[str, Any]:
     )
     say(
         "    scheduler and worker programs STOPPED (supervisord), so the figure is the "
-        "gateway's alone (its outbox relay still publishes every job.submitted, confirmed)"
+        "gateway's alone (a submission's wake-up of the scheduler is a NOTIFY in its commit)"
     )
     say(
         "    reference (a): bench/ref_bare.py, FastAPI + uvicorn (uvloop, httptools), 1 process: "
@@ -578,12 +578,12 @@ async def phase_gateway(env: Env, db: asyncpg.Connection) -> dict[str, Any]:
                 )
                 say(f"          CPU per request: {describe(cpu, r.ok, r.elapsed_s + drain)}")
         rep_s = time.monotonic() - rep_t0
-    # Clean slate for phase 2: drop the queued job.submitted events and the jobs they announce.
+    # Clean slate for phase 2: drop whatever waits on the scheduler's queue and phase 1's jobs.
     await wait_outbox_empty(db)
     purged = await purge(env.amqp_url, SCHEDULER_QUEUE)
     deleted = await db.execute("DELETE FROM jobs WHERE tenant_id = $1::uuid", tenant_id)
     say(
-        f"    cleanup: purged {purged} job.submitted messages and deleted "
+        f"    cleanup: purged {purged} scheduler messages and deleted "
         f"{deleted.split()[-1]} phase-1 jobs; scheduler and worker started again"
     )
     await asyncio.to_thread(start_programs, env, "scheduler", "worker")

@@ -37,6 +37,10 @@ class Event(BaseModel):
 
 
 class JobSubmitted(Event):
+    """No longer published: a submission wakes the scheduler by PostgreSQL NOTIFY
+    (``shared.db.wakeup``). Parsed, so that a message queued by an earlier release is
+    understood."""
+
     type: ClassVar[str] = "job.submitted"
     job_id: uuid.UUID
     kernel: str
@@ -58,7 +62,9 @@ class JobDispatched(Event):
 
 
 class JobFinished(Event):
-    """An attempt ended: the job is final, or back to QUEUED for a retry."""
+    """An attempt ended: the job is final, or back to QUEUED for a retry. No longer
+    published (a NOTIFY wakes the scheduler, ``shared.db.wakeup``); parsed, so that a message
+    queued by an earlier release is understood."""
 
     type: ClassVar[str] = "job.finished"
     job_id: uuid.UUID

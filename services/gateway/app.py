@@ -93,7 +93,6 @@ async def lifespan(app: FastAPI, *, settings: GatewaySettings) -> AsyncIterator[
     app.state.rate_limiter = RateLimiter(res.redis)
     writer = JobWriter(
         lambda: raw_db(res),
-        on_commit=res.relay.wake,
         max_rows=settings.submit_batch_max_rows,
         linger_s=settings.submit_batch_linger_s,
     )

@@ -1,5 +1,5 @@
-"""Scheduler composition root: the event consumer and the background loops (dispatch, lease
-reaper, optional vacuum, optional autoscaler)."""
+"""Scheduler composition root: the event consumer, the wake-up listener (PostgreSQL NOTIFY)
+and the background loops (dispatch, lease reaper, optional vacuum, optional autoscaler)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from services.scheduler.autoscaler import Autoscaler, make_autoscale_step, make_
 from services.scheduler.handlers import make_event_handler
 from services.scheduler.settings import SchedulerSettings
 from shared.db.maintenance import maintain
+from shared.db.wakeup import WakeListener, listener_connect
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic, stop_loops
 from shared.messaging.topology import SCHEDULER
@@ -66,7 +67,7 @@ def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], 
         async with res.sessions() as session, session.begin():
             now = await session.scalar(select(func.now()))
             assert now is not None
-            events = await service.requeue_lost(session=session, now=now)
+            lost = await service.requeue_lost(session=session, now=now)
             await service.redispatch_unclaimed(
                 session=session, now=now, after_s=settings.redispatch_after_s
             )
@@ -75,9 +76,9 @@ def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], 
                 session=session, now=now, silent_s=settings.redispatch_after_s * 10
             )
             await service.explain_waiting(session=session, worker_ttl_s=settings.worker_ttl_s)
-        if events:
-            res.relay.wake()
-        return events
+        if lost:
+            res.relay.wake()  # the retries' job.retry
+        return lost
 
     return step
 
@@ -174,6 +175,11 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
             res.spawn(loop.run(stop, breaker=res.db_breaker), loop.name)
             for loop in loops_of(res, settings, wake, autoscaler)
         ]
+        if settings.dispatch_enabled:
+            # submissions and finished attempts wake the dispatch loop by NOTIFY
+            connect = listener_connect(settings.postgres, application_name="stratus-scheduler")
+            app.state.wake_listener = listener = WakeListener(connect, wake.set)
+            loops.append(res.spawn(listener.run(stop), "wake_listener"))
         await res.broker.consume_batches(SCHEDULER, make_event_handler(wake.set))
         log.info("scheduler_started")
         try:

@@ -27,9 +27,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from services.scheduler import runnable
 from services.scheduler.fairshare import Candidate, allocate
 from shared.db.models import Job, Worker
-from shared.db.outbox import add_events
 from shared.db.raw import pooled_connection
-from shared.events import Event, JobDispatched, JobFinished
+from shared.db.wakeup import FINISHED, notify
+from shared.events import Event, JobDispatched
 from shared.jobs.materialise import materialise_elements
 from shared.jobs.proposals import Lost
 from shared.jobs.states import JobState
@@ -286,10 +286,14 @@ def _slot_time_s(started_at: datetime | None, lease_expires_at: datetime | None)
     return max(0.0, (lease_expires_at - started_at).total_seconds())
 
 
-async def requeue_lost(*, session: AsyncSession, now: datetime, batch: int = 200) -> list[Event]:
+async def requeue_lost(
+    *, session: AsyncSession, now: datetime, batch: int = 200
+) -> list[LostAttempt]:
     """Return jobs whose worker's lease expired to QUEUED (counting the attempt), or fail
-    them when no retries are left. The lost attempt gets its ``job_attempts`` row here, as
-    every attempt gets one where it ends (``record_lost_attempts``: all in one statement)."""
+    them when no retries are left; the attempts lost. The lost attempt gets its
+    ``job_attempts`` row here, as every attempt gets one where it ends
+    (``record_lost_attempts``: all in one statement); a retry stages its ``job.retry``, and
+    the freed slots wake the schedulers (one NOTIFY)."""
     expired = (
         await session.execute(
             select(
@@ -306,24 +310,16 @@ async def requeue_lost(*, session: AsyncSession, now: datetime, batch: int = 200
             .with_for_update(skip_locked=True)
         )
     ).all()
-    events: list[Event] = []
     lost: list[LostAttempt] = []
     for job_id, tenant_id, attempt, worker, started_at, lease_expires_at in expired:
         t = await set_job_state(session, job_id, Lost(attempt))
         if t.accepted:
             held_s = _slot_time_s(started_at, lease_expires_at)
             lost.append(LostAttempt(job_id, tenant_id, attempt, worker, held_s))
-            events.append(
-                JobFinished(
-                    tenant_id=t.job.tenant_id,
-                    job_id=job_id,
-                    attempt=t.job.attempts,
-                    state=t.job.state,
-                )
-            )
     await record_lost_attempts(session, lost)
-    await add_events(session, events)
-    return events
+    if lost:
+        await notify(session, FINISHED)
+    return lost
 
 
 async def redispatch_unclaimed(*, session: AsyncSession, now: datetime, after_s: float) -> None:

@@ -230,7 +230,6 @@ class WorkerRuntime:
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        self.res.relay.wake()
         log.info(
             "attempt_recorded",
             job_id=str(claim.job_id),
@@ -258,7 +257,7 @@ class WorkerRuntime:
         ):
             return Recorded(True)
         async with transaction(self.res.sessions) as session:
-            return await service.record_attempt(
+            recorded = await service.record_attempt(
                 session=session,
                 storage=self.storage,
                 claim=claim,
@@ -268,6 +267,10 @@ class WorkerRuntime:
                 staged=staged,
                 quotas=self.settings.quotas,
             )
+        # only this path writes events (a retry's job.retry): the statement's wake-up of
+        # the scheduler is a NOTIFY, which needs no relay
+        self.res.relay.wake()
+        return recorded
 
     async def _clean_stale(self, claim: Claim, recorded: Recorded) -> None:
         """After the commit: remove the copies of the outputs' older versions on other tiers."""

@@ -2,7 +2,7 @@
 
 Every job costs the worker two writes: its claim (QUEUED -> RUNNING, which must be durable
 before the dispatch is acknowledged) and its record (the outcome, the attempt's usage row
-and its ``job.finished`` event). Each is one fixed statement of ``shared.jobs.store`` on the
+and the scheduler's wake-up, a NOTIFY). Each is one fixed statement of ``shared.jobs.store`` on the
 asyncpg connection under the pool (``shared.db.raw``), in autocommit: the statement is its
 own transaction, with none of a SQLAlchemy session's statement building on the way. And the
 claims (or records) that wait while one statement is in flight go together in the next one,

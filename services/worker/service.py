@@ -26,9 +26,8 @@ from services.worker.results import result_name, stored_file
 from services.worker.runner import Outcome, Status, Usage
 from services.worker.stageout import StagedOutput
 from shared.db.models import Job, Tenant, Worker
-from shared.db.outbox import add_event
+from shared.db.wakeup import FINISHED, notify
 from shared.errors import QuotaExceeded
-from shared.events import JobFinished
 from shared.jobs.proposals import Claimed, Report, Reported
 from shared.jobs.states import JobState
 from shared.jobs.store import Claim, Finish, set_job_state
@@ -82,7 +81,7 @@ def finish_of(claim: Claim, report: Report) -> Finish:
 
 async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Report) -> bool:
     """Record an attempt's outcome, fenced by attempt number. The attempt's usage row and the
-    ``job.finished`` event are written only if the report was accepted, so they count once;
+    scheduler's wake-up are written only if the report was accepted, so they count once;
     an attempt stopped because the user cancelled the job (already CANCELLED) still gets
     its usage row."""
     t = await set_job_state(session, claim.job_id, Reported(claim.attempt, worker, report))
@@ -100,16 +99,7 @@ async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Re
         )
     if not t.accepted:
         return False
-    await add_event(
-        session,
-        JobFinished(
-            tenant_id=claim.tenant_id,
-            job_id=claim.job_id,
-            attempt=claim.attempt,
-            state=t.job.state,
-            cpu_seconds=report.cpu_seconds,
-        ),
-    )
+    await notify(session, FINISHED)  # a slot is free: the scheduler dispatches again
     return True
 
 

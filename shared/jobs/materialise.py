@@ -8,10 +8,10 @@ An array's element exists only as one of its ``n_pending`` until this step gives
 within ``min(max_concurrent, window)``, and at most ``limit`` in all, then advances
 ``next_index``. Since an element counts as live from its insert until it is final,
 ``max_concurrent`` holds by construction: at most that many are queued, dispatched or
-running at once. A finished element frees its place and its ``job.finished`` wakes the next
-pass, which refills the window. The step reads the arrays' counts (kept by the trigger of
-migration 0013) and never the elements, so its work and the scheduler's memory do not grow
-with an array's size.
+running at once. A finished element frees its place and its record's wake-up (a NOTIFY,
+``shared.db.wakeup``) starts the next pass, which refills the window. The step reads the
+arrays' counts (kept by the trigger of migration 0013) and never the elements, so its work
+and the scheduler's memory do not grow with an array's size.
 
 An element's row is ``shared.jobs.arrays.element_of`` in SQL (tests hold the two together):
 the parent's columns, params ``parent || overrides[i] || {index_param: i}``, ``{index}`` in

@@ -6,8 +6,8 @@ transaction (and stage any outbox events in it). A retry (RUNNING -> QUEUED) set
 The transitions every job takes have set-based forms here too, fixed SQL that applies the
 same rules to many jobs in one statement: the scheduler's ``admit_pending`` (PENDING ->
 QUEUED), and the worker's ``claim_queued`` (QUEUED -> RUNNING) and ``finish_attempts``
-(RUNNING -> an outcome without retry rules, with the attempt's usage row and its
-``job.finished`` event). What they do not match takes ``set_job_state``.
+(RUNNING -> an outcome without retry rules, with the attempt's usage row and the
+scheduler's wake-up). What they do not match takes ``set_job_state``.
 tests/integration/test_state_paths.py runs each of them, and ``set_job_state``, from every
 state and checks what they do against ``decide``.
 """
@@ -27,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from shared.db.locks import lock_row
 from shared.db.models import Job, JobEvent
 from shared.db.outbox import add_event
-from shared.events import JobFinished, JobRetryDue, utcnow
+from shared.db.wakeup import FINISHED, notify_once
+from shared.events import JobRetryDue, utcnow
 from shared.jobs.proposals import (
     Claimed,
     Lost,
@@ -322,42 +323,40 @@ class Finish:
 _AS_REPORTED = frozenset({JobState.SUCCEEDED, JobState.TIMED_OUT, JobState.CANCELLED})
 
 # ``_apply`` for RUNNING -> a final state, to every listed job still RUNNING the reported
-# attempt (fencing), with the attempt's usage row (counted once) and its ``job.finished``
-# event in the outbox, all in the one statement.
-FINISH_ATTEMPTS = """
+# attempt (fencing), with the attempt's usage row (counted once) and one NOTIFY that wakes
+# the scheduler (a slot is free), all in the one statement.
+FINISH_ATTEMPTS = f"""
     WITH report AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[],
-                             $6::float8[], $7::float8[], $8::uuid[], $9::bytea[])
-            AS r(id, attempt, state, result, error, cpu_seconds, wall_seconds,
-                 message_id, body)
+                             $6::float8[], $7::float8[])
+            AS r(id, attempt, state, result, error, cpu_seconds, wall_seconds)
     ), job AS (
-        UPDATE jobs SET state = report.state, updated_at = $10, finished_at = $10,
+        UPDATE jobs SET state = report.state, updated_at = $8, finished_at = $8,
                         lease_expires_at = NULL, result = CAST(report.result AS jsonb),
-                        error = report.error, state_reason = NULL, worker = $11
+                        error = report.error, state_reason = NULL, worker = $9
         FROM report
         WHERE jobs.id = report.id AND jobs.state = 'RUNNING' AND jobs.attempts = report.attempt
         RETURNING jobs.id, jobs.tenant_id, jobs.attempts, report.state, report.error,
-                  report.cpu_seconds, report.wall_seconds, report.message_id, report.body
+                  report.cpu_seconds, report.wall_seconds
     ), history AS (
         INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, worker, at)
-        SELECT id, attempts, 'RUNNING', state, error, $11, $10 FROM job
+        SELECT id, attempts, 'RUNNING', state, error, $9, $8 FROM job
     ), usage AS (
         INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
                                   gpu_seconds, wall_seconds)
-        SELECT id, attempts, tenant_id, $11, state, cpu_seconds, 0, wall_seconds FROM job
+        SELECT id, attempts, tenant_id, $9, state, cpu_seconds, 0, wall_seconds FROM job
         ON CONFLICT DO NOTHING
-    ), announced AS (
-        INSERT INTO outbox (message_id, routing_key, body)
-        SELECT message_id, $12, body FROM job
+    ), woke AS MATERIALIZED (
+        {notify_once("job", FINISHED)}
     )
-    SELECT id, state FROM job
-"""
+    SELECT id, state FROM job, woke
+"""  # noqa: S608 (the wake-up's fixed text only)
 
 
 async def finish_attempts(fetch: Fetch, finishes: Sequence[Finish], *, worker: str) -> list[Finish]:
     """Apply each outcome (one per job) to its job if the job is still RUNNING that attempt
-    and the outcome is ``without_rules``, with the attempt's usage row and its
-    ``job.finished`` event, in one statement. Return the finishes it did not apply (retry
+    and the outcome is ``without_rules``, with the attempt's usage row and the scheduler's
+    wake-up, in one statement. Return the finishes it did not apply (retry
     rules to decide, a superseded attempt, a job cancelled meanwhile): ``set_job_state``
     decides those."""
     applicable = sorted(  # the lock order, as claim_queued
@@ -365,16 +364,6 @@ async def finish_attempts(fetch: Fetch, finishes: Sequence[Finish], *, worker: s
     )
     if not applicable:
         return list(finishes)
-    events = [
-        JobFinished(
-            tenant_id=f.tenant_id,
-            job_id=f.job_id,
-            attempt=f.attempt,
-            state=f.report.state.value,
-            cpu_seconds=f.report.cpu_seconds,
-        )
-        for f in applicable
-    ]
     dumps = orjson.dumps
     rows = await fetch(
         FINISH_ATTEMPTS,
@@ -385,11 +374,8 @@ async def finish_attempts(fetch: Fetch, finishes: Sequence[Finish], *, worker: s
         [f.report.error for f in applicable],
         [f.report.cpu_seconds for f in applicable],
         [f.report.wall_seconds for f in applicable],
-        [e.event_id for e in events],
-        [e.to_bytes() for e in events],
         utcnow(),
         worker,
-        JobFinished.type,
     )
     for r in rows:
         JOB_TRANSITIONS.labels(r[1]).inc()

@@ -33,12 +33,12 @@ class QueueSpec:
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
+# job.cancelled: a slot may be free (the worker also gets it, on its control queue)
 # job.retry: a retried job's backoff ended (it comes through a delay queue)
 # migration.finished: a job's stage-in may be done, so the job may be dispatched now
-SCHEDULER = QueueSpec(
-    "scheduler",
-    ("job.submitted", "job.finished", "job.cancelled", "job.retry", "migration.finished"),
-)
+# (submissions and finished attempts wake the scheduler by PostgreSQL NOTIFY instead:
+# shared.db.wakeup)
+SCHEDULER = QueueSpec("scheduler", ("job.cancelled", "job.retry", "migration.finished"))
 WORK_CPU = QueueSpec("work.cpu", ("job.dispatch.cpu",))
 WORK_CUDA = QueueSpec("work.cuda", ("job.dispatch.cuda",))
 

@@ -55,7 +55,7 @@ async def test_kernels_are_listed_with_schemas(
     assert by_name["matmul"]["inputs"] == ["a", "b"]
 
 
-async def test_submit_stores_job_and_outbox_event_together(
+async def test_submit_stores_the_job_queued_and_no_event(
     client: httpx.AsyncClient, tenant: TenantKey, sessions: async_sessionmaker[AsyncSession]
 ) -> None:
     r = await client.post(
@@ -95,6 +95,15 @@ async def test_submit_stores_job_and_outbox_event_together(
         assert row is not None
         assert str(row.tenant_id) == tenant.tenant_id
         assert row.output_tier == "local"
+        # the scheduler's wake-up is a NOTIFY in the insert's commit, not an outbox row
+        left = await s.scalar(
+            text(
+                "SELECT count(*) FROM outbox"
+                " WHERE convert_from(body, 'UTF8')::jsonb ->> 'job_id' = :job"
+            ),
+            {"job": job["id"]},
+        )
+        assert left == 0
 
 
 async def test_a_job_names_the_tier_of_its_outputs(
@@ -310,7 +319,8 @@ async def test_outbox_is_drained_by_the_relay(
     sessions: async_sessionmaker[AsyncSession],
     settings: CommonSettings,
 ) -> None:
-    """The job's event reaches the exchange and its outbox row is gone: published, not lost."""
+    """A cancel's event reaches the exchange and its outbox row is gone: published, not
+    lost."""
     prefix = f"t{uuid.uuid4().hex[:8]}"
     listener = Broker(settings.rabbit.model_copy(update={"queue_prefix": prefix}), name="listen")
     published: set[str] = set()
@@ -320,10 +330,12 @@ async def test_outbox_is_drained_by_the_relay(
 
     await listener.connect(attempts=3)
     try:
-        await listener.consume(QueueSpec("submitted", ("job.submitted",), durable=False), handler)
+        await listener.consume(QueueSpec("cancelled", ("job.cancelled",), durable=False), handler)
         r = await client.post("/v1/jobs", json=MC, headers=tenant.headers)
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
+        cancel = await client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)
+        assert cancel.status_code == 202, cancel.text
         async with asyncio.timeout(30):
             while job_id not in published:
                 await asyncio.sleep(0.05)

@@ -19,13 +19,12 @@ from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
-import orjson
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.worker import service as worker
-from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant
+from shared.db.models import Job, JobAttempt, JobEvent, Tenant
 from shared.events import utcnow
 from shared.jobs.proposals import Cancelled, Claimed, Failed, Lost, Proposal, Report
 from shared.jobs.states import FINAL, JobState, decide
@@ -41,6 +40,7 @@ from shared.jobs.store import (
 )
 from shared.settings import CommonSettings
 from tests.factories import new_job, own_database
+from tests.wakeups import Wakeups
 
 Sessions = async_sessionmaker[AsyncSession]
 S = JobState
@@ -53,6 +53,12 @@ LEASE_S = 30.0
 async def db(settings: CommonSettings) -> AsyncIterator[Sessions]:
     async with own_database(settings, "statepaths") as (_, sessions):
         yield sessions
+
+
+@pytest.fixture(scope="module")
+def dsn(db: Sessions, settings: CommonSettings) -> str:
+    name = f"{settings.postgres.database}_statepaths"  # own_database's
+    return settings.postgres.model_copy(update={"database": name}).url(driver="postgresql")
 
 
 async def jobs_in(db: Sessions, cases: Iterable[tuple[JobState, int, int]]) -> list[uuid.UUID]:
@@ -104,22 +110,13 @@ async def effects(db: Sessions, job_ids: list[uuid.UUID]) -> list[dict[str, Any]
                 JobAttempt.job_id, JobAttempt.attempt, JobAttempt.outcome, JobAttempt.cpu_seconds
             ).where(JobAttempt.job_id.in_(job_ids))
         )
-        bodies = await session.scalars(
-            select(Outbox.body).where(Outbox.routing_key == "job.finished")
-        )
-        announced = [orjson.loads(b) for b in bodies]
     found: dict[uuid.UUID, dict[str, Any]] = {
-        job_id: {"history": [], "usage": [], "announced": []} for job_id in job_ids
+        job_id: {"history": [], "usage": []} for job_id in job_ids
     }
     for job_id, *event in history:
         found[job_id]["history"].append(tuple(event))
     for job_id, *row in usage:
         found[job_id]["usage"].append(tuple(row))
-    for e in announced:
-        if uuid.UUID(e["job_id"]) in found:
-            found[uuid.UUID(e["job_id"])]["announced"].append(
-                (e["attempt"], e["state"], e["cpu_seconds"])
-            )
     for job_id, job in jobs.items():
         lease = None
         if job.lease_expires_at is not None and job.started_at is not None:
@@ -185,7 +182,7 @@ def report(state: JobState, retryable: bool) -> Report:
     return Report(state, result, error, retryable, cpu_seconds=1.5, wall_seconds=2.0)
 
 
-async def test_finish_attempts_does_what_the_general_path_does(db: Sessions) -> None:
+async def test_finish_attempts_does_what_the_general_path_does(db: Sessions, dsn: str) -> None:
     cases = list(itertools.product(S, RETRIES, S, (True, False), (True, False)))
     ids = await jobs_in(db, [(s, a, m) for s, (a, m), *_ in cases])
     twins = await jobs_in(db, [(s, a, m) for s, (a, m), *_ in cases])
@@ -202,13 +199,17 @@ async def test_finish_attempts_does_what_the_general_path_does(db: Sessions) -> 
         Finish(job_id, c.tenant_id, c.attempt, r)
         for job_id, c, r in zip(ids, claims, reports, strict=True)
     ]
-    async with db() as session, session.begin():
-        left = await finish_attempts(session_fetch(session), finishes, worker="w1")
-    async with db() as session, session.begin():
-        accepted = [
-            await worker.record(session=session, claim=c, worker="w1", report=r)
-            for c, r in zip(claims, reports, strict=True)
-        ]
+    async with Wakeups(dsn) as seen:
+        async with db() as session, session.begin():
+            left = await finish_attempts(session_fetch(session), finishes, worker="w1")
+        # each path wakes the scheduler once in its commit, however many jobs it finished
+        assert await seen.take() == ["job.finished"]
+        async with db() as session, session.begin():
+            accepted = [
+                await worker.record(session=session, claim=c, worker="w1", report=r)
+                for c, r in zip(claims, reports, strict=True)
+            ]
+        assert await seen.take() == ["job.finished"]
     not_applied = {f.job_id for f in left}
     after, twins_after = await effects(db, ids), await effects(db, twins)
     for i, case in enumerate(cases):
@@ -227,7 +228,6 @@ async def test_finish_attempts_does_what_the_general_path_does(db: Sessions) -> 
         assert accepted[i], case
         assert after[i] == twins_after[i], case
         assert after[i]["usage"] == [(attempts, proposed.value, 1.5)]
-        assert after[i]["announced"] == [(attempts, proposed.value, 1.5)]
 
 
 async def test_the_general_path_takes_what_decide_says_and_fences_attempts(

@@ -18,7 +18,6 @@ from sqlalchemy import Column, MetaData, Table, Text
 
 from services.gateway.jobs import service, writer
 from services.gateway.jobs.schemas import JobOut, JobSubmit
-from shared.events import JobSubmitted
 from shared.jobs.row import JOBS, Columns, stored
 from shared.jobs.store import CLAIM_QUEUED, CLAIMED, Claim
 
@@ -220,12 +219,7 @@ def test_a_new_field_is_written_and_read_with_no_other_edit() -> None:
     statement = writer.insert_statement(written)
     assert insert_list(statement)[-1] == "comment"
     assert unnest_types(statement, "r")["comment"] == "text"
-    job = writer.NewJob(
-        {**new_job(uuid.uuid4()).row, "comment": "hello"},
-        JobSubmitted(
-            tenant_id=uuid.uuid4(), job_id=uuid.uuid4(), kernel="k", device="cpu", priority=5
-        ),
-    )
+    job = writer.NewJob({**new_job(uuid.uuid4()).row, "comment": "hello"})
     arguments = writer.arguments(written, [job])
     assert parameters(statement) == set(range(1, len(arguments) + 1))
     assert arguments[written.fields.index("comment")] == ["hello"]

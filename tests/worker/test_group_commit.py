@@ -1,7 +1,8 @@
 """The worker's claims and records in group commits on plain asyncpg
 (``services.worker.batch``, ``shared.jobs.store.claim_queued`` / ``finish_attempts``), on a
 database of its own: jobs that wait together go in one statement, each gets its own
-``job_events`` row, usage row and ``job.finished`` event; a superseded attempt in a batch is
+``job_events`` row and usage row, and each statement one wake-up of the scheduler (NOTIFY);
+a superseded attempt in a batch is
 refused while the others commit; a row the database rejects fails its own caller only; and
 records made while the database is away are retried until it is back, then durable."""
 
@@ -15,7 +16,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
-import orjson
 import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -28,7 +28,7 @@ from services.worker.runner import KernelRunner
 from services.worker.settings import WorkerSettings
 from shared.db.batch import GroupCommit
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Job, JobAttempt, JobEvent, Outbox, Tenant
+from shared.db.models import Job, JobAttempt, JobEvent, Tenant
 from shared.jobs.proposals import Cancelled, Lost, Report
 from shared.jobs.states import JobState
 from shared.jobs.store import Claim, Finish, set_job_state
@@ -36,6 +36,7 @@ from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
 from tests.factories import admit_jobs, new_job, own_database
 from tests.netfault import TcpProxy
+from tests.wakeups import Wakeups
 from tests.worker.test_held_leases import InstantRunner, dispatched
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -104,16 +105,9 @@ async def usage(sessions: Sessions, job_id: uuid.UUID) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in rows]
 
 
-async def finished_events(
-    sessions: Sessions, job_ids: list[uuid.UUID]
-) -> dict[str, dict[str, Any]]:
-    async with sessions() as session:
-        bodies = await session.scalars(
-            select(Outbox.body).where(Outbox.routing_key == "job.finished")
-        )
-        found = [orjson.loads(b) for b in bodies]
-    wanted = {str(j) for j in job_ids}
-    return {e["job_id"]: e for e in found if e["job_id"] in wanted}
+@pytest.fixture
+def dsn(db: tuple[str, Sessions], settings: CommonSettings) -> str:
+    return settings.postgres.model_copy(update={"database": db[0]}).url(driver="postgresql")
 
 
 async def get(sessions: Sessions, job_id: uuid.UUID) -> Job:
@@ -140,13 +134,16 @@ async def test_claims_waiting_together_commit_in_one_statement(sessions: Session
         assert (await events(sessions, job_id))[-1] == (1, "QUEUED", "RUNNING", "w1")
 
 
-async def test_records_waiting_together_commit_in_one_statement(sessions: Sessions) -> None:
+async def test_records_waiting_together_commit_in_one_statement(
+    sessions: Sessions, dsn: str
+) -> None:
     claims = await claimed(sessions, 5)
     records = Records(engine_of(sessions), worker="w1")
-    accepted = await asyncio.gather(*(records.record(succeeded(c)) for c in claims))
+    async with Wakeups(dsn) as seen:
+        accepted = await asyncio.gather(*(records.record(succeeded(c)) for c in claims))
+        assert await seen.take() == ["job.finished"]  # one for the statement, not per job
     assert accepted == [True] * 5
     assert (records.commits.writes, records.commits.items) == (1, 5)
-    announced = await finished_events(sessions, [c.job_id for c in claims])
     for c in claims:
         job = await get(sessions, c.job_id)
         assert (job.state, job.result, job.lease_expires_at) == (
@@ -160,9 +157,6 @@ async def test_records_waiting_together_commit_in_one_statement(sessions: Sessio
             (1, "RUNNING", "SUCCEEDED", "w1"),
         ]
         assert await usage(sessions, c.job_id) == [(1, "SUCCEEDED", 0.5)]
-        event = announced[str(c.job_id)]
-        assert (event["type"], event["attempt"], event["state"]) == ("job.finished", 1, "SUCCEEDED")
-        assert event["tenant_id"] == str(c.tenant_id)
 
 
 async def test_a_superseded_attempt_in_a_batch_is_refused_and_the_others_commit(
@@ -181,7 +175,6 @@ async def test_a_superseded_attempt_in_a_batch_is_refused_and_the_others_commit(
     job = await get(sessions, stale.job_id)
     assert (job.state, job.attempts, job.worker) == ("RUNNING", 2, "w2")
     assert await usage(sessions, stale.job_id) == []  # nothing counted for the late report
-    assert str(stale.job_id) not in await finished_events(sessions, [stale.job_id])
     for c in claims[:1] + claims[2:]:
         assert (await get(sessions, c.job_id)).state == "SUCCEEDED"
 
@@ -299,17 +292,15 @@ async def test_records_made_while_the_database_is_away_are_retried_and_durable(
         assert (await get(sessions, c.job_id)).state == "RUNNING"
     await proxy.start()  # back, on the same port
     await asyncio.wait_for(asyncio.gather(*recording), 15)
-    announced = await finished_events(sessions, [c.job_id for c in claims])
     for c in claims:
         job = await get(sessions, c.job_id)
         assert (job.state, job.result) == ("SUCCEEDED", {"ok": True})
         assert (await events(sessions, c.job_id))[-1] == (1, "RUNNING", "SUCCEEDED", "w1")
         assert await usage(sessions, c.job_id) == [(1, "SUCCEEDED", 0.25)]
-        assert announced[str(c.job_id)]["state"] == "SUCCEEDED"
 
 
 async def test_outcomes_the_statement_does_not_take_follow_the_rules(
-    sessions: Sessions, tmp_path: Path
+    sessions: Sessions, tmp_path: Path, dsn: str
 ) -> None:
     """A user's cancel that came first (the statement does not match: the general path counts
     the attempt's usage), and a retryable failure (retry rules: the statement returns it
@@ -324,13 +315,12 @@ async def test_outcomes_the_statement_does_not_take_follow_the_rules(
     assert (await get(sessions, cancelled.job_id)).state == "CANCELLED"
     assert await usage(sessions, cancelled.job_id) == [(1, "CANCELLED", 2.0)]
     retry = Report(JobState.FAILED, error="flaky", retryable=True, cpu_seconds=1.0)
-    await rt._record(failed, retry, attempt_files(rt.settings.storage, failed), {})
+    async with Wakeups(dsn) as seen:
+        await rt._record(failed, retry, attempt_files(rt.settings.storage, failed), {})
+        assert await seen.take() == ["job.finished"]  # a slot is free, also for a retry
     assert rt.records.commits.items == 2  # offered to the statement, which left it to the rules
     job = await get(sessions, failed.job_id)
     assert (job.state, job.error, job.attempts) == ("QUEUED", "flaky", 1)
     assert job.run_after is not None
     assert (await events(sessions, failed.job_id))[-1] == (1, "RUNNING", "QUEUED", "w1")
     assert await usage(sessions, failed.job_id) == [(1, "FAILED", 1.0)]
-    assert (await finished_events(sessions, [failed.job_id]))[str(failed.job_id)]["state"] == (
-        "QUEUED"
-    )

@@ -114,7 +114,7 @@ async def test_the_heartbeat_keeps_only_the_jobs_the_worker_holds(
         reaped = await scheduler.requeue_lost(session=session, now=lapsed + (kept - lapsed) / 2)
     try:
         # the job no attempt holds loses its lease and goes back to the queue ...
-        assert [e.job_id for e in reaped] == [orphan]  # type: ignore[attr-defined]
+        assert [a.job_id for a in reaped] == [orphan]
         assert (await job(db, orphan)).state == "QUEUED"
         # ... the one the worker runs keeps it
         assert (await job(db, held)).state == "RUNNING"

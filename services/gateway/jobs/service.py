@@ -19,7 +19,7 @@ from services.gateway.jobs.schemas import JobOut, JobSubmit
 from services.gateway.jobs.writer import FROM_REQUEST, JobWriter, NewJob
 from shared.db.models import Job
 from shared.errors import Conflict, Invalid
-from shared.events import JobSubmitted, utcnow
+from shared.events import utcnow
 from shared.idempotency import check_replay, request_hash
 from shared.jobs.arrays import new_array_id
 from shared.jobs.row import Columns, stored
@@ -164,7 +164,7 @@ def _new_job(
 ) -> NewJob:
     """The row a submission writes (``WRITTEN``): the request's fields as they come,
     ``columns`` (what the gateway works out) over them, a job created now (``job_id``, else a
-    new one); and its ``job.submitted`` event.
+    new one).
 
     A single job without inputs is stored QUEUED, as admission would make it at once (it has
     nothing to stage in): the scheduler's dispatch takes it without a PENDING -> QUEUED
@@ -185,14 +185,7 @@ def _new_job(
         queued_at=now if queued else None,
         state_reason=ADMIT_REASON if queued else None,
     )
-    event = JobSubmitted(
-        tenant_id=tenant_id,
-        job_id=job_id,
-        kernel=row["kernel"],
-        device=row["device"],
-        priority=row["priority"],
-    )
-    return NewJob(row, event, max_queued=max_queued)
+    return NewJob(row, max_queued=max_queued)
 
 
 def _created(job: NewJob, plan: arrays.ArrayPlan | None = None) -> JobOut:

@@ -1,6 +1,7 @@
 """Group commit for job submissions (``shared.db.batch.GroupCommit`` does the batching): the
-rows of concurrent ``POST /v1/jobs`` requests and their ``job.submitted`` outbox rows go in
-one statement on a plain asyncpg connection, one commit.
+rows of concurrent ``POST /v1/jobs`` requests go in one statement on a plain asyncpg
+connection, one commit, which wakes the scheduler with one NOTIFY (``shared.db.wakeup``:
+no outbox row, no broker message).
 
 What is the gateway's own here:
 
@@ -14,7 +15,7 @@ What is the gateway's own here:
   the batch (nothing of it was written), as does a write after ``stop``.
 
 An array (``write_array``) is one request with one row however many elements it has: its
-``jobs`` row, its ``job_arrays`` row and its event go in one statement of their own, which
+``jobs`` row and its ``job_arrays`` row go in one statement of their own (one NOTIFY), which
 takes the array's places in the queue (one per element) under the same lock and count.
 """
 
@@ -33,8 +34,8 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from services.gateway.jobs.schemas import ArraySpec, JobSubmit
 from shared.db.batch import GroupCommit
+from shared.db.wakeup import SUBMITTED, notify_once
 from shared.errors import DependencyUnavailable, TooManyRequests
-from shared.events import JobSubmitted
 from shared.jobs.row import JOBS, Columns, stored
 from shared.resilience import CircuitOpen
 
@@ -66,11 +67,10 @@ FROM_REQUEST = WRITTEN.fields[len(SET_BY_GATEWAY) :]
 
 @dataclass(slots=True)
 class NewJob:
-    """A validated submission ready to insert: the job's row (``WRITTEN``'s columns by name)
-    and its ``job.submitted`` event."""
+    """A validated submission ready to insert: the job's row (``WRITTEN``'s columns by
+    name)."""
 
     row: dict[str, Any]
-    event: JobSubmitted
     # the tenant's max_queued_jobs (None: no limit)
     max_queued: int | None = None
 
@@ -89,20 +89,19 @@ class NewJob:
 def insert_statement(written: Columns) -> str:
     """Every row of a batch in one statement: the room each limited tenant has left in its
     queue (under its submission lock, taken in tenant order), the rows that fit it and do not
-    collide with a taken key, then the outbox rows of exactly the jobs inserted (joined on the
-    ids the insert returned). The rows of one tenant take the room in the order of the batch.
-    The answer names each row inserted (true) or refused for the quota (false).
+    collide with a taken key, then one NOTIFY for the scheduler if any row was inserted. The
+    rows of one tenant take the room in the order of the batch. The answer names each row
+    inserted (true) or refused for the quota (false).
 
-    Parameters: ``written``'s columns, then the events' ids, routing keys and bodies, then
-    each row's ``max_queued``."""
+    Parameters: ``written``'s columns, then each row's ``max_queued``."""
     n = len(written.fields)
-    job_id, tenant_id = written.parameter("id"), written.parameter("tenant_id")
+    tenant_id = written.parameter("tenant_id")
     return f"""
 WITH room AS (
     SELECT q.tenant_id, jobs_waiting_room(q.tenant_id, q.quota) AS room
     FROM (
         SELECT tenant_id, min(quota) AS quota
-        FROM unnest({tenant_id}::uuid[], ${n + 4}::int4[]) AS l(tenant_id, quota)
+        FROM unnest({tenant_id}::uuid[], ${n + 1}::int4[]) AS l(tenant_id, quota)
         WHERE quota IS NOT NULL
         GROUP BY tenant_id
         ORDER BY tenant_id
@@ -119,14 +118,10 @@ WITH room AS (
     WHERE r.room IS NULL OR r.place <= r.room
     ON CONFLICT (tenant_id, idempotency_key) DO NOTHING
     RETURNING id
-), events AS (
-    INSERT INTO outbox (message_id, routing_key, body)
-    SELECT e.message_id, e.routing_key, e.body
-    FROM unnest({job_id}::uuid[], ${n + 1}::uuid[], ${n + 2}::text[], ${n + 3}::bytea[])
-         AS e(job_id, message_id, routing_key, body)
-    JOIN new ON new.id = e.job_id
+), woke AS MATERIALIZED (
+    {notify_once("new", SUBMITTED)}
 )
-SELECT id, true AS inserted FROM new
+SELECT id, true AS inserted FROM new, woke
 UNION ALL
 SELECT id, false FROM r WHERE r.place > r.room
 """  # noqa: S608 (column names of the model only)
@@ -141,16 +136,15 @@ WRITTEN_ARRAY = Columns((*WRITTEN.fields, "is_array"))
 def array_statement(written: Columns) -> str:
     """One array: the room left in its tenant's queue (under the submission lock; no limit
     when the quota parameter is null), its ``jobs`` row when all its elements fit and its
-    key is free, then its ``job_arrays`` row (every element pending) and its outbox row for
-    exactly that row. The answer: the room, and the id inserted (null: none).
+    key is free, then its ``job_arrays`` row (every element pending) and one NOTIFY for the
+    scheduler if it was inserted. The answer: the room, and the id inserted (null: none).
 
     Parameters: ``written``'s columns (arrays of one), then the tenant, its
-    ``max_queued_jobs``, the size, ``index_param``, ``max_concurrent``, the overrides (JSON
-    text), and the event's id, routing key and body."""
+    ``max_queued_jobs``, the size, ``index_param``, ``max_concurrent`` and the overrides
+    (JSON text)."""
     n = len(written.fields)
-    p = {name: f"${n + i}" for i, name in enumerate(
-        ("tenant", "quota", "size", "index_param", "max_concurrent", "overrides", "message_id",
-         "routing_key", "body"), start=1)}  # fmt: skip
+    names = ("tenant", "quota", "size", "index_param", "max_concurrent", "overrides")
+    p = {name: f"${n + i}" for i, name in enumerate(names, start=1)}
     return f"""
 WITH room AS (
     SELECT CASE WHEN {p["quota"]}::int4 IS NULL THEN NULL
@@ -170,11 +164,10 @@ WITH room AS (
            {p["max_concurrent"]}::int4, CAST({p["overrides"]}::text AS jsonb),
            0, false, {p["size"]}::int4, 0, 0, 0, 0, 0, 0
     FROM new
-), events AS (
-    INSERT INTO outbox (message_id, routing_key, body)
-    SELECT {p["message_id"]}::uuid, {p["routing_key"]}::text, {p["body"]}::bytea FROM new
+), woke AS MATERIALIZED (
+    {notify_once("new", SUBMITTED)}
 )
-SELECT (SELECT room FROM room) AS room, (SELECT id FROM new) AS id
+SELECT (SELECT room FROM room) AS room, (SELECT id FROM new) AS id FROM woke
 """  # noqa: S608 (column names of the model only)
 
 
@@ -183,14 +176,7 @@ INSERT_ARRAY = array_statement(WRITTEN_ARRAY)
 
 def arguments(written: Columns, jobs: list[NewJob]) -> list[Any]:
     """The parameters of ``insert_statement(written)`` for ``jobs``."""
-    events = [j.event for j in jobs]
-    return [
-        *written.arguments([j.row for j in jobs]),
-        [e.event_id for e in events],
-        [e.routing_key for e in events],
-        [e.to_bytes() for e in events],
-        [j.max_queued for j in jobs],
-    ]
+    return [*written.arguments([j.row for j in jobs]), [j.max_queued for j in jobs]]
 
 
 def _fails_the_batch(exc: BaseException) -> bool:
@@ -263,13 +249,12 @@ class JobWriter:
         return inserted
 
     async def write_array(self, job: NewJob, array: ArraySpec) -> bool:
-        """Insert an array's row (``job.row``: ``WRITTEN_ARRAY``'s columns), its
-        ``job_arrays`` row and its event, in one statement of its own; ``False`` when its
+        """Insert an array's row (``job.row``: ``WRITTEN_ARRAY``'s columns) and its
+        ``job_arrays`` row, in one statement of its own; ``False`` when its
         idempotency key is taken. ``TooManyRequests`` when the tenant's queue has fewer
         places left than the array has elements (each element is a job waiting)."""
         if self.commits.closed:
             raise _shutting_down()
-        event = job.event
         overrides = None if array.overrides is None else orjson.dumps(array.overrides).decode()
         async with self.connect() as conn:
             found = await conn.fetchrow(
@@ -281,9 +266,6 @@ class JobWriter:
                 array.index_param,
                 array.max_concurrent,
                 overrides,
-                event.event_id,
-                event.routing_key,
-                event.to_bytes(),
             )
         room, inserted = found["room"], found["id"] is not None
         if not inserted and room is not None and room < array.size:

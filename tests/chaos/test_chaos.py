@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from tests.chaos import workload
-from tests.chaos.harness import LOGS, ChaosPlan, ChaosReport, ChaosRun, chaos_cluster
+from tests.chaos.harness import LOGS, ChaosRun, chaos_cluster
+from tests.chaos.report import ChaosPlan, ChaosReport
 from tests.conftest import ADMIN_KEY, RUN_ID
 from tools.cluster import LocalCluster
 from tools.private_servers import PrivateServers

@@ -3,7 +3,7 @@ has progressed for ``stall_s``."""
 
 from __future__ import annotations
 
-from tests.chaos.harness import Progress
+from tests.chaos.report import Progress
 
 
 def test_a_count_that_keeps_rising_never_stalls() -> None:

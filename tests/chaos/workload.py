@@ -26,10 +26,12 @@ ARRAYS_PER_200 = 4
 # Each array's ``max_concurrent`` in turn (None: no bound). The last array of a run has a
 # bound, so that it runs long enough for a fault to land while its elements finish.
 ARRAY_MAX_CONCURRENT: tuple[int | None, ...] = (3, None, 4, 2)
-# Elements long enough (tens of ms) that a worker killed while it holds them kills them
-# mid-run; the arrays share the samples, so elements of different arrays with one seed
-# check each other's results.
-ARRAY_SAMPLES = 4_000_000
+# The samples of an element: a bounded array's run long enough (a few tenths of a second)
+# that a worker killed while it holds them, or PostgreSQL stopped while they run, catches
+# them mid-run; an array without a bound runs short ones, many at once. Arrays with the same
+# samples check each other's results (element i of each has the seed i).
+ARRAY_SAMPLES = 100_000_000
+SHORT_ARRAY_SAMPLES = 4_000_000
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def array_body(k: int, size: int) -> dict[str, Any]:
         array["max_concurrent"] = bound
     return {
         "kernel": "montecarlo_pi",
-        "params": {"samples": ARRAY_SAMPLES},
+        "params": {"samples": SHORT_ARRAY_SAMPLES if bound is None else ARRAY_SAMPLES},
         "array": array,
         "timeout_s": 120,
         "max_retries": 20,

@@ -34,9 +34,9 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
-	$(PY) -m pip install -e ".[dev]" -e ./clients/python
+	$(PY) -m pip install -e ".[dev]" -e "./clients/python[cli]"
 	@touch $@
 
 # the benchmarks' extra dependencies (celery, the pipeline's baseline), only for `make bench`

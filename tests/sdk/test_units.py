@@ -205,17 +205,30 @@ def test_polls_grow_and_end_on_the_deadline() -> None:
 
 
 ALLOWED_IMPORTS = {"httpx", "pydantic", "numpy", "stratus_client"}
+CLI_IMPORTS = {"typer", "rich"}  # the command line's extra
+
+
+def imported(paths: list[Path]) -> set[str]:
+    """The modules ``paths`` import (``a.b`` for ``import a.b`` and ``from a.b import c``)."""
+    found: set[str] = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module)
+    return found
 
 
 def test_the_sdk_imports_nothing_of_the_service() -> None:
-    """Built on the public API only: the standard library, httpx, pydantic, NumPy."""
+    """Built on the public API only: the standard library, httpx, pydantic, NumPy; the
+    command line (``cli/``) also typer and rich, and the SDK never needs the command line."""
     package = Path(__file__).parents[2] / "clients" / "python" / "stratus_client"
-    found: set[str] = set()
-    for path in package.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                found.add(node.module.split(".")[0])
-    assert found - ALLOWED_IMPORTS <= sys.stdlib_module_names
-    assert "numpy" in found  # the scan sees the lazy import too
+    cli = sorted((package / "cli").rglob("*.py"))
+    core = imported([p for p in package.rglob("*.py") if p not in cli])
+    assert {m.split(".")[0] for m in core} - ALLOWED_IMPORTS <= sys.stdlib_module_names
+    assert "numpy" in core  # the scan sees the lazy import too
+    assert not any(m.split(".")[:2] == ["stratus_client", "cli"] for m in core)
+    tops = {m.split(".")[0] for m in imported(cli)}
+    assert tops - ALLOWED_IMPORTS - CLI_IMPORTS <= sys.stdlib_module_names
+    assert tops >= CLI_IMPORTS

@@ -14,19 +14,30 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def declared_scripts() -> dict[str, str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+def declared_scripts(pyproject: Path = ROOT / "pyproject.toml") -> dict[str, str]:
+    project = tomllib.loads(pyproject.read_text())["project"]
     scripts: dict[str, str] = project.get("scripts", {})
     return scripts
 
 
-def installed_scripts() -> dict[str, str]:
+def installed_scripts(distribution: str = "stratus") -> dict[str, str]:
     """What ``pip install`` made of the declaration (an editable install's metadata)."""
     try:
-        dist = metadata.distribution("stratus")
+        dist = metadata.distribution(distribution)
     except metadata.PackageNotFoundError:
         return {}
     return {ep.name: ep.value for ep in dist.entry_points if ep.group == "console_scripts"}
+
+
+def sdk_declared_scripts() -> dict[str, str]:
+    """The Python SDK's (clients/python): ``stratus``, the command line."""
+    scripts = declared_scripts(ROOT / "clients" / "python" / "pyproject.toml")
+    assert "stratus" in scripts
+    return scripts
+
+
+def sdk_installed_scripts() -> dict[str, str]:
+    return installed_scripts("stratus-client")
 
 
 def resolve(target: str) -> object:
@@ -37,7 +48,9 @@ def resolve(target: str) -> object:
     return found
 
 
-@pytest.mark.parametrize("scripts", [declared_scripts, installed_scripts])
+@pytest.mark.parametrize(
+    "scripts", [declared_scripts, installed_scripts, sdk_declared_scripts, sdk_installed_scripts]
+)
 def test_every_console_script_imports(scripts: Callable[[], dict[str, str]]) -> None:
     for name, target in scripts().items():
         try:

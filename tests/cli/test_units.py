@@ -4,6 +4,7 @@ file, problems as one line, tables within 80 columns, what a progress bar shows.
 from __future__ import annotations
 
 import io
+import socket
 import stat
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,11 +13,13 @@ from typing import Any
 import pytest
 import typer
 from rich.console import Console
-from stratus_client import ApiError, Job
+from stratus_client import ApiError, Job, __version__
+from stratus_client.cli.app import app
 from stratus_client.cli.config import read_file, settings, write_file
 from stratus_client.cli.options import pairs
 from stratus_client.cli.output import problem_line, size, table
 from stratus_client.cli.progress import job_view
+from typer.testing import CliRunner
 
 
 def test_values_are_json_when_they_parse() -> None:
@@ -123,3 +126,34 @@ def test_what_a_bar_shows() -> None:
     assert job_view(_job(state="QUEUED"))["total"] is None  # pulses until it reports one
     done = job_view(_job(state="SUCCEEDED"))
     assert done["completed"] == done["total"]
+
+
+def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = [path]
+    for name, command in getattr(group, "commands", {}).items():
+        found += _commands(command, (*path, name))
+    return found
+
+
+def test_every_command_has_help_within_80_columns() -> None:
+    commands = _commands(typer.main.get_command(app))
+    assert ("admin", "tenants", "update") in commands
+    assert len(commands) > 20
+    for path in commands:
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert result.exit_code == 0, (path, result.stdout)
+        assert all(len(line) <= 80 for line in result.stdout.splitlines()), path
+    assert CliRunner().invoke(app, ["--version"]).stdout == f"stratus {__version__}\n"
+
+
+def test_a_service_that_cannot_be_reached_is_exit_3(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))  # a port nothing listens on
+        port = sock.getsockname()[1]
+        env = {"XDG_CONFIG_HOME": str(tmp_path), "STRATUS_URL": None, "STRATUS_API_KEY": None}
+        url = f"http://127.0.0.1:{port}"
+        result = CliRunner().invoke(app, ["login", "--url", url, "--api-key", "k"], env=env)
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"stratus: cannot reach {url}")
+    assert len(result.stderr.splitlines()) == 1
+    assert not (tmp_path / "stratus").exists()

@@ -135,7 +135,9 @@ def submit(
         typer.echo(f"submitted {_kind(job)} {job.id} ({job.state})")
 
 
-def _array(size: int | None, index_param: str | None, max_concurrent: int | None) -> Any:
+def _array(
+    size: int | None, index_param: str | None, max_concurrent: int | None
+) -> ArraySpec | None:
     if size is None:
         if index_param is not None or max_concurrent is not None:
             raise typer.BadParameter("only with --array N", param_hint="--index-param")

@@ -37,6 +37,9 @@ def test_login_asks_and_checks(stratus: Stratus, url: str, key: str) -> None:
     assert asked.exit_code == 0, asked.stderr
     assert key not in asked.stdout  # the key is not echoed
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    tenant = stratus.json("login", "--url", url, "--api-key", key, **NO_ENV)
+    assert tenant["name"].startswith("test_login_asks")
+    assert "max_queued_jobs" in tenant["usage"]
     admin = stratus.ok("login", "--url", url, "--api-key", ADMIN_KEY, **NO_ENV)
     assert "as the platform admin" in admin.stdout
     assert ADMIN_KEY in path.read_text()

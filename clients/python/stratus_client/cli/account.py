@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from stratus_client import ApiError, Client
+from stratus_client import ApiError, Client, TenantSelf
 from stratus_client.cli.config import connect, settings, write_file
 from stratus_client.cli.output import JsonOption, counts_line, fields, print_json, show, size
 
@@ -18,20 +18,25 @@ def register(app: typer.Typer) -> None:
     app.command()(usage)
 
 
-def _who(client: Client) -> str:
-    """Whose the key is, asked of the service (so a wrong URL or key fails here)."""
+def _who(client: Client) -> TenantSelf | None:
+    """The key's tenant, or None for the platform admin's key, asked of the service (so a
+    wrong URL or key fails here)."""
     try:
-        return f"tenant {client.tenant().name}"
+        return client.tenant()
     except ApiError as error:
         if error.status != 403:  # 403: a key of no tenant, the admin's
             raise
     list(islice(client.admin.tenants(), 1))
-    return "the platform admin"
+    return None
 
 
 def login(
     url: Annotated[str | None, typer.Option(help="The gateway, e.g. http://host:8000.")] = None,
     api_key: Annotated[str | None, typer.Option(help="Your API key (asked when left out).")] = None,
+    json_: Annotated[
+        bool,
+        typer.Option("--json", help="Print the key's tenant as the API shows it (admin: null)."),
+    ] = False,
 ) -> None:
     """Check a service URL and API key, and keep them for the next commands.
 
@@ -41,9 +46,13 @@ def login(
     url = url or typer.prompt("Service URL", default=current.url or "http://localhost:8000")
     api_key = api_key or typer.prompt("API key", hide_input=True)
     with connect(url, api_key, retry_s=0) as client:  # a wrong URL fails at once
-        who = _who(client)
+        tenant = _who(client)
     path = write_file(url, api_key)
-    typer.echo(f"logged in to {url} as {who} (saved in {path})")
+    if json_:
+        print_json(tenant)
+    else:
+        who = "the platform admin" if tenant is None else f"tenant {tenant.name}"
+        typer.echo(f"logged in to {url} as {who} (saved in {path})")
 
 
 def usage(json_: JsonOption = False) -> None:

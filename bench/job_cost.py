@@ -1,6 +1,6 @@
 """What one trivial job costs the database and the broker, per job.
 
-    .venv/bin/python bench/job_cost.py [--jobs N] [--clients C] [--idle S]
+    .venv/bin/python bench/job_cost.py [--jobs N] [--clients C] [--idle S] [--private]
 
 Starts a local cluster (``tools.cluster``: 1 gateway, 1 scheduler, 1 worker, datamover; ports
 19400-19600, database and vhost ``stratus_jobcost``, dropped on exit), runs a warm-up, then:
@@ -14,6 +14,9 @@ It prints per job: PostgreSQL transactions (``pg_stat_database``, less this scri
 queries), rows inserted, updated and deleted per table (``pg_stat_user_tables``), and the
 messages published per routing key (a queue of its own bound to ``#`` on the events
 exchange sees every publish) with the queues they reach.
+
+``--private`` runs it on PostgreSQL, RabbitMQ and Redis of its own
+(``tools.private_servers``, started and stopped with it) instead of the machine's.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from tools.cluster import (
     prepare_database,
     prepare_vhost,
 )
+from tools.private_servers import PrivateServers
 from tools.provision import postgres_settings, rabbit_settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,9 +184,11 @@ def report(title: str, n: int, xacts: float, tables: dict[str, tuple[int, int, i
         print(f"    {name:<20} ins {i / n:6.2f}  upd {u / n:6.2f}  del {d / n:6.2f}")
 
 
-async def measure(gateway: str, admin_key: str, opts: argparse.Namespace) -> None:
-    pg = postgres_settings({"STRATUS_POSTGRES__DATABASE": DB})
-    amqp = rabbit_settings({"STRATUS_RABBIT__VHOST": VHOST}).url()
+async def measure(
+    gateway: str, admin_key: str, opts: argparse.Namespace, env: dict[str, str]
+) -> None:
+    pg = postgres_settings(env)
+    amqp = rabbit_settings(env).url()
     db = await asyncpg.connect(pg.url(driver="postgresql"))
     broker = await aio_pika.connect(amqp)
     try:
@@ -241,18 +247,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=300)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--idle", type=float, default=6.0)
+    parser.add_argument("--private", action="store_true", help="servers of its own")
     opts = parser.parse_args(argv)
+    servers = PrivateServers.create() if opts.private else None
+    try:
+        if servers is not None:
+            servers.start()
+        return run(opts, servers)
+    finally:
+        if servers is not None:
+            servers.stop()
+
+
+def run(opts: argparse.Namespace, servers: PrivateServers | None) -> int:
     admin_key = "jobcost-admin-" + secrets.token_urlsafe(16)
     env = {
+        **(servers.env() if servers is not None else {"STRATUS_RABBIT__VHOST": VHOST}),
         "STRATUS_POSTGRES__DATABASE": DB,
-        "STRATUS_RABBIT__VHOST": VHOST,
         "STRATUS_ADMIN_KEY": admin_key,
         "STRATUS_KEY_SECRET": secrets.token_urlsafe(32),
         "STRATUS_ENVIRONMENT": "bench",
     }
-    drop_database(DB)
-    prepare_database(DB)
-    prepare_vhost(VHOST)
+    drop_database(DB, env=env)
+    prepare_database(DB, env=env)
+    if servers is None:
+        prepare_vhost(VHOST)
     cfg = ClusterConfig(
         run_dir=RUN_DIR,
         env=env,
@@ -267,11 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cluster.start(timeout=120)
         print(f"job cost, {os.cpu_count()} cores, source {git_head()}")
-        asyncio.run(measure(cluster.url("gateway"), admin_key, opts))
+        asyncio.run(measure(cluster.url("gateway"), admin_key, opts, env))
     finally:
         cluster.stop()
-        drop_database(DB)
-        drop_vhost(VHOST)
+        if servers is None:
+            drop_database(DB)
+            drop_vhost(VHOST)
     return 0
 
 

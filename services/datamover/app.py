@@ -97,54 +97,63 @@ def create_app(settings: DatamoverSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         res = await open_resources(settings, name="datamover")
-        storage = Storage(
-            settings.storage,
-            failure_threshold=settings.breaker_failure_threshold,
-            reset_timeout_s=settings.breaker_reset_s,
-        )
-        mover = Mover(res, storage, settings)
-        app.state.resources = res
-        app.state.mover = mover
         stop = asyncio.Event()
-        claims = res.spawn(
-            periodic(
-                "migration-claims",
-                mover.claim_step,
-                interval_s=settings.claim_interval_s,
-                wake=mover.wake,
-                stop=stop,
-                breaker=res.db_breaker,
-            ),
-            "migration-claims",
-        )
-        loops = [claims]
-        if settings.sweep_enabled:
+        loops: list[asyncio.Task[None]] = []
+        storage: Storage | None = None
+        mover: Mover | None = None
+        # Everything after open_resources is inside the ``try``: a start that fails half way
+        # (the broker gone meanwhile) still closes what it opened, or the process would hang
+        # on its open connections instead of exiting.
+        try:
+            storage = Storage(
+                settings.storage,
+                failure_threshold=settings.breaker_failure_threshold,
+                reset_timeout_s=settings.breaker_reset_s,
+            )
+            mover = Mover(res, storage, settings)
+            app.state.resources = res
+            app.state.mover = mover
             loops.append(
                 res.spawn(
                     periodic(
-                        "upload-sweep",
-                        functools.partial(
-                            sweep.sweep,
-                            sessions=res.sessions,
-                            storage=storage,
-                            after_s=settings.sweep_after_s,
-                        ),
-                        interval_s=settings.sweep_interval_s,
+                        "migration-claims",
+                        mover.claim_step,
+                        interval_s=settings.claim_interval_s,
+                        wake=mover.wake,
                         stop=stop,
+                        breaker=res.db_breaker,
                     ),
-                    "upload-sweep",
+                    "migration-claims",
                 )
             )
-        await res.broker.consume(DATAMOVER, make_handler(mover.wake.set))
-        log.info("datamover_started", owner=mover.runner.owner)
-        try:
+            if settings.sweep_enabled:
+                loops.append(
+                    res.spawn(
+                        periodic(
+                            "upload-sweep",
+                            functools.partial(
+                                sweep.sweep,
+                                sessions=res.sessions,
+                                storage=storage,
+                                after_s=settings.sweep_after_s,
+                            ),
+                            interval_s=settings.sweep_interval_s,
+                            stop=stop,
+                        ),
+                        "upload-sweep",
+                    )
+                )
+            await res.broker.consume(DATAMOVER, make_handler(mover.wake.set))
+            log.info("datamover_started", owner=mover.runner.owner)
             yield
         finally:
             await res.broker.stop_consuming()
             await stop_loops(loops, stop, grace_s=settings.shutdown_grace_s)
-            await mover.stop()
+            if mover is not None:
+                await mover.stop()
             await close_resources(res)
-            await storage.close()
+            if storage is not None:
+                await storage.close()
 
     app = FastAPI(title="Stratus datamover", lifespan=start_in_background(lifespan))
     install_problem_handlers(app)

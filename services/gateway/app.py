@@ -101,10 +101,12 @@ async def lifespan(app: FastAPI, *, settings: GatewaySettings) -> AsyncIterator[
     async def on_control(_delivery: Delivery) -> None:
         auth.invalidate()  # a tenant or key changed somewhere
 
-    await res.broker.consume(
-        control_queue(f"gateway-{uuid.uuid4().hex[:12]}", ("tenant.changed",)), on_control
-    )
+    # Inside the ``try``: a start that fails here (the broker gone meanwhile) still closes
+    # what it opened, or the process would hang on its open connections instead of exiting.
     try:
+        await res.broker.consume(
+            control_queue(f"gateway-{uuid.uuid4().hex[:12]}", ("tenant.changed",)), on_control
+        )
         yield
     finally:
         await writer.stop()  # what was accepted is written before the pool closes

@@ -170,19 +170,24 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         app.state.resources = res
         wake = asyncio.Event()
         stop = asyncio.Event()  # on shutdown: each loop ends after the pass in progress
-        autoscaler = make_autoscaler(settings) if settings.autoscale.enabled else None
-        loops = [
-            res.spawn(loop.run(stop, breaker=res.db_breaker), loop.name)
-            for loop in loops_of(res, settings, wake, autoscaler)
-        ]
-        if settings.dispatch_enabled:
-            # submissions and finished attempts wake the dispatch loop by NOTIFY
-            connect = listener_connect(settings.postgres, application_name="stratus-scheduler")
-            app.state.wake_listener = listener = WakeListener(connect, wake.set)
-            loops.append(res.spawn(listener.run(stop), "wake_listener"))
-        await res.broker.consume_batches(SCHEDULER, make_event_handler(wake.set))
-        log.info("scheduler_started")
+        autoscaler = None
+        loops: list[asyncio.Task[None]] = []
+        # Everything after open_resources is inside the ``try``: a start that fails half way
+        # (the broker gone meanwhile) still closes what it opened, or the process would hang
+        # on its open connections instead of exiting.
         try:
+            autoscaler = make_autoscaler(settings) if settings.autoscale.enabled else None
+            loops.extend(
+                res.spawn(loop.run(stop, breaker=res.db_breaker), loop.name)
+                for loop in loops_of(res, settings, wake, autoscaler)
+            )
+            if settings.dispatch_enabled:
+                # submissions and finished attempts wake the dispatch loop by NOTIFY
+                connect = listener_connect(settings.postgres, application_name="stratus-scheduler")
+                app.state.wake_listener = listener = WakeListener(connect, wake.set)
+                loops.append(res.spawn(listener.run(stop), "wake_listener"))
+            await res.broker.consume_batches(SCHEDULER, make_event_handler(wake.set))
+            log.info("scheduler_started")
             yield
         finally:
             await stop_gracefully(res, loops, stop, grace_s=settings.shutdown_grace_s)

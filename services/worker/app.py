@@ -351,38 +351,47 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runner = await start_runner(settings)
-        res = await open_resources(settings, name="worker")
-        app.state.resources = res
-        storage = Storage(settings.storage)
-        rt = WorkerRuntime(res, settings, runner, storage)
-        await rt.heartbeat()
-        res.spawn(
-            periodic(
-                "heartbeat",
-                rt.heartbeat,
-                interval_s=settings.heartbeat_interval_s,
-                breaker=res.db_breaker,
-            ),
-            "heartbeat",
-        )
-        await res.broker.consume(control_queue(settings.name), rt.on_control, prefetch=16)
-        await res.broker.consume(
-            WORK_QUEUES[settings.device],
-            rt.on_dispatch,
-            prefetch=settings.prefetch or settings.concurrency,
-        )
-        log.info(
-            "worker_started",
-            worker=settings.name,
-            device=settings.device,
-            concurrency=settings.concurrency,
-        )
+        res: Resources | None = None
+        storage: Storage | None = None
+        rt: WorkerRuntime | None = None
+        # Everything after the runner's start is inside the ``try``: a start that fails half
+        # way (the broker gone meanwhile) still closes what it opened, or the process would
+        # hang on its open connections and pool processes instead of exiting.
         try:
+            res = await open_resources(settings, name="worker")
+            app.state.resources = res
+            storage = Storage(settings.storage)
+            rt = WorkerRuntime(res, settings, runner, storage)
+            await rt.heartbeat()
+            res.spawn(
+                periodic(
+                    "heartbeat",
+                    rt.heartbeat,
+                    interval_s=settings.heartbeat_interval_s,
+                    breaker=res.db_breaker,
+                ),
+                "heartbeat",
+            )
+            await res.broker.consume(control_queue(settings.name), rt.on_control, prefetch=16)
+            await res.broker.consume(
+                WORK_QUEUES[settings.device],
+                rt.on_dispatch,
+                prefetch=settings.prefetch or settings.concurrency,
+            )
+            log.info(
+                "worker_started",
+                worker=settings.name,
+                device=settings.device,
+                concurrency=settings.concurrency,
+            )
             yield
         finally:
-            await rt.shutdown()
-            await close_resources(res)
-            await storage.close()
+            if rt is not None:
+                await rt.shutdown()
+            if res is not None:
+                await close_resources(res)
+            if storage is not None:
+                await storage.close()
             await runner.close()
 
     app = FastAPI(title="Stratus worker", lifespan=start_in_background(lifespan))

@@ -204,7 +204,7 @@ async def test_the_jobs_list_shows_an_array_once(
     running = (await get(client, tenant, "/v1/jobs?state=RUNNING"))["items"]
     assert [j["id"] for j in running] == [str(aid)]
     queued = (await get(client, tenant, "/v1/jobs?state=QUEUED"))["items"]
-    assert queued == []
+    assert [j["id"] for j in queued] == [plain]  # QUEUED at submission; no element listed
     labelled = (await get(client, tenant, "/v1/jobs?label=sweep:a"))["items"]
     assert [j["id"] for j in labelled] == [str(aid)]
 
@@ -223,8 +223,9 @@ async def test_usage_counts_elements_not_arrays(
     r = await client.post(f"/v1/jobs/{other}/cancel", headers=tenant.headers)
     assert r.status_code == 202, r.text
     jobs = (await get(client, tenant, "/v1/usage"))["jobs"]
-    # the plain job and 6 virtual elements pending, the rows of 3, 1 + 2 cancelled
-    assert jobs == counts(pending=7, queued=1, running=1, succeeded=1, cancelled=3)
+    # 6 virtual elements pending, the plain job (no inputs: QUEUED at submission) and the
+    # rows of 3, 1 + 2 cancelled
+    assert jobs == counts(pending=6, queued=2, running=1, succeeded=1, cancelled=3)
     assert sum(jobs.values()) == 1 + 10 + 2
     later = (await get(client, tenant, "/v1/usage?since=2999-01-01T00:00:00Z"))["jobs"]
     assert later == counts()

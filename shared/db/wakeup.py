@@ -71,6 +71,18 @@ def listener_connect(settings: PostgresSettings, *, application_name: str) -> Co
     return connect
 
 
+# The longest wait between two tries to listen again: the dispatch loop's own interval keeps
+# jobs moving meanwhile, so a slow retry delays only the wake-ups.
+MAX_RETRY_S = 15.0
+
+
+def retry_delay(failures: int, retry_s: float, cap_s: float = MAX_RETRY_S) -> float:
+    """Seconds before the next try after ``failures`` failed ones in a row: ``retry_s``,
+    then doubling, at most ``cap_s`` (never below ``retry_s``)."""
+    doubled: float = retry_s * 2.0 ** max(0, failures - 1)
+    return max(retry_s, min(cap_s, doubled))
+
+
 class WakeListener:
     """LISTENs on ``CHANNEL`` on a connection of its own and calls ``wake`` for each
     notification, and once each time it (re)connects. When the connection drops it
@@ -92,17 +104,26 @@ class WakeListener:
         self.wake()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop`` is set."""
+        """Until ``stop`` is set. A lost connection is one warning; while the database stays
+        away the tries back off (``retry_delay``) and say so only at debug level."""
+        failures = 0
         while not stop.is_set():
             try:
                 await self._listen(stop)
             except Exception as exc:  # the database away, the connection lost: try again
-                log.warning("wake_listener_lost", error=type(exc).__name__, detail=str(exc))
+                failures = 1 if self.connected.is_set() else failures + 1
+                report = log.warning if failures == 1 else log.debug
+                report(
+                    "wake_listener_lost",
+                    error=type(exc).__name__,
+                    detail=str(exc),
+                    failures=failures,
+                )
             finally:
                 self.connected.clear()
                 self.backend_pid = None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.retry_s)
+                await asyncio.wait_for(stop.wait(), retry_delay(failures, self.retry_s))
 
     async def _listen(self, stop: asyncio.Event) -> None:
         conn = await self.connect()

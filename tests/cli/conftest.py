@@ -5,7 +5,6 @@ the SDK's admin methods), no configuration file but the test's own."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,8 @@ from stratus_client import Client
 from stratus_client.cli.app import app
 from typer.testing import CliRunner, Result
 
+from tests.clients import new_tenant_key, tiered_cluster
 from tests.conftest import ADMIN_KEY
-from tests.e2e.conftest import own_cluster
 from tools.cluster import LocalCluster
 
 MC = ("--param", "samples=1000")  # montecarlo_pi: done in milliseconds
@@ -28,20 +27,7 @@ def cli_cluster(
     test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalCluster]:
     """Every service, with the ``local`` and ``archive`` tiers."""
-    root = Path(tmp_path_factory.mktemp("cli-tiers"))
-    env = {
-        "STRATUS_STORAGE__LOCAL__ROOT": str(root / "local"),
-        "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "archive"),
-        "STRATUS_STORAGE__FSYNC": "false",
-    }
-    with own_cluster(
-        "cli",
-        test_env,
-        tmp_path_factory,
-        env=env,
-        workers=1,
-        worker_env={"STRATUS_CONCURRENCY": "4", "STRATUS_HEARTBEAT_INTERVAL_S": "0.5"},
-    ) as cluster:
+    with tiered_cluster("cli", test_env, tmp_path_factory, concurrency=4) as cluster:
         yield cluster
 
 
@@ -57,8 +43,8 @@ def admin(url: str) -> Iterator[Client]:
 
 
 def new_key(admin: Client, name: str, **quotas: Any) -> str:
-    tenant = admin.admin.create_tenant(f"{name}-{time.time_ns()}", quotas=quotas)
-    return admin.admin.create_key(tenant.id, "cli-test").key
+    """A new tenant with ``quotas``: a key of it with every scope."""
+    return new_tenant_key(admin, name, "cli-test", **quotas)
 
 
 @dataclass

@@ -4,17 +4,15 @@ admin methods."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 from stratus_client import AsyncClient, Client, RetryEvent, RetryPolicy
 
+from tests.clients import new_tenant_key, tiered_cluster
 from tests.conftest import ADMIN_KEY
-from tests.e2e.conftest import own_cluster
 from tools.cluster import LocalCluster
 
 MC: dict[str, Any] = {"samples": 1000, "seed": 1}  # montecarlo_pi: done in milliseconds
@@ -25,20 +23,7 @@ def sdk_cluster(
     test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalCluster]:
     """Every service, with the ``local`` and ``archive`` tiers (no ``s3``)."""
-    root = Path(tmp_path_factory.mktemp("sdk-tiers"))
-    env = {
-        "STRATUS_STORAGE__LOCAL__ROOT": str(root / "local"),
-        "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "archive"),
-        "STRATUS_STORAGE__FSYNC": "false",
-    }
-    with own_cluster(
-        "sdk",
-        test_env,
-        tmp_path_factory,
-        env=env,
-        workers=1,
-        worker_env={"STRATUS_CONCURRENCY": "2", "STRATUS_HEARTBEAT_INTERVAL_S": "0.5"},
-    ) as cluster:
+    with tiered_cluster("sdk", test_env, tmp_path_factory, concurrency=2) as cluster:
         yield cluster
 
 
@@ -54,9 +39,8 @@ def admin(url: str) -> Iterator[Client]:
 
 
 def new_key(admin: Client, name: str, **quotas: Any) -> str:
-    """A new tenant with ``quotas`` (made through the SDK): a key of it with every scope."""
-    tenant = admin.admin.create_tenant(f"{name}-{time.time_ns()}", quotas=quotas)
-    return admin.admin.create_key(tenant.id, "sdk-test").key
+    """A new tenant with ``quotas``: a key of it with every scope."""
+    return new_tenant_key(admin, name, "sdk-test", **quotas)
 
 
 @pytest.fixture

@@ -1,0 +1,52 @@
+"""What the SDK and CLI tests share: a cluster with the ``local`` and ``archive`` tiers, and a
+new tenant's key made through the SDK's admin methods."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from stratus_client import Client
+
+from tests.e2e.conftest import own_cluster
+from tools.cluster import LocalCluster
+
+
+@contextmanager
+def tiered_cluster(
+    name: str,
+    test_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    concurrency: int,
+) -> Iterator[LocalCluster]:
+    """Every service, with the ``local`` and ``archive`` tiers (no ``s3``), one worker of
+    ``concurrency`` slots."""
+    root = Path(tmp_path_factory.mktemp(f"{name}-tiers"))
+    env = {
+        "STRATUS_STORAGE__LOCAL__ROOT": str(root / "local"),
+        "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "archive"),
+        "STRATUS_STORAGE__FSYNC": "false",
+    }
+    with own_cluster(
+        name,
+        test_env,
+        tmp_path_factory,
+        env=env,
+        workers=1,
+        worker_env={
+            "STRATUS_CONCURRENCY": str(concurrency),
+            "STRATUS_HEARTBEAT_INTERVAL_S": "0.5",
+        },
+    ) as cluster:
+        yield cluster
+
+
+def new_tenant_key(admin: Client, name: str, key_name: str, **quotas: Any) -> str:
+    """A new tenant with ``quotas`` (made through the SDK): a key of it with every scope."""
+    tenant = admin.admin.create_tenant(f"{name}-{time.time_ns()}", quotas=quotas)
+    return admin.admin.create_key(tenant.id, key_name).key

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+from stratus_client import Client
 
 from tests.cli.conftest import Stratus, one_line
+from tools.cluster import LocalCluster
 
 
 def test_put_get_ls_rm(stratus: Stratus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,3 +80,24 @@ def test_migrate(stratus: Stratus, tmp_path: Path) -> None:
     unknown = stratus("migrate", "m/none.bin", "archive", "--wait")
     assert unknown.exit_code == 3
     assert one_line(unknown.stderr).startswith("stratus: ")
+
+
+def test_migrate_wait_exits_1_on_a_failed_migration(
+    stratus: Stratus, cli_cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """The bytes on the tier changed behind the catalogue's back: the copy's checksum does
+    not match, the migration ends FAILED, and ``migrate --wait`` exits 1 with the reason."""
+    (tmp_path / "a.bin").write_bytes(b"a" * 5000)
+    stratus.ok("datasets", "put", str(tmp_path / "a.bin"), "bad/a.bin")
+    with Client(stratus.url, stratus.key) as client:
+        tenant = client.tenant().id
+    stored = Path(cli_cluster.cfg.env["STRATUS_STORAGE__LOCAL__ROOT"]) / tenant / "bad/a.bin"
+    stored.write_bytes(b"b" * 5000)  # same size, other bytes
+    failed = stratus("migrate", "bad/a.bin", "archive", "--wait")
+    assert failed.exit_code == 1, (failed.stdout, failed.stderr)
+    assert failed.stdout.startswith("FAILED ")
+    assert "verification failed" in failed.stdout
+    as_json = stratus("migrate", "bad/a.bin", "archive", "--wait", "--json")
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.stdout)["state"] == "FAILED"
+    assert stratus.json("datasets", "ls", "--prefix", "bad/")[0]["tiers"] == ["local"]

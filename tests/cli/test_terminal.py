@@ -1,5 +1,6 @@
 """The installed ``stratus`` script in a real 80x24 terminal (tmux): ``submit --array --wait``
-draws one progress bar, redrawn in place until 20/20, and the shell sees exit code 0."""
+draws one progress bar, redrawn in place until 20/20, and the shell sees exit code 0;
+``watch`` redraws its table in place as jobs come and go, until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,9 +12,13 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from stratus_client import Client
+
+from tests.cli.conftest import new_key
 
 STRATUS = Path(sys.executable).parent / "stratus"
 WITHIN_S = 120.0  # the array's 20 tiny elements end in seconds; this only bounds a hang
@@ -41,6 +46,9 @@ class Terminal:
     def screen(self) -> str:
         return self.tmux("capture-pane", "-p")
 
+    def ctrl_c(self) -> None:
+        self.tmux("send-keys", "C-c")
+
     def wait_for_line(self, pattern: str) -> list[str]:
         """The screen's lines once one of them matches ``pattern`` whole."""
         deadline = time.monotonic() + WITHIN_S
@@ -57,6 +65,12 @@ class Terminal:
 
 @pytest.fixture
 def terminal(url: str, key: str, tmp_path: Path) -> Iterator[Terminal]:
+    with open_terminal(url, key, tmp_path) as term:
+        yield term
+
+
+@contextmanager
+def open_terminal(url: str, key: str, tmp_path: Path) -> Iterator[Terminal]:
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
     env = {
@@ -92,3 +106,29 @@ def test_submit_wait_draws_a_live_bar(terminal: Terminal) -> None:
     assert "exit=0" in lines
     assert any(line.startswith("SUCCEEDED ") for line in lines)
     assert "elements: SUCCEEDED 20" in lines
+
+
+def test_watch_redraws_its_table_in_place(url: str, admin: Client, tmp_path: Path) -> None:
+    """A tenant whose jobs cannot run: ``watch`` shows the first, then the second once it is
+    submitted (the same table redrawn, not a second one), then none once both are cancelled;
+    Ctrl-C ends it with exit code 0."""
+    key = new_key(admin, "cli-tmux-watch", max_running_jobs=0)
+    with Client(url, key) as client, open_terminal(url, key, tmp_path) as terminal:
+        first = client.submit("montecarlo_pi", params={"samples": 1000}).id
+        terminal.type(f"{STRATUS} watch --interval 0.3; echo exit=$?")
+        lines = terminal.wait_for_line(r"1 not ended · .*")
+        assert any(line.startswith(first) for line in lines), lines
+        second = client.submit("montecarlo_pi", params={"samples": 1000}).id
+        lines = terminal.wait_for_line(r"2 not ended · .*")
+        assert sum("not ended" in line for line in lines) == 1, lines  # redrawn in place
+        assert sum(line.lstrip().startswith("ID ") for line in lines) == 1, lines
+        assert {first, second} <= {line.split(" ")[0] for line in lines}
+        assert all(len(line) <= 80 for line in lines)
+        client.cancel(first)
+        client.cancel(second)
+        lines = terminal.wait_for_line(r"0 not ended · .*")
+        assert not any(first in line or second in line for line in lines), lines
+        terminal.ctrl_c()
+        lines = terminal.wait_for_line(r"exit=\d+")
+        assert "exit=0" in lines
+        assert sum("not ended" in line for line in lines) == 1, lines

@@ -5,6 +5,8 @@ and thread count are set there, before numba is imported), dies with the worker
 (``PR_SET_PDEATHSIG``) but ignores SIGTERM and SIGINT, warms every kernel, says ``ready``,
 then runs one job at a time: a request frame on stdin, a result frame on the original
 stdout. Anything a kernel prints goes to stderr (the worker's log), never into the frames.
+A batch request (an array chunk's elements) runs its items one after another, one reply frame
+each, and stops early on a ``stop`` frame (``serve_batch``).
 
 Memory: once warm, the process limits its private writable memory (``RLIMIT_DATA``: what
 ``malloc``, NumPy and numba allocate; not the read-only memory maps of inputs, the shared
@@ -25,14 +27,15 @@ import ctypes
 import errno
 import os
 import resource
+import select
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
+from services.worker import progress
 from services.worker.protocol import read_frame, temp_path, write_frame
 
 PR_SET_PDEATHSIG = 1
@@ -173,10 +176,53 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
     }
     write_frame(out, {"type": "ready", "pid": os.getpid(), **ready})
     while (request := read_frame(inp)) is not None:
-        reply = handle(request, threads, job_bytes=job_bytes, inline_max=inline_max)
+        if request.get("type") == "stop":  # reached us after its batch had ended
+            continue
+        if request.get("type") == "batch":
+            if serve_batch(request, inp, out, threads, job_bytes=job_bytes):
+                return  # an item ran out of memory: see below
+            continue
+        with progress.sink(progress.frames(out, write_frame)):  # progress frames first
+            reply = handle(request, threads, job_bytes=job_bytes, inline_max=inline_max)
         write_frame(out, reply)
         if reply.get("fatal"):
             return  # after MemoryError the process is not trusted: the worker replaces it
+
+
+def stop_requested(inp: BinaryIO) -> bool:
+    """Whether the worker has sent a ``stop`` frame (looks without waiting; ``inp`` is the
+    unbuffered pipe, so a frame that arrived is always seen by ``select``)."""
+    while select.select([inp], [], [], 0)[0]:
+        message = read_frame(inp)
+        if message is None or message.get("type") == "stop":
+            return True  # the worker closed the pipe: stop as well
+    return False
+
+
+def serve_batch(
+    batch: dict[str, Any], inp: BinaryIO, out: BinaryIO, threads: int, *, job_bytes: int = 0
+) -> bool:
+    """Run the items of ``batch`` one after another with the warm kernel, one reply frame
+    each (its ``index`` added), then ``batch_done``; stop early on a ``stop`` frame. The
+    items' results always come back inline (a chunked element has no result file). True when
+    an item ran out of memory: its frame is the last, the process exits after it."""
+    base = {
+        "kernel": batch["kernel"],
+        "device": batch["device"],
+        "inputs": {},
+        "outputs": {},
+        "result_path": None,
+    }
+    for item in batch["items"]:
+        if stop_requested(inp):
+            break
+        reply = handle({**base, "params": item["params"]}, threads, job_bytes=job_bytes)
+        reply["index"] = item["index"]
+        write_frame(out, reply)
+        if reply.get("fatal"):
+            return True
+    write_frame(out, {"type": "batch_done"})
+    return False
 
 
 def main() -> None:
@@ -187,7 +233,8 @@ def main() -> None:
     _die_with_parent()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # print() in a kernel goes to stderr, not into the frames
-    serve(sys.stdin.buffer, out)
+    # unbuffered: a batch looks for a stop frame with ``select``, which a buffer would hide
+    serve(os.fdopen(0, "rb", buffering=0, closefd=False), out)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,13 @@ start, then per job ``{"type": "done", "result"}`` (a large result: ``"result_fi
 "size", "checksum"}`` instead) or ``{"type": "failed", "error", "retryable"}`` (``"fatal"``:
 the process exits after it), each with ``cpu_seconds`` and ``wall_seconds`` measured in the
 pool process and ``cpu_total``, the process' CPU seconds so far.
+
+A batch (the elements of an array chunk, which read and write no datasets): worker -> pool
+process ``{"type": "batch", "kernel", "device", "items": [{"index", "params"}, ...]}``; the
+pool process runs the items one after another and answers one done/failed frame per item
+(with its ``"index"``), then ``{"type": "batch_done"}``. Between items it looks, without
+waiting, for a ``{"type": "stop"}`` frame from the worker and stops early on one; a stop
+that arrives after the batch ended is skipped.
 """
 
 from __future__ import annotations
@@ -32,13 +39,30 @@ def write_frame(stream: BinaryIO, message: dict[str, Any]) -> None:
     stream.flush()
 
 
+def read_exactly(stream: BinaryIO, size: int) -> bytes:
+    """``size`` bytes, fewer only at the end of the stream (an unbuffered pipe may return a
+    large frame in several reads)."""
+    data = stream.read(size)
+    if data is None or len(data) == size or not data:
+        return data or b""
+    parts = [data]
+    got = len(data)
+    while got < size:
+        more = stream.read(size - got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
 def read_frame(stream: BinaryIO) -> dict[str, Any] | None:
     """The next message, or None at the end of the stream."""
-    head = stream.read(HEADER.size)
+    head = read_exactly(stream, HEADER.size)
     if len(head) < HEADER.size:
         return None
     (size,) = HEADER.unpack(head)
-    body = stream.read(size)
+    body = read_exactly(stream, size)
     if len(body) < size:
         return None
     message: dict[str, Any] = orjson.loads(body)

@@ -5,6 +5,10 @@ numba's cache folder and thread count in its environment; it warms every kernel 
 on-disk cache) before it says ``ready``: interpreter, NumPy and numba imports, then the
 warming, about a second with a warm cache and many with a cold one (docs/BENCHMARKS.md).
 A job is one request frame and one reply frame over the process's pipes (``protocol``).
+A batch (``run_batch``: an array chunk's elements, which read and write no datasets) is one
+request and one reply frame per item, in order, then ``batch_done``; each item has its own
+timeout, and an item that times out or crashes loses its process while the remaining items
+go on in another one.
 
 Stopping a job means killing its process (SIGKILL): on ``timeout_s`` (outcome ``TIMED_OUT``)
 and on cancellation of the calling task (``CancelledError`` propagates), the process is
@@ -32,7 +36,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -88,6 +93,27 @@ class Request:
     inputs: dict[str, str] = field(default_factory=dict)  # name -> local path
     outputs: dict[str, str] = field(default_factory=dict)
     result_path: str | None = None  # where a result too large to come back inline goes
+
+
+@dataclass(frozen=True)
+class BatchItem:
+    """One item of a batch: an array element, which reads and writes no datasets."""
+
+    index: int
+    params: dict[str, Any]
+
+
+OnOutcome = Callable[[int, Outcome], None]
+
+
+@dataclass
+class _BatchProgress:
+    """Where a batch on one process stands: when its last item ended (its next item's
+    timeout counts from there)."""
+
+    since: float
+    ended: bool = False  # batch_done received
+    fatal: bool = False  # an item ran out of memory: the process exits after its reply
 
 
 @dataclass(frozen=True)
@@ -180,7 +206,10 @@ class PoolProcess:
     def alive(self) -> bool:
         return self.proc.returncode is None
 
-    async def call(self, request: Request) -> dict[str, Any]:
+    async def call(
+        self, request: Request, on_progress: Callable[[float], None] | None = None
+    ) -> dict[str, Any]:
+        """Run ``request``; its progress frames go to ``on_progress`` as they come."""
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         message = {
@@ -193,9 +222,31 @@ class PoolProcess:
         }
         self.proc.stdin.write(encode(message))
         await self.proc.stdin.drain()
-        reply = await read_frame_async(self.proc.stdout)
+        while (reply := await read_frame_async(self.proc.stdout)).get("type") == "progress":
+            if on_progress is not None:
+                on_progress(float(reply["value"]))
         self.cpu_total = float(reply.get("cpu_total", self.cpu_total))
         return reply
+
+    async def call_batch(self, kernel: str, device: str, items: Sequence[BatchItem]) -> None:
+        """Send a batch request; its replies are read by ``KernelRunner.run_batch``."""
+        assert self.proc.stdin is not None
+        message = {
+            "type": "batch",
+            "kernel": kernel,
+            "device": device,
+            "items": [{"index": item.index, "params": item.params} for item in items],
+        }
+        self.proc.stdin.write(encode(message))
+        await self.proc.stdin.drain()
+
+    async def send_stop(self) -> None:
+        """Ask the batch it runs to stop after its current item."""
+        if self.proc.stdin is None or self.proc.stdin.is_closing():
+            return
+        with contextlib.suppress(ConnectionError):
+            self.proc.stdin.write(encode({"type": "stop"}))
+            await self.proc.stdin.drain()
 
     def cpu_seconds(self) -> float:
         """CPU time of the process so far (user + system, all threads), 0 once it is gone."""
@@ -259,16 +310,22 @@ class KernelRunner:
             self._replace(proc, None)  # died while idle (killed from outside)
 
     async def run(
-        self, request: Request, *, timeout_s: float | None = None, usage: Usage | None = None
+        self,
+        request: Request,
+        *,
+        timeout_s: float | None = None,
+        usage: Usage | None = None,
+        on_progress: Callable[[float], None] | None = None,
     ) -> Outcome:
-        """Run one job. Cancelling the calling task kills the job's process (and re-raises)."""
+        """Run one job (its kernel's progress reports go to ``on_progress``). Cancelling the
+        calling task kills the job's process (and re-raises)."""
         usage = usage if usage is not None else Usage()
         proc = await self._acquire()
         keep = False
         cpu0, wall0 = proc.cpu_total, time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s):
-                reply = await proc.call(request)
+                reply = await proc.call(request, on_progress)
             keep = not reply.get("fatal")
             usage.cpu_seconds = float(reply["cpu_seconds"])
             usage.wall_seconds = time.perf_counter() - wall0
@@ -290,6 +347,141 @@ class KernelRunner:
                 self._idle.put_nowait(proc)
             else:
                 self._replace(proc, request)
+
+    async def run_batch(
+        self,
+        kernel: str,
+        items: Sequence[BatchItem],
+        *,
+        on_outcome: OnOutcome,
+        stop: asyncio.Event,
+        timeout_s: float | None = None,
+        device: str | None = None,
+    ) -> list[BatchItem]:
+        """Run ``items`` one after another in warm processes, calling ``on_outcome(index,
+        outcome)`` as each ends; return the items not run (``stop`` was set: the item that
+        runs then finishes first). ``timeout_s`` is per item: an item over it is
+        ``TIMED_OUT``, its process killed, and the rest go on in another process; so do
+        they after a crash (that item ``CRASHED``, retryable) or an item out of memory.
+        Cancelling the calling task kills the process that runs the batch (and re-raises)."""
+        left = deque(items)
+        while left and not stop.is_set():
+            proc = await self._acquire()
+            await self._run_some(
+                proc, kernel, device or self.config.device, left, timeout_s, on_outcome, stop
+            )
+        return list(left)
+
+    async def _run_some(
+        self,
+        proc: PoolProcess,
+        kernel: str,
+        device: str,
+        left: deque[BatchItem],
+        timeout_s: float | None,
+        on_outcome: OnOutcome,
+        stop: asyncio.Event,
+    ) -> None:
+        """One batch request on ``proc`` for the items ``left``, which loses each item as it
+        ends, until the batch ends, stops, or loses its process."""
+        keep = False
+        progress = _BatchProgress(time.perf_counter())
+        reader: asyncio.Task[None] | None = None
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            await proc.call_batch(kernel, device, left)
+            reader = asyncio.ensure_future(self._read_batch(proc, left, on_outcome, progress))
+            waiting: set[asyncio.Future[Any]] = {reader, stopped}
+            while not reader.done():
+                wait_s = (
+                    None if timeout_s is None else progress.since + timeout_s - time.perf_counter()
+                )
+                if wait_s is not None and wait_s <= 0:
+                    reader.cancel()
+                    self._lost(
+                        proc,
+                        left,
+                        progress,
+                        on_outcome,
+                        Status.TIMED_OUT,
+                        f"exceeded timeout_s={timeout_s:g}: the kernel's process was stopped",
+                    )
+                    return
+                done, _ = await asyncio.wait(
+                    waiting, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                if stopped in done:
+                    waiting.discard(stopped)
+                    await proc.send_stop()
+            try:
+                reader.result()
+            except (asyncio.IncompleteReadError, ConnectionError):
+                code = await proc.proc.wait()
+                log.warning("kernel_process_died", kernel=kernel, pid=proc.pid, code=code)
+                self._lost(proc, left, progress, on_outcome, Status.CRASHED, exit_reason(code))
+                return
+            keep = progress.ended and not progress.fatal
+        except (asyncio.IncompleteReadError, ConnectionError):  # gone before the request
+            code = await proc.proc.wait()
+            self._lost(proc, left, progress, on_outcome, Status.CRASHED, exit_reason(code))
+        finally:
+            stopped.cancel()
+            if reader is not None and not reader.done():
+                reader.cancel()
+            if keep:
+                self._idle.put_nowait(proc)
+            else:
+                self._replace(proc, None)
+
+    async def _read_batch(
+        self,
+        proc: PoolProcess,
+        left: deque[BatchItem],
+        on_outcome: OnOutcome,
+        progress: _BatchProgress,
+    ) -> None:
+        """Read the batch's frames until ``batch_done`` (or an item's memory error)."""
+        assert proc.proc.stdout is not None
+        stdout = proc.proc.stdout
+        while True:
+            reply = await read_frame_async(stdout)
+            kind = reply.get("type")
+            if kind == "batch_done":
+                progress.ended = True
+                return
+            if kind not in ("done", "failed"):
+                continue  # a frame this reader does not use (a progress report)
+            progress.since = time.perf_counter()
+            proc.cpu_total = float(reply.get("cpu_total", proc.cpu_total))
+            index = int(reply["index"])
+            if left and left[0].index == index:
+                left.popleft()
+            usage = Usage(float(reply["cpu_seconds"]), float(reply["wall_seconds"]))
+            on_outcome(index, _outcome(reply, usage))
+            if reply.get("fatal"):
+                progress.fatal = True
+                return
+
+    def _lost(
+        self,
+        proc: PoolProcess,
+        left: deque[BatchItem],
+        progress: _BatchProgress,
+        on_outcome: OnOutcome,
+        status: Status,
+        error: str,
+    ) -> None:
+        """The process running ``left[0]`` stopped (killed for its timeout, or crashed):
+        that item ends ``status``; the caller replaces the process."""
+        usage = Usage()
+        self._charge(proc, proc.cpu_total, progress.since, usage)  # before the kill
+        proc.kill()
+        if not left:
+            return
+        item = left.popleft()
+        on_outcome(
+            item.index, Outcome(status, usage, error=error, retryable=status is Status.CRASHED)
+        )
 
     @staticmethod
     def _charge(proc: PoolProcess, cpu0: float, wall0: float, usage: Usage) -> None:

@@ -7,7 +7,9 @@ Pool process -> worker: ``{"type": "ready", "devices", "warm_s", "pid", "cpu_tot
 start, then per job ``{"type": "done", "result"}`` (a large result: ``"result_file": {"path",
 "size", "checksum"}`` instead) or ``{"type": "failed", "error", "retryable"}`` (``"fatal"``:
 the process exits after it), each with ``cpu_seconds`` and ``wall_seconds`` measured in the
-pool process and ``cpu_total``, the process' CPU seconds so far.
+pool process and ``cpu_total``, the process' CPU seconds so far. Before that frame, a kernel
+that reports its progress sends ``{"type": "progress", "value"}`` (0.0-1.0), at most once a
+second.
 
 A batch (the elements of an array chunk, which read and write no datasets): worker -> pool
 process ``{"type": "batch", "kernel", "device", "items": [{"index", "params"}, ...]}``; the

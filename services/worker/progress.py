@@ -1,0 +1,228 @@
+"""A running job's progress and log lines, from the kernel to the job's row.
+
+In the pool process (``child``): a kernel that iterates runs its compiled loop in blocks and
+says how far it is between them (``blocks``, ``report``). Without a sink (a benchmark, a
+test, an array chunk's batch) ``blocks`` is one block of everything: the kernel runs as it
+always did. With one (``frames``: the pool process on a single job) a block lasts about
+``BLOCK_S``, which the block sizes adapt to as they go; a report becomes a
+``{"type": "progress", "value"}`` frame at most once every ``FRAME_GAP_S``.
+
+In the worker (``Tracker``): the runner hands each frame to ``on_progress``; the tracker
+keeps the latest value per running attempt and the log lines (stage-out) it was given, and
+``flush`` writes them every ``FLUSH_S`` in ONE statement: ``jobs.progress``, a ``job_events``
+row of kind ``progress`` per job (the events feed's ``job.progress``), a ``job_log`` line
+per changed value, and the other lines. An attempt that ended before its first flush, a
+job of under ``FLUSH_S``, writes nothing here: its transitions and its ``job_attempts`` row
+already say what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, BinaryIO
+
+# How long a kernel's block runs between reports, about (seconds).
+BLOCK_S = 0.25
+# A block grows at most this many times from one to the next (the first ones are short).
+GROWTH = 8
+# The least time between two progress frames of a job.
+FRAME_GAP_S = 1.0
+# How often the worker writes its running jobs' progress and lines.
+FLUSH_S = 2.0
+
+Sink = Callable[[float], None]
+
+_sink: Sink | None = None
+
+
+def report(fraction: float) -> None:
+    """The running kernel is ``fraction`` (0.0-1.0) of the way; nothing without a sink."""
+    if _sink is not None:
+        _sink(min(max(float(fraction), 0.0), 1.0))
+
+
+def reporting() -> bool:
+    return _sink is not None
+
+
+@contextlib.contextmanager
+def sink(fn: Sink | None) -> Iterator[None]:
+    """Reports go to ``fn`` inside the block."""
+    global _sink
+    previous, _sink = _sink, fn
+    try:
+        yield
+    finally:
+        _sink = previous
+
+
+def blocks(total: int, *, first: int = 1, block_s: float = BLOCK_S) -> Iterator[int]:
+    """Sizes of consecutive blocks of ``total`` units of work (steps, streams) that add up
+    to ``total``; the caller runs each block when it gets it. After each block, ``report``
+    says how far the whole is. Without a sink: one block of ``total``, no report."""
+    if _sink is None or total <= 0:
+        if total > 0:
+            yield total
+        return
+    done, size = 0, max(1, first)
+    while done < total:
+        n = min(size, total - done)
+        t0 = time.perf_counter()
+        yield n
+        elapsed = time.perf_counter() - t0
+        done += n
+        report(done / total)
+        # the size that takes about ``block_s`` at the rate just seen, growing gradually
+        rate = n / elapsed if elapsed > 0 else float("inf")
+        size = max(1, min(int(rate * block_s), n * GROWTH))
+
+
+def frames(out: BinaryIO, write: Callable[[BinaryIO, dict[str, Any]], None]) -> Sink:
+    """A sink that writes a progress frame to ``out`` at most every ``FRAME_GAP_S``."""
+    last = [time.monotonic()]  # the first frame a gap after the job began
+
+    def send(value: float) -> None:
+        now = time.monotonic()
+        if now - last[0] >= FRAME_GAP_S:
+            last[0] = now
+            write(out, {"type": "progress", "value": value})
+
+    return send
+
+
+# --- the worker's side -----------------------------------------------------------------
+
+
+@dataclass
+class _Running:
+    tenant_id: uuid.UUID
+    attempt: int
+    started: float
+    value: float | None = None
+    written: float | None = None  # the value last flushed
+    flushed: bool = False  # had a flush: its lines outlive its end
+    lines: list[tuple[datetime, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """What one flush writes."""
+
+    job_ids: list[uuid.UUID]
+    tenants: list[uuid.UUID]
+    attempts: list[int]
+    values: list[float]
+    line_jobs: list[uuid.UUID]
+    line_tenants: list[uuid.UUID]
+    line_attempts: list[int]
+    line_at: list[datetime]
+    lines: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.job_ids or self.lines)
+
+
+def percent(value: float) -> str:
+    return f"progress {value * 100:.0f}%"
+
+
+class Tracker:
+    """The running attempts' latest progress and their lines, until the next flush."""
+
+    def __init__(self) -> None:
+        self._running: dict[uuid.UUID, _Running] = {}
+        self._ended: list[tuple[uuid.UUID, _Running]] = []  # lines left of ended attempts
+
+    def start(self, job_id: uuid.UUID, tenant_id: uuid.UUID, attempt: int) -> None:
+        self._running[job_id] = _Running(tenant_id, attempt, time.monotonic())
+
+    def progress(self, job_id: uuid.UUID, value: float) -> None:
+        run = self._running.get(job_id)
+        if run is not None:
+            run.value = min(max(value, 0.0), 1.0)
+
+    def line(self, job_id: uuid.UUID, text: str) -> None:
+        run = self._running.get(job_id)
+        if run is not None:
+            run.lines.append((datetime.now(UTC), text))
+
+    def end(self, job_id: uuid.UUID) -> None:
+        """The attempt ended: its progress is no longer written; its lines are, at the next
+        flush, if it ran through one (a job of under ``FLUSH_S`` writes none)."""
+        run = self._running.pop(job_id, None)
+        if run is not None and run.lines and run.flushed:
+            self._ended.append((job_id, run))
+
+    def take(self) -> Batch:
+        """What the next flush writes; the tracker forgets it (a failed flush loses one
+        round of progress, which the next one replaces)."""
+        b = Batch([], [], [], [], [], [], [], [], [])
+        now = datetime.now(UTC)
+        for job_id, run in self._running.items():
+            run.flushed = True
+            if run.value is not None and run.value != run.written:
+                b.job_ids.append(job_id)
+                b.tenants.append(run.tenant_id)
+                b.attempts.append(run.attempt)
+                b.values.append(run.value)
+                run.lines.append((now, percent(run.value)))
+                run.written = run.value
+        for job_id, run in [*self._ended, *self._running.items()]:
+            for at, text in run.lines:
+                b.line_jobs.append(job_id)
+                b.line_tenants.append(run.tenant_id)
+                b.line_attempts.append(run.attempt)
+                b.line_at.append(at)
+                b.lines.append(text)
+            run.lines = []
+        self._ended = []
+        return b
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+
+# jobs.progress of the jobs still RUNNING the attempt, a job_events row of kind 'progress'
+# each (the events feed's job.progress), and the log lines: one statement, one commit.
+# $1 job ids, $2 attempts, $3 values, $4 the worker, $5-$9 the lines (job, tenant, attempt,
+# at, text).
+FLUSH = """
+    WITH report AS (
+        SELECT * FROM unnest($1::uuid[], $2::int[], $3::float8[]) AS r(id, attempt, value)
+    ), job AS (
+        UPDATE jobs SET progress = report.value
+        FROM report
+        WHERE jobs.id = report.id AND jobs.state = 'RUNNING' AND jobs.attempts = report.attempt
+        RETURNING jobs.id, jobs.tenant_id, jobs.attempts, report.value
+    ), history AS (
+        INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, kind,
+                                progress, worker, at)
+        SELECT id, tenant_id, attempts, 'RUNNING', 'RUNNING', 'progress', value, $4, now()
+        FROM job
+    ), lines AS (
+        INSERT INTO job_log (job_id, tenant_id, attempt, at, line)
+        SELECT * FROM unnest($5::uuid[], $6::uuid[], $7::int[], $8::timestamptz[], $9::text[])
+    )
+    SELECT count(*) FROM job
+"""
+
+
+async def write(fetch: Callable[..., Any], batch: Batch, *, worker: str) -> None:
+    """``batch`` in one statement (``fetch``: a plain asyncpg connection's)."""
+    await fetch(
+        FLUSH,
+        batch.job_ids,
+        batch.attempts,
+        batch.values,
+        worker,
+        batch.line_jobs,
+        batch.line_tenants,
+        batch.line_attempts,
+        batch.line_at,
+        batch.lines,
+    )

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    REAL,
     BigInteger,
     Boolean,
     CheckConstraint,
@@ -248,16 +249,40 @@ class JobEvent(Base):
     """Every state change of every job, in order: the job's history."""
 
     __tablename__ = "job_events"
+    # the events feed reads a tenant's rows after an id (services/gateway/events/)
+    __table_args__ = (Index("ix_job_events_tenant_id_id", "tenant_id", "id"),)
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     job_id: Mapped[uuid.UUID] = mapped_column(
         ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
     )
+    # the job's tenant (migration 0018: a trigger fills it in when an insert leaves it out)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, server_default="state")
+    progress: Mapped[float | None] = mapped_column(REAL)  # kind 'progress': 0.0-1.0
     attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     from_state: Mapped[str] = mapped_column(String(16), nullable=False)
     to_state: Mapped[str] = mapped_column(String(16), nullable=False)
     reason: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(200))
+    at: Mapped[datetime] = _now()
+
+
+class MigrationEvent(Base):
+    """Every state a migration takes, written by a trigger on ``migrations``; its ids come from
+    ``job_events``' sequence, so that the events feed has one order."""
+
+    __tablename__ = "migration_events"
+    __table_args__ = (Index("ix_migration_events_tenant_id_id", "tenant_id", "id"),)
+
+    id: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, server_default=text("nextval('job_events_id_seq')")
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    migration_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("migrations.id", ondelete="CASCADE"), nullable=False
+    )
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
     at: Mapped[datetime] = _now()
 
 

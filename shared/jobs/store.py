@@ -121,6 +121,7 @@ async def _record_change(
     await session.execute(
         insert(JobEvent).values(
             job_id=job.id,
+            tenant_id=job.tenant_id,
             attempt=job.attempts,
             from_state=previous.value,
             to_state=job.state,
@@ -226,8 +227,8 @@ WITH picked AS (
     FROM picked WHERE jobs.id = picked.id
     RETURNING jobs.id, jobs.tenant_id, jobs.inputs::text AS inputs
 ), history AS (
-    INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at)
-    SELECT id, 0, 'PENDING', 'QUEUED', $2, now() FROM admitted
+    INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, reason, at)
+    SELECT id, tenant_id, 0, 'PENDING', 'QUEUED', $2, now() FROM admitted
 )
 SELECT id, tenant_id, inputs FROM admitted
 """
@@ -278,8 +279,8 @@ CLAIM_QUEUED = f"""
         WHERE jobs.id = listed.id AND jobs.state = 'QUEUED'
         RETURNING jobs.*
     ), history AS (
-        INSERT INTO job_events (job_id, attempt, from_state, to_state, worker, at)
-        SELECT id, attempts, 'QUEUED', 'RUNNING', $2, $3 FROM job
+        INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, worker, at)
+        SELECT id, tenant_id, attempts, 'QUEUED', 'RUNNING', $2, $3 FROM job
     )
     SELECT {CLAIMED.select()} FROM job
 """  # noqa: S608 (column names of the model only)
@@ -339,8 +340,9 @@ FINISH_ATTEMPTS = f"""
         RETURNING jobs.id, jobs.tenant_id, jobs.attempts, report.state, report.error,
                   report.cpu_seconds, report.wall_seconds
     ), history AS (
-        INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, worker, at)
-        SELECT id, attempts, 'RUNNING', state, error, $9, $8 FROM job
+        INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, reason,
+                                worker, at)
+        SELECT id, tenant_id, attempts, 'RUNNING', state, error, $9, $8 FROM job
     ), usage AS (
         INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
                                   gpu_seconds, wall_seconds)

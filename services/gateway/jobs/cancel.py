@@ -161,6 +161,7 @@ async def _insert_cancelled(session: AsyncSession, parent: Job, array: JobArray,
     session.add(
         JobEvent(
             job_id=job.id,
+            tenant_id=parent.tenant_id,
             attempt=0,
             from_state=JobState.PENDING.value,
             to_state=JobState.CANCELLED.value,

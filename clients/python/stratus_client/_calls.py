@@ -16,6 +16,7 @@ from pydantic import BaseModel, TypeAdapter
 from stratus_client.models import (
     ApiKey,
     ArraySpec,
+    Attempt,
     Dataset,
     DeadLetters,
     Job,
@@ -25,6 +26,7 @@ from stratus_client.models import (
     Quotas,
     Tenant,
     TenantSelf,
+    Transition,
     Usage,
     WorkerPool,
 )
@@ -46,6 +48,16 @@ class Call(Generic[T]):
     headers: Mapping[str, str] = field(default_factory=dict)
     # Repeating it after a lost answer does nothing twice (GET, PUT, DELETE, a keyed POST).
     idempotent: bool = True
+    # Seconds to wait for the next bytes of the answer, when not the client's own (streams).
+    read_timeout: float | None = None
+
+    def timeout(self, base: httpx.Timeout) -> httpx.Timeout:
+        """The client's timeouts, with this call's ``read_timeout`` when it has one."""
+        if self.read_timeout is None:
+            return base
+        return httpx.Timeout(
+            connect=base.connect, read=self.read_timeout, write=base.write, pool=base.pool
+        )
 
 
 def _model(cls: type[M]) -> Callable[[httpx.Response], M]:
@@ -146,6 +158,40 @@ def cancel(job_id: str) -> Call[Job]:
     # Not repeated after a lost answer: a second cancel of a job the first one finished is
     # a 409, which would hide that the first one worked.
     return Call("POST", f"{job_path(job_id)}/cancel", _model(Job), idempotent=False)
+
+
+def events(job: str | None, after: str | None, read_timeout: float) -> Call[httpx.Response]:
+    """``GET /v1/events`` as a stream, after event ``after`` (``Last-Event-ID``: the same
+    meaning as ``?after=``, and what a browser's EventSource sends when it reconnects)."""
+    headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+    if after is not None:
+        headers["Last-Event-ID"] = after
+    return Call(
+        "GET",
+        "/v1/events",
+        _raw,
+        params=query(job=job),
+        headers=headers,
+        read_timeout=read_timeout,
+    )
+
+
+def job_events(job_id: str) -> Call[list[Transition]]:
+    return Call("GET", f"{job_path(job_id)}/events", _items_of(Transition))
+
+
+def attempts(job_id: str) -> Call[list[Attempt]]:
+    return Call("GET", f"{job_path(job_id)}/attempts", _items_of(Attempt))
+
+
+def log(job_id: str) -> Call[str]:
+    return Call("GET", f"{job_path(job_id)}/log", lambda r: r.text)
+
+
+def follow_log(job_id: str, read_timeout: float) -> Call[httpx.Response]:
+    """The log as a stream that ends once the job is final."""
+    path = f"{job_path(job_id)}/log"
+    return Call("GET", path, _raw, params=(("follow", "1"),), read_timeout=read_timeout)
 
 
 def job_filters(

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+)
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -16,17 +23,40 @@ import httpx
 from stratus_client import _calls
 from stratus_client._calls import DEFAULT_PAGE_SIZE, Call, Params
 from stratus_client._config import DEFAULT_TIMEOUT_S, resolve
+from stratus_client._events import (
+    EVENTS_READ_S,
+    KEEP_ALIVE,
+    LOG_READ_S,
+    READ_AGAIN,
+    KeepAlive,
+    SseParser,
+    apply,
+    read_s,
+    reconnect_delay,
+)
 from stratus_client._wait import Deadline, Finishing, poll_delays
 from stratus_client.admin import AsyncAdmin
 from stratus_client.datasets import AsyncDatasets
 from stratus_client.errors import ApiError, WaitTimeout
-from stratus_client.models import ArraySpec, Job, Kernel, Migration, TenantSelf, Usage
+from stratus_client.models import (
+    ArraySpec,
+    Attempt,
+    Event,
+    Job,
+    Kernel,
+    Migration,
+    TenantSelf,
+    Transition,
+    Usage,
+)
 from stratus_client.retry import RetryEvent, RetryPolicy
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Finishing)
 Body = Callable[[], bytes | AsyncIterator[bytes]]
 KernelList = list[Kernel]  # named here: the class has a method called ``list``
+TransitionList = list[Transition]
+AttemptList = list[Attempt]
 
 
 class AsyncClient:
@@ -88,6 +118,7 @@ class AsyncClient:
                 json=call.json,
                 headers=dict(call.headers),
                 content=None if body is None else body(),
+                timeout=call.timeout(self._http.timeout),
             )
             try:
                 response = await self._http.send(request, stream=stream)
@@ -256,19 +287,132 @@ class AsyncClient:
         job_id: str,
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - as Client.wait: a WaitTimeout
+        on_progress: Callable[[Job], None] | None = None,
     ) -> Job:
         """The job once it is final (SUCCEEDED, FAILED, CANCELLED or TIMED_OUT); raises
-        ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds."""
-        return await self._follow(lambda: self.get(job_id), f"job {job_id}", timeout)
+        ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds. ``on_progress`` is
+        called with the job at each change on the way, as ``Client.wait``."""
+        job: Job | None = None
+        async for job in self.watch(job_id, timeout=timeout):
+            if on_progress is not None:
+                on_progress(job)
+        assert job is not None  # watch yields at least once
+        return job
 
-    def watch(
+    async def watch(
         self,
         job_id: str,
         *,
-        timeout: float | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - as Client.watch
     ) -> AsyncIterator[Job]:
-        """The job at each look until it is final (the last one), as ``Client.watch``."""
-        return self._snapshots(lambda: self.get(job_id), f"job {job_id}", timeout)
+        """The job at each change until it is final (the last one), as ``Client.watch``:
+        driven by the job's events, polled on a gateway without them."""
+        what = f"job {job_id}"
+        deadline = Deadline(timeout)
+        try:
+            response = await self._open_events(job_id, None, read_s(deadline))
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            async for polled in self._snapshots(lambda: self.get(job_id), what, timeout):
+                yield polled
+            return
+        items = self._event_items(job_id, SseParser(), response, deadline)
+        try:
+            job = await self.get(job_id)
+            yield job
+            while not job.is_final:
+                item = await anext(items)
+                if deadline.clip(1.0) is None:
+                    raise WaitTimeout(what, timeout or 0, job)
+                seen = apply(job, item)
+                if seen is None:
+                    continue
+                job = await self.get(job_id) if seen is READ_AGAIN else _job(seen)
+                yield job
+        finally:
+            await items.aclose()
+            await response.aclose()
+
+    # --- events, history, logs --------------------------------------------------------------
+
+    async def events(
+        self, *, job: str | None = None, after: str | None = None
+    ) -> AsyncIterator[Event]:
+        """The tenant's events as they happen, without end, as ``Client.events``: a dropped
+        connection is opened again after the last event seen."""
+        parser = SseParser(last_id=after)
+        response = await self._open_events(job, after, EVENTS_READ_S)
+        items = self._event_items(job, parser, response, None)
+        try:
+            async for item in items:
+                if isinstance(item, Event):
+                    yield item
+        finally:
+            await items.aclose()
+            await response.aclose()
+
+    async def _open_events(self, job: str | None, after: str | None, read: float) -> httpx.Response:
+        return await self._send(_calls.events(job, after, read), stream=True)
+
+    async def _event_items(
+        self,
+        job: str | None,
+        parser: SseParser,
+        response: httpx.Response,
+        deadline: Deadline | None,
+    ) -> AsyncGenerator[Event | KeepAlive, None]:
+        """What the stream brings from ``response`` on; after a drop, a ``KEEP_ALIVE`` and
+        the stream opened again after ``parser.last_id``."""
+        drops = 0
+        while True:
+            try:
+                async for line in response.aiter_lines():
+                    item = parser.feed(line)
+                    if item is not None:
+                        drops = 0
+                        yield item
+            except httpx.TransportError:
+                pass  # dropped, or silent past its read timeout
+            finally:
+                await response.aclose()
+            yield KEEP_ALIVE
+            drops += 1
+            await asyncio.sleep(reconnect_delay(drops))
+            response = await self._open_events(job, parser.last_id, read_s(deadline))
+
+    async def job_events(self, job_id: str) -> TransitionList:
+        """The job's changes of state, oldest first."""
+        return await self._run(_calls.job_events(job_id))
+
+    async def attempts(self, job_id: str) -> AttemptList:
+        """The job's tries: worker, device, times, CPU and GPU seconds, outcome, error."""
+        return await self._run(_calls.attempts(job_id))
+
+    async def log(self, job_id: str) -> str:
+        """The job's log so far (every attempt), as text."""
+        return await self._run(_calls.log(job_id))
+
+    async def follow_log(self, job_id: str) -> AsyncIterator[str]:
+        """The job's log line by line as it is written, ending once the job is final, as
+        ``Client.follow_log``."""
+        seen = 0
+        drops = 0
+        while True:
+            response = await self._send(_calls.follow_log(job_id, LOG_READ_S), stream=True)
+            count = 0
+            try:
+                async for line in response.aiter_lines():
+                    count += 1
+                    if count > seen:
+                        seen, drops = count, 0
+                        yield line
+                return
+            except httpx.TransportError:
+                drops += 1
+            finally:
+                await response.aclose()
+            await asyncio.sleep(reconnect_delay(drops))
 
     # --- migrations, usage, tenant ----------------------------------------------------------
 
@@ -322,3 +466,8 @@ class AsyncClient:
     async def tenant(self) -> TenantSelf:
         """The caller's tenant: quotas, weight and the use of each quota now."""
         return await self._run(_calls.tenant())
+
+
+def _job(seen: object) -> Job:
+    assert isinstance(seen, Job)
+    return seen

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -15,17 +15,40 @@ import httpx
 from stratus_client import _calls
 from stratus_client._calls import DEFAULT_PAGE_SIZE, Call, Params
 from stratus_client._config import DEFAULT_TIMEOUT_S, resolve
+from stratus_client._events import (
+    EVENTS_READ_S,
+    KEEP_ALIVE,
+    LOG_READ_S,
+    READ_AGAIN,
+    KeepAlive,
+    SseParser,
+    apply,
+    read_s,
+    reconnect_delay,
+)
 from stratus_client._wait import Deadline, Finishing, poll_delays
 from stratus_client.admin import Admin
 from stratus_client.datasets import Datasets
 from stratus_client.errors import ApiError, WaitTimeout
-from stratus_client.models import ArraySpec, Job, Kernel, Migration, TenantSelf, Usage
+from stratus_client.models import (
+    ArraySpec,
+    Attempt,
+    Event,
+    Job,
+    Kernel,
+    Migration,
+    TenantSelf,
+    Transition,
+    Usage,
+)
 from stratus_client.retry import RetryEvent, RetryPolicy
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Finishing)
 Body = Callable[[], bytes | Iterator[bytes]]
 KernelList = list[Kernel]  # named here: the class has a method called ``list``
+TransitionList = list[Transition]
+AttemptList = list[Attempt]
 
 
 class Client:
@@ -87,6 +110,7 @@ class Client:
                 json=call.json,
                 headers=dict(call.headers),
                 content=None if body is None else body(),
+                timeout=call.timeout(self._http.timeout),
             )
             try:
                 response = self._http.send(request, stream=stream)
@@ -238,15 +262,130 @@ class Client:
         when it is final already."""
         return self._run(_calls.cancel(job_id))
 
-    def wait(self, job_id: str, *, timeout: float | None = None) -> Job:
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        on_progress: Callable[[Job], None] | None = None,
+    ) -> Job:
         """The job once it is final (SUCCEEDED, FAILED, CANCELLED or TIMED_OUT); raises
-        ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds."""
-        return self._follow(lambda: self.get(job_id), f"job {job_id}", timeout)
+        ``WaitTimeout`` (a ``TimeoutError``) after ``timeout`` seconds. ``on_progress`` is
+        called with the job at each change on the way (its ``progress``, an array's
+        ``array.counts``). Driven by the job's events (polling a gateway without them)."""
+        job: Job | None = None
+        for job in self.watch(job_id, timeout=timeout):
+            if on_progress is not None:
+                on_progress(job)
+        assert job is not None  # watch yields at least once
+        return job
 
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]:
-        """The job as ``wait`` sees it at each look, until it is final (the last one): for a
-        progress display. ``WaitTimeout`` after ``timeout`` seconds."""
-        return self._snapshots(lambda: self.get(job_id), f"job {job_id}", timeout)
+        """The job at each change until it is final (the last one): for a progress display.
+        It follows the job's events (``GET /v1/events?job=``) and reads the job again at
+        each change of state (a progress event is applied as it comes); a gateway without
+        events is polled instead. ``WaitTimeout`` after ``timeout`` seconds."""
+        what = f"job {job_id}"
+        deadline = Deadline(timeout)
+        try:
+            response = self._open_events(job_id, None, read_s(deadline))
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            yield from self._snapshots(lambda: self.get(job_id), what, timeout)
+            return
+        items = self._event_items(job_id, SseParser(), response, deadline)
+        try:
+            job = self.get(job_id)
+            yield job
+            while not job.is_final:
+                item = next(items)
+                if deadline.clip(1.0) is None:
+                    raise WaitTimeout(what, timeout or 0, job)
+                seen = apply(job, item)
+                if seen is None:
+                    continue
+                job = self.get(job_id) if seen is READ_AGAIN else _job(seen)
+                yield job
+        finally:
+            items.close()
+            response.close()
+
+    # --- events, history, logs --------------------------------------------------------------
+
+    def events(self, *, job: str | None = None, after: str | None = None) -> Iterator[Event]:
+        """The tenant's events as they happen (``GET /v1/events``), oldest first, without
+        end: every job's, or one job's, array's or workflow's (``job``); after the event
+        ``after`` (an ``Event.id``) when given. A dropped connection is opened again after
+        the last event seen: nothing is missed, nothing comes twice."""
+        parser = SseParser(last_id=after)
+        response = self._open_events(job, after, EVENTS_READ_S)
+        for item in self._event_items(job, parser, response, None):
+            if isinstance(item, Event):
+                yield item
+
+    def _open_events(self, job: str | None, after: str | None, read: float) -> httpx.Response:
+        return self._send(_calls.events(job, after, read), stream=True)
+
+    def _event_items(
+        self,
+        job: str | None,
+        parser: SseParser,
+        response: httpx.Response,
+        deadline: Deadline | None,
+    ) -> Generator[Event | KeepAlive, None, None]:
+        """What the stream brings from ``response`` on; after a drop, a ``KEEP_ALIVE`` and
+        the stream opened again after ``parser.last_id``."""
+        drops = 0
+        while True:
+            try:
+                for line in response.iter_lines():
+                    item = parser.feed(line)
+                    if item is not None:
+                        drops = 0
+                        yield item
+            except httpx.TransportError:
+                pass  # dropped, or silent past its read timeout
+            finally:
+                response.close()
+            yield KEEP_ALIVE
+            drops += 1
+            time.sleep(reconnect_delay(drops))
+            response = self._open_events(job, parser.last_id, read_s(deadline))
+
+    def job_events(self, job_id: str) -> TransitionList:
+        """The job's changes of state, oldest first (``at``, ``state``, ``reason``,
+        ``attempt``, ``worker``)."""
+        return self._run(_calls.job_events(job_id))
+
+    def attempts(self, job_id: str) -> AttemptList:
+        """The job's tries: worker, device, times, CPU and GPU seconds, outcome, error."""
+        return self._run(_calls.attempts(job_id))
+
+    def log(self, job_id: str) -> str:
+        """The job's log so far (every attempt), as text."""
+        return self._run(_calls.log(job_id))
+
+    def follow_log(self, job_id: str) -> Iterator[str]:
+        """The job's log line by line as it is written, ending once the job is final. A
+        dropped connection is opened again, and the lines seen already are skipped."""
+        seen = 0
+        drops = 0
+        while True:
+            response = self._send(_calls.follow_log(job_id, LOG_READ_S), stream=True)
+            count = 0
+            try:
+                for line in response.iter_lines():
+                    count += 1
+                    if count > seen:
+                        seen, drops = count, 0
+                        yield line
+                return
+            except httpx.TransportError:
+                drops += 1
+            finally:
+                response.close()
+            time.sleep(reconnect_delay(drops))
 
     # --- migrations, usage, tenant ----------------------------------------------------------
 
@@ -292,3 +431,8 @@ class Client:
     def tenant(self) -> TenantSelf:
         """The caller's tenant: quotas, weight and the use of each quota now."""
         return self._run(_calls.tenant())
+
+
+def _job(seen: object) -> Job:
+    assert isinstance(seen, Job)
+    return seen

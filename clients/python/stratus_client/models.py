@@ -214,6 +214,61 @@ class DeadLetters(_Model):
     oldest: list[dict[str, Any]] = Field(default_factory=list)
 
 
+class Event(_Model):
+    """One event of ``GET /v1/events``: ``id`` (increasing; resume after it), ``type``
+    (``job.state``, ``job.progress``, ``migration.state``, ``workflow.state``) and ``data``
+    (``job_id`` | ``migration_id`` | ``workflow_id``, ``state`` | ``progress``, ``at``; an
+    element's also ``array_id`` and ``array_index``)."""
+
+    id: str | None = None
+    type: str = "message"
+    data: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def job_id(self) -> str | None:
+        value = self.data.get("job_id")
+        return None if value is None else str(value)
+
+    @property
+    def array_id(self) -> str | None:
+        value = self.data.get("array_id")
+        return None if value is None else str(value)
+
+    @property
+    def state(self) -> str | None:
+        value = self.data.get("state")
+        return None if value is None else str(value)
+
+    @property
+    def progress(self) -> float | None:
+        value = self.data.get("progress")
+        return None if value is None else float(value)
+
+
+class Transition(_Model):
+    """One change of a job's state (``GET /v1/jobs/{id}/events``)."""
+
+    at: datetime
+    state: str
+    reason: str | None = None
+    attempt: int | None = None
+    worker: str | None = None
+
+
+class Attempt(_Model):
+    """One try of a job on a worker (``GET /v1/jobs/{id}/attempts``)."""
+
+    attempt: int
+    worker: str | None = None
+    device: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    cpu_seconds: float | None = None
+    gpu_seconds: float | None = None
+    outcome: str | None = None
+    error: str | None = None
+
+
 class Page(_Model):
     """One page of a list: its raw items and the cursor of the next page (None: the last)."""
 

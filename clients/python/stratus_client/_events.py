@@ -1,0 +1,118 @@
+"""Server-Sent Events (``GET /v1/events``) read line by line, and a job followed by them: the
+parts the sync and async clients share (they only do the I/O).
+
+A stream that drops is opened again with ``Last-Event-ID``: the service resumes after that
+event, with no gap and no duplicate; an event whose id is not past the last one seen is
+dropped all the same (ids are increasing)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Final
+
+from stratus_client._wait import Deadline
+from stratus_client.models import Event, Job
+
+# The service sends a comment at least every 15 s: three missed mean the connection is dead.
+EVENTS_READ_S: Final = 45.0
+# A followed log may be quiet for long (a kernel between two lines): read again after this.
+LOG_READ_S: Final = 60.0
+RECONNECT_S: Final = 0.2  # the first wait before opening a dropped stream again (it doubles)
+MAX_RECONNECT_S: Final = 5.0
+
+
+class KeepAlive:
+    """A comment line: the stream is alive, nothing happened."""
+
+
+KEEP_ALIVE: Final = KeepAlive()
+
+
+@dataclass
+class SseParser:
+    """Lines of ``text/event-stream`` in, events out (the WHATWG rules: ``data`` lines joined
+    by newlines, a blank line ends an event, ``:`` starts a comment, an unknown field is
+    ignored). ``last_id`` is the id to resume after."""
+
+    last_id: str | None = None
+    _type: str = ""
+    _data: list[str] = field(default_factory=list)
+    _id: str | None = None
+
+    def feed(self, line: str) -> Event | KeepAlive | None:
+        """The event that ``line`` ends, ``KEEP_ALIVE`` for a comment, else None."""
+        if not line:
+            return self._dispatch()
+        if line.startswith(":"):
+            return KEEP_ALIVE
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            self._data.append(value)
+        elif name == "event":
+            self._type = value
+        elif name == "id" and "\0" not in value:
+            self._id = value
+        return None
+
+    def _dispatch(self) -> Event | None:
+        data, kind, event_id = self._data, self._type or "message", self._id
+        self._data, self._type, self._id = [], "", None
+        if event_id is not None and not is_after(event_id, self.last_id):
+            return None  # seen already (a resumed stream that repeats itself)
+        if event_id is not None:
+            self.last_id = event_id
+        if not data:
+            return None
+        text = "\n".join(data)
+        try:
+            payload = json.loads(text)
+        except ValueError:
+            payload = {"text": text}
+        if not isinstance(payload, dict):
+            payload = {"value": payload}
+        return Event(id=event_id, type=kind, data=payload)
+
+
+def is_after(event_id: str, last: str | None) -> bool:
+    """``event_id`` comes after ``last`` (numbers compared as numbers; other ids are taken
+    as new unless equal)."""
+    if last is None:
+        return True
+    try:
+        return int(event_id) > int(last)
+    except ValueError:
+        return event_id != last
+
+
+def read_s(deadline: Deadline | None) -> float:
+    """The stream's read timeout: ``EVENTS_READ_S``, or less to end on ``deadline``."""
+    left: float | None = EVENTS_READ_S
+    if deadline is not None:
+        left = deadline.clip(EVENTS_READ_S)
+    return 0.05 if left is None else max(0.05, left)
+
+
+def reconnect_delay(drops: int) -> float:
+    """The wait before opening the stream again after ``drops`` drops in a row."""
+    return float(min(MAX_RECONNECT_S, RECONNECT_S * 2.0 ** max(0, drops - 1)))
+
+
+READ_AGAIN: Final = object()  # the job must be read again (its state changed)
+
+
+def apply(job: Job, item: Event | KeepAlive) -> Job | object | None:
+    """What ``item`` of the job's stream means for ``job`` (a job or an array): its new
+    progress (applied here), ``READ_AGAIN`` when its state or an element's changed, or for
+    a keep-alive (a safety net: a state read every 15 s at most), None when nothing did."""
+    if isinstance(item, KeepAlive):
+        return READ_AGAIN
+    ours = item.job_id == job.id or (item.array_id is not None and item.array_id == job.id)
+    if not ours:
+        return None
+    if item.type == "job.progress" and item.job_id == job.id and item.progress is not None:
+        return job.model_copy(update={"progress": item.progress})
+    if item.type == "job.state":
+        return READ_AGAIN
+    return None

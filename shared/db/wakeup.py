@@ -84,16 +84,18 @@ def retry_delay(failures: int, retry_s: float, cap_s: float = MAX_RETRY_S) -> fl
 
 
 class WakeListener:
-    """LISTENs on ``CHANNEL`` on a connection of its own and calls ``wake`` for each
-    notification, and once each time it (re)connects. When the connection drops it
-    connects again every ``retry_s``; ``check_s`` is how often an idle connection is
-    checked (a dead peer that closed nothing is found by the check's failure)."""
+    """LISTENs on ``channel`` (``CHANNEL``, the scheduler's, unless told) on a connection of
+    its own and calls ``wake`` for each notification, and once each time it (re)connects.
+    When the connection drops it connects again every ``retry_s``; ``check_s`` is how often
+    an idle connection is checked (a dead peer that closed nothing is found by the check's
+    failure)."""
 
     def __init__(
         self, connect: Connect, wake: Callable[[], None], *, retry_s: float = 1.0,
-        check_s: float = 30.0,
+        check_s: float = 30.0, channel: str = CHANNEL,
     ) -> None:  # fmt: skip
         self.connect = connect
+        self.channel = channel
         self.wake = wake
         self.retry_s = retry_s
         self.check_s = check_s
@@ -130,10 +132,10 @@ class WakeListener:
         try:
             lost = asyncio.Event()
             conn.add_termination_listener(lambda _c: lost.set())
-            await conn.add_listener(CHANNEL, self._on_notify)
+            await conn.add_listener(self.channel, self._on_notify)
             self.backend_pid = conn.get_server_pid()
             self.connected.set()
-            log.info("wake_listener_listening", channel=CHANNEL)
+            log.info("wake_listener_listening", channel=self.channel)
             self.wake()  # what was notified while no one listened
             while not stop.is_set():
                 if lost.is_set() or conn.is_closed():

@@ -61,6 +61,21 @@ class JobDispatched(Event):
         return f"{self.type}.{self.device}"
 
 
+class ChunkDispatched(Event):
+    """A chunk of an array's elements (``shared.jobs.chunks``) sent to a device's work
+    queue: on the same queue as ``JobDispatched`` (routed as ``job.dispatch.<device>``),
+    told apart by its type."""
+
+    type: ClassVar[str] = "chunk.dispatch"
+    chunk_id: uuid.UUID
+    device: Literal["cpu", "cuda"]
+    kernel: str
+
+    @property
+    def routing_key(self) -> str:
+        return f"{JobDispatched.type}.{self.device}"
+
+
 class JobFinished(Event):
     """An attempt ended: the job is final, or back to QUEUED for a retry. No longer
     published (a NOTIFY wakes the scheduler, ``shared.db.wakeup``); parsed, so that a message
@@ -131,6 +146,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         JobSubmitted,
         JobDispatched,
+        ChunkDispatched,
         JobFinished,
         JobRetryDue,
         JobCancelled,

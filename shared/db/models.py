@@ -227,6 +227,9 @@ class JobArray(Base):
     n_failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     n_cancelled: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     n_timed_out: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    # the measured wall time of one element, seconds (an EWMA over the flushes of its
+    # chunks, ``shared.jobs.chunks``); null until a chunk recorded one
+    element_wall_s: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         CheckConstraint("size >= 1", name="size_positive"),
@@ -241,6 +244,43 @@ class JobArray(Base):
             "ix_job_arrays_open",
             "tenant_id",
             postgresql_where=text("NOT cancelled AND next_index < size"),
+        ),
+    )
+
+
+class ArrayChunk(Base):
+    """A contiguous range of an array's elements, ``[first_index, first_index + n)``, that
+    is dispatched, claimed and recorded as one (``shared.jobs.chunks``). Its elements have
+    no ``jobs`` row until they end; the flush that records the last one deletes the chunk.
+    ``attempt`` counts claims (the fencing token of the claim's flushes)."""
+
+    __tablename__ = "array_chunks"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    array_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    # the queue it was dispatched to (null until dispatched)
+    device: Mapped[str | None] = mapped_column(String(8))
+    first_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    n: Mapped[int] = mapped_column(Integer, nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False, default=0, server_default="0")
+    worker: Mapped[str | None] = mapped_column(String(200))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        CheckConstraint("n >= 1", name="n_positive"),
+        Index("ix_array_chunks_array_id_first_index", "array_id", "first_index", unique=True),
+        # the dispatch pass's chunks waiting to be sent, per tenant
+        Index(
+            "ix_array_chunks_tenant_id",
+            "tenant_id",
+            postgresql_where=text("dispatched_at IS NULL AND worker IS NULL"),
         ),
     )
 

@@ -24,6 +24,7 @@ has its (CANCELLED) row: the insert leaves it as it is.
 from __future__ import annotations
 
 from shared.jobs.arrays import INDEX, element_id_sql
+from shared.jobs.chunks import FIRST_CHUNK, chunk_size_sql
 from shared.jobs.store import ADMIT_REASON, Fetch
 
 # The elements of array ``a`` (a ``job_arrays`` row) that have no row: the indices from
@@ -40,7 +41,12 @@ AHEAD = """
 # The elements of ``a`` with a row that are not final (what ``max_concurrent`` bounds).
 LIVE = f"(a.n_queued + a.n_running + a.n_pending - {VIRTUAL})"
 
-# $1 the window per array, $2 the most elements in all, $3 the reason of a QUEUED element.
+# An array run in chunks (``shared.jobs.chunks``): its elements read no datasets and write
+# no outputs (``p``: its own row).
+CHUNKABLE = "(p.inputs = '{}'::jsonb AND p.outputs = '{}'::jsonb)"
+
+# $1 the window per array, $2 the most elements in all, $3 the reason of a QUEUED element,
+# $4 whether chunkable arrays are left to ``MATERIALISE_CHUNKS``.
 # Only arrays with room are locked (SKIP LOCKED: an array another transaction holds waits
 # for the next pass; a full one is not touched, so a pass writes nothing while every window
 # is full), and served each tenant's first array first, then by priority and age.
@@ -51,9 +57,10 @@ WITH open AS (
            least(a.size - a.next_index, {_BOUND} - {LIVE}) AS room
     FROM job_arrays a
     JOIN tenants t ON t.id = a.tenant_id
+    JOIN jobs p ON p.id = a.job_id
     {AHEAD}
     WHERE NOT a.cancelled AND a.next_index < a.size AND NOT t.suspended
-      AND {_BOUND} > {LIVE}
+      AND {_BOUND} > {LIVE} AND NOT ($4::bool AND {CHUNKABLE})
     FOR UPDATE OF a SKIP LOCKED
 ), ranked AS (
     SELECT o.*, sum(o.room) OVER (ORDER BY o.tenant_rank, o.priority DESC, o.created_at,
@@ -101,12 +108,88 @@ SELECT count(*)::int FROM inserted
 
 
 async def materialise_elements(
-    fetch: Fetch, *, window: int, limit: int, reason: str = ADMIT_REASON
+    fetch: Fetch,
+    *,
+    window: int,
+    limit: int,
+    reason: str = ADMIT_REASON,
+    chunked: bool = False,
 ) -> int:
     """Give the next elements of every open array a ``jobs`` row (see the module's doc), at
     most ``window`` live per array and ``limit`` in all; return how many rows were inserted.
+    ``chunked``: leave the arrays that run in chunks to ``materialise_chunks``.
     ``fetch``: a plain asyncpg connection's ``fetch``, or ``store.session_fetch``."""
     if window <= 0 or limit <= 0:
         return 0
-    rows = await fetch(MATERIALISE, window, limit, reason)
+    rows = await fetch(MATERIALISE, window, limit, reason, chunked)
+    return int(rows[0][0])
+
+
+# The chunked arrays' step, as ``MATERIALISE`` but inserting ``array_chunks`` rows: the
+# elements taken from each array are cut into chunks of ``chunk_size`` (the array's measured
+# wall time per element; only one small chunk while it is unknown), and counted QUEUED
+# at once (``n_pending`` to ``n_queued``, but for those that have a row already: cancelled
+# on their own). Chunk elements are live (``n_queued``/``n_running``), so the window and
+# ``max_concurrent`` hold as for rows.
+# $1 the window per array, $2 the most elements in all, $3 the target seconds of a chunk,
+# $4 the most elements of a chunk.
+_SIZE = chunk_size_sql("a.element_wall_s", "$3::float8", "$4::int")
+MATERIALISE_CHUNKS = f"""
+WITH open AS (
+    SELECT a.job_id, a.tenant_id, a.next_index, {_SIZE} AS c,
+           least(a.size - a.next_index, {_BOUND} - {LIVE},
+                 CASE WHEN a.element_wall_s IS NULL THEN {FIRST_CHUNK} END) AS room
+    FROM job_arrays a
+    JOIN tenants t ON t.id = a.tenant_id
+    JOIN jobs p ON p.id = a.job_id
+    {AHEAD}
+    WHERE NOT a.cancelled AND a.next_index < a.size AND NOT t.suspended
+      AND {_BOUND} > {LIVE} AND {CHUNKABLE}
+    FOR UPDATE OF a SKIP LOCKED
+), ranked AS (
+    SELECT o.*, sum(o.room) OVER (ORDER BY o.tenant_rank, o.priority DESC, o.created_at,
+                                           o.job_id) AS upto
+    FROM (
+        SELECT open.*, p.priority, p.created_at,
+               row_number() OVER (PARTITION BY open.tenant_id
+                                  ORDER BY p.priority DESC, p.created_at, open.job_id)
+                   AS tenant_rank
+        FROM open JOIN jobs p ON p.id = open.job_id
+        WHERE open.room > 0
+    ) o
+), taken AS (
+    SELECT job_id, tenant_id, next_index, c, least(room, $2::int - (upto - room))::int AS n
+    FROM ranked WHERE upto - room < $2::int
+), inserted AS (
+    INSERT INTO array_chunks (id, array_id, tenant_id, first_index, n, attempt)
+    SELECT gen_random_uuid(), taken.job_id, taken.tenant_id, f,
+           least(taken.c, taken.next_index + taken.n - f), 0
+    FROM taken
+    CROSS JOIN LATERAL generate_series(taken.next_index, taken.next_index + taken.n - 1,
+                                       taken.c) AS f
+    RETURNING 1
+), advanced AS (
+    UPDATE job_arrays a SET next_index = a.next_index + taken.n,
+        n_pending = a.n_pending - (taken.n - r.k), n_queued = a.n_queued + (taken.n - r.k)
+    FROM taken
+    CROSS JOIN LATERAL (
+        SELECT count(*)::int AS k FROM jobs e
+        WHERE e.array_id = taken.job_id AND e.array_index >= taken.next_index
+          AND e.array_index < taken.next_index + taken.n
+    ) r
+    WHERE a.job_id = taken.job_id
+)
+SELECT count(*)::int FROM inserted
+"""  # noqa: S608 (built from constants only)
+
+
+async def materialise_chunks(
+    fetch: Fetch, *, window: int, limit: int, target_s: float, chunk_max: int
+) -> int:
+    """The next elements of every open chunkable array as ``array_chunks`` rows (see
+    ``MATERIALISE_CHUNKS``), at most ``window`` live per array and ``limit`` elements in
+    all; return how many chunks were inserted."""
+    if window <= 0 or limit <= 0:
+        return 0
+    rows = await fetch(MATERIALISE_CHUNKS, window, limit, target_s, chunk_max)
     return int(rows[0][0])

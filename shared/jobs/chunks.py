@@ -1,0 +1,330 @@
+"""Array chunks: an array's elements dispatched, claimed and recorded many at a time.
+
+An array whose elements read no datasets and write no outputs is run in *chunks*: an
+``array_chunks`` row names a contiguous index range, ``[first_index, first_index + n)``,
+that travels as one message (``ChunkDispatched``), is claimed under one lease and is
+recorded set-based, one statement per flush. An element of a chunk has no ``jobs`` row until
+it ends: the flush inserts it in its final state with its ``job_attempts`` row (the usage
+source), so an element costs two row writes; the flush that records the last element deletes
+the chunk. No ``job_events`` row and no message per element.
+
+Counts. ``job_arrays``' ``n_*`` stay exact: a chunk's elements without a row are counted
+QUEUED while the chunk waits and RUNNING while a worker holds it. The counts' trigger
+(migration 0013) takes an inserted element row as leaving ``n_pending``; the statements here
+move the chunk's elements between the counts themselves so that the sums hold (a recorded
+element goes back to ``n_pending`` first, for the trigger to take it from there).
+
+Fencing. ``attempt`` counts claims; a flush counts only while the chunk is held by the same
+worker at the same attempt. A lost worker's chunk is re-queued by the scheduler's reaper
+(``requeue_expired``), which clears ``worker``: the old worker's flushes are then fenced.
+A repeated flush inserts nothing (``ON CONFLICT`` on the element's row).
+
+Lock order: the chunk row, then its array's ``job_arrays`` row (as every element statement:
+the row, then the array).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from shared.db.wakeup import FINISHED, notify_once
+from shared.jobs.arrays import element_id, element_id_sql
+from shared.jobs.states import JobState
+from shared.jobs.store import DEFAULT_RETRY, Fetch
+
+# A chunk while nothing was measured yet, and the EWMA's weight of each flush's mean.
+FIRST_CHUNK = 8
+EWMA_WEIGHT = 0.3
+RETRY_REASON = "retrying after a failure"
+LOST_ERROR = "worker lost while running the job"
+
+
+@dataclass(frozen=True)
+class ElementRun:
+    """What one element runs."""
+
+    index: int
+    job_id: uuid.UUID  # shared.jobs.arrays.element_id(array_id, index)
+    params: dict[str, Any]  # params || overrides[i] || {index_param: i}
+
+
+@dataclass(frozen=True)
+class ChunkClaim:
+    """A chunk a worker claimed: what it runs, and the claim's fencing token (``attempt``)."""
+
+    chunk_id: uuid.UUID
+    array_id: uuid.UUID
+    tenant_id: uuid.UUID
+    attempt: int
+    kernel: str
+    device: str  # the queue's device
+    timeout_s: int  # per element
+    max_retries: int
+    elements: list[ElementRun]  # only those without a row yet (a re-run skips recorded ones)
+
+
+@dataclass(frozen=True)
+class ElementOutcome:
+    """How one element's run ended. A FAILED ``retryable`` outcome with retries left is
+    recorded as a plain QUEUED row (the regular per-job retry path takes it from there)."""
+
+    index: int
+    state: JobState  # SUCCEEDED | FAILED | TIMED_OUT | CANCELLED
+    result: dict[str, Any] | None
+    error: str | None
+    retryable: bool
+    cpu_seconds: float
+    wall_seconds: float
+    started_at: datetime
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class Flushed:
+    recorded: int  # rows this flush inserted (a repeat of the same attempt: 0)
+    cancelled: bool  # the array was cancelled: stop running, record the rest CANCELLED
+    fenced: bool  # the chunk is no longer this worker's attempt: stop, drop results
+
+
+def chunk_size(element_wall_s: float | None, *, target_s: float, most: int) -> int:
+    """How many elements a chunk takes: enough for about ``target_s`` of work at the
+    measured wall time of one element, between 1 and ``most``; ``FIRST_CHUNK`` while
+    nothing is measured. (``CHUNK_SIZE_SQL`` is the same in SQL.)"""
+    if element_wall_s is None:
+        return max(1, min(FIRST_CHUNK, most))
+    if element_wall_s <= 0:
+        return most
+    return max(1, min(most, int(target_s / element_wall_s)))
+
+
+def chunk_size_sql(wall: str, target: str, most: str) -> str:
+    """SQL for ``chunk_size`` of the expressions ``wall``, ``target`` and ``most``."""
+    return (
+        f"(CASE WHEN {wall} IS NULL THEN greatest(1, least({FIRST_CHUNK}, {most}))"
+        f" WHEN {wall} <= 0 THEN {most}"
+        f" ELSE greatest(1, least({most}, floor({target} / {wall})::int)) END)"
+    )
+
+
+# The elements of chunk ``c`` without a row: its indices less those that have one.
+_TODO = """
+    SELECT i FROM {c} CROSS JOIN LATERAL
+        generate_series({c}.first_index, {c}.first_index + {c}.n - 1) AS i
+    WHERE NOT EXISTS (SELECT 1 FROM jobs e WHERE e.array_id = {c}.array_id
+                                             AND e.array_index = i)
+"""
+# Element ``i``'s params: the array ``a``'s over its parent ``p``'s (``element_of``).
+PARAMS = """(p.params || coalesce(a.overrides -> i, '{}'::jsonb)
+    || CASE WHEN a.index_param IS NULL THEN '{}'::jsonb
+            ELSE jsonb_build_object(a.index_param, i) END)"""
+
+# $1 chunk, $2 worker, $3 lease (s). Only an unclaimed chunk of an array not cancelled.
+_CLAIM = f"""
+WITH chunk AS (
+    UPDATE array_chunks c SET attempt = c.attempt + 1, worker = $2,
+        lease_expires_at = now() + make_interval(secs => $3::float8),
+        dispatched_at = coalesce(c.dispatched_at, now()),
+        device = coalesce(c.device, CASE WHEN p.device = 'cuda' THEN 'cuda' ELSE 'cpu' END)
+    FROM job_arrays a JOIN jobs p ON p.id = a.job_id
+    WHERE c.id = $1 AND c.worker IS NULL AND a.job_id = c.array_id AND NOT a.cancelled
+    RETURNING c.*
+), todo AS ({_TODO.format(c="chunk")}
+), counted AS (
+    UPDATE job_arrays a SET n_queued = a.n_queued - t.k, n_running = a.n_running + t.k
+    FROM chunk, (SELECT count(*)::int AS k FROM todo) t
+    WHERE a.job_id = chunk.array_id AND t.k > 0
+)
+SELECT chunk.id, chunk.array_id, chunk.tenant_id, chunk.attempt, p.kernel, chunk.device,
+       p.timeout_s, p.max_retries,
+       (SELECT coalesce(jsonb_agg(jsonb_build_array(i, {PARAMS}) ORDER BY i), '[]')::text
+        FROM todo) AS elements
+FROM chunk JOIN jobs p ON p.id = chunk.array_id JOIN job_arrays a ON a.job_id = chunk.array_id
+"""  # noqa: S608 (built from constants only)
+
+
+async def claim_chunk(
+    fetch: Fetch, chunk_id: uuid.UUID, *, worker: str, lease_s: float
+) -> ChunkClaim | None:
+    """Take chunk ``chunk_id`` for ``worker`` under a lease of ``lease_s`` (its elements
+    without a row move from QUEUED to RUNNING); None when it is not to be run by this
+    worker (taken, handed over to another, cancelled, done)."""
+    rows = await fetch(_CLAIM, chunk_id, worker, lease_s)
+    if not rows:
+        return None
+    r = rows[0]
+    elements = [
+        ElementRun(index=i, job_id=element_id(r[1], i), params=params)
+        for i, params in orjson.loads(r[8])
+    ]
+    return ChunkClaim(
+        chunk_id=r[0],
+        array_id=r[1],
+        tenant_id=r[2],
+        attempt=r[3],
+        kernel=r[4],
+        device=r[5],
+        timeout_s=r[6],
+        max_retries=r[7],
+        elements=elements,
+    )
+
+
+# The columns of an element's row, as materialise.py inserts them, in its final state (or
+# QUEUED for a retry). ``{src}`` joins the chunk ``c``, its array ``a`` and parent ``p``,
+# and gives the index ``i`` with the outcome's columns.
+_ELEMENT_COLUMNS = """
+    id, tenant_id, kernel, device, params, inputs, outputs, labels, output_tier, priority,
+    timeout_s, max_retries, state, state_reason, attempts, assigned_device, worker, run_after,
+    result, error, created_at, updated_at, queued_at, started_at, finished_at, is_array,
+    array_id, array_index
+"""
+
+# $1 chunk, $2 attempt, $3 worker, $4.. the outcomes (index, state, result, error,
+# retryable, cpu, wall, started, finished), $13 last, $14 a retry's backoff (s).
+_RECORD = f"""
+WITH chunk AS (
+    SELECT c.* FROM array_chunks c
+    WHERE c.id = $1 AND c.attempt = $2 AND c.worker = $3
+    FOR UPDATE
+), outcome AS (
+    SELECT * FROM unnest($4::int[], $5::text[], $6::text[], $7::text[], $8::bool[],
+                         $9::float8[], $10::float8[], $11::timestamptz[], $12::timestamptz[])
+        AS o(i, state, result, error, retry, cpu, wall, started, finished)
+), inserted AS (
+    INSERT INTO jobs ({_ELEMENT_COLUMNS})
+    SELECT {element_id_sql("p.id", "o.i")}, p.tenant_id, p.kernel, p.device, {PARAMS},
+           p.inputs, p.outputs, p.labels, p.output_tier, p.priority, p.timeout_s,
+           p.max_retries, CASE WHEN r.again THEN 'QUEUED' ELSE o.state END,
+           CASE WHEN r.again THEN '{RETRY_REASON}' END, c.attempt,
+           CASE WHEN NOT r.again THEN c.device END, CASE WHEN NOT r.again THEN c.worker END,
+           CASE WHEN r.again THEN now() + make_interval(secs => $14::float8) END,
+           CAST(o.result AS jsonb), o.error, p.created_at, now(), c.created_at, o.started,
+           CASE WHEN NOT r.again THEN o.finished END, false, p.id, o.i
+    FROM chunk c
+    JOIN jobs p ON p.id = c.array_id
+    JOIN job_arrays a ON a.job_id = c.array_id
+    JOIN outcome o ON o.i >= c.first_index AND o.i < c.first_index + c.n
+    CROSS JOIN LATERAL (SELECT o.state = 'FAILED' AND o.retry AND c.attempt <= p.max_retries
+                        AS again) r
+    ORDER BY o.i
+    ON CONFLICT DO NOTHING
+    RETURNING id, tenant_id, attempts, array_index
+), usage AS (
+    INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
+                              gpu_seconds, wall_seconds)
+    SELECT n.id, n.attempts, n.tenant_id, $3, o.state, o.cpu, 0, o.wall
+    FROM inserted n JOIN outcome o ON o.i = n.array_index
+    ON CONFLICT DO NOTHING
+), measured AS (
+    SELECT (SELECT count(*)::int FROM inserted) AS k,
+           (SELECT avg(o.wall) FROM outcome o JOIN inserted n ON n.array_index = o.i) AS m
+), counted AS (
+    UPDATE job_arrays a SET n_pending = a.n_pending + s.k, n_running = a.n_running - s.k,
+        element_wall_s = CASE WHEN s.m IS NULL THEN a.element_wall_s
+                              WHEN a.element_wall_s IS NULL THEN s.m
+                              ELSE {1 - EWMA_WEIGHT} * a.element_wall_s + {EWMA_WEIGHT} * s.m
+                         END
+    FROM chunk, measured s
+    WHERE a.job_id = chunk.array_id AND s.k > 0
+), removed AS (
+    DELETE FROM array_chunks d USING chunk c
+    WHERE d.id = c.id AND $13::bool
+      AND (SELECT count(*) FROM inserted)
+          + (SELECT count(*) FROM jobs e WHERE e.array_id = c.array_id
+             AND e.array_index >= c.first_index AND e.array_index < c.first_index + c.n)
+          >= c.n
+    RETURNING d.id
+), woke AS MATERIALIZED (
+    {notify_once("(SELECT id FROM inserted UNION ALL SELECT id FROM removed) AS ended", FINISHED)}
+)
+SELECT (SELECT count(*)::int FROM inserted), EXISTS (SELECT 1 FROM chunk),
+       coalesce((SELECT a.cancelled FROM job_arrays a JOIN chunk ON a.job_id = chunk.array_id),
+                true)
+FROM woke
+"""  # noqa: S608 (built from constants only)
+
+
+async def record_elements(
+    fetch: Fetch,
+    claim: ChunkClaim,
+    outcomes: Sequence[ElementOutcome],
+    *,
+    worker: str,
+    last: bool,
+) -> Flushed:
+    """Record ``outcomes`` of ``claim``'s elements in one statement: each element's row in
+    its final state (a retryable failure with retries left: QUEUED, backing off) with its
+    usage row, the counts moved, the chunk's measured wall time updated, and the scheduler
+    woken when something ended. ``last``: every element was reported, the chunk row goes
+    (call it once at the end, even with no outcomes). Fenced by (chunk, attempt, worker);
+    an element that has its row already is left as it is (a repeated flush is a no-op)."""
+    # one outcome per element, in index (= id) order: the order its rows are locked in
+    os = sorted({o.index: o for o in outcomes}.values(), key=lambda o: o.index)
+    dumps = orjson.dumps
+    rows = await fetch(
+        _RECORD,
+        claim.chunk_id,
+        claim.attempt,
+        worker,
+        [o.index for o in os],
+        [o.state.value for o in os],
+        [None if o.result is None else dumps(o.result).decode() for o in os],
+        [o.error for o in os],
+        [o.retryable for o in os],
+        [o.cpu_seconds for o in os],
+        [o.wall_seconds for o in os],
+        [o.started_at for o in os],
+        [o.finished_at for o in os],
+        last,
+        DEFAULT_RETRY.delay(claim.attempt),
+    )
+    recorded, owned, cancelled = rows[0]
+    return Flushed(recorded=int(recorded), cancelled=bool(cancelled), fenced=not owned)
+
+
+# $1 chunk, $2 attempt, $3 worker. The claim undone: not an attempt used.
+_HAND_BACK = f"""
+WITH chunk AS (
+    UPDATE array_chunks c SET attempt = c.attempt - 1, worker = NULL, lease_expires_at = NULL,
+        dispatched_at = NULL, device = NULL
+    WHERE c.id = $1 AND c.attempt = $2 AND c.worker = $3
+    RETURNING c.*
+), todo AS ({_TODO.format(c="chunk")}
+), counted AS (
+    UPDATE job_arrays a SET n_queued = a.n_queued + t.k, n_running = a.n_running - t.k
+    FROM chunk, (SELECT count(*)::int AS k FROM todo) t
+    WHERE a.job_id = chunk.array_id AND t.k > 0
+), woke AS MATERIALIZED (
+    {notify_once("chunk", FINISHED)}
+)
+SELECT count(*) FROM chunk, woke
+"""  # noqa: S608 (built from constants only)
+
+
+async def hand_back(fetch: Fetch, claim: ChunkClaim, *, worker: str) -> None:
+    """Return ``claim``'s chunk unfinished (a worker shutting down): its elements without a
+    row are QUEUED again and the scheduler dispatches the chunk anew; the claim does not
+    count as an attempt."""
+    await fetch(_HAND_BACK, claim.chunk_id, claim.attempt, worker)
+
+
+_EXTEND = """
+UPDATE array_chunks SET lease_expires_at = now() + make_interval(secs => $3::float8)
+WHERE id = ANY($1::uuid[]) AND worker = $2
+RETURNING id
+"""
+
+
+async def extend_leases(
+    fetch: Fetch, chunk_ids: Collection[uuid.UUID], *, worker: str, lease_s: float
+) -> None:
+    """Extend the leases of the chunks of ``chunk_ids`` that ``worker`` holds (its
+    heartbeat)."""
+    if chunk_ids:
+        await fetch(_EXTEND, sorted(chunk_ids), worker, lease_s)

@@ -1,5 +1,6 @@
 """The command line's pure parts, without a cluster: KEY=VALUE options, the configuration
-file, problems as one line, tables within 80 columns, what a progress bar shows."""
+file, problems as one line, tables within 80 columns, what a progress bar shows, an event as a
+line."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from typing import Any
 import pytest
 import typer
 from rich.console import Console
-from stratus_client import ApiError, Job, __version__
+from stratus_client import ApiError, Event, Job, __version__
 from stratus_client.cli.app import app
 from stratus_client.cli.config import read_file, settings, write_file
+from stratus_client.cli.history import ends, event_json, event_line
 from stratus_client.cli.options import pairs
 from stratus_client.cli.output import problem_line, size, table
 from stratus_client.cli.progress import job_view
@@ -126,6 +128,33 @@ def test_what_a_bar_shows() -> None:
     assert job_view(_job(state="QUEUED"))["total"] is None  # pulses until it reports one
     done = job_view(_job(state="SUCCEEDED"))
     assert done["completed"] == done["total"]
+
+
+def test_an_event_is_one_line_within_80_columns() -> None:
+    array = "0c5a1f7e-8d7e-4c43-9e0b-4d1b4a52f2b1"
+    element = Event(
+        id="1234567",
+        type="job.state",
+        data={
+            "job_id": f"{array}:99999",
+            "array_id": array,
+            "array_index": 99999,
+            "state": "SUCCEEDED",
+            "at": "2026-12-06T10:00:02.5+00:00",
+        },
+    )
+    line = event_line(element)
+    assert line == f"1234567 10:00:02 job {array}:99999 SUCCEEDED"
+    assert len(line) <= 80
+    progress = Event(id="8", type="job.progress", data={"job_id": array, "progress": 0.456})
+    assert event_line(progress) == f"8 --:--:-- job {array} 46%"
+    moved = Event(id="9", type="migration.state", data={"migration_id": "m1", "state": "FAILED"})
+    assert event_line(moved).endswith(" migration m1 FAILED")
+    assert event_json(moved) == {"id": "9", "event": "migration.state", "data": moved.data}
+    assert ends(element, f"{array}:99999")
+    assert not ends(element, array)  # an element's end is not its array's
+    assert not ends(element, None)  # the whole feed never ends
+    assert not ends(progress, array)
 
 
 def _commands(group: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

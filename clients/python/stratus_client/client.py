@@ -320,9 +320,14 @@ class Client:
         the last event seen: nothing is missed, nothing comes twice."""
         parser = SseParser(last_id=after)
         response = self._open_events(job, after, EVENTS_READ_S)
-        for item in self._event_items(job, parser, response, None):
-            if isinstance(item, Event):
-                yield item
+        items = self._event_items(job, parser, response, None)
+        try:
+            for item in items:
+                if isinstance(item, Event):
+                    yield item
+        finally:
+            items.close()
+            response.close()
 
     def _open_events(self, job: str | None, after: str | None, read: float) -> httpx.Response:
         return self._send(_calls.events(job, after, read), stream=True)

@@ -1,7 +1,7 @@
 """Live progress on stderr (stdout stays the command's answer): a job's state and progress,
 an array's final elements over its size, a migration's bytes, an upload's or a download's
-bytes and rate. How a job is followed (polling today) is the SDK's ``watch``: a change there
-reaches every bar here."""
+bytes and rate. How a job is followed is the SDK's ``watch`` (the job's events, or polling
+on a gateway without them): a change there reaches every bar here."""
 
 from __future__ import annotations
 

@@ -1,21 +1,241 @@
-"""job dependencies, workflows and provenance
+"""job dependencies and workflows
 
 Revision ID: 0022
 Revises: 0021
 Create Date: 2026-12-06 16:30:00.000000
+
+A job (or array) waits on others through ``job_deps`` edges, one per dependency not yet
+settled, and ``jobs.deps_left`` counts them: admission and materialisation take only rows
+with ``deps_left = 0``. The release is the database's: a statement-level trigger on
+``jobs`` (insert and update) passes the rows that became final in the statement to
+``stratus_deps_resolve``, which deletes their edges (each edge once: a DELETE), lowers the
+dependents' counts, and cancels the dependents whose condition can no longer hold, all in
+the transaction that made the dependency final. A cancel is an update of ``jobs`` again,
+so the trigger carries it on to their own dependents (transitively). The submission calls
+the same function for the dependencies it found final already (``shared.jobs.deps``).
 """
 
 from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 
 revision: str = "0022"
 down_revision: str | None = "0021"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+FINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT')"
+NEVER = "dependency_never_satisfied"
+
+
+def _resolve(history_has_tenant: bool) -> str:
+    """``stratus_deps_resolve(finals)``: settle the edges on ``finals`` (jobs that are final;
+    for an element without a row, its array: such an element was cancelled with it)."""
+    tenant_col = ", tenant_id" if history_has_tenant else ""
+    tenant_val = ", c.tenant_id" if history_has_tenant else ""
+    return f"""
+CREATE FUNCTION stratus_deps_resolve(finals uuid[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_ids uuid[];
+    v_met int[];
+    v_never bool[];
+    v_ready int;
+    v_arrays uuid[];
+BEGIN
+    WITH hit AS (
+        SELECT d.job_id, d.dep_id, d.condition, j.state AS s
+        FROM job_deps d JOIN jobs j ON j.id = d.dep_id
+        WHERE d.dep_id = ANY(finals) AND j.state IN {FINAL}
+        UNION ALL
+        SELECT d.job_id, d.dep_id, d.condition, 'CANCELLED'
+        FROM job_deps d
+        WHERE d.dep_array = ANY(finals)
+          AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.id = d.dep_id)
+          AND EXISTS (SELECT 1 FROM jobs a WHERE a.id = d.dep_array AND a.state IN {FINAL})
+    ), gone AS (
+        DELETE FROM job_deps d USING hit
+        WHERE d.job_id = hit.job_id AND d.dep_id = hit.dep_id
+        RETURNING d.job_id, d.condition, hit.s
+    ), judged AS (
+        SELECT job_id, count(*)::int AS n,
+               bool_or(CASE condition
+                           WHEN 'afterok' THEN s <> 'SUCCEEDED'
+                           WHEN 'afternotok' THEN s = 'SUCCEEDED'
+                           ELSE false END) AS never
+        FROM gone GROUP BY job_id
+    )
+    SELECT array_agg(job_id ORDER BY job_id), array_agg(n ORDER BY job_id),
+           array_agg(never ORDER BY job_id)
+    INTO v_ids, v_met, v_never FROM judged;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    -- the dependents in id order, as every batch of jobs locks its rows
+    PERFORM 1 FROM jobs WHERE id = ANY(v_ids) ORDER BY id FOR UPDATE;
+    UPDATE jobs j SET deps_left = j.deps_left - u.n,
+                      state_reason = CASE WHEN j.deps_left = u.n AND NOT u.never
+                                          AND j.state = 'PENDING' THEN NULL
+                                          ELSE j.state_reason END
+    FROM unnest(v_ids, v_met, v_never) AS u(id, n, never)
+    WHERE j.id = u.id;
+    SELECT count(*) INTO v_ready FROM jobs
+    WHERE id = ANY(v_ids) AND deps_left = 0 AND state = 'PENDING';
+    IF v_ready > 0 THEN
+        PERFORM pg_notify('stratus_scheduler', 'job.released');
+    END IF;
+    -- conditions that can no longer hold: jobs CANCELLED (with their history row) ...
+    WITH cancelled AS (
+        UPDATE jobs j SET state = 'CANCELLED', state_reason = '{NEVER}',
+                          finished_at = now(), updated_at = now()
+        FROM unnest(v_ids, v_never) AS u(id, never)
+        WHERE j.id = u.id AND u.never AND j.state = 'PENDING' AND NOT j.is_array
+        RETURNING j.id, j.tenant_id, j.attempts
+    )
+    INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at{tenant_col})
+    SELECT c.id, c.attempts, 'PENDING', 'CANCELLED', '{NEVER}', now(){tenant_val}
+    FROM cancelled c;
+    -- ... and arrays cancelled whole (nothing of them ran: they waited)
+    SELECT array_agg(j.id ORDER BY j.id) INTO v_arrays
+    FROM jobs j JOIN unnest(v_ids, v_never) AS u(id, never) ON j.id = u.id
+    WHERE u.never AND j.is_array AND j.state NOT IN {FINAL};
+    IF v_arrays IS NOT NULL THEN
+        UPDATE job_arrays SET cancelled = true, n_cancelled = n_cancelled + n_pending,
+                              n_pending = 0
+        WHERE job_id = ANY(v_arrays);
+        UPDATE jobs SET state_reason = '{NEVER}' WHERE id = ANY(v_arrays);
+        PERFORM stratus_array_refresh(v_arrays);
+    END IF;
+END
+$$
+"""  # noqa: S608 (built from constants only)
+
+
+RELEASE = f"""
+CREATE FUNCTION stratus_deps_release() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    finals uuid[];
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        SELECT array_agg(id) INTO finals FROM new_rows WHERE state IN {FINAL};
+    ELSE
+        SELECT array_agg(n.id) INTO finals
+        FROM new_rows n JOIN old_rows o ON o.id = n.id
+        WHERE n.state IN {FINAL} AND o.state NOT IN {FINAL};
+    END IF;
+    IF finals IS NOT NULL THEN
+        PERFORM stratus_deps_resolve(finals);
+    END IF;
+    RETURN NULL;
+END
+$$
+"""  # noqa: S608 (built from constants only)
+
+
+def _history_has_tenant() -> bool:
+    columns = sa.inspect(op.get_bind()).get_columns("job_events")
+    return any(c["name"] == "tenant_id" for c in columns)
+
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "workflows",
+        sa.Column("id", UUID(as_uuid=True), nullable=False),
+        sa.Column("tenant_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("name", sa.String(200), nullable=False),
+        sa.Column("steps", JSONB(), nullable=False),
+        sa.Column("cancelled", sa.Boolean(), server_default=sa.false(), nullable=False),
+        sa.Column("idempotency_key", sa.String(255), nullable=True),
+        sa.Column("request_hash", sa.String(64), nullable=True),
+        sa.Column(
+            "created_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False
+        ),
+        sa.ForeignKeyConstraint(
+            ["tenant_id"],
+            ["tenants.id"],
+            name=op.f("fk_workflows_tenant_id_tenants"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_workflows")),
+        sa.UniqueConstraint(
+            "tenant_id", "idempotency_key", name=op.f("uq_workflows_tenant_id_idempotency_key")
+        ),
+    )
+    op.create_index(
+        "ix_workflows_tenant_id_created_at_id", "workflows", ["tenant_id", "created_at", "id"]
+    )
+    op.add_column(
+        "jobs", sa.Column("deps_left", sa.Integer(), server_default="0", nullable=False)
+    )
+    op.add_column("jobs", sa.Column("depends_on", JSONB(), nullable=True))
+    op.add_column("jobs", sa.Column("workflow_id", UUID(as_uuid=True), nullable=True))
+    op.create_check_constraint(op.f("ck_jobs_deps_left_natural"), "jobs", "deps_left >= 0")
+    op.create_foreign_key(
+        "fk_jobs_workflow_id_workflows",
+        "jobs",
+        "workflows",
+        ["workflow_id"],
+        ["id"],
+        ondelete="SET NULL",
+    )
+    op.create_index(
+        "ix_jobs_workflow_id",
+        "jobs",
+        ["workflow_id"],
+        postgresql_where=sa.text("workflow_id IS NOT NULL"),
+    )
+    op.create_table(
+        "job_deps",
+        sa.Column("job_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("dep_id", UUID(as_uuid=True), nullable=False),
+        sa.Column("dep_array", UUID(as_uuid=True), nullable=True),
+        sa.Column("condition", sa.String(16), nullable=False),
+        sa.CheckConstraint(
+            "condition IN ('afterok', 'afternotok', 'afterany', 'aftercorr')",
+            name=op.f("ck_job_deps_condition_known"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["job_id"], ["jobs.id"], name=op.f("fk_job_deps_job_id_jobs"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("job_id", "dep_id", name=op.f("pk_job_deps")),
+    )
+    op.create_index("ix_job_deps_dep_id", "job_deps", ["dep_id"])
+    op.create_index(
+        "ix_job_deps_dep_array",
+        "job_deps",
+        ["dep_array"],
+        postgresql_where=sa.text("dep_array IS NOT NULL"),
+    )
+    op.execute(_resolve(_history_has_tenant()))
+    op.execute(RELEASE)
+    op.execute(
+        "CREATE TRIGGER stratus_deps_release_insert AFTER INSERT ON jobs"
+        " REFERENCING NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION stratus_deps_release()"
+    )
+    op.execute(
+        "CREATE TRIGGER stratus_deps_release_update AFTER UPDATE ON jobs"
+        " REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION stratus_deps_release()"
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.execute("DROP TRIGGER stratus_deps_release_update ON jobs")
+    op.execute("DROP TRIGGER stratus_deps_release_insert ON jobs")
+    op.execute("DROP FUNCTION stratus_deps_release()")
+    op.execute("DROP FUNCTION stratus_deps_resolve(uuid[])")
+    op.drop_index("ix_job_deps_dep_array", table_name="job_deps")
+    op.drop_index("ix_job_deps_dep_id", table_name="job_deps")
+    op.drop_table("job_deps")
+    op.drop_index("ix_jobs_workflow_id", table_name="jobs")
+    op.drop_constraint("fk_jobs_workflow_id_workflows", "jobs", type_="foreignkey")
+    op.drop_constraint(op.f("ck_jobs_deps_left_natural"), "jobs", type_="check")
+    op.drop_column("jobs", "workflow_id")
+    op.drop_column("jobs", "depends_on")
+    op.drop_column("jobs", "deps_left")
+    op.drop_index("ix_workflows_tenant_id_created_at_id", table_name="workflows")
+    op.drop_table("workflows")

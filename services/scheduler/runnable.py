@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.fairshare import Candidate, TenantLoad
 from shared.db.models import UsageHour
+from shared.jobs.deps import released
 from shared.jobs.usage import DAY_FROM, IN_FLIGHT, day_from, decayed_sql
 from shared.settings import QuotaDefaults
 from shared.storage.stagein import stage_in_failed, staging_in
@@ -31,8 +32,11 @@ from shared.storage.stagein import stage_in_failed, staging_in
 
 def waiting(job: str) -> str:
     """SQL: the ``jobs`` row ``job`` waits to be dispatched: PENDING, or QUEUED and not sent
-    to a device queue yet."""
-    return f"({job}.state = 'PENDING' OR ({job}.state = 'QUEUED' AND {job}.dispatched_at IS NULL))"
+    to a device queue yet. A PENDING job waiting on dependencies does not wait for a slot."""
+    return (
+        f"(({job}.state = 'PENDING' AND {released(job)})"
+        f" OR ({job}.state = 'QUEUED' AND {job}.dispatched_at IS NULL))"
+    )
 
 
 def runnable_now(job: str) -> str:

@@ -126,11 +126,26 @@ class Job(Base):
     # An element's array and index; its id is ``shared.jobs.arrays.element_id``.
     array_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     array_index: Mapped[int | None] = mapped_column(Integer)
+    # what the job waits on, as submitted (``[{"job", "condition"}]``), and how many of those
+    # dependencies are not settled yet: admission and materialisation take only rows with
+    # ``deps_left = 0`` (``shared.jobs.deps``, migration 0022)
+    depends_on: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    deps_left: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+    # the workflow the job is a step of
+    workflow_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("workflows.id", ondelete="SET NULL")
+    )
 
     __table_args__ = (
         CheckConstraint(f"state IN {JOB_STATES!r}", name="state_known"),
         CheckConstraint("device IN ('cpu', 'cuda', 'any')", name="device_known"),
         CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
+        CheckConstraint("deps_left >= 0", name="deps_left_natural"),
+        Index(
+            "ix_jobs_workflow_id", "workflow_id", postgresql_where=text("workflow_id IS NOT NULL")
+        ),
         UniqueConstraint("tenant_id", "idempotency_key"),
         # ``GET /v1/jobs``: the jobs it lists, never an array's elements (migration 0016)
         Index(
@@ -282,6 +297,55 @@ class ArrayChunk(Base):
             "tenant_id",
             postgresql_where=text("dispatched_at IS NULL AND worker IS NULL"),
         ),
+    )
+
+
+class JobDep(Base):
+    """An edge from a job to a dependency that is not settled yet (``shared.jobs.deps``): the
+    release deletes it when the dependency is final. ``dep_id`` is a job's, an array's or an
+    element's id (an element may have no row yet: ``dep_array`` is then its array)."""
+
+    __tablename__ = "job_deps"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True
+    )
+    dep_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    dep_array: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    condition: Mapped[str] = mapped_column(String(16), nullable=False)
+
+    __table_args__ = (
+        CheckConstraint(
+            "condition IN ('afterok', 'afternotok', 'afterany', 'aftercorr')",
+            name="condition_known",
+        ),
+        Index("ix_job_deps_dep_id", "dep_id"),
+        Index("ix_job_deps_dep_array", "dep_array", postgresql_where=text("dep_array IS NOT NULL")),
+    )
+
+
+class Workflow(Base):
+    """A named graph of jobs submitted together; ``steps`` maps each step's name to its job
+    id. Its state is its steps' (``services.gateway.workflows``)."""
+
+    __tablename__ = "workflows"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    steps: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    cancelled: Mapped[bool] = mapped_column(
+        Boolean, nullable=False, default=False, server_default=text("false")
+    )
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _now()
+
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key"),
+        Index("ix_workflows_tenant_id_created_at_id", "tenant_id", "created_at", "id"),
     )
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from shared.jobs.arrays import INDEX, element_id_sql
 from shared.jobs.chunks import FIRST_CHUNK, chunk_size_sql
+from shared.jobs.deps import released_array
 from shared.jobs.store import ADMIT_REASON, Fetch
 
 # The elements of array ``a`` (a ``job_arrays`` row) that have no row: the indices from
@@ -60,6 +61,7 @@ WITH open AS (
     JOIN jobs p ON p.id = a.job_id
     {AHEAD}
     WHERE NOT a.cancelled AND a.next_index < a.size AND NOT t.suspended
+      AND {released_array("a.job_id")}
       AND {_BOUND} > {LIVE} AND NOT ($4::bool AND {CHUNKABLE})
     FOR UPDATE OF a SKIP LOCKED
 ), ranked AS (
@@ -144,6 +146,7 @@ WITH open AS (
     JOIN jobs p ON p.id = a.job_id
     {AHEAD}
     WHERE NOT a.cancelled AND a.next_index < a.size AND NOT t.suspended
+      AND {released_array("a.job_id")}
       AND {_BOUND} > {LIVE} AND {CHUNKABLE}
     FOR UPDATE OF a SKIP LOCKED
 ), ranked AS (

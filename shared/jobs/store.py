@@ -217,10 +217,11 @@ ADMIT_REASON = "waiting for a worker slot"
 # in one round trip: the oldest waiting jobs (rows locked by the UPDATE, those another
 # scheduler holds skipped), with their ``job_events`` rows. An array's own row is PENDING
 # until its first element has a row, and is never admitted: its state is its elements'.
+# A job waiting on dependencies (``deps_left > 0``, ``shared.jobs.deps``) is not admitted.
 # $1 how many, $2 the reason.
 _ADMIT_PENDING = """
 WITH picked AS (
-    SELECT id FROM jobs WHERE state = 'PENDING' AND NOT is_array
+    SELECT id FROM jobs WHERE state = 'PENDING' AND NOT is_array AND deps_left = 0
     ORDER BY created_at, id LIMIT $1 FOR UPDATE SKIP LOCKED
 ), admitted AS (
     UPDATE jobs SET state = 'QUEUED', queued_at = now(), updated_at = now(), state_reason = $2

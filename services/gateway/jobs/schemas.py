@@ -18,6 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from shared.jobs.arrays import INDEX
+from shared.jobs.deps import MAX_DEPENDENCIES, Dependency
 from shared.storage.names import MAX_NAME, NAME_SCHEMA, name_problem
 from shared.validation import INTEGRAL, JsonInt
 
@@ -111,6 +112,11 @@ class JobSubmit(BaseModel):
     array: ArraySpec | None = Field(
         default=None, description="submit an array of jobs (a parameter sweep) in one request"
     )
+    depends_on: list[Dependency] | None = Field(
+        default=None,
+        max_length=MAX_DEPENDENCIES,
+        description="start only once these jobs, arrays or elements reach the condition",
+    )
 
 
 def _id_text(value: object) -> object:
@@ -163,6 +169,12 @@ class JobOut(BaseModel):
     )
     array_index: int | None = Field(default=None, description="an element's index in its array")
     array: ArrayOut | None = Field(default=None, description="an array's settings and counts")
+    depends_on: list[Dependency] | None = Field(
+        default=None, description="what the job waits on, as submitted"
+    )
+    workflow_id: Annotated[str | None, BeforeValidator(_id_text)] = Field(
+        default=None, description="the workflow the job is a step of"
+    )
 
 
 class JobList(BaseModel):

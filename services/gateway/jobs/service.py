@@ -17,11 +17,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.gateway.jobs import admission, arrays, cancel, elements
 from services.gateway.jobs.schemas import JobOut, JobSubmit
 from services.gateway.jobs.writer import FROM_REQUEST, JobWriter, NewJob
+from services.gateway.workflows.depends import write_dependent
 from shared.db.models import Job
 from shared.errors import Conflict, Invalid
 from shared.events import utcnow
 from shared.idempotency import check_replay, request_hash
 from shared.jobs.arrays import new_array_id
+from shared.jobs.deps import WAITING
 from shared.jobs.row import Columns, stored
 from shared.jobs.states import JobState
 from shared.jobs.store import ADMIT_REASON
@@ -116,10 +118,14 @@ async def submit_job(
         request_hash=fingerprint,
         job_id=None if plan is None else new_array_id(),
     )
-    if plan is None:
+    if plan is not None:
+        job.row["is_array"] = True
+    if data.depends_on:  # a transaction of its own, with the dependencies locked
+        array = None if plan is None else plan.array
+        written = await write_dependent(db=db, job=job, array=array, depends_on=data.depends_on)
+    elif plan is None:
         written = await db.writer.write(job)
     else:
-        job.row["is_array"] = True
         written = await db.writer.write_array(job, plan.array)
     if written:
         return Submitted(_created(job, plan), replayed=False)
@@ -174,7 +180,7 @@ def _new_job(
     now = utcnow()
     row = {name: getattr(data, name) for name in FROM_REQUEST}
     row.update(columns)
-    queued = not data.inputs and data.array is None
+    queued = not data.inputs and data.array is None and not data.depends_on
     row.update(
         id=job_id,
         tenant_id=tenant_id,
@@ -183,7 +189,7 @@ def _new_job(
         created_at=now,
         updated_at=now,
         queued_at=now if queued else None,
-        state_reason=ADMIT_REASON if queued else None,
+        state_reason=ADMIT_REASON if queued else (WAITING if data.depends_on else None),
     )
     return NewJob(row, max_queued=max_queued)
 

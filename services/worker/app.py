@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from services.worker import service
 from services.worker.batch import Claims, Records
+from services.worker.chunks import Chunks, dispatched_work
 from services.worker.datasets import (
     SCRATCH_TIER,
     AttemptFiles,
@@ -23,7 +24,7 @@ from services.worker.datasets import (
     input_paths,
     missing_files,
 )
-from services.worker.handlers import Running, cancelled_job, dispatched_job
+from services.worker.handlers import Running, cancelled_job
 from services.worker.results import pointer
 from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
 from services.worker.service import Recorded, report_for
@@ -31,6 +32,8 @@ from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
 from shared.db.engine import transaction
 from shared.errors import QuotaExceeded, StratusError
+from shared.events import ChunkDispatched
+from shared.jobs.chunks import ChunkClaim
 from shared.jobs.proposals import Report
 from shared.jobs.states import JobState
 from shared.jobs.store import Claim
@@ -69,9 +72,10 @@ class WorkerRuntime:
             res.engine, res.sessions, worker=settings.name, lease_s=settings.lease_s
         )
         self.records = Records(res.engine, worker=settings.name)
+        self.chunks = Chunks(res.engine, runner, worker=settings.name, lease_s=settings.lease_s)
 
     async def on_dispatch(self, delivery: Delivery) -> None:
-        event = dispatched_job(delivery)
+        event = dispatched_work(delivery)
         await self.slots.acquire()
         if self.stopping:  # waited for a slot through a shutdown: another worker takes it
             self.slots.release()
@@ -80,6 +84,9 @@ class WorkerRuntime:
         # cancels this handler. The claim and the start of its run go on in a task of their
         # own, so that a claim that committed always gets its run (the delivery comes back
         # and finds the job taken) instead of a job RUNNING that nothing runs.
+        if isinstance(event, ChunkDispatched):
+            await asyncio.shield(self._claim_chunk_and_start(event.chunk_id))
+            return
         await asyncio.shield(self._claim_and_start(event.job_id))
 
     async def _claim_and_start(self, job_id: uuid.UUID) -> None:
@@ -98,10 +105,33 @@ class WorkerRuntime:
         self.jobs.add(task)
         task.add_done_callback(self.jobs.discard)
 
+    async def _claim_chunk_and_start(self, chunk_id: uuid.UUID) -> None:
+        """Claim the chunk for the slot taken for it and start its run, or give the slot
+        back (``services.worker.chunks``)."""
+        try:
+            claim = await self.chunks.claim(chunk_id)
+        except BaseException:
+            self.slots.release()
+            raise
+        if claim is None:
+            self.slots.release()
+            return
+        task = asyncio.create_task(self._run_chunk(claim), name=f"chunk-{chunk_id}")
+        self.jobs.add(task)
+        task.add_done_callback(self.jobs.discard)
+
+    async def _run_chunk(self, claim: ChunkClaim) -> None:
+        try:
+            await self.chunks.run(claim)
+        finally:
+            self.slots.release()
+
     async def on_control(self, delivery: Delivery) -> None:
         job_id = cancelled_job(delivery)
         if job_id is not None and self.running.cancel(job_id):
             log.info("job_cancel_requested", job_id=str(job_id))
+        elif job_id is not None and self.chunks.cancel_array(job_id):
+            log.info("array_cancel_requested", array_id=str(job_id))
 
     async def _run(self, claim: Claim) -> None:
         files = attempt_files(self.settings.storage, claim)
@@ -302,11 +332,13 @@ class WorkerRuntime:
                 stopping=self.stopping,
                 leased=set(self.leased),
             )
+        await self.chunks.extend()
 
     async def shutdown(self) -> None:
         """Stop taking work, let running jobs finish for a grace period, hand back the rest."""
         self.stopping = True
         await self.res.broker.stop_consuming()
+        self.chunks.hand_back_all()  # each batch stops after its element: the rest go back
         with contextlib.suppress(Exception):
             await self.heartbeat()
         tasks = list(self.jobs)

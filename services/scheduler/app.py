@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 
 from services.scheduler import service
 from services.scheduler.autoscaler import Autoscaler, make_autoscale_step, make_backend
+from services.scheduler.chunks import reap_chunks
 from services.scheduler.handlers import make_event_handler
 from services.scheduler.settings import SchedulerSettings
 from shared.db.maintenance import maintain
@@ -44,7 +45,11 @@ def make_dispatch_step(
 
     async def step() -> object:
         await service.materialise(
-            res.engine, window=settings.array_window, limit=settings.array_materialise_max
+            res.engine,
+            window=settings.array_window,
+            limit=settings.array_materialise_max,
+            chunk_target_s=settings.array_chunk_target_s if settings.array_chunks else None,
+            chunk_max=settings.array_chunk_max,
         )
         async with service.open_pass(res.engine, res.sessions) as db:
             await service.admit(db, limit=settings.dispatch_batch, tiers=tiers)
@@ -71,6 +76,7 @@ def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], 
             await service.redispatch_unclaimed(
                 session=session, now=now, after_s=settings.redispatch_after_s
             )
+            await reap_chunks(session=session, redispatch_after_s=settings.redispatch_after_s)
             # a worker row outlives its last heartbeat by far more than any dispatch could
             await service.forget_workers(
                 session=session, now=now, silent_s=settings.redispatch_after_s * 10

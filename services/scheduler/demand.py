@@ -13,7 +13,9 @@ device it asked for; ``any`` counts for ``any_pool``.
 An array's own row is never demand; its elements are, with a row or not: those without one
 (``shared.jobs.materialise``) wait like PENDING jobs of the array's device, and are runnable
 within the array's ``max_concurrent`` less its live elements, so a 1,000-element array
-asks for workers before the scheduler has materialised any of it.
+asks for workers before the scheduler has materialised any of it. An array chunk
+(``shared.jobs.chunks``) counts as one job, whatever its number of elements: it takes one
+slot.
 """
 
 from __future__ import annotations
@@ -107,6 +109,7 @@ async def jobs_per_tenant(*, session: AsyncSession, any_pool: str) -> dict[uuid.
         t.held_s += float(held_s)
         t.pools[str(name)] = jobs
     await _add_virtual_elements(session, tenants, any_pool=any_pool)
+    await _add_chunks(session, tenants, any_pool=any_pool)
     return tenants
 
 
@@ -138,6 +141,39 @@ async def _add_virtual_elements(
         t.pools[str(name)] = dataclasses.replace(
             jobs, waiting=jobs.waiting + int(n), runnable=jobs.runnable + int(runnable)
         )
+
+
+# Per tenant and pool, the array chunks (``shared.jobs.chunks``), each one job: claimed
+# (running), dispatched, waiting to be dispatched (runnable now).
+_CHUNKS = """
+SELECT t.id, t.weight, t.quotas::text, t.suspended,
+       coalesce(c.device, CASE WHEN p.device = 'any' THEN CAST(:any_pool AS text)
+                               ELSE p.device END) AS pool,
+       count(*) FILTER (WHERE c.worker IS NOT NULL),
+       count(*) FILTER (WHERE c.worker IS NULL AND c.dispatched_at IS NOT NULL),
+       count(*) FILTER (WHERE c.worker IS NULL AND c.dispatched_at IS NULL)
+FROM array_chunks c
+JOIN jobs p ON p.id = c.array_id
+JOIN tenants t ON t.id = c.tenant_id
+GROUP BY t.id, pool
+"""
+
+
+async def _add_chunks(
+    session: AsyncSession, tenants: dict[uuid.UUID, TenantJobs], *, any_pool: str
+) -> None:
+    """Each tenant's array chunks, one job each: a chunk takes one worker slot."""
+    rows = await session.execute(text(_CHUNKS), {"any_pool": any_pool})
+    for tid, weight, quotas, suspended, name, running, dispatched, waiting_n in rows:
+        t = tenants.setdefault(tid, TenantJobs(weight, orjson.loads(quotas), suspended))
+        jobs = t.pools.get(str(name), PoolJobs(0, 0, 0, 0))
+        t.pools[str(name)] = PoolJobs(
+            running=jobs.running + int(running),
+            dispatched=jobs.dispatched + int(dispatched),
+            waiting=jobs.waiting + int(waiting_n),
+            runnable=jobs.runnable + int(waiting_n),
+        )
+        t.in_flight += int(running) + int(dispatched)
 
 
 async def pool_demand(

@@ -82,7 +82,8 @@ def tenant_load(
 # $1 device, $2 jobs per tenant, $3 half-life (s), $4 how far back usage counts (s).
 _CANDIDATES = f"""
 WITH waiting AS (
-    SELECT j.id, j.tenant_id, j.kernel, j.priority, j.created_at, j.timeout_s, j.failed
+    SELECT j.id, j.tenant_id, j.kernel, j.priority, j.created_at, j.timeout_s, j.failed,
+           false AS chunk
     FROM tenants t
     CROSS JOIN LATERAL (
         SELECT id, tenant_id, kernel, priority, created_at, timeout_s,
@@ -94,8 +95,21 @@ WITH waiting AS (
         LIMIT $2
     ) j
     WHERE NOT t.suspended
+    UNION ALL
+    SELECT c.id, c.tenant_id, c.kernel, c.priority, c.created_at, c.timeout_s, false, true
+    FROM tenants t
+    CROSS JOIN LATERAL (
+        SELECT ch.id, ch.tenant_id, p.kernel, p.priority, p.created_at, p.timeout_s
+        FROM array_chunks ch JOIN jobs p ON p.id = ch.array_id
+        WHERE ch.tenant_id = t.id AND ch.dispatched_at IS NULL AND ch.worker IS NULL
+          AND p.device IN ($1::text, 'any')
+        ORDER BY p.priority DESC, p.created_at, ch.id
+        LIMIT $2
+    ) c
+    WHERE NOT t.suspended
 ), asking AS (
-    SELECT t.id, t.weight, t.quotas::text AS quotas, f.in_flight, f.held_s, f.on_device,
+    SELECT t.id, t.weight, t.quotas::text AS quotas, f.in_flight + fc.n AS in_flight,
+           f.held_s, f.on_device + fc.on_device AS on_device,
            u.decayed, u.today
     FROM tenants t
     CROSS JOIN LATERAL (
@@ -103,6 +117,10 @@ WITH waiting AS (
                count(*) FILTER (WHERE assigned_device = $1::text) AS on_device
         FROM jobs WHERE jobs.tenant_id = t.id AND {IN_FLIGHT}
     ) f
+    CROSS JOIN LATERAL (
+        SELECT count(*) AS n, count(*) FILTER (WHERE ch.device = $1::text) AS on_device
+        FROM array_chunks ch WHERE ch.tenant_id = t.id AND ch.device IS NOT NULL
+    ) fc
     CROSS JOIN LATERAL (
         SELECT coalesce(sum({decayed_sql("h", "$3::float8")}), 0) AS decayed,
                coalesce(sum(h.cpu_seconds) FILTER (WHERE h.hour >= {DAY_FROM}), 0) AS today
@@ -113,7 +131,7 @@ WITH waiting AS (
     WHERE t.id IN (SELECT tenant_id FROM waiting)
 )
 SELECT w.id, w.tenant_id, w.kernel, w.priority, w.created_at, w.timeout_s, w.failed,
-       a.weight, a.quotas, a.in_flight, a.held_s, a.on_device, a.decayed, a.today
+       a.weight, a.quotas, a.in_flight, a.held_s, a.on_device, a.decayed, a.today, w.chunk
 FROM waiting w JOIN asking a ON a.id = w.tenant_id
 ORDER BY w.tenant_id, w.priority DESC, w.created_at, w.id
 """  # noqa: S608 (built from constants only)
@@ -122,10 +140,12 @@ ORDER BY w.tenant_id, w.priority DESC, w.created_at, w.id
 @dataclass
 class Waiting:
     """The dispatch pass's view of one device: the tenants that have runnable jobs for it,
-    each with its best candidates, and the runnable jobs whose stage-in failed."""
+    each with its best candidates, and the runnable jobs whose stage-in failed. A candidate
+    whose id is in ``chunks`` is an array chunk (``shared.jobs.chunks``), one slot."""
 
     tenants: dict[uuid.UUID, TenantLoad] = field(default_factory=dict)
     stage_in_failed: list[uuid.UUID] = field(default_factory=list)
+    chunks: set[uuid.UUID] = field(default_factory=set)
 
 
 async def candidates(
@@ -143,7 +163,7 @@ async def candidates(
         _CANDIDATES, device, per_tenant, half_life_s, max(86_400.0, 8 * half_life_s)
     )
     out = Waiting()
-    for job_id, tenant_id, kernel, priority, created_at, timeout_s, failed, *tenant in rows:
+    for job_id, tenant_id, kernel, priority, created_at, timeout_s, failed, *tenant, chunk in rows:
         t = out.tenants.get(tenant_id)
         if t is None:
             weight, quotas, flying, held, on_device, decayed, today = tenant
@@ -158,6 +178,8 @@ async def candidates(
                 held_s=float(held),
             )
             t.on_device = on_device
+        if chunk:
+            out.chunks.add(job_id)
         if failed:
             out.stage_in_failed.append(job_id)
         else:

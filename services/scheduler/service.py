@@ -25,12 +25,13 @@ from sqlalchemy import and_, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.scheduler import runnable
+from services.scheduler.chunks import send_chunks
 from services.scheduler.fairshare import Candidate, allocate
 from shared.db.models import Job, Worker
 from shared.db.raw import pooled_connection
 from shared.db.wakeup import FINISHED, notify
 from shared.events import Event, JobDispatched
-from shared.jobs.materialise import materialise_elements
+from shared.jobs.materialise import materialise_chunks, materialise_elements
 from shared.jobs.proposals import Lost
 from shared.jobs.states import JobState
 from shared.jobs.store import admit_pending, set_job_state
@@ -74,15 +75,33 @@ async def open_pass(
         yield Pass(conn, sa_conn, sessions)
 
 
-async def materialise(engine: AsyncEngine, *, window: int, limit: int) -> int:
+async def materialise(
+    engine: AsyncEngine,
+    *,
+    window: int,
+    limit: int,
+    chunk_target_s: float | None = None,
+    chunk_max: int = 256,
+) -> int:
     """Before the pass: the next elements of open arrays become ``jobs`` rows (QUEUED, or
     PENDING for admission when they read datasets), at most ``window`` live per array and
     ``limit`` in all (``shared.jobs.materialise``). One statement, a transaction of its own
     (the connection is in autocommit): the arrays' rows it locks are the ones every
     element's state change updates (the counts' trigger), so they are held for one
-    statement, not for the whole pass."""
+    statement, not for the whole pass. With ``chunk_target_s``, the arrays whose elements
+    read and write no datasets get ``array_chunks`` rows instead, sized for about that many
+    seconds each (``materialise_chunks``), in a statement of their own before."""
     async with pooled_connection(engine) as (_, conn):
-        return await materialise_elements(conn.fetch, window=window, limit=limit)
+        chunked = chunk_target_s is not None
+        if chunk_target_s is not None:
+            await materialise_chunks(
+                conn.fetch,
+                window=window,
+                limit=limit,
+                target_s=chunk_target_s,
+                chunk_max=chunk_max,
+            )
+        return await materialise_elements(conn.fetch, window=window, limit=limit, chunked=chunked)
 
 
 async def admit(db: Pass, *, limit: int, tiers: list[str]) -> int:
@@ -109,8 +128,8 @@ class Capacity:
 
 
 # Live worker slots per device (heartbeat younger than $1 seconds, not stopping) and the jobs
-# that hold one (QUEUED and dispatched, or RUNNING; an array's own row never is), in one
-# round trip.
+# that hold one (QUEUED and dispatched, or RUNNING; an array's own row never is; an array
+# chunk dispatched or claimed holds one), in one round trip.
 _CAPACITY = """
 SELECT true, device, sum(concurrency)::int FROM workers
 WHERE heartbeat_at > now() - make_interval(secs => $1::float8) AND NOT stopping
@@ -119,6 +138,8 @@ UNION ALL
 SELECT false, assigned_device, count(*)::int FROM jobs
 WHERE state IN ('QUEUED', 'RUNNING') AND assigned_device IS NOT NULL AND NOT is_array
 GROUP BY assigned_device
+UNION ALL
+SELECT false, device, count(*)::int FROM array_chunks WHERE device IS NOT NULL GROUP BY device
 """
 
 
@@ -126,7 +147,8 @@ def _capacity(rows: Iterable[Sequence[Any]]) -> Capacity:
     slots: dict[str, int] = {}
     in_flight: dict[str, int] = {}
     for is_slots, device, n in rows:
-        (slots if is_slots else in_flight)[str(device)] = int(n)
+        counts = slots if is_slots else in_flight
+        counts[str(device)] = counts.get(str(device), 0) + int(n)
     return Capacity(slots=slots, in_flight=in_flight)
 
 
@@ -193,7 +215,12 @@ async def dispatch(
             reserved=fair.reserved_slots,
         )
         await _say_over_quota(db.conn, plan.over_quota)
-        events += await _send(db.conn, plan.chosen, device)
+        events += await _send(
+            db.conn, [c for c in plan.chosen if c.job_id not in waiting.chunks], device
+        )
+        events += await send_chunks(
+            db.conn, [c for c in plan.chosen if c.job_id in waiting.chunks], device
+        )
     return events
 
 

@@ -83,6 +83,13 @@ class SchedulerSettings(CommonSettings):
     # the array's ``max_concurrent``) and at most ``array_materialise_max`` in all.
     array_window: int = Field(default=256, ge=1)
     array_materialise_max: int = Field(default=1000, ge=1)
+    # Arrays whose elements read and write no datasets run in chunks (``shared.jobs.chunks``):
+    # one message, claim and lease for many elements, each chunk sized for about
+    # ``array_chunk_target_s`` of work from the measured time of one element, at most
+    # ``array_chunk_max`` elements (8 while nothing is measured).
+    array_chunks: bool = True
+    array_chunk_target_s: float = Field(default=0.5, gt=0)
+    array_chunk_max: int = Field(default=256, ge=1)
     reaper_enabled: bool = True
     reaper_interval_s: float = 2.0
     # ``STRATUS_DB_VACUUM``: for a PostgreSQL server that runs with ``autovacuum = off``,

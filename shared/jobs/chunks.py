@@ -112,13 +112,14 @@ def chunk_size_sql(wall: str, target: str, most: str) -> str:
     )
 
 
-# The elements of chunk ``c`` without a row: its indices less those that have one.
-_TODO = """
-    SELECT i FROM {c} CROSS JOIN LATERAL
-        generate_series({c}.first_index, {c}.first_index + {c}.n - 1) AS i
+# The elements of chunk ``c`` without a row: its indices less those that have one; of
+# every row of ``c`` (``_TODO``), or of the row ``c`` of a lateral join (``_TODO_OF``).
+_TODO_OF = """
+    SELECT i FROM generate_series({c}.first_index, {c}.first_index + {c}.n - 1) AS i
     WHERE NOT EXISTS (SELECT 1 FROM jobs e WHERE e.array_id = {c}.array_id
                                              AND e.array_index = i)
 """
+_TODO = "SELECT i FROM {c} CROSS JOIN LATERAL (" + _TODO_OF + ") t"  # noqa: S608
 # Element ``i``'s params: the array ``a``'s over its parent ``p``'s (``element_of``).
 PARAMS = """(p.params || coalesce(a.overrides -> i, '{}'::jsonb)
     || CASE WHEN a.index_param IS NULL THEN '{}'::jsonb
@@ -328,3 +329,110 @@ async def extend_leases(
     heartbeat)."""
     if chunk_ids:
         await fetch(_EXTEND, sorted(chunk_ids), worker, lease_s)
+
+
+# The chunks of cancelled arrays that no live worker holds (unclaimed, or their lease
+# expired): deleted, their elements without a row moved to ``n_cancelled`` (like the
+# array's virtual elements, they stay without a row). $1 one array, or NULL for all.
+_CANCEL = """
+WITH gone AS (
+    DELETE FROM array_chunks c USING job_arrays a
+    WHERE a.job_id = c.array_id AND a.cancelled
+      AND ($1::uuid IS NULL OR c.array_id = $1::uuid)
+      AND (c.worker IS NULL OR c.lease_expires_at < now())
+    RETURNING c.array_id, c.first_index, c.n, c.worker IS NOT NULL AS claimed
+), todo AS (
+    SELECT c.array_id, c.claimed FROM gone c CROSS JOIN LATERAL
+        generate_series(c.first_index, c.first_index + c.n - 1) AS i
+    WHERE NOT EXISTS (SELECT 1 FROM jobs e WHERE e.array_id = c.array_id
+                                             AND e.array_index = i)
+), counted AS (
+    UPDATE job_arrays a SET n_queued = a.n_queued - s.q, n_running = a.n_running - s.r,
+        n_cancelled = a.n_cancelled + s.q + s.r
+    FROM (SELECT array_id, count(*) FILTER (WHERE NOT claimed)::int AS q,
+                 count(*) FILTER (WHERE claimed)::int AS r
+          FROM todo GROUP BY array_id) s
+    WHERE a.job_id = s.array_id
+)
+SELECT DISTINCT array_id FROM gone
+"""
+_REFRESH = "SELECT stratus_array_refresh($1::uuid[])"
+
+
+async def cancel_chunks(fetch: Fetch, array_id: uuid.UUID | None = None) -> int:
+    """Drop the chunks of cancelled arrays (``array_id``'s, or every array's) that no live
+    worker holds: their elements without a row become CANCELLED in the counts, and the
+    arrays' states follow. A chunk still held learns of the cancel from its next flush
+    (``Flushed.cancelled``). Returns how many arrays lost chunks."""
+    rows = await fetch(_CANCEL, array_id)
+    arrays = sorted(r[0] for r in rows)
+    if arrays:
+        await fetch(_REFRESH, arrays)
+    return len(arrays)
+
+
+# A lost worker's chunks (lease expired): re-queued for another claim (the next claim is
+# the next attempt), or, once ``max_retries + 1`` attempts are used, their elements without
+# a row recorded FAILED (worker lost) with a LOST usage row each. Chunks of cancelled
+# arrays are left to ``cancel_chunks``. $1 the most chunks.
+_EXPIRED = """
+    SELECT c.id, c.array_id, c.first_index, c.n, c.attempt, c.worker, c.device,
+           c.created_at, c.dispatched_at, p.max_retries
+    FROM array_chunks c JOIN jobs p ON p.id = c.array_id
+    JOIN job_arrays a ON a.job_id = c.array_id
+    WHERE c.worker IS NOT NULL AND c.lease_expires_at < now() AND NOT a.cancelled
+    ORDER BY c.id LIMIT $1
+    FOR UPDATE OF c SKIP LOCKED
+"""
+_REQUEUE = f"""
+WITH expired AS ({_EXPIRED}
+), requeued AS (
+    UPDATE array_chunks c SET worker = NULL, lease_expires_at = NULL, dispatched_at = NULL,
+        device = NULL
+    FROM expired e WHERE c.id = e.id AND e.attempt <= e.max_retries
+    RETURNING c.*
+), counted AS (
+    UPDATE job_arrays a SET n_queued = a.n_queued + s.k, n_running = a.n_running - s.k
+    FROM (SELECT requeued.array_id, count(*)::int AS k
+          FROM requeued JOIN LATERAL ({_TODO_OF.format(c="requeued")}) t ON true
+          GROUP BY requeued.array_id) s
+    WHERE a.job_id = s.array_id
+), failing AS (
+    DELETE FROM array_chunks c USING expired e
+    WHERE c.id = e.id AND e.attempt > e.max_retries
+    RETURNING c.*
+), inserted AS (
+    INSERT INTO jobs ({_ELEMENT_COLUMNS})
+    SELECT {element_id_sql("p.id", "t.i")}, p.tenant_id, p.kernel, p.device, {PARAMS},
+           p.inputs, p.outputs, p.labels, p.output_tier, p.priority, p.timeout_s,
+           p.max_retries, 'FAILED', NULL, f.attempt, f.device, f.worker, NULL, NULL,
+           '{LOST_ERROR}', p.created_at, now(), f.created_at, f.dispatched_at, now(), false,
+           p.id, t.i
+    FROM failing f
+    JOIN jobs p ON p.id = f.array_id
+    JOIN job_arrays a ON a.job_id = f.array_id
+    CROSS JOIN LATERAL ({_TODO_OF.format(c="f")}) t
+    ORDER BY p.id, t.i
+    ON CONFLICT DO NOTHING
+    RETURNING id, tenant_id, attempts, array_id, worker
+), usage AS (
+    INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
+                              gpu_seconds, wall_seconds)
+    SELECT id, attempts, tenant_id, worker, 'LOST', 0, 0, 0 FROM inserted
+    ON CONFLICT DO NOTHING
+), moved AS (
+    UPDATE job_arrays a SET n_pending = a.n_pending + s.k, n_running = a.n_running - s.k
+    FROM (SELECT array_id, count(*)::int AS k FROM inserted GROUP BY array_id) s
+    WHERE a.job_id = s.array_id
+), woke AS MATERIALIZED (
+    {notify_once("expired", FINISHED)}
+)
+SELECT (SELECT count(*) FROM requeued)::int, (SELECT count(*) FROM failing)::int FROM woke
+"""  # noqa: S608 (built from constants only)
+
+
+async def requeue_expired(fetch: Fetch, *, batch: int = 100) -> tuple[int, int]:
+    """The reaper's step for chunks whose worker was lost (see ``_REQUEUE``), in one
+    statement; returns (chunks re-queued, chunks failed)."""
+    rows = await fetch(_REQUEUE, batch)
+    return int(rows[0][0]), int(rows[0][1])

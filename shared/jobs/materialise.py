@@ -131,7 +131,8 @@ async def materialise_elements(
 # elements taken from each array are cut into chunks of ``chunk_size`` (the array's measured
 # wall time per element; only one small chunk while it is unknown), and counted QUEUED
 # at once (``n_pending`` to ``n_queued``, but for those that have a row already: cancelled
-# on their own). Chunk elements are live (``n_queued``/``n_running``), so the window and
+# on their own). A chunk's id is its first element's (``element_id``): chunks sort by index
+# within their array. Chunk elements are live (``n_queued``/``n_running``), so the window and
 # ``max_concurrent`` hold as for rows.
 # $1 the window per array, $2 the most elements in all, $3 the target seconds of a chunk,
 # $4 the most elements of a chunk.
@@ -165,11 +166,12 @@ WITH open AS (
     FROM ranked WHERE upto - room < $2::int
 ), inserted AS (
     INSERT INTO array_chunks (id, array_id, tenant_id, first_index, n, attempt)
-    SELECT gen_random_uuid(), taken.job_id, taken.tenant_id, f,
+    SELECT {element_id_sql("taken.job_id", "f")}, taken.job_id, taken.tenant_id, f,
            least(taken.c, taken.next_index + taken.n - f), 0
     FROM taken
     CROSS JOIN LATERAL generate_series(taken.next_index, taken.next_index + taken.n - 1,
                                        taken.c) AS f
+    ON CONFLICT DO NOTHING
     RETURNING 1
 ), advanced AS (
     UPDATE job_arrays a SET next_index = a.next_index + taken.n,

@@ -220,6 +220,28 @@ class JobLimits(BaseModel):
         return int(total * self.memory_fraction) // max(1, slots or os.cpu_count() or 1)
 
 
+class WebhookSettings(BaseModel):
+    """Jobs' ``notify`` (``STRATUS_WEBHOOKS__ALLOW`` ...): which destinations may be called,
+    how the tenants' signing secrets are kept, and the scheduler's delivery loop
+    (``shared.webhooks``, ``services.scheduler.webhooks``)."""
+
+    # Comma-separated CIDRs and host names a destination may be in or named by although it is
+    # private, loopback, link-local ... (every such address is refused unless listed here).
+    allow: str = ""
+    # Encrypts the tenants' webhook secrets at rest (AES-GCM with a key derived from it); empty:
+    # they are stored as they are, readable to whoever reads the database.
+    secret_key: SecretStr = SecretStr("")
+    enabled: bool = True  # the scheduler's delivery loop
+    interval_s: float = Field(default=1.0, gt=0)
+    concurrency: int = Field(default=16, ge=1)  # deliveries in flight per scheduler
+    timeout_s: float = Field(default=10.0, gt=0)  # a whole request; longer is a failure
+    resolve_timeout_s: float = Field(default=2.0, gt=0)
+    # failed deliveries are retried after backoff_s, doubling up to backoff_max_s, for retry_for_s
+    backoff_s: float = Field(default=10.0, gt=0)
+    backoff_max_s: float = Field(default=3600.0, gt=0)
+    retry_for_s: float = Field(default=86_400.0, gt=0)
+
+
 class CommonSettings(BaseSettings):
     """Settings every service reads. Nested blocks use ``__``: ``STRATUS_POSTGRES__HOST``."""
 
@@ -237,6 +259,7 @@ class CommonSettings(BaseSettings):
     quotas: QuotaDefaults = Field(default_factory=QuotaDefaults)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     limits: JobLimits = Field(default_factory=JobLimits)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     host: str = "127.0.0.1"
     port: int = 8000
     # How long an idle HTTP connection stays open. Longer than clients keep idle connections

@@ -25,6 +25,7 @@ from services.gateway.migrations.routes import router as migrations_router
 from services.gateway.openapi import describe_deployment
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants.routes import router as tenants_router
+from services.gateway.webhooks.routes import router as webhooks_router
 from shared.logging import configure_logging
 from shared.messaging import Delivery
 from shared.messaging.topology import control_queue
@@ -44,6 +45,7 @@ ROUTERS = (
     accounting_router,
     admin_router,
     pools_router,
+    webhooks_router,
 )
 
 

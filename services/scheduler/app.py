@@ -18,6 +18,7 @@ from services.scheduler.autoscaler import Autoscaler, make_autoscale_step, make_
 from services.scheduler.chunks import reap_chunks
 from services.scheduler.handlers import make_event_handler
 from services.scheduler.settings import SchedulerSettings
+from services.scheduler.webhooks import Deliverer
 from shared.db.maintenance import maintain
 from shared.db.wakeup import WakeListener, listener_connect
 from shared.logging import configure_logging, get_logger
@@ -141,6 +142,9 @@ def loops_of(
     if settings.db_vacuum:
         vacuum = partial(maintain, res.engine, min_dead_rows=settings.db_vacuum_min_dead_rows)
         loops.append(Loop("vacuum", vacuum, settings.db_vacuum_interval_s))
+    if settings.webhooks.enabled:
+        deliverer = Deliverer(res.engine, settings.webhooks)
+        loops.append(Loop("webhooks", deliverer.step, settings.webhooks.interval_s))
     if autoscaler is not None:
         step = make_autoscale_step(res.sessions, autoscaler)
         loops.append(Loop("autoscale", step, settings.autoscale.interval_s))

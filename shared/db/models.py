@@ -126,6 +126,9 @@ class Job(Base):
     # An element's array and index; its id is ``shared.jobs.arrays.element_id``.
     array_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     array_index: Mapped[int | None] = mapped_column(Integer)
+    # ``{"url", "events"}``: where this job's (or array's) state changes are POSTed; a trigger
+    # writes each delivery in the transaction of the change (migration 0021)
+    notify: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
     # what the job waits on, as submitted (``[{"job", "condition"}]``), and how many of those
     # dependencies are not settled yet: admission and materialisation take only rows with
     # ``deps_left = 0`` (``shared.jobs.deps``, migration 0022)
@@ -605,3 +608,52 @@ class UsageHour(Base):
     cpu_seconds: Mapped[float] = mapped_column(Float, nullable=False)
     gpu_seconds: Mapped[float] = mapped_column(Float, nullable=False)
     cpu_moment_s: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class WebhookSecret(Base):
+    """A tenant's signing secret for its webhooks (``POST /v1/tenant/webhook-secret``), which
+    must be readable to sign: AES-GCM under the operator's ``STRATUS_WEBHOOKS__SECRET_KEY``
+    when set (``shared.webhooks.seal``)."""
+
+    __tablename__ = "webhook_secrets"
+
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True
+    )
+    sealed: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    created_at: Mapped[datetime] = _now()
+
+
+class WebhookDelivery(Base):
+    """One POST of a job's ``notify``, written by a trigger on ``jobs`` in the transaction of
+    the state change (the outbox of webhooks), sent and retried by the scheduler
+    (``services.scheduler.webhooks``)."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False
+    )
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, nullable=False)
+    # pending (sent at next_attempt_at), delivered, or failed (given up)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, server_default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, server_default="0")
+    next_attempt_at: Mapped[datetime] = _now()
+    created_at: Mapped[datetime] = _now()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("state IN ('pending', 'delivered', 'failed')", name="state_known"),
+        Index(
+            "ix_webhook_deliveries_due",
+            "next_attempt_at",
+            postgresql_where=text("state = 'pending'"),
+        ),
+    )

@@ -69,6 +69,7 @@ async def submit_job(
         ),
         tiers=state.tiers,
         array_max_size=settings.array_max_size,
+        webhooks=settings.webhooks,
     )
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     if submitted.replayed:

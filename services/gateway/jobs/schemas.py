@@ -90,6 +90,23 @@ class ArraySpec(BaseModel):
     )
 
 
+class NotifySpec(BaseModel):
+    """Where a job's (or an array's, as a whole) state changes are POSTed, signed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="http(s) URL, no user or password; a destination the operator allows",
+    )
+    events: list[Literal["final", "state"]] = Field(
+        min_length=1,
+        max_length=2,
+        description='"final": one POST when the job is final; "state": one per state change',
+    )
+
+
 class JobSubmit(BaseModel):
     # Strict: a bool is not an integer, a string is not a number.
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -111,6 +128,9 @@ class JobSubmit(BaseModel):
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
     array: ArraySpec | None = Field(
         default=None, description="submit an array of jobs (a parameter sweep) in one request"
+    )
+    notify: NotifySpec | None = Field(
+        default=None, description="POST the job's state changes to a URL (webhooks)"
     )
     depends_on: list[Dependency] | None = Field(
         default=None,
@@ -169,6 +189,7 @@ class JobOut(BaseModel):
     )
     array_index: int | None = Field(default=None, description="an element's index in its array")
     array: ArrayOut | None = Field(default=None, description="an array's settings and counts")
+    notify: NotifySpec | None = Field(default=None, description="the job's webhook, if any")
     depends_on: list[Dependency] | None = Field(
         default=None, description="what the job waits on, as submitted"
     )

@@ -15,8 +15,9 @@ from sqlalchemy import ColumnElement, TextClause, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.jobs import admission, arrays, cancel, elements
-from services.gateway.jobs.schemas import JobOut, JobSubmit
+from services.gateway.jobs.schemas import JobOut, JobSubmit, NotifySpec
 from services.gateway.jobs.writer import FROM_REQUEST, JobWriter, NewJob
+from services.gateway.webhooks.service import check_notify
 from services.gateway.workflows.depends import write_dependent
 from shared.db.models import Job
 from shared.errors import Conflict, Invalid
@@ -29,6 +30,7 @@ from shared.jobs.states import JobState
 from shared.jobs.store import ADMIT_REASON
 from shared.kernels import KernelSpec, get_spec
 from shared.pagination import keyset_page
+from shared.settings import WebhookSettings
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ async def submit_job(
     limits: admission.Limits,
     tiers: Collection[str] = ("local",),
     array_max_size: int = 100_000,
+    webhooks: WebhookSettings | None = None,
 ) -> Submitted:
     """Validate, answer a replay, then insert through the writer (group commit), which
     takes the job's place in the tenant's queue (``max_queued_jobs``) in the same statement;
@@ -79,6 +82,9 @@ async def submit_job(
     No session is opened unless the job names datasets."""
     spec = get_spec(data.kernel)
     params = _checked_params(data, spec, tiers)
+    await check_notify(
+        db=db, tenant_id=tenant_id, notify=data.notify, settings=webhooks or WebhookSettings()
+    )
     plan = None
     if data.array is None:
         await admission.admit(
@@ -117,6 +123,7 @@ async def submit_job(
         idempotency_key=idempotency_key,
         request_hash=fingerprint,
         job_id=None if plan is None else new_array_id(),
+        notify=None if data.notify is None else data.notify.model_dump(),
     )
     if plan is not None:
         job.row["is_array"] = True
@@ -200,6 +207,8 @@ def _created(job: NewJob, plan: arrays.ArrayPlan | None = None) -> JobOut:
     row = job.row
     values: dict[str, Any] = {name: row.get(name) for name in JobOut.model_fields}
     values["id"] = str(row["id"])
+    if row.get("notify") is not None:
+        values["notify"] = NotifySpec.model_validate(row["notify"])
     if plan is not None:
         values["array"] = arrays.created_array(plan.array)
     return JobOut.model_construct(**values)

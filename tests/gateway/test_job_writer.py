@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 
 from services.gateway.deps import raw_db
-from services.gateway.jobs.writer import JobWriter, NewJob
+from services.gateway.jobs.writer import WRITTEN, JobWriter, NewJob
 from shared.errors import DependencyUnavailable
 from shared.events import utcnow
 from shared.settings import CommonSettings
@@ -45,6 +45,7 @@ def new_row(tenant_id: uuid.UUID, **columns: Any) -> NewJob:
     job_id = uuid.uuid4()
     now = utcnow()
     row: dict[str, Any] = {
+        **dict.fromkeys(WRITTEN.fields),  # what a request may leave out (notify ...): empty
         "id": job_id,
         "tenant_id": tenant_id,
         "kernel": "montecarlo_pi",

@@ -11,12 +11,13 @@ from typing import Any
 import structlog
 
 _SECRET_KEYS = re.compile(r"(key|secret|password|token|authorization)", re.IGNORECASE)
-_SECRET_VALUES = re.compile(r"sk_[A-Za-z0-9_-]{8,}")
+# API keys (sk_...) and webhook signing secrets (whsec_...)
+_SECRET_VALUES = re.compile(r"(sk|whsec)_[A-Za-z0-9_-]{8,}")
 
 
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return _SECRET_VALUES.sub("sk_[redacted]", value)
+        return _SECRET_VALUES.sub(r"\1_[redacted]", value)
     return value
 
 

@@ -19,6 +19,7 @@ from services.gateway.datasets.routes import tiers_router
 from services.gateway.deps import GatewayDb, raw_db
 from services.gateway.docs import install_docs
 from services.gateway.jobs.admission import ClosedPools
+from services.gateway.jobs.history import router as history_router
 from services.gateway.jobs.routes import router as jobs_router
 from services.gateway.jobs.writer import JobWriter
 from services.gateway.migrations.routes import router as migrations_router
@@ -39,6 +40,7 @@ from shared.telemetry import health_router, instrument
 ROUTERS = (
     tenants_router,
     jobs_router,
+    history_router,
     datasets_router,
     tiers_router,
     migrations_router,

@@ -330,6 +330,7 @@ async def requeue_lost(
                 Job.worker,
                 Job.started_at,
                 Job.lease_expires_at,
+                Job.assigned_device,
             )
             .where(Job.state == JobState.RUNNING.value, Job.lease_expires_at < now, ~Job.is_array)
             .order_by(Job.id)
@@ -338,11 +339,11 @@ async def requeue_lost(
         )
     ).all()
     lost: list[LostAttempt] = []
-    for job_id, tenant_id, attempt, worker, started_at, lease_expires_at in expired:
+    for job_id, tenant_id, attempt, worker, started_at, lease_expires_at, device in expired:
         t = await set_job_state(session, job_id, Lost(attempt))
         if t.accepted:
             held_s = _slot_time_s(started_at, lease_expires_at)
-            lost.append(LostAttempt(job_id, tenant_id, attempt, worker, held_s))
+            lost.append(LostAttempt(job_id, tenant_id, attempt, worker, held_s, device, started_at))
     await record_lost_attempts(session, lost)
     if lost:
         await notify(session, FINISHED)

@@ -9,10 +9,11 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import FastAPI
 
-from services.worker import service
+from services.worker import progress, service
 from services.worker.batch import Claims, Records
 from services.worker.chunks import Chunks, dispatched_work
 from services.worker.datasets import (
@@ -31,6 +32,7 @@ from services.worker.service import Recorded, report_for
 from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
 from shared.db.engine import transaction
+from shared.db.raw import raw_connection
 from shared.errors import QuotaExceeded, StratusError
 from shared.events import ChunkDispatched
 from shared.jobs.chunks import ChunkClaim
@@ -72,6 +74,7 @@ class WorkerRuntime:
             res.engine, res.sessions, worker=settings.name, lease_s=settings.lease_s
         )
         self.records = Records(res.engine, worker=settings.name)
+        self.progress = progress.Tracker()  # running jobs' progress and log lines
         self.chunks = Chunks(res.engine, runner, worker=settings.name, lease_s=settings.lease_s)
 
     async def on_dispatch(self, delivery: Delivery) -> None:
@@ -136,11 +139,14 @@ class WorkerRuntime:
     async def _run(self, claim: Claim) -> None:
         files = attempt_files(self.settings.storage, claim)
         staged: dict[str, StagedOutput] = {}
+        self.progress.start(claim.job_id, claim.tenant_id, claim.attempt)
         try:
             report = await self._attempt(claim, files, staged)
+            self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
             await self._record(claim, report, files, staged)
         finally:
+            self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)
             self.leased.discard(claim.job_id)
             if staged:
@@ -161,7 +167,12 @@ class WorkerRuntime:
         except DatasetError as exc:
             return Report(JobState.FAILED, error=str(exc), retryable=False)
         try:
-            outcome = await self.runner.run(request, timeout_s=claim.timeout_s, usage=usage)
+            outcome = await self.runner.run(
+                request,
+                timeout_s=claim.timeout_s,
+                usage=usage,
+                on_progress=partial(self.progress.progress, claim.job_id),
+            )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
@@ -193,6 +204,9 @@ class WorkerRuntime:
     ) -> Report:
         """Copy the outputs to the job's tier (verified, not published yet: see
         ``services.worker.stageout``); a copy that fails fails the attempt, retryably."""
+        line = partial(self.progress.line, claim.job_id)
+        line(f"staging out {len(claim.outputs)} output(s) to tier {claim.output_tier!r}")
+        t0 = asyncio.get_running_loop().time()
         try:
             await stage_out(
                 self.storage,
@@ -212,7 +226,9 @@ class WorkerRuntime:
         except Exception as exc:
             error = f"cannot copy the outputs to tier {claim.output_tier!r}: {exc}"
             log.warning("stage_out_failed", job_id=str(claim.job_id), error=str(exc))
+            line(error)
             return dataclasses.replace(report, state=JobState.FAILED, error=error, retryable=True)
+        line(f"staged out in {asyncio.get_running_loop().time() - t0:.1f} s")
         return report
 
     def _request(self, claim: Claim, files: AttemptFiles) -> Request:
@@ -321,6 +337,13 @@ class WorkerRuntime:
                     "output_cleanup_failed", dataset=name, tiers=list(tiers), error=str(exc)
                 )
 
+    async def flush_progress(self) -> None:
+        """The running jobs' latest progress and the log lines, in one statement."""
+        batch = self.progress.take()
+        if batch:
+            async with raw_connection(self.res.engine) as conn:
+                await progress.write(conn.fetch, batch, worker=self.settings.name)
+
     async def heartbeat(self) -> None:
         async with transaction(self.res.sessions) as session:
             await service.heartbeat(
@@ -403,6 +426,15 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
                     breaker=res.db_breaker,
                 ),
                 "heartbeat",
+            )
+            res.spawn(
+                periodic(
+                    "progress",
+                    rt.flush_progress,
+                    interval_s=progress.FLUSH_S,
+                    breaker=res.db_breaker,
+                ),
+                "progress",
             )
             await res.broker.consume(control_queue(settings.name), rt.on_control, prefetch=16)
             await res.broker.consume(

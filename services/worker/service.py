@@ -79,7 +79,14 @@ def finish_of(claim: Claim, report: Report) -> Finish:
     return Finish(claim.job_id, claim.tenant_id, claim.attempt, report)
 
 
-async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Report) -> bool:
+async def record(
+    *,
+    session: AsyncSession,
+    claim: Claim,
+    worker: str,
+    report: Report,
+    device: str | None = None,
+) -> bool:
     """Record an attempt's outcome, fenced by attempt number. The attempt's usage row and the
     scheduler's wake-up are written only if the report was accepted, so they count once;
     an attempt stopped because the user cancelled the job (already CANCELLED) still gets
@@ -96,6 +103,9 @@ async def record(*, session: AsyncSession, claim: Claim, worker: str, report: Re
             outcome=report.state.value,
             cpu_seconds=report.cpu_seconds,
             wall_seconds=report.wall_seconds,
+            device=device,
+            started_at=t.job.started_at,
+            error=report.error,
         )
     if not t.accepted:
         return False
@@ -126,6 +136,7 @@ async def record_attempt(
     files: AttemptFiles,
     staged: Mapping[str, StagedOutput] | None = None,
     quotas: QuotaDefaults | None = None,
+    device: str | None = None,
 ) -> Recorded:
     """``record``, and for an accepted ``SUCCEEDED`` attempt, publish each output file the
     kernel wrote (``files``) as the tenant's dataset on the scratch tier, in the same
@@ -136,7 +147,9 @@ async def record_attempt(
     anything is published: ``QuotaExceeded`` otherwise, and the caller's rollback leaves
     nothing behind. A refused (fenced, superseded) attempt publishes nothing. The caller
     removes the copies of the older versions (``stale``) after the commit."""
-    accepted = await record(session=session, claim=claim, worker=worker, report=report)
+    accepted = await record(
+        session=session, claim=claim, worker=worker, report=report, device=device
+    )
     if not accepted or report.state is not JobState.SUCCEEDED:
         return Recorded(accepted)
     uploads = (

@@ -126,6 +126,8 @@ class Job(Base):
     # An element's array and index; its id is ``shared.jobs.arrays.element_id``.
     array_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     array_index: Mapped[int | None] = mapped_column(Integer)
+    # how far the running attempt is, 0.0-1.0 (the worker writes it every 2 s; migration 0019)
+    progress: Mapped[float | None] = mapped_column(Float)
     # ``{"url", "events"}``: where this job's (or array's) state changes are POSTed; a trigger
     # writes each delivery in the transaction of the change (migration 0021)
     notify: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
@@ -409,8 +411,31 @@ class JobAttempt(Base):
     gpu_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     wall_seconds: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     finished_at: Mapped[datetime] = _now()
+    # what GET /v1/jobs/{id}/attempts shows (migration 0019)
+    device: Mapped[str | None] = mapped_column(String(8))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_job_attempts_tenant_finished", "tenant_id", "finished_at"),)
+
+
+class JobLogLine(Base):
+    """A line of a job's log that the worker wrote besides its transitions (staging,
+    progress), in batches; ``GET /v1/jobs/{id}/log`` merges them with ``job_events`` and
+    ``job_attempts``."""
+
+    __tablename__ = "job_log"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    at: Mapped[datetime] = _now()
+    line: Mapped[str] = mapped_column(Text, nullable=False)
+
+    __table_args__ = (Index("ix_job_log_job_at", "job_id", "at", "id"),)
 
 
 class Worker(Base):

@@ -167,11 +167,14 @@ def _apply(
         job.started_at = now
         job.error = None
         job.lease_expires_at = now + timedelta(seconds=proposal.lease_s)
+        job.progress = None  # the new attempt's, once it reports
     else:  # final
         job.finished_at = now
         job.lease_expires_at = None
         job.error = error
         job.result = proposal.report.result if isinstance(proposal, Reported) else None
+        if new is JobState.SUCCEEDED:
+            job.progress = 1.0
         if isinstance(proposal, Reported):
             job.worker = proposal.worker
 
@@ -275,7 +278,7 @@ CLAIM_QUEUED = f"""
     WITH job AS (
         UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, worker = $2,
                         started_at = $3, updated_at = $3, error = NULL,
-                        state_reason = NULL, lease_expires_at = $4
+                        state_reason = NULL, lease_expires_at = $4, progress = NULL
         FROM unnest($1::uuid[]) AS listed(id)
         WHERE jobs.id = listed.id AND jobs.state = 'QUEUED'
         RETURNING jobs.*
@@ -335,19 +338,23 @@ FINISH_ATTEMPTS = f"""
     ), job AS (
         UPDATE jobs SET state = report.state, updated_at = $8, finished_at = $8,
                         lease_expires_at = NULL, result = CAST(report.result AS jsonb),
-                        error = report.error, state_reason = NULL, worker = $9
+                        error = report.error, state_reason = NULL, worker = $9,
+                        progress = CASE WHEN report.state = 'SUCCEEDED' THEN 1.0
+                                        ELSE jobs.progress END
         FROM report
         WHERE jobs.id = report.id AND jobs.state = 'RUNNING' AND jobs.attempts = report.attempt
         RETURNING jobs.id, jobs.tenant_id, jobs.attempts, report.state, report.error,
-                  report.cpu_seconds, report.wall_seconds
+                  report.cpu_seconds, report.wall_seconds, jobs.assigned_device,
+                  jobs.started_at
     ), history AS (
         INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, reason,
                                 worker, at)
         SELECT id, tenant_id, attempts, 'RUNNING', state, error, $9, $8 FROM job
     ), usage AS (
         INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
-                                  gpu_seconds, wall_seconds)
-        SELECT id, attempts, tenant_id, $9, state, cpu_seconds, 0, wall_seconds FROM job
+                                  gpu_seconds, wall_seconds, device, started_at, error)
+        SELECT id, attempts, tenant_id, $9, state, cpu_seconds, 0, wall_seconds,
+               assigned_device, started_at, error FROM job
         ON CONFLICT DO NOTHING
     ), woke AS MATERIALIZED (
         {notify_once("job", FINISHED)}

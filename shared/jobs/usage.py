@@ -129,10 +129,14 @@ async def count_attempt(
     outcome: str,
     cpu_seconds: float,
     wall_seconds: float,
+    device: str | None = None,
+    started_at: datetime | None = None,
+    error: str | None = None,
 ) -> None:
     """The ``job_attempts`` row of an attempt that ended. Its key (job, attempt) keeps one
     row per attempt: a repeat (a redelivered report, a reaped attempt reported late) counts
-    nothing."""
+    nothing. ``device``, ``started_at`` and ``error`` are what ``GET /v1/jobs/{id}/attempts``
+    shows of it."""
     await session.execute(
         insert(JobAttempt)
         .values(
@@ -143,6 +147,9 @@ async def count_attempt(
             outcome=outcome,
             cpu_seconds=cpu_seconds,
             wall_seconds=wall_seconds,
+            device=device,
+            started_at=started_at,
+            error=error,
         )
         .on_conflict_do_nothing()
     )
@@ -150,6 +157,8 @@ async def count_attempt(
 
 # What ``job_attempts.outcome`` says of an attempt whose worker was lost (its lease expired).
 LOST = "LOST"
+# ... and its ``error`` (as the job's, ``shared.jobs.proposals.reason_and_error``).
+LOST_ERROR = "worker lost while running the job"
 
 
 @dataclass(frozen=True)
@@ -161,6 +170,8 @@ class LostAttempt:
     attempt: int
     worker: str | None
     held_s: float
+    device: str | None = None
+    started_at: datetime | None = None
 
 
 async def record_lost_attempts(session: AsyncSession, lost: Sequence[LostAttempt]) -> None:
@@ -183,6 +194,9 @@ async def record_lost_attempts(session: AsyncSession, lost: Sequence[LostAttempt
                     "outcome": LOST,
                     "cpu_seconds": a.held_s,
                     "wall_seconds": a.held_s,
+                    "device": a.device,
+                    "started_at": a.started_at,
+                    "error": LOST_ERROR,
                 }
                 for a in lost
             ]

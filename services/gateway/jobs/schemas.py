@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
@@ -196,6 +197,23 @@ class JobOut(BaseModel):
     workflow_id: Annotated[str | None, BeforeValidator(_id_text)] = Field(
         default=None, description="the workflow the job is a step of"
     )
+
+    progress: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="how far the running attempt is (0.0-1.0), refreshed at least every 2 s;"
+        " null before it runs, 1.0 once SUCCEEDED",
+    )
+    assigned_device: str | None = Field(
+        default=None, description="the device the scheduler sent the job to (cpu, cuda)"
+    )
+
+    @model_validator(mode="after")
+    def _done_is_whole(self) -> JobOut:
+        if self.state == "SUCCEEDED" and self.progress is None:
+            self.progress = 1.0  # whatever path recorded it
+        return self
 
 
 class JobList(BaseModel):

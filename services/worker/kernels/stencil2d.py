@@ -14,6 +14,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from services.worker import progress
 from services.worker.kernels.base import Kernel, Paths, load_input, output_array
 
 
@@ -48,10 +49,12 @@ def run_cpu(
     with output_array(outputs, "grid", grid.shape) as out:
         out[...] = grid
         scratch = grid.copy()
-        if iterations % 2:  # the last step writes into ``dst``: make that the output
-            jacobi(scratch, out, iterations)
-        else:
-            jacobi(out, scratch, iterations)
+        # the last step must land in the output: it starts as ``dst`` for an odd count
+        src, dst = (scratch, out) if iterations % 2 else (out, scratch)
+        for steps in progress.blocks(iterations):  # one block unless progress is reported
+            jacobi(src, dst, steps)
+            if steps % 2:  # the latest step is in ``dst``: it is the next block's source
+                src, dst = dst, src
     return {"shape": list(grid.shape), "iterations": iterations}
 
 

@@ -64,7 +64,9 @@ class InstantRunner:
     def __init__(self, go: asyncio.Event | None = None) -> None:
         self.go = go
 
-    async def run(self, request: Request, *, timeout_s: float, usage: Usage) -> Outcome:
+    async def run(
+        self, request: Request, *, timeout_s: float, usage: Usage, **_: object
+    ) -> Outcome:
         if self.go is not None:
             await self.go.wait()
         return Outcome(Status.SUCCEEDED, usage, result={"kernel": request.kernel})

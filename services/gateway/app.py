@@ -27,6 +27,7 @@ from services.gateway.openapi import describe_deployment
 from services.gateway.settings import GatewaySettings
 from services.gateway.tenants.routes import router as tenants_router
 from services.gateway.webhooks.routes import router as webhooks_router
+from services.gateway.workflows.routes import router as workflows_router
 from shared.logging import configure_logging
 from shared.messaging import Delivery
 from shared.messaging.topology import control_queue
@@ -40,6 +41,7 @@ from shared.telemetry import health_router, instrument
 ROUTERS = (
     tenants_router,
     jobs_router,
+    workflows_router,
     history_router,
     datasets_router,
     tiers_router,

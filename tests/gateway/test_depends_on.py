@@ -43,6 +43,8 @@ async def finish(sessions: Sessions, job_id: str, state: JobState) -> None:
         if state is JobState.CANCELLED:
             assert (await set_job_state(s, jid, Cancelled())).accepted
             return
+        if (await s.get(Job, jid)).state == "PENDING":  # type: ignore[union-attr]
+            await admit_pending(session_fetch(s), limit=1000)  # released: admitted first
         assert (await set_job_state(s, jid, Claimed("w1", 60))).accepted
     async with sessions() as s, s.begin():
         proposal = Reported(1, "w1", Report(state, retryable=False))

@@ -46,7 +46,7 @@ async def jobs(s: Sessions, tid: uuid.UUID, n: int, state: str) -> list[uuid.UUI
     """``n`` jobs in ``state`` (RUNNING ones on attempt 1 of worker w1)."""
     ids = [uuid.uuid4() for _ in range(n)]
     running = state == "RUNNING"
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "id": i,
             "tenant_id": tid,

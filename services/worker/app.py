@@ -312,6 +312,7 @@ class WorkerRuntime:
                 files=files,
                 staged=staged,
                 quotas=self.settings.quotas,
+                device=self.settings.device,
             )
         # only this path writes events (a retry's job.retry): the statement's wake-up of
         # the scheduler is a NOTIFY, which needs no relay

@@ -18,21 +18,25 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from services.worker.app import WorkerRuntime
 from services.worker.chunks import CANCELLED_ERROR, Chunks, dispatched_work
 from services.worker.runner import KernelRunner, Request
+from services.worker.settings import WorkerSettings
 from shared.db.models import Job, JobArray, JobAttempt, Tenant
 from shared.db.raw import raw_connection
 from shared.events import ChunkDispatched, JobDispatched
 from shared.jobs.chunks import RETRY_REASON, ChunkClaim
 from shared.jobs.materialise import materialise_chunks
 from shared.messaging import Delivery, Reject
-from shared.settings import CommonSettings
+from shared.runtime import Resources
+from shared.settings import CommonSettings, StorageSettings
 from tests.factories import new_array, own_database
 from tests.processes import REPO
 
@@ -399,3 +403,64 @@ def test_a_work_queue_carries_jobs_and_chunks_told_apart_by_type() -> None:
     assert got.job_id == jid
     with pytest.raises(Reject):
         dispatched_work(delivery(b'{"type": "no.such.event"}'))
+
+
+def runtime(db: Sessions, tmp_path: Path, runner: KernelRunner) -> WorkerRuntime:
+    """A worker's runtime on this database and the session's pool, without a broker."""
+    storage = StorageSettings.model_validate({"local": {"root": str(tmp_path / "local")}})
+    settings = WorkerSettings(
+        name=f"w-{uuid.uuid4().hex[:8]}", storage=storage, concurrency=2, lease_s=30
+    )
+
+    async def stop_consuming() -> None:
+        return None
+
+    res = SimpleNamespace(
+        engine=engine_of(db),
+        sessions=db,
+        relay=SimpleNamespace(wake=lambda: None),
+        broker=SimpleNamespace(stop_consuming=stop_consuming),
+    )
+    return WorkerRuntime(cast(Resources, res), settings, runner)
+
+
+def chunk_dispatched(chunk_id: uuid.UUID) -> Delivery:
+    event = ChunkDispatched(tenant_id=uuid.uuid4(), chunk_id=chunk_id, device="cpu", kernel="x")
+    return Delivery(event.to_bytes(), None, "job.dispatch.cpu", False, 0)
+
+
+async def test_a_worker_runs_a_dispatched_chunk_in_one_slot(
+    db: Sessions, runner: KernelRunner, tmp_path: Path
+) -> None:
+    array_id, chunk_id = await chunked_array(db, 30)
+    rt = runtime(db, tmp_path, runner)
+    await rt.on_dispatch(chunk_dispatched(chunk_id))  # returns once claimed: then acked
+    row = await chunk_row(db, chunk_id)
+    assert row is not None
+    assert row["worker"] == rt.settings.name
+    await asyncio.wait_for(asyncio.gather(*rt.jobs), timeout=60)
+    rows = await elements(db, array_id)
+    assert sorted(rows) == list(range(30))
+    assert all(r.state == "SUCCEEDED" for r in rows.values())
+    assert not rt.slots.locked()
+    assert rt.slots._value == 2  # the slot was given back
+    await rt.on_dispatch(chunk_dispatched(chunk_id))  # a duplicate: gone, nothing runs
+    assert not rt.jobs
+    assert rt.slots._value == 2
+
+
+async def test_a_worker_shutting_down_hands_its_running_chunk_back(
+    db: Sessions, runner: KernelRunner, tmp_path: Path
+) -> None:
+    size = 60
+    array_id, chunk_id = await chunked_array(db, size, kernel="spin", params=NAP, index_param=None)
+    rt = runtime(db, tmp_path, runner)
+    await rt.on_dispatch(chunk_dispatched(chunk_id))
+    await some_recorded(db, array_id)
+    t0 = time.monotonic()
+    await asyncio.wait_for(rt.shutdown(), timeout=30)
+    assert time.monotonic() - t0 < rt.settings.shutdown_grace_s  # stopped, not waited out
+    done = await elements(db, array_id)
+    assert 0 < len(done) < size
+    assert await chunk_row(db, chunk_id) == {"worker": None, "attempt": 0, "lease_expires_at": None}
+    assert (await counts(db, array_id)).n_queued == size - len(done)

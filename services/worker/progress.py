@@ -11,9 +11,9 @@ In the worker (``Tracker``): the runner hands each frame to ``on_progress``; the
 keeps the latest value per running attempt and the log lines (stage-out) it was given, and
 ``flush`` writes them every ``FLUSH_S`` in ONE statement: ``jobs.progress``, a ``job_events``
 row of kind ``progress`` per job (the events feed's ``job.progress``), a ``job_log`` line
-per changed value, and the other lines. An attempt that ended before its first flush, a
-job of under ``FLUSH_S``, writes nothing here: its transitions and its ``job_attempts`` row
-already say what happened.
+per changed value, and the other lines. A job is written once it has run for ``FLUSH_S``:
+a job that ends sooner writes nothing here (its transitions and its ``job_attempts`` row
+already say what happened), so the many short jobs cost nothing more.
 """
 
 from __future__ import annotations
@@ -134,7 +134,8 @@ def percent(value: float) -> str:
 class Tracker:
     """The running attempts' latest progress and their lines, until the next flush."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, min_age_s: float = FLUSH_S) -> None:
+        self.min_age_s = min_age_s  # a job is written once it has run this long
         self._running: dict[uuid.UUID, _Running] = {}
         self._ended: list[tuple[uuid.UUID, _Running]] = []  # lines left of ended attempts
 
@@ -162,8 +163,10 @@ class Tracker:
         """What the next flush writes; the tracker forgets it (a failed flush loses one
         round of progress, which the next one replaces)."""
         b = Batch([], [], [], [], [], [], [], [], [])
-        now = datetime.now(UTC)
-        for job_id, run in self._running.items():
+        now, clock = datetime.now(UTC), time.monotonic()
+        # a younger job waits for a later flush: one that ends before that writes nothing
+        old = {j: r for j, r in self._running.items() if clock - r.started >= self.min_age_s}
+        for job_id, run in old.items():
             run.flushed = True
             if run.value is not None and run.value != run.written:
                 b.job_ids.append(job_id)
@@ -172,7 +175,7 @@ class Tracker:
                 b.values.append(run.value)
                 run.lines.append((now, percent(run.value)))
                 run.written = run.value
-        for job_id, run in [*self._ended, *self._running.items()]:
+        for job_id, run in [*self._ended, *old.items()]:
             for at, text in run.lines:
                 b.line_jobs.append(job_id)
                 b.line_tenants.append(run.tenant_id)

@@ -45,7 +45,7 @@ def parsed(lines: list[str]) -> list[tuple[datetime, int, str]]:
 
 async def worker_lines(sessions: Sessions, tenant: TenantKey, job_id: uuid.UUID) -> None:
     """A progress value and a staging line, through the worker's flush."""
-    tracker = progress.Tracker()
+    tracker = progress.Tracker(min_age_s=0)  # written at once, as a job of a few flushes
     tracker.start(job_id, uuid.UUID(tenant.tenant_id), 1)
     tracker.line(job_id, "staging out 1 output(s) to tier 'archive'")
     tracker.progress(job_id, 0.5)

@@ -191,3 +191,26 @@ def test_blocks_add_up_and_report_without_changing_a_result(tmp_path: Path) -> N
     np.testing.assert_array_equal(whole[0], blocked[0])
     np.testing.assert_array_equal(whole[1], blocked[1])
     assert whole[2:] == blocked[2:]
+
+
+def test_the_tracker_writes_a_job_once_it_has_run_for_a_flush_interval() -> None:
+    job, tenant = uuid.uuid4(), uuid.uuid4()
+    tracker = progress.Tracker(min_age_s=3600)  # nothing is that old
+    tracker.start(job, tenant, 1)
+    tracker.progress(job, 0.25)
+    tracker.line(job, "staging out 1 output(s) to tier 'archive'")
+    assert not tracker.take()
+    tracker.end(job)  # it ended before it was written: nothing of it ever is
+    assert not tracker.take()
+
+    tracker = progress.Tracker(min_age_s=0)
+    tracker.start(job, tenant, 2)
+    tracker.progress(job, 0.25)
+    tracker.line(job, "staging out 1 output(s) to tier 'archive'")
+    batch = tracker.take()
+    assert (batch.job_ids, batch.attempts, batch.values) == ([job], [2], [0.25])
+    assert batch.lines == ["staging out 1 output(s) to tier 'archive'", "progress 25%"]
+    assert not tracker.take()  # the same value is not written twice
+    tracker.line(job, "staged out in 0.1 s")
+    tracker.end(job)  # its lines outlive it: it was written before
+    assert tracker.take().lines == ["staged out in 0.1 s"]

@@ -25,7 +25,7 @@ from typing import Annotated
 from fastapi import Query
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
-from sqlalchemy import literal_column, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep, session_scope
@@ -197,7 +197,7 @@ async def new_lines(session: AsyncSession, job_id: uuid.UUID, cursor: Cursor) ->
             .where(
                 JobEvent.job_id == job_id,
                 JobEvent.id > cursor.event_id,
-                literal_column("job_events.kind") == STATE_KIND,
+                JobEvent.kind == STATE_KIND,
             )
             .order_by(JobEvent.id)
         )

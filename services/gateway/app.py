@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,6 +19,8 @@ from services.gateway.datasets.routes import router as datasets_router
 from services.gateway.datasets.routes import tiers_router
 from services.gateway.deps import GatewayDb, raw_db
 from services.gateway.docs import install_docs
+from services.gateway.events.hub import EventHub
+from services.gateway.events.routes import router as events_router
 from services.gateway.jobs.admission import ClosedPools
 from services.gateway.jobs.history import router as history_router
 from services.gateway.jobs.routes import router as jobs_router
@@ -28,6 +31,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.tenants.routes import router as tenants_router
 from services.gateway.webhooks.routes import router as webhooks_router
 from services.gateway.workflows.routes import router as workflows_router
+from shared.db.wakeup import listener_connect
 from shared.logging import configure_logging
 from shared.messaging import Delivery
 from shared.messaging.topology import control_queue
@@ -41,6 +45,7 @@ from shared.telemetry import health_router, instrument
 ROUTERS = (
     tenants_router,
     jobs_router,
+    events_router,
     workflows_router,
     history_router,
     datasets_router,
@@ -103,6 +108,14 @@ async def lifespan(app: FastAPI, *, settings: GatewaySettings) -> AsyncIterator[
         linger_s=settings.submit_batch_linger_s,
     )
     app.state.submit_db = GatewayDb(res, writer)
+    hub = EventHub(
+        lambda: raw_db(res),
+        listener_connect(settings.postgres, application_name="stratus-gateway-events"),
+        poll_s=settings.events_poll_s,
+    )
+    app.state.events_hub = hub
+    hub_stop = asyncio.Event()
+    hub_task = asyncio.ensure_future(hub.run(hub_stop))
 
     async def on_control(_delivery: Delivery) -> None:
         auth.invalidate()  # a tenant or key changed somewhere
@@ -115,7 +128,9 @@ async def lifespan(app: FastAPI, *, settings: GatewaySettings) -> AsyncIterator[
         )
         yield
     finally:
+        hub_stop.set()
         await writer.stop()  # what was accepted is written before the pool closes
+        await hub_task
         await close_resources(res)
 
 

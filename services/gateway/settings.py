@@ -31,6 +31,11 @@ class GatewaySettings(CommonSettings):
     # The most elements one array may have (STRATUS_ARRAY_MAX_SIZE); each element is a job for
     # the tenant's max_queued_jobs, so a tenant's quota may bound an array more tightly.
     array_max_size: int = Field(default=100_000, ge=1, le=ARRAY_SIZE_LIMIT)
+    # GET /v1/events: a comment line after this long without an event
+    # (STRATUS_EVENTS_KEEP_ALIVE_S), and the events hub's safety poll, for a NOTIFY lost
+    # while its listener reconnects (STRATUS_EVENTS_POLL_S)
+    events_keep_alive_s: float = Field(default=15.0, gt=0.0, le=15.0)
+    events_poll_s: float = Field(default=2.0, gt=0.0, le=60.0)
 
     @model_validator(mode="after")
     def _refuse_placeholder_admin_key(self) -> GatewaySettings:

@@ -120,8 +120,11 @@ _TODO_OF = """
                                              AND e.array_index = i)
 """
 _TODO = "SELECT i FROM {c} CROSS JOIN LATERAL (" + _TODO_OF + ") t"  # noqa: S608
-# Element ``i``'s params: the array ``a``'s over its parent ``p``'s (``element_of``).
-PARAMS = """(p.params || coalesce(a.overrides -> i, '{}'::jsonb)
+# Element ``i``'s params: the array ``a``'s over its parent ``p``'s (``element_of``). An
+# ``overrides`` stored as JSON null (not SQL NULL) gives JSON null at every index: no override.
+PARAMS = """(p.params
+    || CASE WHEN jsonb_typeof(a.overrides -> i) = 'object' THEN a.overrides -> i
+            ELSE '{}'::jsonb END
     || CASE WHEN a.index_param IS NULL THEN '{}'::jsonb
             ELSE jsonb_build_object(a.index_param, i) END)"""
 

@@ -15,6 +15,14 @@ waits for the array would otherwise be a deadlock; that rare collision is a 409 
 The scheduler materialises under the array's lock (``SKIP LOCKED``): once the cancel holds
 it, no element appears; after it commits, none is materialised again. An element cancelled
 before it has a row is inserted under the array's lock, for the same reason.
+
+Chunks (``shared.jobs.chunks``). Their statements lock the chunk, then the array; so does a
+cancel: the array's chunks first. A chunk no worker holds goes at once, its elements
+CANCELLED in the counts (``cancel_chunks``); a held one is stopped by its worker, which
+learns of the cancel from its next flush, or at once from the ``job.cancelled`` event
+addressed to it with the array's id. An element cancelled on its own in a chunk gets its
+CANCELLED row, and leaves its chunk's count (QUEUED or RUNNING) for ``n_cancelled``; the
+worker's record of it then changes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-from sqlalchemy import Select, select, text
+from sqlalchemy import Select, select, text, update
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,14 +44,15 @@ from services.gateway.jobs.elements import (
     own_job,
 )
 from services.gateway.jobs.schemas import JobOut
-from shared.db.models import Job, JobArray, JobEvent
+from shared.db.models import ArrayChunk, Job, JobArray, JobEvent
 from shared.db.outbox import add_event
 from shared.errors import Conflict, NotFound
 from shared.events import JobCancelled, utcnow
 from shared.jobs.arrays import element_id, element_of
+from shared.jobs.chunks import cancel_chunks
 from shared.jobs.proposals import Cancelled, reason_and_error
 from shared.jobs.states import FINAL, JobState
-from shared.jobs.store import set_job_state
+from shared.jobs.store import session_fetch, set_job_state
 
 LIVE = tuple(s.value for s in JobState if s not in FINAL)
 # The virtual elements of a cancelled array become CANCELLED at once; then the array's state.
@@ -84,6 +93,7 @@ async def cancel_row(session: AsyncSession, tenant_id: uuid.UUID, job_id: uuid.U
 
 async def cancel_array(session: AsyncSession, tenant_id: uuid.UUID, parent: Job) -> JobOut:
     """Every element of ``parent`` that is not final to CANCELLED (see the module's doc)."""
+    chunks = await _lock_chunks(session, parent.id)
     first = await _lock_live(session, parent, wait=True)
     array = await _lock_array(session, parent.id)
     if array.n_pending + array.n_queued + array.n_running == 0:
@@ -93,6 +103,9 @@ async def cancel_array(session: AsyncSession, tenant_id: uuid.UUID, parent: Job)
     for job_id in sorted(set(first) | set(late)):
         await cancel_row(session, tenant_id, job_id)
     await session.execute(_CANCEL_VIRTUAL, {"id": parent.id})
+    await cancel_chunks(session_fetch(session), parent.id)
+    for worker in sorted({c.worker for c in chunks if c.worker is not None}):
+        await add_event(session, JobCancelled(tenant_id=tenant_id, job_id=parent.id, worker=worker))
     await session.execute(_REFRESH, {"id": parent.id})
     await session.refresh(parent)
     await session.refresh(array)
@@ -110,10 +123,13 @@ async def cancel_element(
         raise NotFound(NOT_FOUND)
     job_id = element_id(parent.id, index)
     if await element_row(session, parent, index) is None:
+        chunk = await _lock_chunk_of(session, parent.id, index)
         array = await _lock_array(session, parent.id)
         if array.cancelled:
             raise Conflict("job is already CANCELLED")
         if await element_row(session, parent, index) is None:
+            if chunk is not None:
+                await _leave_chunk(session, chunk)
             return job_out(await _insert_cancelled(session, parent, array, index))
         await _lock_nowait(session, select(Job.id).where(Job.id == job_id))
     return job_out(await cancel_row(session, tenant_id, job_id))
@@ -201,6 +217,46 @@ def _lock_unavailable(exc: DBAPIError) -> bool:
             return True
         cause = cause.__cause__
     return False
+
+
+async def _lock_chunks(session: AsyncSession, array_id: uuid.UUID) -> list[ArrayChunk]:
+    """The array's chunks, locked in id order (before the array: see the module's doc)."""
+    query = (
+        select(ArrayChunk)
+        .where(ArrayChunk.array_id == array_id)
+        .order_by(ArrayChunk.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return list((await session.execute(query)).scalars())
+
+
+async def _lock_chunk_of(
+    session: AsyncSession, array_id: uuid.UUID, index: int
+) -> ArrayChunk | None:
+    """The chunk that holds element ``index``, locked, if there is one."""
+    query = (
+        select(ArrayChunk)
+        .where(
+            ArrayChunk.array_id == array_id,
+            ArrayChunk.first_index <= index,
+            ArrayChunk.first_index + ArrayChunk.n > index,
+        )
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def _leave_chunk(session: AsyncSession, chunk: ArrayChunk) -> None:
+    """An element of ``chunk`` about to get its row: the counts' trigger takes it from
+    ``n_pending``, but it is counted in its chunk's QUEUED or RUNNING: moved there first."""
+    count = JobArray.n_running if chunk.worker is not None else JobArray.n_queued
+    await session.execute(
+        update(JobArray)
+        .where(JobArray.job_id == chunk.array_id)
+        .values({JobArray.n_pending: JobArray.n_pending + 1, count: count - 1})
+    )
 
 
 async def _lock_array(session: AsyncSession, array_id: uuid.UUID) -> JobArray:

@@ -6,7 +6,9 @@ A route's job id is a UUID (a job, an array, or an element's own row) or
 another tenant's id is the same 404. An array is shown with its ``job_arrays`` row: its
 settings and its counts, one row whatever its size. An element is its row once the scheduler
 has materialised it (or it was cancelled on its own); until then it is *virtual*: built from
-its array's templates (``element_of``), PENDING, or CANCELLED once the array is cancelled.
+its array's templates (``element_of``), PENDING, or CANCELLED once the array is cancelled;
+an element in a chunk (``shared.jobs.chunks``) is QUEUED or RUNNING as its chunk is, until
+the flush that records its end gives it its row.
 Every read costs what it shows: a page of elements reads at most its own rows, never the
 whole array.
 """
@@ -19,8 +21,9 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from services.gateway.jobs.chunked import IN_CHUNK, chunk_at, chunk_state, chunks_over, in_chunks
 from services.gateway.jobs.schemas import ArrayOut, JobOut
-from shared.db.models import Job, JobArray
+from shared.db.models import ArrayChunk, Job, JobArray
 from shared.errors import Invalid, NotFound
 from shared.jobs.arrays import JobRef, element_id, element_of, parse_job_ref, public_id
 from shared.jobs.states import JobState
@@ -69,9 +72,12 @@ def job_out(job: Job, array: JobArray | None = None) -> JobOut:
     return out
 
 
-def virtual_element(parent: Job, array: JobArray, index: int) -> JobOut:
+def virtual_element(
+    parent: Job, array: JobArray, index: int, chunk: ArrayChunk | None = None
+) -> JobOut:
     """Element ``index`` of ``parent`` before it has a row: what its row will hold when the
-    scheduler materialises it, PENDING (CANCELLED if the array was cancelled)."""
+    scheduler materialises it, PENDING (CANCELLED if the array was cancelled); in
+    ``chunk``, its chunk's state (QUEUED, or RUNNING on the chunk's worker)."""
     element = element_of(
         params=parent.params,
         inputs=parent.inputs,
@@ -92,15 +98,15 @@ def virtual_element(parent: Job, array: JobArray, index: int) -> JobOut:
         timeout_s=parent.timeout_s,
         max_retries=parent.max_retries,
         labels=parent.labels,
-        state=(JobState.CANCELLED if array.cancelled else JobState.PENDING).value,
-        state_reason=ARRAY_CANCELLED if array.cancelled else WAITING_TURN,
-        attempts=0,
+        state=_virtual_state(array).value if chunk is None else chunk_state(chunk).value,
+        state_reason=_virtual_reason(array, chunk),
+        attempts=0 if chunk is None else chunk.attempt,
         created_at=parent.created_at,
         started_at=None,
         finished_at=parent.finished_at if array.cancelled else None,
         result=None,
         error=None,
-        worker=None,
+        worker=None if chunk is None else chunk.worker,
         array_id=str(parent.id),
         array_index=index,
     )
@@ -149,7 +155,10 @@ async def read_job(*, session: AsyncSession, tenant_id: uuid.UUID, text: str) ->
     if ref.index >= array.size:
         raise NotFound(NOT_FOUND)
     row = await element_row(session, parent, ref.index)
-    return job_out(row) if row is not None else virtual_element(parent, array, ref.index)
+    if row is not None:
+        return job_out(row)
+    chunk = chunk_at(await chunks_over(session, parent.id, ref.index, ref.index + 1), ref.index)
+    return virtual_element(parent, array, ref.index, chunk)
 
 
 async def arrays_of(session: AsyncSession, jobs: list[Job]) -> dict[uuid.UUID, JobArray]:
@@ -201,6 +210,9 @@ async def list_elements(
     if state is None:
         return await _all_from(session, parent, array, start, limit)
     found = await _rows_in_state(session, parent, state, start, limit + 1)
+    chunked = await in_chunks(session, parent.id, state, start, limit + 1)
+    found += [(i, virtual_element(parent, array, i, c)) for i, c in chunked]
+    found.sort(key=lambda item: item[0])
     if state is _virtual_state(array):
         virtual = await _virtual_from(session, parent, array, start, limit + 1)
         found += [(i, virtual_element(parent, array, i)) for i in virtual]
@@ -213,6 +225,12 @@ def _virtual_state(array: JobArray) -> JobState:
     return JobState.CANCELLED if array.cancelled else JobState.PENDING
 
 
+def _virtual_reason(array: JobArray, chunk: ArrayChunk | None) -> str | None:
+    if chunk is not None:
+        return IN_CHUNK if chunk.worker is None else None
+    return ARRAY_CANCELLED if array.cancelled else WAITING_TURN
+
+
 async def _all_from(
     session: AsyncSession, parent: Job, array: JobArray, start: int, limit: int
 ) -> ElementPage:
@@ -222,8 +240,9 @@ async def _all_from(
         Job.array_id == parent.id, Job.array_index >= start, Job.array_index < end
     )
     rows = {j.array_index: j for j in (await session.execute(query)).scalars()}
+    chunks = await chunks_over(session, parent.id, start, end)
     items = [
-        job_out(rows[i]) if i in rows else virtual_element(parent, array, i)
+        job_out(rows[i]) if i in rows else virtual_element(parent, array, i, chunk_at(chunks, i))
         for i in range(start, end)
     ]
     return ElementPage(items, str(end) if end < array.size else None)
@@ -261,17 +280,20 @@ async def _rows_in_state(
 async def _virtual_from(
     session: AsyncSession, parent: Job, array: JobArray, start: int, count: int
 ) -> list[int]:
-    """The first ``count`` indices from ``start`` up that have no row. Every index below
-    ``next_index`` has one; above it, only those cancelled on their own, which each window
-    skips."""
+    """The first ``count`` indices from ``start`` up that have no row (nor chunk). Every
+    index below ``next_index`` has one, but in an array run in chunks (whose elements have
+    no row until they end, and none when their chunk was dropped by a cancel); above it,
+    only those cancelled on their own, which each window skips."""
     found: list[int] = []
-    low = max(start, array.next_index)
+    chunked = parent.inputs == {} and parent.outputs == {}
+    low = start if chunked and array.cancelled else max(start, array.next_index)
     while len(found) < count and low < array.size:
         high = min(array.size, low + count - len(found))
         query = select(Job.array_index).where(
             Job.array_id == parent.id, Job.array_index >= low, Job.array_index < high
         )
         taken = set((await session.execute(query)).scalars())
-        found += [i for i in range(low, high) if i not in taken]
+        chunks = await chunks_over(session, parent.id, low, high) if chunked else []
+        found += [i for i in range(low, high) if i not in taken and chunk_at(chunks, i) is None]
         low = high
     return found

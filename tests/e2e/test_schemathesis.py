@@ -104,6 +104,11 @@ algorithms = ["location-headers"]
 [headers]
 Authorization = "Bearer {tenant_key}"
 
+# The events stream never ends (a keep-alive every 15 s): tests/gateway/test_events.py reads it.
+[[operations]]
+include-path = "/v1/events"
+enabled = false
+
 [[operations]]
 include-path-regex = "^/v1/(tenants|admin|audit)"
 headers = {{ Authorization = "Bearer {admin_key}" }}

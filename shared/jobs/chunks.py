@@ -186,7 +186,7 @@ _ELEMENT_COLUMNS = """
     id, tenant_id, kernel, device, params, inputs, outputs, labels, output_tier, priority,
     timeout_s, max_retries, state, state_reason, attempts, assigned_device, worker, run_after,
     result, error, created_at, updated_at, queued_at, started_at, finished_at, is_array,
-    array_id, array_index
+    array_id, array_index, progress
 """
 
 # $1 chunk, $2 attempt, $3 worker, $4.. the outcomes (index, state, result, error,
@@ -209,7 +209,8 @@ WITH chunk AS (
            CASE WHEN NOT r.again THEN c.device END, CASE WHEN NOT r.again THEN c.worker END,
            CASE WHEN r.again THEN now() + make_interval(secs => $14::float8) END,
            CAST(o.result AS jsonb), o.error, p.created_at, now(), c.created_at, o.started,
-           CASE WHEN NOT r.again THEN o.finished END, false, p.id, o.i
+           CASE WHEN NOT r.again THEN o.finished END, false, p.id, o.i,
+           CASE WHEN o.state = 'SUCCEEDED' THEN 1.0 END
     FROM chunk c
     JOIN jobs p ON p.id = c.array_id
     JOIN job_arrays a ON a.job_id = c.array_id
@@ -221,9 +222,10 @@ WITH chunk AS (
     RETURNING id, tenant_id, attempts, array_index
 ), usage AS (
     INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
-                              gpu_seconds, wall_seconds)
-    SELECT n.id, n.attempts, n.tenant_id, $3, o.state, o.cpu, 0, o.wall
-    FROM inserted n JOIN outcome o ON o.i = n.array_index
+                              gpu_seconds, wall_seconds, device, started_at, error)
+    SELECT n.id, n.attempts, n.tenant_id, $3, o.state, o.cpu, 0, o.wall, c.device, o.started,
+           o.error
+    FROM inserted n JOIN outcome o ON o.i = n.array_index CROSS JOIN chunk c
     ON CONFLICT DO NOTHING
 ), measured AS (
     SELECT (SELECT count(*)::int FROM inserted) AS k,
@@ -410,18 +412,20 @@ WITH expired AS ({_EXPIRED}
            p.inputs, p.outputs, p.labels, p.output_tier, p.priority, p.timeout_s,
            p.max_retries, 'FAILED', NULL, f.attempt, f.device, f.worker, NULL, NULL,
            '{LOST_ERROR}', p.created_at, now(), f.created_at, f.dispatched_at, now(), false,
-           p.id, t.i
+           p.id, t.i, NULL
     FROM failing f
     JOIN jobs p ON p.id = f.array_id
     JOIN job_arrays a ON a.job_id = f.array_id
     CROSS JOIN LATERAL ({_TODO_OF.format(c="f")}) t
     ORDER BY p.id, t.i
     ON CONFLICT DO NOTHING
-    RETURNING id, tenant_id, attempts, array_id, worker
+    RETURNING id, tenant_id, attempts, array_id, worker, assigned_device, started_at
 ), usage AS (
     INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
-                              gpu_seconds, wall_seconds)
-    SELECT id, attempts, tenant_id, worker, 'LOST', 0, 0, 0 FROM inserted
+                              gpu_seconds, wall_seconds, device, started_at, error)
+    SELECT id, attempts, tenant_id, worker, 'LOST', 0, 0, 0, assigned_device, started_at,
+           '{LOST_ERROR}'
+    FROM inserted
     ON CONFLICT DO NOTHING
 ), moved AS (
     UPDATE job_arrays a SET n_pending = a.n_pending + s.k, n_running = a.n_running - s.k

@@ -250,6 +250,8 @@ async def test_a_flush_records_final_rows_with_usage_exactly_once(db: Sessions) 
     assert row.array_index == 0
     assert row.assigned_device == "cpu"
     assert sorted(u.outcome for u in usage) == ["SUCCEEDED", "TIMED_OUT"]
+    assert {(u.device, u.started_at is not None) for u in usage} == {("cpu", True)}
+    assert row.progress == 1.0
     counts = await _exact(db, array_id)
     assert (counts["RUNNING"], counts["SUCCEEDED"], counts["TIMED_OUT"]) == (2, 1, 1)
 

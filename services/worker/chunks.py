@@ -209,21 +209,26 @@ class Chunks:
         )
         waiting = asyncio.ensure_future(full.wait())
         polled = loop.time()
+        held = 0.0  # after a flush the database did not answer: no other try before this
         try:
             while not batch.done():
                 due = polled + self.poll_s
                 if run.since is not None:
                     due = min(due, run.since + self.flush_s)
-                if full.is_set() or loop.time() >= due:
+                if full.is_set():
+                    due = polled
+                due = max(due, held)
+                if loop.time() >= due:
                     full.clear()
                     polled = loop.time()
-                    if not run.fenced:
-                        await self._flush(run, last=False)
+                    if not run.fenced and await self._flush(run, last=False) is None:
+                        held = loop.time() + self.poll_s  # the outcomes wait in the buffer
                     continue
                 if waiting.done():
                     waiting = asyncio.ensure_future(full.wait())
+                wake = {batch} if full.is_set() else {batch, waiting}
                 await asyncio.wait(
-                    {batch, waiting}, timeout=due - loop.time(), return_when=asyncio.FIRST_COMPLETED
+                    wake, timeout=due - loop.time(), return_when=asyncio.FIRST_COMPLETED
                 )
             return batch.result()
         except asyncio.CancelledError:
@@ -289,7 +294,7 @@ class Chunks:
         if left:  # cancelled: the elements not run end CANCELLED
             now = datetime.now(UTC)
             run.buffer.extend(cancelled_element(item.index, now) for item in left)
-        if await self._flush_retrying(run, last=True):
+        if await self._flush_retrying(run, last=True) and not run.fenced:
             log.info(
                 "chunk_recorded",
                 chunk_id=str(claim.chunk_id),

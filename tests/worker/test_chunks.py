@@ -11,6 +11,7 @@ the array's measured wall time per element beforehand."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from services.worker.app import WorkerRuntime
 from services.worker.chunks import CANCELLED_ERROR, Chunks, dispatched_work
 from services.worker.runner import KernelRunner, Request
 from services.worker.settings import WorkerSettings
+from shared.db.engine import make_engine
 from shared.db.models import Job, JobArray, JobAttempt, Tenant
 from shared.db.raw import raw_connection
 from shared.events import ChunkDispatched, JobDispatched
@@ -38,6 +40,7 @@ from shared.messaging import Delivery, Reject
 from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
 from tests.factories import new_array, own_database
+from tests.netfault import TcpProxy
 from tests.processes import REPO
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -464,3 +467,44 @@ async def test_a_worker_shutting_down_hands_its_running_chunk_back(
     assert 0 < len(done) < size
     assert await chunk_row(db, chunk_id) == {"worker": None, "attempt": 0, "lease_expires_at": None}
     assert (await counts(db, array_id)).n_queued == size - len(done)
+
+
+@pytest.fixture
+async def proxied(
+    database: tuple[str, Sessions], settings: CommonSettings
+) -> AsyncIterator[tuple[TcpProxy, AsyncEngine]]:
+    """An engine on this module's database through a TCP proxy the test stops and restarts."""
+    proxy = TcpProxy(settings.postgres.port)
+    await proxy.start()
+    pg = settings.postgres.model_copy(
+        update={"database": database[0], "port": proxy.port, "connect_timeout_s": 1.0}
+    )
+    engine = make_engine(pg)
+    yield proxy, engine
+    await engine.dispose()
+    with contextlib.suppress(Exception):
+        await proxy.stop()
+
+
+async def test_flushes_while_the_database_is_away_are_retried_and_record_each_element_once(
+    db: Sessions, runner: KernelRunner, proxied: tuple[TcpProxy, AsyncEngine]
+) -> None:
+    proxy, engine = proxied
+    size = 30
+    array_id, chunk_id = await chunked_array(db, size, kernel="spin", params=NAP, index_param=None)
+    chunks = Chunks(engine, runner, worker="w1", lease_s=30)
+    task = asyncio.create_task(chunks.run(await claimed(chunks, chunk_id)))
+    await some_recorded(db, array_id)
+    await proxy.stop()  # the database goes away while the elements go on
+    during = len(await elements(db, array_id))
+    await asyncio.sleep(1.0)
+    assert len(await elements(db, array_id)) == during  # nothing got through meanwhile
+    assert not task.done()
+    await proxy.start()  # back, on the same port
+    await asyncio.wait_for(task, timeout=60)
+    rows = await elements(db, array_id)
+    assert sorted(rows) == list(range(size))
+    assert all(r.state == "SUCCEEDED" and r.worker == "w1" for r in rows.values())
+    assert len(await usage_rows(db, array_id)) == size
+    assert (await counts(db, array_id)).n_succeeded == size
+    assert await chunk_row(db, chunk_id) is None

@@ -32,7 +32,9 @@ NEVER = "dependency_never_satisfied"
 
 def _resolve(history_has_tenant: bool) -> str:
     """``stratus_deps_resolve(finals)``: settle the edges on ``finals`` (jobs that are final;
-    for an element without a row, its array: such an element was cancelled with it)."""
+    for an element without a row, its array: such an element was cancelled with it), then on
+    the jobs that settling cancelled, generation after generation, in a loop: the trigger
+    stands aside meanwhile (``stratus.deps_resolving``), so a long chain costs no stack."""
     tenant_col = ", tenant_id" if history_has_tenant else ""
     tenant_val = ", c.tenant_id" if history_has_tenant else ""
     return f"""
@@ -44,70 +46,79 @@ DECLARE
     v_never bool[];
     v_ready int;
     v_arrays uuid[];
+    v_next uuid[];
+    v_outer text := coalesce(current_setting('stratus.deps_resolving', true), '');
 BEGIN
-    WITH hit AS (
-        SELECT d.job_id, d.dep_id, d.condition, j.state AS s
-        FROM job_deps d JOIN jobs j ON j.id = d.dep_id
-        WHERE d.dep_id = ANY(finals) AND j.state IN {FINAL}
-        UNION ALL
-        SELECT d.job_id, d.dep_id, d.condition, 'CANCELLED'
-        FROM job_deps d
-        WHERE d.dep_array = ANY(finals)
-          AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.id = d.dep_id)
-          AND EXISTS (SELECT 1 FROM jobs a WHERE a.id = d.dep_array AND a.state IN {FINAL})
-    ), gone AS (
-        DELETE FROM job_deps d USING hit
-        WHERE d.job_id = hit.job_id AND d.dep_id = hit.dep_id
-        RETURNING d.job_id, d.condition, hit.s
-    ), judged AS (
-        SELECT job_id, count(*)::int AS n,
-               bool_or(CASE condition
-                           WHEN 'afterok' THEN s <> 'SUCCEEDED'
-                           WHEN 'afternotok' THEN s = 'SUCCEEDED'
-                           ELSE false END) AS never
-        FROM gone GROUP BY job_id
-    )
-    SELECT array_agg(job_id ORDER BY job_id), array_agg(n ORDER BY job_id),
-           array_agg(never ORDER BY job_id)
-    INTO v_ids, v_met, v_never FROM judged;
-    IF v_ids IS NULL THEN
-        RETURN;
-    END IF;
-    -- the dependents in id order, as every batch of jobs locks its rows
-    PERFORM 1 FROM jobs WHERE id = ANY(v_ids) ORDER BY id FOR UPDATE;
-    UPDATE jobs j SET deps_left = j.deps_left - u.n,
-                      state_reason = CASE WHEN j.deps_left = u.n AND NOT u.never
-                                          AND j.state = 'PENDING' THEN NULL
-                                          ELSE j.state_reason END
-    FROM unnest(v_ids, v_met, v_never) AS u(id, n, never)
-    WHERE j.id = u.id;
-    SELECT count(*) INTO v_ready FROM jobs
-    WHERE id = ANY(v_ids) AND deps_left = 0 AND state = 'PENDING';
-    IF v_ready > 0 THEN
-        PERFORM pg_notify('stratus_scheduler', 'job.released');
-    END IF;
-    -- conditions that can no longer hold: jobs CANCELLED (with their history row) ...
-    WITH cancelled AS (
-        UPDATE jobs j SET state = 'CANCELLED', state_reason = '{NEVER}',
-                          finished_at = now(), updated_at = now()
-        FROM unnest(v_ids, v_never) AS u(id, never)
-        WHERE j.id = u.id AND u.never AND j.state = 'PENDING' AND NOT j.is_array
-        RETURNING j.id, j.tenant_id, j.attempts
-    )
-    INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at{tenant_col})
-    SELECT c.id, c.attempts, 'PENDING', 'CANCELLED', '{NEVER}', now(){tenant_val}
-    FROM cancelled c;
-    -- ... and arrays cancelled whole (nothing of them ran: they waited)
-    SELECT array_agg(j.id ORDER BY j.id) INTO v_arrays
-    FROM jobs j JOIN unnest(v_ids, v_never) AS u(id, never) ON j.id = u.id
-    WHERE u.never AND j.is_array AND j.state NOT IN {FINAL};
-    IF v_arrays IS NOT NULL THEN
-        UPDATE job_arrays SET cancelled = true, n_cancelled = n_cancelled + n_pending,
-                              n_pending = 0
-        WHERE job_id = ANY(v_arrays);
-        UPDATE jobs SET state_reason = '{NEVER}' WHERE id = ANY(v_arrays);
-        PERFORM stratus_array_refresh(v_arrays);
-    END IF;
+    PERFORM set_config('stratus.deps_resolving', '1', true);
+    WHILE finals IS NOT NULL LOOP
+        WITH hit AS (
+            SELECT d.job_id, d.dep_id, d.condition, j.state AS s
+            FROM job_deps d JOIN jobs j ON j.id = d.dep_id
+            WHERE d.dep_id = ANY(finals) AND j.state IN {FINAL}
+            UNION ALL
+            SELECT d.job_id, d.dep_id, d.condition, 'CANCELLED'
+            FROM job_deps d
+            WHERE d.dep_array = ANY(finals)
+              AND NOT EXISTS (SELECT 1 FROM jobs e WHERE e.id = d.dep_id)
+              AND EXISTS (SELECT 1 FROM jobs a WHERE a.id = d.dep_array AND a.state IN {FINAL})
+        ), gone AS (
+            DELETE FROM job_deps d USING hit
+            WHERE d.job_id = hit.job_id AND d.dep_id = hit.dep_id
+            RETURNING d.job_id, d.condition, hit.s
+        ), judged AS (
+            SELECT job_id, count(*)::int AS n,
+                   bool_or(CASE condition
+                               WHEN 'afterok' THEN s <> 'SUCCEEDED'
+                               WHEN 'afternotok' THEN s = 'SUCCEEDED'
+                               ELSE false END) AS never
+            FROM gone GROUP BY job_id
+        )
+        SELECT array_agg(job_id ORDER BY job_id), array_agg(n ORDER BY job_id),
+               array_agg(never ORDER BY job_id)
+        INTO v_ids, v_met, v_never FROM judged;
+        EXIT WHEN v_ids IS NULL;
+        -- the dependents in id order, as every batch of jobs locks its rows
+        PERFORM 1 FROM jobs WHERE id = ANY(v_ids) ORDER BY id FOR UPDATE;
+        UPDATE jobs j SET deps_left = j.deps_left - u.n,
+                          state_reason = CASE WHEN j.deps_left = u.n AND NOT u.never
+                                              AND j.state = 'PENDING' THEN NULL
+                                              ELSE j.state_reason END
+        FROM unnest(v_ids, v_met, v_never) AS u(id, n, never)
+        WHERE j.id = u.id;
+        SELECT count(*) INTO v_ready FROM jobs
+        WHERE id = ANY(v_ids) AND deps_left = 0 AND state = 'PENDING';
+        IF v_ready > 0 THEN
+            PERFORM pg_notify('stratus_scheduler', 'job.released');
+        END IF;
+        -- conditions that can no longer hold: jobs CANCELLED (with their history row) ...
+        WITH cancelled AS (
+            UPDATE jobs j SET state = 'CANCELLED', state_reason = '{NEVER}',
+                              finished_at = now(), updated_at = now()
+            FROM unnest(v_ids, v_never) AS u(id, never)
+            WHERE j.id = u.id AND u.never AND j.state = 'PENDING' AND NOT j.is_array
+            RETURNING j.id, j.tenant_id, j.attempts
+        ), history AS (
+            INSERT INTO job_events (job_id, attempt, from_state, to_state, reason, at{tenant_col})
+            SELECT c.id, c.attempts, 'PENDING', 'CANCELLED', '{NEVER}', now(){tenant_val}
+            FROM cancelled c
+        )
+        SELECT array_agg(id) INTO v_next FROM cancelled;
+        -- ... and arrays cancelled whole (nothing of them ran: they waited)
+        SELECT array_agg(j.id ORDER BY j.id) INTO v_arrays
+        FROM jobs j JOIN unnest(v_ids, v_never) AS u(id, never) ON j.id = u.id
+        WHERE u.never AND j.is_array AND j.state NOT IN {FINAL};
+        IF v_arrays IS NOT NULL THEN
+            UPDATE job_arrays SET cancelled = true, n_cancelled = n_cancelled + n_pending,
+                                  n_pending = 0
+            WHERE job_id = ANY(v_arrays);
+            UPDATE jobs SET state_reason = '{NEVER}' WHERE id = ANY(v_arrays);
+            PERFORM stratus_array_refresh(v_arrays);
+            v_next := v_next || ARRAY(
+                SELECT id FROM jobs WHERE id = ANY(v_arrays) AND state IN {FINAL});
+        END IF;
+        finals := v_next;  -- the next generation: what this one cancelled
+    END LOOP;
+    PERFORM set_config('stratus.deps_resolving', v_outer, true);
 END
 $$
 """  # noqa: S608 (built from constants only)
@@ -119,6 +130,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     finals uuid[];
 BEGIN
+    IF current_setting('stratus.deps_resolving', true) = '1' THEN
+        RETURN NULL;  -- a cancel of stratus_deps_resolve's own: its loop goes on with it
+    END IF;
     IF TG_OP = 'INSERT' THEN
         SELECT array_agg(id) INTO finals FROM new_rows WHERE state IN {FINAL};
     ELSE
@@ -167,9 +181,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_workflows_tenant_id_created_at_id", "workflows", ["tenant_id", "created_at", "id"]
     )
-    op.add_column(
-        "jobs", sa.Column("deps_left", sa.Integer(), server_default="0", nullable=False)
-    )
+    op.add_column("jobs", sa.Column("deps_left", sa.Integer(), server_default="0", nullable=False))
     op.add_column("jobs", sa.Column("depends_on", JSONB(), nullable=True))
     op.add_column("jobs", sa.Column("workflow_id", UUID(as_uuid=True), nullable=True))
     op.create_check_constraint(op.f("ck_jobs_deps_left_natural"), "jobs", "deps_left >= 0")

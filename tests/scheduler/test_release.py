@@ -192,3 +192,18 @@ async def test_a_transaction_killed_while_releasing_releases_nothing_then_once(
     assert await state_of(s, waiting + chained) == {("CANCELLED", 0, deps.NEVER): 20}
     async with raw(s) as conn:
         assert await edges_of(conn, waiting + chained) == 0
+
+
+async def test_a_long_chain_is_cancelled_generation_by_generation_without_recursion(
+    s: Sessions,
+) -> None:
+    """Each generation's cancel is settled by the same call's loop, not by a nested trigger:
+    a chain far deeper than PostgreSQL's stack allows recursing (a few hundred) still ends
+    in the one statement that failed its head."""
+    tid = await tenant(s)
+    (head,) = await jobs(s, tid, 1, "RUNNING")
+    chain = await jobs(s, tid, 600, "PENDING")
+    await link(s, list(zip(chain, [head, *chain[:-1]], strict=True)), "afterok")
+    async with raw(s) as conn:
+        await conn.execute("UPDATE jobs SET state = 'FAILED' WHERE id = $1", head)
+    assert await state_of(s, chain) == {("CANCELLED", 0, deps.NEVER): 600}

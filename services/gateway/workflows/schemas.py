@@ -39,7 +39,8 @@ class WorkflowStep(JobSubmit):
 class WorkflowSubmit(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    name: str = Field(min_length=1, max_length=200)
+    # printable text: no control characters (PostgreSQL cannot even store NUL)
+    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")
     steps: dict[StepName, WorkflowStep] = Field(min_length=1, max_length=MAX_STEPS)
 
 

@@ -43,12 +43,19 @@ def parsed(lines: list[str]) -> list[tuple[datetime, int, str]]:
     return out
 
 
-async def worker_lines(sessions: Sessions, tenant: TenantKey, job_id: uuid.UUID) -> None:
+async def worker_lines(
+    sessions: Sessions,
+    tenant: TenantKey,
+    job_id: uuid.UUID,
+    line: str = "staging out 1 output(s) to tier 'archive'",
+    value: float | None = 0.5,
+) -> None:
     """A progress value and a staging line, through the worker's flush."""
     tracker = progress.Tracker(min_age_s=0)  # written at once, as a job of a few flushes
     tracker.start(job_id, uuid.UUID(tenant.tenant_id), 1)
-    tracker.line(job_id, "staging out 1 output(s) to tier 'archive'")
-    tracker.progress(job_id, 0.5)
+    tracker.line(job_id, line)
+    if value is not None:
+        tracker.progress(job_id, value)
     async with raw_connection(sessions.kw["bind"]) as conn:
         await progress.write(conn.fetch, tracker.take(), worker="w1")
 
@@ -95,12 +102,15 @@ async def test_follow_streams_until_the_job_is_final(
     await worker_lines(sessions, tenant, jid)
     done = Report(JobState.SUCCEEDED, result={}, cpu_seconds=0.1, wall_seconds=0.1)
     await recorded(sessions, claim, done)
-    r = await asyncio.wait_for(follow, timeout=history.FOLLOW_POLL_S * 30)
+    # the worker's next flush, after the record: its last lines still reach the stream
+    await worker_lines(sessions, tenant, jid, "staged out in 0.1 s", None)
+    r = await asyncio.wait_for(follow, timeout=history.LATE_LINES_S + 30)
     assert r.status_code == 200, r.text
     texts = [text for _, _, text in parsed(r.text.splitlines())]
     assert texts[0] == "QUEUED -> RUNNING on w1"
     assert "progress 50%" in texts
     assert "RUNNING -> SUCCEEDED on w1" in texts
+    assert texts[-1] == "staged out in 0.1 s"
     # a final job's follow is its log, at once: the same lines (those that came in one
     # read of the stream are in time order; across reads, in the order they were written)
     again = await client.get(f"/v1/jobs/{jid}/log", params={"follow": 1}, headers=tenant.headers)

@@ -9,8 +9,11 @@ The log is put together when it is read, from what is stored anyway: the transit
 error), and the lines the worker wrote besides (``job_log``: staging, kernel progress; written
 in batches every 2 s, so a job that ends in under 2 s adds nothing there). One line each,
 ``<ISO time> [attempt N] <text>``, in time order. ``?follow=1`` streams the lines as they
-come and ends once the job is final and every line is out; it looks for new lines every
-``FOLLOW_POLL_S`` (a poll of three indexed reads by job id).
+come and ends once the job is final and every line is out. It reads again (three indexed
+reads by job id) whenever the gateway's events hub sees an event of the tenant (a transition,
+a progress flush: ``EventHub.wait_for_change``), at least every ``FOLLOW_POLL_S``; after the
+job's final transition it waits ``LATE_LINES_S`` for the lines the worker flushes after the
+attempt (stage-out lines go out with the next flush) and reads once more.
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import Query
+from fastapi import Query, Request
 from fastapi.responses import PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.deps import PrincipalDep, ResourcesDep, SessionDep, session_scope
+from services.gateway.events.hub import EventHub
 from services.gateway.jobs.elements import NOT_FOUND, element_row, job_ref, own_array, own_job
 from services.gateway.jobs.routes import JobIdPath
 from services.gateway.routing import feature_router
@@ -49,8 +53,10 @@ router = feature_router(
     },
 )
 
-# How often ``?follow=1`` looks for new lines.
+# How often ``?follow=1`` looks for new lines at least (an event of the tenant wakes it).
 FOLLOW_POLL_S = 1.0
+# How long it waits after the job's end for the worker's last lines (a flush interval, 2 s).
+LATE_LINES_S = 3.0
 # The kind of ``job_events`` row that is a transition (others: progress).
 STATE_KIND = "state"
 
@@ -230,19 +236,41 @@ async def new_lines(session: AsyncSession, job_id: uuid.UUID, cursor: Cursor) ->
 
 
 async def follow(
-    res: Resources, tenant_id: uuid.UUID, text: str, first: list[str], cursor: Cursor, done: bool
+    res: Resources,
+    hub: EventHub | None,
+    tenant_id: uuid.UUID,
+    text: str,
+    first: list[str],
+    cursor: Cursor,
+    done: bool,
 ) -> AsyncIterator[str]:
     """The lines read so far, then each new one, until the job is final and all are out."""
     for item in first:
         yield item
+    if done:
+        return
     while not done:
-        await asyncio.sleep(FOLLOW_POLL_S)
-        async with session_scope(res) as session:
-            found = await find(session, tenant_id, text)
-            done = found.final  # read before the lines: the last ones come in this read
-            lines = await new_lines(session, found.job.id, cursor) if found.job else []
+        if hub is not None:
+            await hub.wait_for_change(tenant_id, FOLLOW_POLL_S)
+        else:
+            await asyncio.sleep(FOLLOW_POLL_S)
+        done, lines = await _read(res, tenant_id, text, cursor)
         for item in lines:
             yield item
+    await asyncio.sleep(LATE_LINES_S)
+    for item in (await _read(res, tenant_id, text, cursor))[1]:
+        yield item
+
+
+async def _read(
+    res: Resources, tenant_id: uuid.UUID, text: str, cursor: Cursor
+) -> tuple[bool, list[str]]:
+    """Whether the job is final, and its lines ``cursor`` has not shown."""
+    async with session_scope(res) as session:
+        found = await find(session, tenant_id, text)
+        # final read before the lines: the lines of its last transition are in this read
+        lines = await new_lines(session, found.job.id, cursor) if found.job else []
+        return found.final, lines
 
 
 @router.get(
@@ -256,6 +284,7 @@ async def job_log(
     principal: PrincipalDep,
     session: SessionDep,
     res: ResourcesDep,
+    request: Request,
     follow_: Annotated[
         bool,
         Query(alias="follow", description="stream new lines until the job is final"),
@@ -271,6 +300,14 @@ async def job_log(
     if not follow_:
         return PlainTextResponse("".join(lines))
     return StreamingResponse(
-        follow(res, tenant_id, job_id, lines, cursor, found.final),
+        follow(
+            res,
+            getattr(request.app.state, "events_hub", None),
+            tenant_id,
+            job_id,
+            lines,
+            cursor,
+            found.final,
+        ),
         media_type="text/plain; charset=utf-8",
     )

@@ -31,7 +31,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.gateway.events.feed import Row, read_rows
+from services.gateway.events.feed import Row, frame, read_rows
 from shared.db.wakeup import Connect, WakeListener
 from shared.logging import get_logger
 
@@ -65,13 +65,24 @@ MAX_BACKLOG = 10_000
 Db = Callable[[], AbstractAsyncContextManager[Any]]  # a guarded plain asyncpg connection
 
 
+@dataclass(frozen=True)
+class Batch:
+    """A tenant's new rows, their frames made once for all its subscribers (``joined``: all
+    of them, for a stream that is not narrowed), and the horizon they reach."""
+
+    rows: list[Row]
+    frames: list[bytes]
+    joined: bytes
+    upto: int
+
+
 @dataclass(eq=False)
 class Live:
-    """A subscriber fed by the hub: batches of its tenant's rows, each with the horizon it
-    reaches (every id up to it has been delivered or does not concern the tenant)."""
+    """A subscriber fed by the hub: batches of its tenant's rows (only those with rows: every
+    id up to a batch's ``upto`` that concerns the tenant has been delivered)."""
 
     tenant_id: uuid.UUID
-    batches: asyncio.Queue[tuple[list[Row], int]] = field(default_factory=asyncio.Queue)
+    batches: asyncio.Queue[Batch] = field(default_factory=asyncio.Queue)
     backlog: int = 0
     dropped: bool = False
 
@@ -184,10 +195,14 @@ class EventHub:
                 break
             start = rows[-1].id
         for tenant_id, subs in self._live.items():
-            rows = by_tenant.get(tenant_id, [])
+            new = by_tenant.get(tenant_id)
+            if not new:
+                continue
+            frames = [frame(r) for r in new]
+            batch = Batch(new, frames, b"".join(frames), upto)
             for sub in subs:
-                sub.batches.put_nowait((rows, upto))
-                sub.backlog += len(rows)
+                sub.batches.put_nowait(batch)
+                sub.backlog += len(new)
                 if sub.backlog > MAX_BACKLOG:
                     sub.dropped = True
         for tenant_id in by_tenant:

@@ -127,15 +127,19 @@ async def _live(stream: Stream, live: Live) -> AsyncIterator[bytes | int]:
         if live.dropped and live.batches.empty():
             return
         try:
-            rows, upto = await asyncio.wait_for(live.batches.get(), stream.keep_alive_s)
+            batch = await asyncio.wait_for(live.batches.get(), stream.keep_alive_s)
         except TimeoutError:
             yield KEEP_ALIVE
             continue
-        live.backlog -= len(rows)
-        out = b"".join(frame(r) for r in rows if r.concerns(stream.job))
-        if out:
-            yield out
-        yield upto
+        live.backlog -= len(batch.rows)
+        if stream.job is None:
+            yield batch.joined
+        else:
+            pairs = zip(batch.rows, batch.frames, strict=True)
+            out = b"".join(f for r, f in pairs if r.concerns(stream.job))
+            if out:
+                yield out
+        yield batch.upto
 
 
 # --- A job's history ------------------------------------------------------------------

@@ -33,7 +33,7 @@ from services.worker.settings import WorkerSettings
 from shared.db.engine import make_engine
 from shared.db.models import Job, JobArray, JobAttempt, Tenant
 from shared.db.raw import raw_connection
-from shared.events import ChunkDispatched, JobDispatched
+from shared.events import ChunkDispatched, JobCancelled, JobDispatched
 from shared.jobs.chunks import RETRY_REASON, ChunkClaim
 from shared.jobs.materialise import materialise_chunks
 from shared.messaging import Delivery, Reject
@@ -508,3 +508,34 @@ async def test_flushes_while_the_database_is_away_are_retried_and_record_each_el
     assert len(await usage_rows(db, array_id)) == size
     assert (await counts(db, array_id)).n_succeeded == size
     assert await chunk_row(db, chunk_id) is None
+
+
+async def test_the_array_cancel_message_stops_its_running_chunk_at_once(
+    db: Sessions, runner: KernelRunner, tmp_path: Path
+) -> None:
+    size = 60
+    array_id, chunk_id = await chunked_array(db, size, kernel="spin", params=NAP, index_param=None)
+    rt = runtime(db, tmp_path, runner)
+    rt.chunks.poll_s = rt.chunks.flush_s = 60.0  # no flush in the test's time: only the message
+    await rt.on_dispatch(chunk_dispatched(chunk_id))
+    await chunk_running(rt)
+    async with db() as session, session.begin():  # the gateway's cancel, then its message
+        await session.execute(
+            text("UPDATE job_arrays SET cancelled = true WHERE job_id = :a"), {"a": array_id}
+        )
+    message = JobCancelled(tenant_id=uuid.uuid4(), job_id=array_id, worker=rt.settings.name)
+    t0 = time.monotonic()
+    await rt.on_control(Delivery(message.to_bytes(), None, "job.cancelled", False, 0))
+    await asyncio.wait_for(asyncio.gather(*rt.jobs), timeout=30)
+    assert time.monotonic() - t0 < 5.0
+    rows = await elements(db, array_id)
+    assert sorted(rows) == list(range(size))
+    assert [r.state for r in rows.values()].count("CANCELLED") >= size - 10
+    assert await chunk_row(db, chunk_id) is None
+
+
+async def chunk_running(rt: WorkerRuntime) -> None:
+    """Until the runtime runs a chunk."""
+    while not rt.chunks.running:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)  # a few elements in

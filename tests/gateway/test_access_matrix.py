@@ -28,6 +28,7 @@ ANY_KEY = "key"  # any valid key, the admin's included
 ADMIN_ONLY = "admin"
 CALLERS = ("none", "malformed", "revoked", "other", "noscope", "admin")
 DATA = b"matrix-bytes-0123456789"
+WORKFLOW = {"name": "matrix", "steps": {"one": MC}}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/jobs/{job}", "jobs:read", other=404),
     Endpoint("POST", "/v1/jobs/{job}/cancel", "jobs:write", other=404),
     Endpoint("GET", "/v1/jobs/{job}/elements", "jobs:read", other=404),
+    Endpoint("POST", "/v1/workflows", "jobs:write", other=201, json=lambda _: WORKFLOW),
+    Endpoint("GET", "/v1/workflows", "jobs:read", other=200),
+    Endpoint("GET", "/v1/workflows/{workflow}", "jobs:read", other=404),
+    Endpoint("POST", "/v1/workflows/{workflow}/cancel", "jobs:write", other=404),
     Endpoint("PUT", "/v1/datasets/m/{fresh}.bin", "data:write", other=201, content=DATA),
     Endpoint("GET", "/v1/datasets/{dataset}", "data:read", other=404),
     Endpoint("GET", "/v1/datasets/{dataset}?meta=1", "data:read", other=404),
@@ -121,6 +126,7 @@ class Owner:
             self.ids["job"],
             self.ids["dataset"],
             self.ids["migration"],
+            self.ids["workflow"],
         }
 
 
@@ -137,6 +143,8 @@ async def owner_with_things(client: httpx.AsyncClient) -> Owner:
         headers=t.headers,
     )
     assert mig.status_code == 202, mig.text
+    flow = await client.post("/v1/workflows", json=WORKFLOW, headers=t.headers)
+    assert flow.status_code == 201, flow.text
     k = await client.post(f"/v1/tenants/{t.tenant_id}/keys", json={"name": "spare"}, headers=ADMIN)
     assert k.status_code == 201, k.text
     spare = TenantKey(t.tenant_id, k.json()["key"], k.json()["id"])
@@ -145,6 +153,7 @@ async def owner_with_things(client: httpx.AsyncClient) -> Owner:
         "job": job.json()["id"],
         "dataset": dataset,
         "migration": mig.json()["id"],
+        "workflow": flow.json()["id"],
         "spare_key": spare.key_id,
     }
     return Owner(t, spare, ids)
@@ -222,7 +231,12 @@ async def assert_owner_untouched(client: httpx.AsyncClient, owner: Owner) -> Non
     mig = await client.get(f"/v1/migrations/{ids['migration']}", headers=h)
     assert mig.status_code == 200
     jobs = (await client.get("/v1/jobs", headers=h)).json()["items"]
-    assert [j["id"] for j in jobs] == [ids["job"]]  # the other tenant's submit stayed its own
+    # the other tenant's submit stayed its own (the workflow's step is the owner's)
+    assert [j["id"] for j in jobs if j["workflow_id"] is None] == [ids["job"]]
+    flow = await client.get(f"/v1/workflows/{ids['workflow']}", headers=h)
+    assert flow.json()["state"] == "RUNNING"  # nobody else could cancel it
+    flows = (await client.get("/v1/workflows", headers=h)).json()["items"]
+    assert [f["id"] for f in flows] == [ids["workflow"]]
     datasets = (await client.get("/v1/datasets", headers=h)).json()["items"]
     assert [d["name"] for d in datasets] == [ids["dataset"]]
     migrations = (await client.get("/v1/migrations", headers=h)).json()["items"]

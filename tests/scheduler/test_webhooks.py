@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import orjson
@@ -18,6 +19,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from structlog.testing import capture_logs
 
+from services.scheduler.app import loops_of
+from services.scheduler.settings import SchedulerSettings
 from services.scheduler.webhooks import Deliverer
 from shared.db.models import Tenant, WebhookSecret
 from shared.db.raw import raw_connection
@@ -281,3 +284,12 @@ async def test_the_secret_never_appears_in_the_logs(
     assert "HTTP Request: POST" in caplog.text  # the capture saw the deliveries
     assert secret not in repr(events)
     assert secret not in caplog.text
+
+
+def test_the_scheduler_runs_the_delivery_loop_unless_disabled() -> None:
+    res: Any = SimpleNamespace(engine=None, sessions=None, relay=None)
+    on = SchedulerSettings(webhooks=WebhookSettings(interval_s=3.0))
+    [loop] = [loop for loop in loops_of(res, on, asyncio.Event(), None) if loop.name == "webhooks"]
+    assert loop.interval_s == 3.0
+    off = SchedulerSettings(webhooks=WebhookSettings(enabled=False))
+    assert "webhooks" not in [loop.name for loop in loops_of(res, off, asyncio.Event(), None)]

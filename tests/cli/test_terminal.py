@@ -1,5 +1,6 @@
 """The installed ``stratus`` script in a real 80x24 terminal (tmux): ``submit --array --wait``
-draws one progress bar, redrawn in place until 20/20, and the shell sees exit code 0;
+draws one progress bar, redrawn in place until 20/20, and the shell sees exit code 0; a long
+job's bar shows its progress as the events bring it; ``logs -f`` ends when the job ends;
 ``watch`` redraws its table in place as jobs come and go, until Ctrl-C."""
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ class Terminal:
                 return lines
             assert time.monotonic() < deadline, lines
             time.sleep(0.2)
+
+    def screens_until(self, pattern: str) -> list[list[str]]:
+        """Every screen seen, each a list of lines, until one of them has a line that
+        matches ``pattern`` whole (the last screen)."""
+        deadline = time.monotonic() + WITHIN_S
+        screens = []
+        while True:
+            lines = self.screen().splitlines()
+            screens.append(lines)
+            if any(re.fullmatch(pattern, line) for line in lines):
+                return screens
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.1)
 
     def stop(self) -> None:
         self.tmux("kill-server")
@@ -132,3 +146,38 @@ def test_watch_redraws_its_table_in_place(url: str, admin: Client, tmp_path: Pat
         lines = terminal.wait_for_line(r"exit=\d+")
         assert "exit=0" in lines
         assert sum("not ended" in line for line in lines) == 1, lines
+
+
+LONG = 2_000_000_000  # montecarlo_pi samples: seconds of work, with progress reports between
+
+
+def test_submit_wait_shows_a_jobs_progress(terminal: Terminal) -> None:
+    """One job's bar moves with the progress its events bring (a percentage between 0 and
+    100 on the way), then shows the final state; exit 0."""
+    terminal.type(f"{STRATUS} submit montecarlo_pi --param samples={LONG} --wait; echo exit=$?")
+    screens = terminal.screens_until(r"exit=\d+")
+    percents = {
+        int(m.group(1))
+        for lines in screens
+        for line in lines
+        if line.lstrip().startswith("job ") or " job " in line
+        for m in [re.search(r" (\d+)% ", line)]
+        if m
+    }
+    assert any(0 < p < 100 for p in percents), screens[-1]
+    last = screens[-1]
+    bars = [line for line in last if re.search(r"job \S+", line) and "SUCCEEDED" in line]
+    assert len(bars) == 1, last  # one bar, redrawn in place
+    assert "exit=0" in last
+    assert any(line.startswith("SUCCEEDED ") for line in last)
+    assert all(len(line) <= 80 for lines in screens for line in lines)
+
+
+def test_logs_follow_ends_when_the_job_ends(url: str, key: str, terminal: Terminal) -> None:
+    with Client(url, key) as client:
+        job = client.submit("montecarlo_pi", params={"samples": LONG // 4}).id
+        terminal.type(f"{STRATUS} logs -f {job}; echo exit=$?")
+        lines = terminal.wait_for_line(r"exit=\d+")
+        assert client.get(job).is_final
+    assert "exit=0" in lines
+    assert any("SUCCEEDED" in line for line in lines), lines

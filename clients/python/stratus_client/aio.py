@@ -320,6 +320,11 @@ class AsyncClient:
         items = self._event_items(job_id, SseParser(), response, deadline)
         try:
             job = await self.get(job_id)
+            if job.array is not None:  # its feed has its own changes only, not its counts
+                await response.aclose()
+                async for polled in self._snapshots(lambda: self.get(job_id), what, timeout):
+                    yield polled
+                return
             yield job
             while not job.is_final:
                 item = await anext(items)

@@ -283,8 +283,9 @@ class Client:
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]:
         """The job at each change until it is final (the last one): for a progress display.
         It follows the job's events (``GET /v1/events?job=``) and reads the job again at
-        each change of state (a progress event is applied as it comes); a gateway without
-        events is polled instead. ``WaitTimeout`` after ``timeout`` seconds."""
+        each change of state (a progress event is applied as it comes). An array is polled
+        (its feed has the array's own changes, not its elements' counts), and so is any job
+        on a gateway without events. ``WaitTimeout`` after ``timeout`` seconds."""
         what = f"job {job_id}"
         deadline = Deadline(timeout)
         try:
@@ -297,6 +298,10 @@ class Client:
         items = self._event_items(job_id, SseParser(), response, deadline)
         try:
             job = self.get(job_id)
+            if job.array is not None:  # its feed has its own changes only, not its counts
+                response.close()
+                yield from self._snapshots(lambda: self.get(job_id), what, timeout)
+                return
             yield job
             while not job.is_final:
                 item = next(items)

@@ -11,7 +11,7 @@ import typer
 
 from stratus_client import FINAL_STATES, Event
 from stratus_client.cli.config import connect
-from stratus_client.cli.output import JsonOption, fields, print_json, show, table, when
+from stratus_client.cli.output import JsonOption, fields, plain, print_json, show, table, when
 from stratus_client.cli.progress import short
 
 SUBJECTS = ("job", "migration", "workflow")
@@ -111,7 +111,7 @@ def history(
         changes = client.job_events(job_id)
         tries = client.attempts(job_id)
     if json_:
-        print_json({"events": changes, "attempts": tries})
+        print_json({"events": plain(changes), "attempts": plain(tries)})
         return
     rows = [
         (when(c.at), c.state, c.reason or "", str(c.attempt or ""), c.worker or "") for c in changes

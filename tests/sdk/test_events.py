@@ -1,0 +1,191 @@
+"""The SDK on the events, history and log routes of a live cluster, sync and async: the feed
+of one job (oldest first, resumed after an id), a feed cut mid-stream by a TCP proxy that
+resumes with no gap and no duplicate, a job's transitions, attempts and log (whole and
+followed to its end), and ``wait`` with its progress callback: a job's progress from the
+feed, an array's counts (polled), and polling where the gateway has no feed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from itertools import islice
+
+import httpx
+import pytest
+from stratus_client import (
+    FINAL_STATES,
+    ApiError,
+    ArraySpec,
+    AsyncClient,
+    Client,
+    Event,
+    Job,
+    JobState,
+)
+
+from tests.netfault import TcpProxy
+from tests.sdk.conftest import MC
+
+WITHIN_S = 120.0  # tiny jobs end in seconds; this only bounds a hang
+LONG = 2_000_000_000  # montecarlo_pi samples: seconds of work, with progress reports between
+
+
+def until_final(events: Iterator[Event], job_id: str) -> list[Event]:
+    """The events up to the one that says ``job_id`` is final."""
+    seen = []
+    for event in events:
+        seen.append(event)
+        if event.job_id == job_id and event.state in FINAL_STATES:
+            return seen
+    raise AssertionError("the feed ended")
+
+
+def increasing(events: list[Event]) -> bool:
+    ids = [int(e.id or "") for e in events]
+    return ids == sorted(set(ids))
+
+
+def test_a_jobs_feed_history_attempts_and_log(client: Client) -> None:
+    job = client.submit("montecarlo_pi", params=MC)
+    feed = until_final(client.events(job=job.id, after="0"), job.id)
+    assert increasing(feed)
+    assert {e.job_id for e in feed} == {job.id}
+    states = [e.state for e in feed if e.type == "job.state"]
+    assert states[-1] == JobState.SUCCEEDED
+    assert "RUNNING" in states
+    assert all(e.data.get("at") for e in feed)
+    # resumed after the first event: the rest, the same, nothing twice
+    rest = until_final(client.events(job=job.id, after=feed[0].id), job.id)
+    assert [e.id for e in rest] == [e.id for e in feed[1:]]
+
+    transitions = client.job_events(job.id)
+    assert [t.state for t in transitions][-1] == JobState.SUCCEEDED
+    assert "RUNNING" in [t.state for t in transitions]
+    assert [t.at for t in transitions] == sorted(t.at for t in transitions)
+    (attempt,) = client.attempts(job.id)
+    assert attempt.attempt == 1
+    assert attempt.worker == client.get(job.id).worker
+    assert attempt.started_at is not None
+    assert attempt.finished_at is not None
+    assert attempt.outcome is not None
+    log = client.log(job.id)
+    assert log.endswith("\n")
+    assert "SUCCEEDED" in log
+    followed = list(client.follow_log(job.id))  # a final job: the whole log, then the end
+    assert followed == log.splitlines()
+
+
+async def test_the_same_from_the_async_client(aclient: AsyncClient) -> None:
+    job = await aclient.submit("montecarlo_pi", params=MC)
+    feed: list[Event] = []
+    async with asyncio.timeout(WITHIN_S):
+        async for event in aclient.events(job=job.id, after="0"):
+            feed.append(event)
+            if event.job_id == job.id and event.state in FINAL_STATES:
+                break
+    assert increasing(feed)
+    assert feed[-1].state == JobState.SUCCEEDED
+    transitions = await aclient.job_events(job.id)
+    assert transitions[-1].state == JobState.SUCCEEDED
+    (attempt,) = await aclient.attempts(job.id)
+    assert attempt.outcome is not None
+    log = await aclient.log(job.id)
+    followed = [line async for line in aclient.follow_log(job.id)]
+    assert followed == log.splitlines()
+    assert followed
+
+
+async def test_follow_log_ends_when_the_job_ends(aclient: AsyncClient) -> None:
+    """Followed from before it runs: the lines come, and the stream ends with the job."""
+    job = await aclient.submit("montecarlo_pi", params=MC)
+    async with asyncio.timeout(WITHIN_S):
+        lines = [line async for line in aclient.follow_log(job.id)]
+    assert (await aclient.get(job.id)).is_final
+    assert any("SUCCEEDED" in line for line in lines), lines
+    assert lines == (await aclient.log(job.id)).splitlines()
+
+
+async def test_a_cut_feed_resumes_with_no_gap_and_no_duplicate(url: str, key: str) -> None:
+    """A TCP proxy cuts the feed's connection after its second event: the client opens it
+    again after the last id it saw, and the events it gives are exactly those of a feed
+    read without a cut."""
+    port = int(url.rsplit(":", 1)[1])
+    async with TcpProxy.running(port) as proxy:
+        ac = AsyncClient(f"http://127.0.0.1:{proxy.port}", key)
+        try:
+            jobs = {(await ac.submit("montecarlo_pi", params=MC)).id for _ in range(4)}
+            cut: list[Event] = []
+            cuts = connections = 0
+            ended: set[str] = set()
+            async with asyncio.timeout(WITHIN_S):
+                async for event in ac.events(after="0"):  # the tenant's whole feed
+                    cut.append(event)
+                    if len(cut) == 2:
+                        cuts, connections = proxy.cut(), len(proxy.accepted)
+                    if event.state in FINAL_STATES:
+                        ended.add(event.job_id or "")
+                    if ended == jobs:
+                        break
+        finally:
+            await ac.aclose()
+    assert cuts >= 1
+    assert len(proxy.accepted) > connections  # the feed's connection was opened again
+    assert len(cut) > 2
+    assert increasing(cut)
+    with Client(url, key) as c:
+        whole = list(islice(c.events(after="0"), len(cut)))
+    assert [e.id for e in cut] == [e.id for e in whole]
+    assert [e.data for e in cut] == [e.data for e in whole]
+
+
+def test_wait_sees_a_long_jobs_progress(client: Client) -> None:
+    """A job of a few seconds reports its progress between 0 and 1 on the way (the worker
+    writes it at least every 2 s), in order, then ends SUCCEEDED."""
+    job = client.submit("montecarlo_pi", params={"samples": LONG, "seed": 2})
+    seen: list[Job] = []
+    done = client.wait(job.id, timeout=WITHIN_S, on_progress=seen.append)
+    assert done.succeeded
+    on_the_way = [s.progress for s in seen if s.progress is not None and not s.is_final]
+    assert any(0 < p < 1 for p in on_the_way), [(s.state, s.progress) for s in seen]
+    assert on_the_way == sorted(on_the_way)
+    assert done.assigned_device == "cpu"
+
+
+def test_wait_polls_an_array_for_its_counts(client: Client) -> None:
+    sweep = client.submit(
+        "montecarlo_pi", params={"samples": 1000}, array=ArraySpec(size=5, index_param="seed")
+    )
+    seen: list[Job] = []
+    done = client.wait(sweep.id, timeout=WITHIN_S, on_progress=seen.append)
+    assert done.state == JobState.SUCCEEDED
+    assert seen[-1] == done
+    finals = [sum(s.array.counts.get(st, 0) for st in FINAL_STATES) for s in seen if s.array]
+    assert finals == sorted(finals)  # an array's counts only grow towards its size
+    assert finals[-1] == 5
+
+
+async def test_async_wait_follows_the_feed_with_progress(aclient: AsyncClient) -> None:
+    job = await aclient.submit("montecarlo_pi", params=MC)
+    seen: list[Job] = []
+    done = await aclient.wait(job.id, timeout=WITHIN_S, on_progress=seen.append)
+    assert done.succeeded
+    assert seen[-1] == done
+    assert [s.is_final for s in seen] == [False] * (len(seen) - 1) + [True]
+
+
+class WithoutEvents(httpx.HTTPTransport):
+    """The real gateway, except that it has no events feed (an older one): 404."""
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/events":
+            return httpx.Response(404, json={"status": 404, "title": "Not Found"})
+        return super().handle_request(request)
+
+
+def test_wait_polls_a_gateway_without_the_feed(url: str, key: str) -> None:
+    with Client(url, key, transport=WithoutEvents()) as c:
+        job = c.submit("montecarlo_pi", params=MC)
+        assert c.wait(job.id, timeout=WITHIN_S).succeeded
+        with pytest.raises(ApiError) as refused:
+            next(iter(c.events()))
+    assert refused.value.status == 404

@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.runnable import cpu_today, runnable_now, tenant_load, waiting
 from shared.db.models import Job, Tenant, Worker
+from shared.jobs.deps import released
 from shared.jobs.materialise import AHEAD, LIVE, VIRTUAL
 from shared.jobs.pools import POOLS, heartbeat_fresh
 from shared.jobs.states import JobState
@@ -114,12 +115,14 @@ async def jobs_per_tenant(*, session: AsyncSession, any_pool: str) -> dict[uuid.
 
 
 # Per tenant and pool, the elements of open arrays that have no row yet: how many, and how
-# many of them may run now (within ``max_concurrent`` less the array's live elements).
+# many of them may run now (within ``max_concurrent`` less the array's live elements; none
+# while the array waits on dependencies).
 _VIRTUAL = f"""
 SELECT t.id, t.weight, t.quotas::text, t.suspended,
        CASE WHEN p.device = 'any' THEN CAST(:any_pool AS text) ELSE p.device END AS pool,
        sum({VIRTUAL}),
-       sum(CASE WHEN a.max_concurrent IS NULL THEN {VIRTUAL}
+       sum(CASE WHEN NOT {released("p")} THEN 0
+                WHEN a.max_concurrent IS NULL THEN {VIRTUAL}
                 ELSE least({VIRTUAL}, greatest(0, a.max_concurrent - {LIVE})) END)
 FROM job_arrays a
 JOIN jobs p ON p.id = a.job_id

@@ -2,7 +2,8 @@
 and of the autoscaler's demand (``demand.pool_demand``).
 
 ``runnable_now`` is the one rule, as SQL both statements embed: a waiting job (``WAITING``)
-may start now when it is due (not in a retry's backoff) and not staging in its inputs. A job
+may start now when it is due (not in a retry's backoff), not staging in its inputs and not
+waiting on dependencies (``shared.jobs.deps.released``). A job
 whose stage-in failed is runnable in this sense: the dispatch pass fails it. Quotas and
 suspension act per tenant, on top of the rule (``fairshare.TenantLoad``).
 
@@ -32,16 +33,16 @@ from shared.storage.stagein import stage_in_failed, staging_in
 
 def waiting(job: str) -> str:
     """SQL: the ``jobs`` row ``job`` waits to be dispatched: PENDING, or QUEUED and not sent
-    to a device queue yet. A PENDING job waiting on dependencies does not wait for a slot."""
-    return (
-        f"(({job}.state = 'PENDING' AND {released(job)})"
-        f" OR ({job}.state = 'QUEUED' AND {job}.dispatched_at IS NULL))"
-    )
+    to a device queue yet."""
+    return f"({job}.state = 'PENDING' OR ({job}.state = 'QUEUED' AND {job}.dispatched_at IS NULL))"
 
 
 def runnable_now(job: str) -> str:
     """SQL: the waiting ``jobs`` row ``job`` may start now (see the module's doc)."""
-    return f"(({job}.run_after IS NULL OR {job}.run_after <= now()) AND NOT {staging_in(job)})"
+    return (
+        f"(({job}.run_after IS NULL OR {job}.run_after <= now()) AND NOT {staging_in(job)}"
+        f" AND {released(job)})"
+    )
 
 
 def tenant_load(

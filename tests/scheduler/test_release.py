@@ -15,12 +15,14 @@ import asyncpg
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.scheduler.demand import jobs_per_tenant
 from shared.db.models import Job, Tenant
 from shared.jobs import deps
 from shared.jobs.proposals import Report, Reported
 from shared.jobs.states import JobState
 from shared.jobs.store import set_job_state
 from shared.settings import CommonSettings
+from tests.factories import new_array
 
 Sessions = async_sessionmaker[AsyncSession]
 N = 1000
@@ -207,3 +209,27 @@ async def test_a_long_chain_is_cancelled_generation_by_generation_without_recurs
     async with raw(s) as conn:
         await conn.execute("UPDATE jobs SET state = 'FAILED' WHERE id = $1", head)
     assert await state_of(s, chain) == {("CANCELLED", 0, deps.NEVER): 600}
+
+
+async def test_a_job_or_array_that_waits_is_held_not_demand(s: Sessions) -> None:
+    """The autoscaler counts a waiting job as held (``runnable_now`` includes
+    ``deps_left = 0``), and an array that waits asks for no worker for its elements."""
+    tid = await tenant(s)
+    (a,) = await jobs(s, tid, 1, "RUNNING")
+    (b,) = await jobs(s, tid, 1, "PENDING")
+    async with s() as session, session.begin():
+        job, array = new_array(tid, 5, params={"samples": 10})
+        session.add(job)
+        await session.flush()
+        session.add(array)
+    await link(s, [(b, a), (job.id, a)], "afterok")
+    async with s() as session:
+        pools = (await jobs_per_tenant(session=session, any_pool="cpu"))[tid].pools
+    waiting = sum(p.waiting for p in pools.values())
+    runnable = sum(p.runnable for p in pools.values())
+    assert (waiting, runnable) == (6, 0)
+    async with raw(s) as conn:
+        await conn.execute("UPDATE jobs SET state = 'SUCCEEDED' WHERE id = $1", a)
+    async with s() as session:
+        pools = (await jobs_per_tenant(session=session, any_pool="cpu"))[tid].pools
+    assert sum(p.runnable for p in pools.values()) == 6

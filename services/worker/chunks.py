@@ -104,14 +104,15 @@ def cancelled_element(index: int, at: datetime) -> ElementOutcome:
 
 @dataclass
 class ChunkRun:
-    """A chunk this worker runs: what stops its batch, and why."""
+    """A chunk this worker runs: what stops its batch, and why (stopped for neither reason:
+    the worker shuts down, and the elements not run go back)."""
 
     claim: ChunkClaim
     stop: asyncio.Event = field(default_factory=asyncio.Event)
-    handing_back: bool = False  # the worker shuts down: hand the rest back
     cancelled: bool = False  # the array was cancelled: the rest are CANCELLED
     fenced: bool = False  # no longer this worker's chunk: drop what is buffered
     buffer: list[ElementOutcome] = field(default_factory=list)
+    ended: set[int] = field(default_factory=set)  # the indices that have an outcome
     since: float | None = None  # when the oldest buffered outcome arrived (loop time)
 
 
@@ -156,7 +157,6 @@ class Chunks:
         """The worker shuts down: every batch stops after its running element."""
         self.stopping = True
         for run in self.running.values():
-            run.handing_back = True
             run.stop.set()
 
     def cancel_array(self, array_id: uuid.UUID) -> bool:
@@ -173,7 +173,6 @@ class Chunks:
         """Run the claimed chunk's elements and record them (see the module docstring)."""
         run = ChunkRun(claim)
         if self.stopping:
-            run.handing_back = True
             run.stop.set()
         self.running[claim.chunk_id] = run
         try:
@@ -192,6 +191,7 @@ class Chunks:
             if not run.buffer:
                 run.since = loop.time()
             run.buffer.append(element_outcome(index, outcome))
+            run.ended.add(index)
             if len(run.buffer) >= self.flush_rows:
                 full.set()
 
@@ -239,8 +239,7 @@ class Chunks:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()
-            run.handing_back = True
-            return []
+            return [item for item in items if item.index not in run.ended]
         finally:
             waiting.cancel()
 
@@ -285,13 +284,13 @@ class Chunks:
         claim = run.claim
         if run.fenced:
             return
-        if run.handing_back or (left and not run.cancelled):
+        if left and not run.cancelled:  # the worker shuts down
             if run.buffer and not await self._flush_retrying(run, last=False):
                 return
             if not run.fenced:
                 await self._hand_back(claim)
             return
-        if left:  # cancelled: the elements not run end CANCELLED
+        if left:  # the array was cancelled: the elements not run end CANCELLED
             now = datetime.now(UTC)
             run.buffer.extend(cancelled_element(item.index, now) for item in left)
         if await self._flush_retrying(run, last=True) and not run.fenced:

@@ -539,3 +539,25 @@ async def chunk_running(rt: WorkerRuntime) -> None:
     while not rt.chunks.running:
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.3)  # a few elements in
+
+
+async def test_a_shutdown_past_its_grace_kills_the_element_and_hands_the_rest_back(
+    db: Sessions, runner: KernelRunner, tmp_path: Path
+) -> None:
+    """An element that outlasts the shutdown's grace: its process is killed, what ended is
+    recorded, and it goes back with the elements after it."""
+    overrides: list[dict[str, Any]] = [{}, {}, {}, {"seconds": 600, "busy": False}, {}, {}]
+    array_id, chunk_id = await chunked_array(
+        db, 6, kernel="spin", params={"seconds": 0.01}, overrides=overrides, index_param=None
+    )
+    rt = runtime(db, tmp_path, runner)
+    rt.settings = rt.settings.model_copy(update={"shutdown_grace_s": 1.0})
+    await rt.on_dispatch(chunk_dispatched(chunk_id))
+    await some_recorded(db, array_id, 3)
+    await asyncio.wait_for(rt.shutdown(), timeout=30)
+    assert sorted(await elements(db, array_id)) == [0, 1, 2]
+    assert await chunk_row(db, chunk_id) == {"worker": None, "attempt": 0, "lease_expires_at": None}
+    array = await counts(db, array_id)
+    assert (array.n_succeeded, array.n_queued, array.n_running) == (3, 3, 0)
+    await runner.wait_idle()
+    assert runner.size == 2  # the killed process was replaced

@@ -240,6 +240,8 @@ class WebhookSettings(BaseModel):
     backoff_s: float = Field(default=10.0, gt=0)
     backoff_max_s: float = Field(default=3600.0, gt=0)
     retry_for_s: float = Field(default=86_400.0, gt=0)
+    # delivered and given-up deliveries are kept this long (what was sent), then deleted
+    keep_s: float = Field(default=7 * 86_400.0, ge=0)
 
 
 class CommonSettings(BaseSettings):

@@ -110,6 +110,12 @@ def upgrade() -> None:
         ["next_attempt_at"],
         postgresql_where=sa.text("state = 'pending'"),
     )
+    op.create_index(
+        "ix_webhook_deliveries_finished",
+        "webhook_deliveries",
+        ["finished_at"],
+        postgresql_where=sa.text("state <> 'pending'"),
+    )
     op.execute(_ENQUEUE)
     op.execute(_TRIGGER)
 

@@ -19,6 +19,7 @@ server name), so a name that now resolves elsewhere cannot reach a refused addre
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 import uuid
@@ -75,6 +76,20 @@ FROM unnest($1::uuid[], $2::bool[], $3::bool[], $4::float8[], $5::int4[], $6::te
 WHERE d.id = r.id AND d.state = 'pending'
 """
 
+PRUNE_EVERY_S = 60.0
+PRUNE_BATCH = 10_000
+PRUNE = """
+WITH gone AS (
+    DELETE FROM webhook_deliveries WHERE id IN (
+        SELECT id FROM webhook_deliveries
+        WHERE state <> 'pending' AND finished_at < now() - make_interval(secs => $1)
+        LIMIT $2
+    )
+    RETURNING 1
+)
+SELECT count(*)::int FROM gone
+"""
+
 
 @dataclass(frozen=True)
 class Due:
@@ -101,6 +116,7 @@ class Deliverer:
         self.engine = engine
         self.settings = settings
         self.allowed = Allowed.parse(settings.allow)
+        self.pruned_at = -math.inf
 
     def backoff_s(self, attempts: int) -> float:
         """The wait after the ``attempts``-th failed try: doubling, capped, with jitter."""
@@ -151,16 +167,21 @@ class Deliverer:
         }
         named = dest.scheme == "https" and literal(dest.host) is None
         extensions = {"sni_hostname": dest.host} if named else {}
+        url = dest.url_for(addresses[0])
         try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                answer = await client.post(
-                    dest.url_for(addresses[0]), content=body, headers=headers, extensions=extensions
-                )
+            async with (
+                asyncio.timeout(self.settings.timeout_s),
+                # only the status matters: the answer's body is never read (it may be huge)
+                client.stream(
+                    "POST", url, content=body, headers=headers, extensions=extensions
+                ) as answer,
+            ):
+                status = answer.status_code
         except (httpx.HTTPError, TimeoutError, OSError) as exc:
             return Outcome(ok=False, error=f"{type(exc).__name__}: no answer")
-        if 200 <= answer.status_code < 300:
-            return Outcome(ok=True, status=answer.status_code)
-        return Outcome(ok=False, status=answer.status_code, error=f"HTTP {answer.status_code}")
+        if 200 <= status < 300:
+            return Outcome(ok=True, status=status)
+        return Outcome(ok=False, status=status, error=f"HTTP {status}")
 
     async def _record(self, due: list[Due], outcomes: list[Outcome]) -> None:
         now = utcnow()
@@ -191,11 +212,22 @@ class Deliverer:
                 )
 
     async def step(self) -> int:
-        """The loop's step: passes while they find a full batch (a backlog), 20 at most."""
+        """The loop's step: passes while they find a full batch (a backlog), 20 at most; and
+        once a minute, the finished deliveries older than ``keep_s`` deleted."""
         total = 0
         for _ in range(20):
             n = await self.deliver_once()
             total += n
             if n < self.settings.concurrency:
                 break
+        if time.monotonic() - self.pruned_at >= PRUNE_EVERY_S:
+            await self.prune()
         return total
+
+    async def prune(self) -> int:
+        """Delete delivered and given-up deliveries finished more than ``keep_s`` ago, a
+        bounded batch; how many."""
+        self.pruned_at = time.monotonic()
+        async with raw_connection(self.engine) as conn:
+            deleted: int = await conn.fetchval(PRUNE, self.settings.keep_s, PRUNE_BATCH)
+        return deleted

@@ -681,4 +681,9 @@ class WebhookDelivery(Base):
             "next_attempt_at",
             postgresql_where=text("state = 'pending'"),
         ),
+        Index(
+            "ix_webhook_deliveries_finished",
+            "finished_at",
+            postgresql_where=text("state <> 'pending'"),
+        ),
     )

@@ -293,3 +293,29 @@ def test_the_scheduler_runs_the_delivery_loop_unless_disabled() -> None:
     assert loop.interval_s == 3.0
     off = SchedulerSettings(webhooks=WebhookSettings(enabled=False))
     assert "webhooks" not in [loop.name for loop in loops_of(res, off, asyncio.Event(), None)]
+
+
+async def test_finished_deliveries_are_deleted_once_kept_long_enough(s: Sessions) -> None:
+    tid, _ = await tenant_with_secret(s)
+    day = SETTINGS.model_copy(update={"keep_s": 86_400.0})
+    with receiver() as got:
+        old = await job_with(s, tid, {"url": got.url, "events": ["final"]})
+        recent = await job_with(s, tid, {"url": got.url, "events": ["final"]})
+        await move(s, old, "SUCCEEDED")
+        await move(s, recent, "SUCCEEDED")
+        assert await Deliverer(engine_of(s), day).deliver_once() == 2
+    waiting = await job_with(s, tid, {"url": "http://127.0.0.1:9/none", "events": ["final"]})
+    await move(s, waiting, "FAILED")
+    async with s() as session, session.begin():
+        await session.execute(
+            text(
+                "UPDATE webhook_deliveries SET finished_at = now() - interval '2 days',"
+                " created_at = now() - interval '2 days' WHERE job_id = :old"
+            ),
+            {"old": old},
+        )
+    assert await Deliverer(engine_of(s), day).prune() == 1
+    assert {(r["job_id"], r["state"]) for r in await deliveries(s)} == {
+        (recent, "delivered"),
+        (waiting, "pending"),
+    }

@@ -73,6 +73,7 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/migrations/{migration}", "data:read", other=404),
     Endpoint("GET", "/v1/usage", "jobs:read", other=200),
     Endpoint("GET", "/v1/tenant", ANY_TENANT, other=200),
+    Endpoint("POST", "/v1/tenant/webhook-secret", "jobs:write", other=201),
     Endpoint("GET", "/v1/tiers", ANY_KEY, other=200),
     Endpoint(
         "POST", "/v1/tenants", ADMIN_ONLY, ok=(201,), json=lambda ids: {"name": f"m-{ids['fresh']}"}

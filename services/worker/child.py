@@ -179,7 +179,7 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
         if request.get("type") == "stop":  # reached us after its batch had ended
             continue
         if request.get("type") == "batch":
-            if serve_batch(request, inp, out, threads, job_bytes=job_bytes):
+            if serve_batch(request, inp, out, threads, job_bytes=job_bytes, inline_max=inline_max):
                 return  # an item ran out of memory: see below
             continue
         with progress.sink(progress.frames(out, write_frame)):  # progress frames first
@@ -200,12 +200,20 @@ def stop_requested(inp: BinaryIO) -> bool:
 
 
 def serve_batch(
-    batch: dict[str, Any], inp: BinaryIO, out: BinaryIO, threads: int, *, job_bytes: int = 0
+    batch: dict[str, Any],
+    inp: BinaryIO,
+    out: BinaryIO,
+    threads: int,
+    *,
+    job_bytes: int = 0,
+    inline_max: int = 0,
 ) -> bool:
     """Run the items of ``batch`` one after another with the warm kernel, one reply frame
-    each (its ``index`` added), then ``batch_done``; stop early on a ``stop`` frame. The
-    items' results always come back inline (a chunked element has no result file). True when
-    an item ran out of memory: its frame is the last, the process exits after it."""
+    each (its ``index`` added), then ``batch_done``; stop early on a ``stop`` frame. An
+    item's result comes back inline (a chunked element has no result file): one larger than
+    ``inline_max`` fails the item retryably (``too_large``), so that it runs again as a job
+    of its own, whose result can be a file. True when an item ran out of memory: its frame
+    is the last, the process exits after it."""
     base = {
         "kernel": batch["kernel"],
         "device": batch["device"],
@@ -216,13 +224,32 @@ def serve_batch(
     for item in batch["items"]:
         if stop_requested(inp):
             break
-        reply = handle({**base, "params": item["params"]}, threads, job_bytes=job_bytes)
+        reply = too_large(
+            handle({**base, "params": item["params"]}, threads, job_bytes=job_bytes), inline_max
+        )
         reply["index"] = item["index"]
         write_frame(out, reply)
         if reply.get("fatal"):
             return True
     write_frame(out, {"type": "batch_done"})
     return False
+
+
+def too_large(reply: dict[str, Any], inline_max: int) -> dict[str, Any]:
+    """``reply``, or a retryable failure in its place when its result is over ``inline_max``
+    bytes."""
+    if inline_max <= 0 or reply.get("type") != "done":
+        return reply
+    size = len(orjson.dumps(reply["result"]))
+    if size <= inline_max:
+        return reply
+    error = (
+        f"the result ({size} bytes) is larger than the {inline_max} bytes an array element "
+        "run in a chunk returns inline; a retry runs it as a job of its own, whose result "
+        "may be larger"
+    )
+    usage = {k: reply[k] for k in ("cpu_total", "cpu_seconds", "wall_seconds")}
+    return {"type": "failed", "error": error, "retryable": True, **usage}
 
 
 def main() -> None:

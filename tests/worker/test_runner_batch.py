@@ -9,6 +9,7 @@ seconds, so an item that must be stopped spins for longer than the test's own ti
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,30 @@ async def test_a_stop_that_arrives_after_its_batch_is_skipped(plugin_path: str) 
     finally:
         await proc.stop()
     assert not Path(f"/proc/{proc.pid}/status").exists() or proc.proc.returncode is not None
+
+
+async def test_an_item_whose_result_is_too_large_to_return_inline_fails_retryably() -> None:
+    small = BatchItem(0, {"samples": 10, "seed": 1})
+    pool = KernelRunner(PoolConfig(processes=1, cache_dir=CACHE, result_inline_max_bytes=4096))
+    await pool.start()
+    try:
+        got, left = await run(pool, "montecarlo_pi", [small])
+        assert left == []
+        assert got[0][1].status is Status.SUCCEEDED  # under the limit: as usual
+        size = len(json.dumps(got[0][1].result, separators=(",", ":")))
+    finally:
+        await pool.close()
+    # the same result over the limit: the item fails, retryably (a retry runs it as a job)
+    pool = KernelRunner(PoolConfig(processes=1, cache_dir=CACHE, result_inline_max_bytes=size - 1))
+    await pool.start()
+    try:
+        got, left = await run(pool, "montecarlo_pi", [small, BatchItem(1, {"samples": 10})])
+        assert left == []
+        assert [o.status for _, o in got] == [Status.FAILED, Status.FAILED]
+        outcome = got[0][1]
+        assert outcome.retryable
+        assert outcome.error is not None
+        assert f"the result ({size} bytes) is larger than the {size - 1} bytes" in outcome.error
+        assert outcome.usage.wall_seconds > 0
+    finally:
+        await pool.close()

@@ -70,6 +70,8 @@ async def stream_events(
     settings: GatewaySettings = request.app.state.settings
     hub: EventHub = request.app.state.events_hub
     res = request.app.state.resources
+    if resume is None:  # from now: whatever is not final yet when the answer starts
+        resume = await hub.ready()
     stream = service.Stream(
         tenant_id=tenant_id, after=resume, job=target, keep_alive_s=settings.events_keep_alive_s
     )

@@ -240,3 +240,30 @@ async def test_an_item_whose_result_is_too_large_to_return_inline_fails_retryabl
         assert outcome.usage.wall_seconds > 0
     finally:
         await pool.close()
+
+
+async def test_a_batch_runs_on_the_cuda_device_with_the_same_results(runner: KernelRunner) -> None:
+    """A cuda worker's chunk (the CUDA simulator here): each element runs the CUDA version
+    and gets the CPU version's estimate."""
+    items = [BatchItem(i, {"samples": 100, "seed": i}) for i in range(3)]
+    cpu, _ = await run(runner, "montecarlo_pi", items)
+    config = PoolConfig(
+        processes=1, cache_dir=CACHE, device="cuda", warm=False, cuda_simulator=True
+    )
+    pool = KernelRunner(config)
+    await pool.start()
+    try:
+        assert "cuda" in pool.devices
+        got: Outcomes = []
+        left = await pool.run_batch(
+            "montecarlo_pi",
+            items,
+            on_outcome=lambda index, outcome: got.append((index, outcome)),
+            stop=asyncio.Event(),
+            device="cuda",
+        )
+    finally:
+        await pool.close()
+    assert left == []
+    assert [(i, o.status) for i, o in got] == [(i, Status.SUCCEEDED) for i in range(3)]
+    assert [o.result for _, o in got] == [o.result for _, o in cpu]

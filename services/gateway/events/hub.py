@@ -39,18 +39,22 @@ log = get_logger(__name__)
 
 CHANNEL = "stratus_events"  # migration 0018's triggers notify it
 
-_SEQ = """
-SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM job_events_id_seq
+_RUNNING = """
+    SELECT coalesce(array_agg(backend_xid::text::bigint) FILTER (WHERE backend_xid IS NOT NULL),
+                    '{}')
+    FROM pg_stat_activity WHERE datname = current_database()
 """
-# The next xid to be assigned (``age`` counts from it when the statement has no xid of its
-# own) and the xids running in this database (transactions elsewhere in the cluster never
-# insert events, so a long one there holds nothing up), as 32-bit xids compared modulo 2**32.
-_XIDS = """
-SELECT (3 + age('3'::xid)::bigint) % 4294967296,
-       coalesce(array_agg(backend_xid::text::bigint) FILTER (WHERE backend_xid IS NOT NULL),
-                '{}')
-FROM pg_stat_activity WHERE datname = current_database()
-"""
+# A tick in one statement: the sequence's last value, then (in the projection, after the scan
+# that read it) the next xid to be assigned (``age`` counts from it when the statement has no
+# xid of its own), and the xids running in this database (transactions elsewhere in the
+# cluster never insert events, so a long one there holds nothing up). Xids are 32-bit here,
+# compared modulo 2**32.
+_TICK = f"""
+SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END,
+       (3 + age('3'::xid)::bigint) % 4294967296,
+       ({_RUNNING})
+FROM job_events_id_seq
+"""  # noqa: S608 (constants only)
 
 
 def _ended_before(running: list[int], xid: int) -> bool:
@@ -152,13 +156,12 @@ class EventHub:
     async def _step(self, *, new_tick: bool) -> None:
         async with self.db() as conn:
             if new_tick:
-                seq = int(await conn.fetchval(_SEQ))
-                row = await conn.fetchrow(_XIDS)  # after the sequence: see the module's doc
+                seq, next_xid, running = await conn.fetchrow(_TICK)
                 if not self._ticks or self._ticks[-1][0] != seq:
-                    self._ticks.append((seq, int(row[0])))
+                    self._ticks.append((int(seq), int(next_xid)))
             else:
-                row = await conn.fetchrow(_XIDS)
-            running = list(row[1])
+                running = await conn.fetchval(_RUNNING)
+            running = list(running)
             final = [seq for seq, next_xid in self._ticks if _ended_before(running, next_xid)]
             if not final:
                 return

@@ -178,6 +178,9 @@ class Chunks:
         try:
             left = await self._run_batch(run)
             await self._finish(run, left)
+        except Exception as exc:  # a fault of this process: the chunk's lease runs out and
+            # the reaper re-queues it, counting the attempt
+            log.error("chunk_run_failed", chunk_id=str(claim.chunk_id), error=repr(exc))
         finally:
             self.running.pop(claim.chunk_id, None)
 

@@ -147,7 +147,14 @@ class Deliverer:
         )
 
     async def send(self, client: httpx.AsyncClient, due: Due) -> Outcome:
-        """One POST of ``due``, signed with its tenant's secret; never raises."""
+        """One POST of ``due``, signed with its tenant's secret; never raises (what goes wrong
+        is this delivery's failure, tried again later, never its batch's)."""
+        try:
+            return await self._send(client, due)
+        except Exception as exc:
+            return Outcome(ok=False, error=f"{type(exc).__name__}: not sent")
+
+    async def _send(self, client: httpx.AsyncClient, due: Due) -> Outcome:
         try:
             if due.sealed is None:
                 return Outcome(ok=False, error="the tenant has no webhook secret")

@@ -319,3 +319,18 @@ async def test_finished_deliveries_are_deleted_once_kept_long_enough(s: Sessions
         (recent, "delivered"),
         (waiting, "pending"),
     }
+
+
+async def test_a_delivery_that_cannot_be_sent_fails_alone(s: Sessions) -> None:
+    tid, _ = await tenant_with_secret(s)
+    with receiver() as got:
+        bad = await job_with(s, tid, {"url": "http://[::1/hook", "events": ["final"]})
+        good = await job_with(s, tid, {"url": got.url, "events": ["final"]})
+        await move(s, bad, "FAILED")
+        await move(s, good, "FAILED")
+        assert await Deliverer(engine_of(s), SETTINGS).deliver_once() == 2
+    assert len(got.received) == 1
+    states = {r["job_id"]: (r["state"], r["last_error"]) for r in await deliveries(s)}
+    assert states[good] == ("delivered", None)
+    assert states[bad][0] == "pending"
+    assert "not a valid URL" in states[bad][1]

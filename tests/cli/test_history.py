@@ -1,6 +1,6 @@
 """``stratus events|logs|history`` against the cluster: the feed of one job as lines and as
 JSON lines (ending once the job ends), a job's log whole and followed to its end, its
-transitions and attempts; an unknown job is exit 3."""
+transitions and attempts; an unknown job is exit 3, a bad option 2."""
 
 from __future__ import annotations
 
@@ -46,7 +46,13 @@ def test_logs_and_history(stratus: Stratus) -> None:
 
 def test_an_unknown_job_is_exit_3(stratus: Stratus) -> None:
     unknown = "00000000-0000-0000-0000-000000000000"
-    for args in (("logs", unknown), ("logs", unknown, "-f"), ("history", unknown)):
+    for args in (
+        ("logs", unknown),
+        ("logs", unknown, "-f"),
+        ("history", unknown),
+        ("events", "--job", unknown),
+    ):
         result = stratus(*args)
         assert result.exit_code == 3, args
         assert one_line(result.stderr).startswith("stratus: 404 ")
+    assert stratus("events", "--limit", "0").exit_code == 2  # a usage error

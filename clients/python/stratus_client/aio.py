@@ -342,7 +342,7 @@ class AsyncClient:
     # --- events, history, logs --------------------------------------------------------------
 
     async def events(
-        self, *, job: str | None = None, after: str | None = None
+        self, job: str | None = None, after: str | None = None
     ) -> AsyncIterator[Event]:
         """The tenant's events as they happen, without end, as ``Client.events``: a dropped
         connection is opened again after the last event seen."""

@@ -318,11 +318,12 @@ class Client:
 
     # --- events, history, logs --------------------------------------------------------------
 
-    def events(self, *, job: str | None = None, after: str | None = None) -> Iterator[Event]:
+    def events(self, job: str | None = None, after: str | None = None) -> Iterator[Event]:
         """The tenant's events as they happen (``GET /v1/events``), oldest first, without
         end: every job's, or one job's, array's or workflow's (``job``); after the event
         ``after`` (an ``Event.id``) when given. A dropped connection is opened again after
-        the last event seen: nothing is missed, nothing comes twice."""
+        the last event seen: nothing is missed, nothing comes twice. Opening it is retried
+        as any request (``self.retry``): a longer outage raises."""
         parser = SseParser(last_id=after)
         response = self._open_events(job, after, EVENTS_READ_S)
         items = self._event_items(job, parser, response, None)

@@ -1,4 +1,4 @@
-"""job dependencies and workflows
+"""job dependencies, workflows and provenance
 
 Revision ID: 0022
 Revises: 0021
@@ -13,6 +13,13 @@ dependents' counts, and cancels the dependents whose condition can no longer hol
 the transaction that made the dependency final. A cancel is an update of ``jobs`` again,
 so the trigger carries it on to their own dependents (transitively). The submission calls
 the same function for the dependencies it found final already (``shared.jobs.deps``).
+
+Provenance: a job that becomes SUCCEEDED gets its ``receipt`` in the statement that records
+it (a row trigger, BEFORE, so no second row version): what it ran, the checksums of its
+inputs and outputs as the catalogue holds them at that moment (its outputs are published in
+that transaction), the software its worker reported (``workers.software``); its attempt's
+CPU seconds are added when the attempt's row is written. Its outputs' rows get
+``produced_by``; bytes written by anything else (an upload) clear it.
 """
 
 from collections.abc import Sequence
@@ -148,6 +155,65 @@ END
 $$
 """  # noqa: S608 (built from constants only)
 
+_CHECKSUMS = """(
+            SELECT coalesce(jsonb_object_agg(
+                       x.key, jsonb_build_object('dataset', x.value, 'checksum', d.checksum)),
+                   '{{}}'::jsonb)
+            FROM jsonb_each_text(NEW.{side}) x
+            LEFT JOIN datasets d ON d.tenant_id = NEW.tenant_id AND d.name = x.value)"""
+
+
+RECEIPT = f"""
+CREATE FUNCTION stratus_receipt() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_software jsonb := (SELECT software FROM workers WHERE id = NEW.worker);
+BEGIN
+    NEW.receipt := jsonb_build_object(
+        'kernel', NEW.kernel,
+        'kernel_version', v_software ->> 'stratus',
+        'params', NEW.params,
+        'device', NEW.assigned_device,
+        'inputs', {_CHECKSUMS.format(side="inputs")},
+        'outputs', {_CHECKSUMS.format(side="outputs")},
+        'software', coalesce(v_software - 'stratus', '{{}}'::jsonb),
+        'worker', NEW.worker,
+        'cpu_seconds', (SELECT a.cpu_seconds FROM job_attempts a
+                        WHERE a.job_id = NEW.id AND a.attempt = NEW.attempts));
+    UPDATE datasets d SET produced_by = NEW.id
+    FROM jsonb_each_text(NEW.outputs) o
+    WHERE d.tenant_id = NEW.tenant_id AND d.name = o.value;
+    RETURN NEW;
+END
+$$
+"""  # noqa: S608 (built from constants only)
+
+# The attempt's CPU seconds, when its row is written after the job's (in the statement or
+# the transaction that records the job; written before, ``stratus_receipt`` reads it).
+RECEIPT_CPU = """
+CREATE FUNCTION stratus_receipt_cpu() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE jobs j SET receipt = jsonb_set(j.receipt, '{cpu_seconds}', to_jsonb(a.cpu_seconds))
+    FROM new_rows a
+    WHERE a.outcome = 'SUCCEEDED' AND j.id = a.job_id AND j.attempts = a.attempt
+      AND j.receipt IS NOT NULL;
+    RETURN NULL;
+END
+$$
+"""
+
+# Bytes written by anything else than the job's record (an upload) are no job's output.
+UNPRODUCED = """
+CREATE FUNCTION stratus_dataset_unproduced() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.produced_by := NULL;
+    RETURN NEW;
+END
+$$
+"""
+
 
 def _history_has_tenant() -> bool:
     columns = sa.inspect(op.get_bind()).get_columns("job_events")
@@ -221,6 +287,33 @@ def upgrade() -> None:
         ["dep_array"],
         postgresql_where=sa.text("dep_array IS NOT NULL"),
     )
+    op.add_column("jobs", sa.Column("receipt", JSONB(), nullable=True))
+    op.add_column("datasets", sa.Column("produced_by", UUID(as_uuid=True), nullable=True))
+    op.add_column("workers", sa.Column("software", JSONB(), nullable=True))
+    op.execute(RECEIPT)
+    op.execute(RECEIPT_CPU)
+    op.execute(UNPRODUCED)
+    op.execute(
+        "CREATE TRIGGER stratus_receipt_update BEFORE UPDATE ON jobs FOR EACH ROW"
+        " WHEN (NEW.state = 'SUCCEEDED' AND OLD.state <> 'SUCCEEDED' AND NOT NEW.is_array)"
+        " EXECUTE FUNCTION stratus_receipt()"
+    )
+    op.execute(
+        "CREATE TRIGGER stratus_receipt_insert BEFORE INSERT ON jobs FOR EACH ROW"
+        " WHEN (NEW.state = 'SUCCEEDED' AND NOT NEW.is_array)"
+        " EXECUTE FUNCTION stratus_receipt()"
+    )
+    op.execute(
+        "CREATE TRIGGER stratus_receipt_cpu AFTER INSERT ON job_attempts"
+        " REFERENCING NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION stratus_receipt_cpu()"
+    )
+    op.execute(
+        "CREATE TRIGGER stratus_dataset_unproduced BEFORE UPDATE ON datasets FOR EACH ROW"
+        " WHEN (NEW.checksum IS DISTINCT FROM OLD.checksum"
+        " AND NEW.produced_by IS NOT DISTINCT FROM OLD.produced_by)"
+        " EXECUTE FUNCTION stratus_dataset_unproduced()"
+    )
     op.execute(_resolve(_history_has_tenant()))
     op.execute(RELEASE)
     op.execute(
@@ -240,6 +333,16 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER stratus_deps_release_insert ON jobs")
     op.execute("DROP FUNCTION stratus_deps_release()")
     op.execute("DROP FUNCTION stratus_deps_resolve(uuid[])")
+    op.execute("DROP TRIGGER stratus_dataset_unproduced ON datasets")
+    op.execute("DROP TRIGGER stratus_receipt_cpu ON job_attempts")
+    op.execute("DROP TRIGGER stratus_receipt_insert ON jobs")
+    op.execute("DROP TRIGGER stratus_receipt_update ON jobs")
+    op.execute("DROP FUNCTION stratus_dataset_unproduced()")
+    op.execute("DROP FUNCTION stratus_receipt_cpu()")
+    op.execute("DROP FUNCTION stratus_receipt()")
+    op.drop_column("workers", "software")
+    op.drop_column("datasets", "produced_by")
+    op.drop_column("jobs", "receipt")
     op.drop_index("ix_job_deps_dep_array", table_name="job_deps")
     op.drop_index("ix_job_deps_dep_id", table_name="job_deps")
     op.drop_table("job_deps")

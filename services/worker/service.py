@@ -10,11 +10,13 @@ large for its row: ``results``) are published in the same transaction, within th
 
 from __future__ import annotations
 
+import platform
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import partial
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from sqlalchemy import func, select, update
@@ -259,6 +261,21 @@ async def check_outputs_fit(
         )
 
 
+def _software() -> dict[str, str]:
+    """The versions a job's receipt names (the database copies them from the worker's row
+    when the job succeeds, migration 0022)."""
+    versions = {"python": platform.python_version()}
+    for name in ("stratus", "numba", "numpy"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+SOFTWARE = _software()
+
+
 async def heartbeat(
     *,
     session: AsyncSession,
@@ -277,10 +294,17 @@ async def heartbeat(
     as the worker lives."""
     await session.execute(
         insert(Worker)
-        .values(id=worker, device=device, concurrency=concurrency, stopping=stopping)
+        .values(
+            id=worker, device=device, concurrency=concurrency, stopping=stopping, software=SOFTWARE
+        )
         .on_conflict_do_update(
             index_elements=[Worker.id],
-            set_={"heartbeat_at": func.now(), "concurrency": concurrency, "stopping": stopping},
+            set_={
+                "heartbeat_at": func.now(),
+                "concurrency": concurrency,
+                "stopping": stopping,
+                "software": SOFTWARE,
+            },
         )
     )
     if not leased:

@@ -142,6 +142,8 @@ class Job(Base):
     workflow_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("workflows.id", ondelete="SET NULL")
     )
+    # a SUCCEEDED job's provenance, written by the database when it succeeds (migration 0022)
+    receipt: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
     __table_args__ = (
         CheckConstraint(f"state IN {JOB_STATES!r}", name="state_known"),
@@ -447,6 +449,8 @@ class Worker(Base):
     started_at: Mapped[datetime] = _now()
     heartbeat_at: Mapped[datetime] = _now()
     stopping: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # the versions a job's receipt names (stratus, numba, numpy, python), from the heartbeat
+    software: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class WorkerPool(Base):
@@ -506,6 +510,8 @@ class Dataset(Base):
     checksum: Mapped[str] = mapped_column(String(80), nullable=False)
     tier: Mapped[str] = mapped_column(String(32), nullable=False)
     tiers: Mapped[list[str]] = mapped_column(JSONB, nullable=False)
+    # the job whose record wrote these bytes (null for an upload; migration 0022)
+    produced_by: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class DatasetOut(BaseModel):
@@ -13,8 +14,16 @@ class DatasetOut(BaseModel):
     checksum: str = Field(description='"xxh3-128:<hex>" of the bytes')
     tier: str = Field(description="the tier reads come from")
     tiers: list[str] = Field(description="every tier that holds a verified copy")
+    produced_by: str | None = Field(
+        default=None, description="the job whose outputs these bytes are (null for an upload)"
+    )
     created_at: datetime
     updated_at: datetime
+
+    @field_validator("produced_by", mode="before")
+    @classmethod
+    def _job_id(cls, value: object) -> object:
+        return str(value) if isinstance(value, uuid.UUID) else value
 
 
 class DatasetList(BaseModel):

@@ -197,6 +197,12 @@ class JobOut(BaseModel):
     workflow_id: Annotated[str | None, BeforeValidator(_id_text)] = Field(
         default=None, description="the workflow the job is a step of"
     )
+    receipt: dict[str, Any] | None = Field(
+        default=None,
+        description='a SUCCEEDED job\'s provenance: {"kernel", "kernel_version", "params",'
+        ' "device", "inputs": {name: {"dataset", "checksum"}}, "outputs": {...}, "software":'
+        ' {"numba", "numpy", "python"}, "worker", "cpu_seconds"}',
+    )
 
     progress: float | None = Field(
         default=None,

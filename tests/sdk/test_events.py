@@ -138,6 +138,44 @@ async def test_a_cut_feed_resumes_with_no_gap_and_no_duplicate(url: str, key: st
     assert [e.data for e in cut] == [e.data for e in whole]
 
 
+async def test_a_cut_feed_resumes_the_same_in_the_sync_client(url: str, key: str) -> None:
+    """As above, with ``Client`` (its own reconnect code) in a thread, so that this loop
+    keeps the proxy going; the cut is made on the loop."""
+    port = int(url.rsplit(":", 1)[1])
+    loop = asyncio.get_running_loop()
+    async with TcpProxy.running(port) as proxy:
+
+        async def cut_now() -> tuple[int, int]:
+            return proxy.cut(), len(proxy.accepted)
+
+        def follow() -> tuple[list[Event], int, int]:
+            with Client(f"http://127.0.0.1:{proxy.port}", key) as c:
+                jobs = {c.submit("montecarlo_pi", params=MC).id for _ in range(4)}
+                seen: list[Event] = []
+                cuts = connections = 0
+                ended: set[str] = set()
+                for event in c.events(after="0"):
+                    seen.append(event)
+                    if len(seen) == 2:
+                        cuts, connections = asyncio.run_coroutine_threadsafe(
+                            cut_now(), loop
+                        ).result()
+                    if event.state in FINAL_STATES:
+                        ended.add(event.job_id or "")
+                    if ended == jobs:
+                        return seen, cuts, connections
+            raise AssertionError("the feed ended")
+
+        async with asyncio.timeout(WITHIN_S):
+            cut, cuts, connections = await asyncio.to_thread(follow)
+        assert cuts >= 1
+        assert len(proxy.accepted) > connections
+    assert increasing(cut)
+    with Client(url, key) as c:
+        whole = list(islice(c.events(after="0"), len(cut)))
+    assert [e.id for e in cut] == [e.id for e in whole]
+
+
 def test_wait_sees_a_long_jobs_progress(client: Client) -> None:
     """A job of a few seconds reports its progress between 0 and 1 on the way (the worker
     writes it at least every 2 s), in order, then ends SUCCEEDED."""

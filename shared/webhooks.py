@@ -136,6 +136,12 @@ def literal(host: str) -> Address | None:
         return None
 
 
+def _not_allowed(dest: Destination) -> str:
+    # One answer for a name that does not resolve and one that resolves to a refused address,
+    # without the address: the gateway must not tell what internal names exist or resolve to.
+    return f"the destination {dest.host!r} does not resolve to an allowed address"
+
+
 async def resolve(dest: Destination, allowed: Allowed, *, timeout_s: float) -> list[Address]:
     """The addresses ``dest`` may be reached at (each one allowed), the first to connect to;
     ``Refused`` when it does not resolve, or when any address it resolves to is refused."""
@@ -150,15 +156,15 @@ async def resolve(dest: Destination, allowed: Allowed, *, timeout_s: float) -> l
                     dest.host, dest.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
                 )
         except (OSError, TimeoutError, UnicodeError) as exc:
-            raise Refused(f"the host {dest.host!r} does not resolve") from exc
+            raise Refused(_not_allowed(dest)) from exc
         found = list(dict.fromkeys(ipaddress.ip_address(i[4][0]) for i in infos))
         if not found:
-            raise Refused(f"the host {dest.host!r} does not resolve")
+            raise Refused(_not_allowed(dest))
     if dest.host.lower() in allowed.hosts:
         return found
     for a in found:
         if not public(a) and not allowed.address(a):
-            raise Refused(f"the destination {dest.host!r} is not allowed (address {a})")
+            raise Refused(_not_allowed(dest))
     return found
 
 

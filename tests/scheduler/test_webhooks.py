@@ -207,7 +207,7 @@ async def test_a_destination_refused_at_delivery_is_not_called(s: Sessions) -> N
     assert got.received == []
     rows = await deliveries(s)
     assert [r["state"] for r in rows] == ["pending", "pending"]
-    assert all("not allowed" in r["last_error"] for r in rows)
+    assert all("does not resolve to an allowed address" in r["last_error"] for r in rows)
 
 
 async def test_two_schedulers_never_send_the_same_delivery_at_once(s: Sessions) -> None:

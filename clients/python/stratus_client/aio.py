@@ -333,8 +333,10 @@ class AsyncClient:
                 seen = apply(job, item)
                 if seen is None:
                     continue
-                job = await self.get(job_id) if seen is READ_AGAIN else _job(seen)
-                yield job
+                fresh = await self.get(job_id) if seen is READ_AGAIN else _job(seen)
+                if fresh != job:  # a keep-alive's look often finds nothing new
+                    job = fresh
+                    yield job
         finally:
             await items.aclose()
             await response.aclose()

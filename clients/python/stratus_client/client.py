@@ -310,8 +310,10 @@ class Client:
                 seen = apply(job, item)
                 if seen is None:
                     continue
-                job = self.get(job_id) if seen is READ_AGAIN else _job(seen)
-                yield job
+                fresh = self.get(job_id) if seen is READ_AGAIN else _job(seen)
+                if fresh != job:  # a keep-alive's look often finds nothing new
+                    job = fresh
+                    yield job
         finally:
             items.close()
             response.close()

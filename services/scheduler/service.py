@@ -215,12 +215,14 @@ async def dispatch(
             reserved=fair.reserved_slots,
         )
         await _say_over_quota(db.conn, plan.over_quota)
-        events += await _send(
+        jobs = await _send(
             db.conn, [c for c in plan.chosen if c.job_id not in waiting.chunks], device
         )
-        events += await send_chunks(
-            db.conn, [c for c in plan.chosen if c.job_id in waiting.chunks], device
-        )
+        # a chunk holds a slot for many elements: sent only to slots free now, without the
+        # slack, so that what waits stays in fair share instead of in a worker's queue
+        chunks = [c for c in plan.chosen if c.job_id in waiting.chunks]
+        room = max(0, cap.free(device, 0.0) - len(jobs))
+        events += jobs + await send_chunks(db.conn, chunks[:room], device)
     return events
 
 

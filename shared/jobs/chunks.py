@@ -226,6 +226,12 @@ WITH chunk AS (
     SELECT n.id, n.attempts, n.tenant_id, $3, o.state, o.cpu, 0, o.wall, c.device, o.started,
            o.error
     FROM inserted n JOIN outcome o ON o.i = n.array_index CROSS JOIN chunk c
+    UNION ALL  -- elements the array's cancel ended while this attempt ran them: they ran
+    SELECT e.id, e.attempts, e.tenant_id, $3, o.state, o.cpu, 0, o.wall, c.device, o.started,
+           o.error
+    FROM chunk c JOIN outcome o ON o.i >= c.first_index AND o.i < c.first_index + c.n
+    JOIN jobs e ON e.array_id = c.array_id AND e.array_index = o.i
+    WHERE e.state = 'CANCELLED' AND e.attempts = c.attempt
     ON CONFLICT DO NOTHING
 ), measured AS (
     SELECT (SELECT count(*)::int FROM inserted) AS k,
@@ -443,3 +449,41 @@ async def requeue_expired(fetch: Fetch, *, batch: int = 100) -> tuple[int, int]:
     statement; returns (chunks re-queued, chunks failed)."""
     rows = await fetch(_REQUEUE, batch)
     return int(rows[0][0]), int(rows[0][1])
+
+
+# The elements without a row of the chunks that workers hold, when their array is cancelled:
+# CANCELLED rows at once (the attempt that runs them is theirs, so the worker's flush of their
+# outcomes charges its usage, ``_RECORD``), moved from ``n_running`` first. The workers stop
+# when their next flush answers ``cancelled`` (or the ``job.cancelled`` sent to them).
+# $1 the array, $2 the reason.
+_CANCEL_HELD = f"""
+WITH held AS (
+    SELECT c.* FROM array_chunks c WHERE c.array_id = $1 AND c.worker IS NOT NULL
+), todo AS (
+    SELECT held.*, t.i FROM held CROSS JOIN LATERAL ({_TODO_OF.format(c="held")}) t
+), moved AS (
+    UPDATE job_arrays a SET n_pending = a.n_pending + s.k, n_running = a.n_running - s.k
+    FROM (SELECT count(*)::int AS k FROM todo) s
+    WHERE a.job_id = $1 AND s.k > 0
+), inserted AS (
+    INSERT INTO jobs ({_ELEMENT_COLUMNS})
+    SELECT {element_id_sql("p.id", "todo.i")}, p.tenant_id, p.kernel, p.device,
+           {PARAMS},
+           p.inputs, p.outputs, p.labels, p.output_tier, p.priority, p.timeout_s,
+           p.max_retries, 'CANCELLED', $2::text, todo.attempt, todo.device, todo.worker, NULL,
+           NULL, NULL, p.created_at, now(), todo.created_at, NULL, now(), false, p.id, todo.i,
+           NULL
+    FROM todo JOIN jobs p ON p.id = todo.array_id JOIN job_arrays a ON a.job_id = todo.array_id
+    ORDER BY todo.i
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+)
+SELECT count(*)::int FROM inserted
+"""  # noqa: S608 (built from constants only)
+
+
+async def cancel_held(fetch: Fetch, array_id: uuid.UUID, *, reason: str) -> int:
+    """A cancelled array's elements in chunks that workers hold: CANCELLED at once (see
+    ``_CANCEL_HELD``), with ``reason``; returns how many."""
+    rows = await fetch(_CANCEL_HELD, array_id, reason)
+    return int(rows[0][0])

@@ -10,11 +10,12 @@ import uuid
 
 import httpx
 import orjson
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.gateway.jobs import cancel
 from services.gateway.jobs.chunked import IN_CHUNK
-from shared.db.models import ArrayChunk, JobArray, Outbox
+from shared.db.models import ArrayChunk, JobArray, JobAttempt, Outbox
 from shared.events import utcnow
 from shared.jobs.arrays import element_id
 from shared.jobs.chunks import ChunkClaim, ElementOutcome, Flushed, claim_chunk, record_elements
@@ -23,6 +24,7 @@ from shared.jobs.store import session_fetch
 from tests.factories import new_array
 from tests.gateway.array_rows import counts, get
 from tests.gateway.conftest import TenantKey
+from tests.gateway.test_jobs_api import assert_problem
 
 Sessions = async_sessionmaker[AsyncSession]
 
@@ -125,35 +127,41 @@ async def test_cancel_drops_free_chunks_and_tells_the_worker_of_a_held_one(
 ) -> None:
     aid = await chunked_array(sessions, tenant, 10, 3, 3)
     held = await claim(sessions, element_id(aid, 0))
-    r = await client.post(f"/v1/jobs/{aid}/cancel", headers=tenant.headers)
-    assert r.status_code == 202, r.text
-    assert r.json()["array"]["counts"] == counts(running=3, cancelled=7)
-    async with sessions() as s:
-        left = list(await s.scalars(select(ArrayChunk.id).where(ArrayChunk.array_id == aid)))
+    async with sessions() as s, s.begin():  # the staged events, before the relay takes them
+        out = await cancel.cancel(
+            session=s, tenant_id=uuid.UUID(tenant.tenant_id), text_id=str(aid)
+        )
         bodies = [
             orjson.loads(b)
             for b in await s.scalars(
                 select(Outbox.body).where(Outbox.routing_key == "job.cancelled")
             )
         ]
+    assert out.state == "CANCELLED"
+    assert out.array is not None
+    assert out.array.counts == counts(cancelled=10)
+    told = [b for b in bodies if b["job_id"] == str(aid)]
+    assert [b["worker"] for b in told] == ["w1"]  # the holder of the chunk is told to stop
+    async with sessions() as s:
+        left = list(await s.scalars(select(ArrayChunk.id).where(ArrayChunk.array_id == aid)))
     assert left == [held.chunk_id]  # the held chunk stays with its worker
-    assert {"job_id": str(aid), "worker": "w1"}.items() <= next(
-        b for b in bodies if b["job_id"] == str(aid)
-    ).items()
-    assert (
-        await states(client, tenant, f"/v1/jobs/{aid}/elements")
-        == ["RUNNING"] * 3 + ["CANCELLED"] * 7
-    )
+    assert_problem(await client.post(f"/v1/jobs/{aid}/cancel", headers=tenant.headers), 409)
+    assert await states(client, tenant, f"/v1/jobs/{aid}/elements") == ["CANCELLED"] * 10
     cancelled = await get(client, tenant, f"/v1/jobs/{aid}/elements?state=CANCELLED&limit=20")
-    assert [e["array_index"] for e in cancelled["items"]] == list(range(3, 10))
+    assert [e["array_index"] for e in cancelled["items"]] == list(range(10))
+    assert [e["attempts"] for e in cancelled["items"][:4]] == [1, 1, 1, 0]  # held ones ran
+    # the worker's flush of what ran: the rows stay CANCELLED, the attempts are charged
     flushed = await record(sessions, held, {0: JobState.SUCCEEDED})
     assert flushed.cancelled
+    assert flushed.recorded == 0
     await record(sessions, held, {1: JobState.CANCELLED, 2: JobState.CANCELLED}, last=True)
+    ids = [element_id(aid, i) for i in (0, 1, 2)]
+    async with sessions() as s:
+        charged = await s.scalar(select(func.count()).where(JobAttempt.job_id.in_(ids)))
+        chunks_left = await s.scalar(select(func.count()).where(ArrayChunk.array_id == aid))
+    assert (charged, chunks_left) == (3, 0)
     body = await get(client, tenant, f"/v1/jobs/{aid}")
-    assert (body["state"], body["array"]["counts"]) == (
-        "CANCELLED",
-        counts(succeeded=1, cancelled=9),
-    )
+    assert (body["state"], body["array"]["counts"]) == ("CANCELLED", counts(cancelled=10))
 
 
 async def test_an_element_cancelled_in_a_chunk_is_counted_once(

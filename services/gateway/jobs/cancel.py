@@ -18,11 +18,13 @@ before it has a row is inserted under the array's lock, for the same reason.
 
 Chunks (``shared.jobs.chunks``). Their statements lock the chunk, then the array; so does a
 cancel: the array's chunks first. A chunk no worker holds goes at once, its elements
-CANCELLED in the counts (``cancel_chunks``); a held one is stopped by its worker, which
-learns of the cancel from its next flush, or at once from the ``job.cancelled`` event
-addressed to it with the array's id. An element cancelled on its own in a chunk gets its
-CANCELLED row, and leaves its chunk's count (QUEUED or RUNNING) for ``n_cancelled``; the
-worker's record of it then changes nothing.
+CANCELLED in the counts (``cancel_chunks``); a held one's elements without a row get
+CANCELLED rows at once (``cancel_held``: the array is CANCELLED when the answer comes, as
+with rows), and its worker stops, told by its next flush or at once by the ``job.cancelled``
+event addressed to it with the array's id; its flush of what ran charges those attempts.
+An element cancelled on its own in a chunk gets its CANCELLED row, and leaves its chunk's
+count (QUEUED or RUNNING) for ``n_cancelled``; the worker's record of it then changes
+nothing.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ from shared.db.outbox import add_event
 from shared.errors import Conflict, NotFound
 from shared.events import JobCancelled, utcnow
 from shared.jobs.arrays import element_id, element_of
-from shared.jobs.chunks import cancel_chunks
+from shared.jobs.chunks import cancel_chunks, cancel_held
 from shared.jobs.proposals import Cancelled, reason_and_error
 from shared.jobs.states import FINAL, JobState
 from shared.jobs.store import session_fetch, set_job_state
@@ -104,6 +106,8 @@ async def cancel_array(session: AsyncSession, tenant_id: uuid.UUID, parent: Job)
         await cancel_row(session, tenant_id, job_id)
     await session.execute(_CANCEL_VIRTUAL, {"id": parent.id})
     await cancel_chunks(session_fetch(session), parent.id)
+    reason, _ = reason_and_error(Cancelled())
+    await cancel_held(session_fetch(session), parent.id, reason=reason or "cancelled")
     for worker in sorted({c.worker for c in chunks if c.worker is not None}):
         await add_event(session, JobCancelled(tenant_id=tenant_id, job_id=parent.id, worker=worker))
     await session.execute(_REFRESH, {"id": parent.id})

@@ -15,6 +15,9 @@ transition, so the delay from the commit is at most this) to its arrival at each
 p50 / p99 / max over every (event, subscriber); events lost and duplicated (each subscriber's
 ids against the tenant's ``job_events`` ids in the database); the gateway's CPU per
 subscriber per event (phase 2's gateway CPU less phase 1's, over subscribers x events).
+Reference: the same events read straight from the table on each NOTIFY by one connection of
+the benchmark (no gateway, no ordering rule), their delay from ``at`` alike: what the
+database and the machine cost before the feed adds anything.
 Targets: p50 < 50 ms, p99 < 200 ms, nothing lost or duplicated.
 
 The subscribers run in this process (asyncio, one httpx connection each) on the same machine:
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -140,6 +144,37 @@ async def submit(gateway: str, headers: dict[str, str], opts: Options) -> int:
     return n
 
 
+@dataclass
+class Probe:
+    """The reference: each event read straight from the table on its NOTIFY (one LISTEN
+    connection, no ordering rule, no gateway), its delay from ``at`` (seconds)."""
+
+    delays: list[float] = field(default_factory=list)
+    last: int = 0
+
+    async def run(self, dsn: str, tenant_id: str, stop: asyncio.Event) -> None:
+        listen, read = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+        woken = asyncio.Event()
+        await listen.add_listener("stratus_events", lambda *_: woken.set())
+        self.last = await read.fetchval("SELECT coalesce(max(id), 0) FROM job_events")
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(woken.wait(), 0.5)
+                woken.clear()
+                rows = await read.fetch(
+                    "SELECT id, at FROM job_events WHERE tenant_id = $1 AND id > $2",
+                    tenant_id, self.last,
+                )  # fmt: skip
+                now = time.time()
+                for r in rows:
+                    self.delays.append(now - r["at"].timestamp())
+                    self.last = max(self.last, r["id"])
+        finally:
+            await listen.close()
+            await read.close()
+
+
 async def wait_final(db: asyncpg.Connection, tenant_id: str, n: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -184,6 +219,8 @@ async def phase(
             await asyncio.gather(*(s.opened.wait() for s in subs))
         await asyncio.sleep(1.0)  # every stream live, past its catch-up
         start_id = await db.fetchval("SELECT coalesce(max(id), 0) FROM job_events")
+        probe, probe_stop = Probe(), asyncio.Event()
+        probing = asyncio.ensure_future(probe.run(dsn, tenant_id, probe_stop))
         meter.start()
         t0 = time.monotonic()
         n = await submit(gateway, headers, opts)
@@ -202,6 +239,8 @@ async def phase(
             await asyncio.sleep(0.2)
         elapsed = time.monotonic() - t0
         cpu = meter.stop()
+        probe_stop.set()
+        await probing
     finally:
         for t in tasks:
             t.cancel()
@@ -213,6 +252,7 @@ async def phase(
     duplicated = sum(len(s.ids) - len(set(s.ids)) for s in subs)
     out_of_order = sum(any(a >= b for a, b in zip(s.ids, s.ids[1:], strict=False)) for s in subs)
     delays = [d * 1000 for s in subs for d in s.delays]
+    direct = [d * 1000 for d in probe.delays]
     return {
         "jobs": n,
         "events": len(expected),
@@ -228,6 +268,7 @@ async def phase(
             "max": max(delays) if delays else float("nan"),
             "n": len(delays),
         },
+        "direct_delay_ms": {"p50": pct(direct, 50), "p99": pct(direct, 99), "n": len(direct)},
     }
 
 
@@ -287,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     say(f"  delay at-to-arrival: p50 {d['p50']:.1f} ms ({'met' if ok50 else 'MISSED'} < 50), "
         f"p99 {d['p99']:.1f} ms ({'met' if ok99 else 'MISSED'} < 200), "
         f"max {d['max']:.1f} ms")  # fmt: skip
+    r = s["direct_delay_ms"]
+    say(f"  reference, read straight from the table on each NOTIFY (no gateway, no order): "
+        f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms")  # fmt: skip
     say(f"  lost {s['lost']}, duplicated {s['duplicated']}, "
         f"subscribers out of order {s['subscribers_out_of_order']}")  # fmt: skip
     say(f"  gateway CPU per subscriber per event: "

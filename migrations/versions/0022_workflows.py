@@ -35,6 +35,12 @@ depends_on: str | Sequence[str] | None = None
 
 FINAL = "('SUCCEEDED', 'FAILED', 'CANCELLED', 'TIMED_OUT')"
 NEVER = "dependency_never_satisfied"
+ADMIT_REASON = "waiting for a worker slot"  # shared.jobs.store.ADMIT_REASON
+
+
+def _element_id(array_id: str, index: str) -> str:
+    """``shared.jobs.arrays.element_id_sql``, as it was when this migration was written."""
+    return f"(left(replace({array_id}::text, '-', ''), 20) || lpad(to_hex({index}), 12, '0'))::uuid"
 
 
 def _resolve(history_has_tenant: bool) -> str:
@@ -54,10 +60,12 @@ DECLARE
     v_ready int;
     v_arrays uuid[];
     v_next uuid[];
+    v_corr uuid[];
     v_outer text := coalesce(current_setting('stratus.deps_resolving', true), '');
 BEGIN
     PERFORM set_config('stratus.deps_resolving', '1', true);
-    WHILE finals IS NOT NULL LOOP
+    WHILE finals IS NOT NULL AND cardinality(finals) > 0 LOOP
+        v_corr := stratus_corr_materialise(finals);
         WITH hit AS (
             SELECT d.job_id, d.dep_id, d.condition, j.state AS s
             FROM job_deps d JOIN jobs j ON j.id = d.dep_id
@@ -83,7 +91,10 @@ BEGIN
         SELECT array_agg(job_id ORDER BY job_id), array_agg(n ORDER BY job_id),
                array_agg(never ORDER BY job_id)
         INTO v_ids, v_met, v_never FROM judged;
-        EXIT WHEN v_ids IS NULL;
+        IF v_ids IS NULL THEN
+            finals := v_corr;
+            CONTINUE;
+        END IF;
         -- the dependents in id order, as every batch of jobs locks its rows
         PERFORM 1 FROM jobs WHERE id = ANY(v_ids) ORDER BY id FOR UPDATE;
         UPDATE jobs j SET deps_left = j.deps_left - u.n,
@@ -123,9 +134,79 @@ BEGIN
             v_next := v_next || ARRAY(
                 SELECT id FROM jobs WHERE id = ANY(v_arrays) AND state IN {FINAL});
         END IF;
-        finals := v_next;  -- the next generation: what this one cancelled
+        finals := v_next || v_corr;  -- the next generation: what this one made final
     END LOOP;
     PERFORM set_config('stratus.deps_resolving', v_outer, true);
+END
+$$
+"""  # noqa: S608 (built from constants only)
+
+
+# ``aftercorr``: array B (``job_deps.job_id``) waits element by element on array A (its
+# ``dep_id``); B is never materialised by the scheduler (its ``deps_left`` stays 1 until A
+# ends). When A's element i ends, B's element i gets its row here, in that transaction:
+# runnable (QUEUED, or PENDING for admission when it reads datasets) if A's succeeded, else
+# CANCELLED (never satisfied). When A ends, every element of B gets its row (the release of
+# A's own row may come before its last element's, in a nested trigger); A's elements without
+# a row were cancelled with it. The row is ``shared.jobs.arrays.element_of`` in SQL, as the
+# materialisation writes it (tests hold the two together). Returns what it made final: B's
+# elements cancelled, and the B arrays that are final now.
+CORR = f"""
+CREATE FUNCTION stratus_corr_materialise(finals uuid[]) RETURNS uuid[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_cancelled uuid[];
+    v_arrays uuid[];
+BEGIN
+    WITH ended AS (
+        SELECT d.job_id AS b, e.array_index AS i, e.state AS s
+        FROM jobs e JOIN job_deps d ON d.dep_id = e.array_id AND d.condition = 'aftercorr'
+        WHERE e.id = ANY(finals) AND e.array_id IS NOT NULL AND e.state IN {FINAL}
+        UNION ALL
+        SELECT d.job_id, i, coalesce(e.state, 'CANCELLED')
+        FROM jobs a
+        JOIN job_deps d ON d.dep_id = a.id AND d.condition = 'aftercorr'
+        JOIN job_arrays aa ON aa.job_id = a.id
+        CROSS JOIN LATERAL generate_series(0, aa.size - 1) AS i
+        LEFT JOIN jobs e ON e.id = {_element_id("a.id", "i")}
+        WHERE a.id = ANY(finals) AND a.is_array AND a.state IN {FINAL}
+          AND (e.id IS NULL OR e.state IN {FINAL})
+    ), inserted AS (
+        INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, labels,
+                          output_tier, priority, timeout_s, max_retries, state, state_reason,
+                          attempts, created_at, updated_at, queued_at, finished_at, is_array,
+                          array_id, array_index)
+        SELECT {_element_id("p.id", "ended.i")}, p.tenant_id, p.kernel, p.device,
+               p.params || coalesce(ba.overrides -> ended.i, '{{}}'::jsonb)
+                   || CASE WHEN ba.index_param IS NULL THEN '{{}}'::jsonb
+                           ELSE jsonb_build_object(ba.index_param, ended.i) END,
+               replace(p.inputs::text, '{{index}}', ended.i::text)::jsonb,
+               replace(p.outputs::text, '{{index}}', ended.i::text)::jsonb,
+               p.labels, p.output_tier, p.priority, p.timeout_s, p.max_retries,
+               CASE WHEN ended.s <> 'SUCCEEDED' THEN 'CANCELLED'
+                    WHEN p.inputs = '{{}}'::jsonb THEN 'QUEUED' ELSE 'PENDING' END,
+               CASE WHEN ended.s <> 'SUCCEEDED' THEN '{NEVER}'
+                    WHEN p.inputs = '{{}}'::jsonb THEN '{ADMIT_REASON}' END,
+               0, p.created_at, now(),
+               CASE WHEN ended.s = 'SUCCEEDED' AND p.inputs = '{{}}'::jsonb THEN now() END,
+               CASE WHEN ended.s <> 'SUCCEEDED' THEN now() END,
+               false, p.id, ended.i
+        FROM ended
+        JOIN jobs p ON p.id = ended.b
+        JOIN job_arrays ba ON ba.job_id = p.id AND NOT ba.cancelled
+        ON CONFLICT DO NOTHING
+        RETURNING id, state, array_id
+    )
+    SELECT coalesce(array_agg(id) FILTER (WHERE state = 'CANCELLED'), '{{}}'),
+           coalesce(array_agg(DISTINCT array_id), '{{}}')
+    INTO v_cancelled, v_arrays FROM inserted;
+    -- A ended: every element of B has its row now, none is left to materialise
+    UPDATE job_arrays ba SET next_index = ba.size
+    FROM job_deps d JOIN jobs a ON a.id = d.dep_id
+    WHERE d.condition = 'aftercorr' AND ba.job_id = d.job_id
+      AND a.id = ANY(finals) AND a.is_array AND a.state IN {FINAL};
+    RETURN v_cancelled || ARRAY(SELECT id FROM jobs WHERE id = ANY(v_arrays)
+                                AND state IN {FINAL});
 END
 $$
 """  # noqa: S608 (built from constants only)
@@ -314,6 +395,7 @@ def upgrade() -> None:
         " AND NEW.produced_by IS NOT DISTINCT FROM OLD.produced_by)"
         " EXECUTE FUNCTION stratus_dataset_unproduced()"
     )
+    op.execute(CORR)
     op.execute(_resolve(_history_has_tenant()))
     op.execute(RELEASE)
     op.execute(
@@ -333,6 +415,7 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER stratus_deps_release_insert ON jobs")
     op.execute("DROP FUNCTION stratus_deps_release()")
     op.execute("DROP FUNCTION stratus_deps_resolve(uuid[])")
+    op.execute("DROP FUNCTION stratus_corr_materialise(uuid[])")
     op.execute("DROP TRIGGER stratus_dataset_unproduced ON datasets")
     op.execute("DROP TRIGGER stratus_receipt_cpu ON job_attempts")
     op.execute("DROP TRIGGER stratus_receipt_insert ON jobs")

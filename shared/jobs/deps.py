@@ -160,20 +160,27 @@ def check_conditions(
     targets: Sequence[Target],
     *,
     size: int | None,
+    max_concurrent: int | None = None,
     loc: Sequence[Any] = ("body",),
 ) -> None:
     """422 for a condition that does not fit its dependency: ``aftercorr`` joins an array
-    (``size``: the dependent's size, None for a job) to an array of the same size."""
+    (``size``: the dependent's size, None for a job) to an array (not an element) of the same
+    size, as the array's only dependency and without ``max_concurrent`` (its elements start
+    as the other array's end, not in a window)."""
     errors: list[dict[str, Any]] = []
     for i, (condition, target) in enumerate(zip(conditions, targets, strict=True)):
         if condition != "aftercorr":
             continue
-        if size is None or target.size is None:
+        if size is None or target.size is None or target.array is not None:
             msg = "aftercorr joins an array to an array"
         elif size != target.size:
             msg = f"aftercorr needs arrays of one size ({size} and {target.size})"
+        elif len(conditions) > 1:
+            msg = "aftercorr must be the array's only dependency"
+        elif max_concurrent is not None:
+            msg = "aftercorr cannot be combined with max_concurrent"
         else:
-            msg = "aftercorr is not supported yet: use afterok on the array"
+            continue
         errors.append({"loc": _loc(loc, i, "condition"), "msg": msg})
     if errors:
         raise Invalid("a dependency's condition does not fit it", errors=errors)
@@ -189,6 +196,10 @@ INSERT INTO job_deps (job_id, dep_id, dep_array, condition)
 SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::text[])
 """
 _RESOLVE = "SELECT stratus_deps_resolve($1::uuid[])"
+_ENDED_ELEMENTS = f"""
+SELECT id FROM jobs WHERE array_id = ANY($1::uuid[])
+  AND state IN ({", ".join(f"'{s.value}'" for s in sorted(FINAL, key=lambda s: s.value))})
+"""  # noqa: S608 (the final states only)
 
 
 async def attach(conn: Any, edges: Sequence[Edge]) -> None:
@@ -206,9 +217,12 @@ async def attach(conn: Any, edges: Sequence[Edge]) -> None:
         [e.target.array for e in edges],
         [e.condition for e in edges],
     )
-    settled = sorted({e.target.settled_by for e in edges if e.target.final})
+    settled = {e.target.settled_by for e in edges if e.target.final}
+    corr = [e.target.dep_id for e in edges if e.condition == "aftercorr"]
+    if corr:  # the elements that ended already give their counterparts rows now
+        settled.update(r["id"] for r in await conn.fetch(_ENDED_ELEMENTS, corr))
     if settled:
-        await conn.execute(_RESOLVE, settled)
+        await conn.execute(_RESOLVE, sorted(settled))
 
 
 def released(job: str) -> str:

@@ -201,6 +201,12 @@ async def test_aftercorr_that_does_not_fit_is_a_422(
         ({}, job["id"], "aftercorr joins an array to an array"),
         ({"array": three}, job["id"], "aftercorr joins an array to an array"),
         ({"array": three}, str(four), "aftercorr needs arrays of one size (3 and 4)"),
+        ({"array": {"size": 4}}, f"{four}:1", "aftercorr joins an array to an array"),
+        (
+            {"array": {**three, "size": 4, "max_concurrent": 2}},
+            str(four),
+            "aftercorr cannot be combined with max_concurrent",
+        ),
     ]
     for extra, ref, msg in cases:
         r = await client.post(
@@ -276,3 +282,40 @@ async def test_a_released_array_is_materialised(
             await s.execute(text("SELECT id FROM jobs WHERE array_id = :a"), {"a": arr["id"]})
         ).scalars()
         assert set(ids) == {element_id(uuid.UUID(arr["id"]), i) for i in range(3)}
+
+
+async def test_aftercorr_releases_element_by_element(
+    client: httpx.AsyncClient, tenant: TenantKey, sessions: Sessions
+) -> None:
+    a = await stored_array(sessions, tenant, 3, materialised=3)
+    await move(sessions, a, 0, JobState.RUNNING, JobState.SUCCEEDED)  # before B exists
+    b = await submit(
+        client, tenant, array={"size": 3, "index_param": "seed"}, **after(str(a), "aftercorr")
+    )
+    bid = uuid.UUID(b["id"])
+    # A:0 had succeeded: B:0 is queued at once, so B runs
+    assert (b["state"], b["state_reason"]) == ("RUNNING", "dependency")
+    first = await row(sessions, element_id(bid, 0))
+    assert (first.state, first.params) == ("QUEUED", {"samples": 1000, "seed": 0})
+    c = await submit(client, tenant, **after(f"{bid}:1"))
+    await move(sessions, a, 1, JobState.RUNNING, JobState.FAILED)
+    second = await get(client, tenant, f"/v1/jobs/{bid}:1")
+    assert (second["state"], second["state_reason"]) == ("CANCELLED", "dependency_never_satisfied")
+    body = await get(client, tenant, f"/v1/jobs/{c['id']}")  # and what waited on it
+    assert (body["state"], body["state_reason"]) == ("CANCELLED", "dependency_never_satisfied")
+    async with sessions() as s, s.begin():  # the scheduler leaves B to A's elements
+        await materialise_elements(session_fetch(s), window=256, limit=1000)
+    async with sessions() as s:
+        assert await s.get(Job, element_id(bid, 2)) is None
+    r = await client.post(f"/v1/jobs/{a}/cancel", headers=tenant.headers)
+    assert r.status_code == 202, r.text
+    third = await get(client, tenant, f"/v1/jobs/{bid}:2")
+    assert (third["state"], third["state_reason"]) == ("CANCELLED", "dependency_never_satisfied")
+    body = await get(client, tenant, f"/v1/jobs/{bid}")
+    assert body["array"]["counts"]["QUEUED"] == 1
+    assert body["array"]["counts"]["CANCELLED"] == 2
+    async with sessions() as s:
+        left = await s.scalar(
+            text("SELECT size - next_index FROM job_arrays WHERE job_id = :b"), {"b": bid}
+        )
+    assert left == 0  # nothing left for the scheduler to materialise

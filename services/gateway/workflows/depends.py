@@ -77,6 +77,7 @@ async def write_dependent(
             [d["condition"] for d in depends_on],
             targets,
             size=None if array is None else array.size,
+            max_concurrent=None if array is None else array.max_concurrent,
         )
         if not await insert_row(conn, job, array):
             return False

@@ -243,7 +243,12 @@ async def create_workflow(
                 targets = await _targets(conn, tenant_id, name, step, ids, sizes)
                 conditions = [d["condition"] for d in step.depends_on or ()]
                 try:
-                    deps.check_conditions(conditions, targets, size=sizes[name])
+                    deps.check_conditions(
+                        conditions,
+                        targets,
+                        size=sizes[name],
+                        max_concurrent=None if plan is None else plan.array.max_concurrent,
+                    )
                 except Invalid as exc:
                     raise _in_step(exc, name) from None
                 job = _row(tenant_id, step, ids[name], ids, rules)

@@ -197,7 +197,7 @@ async def test_aftercorr_that_does_not_fit_is_a_422(
     four = await stored_array(sessions, tenant, 4)
     three = {"size": 3, "index_param": "seed"}
     before = await jobs_of(sessions, tenant)
-    cases = [
+    cases: list[tuple[dict[str, Any], str, str]] = [
         ({}, job["id"], "aftercorr joins an array to an array"),
         ({"array": three}, job["id"], "aftercorr joins an array to an array"),
         ({"array": three}, str(four), "aftercorr needs arrays of one size (3 and 4)"),

@@ -290,6 +290,24 @@ async def test_live_events_arrive_in_order_on_every_subscriber(
     assert on_a.ids == on_b.ids == made
 
 
+async def test_a_position_past_the_horizon_skips_what_it_has_seen(
+    gateways: tuple[Gateway, Gateway], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """A Last-Event-ID that this gateway has not reached yet (another one's, ahead of it)
+    waits live and hands out only the ids after it."""
+    a, _ = gateways
+    tenant = await make_tenant(a.url)
+    job = await add_job(sessions, tenant)
+    start = await last_id(sessions)
+    async with stream(a.url, tenant, last=start + 3) as (seen, read):
+        made = await transition(sessions, job, "RUNNING", 6)
+        expected = [i for i in made if i > start + 3]
+        assert expected
+        await read(len(expected))
+        await nothing_more(read, within=2 * POLL_S)
+    assert seen.ids == expected
+
+
 async def test_streams_are_isolated_between_tenants(
     gateways: tuple[Gateway, Gateway], sessions: async_sessionmaker[AsyncSession]
 ) -> None:

@@ -225,10 +225,11 @@ class EventHub:
         return self.horizon
 
     def attach(self, tenant_id: uuid.UUID, position: int) -> Live | None:
-        """A live feed of ``tenant_id``'s rows after ``position``, if that is the horizon
-        (else read up to the horizon first, and try again; None also while the hub hands
-        out a batch)."""
-        if position != self.horizon or self._delivering:
+        """A live feed of ``tenant_id``'s rows after the horizon, if ``position`` is not
+        below it (else read up to the horizon first, and try again; None also while the hub
+        hands out a batch). A position past the horizon (seen on a gateway whose horizon is
+        ahead) attaches too: the subscriber skips the rows up to it."""
+        if position < self.horizon or self._delivering:
             return None
         sub = Live(tenant_id)
         self._live[tenant_id].add(sub)

@@ -88,7 +88,7 @@ async def events(stream: Stream, *, hub: EventHub, db: Db) -> AsyncIterator[byte
             await asyncio.sleep(hub.settle_s)
             continue
         try:
-            async for chunk in _live(stream, live):
+            async for chunk in _live(stream, live, pos):
                 if isinstance(chunk, int):
                     pos = chunk
                 else:
@@ -120,9 +120,9 @@ async def _catch_up(
         yield pos
 
 
-async def _live(stream: Stream, live: Live) -> AsyncIterator[bytes | int]:
-    """The hub's batches, until it drops the subscriber (too far behind): then the position
-    reached, for a catch-up from the tables."""
+async def _live(stream: Stream, live: Live, pos: int) -> AsyncIterator[bytes | int]:
+    """The hub's batches after ``pos``, until it drops the subscriber (too far behind):
+    then the position reached, for a catch-up from the tables."""
     while True:
         if live.dropped and live.batches.empty():
             return
@@ -132,14 +132,15 @@ async def _live(stream: Stream, live: Live) -> AsyncIterator[bytes | int]:
             yield KEEP_ALIVE
             continue
         live.backlog -= len(batch.rows)
-        if stream.job is None:
+        if stream.job is None and batch.rows[0].id > pos:
             yield batch.joined
         else:
             pairs = zip(batch.rows, batch.frames, strict=True)
-            out = b"".join(f for r, f in pairs if r.concerns(stream.job))
+            out = b"".join(f for r, f in pairs if r.id > pos and r.concerns(stream.job))
             if out:
                 yield out
-        yield batch.upto
+        pos = max(pos, batch.upto)
+        yield pos
 
 
 # --- A job's history ------------------------------------------------------------------

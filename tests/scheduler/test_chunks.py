@@ -7,8 +7,10 @@ attempts are used up, drops cancelled arrays' chunks and re-sends unclaimed ones
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
+import yaml
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -253,3 +255,21 @@ async def test_an_unclaimed_chunk_is_sent_again(s: Sessions) -> None:
     assert (again.dispatched_at, again.device) == (None, None)
     assert [e.chunk_id for e in await _dispatch(s)] == [chunk.id]
     assert chunk.id == element_id(aid, 0)  # a chunk's id is its first element's
+
+
+async def test_kedas_fallback_counts_a_chunk_as_one_job(s: Sessions) -> None:
+    """Without the scheduler's demand, KEDA (deploy/kubernetes/keda.yaml) counts each chunk
+    once, as the scheduler's demand does, and the elements not in a chunk yet."""
+    path = Path(__file__).parents[2] / "deploy" / "kubernetes" / "keda.yaml"
+    queries = {}
+    for doc in yaml.safe_load_all(path.read_text()):
+        for trigger in doc["spec"].get("triggers", []) if doc["kind"] == "ScaledObject" else []:
+            if trigger["type"] == "postgresql":
+                sql = trigger["metadata"]["query"]
+                queries["cuda" if "'cuda'" in sql else "cpu"] = sql
+    tid = await _tenant(s)
+    await _array(s, tid, 50, wall_s=0.05)  # chunks of 10
+    await _materialise(s, window=20)
+    async with s() as session:
+        values = {pool: await session.scalar(text(q)) for pool, q in queries.items()}
+    assert values == {"cpu": 2 + 30, "cuda": 0}

@@ -182,3 +182,24 @@ async def test_an_element_cancelled_in_a_chunk_is_counted_once(
         array = await s.get_one(JobArray, aid, populate_existing=True)
     assert (array.n_succeeded, array.n_cancelled, array.n_running) == (3, 1, 0)
     assert (await get(client, tenant, f"/v1/jobs/{aid}:2"))["state"] == "CANCELLED"
+
+
+async def test_an_element_cancelled_in_a_held_chunk_is_charged_for_what_ran(
+    client: httpx.AsyncClient, tenant: TenantKey, sessions: Sessions
+) -> None:
+    aid = await chunked_array(sessions, tenant, 3, 3)
+    c = await claim(sessions, element_id(aid, 0))
+    r = await client.post(f"/v1/jobs/{aid}:1/cancel", headers=tenant.headers)
+    assert r.status_code == 202, r.text
+    assert (r.json()["state"], r.json()["attempts"]) == ("CANCELLED", 1)
+    body = await get(client, tenant, f"/v1/jobs/{aid}")
+    assert body["array"]["counts"] == counts(running=2, cancelled=1)
+    flushed = await record(sessions, c, dict.fromkeys(range(3), JobState.SUCCEEDED), last=True)
+    assert flushed.recorded == 2
+    async with sessions() as s:
+        charged = await s.scalar(
+            select(func.count()).where(JobAttempt.job_id == element_id(aid, 1))
+        )
+    assert charged == 1
+    body = await get(client, tenant, f"/v1/jobs/{aid}")
+    assert body["array"]["counts"] == counts(succeeded=2, cancelled=1)

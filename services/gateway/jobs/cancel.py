@@ -134,12 +134,17 @@ async def cancel_element(
         if await element_row(session, parent, index) is None:
             if chunk is not None:
                 await _leave_chunk(session, chunk)
-            return job_out(await _insert_cancelled(session, parent, array, index))
+            # an element of a held chunk may be running: its attempt, so that the worker's
+            # flush of it charges the run
+            held = chunk.attempt if chunk is not None and chunk.worker is not None else 0
+            return job_out(await _insert_cancelled(session, parent, array, index, held))
         await _lock_nowait(session, select(Job.id).where(Job.id == job_id))
     return job_out(await cancel_row(session, tenant_id, job_id))
 
 
-async def _insert_cancelled(session: AsyncSession, parent: Job, array: JobArray, index: int) -> Job:
+async def _insert_cancelled(
+    session: AsyncSession, parent: Job, array: JobArray, index: int, attempts: int = 0
+) -> Job:
     """Element ``index``'s row as the scheduler materialises it, but CANCELLED, with its
     history row and ``job.cancelled`` event. The counts' trigger moves it from
     ``n_pending`` to ``n_cancelled``; the scheduler's insert of that index does nothing."""
@@ -168,7 +173,7 @@ async def _insert_cancelled(session: AsyncSession, parent: Job, array: JobArray,
         max_retries=parent.max_retries,
         state=JobState.CANCELLED.value,
         state_reason=reason,
-        attempts=0,
+        attempts=attempts,
         created_at=parent.created_at,
         updated_at=now,
         finished_at=now,

@@ -33,6 +33,7 @@ from typing import Any
 
 from services.gateway.events.feed import Row, frame, read_rows
 from shared.db.wakeup import Connect, WakeListener
+from shared.errors import DependencyUnavailable
 from shared.logging import get_logger
 
 log = get_logger(__name__)
@@ -65,6 +66,11 @@ def _ended_before(running: list[int], xid: int) -> bool:
 # A live subscriber that has this many rows waiting (a slow reader) is dropped from the live
 # feed and reads from the database again, at its own pace.
 MAX_BACKLOG = 10_000
+
+# Ticks kept while none is final (a long transaction holds them): beyond this many the newest
+# is replaced, so that each check stays short; all become final together when it ends.
+MAX_TICKS = 64
+READY_S = 10.0  # how long a new stream waits for a first horizon before a 503
 
 Db = Callable[[], AbstractAsyncContextManager[Any]]  # a guarded plain asyncpg connection
 
@@ -157,8 +163,11 @@ class EventHub:
         async with self.db() as conn:
             if new_tick:
                 seq, next_xid, running = await conn.fetchrow(_TICK)
-                if not self._ticks or self._ticks[-1][0] != seq:
-                    self._ticks.append((int(seq), int(next_xid)))
+                tick = (int(seq), int(next_xid))
+                if len(self._ticks) >= MAX_TICKS:  # a long transaction: coarsen the newest
+                    self._ticks[-1] = tick
+                elif not self._ticks or self._ticks[-1][0] != tick[0]:
+                    self._ticks.append(tick)
             else:
                 running = await conn.fetchval(_RUNNING)
             running = list(running)
@@ -218,10 +227,16 @@ class EventHub:
                 del self._live[tenant_id]
 
     async def ready(self) -> int:
-        """The horizon, once the hub knows one."""
+        """The horizon, once the hub knows one; 503 if it does not within ``READY_S`` (the
+        database away since the gateway started)."""
         if not self._ready.is_set():
             self.wake()
-            await self._ready.wait()
+            try:
+                await asyncio.wait_for(self._ready.wait(), READY_S)
+            except TimeoutError:
+                raise DependencyUnavailable(
+                    "The events feed is not ready; retry later.", retry_after=2
+                ) from None
         return self.horizon
 
     def attach(self, tenant_id: uuid.UUID, position: int) -> Live | None:

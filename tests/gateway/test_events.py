@@ -105,6 +105,7 @@ def gateways(
 class Tenant:
     id: uuid.UUID
     headers: dict[str, str]
+    key_id: str = ""
 
 
 async def make_tenant(url: str) -> Tenant:
@@ -114,7 +115,8 @@ async def make_tenant(url: str) -> Tenant:
         tid = r.json()["id"]
         k = await c.post(f"/v1/tenants/{tid}/keys", json={"name": "k"}, headers=ADMIN)
         assert k.status_code == 201, k.text
-        return Tenant(uuid.UUID(tid), {"Authorization": f"Bearer {k.json()['key']}"})
+        key = k.json()
+        return Tenant(uuid.UUID(tid), {"Authorization": f"Bearer {key['key']}"}, key["id"])
 
 
 # --- writing events as the services do -------------------------------------------------
@@ -155,6 +157,7 @@ async def last_id(sessions: async_sessionmaker[AsyncSession]) -> int:
 class Sse:
     events: list[dict[str, Any]] = field(default_factory=list)
     comments: int = 0
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # the server closed it
 
     @property
     def ids(self) -> list[int]:
@@ -192,6 +195,7 @@ async def stream(
                 else:
                     name, _, value = line.partition(": ")
                     current[name] = value
+            seen.ended.set()
 
         async def read(n: int, within: float = ARRIVAL_S) -> list[dict[str, Any]]:
             start = len(seen.events)
@@ -409,6 +413,19 @@ async def test_idle_streams_get_a_keep_alive_comment(
     async with stream(a.url, tenant) as (seen, read):
         await nothing_more(read, within=4 * KEEP_ALIVE_S)
     assert seen.comments >= 2  # the first line, and at least one keep-alive after it
+
+
+async def test_a_revoked_key_ends_its_stream(gateways: tuple[Gateway, Gateway]) -> None:
+    a, _ = gateways
+    tenant = await make_tenant(a.url)
+    async with stream(a.url, tenant) as (seen, _read):
+        await asyncio.sleep(2 * KEEP_ALIVE_S)
+        assert not seen.ended.is_set()
+        async with httpx.AsyncClient(base_url=a.url) as c:
+            r = await c.delete(f"/v1/tenants/{tenant.id}/keys/{tenant.key_id}", headers=ADMIN)
+            assert r.status_code == 204, r.text
+        async with asyncio.timeout(ARRIVAL_S):
+            await seen.ended.wait()
 
 
 async def test_a_lower_id_that_commits_later_is_not_skipped(

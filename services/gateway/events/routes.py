@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Header, Query, Request
 from fastapi.responses import StreamingResponse
 
+from services.gateway.auth import Authenticator
 from services.gateway.deps import PrincipalDep, SessionDep, raw_db
 from services.gateway.events import service
 from services.gateway.events.hub import EventHub
@@ -15,6 +16,7 @@ from services.gateway.events.schemas import History
 from services.gateway.jobs.routes import JobIdPath
 from services.gateway.routing import feature_router
 from services.gateway.settings import GatewaySettings
+from shared.errors import Forbidden, Unauthorized
 
 router = feature_router(
     prefix="/v1",
@@ -72,8 +74,22 @@ async def stream_events(
     res = request.app.state.resources
     if resume is None:  # from now: whatever is not final yet when the answer starts
         resume = await hub.ready()
+    auth: Authenticator = request.app.state.authenticator
+    authorization = request.headers.get("authorization")
+
+    async def allowed() -> bool:  # the key still valid, its tenant not suspended
+        try:
+            again = await auth.authenticate(authorization)
+            return again.require_tenant("jobs:read") == tenant_id
+        except (Unauthorized, Forbidden):
+            return False
+
     stream = service.Stream(
-        tenant_id=tenant_id, after=resume, job=target, keep_alive_s=settings.events_keep_alive_s
+        tenant_id=tenant_id,
+        after=resume,
+        job=target,
+        keep_alive_s=settings.events_keep_alive_s,
+        allowed=allowed,
     )
     return StreamingResponse(
         service.events(stream, hub=hub, db=lambda: raw_db(res)),

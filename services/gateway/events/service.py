@@ -4,9 +4,10 @@ and a job's history. Functions that read take ``session`` as a keyword and never
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, aclosing
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -60,21 +61,38 @@ async def stream_target(
 Db = Callable[[], AbstractAsyncContextManager[Any]]
 
 
+async def _always() -> bool:
+    return True
+
+
 @dataclass(frozen=True)
 class Stream:
     """What one subscriber reads: ``tenant_id``'s events after ``after`` (None: from now),
-    only ``job``'s when given."""
+    only ``job``'s when given. ``allowed`` is asked again every ``keep_alive_s``: the
+    stream ends once its key is revoked or its tenant suspended."""
 
     tenant_id: uuid.UUID
     after: int | None
     job: uuid.UUID | None
     keep_alive_s: float
     batch: int = 500
+    allowed: Callable[[], Awaitable[bool]] = _always
 
 
 async def events(stream: Stream, *, hub: EventHub, db: Db) -> AsyncIterator[bytes]:
     """The stream's frames, oldest first, with a keep-alive comment whenever ``keep_alive_s``
-    passes without one; endless (the client closes it)."""
+    passes without one; until the client closes it or its key stops being allowed."""
+    checked = time.monotonic()
+    async with aclosing(_frames(stream, hub=hub, db=db)) as frames:
+        async for chunk in frames:
+            yield chunk
+            if time.monotonic() - checked >= stream.keep_alive_s:
+                if not await stream.allowed():
+                    return
+                checked = time.monotonic()
+
+
+async def _frames(stream: Stream, *, hub: EventHub, db: Db) -> AsyncGenerator[bytes]:
     yield KEEP_ALIVE  # the headers and a first line at once
     pos = stream.after if stream.after is not None else await hub.ready()
     while True:

@@ -405,6 +405,31 @@ async def test_migrations_have_state_events_in_the_same_sequence(
     assert seen.events[0]["data"]["migration_id"] == str(migration_id)
 
 
+async def test_progress_rows_are_job_progress_events(
+    gateways: tuple[Gateway, Gateway], sessions: async_sessionmaker[AsyncSession]
+) -> None:
+    """The worker's progress rows (kind ``progress``) are ``job.progress`` events; the job's
+    transitions (``/jobs/{id}/events``) leave them out."""
+    a, _ = gateways
+    tenant = await make_tenant(a.url)
+    job = await add_job(sessions, tenant)
+    start = await last_id(sessions)
+    async with sessions() as s, s.begin():
+        s.add(JobEvent(job_id=job, tenant_id=tenant.id, attempt=1, from_state="RUNNING",
+                       to_state="RUNNING", kind="progress", progress=0.25))  # fmt: skip
+    async with stream(a.url, tenant, params={"after": str(start)}) as (seen, read):
+        await read(1)
+    (event,) = seen.events
+    assert event["event"] == "job.progress"
+    assert event["data"]["progress"] == 0.25
+    assert event["data"]["job_id"] == str(job)
+    assert "state" not in event["data"]
+    async with httpx.AsyncClient(base_url=a.url) as c:
+        r = await c.get(f"/v1/jobs/{job}/events", headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"items": []}
+
+
 async def test_idle_streams_get_a_keep_alive_comment(
     gateways: tuple[Gateway, Gateway],
 ) -> None:

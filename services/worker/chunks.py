@@ -56,6 +56,7 @@ STATES = {
     Status.TIMED_OUT: JobState.TIMED_OUT,
     Status.FAILED: JobState.FAILED,
     Status.CRASHED: JobState.FAILED,  # retryable
+    Status.CANCELLED: JobState.CANCELLED,
 }
 CANCELLED_ERROR = "array cancelled before the element ran"
 
@@ -109,6 +110,7 @@ class ChunkRun:
 
     claim: ChunkClaim
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    abort: asyncio.Event = field(default_factory=asyncio.Event)  # kill the running element too
     cancelled: bool = False  # the array was cancelled: the rest are CANCELLED
     fenced: bool = False  # no longer this worker's chunk: drop what is buffered
     buffer: list[ElementOutcome] = field(default_factory=list)
@@ -166,6 +168,7 @@ class Chunks:
             if run.claim.array_id == array_id:
                 run.cancelled = True
                 run.stop.set()
+                run.abort.set()
                 found = True
         return found
 
@@ -205,6 +208,7 @@ class Chunks:
                 items,
                 on_outcome=on_outcome,
                 stop=run.stop,
+                abort=run.abort,
                 timeout_s=claim.timeout_s,
                 device=claim.device,
             ),
@@ -268,6 +272,7 @@ class Chunks:
         elif flushed.cancelled and not run.cancelled:
             run.cancelled = True
             run.stop.set()
+            run.abort.set()
         return flushed
 
     async def _flush_retrying(self, run: ChunkRun, *, last: bool) -> bool:

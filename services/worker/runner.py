@@ -56,6 +56,7 @@ class Status(StrEnum):
     FAILED = "FAILED"  # the kernel refused or raised: ``retryable`` says whose fault
     CRASHED = "CRASHED"  # the process died under the job: retryable
     TIMED_OUT = "TIMED_OUT"
+    CANCELLED = "CANCELLED"  # stopped on request while it ran (an array's cancel)
 
 
 @dataclass
@@ -357,18 +358,21 @@ class KernelRunner:
         stop: asyncio.Event,
         timeout_s: float | None = None,
         device: str | None = None,
+        abort: asyncio.Event | None = None,
     ) -> list[BatchItem]:
         """Run ``items`` one after another in warm processes, calling ``on_outcome(index,
         outcome)`` as each ends; return the items not run (``stop`` was set: the item that
         runs then finishes first). ``timeout_s`` is per item: an item over it is
         ``TIMED_OUT``, its process killed, and the rest go on in another process; so do
         they after a crash (that item ``CRASHED``, retryable) or an item out of memory.
-        Cancelling the calling task kills the process that runs the batch (and re-raises)."""
+        ``abort`` set as well kills the item that runs (it ends ``CANCELLED``, charged with what
+        it used) instead of letting it finish. Cancelling the calling task kills the process
+        that runs the batch (and re-raises)."""
         left = deque(items)
         while left and not stop.is_set():
             proc = await self._acquire()
             await self._run_some(
-                proc, kernel, device or self.config.device, left, timeout_s, on_outcome, stop
+                proc, kernel, device or self.config.device, left, timeout_s, on_outcome, stop, abort
             )
         return list(left)
 
@@ -381,6 +385,7 @@ class KernelRunner:
         timeout_s: float | None,
         on_outcome: OnOutcome,
         stop: asyncio.Event,
+        abort: asyncio.Event | None = None,
     ) -> None:
         """One batch request on ``proc`` for the items ``left``, which loses each item as it
         ends, until the batch ends, stops, or loses its process."""
@@ -388,11 +393,23 @@ class KernelRunner:
         progress = _BatchProgress(time.perf_counter())
         reader: asyncio.Task[None] | None = None
         stopped = asyncio.ensure_future(stop.wait())
+        aborted = asyncio.ensure_future((abort or asyncio.Event()).wait())
         try:
             await proc.call_batch(kernel, device, left)
             reader = asyncio.ensure_future(self._read_batch(proc, left, on_outcome, progress))
-            waiting: set[asyncio.Future[Any]] = {reader, stopped}
+            waiting: set[asyncio.Future[Any]] = {reader, stopped, aborted}
             while not reader.done():
+                if aborted.done():
+                    reader.cancel()
+                    self._lost(
+                        proc,
+                        left,
+                        progress,
+                        on_outcome,
+                        Status.CANCELLED,
+                        "cancelled while running",
+                    )
+                    return
                 wait_s = (
                     None if timeout_s is None else progress.since + timeout_s - time.perf_counter()
                 )
@@ -426,6 +443,7 @@ class KernelRunner:
             self._lost(proc, left, progress, on_outcome, Status.CRASHED, exit_reason(code))
         finally:
             stopped.cancel()
+            aborted.cancel()
             if reader is not None and not reader.done():
                 reader.cancel()
             if keep:

@@ -66,6 +66,7 @@ def report_for(outcome: Outcome | None, usage: Usage, *, stopping: bool = False)
         Status.TIMED_OUT: JobState.TIMED_OUT,
         Status.FAILED: JobState.FAILED,
         Status.CRASHED: JobState.FAILED,
+        Status.CANCELLED: JobState.CANCELLED,
     }[outcome.status]
     return Report(
         state,

@@ -201,7 +201,7 @@ WITH chunk AS (
                          $9::float8[], $10::float8[], $11::timestamptz[], $12::timestamptz[])
         AS o(i, state, result, error, retry, cpu, wall, started, finished)
 ), inserted AS (
-    INSERT INTO jobs ({_ELEMENT_COLUMNS})
+    INSERT INTO jobs ({_ELEMENT_COLUMNS}, receipt)
     SELECT {element_id_sql("p.id", "o.i")}, p.tenant_id, p.kernel, p.device, {PARAMS},
            p.inputs, p.outputs, p.labels, p.output_tier, p.priority, p.timeout_s,
            p.max_retries, CASE WHEN r.again THEN 'QUEUED' ELSE o.state END,
@@ -210,7 +210,10 @@ WITH chunk AS (
            CASE WHEN r.again THEN now() + make_interval(secs => $14::float8) END,
            CAST(o.result AS jsonb), o.error, p.created_at, now(), c.created_at, o.started,
            CASE WHEN NOT r.again THEN o.finished END, false, p.id, o.i,
-           CASE WHEN o.state = 'SUCCEEDED' THEN 1.0 END
+           CASE WHEN o.state = 'SUCCEEDED' THEN 1.0 END,
+           -- the receipt's CPU seconds come with the row (migration 0023's trigger builds
+           -- the rest), so the usage row below does not make it write the row again
+           CASE WHEN o.state = 'SUCCEEDED' THEN jsonb_build_object('cpu_seconds', o.cpu) END
     FROM chunk c
     JOIN jobs p ON p.id = c.array_id
     JOIN job_arrays a ON a.job_id = c.array_id
@@ -226,6 +229,9 @@ WITH chunk AS (
     SELECT n.id, n.attempts, n.tenant_id, $3, o.state, o.cpu, 0, o.wall, c.device, o.started,
            o.error
     FROM inserted n JOIN outcome o ON o.i = n.array_index CROSS JOIN chunk c
+    UNION ALL  -- the chunk's earlier attempts, lost with their workers: counted once, now
+    SELECT n.id, k, n.tenant_id, NULL, 'LOST', 0, 0, 0, NULL, NULL, '{LOST_ERROR}'
+    FROM inserted n CROSS JOIN generate_series(1, n.attempts - 1) AS k
     UNION ALL  -- elements the array's cancel ended while this attempt ran them: they ran
     SELECT e.id, e.attempts, e.tenant_id, $3, o.state, o.cpu, 0, o.wall, c.device, o.started,
            o.error
@@ -429,9 +435,10 @@ WITH expired AS ({_EXPIRED}
 ), usage AS (
     INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
                               gpu_seconds, wall_seconds, device, started_at, error)
-    SELECT id, attempts, tenant_id, worker, 'LOST', 0, 0, 0, assigned_device, started_at,
-           '{LOST_ERROR}'
-    FROM inserted
+    SELECT id, k, tenant_id, CASE WHEN k = attempts THEN worker END, 'LOST', 0, 0, 0,
+           CASE WHEN k = attempts THEN assigned_device END,
+           CASE WHEN k = attempts THEN started_at END, '{LOST_ERROR}'
+    FROM inserted CROSS JOIN generate_series(1, attempts) AS k  -- every attempt, all lost
     ON CONFLICT DO NOTHING
 ), moved AS (
     UPDATE job_arrays a SET n_pending = a.n_pending + s.k, n_running = a.n_running - s.k

@@ -256,6 +256,37 @@ async def test_a_flush_records_final_rows_with_usage_exactly_once(db: Sessions) 
     assert (counts["RUNNING"], counts["SUCCEEDED"], counts["TIMED_OUT"]) == (2, 1, 1)
 
 
+async def test_a_recorded_element_has_its_receipt_in_one_row_write(db: Sessions) -> None:
+    """Two row writes an element: its row, with the receipt's CPU seconds already in it, and
+    its usage row, both by the flush's one command; the receipt's trigger does not write the
+    element's row again (a later command would give its row version a later ``cmin``)."""
+    array_id = await _array(db, 2)
+    await _chunks(db)
+    [chunk_id] = await _chunk_ids(db, array_id)
+    claim = await _claim(db, chunk_id)
+    assert claim is not None
+    async with db() as session, session.begin():
+        await record_elements(
+            session_fetch(session), claim, [_done(0), _done(1)], worker="w1", last=False
+        )
+        versions = (
+            await session.execute(
+                text(
+                    "SELECT j.cmin::text, a.cmin::text FROM jobs j"
+                    " JOIN job_attempts a ON a.job_id = j.id WHERE j.array_id = :a"
+                ),
+                {"a": array_id},
+            )
+        ).all()
+    assert len(versions) == 2
+    assert all(job == usage for job, usage in versions), versions
+    async with db() as session:
+        row = await session.get_one(Job, element_id(array_id, 1))
+    assert row.receipt is not None
+    assert row.receipt["cpu_seconds"] == 0.001
+    assert (row.receipt["kernel"], row.receipt["worker"]) == (row.kernel, "w1")
+
+
 async def test_the_last_flush_deletes_the_chunk_and_ends_the_array(db: Sessions) -> None:
     array_id = await _array(db, 3)
     await _chunks(db)
@@ -311,7 +342,16 @@ async def test_a_stale_attempt_is_fenced(db: Sessions) -> None:
     assert (await _record(db, new, [_done(0), _done(1)], last=True)).recorded == 2
     async with db() as session:
         row = await session.get_one(Job, element_id(array_id, 0))
+        usage = (
+            await session.execute(
+                select(JobAttempt.attempt, JobAttempt.outcome)
+                .where(JobAttempt.job_id == row.id)
+                .order_by(JobAttempt.attempt)
+            )
+        ).all()
     assert row.attempts == 2
+    # the attempt lost with its worker is counted once, as lost, beside the one that ran
+    assert [tuple(u) for u in usage] == [(1, "LOST"), (2, "SUCCEEDED")]
     await _exact(db, array_id)
 
 

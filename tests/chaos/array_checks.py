@@ -97,7 +97,7 @@ _PEAKS = text(
                    OVER (PARTITION BY j.array_id
                          ORDER BY e.at, e.to_state = 'RUNNING', e.id) AS running
         FROM job_events e JOIN jobs j ON j.id = e.job_id
-        WHERE j.array_id = ANY(:a)
+        WHERE j.array_id = ANY(:a) AND e.kind = 'state'
           AND (e.to_state = 'RUNNING' OR e.from_state = 'RUNNING')
     ) s
     GROUP BY array_id

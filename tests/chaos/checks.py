@@ -150,7 +150,8 @@ async def check_outcomes(session: AsyncConnection, tids: list[uuid.UUID], f: Fin
         text(
             "SELECT e.job_id, string_agg(e.to_state || '@' || e.attempt, ',') FROM job_events e "
             "JOIN jobs j ON j.id = e.job_id WHERE j.tenant_id = ANY(:t) "
-            "AND e.to_state = ANY(:final) GROUP BY e.job_id HAVING count(*) > 1"
+            "AND e.kind = 'state' AND e.to_state = ANY(:final) "
+            "GROUP BY e.job_id HAVING count(*) > 1"
         ),
         {"t": tids, "final": list(FINAL)},
     )

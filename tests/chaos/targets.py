@@ -136,6 +136,7 @@ async def count_hits(
                 "JOIN job_events f ON f.job_id = r.job_id AND f.attempt = r.attempt "
                 "AND f.from_state = 'RUNNING' "
                 "WHERE j.tenant_id = ANY(:t) AND j.array_id IS NOT NULL "
+                "AND r.kind = 'state' AND f.kind = 'state' "
                 "AND r.to_state = 'RUNNING' AND r.at < to_timestamp(:start) "
                 "AND f.at > to_timestamp(:end)"
             ),

@@ -53,6 +53,11 @@ ENDPOINTS = [
     Endpoint("GET", "/v1/jobs/{job}", "jobs:read", other=404),
     Endpoint("POST", "/v1/jobs/{job}/cancel", "jobs:write", other=404),
     Endpoint("GET", "/v1/jobs/{job}/elements", "jobs:read", other=404),
+    Endpoint("GET", "/v1/jobs/{job}/events", "jobs:read", other=404),
+    Endpoint("GET", "/v1/jobs/{job}/attempts", "jobs:read", other=404),
+    Endpoint("GET", "/v1/jobs/{job}/log", "jobs:read", other=404),
+    # the stream narrowed to the owner's job: another tenant's key is a 404, not a stream
+    Endpoint("GET", "/v1/events?job={job}", "jobs:read", other=404),
     Endpoint("POST", "/v1/workflows", "jobs:write", other=201, json=lambda _: WORKFLOW),
     Endpoint("GET", "/v1/workflows", "jobs:read", other=200),
     Endpoint("GET", "/v1/workflows/{workflow}", "jobs:read", other=404),

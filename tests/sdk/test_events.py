@@ -111,12 +111,13 @@ async def test_follow_log_ends_when_the_job_ends(aclient: AsyncClient) -> None:
 async def test_a_cut_feed_resumes_with_no_gap_and_no_duplicate(url: str, key: str) -> None:
     """A TCP proxy cuts the feed's connection after its second event: the client opens it
     again after the last id it saw, and the events it gives are exactly those of a feed
-    read without a cut."""
+    read without a cut. Jobs are submitted past the proxy, three of them after the cut, so
+    that their events can only come through the feed's new connection."""
     port = int(url.rsplit(":", 1)[1])
-    async with TcpProxy.running(port) as proxy:
+    async with TcpProxy.running(port) as proxy, AsyncClient(url, key) as direct:
         ac = AsyncClient(f"http://127.0.0.1:{proxy.port}", key)
         try:
-            jobs = {(await ac.submit("montecarlo_pi", params=MC)).id for _ in range(4)}
+            jobs = {(await direct.submit("montecarlo_pi", params=MC)).id}
             cut: list[Event] = []
             cuts = connections = 0
             ended: set[str] = set()
@@ -125,6 +126,8 @@ async def test_a_cut_feed_resumes_with_no_gap_and_no_duplicate(url: str, key: st
                     cut.append(event)
                     if len(cut) == 2:
                         cuts, connections = proxy.cut(), len(proxy.accepted)
+                        for _ in range(3):
+                            jobs.add((await direct.submit("montecarlo_pi", params=MC)).id)
                     if event.state in FINAL_STATES:
                         ended.add(event.job_id or "")
                     if ended == jobs:
@@ -152,8 +155,8 @@ async def test_a_cut_feed_resumes_the_same_in_the_sync_client(url: str, key: str
             return proxy.cut(), len(proxy.accepted)
 
         def follow() -> tuple[list[Event], int, int]:
-            with Client(f"http://127.0.0.1:{proxy.port}", key) as c:
-                jobs = {c.submit("montecarlo_pi", params=MC).id for _ in range(4)}
+            with Client(f"http://127.0.0.1:{proxy.port}", key) as c, Client(url, key) as direct:
+                jobs = {direct.submit("montecarlo_pi", params=MC).id}
                 seen: list[Event] = []
                 cuts = connections = 0
                 ended: set[str] = set()
@@ -163,6 +166,8 @@ async def test_a_cut_feed_resumes_the_same_in_the_sync_client(url: str, key: str
                         cuts, connections = asyncio.run_coroutine_threadsafe(
                             cut_now(), loop
                         ).result()
+                        # after the cut: their events can only come through a new connection
+                        jobs.update(direct.submit("montecarlo_pi", params=MC).id for _ in range(3))
                     if event.state in FINAL_STATES:
                         ended.add(event.job_id or "")
                     if ended == jobs:

@@ -22,11 +22,14 @@ from stratus_client.models import (
     Migration,
     Quotas,
     QuotaUse,
+    Receipt,
     Tenant,
     TenantSelf,
     Transition,
     Usage,
+    WebhookSecret,
     WorkerPool,
+    Workflow,
 )
 from stratus_client.retry import NO_RETRIES, RetryEvent, RetryPolicy
 
@@ -53,6 +56,7 @@ __all__ = [
     "Migration",
     "QuotaUse",
     "Quotas",
+    "Receipt",
     "RetryEvent",
     "RetryPolicy",
     "StratusError",
@@ -61,6 +65,8 @@ __all__ = [
     "Transition",
     "Usage",
     "WaitTimeout",
+    "WebhookSecret",
     "WorkerPool",
+    "Workflow",
     "__version__",
 ]

@@ -28,7 +28,9 @@ from stratus_client.models import (
     TenantSelf,
     Transition,
     Usage,
+    WebhookSecret,
     WorkerPool,
+    Workflow,
 )
 
 T = TypeVar("T")
@@ -127,6 +129,7 @@ def submission(
     output_tier: str | None = None,
     array: ArraySpec | Mapping[str, Any] | None = None,
     depends_on: Iterable[Mapping[str, str]] | None = None,
+    notify: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /v1/jobs``: only what was given, so the service's defaults
@@ -146,6 +149,7 @@ def submission(
         "output_tier": output_tier,
         "array": dict(array) if array is not None else None,
         "depends_on": [dict(d) for d in depends_on] if depends_on is not None else None,
+        "notify": dict(notify) if notify is not None else None,
     }
     return {k: v for k, v in body.items() if v is not None} | dict(extra or {})
 
@@ -216,6 +220,37 @@ def page(path: str, filters: Params, cursor: str | None, page_size: int) -> Call
     """One page of the list at ``path``; the next one is asked with its ``next_cursor``."""
     params = (*filters, ("limit", str(page_size)), *query(cursor=cursor))
     return Call("GET", path, _model(Page), params=params)
+
+
+def workflow_path(workflow_id: str) -> str:
+    return f"/v1/workflows/{quote(str(workflow_id), safe='')}"
+
+
+def submit_workflow(
+    name: str, steps: Mapping[str, Mapping[str, Any]], idempotency_key: str | None
+) -> Call[Workflow]:
+    """``POST /v1/workflows`` with its ``Idempotency-Key`` (a new one unless given), the
+    same on every retry: the graph is created once."""
+    key = idempotency_key or str(uuid.uuid4())
+    body = {"name": name, "steps": {k: dict(v) for k, v in steps.items()}}
+    return Call(
+        "POST", "/v1/workflows", _model(Workflow), json=body, headers={"Idempotency-Key": key}
+    )
+
+
+def get_workflow(workflow_id: str) -> Call[Workflow]:
+    return Call("GET", workflow_path(workflow_id), _model(Workflow))
+
+
+def cancel_workflow(workflow_id: str) -> Call[Workflow]:
+    # Not repeated after a lost answer, as ``cancel``: the second try would be a 409.
+    path = f"{workflow_path(workflow_id)}/cancel"
+    return Call("POST", path, _model(Workflow), idempotent=False)
+
+
+def rotate_webhook_secret() -> Call[WebhookSecret]:
+    # Not repeated: each call makes a new secret, and the one a lost answer held is gone.
+    return Call("POST", "/v1/tenant/webhook-secret", _model(WebhookSecret), idempotent=False)
 
 
 def put_dataset(name: str, tier: str | None) -> Call[Dataset]:

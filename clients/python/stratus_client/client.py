@@ -40,6 +40,8 @@ from stratus_client.models import (
     TenantSelf,
     Transition,
     Usage,
+    WebhookSecret,
+    Workflow,
 )
 from stratus_client.retry import RetryEvent, RetryPolicy
 
@@ -201,11 +203,14 @@ class Client:
         output_tier: str | None = None,
         array: ArraySpec | Mapping[str, Any] | None = None,
         depends_on: Iterable[Mapping[str, str]] | None = None,
+        notify: Mapping[str, Any] | None = None,
         extra: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> Job:
         """Submit a job (an array with ``array``). Fields left out take the service's
-        defaults; ``extra`` adds body fields this client does not name. The submission
+        defaults; ``depends_on``: ``[{"job": id, "condition": "afterok"}]``; ``notify``:
+        ``{"url": "https://...", "events": ["final"]}``; ``extra`` adds body fields this
+        client does not name. The submission
         carries an ``Idempotency-Key`` (``idempotency_key``, or a new one), the same on every
         retry: the service creates the job once however often the call is tried."""
         body = _calls.submission(
@@ -221,6 +226,7 @@ class Client:
             output_tier=output_tier,
             array=array,
             depends_on=depends_on,
+            notify=notify,
             extra=extra,
         )
         call = _calls.submit(body, idempotency_key)
@@ -399,6 +405,52 @@ class Client:
             finally:
                 response.close()
             time.sleep(reconnect_delay(drops))
+
+    # --- workflows and webhooks -------------------------------------------------------------
+
+    def submit_workflow(
+        self,
+        name: str,
+        steps: Mapping[str, Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+    ) -> Workflow:
+        """Submit a named graph of jobs in one transaction: ``steps`` maps each step's name
+        to a submission (as ``POST /v1/jobs``'s body) whose ``depends_on`` may name other
+        steps (``{"step": name, "condition": "afterok"}``). A cycle or an unknown step name
+        is an ``ApiError`` 422, and nothing is created. It carries an ``Idempotency-Key``
+        (``idempotency_key``, or a new one), the same on every retry."""
+        return self._run(_calls.submit_workflow(name, steps, idempotency_key))
+
+    def get_workflow(self, workflow_id: str) -> Workflow:
+        """A workflow: its state, each step's job id, its steps by state."""
+        return self._run(_calls.get_workflow(workflow_id))
+
+    def list_workflows(self) -> Iterator[Workflow]:
+        """The tenant's workflows, newest first, every page (each asked when needed)."""
+        for item in self._items("/v1/workflows"):
+            yield Workflow.model_validate(item)
+
+    def cancel_workflow(self, workflow_id: str) -> Workflow:
+        """Cancel every step that is not final; ``ApiError`` 409 when it is final already."""
+        return self._run(_calls.cancel_workflow(workflow_id))
+
+    def wait_workflow(
+        self,
+        workflow_id: str,
+        *,
+        timeout: float | None = None,
+    ) -> Workflow:
+        """The workflow once it is final (its state is SUCCEEDED, FAILED or CANCELLED);
+        polls it. ``WaitTimeout`` after ``timeout`` seconds."""
+        return self._follow(
+            lambda: self.get_workflow(workflow_id), f"workflow {workflow_id}", timeout
+        )
+
+    def rotate_webhook_secret(self) -> WebhookSecret:
+        """A new secret for the ``Stratus-Signature`` of every webhook delivery from now on
+        (the old one stops signing). Shown only in this answer: keep it."""
+        return self._run(_calls.rotate_webhook_secret())
 
     # --- migrations, usage, tenant ----------------------------------------------------------
 

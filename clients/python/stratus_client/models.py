@@ -90,6 +90,10 @@ class Job(_Model):
     array_id: str | None = None
     array_index: int | None = None
     array: ArrayStatus | None = None
+    depends_on: list[dict[str, str]] | None = None
+    workflow_id: str | None = None
+    notify: dict[str, Any] | None = None
+    receipt: Receipt | None = None
 
     @property
     def is_final(self) -> bool:
@@ -99,6 +103,54 @@ class Job(_Model):
     @property
     def succeeded(self) -> bool:
         return self.state == JobState.SUCCEEDED
+
+
+class Receipt(_Model):
+    """What a SUCCEEDED job ran: kernel and its version, params, device, the checksums of
+    its inputs and outputs (``{name: {"dataset", "checksum"}}``), the software, the worker
+    and the CPU seconds."""
+
+    kernel: str
+    kernel_version: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    device: str | None = None
+    inputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    software: dict[str, str] = Field(default_factory=dict)
+    worker: str | None = None
+    cpu_seconds: float | None = None
+
+
+class Workflow(_Model):
+    """A named graph of jobs: ``steps`` maps each step's name to its job's id; its
+    ``state`` follows its steps' as an array's follows its elements; ``counts``: the steps
+    by state."""
+
+    id: str
+    name: str
+    state: str
+    steps: dict[str, str] = Field(default_factory=dict)
+    counts: dict[str, int] = Field(default_factory=dict)
+    created_at: datetime
+    finished_at: datetime | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == JobState.SUCCEEDED
+
+
+Job.model_rebuild()  # ``receipt``: a ``Receipt``, defined after it
+
+
+class WebhookSecret(_Model):
+    """The tenant's new webhook signing secret: shown only when it is made."""
+
+    secret: str
+    created_at: datetime
 
 
 class Dataset(_Model):

@@ -11,7 +11,7 @@ import typer
 from typer.core import TyperGroup
 
 from stratus_client import ApiError, ConfigurationError, __version__
-from stratus_client.cli import account, admin, datasets, history, jobs, watch
+from stratus_client.cli import account, admin, datasets, history, jobs, watch, workflows
 from stratus_client.cli.output import API_ERROR, USAGE, fail, problem_line
 
 
@@ -41,7 +41,8 @@ def _has_request(error: httpx.TransportError) -> bool:
 app = typer.Typer(
     cls=_Commands,
     name="stratus",
-    help="Stratus from the command line: kernels, jobs and arrays, events and logs, datasets, "
+    help="Stratus from the command line: kernels, jobs and arrays, workflows, events and logs, "
+    "datasets, "
     "usage, admin. "
     "Configure with STRATUS_URL and STRATUS_API_KEY, or `stratus login`.",
     no_args_is_help=True,
@@ -67,6 +68,7 @@ def _main(
 
 
 jobs.register(app)
+workflows.register(app)
 watch.register(app)
 history.register(app)
 datasets.register(app)

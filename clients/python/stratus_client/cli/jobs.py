@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from stratus_client import ArraySpec, Job, JobState
+from stratus_client import ArraySpec, Job, JobState, Receipt
 from stratus_client.cli.config import connect
 from stratus_client.cli.options import pairs
 from stratus_client.cli.output import (
@@ -103,6 +103,15 @@ def submit(
     max_concurrent: Annotated[
         int | None, typer.Option(help="At most this many elements at once.")
     ] = None,
+    depends_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--depends-on",
+            metavar="ID[:CONDITION]",
+            help="Start only once job ID reaches CONDITION: afterok (the default), "
+            "afternotok, afterany or aftercorr. Repeatable.",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Show its progress until it ends.")] = False,
     json_: JsonOption = False,
 ) -> None:
@@ -124,6 +133,7 @@ def submit(
             labels=pairs(label, "--label") or None,
             output_tier=output_tier,
             array=spec,
+            depends_on=dependencies(depends_on),
         )
         if wait:
             job = follow_job(client, job)
@@ -133,6 +143,25 @@ def submit(
         print_json(job)
     else:
         typer.echo(f"submitted {_kind(job)} {job.id} ({job.state})")
+
+
+CONDITIONS = ("afterok", "afternotok", "afterany", "aftercorr")
+
+
+def dependencies(values: list[str] | None) -> list[dict[str, str]] | None:
+    """``["ID", "ID:afterany"]`` as ``depends_on``; an element's id ``ARRAY:INDEX`` keeps
+    its colon (only a known condition after the last one is read as a condition)."""
+    if not values:
+        return None
+    found = []
+    for value in values:
+        job, sep, condition = value.rpartition(":")
+        if not sep or condition not in CONDITIONS:
+            job, condition = value, "afterok"
+        if not job:
+            raise typer.BadParameter(f"{value!r} names no job", param_hint="--depends-on")
+        found.append({"job": job, "condition": condition})
+    return found
 
 
 def _array(
@@ -237,6 +266,26 @@ def _rows(job: Job) -> Iterator[tuple[str, Any]]:
         yield "result", compact(job.result)
     if job.error:
         yield "error", job.error
+    if job.workflow_id:
+        yield "workflow", job.workflow_id
+    for dep in job.depends_on or []:
+        yield "depends on", f"{dep.get('job')} ({dep.get('condition')})"
+    if job.receipt is not None:
+        yield from _receipt_rows(job.receipt)
+
+
+def _receipt_rows(receipt: Receipt) -> Iterator[tuple[str, Any]]:
+    """A SUCCEEDED job's provenance: what ran, where, on which bytes."""
+    version = f" {receipt.kernel_version}" if receipt.kernel_version else ""
+    yield "receipt", f"{receipt.kernel}{version} on {receipt.device or '-'}"
+    yield "  worker", receipt.worker
+    if receipt.cpu_seconds is not None:
+        yield "  cpu_seconds", f"{receipt.cpu_seconds:.3f}"
+    for side in ("inputs", "outputs"):
+        for name, ref in getattr(receipt, side).items():
+            yield f"  {side[:-1]} {name}", f"{ref.get('dataset')} {ref.get('checksum')}"
+    if receipt.software:
+        yield "  software", " ".join(f"{k} {v}" for k, v in sorted(receipt.software.items()))
 
 
 def _array_rows(job: Job) -> Iterator[tuple[str, Any]]:

@@ -116,7 +116,7 @@ class Receipt(_Model):
     device: str | None = None
     inputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
     outputs: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    software: dict[str, str] = Field(default_factory=dict)
+    software: dict[str, Any] = Field(default_factory=dict)
     worker: str | None = None
     cpu_seconds: float | None = None
 

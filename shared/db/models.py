@@ -144,6 +144,9 @@ class Job(Base):
     )
     # a SUCCEEDED job's provenance, written by the database when it succeeds (migration 0022)
     receipt: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # the pinned inputs' checksums (``{input: checksum}``), held at submit and at admission
+    # (migration 0024)
+    pins: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
 
     __table_args__ = (
         CheckConstraint(f"state IN {JOB_STATES!r}", name="state_known"),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Collection, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -212,6 +212,8 @@ class Admitted:
     job_id: uuid.UUID
     tenant_id: uuid.UUID
     inputs: dict[str, Any]
+    # the pinned inputs' checksums, ``{input: checksum}`` (migration 0024)
+    pins: dict[str, Any] = field(default_factory=dict)
 
 
 ADMIT_REASON = "waiting for a worker slot"
@@ -229,12 +231,12 @@ WITH picked AS (
 ), admitted AS (
     UPDATE jobs SET state = 'QUEUED', queued_at = now(), updated_at = now(), state_reason = $2
     FROM picked WHERE jobs.id = picked.id
-    RETURNING jobs.id, jobs.tenant_id, jobs.inputs::text AS inputs
+    RETURNING jobs.id, jobs.tenant_id, jobs.inputs::text AS inputs, jobs.pins::text AS pins
 ), history AS (
     INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, reason, at)
     SELECT id, tenant_id, 0, 'PENDING', 'QUEUED', $2, now() FROM admitted
 )
-SELECT id, tenant_id, inputs FROM admitted
+SELECT id, tenant_id, inputs, pins FROM admitted
 """
 
 
@@ -244,7 +246,10 @@ async def admit_pending(fetch: Fetch, *, limit: int, reason: str = ADMIT_REASON)
     rows = await fetch(_ADMIT_PENDING, limit, reason)
     if rows:
         JOB_TRANSITIONS.labels(JobState.QUEUED.value).inc(len(rows))
-    return [Admitted(r[0], r[1], orjson.loads(r[2]) if r[2] else {}) for r in rows]
+    return [
+        Admitted(r[0], r[1], orjson.loads(r[2]) if r[2] else {}, orjson.loads(r[3] or "{}"))
+        for r in rows
+    ]
 
 
 # --- The worker's transitions ---------------------------------------------------------

@@ -97,7 +97,20 @@ async def request_stage_ins(
     *, session: AsyncSession, admitted: Admitted, tiers: Collection[str]
 ) -> None:
     """Request the stage-in of each input of a job just admitted that is not on the stage
-    tier; the job says which it waits for. An input that no longer exists fails the job."""
+    tier; the job says which it waits for. An input that no longer exists fails the job, and
+    so does a pinned one whose dataset holds other bytes than its pin (before it runs)."""
+    for key, pin in sorted(admitted.pins.items()):
+        name = admitted.inputs.get(key)
+        row = (
+            None
+            if name is None
+            else await get_dataset(session=session, tenant_id=admitted.tenant_id, name=name)
+        )
+        if row is None or row.checksum != pin:
+            found = "no longer exists" if row is None else f"has checksum {row.checksum!r}"
+            error = f"pinned input {key!r}: dataset {name!r} {found}, pinned {pin!r}"
+            await set_job_state(session, admitted.job_id, Failed(error))
+            return
     staging: list[str] = []
     for name in sorted(set(admitted.inputs.values())):
         try:

@@ -71,6 +71,8 @@ async def admit(
             await lock_name(session=session, tenant_id=tenant_id, name=name)
         found = await _datasets(session=session, tenant_id=tenant_id, data=data)
         _check_inputs_exist(data.inputs, found)
+        if not data.depends_on:  # a dependency may still write a pinned input
+            _check_pins(data.inputs, data.pins or {}, found)
         headers = await _read_headers(
             storage=limits.storage, tenant_id=tenant_id, inputs=data.inputs, found=found
         )
@@ -99,6 +101,14 @@ async def admit_array(
     inputs only (the worker checks each element's when it runs), and the storage quota
     against the outputs of the larger of the two times the size."""
     _check_distinct_outputs(data.outputs)
+    if data.pins:
+        raise Invalid(
+            "an array's inputs cannot be pinned yet",
+            errors=[
+                {"loc": ["body", "inputs", n, "checksum"], "msg": "not supported on an array"}
+                for n in sorted(data.pins)
+            ],
+        )
     await _check_device(db=db, device=data.device, spec=spec, pools=limits.pools)
     if not data.inputs and not data.outputs:
         return
@@ -254,6 +264,7 @@ async def _check_device(
 class Stored:
     size: int
     tier: str
+    checksum: str | None = None
 
 
 async def _datasets_named(
@@ -277,11 +288,11 @@ async def _datasets(
     if not names:
         return {}
     rows = await session.execute(
-        select(Dataset.name, Dataset.size, Dataset.tier).where(
+        select(Dataset.name, Dataset.size, Dataset.tier, Dataset.checksum).where(
             Dataset.tenant_id == tenant_id, Dataset.name.in_(names)
         )
     )
-    return {name: Stored(size, tier) for name, size, tier in rows}
+    return {name: Stored(size, tier, checksum) for name, size, tier, checksum in rows}
 
 
 def _check_inputs_exist(inputs: Mapping[str, str], found: Mapping[str, Stored]) -> None:
@@ -292,6 +303,22 @@ def _check_inputs_exist(inputs: Mapping[str, str], found: Mapping[str, Stored]) 
     ]
     if errors:
         raise Invalid("input dataset not found", errors=errors)
+
+
+def _check_pins(
+    inputs: Mapping[str, str], pins: Mapping[str, str], found: Mapping[str, Stored]
+) -> None:
+    """422 for each pinned input whose dataset holds other bytes than its pin says."""
+    errors = [
+        {
+            "loc": ["body", "inputs", n, "checksum"],
+            "msg": f"dataset {inputs[n]!r} has checksum {found[inputs[n]].checksum!r}",
+        }
+        for n, pin in sorted(pins.items())
+        if n in inputs and found[inputs[n]].checksum != pin
+    ]
+    if errors:
+        raise Invalid("a pinned input's dataset has other bytes", errors=errors)
 
 
 async def _read_headers(

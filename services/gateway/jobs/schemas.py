@@ -16,6 +16,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from shared.jobs.arrays import INDEX
@@ -55,6 +56,51 @@ def _dataset_template(name: str) -> str:
 DatasetTemplate = Annotated[str, AfterValidator(_dataset_template), WithJsonSchema(TEMPLATE_SCHEMA)]
 # An input or output of a kernel (``GET /v1/kernels`` lists them).
 IoName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# A content checksum as datasets show it (``shared.storage.checksum``).
+CHECKSUM_PATTERN = r"^(?:xxh3-128|blake3):[0-9a-f]{1,128}$"
+Checksum = Annotated[str, StringConstraints(pattern=CHECKSUM_PATTERN)]
+# An input is a dataset name, or pinned: ``{"dataset", "checksum"}`` (the job fails at
+# admission if the dataset's bytes are not those). ``JobSubmit`` keeps the names in
+# ``inputs`` and the pins apart, in ``pins`` (the ``jobs.pins`` column).
+PINNED_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "dataset": TEMPLATE_SCHEMA,
+        "checksum": {"type": "string", "pattern": CHECKSUM_PATTERN},
+    },
+    "required": ["dataset", "checksum"],
+    "additionalProperties": False,
+}
+INPUTS_SCHEMA = {
+    "type": "object",
+    "maxProperties": 64,
+    "additionalProperties": {"anyOf": [TEMPLATE_SCHEMA, PINNED_SCHEMA]},
+}
+
+
+def _split_pins(data: Any) -> Any:
+    """A submission's pinned inputs as names in ``inputs`` and checksums in ``pins``; a
+    ``pins`` field of its own is no field of the contract (422, as any unknown field)."""
+    if not isinstance(data, dict):
+        return data
+    if "pins" in data:
+        raise PydanticCustomError("extra_forbidden", "Extra inputs are not permitted")
+    inputs = data.get("inputs")
+    if not isinstance(inputs, dict) or not any(isinstance(v, dict) for v in inputs.values()):
+        return data
+    names: dict[Any, Any] = {}
+    pins: dict[Any, Any] = {}
+    for key, value in inputs.items():
+        if not isinstance(value, dict):
+            names[key] = value
+            continue
+        if set(value) != {"dataset", "checksum"}:
+            raise PydanticCustomError(
+                "pinned_input", "a pinned input is exactly {{dataset, checksum}}"
+            )
+        names[key] = value["dataset"]
+        pins[key] = value["checksum"]
+    return {**data, "inputs": names, "pins": pins}
 
 
 LabelKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$")]
@@ -112,10 +158,21 @@ class JobSubmit(BaseModel):
     # Strict: a bool is not an integer, a string is not a number.
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pinned(cls, data: Any) -> Any:
+        return _split_pins(data)
+
     kernel: str = Field(min_length=1, max_length=100)
     device: Literal["cpu", "cuda", "any"] = "any"
     params: dict[str, Any] = Field(default_factory=dict)
-    inputs: dict[IoName, DatasetTemplate] = Field(default_factory=dict, max_length=64)
+    inputs: Annotated[dict[IoName, DatasetTemplate], WithJsonSchema(INPUTS_SCHEMA)] = Field(
+        default_factory=dict,
+        max_length=64,
+        description='a dataset name, or pinned: `{"dataset", "checksum"}`',
+    )
+    # The pinned inputs' checksums (``_split_pins``): not a field of the contract.
+    pins: SkipJsonSchema[dict[IoName, Checksum] | None] = Field(default=None, exclude=False)
     outputs: dict[IoName, DatasetTemplate] = Field(default_factory=dict, max_length=64)
     output_tier: str = Field(
         default="local",

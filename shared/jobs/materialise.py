@@ -134,12 +134,17 @@ async def materialise_elements(
 # on their own). A chunk's id is its first element's (``element_id``): chunks sort by index
 # within their array. Chunk elements are live (``n_queued``/``n_running``), so the window and
 # ``max_concurrent`` hold as for rows.
+# While several tenants contend (``contending``: the tenants that have a chunk, or an open
+# chunkable array with room), a chunk's target is ``$3`` divided by their number: fair share
+# deals slots one chunk at a time, so the smaller the chunks the closer each tenant's share of
+# element starts follows its weight (a large chunk cut while another tenant had nothing
+# waiting would hold its slot for much of that tenant's run).
 # $1 the window per array, $2 the most elements in all, $3 the target seconds of a chunk,
 # $4 the most elements of a chunk.
-_SIZE = chunk_size_sql("a.element_wall_s", "$3::float8", "$4::int")
+_SIZE = chunk_size_sql("o.wall", "($3::float8 / (SELECT n FROM contending))", "$4::int")
 MATERIALISE_CHUNKS = f"""
 WITH open AS (
-    SELECT a.job_id, a.tenant_id, a.next_index, {_SIZE} AS c,
+    SELECT a.job_id, a.tenant_id, a.next_index, a.element_wall_s AS wall,
            least(a.size - a.next_index, {_BOUND} - {LIVE},
                  CASE WHEN a.element_wall_s IS NULL THEN {FIRST_CHUNK} END) AS room
     FROM job_arrays a
@@ -150,9 +155,15 @@ WITH open AS (
       AND {released_array("a.job_id")}
       AND {_BOUND} > {LIVE} AND {CHUNKABLE}
     FOR UPDATE OF a SKIP LOCKED
+), contending AS (
+    SELECT greatest(1, count(*))::float8 AS n FROM (
+        SELECT tenant_id FROM array_chunks
+        UNION SELECT tenant_id FROM open WHERE room > 0
+    ) t
 ), ranked AS (
-    SELECT o.*, sum(o.room) OVER (ORDER BY o.tenant_rank, o.priority DESC, o.created_at,
-                                           o.job_id) AS upto
+    SELECT o.*, {_SIZE} AS c,
+           sum(o.room) OVER (ORDER BY o.tenant_rank, o.priority DESC, o.created_at,
+                                      o.job_id) AS upto
     FROM (
         SELECT open.*, p.priority, p.created_at,
                row_number() OVER (PARTITION BY open.tenant_id

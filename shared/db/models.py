@@ -400,6 +400,27 @@ class MigrationEvent(Base):
     at: Mapped[datetime] = _now()
 
 
+class WorkflowEvent(Base):
+    """Every state a workflow takes after PENDING, written by a deferred trigger on its steps'
+    ``jobs`` rows (migration 0024); ids from ``job_events``' sequence, as migrations'."""
+
+    __tablename__ = "workflow_events"
+    __table_args__ = (
+        Index("ix_workflow_events_tenant_id_id", "tenant_id", "id"),
+        Index("ix_workflow_events_workflow_id_id", "workflow_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, server_default=text("nextval('job_events_id_seq')")
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    workflow_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("workflows.id", ondelete="CASCADE"), nullable=False
+    )
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    at: Mapped[datetime] = _now()
+
+
 class JobAttempt(Base):
     """One row per attempt that ended, with the resources it used (counted once)."""
 

@@ -2,7 +2,8 @@
 subscriber receives (``text/event-stream`` frames).
 
 A row is a ``job_events`` row (kind ``state`` or ``progress``) with its job's array and
-index, or a ``migration_events`` row (kind ``migration``); both share one id sequence.
+index, a ``migration_events`` row (kind ``migration``) or a ``workflow_events`` row (kind
+``workflow``); all share one id sequence.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import orjson
 
 from shared.jobs.arrays import public_id
 
-# The SSE ``event:`` of each kind of row. ``workflow.state`` joins here once workflows have
-# events (a kind of their own, in the same id space).
+# The SSE ``event:`` of each kind of row.
 EVENT_NAMES = {
     "state": "job.state",
     "progress": "job.progress",
     "migration": "migration.state",
+    "workflow": "workflow.state",
 }
 
 _COLUMNS = """
@@ -35,6 +36,11 @@ _MIGRATION_COLUMNS = """
            NULL::real, NULL::text, NULL::int, m.at
     FROM migration_events m
 """
+_WORKFLOW_COLUMNS = """
+    SELECT w.id, w.tenant_id, 'workflow', w.workflow_id, NULL::uuid, NULL::int, w.state,
+           NULL::real, NULL::text, NULL::int, w.at
+    FROM workflow_events w
+"""
 
 # The hub's read: every listened tenant's rows in ``($1, $2]``, at most $4, by id.
 # $3 the tenants.
@@ -42,16 +48,21 @@ HUB_READ = f"""
     {_COLUMNS} WHERE e.id > $1 AND e.id <= $2 AND e.tenant_id = ANY($3::uuid[])
     UNION ALL
     {_MIGRATION_COLUMNS} WHERE m.id > $1 AND m.id <= $2 AND m.tenant_id = ANY($3::uuid[])
+    UNION ALL
+    {_WORKFLOW_COLUMNS} WHERE w.id > $1 AND w.id <= $2 AND w.tenant_id = ANY($3::uuid[])
     ORDER BY 1 LIMIT $4
 """
 
 # A subscriber's catch-up: one tenant's rows in ``($1, $2]``, at most $4, by id; with $5,
-# only the job $5 and, for an array, its elements (no migrations).
+# only the job $5 and, for an array, its elements, or the workflow $5 (no migrations).
 SUBSCRIBER_READ = f"""
     {_COLUMNS} WHERE e.id > $1 AND e.id <= $2 AND e.tenant_id = $3
                  AND ($5::uuid IS NULL OR e.job_id = $5 OR j.array_id = $5)
     UNION ALL
     {_MIGRATION_COLUMNS} WHERE m.id > $1 AND m.id <= $2 AND m.tenant_id = $3 AND $5 IS NULL
+    UNION ALL
+    {_WORKFLOW_COLUMNS} WHERE w.id > $1 AND w.id <= $2 AND w.tenant_id = $3
+                          AND ($5::uuid IS NULL OR w.workflow_id = $5)
     ORDER BY 1 LIMIT $4
 """
 
@@ -99,6 +110,8 @@ def payload(row: Row) -> dict[str, Any]:
     at = row.at.isoformat()
     if row.kind == "migration":
         return {"migration_id": str(row.subject), "state": row.state, "at": at}
+    if row.kind == "workflow":
+        return {"workflow_id": str(row.subject), "state": row.state, "at": at}
     data: dict[str, Any] = {"job_id": str(row.subject)}
     if row.array_id is not None and row.array_index is not None:
         data["job_id"] = public_id(row.array_id, row.array_index)

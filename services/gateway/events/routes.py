@@ -34,7 +34,7 @@ STREAM_DOC = {
     200: {
         "description": (
             "`text/event-stream`: `id:` (increasing), `event:` (`job.state`, `job.progress`, "
-            "`migration.state`), `data:` JSON; a `: keep-alive` comment when idle"
+            "`migration.state`, `workflow.state`), `data:` JSON; a `: keep-alive` comment when idle"
         ),
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
@@ -54,7 +54,9 @@ async def stream_events(
         str | None,
         Query(
             max_length=60,
-            description="only this job's, array's (with its elements) or element's events",
+            description=(
+                "only this job's, array's (with its elements), element's or workflow's events"
+            ),
         ),
     ] = None,
     last_event_id: Annotated[

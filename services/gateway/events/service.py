@@ -19,7 +19,7 @@ from services.gateway.events.feed import KEEP_ALIVE, Row, frame, read_tenant
 from services.gateway.events.hub import EventHub, Live
 from services.gateway.events.schemas import HistoryItem
 from services.gateway.jobs.elements import NOT_FOUND, element_row, job_ref, own_array, own_job
-from shared.db.models import Job, JobEvent
+from shared.db.models import Job, JobEvent, Workflow
 from shared.errors import Invalid, NotFound
 from shared.jobs.arrays import element_id
 from shared.jobs.states import JobState
@@ -44,18 +44,30 @@ async def stream_target(
     *, session: AsyncSession, tenant_id: uuid.UUID, text: str | None
 ) -> uuid.UUID | None:
     """The row id that ``?job=`` narrows a stream to: a job's or an array's (with its
-    elements), or an element's; 404 for anything that is not one of the tenant's."""
+    elements), an element's, or a workflow's; 404 for anything that is not one of the
+    tenant's."""
     if text is None:
         return None
     ref = job_ref(text)
     if ref.index is None:
-        if await own_job(session, tenant_id, ref.id) is None:
+        if await own_job(session, tenant_id, ref.id) is None and not await _own_workflow(
+            session, tenant_id, ref.id
+        ):
             raise NotFound(NOT_FOUND)
         return ref.id
     _parent, array = await own_array(session, tenant_id, ref.id)
     if ref.index >= array.size:
         raise NotFound(NOT_FOUND)
     return element_id(ref.id, ref.index)
+
+
+async def _own_workflow(
+    session: AsyncSession, tenant_id: uuid.UUID, workflow_id: uuid.UUID
+) -> bool:
+    found = await session.scalar(
+        select(Workflow.id).where(Workflow.id == workflow_id, Workflow.tenant_id == tenant_id)
+    )
+    return found is not None
 
 
 Db = Callable[[], AbstractAsyncContextManager[Any]]

@@ -9,6 +9,7 @@ import json
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 from stratus_client import Client
 
 from tests.cli.conftest import MC, Stratus, new_key, one_line
@@ -170,3 +171,41 @@ def test_depends_on_and_the_receipt(stratus: Stratus) -> None:
     unknown = stratus("submit", "montecarlo_pi", *MC, "--depends-on", "no-such-job")
     assert unknown.exit_code == 3
     assert one_line(unknown.stderr).startswith("stratus: 422 ")
+
+
+README = Path(__file__).parents[2] / "README.md"
+
+
+def test_the_readme_three_step_workflow(stratus: Stratus, tmp_path: Path) -> None:
+    """The main README's walkthrough: its YAML, as it is there, runs to SUCCEEDED; each step
+    ran on its predecessor's output, and ``show`` prints a step's receipt."""
+    text = README.read_text()
+    plate = text.split("cat > plate.yaml <<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0]
+    np.save(tmp_path / "x.npy", np.arange(8.0))
+    np.save(tmp_path / "y.npy", np.ones(8))
+    stratus.ok("datasets", "put", str(tmp_path / "x.npy"), "plate/x.npy")
+    stratus.ok("datasets", "put", str(tmp_path / "y.npy"), "plate/y.npy")
+    result = stratus("workflow", "submit", _file(tmp_path, "plate.yaml", plate), "--wait")
+    assert result.exit_code == 0, (result.stdout, result.stderr)
+    state, workflow_id = result.stdout.splitlines()[0].split()
+    assert state == "SUCCEEDED"
+    workflow = stratus.json("workflow", "show", workflow_id)
+    assert workflow["name"] == "plate-study"
+    assert workflow["counts"]["SUCCEEDED"] == 3
+    stats = stratus.json("show", workflow["steps"]["stats"])
+    # y = 0.5 x + (2 x + 1) = [1, 3.5, 6, 8.5, 11, 13.5, 16, 18.5] in 4 bins of [0, 24]
+    assert stats["result"]["counts"] == [2, 3, 2, 1]
+    init = stratus.json("show", workflow["steps"]["init"])
+    heat = stratus.json("show", workflow["steps"]["heat"])
+    listed = stratus.json("datasets", "ls")
+    x_sum = next(d["checksum"] for d in listed if d["name"] == "plate/x.npy")
+    for step in (init, heat):
+        receipt = step["receipt"]
+        assert (receipt["kernel"], receipt["worker"]) == ("saxpy", step["worker"])
+        assert receipt["inputs"]["x"] == {"dataset": "plate/x.npy", "checksum": x_sum}
+        assert receipt["outputs"]["y"]["dataset"] == "plate/y.npy"
+    human = stratus.ok("show", heat["id"]).stdout
+    _narrow(human)
+    (line,) = [line for line in human.splitlines() if "input x" in line]
+    assert line.split()[-2:] == ["plate/x.npy", x_sum]
+    assert "output y" in human

@@ -283,7 +283,7 @@ def _receipt_rows(receipt: Receipt) -> Iterator[tuple[str, Any]]:
         yield "  cpu_seconds", f"{receipt.cpu_seconds:.3f}"
     for side in ("inputs", "outputs"):
         for name, ref in getattr(receipt, side).items():
-            yield f"  {side[:-1]} {name}", f"{ref.get('dataset')} {ref.get('checksum')}"
+            yield f"  {side[:-1]} {name}", f"{ref.get('dataset')} {ref.get('checksum') or '-'}"
     if receipt.software:
         yield "  software", " ".join(f"{k} {v}" for k, v in sorted(receipt.software.items()))
 

@@ -96,6 +96,8 @@ async def test_malformed_pins_are_a_422(client: httpx.AsyncClient, tenant: Tenan
     for body in bad:
         r = await client.post("/v1/jobs", json=body, headers=tenant.headers)
         assert_problem(r, 422)
+    r = await client.post("/v1/jobs", json=bad[0], headers=tenant.headers)
+    assert [e["loc"] for e in r.json()["errors"]] == [["body", "inputs", "x", "checksum"]]
 
 
 async def test_a_dependent_job_fails_at_admission_when_its_pinned_bytes_differ(

@@ -8,6 +8,7 @@ these checks turn a job that cannot succeed into an answer at once."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Mapping
@@ -20,7 +21,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.gateway.jobs.arrays import MAX_ERRORS, ArrayPlan, Sample, at_element
-from services.gateway.jobs.schemas import JobSubmit
+from services.gateway.jobs.schemas import CHECKSUM_PATTERN, JobSubmit
 from shared.db.models import Dataset
 from shared.errors import Invalid, QuotaExceeded
 from shared.jobs.arrays import INDEX
@@ -60,6 +61,7 @@ async def admit(
     limits: Limits,
 ) -> None:
     """Raise ``Invalid`` (422) or ``QuotaExceeded`` (413) for a job that cannot succeed."""
+    check_pin_format(data.pins)
     _check_distinct_outputs(data.outputs)
     await _check_device(db=db, device=data.device, spec=spec, pools=limits.pools)
     if not data.inputs and not data.outputs:
@@ -70,9 +72,13 @@ async def admit(
         for name in sorted(set(data.inputs.values())):
             await lock_name(session=session, tenant_id=tenant_id, name=name)
         found = await _datasets(session=session, tenant_id=tenant_id, data=data)
-        _check_inputs_exist(data.inputs, found)
-        if not data.depends_on:  # a dependency may still write a pinned input
+        if not data.depends_on:
+            _check_inputs_exist(data.inputs, found)
             _check_pins(data.inputs, data.pins or {}, found)
+        elif not set(data.inputs.values()) <= set(found):
+            # A job that waits may read what its dependencies will write: its inputs are
+            # checked when it is admitted (stage-in) and by the worker, not now.
+            return
         headers = await _read_headers(
             storage=limits.storage, tenant_id=tenant_id, inputs=data.inputs, found=found
         )
@@ -116,9 +122,10 @@ async def admit_array(
     async with db.session() as session:
         for name in sorted({n for e in plan.samples for n in e.inputs.values()}):
             await lock_name(session=session, tenant_id=tenant_id, name=name)
-        found = await _datasets_named(
-            session=session, tenant_id=tenant_id, names=_every_name(data.inputs, plan.size)
-        )
+        names = _every_name(data.inputs, plan.size)
+        found = await _datasets_named(session=session, tenant_id=tenant_id, names=names)
+        if data.depends_on and not set(names) <= set(found):
+            return  # its dependencies may write what is missing (as ``admit`` says)
         _check_every_input(data.inputs, plan.size, found)
         for e in plan.samples:
             read = _read_headers(
@@ -303,6 +310,17 @@ def _check_inputs_exist(inputs: Mapping[str, str], found: Mapping[str, Stored]) 
     ]
     if errors:
         raise Invalid("input dataset not found", errors=errors)
+
+
+def check_pin_format(pins: Mapping[str, str] | None) -> None:
+    """422 for a pin that is no checksum of the catalogue's form (``CHECKSUM_PATTERN``)."""
+    errors = [
+        {"loc": ["body", "inputs", n, "checksum"], "msg": '"xxh3-128:<hex>" or "blake3:<hex>"'}
+        for n, pin in sorted((pins or {}).items())
+        if re.fullmatch(CHECKSUM_PATTERN, pin) is None
+    ]
+    if errors:
+        raise Invalid("a pinned input's checksum is malformed", errors=errors)
 
 
 def _check_pins(

@@ -107,7 +107,7 @@ async def request_stage_ins(
             else await get_dataset(session=session, tenant_id=admitted.tenant_id, name=name)
         )
         if row is None or row.checksum != pin:
-            found = "no longer exists" if row is None else f"has checksum {row.checksum!r}"
+            found = "does not exist" if row is None else f"has checksum {row.checksum!r}"
             error = f"pinned input {key!r}: dataset {name!r} {found}, pinned {pin!r}"
             await set_job_state(session, admitted.job_id, Failed(error))
             return

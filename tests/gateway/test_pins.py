@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.jobs.states import JobState
 from shared.jobs.store import admit_pending, session_fetch
+from shared.storage.checksum import checksum_of
 from shared.storage.stagein import request_stage_ins
 from tests.gateway.array_rows import get
 from tests.gateway.conftest import TenantKey
@@ -136,3 +137,35 @@ async def test_a_dependent_job_fails_at_admission_when_its_pinned_bytes_differ(
     shown = await get(client, tenant, f"/v1/jobs/{on_new['id']}")
     assert shown["state"] == "FAILED"
     assert "pinned input 'x'" in shown["error"]
+
+
+async def test_a_pin_on_what_a_dependency_will_write_is_held_when_the_job_is_admitted(
+    client: httpx.AsyncClient, tenant: TenantKey, sessions: Sessions
+) -> None:
+    run = uuid.uuid4().hex[:8]
+    x, y, gone = f"pin/{run}/x.npy", f"pin/{run}/y.npy", f"pin/{run}/never.npy"
+    await put(client, tenant, y, npy([3.0, 4.0]))
+    data = npy([1.0, 2.0])
+    first = await submit(client, tenant)
+    right, wrong = checksum_of(data), "xxh3-128:" + "e" * 32
+    jobs = {
+        label: await submit(
+            client,
+            tenant,
+            **saxpy({"dataset": name, "checksum": pin}, y, f"pin/{run}/{label}.npy"),
+            **after(first["id"]),
+        )
+        for label, name, pin in (("right", x, right), ("wrong", x, wrong), ("gone", gone, right))
+    }  # x does not exist yet: the dependency writes it
+    await put(client, tenant, x, data)
+    await finish(sessions, first["id"], JobState.SUCCEEDED)
+    await admit(sessions)
+    assert (await row(sessions, jobs["right"]["id"])).state == "QUEUED"
+    wrong_row = await row(sessions, jobs["wrong"]["id"])
+    assert wrong_row.state == "FAILED"
+    assert wrong_row.error is not None
+    assert right in wrong_row.error
+    gone_row = await row(sessions, jobs["gone"]["id"])
+    assert gone_row.state == "FAILED"
+    assert gone_row.error is not None
+    assert "does not exist" in gone_row.error

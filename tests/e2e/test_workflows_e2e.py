@@ -59,3 +59,38 @@ async def test_cancelling_a_workflow_stops_its_running_step_and_cancels_the_rest
     assert done["state"] == "CANCELLED"
     assert done["counts"]["CANCELLED"] == 3
     assert (await api.post(f"/v1/workflows/{w['id']}/cancel", headers=h)).status_code == 409
+
+
+async def test_aftercorr_runs_the_elements_whose_counterpart_succeeded(
+    api: httpx.AsyncClient,
+) -> None:
+    """B aftercorr A, where A's element 1 does not succeed (it runs past its timeout): B's
+    element 1 is cancelled ``dependency_never_satisfied``, the others run and succeed."""
+    _, h = await new_tenant(api, "wf-aftercorr")
+    a = {
+        "kernel": "montecarlo_pi",
+        "params": {"samples": 1000},
+        "timeout_s": 2,
+        "max_retries": 0,
+        "array": {"size": 3, "index_param": "seed", "overrides": [{}, {"samples": ENDLESS}]},
+    }
+    r = await api.post("/v1/jobs", json=a, headers=h)
+    assert r.status_code == 201, r.text
+    a_id = r.json()["id"]
+    b = {
+        "kernel": "montecarlo_pi",
+        "params": {"samples": 1000},
+        "array": {"size": 3, "index_param": "seed"},
+        "depends_on": [{"job": a_id, "condition": "aftercorr"}],
+    }
+    r = await api.post("/v1/jobs", json=b, headers=h)
+    assert r.status_code == 201, r.text
+    b_id = r.json()["id"]
+    final = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
+    await until(api, f"/v1/jobs/{b_id}", h, lambda j: j["state"] in final, timeout=120)
+    a_elements = (await api.get(f"/v1/jobs/{a_id}/elements", headers=h)).json()["items"]
+    assert [e["state"] for e in a_elements] == ["SUCCEEDED", "TIMED_OUT", "SUCCEEDED"]
+    b_elements = (await api.get(f"/v1/jobs/{b_id}/elements", headers=h)).json()["items"]
+    assert [e["state"] for e in b_elements] == ["SUCCEEDED", "CANCELLED", "SUCCEEDED"]
+    assert b_elements[1]["state_reason"] == "dependency_never_satisfied"
+    assert b_elements[1]["attempts"] == 0

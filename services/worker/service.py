@@ -19,7 +19,7 @@ from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -173,7 +173,31 @@ async def record_attempt(
     stale = await _publish(
         session=session, storage=storage, tenant_id=claim.tenant_id, uploads=uploads, files=local
     )
+    if claim.outputs:
+        await session.execute(_PROVENANCE, {"job": claim.job_id})
     return Recorded(True, stale)
+
+
+# The receipt was made when the row became SUCCEEDED, before the outputs were published in
+# this transaction: their checksums now, and each output dataset produced by the job (the
+# datasets' trigger clears ``produced_by`` only when other bytes replace them).
+_PROVENANCE = text(
+    """
+    WITH job AS (
+        UPDATE jobs j SET receipt = jsonb_set(j.receipt, '{outputs}', (
+            SELECT coalesce(jsonb_object_agg(
+                       x.key, jsonb_build_object('dataset', x.value, 'checksum', d.checksum)),
+                   '{}'::jsonb)
+            FROM jsonb_each_text(j.outputs) x
+            LEFT JOIN datasets d ON d.tenant_id = j.tenant_id AND d.name = x.value))
+        WHERE j.id = :job AND j.receipt IS NOT NULL
+        RETURNING j.id, j.tenant_id, j.outputs
+    )
+    UPDATE datasets d SET produced_by = job.id
+    FROM job, jsonb_each_text(job.outputs) o
+    WHERE d.tenant_id = job.tenant_id AND d.name = o.value
+    """
+)
 
 
 async def _publish(

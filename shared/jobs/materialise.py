@@ -135,16 +135,16 @@ async def materialise_elements(
 # within their array. Chunk elements are live (``n_queued``/``n_running``), so the window and
 # ``max_concurrent`` hold as for rows.
 # While several tenants contend (``contending``: the tenants that have a chunk, or an open
-# chunkable array with room), a chunk's target is ``$3`` divided by their number: fair share
-# deals slots one chunk at a time, so the smaller the chunks the closer each tenant's share of
-# element starts follows its weight (a large chunk cut while another tenant had nothing
-# waiting would hold its slot for much of that tenant's run).
+# chunkable array with room), a chunk's target is ``$3`` times its tenant's share of their
+# weights: fair share deals slots one chunk at a time, and a large chunk cut while another
+# tenant had nothing waiting held its slot for much of that tenant's run; a lighter tenant's
+# chunks, shorter, give their slot back sooner, so its slot time keeps to its weight.
 # $1 the window per array, $2 the most elements in all, $3 the target seconds of a chunk,
 # $4 the most elements of a chunk.
-_SIZE = chunk_size_sql("o.wall", "($3::float8 / (SELECT n FROM contending))", "$4::int")
+_SIZE = chunk_size_sql("o.wall", "($3::float8 * o.weight / (SELECT w FROM contending))", "$4::int")
 MATERIALISE_CHUNKS = f"""
 WITH open AS (
-    SELECT a.job_id, a.tenant_id, a.next_index, a.element_wall_s AS wall,
+    SELECT a.job_id, a.tenant_id, a.next_index, a.element_wall_s AS wall, t.weight,
            least(a.size - a.next_index, {_BOUND} - {LIVE},
                  CASE WHEN a.element_wall_s IS NULL THEN {FIRST_CHUNK} END) AS room
     FROM job_arrays a
@@ -156,10 +156,9 @@ WITH open AS (
       AND {_BOUND} > {LIVE} AND {CHUNKABLE}
     FOR UPDATE OF a SKIP LOCKED
 ), contending AS (
-    SELECT greatest(1, count(*))::float8 AS n FROM (
-        SELECT tenant_id FROM array_chunks
-        UNION SELECT tenant_id FROM open WHERE room > 0
-    ) t
+    SELECT greatest(1, sum(t.weight))::float8 AS w FROM tenants t
+    WHERE t.id IN (SELECT tenant_id FROM array_chunks UNION SELECT tenant_id FROM open
+                   WHERE room > 0)
 ), ranked AS (
     SELECT o.*, {_SIZE} AS c,
            sum(o.room) OVER (ORDER BY o.tenant_rank, o.priority DESC, o.created_at,

@@ -434,3 +434,35 @@ async def test_measured_arrays_are_cut_into_chunks_within_the_window(db: Session
     assert sizes == [10, 10, 10]
     assert await _chunks(db) == 0  # full
     assert (await _exact(db, array_id))["QUEUED"] == 30
+
+
+async def test_contending_tenants_chunks_are_cut_by_their_share_of_the_weights(
+    db: Sessions,
+) -> None:
+    """Two tenants (weights 1 and 3) contend: each chunk is cut for the target times its
+    tenant's share of the weights, so the lighter one's give their slot back sooner."""
+    ids = [await _array(db, 100) for _ in range(2)]
+    async with db() as session, session.begin():
+        for array_id, weight in zip(ids, (1, 3), strict=True):
+            await session.execute(
+                update(JobArray).where(JobArray.job_id == array_id).values(element_wall_s=0.01)
+            )
+            parent = await session.get_one(Job, array_id)
+            await session.execute(
+                update(Tenant).where(Tenant.id == parent.tenant_id).values(weight=weight)
+            )
+    await _chunks(db)
+    firsts = []
+    async with db() as session:
+        for array_id in ids:
+            sizes = list(
+                await session.scalars(
+                    select(ArrayChunk.n)
+                    .where(ArrayChunk.array_id == array_id)
+                    .order_by(ArrayChunk.first_index)
+                )
+            )
+            assert sum(sizes) == 100
+            firsts.append(sizes[0])
+    # 0.5 s * 1/4 / 0.01 s and 0.5 s * 3/4 / 0.01 s; a tenant alone: 0.5 s / 0.01 s (above)
+    assert firsts == [12, 37]

@@ -87,7 +87,7 @@ class SchedulerSettings(CommonSettings):
     # one message, claim and lease for many elements, each chunk sized for about
     # ``array_chunk_target_s`` of work from the measured time of one element, at most
     # ``array_chunk_max`` elements (8 while nothing is measured); while several tenants'
-    # arrays contend, the target is times the tenant's share of their weights.
+    # arrays contend, the target is multiplied by the tenant's share of their weights.
     array_chunks: bool = True
     array_chunk_target_s: float = Field(default=0.5, gt=0)
     array_chunk_max: int = Field(default=256, ge=1)

@@ -138,7 +138,10 @@ async def materialise_elements(
 # chunkable array with room), a chunk's target is ``$3`` times its tenant's share of their
 # weights: fair share deals slots one chunk at a time, and a large chunk cut while another
 # tenant had nothing waiting held its slot for much of that tenant's run; a lighter tenant's
-# chunks, shorter, give their slot back sooner, so its slot time keeps to its weight.
+# chunks, shorter, give their slot back sooner, so its slot time keeps to its weight. And
+# an array's room, once measured, is cut into at least as many chunks as there are live
+# worker slots (heartbeat within 30 s), so that a tenant has chunks for every slot its
+# weight gives it.
 # $1 the window per array, $2 the most elements in all, $3 the target seconds of a chunk,
 # $4 the most elements of a chunk.
 _SIZE = chunk_size_sql("o.wall", "($3::float8 * o.weight / (SELECT w FROM contending))", "$4::int")
@@ -159,8 +162,12 @@ WITH open AS (
     SELECT greatest(1, sum(t.weight))::float8 AS w FROM tenants t
     WHERE t.id IN (SELECT tenant_id FROM array_chunks UNION SELECT tenant_id FROM open
                    WHERE room > 0)
+), slots AS (
+    SELECT greatest(1, coalesce(sum(concurrency), 0))::float8 AS n FROM workers
+    WHERE NOT stopping AND heartbeat_at > now() - interval '30 seconds'
 ), ranked AS (
-    SELECT o.*, {_SIZE} AS c,
+    SELECT o.*, CASE WHEN o.wall IS NULL THEN {_SIZE}
+                     ELSE least({_SIZE}, ceil(o.room / (SELECT n FROM slots))::int) END AS c,
            sum(o.room) OVER (ORDER BY o.tenant_rank, o.priority DESC, o.created_at,
                                       o.job_id) AS upto
     FROM (

@@ -105,7 +105,10 @@ async def test_two_tenants_arrays_share_the_workers_by_weight(api: httpx.AsyncCl
         assert r.status_code == 200, r.text
         tenants.append(h)
     await asyncio.sleep(0.3)  # weight changes reach the gateway's cache
-    body = {"kernel": "montecarlo_pi", "params": {"samples": 2_000_000}, "array": {"size": size}}
+    # Elements of ~0.1 s: a chunk is dealt a slot at a time, and each costs ~0.1 s between
+    # one chunk's end and the next's start (flush, wake-up, pass, message, claim), so work of
+    # only ~1 s in all would be decided by that gap rather than by the weights.
+    body = {"kernel": "montecarlo_pi", "params": {"samples": 10_000_000}, "array": {"size": size}}
     ids = []
     for h in tenants:
         r = await api.post("/v1/jobs", json=body, headers=h)

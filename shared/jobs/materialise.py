@@ -129,7 +129,8 @@ async def materialise_elements(
 
 # The chunked arrays' step, as ``MATERIALISE`` but inserting ``array_chunks`` rows: the
 # elements taken from each array are cut into chunks of ``chunk_size`` (the array's measured
-# wall time per element; only one small chunk while it is unknown), and counted QUEUED
+# wall time per element; while it is unknown, one small chunk at a time: passes that come
+# before its first flush cut no more 8-element chunks), and counted QUEUED
 # at once (``n_pending`` to ``n_queued``, but for those that have a row already: cancelled
 # on their own). A chunk's id is its first element's (``element_id``): chunks sort by index
 # within their array. Chunk elements are live (``n_queued``/``n_running``), so the window and
@@ -149,7 +150,8 @@ MATERIALISE_CHUNKS = f"""
 WITH open AS (
     SELECT a.job_id, a.tenant_id, a.next_index, a.element_wall_s AS wall, t.weight,
            least(a.size - a.next_index, {_BOUND} - {LIVE},
-                 CASE WHEN a.element_wall_s IS NULL THEN {FIRST_CHUNK} END) AS room
+                 CASE WHEN a.element_wall_s IS NULL
+                      THEN CASE WHEN {LIVE} = 0 THEN {FIRST_CHUNK} ELSE 0 END END) AS room
     FROM job_arrays a
     JOIN tenants t ON t.id = a.tenant_id
     JOIN jobs p ON p.id = a.job_id

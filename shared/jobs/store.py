@@ -345,7 +345,12 @@ FINISH_ATTEMPTS = f"""
                         lease_expires_at = NULL, result = CAST(report.result AS jsonb),
                         error = report.error, state_reason = NULL, worker = $9,
                         progress = CASE WHEN report.state = 'SUCCEEDED' THEN 1.0
-                                        ELSE jobs.progress END
+                                        ELSE jobs.progress END,
+                        -- the receipt's CPU seconds with the row (its trigger makes the
+                        -- rest): the usage row below then writes the job no second time
+                        receipt = CASE WHEN report.state = 'SUCCEEDED'
+                                       THEN jsonb_build_object('cpu_seconds', report.cpu_seconds)
+                                       ELSE jobs.receipt END
         FROM report
         WHERE jobs.id = report.id AND jobs.state = 'RUNNING' AND jobs.attempts = report.attempt
         RETURNING jobs.id, jobs.tenant_id, jobs.attempts, report.state, report.error,

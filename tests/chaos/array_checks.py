@@ -85,20 +85,21 @@ _ELEMENTS = text(
     "SELECT id, array_id, array_index, state, params FROM jobs "
     "WHERE tenant_id = ANY(:t) AND array_id IS NOT NULL"
 )
-# The most elements of each bounded array RUNNING at once, from their history: +1 at each
-# claim, -1 wherever an attempt leaves RUNNING, ends before starts at one instant. An end
-# is stamped before its commit and a start after the claim's dispatch, which follows the
-# materialisation that the end's commit allowed: the order of the stamps is the order of
-# the events wherever the bound is at stake.
+# The most elements of each bounded array RUNNING at once, from their rows: +1 at each
+# element's start, -1 at its end, ends before starts at one instant. Elements run in chunks
+# have no history (``job_events``), only their row, so the row's last attempt is what is
+# counted for every element (an earlier attempt's run is not).
 _PEAKS = text(
     """
     SELECT array_id, max(running) FROM (
-        SELECT j.array_id, sum(CASE WHEN e.to_state = 'RUNNING' THEN 1 ELSE -1 END)
-                   OVER (PARTITION BY j.array_id
-                         ORDER BY e.at, e.to_state = 'RUNNING', e.id) AS running
-        FROM job_events e JOIN jobs j ON j.id = e.job_id
-        WHERE j.array_id = ANY(:a) AND e.kind = 'state'
-          AND (e.to_state = 'RUNNING' OR e.from_state = 'RUNNING')
+        SELECT array_id, sum(d) OVER (PARTITION BY array_id ORDER BY t, d, id) AS running
+        FROM (
+            SELECT array_id, id, started_at AS t, 1 AS d FROM jobs
+            WHERE array_id = ANY(:a) AND started_at IS NOT NULL AND finished_at IS NOT NULL
+            UNION ALL
+            SELECT array_id, id, finished_at, -1 FROM jobs
+            WHERE array_id = ANY(:a) AND started_at IS NOT NULL AND finished_at IS NOT NULL
+        ) e
     ) s
     GROUP BY array_id
     """

@@ -62,13 +62,19 @@ class ArrayHits:
         ]
 
 
+# Elements run as rows (RUNNING on a worker) or in chunks (a chunk a worker holds: its
+# elements have no row until they end).
 _RUNNING = text(
-    "SELECT worker, count(*) FROM jobs WHERE tenant_id = ANY(:t) AND array_id IS NOT NULL "
-    "AND state = 'RUNNING' AND worker IS NOT NULL GROUP BY worker"
+    "SELECT worker, sum(n) FROM ("
+    " SELECT worker, count(*) AS n FROM jobs WHERE tenant_id = ANY(:t)"
+    " AND array_id IS NOT NULL AND state = 'RUNNING' AND worker IS NOT NULL GROUP BY worker"
+    " UNION ALL SELECT worker, sum(n) FROM array_chunks WHERE tenant_id = ANY(:t)"
+    " AND worker IS NOT NULL GROUP BY worker) s GROUP BY worker"
 )
 _LIVE = text(
-    "SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND array_id IS NOT NULL "
-    "AND state IN ('QUEUED', 'RUNNING')"
+    "SELECT (SELECT count(*) FROM jobs WHERE tenant_id = ANY(:t) AND array_id IS NOT NULL"
+    " AND state IN ('QUEUED', 'RUNNING'))"
+    " + (SELECT coalesce(sum(n), 0) FROM array_chunks WHERE tenant_id = ANY(:t))"
 )
 
 
@@ -120,7 +126,10 @@ async def count_hits(
             text(
                 "SELECT count(*) FROM job_attempts u JOIN jobs j ON j.id = u.job_id "
                 "WHERE j.tenant_id = ANY(:t) AND j.array_id IS NOT NULL "
-                "AND u.outcome = :lost AND u.worker = ANY(:w)"
+                "AND u.outcome = :lost AND (u.worker = ANY(:w) "
+                # a chunk's lost attempt, counted when its element is recorded later: the
+                # worker that held it is not kept (only a lost worker loses a chunk here)
+                "OR (u.worker IS NULL AND u.attempt < j.attempts))"
             ),
             {"t": tenant_ids, "lost": LOST, "w": hits.killed_workers},
         )
@@ -131,14 +140,12 @@ async def count_hits(
     row = (
         await conn.execute(
             text(
-                "SELECT count(*), count(*) FILTER (WHERE f.to_state = 'SUCCEEDED') "
-                "FROM job_events r JOIN jobs j ON j.id = r.job_id "
-                "JOIN job_events f ON f.job_id = r.job_id AND f.attempt = r.attempt "
-                "AND f.from_state = 'RUNNING' "
-                "WHERE j.tenant_id = ANY(:t) AND j.array_id IS NOT NULL "
-                "AND r.kind = 'state' AND f.kind = 'state' "
-                "AND r.to_state = 'RUNNING' AND r.at < to_timestamp(:start) "
-                "AND f.at > to_timestamp(:end)"
+                # an element's last attempt, from its row (chunk elements have no history):
+                # started before the restart, recorded (its row written) after it
+                "SELECT count(*), count(*) FILTER (WHERE j.state = 'SUCCEEDED') "
+                "FROM jobs j WHERE j.tenant_id = ANY(:t) AND j.array_id IS NOT NULL "
+                "AND j.started_at < to_timestamp(:start) "
+                "AND j.updated_at > to_timestamp(:end)"
             ),
             {"t": tenant_ids, "start": restart[0], "end": restart[1]},
         )

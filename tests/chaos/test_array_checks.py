@@ -1,5 +1,5 @@
 """The chaos suite's database checks against rows written here (the test database, a tenant
-of each test's own): an element history with more elements running at once than the
+of each test's own): elements (their rows' start and end) with more running at once than the
 array's ``max_concurrent`` is found, counts changed behind the trigger's back are found, and
 hourly usage buckets that are not the sums of the attempts are found; a clean array and its
 usage give no finding."""
@@ -39,7 +39,16 @@ async def _succeeded_array(sessions: Sessions, starts: list[float]) -> tuple[uui
         for i, start in enumerate(starts):
             eid = element_id(job.id, i)
             params = {**job.params, "seed": i}
-            element = new_job(tid, id=eid, array_id=job.id, array_index=i, params=params)
+            ran = t0 + timedelta(seconds=start)
+            element = new_job(
+                tid,
+                id=eid,
+                array_id=job.id,
+                array_index=i,
+                params=params,
+                started_at=ran,  # the peaks are read from the rows' times
+                finished_at=ran + timedelta(seconds=1),
+            )
             session.add(element)
             await session.flush()
             session.add_all(_history(eid, tid, t0 + timedelta(seconds=start)))

@@ -140,11 +140,12 @@ async def count_hits(
     row = (
         await conn.execute(
             text(
-                # an element's last attempt, from its row (chunk elements have no history):
-                # started before the restart, recorded (its row written) after it
+                # an element in flight across the restart, from its row (chunk elements have
+                # no history): queued (its chunk cut, or its row made) before the restart,
+                # recorded (its row written) after it
                 "SELECT count(*), count(*) FILTER (WHERE j.state = 'SUCCEEDED') "
                 "FROM jobs j WHERE j.tenant_id = ANY(:t) AND j.array_id IS NOT NULL "
-                "AND j.started_at < to_timestamp(:start) "
+                "AND j.queued_at < to_timestamp(:start) "
                 "AND j.updated_at > to_timestamp(:end)"
             ),
             {"t": tenant_ids, "start": restart[0], "end": restart[1]},

@@ -3,7 +3,12 @@
 #   docker run stratus python -m services.worker        # scheduler, worker, datamover
 #   docker run stratus alembic upgrade head             # migrations
 # Health checks live in docker-compose.yml (each service's /readyz), not in the image.
-FROM python:3.11-slim
+#
+# BASE_IMAGE: any image with Python 3.11+ whose `python` and `pip` are on PATH; `make images`
+# builds one from Debian's packages (stratus-offline/base) where no registry answers:
+#   docker build --build-arg BASE_IMAGE=stratus-offline/base:latest -t stratus:latest .
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -245,7 +245,9 @@ def test_dockerfile_copy_sources_exist_and_are_not_ignored() -> None:
 
 def test_dockerfile_runs_unprivileged_with_gateway_default() -> None:
     ops = dockerfile_instructions()
-    assert ops[0] == ("FROM", "python:3.11-slim")
+    # the base image is a build argument whose default is the official slim Python image
+    assert ops[0] == ("ARG", "BASE_IMAGE=python:3.11-slim")
+    assert ops[1] == ("FROM", "${BASE_IMAGE}")
     users = [rest for op, rest in ops if op == "USER"]
     assert users, "the image must not run as root"
     assert users[-1] not in ("root", "0")

@@ -2,7 +2,7 @@
 of one job (oldest first, resumed after an id), a feed cut mid-stream by a TCP proxy that
 resumes with no gap and no duplicate, a job's transitions, attempts and log (whole and
 followed to its end), and ``wait`` with its progress callback: a job's progress from the
-feed, an array's counts (polled), and polling where the gateway has no feed."""
+feed, an array's counts, and polling where the gateway has no feed."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def test_wait_sees_a_long_jobs_progress(client: Client) -> None:
     assert done.assigned_device == "cpu"
 
 
-def test_wait_polls_an_array_for_its_counts(client: Client) -> None:
+def test_wait_follows_an_array_to_its_counts(client: Client) -> None:
     sweep = client.submit(
         "montecarlo_pi", params={"samples": 1000}, array=ArraySpec(size=5, index_param="seed")
     )

@@ -18,6 +18,11 @@ from stratus_client.models import Event, Job
 EVENTS_READ_S: Final = 45.0
 # A followed log may be quiet for long (a kernel between two lines): read again after this.
 LOG_READ_S: Final = 60.0
+# An array's counts are read again on its events (its own and its elements'), at most every
+# ARRAY_READ_S; and after QUIET_READ_S without one: an array run in chunks records its
+# elements without an event each, and its counts are the only sign of their progress.
+ARRAY_READ_S: Final = 0.25
+QUIET_READ_S: Final = 1.0
 RECONNECT_S: Final = 0.2  # the first wait before opening a dropped stream again (it doubles)
 MAX_RECONNECT_S: Final = 5.0
 
@@ -116,3 +121,34 @@ def apply(job: Job, item: Event | KeepAlive) -> Job | object | None:
     if item.type == "job.state":
         return READ_AGAIN
     return None
+
+
+def next_array_read(last_read: float, stale: bool) -> float:
+    """When an array followed by its stream is read again (``time.monotonic``): soon after
+    its last read once an event made it ``stale``, else once the stream has been quiet."""
+    return last_read + (ARRAY_READ_S if stale else QUIET_READ_S)
+
+
+@dataclass
+class LogResume:
+    """A followed log opened again starts from the job's first line, in time order; the
+    lines the first connection gave came in the order they were written, which may differ
+    (a line is stamped when its transaction began). So what was given is skipped by its
+    text (a time to the millisecond, its attempt and its words), each as often as it was
+    given, and every other line is new: none lost, none given twice, in the stream's
+    order."""
+
+    left: dict[str, int]
+
+    @classmethod
+    def after(cls, given: dict[str, int]) -> LogResume:
+        """For a stream opened when ``given`` (each line's count) was given."""
+        return cls(dict(given))
+
+    def new(self, line: str) -> bool:
+        """Whether ``line`` of the stream opened again was not given before."""
+        count = self.left.get(line, 0)
+        if count:
+            self.left[line] = count - 1
+            return False
+        return True

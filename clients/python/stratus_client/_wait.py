@@ -1,8 +1,7 @@
-"""How ``wait`` follows a job or a migration until it is final.
-
-Today it polls the resource, often at first and then every ``MAX_POLL_S``: most jobs finish
-within seconds, and a long one costs one request every two seconds. This module is the only
-place that knows how; following ``GET /v1/events`` instead changes it, not ``wait``."""
+"""How a migration, a workflow, or a job on a gateway without ``GET /v1/events`` is
+followed until it is final: polled, often at first and then every ``MAX_POLL_S`` (most
+finish within seconds, and a long one costs one request every two seconds). Jobs and
+arrays follow their events (``Client.watch``)."""
 
 from __future__ import annotations
 

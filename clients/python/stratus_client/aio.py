@@ -13,6 +13,7 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
+from contextlib import suppress
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -29,8 +30,10 @@ from stratus_client._events import (
     LOG_READ_S,
     READ_AGAIN,
     KeepAlive,
+    LogResume,
     SseParser,
     apply,
+    next_array_read,
     read_s,
     reconnect_delay,
 )
@@ -323,14 +326,17 @@ class AsyncClient:
             async for polled in self._snapshots(lambda: self.get(job_id), what, timeout):
                 yield polled
             return
-        items = self._event_items(job_id, SseParser(), response, deadline)
         try:
             job = await self.get(job_id)
-            if job.array is not None:  # its feed has its own changes only, not its counts
-                await response.aclose()
-                async for polled in self._snapshots(lambda: self.get(job_id), what, timeout):
-                    yield polled
-                return
+        except BaseException:
+            await response.aclose()
+            raise
+        if job.array is not None:
+            async for counted in self._watch_array(job, response, deadline, what):
+                yield counted
+            return
+        items = self._event_items(job_id, SseParser(), response, deadline)
+        try:
             yield job
             while not job.is_final:
                 item = await anext(items)
@@ -345,6 +351,54 @@ class AsyncClient:
                     yield job
         finally:
             await items.aclose()
+            await response.aclose()
+
+    async def _watch_array(
+        self, job: Job, response: httpx.Response, deadline: Deadline, what: str
+    ) -> AsyncIterator[Job]:
+        """``watch`` for an array, as ``Client``'s: its stream read by a task of its own,
+        the counts read again soon after an event, or once the stream has been quiet."""
+        items: asyncio.Queue[Event | KeepAlive | BaseException] = asyncio.Queue()
+
+        async def pump() -> None:
+            stream = self._event_items(job.id, SseParser(), response, deadline)
+            try:
+                async for item in stream:
+                    items.put_nowait(item)
+            except Exception as error:  # an API error opening it again: the reader's
+                items.put_nowait(error)
+            finally:
+                await stream.aclose()
+
+        task = asyncio.create_task(pump())
+        try:
+            yield job
+            last_read, stale = time.monotonic(), False
+            while not job.is_final:
+                wait = max(0.0, next_array_read(last_read, stale) - time.monotonic())
+                try:
+                    item: Event | KeepAlive | BaseException | None = await asyncio.wait_for(
+                        items.get(), wait
+                    )
+                except TimeoutError:
+                    item = None
+                if isinstance(item, BaseException):
+                    raise item
+                if deadline.clip(1.0) is None:
+                    raise WaitTimeout(what, deadline.timeout or 0, job)
+                if item is not None and apply(job, item) is not None:
+                    stale = True
+                if time.monotonic() < next_array_read(last_read, stale):
+                    continue
+                fresh = await self.get(job.id)
+                last_read, stale = time.monotonic(), False
+                if fresh != job:
+                    job = fresh
+                    yield job
+        finally:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
             await response.aclose()
 
     # --- events, history, logs --------------------------------------------------------------
@@ -408,17 +462,18 @@ class AsyncClient:
 
     async def follow_log(self, job_id: str) -> AsyncIterator[str]:
         """The job's log line by line as it is written, ending once the job is final, as
-        ``Client.follow_log``."""
-        seen = 0
+        ``Client.follow_log``: a dropped connection is opened again, and none of its lines
+        is lost or given twice."""
+        given: dict[str, int] = {}
         drops = 0
         while True:
             response = await self._send(_calls.follow_log(job_id, LOG_READ_S), stream=True)
-            count = 0
+            resume = LogResume.after(given)
             try:
                 async for line in response.aiter_lines():
-                    count += 1
-                    if count > seen:
-                        seen, drops = count, 0
+                    if resume.new(line):
+                        given[line] = given.get(line, 0) + 1
+                        drops = 0
                         yield line
                 return
             except httpx.TransportError:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import queue
+import socket
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from contextlib import suppress
 from datetime import datetime
 from functools import partial
 from types import TracebackType
@@ -21,8 +25,10 @@ from stratus_client._events import (
     LOG_READ_S,
     READ_AGAIN,
     KeepAlive,
+    LogResume,
     SseParser,
     apply,
+    next_array_read,
     read_s,
     reconnect_delay,
 )
@@ -289,9 +295,11 @@ class Client:
     def watch(self, job_id: str, *, timeout: float | None = None) -> Iterator[Job]:
         """The job at each change until it is final (the last one): for a progress display.
         It follows the job's events (``GET /v1/events?job=``) and reads the job again at
-        each change of state (a progress event is applied as it comes). An array is polled
-        (its feed has the array's own changes, not its elements' counts), and so is any job
-        on a gateway without events. ``WaitTimeout`` after ``timeout`` seconds."""
+        each change of state (a progress event is applied as it comes). An array's counts
+        are read again after its events (its own and its elements', at most 4 reads a
+        second), and after 1 s without one (an array run in chunks records its elements
+        without events). A gateway without events is polled. ``WaitTimeout`` after
+        ``timeout`` seconds."""
         what = f"job {job_id}"
         deadline = Deadline(timeout)
         try:
@@ -301,13 +309,16 @@ class Client:
                 raise
             yield from self._snapshots(lambda: self.get(job_id), what, timeout)
             return
-        items = self._event_items(job_id, SseParser(), response, deadline)
         try:
             job = self.get(job_id)
-            if job.array is not None:  # its feed has its own changes only, not its counts
-                response.close()
-                yield from self._snapshots(lambda: self.get(job_id), what, timeout)
-                return
+        except BaseException:
+            response.close()
+            raise
+        if job.array is not None:
+            yield from self._watch_array(job, response, deadline, what)
+            return
+        items = self._event_items(job_id, SseParser(), response, deadline)
+        try:
             yield job
             while not job.is_final:
                 item = next(items)
@@ -323,6 +334,32 @@ class Client:
         finally:
             items.close()
             response.close()
+
+    def _watch_array(
+        self, job: Job, response: httpx.Response, deadline: Deadline, what: str
+    ) -> Iterator[Job]:
+        """``watch`` for an array: its stream (its own events and its elements') read by a
+        thread of its own, the counts read again soon after an event, or once the stream
+        has been quiet for a while (``next_array_read``)."""
+        pump = _Pump(self, job.id, response, deadline)
+        try:
+            yield job
+            last_read, stale = time.monotonic(), False
+            while not job.is_final:
+                item = pump.get(next_array_read(last_read, stale) - time.monotonic())
+                if deadline.clip(1.0) is None:
+                    raise WaitTimeout(what, deadline.timeout or 0, job)
+                if item is not None and apply(job, item) is not None:
+                    stale = True
+                if time.monotonic() < next_array_read(last_read, stale):
+                    continue
+                fresh = self.get(job.id)
+                last_read, stale = time.monotonic(), False
+                if fresh != job:
+                    job = fresh
+                    yield job
+        finally:
+            pump.stop()
 
     # --- events, history, logs --------------------------------------------------------------
 
@@ -352,9 +389,10 @@ class Client:
         parser: SseParser,
         response: httpx.Response,
         deadline: Deadline | None,
+        opened: Callable[[httpx.Response], None] | None = None,
     ) -> Generator[Event | KeepAlive, None, None]:
         """What the stream brings from ``response`` on; after a drop, a ``KEEP_ALIVE`` and
-        the stream opened again after ``parser.last_id``."""
+        the stream opened again after ``parser.last_id`` (given to ``opened``)."""
         drops = 0
         while True:
             try:
@@ -371,6 +409,8 @@ class Client:
             drops += 1
             time.sleep(reconnect_delay(drops))
             response = self._open_events(job, parser.last_id, read_s(deadline))
+            if opened is not None:
+                opened(response)
 
     def job_events(self, job_id: str) -> TransitionList:
         """The job's changes of state, oldest first (``at``, ``state``, ``reason``,
@@ -387,17 +427,18 @@ class Client:
 
     def follow_log(self, job_id: str) -> Iterator[str]:
         """The job's log line by line as it is written, ending once the job is final. A
-        dropped connection is opened again, and the lines seen already are skipped."""
-        seen = 0
+        dropped connection is opened again: the lines given already are skipped, each as
+        often as it was given, so that none is lost and none comes twice."""
+        given: dict[str, int] = {}
         drops = 0
         while True:
             response = self._send(_calls.follow_log(job_id, LOG_READ_S), stream=True)
-            count = 0
+            resume = LogResume.after(given)
             try:
                 for line in response.iter_lines():
-                    count += 1
-                    if count > seen:
-                        seen, drops = count, 0
+                    if resume.new(line):
+                        given[line] = given.get(line, 0) + 1
+                        drops = 0
                         yield line
                 return
             except httpx.TransportError:
@@ -496,6 +537,66 @@ class Client:
     def tenant(self) -> TenantSelf:
         """The caller's tenant: quotas, weight and the use of each quota now."""
         return self._run(_calls.tenant())
+
+
+class _Pump:
+    """A thread that reads a job's stream into a queue, so that its reader can wait for
+    the next item or for a time, whichever comes first. ``stop`` ends it: the socket of
+    the stream it reads is shut down, which wakes the read at once."""
+
+    def __init__(
+        self, client: Client, job_id: str, response: httpx.Response, deadline: Deadline
+    ) -> None:
+        self._items: queue.Queue[Event | KeepAlive | BaseException] = queue.Queue()
+        self._stopped = threading.Event()
+        self._response = response
+        self._thread = threading.Thread(
+            target=self._run, args=(client, job_id, deadline), name="stratus-events", daemon=True
+        )
+        self._thread.start()
+
+    def _opened(self, response: httpx.Response) -> None:
+        self._response = response
+        if self._stopped.is_set():
+            _shut(response)
+
+    def _run(self, client: Client, job_id: str, deadline: Deadline) -> None:
+        items = client._event_items(job_id, SseParser(), self._response, deadline, self._opened)
+        try:
+            for item in items:
+                if self._stopped.is_set():
+                    return
+                self._items.put(item)
+        except Exception as error:  # an API error opening it again: the reader's to raise
+            if not self._stopped.is_set():
+                self._items.put(error)
+        finally:
+            items.close()
+
+    def get(self, wait_s: float) -> Event | KeepAlive | None:
+        """The next item, or None once ``wait_s`` passed without one."""
+        try:
+            item = self._items.get(timeout=max(0.0, wait_s))
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        self._stopped.set()
+        _shut(self._response)
+        self._thread.join(timeout=5.0)
+
+
+def _shut(response: httpx.Response) -> None:
+    """Wake a read blocked on ``response`` in another thread (closing its socket would not):
+    that thread then closes it."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def _job(seen: object) -> Job:

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -79,11 +80,30 @@ def tenant_headers(gateway: str) -> Iterator[dict[str, str]]:
     headers = {"Authorization": f"Bearer {k.json()['key']}"}
     yield headers
     for state in ("PENDING", "QUEUED"):
-        listed = httpx.get(
-            f"{gateway}/v1/jobs", params={"state": state, "limit": 500}, headers=headers
-        ).json()["items"]
-        for job in listed:
+        for job in _listed(gateway, state, headers):
             httpx.post(f"{gateway}/v1/jobs/{job['id']}/cancel", headers=headers, timeout=10)
+
+
+def _listed(gateway: str, state: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """The tenant's jobs in ``state``: asked again, a few times, while the gateway, just
+    fuzzed, answers something else (its database breaker open, a request timed out)."""
+    answer: httpx.Response | None = None
+    for attempt in range(5):
+        try:
+            answer = httpx.get(
+                f"{gateway}/v1/jobs",
+                params={"state": state, "limit": 500},
+                headers=headers,
+                timeout=10,
+            )
+        except httpx.HTTPError:
+            answer = None
+        if answer is not None and answer.status_code == 200:
+            items: list[dict[str, Any]] = answer.json()["items"]
+            return items
+        time.sleep(1 + attempt)
+    detail = "no answer" if answer is None else f"{answer.status_code} {answer.text[:200]}"
+    raise AssertionError(f"GET /v1/jobs?state={state} after fuzzing: {detail}")
 
 
 EXAMPLES = 30  # per operation and phase

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -50,6 +51,13 @@ class DockerBackend:
     async def _api(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             r = await self._http.request(method, path, **kwargs)
+            older = _older_api(r, self.settings.api_version)
+            if older is not None:
+                # an engine older than the configured API version (Debian's docker.io 20.10
+                # speaks 1.41): speak its version from now on
+                log.info("docker_api_version", configured=self.settings.api_version, engine=older)
+                self._http.base_url = httpx.URL(f"http://docker/{older}")
+                r = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise BackendError(f"the Docker engine does not answer: {exc!r}") from exc
         if r.status_code == 304:  # already started / already stopped
@@ -144,6 +152,19 @@ def replica_of(template: dict[str, Any], number: int) -> dict[str, Any]:
         "HostConfig": template.get("HostConfig", {}),
         "NetworkingConfig": {"EndpointsConfig": {net: {"Aliases": [service]} for net in networks}},
     }
+
+
+_TOO_NEW = re.compile(r"is too new\. Maximum supported API version is (\d+\.\d+)")
+
+
+def _older_api(r: httpx.Response, configured: str) -> str | None:
+    """``v1.41`` when the engine refused the configured version as too new and named its own."""
+    if r.status_code != 400:
+        return None
+    match = _TOO_NEW.search(r.text)
+    if match is None or f"v{match.group(1)}" == configured:
+        return None
+    return f"v{match.group(1)}"
 
 
 def _number(c: dict[str, Any]) -> int:

@@ -15,6 +15,7 @@ from services.gateway.admin.pools import router as pools_router
 from services.gateway.admin.routes import router as admin_router
 from services.gateway.auth import Authenticator
 from services.gateway.bodies import BodyLimitMiddleware, BodyLimits
+from services.gateway.console.routes import install_console
 from services.gateway.datasets.routes import router as datasets_router
 from services.gateway.datasets.routes import tiers_router
 from services.gateway.deps import GatewayDb, raw_db
@@ -80,6 +81,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limits=body_limits(settings))
     app.include_router(health_router(lambda: app.state.resources.checks()))
     install_docs(app)
+    install_console(app)  # /console: the web console, on the public API only
     for router in ROUTERS:
         app.include_router(router)
     return app

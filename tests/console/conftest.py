@@ -1,0 +1,67 @@
+"""The console's browser tests: a cluster of their own and Debian's chromium driven by
+Playwright (``scripts/ensure-tools.sh`` installs chromium when it is missing)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, async_playwright
+
+from tests.e2e.conftest import own_cluster
+from tools.cluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = ROOT / "docs" / "img"
+
+
+def chromium_path() -> str:
+    found = shutil.which("chromium")
+    if found is None:
+        subprocess.run(["bash", str(ROOT / "scripts" / "ensure-tools.sh"), "chromium"], check=True)
+        found = shutil.which("chromium")
+    assert found, "chromium is not installed and scripts/ensure-tools.sh could not install it"
+    return found
+
+
+@pytest.fixture(scope="package")
+def console_cluster(
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    tiers = Path(tmp_path_factory.mktemp("console-tiers"))
+    with own_cluster(
+        "console",
+        test_env,
+        tmp_path_factory,
+        env={
+            "STRATUS_STORAGE__LOCAL__ROOT": str(tiers / "local"),
+            "STRATUS_STORAGE__ARCHIVE__ROOT": str(tiers / "archive"),
+            "STRATUS_STORAGE__FSYNC": "false",
+            "STRATUS_EVENTS_KEEP_ALIVE_S": "1",
+        },
+        workers=1,
+        worker_env={"STRATUS_CONCURRENCY": "2", "STRATUS_HEARTBEAT_INTERVAL_S": "0.5"},
+    ) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def api(console_cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=console_cluster.url("gateway"), timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(
+            executable_path=chromium_path(), args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield b
+        finally:
+            await b.close()

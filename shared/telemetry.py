@@ -15,12 +15,15 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# CPU seconds, resident memory and open files of the process, read from /proc at scrape time
+ProcessCollector(registry=REGISTRY)
 
 HTTP_REQUESTS = Counter(
     "stratus_http_requests_total",

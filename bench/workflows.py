@@ -211,7 +211,7 @@ async def diamond(
 ) -> dict[str, Any]:
     """``rounds`` pairs, each the steps without dependencies then the diamond, back to back
     (a busy machine's swings fall on both of a pair); the ratio is the median of the pairs'."""
-    pairs = []
+    pairs: list[dict[str, Any]] = []
     for i in range(rounds):
         ind = await diamond_once(api, db, width, linked=False)
         dia = await diamond_once(api, db, width, linked=True)

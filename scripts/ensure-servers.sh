@@ -124,8 +124,43 @@ ensure_redis() {
 }
 
 # --- RabbitMQ ---------------------------------------------------------------------------------
+# The broker answers when it greets an AMQP client (Connection.Start, a method frame: type 1),
+# not only when its port is open: a node out of file descriptors, or hung, keeps the port open.
+amqp_greets() {
+    local first
+    first=$(timeout 5 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1; printf 'AMQP\x00\x00\x09\x01' >&3;
+        head -c 1 <&3 | od -An -tu1" 2>/dev/null | tr -d ' ')
+    [[ ${first} == 1 ]]
+}
+
 rabbit_up() {
-    tcp_open "${RABBIT_PORT}" && timeout 15 rabbitmq-diagnostics -q ping >/dev/null 2>&1
+    amqp_greets "${RABBIT_PORT}" && timeout 15 rabbitmq-diagnostics -q ping >/dev/null 2>&1
+}
+
+# The running node's Erlang VM (not a CLI tool's: the node boots the rabbit application).
+rabbit_node_pid() { pgrep -u rabbitmq -f 'beam.* -s rabbit boot' | head -n 1; }
+
+# A node that runs but has not answered for WAIT_S seconds is hung: its state is on disk
+# (durable queues and messages survive), so it is killed and started again.
+restart_hung_rabbit() {
+    local pid
+    pid=$(rabbit_node_pid) || true
+    [[ -n ${pid} ]] || return 0
+    log rabbitmq "node ${pid} runs but does not answer; waiting up to ${WAIT_S}s"
+    local deadline=$((SECONDS + WAIT_S))
+    while ((SECONDS < deadline)); do
+        rabbit_up && return 0
+        sleep 2
+    done
+    log rabbitmq "node ${pid} still not answering: killing it to start it again"
+    if [[ -f /var/log/rabbitmq/rabbit@$(hostname -s).log ]]; then
+        tail -n 20 "/var/log/rabbitmq/rabbit@$(hostname -s).log" | sed 's/^/  rabbitmq log: /' >&2
+    fi
+    as_root kill -9 "${pid}" || true
+    for _ in $(seq 1 20); do
+        [[ -z $(rabbit_node_pid) ]] && break
+        sleep 0.5
+    done
 }
 
 ensure_rabbitmq() {
@@ -141,8 +176,15 @@ ensure_rabbitmq() {
             return
         fi
     fi
+    restart_hung_rabbit
+    if rabbit_up; then
+        log rabbitmq "answering on 127.0.0.1:${RABBIT_PORT}"
+        return
+    fi
     log rabbitmq "starting rabbitmq-server"
-    as_root rabbitmq-server -detached || die "rabbitmq: rabbitmq-server -detached failed"
+    # a connection is a file descriptor: the default limit of 1024 caps the broker at ~830
+    as_root bash -c 'ulimit -n 65536 2>/dev/null || true; exec rabbitmq-server -detached' \
+        || die "rabbitmq: rabbitmq-server -detached failed"
     timeout "${WAIT_S}" rabbitmqctl await_startup >/dev/null 2>&1 || true
     wait_for rabbitmq rabbit_up
     log rabbitmq "up on 127.0.0.1:${RABBIT_PORT}"

@@ -3,9 +3,11 @@ the real servers (never the ones ``make up`` uses), dropped at the end.
 
 Two guard rails keep a broken run short and its failures readable: the servers are checked
 once per module, before its first test that needs them, and again after a test that ran
-into its timeout; a module whose servers do not answer within ``STRATUS_TEST_SERVER_CHECK_S``
-fails at once, each test saying which server is out (instead of every test running into
-its timeout); and after
+into its timeout; a server that does not answer within ``STRATUS_TEST_SERVER_CHECK_S`` is
+brought back by ``scripts/ensure-servers.sh`` (a hung RabbitMQ node killed and started again;
+at most twice a session, each time reported among the run's warnings with the machine's memory,
+disk and load), and a module whose servers still do not answer fails at once, each test saying
+which server is out (instead of every test running into its timeout); and after
 ``STRATUS_TEST_DEADLINE_S`` of the session every test left fails at once with "session
 deadline exceeded", so that a run that has gone wrong still ends, with its report, well
 inside CI's limit."""
@@ -16,6 +18,7 @@ import os
 import secrets
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Generator, Iterator
 
 import pytest
@@ -30,13 +33,15 @@ from tests.databases import (
     new_vhost,
     template_of,
 )
-from tests.servers import servers_out
+from tests.servers import bring_back, servers_out
 from tools.cluster import drop_database
 
 RUN_ID = uuid.uuid4().hex[:8]
 ADMIN_KEY = "test-admin-" + secrets.token_urlsafe(16)
 DEADLINE_S = float(os.environ.get("STRATUS_TEST_DEADLINE_S", str(40 * 60)))
 SERVER_CHECK_S = float(os.environ.get("STRATUS_TEST_SERVER_CHECK_S", "5"))
+RECOVERIES = 2  # times a session the harness brings back a server that stopped answering
+_recoveries = 0
 
 _started = time.monotonic()
 _modules_out: dict[str, str] = {}  # module → the servers that did not answer ("" when all did)
@@ -60,13 +65,37 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return  # needs no server
     module = item.nodeid.split("::")[0]
     if module not in _modules_out:
-        _modules_out[module] = "; ".join(servers_out(CommonSettings(), SERVER_CHECK_S))
+        _modules_out[module] = "; ".join(_servers_out_or_brought_back(module))
     if _modules_out[module]:
         pytest.fail(
             f"servers not answering within {SERVER_CHECK_S:.0f}s, checked for {module}: "
             f"{_modules_out[module]}",
             pytrace=False,
         )
+
+
+def _servers_out_or_brought_back(module: str) -> list[str]:
+    """The servers that do not answer; when one does not, ``scripts/ensure-servers.sh``
+    is asked (at most ``RECOVERIES`` times a session) to bring it back, a hung node restarted,
+    and the servers are checked again. What happened goes into the run's warnings."""
+    global _recoveries
+    out = servers_out(CommonSettings(), SERVER_CHECK_S)
+    if not out or _recoveries >= RECOVERIES:
+        return out
+    _recoveries += 1
+    said = bring_back(out)
+    out = servers_out(CommonSettings(), SERVER_CHECK_S)
+    warnings.warn(
+        f"before {module}: {'still out: ' + '; '.join(out) if out else 'brought back'}\n{said}",
+        ServersBroughtBack,
+        stacklevel=1,
+    )
+    return out
+
+
+class ServersBroughtBack(UserWarning):
+    """A shared server stopped answering during the run and the harness tried to bring it
+    back."""
 
 
 @pytest.hookimpl(wrapper=True)
@@ -77,9 +106,10 @@ def pytest_runtest_makereport(
     answering, the rest of its module fails at once instead of timing out test by test."""
     report: pytest.TestReport = yield
     if report.failed and call.excinfo is not None and "Timeout" in str(call.excinfo.value):
-        out = servers_out(CommonSettings(), SERVER_CHECK_S)
+        module = item.nodeid.split("::")[0]
+        out = _servers_out_or_brought_back(module)
         if out:
-            _modules_out[item.nodeid.split("::")[0]] = "; ".join(out)
+            _modules_out[module] = "; ".join(out)
     return report
 
 

@@ -10,6 +10,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import asyncpg
@@ -44,6 +45,39 @@ def servers_out(settings: CommonSettings, timeout_s: float) -> list[str]:
             if error is not None:
                 out.append(f"{name}: {type(error).__name__}: {error}")
         return out
+
+
+# the name each check gives a server, as scripts/ensure-servers.sh knows it
+_SCRIPT_NAMES = {"PostgreSQL": "postgres", "Redis": "redis", "RabbitMQ": "rabbitmq"}
+ENSURE_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ensure-servers.sh"
+
+
+def bring_back(out: list[str], timeout_s: float = 300) -> str:
+    """Ask ``scripts/ensure-servers.sh`` to bring back the servers named in ``out`` (what
+    :func:`servers_out` said), a hung RabbitMQ node included; what the script and the machine
+    said (memory, disk, load), for the run's report."""
+    names = sorted(
+        {_SCRIPT_NAMES[o.split(" ", 1)[0]] for o in out if o.split(" ", 1)[0] in _SCRIPT_NAMES}
+    )
+    lines = [f"servers out: {'; '.join(out)}"]
+    for probe in (["uptime"], ["free", "-m"], ["df", "-h", "/", "/var/lib"]):
+        try:
+            done = subprocess.run(probe, capture_output=True, text=True, timeout=10)
+            lines.append(done.stdout.strip())
+        except (OSError, subprocess.TimeoutExpired) as e:
+            lines.append(f"{probe[0]}: {e}")
+    try:
+        done = subprocess.run(
+            ["bash", str(ENSURE_SCRIPT), *names],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        lines.append(f"ensure-servers.sh {' '.join(names)} exited {done.returncode}:")
+        lines.append((done.stdout + done.stderr).strip())
+    except subprocess.TimeoutExpired:
+        lines.append(f"ensure-servers.sh {' '.join(names)} did not end within {timeout_s:.0f}s")
+    return "\n".join(lines)
 
 
 def _postgres(host: str, port: int, user: str, password: str, timeout_s: float) -> None:

@@ -9,7 +9,8 @@ measures the idle background for ``--idle`` seconds, then submits one array of `
 the outbox is empty. Printed per element, less the background: PostgreSQL row writes
 (inserted + updated + deleted, ``pg_stat_user_tables``) per table, transactions, messages
 published, and CPU time of the cluster's processes (supervisord's tree), the database's
-backends and RabbitMQ, from ``/proc``. ``--no-chunks`` runs the scheduler with
+backends and RabbitMQ, from ``/proc``, and the database's PL/pgSQL functions (the
+triggers) per element, calls and self time. ``--no-chunks`` runs the scheduler with
 ``STRATUS_ARRAY_CHUNKS=false`` (one row, message and claim per element) for comparison.
 """
 
@@ -29,7 +30,20 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: the repo root
 
-from bench.job_cost import TAP, Meter, delta, git_head, new_tenant, report, tap_counts
+from bench.job_cost import (
+    TAP,
+    Meter,
+    _named,
+    _tree,
+    cpu_s,
+    delta,
+    functions_report,
+    git_head,
+    new_tenant,
+    report,
+    tap_counts,
+    track_functions,
+)
 from tools.cluster import (
     ClusterConfig,
     LocalCluster,
@@ -45,50 +59,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DB = VHOST = "stratus_arraycost"
 RUN_DIR = ROOT / "bench" / "results" / "array-cost-run"
 EXCHANGE = "stratus.events"
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # fields from the state on (3rd)
-
-
-def _tree(root: int) -> set[int]:
-    """``root`` and its descendants."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        found.add(pid)
-        todo += children.get(pid, [])
-    return found
-
-
-def _named(name: str) -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
-                pids.add(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def cpu_s(pids: set[int]) -> float:
-    """CPU seconds (user + system, with waited-for children) of ``pids`` so far."""
-    total = 0
-    for pid in pids:
-        fields = _stat(pid)
-        if fields is not None:
-            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
-    return total / TICK
 
 
 async def processes(cluster: LocalCluster, meter: Meter) -> set[int]:
@@ -178,6 +148,7 @@ async def measure(
         print(f"per element: {writes / n:.2f} row writes, {cpu * 1000 / n:.2f} ms CPU "
               f"(cluster, database backends, RabbitMQ), "
               f"{sum(msgs.values()) / n:.3f} messages")  # fmt: skip
+        functions_report(n, start, end)
     finally:
         await broker.close()
         await db.close()
@@ -212,6 +183,7 @@ def run(opts: argparse.Namespace, servers: PrivateServers | None) -> int:
     }
     drop_database(DB, env=env)
     prepare_database(DB, env=env)
+    track_functions(DB, env)
     if servers is None:
         prepare_vhost(VHOST)
     cfg = ClusterConfig(

@@ -11,9 +11,13 @@ Starts a local cluster (``tools.cluster``: 1 gateway, 1 scheduler, 1 worker, dat
    concurrent clients, until all are SUCCEEDED and the outbox is empty.
 
 It prints per job: PostgreSQL transactions (``pg_stat_database``, less this script's own
-queries), rows inserted, updated and deleted per table (``pg_stat_user_tables``), and the
+queries), rows inserted, updated and deleted per table (``pg_stat_user_tables``), the
 messages published per routing key (a queue of its own bound to ``#`` on the events
-exchange sees every publish) with the queues they reach.
+exchange sees every publish) with the queues they reach, CPU time per process (each
+service of the cluster, the database's backends, RabbitMQ; from ``/proc``, less the idle
+background), and the calls and time of the database's PL/pgSQL functions, the triggers
+among them (``pg_stat_user_functions``: the database runs with ``track_functions = pl``).
+CPU and function times are times, so a busy host inflates them; the counts are not.
 
 ``--private`` runs it on PostgreSQL, RabbitMQ and Redis of its own
 (``tools.private_servers``, started and stopped with it) instead of the machine's.
@@ -28,7 +32,7 @@ import secrets
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +75,12 @@ SETTLED = """
                                             FROM pg_stat_user_tables WHERE relname = 'outbox')
 """
 
+FUNCTION_COUNTERS = """
+    SELECT funcname, calls, self_time FROM pg_stat_user_functions
+"""
+TICK = os.sysconf("SC_CLK_TCK")
+SERVICES = ("gateway", "scheduler", "worker", "datamover")
+
 TABLE_COUNTERS = """
     SELECT relname, n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables
 """
@@ -84,6 +94,78 @@ class Snapshot:
     transactions: int
     tables: dict[str, tuple[int, int, int]]
     at: float
+    functions: dict[str, tuple[int, float]] = field(default_factory=dict)  # calls, self ms
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from the state on (3rd)
+
+
+def _tree(root: int) -> set[int]:
+    """``root`` and its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _named(name: str) -> set[int]:
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == name:
+                pids.add(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def cpu_s(pids: set[int]) -> float:
+    """CPU seconds (user + system, with waited-for children) of ``pids`` so far."""
+    total = 0
+    for pid in pids:
+        fields = _stat(pid)
+        if fields is not None:
+            total += sum(int(f) for f in fields[11:15])  # utime stime cutime cstime
+    return total / TICK
+
+
+def _service_of(pid: int) -> str:
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "other"
+    for name in SERVICES:
+        if any(a.decode(errors="replace").startswith(f"services.{name}") for a in args):
+            return name
+    return "other"
+
+
+async def process_groups(cluster: LocalCluster, meter: Meter, database: str) -> dict[str, set[int]]:
+    """The cluster's processes by service (a worker's kernel processes with it), the
+    database's backends (``postgres``) and RabbitMQ's (``rabbitmq``)."""
+    groups: dict[str, set[int]] = {}
+    root = cluster.supervisord_pid()
+    for pid in _tree(root) if root is not None else set():
+        groups.setdefault(_service_of(pid), set()).add(pid)
+    rows = await meter.query("SELECT pid FROM pg_stat_activity WHERE datname = $1", database)
+    groups["postgres"] = {int(r[0]) for r in rows}
+    groups["rabbitmq"] = _named("beam.smp")
+    return groups
+
+
+def group_cpu(groups: dict[str, set[int]]) -> dict[str, float]:
+    return {name: cpu_s(pids) for name, pids in groups.items()}
 
 
 class Meter:
@@ -106,7 +188,8 @@ class Meter:
                 break
         xacts = (await self.query(DB_COUNTERS))[0][0]
         tables = {r[0]: (r[1], r[2], r[3]) for r in await self.query(TABLE_COUNTERS)}
-        return Snapshot(int(xacts) - self.own, tables, time.monotonic())
+        functions = {r[0]: (int(r[1]), float(r[2])) for r in await self.query(FUNCTION_COUNTERS)}
+        return Snapshot(int(xacts) - self.own, tables, time.monotonic(), functions)
 
 
 def delta(a: Snapshot, b: Snapshot) -> tuple[float, dict[str, tuple[int, int, int]]]:
@@ -184,9 +267,32 @@ def report(title: str, n: int, xacts: float, tables: dict[str, tuple[int, int, i
         print(f"    {name:<20} ins {i / n:6.2f}  upd {u / n:6.2f}  del {d / n:6.2f}")
 
 
-async def measure(
-    gateway: str, admin_key: str, opts: argparse.Namespace, env: dict[str, str]
+def cpu_report(
+    n: int, window: float, idle_s: float, idle: dict[str, float], run: dict[str, float]
 ) -> None:
+    """CPU ms per job by process group, less the idle background scaled to the window."""
+    per = {k: (v - idle.get(k, 0.0) / idle_s * window) * 1000 / n for k, v in run.items()}
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(per.items(), key=lambda kv: -kv[1]))
+    print(f"CPU ms per job, less background: {sum(per.values()):.2f} in all ({parts})")
+
+
+def functions_report(n: int, a: Snapshot, b: Snapshot) -> None:
+    """Calls and self time per job of the database's PL/pgSQL functions (triggers)."""
+    rows: list[tuple[str, float, float]] = []
+    for name, (calls, ms) in b.functions.items():
+        c0, m0 = a.functions.get(name, (0, 0.0))
+        if calls > c0:
+            rows.append((name, (calls - c0) / n, (ms - m0) / n))
+    total = sum(r[2] for r in rows)
+    print(f"database functions per job: {total:.3f} ms self time in all")
+    for name, per_job, self_ms in sorted(rows, key=lambda r: -r[2]):
+        print(f"    {name:<28} calls {per_job:6.2f}  self {self_ms:7.3f} ms")
+
+
+async def measure(
+    cluster: LocalCluster, admin_key: str, opts: argparse.Namespace, env: dict[str, str]
+) -> None:
+    gateway = cluster.url("gateway")
     pg = postgres_settings(env)
     amqp = rabbit_settings(env).url()
     db = await asyncpg.connect(pg.url(driver="postgresql"))
@@ -201,19 +307,22 @@ async def measure(
         await wait_done(meter, 20)
         await tap_counts(channel)
 
-        before = await meter.snapshot()
+        groups = await process_groups(cluster, meter, DB)
+        before, cpu0 = await meter.snapshot(), group_cpu(groups)
         await asyncio.sleep(opts.idle)
-        after = await meter.snapshot()
+        after, cpu1 = await meter.snapshot(), group_cpu(groups)
         idle_s = after.at - before.at
         idle_x, idle_t = delta(before, after)
+        idle_cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
         idle_msgs = await tap_counts(channel)
 
-        start = await meter.snapshot()
+        groups = await process_groups(cluster, meter, DB)
+        start, cpu2 = await meter.snapshot(), group_cpu(groups)
         t0 = time.monotonic()
         await submit(gateway, key, opts.jobs, opts.clients)
         await wait_done(meter, opts.jobs + 20)
         run_s = time.monotonic() - t0
-        end = await meter.snapshot()
+        end, cpu3 = await meter.snapshot(), group_cpu(groups)
         msgs = await tap_counts(channel)
         xacts, tables = delta(start, end)
         window = end.at - start.at
@@ -222,7 +331,8 @@ async def measure(
               f"(counters over {window:.1f} s)")  # fmt: skip
         print(f"background over {idle_s:.1f} s idle: {idle_x / idle_s:.1f} transactions/s, "
               f"{sum(sum(v) for v in idle_t.values()) / idle_s:.1f} row writes/s, "
-              f"{sum(idle_msgs.values())} messages")  # fmt: skip
+              f"{sum(idle_msgs.values())} messages, "
+              f"{sum(idle_cpu.values()) / idle_s * 1000:.0f} ms CPU/s")  # fmt: skip
         scale = window / idle_s
         net_tables = {
             name: tuple(v - round(b * scale) for v, b in zip(vals, idle_t.get(name, (0, 0, 0)),
@@ -237,6 +347,8 @@ async def measure(
         deliveries = sum(c * len(queues_of(rk)) for rk, c in msgs.items())
         print(f"    in all: {sum(msgs.values()) / n:.2f} published, {deliveries / n:.2f} "
               "deliveries on durable queues")  # fmt: skip
+        cpu_report(n, window, idle_s, idle_cpu, {k: cpu3[k] - cpu2[k] for k in cpu2})
+        functions_report(n, start, end)
     finally:
         await broker.close()
         await db.close()
@@ -270,6 +382,7 @@ def run(opts: argparse.Namespace, servers: PrivateServers | None) -> int:
     }
     drop_database(DB, env=env)
     prepare_database(DB, env=env)
+    track_functions(DB, env)
     if servers is None:
         prepare_vhost(VHOST)
     cfg = ClusterConfig(
@@ -286,13 +399,26 @@ def run(opts: argparse.Namespace, servers: PrivateServers | None) -> int:
     try:
         cluster.start(timeout=120)
         print(f"job cost, {os.cpu_count()} cores, source {git_head()}")
-        asyncio.run(measure(cluster.url("gateway"), admin_key, opts, env))
+        asyncio.run(measure(cluster, admin_key, opts, env))
     finally:
         cluster.stop()
         if servers is None:
             drop_database(DB)
             drop_vhost(VHOST)
     return 0
+
+
+def track_functions(database: str, env: dict[str, str]) -> None:
+    """The database's sessions count their PL/pgSQL functions' calls and times from now on."""
+
+    async def alter() -> None:
+        conn = await asyncpg.connect(postgres_settings(env).url(driver="postgresql"))
+        try:
+            await conn.execute(f"ALTER DATABASE {database} SET track_functions = 'pl'")
+        finally:
+            await conn.close()
+
+    asyncio.run(alter())
 
 
 def git_head() -> str:

@@ -30,12 +30,13 @@ import resource
 import select
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import orjson
 
-from services.worker import progress
+from services.worker import checkpoint, progress
 from services.worker.protocol import read_frame, temp_path, write_frame
 
 PR_SET_PDEATHSIG = 1
@@ -132,6 +133,8 @@ def handle(
             threads,
         )
         reply = done(result, request, inline_max)
+    except checkpoint.Released as exc:  # the worker's drain: checkpointed, handed back
+        reply = {"type": "released", "step": exc.step}
     except (KernelInputError, registry.KernelUnavailable) as exc:
         reply = {"type": "failed", "error": str(exc), "retryable": False}
     except orjson.JSONEncodeError as exc:
@@ -182,8 +185,12 @@ def serve(inp: BinaryIO, out: BinaryIO) -> None:
             if serve_batch(request, inp, out, threads, job_bytes=job_bytes, inline_max=inline_max):
                 return  # an item ran out of memory: see below
             continue
-        with progress.sink(progress.frames(out, write_frame)):  # progress frames first
+        with (
+            progress.sink(progress.frames(out, write_frame)),  # progress frames first
+            checkpoint.session(request.get("checkpoint"), partial(write_frame, out)) as ck,
+        ):
             reply = handle(request, threads, job_bytes=job_bytes, inline_max=inline_max)
+        reply["checkpoints"], reply["resumed_from"] = ck.saved, ck.resumed_from
         write_frame(out, reply)
         if reply.get("fatal"):
             return  # after MemoryError the process is not trusted: the worker replaces it
@@ -257,6 +264,7 @@ def main() -> None:
     # whole process group (supervisord's stopasgroup) must not kill the jobs it lets finish
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    checkpoint.install_release_handler()  # the worker's drain: checkpoint and stop
     _die_with_parent()
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # print() in a kernel goes to stderr, not into the frames

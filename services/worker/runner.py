@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import sys
@@ -43,6 +44,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from services.worker.checkpoint import RELEASE_SIGNAL
 from services.worker.protocol import encode, read_frame_async, temp_path
 from shared.logging import get_logger
 
@@ -57,6 +59,7 @@ class Status(StrEnum):
     CRASHED = "CRASHED"  # the process died under the job: retryable
     TIMED_OUT = "TIMED_OUT"
     CANCELLED = "CANCELLED"  # stopped on request while it ran (an array's cancel)
+    RELEASED = "RELEASED"  # checkpointed and stopped on the worker's request (a drain)
 
 
 @dataclass
@@ -75,6 +78,9 @@ class Outcome:
     error: str | None = None
     retryable: bool = False
     result_file: ResultFile | None = None  # a result too large to come back inline
+    checkpoints: int = 0  # checkpoints the attempt wrote
+    resumed_from: int | None = None  # the step of the checkpoint it started from
+    released_at: int | None = None  # RELEASED: the step of its last checkpoint
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,8 @@ class Request:
     inputs: dict[str, str] = field(default_factory=dict)  # name -> local path
     outputs: dict[str, str] = field(default_factory=dict)
     result_path: str | None = None  # where a result too large to come back inline goes
+    # ``{"folder", "interval_s", "max_bytes"}``: where and how often it checkpoints
+    checkpoint: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,10 @@ class PoolConfig:
     result_inline_max_bytes: int = 0  # larger results come back as a file; 0: all inline
     start_timeout_s: float = 600.0  # a cold start compiles every kernel
     extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+# frames a pool process sends during a job, before its reply
+FRAMES = frozenset({"progress", "checkpoint"})
 
 
 class PoolError(RuntimeError):
@@ -208,9 +220,13 @@ class PoolProcess:
         return self.proc.returncode is None
 
     async def call(
-        self, request: Request, on_progress: Callable[[float], None] | None = None
+        self,
+        request: Request,
+        on_progress: Callable[[float], None] | None = None,
+        on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
-        """Run ``request``; its progress frames go to ``on_progress`` as they come."""
+        """Run ``request``; its progress frames go to ``on_progress`` as they come, its
+        checkpoint frames (saved, resumed) to ``on_checkpoint``."""
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
         message = {
@@ -220,12 +236,15 @@ class PoolProcess:
             "inputs": request.inputs,
             "outputs": request.outputs,
             "result_path": request.result_path,
+            "checkpoint": request.checkpoint,
         }
         self.proc.stdin.write(encode(message))
         await self.proc.stdin.drain()
-        while (reply := await read_frame_async(self.proc.stdout)).get("type") == "progress":
-            if on_progress is not None:
+        while (reply := await read_frame_async(self.proc.stdout)).get("type") in FRAMES:
+            if reply["type"] == "progress" and on_progress is not None:
                 on_progress(float(reply["value"]))
+            elif reply["type"] == "checkpoint" and on_checkpoint is not None:
+                on_checkpoint(reply)
         self.cpu_total = float(reply.get("cpu_total", self.cpu_total))
         return reply
 
@@ -257,6 +276,11 @@ class PoolProcess:
             return 0.0
         fields = stat.rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
+    def release(self) -> None:
+        """Ask the job it runs to checkpoint after its block and stop (``checkpoint``)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, RELEASE_SIGNAL)
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -317,16 +341,21 @@ class KernelRunner:
         timeout_s: float | None = None,
         usage: Usage | None = None,
         on_progress: Callable[[float], None] | None = None,
+        on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+        release: asyncio.Event | None = None,
     ) -> Outcome:
-        """Run one job (its kernel's progress reports go to ``on_progress``). Cancelling the
-        calling task kills the job's process (and re-raises)."""
+        """Run one job (its kernel's progress reports go to ``on_progress``, its checkpoint
+        reports to ``on_checkpoint``). Setting ``release`` asks a checkpointing job to save
+        its state and stop (``Status.RELEASED``). Cancelling the calling task kills the
+        job's process (and re-raises)."""
         usage = usage if usage is not None else Usage()
         proc = await self._acquire()
         keep = False
         cpu0, wall0 = proc.cpu_total, time.perf_counter()
+        watcher = asyncio.ensure_future(_release_on(release, proc)) if release else None
         try:
             async with asyncio.timeout(timeout_s):
-                reply = await proc.call(request, on_progress)
+                reply = await proc.call(request, on_progress, on_checkpoint)
             keep = not reply.get("fatal")
             usage.cpu_seconds = float(reply["cpu_seconds"])
             usage.wall_seconds = time.perf_counter() - wall0
@@ -344,6 +373,8 @@ class KernelRunner:
             self._charge(proc, cpu0, wall0, usage)
             raise
         finally:
+            if watcher is not None:
+                watcher.cancel()
             if keep:
                 self._idle.put_nowait(proc)
             else:
@@ -552,7 +583,27 @@ class KernelRunner:
         await asyncio.gather(*(p.stop() for p in procs), return_exceptions=True)
 
 
+async def _release_on(release: asyncio.Event, proc: PoolProcess) -> None:
+    await release.wait()
+    proc.release()
+
+
 def _outcome(reply: dict[str, Any], usage: Usage) -> Outcome:
+    outcome = _status(reply, usage)
+    if "checkpoints" not in reply:
+        return outcome
+    resumed = reply.get("resumed_from")
+    return dataclasses.replace(
+        outcome,
+        checkpoints=int(reply["checkpoints"] or 0),
+        resumed_from=None if resumed is None else int(resumed),
+    )
+
+
+def _status(reply: dict[str, Any], usage: Usage) -> Outcome:
+    if reply.get("type") == "released":
+        step = int(reply["step"])
+        return Outcome(Status.RELEASED, usage, error=f"checkpointed at {step}", released_at=step)
     if reply.get("type") == "done" and "result_file" in reply:
         file = ResultFile(**reply["result_file"])
         return Outcome(Status.SUCCEEDED, usage, result_file=file)

@@ -11,13 +11,14 @@ a few hundred thousand streams for 10^9 samples; seeding one costs two splitmix6
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numba
 import numpy as np
 from numba import prange
 
-from services.worker import progress
+from services.worker import checkpoint
 from services.worker.kernels.base import Kernel, Paths
 
 STREAM = 2**12
@@ -77,13 +78,26 @@ def _hits_of(samples: int, seed: int, first: int, count: int) -> int:
 
 
 def estimate(samples: int, seed: int) -> dict[str, Any]:
-    """The estimate, its streams run in blocks between progress reports (one block when
-    nobody asks): integer counts, so the blocks change nothing in the result."""
-    hits, first = 0, 0
-    for count in progress.blocks((samples + STREAM - 1) // STREAM, first=64):
-        hits += _hits_of(samples, seed, first, count)
+    """The estimate, its streams run in blocks between progress reports and checkpoints (one
+    block when nobody asks): integer counts, so the blocks change nothing in the result. A
+    checkpoint holds the hits so far and the next stream: the generator state, since each
+    stream seeds its own generator from ``(seed, stream)``."""
+    return summarize(hits_resumable(samples, seed, _hits_of, "cpu"), samples)
+
+
+def hits_resumable(samples: int, seed: int, hits_of: Any, device: str) -> int:
+    """The hits of every stream, ``hits_of(samples, seed, first, count)`` a block at a time,
+    from the job's checkpoint when it has one (the counts are the same on every device)."""
+    ck = checkpoint.current("montecarlo_pi", device)
+    streams = (samples + STREAM - 1) // STREAM
+    saved = ck.resume()
+    hits, first = (0, 0) if saved is None else (int(saved.numbers["hits"]), saved.step)
+    for count in ck.blocks(streams, first, first=64):
+        hits += int(hits_of(samples, seed, first, count))
         first += count
-    return summarize(hits, samples)
+        numbers = {"hits": hits, "samples": samples, "seed": seed}
+        ck.after_block(first, streams, partial(checkpoint.State, first, {}, numbers))
+    return hits
 
 
 def summarize(hits: int, samples: int) -> dict[str, Any]:

@@ -20,7 +20,12 @@ import numpy as np
 from numba import cuda
 
 from services.worker.kernels.base import Paths
-from services.worker.kernels.montecarlo import STREAM, stream_hits_py, summarize
+from services.worker.kernels.montecarlo import (
+    STREAM,
+    hits_resumable,
+    stream_hits_py,
+    summarize,
+)
 
 THREADS_PER_BLOCK = 128
 MAX_BLOCKS = 4096
@@ -29,13 +34,13 @@ stream_hits = cuda.jit(device=True)(stream_hits_py)
 
 
 @cuda.jit(cache=True)
-def _hits_kernel(samples: int, seed: int, block_hits: Any) -> None:
+def _hits_kernel(samples: int, seed: int, first: int, end: int, block_hits: Any) -> None:
+    """The hits of the streams ``first`` to ``end``, per block."""
     shared = cuda.shared.array(THREADS_PER_BLOCK, numba.int64)
     tid = cuda.threadIdx.x
-    streams = (samples + STREAM - 1) // STREAM
     count = 0
-    s = cuda.grid(1)
-    while s < streams:  # grid-stride loop over the streams
+    s = first + cuda.grid(1)
+    while s < end:  # grid-stride loop over the streams
         count += stream_hits(seed, s, min(STREAM, samples - s * STREAM))
         s += cuda.gridsize(1)
     shared[tid] = count
@@ -50,25 +55,31 @@ def _hits_kernel(samples: int, seed: int, block_hits: Any) -> None:
         block_hits[cuda.blockIdx.x] = shared[0]
 
 
-def _blocks(samples: int) -> int:
+def _blocks(streams: int) -> int:
     if numba.config.ENABLE_CUDASIM:
         return 1  # the simulator runs a few thousand threads a second
-    streams = math.ceil(samples / STREAM)
     return max(1, min(MAX_BLOCKS, math.ceil(streams / THREADS_PER_BLOCK)))
 
 
-def hits(samples: int, seed: int) -> int:
-    blocks = _blocks(samples)
+def hits_of(samples: int, seed: int, first: int, count: int) -> int:
+    """Hits of the streams ``first`` to ``first + count`` (``montecarlo._hits_of``)."""
+    blocks = _blocks(count)
     block_hits = cuda.device_array(blocks, dtype=np.int64)
-    _hits_kernel[blocks, THREADS_PER_BLOCK](samples, seed, block_hits)
+    _hits_kernel[blocks, THREADS_PER_BLOCK](samples, seed, first, first + count, block_hits)
     return int(block_hits.copy_to_host().sum())
+
+
+def hits(samples: int, seed: int) -> int:
+    return hits_of(samples, seed, 0, math.ceil(samples / STREAM))
 
 
 def run_cuda(
     params: dict[str, Any], inputs: Paths, outputs: Paths, *, threads: int = 1
 ) -> dict[str, Any]:
     samples = int(params["samples"])
-    return summarize(hits(samples, int(params.get("seed", 0))), samples)
+    seed = int(params.get("seed", 0))
+    # in blocks between progress reports and checkpoints, which the CPU's resume as well
+    return summarize(hits_resumable(samples, seed, hits_of, "cuda"), samples)
 
 
 def warm_cuda() -> None:

@@ -8,13 +8,14 @@ memory-mapped output, so the result is written once, in place.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numba
 import numpy as np
 from numba import prange
 
-from services.worker import progress
+from services.worker import checkpoint
 from services.worker.kernels.base import Kernel, Paths, load_input, output_array
 
 
@@ -46,15 +47,22 @@ def run_cpu(
 ) -> dict[str, Any]:
     grid = load(inputs)
     iterations = int(params["iterations"])
+    ck = checkpoint.current("stencil2d", "cpu")
     with output_array(outputs, "grid", grid.shape) as out:
-        out[...] = grid
-        scratch = grid.copy()
+        saved = ck.resume()
+        done = saved.step if saved is not None else 0
+        start = saved.arrays["grid"] if saved is not None else grid  # the latest step
+        out[...] = start
+        scratch = start.copy()
         # the last step must land in the output: it starts as ``dst`` for an odd count
-        src, dst = (scratch, out) if iterations % 2 else (out, scratch)
-        for steps in progress.blocks(iterations):  # one block unless progress is reported
+        src, dst = (scratch, out) if (iterations - done) % 2 else (out, scratch)
+        # one block unless progress is reported or checkpoints are taken
+        for steps in ck.blocks(iterations, done):
             jacobi(src, dst, steps)
+            done += steps
             if steps % 2:  # the latest step is in ``dst``: it is the next block's source
                 src, dst = dst, src
+            ck.after_block(done, iterations, partial(checkpoint.State, done, {"grid": src}))
     return {"shape": list(grid.shape), "iterations": iterations}
 
 

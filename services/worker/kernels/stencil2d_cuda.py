@@ -5,12 +5,14 @@ is taken in the NumPy expression's order, so results are bit-identical."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numba
 import numpy as np
 from numba import cuda
 
+from services.worker import checkpoint
 from services.worker.kernels.base import Paths, output_array
 from services.worker.kernels.cuda_launch import tiles
 from services.worker.kernels.stencil2d import load
@@ -65,10 +67,24 @@ def run_cuda(
 ) -> dict[str, Any]:
     grid = load(inputs)
     iterations = int(params["iterations"])
+    # the CPU's steps are bit for bit these: a checkpoint of either device resumes on both
+    ck = checkpoint.current("stencil2d", "cuda")
     with output_array(outputs, "grid", grid.shape) as out:
         if grid.size:
-            jacobi(cuda.to_device(grid), iterations).copy_to_host(out)
+            saved = ck.resume()
+            done = saved.step if saved is not None else 0
+            d = cuda.to_device(saved.arrays["grid"] if saved is not None else grid)
+            # one block (one call) unless progress is reported or checkpoints are taken
+            for steps in ck.blocks(iterations, done):
+                d = jacobi(d, steps)
+                done += steps
+                ck.after_block(done, iterations, partial(_state, done, d))
+            d.copy_to_host(out)
     return {"shape": list(grid.shape), "iterations": iterations}
+
+
+def _state(done: int, grid: Any) -> checkpoint.State:
+    return checkpoint.State(done, {"grid": grid.copy_to_host()})
 
 
 def warm_cuda() -> None:

@@ -1,0 +1,248 @@
+"""Checkpoints: the file is whole or not read; every checkpointing kernel stopped and resumed
+gives the uninterrupted result bit for bit (CPU, the CUDA simulator, and across devices where
+the arithmetic is the same); a pool process killed with SIGKILL before the first checkpoint,
+between two, or with a torn write left behind, resumes from what is whole; a release (the
+worker's drain) checkpoints and stops at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.worker import checkpoint
+from services.worker.runner import KernelRunner, Request, Status
+from tests.worker.checkpoint_cases import cases
+from tests.worker.conftest import REPO, Save
+
+
+def _cases(device: str) -> dict[str, list[Any]]:
+    env = {**os.environ}
+    if device == "cuda":
+        env["NUMBA_ENABLE_CUDASIM"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.worker.checkpoint_cases", device],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out: dict[str, list[Any]] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out
+
+
+@pytest.fixture(scope="module")
+def cpu_results() -> dict[str, list[Any]]:
+    return _cases("cpu")
+
+
+@pytest.fixture(scope="module")
+def cuda_results() -> dict[str, list[Any]]:
+    return _cases("cuda")
+
+
+@pytest.mark.parametrize("name", list(cases("cpu")))
+def test_resumed_cpu_run_is_bit_for_bit(name: str, cpu_results: dict[str, list[Any]]) -> None:
+    ok, detail = cpu_results[name]
+    assert ok is True, detail
+
+
+@pytest.mark.parametrize("name", list(cases("cuda")))
+def test_resumed_cuda_run_is_bit_for_bit(name: str, cuda_results: dict[str, list[Any]]) -> None:
+    ok, detail = cuda_results[name]
+    assert ok is True, detail
+
+
+# --- the file ---------------------------------------------------------------------------
+
+
+def _state() -> checkpoint.State:
+    return checkpoint.State(
+        12, {"grid": np.arange(12.0).reshape(3, 4), "n": np.arange(3)}, {"e": 0.1}
+    )
+
+
+def test_a_checkpoint_reads_back_exactly(tmp_path: Path) -> None:
+    path = tmp_path / checkpoint.FILE
+    size = checkpoint.write(path, _state(), kernel="k", device="cpu", max_bytes=10**6)
+    assert size == path.stat().st_size
+    found = checkpoint.read(path, kernel="k")
+    assert found is not None
+    state, header = found
+    assert state.step == 12
+    assert state.numbers == {"e": 0.1}
+    assert header["device"] == "cpu"
+    assert np.array_equal(state.arrays["grid"], _state().arrays["grid"])
+    assert state.arrays["n"].dtype == np.arange(3).dtype
+    assert checkpoint.read(path, kernel="other") is None  # another kernel's: not read
+
+
+@pytest.mark.parametrize("cut", [0, 5, 30, -40, -1])
+def test_a_torn_checkpoint_is_never_read(tmp_path: Path, cut: int) -> None:
+    path = tmp_path / checkpoint.FILE
+    checkpoint.write(path, _state(), kernel="k", device="cpu", max_bytes=10**6)
+    data = path.read_bytes()
+    path.write_bytes(data[:cut])
+    assert checkpoint.read(path, kernel="k") is None
+
+
+def test_a_flipped_byte_is_never_read(tmp_path: Path) -> None:
+    path = tmp_path / checkpoint.FILE
+    checkpoint.write(path, _state(), kernel="k", device="cpu", max_bytes=10**6)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert checkpoint.read(path, kernel="k") is None
+
+
+def test_a_checkpoint_over_the_bound_is_not_written(tmp_path: Path) -> None:
+    path = tmp_path / checkpoint.FILE
+    assert checkpoint.write(path, _state(), kernel="k", device="cpu", max_bytes=100) is None
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary file either
+
+
+# --- a pool process killed, or released -------------------------------------------------
+
+ITERATIONS = 4000
+
+
+def _grid() -> np.ndarray[Any, Any]:
+    return np.random.default_rng(3).normal(size=(256, 256))
+
+
+def _uninterrupted(folder: Path, iterations: int) -> np.ndarray[Any, Any]:
+    from services.worker.kernels import stencil2d
+
+    np.save(folder / "grid.npy", _grid())
+    out = {"grid": str(folder / "out.npy")}
+    stencil2d.run_cpu({"iterations": iterations}, {"grid": str(folder / "grid.npy")}, out)
+    grid: np.ndarray[Any, Any] = np.load(out["grid"])
+    return grid
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> np.ndarray[Any, Any]:
+    return _uninterrupted(tmp_path_factory.mktemp("ref"), ITERATIONS)
+
+
+def _request(
+    save: Save, tmp_path: Path, tag: str, interval_s: float, iterations: int = ITERATIONS
+) -> Request:
+    return Request(
+        "stencil2d",
+        "cpu",
+        {"iterations": iterations},
+        {"grid": save("grid", _grid())},
+        {"grid": str(tmp_path / f"out-{tag}.npy")},
+        checkpoint={"folder": str(tmp_path / "ck"), "interval_s": interval_s},
+    )
+
+
+async def _kill_after(
+    runner: KernelRunner, request: Request, saved: int
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Run ``request``, SIGKILL its process once it has written ``saved`` checkpoints (0: as
+    soon as the kernel runs)."""
+    events: list[dict[str, Any]] = []
+    before = {p.pid for p in runner._procs}
+    task = asyncio.ensure_future(runner.run(request, on_checkpoint=events.append))
+    pid = None
+    while pid is None:
+        idle = {p.pid for p in runner._idle._queue}  # type: ignore[attr-defined]
+        busy = before - idle
+        pid = next(iter(busy)) if len(busy) == 1 else None
+        await asyncio.sleep(0.01)
+    while sum(e["event"] == "saved" for e in events) < saved:
+        assert not task.done(), events
+        await asyncio.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    return await task, events
+
+
+@pytest.mark.parametrize("saved", [0, 2])
+async def test_killed_process_resumes_from_its_last_checkpoint(
+    runner: KernelRunner, save: Save, tmp_path: Path, reference: Any, saved: int
+) -> None:
+    # the interval: none before the kill (0) or one every block (2)
+    killed, events = await _kill_after(
+        runner, _request(save, tmp_path, "1", 600.0 if saved == 0 else 1e-9), saved
+    )
+    assert killed.status is Status.CRASHED
+    steps = [e["step"] for e in events if e["event"] == "saved"]
+    assert len(steps) >= saved
+    await runner.wait_idle()
+    again = await runner.run(_request(save, tmp_path, "2", 600.0))
+    assert again.status is Status.SUCCEEDED, again.error
+    if saved == 0:
+        assert again.resumed_from is None
+    else:  # the last one it wrote: the one we saw, or one written before the kill landed
+        assert again.resumed_from is not None
+        assert again.resumed_from >= steps[-1]
+    assert np.array_equal(np.load(tmp_path / "out-2.npy"), reference)
+
+
+async def test_a_torn_write_left_by_a_kill_is_not_read(
+    runner: KernelRunner, save: Save, tmp_path: Path, reference: Any
+) -> None:
+    killed, events = await _kill_after(runner, _request(save, tmp_path, "1", 1e-9), 1)
+    assert killed.status is Status.CRASHED
+    last = [e["step"] for e in events if e["event"] == "saved"][-1]
+    folder = tmp_path / "ck"
+    # what a kill during the next write leaves: a temporary file, half written
+    whole = (folder / checkpoint.FILE).read_bytes()
+    (folder / f".{checkpoint.FILE}.99999.tmp").write_bytes(whole[: len(whole) // 2])
+    await runner.wait_idle()
+    again = await runner.run(_request(save, tmp_path, "2", 600.0))
+    assert again.resumed_from is not None
+    assert again.resumed_from >= last  # the whole one, never the torn one
+    assert np.array_equal(np.load(tmp_path / "out-2.npy"), reference)
+    # and the checkpoint itself torn (a disk that lost its tail): started over, same result
+    (folder / checkpoint.FILE).write_bytes(whole[:-10])
+    third = await runner.run(_request(save, tmp_path, "3", 600.0))
+    assert third.status is Status.SUCCEEDED
+    assert third.resumed_from is None
+    assert np.array_equal(np.load(tmp_path / "out-3.npy"), reference)
+
+
+async def test_a_release_checkpoints_and_stops_then_resumes(
+    runner: KernelRunner, save: Save, tmp_path: Path
+) -> None:
+    long = 8 * ITERATIONS
+    reference = _uninterrupted(tmp_path, long)
+    release = asyncio.Event()
+    events: list[dict[str, Any]] = []
+
+    def seen(e: dict[str, Any]) -> None:
+        events.append(e)
+
+    # an interval no block reaches: the one checkpoint is the release's, asked for once the
+    # kernel reports progress (its first report comes a second after it starts)
+    task = asyncio.ensure_future(
+        runner.run(
+            _request(save, tmp_path, "1", 600.0, long),
+            on_checkpoint=seen,
+            on_progress=lambda _: release.set(),
+            release=release,
+        )
+    )
+    released = await task
+    assert released.status is Status.RELEASED, released
+    assert released.checkpoints == 1
+    assert 0 < (released.released_at or 0) < long
+    assert [e["event"] for e in events] == ["saved"]
+    again = await runner.run(_request(save, tmp_path, "2", 600.0, long))
+    assert again.status is Status.SUCCEEDED
+    assert again.resumed_from == released.released_at
+    assert np.array_equal(np.load(tmp_path / "out-2.npy"), reference)

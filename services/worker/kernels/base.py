@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from llvmlite import ir  # type: ignore[import-untyped]
+from numba import types
+from numba.extending import intrinsic
 from numpy.lib.format import open_memmap
 
 from services.worker.protocol import temp_path
@@ -149,3 +152,39 @@ def readonly(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     """``arr`` marked read-only, as inputs reach the jitted functions (for warmers and tests)."""
     arr.flags.writeable = False
     return arr
+
+
+@intrinsic
+def wide_vectors(typingctx: Any) -> Any:
+    """Call at the top of a jitted function (or a ``prange`` body, which numba compiles as
+    a function of its own) whose loops should use the widest vector registers the CPU has.
+    LLVM's tuning for Intel CPUs with AVX-512 (Skylake-X to Sapphire Rapids) prefers 256-bit
+    vectors, so a loop runs 4 float64 lanes there where dgemm (and Zen 4) runs 8: this sets
+    the function's ``prefer-vector-width`` and ``min-legal-vector-width`` to 512 bits, as
+    clang's ``-mprefer-vector-width=512`` does. Without AVX-512 it changes nothing."""
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        attributes = builder.function.attributes
+        # string attributes: llvmlite's ``add`` accepts only its list of keywords
+        set.add(attributes, '"prefer-vector-width"="512"')
+        set.add(attributes, '"min-legal-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.none(), codegen
+
+
+@intrinsic
+def arguments_do_not_alias(typingctx: Any) -> Any:
+    """Call in a jitted function whose array arguments never share memory that one of them
+    writes: marks the function's pointer arguments ``noalias`` (numba's own ``noalias``
+    flag, which ``njit`` does not expose), so LLVM vectorises a loop that reads some arrays
+    and writes others without comparing their addresses at run time (it gives up beyond a
+    few arrays; LLVM keeps the promise as alias metadata when it inlines the function)."""
+
+    def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+        for arg in builder.function.args:
+            if isinstance(arg.type, ir.PointerType):
+                arg.add_attribute("noalias")
+        return context.get_dummy_value()
+
+    return types.none(), codegen

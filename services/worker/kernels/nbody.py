@@ -20,6 +20,13 @@ likewise (``r2**-0.5 ≈ g (1 + e/2)``, one Newton step). Otherwise (no softenin
 one point, extreme coordinates) the exact pass: every pair computed, a pair at distance zero
 replaced by zero (guarding the load of ``m[j]`` instead compiles to an AVX2 masked load,
 a slow one).
+
+The fast pass computes each pair once and adds it to both bodies (half the work of the
+exact pass), over pairs of blocks of ``TILE`` bodies that stay in the L2 cache, each chunk of
+pairs of blocks summed into its own copy of the accelerations (``pair_chunks``: a function
+of ``n``, not of the threads). Both passes ask for 512-bit vectors (``wide_vectors``):
+LLVM's tuning for Intel's AVX-512 CPUs would otherwise run them on 256-bit vectors, half
+of what dgemm uses there.
 """
 
 from __future__ import annotations

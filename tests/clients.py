@@ -31,6 +31,10 @@ def tiered_cluster(
         "STRATUS_STORAGE__LOCAL__ROOT": str(root / "local"),
         "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "archive"),
         "STRATUS_STORAGE__FSYNC": "false",
+        # webhooks reach a test's receiver on 127.0.0.2; 127.0.0.1 stays refused
+        "STRATUS_WEBHOOKS__ALLOW": "127.0.0.2/32",
+        "STRATUS_WEBHOOKS__BACKOFF_S": "0.2",
+        "STRATUS_WEBHOOKS__INTERVAL_S": "0.2",
     }
     with own_cluster(
         name,

@@ -57,6 +57,7 @@ async def create_workflow(
         ),
         tiers=state.tiers,
         array_max_size=settings.array_max_size,
+        webhooks=settings.webhooks,
     )
     created = await service.create_workflow(
         db=state.submit_db,

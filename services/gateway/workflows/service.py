@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.gateway.jobs import admission, arrays, cancel
 from services.gateway.jobs.service import SubmitDb, _checked_params, _new_job
 from services.gateway.jobs.writer import NewJob
+from services.gateway.webhooks.service import check_notify
 from services.gateway.workflows import graph
 from services.gateway.workflows.depends import insert_row
 from services.gateway.workflows.schemas import WorkflowOut, WorkflowStep, WorkflowSubmit
@@ -31,6 +32,7 @@ from shared.jobs.arrays import new_array_id
 from shared.jobs.states import FINAL, JobState
 from shared.kernels import get_spec
 from shared.pagination import PageQuery, newest_first
+from shared.settings import WebhookSettings
 
 FINAL_NAMES = frozenset(s.value for s in FINAL)
 
@@ -47,6 +49,7 @@ class Rules:
     limits: admission.Limits
     tiers: Collection[str]
     array_max_size: int
+    webhooks: WebhookSettings = field(default_factory=WebhookSettings)
 
 
 @dataclass(frozen=True)
@@ -112,13 +115,9 @@ async def _prepare(
 ) -> arrays.ArrayPlan | None:
     """The checks of ``POST /v1/jobs`` on one step; its array's plan (None: a job)."""
     try:
-        if getattr(step, "notify", None) is not None:
-            raise Invalid(
-                "a step cannot have a webhook yet",
-                errors=[{"loc": ["body", "notify"], "msg": "not supported on a workflow step"}],
-            )
         spec = get_spec(step.kernel)
         params = _checked_params(step, spec, rules.tiers)
+        await check_notify(db=db, tenant_id=tenant_id, notify=step.notify, settings=rules.webhooks)
         if step.array is None:
             await admission.admit(
                 db=db, tenant_id=tenant_id, data=step, spec=spec, params=params, limits=rules.limits
@@ -159,6 +158,7 @@ def _row(
         request_hash=None,
         job_id=job_id,
         depends_on=resolved or None,
+        notify=None if step.notify is None else step.notify.model_dump(),
     )
     if step.array is not None:
         job.row["is_array"] = True

@@ -1,5 +1,5 @@
 """``stratus login`` (the service and key, checked, into a file only you can read) and
-``stratus usage``."""
+``stratus usage``, ``stratus webhook-secret``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from stratus_client.cli.output import JsonOption, counts_line, fields, print_jso
 def register(app: typer.Typer) -> None:
     app.command()(login)
     app.command()(usage)
+    app.command("webhook-secret")(webhook_secret)
 
 
 def _who(client: Client) -> TenantSelf | None:
@@ -70,3 +71,15 @@ def usage(json_: JsonOption = False) -> None:
         ("bytes moved", size(used.bytes_moved)),
     ]
     show(fields(rows))
+
+
+def webhook_secret(json_: JsonOption = False) -> None:
+    """A new secret that signs your webhooks (`--notify`) from now on; the old one stops.
+
+    Printed once only: keep it where your receiver checks `Stratus-Signature`."""
+    with connect() as client:
+        made = client.rotate_webhook_secret()
+    if json_:
+        print_json(made)
+    else:
+        typer.echo(made.secret)

@@ -41,6 +41,31 @@ class Device(StrEnum):
     any = "any"
 
 
+class NotifyOn(StrEnum):
+    final = "final"
+    state = "state"
+
+
+NotifyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--notify",
+        metavar="URL",
+        help="POST its events to URL, signed with your webhook secret (made once with "
+        "`stratus webhook-secret`).",
+    ),
+]
+NotifyOnOption = Annotated[
+    NotifyOn,
+    typer.Option(help="With --notify: its final state only, or every change of state."),
+]
+
+
+def webhook(url: str | None, on: NotifyOn) -> dict[str, Any] | None:
+    """``--notify URL --notify-on final`` as ``notify``."""
+    return None if url is None else {"url": url, "events": [on.value]}
+
+
 def register(app: typer.Typer) -> None:
     app.command()(kernels)
     app.command()(submit)
@@ -112,6 +137,8 @@ def submit(
             "afternotok, afterany or aftercorr. Repeatable.",
         ),
     ] = None,
+    notify: NotifyOption = None,
+    notify_on: NotifyOnOption = NotifyOn.final,
     wait: Annotated[bool, typer.Option("--wait", help="Show its progress until it ends.")] = False,
     json_: JsonOption = False,
 ) -> None:
@@ -134,6 +161,7 @@ def submit(
             output_tier=output_tier,
             array=spec,
             depends_on=dependencies(depends_on),
+            notify=webhook(notify, notify_on),
         )
         if wait:
             job = follow_job(client, job)

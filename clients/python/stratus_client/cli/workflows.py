@@ -14,6 +14,7 @@ import yaml
 
 from stratus_client import Workflow
 from stratus_client.cli.config import connect
+from stratus_client.cli.jobs import NotifyOn, NotifyOnOption, NotifyOption, webhook
 from stratus_client.cli.output import (
     FAILED,
     USAGE,
@@ -62,13 +63,21 @@ def submit(
         Path,
         typer.Argument(metavar="FILE", help="YAML or JSON: `name` and `steps` as the API's."),
     ],
+    notify: NotifyOption = None,
+    notify_on: NotifyOnOption = NotifyOn.final,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every step has ended.")] = False,
     json_: JsonOption = False,
 ) -> None:
     """Submit a workflow from FILE.
 
-    With --wait, exit 0 once it SUCCEEDED, 1 when it ended otherwise."""
+    --notify gives each step that names no `notify` of its own that webhook. With --wait,
+    exit 0 once it SUCCEEDED, 1 when it ended otherwise."""
     name, steps = read_file(file)
+    if (hook := webhook(notify, notify_on)) is not None:
+        steps = {
+            k: {**s, "notify": hook} if isinstance(s, dict) and "notify" not in s else s
+            for k, s in steps.items()
+        }
     with connect() as client:
         workflow = client.submit_workflow(name, steps)
         if wait:

@@ -28,6 +28,9 @@ roundings in ``step`` and ``k*step``, one in the sum, of size at most ``M``);
 ``k + delta <= t <= k + 1 - delta`` lies between edges ``k`` and ``k + 1``: NumPy's bin
 (``t - floor(t)`` is exact).
 
+Both passes ask for 512-bit vectors (``wide_vectors``: LLVM's tuning for Intel's AVX-512 CPUs
+prefers 256-bit ones: code tuned for it took 0.83 ns per value on one core, 0.68 with them).
+
 Each thread counts its chunk into ``LANES`` sub-histograms of int32, consecutive values into
 different lanes (a run of values in one bin, or outside, is then not one chain of dependent
 increments), small enough to stay in the L1 cache beside the block; every ``SEGMENT`` values
@@ -57,6 +60,7 @@ from services.worker.kernels.base import (
     Paths,
     open_input,
     readonly,
+    wide_vectors,
 )
 
 PRIVATE_BINS_LIMIT = 2**25  # per-thread bins kept below 256 MiB in all
@@ -77,6 +81,7 @@ SHIFT_BITS = np.uint64(0x4338000000000000)
 def _indices(data: Any, start: int, lo: float, hi: float, bins: int, out: Any) -> None:
     """``out[i]``: NumPy's bin of ``data[start + i]`` (``bins`` when it is outside or NaN) plus
     ``SHIFT``, all in float64 so that the loop vectorises."""
+    wide_vectors()
     step = (hi - lo) / bins  # np.linspace's step: edge k is k*step + lo
     scale = bins / (hi - lo)
     last = np.float64(bins - 1)
@@ -96,6 +101,7 @@ def _guess(data: Any, start: int, lo: float, hi: float, bins: int, delta: float,
     """``out[i]`` as ``_indices`` gives it for every value whose first guess is more than
     ``delta`` from a bin edge; returns how many values inside ``[lo, hi]`` were closer
     (``out`` is then wrong for them)."""
+    wide_vectors()
     scale = bins / (hi - lo)
     outside = np.float64(bins) + SHIFT
     unsure = 0

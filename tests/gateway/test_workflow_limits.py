@@ -22,7 +22,7 @@ from tests.gateway.test_workflows_provenance import npy, put
 
 Sessions = async_sessionmaker[AsyncSession]
 
-SEED = {"index_param": "seed"}
+SEED: dict[str, Any] = {"index_param": "seed"}
 CHECKSUM = "xxh3-128:" + "0" * 32
 
 

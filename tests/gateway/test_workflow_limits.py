@@ -36,7 +36,7 @@ async def test_aftercorr_must_be_the_arrays_only_dependency(
     job = await submit(client, tenant)
     four = await stored_array(sessions, tenant, 4)
     before = await jobs_of(sessions, tenant)
-    body = {
+    body: dict[str, Any] = {
         **MC_JOB,
         "array": {"size": 4, **SEED},
         "depends_on": [

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import platform
 import statistics
 import sys
 import tempfile
@@ -52,6 +53,50 @@ TARGETS = {  # each kernel's goal, as a fraction of the machine's limit
     "nbody": 0.50,
 }
 LATENCY_TARGET_S = 0.200
+ISA = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512cd")
+
+
+def host() -> dict[str, Any]:
+    """The machine the figures are taken on: the CPU's model, the CPU and vector instruction
+    sets numba compiles for (``NUMBA_CPU_NAME``/``NUMBA_CPU_FEATURES`` or the host's), its
+    cores and threads, and the numba, llvmlite and LLVM versions; ``label``: a short form
+    printed beside every figure."""
+    import llvmlite  # type: ignore[import-untyped]
+    import llvmlite.binding as llvm  # type: ignore[import-untyped]
+
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(
+                line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
+    target = numba.config.CPU_NAME or llvm.get_host_cpu_name()
+    features = numba.config.CPU_FEATURES or llvm.get_host_cpu_features().flatten()
+    isa = [f[1:] for f in features.split(",") if f[:1] == "+" and f[1:] in ISA]
+    widest = "avx512" if "avx512f" in isa else "avx2" if "avx2" in isa else "sse"
+    info = {
+        "cpu": model,
+        "target": target,
+        "isa": isa,
+        "cores": os.cpu_count(),
+        "threads": numba.get_num_threads(),
+        "numba": numba.__version__,
+        "llvmlite": llvmlite.__version__,
+        "llvm": ".".join(str(v) for v in llvm.llvm_version_info),
+        "load_average": os.getloadavg()[0],  # another tenant's load moves every fraction
+    }
+    info["label"] = f"{model} ({target}, {widest}, {info['cores']} cores)"
+    return info
+
+
+def print_host(info: dict[str, Any]) -> None:
+    print(
+        f"host: {info['cpu']}, numba targets {info['target']} ({' '.join(info['isa'])}), "
+        f"{info['cores']} cores, {info['threads']} threads, numba {info['numba']}, "
+        f"llvmlite {info['llvmlite']}, LLVM {info['llvm']}; load average {info['load_average']:.1f}"
+    )
 
 
 def median_time(fn: Callable[[], object], repeat: int) -> float:
@@ -196,9 +241,15 @@ def main() -> None:
         raise SystemExit(run_cuda_bench(opts.quick, repeat))
     report: dict[str, Any] = {"device": "cpu", "quick": opts.quick, "repeat": repeat}
     report["threads"] = numba.get_num_threads()
+    report["host"] = host()
+    print_host(report["host"])
     lim = Limits(opts.quick)
     report["kernels"] = [bench(opts.quick, repeat, lim) for bench in BENCHES]
+    for r in report["kernels"]:
+        r["host"] = report["host"]["label"]
     print_table(report["kernels"])
+    report["load_average_end"] = os.getloadavg()[0]
+    print(f"load average at the end: {report['load_average_end']:.1f}")
     from bench.kernels_latency import latency, print_latency
 
     report["latency"] = asyncio.run(latency(CACHE, repeat=repeat))
@@ -208,7 +259,7 @@ def main() -> None:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = f"{'kernel':<14}{'size':<26}{'numba s':>10}{'numpy s':>10}{'x numpy':>9}"
-    print(head + f"{'rate':>16}{'limit':>8}{'of limit':>10}{'target':>8}  ok")
+    print(head + f"{'rate':>16}{'limit':>8}{'of limit':>10}{'target':>8}  ok   host")
     for r in rows:
         frac, target = r["fraction_of_limit"], r["target"]
         ok = r["speedup"] >= 1 and (target is None or frac >= target)
@@ -218,7 +269,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
             f"{r['kernel']:<14}{r['size']:<26}{r['numba_s']:>10.4f}{r['numpy_s']:>10.4f}"
             f"{r['speedup']:>9.1f}{rate:>16}{limit:>8}"
             f"{(f'{frac:.0%}' if frac is not None else '-'):>10}"
-            f"{(f'{target:.0%}' if target else '-'):>8}  {'yes' if ok else 'NO'}"
+            f"{(f'{target:.0%}' if target else '-'):>8}  {'yes' if ok else 'NO ':<3}  {r['host']}"
         )
 
 

@@ -61,6 +61,8 @@ def report_for(outcome: Outcome | None, usage: Usage, *, stopping: bool = False)
     if outcome is None:
         error = "cancelled while running"
         return Report(JobState.CANCELLED, error=error, cpu_seconds=cpu, wall_seconds=wall)
+    if outcome.status is Status.RELEASED:  # checkpointed on a drain: resumes elsewhere
+        return Report(JobState.QUEUED, cpu_seconds=cpu, wall_seconds=wall, handed_back="drained")
     state = {
         Status.SUCCEEDED: JobState.SUCCEEDED,
         Status.TIMED_OUT: JobState.TIMED_OUT,

@@ -31,6 +31,8 @@ class WorkerSettings(CommonSettings):
     threads_per_process: int | None = Field(default=None, ge=1)
     cuda_simulator: bool = False  # serve the cuda queue on numba's CUDA simulator
     pool_start_timeout_s: float = 600.0
+    # a job's checkpoint larger than this is not written (the job runs on without one)
+    checkpoint_max_bytes: int = Field(default=8 * 2**30, ge=0)
 
     def job_memory_bytes(self) -> int:
         """What one job may allocate: ``limits.job_memory_mb``, or a share of the machine's

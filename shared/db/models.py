@@ -128,6 +128,19 @@ class Job(Base):
     array_index: Mapped[int | None] = mapped_column(Integer)
     # how far the running attempt is, 0.0-1.0 (the worker writes it every 2 s; migration 0019)
     progress: Mapped[float | None] = mapped_column(Float)
+    # checkpoints (migration 0027): how often a checkpointing kernel saves its state (0: never),
+    # how many it saved, how often the job was moved off a running worker (a preemption or
+    # a drain: no retry used), and the step or stream count it last resumed from
+    checkpoint_interval_s: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=30, server_default=text("30")
+    )
+    checkpoints: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+    preemptions: Mapped[int] = mapped_column(
+        Integer, nullable=False, default=0, server_default=text("0")
+    )
+    resumed_from: Mapped[int | None] = mapped_column(BigInteger)
     # ``{"url", "events"}``: where this job's (or array's) state changes are POSTed; a trigger
     # writes each delivery in the transaction of the change (migration 0021)
     notify: Mapped[dict[str, Any] | None] = mapped_column(JSONB(none_as_null=True))
@@ -152,6 +165,9 @@ class Job(Base):
         CheckConstraint(f"state IN {JOB_STATES!r}", name="state_known"),
         CheckConstraint("device IN ('cpu', 'cuda', 'any')", name="device_known"),
         CheckConstraint("priority BETWEEN 0 AND 9", name="priority_range"),
+        CheckConstraint(
+            "checkpoint_interval_s BETWEEN 0 AND 86400", name="checkpoint_interval_range"
+        ),
         CheckConstraint("deps_left >= 0", name="deps_left_natural"),
         Index(
             "ix_jobs_workflow_id", "workflow_id", postgresql_where=text("workflow_id IS NOT NULL")

@@ -21,6 +21,9 @@ class Report:
     retryable: bool = True
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
+    # QUEUED from a checkpoint: ``"preempted"`` or ``"drained"`` (the job's ``state_reason``;
+    # it uses no retry and waits no backoff)
+    handed_back: str | None = None
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def reason_and_error(proposal: Proposal) -> tuple[str | None, str | None]:
         case Claimed():
             return None, None
         case Reported(report=report):
-            return None, report.error
+            return report.handed_back, report.error
         case Lost():
             return "the worker's lease expired (worker lost)", "worker lost while running the job"
         case Cancelled():

@@ -89,10 +89,12 @@ async def set_job_state(
     ):
         refused = Decision(None, f"attempt {proposal.attempt} is not running (superseded)")
         return Transition(job, current, refused)
+    # a preemption or a drain (this one, and those before) is no attempt of the retry rule
+    handing_back = int(isinstance(proposal, Reported) and bool(proposal.report.handed_back))
     decision = decide(
         current,
         proposal.state,
-        attempts=job.attempts,
+        attempts=job.attempts - job.preemptions - handing_back,  # those use no retry
         max_retries=job.max_retries,
         retryable=retryable(proposal),
     )
@@ -157,6 +159,11 @@ def _apply(
         job.lease_expires_at = None
         if current is JobState.PENDING:
             job.queued_at = now
+        elif isinstance(proposal, Reported) and proposal.report.handed_back:
+            # preempted or drained from its checkpoint: queued again at once, no retry used
+            job.worker = None
+            job.error = None
+            job.preemptions += 1
         else:  # a retry: back off before the next attempt
             job.worker = None
             job.error = error
@@ -268,6 +275,7 @@ class Claim:
     outputs: dict[str, str]
     timeout_s: int
     output_tier: str = "local"
+    checkpoint_interval_s: int = 30  # 0: the kernel saves no checkpoints
 
     @classmethod
     def of(cls, job: Job) -> Claim:

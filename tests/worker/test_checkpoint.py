@@ -7,13 +7,16 @@ worker's drain) checkpoints and stops at once."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -246,3 +249,60 @@ async def test_a_release_checkpoints_and_stops_then_resumes(
     assert again.status is Status.SUCCEEDED
     assert again.resumed_from == released.released_at
     assert np.array_equal(np.load(tmp_path / "out-2.npy"), reference)
+
+
+# --- the worker's drain -----------------------------------------------------------------
+
+
+async def test_a_drain_hands_a_checkpointing_job_back_and_it_resumes_exactly(
+    runner: KernelRunner, save: Save, tmp_path: Path
+) -> None:
+    from services.worker.app import WorkerRuntime
+    from services.worker.datasets import attempt_files
+    from services.worker.settings import WorkerSettings
+    from shared.jobs.states import JobState
+    from shared.jobs.store import Claim
+    from shared.runtime import Resources
+    from shared.settings import StorageSettings
+
+    storage = StorageSettings.model_validate(
+        {"local": {"root": str(tmp_path / "local")}, "fsync": False}
+    )
+    rt = WorkerRuntime(
+        cast(Resources, SimpleNamespace(engine=None, sessions=None)),  # no database
+        WorkerSettings(storage=storage, concurrency=2),
+        runner,
+    )
+    long = 8 * ITERATIONS
+    reference = _uninterrupted(tmp_path, long)
+    grid = save("grid", _grid())
+    job_id, tenant_id = uuid.uuid4(), uuid.uuid4()
+
+    def claim(attempt: int) -> Claim:
+        return Claim(job_id, tenant_id, attempt, "stencil2d", {"iterations": long}, {}, {}, 600)
+
+    def request(c: Claim, files: Any) -> Request:
+        base = WorkerRuntime._request(rt, c, files)
+        return dataclasses.replace(base, inputs={"grid": grid}, outputs={"grid": out})
+
+    out = str(tmp_path / "drained-out.npy")
+    rt._request = request  # type: ignore[method-assign,assignment]  # input outside the tiers
+    first = claim(1)
+    task = asyncio.ensure_future(rt._attempt(first, attempt_files(storage, first)))
+    while first.job_id not in rt.releases:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(1.5)  # into the run, before its first interval (30 s) is up
+    assert not task.done()
+    rt.stopping = True
+    for release in rt.releases.values():  # what ``shutdown`` does first
+        release.set()
+    report = await task
+    assert report.state is JobState.QUEUED
+    assert report.handed_back == "drained"
+    assert (rt._checkpoints(first) / checkpoint.FILE).exists()
+    rt.stopping = False
+    rt.releases.clear()
+    second = claim(2)
+    again = await rt._attempt(second, attempt_files(storage, second))
+    assert again.state is JobState.SUCCEEDED, again.error
+    assert np.array_equal(np.load(out), reference)

@@ -185,6 +185,11 @@ class JobSubmit(BaseModel):
     priority: JsonInt = Field(default=5, ge=0, le=9, description="9 runs first")
     timeout_s: Annotated[int, Field(ge=1, le=7 * 86_400), INTEGRAL] | None = None
     max_retries: Annotated[int, Field(ge=0, le=20), INTEGRAL] | None = None
+    checkpoint_interval_s: Annotated[int, Field(ge=0, le=86_400), INTEGRAL] = Field(
+        default=30,
+        description="stencil2d, nbody and montecarlo_pi save a checkpoint at least this often"
+        " (seconds; 0: never)",
+    )
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
     array: ArraySpec | None = Field(
         default=None, description="submit an array of jobs (a parameter sweep) in one request"
@@ -272,6 +277,19 @@ class JobOut(BaseModel):
     )
     assigned_device: str | None = Field(
         default=None, description="the device the scheduler sent the job to (cpu, cuda)"
+    )
+    checkpoint_interval_s: int = Field(
+        default=30, description="how often a checkpointing kernel saves its state (0: never)"
+    )
+    checkpoints: int = Field(default=0, description="checkpoints saved, every attempt")
+    preemptions: int = Field(
+        default=0,
+        description="times the job was moved off a running worker (preempted or drained),"
+        " from its last checkpoint; none uses up a retry",
+    )
+    resumed_from: int | None = Field(
+        default=None,
+        description="the step (or sample stream) count of the checkpoint last resumed, or null",
     )
 
     @model_validator(mode="after")

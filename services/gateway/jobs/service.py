@@ -207,6 +207,7 @@ def _created(job: NewJob, plan: arrays.ArrayPlan | None = None) -> JobOut:
     row = job.row
     values: dict[str, Any] = {name: row.get(name) for name in JobOut.model_fields}
     values["id"] = str(row["id"])
+    values["checkpoints"] = values["preemptions"] = 0  # counts the new row starts at
     if row.get("notify") is not None:
         values["notify"] = NotifySpec.model_validate(row["notify"])
     if plan is not None:

@@ -10,9 +10,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
+from services.worker import checkpoint as checkpoints
 from services.worker import progress, service
 from services.worker.batch import Claims, Records
 from services.worker.chunks import Chunks, dispatched_work
@@ -27,7 +30,7 @@ from services.worker.datasets import (
 )
 from services.worker.handlers import Running, cancelled_job
 from services.worker.results import pointer
-from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
+from services.worker.runner import KernelRunner, Outcome, PoolConfig, Request, Usage
 from services.worker.service import Recorded, report_for
 from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
@@ -37,7 +40,7 @@ from shared.errors import QuotaExceeded, StratusError
 from shared.events import ChunkDispatched
 from shared.jobs.chunks import ChunkClaim
 from shared.jobs.proposals import Report
-from shared.jobs.states import JobState
+from shared.jobs.states import FINAL, JobState
 from shared.jobs.store import Claim
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic
@@ -51,6 +54,12 @@ from shared.storage.registry import Storage
 from shared.telemetry import health_router
 
 log = get_logger(__name__)
+
+# an attempt's checkpoints, and the step it resumed from, on the job's row
+_COUNT_CHECKPOINTS = """
+    UPDATE jobs SET checkpoints = checkpoints + $2, resumed_from = coalesce($3, resumed_from)
+    WHERE id = $1
+"""
 
 
 class WorkerRuntime:
@@ -76,6 +85,7 @@ class WorkerRuntime:
         self.records = Records(res.engine, worker=settings.name)
         self.progress = progress.Tracker()  # running jobs' progress and log lines
         self.chunks = Chunks(res.engine, runner, worker=settings.name, lease_s=settings.lease_s)
+        self.releases: dict[uuid.UUID, asyncio.Event] = {}  # a drain checkpoints these jobs
 
     async def on_dispatch(self, delivery: Delivery) -> None:
         event = dispatched_work(delivery)
@@ -145,7 +155,10 @@ class WorkerRuntime:
             self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
             await self._record(claim, report, files, staged)
+            if report.state in FINAL:  # nobody resumes it any more
+                await asyncio.to_thread(checkpoints.remove, self._checkpoints(claim))
         finally:
+            self.releases.pop(claim.job_id, None)
             self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)
             self.leased.discard(claim.job_id)
@@ -166,18 +179,24 @@ class WorkerRuntime:
             request = self._request(claim, files)
         except DatasetError as exc:
             return Report(JobState.FAILED, error=str(exc), retryable=False)
+        release = self.releases.setdefault(claim.job_id, asyncio.Event())
+        if self.stopping:
+            release.set()  # claimed during a drain: checkpoint (if it has one) and hand back
         try:
             outcome = await self.runner.run(
                 request,
                 timeout_s=claim.timeout_s,
                 usage=usage,
                 on_progress=partial(self.progress.progress, claim.job_id),
+                on_checkpoint=partial(self._on_checkpoint, claim),
+                release=release,
             )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # the kernel's process is killed; record the attempt
             return report_for(None, usage, stopping=self.stopping)
+        await self._count_checkpoints(claim, outcome)
         report = report_for(outcome, usage)
         if report.state is JobState.SUCCEEDED and files.outputs:
             unwritten = await asyncio.to_thread(missing_files, files.outputs)
@@ -231,6 +250,33 @@ class WorkerRuntime:
         line(f"staged out in {asyncio.get_running_loop().time() - t0:.1f} s")
         return report
 
+    def _checkpoints(self, claim: Claim) -> Path:
+        """The folder of the job's checkpoint, on the scratch tier (every worker sees it)."""
+        root = self.settings.storage.tiers()[SCRATCH_TIER].root
+        return checkpoints.folder_for(Path(root).resolve(), claim.job_id)
+
+    def _on_checkpoint(self, claim: Claim, event: dict[str, Any]) -> None:
+        """A checkpoint frame of the running attempt: a line of the job's log."""
+        kind, step = event.get("event"), event.get("step")
+        if kind == "saved":
+            mib, took = event["bytes"] / 2**20, event["seconds"]
+            line = f"checkpoint at {step} ({mib:.1f} MiB in {took:.2f} s)"
+        elif kind == "resumed":
+            line = f"resumed from the checkpoint at {step}"
+        else:
+            line = f"no checkpoint at {step}: over {event.get('max_bytes')} bytes"
+        self.progress.line(claim.job_id, line)
+
+    async def _count_checkpoints(self, claim: Claim, outcome: Outcome) -> None:
+        """The attempt's checkpoints and the step it resumed from, on the job's row."""
+        if not outcome.checkpoints and outcome.resumed_from is None:
+            return
+        with contextlib.suppress(Exception):  # counts only: the record must not wait on them
+            async with raw_connection(self.res.engine) as conn:
+                await conn.execute(
+                    _COUNT_CHECKPOINTS, claim.job_id, outcome.checkpoints, outcome.resumed_from
+                )
+
     def _request(self, claim: Claim, files: AttemptFiles) -> Request:
         """What the pool runs; ``DatasetError`` for a dataset name the job may not use."""
         storage = self.settings.storage
@@ -243,6 +289,13 @@ class WorkerRuntime:
             {k: str(v) for k, v in inputs.items()},
             {k: str(v) for k, v in files.outputs.items()},
             str(files.result),
+            checkpoint={
+                "folder": str(self._checkpoints(claim)),
+                "interval_s": claim.checkpoint_interval_s,
+                "max_bytes": self.settings.checkpoint_max_bytes,
+            }
+            if claim.checkpoint_interval_s > 0
+            else None,
         )
 
     async def _record(
@@ -359,8 +412,12 @@ class WorkerRuntime:
         await self.chunks.extend()
 
     async def shutdown(self) -> None:
-        """Stop taking work, let running jobs finish for a grace period, hand back the rest."""
+        """Stop taking work; a job that checkpoints saves its state at once and goes back to
+        the queue (``drained``: no retry used); let the others finish for a grace period, hand
+        back the rest."""
         self.stopping = True
+        for release in self.releases.values():
+            release.set()
         await self.res.broker.stop_consuming()
         self.chunks.hand_back_all()  # each batch stops after its element: the rest go back
         with contextlib.suppress(Exception):

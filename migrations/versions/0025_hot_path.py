@@ -9,6 +9,8 @@
 - ``stratus_receipt`` reads the catalogue only for a job that names inputs or outputs: a
   job without datasets gets the same receipt (``inputs`` and ``outputs`` empty objects)
   without the two lookups and the ``datasets`` update.
+- ``stratus_deps_release`` returns at once from a statement that made no job final (a
+  claim, a dispatch: most statements on ``jobs``), without joining the old rows to the new.
 
 Revision ID: 0025
 Revises: 0024
@@ -38,14 +40,22 @@ _DEPENDED_ON = """(
                             WHERE d.dep_id = n.array_id AND d.condition = 'aftercorr')))"""
 
 
-def _release(depended_on: str) -> str:
+# Most statements on ``jobs`` end no job (a claim, a dispatch): one scan of the new rows and
+# out, without the old rows' join.
+_NONE_FINAL = f"""IF NOT EXISTS (SELECT 1 FROM new_rows WHERE state IN {FINAL}) THEN
+        RETURN NULL;
+    END IF;
+    """  # noqa: S608 (built from constants only)
+
+
+def _release(depended_on: str, guard: str = "") -> str:
     return f"""
 CREATE OR REPLACE FUNCTION stratus_deps_release() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
     finals uuid[];
 BEGIN
-    IF current_setting('stratus.deps_resolving', true) = '1' THEN
+    {guard}IF current_setting('stratus.deps_resolving', true) = '1' THEN
         RETURN NULL;  -- a cancel of stratus_deps_resolve's own: its loop goes on with it
     END IF;
     IF TG_OP = 'INSERT' THEN
@@ -118,7 +128,7 @@ $$
 
 
 def upgrade() -> None:
-    op.execute(_release(f"{_DEPENDED_ON}"))
+    op.execute(_release(_DEPENDED_ON, _NONE_FINAL))
     op.execute(_receipt(skip_empty=True))
 
 

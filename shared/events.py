@@ -112,6 +112,15 @@ class JobCancelled(Event):
     worker: str | None = None
 
 
+class JobPreempted(Event):
+    """The scheduler asks ``worker`` to checkpoint the job and let it go (a higher-priority
+    job waits for its slot)."""
+
+    type: ClassVar[str] = "job.preempted"
+    job_id: uuid.UUID
+    worker: str
+
+
 class TenantChanged(Event):
     """A tenant, its quotas or its keys changed: gateways drop what they cached about it."""
 
@@ -150,6 +159,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         JobFinished,
         JobRetryDue,
         JobCancelled,
+        JobPreempted,
         TenantChanged,
     )
 }

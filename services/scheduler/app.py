@@ -17,6 +17,7 @@ from services.scheduler import service
 from services.scheduler.autoscaler import Autoscaler, make_autoscale_step, make_backend
 from services.scheduler.chunks import reap_chunks
 from services.scheduler.handlers import make_event_handler
+from services.scheduler.preempt import Preemptor, preempt_pass
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.webhooks import Deliverer
 from shared.db.maintenance import maintain
@@ -90,6 +91,26 @@ def make_reap_step(res: Resources, settings: SchedulerSettings) -> Callable[[], 
     return step
 
 
+def make_preempt_step(
+    res: Resources, settings: SchedulerSettings
+) -> Callable[[], Awaitable[object]]:
+    preemptor = Preemptor(settings.preempt.min_gap_s)
+
+    async def step() -> object:
+        async with res.sessions() as session, session.begin():
+            done = await preempt_pass(
+                session,
+                preemptor,
+                autoscale=settings.autoscale,
+                worker_ttl_s=settings.worker_ttl_s,
+            )
+        if done:
+            res.relay.wake()  # the job.preempted events
+        return done
+
+    return step
+
+
 @dataclass(frozen=True)
 class Loop:
     """A background loop of the scheduler: its step and how often it runs."""
@@ -145,6 +166,8 @@ def loops_of(
     if settings.webhooks.enabled:
         deliverer = Deliverer(res.engine, settings.webhooks)
         loops.append(Loop("webhooks", deliverer.step, settings.webhooks.interval_s))
+    if settings.preempt.enabled:
+        loops.append(Loop("preempt", make_preempt_step(res, settings), settings.preempt.interval_s))
     if autoscaler is not None:
         step = make_autoscale_step(res.sessions, autoscaler)
         loops.append(Loop("autoscale", step, settings.autoscale.interval_s))

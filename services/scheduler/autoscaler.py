@@ -22,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.scheduler.backends import BackendError, ScalingBackend
 from services.scheduler.demand import Demand, live_workers, pool_demand
 from services.scheduler.pool_policy import Decision, PoolPolicy, PoolScaler
+from services.scheduler.preempt import loss_per_worker
 from services.scheduler.settings import AutoscaleSettings
 from shared.db.models import WorkerPool
-from shared.jobs.pools import POOLS, running_per_worker
+from shared.jobs.pools import POOLS
 from shared.logging import get_logger
 from shared.settings import QuotaDefaults
 from shared.telemetry import REGISTRY
@@ -106,7 +107,8 @@ class Autoscaler:
                 session=session, any_pool=any_pool, now=now, quota_defaults=self.quota_defaults
             )
             live = await live_workers(session=session, now=now, worker_ttl_s=self.worker_ttl_s)
-            busy = await running_per_worker(session=session)
+            # a scale-down stops the workers whose jobs lose least (drained through checkpoints)
+            busy = await loss_per_worker(session=session)
             acted: list[Decision] = []
             for pool in POOLS:
                 try:

@@ -67,6 +67,15 @@ class AutoscaleSettings(BaseModel):
     docker: DockerBackendSettings = Field(default_factory=DockerBackendSettings)
 
 
+class PreemptSettings(BaseModel):
+    """Preemption through checkpoints (``services.scheduler.preempt``):
+    ``STRATUS_PREEMPT__MIN_GAP_S`` is the least time between two preemptions on one pool."""
+
+    enabled: bool = True
+    min_gap_s: float = Field(default=60.0, ge=0.0)
+    interval_s: float = Field(default=1.0, gt=0.0)
+
+
 class SchedulerSettings(CommonSettings):
     port: int = 8001
     dispatch_enabled: bool = True
@@ -111,3 +120,4 @@ class SchedulerSettings(CommonSettings):
     # that a tenant arriving later starts at once instead of after the first one's jobs.
     reserved_slots: int = Field(default=1, ge=0)
     autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)
+    preempt: PreemptSettings = Field(default_factory=PreemptSettings)

@@ -5,7 +5,8 @@ Queue ``work.<device>``: the handler waits for a free slot, claims the job in th
 unacknowledged message. A crash after the claim leaves the lease to expire and the scheduler's
 reaper re-queues the job; a crash before the claim commits redelivers the message.
 
-Control queue (``job.cancelled``, one per worker process): stops the job if it runs here.
+Control queue (``job.cancelled``, ``job.preempted``, one per worker process): stops the job
+if it runs here, or has it checkpoint and let go (a preemption).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from shared.events import JobCancelled, JobDispatched, UnknownEvent, parse_event
+from shared.events import (
+    JobCancelled,
+    JobDispatched,
+    JobPreempted,
+    UnknownEvent,
+    parse_event,
+)
 from shared.jobs.store import Claim
 from shared.messaging import Delivery, Reject
 
@@ -34,6 +41,15 @@ def cancelled_job(delivery: Delivery) -> uuid.UUID | None:
     except UnknownEvent:
         return None
     return event.job_id if isinstance(event, JobCancelled) else None
+
+
+def preempted_job(delivery: Delivery) -> uuid.UUID | None:
+    """The job of a ``job.preempted`` event: checkpoint it and let it go."""
+    try:
+        event = parse_event(delivery.body)
+    except UnknownEvent:
+        return None
+    return event.job_id if isinstance(event, JobPreempted) else None
 
 
 class Running:

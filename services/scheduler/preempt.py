@@ -1,0 +1,173 @@
+"""Preemption through checkpoints, and what stopping a worker loses.
+
+Preemption (``preempt``): on a pool (device) with no free slot and at its maximum size, a
+waiting job whose ``priority`` is higher than that of a running job that checkpoints
+(``stencil2d``, ``nbody``, ``montecarlo_pi`` with ``checkpoint_interval_s > 0``) takes that
+job's slot: the lowest-priority such job (the one that started last among equals, which has
+done the least) is asked to checkpoint and let go (a ``job.preempted`` event on its worker's
+control queue). The worker saves the job's state at once and reports it QUEUED with
+``state_reason`` ``"preempted"``: it uses no retry and resumes from its checkpoint when a slot
+is free for it again. At most one preemption per pool every ``min_gap_s``, and only for a
+strictly higher priority: two priorities that alternate cannot make the pool thrash (a
+preempted job never preempts the job that took its slot, whose priority is higher).
+
+One scheduler preempts at a time (a transaction-scoped advisory lock); the gap is kept by
+the scheduler that preempts, in memory: after a restart the first preemption may come
+sooner than ``min_gap_s`` after the last one.
+
+What stopping a worker loses (``loss_per_worker``, the autoscaler's scale-down order): a
+running job that checkpoints loses nothing but its checkpoint's write (a drain saves its
+state at once): 1 each; any other job all it has run so far: 1 plus its seconds. The
+backends stop the workers that lose least first (idle ones: nothing).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.scheduler.settings import AutoscaleSettings
+from shared.db.outbox import add_event
+from shared.events import JobPreempted
+from shared.logging import get_logger
+
+log = get_logger(__name__)
+
+ADVISORY_LOCK = 0x5354_0020  # one preempting scheduler at a time
+CHECKPOINTING = ("stencil2d", "nbody", "montecarlo_pi")
+
+
+@dataclass(frozen=True)
+class Preemption:
+    job_id: uuid.UUID
+    tenant_id: uuid.UUID
+    worker: str
+    priority: int
+    for_job: uuid.UUID
+    for_priority: int
+
+
+# The highest-priority job waiting for ``device`` that no retry backoff, dependency or stage-in
+# holds, and the lowest-priority running job there that checkpoints, if lower. $1 device.
+_CANDIDATES = text(
+    """
+    WITH waiting AS (
+        SELECT id, priority FROM jobs
+        WHERE state = 'QUEUED' AND dispatched_at IS NULL AND NOT is_array
+          AND device IN (:device, 'any') AND (run_after IS NULL OR run_after <= now())
+          AND deps_left = 0
+        ORDER BY priority DESC, created_at
+        LIMIT 1
+    ), victim AS (
+        SELECT id, tenant_id, worker, priority FROM jobs
+        WHERE state = 'RUNNING' AND assigned_device = :device AND worker IS NOT NULL
+          AND kernel = ANY(:kernels) AND checkpoint_interval_s > 0
+        ORDER BY priority, started_at DESC
+        LIMIT 1
+    )
+    SELECT victim.id, victim.tenant_id, victim.worker, victim.priority, waiting.id,
+           waiting.priority
+    FROM waiting, victim
+    WHERE waiting.priority > victim.priority
+    """
+)
+
+
+@dataclass
+class Preemptor:
+    """Preempts at most one job per pool every ``min_gap_s``."""
+
+    min_gap_s: float
+    last: dict[str, float] = field(default_factory=dict)  # pool -> monotonic time
+
+    async def step(
+        self, session: AsyncSession, *, device: str, full: bool, at_max: bool
+    ) -> Preemption | None:
+        """Preempt on ``device`` if a job there should (``full``: no slot free; ``at_max``:
+        the pool cannot grow), in the caller's transaction (the event goes with it)."""
+        if not (full and at_max):
+            return None
+        now = time.monotonic()
+        if now - self.last.get(device, -float("inf")) < self.min_gap_s:
+            return None
+        if not await session.scalar(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK))):
+            return None
+        row = (
+            await session.execute(_CANDIDATES, {"device": device, "kernels": list(CHECKPOINTING)})
+        ).first()
+        if row is None:
+            return None
+        p = Preemption(row[0], row[1], str(row[2]), int(row[3]), row[4], int(row[5]))
+        await add_event(
+            session, JobPreempted(tenant_id=p.tenant_id, job_id=p.job_id, worker=p.worker)
+        )
+        self.last[device] = now
+        log.info(
+            "job_preempted",
+            job_id=str(p.job_id),
+            worker=p.worker,
+            priority=p.priority,
+            for_job=str(p.for_job),
+            for_priority=p.for_priority,
+        )
+        return p
+
+
+# Per worker: 1 per running job, plus the seconds run so far of each that does not checkpoint.
+_LOSS = text(
+    """
+    SELECT worker, sum(1 + CASE WHEN kernel = ANY(:kernels) AND checkpoint_interval_s > 0
+                               THEN 0
+                               ELSE extract(epoch FROM now() - coalesce(started_at, now()))
+                          END)::bigint
+    FROM jobs WHERE state = 'RUNNING' AND worker IS NOT NULL
+    GROUP BY worker
+    """
+)
+
+
+async def loss_per_worker(*, session: AsyncSession) -> dict[str, int]:
+    """What stopping each worker loses (workers that run nothing are absent: they lose
+    nothing)."""
+    rows = await session.execute(_LOSS, {"kernels": list(CHECKPOINTING)})
+    return {str(w): int(n) for w, n in rows}
+
+
+def pool_at_max(settings: AutoscaleSettings, device: str, live: int) -> bool:
+    """Whether ``device``'s pool cannot grow: a fixed pool always, an autoscaled one at its
+    ``max_workers``."""
+    if not settings.enabled:
+        return True
+    bounds = settings.cpu if device == "cpu" else settings.cuda
+    return live >= bounds.max_workers
+
+
+async def preempt_pass(
+    session: AsyncSession,
+    preemptor: Preemptor,
+    *,
+    autoscale: AutoscaleSettings,
+    worker_ttl_s: float,
+) -> list[Preemption]:
+    """One pass over the pools, in the caller's transaction."""
+    from services.scheduler.demand import live_workers
+    from services.scheduler.service import session_capacity
+
+    cap = await session_capacity(session=session, worker_ttl_s=worker_ttl_s)
+    now = await session.scalar(select(func.now()))
+    assert now is not None
+    live = await live_workers(session=session, now=now, worker_ttl_s=worker_ttl_s)
+    done: list[Preemption] = []
+    for device in ("cpu", "cuda"):
+        if cap.slots.get(device, 0) == 0:
+            continue
+        full = cap.free(device, 0.0) <= 0
+        at_max = pool_at_max(autoscale, device, live.get(device, 0))
+        p = await preemptor.step(session, device=device, full=full, at_max=at_max)
+        if p is not None:
+            done.append(p)
+    return done

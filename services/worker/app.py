@@ -28,7 +28,7 @@ from services.worker.datasets import (
     input_paths,
     missing_files,
 )
-from services.worker.handlers import Running, cancelled_job
+from services.worker.handlers import Running, cancelled_job, preempted_job
 from services.worker.results import pointer
 from services.worker.runner import KernelRunner, Outcome, PoolConfig, Request, Usage
 from services.worker.service import Recorded, report_for
@@ -86,6 +86,7 @@ class WorkerRuntime:
         self.progress = progress.Tracker()  # running jobs' progress and log lines
         self.chunks = Chunks(res.engine, runner, worker=settings.name, lease_s=settings.lease_s)
         self.releases: dict[uuid.UUID, asyncio.Event] = {}  # a drain checkpoints these jobs
+        self.preempted: set[uuid.UUID] = set()  # released for a preemption, not a drain
 
     async def on_dispatch(self, delivery: Delivery) -> None:
         event = dispatched_work(delivery)
@@ -140,6 +141,12 @@ class WorkerRuntime:
             self.slots.release()
 
     async def on_control(self, delivery: Delivery) -> None:
+        preempted = preempted_job(delivery)
+        if preempted is not None and preempted in self.releases:
+            self.preempted.add(preempted)
+            self.releases[preempted].set()
+            log.info("job_preempt_requested", job_id=str(preempted))
+            return
         job_id = cancelled_job(delivery)
         if job_id is not None and self.running.cancel(job_id):
             log.info("job_cancel_requested", job_id=str(job_id))
@@ -159,6 +166,7 @@ class WorkerRuntime:
                 await asyncio.to_thread(checkpoints.remove, self._checkpoints(claim))
         finally:
             self.releases.pop(claim.job_id, None)
+            self.preempted.discard(claim.job_id)
             self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)
             self.leased.discard(claim.job_id)
@@ -198,6 +206,8 @@ class WorkerRuntime:
             return report_for(None, usage, stopping=self.stopping)
         await self._count_checkpoints(claim, outcome)
         report = report_for(outcome, usage)
+        if report.handed_back and claim.job_id in self.preempted:
+            report = dataclasses.replace(report, handed_back="preempted")
         if report.state is JobState.SUCCEEDED and files.outputs:
             unwritten = await asyncio.to_thread(missing_files, files.outputs)
             if unwritten:
@@ -494,7 +504,11 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
                 ),
                 "progress",
             )
-            await res.broker.consume(control_queue(settings.name), rt.on_control, prefetch=16)
+            await res.broker.consume(
+                control_queue(settings.name, ("job.cancelled", "job.preempted")),
+                rt.on_control,
+                prefetch=16,
+            )
             await res.broker.consume(
                 WORK_QUEUES[settings.device],
                 rt.on_dispatch,

@@ -10,6 +10,8 @@ from typing import Any
 
 import structlog
 
+from shared.tracing import add_trace_ids, setup_tracing
+
 _SECRET_KEYS = re.compile(r"(key|secret|password|token|authorization)", re.IGNORECASE)
 # API keys (sk_...) and webhook signing secrets (whsec_...)
 _SECRET_VALUES = re.compile(r"(sk|whsec)_[A-Za-z0-9_-]{8,}")
@@ -39,6 +41,7 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
     """Route structlog and stdlib logging to one JSON line per event on stdout."""
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,  # the trace id of the job the line is about, while tracing is on
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         scrub_secrets,
@@ -51,6 +54,7 @@ def configure_logging(service: str, *, level: str = "INFO", json: bool = True) -
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)
+    setup_tracing(service)  # OTLP export when STRATUS_OTEL__ENDPOINT is set, else nothing
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(

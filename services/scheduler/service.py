@@ -14,6 +14,7 @@ transaction.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from services.scheduler import runnable
 from services.scheduler.chunks import send_chunks
 from services.scheduler.fairshare import Candidate, allocate
+from shared import tracing
 from shared.db.models import Job, Worker
 from shared.db.raw import pooled_connection
 from shared.db.wakeup import FINISHED, notify
@@ -257,6 +259,7 @@ async def _send(conn: Any, chosen: list[Candidate], device: Device) -> list[Even
         JobDispatched(tenant_id=c.tenant_id, job_id=c.job_id, device=device, kernel=c.kernel)
         for c in chosen
     ]
+    start_ns = time.time_ns()
     sent = {
         r[0]
         for r in await conn.fetch(
@@ -269,6 +272,9 @@ async def _send(conn: Any, chosen: list[Candidate], device: Device) -> list[Even
             [e.to_bytes() for e in events],
         )
     }
+    if tracing.enabled():
+        done = [(e.job_id, e.event_id) for e in events if e.job_id in sent]
+        tracing.dispatched(done, start_ns, device)
     return [e for e in events if e.job_id in sent]
 
 

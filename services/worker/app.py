@@ -34,6 +34,7 @@ from services.worker.runner import KernelRunner, Outcome, PoolConfig, Request, U
 from services.worker.service import Recorded, report_for
 from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
+from shared import tracing
 from shared.db.engine import transaction
 from shared.db.raw import raw_connection
 from shared.errors import QuotaExceeded, StratusError
@@ -101,20 +102,23 @@ class WorkerRuntime:
         if isinstance(event, ChunkDispatched):
             await asyncio.shield(self._claim_chunk_and_start(event.chunk_id))
             return
-        await asyncio.shield(self._claim_and_start(event.job_id))
+        with tracing.received(event.job_id, event.event_id):  # the job's trace, if on
+            await asyncio.shield(self._claim_and_start(event.job_id))
 
     async def _claim_and_start(self, job_id: uuid.UUID) -> None:
         """Claim the job for the slot taken for it and start its run, or give the slot back."""
-        try:
-            claim = await self.claims.claim(job_id)
-        except BaseException:
-            self.slots.release()
-            raise
-        if claim is None:
-            self.slots.release()
-            return
-        self.leased.add(claim.job_id)  # its lease is extended by the heartbeat from now on
-        task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}")
+        with tracing.span("worker.claim", job_id=job_id, worker=self.settings.name):
+            try:
+                claim = await self.claims.claim(job_id)
+            except BaseException:
+                self.slots.release()
+                raise
+            if claim is None:
+                self.slots.release()
+                return
+            self.leased.add(claim.job_id)  # its lease is extended by the heartbeat from now on
+            # the run's task starts under the claim's span (its spans and log lines are in it)
+            task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}")
         self.running.tasks[claim.job_id] = (claim, task)
         self.jobs.add(task)
         task.add_done_callback(self.jobs.discard)
@@ -161,7 +165,8 @@ class WorkerRuntime:
             report = await self._attempt(claim, files, staged)
             self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
-            await self._record(claim, report, files, staged)
+            with tracing.span("worker.finish", state=report.state.value, attempt=claim.attempt):
+                await self._record(claim, report, files, staged)
             if report.state in FINAL:  # nobody resumes it any more
                 await asyncio.to_thread(checkpoints.remove, self._checkpoints(claim))
         finally:
@@ -191,14 +196,15 @@ class WorkerRuntime:
         if self.stopping:
             release.set()  # claimed during a drain: checkpoint (if it has one) and hand back
         try:
-            outcome = await self.runner.run(
-                request,
-                timeout_s=claim.timeout_s,
-                usage=usage,
-                on_progress=partial(self.progress.progress, claim.job_id),
-                on_checkpoint=partial(self._on_checkpoint, claim),
-                release=release,
-            )
+            with tracing.span(f"kernel {claim.kernel}", attempt=claim.attempt):
+                outcome = await self.runner.run(
+                    request,
+                    timeout_s=claim.timeout_s,
+                    usage=usage,
+                    on_progress=partial(self.progress.progress, claim.job_id),
+                    on_checkpoint=partial(self._on_checkpoint, claim),
+                    release=release,
+                )
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None:

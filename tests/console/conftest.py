@@ -12,6 +12,7 @@ import httpx
 import pytest
 from playwright.async_api import Browser, async_playwright
 
+from tests.console.otlp import OtlpReceiver
 from tests.e2e.conftest import own_cluster
 from tools.cluster import LocalCluster
 
@@ -29,9 +30,21 @@ def chromium_path() -> str:
 
 
 @pytest.fixture(scope="package")
+def otlp() -> Iterator[OtlpReceiver]:
+    """The OTLP receiver the console's cluster exports its traces to."""
+    receiver = OtlpReceiver()
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
+
+
+@pytest.fixture(scope="package")
 def console_cluster(
-    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver
 ) -> Iterator[LocalCluster]:
+    """A cluster with tracing on (exported to ``otlp``), one worker of two slots."""
     tiers = Path(tmp_path_factory.mktemp("console-tiers"))
     with own_cluster(
         "console",
@@ -42,8 +55,11 @@ def console_cluster(
             "STRATUS_STORAGE__ARCHIVE__ROOT": str(tiers / "archive"),
             "STRATUS_STORAGE__FSYNC": "false",
             "STRATUS_EVENTS_KEEP_ALIVE_S": "1",
+            "STRATUS_OTEL__ENDPOINT": otlp.endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",  # spans exported within 0.1 s
         },
         workers=1,
+        timeout=240,  # a worker compiles its kernels on a cold numba cache
         worker_env={"STRATUS_CONCURRENCY": "2", "STRATUS_HEARTBEAT_INTERVAL_S": "0.5"},
     ) as c:
         yield c

@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from playwright.async_api import Browser, BrowserContext, FilePayload, Page, expect
 
 from tests.conftest import ADMIN_KEY
 from tests.console.conftest import SCREENSHOTS
 from tools.cluster import LocalCluster
+
+# the package's cluster starts within the first test (a cold numba cache compiles kernels)
+pytestmark = pytest.mark.timeout(600)
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"

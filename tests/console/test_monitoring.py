@@ -22,6 +22,9 @@ from prometheus_client.metrics_core import Metric
 from tests.console.conftest import ROOT
 from tools.cluster import LocalCluster
 
+# the package's cluster starts within the first test (a cold numba cache compiles kernels)
+pytestmark = pytest.mark.timeout(600)
+
 RULES = ROOT / "deploy" / "prometheus" / "stratus-rules.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "stratus-rules.test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "stratus.json"

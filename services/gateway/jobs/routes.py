@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request, Response
@@ -12,6 +13,7 @@ from services.gateway.jobs import admission, elements, service
 from services.gateway.jobs.schemas import JobList, JobOut, JobSubmit, LabelKey, LabelValue
 from services.gateway.routing import PageDep, feature_router
 from services.gateway.settings import GatewaySettings
+from shared import tracing
 from shared.errors import Invalid
 from shared.idempotency import IdempotencyKey
 from shared.jobs.states import JobState
@@ -49,6 +51,7 @@ async def submit_job(
 ) -> JobOut:
     # The hot path: no session dependency (the insert is group-committed by the writer, the
     # reads are plain asyncpg) and the settings read off the app, not through a dependency.
+    start_ns = time.time_ns()
     tenant_id = principal.require_tenant("jobs:write")
     state = request.app.state
     settings: GatewaySettings = state.settings
@@ -71,6 +74,8 @@ async def submit_job(
         array_max_size=settings.array_max_size,
         webhooks=settings.webhooks,
     )
+    if not submitted.replayed:
+        tracing.submitted(submitted.job.id, start_ns)  # the root of the job's trace, if on
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"

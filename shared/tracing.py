@@ -1,0 +1,201 @@
+"""Traces (OpenTelemetry): one trace per job, across the gateway, the scheduler and a worker.
+
+Off unless ``STRATUS_OTEL__ENDPOINT`` is set (an OTLP gRPC endpoint, e.g.
+``http://collector:4317``): then each service exports its spans there in batches. Off, every
+hook below is one test of a module-level flag; nothing is allocated, nothing is exported.
+
+A job's trace id is its UUID, and the id of each span a later service parents on is derived
+from ids that service already holds, so no column and no message field is added for it:
+
+- ``POST /v1/jobs`` (gateway): the trace's root span, id ``span_id(job_id, "submit")``;
+- ``scheduler.dispatch``: a child of the root, id ``span_id(dispatch event id)``; the
+  ``job.dispatch`` message carries the event id, so the worker that receives it knows its
+  parent (``traceparent_of`` gives it as a W3C ``traceparent``);
+- ``worker.claim`` (a child of the dispatch), and under it ``kernel <name>`` and
+  ``worker.finish`` (the record of the attempt).
+
+While a worker runs a job its claim span is the current span, so the trace id is in every log
+line of that work (``add_trace_ids``, a structlog processor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    TraceFlags,
+    format_span_id,
+    format_trace_id,
+)
+
+ENDPOINT_ENV = "STRATUS_OTEL__ENDPOINT"
+
+_enabled = False
+_tracer: trace.Tracer = trace.NoOpTracer()
+# ids the next span takes (trace id, span id): how a span gets the id other services derive
+_forced: ContextVar[tuple[int | None, int] | None] = ContextVar("stratus_forced_ids", default=None)
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def setup_tracing(service: str, endpoint: str | None = None) -> bool:
+    """Export this process's spans over OTLP when ``endpoint`` (default: the environment's
+    ``STRATUS_OTEL__ENDPOINT``) is set; returns whether tracing is on."""
+    global _enabled, _tracer
+    endpoint = endpoint if endpoint is not None else os.environ.get(ENDPOINT_ENV, "")
+    if not endpoint:
+        return False
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class _Ids(RandomIdGenerator):
+        """Random ids, except where a hook asked for the derived ones."""
+
+        def generate_span_id(self) -> int:
+            forced = _forced.get()
+            return forced[1] if forced else super().generate_span_id()
+
+        def generate_trace_id(self) -> int:
+            forced = _forced.get()
+            if forced and forced[0] is not None:
+                return forced[0]
+            return super().generate_trace_id()
+
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"stratus-{service}"}), id_generator=_Ids()
+    )
+    insecure = not endpoint.startswith("https://")
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure))
+    )
+    _tracer = provider.get_tracer("stratus")
+    _enabled = True
+    return True
+
+
+def span_id(key: uuid.UUID, what: str = "") -> int:
+    """A nonzero 64-bit span id derived from ``key`` (and ``what``)."""
+    digest = hashlib.blake2b(key.bytes + what.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") or 1
+
+
+def _parent(trace_id: int, parent_span_id: int) -> Any:
+    ctx = SpanContext(
+        trace_id=trace_id,
+        span_id=parent_span_id,
+        is_remote=True,
+        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+    )
+    return trace.set_span_in_context(NonRecordingSpan(ctx))
+
+
+def traceparent_of(job_id: uuid.UUID, dispatch_event_id: uuid.UUID) -> str:
+    """The W3C ``traceparent`` of a ``job.dispatch`` message: the job's trace, the dispatch
+    span."""
+    return f"00-{format_trace_id(job_id.int)}-{format_span_id(span_id(dispatch_event_id))}-01"
+
+
+def submitted(job_id: Any, start_ns: int, name: str = "POST /v1/jobs") -> None:
+    """The root span of a job's trace: its submission, from ``start_ns`` until now."""
+    if not _enabled:
+        return
+    try:
+        job_id = job_id if isinstance(job_id, uuid.UUID) else uuid.UUID(str(job_id))
+    except ValueError:
+        return
+    token = _forced.set((job_id.int, span_id(job_id, "submit")))
+    try:
+        span = _tracer.start_span(
+            name,
+            context=trace.set_span_in_context(trace.INVALID_SPAN),  # a root, whatever is current
+            kind=SpanKind.SERVER,
+            start_time=start_ns,
+            attributes={"stratus.job_id": str(job_id), "http.request.method": "POST"},
+        )
+    finally:
+        _forced.reset(token)
+    span.end()
+
+
+def dispatched(jobs: list[tuple[uuid.UUID, uuid.UUID]], start_ns: int, device: str) -> None:
+    """One ``scheduler.dispatch`` span per ``(job id, dispatch event id)`` sent, from
+    ``start_ns`` until now, a child of the job's submission."""
+    if not _enabled:
+        return
+    for job_id, event_id in jobs:
+        token = _forced.set((None, span_id(event_id)))
+        try:
+            span = _tracer.start_span(
+                "scheduler.dispatch",
+                context=_parent(job_id.int, span_id(job_id, "submit")),
+                kind=SpanKind.PRODUCER,
+                start_time=start_ns,
+                attributes={
+                    "stratus.job_id": str(job_id),
+                    "stratus.device": device,
+                    "messaging.message.id": str(event_id),
+                },
+            )
+        finally:
+            _forced.reset(token)
+        span.end()
+
+
+def received(job_id: uuid.UUID, dispatch_event_id: uuid.UUID) -> Any:
+    """Context manager: the dispatch of the job received is the current (remote) span, so the
+    spans below (``span``) join the job's trace."""
+    if not _enabled:
+        return nullcontext()
+    return trace.use_span(
+        NonRecordingSpan(
+            SpanContext(
+                trace_id=job_id.int,
+                span_id=span_id(dispatch_event_id),
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+        ),
+        end_on_exit=False,
+    )
+
+
+def span(name: str, **attributes: Any) -> Any:
+    """Context manager: a span, a child of the current one (a no-op while tracing is off)."""
+    if not _enabled:
+        return nullcontext()
+    return _span(name, attributes)
+
+
+@contextmanager
+def _span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
+    with _tracer.start_as_current_span(
+        name, attributes={k: str(v) for k, v in attributes.items()}
+    ) as s:
+        yield s
+
+
+def add_trace_ids(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: the current span's ``trace_id`` and ``span_id`` on the line."""
+    if _enabled:
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            event_dict.setdefault("trace_id", format_trace_id(ctx.trace_id))
+            event_dict.setdefault("span_id", format_span_id(ctx.span_id))
+    return event_dict

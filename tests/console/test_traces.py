@@ -1,0 +1,81 @@
+"""Traces on a real cluster exported to a real OTLP gRPC receiver: a job's spans, from the
+HTTP request through the scheduler's dispatch (over RabbitMQ) to the worker's claim, kernel
+and finish, form one trace (the job's id) with the right parents, and the worker's log lines
+of that work carry its trace id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_KEY
+from tests.console.otlp import OtlpReceiver, ReceivedSpan
+from tools.cluster import LocalCluster
+
+# the package's cluster starts within the first test (a cold numba cache compiles kernels)
+pytestmark = pytest.mark.timeout(600)
+
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+NAMES = {
+    "POST /v1/jobs": "stratus-gateway",
+    "scheduler.dispatch": "stratus-scheduler",
+    "worker.claim": "stratus-worker",
+    "kernel montecarlo_pi": "stratus-worker",
+    "worker.finish": "stratus-worker",
+}
+
+
+async def test_one_job_is_one_trace(
+    console_cluster: LocalCluster, api: httpx.AsyncClient, otlp: OtlpReceiver
+) -> None:
+    r = await api.post("/v1/tenants", json={"name": f"traced-{time.time_ns()}"}, headers=ADMIN)
+    tid = r.json()["id"]
+    k = await api.post(f"/v1/tenants/{tid}/keys", json={"name": "k"}, headers=ADMIN)
+    tenant = {"Authorization": f"Bearer {k.json()['key']}"}
+    r = await api.post(
+        "/v1/jobs",
+        json={"kernel": "montecarlo_pi", "params": {"samples": 10000, "seed": 3}},
+        headers=tenant,
+    )
+    assert r.status_code == 201, r.text
+    job_id = uuid.UUID(r.json()["id"])
+    trace_id = job_id.hex
+
+    deadline = time.monotonic() + 60
+    spans: dict[str, ReceivedSpan] = {}
+    while time.monotonic() < deadline:
+        spans = {s.name: s for s in otlp.spans(trace_id)}
+        if set(NAMES) <= set(spans):
+            break
+        await asyncio.sleep(0.2)
+    assert set(NAMES) <= set(spans), f"spans of the job's trace: {sorted(spans)}"
+    job = (await api.get(f"/v1/jobs/{job_id}", headers=tenant)).json()
+    assert job["state"] == "SUCCEEDED"
+
+    assert len(otlp.spans(trace_id)) == len(NAMES), "one span each, no stray span in the trace"
+    for name, service in NAMES.items():
+        assert spans[name].service == service, (name, spans[name].service)
+    root = spans["POST /v1/jobs"]
+    dispatch = spans["scheduler.dispatch"]
+    claim = spans["worker.claim"]
+    assert root.parent_span_id == ""
+    assert dispatch.parent_span_id == root.span_id
+    assert claim.parent_span_id == dispatch.span_id
+    assert spans["kernel montecarlo_pi"].parent_span_id == claim.span_id
+    assert spans["worker.finish"].parent_span_id == claim.span_id
+    # in order: submitted, dispatched, claimed, run, recorded
+    assert root.start_ns <= dispatch.start_ns <= claim.start_ns
+    assert claim.start_ns <= spans["kernel montecarlo_pi"].start_ns
+    assert spans["kernel montecarlo_pi"].end_ns <= spans["worker.finish"].start_ns
+
+    # the worker's log line of the attempt's record carries the trace id
+    log = console_cluster.log_path("worker_00").read_text()
+    lines = [json.loads(x) for x in log.splitlines() if str(job_id) in x and x.startswith("{")]
+    recorded = [x for x in lines if x.get("event") == "attempt_recorded"]
+    assert recorded, "no attempt_recorded line for the job"
+    assert recorded[0]["trace_id"] == trace_id

@@ -4,6 +4,7 @@ job's log, ``-f`` until it ends), ``history`` (a job's changes of state and its 
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated
 
@@ -86,6 +87,9 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Go on printing lines until the job ends.")
     ] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="One JSON document a line: at, attempt, text.")
+    ] = False,
 ) -> None:
     """A job's log: staging, kernel progress, checkpoints, errors, every attempt.
 
@@ -93,13 +97,30 @@ def logs(
     has ended (or at Ctrl-C)."""
     with connect() as client:
         if not follow:
-            typer.echo(client.log(job_id), nl=False)
+            text = client.log(job_id)
+            if not json_:
+                typer.echo(text, nl=False)
+                return
+            for line in text.splitlines():
+                typer.echo(json.dumps(log_json(line)))
             return
         try:
             for line in client.follow_log(job_id):
-                typer.echo(line)
+                typer.echo(json.dumps(log_json(line)) if json_ else line)
         except KeyboardInterrupt:
             pass
+
+
+_LOG_LINE = re.compile(r"(?P<at>\S+) \[attempt (?P<attempt>\d+)\] (?P<text>.*)")
+
+
+def log_json(line: str) -> dict[str, object]:
+    """A log line, ``<ISO time> [attempt N] <text>``, as ``{"at", "attempt", "text"}`` (a
+    line of another shape: its text only, ``at`` and ``attempt`` null)."""
+    found = _LOG_LINE.fullmatch(line)
+    if found is None:
+        return {"at": None, "attempt": None, "text": line}
+    return {"at": found["at"], "attempt": int(found["attempt"]), "text": found["text"]}
 
 
 def history(

@@ -18,7 +18,10 @@ subscriber per event (phase 2's gateway CPU less phase 1's, over subscribers x e
 Reference: the same events read straight from the table on each NOTIFY by one connection of
 the benchmark (no gateway, no ordering rule), their delay from ``at`` alike: what the
 database and the machine cost before the feed adds anything.
-Targets: p50 < 50 ms, p99 < 200 ms, nothing lost or duplicated.
+Targets: p50 < 50 ms, p99 < 200 ms, nothing lost or duplicated. On a host where the reference
+itself misses them (a saturated machine, the subscribers' own process late), the relative
+target holds the feed to what it adds: at most 10 ms at p50 and 50 ms at p99 over the
+reference of the same run.
 
 The subscribers run in this process (asyncio, one httpx connection each) on the same machine:
 on a small machine they compete with the cluster for the CPU, and the delays include that.
@@ -66,6 +69,8 @@ RESULTS = ROOT / "bench" / "results"
 RUN_DIR = RESULTS / "events-run"
 FINAL = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 TARGETS = {"p50_ms": 50.0, "p99_ms": 200.0}
+# What the feed may add to the reference measured in the same run (ms).
+OVER_REFERENCE = {"p50": 10.0, "p99": 50.0}
 
 
 @dataclass(frozen=True)
@@ -331,6 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     r = s["direct_delay_ms"]
     say(f"  reference, read straight from the table on each NOTIFY (no gateway, no order): "
         f"p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms")  # fmt: skip
+    added = {q: d[q] - r[q] for q in OVER_REFERENCE}
+    s["added_over_reference_ms"] = added
+    say("  the feed adds to the reference: " + ", ".join(
+        f"{q} {added[q]:+.1f} ms ({'met' if added[q] <= OVER_REFERENCE[q] else 'MISSED'} "
+        f"<= {OVER_REFERENCE[q]:g})" for q in OVER_REFERENCE))  # fmt: skip
     say(f"  lost {s['lost']}, duplicated {s['duplicated']}, "
         f"subscribers out of order {s['subscribers_out_of_order']}")  # fmt: skip
     say(f"  gateway CPU per subscriber per event: "

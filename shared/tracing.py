@@ -8,11 +8,14 @@ A job's trace id is its UUID, and the id of each span a later service parents on
 from ids that service already holds, so no column and no message field is added for it:
 
 - ``POST /v1/jobs`` (gateway): the trace's root span, id ``span_id(job_id, "submit")``;
-- ``scheduler.dispatch``: a child of the root, id ``span_id(dispatch event id)``; the
-  ``job.dispatch`` message carries the event id, so the worker that receives it knows its
-  parent (``traceparent_of`` gives it as a W3C ``traceparent``);
+- ``scheduler.dispatch``: a child of the root, id ``span_id(dispatch event id)``; the outbox
+  relay publishes the ``job.dispatch`` message with its W3C ``traceparent`` header, which the
+  worker that receives it parents on;
 - ``worker.claim`` (a child of the dispatch), and under it ``kernel <name>`` and
   ``worker.finish`` (the record of the attempt).
+
+A migration likewise: ``POST /v1/migrations`` (the root, the trace id the migration's id), and
+the datamover's ``datamover.migrate`` under it.
 
 While a worker runs a job its claim span is the current span, so the trace id is in every log
 line of that work (``add_trace_ids``, a structlog processor).
@@ -22,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Coroutine, Iterator, MutableMapping
 from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
+import orjson
 from opentelemetry import trace
 from opentelemetry.trace import (
     NonRecordingSpan,
@@ -39,6 +44,7 @@ from opentelemetry.trace import (
 )
 
 ENDPOINT_ENV = "STRATUS_OTEL__ENDPOINT"
+T = TypeVar("T")
 
 _enabled = False
 _tracer: trace.Tracer = trace.NoOpTracer()
@@ -111,7 +117,8 @@ def traceparent_of(job_id: uuid.UUID, dispatch_event_id: uuid.UUID) -> str:
 
 
 def submitted(job_id: Any, start_ns: int, name: str = "POST /v1/jobs") -> None:
-    """The root span of a job's trace: its submission, from ``start_ns`` until now."""
+    """The root span of a job's (or a migration's) trace: its submission, from ``start_ns``
+    until now."""
     if not _enabled:
         return
     try:
@@ -156,22 +163,70 @@ def dispatched(jobs: list[tuple[uuid.UUID, uuid.UUID]], start_ns: int, device: s
         span.end()
 
 
-def received(job_id: uuid.UUID, dispatch_event_id: uuid.UUID) -> Any:
+def message_headers(routing_key: str, body: bytes) -> dict[str, Any] | None:
+    """The AMQP headers of an outbox message: a job dispatch's W3C ``traceparent``."""
+    if not routing_key.startswith("job.dispatch."):
+        return None
+    try:
+        fields = orjson.loads(body)
+        if fields.get("type") != "job.dispatch":
+            return None
+        header = traceparent_of(uuid.UUID(fields["job_id"]), uuid.UUID(fields["event_id"]))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return {"traceparent": header}
+
+
+_W3C = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+def received(
+    job_id: uuid.UUID, dispatch_event_id: uuid.UUID, traceparent: str | None = None
+) -> Any:
     """Context manager: the dispatch of the job received is the current (remote) span, so the
-    spans below (``span``) join the job's trace."""
+    spans below (``span``) join the job's trace. The message's ``traceparent`` names it; a
+    message without one (published while tracing was off) by the ids it derives from."""
     if not _enabled:
         return nullcontext()
+    found = _W3C.fullmatch(traceparent) if traceparent else None
+    if found and int(found[1], 16) and int(found[2], 16):
+        trace_id, parent = int(found[1], 16), int(found[2], 16)
+        _via.set("traceparent")
+    else:
+        trace_id, parent = job_id.int, span_id(dispatch_event_id)
+        _via.set("derived")
     return trace.use_span(
         NonRecordingSpan(
             SpanContext(
-                trace_id=job_id.int,
-                span_id=span_id(dispatch_event_id),
+                trace_id=trace_id,
+                span_id=parent,
                 is_remote=True,
                 trace_flags=TraceFlags(TraceFlags.SAMPLED),
             )
         ),
         end_on_exit=False,
     )
+
+
+# how the current work found its trace's parent: a span attribute, for who reads the trace
+_via: ContextVar[str] = ContextVar("stratus_trace_parent_via", default="")
+
+
+def traced_run(name: str, root: uuid.UUID, work: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+    """``work`` run in a span ``name``, a child of the submission of ``root`` (a migration's
+    id); ``work`` itself while tracing is off."""
+    if not _enabled:
+        return work
+    return _traced_run(name, root, work)
+
+
+async def _traced_run(name: str, root: uuid.UUID, work: Coroutine[Any, Any, T]) -> T:
+    with _tracer.start_as_current_span(
+        name,
+        context=_parent(root.int, span_id(root, "submit")),
+        attributes={"stratus.id": str(root)},
+    ):
+        return await work
 
 
 def span(name: str, **attributes: Any) -> Any:
@@ -183,9 +238,10 @@ def span(name: str, **attributes: Any) -> Any:
 
 @contextmanager
 def _span(name: str, attributes: dict[str, Any]) -> Iterator[Any]:
-    with _tracer.start_as_current_span(
-        name, attributes={k: str(v) for k, v in attributes.items()}
-    ) as s:
+    attrs = {k: str(v) for k, v in attributes.items()}
+    if _via.get():
+        attrs["stratus.parent_from"] = _via.get()
+    with _tracer.start_as_current_span(name, attributes=attrs) as s:
         yield s
 
 

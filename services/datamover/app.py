@@ -15,6 +15,7 @@ from services.datamover import service, sweep
 from services.datamover.handlers import make_handler
 from services.datamover.runner import MigrationRunner
 from services.datamover.settings import DatamoverSettings
+from shared import tracing
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic, stop_loops
 from shared.messaging.topology import DATAMOVER
@@ -55,7 +56,10 @@ class Mover:
         for migration_id in ids:
             if migration_id in self.active:
                 continue
-            task = asyncio.create_task(self.runner.run(migration_id), name=f"m-{migration_id}")
+            work = tracing.traced_run(
+                "datamover.migrate", migration_id, self.runner.run(migration_id)
+            )
+            task = asyncio.create_task(work, name=f"m-{migration_id}")
             self.active[migration_id] = task
             task.add_done_callback(functools.partial(self._done, migration_id))
         return len(ids)

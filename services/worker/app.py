@@ -102,7 +102,8 @@ class WorkerRuntime:
         if isinstance(event, ChunkDispatched):
             await asyncio.shield(self._claim_chunk_and_start(event.chunk_id))
             return
-        with tracing.received(event.job_id, event.event_id):  # the job's trace, if on
+        # the job's trace (the message's traceparent), if tracing is on
+        with tracing.received(event.job_id, event.event_id, delivery.traceparent):
             await asyncio.shield(self._claim_and_start(event.job_id))
 
     async def _claim_and_start(self, job_id: uuid.UUID) -> None:

@@ -15,6 +15,7 @@ import random
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
+from shared import tracing
 from shared.db.models import Outbox
 from shared.db.raw import raw_connection
 from shared.events import Event
@@ -110,9 +111,17 @@ class OutboxRelay:
             OUTBOX_PENDING.set(len(rows))
             if not rows:
                 return 0
+            traced = tracing.enabled()
             await self.broker.publish_many(
                 [
-                    Outgoing(routing_key, body, str(message_id), delay_ms=delay_ms)
+                    Outgoing(
+                        routing_key,
+                        body,
+                        str(message_id),
+                        delay_ms=delay_ms,
+                        # W3C traceparent of a job's dispatch, while tracing is on
+                        headers=tracing.message_headers(routing_key, body) if traced else None,
+                    )
                     for message_id, routing_key, body, delay_ms in rows
                 ]
             )

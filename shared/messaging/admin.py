@@ -24,6 +24,7 @@ class Delivery:
     redelivered: bool
     delivery_count: int
     retries: int = 0  # times a consumer failed on it and sent it through a delay queue
+    traceparent: str | None = None  # W3C trace context of the work it asks for (shared.tracing)
 
 
 def int_header(message: AbstractIncomingMessage, name: str) -> int:
@@ -42,7 +43,15 @@ def delivery_of(message: AbstractIncomingMessage) -> Delivery:
         redelivered=bool(message.redelivered),
         delivery_count=int_header(message, "x-delivery-count"),
         retries=int_header(message, RETRIES_HEADER),
+        traceparent=_text_header(message, "traceparent"),
     )
+
+
+def _text_header(message: AbstractIncomingMessage, name: str) -> str | None:
+    value = message.headers.get(name) if message.headers else None
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    return value if isinstance(value, str) else None
 
 
 class BrokerAdmin:

@@ -21,6 +21,7 @@ class ReceivedSpan:
     parent_span_id: str
     start_ns: int
     end_ns: int
+    attributes: dict[str, str]
 
 
 class _Service(trace_service_pb2_grpc.TraceServiceServicer):
@@ -45,6 +46,7 @@ class _Service(trace_service_pb2_grpc.TraceServiceServicer):
                             parent_span_id=s.parent_span_id.hex(),
                             start_ns=s.start_time_unix_nano,
                             end_ns=s.end_time_unix_nano,
+                            attributes={a.key: a.value.string_value for a in s.attributes},
                         )
                     )
         with self.lock:

@@ -1,7 +1,7 @@
 """Traces on a real cluster exported to a real OTLP gRPC receiver: a job's spans, from the
-HTTP request through the scheduler's dispatch (over RabbitMQ) to the worker's claim, kernel
-and finish, form one trace (the job's id) with the right parents, and the worker's log lines
-of that work carry its trace id."""
+HTTP request through the scheduler's dispatch (the outbox, then RabbitMQ with a W3C
+``traceparent`` header) to the worker's claim, kernel and finish, form one trace (the job's
+id) with the right parents, and the worker's log lines of that work carry its trace id."""
 
 from __future__ import annotations
 
@@ -66,6 +66,8 @@ async def test_one_job_is_one_trace(
     assert root.parent_span_id == ""
     assert dispatch.parent_span_id == root.span_id
     assert claim.parent_span_id == dispatch.span_id
+    # the worker found its parent in the job.dispatch message's W3C traceparent header
+    assert claim.attributes["stratus.parent_from"] == "traceparent"
     assert spans["kernel montecarlo_pi"].parent_span_id == claim.span_id
     assert spans["worker.finish"].parent_span_id == claim.span_id
     # in order: submitted, dispatched, claimed, run, recorded
@@ -79,3 +81,36 @@ async def test_one_job_is_one_trace(
     recorded = [x for x in lines if x.get("event") == "attempt_recorded"]
     assert recorded, "no attempt_recorded line for the job"
     assert recorded[0]["trace_id"] == trace_id
+
+
+async def test_one_migration_is_one_trace(
+    console_cluster: LocalCluster, api: httpx.AsyncClient, otlp: OtlpReceiver
+) -> None:
+    r = await api.post("/v1/tenants", json={"name": f"moved-{time.time_ns()}"}, headers=ADMIN)
+    tid = r.json()["id"]
+    k = await api.post(f"/v1/tenants/{tid}/keys", json={"name": "k"}, headers=ADMIN)
+    tenant = {"Authorization": f"Bearer {k.json()['key']}"}
+    put = await api.put("/v1/datasets/traced/a.bin", content=b"x" * 4096, headers=tenant)
+    assert put.status_code == 201, put.text
+    r = await api.post(
+        "/v1/migrations",
+        json={"dataset": "traced/a.bin", "to_tier": "archive", "mode": "copy"},
+        headers=tenant,
+    )
+    assert r.status_code == 202, r.text
+    migration_id = uuid.UUID(r.json()["id"])
+    names = {"POST /v1/migrations": "stratus-gateway", "datamover.migrate": "stratus-datamover"}
+    deadline = time.monotonic() + 60
+    spans: dict[str, ReceivedSpan] = {}
+    while time.monotonic() < deadline:
+        spans = {s.name: s for s in otlp.spans(migration_id.hex)}
+        if set(names) <= set(spans):
+            break
+        await asyncio.sleep(0.2)
+    assert set(names) <= set(spans), f"spans of the migration's trace: {sorted(spans)}"
+    state = (await api.get(f"/v1/migrations/{migration_id}", headers=tenant)).json()["state"]
+    assert state == "SUCCEEDED"
+    for name, service in names.items():
+        assert spans[name].service == service
+    assert spans["POST /v1/migrations"].parent_span_id == ""
+    assert spans["datamover.migrate"].parent_span_id == spans["POST /v1/migrations"].span_id

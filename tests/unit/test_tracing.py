@@ -31,3 +31,15 @@ def test_derived_ids_are_stable_and_valid() -> None:
     assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-01", header)
     assert header.split("-")[1] == job.hex
     assert int(header.split("-")[2], 16) == tracing.span_id(event)
+
+
+def test_dispatch_messages_carry_a_traceparent() -> None:
+    from shared.events import ChunkDispatched, JobDispatched
+
+    job = JobDispatched(job_id=uuid.uuid4(), device="cpu", kernel="saxpy")
+    headers = tracing.message_headers(job.routing_key, job.to_bytes())
+    assert headers == {"traceparent": tracing.traceparent_of(job.job_id, job.event_id)}
+    chunk = ChunkDispatched(chunk_id=uuid.uuid4(), device="cpu", kernel="saxpy")
+    assert tracing.message_headers(chunk.routing_key, chunk.to_bytes()) is None
+    assert tracing.message_headers("job.dispatch.cpu", b"not json") is None
+    assert tracing.message_headers("tenant.changed", job.to_bytes()) is None

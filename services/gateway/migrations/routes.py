@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Annotated
 
@@ -11,6 +12,7 @@ from services.gateway.deps import PrincipalDep, SessionDep, SettingsDep
 from services.gateway.migrations import service
 from services.gateway.migrations.schemas import MigrationCreate, MigrationList, MigrationOut
 from services.gateway.routing import PageDep, feature_router
+from shared import tracing
 from shared.db.models import Migration
 from shared.idempotency import IdempotencyKey, request_hash
 from shared.storage.migrations import MigrationMode, MigrationState, request_migration
@@ -44,6 +46,7 @@ async def create_migration(
     response: Response,
     idempotency_key: IdempotencyKey = None,
 ) -> MigrationOut:
+    start_ns = time.time_ns()
     tenant_id = principal.require_tenant("data:write")
     requested = await request_migration(
         session=session,
@@ -57,6 +60,8 @@ async def create_migration(
         idempotency_window_s=settings.idempotency_window_s,
         quota=int(principal.quotas["storage_bytes"]),
     )
+    if not requested.replayed:  # the root of the migration's trace, if tracing is on
+        tracing.submitted(requested.migration.id, start_ns, "POST /v1/migrations")
     response.headers["Location"] = f"/v1/migrations/{requested.migration.id}"
     if requested.replayed:
         response.headers["Idempotent-Replayed"] = "true"

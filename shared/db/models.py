@@ -219,20 +219,29 @@ class Job(Base):
             unique=True,
             postgresql_where=text("array_id IS NOT NULL"),
         ),
-        # ``max_queued_jobs``' count under the submission lock (``jobs_waiting``, migration
-        # 0015): a tenant's waiting jobs outside arrays, and its arrays that are not final,
-        # each read from an index alone, whatever else the tenant's rows are
+        # ``max_queued_jobs``' count under the submission lock (``jobs_waiting``, migrations
+        # 0015 and 0026): a tenant's ready jobs outside arrays, and its ready arrays that are
+        # not final, each read from an index alone, whatever else the tenant's rows are
         Index(
             "ix_jobs_tenant_waiting",
             "tenant_id",
             postgresql_where=text(
                 "state IN ('PENDING', 'QUEUED') AND NOT is_array AND array_id IS NULL"
+                " AND deps_left = 0"
             ),
         ),
         Index(
             "ix_jobs_tenant_open_arrays",
             "tenant_id",
-            postgresql_where=text("is_array AND state IN ('PENDING', 'RUNNING')"),
+            postgresql_where=text("is_array AND state IN ('PENDING', 'RUNNING') AND deps_left = 0"),
+        ),
+        # the jobs and arrays that wait on dependencies (``jobs_held``, migration 0026)
+        Index(
+            "ix_jobs_tenant_held",
+            "tenant_id",
+            postgresql_where=text(
+                "deps_left > 0 AND state IN ('PENDING', 'RUNNING') AND array_id IS NULL"
+            ),
         ),
     )
 

@@ -2,7 +2,8 @@
 nothing created: ``aftercorr`` that does not fit (not two arrays, other sizes, not the
 array's only dependency, with ``max_concurrent``), on ``POST /v1/jobs`` and between the steps
 of a workflow; and a pinned input on an array (pins are a job's: an array's inputs, ``{index}``
-names or not, cannot be pinned)."""
+names or not, cannot be pinned). And the quota: jobs that wait on dependencies count toward
+a bound of their own, the size of ``max_queued_jobs`` (429 past it, nothing stored)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from shared.jobs.states import JobState
 from tests.gateway.array_rows import MC_JOB, stored_array
 from tests.gateway.conftest import TenantKey
-from tests.gateway.test_depends_on import jobs_of, submit
+from tests.gateway.test_depends_on import after, finish, jobs_of, row, submit
 from tests.gateway.test_jobs_api import assert_problem
 from tests.gateway.test_pins import saxpy
+from tests.gateway.test_quotas_concurrent import limited_tenant
 from tests.gateway.test_workflows import counted, create
 from tests.gateway.test_workflows_provenance import npy, put
 
@@ -144,3 +147,69 @@ async def test_an_arrays_inputs_cannot_be_pinned(
     r = await client.post("/v1/jobs", json=saxpy(pinned, y, f"pin/{run}/o.npy"),
                           headers=tenant.headers)  # fmt: skip
     assert r.status_code == 201, r.text
+
+
+async def test_jobs_that_wait_on_dependencies_have_a_bound_of_their_own(
+    client: httpx.AsyncClient, sessions: Sessions
+) -> None:
+    """With ``max_queued_jobs`` 3: three jobs waiting on a dependency are taken though the
+    queue holds a ready job, and a fourth is refused; the ready jobs still have their own
+    three places; a job whose dependency has ended is ready at once, and counts as such; a
+    workflow counts its steps the same way; a refusal stores nothing."""
+    t = await limited_tenant(client, 3)
+    blocker = await submit(client, t)  # ready (no scheduler here: it stays in the queue)
+    waiting = [await submit(client, t, **after(blocker["id"])) for _ in range(3)]
+    assert {(w["state"], w["state_reason"]) for w in waiting} == {("PENDING", "dependency")}
+    before = await jobs_of(sessions, t)
+    r = await client.post("/v1/jobs", json={**MC_JOB, **after(blocker["id"])}, headers=t.headers)
+    assert "max_queued_jobs of jobs waiting on dependencies (3)" in str(
+        assert_problem(r, 429)["detail"]
+    )
+    array = {**MC_JOB, "array": {"size": 2, **SEED}, **after(blocker["id"])}
+    assert_problem(await client.post("/v1/jobs", json=array, headers=t.headers), 429)
+    assert await jobs_of(sessions, t) == before
+    # the ready jobs have their own places: two more (three with the blocker), then none
+    done = await submit(client, t)
+    await finish(sessions, done["id"], JobState.SUCCEEDED)  # ended: no longer in the queue
+    await submit(client, t)
+    # a dependency that has ended is settled at once: the job is ready, and takes a place
+    settled = await submit(client, t, **after(done["id"]))
+    assert (await row(sessions, settled["id"])).deps_left == 0
+    before = await jobs_of(sessions, t)
+    for body in (MC_JOB, {**MC_JOB, **after(done["id"])}):
+        r = await client.post("/v1/jobs", json=body, headers=t.headers)
+        assert "max_queued_jobs (3) reached" in str(assert_problem(r, 429)["detail"])
+    # a workflow: its first step is ready (no room), the second waits (no room either)
+    two = {
+        "name": "two",
+        "steps": {"a": dict(MC_JOB), "b": {**MC_JOB, **on("a", "afterok")}},
+    }
+    assert_problem(await create(client, t, two), 429)
+    assert await jobs_of(sessions, t) == before
+    # the waiting jobs released: the tenant holds at most twice its quota
+    await finish(sessions, blocker["id"], JobState.SUCCEEDED)
+    states = {(await row(sessions, w["id"])).deps_left for w in waiting}
+    assert states == {0}
+    assert_problem(await client.post("/v1/jobs", json=MC_JOB, headers=t.headers), 429)
+
+
+async def test_a_workflow_of_waiting_steps_is_not_refused_for_a_full_queue(
+    client: httpx.AsyncClient, sessions: Sessions
+) -> None:
+    t = await limited_tenant(client, 2)
+    for _ in range(2):
+        await submit(client, t)
+    # the queue is full; a workflow whose steps all wait on a job submitted before is taken
+    blocker = (await client.get("/v1/jobs", headers=t.headers)).json()["items"][0]["id"]
+    steps = {
+        "a": {**MC_JOB, "depends_on": [{"job": blocker, "condition": "afterok"}]},
+        "b": {**MC_JOB, **on("a", "afterok")},
+    }
+    r = await create(client, t, {"name": "waits", "steps": steps})
+    assert r.status_code == 201, r.text
+    # a third waiting step would go past the bound of the waiting ones
+    steps["c"] = {**MC_JOB, **on("b", "afterok")}
+    before = await counted(sessions, t)
+    r = await create(client, t, {"name": "waits", "steps": steps})
+    assert "of jobs waiting on dependencies" in str(assert_problem(r, 429)["detail"])
+    assert await counted(sessions, t) == before

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ from services.gateway.jobs.service import SubmitDb, _checked_params, _new_job
 from services.gateway.jobs.writer import NewJob
 from services.gateway.webhooks.service import check_notify
 from services.gateway.workflows import graph
-from services.gateway.workflows.depends import insert_row
+from services.gateway.workflows.depends import check_rooms, insert_row, lock_tenant
 from services.gateway.workflows.schemas import WorkflowOut, WorkflowStep, WorkflowSubmit
 from shared.db.models import Job, Workflow
 from shared.errors import Conflict, Invalid, NotFound
@@ -233,11 +233,13 @@ async def create_workflow(
     sizes = {n: None if (p := plans[n]) is None else p.array.size for n in names}
     steps_json = orjson.dumps({n: str(ids[n]) for n in names}).decode()
     async with db.raw() as conn, conn.transaction():
+        await lock_tenant(conn, tenant_id, rules.max_queued_jobs)
         w = await conn.fetchrow(
             _INSERT, uuid.uuid4(), tenant_id, data.name, steps_json, idempotency_key, fingerprint
         )
         if w is not None:
             edges: list[deps.Edge] = []
+            jobs: list[NewJob] = []
             for name in names:
                 step, plan = data.steps[name], plans[name]
                 targets = await _targets(conn, tenant_id, name, step, ids, sizes)
@@ -252,12 +254,15 @@ async def create_workflow(
                 except Invalid as exc:
                     raise _in_step(exc, name) from None
                 job = _row(tenant_id, step, ids[name], ids, rules)
-                await insert_row(conn, job, None if plan is None else plan.array)
+                jobs.append(job)
+                # counted below, once the edges are settled
+                await insert_row(conn, replace(job, max_queued=None), plan.array if plan else None)
                 edges += [
                     deps.Edge(ids[name], t, c) for t, c in zip(targets, conditions, strict=True)
                 ]
             await conn.execute(_JOIN, w["id"], list(ids.values()))
             await deps.attach(conn, edges)
+            await check_rooms(conn, jobs[0])
             steps = [(r["state"], r["finished_at"]) for r in await conn.fetch(_STEPS, w["id"])]
     if w is None:  # a concurrent request with the same key won the race
         assert idempotency_key is not None

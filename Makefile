@@ -27,7 +27,7 @@ help:
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make typecheck  mypy --strict"
 	@echo "make test       venv, servers, lint, typecheck, then pytest"
-	@echo "make bench      install [dev,bench], run bench/pipeline.py, bench/auth.py, bench/kernels.py --quick, bench/datamover.py, bench/scaling.py --quick, bench/workflows.py"
+	@echo "make bench      install [dev,bench], run bench/pipeline.py, bench/auth.py, bench/kernels.py --quick, bench/datamover.py, bench/scaling.py --quick, bench/workflows.py, bench/checkpoint.py --quick"
 	@echo "make chaos      the chaos suite with 2,000 jobs on private servers (make chaos CHAOS_JOBS=200)"
 	@echo "make logs       follow run/logs/*.log"
 	@echo "make clean      remove caches and build outputs (keeps $(VENV) and $(ENV_FILE))"
@@ -84,6 +84,7 @@ bench: bench-venv servers
 	$(PY) bench/datamover.py
 	$(PY) bench/scaling.py --quick
 	$(PY) bench/workflows.py
+	$(PY) bench/checkpoint.py --quick
 
 # the chaos suite at full size (2,000 jobs) on private servers of its own; `make test` runs
 # it with 200. `$(PY) bench/chaos.py` prints the same figures without pytest.

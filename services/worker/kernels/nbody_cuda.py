@@ -107,6 +107,7 @@ def leapfrog(bodies: Any, steps: int, dt: float, eps2: float) -> tuple[Any, floa
             _update(pos, vel, dt)
             _pairs(pos, m, eps2, acc, False)
             _update(vel, acc, 0.5 * dt)
+        cuda.synchronize()  # the block's launches done: what the progress then reported says
         done += n
         ck.after_block(done, steps, partial(_state, done, (pos, vel, m, acc), e0))
     e1 = _energy(pos, vel, m, eps2, acc)

@@ -77,6 +77,9 @@ def run_cuda(
             # one block (one call) unless progress is reported or checkpoints are taken
             for steps in ck.blocks(iterations, done):
                 d = jacobi(d, steps)
+                # the launches are queued, not run: the progress reported next, and the
+                # block's time the next block is sized by, are the GPU's once it is done
+                cuda.synchronize()
                 done += steps
                 ck.after_block(done, iterations, partial(_state, done, d))
             d.copy_to_host(out)

@@ -1,10 +1,12 @@
 """What one element of a trivial array costs the database, the broker and the CPU.
 
-    .venv/bin/python bench/array_cost.py [--size N] [--no-chunks] [--idle S] [--private]
+    .venv/bin/python bench/array_cost.py [--size N] [--arrays K] [--no-chunks] [--idle S]
+                                         [--private]
 
 Starts a local cluster as ``bench/job_cost.py`` does (1 gateway, 1 scheduler, 1 worker,
 datamover; database and vhost ``stratus_arraycost``, dropped on exit), runs a warm-up array,
-measures the idle background for ``--idle`` seconds, then submits one array of ``--size``
+measures the idle background for ``--idle`` seconds, then submits ``--arrays`` arrays (1; 20
+with ``--size 100`` is the pipeline's 20 x 100 case) of ``--size``
 ``montecarlo_pi`` elements (samples=1000, no datasets) and waits until it has SUCCEEDED and
 the outbox is empty. Printed per element, less the background: PostgreSQL row writes
 (inserted + updated + deleted, ``pg_stat_user_tables``) per table, transactions, messages
@@ -124,14 +126,18 @@ async def measure(
         pids = await processes(cluster, meter)
         start, cpu2 = await meter.snapshot(), cpu_s(pids)
         t0 = time.monotonic()
-        await wait_array(meter, await submit_array(gateway, key, opts.size))
+        ids = await asyncio.gather(
+            *(submit_array(gateway, key, opts.size) for _ in range(opts.arrays))
+        )
+        for array_id in ids:
+            await wait_array(meter, array_id)
         run_s = time.monotonic() - t0
         pids |= await processes(cluster, meter)
         end, cpu3 = await meter.snapshot(), cpu_s(pids)
         msgs = await tap_counts(channel)
         xacts, tables = delta(start, end)
         window = end.at - start.at
-        n = opts.size
+        n = opts.size * opts.arrays
         scale = window / idle_s
         net = {
             name: tuple(v - round(b * scale) for v, b in zip(vals, idle_t.get(name, (0, 0, 0)),
@@ -139,7 +145,8 @@ async def measure(
             for name, vals in tables.items()
         }  # fmt: skip
         chunks = "off (one row, message and claim per element)" if opts.no_chunks else "on"
-        print(f"array of {n} elements, chunks {chunks}: {run_s:.1f} s, {n / run_s:.0f} elements/s")
+        shape = f"{opts.arrays} arrays of {opts.size}" if opts.arrays > 1 else f"array of {n}"
+        print(f"{shape} elements, chunks {chunks}: {run_s:.1f} s, {n / run_s:.0f} elements/s")
         print(f"background over {idle_s:.1f} s idle: {idle_x / idle_s:.1f} transactions/s, "
               f"{idle_cpu * 1000:.0f} ms CPU/s, {idle_msgs} messages")  # fmt: skip
         report("less background", n, xacts - idle_x * scale, net)  # type: ignore[arg-type]
@@ -157,6 +164,7 @@ async def measure(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=2000)
+    parser.add_argument("--arrays", type=int, default=1, help="arrays submitted at once")
     parser.add_argument("--idle", type=float, default=6.0)
     parser.add_argument("--no-chunks", action="store_true", help="one row per element")
     parser.add_argument("--private", action="store_true", help="servers of its own")

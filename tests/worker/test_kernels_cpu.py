@@ -55,6 +55,40 @@ def test_stencil2d_is_bit_identical(
         assert not np.array_equal(result, grid)  # something happened
 
 
+@pytest.mark.parametrize("shape", [(3, 3), (200, 1030), (300, 2100), (1100, 40)])
+def test_stencil2d_tiles_are_bit_identical_to_step_by_step(shape: tuple[int, int]) -> None:
+    """Several tiles of columns and bands of rows, several passes of each depth and parity:
+    the same bits as one sweep per step, the other buffer's edges untouched."""
+    from services.worker.kernels import stencil2d
+
+    for iterations in (1, 2, 5, 16, 17, 33, 40):
+        grid = rng.normal(size=shape)
+        a, b = grid.copy(), grid.copy()
+        stencil2d.jacobi(a, b, iterations)
+        c, d = grid.copy(), grid.copy()
+        stencil2d.jacobi_steps(c, d, iterations)
+        got, other = (b, a) if iterations % 2 else (a, b)
+        assert np.array_equal(got, d if iterations % 2 else c), iterations
+        for edge in (np.s_[0], np.s_[-1], np.s_[:, 0], np.s_[:, -1]):
+            assert np.array_equal(other[edge], grid[edge])
+    assert np.array_equal(got, ref.stencil2d(grid, 40))
+
+
+@pytest.mark.parametrize("n", [511, 512, 1500])
+def test_nbody_pairs_in_blocks_agree_with_numpy(n: int) -> None:
+    """The fast pass over several blocks of bodies (each pair once, summed in chunks)."""
+    from services.worker.kernels import nbody
+
+    pos = rng.normal(size=(3, n))
+    m = rng.uniform(0.5, 1.5, n)
+    blocks = -(-n // nbody.TILE)
+    assert nbody.pair_chunks(n) == min(nbody.CHUNKS, blocks * (blocks + 1) // 2)
+    acc = np.empty_like(pos)
+    nbody.accelerations(pos, m, 1e-4, acc)
+    want = ref.accelerations(pos.T.copy(), m, 1e-4).T
+    np.testing.assert_allclose(acc, want, rtol=ref.RTOL, atol=1e-12 * np.abs(want).max())
+
+
 @pytest.mark.parametrize(
     ("n", "steps", "softening"), [(1, 3, 0.1), (2, 1, 0.0), (13, 3, 0.05), (67, 2, 0.01)]
 )

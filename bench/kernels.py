@@ -5,7 +5,10 @@ limit measured in the same run; first-job latency of a fresh pool process.
 
 CPU: the limits are STREAM triad bandwidth (numba ``prange``, ``a = b + s*c``, 24 bytes per
 element) for the memory-bound kernels (saxpy, stencil2d, histogram) and NumPy's BLAS dgemm
-rate for matmul and, as the flop-rate reference, for nbody (20 flops per pair). Times are
+rate for matmul and, as the flop-rate reference, for nbody (20 flops per ordered pair, n² in
+all: the kernel computes each pair once for both bodies, so its rate is the work it
+replaces, as an all-pairs kernel would be counted). stencil2d's bandwidth counts one read
+and one write per point and step (what a sweep per step moves). Times are
 medians of ``--repeat`` runs after one warm-up run; the compute is timed on arrays in memory
 (no file I/O). Latency: a job of each kernel on a pool process that has just said ready
 (warmed at start, as the worker does), against the median of the same job once warm, and
@@ -171,7 +174,8 @@ def bench_saxpy(quick: bool, repeat: int, lim: Limits) -> dict[str, Any]:
 
 
 def bench_stencil(quick: bool, repeat: int, lim: Limits) -> dict[str, Any]:
-    side, its = (2048, 10) if quick else (8192, 5)  # 2 x 512 MiB: beyond the cache
+    # 2 x 512 MiB: beyond the cache; 32 steps: two passes of 16 (temporal blocking)
+    side, its = (2048, 32) if quick else (8192, 32)
     grid = np.random.default_rng(1).random((side, side))
     a, b = grid.copy(), grid.copy()
     t = interleaved({"fast": lambda: stencil2d.jacobi(a, b, its), "triad": lim.triad}, repeat)

@@ -3,8 +3,10 @@ Playwright (``scripts/ensure-tools.sh`` installs chromium when it is missing).""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -17,7 +19,12 @@ from tests.e2e.conftest import own_cluster
 from tools.cluster import LocalCluster
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "img"
+# Each page's screenshot goes here: a folder of the run's unless STRATUS_CONSOLE_SCREENSHOTS
+# names one (``STRATUS_CONSOLE_SCREENSHOTS=docs/img`` refreshes the README's).
+SCREENSHOTS = Path(
+    os.environ.get("STRATUS_CONSOLE_SCREENSHOTS")
+    or Path(tempfile.gettempdir()) / f"stratus-console-{os.getpid()}"
+)
 
 
 def chromium_path() -> str:

@@ -177,6 +177,13 @@ async def test_console_in_a_browser(
     await row.get_by_role("button", name="Create key for").click()
     second_key = (await admin.locator("#new-key").text_content() or "").strip()
     assert second_key
+    await expect(
+        admin.locator("tr", has_text=tid).get_by_role("button", name="Revoke key")
+    ).to_be_visible()
+    # the screenshot shows the key's prefix only
+    await admin.locator("#new-key").evaluate(
+        "e => e.textContent = e.textContent.slice(0, 10) + '…'"
+    )
     await shoot(admin, "tenants", axe)
 
     other_ctx = await context(browser)

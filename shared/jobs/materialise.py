@@ -84,9 +84,9 @@ WITH open AS (
     FROM taken WHERE a.job_id = taken.job_id
 ), inserted AS (
     INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, labels,
-                      output_tier, priority, timeout_s, max_retries, state, state_reason,
-                      attempts, created_at, updated_at, queued_at, is_array, array_id,
-                      array_index)
+                      output_tier, priority, timeout_s, max_retries, checkpoint_interval_s,
+                      state, state_reason, attempts, created_at, updated_at, queued_at,
+                      is_array, array_id, array_index)
     SELECT {element_id_sql("p.id", "i")}, p.tenant_id, p.kernel, p.device,
            p.params || coalesce(taken.overrides -> i, '{{}}'::jsonb)
                || CASE WHEN taken.index_param IS NULL THEN '{{}}'::jsonb
@@ -94,6 +94,7 @@ WITH open AS (
            replace(p.inputs::text, '{INDEX}', i::text)::jsonb,
            replace(p.outputs::text, '{INDEX}', i::text)::jsonb,
            p.labels, p.output_tier, p.priority, p.timeout_s, p.max_retries,
+           p.checkpoint_interval_s,
            CASE WHEN p.inputs = '{{}}'::jsonb THEN 'QUEUED' ELSE 'PENDING' END,
            CASE WHEN p.inputs = '{{}}'::jsonb THEN $3::text END,
            0, p.created_at, now(),

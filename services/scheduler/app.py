@@ -17,6 +17,7 @@ from services.scheduler import service
 from services.scheduler.autoscaler import Autoscaler, make_autoscale_step, make_backend
 from services.scheduler.chunks import reap_chunks
 from services.scheduler.handlers import make_event_handler
+from services.scheduler.monitor import MONITOR_INTERVAL_S, make_monitor_step
 from services.scheduler.preempt import Preemptor, preempt_pass
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.webhooks import Deliverer
@@ -171,6 +172,8 @@ def loops_of(
     if autoscaler is not None:
         step = make_autoscale_step(res.sessions, autoscaler)
         loops.append(Loop("autoscale", step, settings.autoscale.interval_s))
+    # the gauges of the alerting rules (backlog age, dead letters, quota use)
+    loops.append(Loop("monitor", make_monitor_step(res, settings.quotas), MONITOR_INTERVAL_S))
     return loops
 
 

@@ -13,12 +13,14 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import yaml
 from prometheus_client.metrics_core import Metric
 
+from tests.conftest import ADMIN_KEY
 from tests.console.conftest import ROOT
 from tools.cluster import LocalCluster
 
@@ -116,6 +118,9 @@ def test_dashboard_names_only_metrics_that_exist() -> None:
         "stratus_pool_demand_jobs",
         "stratus_circuit_state",
         "stratus_pool_live_workers",
+        "stratus_pool_oldest_queued_seconds",
+        "stratus_dead_letters",
+        "stratus_tenant_quota_use_ratio",
     ):
         assert needed in named
 
@@ -183,7 +188,8 @@ def test_prometheus_scrapes_every_service(prometheus: str) -> None:
         assert jobs == set(JOBS), jobs
         groups = client.get("/api/v1/rules").json()["data"]["groups"]
         loaded = [rule for g in groups for rule in g["rules"]]
-        assert len(loaded) == 15
+        declared = yaml.safe_load(RULES.read_text())["groups"]
+        assert len(loaded) == sum(len(g["rules"]) for g in declared)
         time.sleep(2)
         groups = client.get("/api/v1/rules").json()["data"]["groups"]
         bad = [
@@ -193,3 +199,46 @@ def test_prometheus_scrapes_every_service(prometheus: str) -> None:
             if r["health"] == "err"
         ]
         assert not bad, bad
+
+
+def query(client: httpx.Client, expr: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = client.get("/api/v1/query", params={"query": expr}).json()[
+        "data"
+    ]["result"]
+    return result
+
+
+def test_the_scheduler_monitor_gauges_reach_prometheus(
+    prometheus: str, console_cluster: LocalCluster
+) -> None:
+    """A tenant whose jobs are all held (max_running_jobs 0) at its max_queued_jobs: its use
+    of that quota is 1 in Prometheus; the dead letters of every durable queue are counted."""
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
+    with httpx.Client(base_url=console_cluster.url("gateway"), timeout=30) as api:
+        name = f"full-{time.time_ns()}"
+        quotas = {"max_running_jobs": 0, "max_queued_jobs": 2}
+        tid = api.post("/v1/tenants", json={"name": name, "quotas": quotas}, headers=admin)
+        key = api.post(f"/v1/tenants/{tid.json()['id']}/keys", json={"name": "k"}, headers=admin)
+        tenant = {"Authorization": f"Bearer {key.json()['key']}"}
+        spec = {"kernel": "montecarlo_pi", "params": {"samples": 1000, "seed": 1}}
+        ids = [api.post("/v1/jobs", json=spec, headers=tenant).json()["id"] for _ in range(2)]
+        try:
+            with httpx.Client(base_url=prometheus, timeout=10) as client:
+                expr = f'stratus_tenant_quota_use_ratio{{tenant="{name}"}}'
+                deadline = time.monotonic() + 60
+                use: dict[str, float] = {}
+                while time.monotonic() < deadline:
+                    use = {s["metric"]["quota"]: float(s["value"][1]) for s in query(client, expr)}
+                    if use.get("max_queued_jobs") == 1.0:
+                        break
+                    time.sleep(1)
+                assert use.get("max_queued_jobs") == 1.0, use
+                assert use["max_running_jobs"] == 0.0
+                dead = query(client, 'stratus_dead_letters{job="stratus-scheduler"}')
+                assert {s["metric"]["queue"] for s in dead}, "no dead-letter gauge"
+                assert all(float(s["value"][1]) == 0 for s in dead)
+                oldest = query(client, "stratus_pool_oldest_queued_seconds")
+                assert {s["metric"]["pool"] for s in oldest} >= {"cpu", "cuda"}
+        finally:
+            for job_id in ids:
+                api.post(f"/v1/jobs/{job_id}/cancel", headers=tenant)

@@ -9,6 +9,9 @@
 - ``stratus_receipt`` reads the catalogue only for a job that names inputs or outputs: a
   job without datasets gets the same receipt (``inputs`` and ``outputs`` empty objects)
   without the two lookups and the ``datasets`` update.
+- ``stratus_receipt_insert`` (BEFORE INSERT) is not called for a row that arrives with its
+  whole receipt: an array chunk's flush makes its elements' receipts in its statement, one
+  ``workers`` lookup for the flush instead of a trigger call per element.
 - ``stratus_deps_release`` returns at once from a statement that made no job final (a
   claim, a dispatch: most statements on ``jobs``), without joining the old rows to the new.
 
@@ -127,11 +130,29 @@ $$
 """  # noqa: S608 (built from constants only)
 
 
+def _receipt_insert(when: str) -> list[str]:
+    return [
+        "DROP TRIGGER stratus_receipt_insert ON jobs",
+        "CREATE TRIGGER stratus_receipt_insert BEFORE INSERT ON jobs FOR EACH ROW"
+        f" WHEN ({when}) EXECUTE FUNCTION stratus_receipt()",
+    ]
+
+
+_INSERTED_SUCCEEDED = "NEW.state = 'SUCCEEDED' AND NOT NEW.is_array"
+# A row inserted with its whole receipt (an array chunk's flush makes its elements' receipts
+# set-based, ``shared.jobs.chunks``) needs no trigger call; only the trigger writes ``kernel``.
+_WITHOUT_RECEIPT = f"{_INSERTED_SUCCEEDED} AND (NEW.receipt IS NULL OR NOT NEW.receipt ? 'kernel')"
+
+
 def upgrade() -> None:
     op.execute(_release(_DEPENDED_ON, _NONE_FINAL))
     op.execute(_receipt(skip_empty=True))
+    for statement in _receipt_insert(_WITHOUT_RECEIPT):
+        op.execute(statement)
 
 
 def downgrade() -> None:
     op.execute(_release("true"))
     op.execute(_receipt(skip_empty=False))
+    for statement in _receipt_insert(_INSERTED_SUCCEEDED):
+        op.execute(statement)

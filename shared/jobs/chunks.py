@@ -211,13 +211,25 @@ WITH chunk AS (
            CAST(o.result AS jsonb), o.error, p.created_at, now(), c.created_at, o.started,
            CASE WHEN NOT r.again THEN o.finished END, false, p.id, o.i,
            CASE WHEN o.state = 'SUCCEEDED' THEN 1.0 END,
-           -- the receipt's CPU seconds come with the row (migration 0023's trigger builds
-           -- the rest), so the usage row below does not make it write the row again
-           CASE WHEN o.state = 'SUCCEEDED' THEN jsonb_build_object('cpu_seconds', o.cpu) END
+           -- the receipt comes with the row, made here for the whole flush as the receipt's
+           -- trigger makes it for one row (migrations 0022, 0023): a row that arrives with
+           -- it skips the trigger (migration 0025). An element that names datasets gets
+           -- only its CPU seconds, and the trigger adds the rest (their checksums). Either
+           -- way the usage row below does not make the trigger write the row again.
+           CASE WHEN o.state <> 'SUCCEEDED' THEN NULL
+                WHEN p.inputs <> '{{}}'::jsonb OR p.outputs <> '{{}}'::jsonb
+                    THEN jsonb_build_object('cpu_seconds', o.cpu)
+                ELSE jsonb_build_object(
+                    'kernel', p.kernel, 'kernel_version', w.software ->> 'stratus',
+                    'params', {PARAMS}, 'device', c.device,
+                    'inputs', '{{}}'::jsonb, 'outputs', '{{}}'::jsonb,
+                    'software', coalesce(w.software - 'stratus', '{{}}'::jsonb),
+                    'worker', c.worker, 'cpu_seconds', o.cpu) END
     FROM chunk c
     JOIN jobs p ON p.id = c.array_id
     JOIN job_arrays a ON a.job_id = c.array_id
     JOIN outcome o ON o.i >= c.first_index AND o.i < c.first_index + c.n
+    LEFT JOIN workers w ON w.id = c.worker
     CROSS JOIN LATERAL (SELECT o.state = 'FAILED' AND o.retry AND c.attempt <= p.max_retries
                         AS again) r
     ORDER BY o.i

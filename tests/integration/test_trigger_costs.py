@@ -12,11 +12,14 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db.models import Job, JobDep, Tenant
+from shared.db.models import ArrayChunk, Job, JobDep, Tenant, Worker
+from shared.events import utcnow
 from shared.jobs.arrays import element_id
+from shared.jobs.chunks import ElementOutcome, claim_chunk, record_elements
+from shared.jobs.materialise import materialise_chunks
 from shared.jobs.proposals import Report
 from shared.jobs.states import JobState
 from shared.jobs.store import Finish, claim_queued, finish_attempts, session_fetch
@@ -129,3 +132,66 @@ async def test_an_element_with_an_aftercorr_dependent_makes_its_element(db: Sess
     assert made is not None
     assert made.state == "QUEUED"
     assert other is None  # A's element 0 has not ended
+
+
+async def test_a_chunk_flush_gives_its_elements_their_receipts_without_the_trigger(
+    db: Sessions,
+) -> None:
+    """The flush's statement makes each SUCCEEDED element's receipt as the trigger makes one
+    (the worker's software, the element's params, empty datasets, its CPU seconds): no call
+    of ``stratus_receipt``."""
+    tid = await _tenant(db)
+    job, array = new_array(tid, 2, index_param="seed", params={"samples": 7})
+    async with db() as session, session.begin():
+        session.add(
+            Worker(id="w9", device="cpu", concurrency=2, software={"stratus": "9.9", "numpy": "2"})
+        )
+        session.add(job)
+        await session.flush()
+        session.add(array)
+    async with db() as session, session.begin():
+        fetch = session_fetch(session)
+        await materialise_chunks(fetch, window=256, limit=1000, target_s=0.5, chunk_max=256)
+    async with db() as session:
+        [chunk_id] = await session.scalars(
+            select(ArrayChunk.id).where(ArrayChunk.array_id == job.id)
+        )
+    async with db() as session, session.begin():
+        claim = await claim_chunk(session_fetch(session), chunk_id, worker="w9", lease_s=30)
+    assert claim is not None
+    now = utcnow()
+    outcomes = [
+        ElementOutcome(
+            index=i,
+            state=JobState.SUCCEEDED,
+            result={"i": i},
+            error=None,
+            retryable=False,
+            cpu_seconds=0.5 + i,
+            wall_seconds=1.0,
+            started_at=now,
+            finished_at=now,
+        )
+        for i in range(2)
+    ]
+    async with db() as session, session.begin():
+        await session.execute(text("SET LOCAL track_functions = 'pl'"))
+        before = (await session.execute(text(CALLS))).one()
+        await record_elements(session_fetch(session), claim, outcomes, worker="w9", last=True)
+        after = (await session.execute(text(CALLS))).one()
+    assert after[1] - before[1] == 0  # no receipt trigger call
+    async with db() as session:
+        rows = [await session.get_one(Job, element_id(job.id, i)) for i in range(2)]
+    for i, row in enumerate(rows):
+        assert row.state == "SUCCEEDED"
+        assert row.receipt == {
+            "kernel": "montecarlo_pi",
+            "kernel_version": "9.9",
+            "params": {"samples": 7, "seed": i},
+            "device": "cpu",
+            "inputs": {},
+            "outputs": {},
+            "software": {"numpy": "2"},
+            "worker": "w9",
+            "cpu_seconds": 0.5 + i,
+        }

@@ -121,6 +121,7 @@ def test_dashboard_names_only_metrics_that_exist() -> None:
         "stratus_pool_oldest_queued_seconds",
         "stratus_dead_letters",
         "stratus_tenant_quota_use_ratio",
+        "stratus_events_delivery_lag_seconds_bucket",
     ):
         assert needed in named
 
@@ -237,6 +238,8 @@ def test_the_scheduler_monitor_gauges_reach_prometheus(
                 dead = query(client, 'stratus_dead_letters{job="stratus-scheduler"}')
                 assert {s["metric"]["queue"] for s in dead}, "no dead-letter gauge"
                 assert all(float(s["value"][1]) == 0 for s in dead)
+                lag_count = 'stratus_events_delivery_lag_seconds_count{job="stratus-gateway"}'
+                assert query(client, lag_count), "the gateway serves no event stream lag"
                 oldest = query(client, "stratus_pool_oldest_queued_seconds")
                 assert {s["metric"]["pool"] for s in oldest} >= {"cpu", "cuda"}
         finally:

@@ -24,6 +24,7 @@ The hub works only while someone listens: live subscribers or waiters.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -31,10 +32,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from prometheus_client import Histogram
+
 from services.gateway.events.feed import Row, frame, read_rows
 from shared.db.wakeup import Connect, WakeListener
 from shared.errors import DependencyUnavailable
 from shared.logging import get_logger
+from shared.telemetry import REGISTRY
 
 log = get_logger(__name__)
 
@@ -62,6 +66,14 @@ def _ended_before(running: list[int], xid: int) -> bool:
     """Whether every transaction with an xid before ``xid`` has ended, given those running."""
     return all((x - xid) % (1 << 32) < (1 << 31) for x in running)
 
+
+DELIVERY_LAG = Histogram(
+    "stratus_events_delivery_lag_seconds",
+    "Event stream lag: from a change's time to its hand-out to the live streams (newest row of "
+    "each read)",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
 
 # A live subscriber that has this many rows waiting (a slow reader) is dropped from the live
 # feed and reads from the database again, at its own pace.
@@ -199,13 +211,17 @@ class EventHub:
     ) -> None:
         by_tenant: dict[uuid.UUID, list[Row]] = defaultdict(list)
         start = after
+        newest: Row | None = None
         while True:
             rows = await read_rows(conn, tenants=tenants, after=start, upto=upto, limit=self.batch)
             for r in rows:
                 by_tenant[r.tenant_id].append(r)
+            newest = rows[-1] if rows else newest
             if len(rows) < self.batch:
                 break
             start = rows[-1].id
+        if newest is not None:  # from the change's time to its hand-out to the streams
+            DELIVERY_LAG.observe(max(0.0, time.time() - newest.at.timestamp()))
         for tenant_id, subs in self._live.items():
             new = by_tenant.get(tenant_id)
             if not new:

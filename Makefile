@@ -13,20 +13,25 @@ STAMP := $(VENV)/.stamp-install
 BENCH_STAMP := $(VENV)/.stamp-install-bench
 ENV_FILE := run/stratus.env
 # Extra arguments: make up UP_ARGS="--workers 2 --gateway-port 9000"; make test PYTEST_ARGS=-x
+# On Docker: make up COMPOSE_ARGS="--scale worker=3"; make down VOLUMES=1 (named volumes too)
 UP_ARGS ?=
+COMPOSE_ARGS ?=
+VOLUMES ?=
 PYTEST_ARGS ?=
 
-.PHONY: help venv bench-venv up down status servers lint typecheck test bench chaos logs clean
+.PHONY: help venv bench-venv images up down status servers lint typecheck test test-docker bench chaos logs clean
 
 help:
 	@echo "make venv       create $(VENV) and install the project with [dev] (again when pyproject.toml changes)"
 	@echo "make up         start Stratus (docker compose, or local processes without Docker)"
 	@echo "make down       stop what 'make up' started (never the database/broker servers)"
+	@echo "make images     build the Docker images from Debian's packages alone (no registry needed)"
 	@echo "make status     supervisord status of the local processes"
 	@echo "make servers    make sure PostgreSQL, Redis and RabbitMQ answer on loopback"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make typecheck  mypy --strict"
 	@echo "make test       venv, servers, lint, typecheck, then pytest"
+	@echo "make test-docker the Docker stage: compose clusters on a real engine (tests/docker)"
 	@echo "make bench      install [dev,bench], run bench/pipeline.py, bench/auth.py, bench/kernels.py --quick, bench/datamover.py, bench/scaling.py --quick, bench/workflows.py, bench/checkpoint.py --quick"
 	@echo "make chaos      the chaos suite with 2,000 jobs on private servers (make chaos CHAOS_JOBS=200)"
 	@echo "make logs       follow run/logs/*.log"
@@ -47,22 +52,29 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 	@touch $@
 
 up: venv
-	@if docker info >/dev/null 2>&1; then \
-		$(PY) -m tools.cluster env >/dev/null && \
-		docker compose --env-file $(ENV_FILE) up -d --wait; \
+	@if timeout 10 docker info >/dev/null 2>&1; then \
+		bash scripts/docker-engine.sh ensure && \
+		bash scripts/compose.sh up -d --wait $(COMPOSE_ARGS); \
 	else \
 		echo "no Docker engine: running the services as local processes"; \
 		$(PY) -m tools.cluster up $(UP_ARGS); \
 	fi
 
 down:
-	@if docker info >/dev/null 2>&1 && [ -f $(ENV_FILE) ]; then \
-		docker compose --env-file $(ENV_FILE) down; \
+	@if [ -f $(ENV_FILE) ] && timeout 10 docker info >/dev/null 2>&1 \
+		&& timeout 10 docker compose version >/dev/null 2>&1; then \
+		bash scripts/compose.sh down $(if $(filter 1,$(VOLUMES)),--volumes); \
 	fi
 	@if [ -x $(PY) ]; then $(PY) -m tools.cluster down; fi
 
 status: venv
 	@$(PY) -m tools.cluster status
+
+# the base image, stand-ins for PostgreSQL/RabbitMQ/Redis and stratus:latest from Debian's
+# packages (cached by a hash of their inputs); starts a Docker engine when none answers
+images: venv
+	bash scripts/docker-engine.sh ensure
+	bash deploy/docker/images.sh
 
 servers:
 	bash scripts/ensure-servers.sh
@@ -76,6 +88,11 @@ typecheck: venv
 
 test: venv servers lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# the Docker stage: a Docker engine (installed and started when absent, stopped after), the
+# images of `make images` (reused when cached), compose clusters of containers (tests/docker)
+test-docker: venv
+	STRATUS_DOCKER_STAGE=1 $(PY) -m pytest tests/docker -s -p no:cacheprovider $(PYTEST_ARGS)
 
 bench: bench-venv servers
 	$(PY) bench/pipeline.py

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from stratus_client import FINAL_STATES, Event
+from stratus_client import FINAL_STATES, ApiError, Client, Event
 from stratus_client.cli.config import connect
 from stratus_client.cli.output import JsonOption, fields, plain, print_json, show, table, when
 from stratus_client.cli.progress import short
@@ -40,10 +40,14 @@ def events(
     """Your events as they happen, one line each, until Ctrl-C.
 
     A line: the event's id (for --after), its time, what changed and its new state or
-    progress. With --job, it ends once that job ends. A dropped connection is opened again
-    where it stopped: nothing is missed, nothing is shown twice."""
+    progress. With --job, it ends once that job ends (at once when it has ended already and
+    no --after is given: its events are then read with --after 0). A dropped connection is
+    opened again where it stopped: nothing is missed, nothing is shown twice."""
     seen = 0
     with connect() as client:
+        if job is not None and after is None and (state := final_state(client, job)):
+            typer.echo(f"{job} has ended {state}; its events: --after 0", err=True)
+            return
         try:
             for event in client.events(job=job, after=after):
                 typer.echo(json.dumps(event_json(event)) if json_ else event_line(event))
@@ -52,6 +56,17 @@ def events(
                     return
         except KeyboardInterrupt:
             pass
+
+
+def final_state(client: Client, subject: str) -> str | None:
+    """The state of the job (array, element) or workflow ``subject`` if it is final."""
+    try:
+        state = str(client.get(subject).state)
+    except ApiError as error:
+        if error.status != 404:
+            raise
+        state = client.get_workflow(subject).state  # neither: the API's 404, exit 3
+    return state if state in FINAL_STATES else None
 
 
 def event_json(event: Event) -> dict[str, object]:

@@ -9,9 +9,10 @@
 - ``stratus_receipt`` reads the catalogue only for a job that names inputs or outputs: a
   job without datasets gets the same receipt (``inputs`` and ``outputs`` empty objects)
   without the two lookups and the ``datasets`` update.
-- ``stratus_receipt_insert`` (BEFORE INSERT) is not called for a row that arrives with its
-  whole receipt: an array chunk's flush makes its elements' receipts in its statement, one
-  ``workers`` lookup for the flush instead of a trigger call per element.
+- ``stratus_receipt_insert`` and ``stratus_receipt_update`` are not called for a row that
+  arrives with its whole receipt: an array chunk's flush makes its elements' receipts in its
+  statement, and the worker's set-based record its jobs' (those without datasets), one
+  ``workers`` lookup per statement instead of a trigger call per row.
 - ``stratus_deps_release`` returns at once from a statement that made no job final (a
   claim, a dispatch: most statements on ``jobs``), without joining the old rows to the new.
 
@@ -130,10 +131,11 @@ $$
 """  # noqa: S608 (built from constants only)
 
 
-def _receipt_insert(when: str) -> list[str]:
+def _receipt_trigger(event: str, when: str) -> list[str]:
+    name = f"stratus_receipt_{event.lower()}"
     return [
-        "DROP TRIGGER stratus_receipt_insert ON jobs",
-        "CREATE TRIGGER stratus_receipt_insert BEFORE INSERT ON jobs FOR EACH ROW"
+        f"DROP TRIGGER {name} ON jobs",
+        f"CREATE TRIGGER {name} BEFORE {event} ON jobs FOR EACH ROW"
         f" WHEN ({when}) EXECUTE FUNCTION stratus_receipt()",
     ]
 
@@ -142,17 +144,28 @@ _INSERTED_SUCCEEDED = "NEW.state = 'SUCCEEDED' AND NOT NEW.is_array"
 # A row inserted with its whole receipt (an array chunk's flush makes its elements' receipts
 # set-based, ``shared.jobs.chunks``) needs no trigger call; only the trigger writes ``kernel``.
 _WITHOUT_RECEIPT = f"{_INSERTED_SUCCEEDED} AND (NEW.receipt IS NULL OR NOT NEW.receipt ? 'kernel')"
+# The same for an update (the worker's set-based record of a job without datasets,
+# ``shared.jobs.store.FINISH_ATTEMPTS``): a receipt the statement gives, not one kept.
+_UPDATED_SUCCEEDED = "NEW.state = 'SUCCEEDED' AND OLD.state <> 'SUCCEEDED' AND NOT NEW.is_array"
+_UPDATED_WITHOUT_RECEIPT = (
+    f"{_UPDATED_SUCCEEDED} AND (NEW.receipt IS NULL OR NOT NEW.receipt ? 'kernel'"
+    " OR NEW.receipt IS NOT DISTINCT FROM OLD.receipt)"
+)
 
 
 def upgrade() -> None:
     op.execute(_release(_DEPENDED_ON, _NONE_FINAL))
     op.execute(_receipt(skip_empty=True))
-    for statement in _receipt_insert(_WITHOUT_RECEIPT):
+    for statement in _receipt_trigger("INSERT", _WITHOUT_RECEIPT):
+        op.execute(statement)
+    for statement in _receipt_trigger("UPDATE", _UPDATED_WITHOUT_RECEIPT):
         op.execute(statement)
 
 
 def downgrade() -> None:
     op.execute(_release("true"))
     op.execute(_receipt(skip_empty=False))
-    for statement in _receipt_insert(_INSERTED_SUCCEEDED):
+    for statement in _receipt_trigger("INSERT", _INSERTED_SUCCEEDED):
+        op.execute(statement)
+    for statement in _receipt_trigger("UPDATE", _UPDATED_SUCCEEDED):
         op.execute(statement)

@@ -354,12 +354,21 @@ FINISH_ATTEMPTS = f"""
                         error = report.error, state_reason = NULL, worker = $9,
                         progress = CASE WHEN report.state = 'SUCCEEDED' THEN 1.0
                                         ELSE jobs.progress END,
-                        -- the receipt's CPU seconds with the row (its trigger makes the
-                        -- rest): the usage row below then writes the job no second time
-                        receipt = CASE WHEN report.state = 'SUCCEEDED'
-                                       THEN jsonb_build_object('cpu_seconds', report.cpu_seconds)
-                                       ELSE jobs.receipt END
-        FROM report
+                        -- the receipt with the row: whole for a job without datasets, as
+                        -- its trigger makes it (migrations 0022, 0023), which it then skips
+                        -- (0025); else its CPU seconds, and the trigger adds the rest. The
+                        -- usage row below then writes the job no second time.
+                        receipt = CASE
+                            WHEN report.state <> 'SUCCEEDED' THEN jobs.receipt
+                            WHEN jobs.inputs <> '{{}}'::jsonb OR jobs.outputs <> '{{}}'::jsonb
+                                THEN jsonb_build_object('cpu_seconds', report.cpu_seconds)
+                            ELSE jsonb_build_object(
+                                'kernel', jobs.kernel, 'kernel_version', w.software ->> 'stratus',
+                                'params', jobs.params, 'device', jobs.assigned_device,
+                                'inputs', '{{}}'::jsonb, 'outputs', '{{}}'::jsonb,
+                                'software', coalesce(w.software - 'stratus', '{{}}'::jsonb),
+                                'worker', $9::text, 'cpu_seconds', report.cpu_seconds) END
+        FROM report LEFT JOIN workers w ON w.id = $9
         WHERE jobs.id = report.id AND jobs.state = 'RUNNING' AND jobs.attempts = report.attempt
         RETURNING jobs.id, jobs.tenant_id, jobs.attempts, report.state, report.error,
                   report.cpu_seconds, report.wall_seconds, jobs.assigned_device,

@@ -48,6 +48,7 @@ T = TypeVar("T")
 
 _enabled = False
 _tracer: trace.Tracer = trace.NoOpTracer()
+_flush: Any = None  # the provider's force_flush, once set up
 # ids the next span takes (trace id, span id): how a span gets the id other services derive
 _forced: ContextVar[tuple[int | None, int] | None] = ContextVar("stratus_forced_ids", default=None)
 
@@ -59,7 +60,7 @@ def enabled() -> bool:
 def setup_tracing(service: str, endpoint: str | None = None) -> bool:
     """Export this process's spans over OTLP when ``endpoint`` (default: the environment's
     ``STRATUS_OTEL__ENDPOINT``) is set; returns whether tracing is on."""
-    global _enabled, _tracer
+    global _enabled, _tracer, _flush
     endpoint = endpoint if endpoint is not None else os.environ.get(ENDPOINT_ENV, "")
     if not endpoint:
         return False
@@ -90,8 +91,14 @@ def setup_tracing(service: str, endpoint: str | None = None) -> bool:
         BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, insecure=insecure))
     )
     _tracer = provider.get_tracer("stratus")
+    _flush = provider.force_flush
     _enabled = True
     return True
+
+
+def flush(timeout_s: float = 10.0) -> bool:
+    """Export the spans still batched (a benchmark's or a test's end); True when all went."""
+    return bool(_flush(int(timeout_s * 1000))) if _flush is not None else True
 
 
 def span_id(key: uuid.UUID, what: str = "") -> int:

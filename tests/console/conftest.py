@@ -14,9 +14,9 @@ import httpx
 import pytest
 from playwright.async_api import Browser, async_playwright
 
-from tests.console.otlp import OtlpReceiver
 from tests.e2e.conftest import own_cluster
 from tools.cluster import LocalCluster
+from tools.otlp_receiver import OtlpReceiver
 
 ROOT = Path(__file__).resolve().parents[2]
 # Each page's screenshot goes here: a folder of the run's unless STRATUS_CONSOLE_SCREENSHOTS

@@ -141,6 +141,25 @@ async def test_console_in_a_browser(
     await expect(page.get_by_text("uploaded (no producing job)")).to_be_visible()
     await shoot(page, "datasets", axe)
 
+    # an array: its counts as a bar, its elements, followed live to SUCCEEDED
+    arr = await api.post(
+        "/v1/jobs",
+        json={
+            "kernel": "montecarlo_pi",
+            "params": {"samples": 1000},
+            "array": {"size": 4, "index_param": "seed"},
+        },
+        headers={"Authorization": f"Bearer {key}"},
+    )
+    assert arr.status_code == 201, arr.text
+    await page.goto(f"{base}/console#/jobs/{arr.json()['id']}")
+    await expect(page.get_by_role("heading", name="Array of 4")).to_be_visible()
+    await expect(page.locator(".panel .state").first).to_have_text("SUCCEEDED")
+    await expect(page.locator(".bar").first).to_have_attribute("aria-label", "counts: SUCCEEDED 4")
+    # the elements' rows (their ids are "{array_id}:{index}")
+    await expect(page.locator("tr[data-id*=':'] .state-SUCCEEDED")).to_have_count(4)
+    await shoot(page, "array", axe)
+
     # a workflow as a graph
     wf = await api.post(
         "/v1/workflows",

@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from tests.conftest import ADMIN_KEY
-from tests.console.otlp import OtlpReceiver, ReceivedSpan
 from tools.cluster import LocalCluster
+from tools.otlp_receiver import OtlpReceiver, ReceivedSpan
 
 # the package's cluster starts within the first test (a cold numba cache compiles kernels)
 pytestmark = pytest.mark.timeout(600)

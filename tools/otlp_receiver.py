@@ -1,5 +1,8 @@
-"""A real OTLP trace receiver: the OpenTelemetry protocol's own gRPC ``TraceService``, run by
-the tests on a free loopback port, keeping every span it is sent."""
+"""A real OTLP trace receiver: the OpenTelemetry protocol's own gRPC ``TraceService`` on a free
+loopback port, keeping every span it is sent (the trace tests and ``bench/tracing.py``).
+
+    python -m tools.otlp_receiver     # prints its endpoint, then the spans received on SIGTERM
+"""
 
 from __future__ import annotations
 
@@ -76,3 +79,20 @@ class OtlpReceiver:
     def spans(self, trace_id: str | None = None) -> list[ReceivedSpan]:
         with self.service.lock:
             return [s for s in self.service.spans if trace_id is None or s.trace_id == trace_id]
+
+
+def main() -> None:
+    import signal
+
+    receiver = OtlpReceiver()
+    receiver.start()
+    print(receiver.endpoint, flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    stop.wait()
+    receiver.stop()
+    print(len(receiver.spans()), flush=True)
+
+
+if __name__ == "__main__":
+    main()

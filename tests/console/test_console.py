@@ -139,6 +139,13 @@ async def test_console_in_a_browser(
     assert got.content == payload
     await page.get_by_role("link", name="experiments/plate.bin").click()
     await expect(page.get_by_text("uploaded (no producing job)")).to_be_visible()
+    # the download hands the browser the same bytes
+    async with page.expect_download() as download_info:
+        await page.locator("section.panel").get_by_role("button", name="Download").click()
+    download = await download_info.value
+    assert download.suggested_filename == "plate.bin"
+    saved = await download.path()
+    assert Path(saved).read_bytes() == payload
     await shoot(page, "datasets", axe)
 
     # an array: its counts as a bar, its elements, followed live to SUCCEEDED

@@ -174,3 +174,39 @@ async def test_async_watch_follows_an_array_on_its_stream(aclient: AsyncClient) 
     assert all(not j.is_final for j in seen[:-1])
     tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert not [t for t in tasks if "pump" in repr(t.get_coro())]
+
+
+def test_wait_workflow_reads_it_on_its_events(url: str, key: str) -> None:
+    """The workflow's stream is open for the whole wait and the workflow is read once, then
+    at each of its ``workflow.state`` events (RUNNING, then its end), not polled."""
+    transport = Recording()
+    steps = {
+        "a": {"kernel": "montecarlo_pi", "params": SWEEP},
+        "b": {
+            "kernel": "montecarlo_pi",
+            "params": SWEEP,
+            "depends_on": [{"step": "a", "condition": "afterok"}],
+        },
+    }
+    with Client(url, key, transport=transport) as c:
+        flow = c.submit_workflow("two", steps)
+        done = c.wait_workflow(flow.id, timeout=WITHIN_S)
+    assert done.state == "SUCCEEDED"
+    stream = f"/v1/events?job={flow.id}"
+    reads = [
+        i for i, seen in enumerate(transport.seen) if seen == ("open", f"/v1/workflows/{flow.id}?")
+    ]
+    assert transport.seen.count(("open", stream)) == 1
+    # the first read, the stream's opening comment (a keep-alive: a safety read), RUNNING,
+    # the end; a poll reads it every 0.05 s at first
+    assert 1 <= len(reads) <= 4, transport.seen
+    assert transport.seen.index(("close", stream)) > max(reads)
+
+
+async def test_async_wait_workflow_the_same(aclient: AsyncClient) -> None:
+    flow = await aclient.submit_workflow(
+        "one", {"only": {"kernel": "montecarlo_pi", "params": SWEEP}}
+    )
+    done = await aclient.wait_workflow(flow.id, timeout=WITHIN_S)
+    assert done.state == "SUCCEEDED"
+    assert done.is_final

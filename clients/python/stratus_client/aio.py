@@ -517,11 +517,29 @@ class AsyncClient:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 - as Client.wait_workflow
     ) -> Workflow:
-        """The workflow once it is final (its state is SUCCEEDED, FAILED or CANCELLED);
-        polls it. ``WaitTimeout`` after ``timeout`` seconds."""
-        return await self._follow(
-            lambda: self.get_workflow(workflow_id), f"workflow {workflow_id}", timeout
-        )
+        """The workflow once it is final, as ``Client.wait_workflow``: read again at each
+        ``workflow.state`` event, polled on a gateway without events."""
+        what = f"workflow {workflow_id}"
+        deadline = Deadline(timeout)
+        try:
+            response = await self._open_events(workflow_id, None, read_s(deadline))
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            return await self._follow(lambda: self.get_workflow(workflow_id), what, timeout)
+        items = self._event_items(workflow_id, SseParser(), response, deadline)
+        try:
+            flow = await self.get_workflow(workflow_id)
+            while not flow.is_final:
+                item = await anext(items)
+                if deadline.clip(1.0) is None:
+                    raise WaitTimeout(what, timeout or 0, flow)
+                if isinstance(item, KeepAlive) or item.type == "workflow.state":
+                    flow = await self.get_workflow(workflow_id)
+            return flow
+        finally:
+            await items.aclose()
+            await response.aclose()
 
     async def rotate_webhook_secret(self) -> WebhookSecret:
         """A new secret for the ``Stratus-Signature`` of every webhook delivery from now on

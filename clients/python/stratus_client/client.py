@@ -482,11 +482,30 @@ class Client:
         *,
         timeout: float | None = None,
     ) -> Workflow:
-        """The workflow once it is final (its state is SUCCEEDED, FAILED or CANCELLED);
-        polls it. ``WaitTimeout`` after ``timeout`` seconds."""
-        return self._follow(
-            lambda: self.get_workflow(workflow_id), f"workflow {workflow_id}", timeout
-        )
+        """The workflow once it is final (its state is SUCCEEDED, FAILED or CANCELLED),
+        read again at each ``workflow.state`` event of its stream (and at a keep-alive);
+        polled on a gateway without events. ``WaitTimeout`` after ``timeout`` seconds."""
+        what = f"workflow {workflow_id}"
+        deadline = Deadline(timeout)
+        try:
+            response = self._open_events(workflow_id, None, read_s(deadline))
+        except ApiError as error:
+            if error.status != 404:
+                raise
+            return self._follow(lambda: self.get_workflow(workflow_id), what, timeout)
+        items = self._event_items(workflow_id, SseParser(), response, deadline)
+        try:
+            flow = self.get_workflow(workflow_id)
+            while not flow.is_final:
+                item = next(items)
+                if deadline.clip(1.0) is None:
+                    raise WaitTimeout(what, timeout or 0, flow)
+                if isinstance(item, KeepAlive) or item.type == "workflow.state":
+                    flow = self.get_workflow(workflow_id)
+            return flow
+        finally:
+            items.close()
+            response.close()
 
     def rotate_webhook_secret(self) -> WebhookSecret:
         """A new secret for the ``Stratus-Signature`` of every webhook delivery from now on

@@ -1,0 +1,121 @@
+"""Checkpoints on a real cluster: a ``montecarlo_pi`` job that checkpoints every second,
+its worker killed with SIGKILL mid-run (the lease expires, the reaper queues it again) or
+stopped with SIGTERM (a drain: checkpointed at once, handed back ``"drained"``), resumes on a
+worker from its last checkpoint and ends with the uninterrupted run's estimate, bit for bit;
+its log says where it saved and resumed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import new_tenant_key, own_cluster, wait_for_state
+from tools.cluster import LocalCluster
+
+SAMPLES = 2_000_000_000  # about 20 s on the two threads of a worker of a busy 2-core host
+JOB = {
+    "kernel": "montecarlo_pi",
+    "device": "cpu",
+    "params": {"samples": SAMPLES, "seed": 11},
+    "checkpoint_interval_s": 1,
+}
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalCluster]:
+    tiers = Path(tmp_path_factory.mktemp("ckpt-tiers"))
+    env = {
+        "STRATUS_STORAGE__LOCAL__ROOT": str(tiers / "local"),
+        "STRATUS_STORAGE__ARCHIVE__ROOT": str(tiers / "archive"),
+        "STRATUS_STORAGE__FSYNC": "false",
+    }
+    with own_cluster(
+        "ckpt",
+        test_env,
+        tmp_path_factory,
+        env=env,
+        workers=2,
+        worker_env={
+            "STRATUS_CONCURRENCY": "1",
+            "STRATUS_LEASE_S": "3",
+            "STRATUS_HEARTBEAT_INTERVAL_S": "0.5",
+            "STRATUS_SHUTDOWN_GRACE_S": "60",  # a drain must not wait for the job to end
+        },
+    ) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+async def api(cluster: LocalCluster) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=cluster.url("gateway"), timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def uninterrupted() -> dict[str, Any]:
+    from services.worker.kernels import montecarlo
+
+    return montecarlo.estimate(SAMPLES, 11)
+
+
+async def _checkpointed(api: httpx.AsyncClient, job_id: str, h: dict[str, str]) -> str:
+    """The job's log once it shows a checkpoint of its running attempt."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = (await api.get(f"/v1/jobs/{job_id}/log", headers=h)).text
+        if "checkpoint at" in log:
+            return log
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no checkpoint in the log: {log}")
+
+
+def _worker_process(cluster: LocalCluster, worker: str) -> int:
+    """The pid of the worker process named ``worker`` (``<host>-<pid>``)."""
+    pid = int(worker.rsplit("-", 1)[1])
+    assert pid in {p.pid for p in cluster.status()}, worker
+    return pid
+
+
+@pytest.mark.parametrize("how", ["kill", "drain"])
+async def test_a_job_resumes_from_its_checkpoint_exactly(
+    api: httpx.AsyncClient, cluster: LocalCluster, uninterrupted: dict[str, Any], how: str
+) -> None:
+    h = await new_tenant_key(api, f"ckpt-{how}")
+    r = await api.post("/v1/jobs", json=JOB, headers=h)
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+    assert r.json()["checkpoint_interval_s"] == 1
+    await _checkpointed(api, job_id, h)
+    running = (await api.get(f"/v1/jobs/{job_id}", headers=h)).json()
+    assert running["state"] == "RUNNING", running
+    pid = _worker_process(cluster, running["worker"])
+    os.kill(pid, signal.SIGKILL if how == "kill" else signal.SIGTERM)
+    done = await wait_for_state(api, job_id, h, {"SUCCEEDED", "FAILED"}, 240)
+    assert done["state"] == "SUCCEEDED", done
+    assert done["result"] == uninterrupted  # bit for bit: the same floats
+    assert done["resumed_from"] is not None
+    assert done["resumed_from"] > 0
+    assert done["checkpoints"] >= 1
+    assert done["attempts"] == 2
+    log = (await api.get(f"/v1/jobs/{job_id}/log", headers=h)).text
+    assert f"resumed from the checkpoint at {done['resumed_from']}" in log
+    events = (await api.get(f"/v1/jobs/{job_id}/events", headers=h)).json()["items"]
+    back = [e for e in events if e["state"] == "QUEUED" and e["attempt"] == 1]
+    if how == "drain":
+        assert done["preemptions"] == 1
+        assert [e["reason"] for e in back] == ["drained"], events
+    else:
+        assert done["preemptions"] == 0
+        assert back, events  # the reaper's: the lease expired
+    cluster.wait_workers(2)

@@ -3,7 +3,8 @@ nothing created: ``aftercorr`` that does not fit (not two arrays, other sizes, n
 array's only dependency, with ``max_concurrent``), on ``POST /v1/jobs`` and between the steps
 of a workflow; and a pinned input on an array (pins are a job's: an array's inputs, ``{index}``
 names or not, cannot be pinned). And the quota: jobs that wait on dependencies count toward
-a bound of their own, the size of ``max_queued_jobs`` (429 past it, nothing stored)."""
+a bound of their own, the size of ``max_queued_jobs``, and a tenant's ready and waiting jobs
+together toward twice it (429 past it, nothing stored)."""
 
 from __future__ import annotations
 
@@ -186,11 +187,18 @@ async def test_jobs_that_wait_on_dependencies_have_a_bound_of_their_own(
     }
     assert_problem(await create(client, t, two), 429)
     assert await jobs_of(sessions, t) == before
-    # the waiting jobs released: the tenant holds at most twice its quota
+    # the waiting jobs released join the ready ones past their room (5 of 3), never refused
     await finish(sessions, blocker["id"], JobState.SUCCEEDED)
     states = {(await row(sessions, w["id"])).deps_left for w in waiting}
     assert states == {0}
     assert_problem(await client.post("/v1/jobs", json=MC_JOB, headers=t.headers), 429)
+    # a job that waits still has a place, as long as the tenant holds at most twice its
+    # quota in all (5 ready + 1 waiting); a release adds nothing to that
+    on_released = {**MC_JOB, **after(waiting[0]["id"])}
+    r = await client.post("/v1/jobs", json=on_released, headers=t.headers)
+    assert r.status_code == 201, r.text
+    r = await client.post("/v1/jobs", json=on_released, headers=t.headers)
+    assert "of jobs waiting on dependencies (3) reached" in str(assert_problem(r, 429)["detail"])
 
 
 async def test_a_workflow_of_waiting_steps_is_not_refused_for_a_full_queue(

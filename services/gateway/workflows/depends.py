@@ -30,12 +30,24 @@ _STATE = "SELECT state, state_reason, finished_at FROM jobs WHERE id = $1"
 # The tenant's submission lock, the one ``jobs_waiting_room`` takes (migration 0011): taken
 # first, so that the count after the insert sees every other submission of the tenant.
 _LOCK = "SELECT pg_advisory_xact_lock(1364284535, hashtext($1::uuid::text))"
-# What is left of ``max_queued_jobs`` ($2) to the tenant's ready jobs and, apart, to its jobs
-# that wait on dependencies (migration 0026), this transaction's rows counted: negative when
-# they went past it.
-_ROOMS = """
-SELECT $2::int4 - jobs_waiting($1::uuid, $2::int4 + 1) AS ready,
-       jobs_held_room($1::uuid, $2::int4) AS held
+# The tenant's ready jobs (``jobs_waiting``, counted up to twice ``max_queued_jobs`` $2) and
+# its jobs that wait on dependencies (``jobs_held``, migration 0026), this transaction's rows
+# counted.
+_COUNTS = """
+SELECT jobs_waiting($1::uuid, 2 * $2::int4 + 1) AS ready,
+       $2::int4 - jobs_held_room($1::uuid, $2::int4) AS held
+"""
+# What the rows ``$1`` (a submission's) added to each count: the ready ones and those that
+# wait, each element of an array once; a job the submission's settling ended adds nothing.
+_ADDED = """
+SELECT coalesce(sum(n) FILTER (WHERE deps_left = 0), 0)::int AS ready,
+       coalesce(sum(n) FILTER (WHERE deps_left > 0), 0)::int AS held
+FROM (
+    SELECT j.deps_left,
+           CASE WHEN j.is_array THEN a.n_pending + a.n_queued + a.n_running ELSE 1 END AS n
+    FROM jobs j LEFT JOIN job_arrays a ON a.job_id = j.id
+    WHERE j.id = ANY($1::uuid[]) AND j.state IN ('PENDING', 'QUEUED', 'RUNNING')
+) added
 """
 
 
@@ -59,19 +71,23 @@ async def lock_tenant(conn: Any, tenant_id: Any, quota: int | None) -> None:
         await conn.execute(_LOCK, tenant_id)
 
 
-async def check_rooms(conn: Any, job: NewJob, size: int = 1) -> None:
-    """429 when the rows just written (a job, an array, a workflow's steps; ``job`` gives the
-    tenant and its quota) took the tenant past ``max_queued_jobs``: its ready jobs
-    (dependencies settled) count against it, and its jobs that wait on dependencies count
-    against a bound of their own of the same size (each element of an array once). The
-    caller holds the tenant's lock (``lock_tenant``) and rolls the rows back."""
-    if job.max_queued is None:
+async def check_rooms(conn: Any, job: NewJob, ids: Sequence[Any], size: int = 1) -> None:
+    """429 when the rows ``ids`` just written (a job, an array, a workflow's steps; ``job``
+    gives the tenant and its quota ``q``) took the tenant past its bounds: ready rows need
+    the ready jobs (dependencies settled) within ``q``; rows that wait on dependencies need
+    those that wait within ``q`` and all of them within ``2 q``. A release moves jobs from
+    waiting to ready (past ``q``, never refused) and adds none, so a tenant never holds
+    more than ``2 q``, and a pipeline of waiting steps is not refused for a full queue.
+    The caller holds the tenant's lock (``lock_tenant``) and rolls the rows back."""
+    q = job.max_queued
+    if q is None:
         return
-    ready, held = await conn.fetchrow(_ROOMS, job.row["tenant_id"], job.max_queued)
-    if ready < 0:
-        raise _quota(job, ready + size, size)
-    if held < 0:
-        raise _quota(job, held + size, size, held=True)
+    added = await conn.fetchrow(_ADDED, list(ids))
+    ready, held = await conn.fetchrow(_COUNTS, job.row["tenant_id"], q)
+    if added["ready"] and ready > q:
+        raise _quota(job, q - ready + size, size)
+    if added["held"] and (held > q or ready + held > 2 * q):
+        raise _quota(job, min(q - held, 2 * q - ready - held) + size, size, held=True)
 
 
 async def insert_row(conn: Any, job: NewJob, array: ArraySpec | None) -> bool:
@@ -125,7 +141,7 @@ async def write_dependent(
             deps.Edge(job.id, t, d["condition"]) for d, t in zip(depends_on, targets, strict=True)
         ]
         await deps.attach(conn, edges)
-        await check_rooms(conn, job, 1 if array is None else array.size)
+        await check_rooms(conn, job, [job.id], 1 if array is None else array.size)
         state = await conn.fetchrow(_STATE, job.id)
     job.row.update(dict(state))
     return True

@@ -262,7 +262,7 @@ async def create_workflow(
                 ]
             await conn.execute(_JOIN, w["id"], list(ids.values()))
             await deps.attach(conn, edges)
-            await check_rooms(conn, jobs[0])
+            await check_rooms(conn, jobs[0], [j.id for j in jobs])
             steps = [(r["state"], r["finished_at"]) for r in await conn.fetch(_STEPS, w["id"])]
     if w is None:  # a concurrent request with the same key won the race
         assert idempotency_key is not None

@@ -20,6 +20,7 @@ from stratus_client import FINAL_STATES, ArraySpec, AsyncClient, Client, JobStat
 from stratus_client._events import ARRAY_READ_S, QUIET_READ_S, LogResume, next_array_read
 
 from tests.netfault import TcpProxy
+from tests.sdk.test_events import WithoutEvents
 
 WITHIN_S = 120.0  # bounds a hang only
 LONG = 600_000_000  # montecarlo_pi samples: seconds of work, with progress lines between
@@ -210,3 +211,9 @@ async def test_async_wait_workflow_the_same(aclient: AsyncClient) -> None:
     done = await aclient.wait_workflow(flow.id, timeout=WITHIN_S)
     assert done.state == "SUCCEEDED"
     assert done.is_final
+
+
+def test_wait_workflow_polls_a_gateway_without_events(url: str, key: str) -> None:
+    with Client(url, key, transport=WithoutEvents()) as c:
+        flow = c.submit_workflow("polled", {"only": {"kernel": "montecarlo_pi", "params": SWEEP}})
+        assert c.wait_workflow(flow.id, timeout=WITHIN_S).state == "SUCCEEDED"

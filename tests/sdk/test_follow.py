@@ -181,7 +181,7 @@ def test_wait_workflow_reads_it_on_its_events(url: str, key: str) -> None:
     """The workflow's stream is open for the whole wait and the workflow is read once, then
     at each of its ``workflow.state`` events (RUNNING, then its end), not polled."""
     transport = Recording()
-    steps = {
+    steps: dict[str, dict[str, Any]] = {
         "a": {"kernel": "montecarlo_pi", "params": SWEEP},
         "b": {
             "kernel": "montecarlo_pi",

@@ -38,6 +38,7 @@ async def engine_project(
             found = await c.get("/containers/json", params={"all": "1", "filters": filters})
             for ctr in found.json():
                 await c.delete(f"/containers/{ctr['Id']}", params={"force": "1"})
+            await c.delete(f"/networks/{project}_default")
 
 
 async def test_scaling_a_compose_service_on_the_real_engine(
@@ -45,6 +46,9 @@ async def test_scaling_a_compose_service_on_the_real_engine(
 ) -> None:
     c, project = engine_project
     labels = {PROJECT: project, SERVICE: "worker"}
+    network = f"{project}_default"  # a network of the project's own, as compose makes
+    made = await c.post("/networks/create", json={"Name": network, "Labels": {PROJECT: project}})
+    assert made.status_code == 201, made.text
     ids = []
     for number in (1, 2):
         created = await c.post(
@@ -55,6 +59,8 @@ async def test_scaling_a_compose_service_on_the_real_engine(
                 "Cmd": ["sleep", "600"],
                 "Labels": {**labels, NUMBER: str(number)},
                 "StopSignal": "SIGKILL",
+                "HostConfig": {"NetworkMode": network},
+                "NetworkingConfig": {"EndpointsConfig": {network: {"Aliases": ["worker"]}}},
             },
         )
         assert created.status_code == 201, created.text
@@ -73,6 +79,10 @@ async def test_scaling_a_compose_service_on_the_real_engine(
         found = await backend.containers("cpu")
         assert sorted(int(x["Labels"][NUMBER]) for x in found) == [1, 2, 3, 4]
         assert {x["Id"] for x in found} >= set(ids)  # replica 2 started again, not copied
+        for x in found:  # the copies joined the project's network under the service's name
+            inspected = (await c.get(f"/v1.41/containers/{x['Id']}/json")).json()
+            endpoint = inspected["NetworkSettings"]["Networks"][network]
+            assert "worker" in (endpoint.get("Aliases") or []), endpoint
         assert all(x["State"] == "running" for x in found), [x["State"] for x in found]
         # replica 1 is busy: the idle ones with the highest numbers are stopped
         assert await backend.scale("cpu", 1, busy={f"{ids[0][:12]}-1": 1}) == 1

@@ -30,6 +30,7 @@ PROJECT = "com.docker.compose.project"
 SERVICE = "com.docker.compose.service"
 NUMBER = "com.docker.compose.container-number"
 UP = {"running", "restarting", "created"}
+DEFAULT_NETWORKS = {"bridge", "host", "none"}
 
 
 class DockerBackend:
@@ -150,7 +151,13 @@ def replica_of(template: dict[str, Any], number: int) -> dict[str, Any]:
         "Healthcheck": config.get("Healthcheck"),
         "StopSignal": config.get("StopSignal"),
         "HostConfig": template.get("HostConfig", {}),
-        "NetworkingConfig": {"EndpointsConfig": {net: {"Aliases": [service]} for net in networks}},
+        "NetworkingConfig": {
+            "EndpointsConfig": {
+                # the engine's default networks take no aliases (compose's networks are its own)
+                net: {} if net in DEFAULT_NETWORKS else {"Aliases": [service]}
+                for net in networks
+            }
+        },
     }
 
 

@@ -37,5 +37,10 @@ USER stratus
 ENV STRATUS_HOST=0.0.0.0 \
     STRATUS_NUMBA_CACHE_DIR=/home/stratus/.cache/stratus/numba
 
+# The cpu kernels compiled once, into numba's on-disk cache: a worker's first start loads them
+# instead of compiling (a new named volume mounted there starts as a copy of this folder).
+RUN NUMBA_CACHE_DIR=$STRATUS_NUMBA_CACHE_DIR \
+    python -c "from services.worker.kernels.registry import warm_all; warm_all('cpu')"
+
 EXPOSE 8000
 CMD ["python", "-m", "services.gateway"]

@@ -52,7 +52,13 @@ hash_of() {
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
-BASE_HASH="$(hash_of "${HERE}/images.sh" "suite=${SUITE}" "${CA_BUNDLE}")"
+# docker build without its legacy-builder notice (Debian's engine has no buildx)
+build() { docker build "$@" 2> >(grep -v -e 'legacy builder is deprecated' -e 'buildx' -e '^ *$' >&2); }
+
+# what the base image is made of (its hash names it): change it and the base is built again
+BASE_INCLUDE="python3,python3-venv,ca-certificates,python-is-python3"
+BASE_RECIPE="suite=${SUITE} include=${BASE_INCLUDE} venv=/opt/python recipe=1"
+BASE_HASH="$(hash_of "${BASE_RECIPE}" "${CA_BUNDLE}")"
 BASE="stratus-offline/base:${BASE_HASH}"
 
 build_base() {
@@ -68,7 +74,7 @@ build_base() {
         trap 'rm -rf "${root}"' RETURN
         log "debootstrap ${SUITE} from ${m} (about a minute)"
         debootstrap --variant=minbase \
-            --include=python3,python3-venv,ca-certificates,python-is-python3 \
+            --include="${BASE_INCLUDE}" \
             "${SUITE}" "${root}" "${m}" >"${root}.log" 2>&1 \
             || { tail -n 5 "${root}.log" >&2; die "debootstrap failed"; }
         rm -f "${root}.log"
@@ -90,10 +96,11 @@ build_standin() {
     tag="stratus-offline/${name}:$(hash_of "${BASE}" "${OFFLINE}/${name}.Dockerfile" "${OFFLINE}/${name}-entrypoint.sh")"
     if have "${tag}"; then log "reusing ${tag}"; else
         log "building ${tag}"
-        docker build -q --build-arg "BASE_IMAGE=${BASE}" -f "${OFFLINE}/${name}.Dockerfile" \
+        build -q --build-arg "BASE_IMAGE=${BASE}" -f "${OFFLINE}/${name}.Dockerfile" \
             -t "${tag}" "${OFFLINE}" >/dev/null || die "building ${tag} failed"
     fi
     docker tag "${tag}" "stratus-offline/${name}:latest"
+    prune "stratus-offline/${name}" "${tag}" .
 }
 
 build_stratus() {
@@ -102,15 +109,25 @@ build_stratus() {
         "${REPO}/alembic.ini" "${REPO}/migrations" "${REPO}/shared" "${REPO}/services")"
     if have "${tag}"; then log "reusing ${tag}"; else
         log "building ${tag} (the first build installs the dependencies: minutes)"
-        docker build -q --build-arg "BASE_IMAGE=${BASE}" -t "${tag}" "${REPO}" >/dev/null \
+        build -q --build-arg "BASE_IMAGE=${BASE}" -t "${tag}" "${REPO}" >/dev/null \
             || die "building ${tag} failed"
     fi
     docker tag "${tag}" "${STRATUS_IMAGE}"
+    prune stratus "${tag}" '^stratus:offline-'
 }
+
+# the tags of earlier builds (other inputs) go; layers still in use stay
+prune() {
+    local repo="$1" keep="$2" pattern="$3"
+    docker images --format '{{.Repository}}:{{.Tag}}' "${repo}" | grep -e "${pattern}" \
+        | grep -v -x -e "${keep}" -e "${repo}:latest" | xargs -r docker rmi >/dev/null 2>&1 || true
+}
+
+prune_base() { prune stratus-offline/base "${BASE}" .; }
 
 for image in ${IMAGES}; do
     case "${image}" in
-        base) build_base ;;
+        base) build_base; prune_base ;;
         postgres | rabbitmq | redis) have "${BASE}" || build_base; build_standin "${image}" ;;
         stratus) have "${BASE}" || build_base; build_stratus ;;
         *) die "unknown image ${image}" ;;

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
-from stratus_client import FINAL_STATES, ArraySpec, AsyncClient, Client, JobState
+from stratus_client import FINAL_STATES, ArraySpec, AsyncClient, Client, Job, JobState
 from stratus_client._events import ARRAY_READ_S, QUIET_READ_S, LogResume, next_array_read
 
 from tests.netfault import TcpProxy
@@ -217,3 +217,38 @@ def test_wait_workflow_polls_a_gateway_without_events(url: str, key: str) -> Non
     with Client(url, key, transport=WithoutEvents()) as c:
         flow = c.submit_workflow("polled", {"only": {"kernel": "montecarlo_pi", "params": SWEEP}})
         assert c.wait_workflow(flow.id, timeout=WITHIN_S).state == "SUCCEEDED"
+
+
+async def test_an_arrays_watch_outlives_a_cut_stream(url: str, key: str) -> None:
+    """A TCP proxy cuts every connection of the watch (its stream among them) once the
+    array runs: the sync client's reader thread opens the stream again, and the watch ends
+    with the array's final counts; the thread is gone after it."""
+    port = int(url.rsplit(":", 1)[1])
+    loop = asyncio.get_running_loop()
+    async with TcpProxy.running(port) as proxy:
+
+        async def cut_now() -> int:
+            return proxy.cut()
+
+        def follow() -> tuple[list[Job], int]:
+            cuts = 0
+            with Client(f"http://127.0.0.1:{proxy.port}", key) as c:
+                sweep = c.submit(
+                    "montecarlo_pi",
+                    params={"samples": LONG // 4},
+                    array=ArraySpec(size=4, index_param="seed"),
+                )
+                seen: list[Job] = []
+                for job in c.watch(sweep.id, timeout=WITHIN_S):
+                    seen.append(job)
+                    if job.state == JobState.RUNNING and not cuts:
+                        cuts = asyncio.run_coroutine_threadsafe(cut_now(), loop).result()
+            return seen, cuts
+
+        async with asyncio.timeout(WITHIN_S):
+            seen, cuts = await asyncio.to_thread(follow)
+    assert cuts >= 1
+    assert seen[-1].state == JobState.SUCCEEDED
+    assert seen[-1].array is not None
+    assert seen[-1].array.counts.get("SUCCEEDED") == 4
+    assert not _readers()

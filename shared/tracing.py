@@ -219,19 +219,22 @@ def received(
 _via: ContextVar[str] = ContextVar("stratus_trace_parent_via", default="")
 
 
-def traced_run(name: str, root: uuid.UUID, work: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
+def traced_run(
+    name: str, root: uuid.UUID, work: Coroutine[Any, Any, T], **attributes: Any
+) -> Coroutine[Any, Any, T]:
     """``work`` run in a span ``name``, a child of the submission of ``root`` (a migration's
-    id); ``work`` itself while tracing is off."""
+    id, an array's); ``work`` itself while tracing is off."""
     if not _enabled:
         return work
-    return _traced_run(name, root, work)
+    return _traced_run(name, root, work, attributes)
 
 
-async def _traced_run(name: str, root: uuid.UUID, work: Coroutine[Any, Any, T]) -> T:
+async def _traced_run(
+    name: str, root: uuid.UUID, work: Coroutine[Any, Any, T], attributes: dict[str, Any]
+) -> T:
+    attrs = {"stratus.id": str(root), **{k: str(v) for k, v in attributes.items()}}
     with _tracer.start_as_current_span(
-        name,
-        context=_parent(root.int, span_id(root, "submit")),
-        attributes={"stratus.id": str(root)},
+        name, context=_parent(root.int, span_id(root, "submit")), attributes=attrs
     ):
         return await work
 

@@ -141,7 +141,10 @@ class WorkerRuntime:
 
     async def _run_chunk(self, claim: ChunkClaim) -> None:
         try:
-            await self.chunks.run(claim)
+            # a span in the array's trace (a child of its submission), if tracing is on
+            await tracing.traced_run(
+                "worker.chunk", claim.array_id, self.chunks.run(claim), elements=len(claim.elements)
+            )
         finally:
             self.slots.release()
 

@@ -114,3 +114,39 @@ async def test_one_migration_is_one_trace(
         assert spans[name].service == service
     assert spans["POST /v1/migrations"].parent_span_id == ""
     assert spans["datamover.migrate"].parent_span_id == spans["POST /v1/migrations"].span_id
+
+
+async def test_an_array_in_chunks_is_one_trace(
+    console_cluster: LocalCluster, api: httpx.AsyncClient, otlp: OtlpReceiver
+) -> None:
+    r = await api.post("/v1/tenants", json={"name": f"swept-{time.time_ns()}"}, headers=ADMIN)
+    tid = r.json()["id"]
+    k = await api.post(f"/v1/tenants/{tid}/keys", json={"name": "k"}, headers=ADMIN)
+    tenant = {"Authorization": f"Bearer {k.json()['key']}"}
+    r = await api.post(
+        "/v1/jobs",
+        json={
+            "kernel": "montecarlo_pi",
+            "params": {"samples": 1000},
+            "array": {"size": 6, "index_param": "seed"},
+        },
+        headers=tenant,
+    )
+    assert r.status_code == 201, r.text
+    array_id = uuid.UUID(r.json()["id"])
+    deadline = time.monotonic() + 60
+    spans: list[ReceivedSpan] = []
+    while time.monotonic() < deadline:
+        spans = otlp.spans(array_id.hex)
+        state = (await api.get(f"/v1/jobs/{array_id}", headers=tenant)).json()["state"]
+        chunks = [s for s in spans if s.name == "worker.chunk"]
+        ran = sum(int(s.attributes.get("elements", "0")) for s in chunks)
+        if state == "SUCCEEDED" and ran >= 6:
+            break
+        await asyncio.sleep(0.2)
+    [root] = [s for s in spans if s.name == "POST /v1/jobs"]
+    chunks = [s for s in spans if s.name == "worker.chunk"]
+    assert chunks, f"spans of the array's trace: {[s.name for s in spans]}"
+    assert all(c.parent_span_id == root.span_id for c in chunks)
+    assert all(c.service == "stratus-worker" for c in chunks)
+    assert sum(int(c.attributes["elements"]) for c in chunks) >= 6

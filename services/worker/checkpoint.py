@@ -29,7 +29,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import signal
 import struct
 import time
@@ -41,10 +40,12 @@ from typing import Any
 import numpy as np
 
 from services.worker import progress
+from shared.storage.checkpoints import DIR_NAME as DIR_NAME  # where the files live
+from shared.storage.checkpoints import folder_for as folder_for
+from shared.storage.checkpoints import remove as remove
 
 MAGIC = b"STRATUS-CHECKPOINT-1\n"
 FILE = "checkpoint.bin"
-DIR_NAME = ".stratus-checkpoints"  # under the scratch tier's root, beside the tenants' folders
 DIGEST = 32
 LENGTH = struct.Struct(">I")
 DEFAULT_MAX_BYTES = 8 * 2**30
@@ -66,11 +67,6 @@ class State:
     step: int
     arrays: dict[str, np.ndarray[Any, Any]] = field(default_factory=dict)
     numbers: dict[str, Any] = field(default_factory=dict)
-
-
-def folder_for(root: str | Path, job_id: Any) -> Path:
-    """The folder of a job's checkpoint under a directory tier's ``root``."""
-    return Path(root) / DIR_NAME / str(job_id)
 
 
 def write(path: Path, state: State, *, kernel: str, device: str, max_bytes: int) -> int | None:
@@ -147,11 +143,6 @@ def read(path: Path, *, kernel: str) -> tuple[State, dict[str, Any]] | None:
         at += count * dt.itemsize
         arrays[name] = arr
     return State(int(header["step"]), arrays, dict(header.get("numbers", {}))), header
-
-
-def remove(folder: Path) -> None:
-    """A job's checkpoint, once the job is final."""
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 Event = Callable[[dict[str, Any]], None]

@@ -24,6 +24,7 @@ STEPS_PER_PASS = 16  # steps per pass over the grid at most
 TILE_COLUMNS = 1024  # a tile's columns: its steps' three rows each (380 KiB) stay in L2
 BAND_ROWS = 128  # rows of a tile at least, where the grid is cut into bands of rows too
 TILES = 16  # tiles wanted at least (for the threads), where the grid is large enough
+MIN_TILES = 4  # fewer tiles than this: a sweep per step, its rows shared by the threads
 
 
 @numba.njit(cache=True, nogil=True)
@@ -121,6 +122,9 @@ def jacobi(src: Any, dst: Any, iterations: int) -> None:
     blocks = (cols - 2 + TILE_COLUMNS - 1) // TILE_COLUMNS
     wanted = (TILES + blocks - 1) // blocks
     bands = max(1, min(wanted, (rows - 2) // BAND_ROWS))
+    if bands * blocks < MIN_TILES:  # a small grid: in cache anyway, and a thread would idle
+        jacobi_steps(src, dst, iterations)
+        return
     a, b = src, dst
     done = 0
     for k in range(passes):

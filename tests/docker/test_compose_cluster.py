@@ -69,7 +69,9 @@ def container_of(worker_name: str) -> str:
 def test_three_workers_each_in_its_own_container_share_the_jobs(
     cluster: Compose, api: httpx.Client
 ) -> None:
+    t0 = time.monotonic()
     cluster.run("up", "-d", "--wait", "--scale", "worker=3", "--no-recreate", timeout=600)
+    print(f"\n--scale worker=3: two new worker containers healthy in {time.monotonic() - t0:.1f} s")
     workers = cluster.running("worker")
     assert len(workers) == 3
     ids = {str(c["ID"])[:12] for c in workers}

@@ -79,14 +79,16 @@ def test_stencil2d_tiles_are_bit_identical_to_step_by_step(shape: tuple[int, int
     assert np.array_equal(got, ref.stencil2d(grid, 40))
 
 
-@pytest.mark.parametrize("n", [511, 512, 1500])
-def test_nbody_pairs_in_blocks_agree_with_numpy(n: int) -> None:
+@pytest.mark.parametrize(("n", "tile"), [(100, 64), (511, 64), (1500, 192)])
+def test_nbody_pairs_in_blocks_agree_with_numpy(n: int, tile: int) -> None:
     """The fast pass over several blocks of bodies (each pair once, summed in chunks)."""
     from services.worker.kernels import nbody
 
     pos = rng.normal(size=(3, n))
     m = rng.uniform(0.5, 1.5, n)
-    blocks = -(-n // nbody.TILE)
+    blocks = -(-n // nbody.pair_tile(n))
+    assert nbody.pair_tile(n) == tile
+    assert nbody.pair_tile(8192) == nbody.TILE
     assert nbody.pair_chunks(n) == min(nbody.CHUNKS, blocks * (blocks + 1) // 2)
     acc = np.empty_like(pos)
     nbody.accelerations(pos, m, 1e-4, acc)

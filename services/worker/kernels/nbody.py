@@ -22,7 +22,7 @@ replaced by zero (guarding the load of ``m[j]`` instead compiles to an AVX2 mask
 a slow one).
 
 The fast pass computes each pair once and adds it to both bodies (half the work of the
-exact pass), over pairs of blocks of ``TILE`` bodies that stay in the L2 cache, each chunk of
+exact pass), over pairs of blocks of bodies that stay in the L2 cache (``pair_tile``), each chunk of
 pairs of blocks summed into its own copy of the accelerations (``pair_chunks``: a function
 of ``n``, not of the threads). Both passes ask for 512-bit vectors (``wide_vectors``):
 LLVM's tuning for Intel's AVX-512 CPUs would otherwise run them on 256-bit vectors, half
@@ -55,7 +55,8 @@ FASTMATH = {"reassoc", "contract"}  # never "afn"/"arcp": LLVM would use 14-bit 
 FLOPS_PER_PAIR = 20  # the usual count for one interaction (as in GPU Gems 3, ch. 31)
 R2_MIN = 2.0**-100  # squared distances the float32 inverse square root handles with margin
 R2_MAX = 2.0**100  # (float32 normal numbers: 2**-126 to 2**128)
-TILE = 512  # bodies per block of the fast pass
+TILE = 512  # bodies per block of the fast pass at most
+BLOCKS = 8  # blocks at least where that leaves blocks of 64 bodies or more (for the threads)
 CHUNKS = 64  # at most this many private copies of the accelerations (the threads share them)
 PRIVATE_LIMIT = 2**27  # bytes of private copies at most (one copy whatever its size)
 
@@ -157,20 +158,30 @@ def _pair_block(
 def pair_chunks(n: int) -> int:
     """How many private copies of the accelerations ``_accelerations_fast`` sums: a function
     of ``n`` alone, so that the result does not depend on the number of threads."""
-    blocks = (n + TILE - 1) // TILE
+    tile: int = pair_tile(n)
+    blocks = (n + tile - 1) // tile
     return max(1, min(CHUNKS, blocks * (blocks + 1) // 2, PRIVATE_LIMIT // max(1, 24 * n)))
+
+
+@numba.njit(cache=True, nogil=True)
+def pair_tile(n: int) -> int:
+    """Bodies per block of the fast pass: ``TILE``, or fewer (a multiple of 8, at least 64)
+    so that a few hundred bodies still make ``BLOCKS`` blocks, pairs of blocks enough for
+    every thread (a thread without any spins, at a cost on a busy host)."""
+    return max(64, min(TILE, (n + 8 * BLOCKS - 1) // (8 * BLOCKS) * 8))
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
 def _accelerations_fast(pos: Any, m: Any, eps2: float, private: Any) -> None:
     """As ``_accelerations_exact`` where ``fast_inverse_ok`` (every ``r2 > 0``), each pair
-    once (Newton's third law: half the work): the bodies in blocks of ``TILE`` (a pair of
+    once (Newton's third law: half the work): the bodies in blocks of ``pair_tile`` (a pair of
     blocks' coordinates, masses and accelerations stay in the L2 cache), the pairs of blocks
     ``(bi, bj)``, ``bi <= bj``, cut in order into ``private.shape[0]`` chunks, each chunk's
     sums in its own ``private[c]`` (3 x n); the accelerations are their sum."""
     n = pos.shape[1]
     x, y, z = pos[0], pos[1], pos[2]
-    blocks = (n + TILE - 1) // TILE
+    tile = pair_tile(n)
+    blocks = (n + tile - 1) // tile
     items = blocks * (blocks + 1) // 2
     chunks = private.shape[0]
     for c in prange(chunks):
@@ -185,8 +196,8 @@ def _accelerations_fast(pos: Any, m: Any, eps2: float, private: Any) -> None:
                 bj = bi
             k += 1
         for _ in range(first, last):
-            rows = (bi * TILE, min(n, (bi + 1) * TILE))
-            cols = (bj * TILE, min(n, (bj + 1) * TILE))
+            rows = (bi * tile, min(n, (bi + 1) * tile))
+            cols = (bj * tile, min(n, (bj + 1) * tile))
             _pair_block(x, y, z, m, a[0], a[1], a[2], eps2, rows, cols)
             bj += 1
             if bj == blocks:

@@ -15,6 +15,15 @@ One scheduler preempts at a time (a transaction-scoped advisory lock); the gap i
 the scheduler that preempts, in memory: after a restart the first preemption may come
 sooner than ``min_gap_s`` after the last one.
 
+Fair share uses the same mechanism when no priority asks for it: a tenant with a job waiting
+on a full pool at its maximum and none running there, while another tenant runs at least one
+job more than its weighted share of the pool's running jobs (its weight over the summed
+weights of the tenants running or waiting there), takes the slot of that tenant's
+lowest-priority, latest-started checkpointing job (never one of a higher priority than its
+own). Once the waiting tenant runs a job it is no longer starved: a preemption gives it one
+slot, and the rest comes back to it as the other tenant's jobs end (the dispatcher's fair
+share). The same gap applies to both.
+
 What stopping a worker loses (``loss_per_worker``, the autoscaler's scale-down order): a
 running job that checkpoints loses nothing but its checkpoint's write (a drain saves its
 state at once): 1 each; any other job all it has run so far: 1 plus its seconds. The
@@ -49,6 +58,7 @@ class Preemption:
     priority: int
     for_job: uuid.UUID
     for_priority: int
+    reason: str = "priority"  # or "fair share"
 
 
 # The highest-priority job waiting for ``device`` that no retry backoff, dependency or stage-in
@@ -77,6 +87,53 @@ _CANDIDATES = text(
 )
 
 
+# Fair share: a tenant with a job waiting for ``device`` and none running there, while another
+# tenant runs at least one job more than its share of the device's running jobs (its weight
+# over the weights of the tenants that run or wait there): the hog's lowest-priority,
+# latest-started checkpointing job. Returned as ``_CANDIDATES`` returns its pair.
+_FAIR = text(
+    """
+    WITH waiting AS (
+        SELECT tenant_id, min(id::text)::uuid AS id, max(priority) AS priority FROM jobs
+        WHERE state = 'QUEUED' AND dispatched_at IS NULL AND NOT is_array
+          AND device IN (:device, 'any') AND (run_after IS NULL OR run_after <= now())
+          AND deps_left = 0
+        GROUP BY tenant_id
+    ), holding AS (
+        SELECT tenant_id, count(*) AS n FROM jobs
+        WHERE state = 'RUNNING' AND assigned_device = :device
+        GROUP BY tenant_id
+    ), starved AS (
+        SELECT w.tenant_id, w.id, w.priority FROM waiting w
+        LEFT JOIN holding h ON h.tenant_id = w.tenant_id
+        WHERE h.n IS NULL
+        ORDER BY w.priority DESC, w.tenant_id
+        LIMIT 1
+    ), active AS (
+        SELECT tenant_id FROM waiting UNION SELECT tenant_id FROM holding
+    ), total AS (
+        SELECT sum(t.weight)::float8 AS weight, (SELECT sum(n) FROM holding)::float8 AS n
+        FROM tenants t JOIN active a ON a.tenant_id = t.id
+    ), hog AS (
+        SELECT h.tenant_id FROM holding h JOIN tenants t ON t.id = h.tenant_id, total
+        WHERE h.n >= total.n * t.weight / total.weight + 1
+        ORDER BY h.n * total.weight / t.weight DESC, h.tenant_id
+        LIMIT 1
+    ), victim AS (
+        SELECT j.id, j.tenant_id, j.worker, j.priority FROM jobs j JOIN hog USING (tenant_id)
+        WHERE j.state = 'RUNNING' AND j.assigned_device = :device AND j.worker IS NOT NULL
+          AND j.kernel = ANY(:kernels) AND j.checkpoint_interval_s > 0
+        ORDER BY j.priority, j.started_at DESC
+        LIMIT 1
+    )
+    SELECT victim.id, victim.tenant_id, victim.worker, victim.priority, starved.id,
+           starved.priority
+    FROM starved, victim
+    WHERE starved.priority >= victim.priority
+    """
+)
+
+
 @dataclass
 class Preemptor:
     """Preempts at most one job per pool every ``min_gap_s``."""
@@ -96,12 +153,15 @@ class Preemptor:
             return None
         if not await session.scalar(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK))):
             return None
-        row = (
-            await session.execute(_CANDIDATES, {"device": device, "kernels": list(CHECKPOINTING)})
-        ).first()
+        params = {"device": device, "kernels": list(CHECKPOINTING)}
+        row = (await session.execute(_CANDIDATES, params)).first()
+        reason = "priority"
+        if row is None:
+            row = (await session.execute(_FAIR, params)).first()
+            reason = "fair share"
         if row is None:
             return None
-        p = Preemption(row[0], row[1], str(row[2]), int(row[3]), row[4], int(row[5]))
+        p = Preemption(row[0], row[1], str(row[2]), int(row[3]), row[4], int(row[5]), reason)
         await add_event(
             session, JobPreempted(tenant_id=p.tenant_id, job_id=p.job_id, worker=p.worker)
         )
@@ -113,6 +173,7 @@ class Preemptor:
             priority=p.priority,
             for_job=str(p.for_job),
             for_priority=p.for_priority,
+            reason=p.reason,
         )
         return p
 

@@ -131,3 +131,48 @@ def test_a_fixed_pool_is_always_at_its_maximum() -> None:
     assert pool_at_max(AutoscaleSettings(enabled=False), "cpu", 1)
     assert not pool_at_max(auto, "cpu", 3)
     assert pool_at_max(auto, "cpu", 4)
+
+
+async def _tenant_jobs(
+    s: Sessions, weight: int, specs: Sequence[Mapping[str, object]]
+) -> list[uuid.UUID]:
+    tid, ids = uuid.uuid4(), []
+    async with s() as session, session.begin():
+        session.add(
+            Tenant(id=tid, name=f"f{tid.hex[:8]}", weight=weight, quotas={}, suspended=False)
+        )
+    async with s() as session, session.begin():
+        for spec in specs:
+            ids.append(uuid.uuid4())
+            session.add(new_job(tid, id=ids[-1], **spec))
+    return ids
+
+
+async def test_a_tenant_holding_every_slot_gives_one_to_a_starved_tenant(s: Sessions) -> None:
+    hog = await _tenant_jobs(
+        s, 1, [running(5, f"w-{i}", ago_s=100 - i) for i in range(4)]
+    )  # w-3 started last
+    await _tenant_jobs(s, 1, [waiting(5)])
+    p = Preemptor(min_gap_s=0.0)
+    done = await _step(s, p)
+    assert done is not None
+    assert done.reason == "fair share"  # type: ignore[attr-defined]
+    assert done.job_id == hog[3]  # type: ignore[attr-defined]
+
+
+async def test_fair_share_leaves_a_tenant_within_its_share_and_one_already_running(
+    s: Sessions,
+) -> None:
+    # weights 3 and 1 on 4 slots: 3 is the heavier tenant's share; it runs 3, the other 1
+    await _tenant_jobs(s, 3, [running(5, f"w-{i}") for i in range(3)])
+    await _tenant_jobs(s, 1, [running(5, "w-3"), waiting(5)])
+    assert await _step(s, Preemptor(min_gap_s=0.0)) is None
+    # a third tenant waits with none running, but nobody runs a job beyond its share + 1
+    await _tenant_jobs(s, 1, [waiting(5)])
+    assert await _step(s, Preemptor(min_gap_s=0.0)) is None
+
+
+async def test_fair_share_never_preempts_a_higher_priority(s: Sessions) -> None:
+    await _tenant_jobs(s, 1, [running(8, f"w-{i}") for i in range(4)])
+    await _tenant_jobs(s, 1, [waiting(2)])
+    assert await _step(s, Preemptor(min_gap_s=0.0)) is None

@@ -1,6 +1,7 @@
 """The installed ``stratus`` script in a real 80x24 terminal (tmux): ``submit --array --wait``
-draws one progress bar, redrawn in place until 20/20, and the shell sees exit code 0; a long
-job's bar shows its progress as the events bring it; ``logs -f`` ends when the job ends;
+draws one progress bar, redrawn in place until 20/20, and the shell sees exit code 0; an
+array of longer elements shows some of them done on the way; a long job's bar shows its
+progress as the events bring it; ``logs -f`` ends when the job ends;
 ``watch`` redraws its table in place as jobs come and go, until Ctrl-C."""
 
 from __future__ import annotations
@@ -181,3 +182,24 @@ def test_logs_follow_ends_when_the_job_ends(url: str, key: str, terminal: Termin
         assert client.get(job).is_final
     assert "exit=0" in lines
     assert any("SUCCEEDED" in line for line in lines), lines
+
+
+def test_an_arrays_bar_moves_as_its_elements_end(terminal: Terminal) -> None:
+    """An array of elements of about a second each: the bar shows some of them done on the
+    way (its counts read on the array's events and while its stream is quiet), then 8/8."""
+    terminal.type(
+        f"{STRATUS} submit montecarlo_pi --array 8 --index-param seed "
+        f"--param samples={LONG // 8} --wait; echo exit=$?"
+    )
+    screens = terminal.screens_until(r"exit=\d+")
+    done = {
+        int(m.group(1))
+        for lines in screens
+        for line in lines
+        if "array " in line
+        for m in [re.search(r" (\d)/8 ", line)]
+        if m
+    }
+    assert any(0 < d < 8 for d in done), (done, screens[-1])
+    assert 8 in done
+    assert "exit=0" in screens[-1]

@@ -183,7 +183,9 @@ def arguments_do_not_alias(typingctx: Any) -> Any:
 
     def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
         for arg in builder.function.args:
-            if isinstance(arg.type, ir.PointerType):
+            # the arrays' data pointers only: not their ``i8*`` meminfo (several views of one
+            # array share it, and its reference count is written through each)
+            if isinstance(arg.type, ir.PointerType) and arg.type.pointee != ir.IntType(8):
                 arg.add_attribute("noalias")
         return context.get_dummy_value()
 

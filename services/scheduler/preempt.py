@@ -67,7 +67,7 @@ _CANDIDATES = text(
     """
     WITH waiting AS (
         SELECT id, priority FROM jobs
-        WHERE state = 'QUEUED' AND dispatched_at IS NULL AND NOT is_array
+        WHERE state = 'QUEUED' AND NOT is_array
           AND device IN (:device, 'any') AND (run_after IS NULL OR run_after <= now())
           AND deps_left = 0
         ORDER BY priority DESC, created_at
@@ -82,7 +82,8 @@ _CANDIDATES = text(
     SELECT victim.id, victim.tenant_id, victim.worker, victim.priority, waiting.id,
            waiting.priority
     FROM waiting, victim
-    WHERE waiting.priority > victim.priority
+    WHERE waiting.priority > victim.priority AND (SELECT count(*) FROM jobs
+        WHERE state = 'RUNNING' AND assigned_device = :device) >= :slots
     """
 )
 
@@ -95,7 +96,7 @@ _FAIR = text(
     """
     WITH waiting AS (
         SELECT tenant_id, min(id::text)::uuid AS id, max(priority) AS priority FROM jobs
-        WHERE state = 'QUEUED' AND dispatched_at IS NULL AND NOT is_array
+        WHERE state = 'QUEUED' AND NOT is_array
           AND device IN (:device, 'any') AND (run_after IS NULL OR run_after <= now())
           AND deps_left = 0
         GROUP BY tenant_id
@@ -129,8 +130,14 @@ _FAIR = text(
     SELECT victim.id, victim.tenant_id, victim.worker, victim.priority, starved.id,
            starved.priority
     FROM starved, victim
-    WHERE starved.priority >= victim.priority
+    WHERE starved.priority >= victim.priority AND (SELECT sum(n) FROM holding) >= :slots
     """
+)
+
+
+_UNDISPATCH = text(
+    "UPDATE jobs SET dispatched_at = NULL, assigned_device = NULL"
+    " WHERE id = :id AND state = 'QUEUED'"
 )
 
 
@@ -142,10 +149,11 @@ class Preemptor:
     last: dict[str, float] = field(default_factory=dict)  # pool -> monotonic time
 
     async def step(
-        self, session: AsyncSession, *, device: str, full: bool, at_max: bool
+        self, session: AsyncSession, *, device: str, full: bool, at_max: bool, slots: int = 0
     ) -> Preemption | None:
         """Preempt on ``device`` if a job there should (``full``: no slot free; ``at_max``:
-        the pool cannot grow), in the caller's transaction (the event goes with it)."""
+        the pool cannot grow; ``slots``: the pool's, which its running jobs must fill), in
+        the caller's transaction (the event goes with it)."""
         if not (full and at_max):
             return None
         now = time.monotonic()
@@ -153,7 +161,7 @@ class Preemptor:
             return None
         if not await session.scalar(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK))):
             return None
-        params = {"device": device, "kernels": list(CHECKPOINTING)}
+        params = {"device": device, "kernels": list(CHECKPOINTING), "slots": slots}
         row = (await session.execute(_CANDIDATES, params)).first()
         reason = "priority"
         if row is None:
@@ -165,6 +173,10 @@ class Preemptor:
         await add_event(
             session, JobPreempted(tenant_id=p.tenant_id, job_id=p.job_id, worker=p.worker)
         )
+        # sent again: its message may wait on a worker whose slots stay busy, while the slot
+        # made here is on another one (a worker that claims it first makes the other
+        # message a duplicate, which finds the job taken)
+        await session.execute(_UNDISPATCH, {"id": p.for_job})
         self.last[device] = now
         log.info(
             "job_preempted",
@@ -228,7 +240,9 @@ async def preempt_pass(
             continue
         full = cap.free(device, 0.0) <= 0
         at_max = pool_at_max(autoscale, device, live.get(device, 0))
-        p = await preemptor.step(session, device=device, full=full, at_max=at_max)
+        p = await preemptor.step(
+            session, device=device, full=full, at_max=at_max, slots=cap.slots.get(device, 0)
+        )
         if p is not None:
             done.append(p)
     return done

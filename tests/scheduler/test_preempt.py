@@ -53,9 +53,11 @@ def waiting(priority: int) -> dict[str, object]:
     return {"state": "QUEUED", "kernel": "stencil2d", "priority": priority}
 
 
-async def _step(s: Sessions, p: Preemptor, *, full: bool = True, at_max: bool = True) -> object:
+async def _step(
+    s: Sessions, p: Preemptor, *, full: bool = True, at_max: bool = True, slots: int = 0
+) -> object:
     async with s() as session, session.begin():
-        return await p.step(session, device="cpu", full=full, at_max=at_max)
+        return await p.step(session, device="cpu", full=full, at_max=at_max, slots=slots)
 
 
 async def _preempted(s: Sessions) -> list[dict[str, object]]:
@@ -176,3 +178,25 @@ async def test_fair_share_never_preempts_a_higher_priority(s: Sessions) -> None:
     await _tenant_jobs(s, 1, [running(8, f"w-{i}") for i in range(4)])
     await _tenant_jobs(s, 1, [waiting(2)])
     assert await _step(s, Preemptor(min_gap_s=0.0)) is None
+
+
+async def test_a_dispatched_job_that_waits_preempts_and_is_sent_again(s: Sessions) -> None:
+    from shared.db.models import Job
+
+    _, _, high = await _jobs(
+        s,
+        [
+            running(1, "w-a"),
+            running(1, "w-b"),
+            {**waiting(9), "dispatched_at": utcnow(), "assigned_device": "cpu"},
+        ],
+    )
+    p = Preemptor(min_gap_s=0.0)
+    assert await _step(s, p, slots=3) is None  # a slot is free: its message gets there
+    done = await _step(s, p, slots=2)
+    assert done is not None
+    async with s() as session:
+        job = await session.get(Job, high)
+        assert job is not None
+        assert job.dispatched_at is None  # the dispatcher sends it again
+        assert job.assigned_device is None

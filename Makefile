@@ -2,7 +2,8 @@
 #
 #   make up / make down   docker compose when a Docker engine answers, else the services as
 #                         local processes under supervisord (python -m tools.cluster)
-#   make test             venv + servers + lint + typecheck + pytest (what .ci/run runs)
+#   make test             venv + servers + lint + typecheck + pytest + the Docker stage
+#                         (what .ci/run runs; DOCKER_STAGE=0 leaves the Docker stage out)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -17,6 +18,9 @@ ENV_FILE := run/stratus.env
 UP_ARGS ?=
 COMPOSE_ARGS ?=
 VOLUMES ?=
+# make test runs the Docker stage after pytest (make test DOCKER_STAGE=0: not)
+DOCKER_STAGE ?= 1
+DOCKER_PYTEST_ARGS ?=
 PYTEST_ARGS ?=
 
 .PHONY: help venv bench-venv images up down status servers lint typecheck test test-docker bench chaos logs clean
@@ -30,7 +34,7 @@ help:
 	@echo "make servers    make sure PostgreSQL, Redis and RabbitMQ answer on loopback"
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make typecheck  mypy --strict"
-	@echo "make test       venv, servers, lint, typecheck, then pytest"
+	@echo "make test       venv, servers, lint, typecheck, pytest, then the Docker stage"
 	@echo "make test-docker the Docker stage: compose clusters on a real engine (tests/docker)"
 	@echo "make bench      install [dev,bench], run bench/pipeline.py, bench/auth.py, bench/kernels.py --quick, bench/datamover.py, bench/scaling.py --quick, bench/workflows.py, bench/checkpoint.py --quick"
 	@echo "make chaos      the chaos suite with 2,000 jobs on private servers (make chaos CHAOS_JOBS=200)"
@@ -88,11 +92,14 @@ typecheck: venv
 
 test: venv servers lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+	@if [ "$(DOCKER_STAGE)" = 1 ]; then $(MAKE) --no-print-directory test-docker; \
+	else echo "the Docker stage is off (DOCKER_STAGE=$(DOCKER_STAGE))"; fi
 
 # the Docker stage: a Docker engine (installed and started when absent, stopped after), the
-# images of `make images` (reused when cached), compose clusters of containers (tests/docker)
+# images of `make images` (reused when cached), compose clusters of containers (tests/docker);
+# `make test` runs it last (DOCKER_STAGE=0 leaves it out)
 test-docker: venv
-	STRATUS_DOCKER_STAGE=1 $(PY) -m pytest tests/docker -s -p no:cacheprovider $(PYTEST_ARGS)
+	STRATUS_DOCKER_STAGE=1 $(PY) -m pytest tests/docker -s -p no:cacheprovider $(DOCKER_PYTEST_ARGS)
 
 bench: bench-venv servers
 	$(PY) bench/pipeline.py

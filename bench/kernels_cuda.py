@@ -119,7 +119,7 @@ def measure(s: Sizes, repeat: int) -> list[dict[str, Any]]:
         "histogram": (8 * n / 1e9, "GB/s", "triad"),
         "matmul": (2 * m**3 / 1e9, "GFLOP/s", "dgemm"),
         "matmul_numba_tiles": (2 * m**3 / 1e9, "GFLOP/s", "dgemm"),
-        "nbody": (20 * nb * nb / 1e9, "GFLOP/s", "dgemm"),
+        "nbody": (20 * nb * nb / 1e9, "GFLOP/s", "fp64"),  # scalar FP64, not tensor cores
         "montecarlo_pi": (s["mc"] / 1e6, "Msamples/s", ""),
     }
     refs = cupy_references(s, repeat, x, y, out, grid, a, b, c)
@@ -171,6 +171,33 @@ def cupy_references(s: Sizes, repeat: int, *arrays: Any) -> dict[str, float]:
     }
 
 
+FP64_LANES_PER_SM = {  # FP64 FMA units per SM (non-tensor), by compute capability
+    (6, 0): 32,
+    (7, 0): 32,
+    (8, 0): 32,
+    (9, 0): 64,
+    (10, 0): 64,
+}
+
+
+def fp64_peak_gflops(capability: tuple[int, int], sms: int, clock_khz: int) -> float | None:
+    """The GPU's scalar FP64 peak (two flops per FMA lane per clock at the boost clock), the
+    limit nbody's pair loop is compared with: tensor-core dgemm runs on other units. None for
+    a compute capability without a known count (consumer GPUs have 2 lanes per SM or so)."""
+    lanes = FP64_LANES_PER_SM.get(tuple(capability))  # type: ignore[arg-type]
+    return 2.0 * lanes * sms * clock_khz / 1e6 if lanes else None
+
+
+def device_fp64_peak() -> float | None:
+    from numba import cuda
+
+    try:
+        dev = cuda.get_current_device()
+        return fp64_peak_gflops(dev.compute_capability, dev.MULTIPROCESSOR_COUNT, dev.CLOCK_RATE)
+    except Exception:  # an attribute this driver does not report: no peak, no fraction
+        return None
+
+
 def run_cuda_bench(quick: bool, repeat: int) -> int:
     from numba import cuda
 
@@ -185,9 +212,13 @@ def run_cuda_bench(quick: bool, repeat: int) -> int:
     device = device.decode() if isinstance(device, bytes) else str(device)
     triad = triad_bandwidth(sizes["n"], repeat)
     blas = None if simulated else cublas_dgemm(sizes["m"], repeat)
-    limits = {"triad": triad, "dgemm": blas[1] if blas else None}
+    fp64 = None if simulated else device_fp64_peak()
+    limits = {"triad": triad, "dgemm": blas[1] if blas else None, "fp64": fp64}
     rows = measure(sizes, repeat)
-    print(f"device: {device}; triad {triad:.1f} GB/s; dgemm {blas or 'no CuPy/PyTorch'}")
+    print(
+        f"device: {device}; triad {triad:.1f} GB/s; dgemm {blas or 'no CuPy/PyTorch'}; "
+        f"FP64 peak {f'{fp64:.0f} GFLOP/s' if fp64 else 'unknown'}"
+    )
     for r in rows:
         lim = limits.get(r["limit"])
         r["fraction_of_limit"] = r["rate"] / lim if lim else None

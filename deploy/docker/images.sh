@@ -7,6 +7,7 @@
 #   stratus-offline/postgres   \
 #   stratus-offline/rabbitmq    > stand-ins for postgres:16, rabbitmq:3.13-management, redis:7
 #   stratus-offline/redis      /  (deploy/docker/offline/*.Dockerfile)
+#   stratus-offline/haproxy    the load balancer of deploy/docker/compose.ha.yml
 #   stratus:latest             the project's Dockerfile built on stratus-offline/base
 #
 # Each image is tagged with a hash of its inputs and reused while that tag exists; `:latest`
@@ -22,7 +23,7 @@ HERE="${REPO}/deploy/docker"
 OFFLINE="${HERE}/offline"
 SUITE="${DEBIAN_SUITE:-bookworm}"
 STRATUS_IMAGE="${STRATUS_IMAGE:-stratus:latest}"
-IMAGES="${IMAGES:-base postgres rabbitmq redis stratus}"
+IMAGES="${IMAGES:-base postgres rabbitmq redis haproxy stratus}"
 CA_BUNDLE="${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}"
 
 log() { printf 'images: %s\n' "$*" >&2; }
@@ -128,7 +129,7 @@ prune_base() { prune stratus-offline/base "${BASE}" .; }
 for image in ${IMAGES}; do
     case "${image}" in
         base) build_base; prune_base ;;
-        postgres | rabbitmq | redis) have "${BASE}" || build_base; build_standin "${image}" ;;
+        postgres | rabbitmq | redis | haproxy) have "${BASE}" || build_base; build_standin "${image}" ;;
         stratus) have "${BASE}" || build_base; build_stratus ;;
         *) die "unknown image ${image}" ;;
     esac

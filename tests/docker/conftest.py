@@ -125,14 +125,22 @@ def docker(*args: str, timeout: float = 120) -> str:
     return r.stdout
 
 
-def start_compose(tmp: Path, *up_args: str, extra_files: list[Path] | None = None) -> Compose:
+def start_compose(
+    tmp: Path,
+    *up_args: str,
+    extra_files: list[Path] | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> Compose:
     admin = secrets.token_urlsafe(32)
     port = free_port()
     env_file = tmp / "stratus.env"
-    env_file.write_text(
-        f"STRATUS_ADMIN_KEY={admin}\nSTRATUS_KEY_SECRET={secrets.token_urlsafe(32)}\n"
-        f"GATEWAY_PORT={port}\n"
-    )
+    env = {
+        "STRATUS_ADMIN_KEY": admin,
+        "STRATUS_KEY_SECRET": secrets.token_urlsafe(32),
+        "GATEWAY_PORT": str(port),
+        **(extra_env or {}),
+    }
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
     env_file.chmod(0o600)
     compose = Compose(
         project=f"stratus-dt-{uuid.uuid4().hex[:8]}",

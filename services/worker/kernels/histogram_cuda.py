@@ -22,13 +22,14 @@ BLOCK_LIMIT = 2**31 - 1  # values one block may count (int32 shared counts)
 
 
 @cuda.jit(device=True)
-def bin_of(v: float, edges: Any, lo: float, hi: float, bins: int) -> int:
-    """NumPy's bin of ``v``, or -1 when ``v`` is outside [lo, hi] or NaN."""
+def bin_of(v: float, edges: Any, lo: float, hi: float, bins: int, scale: float) -> int:
+    """NumPy's bin of ``v``, or -1 when ``v`` is outside [lo, hi] or NaN (``scale``:
+    ``bins / (hi - lo)``, computed once per thread)."""
     if not (v >= lo and v <= hi):
         return -1
-    k = int((v - lo) / (hi - lo) * bins)
-    if k == bins:
-        k -= 1
+    # the first guess multiplies as on the CPU (never off by more than one bin, corrected
+    # below): a float64 division per value is a long instruction sequence on a GPU
+    k = min(int((v - lo) * scale), bins - 1)
     if v < edges[k]:
         k -= 1
     elif v >= edges[k + 1] and k != bins - 1:
@@ -40,12 +41,13 @@ def bin_of(v: float, edges: Any, lo: float, hi: float, bins: int) -> int:
 def shared_kernel(data: Any, edges: Any, lo: float, hi: float, counts: Any) -> None:
     local = cuda.shared.array(SHARED_BINS, numba.int32)
     bins = counts.shape[0]
+    scale = bins / (hi - lo)
     for b in range(cuda.threadIdx.x, bins, cuda.blockDim.x):
         local[b] = 0
     cuda.syncthreads()
     i = cuda.grid(1)
     while i < data.shape[0]:
-        k = bin_of(data[i], edges, lo, hi, bins)
+        k = bin_of(data[i], edges, lo, hi, bins, scale)
         if k >= 0:
             cuda.atomic.add(local, k, 1)
         i += cuda.gridsize(1)
@@ -58,8 +60,9 @@ def shared_kernel(data: Any, edges: Any, lo: float, hi: float, counts: Any) -> N
 @cuda.jit(cache=True)
 def global_kernel(data: Any, edges: Any, lo: float, hi: float, counts: Any) -> None:
     i = cuda.grid(1)
+    scale = counts.shape[0] / (hi - lo)
     while i < data.shape[0]:
-        k = bin_of(data[i], edges, lo, hi, counts.shape[0])
+        k = bin_of(data[i], edges, lo, hi, counts.shape[0], scale)
         if k >= 0:
             cuda.atomic.add(counts, k, 1)
         i += cuda.gridsize(1)

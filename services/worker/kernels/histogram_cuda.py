@@ -1,6 +1,6 @@
 """histogram on a GPU: a grid-stride loop over the data; each block counts into bins of its
-own in shared memory (32-bit atomics, native in shared memory), then adds them to the global
-counts once.
+own in shared memory (32-bit atomics, native in shared memory; one copy per warp where
+they fit), then adds them to the global counts once.
 More bins than fit in shared memory: global atomics. The bin of each value is NumPy's,
 computed as on the CPU (``histogram.py``)."""
 
@@ -42,19 +42,26 @@ def shared_kernel(data: Any, edges: Any, lo: float, hi: float, counts: Any) -> N
     local = cuda.shared.array(SHARED_BINS, numba.int32)
     bins = counts.shape[0]
     scale = bins / (hi - lo)
-    for b in range(cuda.threadIdx.x, bins, cuda.blockDim.x):
+    # one copy of the bins per warp where they fit (up to 8): a run of equal values no
+    # longer queues all the block's threads on one shared counter
+    copies = max(1, min(cuda.blockDim.x // 32, SHARED_BINS // bins))
+    mine = (cuda.threadIdx.x // 32) % copies * bins
+    for b in range(cuda.threadIdx.x, copies * bins, cuda.blockDim.x):
         local[b] = 0
     cuda.syncthreads()
     i = cuda.grid(1)
     while i < data.shape[0]:
         k = bin_of(data[i], edges, lo, hi, bins, scale)
         if k >= 0:
-            cuda.atomic.add(local, k, 1)
+            cuda.atomic.add(local, mine + k, 1)
         i += cuda.gridsize(1)
     cuda.syncthreads()
     for b in range(cuda.threadIdx.x, bins, cuda.blockDim.x):
-        if local[b]:
-            cuda.atomic.add(counts, b, numba.int64(local[b]))
+        total = numba.int64(0)
+        for c in range(copies):
+            total += local[c * bins + b]
+        if total:
+            cuda.atomic.add(counts, b, total)
 
 
 @cuda.jit(cache=True)

@@ -58,7 +58,8 @@ R2_MAX = 2.0**100  # (float32 normal numbers: 2**-126 to 2**128)
 TILE = 512  # bodies per block of the fast pass at most
 BLOCKS = 8  # blocks at least where that leaves blocks of 64 bodies or more (for the threads)
 CHUNKS = 64  # at most this many private copies of the accelerations (the threads share them)
-PRIVATE_LIMIT = 2**27  # bytes of private copies at most (one copy whatever its size)
+PRIVATE_LIMIT = 2**26  # bytes of private copies at most (one copy whatever its size): a job's
+# memory limit is a few hundred MiB (the pool's share), its bodies 56 bytes each
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")

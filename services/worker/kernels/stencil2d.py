@@ -122,7 +122,7 @@ def jacobi(src: Any, dst: Any, iterations: int) -> None:
     blocks = (cols - 2 + TILE_COLUMNS - 1) // TILE_COLUMNS
     wanted = (TILES + blocks - 1) // blocks
     bands = max(1, min(wanted, (rows - 2) // BAND_ROWS))
-    if bands * blocks < MIN_TILES:  # a small grid: in cache anyway, and a thread would idle
+    if bands * blocks < MIN_TILES:  # a small grid: too few tiles to keep the threads busy
         jacobi_steps(src, dst, iterations)
         return
     a, b = src, dst

@@ -20,7 +20,7 @@ import pytest
 from tests.e2e.conftest import new_tenant_key, own_cluster, wait_for_state
 from tools.cluster import LocalCluster
 
-SAMPLES = 2_000_000_000  # about 20 s on the two threads of a worker of a busy 2-core host
+SAMPLES = 8_000_000_000  # 15 s or more on the two threads of a worker of a 2-core host
 JOB = {
     "kernel": "montecarlo_pi",
     "device": "cpu",
@@ -44,7 +44,7 @@ def cluster(
         "ckpt",
         test_env,
         tmp_path_factory,
-        env=env,
+        env={**env, "STRATUS_PREEMPT__MIN_GAP_S": "1", "STRATUS_PREEMPT__INTERVAL_S": "0.5"},
         workers=2,
         worker_env={
             "STRATUS_CONCURRENCY": "1",
@@ -119,3 +119,33 @@ async def test_a_job_resumes_from_its_checkpoint_exactly(
         assert done["preemptions"] == 0
         assert back, events  # the reaper's: the lease expired
     cluster.wait_workers(2)
+
+
+async def test_a_higher_priority_job_preempts_one_checkpointing_job(
+    api: httpx.AsyncClient, cluster: LocalCluster, uninterrupted: dict[str, Any]
+) -> None:
+    h = await new_tenant_key(api, "ckpt-preempt")
+    low = []
+    for _ in range(2):  # both slots of the pool (two workers of one slot, no autoscaler)
+        r = await api.post("/v1/jobs", json={**JOB, "priority": 1}, headers=h)
+        assert r.status_code == 201, r.text
+        low.append(r.json()["id"])
+    for job_id in low:
+        await _checkpointed(api, job_id, h)
+    quick = {"kernel": "montecarlo_pi", "device": "cpu", "params": {"samples": 10**6}}
+    r = await api.post("/v1/jobs", json={**quick, "priority": 9}, headers=h)
+    high = r.json()["id"]
+    high_done = await wait_for_state(api, high, h, {"SUCCEEDED"}, 120)
+    ends = [await wait_for_state(api, j, h, {"SUCCEEDED", "FAILED"}, 240) for j in low]
+    assert [e["state"] for e in ends] == ["SUCCEEDED", "SUCCEEDED"], ends
+    assert all(e["result"] == uninterrupted for e in ends)  # bit for bit, preempted or not
+    preempted = [e for e in ends if e["preemptions"]]
+    assert len(preempted) == 1, ends  # one preemption made the room: the other ran on
+    moved = preempted[0]
+    assert moved["resumed_from"] is not None
+    assert moved["attempts"] == 2
+    assert high_done["started_at"] < moved["finished_at"]  # it ran while the low one waited
+    events = (await api.get(f"/v1/jobs/{moved['id']}/events", headers=h)).json()["items"]
+    assert [e["reason"] for e in events if e["state"] == "QUEUED" and e["attempt"] == 1] == [
+        "preempted"
+    ], events

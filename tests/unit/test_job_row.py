@@ -141,6 +141,9 @@ def test_a_replay_reads_every_field_of_job_out_by_name() -> None:
         "priority": 3,
         "timeout_s": 5,
         "max_retries": 0,
+        "checkpoint_interval_s": 30,
+        "checkpoints": 0,
+        "preemptions": 0,
         "state": "QUEUED",
         "attempts": 0,
         "created_at": now,
@@ -158,6 +161,7 @@ def test_a_claim_is_read_by_name_from_the_statement_and_from_the_model() -> None
     record = {
         "output_tier": "archive",
         "timeout_s": 9,
+        "checkpoint_interval_s": 30,
         "outputs": '{"y": "out/y"}',
         "inputs": "{}",
         "params": '{"a": 2}',
@@ -181,6 +185,7 @@ def test_a_claim_is_read_by_name_from_the_statement_and_from_the_model() -> None
         outputs={"y": "out/y"},
         timeout_s=9,
         output_tier="archive",
+        checkpoint_interval_s=30,
     )
     assert Claim(**CLAIMED.attributes(job)) == expected
 

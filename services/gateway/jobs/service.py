@@ -193,6 +193,8 @@ def _new_job(
         tenant_id=tenant_id,
         state=(JobState.QUEUED if queued else JobState.PENDING).value,
         attempts=0,
+        checkpoints=0,
+        preemptions=0,
         created_at=now,
         updated_at=now,
         queued_at=now if queued else None,
@@ -207,7 +209,6 @@ def _created(job: NewJob, plan: arrays.ArrayPlan | None = None) -> JobOut:
     row = job.row
     values: dict[str, Any] = {name: row.get(name) for name in JobOut.model_fields}
     values["id"] = str(row["id"])
-    values["checkpoints"] = values["preemptions"] = 0  # counts the new row starts at
     if row.get("notify") is not None:
         values["notify"] = NotifySpec.model_validate(row["notify"])
     if plan is not None:

@@ -46,6 +46,8 @@ SET_BY_GATEWAY = (
     "tenant_id",
     "state",
     "attempts",
+    "checkpoints",
+    "preemptions",
     "idempotency_key",
     "request_hash",
     "created_at",

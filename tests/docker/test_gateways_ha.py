@@ -1,15 +1,27 @@
 """Two gateways behind HAProxy (deploy/docker/compose.ha.yml): when one gateway's container is
-killed, the clients see at most a retried connection."""
+killed, the clients see at most a retried connection; 500 jobs submitted through a gateway's
+kill, the scheduler's crash and a worker's kill all succeed, each once."""
 
 from __future__ import annotations
 
+import subprocess
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.docker.conftest import REPO, Compose, docker, start_compose, stop_compose
+from tests.docker.conftest import (
+    REPO,
+    Compose,
+    docker,
+    new_tenant_key,
+    start_compose,
+    stop_compose,
+    wait_for_state,
+)
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(1800)]
 
@@ -69,3 +81,68 @@ def test_a_killed_gateway_costs_clients_at_most_a_retry(ha_cluster: Compose) -> 
     assert statuses
     assert set(statuses) == {200}
     assert len(ha_cluster.running("gateway")) == 1
+
+
+def test_500_jobs_through_a_gateway_kill_a_scheduler_crash_and_a_worker_kill(
+    ha_cluster: Compose,
+) -> None:
+    ha_cluster.run(
+        "up", "-d", "--wait", "--scale", "gateway=2", "--scale", "worker=2", "--no-recreate"
+    )
+    assert len(ha_cluster.running("gateway")) == 2
+    assert len(ha_cluster.running("worker")) == 2
+    faults: dict[int, Callable[[], object]] = {
+        150: lambda: docker("kill", str(ha_cluster.running("gateway")[0]["ID"])),
+        300: lambda: crash(ha_cluster, "scheduler"),
+        400: lambda: docker("kill", str(ha_cluster.running("worker")[0]["ID"])),
+    }
+    with httpx.Client(base_url=ha_cluster.url, timeout=30) as client:
+        h = new_tenant_key(client, ha_cluster.admin_key, "chaos")
+        ids = set()
+        for i in range(500):
+            if i in faults:
+                faults[i]()
+            body: dict[str, Any] = {
+                "kernel": "montecarlo_pi",
+                "params": {"samples": 200_000, "seed": i},
+            }
+            headers = {**h, "Idempotency-Key": f"chaos-{i}"}  # a retried POST is the same job
+            r = post_with_retries(client, "/v1/jobs", body, headers)
+            assert r.status_code in (200, 201), r.text
+            ids.add(r.json()["id"])
+        assert len(ids) == 500
+        t0 = time.monotonic()
+        done = [wait_for_state(client, j, h, FINAL, timeout=600) for j in sorted(ids)]
+    states = Counter(j["state"] for j in done)
+    print(
+        f"\n500 jobs through a gateway kill, a scheduler crash and a worker kill: {dict(states)}, "
+        f"the last final {time.monotonic() - t0:.1f} s after the last submit, "
+        f"{len(RETRIED)} retried connections"
+    )
+    assert states == {"SUCCEEDED": 500}
+
+
+FINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+
+def crash(compose: Compose, service: str) -> None:
+    """SIGKILL to the container's process (a crash: the restart policy applies)."""
+    (container,) = compose.running(service)
+    pid = docker("inspect", "-f", "{{.State.Pid}}", str(container["ID"])).strip()
+    subprocess.run(["kill", "-9", pid], check=True)
+
+
+def post_with_retries(
+    client: httpx.Client, path: str, body: dict[str, Any], headers: dict[str, str]
+) -> httpx.Response:
+    for attempt in range(5):
+        try:
+            r = client.post(path, json=body, headers=headers)
+        except httpx.TransportError as exc:
+            RETRIED.append(type(exc).__name__)
+        else:
+            if r.status_code < 500:
+                return r
+            RETRIED.append(str(r.status_code))
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError(f"POST {path} failed 5 times: {RETRIED[-5:]}")

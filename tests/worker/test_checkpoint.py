@@ -119,6 +119,9 @@ def test_a_checkpoint_over_the_bound_is_not_written(tmp_path: Path) -> None:
 # --- a pool process killed, or released -------------------------------------------------
 
 ITERATIONS = 4000
+# a job that runs well past its first progress report (a second after it starts) on a quiet
+# host: 256² points for 128,000 steps take 3-7 s at the 0.4-0.9 ns a point-step measured
+LONG = 32 * ITERATIONS
 
 
 def _grid() -> np.ndarray[Any, Any]:
@@ -222,7 +225,7 @@ async def test_a_torn_write_left_by_a_kill_is_not_read(
 async def test_a_release_checkpoints_and_stops_then_resumes(
     runner: KernelRunner, save: Save, tmp_path: Path
 ) -> None:
-    long = 8 * ITERATIONS
+    long = LONG
     reference = _uninterrupted(tmp_path, long)
     release = asyncio.Event()
     events: list[dict[str, Any]] = []
@@ -273,7 +276,7 @@ async def test_a_drain_hands_a_checkpointing_job_back_and_it_resumes_exactly(
         WorkerSettings(storage=storage, concurrency=2),
         runner,
     )
-    long = 8 * ITERATIONS
+    long = LONG
     reference = _uninterrupted(tmp_path, long)
     grid = save("grid", _grid())
     job_id, tenant_id = uuid.uuid4(), uuid.uuid4()

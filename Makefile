@@ -2,8 +2,8 @@
 #
 #   make up / make down   docker compose when a Docker engine answers, else the services as
 #                         local processes under supervisord (python -m tools.cluster)
-#   make test             venv + servers + lint + typecheck + pytest + the Docker stage
-#                         (what .ci/run runs; DOCKER_STAGE=0 leaves the Docker stage out)
+#   make test             venv + servers + lint + typecheck + pytest (what .ci/run runs);
+#                         DOCKER_STAGE=1 adds the Docker stage (make test-docker)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -18,8 +18,9 @@ ENV_FILE := run/stratus.env
 UP_ARGS ?=
 COMPOSE_ARGS ?=
 VOLUMES ?=
-# make test runs the Docker stage after pytest (make test DOCKER_STAGE=0: not)
-DOCKER_STAGE ?= 1
+# make test DOCKER_STAGE=1 runs the Docker stage after pytest; off by default until it has
+# passed in CI from a machine with no engine and no images (about 10 more minutes cold)
+DOCKER_STAGE ?= 0
 DOCKER_PYTEST_ARGS ?=
 PYTEST_ARGS ?=
 
@@ -97,7 +98,7 @@ test: venv servers lint typecheck
 
 # the Docker stage: a Docker engine (installed and started when absent, stopped after), the
 # images of `make images` (reused when cached), compose clusters of containers (tests/docker);
-# `make test` runs it last (DOCKER_STAGE=0 leaves it out)
+# `make test DOCKER_STAGE=1` runs it last
 test-docker: venv
 	STRATUS_DOCKER_STAGE=1 $(PY) -m pytest tests/docker -s -p no:cacheprovider $(DOCKER_PYTEST_ARGS)
 

@@ -7,11 +7,11 @@ import asyncio
 import contextlib
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI
 
@@ -62,6 +62,8 @@ _COUNT_CHECKPOINTS = """
     WHERE id = $1
 """
 
+_C = TypeVar("_C")  # what a claim gives: a job's or a chunk's
+
 
 class WorkerRuntime:
     def __init__(
@@ -109,13 +111,8 @@ class WorkerRuntime:
     async def _claim_and_start(self, job_id: uuid.UUID) -> None:
         """Claim the job for the slot taken for it and start its run, or give the slot back."""
         with tracing.span("worker.claim", job_id=job_id, worker=self.settings.name):
-            try:
-                claim = await self.claims.claim(job_id)
-            except BaseException:
-                self.slots.release()
-                raise
+            claim = await self._claimed(self.claims.claim(job_id))
             if claim is None:
-                self.slots.release()
                 return
             self.leased.add(claim.job_id)  # its lease is extended by the heartbeat from now on
             # the run's task starts under the claim's span (its spans and log lines are in it)
@@ -124,16 +121,23 @@ class WorkerRuntime:
         self.jobs.add(task)
         task.add_done_callback(self.jobs.discard)
 
-    async def _claim_chunk_and_start(self, chunk_id: uuid.UUID) -> None:
-        """Claim the chunk for the slot taken for it and start its run, or give the slot
-        back (``services.worker.chunks``)."""
+    async def _claimed(self, claiming: Awaitable[_C | None]) -> _C | None:
+        """The claim, or None with the slot taken for it given back (also when the claim
+        raises)."""
         try:
-            claim = await self.chunks.claim(chunk_id)
+            claim = await claiming
         except BaseException:
             self.slots.release()
             raise
         if claim is None:
             self.slots.release()
+        return claim
+
+    async def _claim_chunk_and_start(self, chunk_id: uuid.UUID) -> None:
+        """Claim the chunk for the slot taken for it and start its run, or give the slot
+        back (``services.worker.chunks``)."""
+        claim = await self._claimed(self.chunks.claim(chunk_id))
+        if claim is None:
             return
         task = asyncio.create_task(self._run_chunk(claim), name=f"chunk-{chunk_id}")
         self.jobs.add(task)

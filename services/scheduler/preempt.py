@@ -11,9 +11,10 @@ is free for it again. At most one preemption per pool every ``min_gap_s``, and o
 strictly higher priority: two priorities that alternate cannot make the pool thrash (a
 preempted job never preempts the job that took its slot, whose priority is higher).
 
-One scheduler preempts at a time (a transaction-scoped advisory lock); the gap is kept by
-the scheduler that preempts, in memory: after a restart the first preemption may come
-sooner than ``min_gap_s`` after the last one.
+One scheduler preempts at a time (a transaction-scoped advisory lock); the gap is kept in
+the database (``preemption_gaps``: each pool's last preemption, on the database's clock,
+written in the preemption's transaction), so that it holds across a scheduler's restart and
+between two schedulers.
 
 Fair share uses the same mechanism when no priority asks for it: a tenant with a job waiting
 on a full pool at its maximum and none running there, while another tenant runs at least one
@@ -135,6 +136,17 @@ _FAIR = text(
 )
 
 
+# The pool's last preemption, if within the gap of :gap seconds (the database's clock).
+_IN_GAP = text(
+    "SELECT last_at FROM preemption_gaps"
+    " WHERE pool = :pool AND last_at > now() - make_interval(secs => :gap)"
+)
+_PREEMPTED_NOW = text(
+    "INSERT INTO preemption_gaps (pool, last_at) VALUES (:pool, now())"
+    " ON CONFLICT (pool) DO UPDATE SET last_at = excluded.last_at"
+)
+
+
 _UNDISPATCH = text(
     "UPDATE jobs SET dispatched_at = NULL, assigned_device = NULL"
     " WHERE id = :id AND state = 'QUEUED'"
@@ -143,7 +155,8 @@ _UNDISPATCH = text(
 
 @dataclass
 class Preemptor:
-    """Preempts at most one job per pool every ``min_gap_s``."""
+    """Preempts at most one job per pool every ``min_gap_s`` (kept in ``preemption_gaps``;
+    ``last``, this scheduler's own, only spares it the query within the gap)."""
 
     min_gap_s: float
     last: dict[str, float] = field(default_factory=dict)  # pool -> monotonic time
@@ -161,6 +174,12 @@ class Preemptor:
             return None
         if not await session.scalar(select(func.pg_try_advisory_xact_lock(ADVISORY_LOCK))):
             return None
+        # another scheduler's preemption, or this one's before a restart
+        if (
+            self.min_gap_s > 0
+            and (await session.execute(_IN_GAP, {"pool": device, "gap": self.min_gap_s})).first()
+        ):
+            return None
         params = {"device": device, "kernels": list(CHECKPOINTING), "slots": slots}
         row = (await session.execute(_CANDIDATES, params)).first()
         reason = "priority"
@@ -177,6 +196,7 @@ class Preemptor:
         # made here is on another one (a worker that claims it first makes the other
         # message a duplicate, which finds the job taken)
         await session.execute(_UNDISPATCH, {"id": p.for_job})
+        await session.execute(_PREEMPTED_NOW, {"pool": device})
         self.last[device] = now
         log.info(
             "job_preempted",

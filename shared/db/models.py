@@ -399,6 +399,10 @@ class JobEvent(Base):
     tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
     kind: Mapped[str] = mapped_column(String(16), nullable=False, server_default="state")
     progress: Mapped[float | None] = mapped_column(REAL)  # kind 'progress': 0.0-1.0
+    # kind 'checkpoint' (migration 0029): the step (or stream) saved or resumed from, and the
+    # job's checkpoints so far
+    step: Mapped[int | None] = mapped_column(BigInteger)
+    checkpoints: Mapped[int | None] = mapped_column(Integer)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     from_state: Mapped[str] = mapped_column(String(16), nullable=False)
     to_state: Mapped[str] = mapped_column(String(16), nullable=False)

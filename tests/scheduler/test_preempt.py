@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 import orjson
-from sqlalchemy import select
+import pytest
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.scheduler.preempt import Preemptor, loss_per_worker, pool_at_max
@@ -21,6 +22,14 @@ from shared.events import utcnow
 from tests.factories import new_job
 
 Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture
+async def s(s: Sessions) -> Sessions:
+    """The scheduler tests' ``s``, and no pool's last preemption either."""
+    async with s() as session, session.begin():
+        await session.execute(text("TRUNCATE preemption_gaps"))
+    return s
 
 
 async def _jobs(s: Sessions, specs: Sequence[Mapping[str, object]]) -> list[uuid.UUID]:
@@ -103,6 +112,26 @@ async def test_at_most_one_preemption_per_gap(s: Sessions) -> None:
     assert await _step(s, p) is not None
     assert await _step(s, p) is None  # within the gap: the second 8 waits
     assert len(await _preempted(s)) == 1
+
+
+async def test_the_gap_holds_across_a_restart_and_between_schedulers(s: Sessions) -> None:
+    await _jobs(s, [running(1, "w-a"), running(2, "w-b"), waiting(8), waiting(8)])
+    assert await _step(s, Preemptor(min_gap_s=3600.0)) is not None
+    # a scheduler started since (or a second one): nothing in its memory, the pool's last
+    # preemption in the database
+    restarted = Preemptor(min_gap_s=3600.0)
+    assert await _step(s, restarted) is None
+    assert await _step(s, Preemptor(min_gap_s=3600.0)) is None
+    assert len(await _preempted(s)) == 1
+    # the gap over (the cpu pool's one row set back), the second 8 gets the slot of the 2
+    async with s() as session, session.begin():
+        rows = await session.execute(text("SELECT pool FROM preemption_gaps"))
+        assert [pool for (pool,) in rows] == ["cpu"]
+        await session.execute(
+            text("UPDATE preemption_gaps SET last_at = now() - interval '3601 seconds'")
+        )
+    assert await _step(s, restarted) is not None
+    assert len(await _preempted(s)) == 2
 
 
 async def test_two_alternating_priorities_do_not_thrash(s: Sessions) -> None:

@@ -18,7 +18,10 @@ A migration likewise: ``POST /v1/migrations`` (the root, the trace id the migrat
 the datamover's ``datamover.migrate`` under it.
 
 While a worker runs a job its claim span is the current span, so the trace id is in every log
-line of that work (``add_trace_ids``, a structlog processor).
+line of that work (``add_trace_ids``, a structlog processor). The services that handle a job
+before it (the gateway's submission, the scheduler's dispatch, the outbox relay publishing the
+dispatch) log one line per job while tracing is on, in ``about``: that line carries the job's
+trace id and the id of the span it belongs to. Tracing off, they log nothing more.
 """
 
 from __future__ import annotations
@@ -170,18 +173,43 @@ def dispatched(jobs: list[tuple[uuid.UUID, uuid.UUID]], start_ns: int, device: s
         span.end()
 
 
-def message_headers(routing_key: str, body: bytes) -> dict[str, Any] | None:
-    """The AMQP headers of an outbox message: a job dispatch's W3C ``traceparent``."""
+def dispatch_of(routing_key: str, body: bytes) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """``(job id, dispatch event id)`` of an outbox message that is a job's dispatch."""
     if not routing_key.startswith("job.dispatch."):
         return None
     try:
         fields = orjson.loads(body)
         if fields.get("type") != "job.dispatch":
             return None
-        header = traceparent_of(uuid.UUID(fields["job_id"]), uuid.UUID(fields["event_id"]))
+        return uuid.UUID(fields["job_id"]), uuid.UUID(fields["event_id"])
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
-    return {"traceparent": header}
+
+
+def message_headers(routing_key: str, body: bytes) -> dict[str, Any] | None:
+    """The AMQP headers of an outbox message: a job dispatch's W3C ``traceparent``."""
+    ids = dispatch_of(routing_key, body)
+    return {"traceparent": traceparent_of(*ids)} if ids else None
+
+
+def about(trace_of: uuid.UUID, parent: uuid.UUID, what: str = "") -> Any:
+    """Context manager: the span ``span_id(parent, what)`` of ``trace_of``'s trace (the trace
+    id of a job is its id) is the current span, so that the log lines logged in it carry their
+    ids (``add_trace_ids``); a no-op while tracing is off. E.g. ``about(job_id, job_id,
+    "submit")``, the submission; ``about(job_id, dispatch_event_id)``, the dispatch."""
+    if not _enabled:
+        return nullcontext()
+    return trace.use_span(
+        NonRecordingSpan(
+            SpanContext(
+                trace_id=trace_of.int,
+                span_id=span_id(parent, what),
+                is_remote=False,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+        ),
+        end_on_exit=False,
+    )
 
 
 _W3C = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -265,3 +293,20 @@ def add_trace_ids(
             event_dict.setdefault("trace_id", format_trace_id(ctx.trace_id))
             event_dict.setdefault("span_id", format_span_id(ctx.span_id))
     return event_dict
+
+
+def current_span() -> Any:
+    """The current span, to parent spans on later (from a callback, another task); None
+    while tracing is off."""
+    return trace.get_current_span() if _enabled else None
+
+
+def span_between(name: str, parent: Any, start_ns: int, end_ns: int, **attributes: Any) -> None:
+    """A span ``name`` of what ran from ``start_ns`` to ``end_ns``, a child of ``parent`` (a
+    ``current_span()``; nothing when it is None)."""
+    if parent is None or not _enabled:
+        return
+    attrs = {k: str(v) for k, v in attributes.items()}
+    _tracer.start_span(
+        name, context=trace.set_span_in_context(parent), start_time=start_ns, attributes=attrs
+    ).end(end_time=end_ns)

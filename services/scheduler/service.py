@@ -38,8 +38,11 @@ from shared.jobs.proposals import Lost
 from shared.jobs.states import JobState
 from shared.jobs.store import admit_pending, set_job_state
 from shared.jobs.usage import LostAttempt, record_lost_attempts
+from shared.logging import get_logger
 from shared.settings import QuotaDefaults
 from shared.storage.stagein import fail_stage_in, request_stage_ins
+
+log = get_logger(__name__)
 
 Device = Literal["cuda", "cpu"]
 DEVICES: tuple[Device, ...] = (
@@ -275,6 +278,9 @@ async def _send(conn: Any, chosen: list[Candidate], device: Device) -> list[Even
     if tracing.enabled():
         done = [(e.job_id, e.event_id) for e in events if e.job_id in sent]
         tracing.dispatched(done, start_ns, device)
+        for job_id, event_id in done:  # one log line each, in its dispatch span
+            with tracing.about(job_id, event_id):
+                log.info("job_dispatched", job_id=str(job_id), device=device)
     return [e for e in events if e.job_id in sent]
 
 

@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.worker.handlers import dispatched_job
 from services.worker.runner import BatchItem, KernelRunner, Outcome, Status
+from shared import tracing
 from shared.db.raw import raw_connection
 from shared.events import ChunkDispatched, JobDispatched, UnknownEvent, parse_event
 from shared.jobs.chunks import (
@@ -86,6 +87,17 @@ def element_outcome(index: int, outcome: Outcome) -> ElementOutcome:
         wall_seconds=wall,
         started_at=finished - timedelta(seconds=wall),
         finished_at=finished,
+    )
+
+
+def _element_span(chunk_span: object, array_id: uuid.UUID, ended: ElementOutcome) -> None:
+    tracing.span_between(
+        "worker.element",
+        chunk_span,
+        int(ended.started_at.timestamp() * 1e9),
+        int(ended.finished_at.timestamp() * 1e9),
+        **{"stratus.job_id": f"{array_id}:{ended.index}", "index": ended.index},
+        state=ended.state.value,
     )
 
 
@@ -193,10 +205,15 @@ class Chunks:
         loop = asyncio.get_running_loop()
         full = asyncio.Event()
 
+        chunk_span = tracing.current_span()  # the chunk's (``worker.chunk``), if tracing is on
+
         def on_outcome(index: int, outcome: Outcome) -> None:
             if not run.buffer:
                 run.since = loop.time()
-            run.buffer.append(element_outcome(index, outcome))
+            ended = element_outcome(index, outcome)
+            run.buffer.append(ended)
+            if chunk_span is not None:  # a span per element, under its chunk's
+                _element_span(chunk_span, claim.array_id, ended)
             run.ended.add(index)
             if len(run.buffer) >= self.flush_rows:
                 full.set()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from typing import Any
 
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
@@ -125,7 +126,17 @@ class OutboxRelay:
                     for message_id, routing_key, body, delay_ms in rows
                 ]
             )
+        if traced:  # a line per job dispatch published, in its dispatch span
+            _log_dispatches(rows)
         return len(rows)
+
+
+def _log_dispatches(rows: list[Any]) -> None:
+    for message_id, routing_key, body, _delay_ms in rows:
+        ids = tracing.dispatch_of(routing_key, body)
+        if ids is not None:
+            with tracing.about(ids[0], ids[1]):
+                log.info("job_dispatch_published", job_id=str(ids[0]), message_id=str(message_id))
 
 
 # The oldest rows no other relay holds, deleted in this transaction, in the order written.

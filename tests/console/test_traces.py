@@ -1,7 +1,8 @@
 """Traces on a real cluster exported to a real OTLP gRPC receiver: a job's spans, from the
 HTTP request through the scheduler's dispatch (the outbox, then RabbitMQ with a W3C
 ``traceparent`` header) to the worker's claim, kernel and finish, form one trace (the job's
-id) with the right parents, and the worker's log lines of that work carry its trace id."""
+id) with the right parents, and the log lines of that work in the gateway, the scheduler and
+the worker carry its trace id; an array's chunks and their elements have spans in its trace."""
 
 from __future__ import annotations
 
@@ -75,12 +76,29 @@ async def test_one_job_is_one_trace(
     assert claim.start_ns <= spans["kernel montecarlo_pi"].start_ns
     assert spans["kernel montecarlo_pi"].end_ns <= spans["worker.finish"].start_ns
 
-    # the worker's log line of the attempt's record carries the trace id
-    log = console_cluster.log_path("worker_00").read_text()
-    lines = [json.loads(x) for x in log.splitlines() if str(job_id) in x and x.startswith("{")]
-    recorded = [x for x in lines if x.get("event") == "attempt_recorded"]
-    assert recorded, "no attempt_recorded line for the job"
-    assert recorded[0]["trace_id"] == trace_id
+    # the log lines of the job in every service carry its trace id, and the span's they are of:
+    # the gateway's submission, the scheduler's dispatch and its relay's publication of it,
+    # the worker's record of the attempt
+    def lines_of(process: str, event: str) -> list[dict[str, str]]:
+        log = console_cluster.log_path(process).read_text()
+        lines = [json.loads(x) for x in log.splitlines() if str(job_id) in x and x[:1] == "{"]
+        return [x for x in lines if x.get("event") == event]
+
+    for process, event, span in (
+        ("gateway", "job_submitted", root),
+        ("scheduler", "job_dispatched", dispatch),
+        ("scheduler", "job_dispatch_published", dispatch),
+        ("worker_00", "attempt_recorded", None),
+    ):
+        found = lines_of(process, event)
+        deadline = time.monotonic() + 10  # a log file is written a moment after the span
+        while not found and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            found = lines_of(process, event)
+        assert len(found) == 1, f"{process}: {event} lines of the job: {found}"
+        assert found[0]["trace_id"] == trace_id, (process, event)
+        if span is not None:
+            assert found[0]["span_id"] == span.span_id, (process, event)
 
 
 async def test_one_migration_is_one_trace(
@@ -141,7 +159,8 @@ async def test_an_array_in_chunks_is_one_trace(
         state = (await api.get(f"/v1/jobs/{array_id}", headers=tenant)).json()["state"]
         chunks = [s for s in spans if s.name == "worker.chunk"]
         ran = sum(int(s.attributes.get("elements", "0")) for s in chunks)
-        if state == "SUCCEEDED" and ran >= 6:
+        indices = {s.attributes["index"] for s in spans if s.name == "worker.element"}
+        if state == "SUCCEEDED" and ran >= 6 and len(indices) >= 6:
             break
         await asyncio.sleep(0.2)
     [root] = [s for s in spans if s.name == "POST /v1/jobs"]
@@ -150,3 +169,13 @@ async def test_an_array_in_chunks_is_one_trace(
     assert all(c.parent_span_id == root.span_id for c in chunks)
     assert all(c.service == "stratus-worker" for c in chunks)
     assert sum(int(c.attributes["elements"]) for c in chunks) >= 6
+    # each element that ran has a span of its own, under the chunk that ran it
+    elements = [s for s in spans if s.name == "worker.element"]
+    assert {int(e.attributes["index"]) for e in elements} == set(range(6))
+    by_id = {c.span_id: c for c in chunks}
+    for e in elements:
+        chunk = by_id[e.parent_span_id]
+        assert chunk.start_ns <= e.start_ns <= e.end_ns <= chunk.end_ns
+        assert e.attributes["stratus.job_id"] == f"{array_id}:{e.attributes['index']}"
+        assert e.attributes["state"] == "SUCCEEDED"
+        assert e.service == "stratus-worker"

@@ -20,6 +20,11 @@ def test_off_without_an_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     with tracing.received(job, event), tracing.span("worker.claim") as s:
         assert s is None  # nothing is made
         assert tracing.add_trace_ids(None, "info", {"event": "x"}) == {"event": "x"}
+    with tracing.about(job, job, "submit") as s:
+        assert s is None  # no current span: the log line has no trace id
+        assert tracing.add_trace_ids(None, "info", {"event": "x"}) == {"event": "x"}
+    assert tracing.current_span() is None
+    tracing.span_between("worker.element", tracing.current_span(), 0, 1)  # nothing is made
 
 
 def test_derived_ids_are_stable_and_valid() -> None:

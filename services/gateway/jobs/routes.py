@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Annotated, Any
 
 from fastapi import Path, Query, Request, Response
@@ -18,7 +19,10 @@ from shared.errors import Invalid
 from shared.idempotency import IdempotencyKey
 from shared.jobs.states import JobState
 from shared.kernels import CATALOGUE
+from shared.logging import get_logger
 from shared.pagination import DEFAULT_LIMIT, LimitQuery
+
+log = get_logger(__name__)
 
 router = feature_router(
     prefix="/v1",
@@ -76,6 +80,10 @@ async def submit_job(
     )
     if not submitted.replayed:
         tracing.submitted(submitted.job.id, start_ns)  # the root of the job's trace, if on
+        if tracing.enabled():  # its log line, in that span (tracing off: no line)
+            job_id = uuid.UUID(submitted.job.id)
+            with tracing.about(job_id, job_id, "submit"):
+                log.info("job_submitted", job_id=str(job_id), tenant_id=str(tenant_id))
     response.headers["Location"] = f"/v1/jobs/{submitted.job.id}"
     if submitted.replayed:
         response.headers["Idempotent-Replayed"] = "true"

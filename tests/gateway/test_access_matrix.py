@@ -89,6 +89,7 @@ ENDPOINTS = [
     Endpoint(
         "POST", "/v1/tenants/{tenant}/keys", ADMIN_ONLY, ok=(201,), json=lambda _: {"name": "m"}
     ),
+    Endpoint("GET", "/v1/tenants/{tenant}/keys", ADMIN_ONLY),
     Endpoint("DELETE", "/v1/tenants/{tenant}/keys/{spare_key}", ADMIN_ONLY, ok=(204,)),
     Endpoint("GET", "/v1/audit", ADMIN_ONLY),
     Endpoint("GET", "/v1/admin/usage", ADMIN_ONLY),

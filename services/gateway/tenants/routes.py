@@ -13,12 +13,14 @@ from services.gateway.tenants.audit import audit
 from services.gateway.tenants.schemas import (
     KeyCreate,
     KeyCreated,
+    KeyList,
+    KeyOut,
     TenantCreate,
     TenantList,
     TenantOut,
     TenantPatch,
 )
-from shared.db.models import Tenant
+from shared.db.models import ApiKey, Tenant
 from shared.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery
 
 router = feature_router(
@@ -149,6 +151,36 @@ async def create_key(
         scopes=new.row.scopes,
         created_at=new.row.created_at,
     )
+
+
+def key_out(key: ApiKey) -> KeyOut:
+    return KeyOut(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        scopes=key.scopes,
+        state="active" if key.revoked_at is None else "revoked",
+        created_at=key.created_at,
+        revoked_at=key.revoked_at,
+    )
+
+
+@router.get("/{tenant_id}/keys")
+async def list_keys(
+    tenant_id: uuid.UUID,
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+) -> KeyList:
+    """The tenant's API keys, revoked ones too, newest first, a page at a time
+    (``next_cursor``): never a key's secret nor its hash."""
+    principal.require_admin()
+    rows, next_cursor = await service.list_keys(
+        session=session, tenant_id=tenant_id, limit=limit, cursor=cursor
+    )
+    await audit(session=session, actor=principal.actor, action="keys.read", tenant_id=tenant_id)
+    return KeyList(items=[key_out(k) for k in rows], next_cursor=next_cursor)
 
 
 @router.delete("/{tenant_id}/keys/{key_id}", status_code=204)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -87,6 +87,23 @@ class KeyCreated(BaseModel):
     name: str
     scopes: list[str]
     created_at: datetime
+
+
+class KeyOut(BaseModel):
+    """A key as listed: never its secret nor its hash."""
+
+    id: uuid.UUID
+    name: str
+    prefix: str = Field(description="the first characters of the secret, to recognise it by")
+    scopes: list[str]
+    state: Literal["active", "revoked"]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class KeyList(BaseModel):
+    items: list[KeyOut]
+    next_cursor: str | None
 
 
 class TenantList(BaseModel):

@@ -101,6 +101,18 @@ async def create_key(
     return NewKey(row, secret)
 
 
+async def list_keys(
+    *, session: AsyncSession, tenant_id: uuid.UUID, limit: int, cursor: str | None
+) -> tuple[list[ApiKey], str | None]:
+    """One page of the tenant's keys (revoked ones too), newest first, and the cursor of the
+    next; a tenant that does not exist is a 404."""
+    await get_tenant(session=session, tenant_id=tenant_id)
+    query = select(ApiKey).where(ApiKey.tenant_id == tenant_id)
+    return await keyset_page(
+        session, query, created=ApiKey.created_at, key=ApiKey.id, limit=limit, cursor=cursor
+    )
+
+
 async def revoke_key(*, session: AsyncSession, tenant_id: uuid.UUID, key_id: uuid.UUID) -> None:
     result = await session.execute(
         update(ApiKey)

@@ -1,22 +1,29 @@
 """Scheduler composition root: the event consumer, the wake-up listener (PostgreSQL NOTIFY)
-and the background loops (dispatch, lease reaper, optional vacuum, optional autoscaler)."""
+and the background loops (dispatch, lease reaper, optional vacuum, optional autoscaler).
+
+Several schedulers may run: the one holding the leader lock (``services.scheduler.leader``)
+runs the loops of ``LEADER_ONLY``; the others stand by, running only what is safe anywhere
+(the monitor's gauges, the wake-up listener, the event consumer, the outbox relay)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from prometheus_client import Counter
 from sqlalchemy import func, select
 
 from services.scheduler import service
 from services.scheduler.autoscaler import Autoscaler, make_autoscale_step, make_backend
 from services.scheduler.chunks import reap_chunks
 from services.scheduler.handlers import make_event_handler
+from services.scheduler.leader import Leadership, lock_connect
 from services.scheduler.monitor import MONITOR_INTERVAL_S, make_monitor_step
 from services.scheduler.preempt import Preemptor, preempt_pass
 from services.scheduler.settings import SchedulerSettings
@@ -30,9 +37,15 @@ from shared.problems import install_problem_handlers
 from shared.resilience import CircuitBreaker
 from shared.runtime import Resources, close_resources, open_resources
 from shared.startup import start_in_background
-from shared.telemetry import health_router
+from shared.telemetry import REGISTRY, health_router
 
 log = get_logger(__name__)
+
+DISPATCHED = Counter(
+    "stratus_scheduler_jobs_dispatched_total",
+    "Jobs (and chunks) this scheduler dispatched (only the leader dispatches)",
+    registry=REGISTRY,
+)
 
 
 def make_dispatch_step(
@@ -64,6 +77,7 @@ def make_dispatch_step(
                 fair=fair,
             )
         if events:
+            DISPATCHED.inc(len(events))
             res.relay.wake()
         return events
 
@@ -133,6 +147,45 @@ class Loop:
             min_gap_s=self.min_gap_s,
             breaker=breaker,
         )
+
+
+# The loops that change jobs, workers or the database: the leader's alone. The monitor only
+# sets gauges from reads (every scheduler sets the same values; the rules take the maximum).
+LEADER_ONLY = frozenset({"dispatch", "reaper", "vacuum", "webhooks", "preempt", "autoscale"})
+
+
+class LeaderLoops:
+    """The ``LEADER_ONLY`` loops, started when this scheduler becomes leader and stopped
+    when it steps down (cancelled at once when it lost the lock's connection)."""
+
+    def __init__(self, res: Resources, loops: list[Loop]) -> None:
+        self.res = res
+        self.loops = loops
+        self.stop = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self.stop = asyncio.Event()
+        self.tasks = [
+            self.res.spawn(loop.run(self.stop, breaker=self.res.db_breaker), loop.name)
+            for loop in self.loops
+        ]
+
+    async def halt(self, grace_s: float) -> None:
+        tasks, self.tasks = self.tasks, []
+        self.stop.set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s) if grace_s > 0 else ((), tasks)
+            for task in pending:
+                task.cancel()
+            # a pass cancelled on a connection that hangs commits nothing; don't wait for it
+            # beyond a moment (the resources cancel it again when they close)
+            if pending:
+                await asyncio.wait(pending, timeout=0.5)
+        for task in tasks:  # the resources keep only what still runs
+            if task.done():
+                with contextlib.suppress(ValueError):
+                    self.res.tasks.remove(task)
 
 
 def make_autoscaler(settings: SchedulerSettings) -> Autoscaler:
@@ -213,10 +266,26 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
         # on its open connections instead of exiting.
         try:
             autoscaler = make_autoscaler(settings) if settings.autoscale.enabled else None
+            every = loops_of(res, settings, wake, autoscaler)
+            leader_loops = LeaderLoops(res, [lp for lp in every if lp.name in LEADER_ONLY])
             loops.extend(
                 res.spawn(loop.run(stop, breaker=res.db_breaker), loop.name)
-                for loop in loops_of(res, settings, wake, autoscaler)
+                for loop in every
+                if loop.name not in LEADER_ONLY
             )
+            # the leader lock on a connection of its own; the leader's loops stop (their
+            # pass in progress cancelled) before the lock can go to another scheduler
+            app.state.leadership = leadership = Leadership(
+                lock_connect(settings.postgres),
+                on_gain=leader_loops.start,
+                on_loss=leader_loops.halt,
+                retry_s=settings.leader.retry_s,
+                check_s=settings.leader.check_s,
+                lease_s=settings.leader.lease_s,
+                # within the scheduler's own grace, so the lock goes before it closes
+                shutdown_grace_s=max(0.0, settings.shutdown_grace_s - 0.5),
+            )
+            loops.append(res.spawn(leadership.run(stop), "leadership"))
             if settings.dispatch_enabled:
                 # submissions and finished attempts wake the dispatch loop by NOTIFY
                 connect = listener_connect(settings.postgres, application_name="stratus-scheduler")
@@ -234,4 +303,13 @@ def create_app(settings: SchedulerSettings | None = None) -> FastAPI:
     app = FastAPI(title="Stratus scheduler", lifespan=start_in_background(lifespan))
     install_problem_handlers(app)
     app.include_router(health_router(lambda: app.state.resources.checks()))
+
+    @app.get("/leader", tags=["health"])
+    async def leader(request: Request) -> dict[str, Any]:
+        """This scheduler's role: ``leader`` (runs dispatch, the reaper, ...) or ``standby``."""
+        leadership: Leadership | None = getattr(request.app.state, "leadership", None)
+        if leadership is None:
+            return {"role": "starting", "since": None}
+        return leadership.describe()
+
     return app

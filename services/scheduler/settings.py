@@ -76,6 +76,22 @@ class PreemptSettings(BaseModel):
     interval_s: float = Field(default=1.0, gt=0.0)
 
 
+class LeaderSettings(BaseModel):
+    """The leader lock (``services.scheduler.leader``): a standby tries it every ``retry_s``;
+    the leader checks its connection every ``check_s`` and steps down when a check has not
+    answered within ``lease_s`` of the one before."""
+
+    retry_s: float = Field(default=1.0, gt=0.0)
+    check_s: float = Field(default=1.0, gt=0.0)
+    lease_s: float = Field(default=3.0, gt=0.0)
+
+    @model_validator(mode="after")
+    def _lease_after_check(self) -> LeaderSettings:
+        if self.lease_s <= self.check_s:
+            raise ValueError("leader.lease_s must exceed leader.check_s")
+        return self
+
+
 class SchedulerSettings(CommonSettings):
     port: int = 8001
     dispatch_enabled: bool = True
@@ -121,3 +137,4 @@ class SchedulerSettings(CommonSettings):
     reserved_slots: int = Field(default=1, ge=0)
     autoscale: AutoscaleSettings = Field(default_factory=AutoscaleSettings)
     preempt: PreemptSettings = Field(default_factory=PreemptSettings)
+    leader: LeaderSettings = Field(default_factory=LeaderSettings)

@@ -232,3 +232,17 @@ async def test_kedas_demand_is_the_schedulers_while_fresh_else_every_active_job(
                 text("UPDATE worker_pools SET updated_at = now() - interval '1 minute'")
             )
         assert await values(db) == {"cpu": 5, "cuda": 2}  # stale: every active job again
+
+
+def test_two_schedulers_one_leading_one_standing_by() -> None:
+    """Two scheduler replicas: the leader lock (``services.scheduler.leader``) lets one act;
+    the standby must still be ready (``/readyz`` does not ask for the lock), and the two
+    prefer different nodes."""
+    d = DEPLOYMENTS["scheduler"]
+    assert d["spec"]["replicas"] == 2
+    spec = d["spec"]["template"]["spec"]
+    assert _container(d)["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    (term,) = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = term["podAffinityTerm"]["labelSelector"]["matchLabels"]
+    assert selector == d["spec"]["selector"]["matchLabels"]

@@ -47,6 +47,19 @@ def test_tenants_and_keys(stratus: Stratus) -> None:
     gone = reader("kernels")
     assert gone.exit_code == 3
     assert one_line(gone.stderr).startswith("stratus: 401 ")
+    listed = admin.json("admin", "keys", "ls", tenant["id"])
+    assert [k["id"] for k in listed] == [key["id"], key_id]  # newest first
+    assert [(k["name"], k["state"]) for k in listed] == [("other", "active"), ("ci", "revoked")]
+    assert listed[1]["revoked_at"]
+    assert secret.startswith(listed[1]["prefix"])
+    shown = admin.ok("admin", "keys", "ls", tenant["id"]).stdout
+    assert key_id in shown
+    assert "revoked" in shown
+    assert secret not in shown
+    assert key["key"] not in shown
+    missing = admin("admin", "keys", "ls", "00000000-0000-0000-0000-000000000000")
+    assert missing.exit_code == 3
+    assert one_line(missing.stderr).startswith("stratus: 404 ")
 
 
 def test_pools_and_dead_letters(stratus: Stratus) -> None:

@@ -48,8 +48,23 @@ async def test_admin_helpers(url: str, admin: Client) -> None:
         assert tenant.id in {t.id async for t in aadmin.admin.tenants()}
         writer = await aadmin.admin.create_key(tenant.id, "writer")
         await aadmin.admin.delete_key(tenant.id, writer.id)
+        listed = [k async for k in aadmin.admin.keys(tenant.id)]
+        assert [(k.id, k.name, k.state) for k in listed] == [
+            (writer.id, "writer", "revoked"),
+            (reader.id, "reader", "active"),
+        ]
+        assert listed[0].revoked_at is not None
+        assert listed[1].revoked_at is None
+        with pytest.raises(ApiError) as no_tenant:
+            [k async for k in aadmin.admin.keys("00000000-0000-0000-0000-000000000000")]
+        assert no_tenant.value.status == 404
         other = await aadmin.admin.create_tenant(f"{name}-2")
         assert other.id != tenant.id
+    [keyed] = [k for k in admin.admin.keys(tenant.id) if k.id == reader.id]
+    assert (keyed.name, keyed.scopes, keyed.state) == ("reader", ["jobs:read"], "active")
+    assert reader.key.startswith(keyed.prefix)
+    assert keyed.created_at == reader.created_at
+    assert not hasattr(keyed, "key")  # never the secret
     admin.admin.delete_key(tenant.id, reader.id)
     with Client(url, writer.key) as gone, pytest.raises(ApiError) as revoked:
         gone.kernels()

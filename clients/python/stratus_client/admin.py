@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from stratus_client import _calls
-from stratus_client.models import ApiKey, DeadLetters, Quotas, Tenant, WorkerPool
+from stratus_client.models import ApiKey, DeadLetters, KeyInfo, Quotas, Tenant, WorkerPool
 
 if TYPE_CHECKING:
     from stratus_client.aio import AsyncClient
@@ -51,6 +51,12 @@ class Admin:
         """A new API key of the tenant (every scope unless ``scopes``); ``key`` is the secret,
         shown only now."""
         return self._client._run(_calls.create_key(tenant_id, name, scopes))
+
+    def keys(self, tenant_id: str) -> Iterator[KeyInfo]:
+        """The tenant's API keys, revoked ones too, newest first (never their secrets);
+        ``ApiError`` 404 when there is no such tenant."""
+        for item in self._client._items(f"{_calls.tenant_path(tenant_id)}/keys"):
+            yield KeyInfo.model_validate(item)
 
     def delete_key(self, tenant_id: str, key_id: str) -> None:
         """Revoke a key: it stops working within a second on every gateway."""
@@ -97,6 +103,10 @@ class AsyncAdmin:
         self, tenant_id: str, name: str, *, scopes: Iterable[str] | None = None
     ) -> ApiKey:
         return await self._client._run(_calls.create_key(tenant_id, name, scopes))
+
+    async def keys(self, tenant_id: str) -> AsyncIterator[KeyInfo]:
+        async for item in self._client._items(f"{_calls.tenant_path(tenant_id)}/keys"):
+            yield KeyInfo.model_validate(item)
 
     async def delete_key(self, tenant_id: str, key_id: str) -> None:
         await self._client._run(_calls.delete_key(tenant_id, key_id))

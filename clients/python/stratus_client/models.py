@@ -241,6 +241,19 @@ class ApiKey(_Model):
     name: str | None = None
 
 
+class KeyInfo(_Model):
+    """An API key as listed (``client.admin.keys``): never its secret. ``prefix`` is the
+    secret's first characters; ``state`` is ``active`` or ``revoked``."""
+
+    id: str
+    name: str
+    prefix: str
+    scopes: list[str]
+    state: str
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+
 class WorkerPool(_Model):
     """A worker pool (``cpu``, ``cuda``): its live workers and, when the autoscaler runs it,
     its bounds, demand, current and desired workers and recent decisions."""

@@ -27,7 +27,9 @@ tenants = typer.Typer(
     help="Tenants: list, create, show, change.", no_args_is_help=True, rich_markup_mode="markdown"
 )
 keys = typer.Typer(
-    help="A tenant's API keys: create, revoke.", no_args_is_help=True, rich_markup_mode="markdown"
+    help="A tenant's API keys: list, create, revoke.",
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
 )
 app.add_typer(tenants, name="tenants")
 app.add_typer(keys, name="keys")
@@ -115,6 +117,30 @@ def update_tenant(
             tenant_id, weight=weight, quotas=quotas, suspended=suspend
         )
     _tenant(changed, json_)
+
+
+@keys.command("ls")
+def list_keys(tenant_id: TenantId, json_: JsonOption = False) -> None:
+    """A tenant's API keys, revoked ones too, newest first (never their secrets)."""
+    with connect(page_size=500) as client:
+        found = list(client.admin.keys(tenant_id))
+    if json_:
+        print_json(found)
+        return
+    rows = [
+        (
+            k.id,
+            k.name,
+            f"{k.prefix}...",
+            ", ".join(k.scopes),
+            k.state,
+            when(k.created_at, short=True),
+            when(k.revoked_at, short=True),
+        )
+        for k in found
+    ]
+    headers = ("ID", "NAME", "PREFIX", "SCOPES", "STATE", "CREATED", "REVOKED")
+    show(table(headers, rows, cut={"NAME", "SCOPES"}))
 
 
 @keys.command("create")

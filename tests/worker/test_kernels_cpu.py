@@ -248,14 +248,17 @@ def test_histogram_first_guesses_near_the_edges(bins: int, lo: float, hi: float)
 
 
 def test_histogram_first_guess_alone_serves_random_values() -> None:
-    from services.worker.kernels.histogram import BLOCK, SHIFT, _delta, _guess, _indices
+    from services.worker.kernels.histogram import BLOCK, _delta, _guess, _indices
 
     data = readonly(rng.uniform(-0.1, 1.1, BLOCK))
-    guessed, exact = np.empty(BLOCK), np.empty(BLOCK)
+    guessed, exact = np.empty(BLOCK, np.int32), np.empty(BLOCK, np.int32)
     assert _guess(data, 0, 0.0, 1.0, 1000, _delta(1000, 0.0, 1.0), guessed) == 0  # all sure
     _indices(data, 0, 0.0, 1.0, 1000, exact)
     assert np.array_equal(guessed, exact)
-    assert 0 < np.count_nonzero(exact - SHIFT == 1000) < BLOCK  # 1000: outside
+    want = np.searchsorted(np.linspace(0.0, 1.0, 1001), data, side="right") - 1
+    want[(data < 0.0) | (data >= 1.0)] = 1000  # no value is 1.0 itself (the last bin)
+    assert exact.tolist() == want.tolist()
+    assert 0 < np.count_nonzero(exact == 1000) < BLOCK  # 1000: outside
     assert _guess(readonly(np.array([0.5, 2.0])), 0, 0.0, 1.0, 4, 1e-12, guessed[:2]) == 1
 
 

@@ -200,12 +200,21 @@ async def test_console_in_a_browser(
     await sign_in(admin, base, ADMIN_KEY)
     await expect(admin.get_by_role("heading", name="Tenants and keys")).to_be_visible()
     row = admin.locator("tr", has_text=tid)
+    # the tenant's existing keys, read from the API: the one made before the page opened
+    first = (await api.get(f"/v1/tenants/{tid}/keys", headers=ADMIN)).json()["items"][0]
+    await row.get_by_label("Keys of").click()
+    await expect(row.locator(f"li[data-key='{first['id']}']")).to_contain_text(first["prefix"])
     await row.get_by_role("button", name="Create key for").click()
     second_key = (await admin.locator("#new-key").text_content() or "").strip()
     assert second_key
-    await expect(
-        admin.locator("tr", has_text=tid).get_by_role("button", name="Revoke key")
-    ).to_be_visible()
+    listed = (await api.get(f"/v1/tenants/{tid}/keys", headers=ADMIN)).json()["items"]
+    second = next(k for k in listed if k["id"] != first["id"])
+    row = admin.locator("tr", has_text=tid)
+    # both keys shown (the list stays open), each with its Revoke button, never a secret
+    await expect(row.locator("li[data-key]")).to_have_count(2)
+    revoke_second = row.get_by_role("button", name=f"Revoke key console ({second['prefix']}")
+    await expect(revoke_second).to_be_visible()
+    assert second_key not in (await row.inner_text())
     # the screenshot shows the key's prefix only
     await admin.locator("#new-key").evaluate(
         "e => e.textContent = e.textContent.slice(0, 10) + '…'"
@@ -217,8 +226,14 @@ async def test_console_in_a_browser(
     await sign_in(other, base, second_key)
     await expect(other.get_by_role("heading", name="Jobs")).to_be_visible()
 
-    await admin.locator("tr", has_text=tid).get_by_role("button", name="Revoke key").click()
+    await revoke_second.click()
     await expect(admin.locator("#revoked")).to_contain_text("revoked")
+    # the list shows it revoked, the first key still active
+    row = admin.locator("tr", has_text=tid)
+    await expect(row.locator(f"li[data-key='{second['id']}']")).to_contain_text("revoked")
+    await expect(
+        row.locator(f"li[data-key='{first['id']}']").get_by_role("button", name="Revoke")
+    ).to_be_visible()
     # the tenant's page refuses the revoked key: back to sign-in, saying why
     await other.get_by_role("link", name="Usage").click()
     await expect(other.locator("#banner")).to_contain_text("refused")

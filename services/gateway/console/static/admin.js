@@ -3,10 +3,8 @@ import { get, post, patch, del, ApiError } from "./api.js";
 import { h, when, table, json, lineChart } from "./ui.js";
 
 const problem = (e) => h("p", { class: "error", role: "alert" }, e instanceof ApiError ? `${e.status}: ${e.message}` : String(e));
-// The keys made in this browser session (the API lists none: a key's id is shown when made).
-const MADE = "stratus.madeKeys";
-const made = () => JSON.parse(sessionStorage.getItem(MADE) || "[]");
-const remember = (list) => sessionStorage.setItem(MADE, JSON.stringify(list));
+// The tenants whose keys are shown (their "Keys" opened): open again after a reload of the list.
+const shown = new Set();
 
 export async function tenantsPage(main) {
   const body = h("div", {});
@@ -36,7 +34,6 @@ export async function tenantsPage(main) {
   const load = async () => {
     try {
       const tenants = (await get("/v1/tenants?limit=200")).items;
-      const keys = made();
       body.replaceChildren(table([
         { title: "Tenant", cell: (t) => h("span", {}, h("strong", {}, t.name), h("br"), h("code", { class: "muted" }, t.id)) },
         { title: "Weight", cell: (t) => String(t.weight) },
@@ -44,16 +41,14 @@ export async function tenantsPage(main) {
           try { await patch(`/v1/tenants/${t.id}`, { suspended: !t.suspended }); load(); } catch (err) { out.replaceChildren(problem(err)); }
         } }, t.suspended ? "Resume" : "Suspend") },
         { title: "Quotas", cell: (t) => Object.entries(t.quotas || {}).map(([k, v]) => `${k}=${v}`).join(", ") || "defaults" },
-        { title: "Keys made here", cell: (t) => h("ul", {}, keys.filter((k) => k.tenant === t.id && !k.revoked).map((k) => h("li", {},
-          `${k.name} (${k.prefix}…) `, h("button", { class: "danger", type: "button", "data-key": k.id, "aria-label": `Revoke key ${k.name} of ${t.name}`,
-            onclick: async () => { await revokeKey(t.id, k.id, out); load(); } }, "Revoke")))) },
+        { title: "Keys", cell: (t) => keysOf(t, out, load) },
         { title: "New key", cell: (t) => h("form", { class: "inline", onsubmit: async (e) => {
           e.preventDefault();
           const f = new FormData(e.target);
           try {
             const scopes = f.getAll("scope");
             const k = await post(`/v1/tenants/${t.id}/keys`, { name: f.get("name") || "console", ...(scopes.length ? { scopes } : {}) });
-            remember([...made(), { tenant: t.id, id: k.id, name: k.name, prefix: k.prefix }]);
+            shown.add(t.id);
             out.replaceChildren(h("div", { class: "panel" }, h("p", {}, `Key ${k.name} for ${t.name} (id ${k.id}); shown once, copy it now:`),
               h("p", { class: "key-once", id: "new-key" }, k.key)));
             load();
@@ -66,10 +61,31 @@ export async function tenantsPage(main) {
   await load();
 }
 
+// A tenant's keys (GET /v1/tenants/{id}/keys: revoked ones too, never a secret), read when
+// its "Keys" is opened; an active one has its Revoke button.
+function keysOf(t, out, load) {
+  const list = h("div", {}, h("p", { class: "muted" }, "loading…"));
+  const fill = async () => {
+    try {
+      const keys = (await get(`/v1/tenants/${encodeURIComponent(t.id)}/keys?limit=100`)).items;
+      list.replaceChildren(keys.length ? h("ul", { class: "keys" }, keys.map((k) => h("li", { "data-key": k.id },
+        h("strong", {}, k.name), ` (${k.prefix}…) `, h("span", { class: "muted" }, k.scopes.length === 4 ? "all scopes" : k.scopes.join(", ")),
+        ` · made ${when(k.created_at)} · `,
+        k.state === "active"
+          ? h("button", { class: "danger", type: "button", "aria-label": `Revoke key ${k.name} (${k.prefix}…) of ${t.name}`,
+            onclick: async () => { await revokeKey(t.id, k.id, out); load(); } }, "Revoke")
+          : h("span", { class: "revoked" }, `revoked ${when(k.revoked_at)}`)))) : h("p", { class: "muted" }, "no keys"));
+    } catch (err) { list.replaceChildren(problem(err)); }
+  };
+  const details = h("details", { ontoggle: () => { if (details.open) { shown.add(t.id); fill(); } else shown.delete(t.id); } },
+    h("summary", { "aria-label": `Keys of ${t.name}` }, "Keys"), list);
+  if (shown.has(t.id)) details.open = true;  // its toggle event reads them
+  return details;
+}
+
 async function revokeKey(tenant, key, out) {
   try {
     await del(`/v1/tenants/${encodeURIComponent(tenant)}/keys/${encodeURIComponent(key)}`);
-    remember(made().map((k) => (k.id === key ? { ...k, revoked: true } : k)));
     out.replaceChildren(h("p", { id: "revoked" }, `Key ${key} revoked.`));
   } catch (e) { out.replaceChildren(problem(e)); }
 }

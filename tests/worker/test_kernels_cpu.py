@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numba
 import numpy as np
 import pytest
 
@@ -94,6 +95,14 @@ def test_nbody_pairs_in_blocks_agree_with_numpy(n: int, tile: int) -> None:
     nbody.accelerations(pos, m, 1e-4, acc)
     want = ref.accelerations(pos.T.copy(), m, 1e-4).T
     np.testing.assert_allclose(acc, want, rtol=ref.RTOL, atol=1e-12 * np.abs(want).max())
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:  # the chunks are a function of n: the same bits on one thread
+        one = np.empty_like(pos)
+        nbody.accelerations(pos, m, 1e-4, one)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.array_equal(one, acc)
 
 
 @pytest.mark.parametrize(

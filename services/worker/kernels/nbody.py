@@ -22,11 +22,14 @@ replaced by zero (guarding the load of ``m[j]`` instead compiles to an AVX2 mask
 a slow one).
 
 The fast pass computes each pair once and adds it to both bodies (half the work of the
-exact pass), over pairs of blocks of bodies that stay in the L2 cache (``pair_tile``), each chunk of
-pairs of blocks summed into its own copy of the accelerations (``pair_chunks``: a function
-of ``n``, not of the threads). Both passes ask for 512-bit vectors (``wide_vectors``):
-LLVM's tuning for Intel's AVX-512 CPUs would otherwise run them on 256-bit vectors, half
-of what dgemm uses there.
+exact pass), over pairs of blocks of bodies that stay in the L2 cache (``pair_tile``), each
+chunk of pairs of blocks summed into its own copy of the accelerations (``pair_chunks``: a
+function of ``n``, not of the threads). The chunks have equal work (a block with itself
+counts half), and only the blocks a chunk touches are zeroed and added up: a chunk touches
+a few blocks, and zeroing and summing all 64 copies whole cost a tenth of the pass on one
+core (more on two: the sum was serial). Both passes ask for 512-bit vectors
+(``wide_vectors``): LLVM's tuning for Intel's AVX-512 CPUs would otherwise run them on
+256-bit vectors, half of what dgemm uses there.
 """
 
 from __future__ import annotations
@@ -173,33 +176,30 @@ def pair_tile(n: int) -> int:
 
 
 @numba.njit(cache=True, parallel=True, nogil=True)
-def _accelerations_fast(pos: Any, m: Any, eps2: float, private: Any) -> None:
+def _accelerations_fast(pos: Any, m: Any, eps2: float, private: Any, touched: Any) -> None:
     """As ``_accelerations_exact`` where ``fast_inverse_ok`` (every ``r2 > 0``), each pair
     once (Newton's third law: half the work): the bodies in blocks of ``pair_tile`` (a pair of
     blocks' coordinates, masses and accelerations stay in the L2 cache), the pairs of blocks
-    ``(bi, bj)``, ``bi <= bj``, cut in order into ``private.shape[0]`` chunks, each chunk's
-    sums in its own ``private[c]`` (3 x n); the accelerations are their sum."""
+    ``(bi, bj)``, ``bi <= bj``, cut in order into ``private.shape[0]`` chunks of equal work
+    (a block with itself has half the pairs of two blocks), each chunk's
+    sums in its own ``private[c]`` (3 x n), of which only the blocks it touches are written
+    (zeroed first) and marked in ``touched[c]``: the accelerations are their sum
+    (``_sum_chunks``)."""
     n = pos.shape[1]
     x, y, z = pos[0], pos[1], pos[2]
     tile = pair_tile(n)
     blocks = (n + tile - 1) // tile
-    items = blocks * (blocks + 1) // 2
+    work = blocks * blocks  # a pair of two blocks is 2, a block with itself 1 (half the pairs)
     chunks = private.shape[0]
     for c in prange(chunks):
         a = private[c]
-        a[:] = 0.0
-        first, last = c * items // chunks, (c + 1) * items // chunks
-        bi = bj = k = 0
-        while k < first:  # the chunk's first pair of blocks
-            bj += 1
-            if bj == blocks:
-                bi += 1
-                bj = bi
-            k += 1
-        for _ in range(first, last):
-            rows = (bi * tile, min(n, (bi + 1) * tile))
-            cols = (bj * tile, min(n, (bj + 1) * tile))
-            _pair_block(x, y, z, m, a[0], a[1], a[2], eps2, rows, cols)
+        touched[c, :] = False
+        first, last = c * work // chunks, (c + 1) * work // chunks
+        bi = bj = done = 0
+        while bi < blocks and done < last:
+            if done >= first:  # the pairs of blocks that start in the chunk's share of work
+                _pair_blocks(x, y, z, m, a, eps2, n, tile, bi, bj, touched[c])
+            done += 1 if bi == bj else 2
             bj += 1
             if bj == blocks:
                 bi += 1
@@ -207,16 +207,58 @@ def _accelerations_fast(pos: Any, m: Any, eps2: float, private: Any) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
+def _pair_blocks(
+    x: Any,
+    y: Any,
+    z: Any,
+    m: Any,
+    a: Any,
+    eps2: float,
+    n: int,
+    tile: int,
+    bi: int,
+    bj: int,
+    touched: Any,
+) -> None:
+    """The pairs of blocks ``bi`` and ``bj`` into ``a`` (3 x n), each block zeroed and marked
+    in ``touched`` the first time."""
+    for b in (bi, bj):
+        if not touched[b]:
+            a[:, b * tile : min(n, (b + 1) * tile)] = 0.0
+            touched[b] = True
+    rows = (bi * tile, min(n, (bi + 1) * tile))
+    cols = (bj * tile, min(n, (bj + 1) * tile))
+    _pair_block(x, y, z, m, a[0], a[1], a[2], eps2, rows, cols)
+
+
+@numba.njit(cache=True, parallel=True, nogil=True)
+def _sum_chunks(private: Any, touched: Any, acc: Any) -> None:
+    """``acc``: the sum of the chunks' accelerations, chunk after chunk for every body (the
+    order does not depend on the threads); a block a chunk did not touch adds zero, skipped
+    (``acc`` is never -0.0, so adding 0.0 would change no bit)."""
+    n = acc.shape[1]
+    blocks = touched.shape[1]
+    tile = pair_tile(n)
+    for b in prange(blocks):
+        lo, hi = b * tile, min(n, (b + 1) * tile)
+        acc[:, lo:hi] = 0.0
+        for c in range(private.shape[0]):
+            if touched[c, b]:
+                for k in range(3):
+                    for i in range(lo, hi):
+                        acc[k, i] += private[c, k, i]
+
+
+@numba.njit(cache=True, nogil=True)
 def accelerations(pos: Any, m: Any, eps2: float, acc: Any) -> None:
     """``acc[:, i]``: the acceleration of body ``i`` (``pos``: 3 x n, ``m``: n)."""
     if fast_inverse_ok(pos, eps2):
-        private = np.empty((pair_chunks(pos.shape[1]), 3, pos.shape[1]))
-        _accelerations_fast(pos, m, eps2, private)
-        acc[:] = 0.0
-        for c in range(private.shape[0]):
-            for k in range(3):
-                for i in range(pos.shape[1]):
-                    acc[k, i] += private[c, k, i]
+        n = pos.shape[1]
+        chunks = pair_chunks(n)
+        private = np.empty((chunks, 3, n))
+        touched = np.empty((chunks, (n + pair_tile(n) - 1) // pair_tile(n)), np.bool_)
+        _accelerations_fast(pos, m, eps2, private, touched)
+        _sum_chunks(private, touched, acc)
     else:
         _accelerations_exact(pos, m, eps2, acc)
 

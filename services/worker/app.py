@@ -30,7 +30,7 @@ from services.worker.datasets import (
 )
 from services.worker.handlers import Running, cancelled_job, preempted_job
 from services.worker.results import pointer
-from services.worker.runner import KernelRunner, Outcome, PoolConfig, Request, Usage
+from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
 from services.worker.service import Recorded, report_for
 from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
@@ -55,12 +55,6 @@ from shared.storage.registry import Storage
 from shared.telemetry import health_router
 
 log = get_logger(__name__)
-
-# an attempt's checkpoints, and the step it resumed from, on the job's row
-_COUNT_CHECKPOINTS = """
-    UPDATE jobs SET checkpoints = checkpoints + $2, resumed_from = coalesce($3, resumed_from)
-    WHERE id = $1
-"""
 
 _C = TypeVar("_C")  # what a claim gives: a job's or a chunk's
 
@@ -90,6 +84,9 @@ class WorkerRuntime:
         self.chunks = Chunks(res.engine, runner, worker=settings.name, lease_s=settings.lease_s)
         self.releases: dict[uuid.UUID, asyncio.Event] = {}  # a drain checkpoints these jobs
         self.preempted: set[uuid.UUID] = set()  # released for a preemption, not a drain
+        self._scratch_root: Path | None = None  # the scratch tier's root, resolved
+        # each running job's latest checkpoint write (each waits for the one before)
+        self.checkpoint_writes: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     async def on_dispatch(self, delivery: Delivery) -> None:
         event = dispatched_work(delivery)
@@ -169,13 +166,20 @@ class WorkerRuntime:
         files = attempt_files(self.settings.storage, claim)
         staged: dict[str, StagedOutput] = {}
         self.progress.start(claim.job_id, claim.tenant_id, claim.attempt)
+        slot_held = True
         try:
             report = await self._attempt(claim, files, staged)
             self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
+            # The kernel is done: its slot takes the next dispatch while this outcome is
+            # recorded (the job stays leased, and RUNNING for the scheduler, until then), so
+            # that a slot's cycle is its claim and its run, not also the record's round trip.
+            self.slots.release()
+            slot_held = False
             with tracing.span("worker.finish", state=report.state.value, attempt=claim.attempt):
                 await self._record(claim, report, files, staged)
-            if report.state in FINAL:  # nobody resumes it any more
+            # nobody resumes it any more; a job that never checkpoints has no folder
+            if report.state in FINAL and claim.checkpoint_interval_s > 0:
                 await asyncio.to_thread(checkpoints.remove, self._checkpoints(claim))
         finally:
             self.releases.pop(claim.job_id, None)
@@ -188,7 +192,8 @@ class WorkerRuntime:
             if claim.outputs or files.folder.exists():  # the folder of the outputs, a large result
                 # what the record did not publish (failed, refused or abandoned attempt)
                 await asyncio.to_thread(files.remove)
-            self.slots.release()
+            if slot_held:
+                self.slots.release()
 
     async def _attempt(
         self, claim: Claim, files: AttemptFiles, staged: dict[str, StagedOutput] | None = None
@@ -217,8 +222,9 @@ class WorkerRuntime:
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # the kernel's process is killed; record the attempt
+            await self._checkpoints_written(claim)
             return report_for(None, usage, stopping=self.stopping)
-        await self._count_checkpoints(claim, outcome)
+        await self._checkpoints_written(claim)  # before the record ends the attempt
         report = report_for(outcome, usage)
         if report.handed_back and claim.job_id in self.preempted:
             report = dataclasses.replace(report, handed_back="preempted")
@@ -276,12 +282,20 @@ class WorkerRuntime:
 
     def _checkpoints(self, claim: Claim) -> Path:
         """The folder of the job's checkpoint, on the scratch tier (every worker sees it)."""
-        root = self.settings.storage.tiers()[SCRATCH_TIER].root
-        return checkpoints.folder_for(Path(root).resolve(), claim.job_id)
+        if self._scratch_root is None:  # resolved once: a path walk per job was measurable
+            root = self.settings.storage.tiers()[SCRATCH_TIER].root
+            self._scratch_root = Path(root).resolve()
+        return checkpoints.folder_for(self._scratch_root, claim.job_id)
 
     def _on_checkpoint(self, claim: Claim, event: dict[str, Any]) -> None:
-        """A checkpoint frame of the running attempt: a line of the job's log."""
+        """A checkpoint frame of the running attempt: a line of the job's log, and (a save or
+        a resume) its count and event, written at once."""
         kind, step = event.get("event"), event.get("step")
+        if kind in progress.CHECKPOINT_EVENTS and isinstance(step, int):
+            previous = self.checkpoint_writes.get(claim.job_id)
+            self.checkpoint_writes[claim.job_id] = asyncio.get_running_loop().create_task(
+                self._write_checkpoint(claim, str(kind), step, previous)
+            )
         if kind == "saved":
             mib, took = event["bytes"] / 2**20, event["seconds"]
             line = f"checkpoint at {step} ({mib:.1f} MiB in {took:.2f} s)"
@@ -291,15 +305,31 @@ class WorkerRuntime:
             line = f"no checkpoint at {step}: over {event.get('max_bytes')} bytes"
         self.progress.line(claim.job_id, line)
 
-    async def _count_checkpoints(self, claim: Claim, outcome: Outcome) -> None:
-        """The attempt's checkpoints and the step it resumed from, on the job's row."""
-        if not outcome.checkpoints and outcome.resumed_from is None:
-            return
-        with contextlib.suppress(Exception):  # counts only: the record must not wait on them
+    async def _write_checkpoint(
+        self, claim: Claim, kind: str, step: int, previous: asyncio.Task[None] | None
+    ) -> None:
+        """The job's count and event of one checkpoint frame, after the frame before it."""
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        try:
             async with raw_connection(self.res.engine) as conn:
-                await conn.execute(
-                    _COUNT_CHECKPOINTS, claim.job_id, outcome.checkpoints, outcome.resumed_from
+                await progress.write_checkpoint(
+                    conn.execute,
+                    claim.job_id,
+                    claim.attempt,
+                    event=kind,
+                    step=step,
+                    worker=self.settings.name,
                 )
+        except Exception as exc:  # a count and an event: the run goes on without them
+            log.warning("checkpoint_event_lost", job_id=str(claim.job_id), error=str(exc))
+
+    async def _checkpoints_written(self, claim: Claim) -> None:
+        """The attempt's checkpoint writes done (its record must come after them: they
+        count only while it runs)."""
+        last = self.checkpoint_writes.pop(claim.job_id, None)
+        if last is not None:
+            await asyncio.gather(last, return_exceptions=True)
 
     def _request(self, claim: Claim, files: AttemptFiles) -> Request:
         """What the pool runs; ``DatasetError`` for a dataset name the job may not use."""

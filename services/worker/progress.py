@@ -229,3 +229,40 @@ async def write(fetch: Callable[..., Any], batch: Batch, *, worker: str) -> None
         batch.line_at,
         batch.lines,
     )
+
+
+# A checkpoint of the running attempt, saved or resumed from, as its frame arrives (a killed
+# attempt's saves are counted all the same): the job's ``checkpoints`` (+1 for a save) and
+# ``resumed_from`` (a resume), and a ``job_events`` row of kind ``checkpoint`` (the events
+# feed's job.checkpoint: ``reason`` says which, ``step``, ``checkpoints`` the count after it).
+# Only while the attempt is the job's and RUNNING. $1 job, $2 attempt, $3 'saved' or
+# 'resumed', $4 the step, $5 the worker.
+CHECKPOINT = """
+    WITH job AS (
+        UPDATE jobs
+        SET checkpoints = checkpoints + (CASE WHEN $3::text = 'saved' THEN 1 ELSE 0 END),
+            resumed_from = CASE WHEN $3::text = 'resumed' THEN $4::bigint ELSE resumed_from END
+        WHERE id = $1 AND attempts = $2 AND state = 'RUNNING'
+        RETURNING id, tenant_id, attempts, checkpoints
+    )
+    INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, kind, reason,
+                            worker, step, checkpoints, at)
+    SELECT id, tenant_id, attempts, 'RUNNING', 'RUNNING', 'checkpoint', $3::text, $5, $4::bigint,
+           checkpoints, now()
+    FROM job
+"""
+CHECKPOINT_EVENTS = frozenset({"saved", "resumed"})
+
+
+async def write_checkpoint(
+    execute: Callable[..., Any],
+    job_id: uuid.UUID,
+    attempt: int,
+    *,
+    event: str,
+    step: int,
+    worker: str,
+) -> None:
+    """A checkpoint ``event`` (``saved``, ``resumed``) of ``attempt`` at ``step``, in one
+    statement (``execute``: a plain asyncpg connection's)."""
+    await execute(CHECKPOINT, job_id, attempt, event, int(step), worker)

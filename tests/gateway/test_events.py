@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import uuid
@@ -23,7 +24,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db.models import JobEvent, Migration
+from shared.db.models import Job, JobEvent, Migration
 from shared.jobs.arrays import element_id, public_id
 from shared.settings import CommonSettings
 from tests.conftest import ADMIN_KEY
@@ -424,6 +425,63 @@ async def test_progress_rows_are_job_progress_events(
     assert event["data"]["progress"] == 0.25
     assert event["data"]["job_id"] == str(job)
     assert "state" not in event["data"]
+    async with httpx.AsyncClient(base_url=a.url) as c:
+        r = await c.get(f"/v1/jobs/{job}/events", headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"items": []}
+
+
+async def test_checkpoints_are_job_checkpoint_events(
+    gateways: tuple[Gateway, Gateway],
+    sessions: async_sessionmaker[AsyncSession],
+    settings: CommonSettings,
+) -> None:
+    """A worker's checkpoint writes (a resume, then saves) are ``job.checkpoint`` events with
+    the step and the job's count, in the feed's one sequence (a resumed stream neither loses
+    nor repeats one); a late frame of an attempt that is no longer the job's writes nothing;
+    the job's transitions leave them out."""
+    from services.worker.progress import write_checkpoint
+
+    a, b = gateways
+    tenant = await make_tenant(a.url)
+    async with sessions() as s, s.begin():
+        row = new_job(tenant.id, kernel="stencil2d", state="RUNNING", attempts=2, checkpoints=3)
+        s.add(row)
+    job = row.id
+    start = await last_id(sessions)
+    conn = await asyncpg.connect(settings.postgres.url(driver="postgresql"))
+    try:
+        write = functools.partial(write_checkpoint, conn.execute, job, worker="w-ck")
+        await write(2, event="resumed", step=5120)
+        await write(2, event="saved", step=7168)
+        await write(1, event="saved", step=9000)  # attempt 1's, late: not the job's any more
+        async with stream(a.url, tenant, params={"after": str(start)}) as (seen, read):
+            await read(2)
+            await nothing_more(read, within=2 * POLL_S)
+        await write(2, event="saved", step=9216)
+    finally:
+        await conn.close()
+    resumed, saved = seen.events
+    assert [resumed["event"], saved["event"]] == ["job.checkpoint"] * 2
+    assert {k: v for k, v in resumed["data"].items() if k != "at"} == {
+        "job_id": str(job),
+        "state": "RUNNING",
+        "checkpoint": "resumed",
+        "step": 5120,
+        "checkpoints": 3,
+        "attempt": 2,
+    }
+    assert (saved["data"]["checkpoint"], saved["data"]["step"]) == ("saved", 7168)
+    assert saved["data"]["checkpoints"] == 4
+    # on the other gateway, after the last one seen: only the one written since
+    async with stream(b.url, tenant, last=int(saved["id"])) as (later, read):
+        await read(1)
+        await nothing_more(read, within=2 * POLL_S)
+    assert [(e["data"]["step"], e["data"]["checkpoints"]) for e in later.events] == [(9216, 5)]
+    async with sessions() as s:
+        done = await s.get(Job, job)
+        assert done is not None
+        assert (done.checkpoints, done.resumed_from) == (5, 5120)
     async with httpx.AsyncClient(base_url=a.url) as c:
         r = await c.get(f"/v1/jobs/{job}/events", headers=tenant.headers)
     assert r.status_code == 200, r.text

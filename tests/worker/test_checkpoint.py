@@ -309,3 +309,114 @@ async def test_a_drain_hands_a_checkpointing_job_back_and_it_resumes_exactly(
     again = await rt._attempt(second, attempt_files(storage, second))
     assert again.state is JobState.SUCCEEDED, again.error
     assert np.array_equal(np.load(out), reference)
+
+
+async def test_a_killed_attempts_checkpoints_are_counted_and_are_events(
+    runner: KernelRunner,
+    save: Save,
+    tmp_path: Path,
+    engine: Any,
+    sessions: Any,
+) -> None:
+    """Each checkpoint is counted on the job's row, with a ``checkpoint`` event, as it is
+    saved: an attempt whose process is killed with SIGKILL after two keeps them; the next
+    attempt resumes from the last one, adds its own, and its result is the uninterrupted
+    run's."""
+    from sqlalchemy import select
+
+    from services.worker.app import WorkerRuntime
+    from services.worker.datasets import attempt_files
+    from services.worker.settings import WorkerSettings
+    from shared.db.models import Job, JobEvent, Tenant
+    from shared.jobs.states import JobState
+    from shared.jobs.store import Claim
+    from shared.runtime import Resources
+    from shared.settings import StorageSettings
+    from tests.factories import new_job
+
+    storage = StorageSettings.model_validate(
+        {"local": {"root": str(tmp_path / "local")}, "fsync": False}
+    )
+    rt = WorkerRuntime(
+        cast(Resources, SimpleNamespace(engine=engine, sessions=sessions)),
+        WorkerSettings(storage=storage, concurrency=2, name="w-count"),
+        runner,
+    )
+    long = LONG
+    reference = _uninterrupted(tmp_path, long)
+    grid, out = save("grid", _grid()), str(tmp_path / "counted-out.npy")
+    tenant_id = uuid.uuid4()
+    async with sessions() as s, s.begin():
+        s.add(
+            Tenant(id=tenant_id, name=f"k{tenant_id.hex[:8]}", weight=1, quotas={}, suspended=False)
+        )
+        await s.flush()
+        job = new_job(tenant_id, kernel="stencil2d", state="RUNNING", attempts=1)
+        s.add(job)
+    job_id = job.id
+
+    def claim(attempt: int) -> Claim:
+        params = {"iterations": long}
+        return Claim(job_id, tenant_id, attempt, "stencil2d", params, {}, {}, 600, "local", 1)
+
+    def request(c: Claim, files: Any) -> Request:
+        base = WorkerRuntime._request(rt, c, files)
+        return dataclasses.replace(base, inputs={"grid": grid}, outputs={"grid": out})
+
+    seen: list[tuple[int, str, int]] = []
+
+    def on_checkpoint(c: Claim, event: dict[str, Any]) -> None:
+        seen.append((c.attempt, event["event"], event["step"]))
+        WorkerRuntime._on_checkpoint(rt, c, event)
+
+    rt._request = request  # type: ignore[method-assign,assignment]  # input outside the tiers
+    rt._on_checkpoint = on_checkpoint  # type: ignore[method-assign,assignment]
+    before = {p.pid for p in runner._procs}
+    first = claim(1)
+    task = asyncio.ensure_future(rt._attempt(first, attempt_files(storage, first)))
+    pid = None
+    while pid is None:
+        busy = before - {p.pid for p in runner._idle._queue}  # type: ignore[attr-defined]
+        pid = next(iter(busy)) if len(busy) == 1 else None
+        await asyncio.sleep(0.01)
+    while sum(e == "saved" for _, e, _ in seen) < 2:
+        assert not task.done(), seen
+        await asyncio.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    killed = await task
+    assert killed.state is not JobState.SUCCEEDED
+    saved_1 = [step for a, e, step in seen if a == 1 and e == "saved"]
+
+    async def counted() -> tuple[int, int | None, list[tuple[int, str | None, int | None]]]:
+        async with sessions() as s:
+            row = await s.get(Job, job_id, populate_existing=True)
+            assert row is not None
+            events = await s.execute(
+                select(JobEvent.attempt, JobEvent.reason, JobEvent.step)
+                .where(JobEvent.job_id == job_id, JobEvent.kind == "checkpoint")
+                .order_by(JobEvent.id)
+            )
+            return row.checkpoints, row.resumed_from, [tuple(e) for e in events]
+
+    count, resumed, events = await counted()
+    assert count == len(saved_1) >= 2  # the killed attempt's, though it never reported
+    assert resumed is None
+    assert events == [(1, "saved", step) for step in saved_1]
+    # the reaper's work: the job queued again and claimed for attempt 2
+    async with sessions() as s, s.begin():
+        row = await s.get(Job, job_id)
+        assert row is not None
+        row.attempts = 2
+    await runner.wait_idle()
+    second = claim(2)
+    again = await rt._attempt(second, attempt_files(storage, second))
+    assert again.state is JobState.SUCCEEDED, again.error
+    assert np.array_equal(np.load(out), reference)
+    (_, kind, step), *rest = [s for s in seen if s[0] == 2]
+    assert kind == "resumed"
+    assert step == saved_1[-1]  # the last save the killed attempt reported
+    count, resumed, events = await counted()
+    assert resumed == step
+    assert count == len(saved_1) + sum(e == "saved" for _, e, _ in rest)
+    assert events[len(saved_1)] == (2, "resumed", step)
+    assert [e for e in events if e[0] == 2] == [(2, e, s) for _, e, s in [(2, kind, step), *rest]]

@@ -1,8 +1,8 @@
 """The events feed's rows: how they are read (fixed SQL on plain asyncpg) and what a
 subscriber receives (``text/event-stream`` frames).
 
-A row is a ``job_events`` row (kind ``state`` or ``progress``) with its job's array and
-index, a ``migration_events`` row (kind ``migration``) or a ``workflow_events`` row (kind
+A row is a ``job_events`` row (kind ``state``, ``progress`` or ``checkpoint``) with its job's
+array and index, a ``migration_events`` row (kind ``migration``) or a ``workflow_events`` row (kind
 ``workflow``); all share one id sequence.
 """
 
@@ -22,23 +22,24 @@ from shared.jobs.arrays import public_id
 EVENT_NAMES = {
     "state": "job.state",
     "progress": "job.progress",
+    "checkpoint": "job.checkpoint",
     "migration": "migration.state",
     "workflow": "workflow.state",
 }
 
 _COLUMNS = """
     SELECT e.id, e.tenant_id, e.kind, e.job_id, j.array_id, j.array_index, e.to_state,
-           e.progress, e.reason, e.attempt, e.at
+           e.progress, e.reason, e.attempt, e.at, e.step, e.checkpoints, e.counts
     FROM job_events e JOIN jobs j ON j.id = e.job_id
 """
 _MIGRATION_COLUMNS = """
     SELECT m.id, m.tenant_id, 'migration', m.migration_id, NULL::uuid, NULL::int, m.state,
-           NULL::real, NULL::text, NULL::int, m.at
+           NULL::real, NULL::text, NULL::int, m.at, NULL::bigint, NULL::int, NULL::jsonb
     FROM migration_events m
 """
 _WORKFLOW_COLUMNS = """
     SELECT w.id, w.tenant_id, 'workflow', w.workflow_id, NULL::uuid, NULL::int, w.state,
-           NULL::real, NULL::text, NULL::int, w.at
+           NULL::real, NULL::text, NULL::int, w.at, NULL::bigint, NULL::int, NULL::jsonb
     FROM workflow_events w
 """
 
@@ -80,6 +81,10 @@ class Row:
     reason: str | None
     attempt: int | None
     at: datetime
+    step: int | None = None  # kind checkpoint: the step saved or resumed from
+    checkpoints: int | None = None  # kind checkpoint: the job's count after it
+    # kind progress of an array (a chunk's flush): its counts then, JSON text
+    counts: str | None = None
 
     def concerns(self, job: uuid.UUID | None) -> bool:
         """Whether a stream narrowed to ``job`` (a job, an array or an element's row id;
@@ -119,6 +124,14 @@ def payload(row: Row) -> dict[str, Any]:
         data["array_index"] = row.array_index
     if row.kind == "progress":
         data["progress"] = row.progress
+        if row.counts is not None:  # an array's: its elements per state, and its state
+            data["counts"] = orjson.loads(row.counts)
+            data["state"] = row.state
+    elif row.kind == "checkpoint":  # the job runs; reason: saved or resumed
+        data["state"] = row.state
+        data["checkpoint"] = row.reason
+        data["step"] = row.step
+        data["checkpoints"] = row.checkpoints
     else:
         data["state"] = row.state
         data["reason"] = row.reason

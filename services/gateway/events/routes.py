@@ -34,7 +34,8 @@ STREAM_DOC = {
     200: {
         "description": (
             "`text/event-stream`: `id:` (increasing), `event:` (`job.state`, `job.progress`, "
-            "`migration.state`, `workflow.state`), `data:` JSON; a `: keep-alive` comment when idle"
+            "`job.checkpoint`, `migration.state`, `workflow.state`), `data:` JSON; a "
+            "`: keep-alive` comment when idle"
         ),
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }

@@ -324,3 +324,35 @@ async def test_outcomes_the_statement_does_not_take_follow_the_rules(
     assert job.run_after is not None
     assert (await events(sessions, failed.job_id))[-1] == (1, "RUNNING", "QUEUED", "w1")
     assert await usage(sessions, failed.job_id) == [(1, "FAILED", 1.0)]
+
+
+async def test_a_slot_takes_the_next_job_while_the_last_outcome_is_recorded(
+    sessions: Sessions, tmp_path: Path
+) -> None:
+    """The record's round trip is no part of a slot's cycle: with one slot, the second job
+    is claimed and run while the first's record is held back, and the first stays leased
+    (its heartbeat extends it) until its record commits."""
+    rt = runtime(engine_of(sessions), sessions, tmp_path)
+    rt.slots = asyncio.Semaphore(1)
+    first, second = await queued_jobs(sessions, 2)
+    gate = asyncio.Event()
+    record = rt.records.record
+
+    async def held(finish: Finish) -> bool:
+        if finish.job_id == first:
+            await gate.wait()
+        return await record(finish)
+
+    rt.records.record = held  # type: ignore[method-assign]
+    await rt.on_dispatch(dispatched(first))
+    await asyncio.wait_for(rt.on_dispatch(dispatched(second)), 5)  # the slot came back
+    run = next(t for t in rt.jobs if t.get_name() == f"job-{second}")
+    await asyncio.wait_for(run, 5)
+    assert (await get(sessions, second)).state == "SUCCEEDED"
+    assert (await get(sessions, first)).state == "RUNNING"  # its record still waits
+    assert first in rt.leased
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
+    assert (await get(sessions, first)).state == "SUCCEEDED"
+    assert not rt.leased
+    assert not rt.slots.locked()

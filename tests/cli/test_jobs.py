@@ -169,17 +169,18 @@ def test_cancel_and_watch(url: str, admin: Client, stratus: Stratus) -> None:
 def test_watch_redraws_until_ctrl_c(
     admin: Client, stratus: Stratus, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The live table looks again after each interval; Ctrl-C ends it with 0."""
+    """The live table looks again after each wait for a change (at most the interval);
+    Ctrl-C ends it with 0."""
     held = stratus.as_key(new_key(admin, "cli-watch", max_running_jobs=0))
     job = held.json("submit", "montecarlo_pi", *MC)["id"]
     looks: list[float] = []
 
-    def sleep(seconds: float) -> None:
+    def wait(self: object, seconds: float) -> None:
         looks.append(seconds)
         if len(looks) == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("stratus_client.cli.watch.time.sleep", sleep)
+    monkeypatch.setattr("stratus_client.cli.watch.Changes.wait", wait)
     result = held.ok("watch", "--interval", "0.5")
     assert looks == [0.5, 0.5, 0.5]
     assert job in result.stdout

@@ -18,6 +18,9 @@
    PostgreSQL row writes per element.
 3. Latency: ``--rate`` jobs/s offered on a steady open-loop schedule for ``--duration`` s;
    submit-to-SUCCEEDED latency from each submit's start (``time.time()``) to ``finished_at``.
+4. Tracing (``bench/tracing.py``, run right after phase 2): the CPU per job of the tracing
+   hooks and the log lines tracing adds, off and on (OTLP to a local receiver), and on's share
+   of the CPU per job the services spent in phase 2.
 
 Beside each figure it prints the CPU time per request / job of every process group (from
 ``/proc``) and what other load the machine carried, since the machine is shared. ``--budget``
@@ -63,6 +66,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from bench.arrays import phase_arrays, summary_rows
 from bench.cpu import CpuMeter, Roots, describe, named, per_item_ms, pids
 from bench.loadgen import ClosedResult, OpenResult, closed_loop, open_loop
+from bench.tracing import phase_tracing
 from tools.cluster import (
     ClusterConfig,
     LocalCluster,
@@ -983,6 +987,7 @@ async def run_phases(env: Env) -> dict[str, Any]:
         results: dict[str, Any] = {}
         results["gateway"] = await phase_gateway(env, db)
         results["e2e"] = await phase_e2e(env, db)
+        results["tracing"] = phase_tracing(results["e2e"]["stratus"])  # beside [2]'s CPU
         results["arrays"] = await phase_arrays(env, db, results["e2e"]["celery_median_per_s"])
         results["latency"] = await phase_latency(env, db)
         return results

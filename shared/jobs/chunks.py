@@ -4,9 +4,13 @@ An array whose elements read no datasets and write no outputs is run in *chunks*
 ``array_chunks`` row names a contiguous index range, ``[first_index, first_index + n)``,
 that travels as one message (``ChunkDispatched``), is claimed under one lease and is
 recorded set-based, one statement per flush. An element of a chunk has no ``jobs`` row until
-it ends: the flush inserts it in its final state with its ``job_attempts`` row (the usage
-source), so an element costs two row writes; the flush that records the last element deletes
-the chunk. No ``job_events`` row and no message per element.
+it ends: the flush inserts it in its final state, and the attempts of all the elements it
+inserted in one ``chunk_attempts`` row (the usage source with ``job_attempts``,
+``shared.jobs.attempts``), so an element costs one row write and a flush one more; the flush
+that records the last element deletes the chunk. No ``job_events`` row and no message per
+element: a flush that records elements adds one ``job_events`` row of kind ``progress`` for
+the array (``counts``: the array's counts as the flush leaves them), so a subscriber of the
+events feed sees the array's counts move.
 
 Counts. ``job_arrays``' ``n_*`` stay exact: a chunk's elements without a row are counted
 QUEUED while the chunk waits and RUNNING while a worker holds it. The counts' trigger
@@ -234,14 +238,21 @@ WITH chunk AS (
                         AS again) r
     ORDER BY o.i
     ON CONFLICT DO NOTHING
-    RETURNING id, tenant_id, attempts, array_index
+    RETURNING id, tenant_id, attempts, array_index, state
+), chunk_usage AS (  -- the attempt of every element inserted here, in one row
+    INSERT INTO chunk_attempts (array_id, tenant_id, attempt, worker, device, first_index,
+                                last_index, indices, outcomes, cpu_seconds, wall_seconds,
+                                started_at, errors)
+    SELECT c.array_id, c.tenant_id, c.attempt, $3, c.device, min(o.i), max(o.i),
+           array_agg(o.i ORDER BY o.i), array_agg(o.state ORDER BY o.i),
+           array_agg(o.cpu ORDER BY o.i), array_agg(o.wall ORDER BY o.i),
+           array_agg(o.started ORDER BY o.i), array_agg(o.error ORDER BY o.i)
+    FROM inserted n JOIN outcome o ON o.i = n.array_index CROSS JOIN chunk c
+    GROUP BY c.array_id, c.tenant_id, c.attempt, c.device
 ), usage AS (
     INSERT INTO job_attempts (job_id, attempt, tenant_id, worker, outcome, cpu_seconds,
                               gpu_seconds, wall_seconds, device, started_at, error)
-    SELECT n.id, n.attempts, n.tenant_id, $3, o.state, o.cpu, 0, o.wall, c.device, o.started,
-           o.error
-    FROM inserted n JOIN outcome o ON o.i = n.array_index CROSS JOIN chunk c
-    UNION ALL  -- the chunk's earlier attempts, lost with their workers: counted once, now
+    -- the chunk's earlier attempts, lost with their workers: counted once, now
     SELECT n.id, k, n.tenant_id, NULL, 'LOST', 0, 0, 0, NULL, NULL, '{LOST_ERROR}'
     FROM inserted n CROSS JOIN generate_series(1, n.attempts - 1) AS k
     UNION ALL  -- elements the array's cancel ended while this attempt ran them: they ran
@@ -262,6 +273,38 @@ WITH chunk AS (
                          END
     FROM chunk, measured s
     WHERE a.job_id = chunk.array_id AND s.k > 0
+    RETURNING a.*
+), tally AS (  -- what the counts' trigger moves from n_pending at the statement's end
+    SELECT count(*)::int AS k,
+           count(*) FILTER (WHERE state = 'QUEUED')::int AS queued,
+           count(*) FILTER (WHERE state = 'SUCCEEDED')::int AS succeeded,
+           count(*) FILTER (WHERE state = 'FAILED')::int AS failed,
+           count(*) FILTER (WHERE state = 'CANCELLED')::int AS cancelled,
+           count(*) FILTER (WHERE state = 'TIMED_OUT')::int AS timed_out
+    FROM inserted
+), left_by AS (  -- the array's counts as the flush leaves them
+    SELECT u.job_id, u.tenant_id, u.size, u.cancelled, u.n_pending - t.k AS pending,
+           u.n_queued + t.queued AS queued, u.n_running AS running,
+           u.n_succeeded + t.succeeded AS succeeded, u.n_failed + t.failed AS failed,
+           u.n_cancelled + t.cancelled AS cancelled_n, u.n_timed_out + t.timed_out AS timed_out
+    FROM counted u CROSS JOIN tally t
+), progressed AS (  -- its progress event, with the counts and the state they give the array
+    INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, kind, progress,
+                            counts, worker, at)
+    SELECT l.job_id, l.tenant_id, 0, p.state, d.state, 'progress',
+           (l.succeeded + l.failed + l.cancelled_n + l.timed_out)::real / l.size,
+           jsonb_build_object(
+               'PENDING', l.pending, 'QUEUED', l.queued, 'RUNNING', l.running,
+               'SUCCEEDED', l.succeeded, 'FAILED', l.failed, 'CANCELLED', l.cancelled_n,
+               'TIMED_OUT', l.timed_out),
+           $3, now()
+    FROM left_by l JOIN jobs p ON p.id = l.job_id
+    CROSS JOIN LATERAL (  -- as stratus_array_refresh (migration 0013)
+        SELECT CASE WHEN l.pending = l.size THEN 'PENDING'
+                    WHEN l.pending + l.queued + l.running > 0 THEN 'RUNNING'
+                    WHEN l.succeeded = l.size THEN 'SUCCEEDED'
+                    WHEN l.cancelled THEN 'CANCELLED'
+                    ELSE 'FAILED' END AS state) d
 ), removed AS (
     DELETE FROM array_chunks d USING chunk c
     WHERE d.id = c.id AND $13::bool
@@ -289,11 +332,12 @@ async def record_elements(
     last: bool,
 ) -> Flushed:
     """Record ``outcomes`` of ``claim``'s elements in one statement: each element's row in
-    its final state (a retryable failure with retries left: QUEUED, backing off) with its
-    usage row, the counts moved, the chunk's measured wall time updated, and the scheduler
-    woken when something ended. ``last``: every element was reported, the chunk row goes
-    (call it once at the end, even with no outcomes). Fenced by (chunk, attempt, worker);
-    an element that has its row already is left as it is (a repeated flush is a no-op)."""
+    its final state (a retryable failure with retries left: QUEUED, backing off), their
+    attempts in one ``chunk_attempts`` row, the counts moved, the chunk's measured wall
+    time updated, and the scheduler woken when something ended. ``last``: every element
+    was reported, the chunk row goes (call it once at the end, even with no outcomes).
+    Fenced by (chunk, attempt, worker); an element that has its row already is left as it
+    is (a repeated flush is a no-op)."""
     # one outcome per element, in index (= id) order: the order its rows are locked in
     os = sorted({o.index: o for o in outcomes}.values(), key=lambda o: o.index)
     dumps = orjson.dumps

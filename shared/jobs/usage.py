@@ -2,7 +2,9 @@
 ``GET /v1/tenant``. The source is ``job_attempts``: one row per attempt, however it ended
 (succeeded, failed, timed out, cancelled while running, handed back, or reaped after its
 worker was lost), written in the transaction that ends the attempt and keyed by (job,
-attempt), so each attempt's CPU seconds count exactly once.
+attempt), so each attempt's CPU seconds count exactly once; except the attempts of the
+elements a chunk's flush records, which are entries of that flush's one ``chunk_attempts``
+row (``shared.jobs.attempts``; ``attempt_records`` is the view of both).
 
 ``cpu_seconds_per_day`` is a budget over the last 24 h that jobs in flight draw on too: a job
 in flight holds its ``timeout_s`` (the most its attempt may use) until its attempt ends and
@@ -12,10 +14,10 @@ budget; so the budget is exceeded by at most the last job started, and never by 
 flight that nobody counted.
 
 What the scheduler reads on every dispatch pass is not ``job_attempts`` but ``usage_hours``:
-the attempts of each tenant summed by the hour (UTC) in which they ended, kept by a trigger
-on ``job_attempts`` in the statement that writes the attempt (so once per attempt, whichever
-path writes it). A pass reads at most a day of hourly rows per tenant, however many attempts
-the day had. Two consequences of the hour:
+the attempts of each tenant summed by the hour (UTC) in which they ended, kept by triggers
+on ``job_attempts`` and ``chunk_attempts`` in the statement that writes the attempt (so
+once per attempt, whichever path writes it). A pass reads at most a day of hourly rows per
+tenant, however many attempts the day had. Two consequences of the hour:
 
 - "the last 24 h" is the current hour and the 24 before it (``DAY_FROM``): an attempt's CPU
   seconds leave the budget between 24 and 25 h after it ended, late rather than early, so

@@ -31,7 +31,7 @@ class Findings:
     usage_missing: int = 0  # attempts that ended but were never counted
     usage_extra: int = 0  # usage rows for attempts that never started
     usage_rows: int = 0
-    usage_hours_wrong: list[str] = field(default_factory=list)  # != GROUP BY job_attempts
+    usage_hours_wrong: list[str] = field(default_factory=list)  # != GROUP BY attempt_records
     outputs_missing: list[str] = field(default_factory=list)
     outbox: int = 0
     queues: dict[str, int] = field(default_factory=dict)  # broker queue -> messages
@@ -79,7 +79,7 @@ class Findings:
                 f"usage: {self.usage_missing} attempts uncounted, {self.usage_extra} extra"
             )
         if self.usage_hours_wrong:
-            found.append(f"usage_hours not the sums of job_attempts: {self.usage_hours_wrong[:5]}")
+            found.append(f"usage_hours not the sums of the attempts: {self.usage_hours_wrong[:5]}")
         if self.outputs_missing:
             found.append(f"outputs missing: {self.outputs_missing[:5]}")
         if self.outbox:
@@ -158,7 +158,7 @@ async def check_outcomes(session: AsyncConnection, tids: list[uuid.UUID], f: Fin
     f.double_outcomes = [f"{job}: {states}" for job, states in doubles.all()]
     results = await session.execute(
         text(
-            "SELECT job_id, string_agg(attempt::text, ',') FROM job_attempts "
+            "SELECT job_id, string_agg(attempt::text, ',') FROM attempt_records "
             "WHERE tenant_id = ANY(:t) AND outcome = 'SUCCEEDED' GROUP BY job_id "
             "HAVING count(*) > 1"
         ),
@@ -167,7 +167,7 @@ async def check_outcomes(session: AsyncConnection, tids: list[uuid.UUID], f: Fin
     f.double_results = [f"{job}: attempts {attempts}" for job, attempts in results.all()]
     not_last = await session.execute(
         text(
-            "SELECT j.id, j.attempts, u.outcome FROM jobs j LEFT JOIN job_attempts u "
+            "SELECT j.id, j.attempts, u.outcome FROM jobs j LEFT JOIN attempt_records u "
             "ON u.job_id = j.id AND u.attempt = j.attempts WHERE j.tenant_id = ANY(:t) "
             "AND j.state = 'SUCCEEDED' AND NOT j.is_array "
             "AND u.outcome IS DISTINCT FROM 'SUCCEEDED'"
@@ -200,7 +200,7 @@ _HOURS = text(
         SELECT tenant_id, date_trunc('hour', finished_at, 'UTC') AS hour,
                count(*) AS attempts, sum(cpu_seconds) AS cpu_seconds,
                sum(gpu_seconds) AS gpu_seconds
-        FROM job_attempts WHERE tenant_id = ANY(:t) GROUP BY 1, 2
+        FROM attempt_records WHERE tenant_id = ANY(:t) GROUP BY 1, 2
     ) g ON g.tenant_id = b.tenant_id AND g.hour = b.hour
     WHERE b.attempts IS DISTINCT FROM g.attempts
        OR abs(coalesce(b.cpu_seconds, 0) - coalesce(g.cpu_seconds, 0)) > 1e-6
@@ -211,13 +211,14 @@ _HOURS = text(
 
 async def check_usage(session: AsyncConnection, tids: list[uuid.UUID], f: Findings) -> None:
     """Every attempt that started (1..attempts) ended once, by the worker's record or by
-    the reaper, with exactly one usage row (job_attempts); the hourly buckets are its sums."""
+    the reaper, with exactly one usage record (``attempt_records``: a ``job_attempts`` row
+    or an entry of a chunk flush's ``chunk_attempts`` row); the hourly buckets are its sums."""
     started = await session.execute(
         text("SELECT id, attempts FROM jobs WHERE tenant_id = ANY(:t)"), {"t": tids}
     )
     expected = {(job, k) for job, n in started.all() for k in range(1, n + 1)}
     usage_sql = (
-        "SELECT u.job_id, u.attempt FROM job_attempts u JOIN jobs j ON j.id = u.job_id "
+        "SELECT u.job_id, u.attempt FROM attempt_records u JOIN jobs j ON j.id = u.job_id "
         "WHERE j.tenant_id = ANY(:t)"
     )
     counted = {(r[0], r[1]) for r in (await session.execute(text(usage_sql), {"t": tids})).all()}

@@ -124,7 +124,7 @@ async def count_hits(
     hits.interrupted = int(
         await conn.scalar(
             text(
-                "SELECT count(*) FROM job_attempts u JOIN jobs j ON j.id = u.job_id "
+                "SELECT count(*) FROM attempt_records u JOIN jobs j ON j.id = u.job_id "
                 "WHERE j.tenant_id = ANY(:t) AND j.array_id IS NOT NULL "
                 "AND u.outcome = :lost AND (u.worker = ANY(:w) "
                 # a chunk's lost attempt, counted when its element is recorded later: the

@@ -10,7 +10,7 @@ import uuid
 
 import httpx
 import orjson
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.jobs import cancel
@@ -18,9 +18,11 @@ from services.gateway.jobs.chunked import IN_CHUNK
 from shared.db.models import ArrayChunk, JobArray, JobAttempt, Outbox
 from shared.events import utcnow
 from shared.jobs.arrays import element_id
+from shared.jobs.attempts import AttemptRecord, ChunkAttempt
 from shared.jobs.chunks import ChunkClaim, ElementOutcome, Flushed, claim_chunk, record_elements
 from shared.jobs.states import JobState
 from shared.jobs.store import session_fetch
+from shared.jobs.usage import count_attempt
 from tests.factories import new_array
 from tests.gateway.array_rows import counts, get
 from tests.gateway.conftest import TenantKey
@@ -157,7 +159,7 @@ async def test_cancel_drops_free_chunks_and_tells_the_worker_of_a_held_one(
     await record(sessions, held, {1: JobState.CANCELLED, 2: JobState.CANCELLED}, last=True)
     ids = [element_id(aid, i) for i in (0, 1, 2)]
     async with sessions() as s:
-        charged = await s.scalar(select(func.count()).where(JobAttempt.job_id.in_(ids)))
+        charged = await s.scalar(select(func.count()).where(AttemptRecord.job_id.in_(ids)))
         chunks_left = await s.scalar(select(func.count()).where(ArrayChunk.array_id == aid))
     assert (charged, chunks_left) == (3, 0)
     body = await get(client, tenant, f"/v1/jobs/{aid}")
@@ -198,8 +200,66 @@ async def test_an_element_cancelled_in_a_held_chunk_is_charged_for_what_ran(
     assert flushed.recorded == 2
     async with sessions() as s:
         charged = await s.scalar(
-            select(func.count()).where(JobAttempt.job_id == element_id(aid, 1))
+            select(func.count()).where(AttemptRecord.job_id == element_id(aid, 1))
         )
     assert charged == 1
     body = await get(client, tenant, f"/v1/jobs/{aid}")
     assert body["array"]["counts"] == counts(succeeded=2, cancelled=1)
+
+
+async def test_a_chunk_elements_attempts_and_usage_come_from_its_flush_row(
+    client: httpx.AsyncClient, tenant: TenantKey, sessions: Sessions
+) -> None:
+    """A flush records its elements' attempts in one ``chunk_attempts`` row: the attempts
+    route, the log, ``GET /v1/usage`` and the hourly buckets read each element's attempt
+    from it, once, beside the ``job_attempts`` rows of the element's later attempts."""
+    aid = await chunked_array(sessions, tenant, 3, 3)
+    c = await claim(sessions, element_id(aid, 0))
+    await record(sessions, c, {0: JobState.SUCCEEDED, 1: JobState.FAILED})
+    await record(sessions, c, {2: JobState.TIMED_OUT}, last=True)
+    tid = uuid.UUID(tenant.tenant_id)
+    async with sessions() as s, s.begin():
+        rows = await s.scalar(select(func.count()).where(ChunkAttempt.array_id == aid))
+        per_job = await s.scalar(
+            select(func.count()).where(
+                JobAttempt.job_id.in_([element_id(aid, i) for i in range(3)])
+            )
+        )
+        # a later attempt of element 1, by the per-job path
+        await count_attempt(
+            s,
+            job_id=element_id(aid, 1),
+            tenant_id=tid,
+            attempt=2,
+            worker="w2",
+            outcome="SUCCEEDED",
+            cpu_seconds=0.5,
+            wall_seconds=0.5,
+        )
+    assert (rows, per_job) == (2, 0)  # one row per flush, none per element
+    one = (await get(client, tenant, f"/v1/jobs/{aid}:1/attempts"))["items"]
+    assert [(a["attempt"], a["outcome"], a["worker"]) for a in one] == [
+        (1, "FAILED", "w1"),
+        (2, "SUCCEEDED", "w2"),
+    ]
+    assert (one[0]["device"], one[0]["cpu_seconds"]) == ("cpu", 0.001)
+    assert one[0]["started_at"] is not None
+    assert one[0]["finished_at"] is not None
+    two = (await get(client, tenant, f"/v1/jobs/{aid}:2/attempts"))["items"]
+    assert [(a["attempt"], a["outcome"]) for a in two] == [(1, "TIMED_OUT")]
+    r = await client.get(f"/v1/jobs/{aid}:0/log", headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    assert r.text.count("attempt ended SUCCEEDED") == 1
+    usage = await get(client, tenant, "/v1/usage?group_by=kernel")
+    assert abs(usage["cpu_seconds"] - 0.503) < 1e-9
+    assert [(g["key"], g["jobs"]) for g in usage["groups"]] == [("montecarlo_pi", 3)]
+    async with sessions() as s:
+        attempts, cpu = (
+            await s.execute(
+                text(
+                    "SELECT sum(attempts), sum(cpu_seconds) FROM usage_hours WHERE tenant_id = :t"
+                ),
+                {"t": tid},
+            )
+        ).one()
+    assert (attempts, round(cpu, 9)) == (4, 0.503)

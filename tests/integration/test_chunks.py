@@ -15,9 +15,10 @@ import pytest
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from shared.db.models import ArrayChunk, Job, JobArray, JobAttempt, Tenant
+from shared.db.models import ArrayChunk, Job, JobArray, Tenant
 from shared.events import utcnow
 from shared.jobs.arrays import element_id, element_of
+from shared.jobs.attempts import AttemptRecord
 from shared.jobs.chunks import (
     FIRST_CHUNK,
     ChunkClaim,
@@ -236,7 +237,9 @@ async def test_a_flush_records_final_rows_with_usage_exactly_once(db: Sessions) 
         row = await session.get_one(Job, element_id(array_id, 0))
         usage = (
             await session.scalars(
-                select(JobAttempt).where(JobAttempt.job_id.in_([row.id, element_id(array_id, 1)]))
+                select(AttemptRecord).where(
+                    AttemptRecord.job_id.in_([row.id, element_id(array_id, 1)])
+                )
             )
         ).all()
     assert (row.state, row.attempts, row.worker, row.result) == (
@@ -257,8 +260,9 @@ async def test_a_flush_records_final_rows_with_usage_exactly_once(db: Sessions) 
 
 
 async def test_a_recorded_element_has_its_receipt_in_one_row_write(db: Sessions) -> None:
-    """Two row writes an element: its row, with the receipt's CPU seconds already in it, and
-    its usage row, both by the flush's one command; the receipt's trigger does not write the
+    """One row write an element, and one a flush: the element's row, with the receipt's CPU
+    seconds already in it, and the flush's one usage row (``chunk_attempts``) for all its
+    elements, both by the flush's one command; the receipt's trigger does not write the
     element's row again (a later command would give its row version a later ``cmin``)."""
     array_id = await _array(db, 2)
     await _chunks(db)
@@ -273,13 +277,26 @@ async def test_a_recorded_element_has_its_receipt_in_one_row_write(db: Sessions)
             await session.execute(
                 text(
                     "SELECT j.cmin::text, a.cmin::text FROM jobs j"
-                    " JOIN job_attempts a ON a.job_id = j.id WHERE j.array_id = :a"
+                    " JOIN chunk_attempts a ON a.array_id = j.array_id"
+                    " AND j.array_index = ANY(a.indices) WHERE j.array_id = :a"
                 ),
                 {"a": array_id},
             )
         ).all()
     assert len(versions) == 2
     assert all(job == usage for job, usage in versions), versions
+    async with db() as session:
+        flushes = await session.scalar(
+            text("SELECT count(*) FROM chunk_attempts WHERE array_id = :a"), {"a": array_id}
+        )
+        per_element = await session.scalar(
+            text(
+                "SELECT count(*) FROM job_attempts a JOIN jobs j ON j.id = a.job_id"
+                " WHERE j.array_id = :a"
+            ),
+            {"a": array_id},
+        )
+    assert (flushes, per_element) == (1, 0)
     async with db() as session:
         row = await session.get_one(Job, element_id(array_id, 1))
     assert row.receipt is not None
@@ -344,9 +361,9 @@ async def test_a_stale_attempt_is_fenced(db: Sessions) -> None:
         row = await session.get_one(Job, element_id(array_id, 0))
         usage = (
             await session.execute(
-                select(JobAttempt.attempt, JobAttempt.outcome)
-                .where(JobAttempt.job_id == row.id)
-                .order_by(JobAttempt.attempt)
+                select(AttemptRecord.attempt, AttemptRecord.outcome)
+                .where(AttemptRecord.job_id == row.id)
+                .order_by(AttemptRecord.attempt)
             )
         ).all()
     assert row.attempts == 2
@@ -367,7 +384,7 @@ async def test_a_retryable_failure_becomes_a_queued_row(db: Sessions) -> None:
         retry = await session.get_one(Job, element_id(array_id, 0))
         failed = await session.get_one(Job, element_id(array_id, 1))
         usage = await session.scalar(
-            select(func.count()).where(JobAttempt.job_id == retry.id, JobAttempt.attempt == 1)
+            select(func.count()).where(AttemptRecord.job_id == retry.id, AttemptRecord.attempt == 1)
         )
     assert (retry.state, retry.attempts, retry.worker, retry.error) == ("QUEUED", 1, None, "boom")
     assert retry.run_after is not None

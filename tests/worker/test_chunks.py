@@ -31,9 +31,10 @@ from services.worker.chunks import CANCELLED_ERROR, Chunks, dispatched_work
 from services.worker.runner import KernelRunner, Request
 from services.worker.settings import WorkerSettings
 from shared.db.engine import make_engine
-from shared.db.models import Job, JobArray, JobAttempt, Tenant
+from shared.db.models import Job, JobArray, Tenant
 from shared.db.raw import raw_connection
 from shared.events import ChunkDispatched, JobCancelled, JobDispatched
+from shared.jobs.attempts import AttemptRecord
 from shared.jobs.chunks import RETRY_REASON, ChunkClaim
 from shared.jobs.materialise import materialise_chunks
 from shared.messaging import Delivery, Reject
@@ -125,11 +126,11 @@ async def elements(db: Sessions, array_id: uuid.UUID) -> dict[int, Job]:
         return {row.array_index: row for row in rows if row.array_index is not None}
 
 
-async def usage_rows(db: Sessions, array_id: uuid.UUID) -> list[JobAttempt]:
+async def usage_rows(db: Sessions, array_id: uuid.UUID) -> list[AttemptRecord]:
     async with db() as session:
         rows = await session.scalars(
-            select(JobAttempt)
-            .join(Job, Job.id == JobAttempt.job_id)
+            select(AttemptRecord)
+            .join(Job, Job.id == AttemptRecord.job_id)
             .where(Job.array_id == array_id)
         )
         return list(rows)

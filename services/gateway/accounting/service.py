@@ -1,4 +1,5 @@
-"""Usage accounting, read from its one source, ``job_attempts`` (``shared.jobs.usage``), by
+"""Usage accounting, read from its one source, the attempts (``attempt_records``:
+``job_attempts`` and the chunks' ``chunk_attempts``, ``shared.jobs.attempts``), by
 ``GET /v1/usage``, ``GET /v1/tenant`` and the admin view.
 
 An attempt counts in the window in which it ended (``finished_at``). ``group_by`` splits
@@ -18,8 +19,9 @@ from typing import Any, Literal
 from sqlalchemy import Select, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from shared.db.models import Job, JobArray, JobAttempt, Migration, Tenant
+from shared.db.models import Job, JobArray, Migration, Tenant
 from shared.jobs.arrays import COUNT_COLUMNS
+from shared.jobs.attempts import AttemptRecord
 from shared.jobs.states import JobState
 from shared.jobs.usage import IN_FLIGHT, cpu_today_sql, waiting_jobs_sql
 from shared.storage.quota import reserved_bytes, stored_bytes
@@ -36,11 +38,11 @@ class Window:
 
 
 def _attempts(tenant_id: uuid.UUID, window: Window) -> Select[Any]:
-    query = select(JobAttempt).where(JobAttempt.tenant_id == tenant_id)
+    query = select(AttemptRecord).where(AttemptRecord.tenant_id == tenant_id)
     if window.since is not None:
-        query = query.where(JobAttempt.finished_at >= window.since)
+        query = query.where(AttemptRecord.finished_at >= window.since)
     if window.until is not None:
-        query = query.where(JobAttempt.finished_at < window.until)
+        query = query.where(AttemptRecord.finished_at < window.until)
     return query
 
 

@@ -83,8 +83,8 @@ class Row:
     at: datetime
     step: int | None = None  # kind checkpoint: the step saved or resumed from
     checkpoints: int | None = None  # kind checkpoint: the job's count after it
-    # kind progress of an array (a chunk's flush): its counts then, JSON text
-    counts: str | None = None
+    # kind progress of an array (a chunk's flush): its counts then (JSON, decoded or not)
+    counts: str | dict[str, int] | None = None
 
     def concerns(self, job: uuid.UUID | None) -> bool:
         """Whether a stream narrowed to ``job`` (a job, an array or an element's row id;
@@ -125,7 +125,8 @@ def payload(row: Row) -> dict[str, Any]:
     if row.kind == "progress":
         data["progress"] = row.progress
         if row.counts is not None:  # an array's: its elements per state, and its state
-            data["counts"] = orjson.loads(row.counts)
+            counts = row.counts
+            data["counts"] = orjson.loads(counts) if isinstance(counts, str) else counts
             data["state"] = row.state
     elif row.kind == "checkpoint":  # the job runs; reason: saved or resumed
         data["state"] = row.state

@@ -1,11 +1,12 @@
 """``GET /v1/jobs/{id}/attempts`` and ``GET /v1/jobs/{id}/log``: what happened to a job, per
 attempt and line by line.
 
-Attempts: one ``job_attempts`` row per attempt that ended (written where it ended: the
-worker's record, the reaper), and the running attempt from the job's own row (outcome null).
+Attempts: one record per attempt that ended (written where it ended: the worker's record,
+the reaper; a ``job_attempts`` row, or an entry of a chunk flush's ``chunk_attempts`` row,
+``shared.jobs.attempts``), and the running attempt from the job's own row (outcome null).
 
 The log is put together when it is read, from what is stored anyway: the transitions
-(``job_events`` of kind ``state``), the end of each attempt (``job_attempts``: outcome, use,
+(``job_events`` of kind ``state``), the end of each attempt (its record: outcome, use,
 error), and the lines the worker wrote besides (``job_log``: staging, kernel progress; written
 in batches every 2 s, so a job that ends in under 2 s adds nothing there). One line each,
 ``<ISO time> [attempt N] <text>``, in time order. ``?follow=1`` streams the lines as they
@@ -38,6 +39,7 @@ from services.gateway.jobs.routes import JobIdPath
 from services.gateway.routing import feature_router
 from shared.db.models import Job, JobAttempt, JobEvent, JobLogLine
 from shared.errors import NotFound
+from shared.jobs.attempts import ended_attempts
 from shared.jobs.states import FINAL, JobState
 from shared.runtime import Resources
 
@@ -110,11 +112,7 @@ async def find(session: AsyncSession, tenant_id: uuid.UUID, text: str) -> Found:
 async def attempts_of(session: AsyncSession, job: Job | None) -> list[AttemptOut]:
     if job is None:
         return []
-    rows = (
-        await session.execute(
-            select(JobAttempt).where(JobAttempt.job_id == job.id).order_by(JobAttempt.attempt)
-        )
-    ).scalars()
+    rows = await ended_attempts(session, job.id)
     items = [
         AttemptOut(
             attempt=a.attempt,
@@ -221,14 +219,7 @@ async def new_lines(session: AsyncSession, job_id: uuid.UUID, cursor: Cursor) ->
     for g in logged:
         keyed.append((g.at, 1, g.id, line(g.at, g.attempt, g.line)))
         cursor.log_id = max(cursor.log_id, g.id)
-    ended = (
-        await session.execute(
-            select(JobAttempt)
-            .where(JobAttempt.job_id == job_id, JobAttempt.attempt.not_in(cursor.attempts))
-            .order_by(JobAttempt.attempt)
-        )
-    ).scalars()
-    for a in ended:
+    for a in await ended_attempts(session, job_id, skip=cursor.attempts):
         keyed.append((a.finished_at, 2, a.attempt, line(a.finished_at, a.attempt, attempt_text(a))))
         cursor.attempts.add(a.attempt)
     keyed.sort(key=lambda k: (k[0], k[1], k[2]))

@@ -3,7 +3,8 @@
 One compose project for the module: the README's curl walkthrough, run as written against it;
 ``--scale worker=3`` and jobs spread over the three worker containers (each its own host: its
 container id is the worker's name); a worker container killed mid-job and the job finished by
-another; the scheduler's process killed and the restart policy bringing dispatch back.
+another; the scheduler's process killed and the restart policy bringing dispatch back; a
+new worker container's time to its first job beside a new worker process's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -133,3 +135,85 @@ def test_the_scheduler_killed_and_its_restart_policy_brings_dispatch_back(
     after = int(docker("inspect", "-f", "{{.RestartCount}}", cid).strip())
     assert after == before + 1
     assert docker("inspect", "-f", "{{.State.Status}}", cid).strip() == "running"
+
+
+def first_start(
+    api: httpx.Client,
+    h: dict[str, str],
+    is_new: Callable[[str], bool],
+    since: float,
+    timeout: float = 180,
+) -> float:
+    """The ``started_at`` (epoch seconds, ``since`` or later) of the first job whose worker
+    ``is_new``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        starts = []
+        for state in ("RUNNING", "SUCCEEDED"):
+            r = api.get("/v1/jobs", params={"state": state, "limit": 200}, headers=h)
+            assert r.status_code == 200, r.text
+            starts += [
+                datetime.fromisoformat(j["started_at"]).timestamp()
+                for j in r.json()["items"]
+                if j.get("worker") and j.get("started_at") and is_new(j["worker"])
+            ]
+            starts = [t for t in starts if t >= since]
+        if starts:
+            return min(starts)
+        assert time.monotonic() < deadline, "no job on the new worker"
+        time.sleep(0.25)
+
+
+def live_cpu_workers(api: httpx.Client, admin_key: str) -> list[str]:
+    r = api.get("/v1/admin/pools", headers={"Authorization": f"Bearer {admin_key}"})
+    assert r.status_code == 200, r.text
+    (cpu,) = [p for p in r.json()["items"] if p["pool"] == "cpu"]
+    return [str(w["id"]) for w in cpu["workers"]]
+
+
+def no_live_worker(api: httpx.Client, admin_key: str, timeout: float = 90) -> None:
+    """Until no CPU worker's heartbeat is fresh (the scheduler counts no slot)."""
+    deadline = time.monotonic() + timeout
+    while live := live_cpu_workers(api, admin_key):
+        assert time.monotonic() < deadline, f"workers still live: {live}"
+        time.sleep(0.5)
+
+
+def test_a_new_worker_containers_time_to_its_first_job_beside_a_new_worker_process(
+    cluster: Compose, api: httpx.Client
+) -> None:
+    """What the ``docker`` autoscale backend adds (a new container) beside what the ``local``
+    one adds (a new worker process on a host already up: here, a container of the worker's
+    image that runs nothing else), each while jobs wait and no other worker runs: seconds
+    from the command to the new worker's first job's start. Also the image's size."""
+    cluster.run("up", "-d", "--wait", "--scale", "worker=0", timeout=600)
+    no_live_worker(api, cluster.admin_key)
+    h = new_tenant_key(api, cluster.admin_key, "first-job")
+    for i in range(60):  # a backlog (nothing can run it yet)
+        body = {"kernel": "montecarlo_pi", "params": {"samples": 20_000_000, "seed": i}}
+        assert api.post("/v1/jobs", json=body, headers=h).status_code == 201
+
+    # the local backend's way: a new process on a host that is up
+    host = f"{cluster.project}-idle-host"
+    cluster.run("run", "-d", "--no-deps", "--name", host, "worker", "sleep", "infinity")
+    t0 = time.time()
+    docker(
+        "exec", "-d", "-e", "STRATUS_NAME=local-probe", "-e", "STRATUS_PORT=8012",
+        host, "python", "-m", "services.worker",
+    )  # fmt: skip
+    process_s = first_start(api, h, lambda w: w == "local-probe", t0) - t0
+    docker("rm", "-f", host)
+    no_live_worker(api, cluster.admin_key)
+
+    # the docker backend's way: a new container
+    t0 = time.time()
+    cluster.run("up", "-d", "--no-recreate", "--scale", "worker=1", timeout=600)
+    container_s = first_start(api, h, lambda w: w != "local-probe", t0) - t0
+    size = int(docker("image", "inspect", "-f", "{{.Size}}", "stratus:latest").strip())
+    print(
+        f"\na new worker's first job: {container_s:.1f} s for a new container "
+        f"(docker compose up --scale worker=1), {process_s:.1f} s for a new process on a "
+        f"host already up (as the local backend starts one); stratus:latest {size / 1e6:.0f} MB"
+    )
+    assert container_s > 0
+    assert process_s > 0

@@ -1,6 +1,8 @@
-"""Two gateways behind HAProxy (deploy/docker/compose.ha.yml): when one gateway's container is
-killed, the clients see at most a retried connection; 500 jobs submitted through a gateway's
-kill, the scheduler's crash and a worker's kill all succeed, each once."""
+"""Two gateways behind HAProxy and two schedulers, one active and one standing by on the
+leader lock (deploy/docker/compose.ha.yml): when one gateway's container is killed, the
+clients see at most a retried connection; when the active scheduler's container is killed,
+the standby dispatches within 10 s; 500 jobs submitted through a gateway's kill, the active
+scheduler's crash and a worker's kill all succeed, each once."""
 
 from __future__ import annotations
 
@@ -83,17 +85,86 @@ def test_a_killed_gateway_costs_clients_at_most_a_retry(ha_cluster: Compose) -> 
     assert len(ha_cluster.running("gateway")) == 1
 
 
+def scheduler_roles(compose: Compose) -> dict[str, str]:
+    """``GET /leader`` of each running scheduler container: {container id: role}."""
+    probe = (
+        "import json, urllib.request; print(json.load(urllib.request.urlopen("
+        "'http://127.0.0.1:8001/leader', timeout=3))['role'])"
+    )
+    roles = {}
+    for c in compose.running("scheduler"):
+        cid = str(c["ID"])
+        r = subprocess.run(
+            ["docker", "exec", cid, "python", "-c", probe],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        roles[cid] = r.stdout.strip() if r.returncode == 0 else f"? {r.stderr[-200:]}"
+    return roles
+
+
+def one_leader(compose: Compose, count: int, timeout: float = 60) -> str:
+    """Wait until ``count`` schedulers run, one ``leader`` and the others ``standby``; the
+    leader's container id."""
+    deadline = time.monotonic() + timeout
+    while True:
+        roles = scheduler_roles(compose)
+        leaders = [cid for cid, role in roles.items() if role == "leader"]
+        if sorted(roles.values()) == ["leader"] + ["standby"] * (count - 1):
+            return leaders[0]
+        assert time.monotonic() < deadline, f"not one leader of {count}: {roles}"
+        time.sleep(0.5)
+
+
+def test_the_active_schedulers_container_killed_and_the_standby_dispatches_within_10_s(
+    ha_cluster: Compose,
+) -> None:
+    """Three rounds: kill the leader's container, time a job submitted then until the
+    standby dispatches it (from the start of ``docker kill``: the lock goes with the
+    process, before the command returns), start the killed container again (it stands by)."""
+    dispatched: list[float] = []
+    kills: list[float] = []
+    with httpx.Client(base_url=ha_cluster.url, timeout=10) as client:
+        h = new_tenant_key(client, ha_cluster.admin_key, "failover")
+        body = {"kernel": "montecarlo_pi", "params": {"samples": 1000}}
+        for _ in range(3):
+            leader = one_leader(ha_cluster, 2)
+            t0 = time.monotonic()
+            docker("kill", leader)  # a stop the restart policy leaves alone: the standby acts
+            kills.append(time.monotonic() - t0)
+            r = post_with_retries(client, "/v1/jobs", body, h)
+            assert r.status_code == 201, r.text
+            job_id = r.json()["id"]
+            while client.get(f"/v1/jobs/{job_id}", headers=h).json()["state"] == "PENDING":
+                assert time.monotonic() - t0 < 30, "the standby never dispatched"
+                time.sleep(0.05)
+            dispatched.append(time.monotonic() - t0)
+            done = wait_for_state(client, job_id, h, FINAL, timeout=120)
+            assert done["state"] == "SUCCEEDED", done
+            (survivor,) = ha_cluster.running("scheduler")
+            assert scheduler_roles(ha_cluster) == {str(survivor["ID"]): "leader"}
+            docker("start", leader)
+    print(
+        "\nthe active scheduler's container killed: the standby dispatched a job submitted "
+        f"then {', '.join(f'{s:.2f}' for s in dispatched)} s after the start of docker kill "
+        f"(which took {', '.join(f'{s:.2f}' for s in kills)} s)"
+    )
+    assert max(dispatched) < 10
+    one_leader(ha_cluster, 2)
+
+
 def test_500_jobs_through_a_gateway_kill_a_scheduler_crash_and_a_worker_kill(
     ha_cluster: Compose,
 ) -> None:
     ha_cluster.run(
-        "up", "-d", "--wait", "--scale", "gateway=2", "--scale", "worker=2", "--no-recreate"
-    )
+        "up", "-d", "--wait", "--scale", "gateway=2", "--scale", "worker=2",
+        "--scale", "scheduler=2", "--no-recreate",
+    )  # fmt: skip
     assert len(ha_cluster.running("gateway")) == 2
     assert len(ha_cluster.running("worker")) == 2
+    one_leader(ha_cluster, 2)
     faults: dict[int, Callable[[], object]] = {
         150: lambda: docker("kill", str(ha_cluster.running("gateway")[0]["ID"])),
-        300: lambda: crash(ha_cluster, "scheduler"),
+        300: lambda: crash_container(one_leader(ha_cluster, 2)),  # the active scheduler
         400: lambda: docker("kill", str(ha_cluster.running("worker")[0]["ID"])),
     }
     with httpx.Client(base_url=ha_cluster.url, timeout=30) as client:
@@ -115,7 +186,8 @@ def test_500_jobs_through_a_gateway_kill_a_scheduler_crash_and_a_worker_kill(
         done = [wait_for_state(client, j, h, FINAL, timeout=600) for j in sorted(ids)]
     states = Counter(j["state"] for j in done)
     print(
-        f"\n500 jobs through a gateway kill, a scheduler crash and a worker kill: {dict(states)}, "
+        f"\n500 jobs through a gateway kill, the active scheduler's crash and a worker kill: "
+        f"{dict(states)}, "
         f"the last final {time.monotonic() - t0:.1f} s after the last submit, "
         f"{len(RETRIED)} retried connections"
     )
@@ -125,10 +197,9 @@ def test_500_jobs_through_a_gateway_kill_a_scheduler_crash_and_a_worker_kill(
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 
 
-def crash(compose: Compose, service: str) -> None:
+def crash_container(cid: str) -> None:
     """SIGKILL to the container's process (a crash: the restart policy applies)."""
-    (container,) = compose.running(service)
-    pid = docker("inspect", "-f", "{{.State.Pid}}", str(container["ID"])).strip()
+    pid = docker("inspect", "-f", "{{.State.Pid}}", cid).strip()
     subprocess.run(["kill", "-9", pid], check=True)
 
 

@@ -94,6 +94,28 @@ def test_what_an_event_means_for_a_followed_job() -> None:
     assert apply(array, element_progress) is None
 
 
+def test_an_arrays_progress_event_brings_its_counts() -> None:
+    """A chunk flush's progress event of an array carries its counts: applied as they come,
+    with no read; counts older than those already seen are left out."""
+    array = job(id="a1", array={"size": 4, "counts": {"QUEUED": 4}})
+    flushed = Event(
+        id="6",
+        type="job.progress",
+        data={"job_id": "a1", "state": "RUNNING", "progress": 0.5,
+              "counts": {"QUEUED": 1, "RUNNING": 1, "SUCCEEDED": 2}},
+    )  # fmt: skip
+    moved = apply(array, flushed)
+    assert isinstance(moved, Job)
+    assert moved.array is not None
+    assert moved.array.counts == {"QUEUED": 1, "RUNNING": 1, "SUCCEEDED": 2}
+    assert array.array is not None
+    assert array.array.counts == {"QUEUED": 4}  # a copy
+    later = job(id="a1", array={"size": 4, "counts": {"RUNNING": 1, "SUCCEEDED": 3}})
+    assert apply(later, flushed) is None  # the read since is newer
+    plain = job()  # a job's progress event without counts is its progress
+    assert apply(plain, Event(type="job.progress", data={"job_id": "j1", "counts": {}})) is None
+
+
 def test_stream_requests() -> None:
     first = events("j1", None, 45)
     assert (first.path, first.params) == ("/v1/events", (("job", "j1"),))

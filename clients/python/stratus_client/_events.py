@@ -18,11 +18,12 @@ from stratus_client.models import Event, Job
 EVENTS_READ_S: Final = 45.0
 # A followed log may be quiet for long (a kernel between two lines): read again after this.
 LOG_READ_S: Final = 60.0
-# An array's counts are read again on its events (its own and its elements'), at most every
-# ARRAY_READ_S; and after QUIET_READ_S without one: an array run in chunks records its
-# elements without an event each, and its counts are the only sign of their progress.
+# An array's counts come with its progress events (each flush of a chunk of its elements
+# sends one, ``counts`` in its data), applied as they come; they are read again on its other
+# events (its own state's, its elements'), at most every ARRAY_READ_S, and, a slow fallback
+# (a service whose progress events carry no counts), after QUIET_READ_S without an event.
 ARRAY_READ_S: Final = 0.25
-QUIET_READ_S: Final = 1.0
+QUIET_READ_S: Final = 10.0
 RECONNECT_S: Final = 0.2  # the first wait before opening a dropped stream again (it doubles)
 MAX_RECONNECT_S: Final = 5.0
 
@@ -109,18 +110,31 @@ READ_AGAIN: Final = object()  # the job must be read again (its state changed)
 
 def apply(job: Job, item: Event | KeepAlive) -> Job | object | None:
     """What ``item`` of the job's stream means for ``job`` (a job or an array): its new
-    progress (applied here), ``READ_AGAIN`` when its state or an element's changed, or for
+    progress or, for an array, its new counts (applied here), ``READ_AGAIN`` when its state
+    or an element's changed, or for
     a keep-alive (a safety net: a state read every 15 s at most), None when nothing did."""
     if isinstance(item, KeepAlive):
         return READ_AGAIN
     ours = item.job_id == job.id or (item.array_id is not None and item.array_id == job.id)
     if not ours:
         return None
-    if item.type == "job.progress" and item.job_id == job.id and item.progress is not None:
-        return job.model_copy(update={"progress": item.progress})
+    if item.type == "job.progress" and item.job_id == job.id:
+        counts = item.data.get("counts")
+        if job.array is not None and isinstance(counts, dict):  # an array's, from a flush
+            if finished(counts) < finished(job.array.counts):
+                return None  # older than the counts read since
+            array = job.array.model_copy(update={"counts": {**job.array.counts, **counts}})
+            return job.model_copy(update={"array": array})
+        if item.progress is not None:
+            return job.model_copy(update={"progress": item.progress})
     if item.type == "job.state":
         return READ_AGAIN
     return None
+
+
+def finished(counts: dict[str, int]) -> int:
+    """How many of an array's elements ``counts`` has final."""
+    return sum(int(counts.get(s, 0)) for s in ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT"))
 
 
 def next_array_read(last_read: float, stale: bool) -> float:

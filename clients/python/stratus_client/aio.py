@@ -386,7 +386,13 @@ class AsyncClient:
                     raise item
                 if deadline.clip(1.0) is None:
                     raise WaitTimeout(what, deadline.timeout or 0, job)
-                if item is not None and apply(job, item) is not None:
+                seen = None if item is None else apply(job, item)
+                if isinstance(seen, Job):  # its counts, from the event: no read
+                    if seen != job:
+                        job = seen
+                        yield job
+                    continue
+                if seen is not None:
                     stale = True
                 if time.monotonic() < next_array_read(last_read, stale):
                     continue

@@ -296,9 +296,10 @@ class Client:
         """The job at each change until it is final (the last one): for a progress display.
         It follows the job's events (``GET /v1/events?job=``) and reads the job again at
         each change of state (a progress event is applied as it comes). An array's counts
-        are read again after its events (its own and its elements', at most 4 reads a
-        second), and after 1 s without one (an array run in chunks records its elements
-        without events). A gateway without events is polled. ``WaitTimeout`` after
+        come with its progress events (one per flush of a chunk of its elements), applied as
+        they come; they are read again after its other events (its own state's and its
+        elements', at most 4 reads a second), and after 10 s without any. A gateway without
+        events is polled. ``WaitTimeout`` after
         ``timeout`` seconds."""
         what = f"job {job_id}"
         deadline = Deadline(timeout)
@@ -349,7 +350,13 @@ class Client:
                 item = pump.get(next_array_read(last_read, stale) - time.monotonic())
                 if deadline.clip(1.0) is None:
                     raise WaitTimeout(what, deadline.timeout or 0, job)
-                if item is not None and apply(job, item) is not None:
+                seen = None if item is None else apply(job, item)
+                if isinstance(seen, Job):  # its counts, from the event: no read
+                    if seen != job:
+                        job = seen
+                        yield job
+                    continue
+                if seen is not None:
                     stale = True
                 if time.monotonic() < next_array_read(last_read, stale):
                     continue

@@ -283,7 +283,8 @@ class Event(_Model):
     """One event of ``GET /v1/events``: ``id`` (increasing; resume after it), ``type``
     (``job.state``, ``job.progress``, ``migration.state``, ``workflow.state``) and ``data``
     (``job_id`` | ``migration_id`` | ``workflow_id``, ``state`` | ``progress``, ``at``; an
-    element's also ``array_id`` and ``array_index``)."""
+    element's also ``array_id`` and ``array_index``; an array's ``job.progress`` also
+    ``counts``, its elements per state)."""
 
     id: str | None = None
     type: str = "message"

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from services.worker import checkpoint as checkpoints
 from services.worker import progress, service
-from services.worker.batch import Claims, Records
+from services.worker.batch import Claims, Records, Writes
 from services.worker.chunks import Chunks, dispatched_work
 from services.worker.datasets import (
     SCRATCH_TIER,
@@ -76,10 +76,12 @@ class WorkerRuntime:
         self.jobs: set[asyncio.Task[None]] = set()  # attempts and their records, for shutdown
         self.leased: set[uuid.UUID] = set()  # claimed, not yet recorded: the leases to extend
         self.stopping = False
+        # one job's record and the next one's claim commit together (``Writes``)
+        writes = Writes(res.engine, worker=settings.name, lease_s=settings.lease_s)
         self.claims = Claims(
-            res.engine, res.sessions, worker=settings.name, lease_s=settings.lease_s
+            res.engine, res.sessions, worker=settings.name, lease_s=settings.lease_s, writes=writes
         )
-        self.records = Records(res.engine, worker=settings.name)
+        self.records = Records(res.engine, worker=settings.name, writes=writes)
         self.progress = progress.Tracker()  # running jobs' progress and log lines
         self.chunks = Chunks(res.engine, runner, worker=settings.name, lease_s=settings.lease_s)
         self.releases: dict[uuid.UUID, asyncio.Event] = {}  # a drain checkpoints these jobs

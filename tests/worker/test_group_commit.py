@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.worker import service
 from services.worker.app import WorkerRuntime
-from services.worker.batch import Claims, Records
+from services.worker.batch import Claims, Records, Writes
 from services.worker.datasets import attempt_files
 from services.worker.runner import KernelRunner
 from services.worker.settings import WorkerSettings
@@ -242,8 +242,9 @@ async def test_the_runtime_claims_runs_and_records_each_job(
     ids = await queued_jobs(sessions, 6)
     await asyncio.gather(*(rt.on_dispatch(dispatched(j)) for j in ids))
     await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
-    assert rt.claims.commits.items == 6
-    assert rt.claims.commits.writes < 6  # the dispatches waiting together claimed together
+    assert rt.claims.commits is rt.records.commits  # claims and records share the writes
+    assert rt.claims.commits.items == 12  # a claim and a record per job
+    assert rt.claims.commits.writes < 12  # what waited together committed together
     for job_id in ids:
         job = await get(sessions, job_id)
         assert (job.state, job.result) == ("SUCCEEDED", {"kernel": "montecarlo_pi"})
@@ -356,3 +357,23 @@ async def test_a_slot_takes_the_next_job_while_the_last_outcome_is_recorded(
     assert (await get(sessions, first)).state == "SUCCEEDED"
     assert not rt.leased
     assert not rt.slots.locked()
+
+
+async def test_a_record_and_a_claim_waiting_together_commit_in_one_transaction(
+    sessions: Sessions,
+) -> None:
+    """One job's record and the next job's claim, submitted in the same turn of the loop (a
+    slot passing from one to the other), are one write: both applied, one transaction."""
+    writes = Writes(engine_of(sessions), worker="w1", lease_s=30)
+    claims = Claims(engine_of(sessions), sessions, worker="w1", lease_s=30, writes=writes)
+    records = Records(engine_of(sessions), worker="w1", writes=writes)
+    (done,) = await claimed(sessions, 1)
+    (queued,) = await queued_jobs(sessions, 1)
+    applied, claim = await asyncio.gather(records.record(succeeded(done)), claims.claim(queued))
+    assert applied is True
+    assert claim is not None
+    assert claim.job_id == queued
+    assert (writes.commits.writes, writes.commits.items) == (1, 2)
+    assert (await get(sessions, done.job_id)).state == "SUCCEEDED"
+    assert (await get(sessions, queued)).state == "RUNNING"
+    assert await usage(sessions, done.job_id) == [(1, "SUCCEEDED", 0.5)]

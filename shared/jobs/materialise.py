@@ -130,8 +130,9 @@ async def materialise_elements(
 
 # The chunked arrays' step, as ``MATERIALISE`` but inserting ``array_chunks`` rows: the
 # elements taken from each array are cut into chunks of ``chunk_size`` (the array's measured
-# wall time per element; while it is unknown, one small chunk at a time: passes that come
-# before its first flush cut no more 8-element chunks), and counted QUEUED
+# wall time per element, or a like array's, ``_SEED``; while it is unknown, one small chunk
+# at a time: passes that come before its first flush cut no more 8-element chunks), and
+# counted QUEUED
 # at once (``n_pending`` to ``n_queued``, but for those that have a row already: cancelled
 # on their own). A chunk's id is its first element's (``element_id``): chunks sort by index
 # within their array. Chunk elements are live (``n_queued``/``n_running``), so the window and
@@ -147,16 +148,34 @@ async def materialise_elements(
 # $1 the window per array, $2 the most elements in all, $3 the target seconds of a chunk,
 # $4 the most elements of a chunk.
 _SIZE = chunk_size_sql("o.wall", "($3::float8 * o.weight / (SELECT w FROM contending))", "$4::int")
+# An array not measured yet takes the measure of the tenant's newest array (among its last
+# ``SEED_SCAN`` jobs and arrays) of the same kernel, device and params, if one is measured:
+# the same work but for the index, so it is cut at once as that one was now, instead of
+# running one small chunk to measure it first (a round trip of dispatch, claim, flush and
+# a pass before the rest is cut, which an array released by a dependency, or submitted
+# anew, waits through). Its own first flush replaces the measure.
+SEED_SCAN = 64
+_SEED = f"""(SELECT b.element_wall_s
+    FROM (SELECT q.id, q.kernel, q.device, q.params, q.is_array FROM jobs q
+          WHERE q.tenant_id = a.tenant_id AND q.array_id IS NULL
+          ORDER BY q.created_at DESC LIMIT {SEED_SCAN}) q
+    JOIN job_arrays b ON b.job_id = q.id
+    WHERE q.is_array AND q.id <> a.job_id AND b.element_wall_s IS NOT NULL
+      AND q.kernel = p.kernel AND q.device = p.device AND q.params = p.params
+      AND b.index_param IS NOT DISTINCT FROM a.index_param
+      AND coalesce(b.overrides, 'null') = 'null' AND coalesce(a.overrides, 'null') = 'null'
+    LIMIT 1)"""  # noqa: S608 (built from constants only)
 MATERIALISE_CHUNKS = f"""
 WITH open AS (
-    SELECT a.job_id, a.tenant_id, a.next_index, a.element_wall_s AS wall, t.weight,
+    SELECT a.job_id, a.tenant_id, a.next_index, m.wall, t.weight,
            least(a.size - a.next_index, {_BOUND} - {LIVE},
-                 CASE WHEN a.element_wall_s IS NULL
+                 CASE WHEN m.wall IS NULL
                       THEN CASE WHEN {LIVE} = 0 THEN {FIRST_CHUNK} ELSE 0 END END) AS room
     FROM job_arrays a
     JOIN tenants t ON t.id = a.tenant_id
     JOIN jobs p ON p.id = a.job_id
     {AHEAD}
+    CROSS JOIN LATERAL (SELECT coalesce(a.element_wall_s, {_SEED}) AS wall) m
     WHERE NOT a.cancelled AND a.next_index < a.size AND NOT t.suspended
       AND {released_array("a.job_id")}
       AND {_BOUND} > {LIVE} AND {CHUNKABLE}

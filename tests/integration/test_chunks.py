@@ -176,6 +176,28 @@ async def test_the_first_chunk_is_small_and_its_elements_are_queued(db: Sessions
     assert (counts["QUEUED"], counts["PENDING"]) == (FIRST_CHUNK, 20 - FIRST_CHUNK)
 
 
+async def test_an_array_like_a_measured_one_is_cut_at_once_by_its_measure(db: Sessions) -> None:
+    """An array not measured yet, of the same kernel, device, params and index parameter as
+    a measured array of its tenant, is cut by that measure in its first pass (no 8-element
+    chunk to measure it first); one that differs in its params starts small."""
+    tid = uuid.uuid4()
+    measured, done = new_array(tid, 10, index_param="seed")
+    done.next_index, done.n_pending, done.n_succeeded = 10, 0, 10
+    done.element_wall_s = 0.001
+    like, like_array = new_array(tid, 40, index_param="seed")
+    other, other_array = new_array(tid, 40, index_param="seed", params={"samples": 2})
+    async with db() as session, session.begin():
+        session.add(Tenant(id=tid, name=f"c{tid.hex[:8]}", weight=1, quotas={}))
+        await session.flush()
+        session.add_all([measured, like, other])
+        await session.flush()
+        session.add_all([done, like_array, other_array])
+    assert await _chunks(db) == 2
+    async with db() as session:
+        cut = {c.array_id: c.n for c in await session.scalars(select(ArrayChunk))}
+    assert cut == {like.id: 40, other.id: FIRST_CHUNK}
+
+
 async def test_the_element_step_leaves_chunked_arrays_alone(db: Sessions) -> None:
     array_id = await _array(db, 5)
     async with db() as session, session.begin():

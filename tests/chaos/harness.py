@@ -36,7 +36,7 @@ from sqlalchemy import TextClause, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.db.engine import make_engine
-from tests.chaos import checks, targets, workload
+from tests.chaos import checks, long_jobs, targets, workload
 from tests.chaos.checks import Findings
 from tests.chaos.report import ChaosPlan as ChaosPlan
 from tests.chaos.report import ChaosReport as ChaosReport
@@ -162,6 +162,9 @@ class ChaosRun:
         # the array submitted just before PostgreSQL restarts, and that restart's times
         self.pg_array: workload.JobSpec | None = None
         self.restart: tuple[float, float] | None = None
+        # the long checkpointing jobs (``long_jobs``) and the kills aimed at them
+        self.long_ids: list[str] = []
+        self.long_kills: list[long_jobs.Kill] = []
         pg = postgres_settings(cluster.cfg.env).model_copy(update={"pool_size": 2})
         self.engine: AsyncEngine = make_engine(pg, application_name="stratus-chaos")
 
@@ -272,6 +275,27 @@ class ChaosRun:
                     f"kill -9 worker#{n}",
                     lambda name=name: self.cluster.signal(name, signal.SIGKILL),  # type: ignore[misc]
                 )
+
+    async def run_long_jobs(self, api: httpx.AsyncClient) -> None:
+        """Submit the long checkpointing jobs and kill each one's worker between two of its
+        checkpoints (``long_jobs``)."""
+        specs = long_jobs.specs(self.tenants)
+        await workload.submit_all(api, specs, self.ids, concurrency=len(specs))
+        self.specs.extend(specs)
+        self.long_ids = [self.ids[s.index] for s in specs]
+
+        async def kill(worker: str) -> bool:
+            pid = int(worker.rsplit("-", 1)[1])  # a worker's name: <host>-<pid>
+            names = [n for n, p in (await asyncio.to_thread(self.pids)).items() if p == pid]
+            if not names:
+                return False
+            await self._fault(
+                f"kill -9 worker#long-{len(self.long_kills)}",
+                lambda: self.cluster.signal(names[0], signal.SIGKILL),
+            )
+            return True
+
+        await long_jobs.kill_each(self.engine, self.long_ids, kill, self.long_kills)
 
     async def _victim(self, n: int) -> tuple[str, targets.Holder | None] | None:
         """The worker process to kill now, with what it runs of the arrays: the ready one
@@ -427,6 +451,7 @@ class ChaosRun:
             calm_end = time.time()
             stop = asyncio.Event()
             killer = asyncio.create_task(self.kill_workers(stop))
+            long = asyncio.create_task(self.run_long_jobs(api))
             # a share of the rest goes in as soon as each one-off fault is over (see there)
             rest = specs[half:]
             # the last bounded array of the rest goes in just before PostgreSQL restarts
@@ -447,12 +472,14 @@ class ChaosRun:
             try:
                 await self.one_off_faults(api, after)
                 await trickle
+                await long
                 # workers keep dying until most of the work is done
                 await self.wait_succeeded(int(plan.kill_until * plan.jobs), plan.quiet_timeout_s)
             finally:
                 stop.set()
                 await killer
                 trickle.cancel()
+                long.cancel()
             faults_end = time.time()
             for fault in self.faults:
                 if fault.recovered is None and fault.name.startswith("kill -9 worker"):
@@ -464,6 +491,7 @@ class ChaosRun:
             self.say("faults over; waiting for quiet")
             await self.wait_quiet(plan.quiet_timeout_s)
         report = ChaosReport(plan, await self.findings(), self.faults, self.hits)
+        report.long_jobs = await self.long_findings()
         report.quiet_after_s = time.time() - faults_end
         await self.throughput(report, calm_end, faults_end)
         report.total_s = time.monotonic() - started
@@ -482,6 +510,10 @@ class ChaosRun:
                 queues,
                 arrays=sum(1 for s in submitted if s.array),
             )
+
+    async def long_findings(self) -> long_jobs.LongFindings:
+        async with self.engine.connect() as conn:
+            return await long_jobs.check(conn, self.long_ids, self.long_kills)
 
     def queue_depths(self) -> dict[str, int]:
         out = self.servers.ctl("list_queues", "-q", "--no-table-headers", "name", "messages")

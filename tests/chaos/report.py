@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from tests.chaos.checks import Findings
+from tests.chaos.long_jobs import LongFindings
 from tests.chaos.targets import ArrayHits
 
 
@@ -67,6 +68,7 @@ class ChaosReport:
     findings: Findings
     faults: list[Fault] = field(default_factory=list)
     hits: ArrayHits = field(default_factory=ArrayHits)
+    long_jobs: LongFindings = field(default_factory=LongFindings)  # long_jobs.check
     calm_jobs_per_s: float = 0.0
     fault_jobs_per_s: float = 0.0
     calm_window_s: float = 0.0
@@ -102,6 +104,7 @@ class ChaosReport:
             f"outbox {f.outbox}; dead letters {f.dead_letters or 0}; "
             f"messages waiting {f.waiting_messages or 0}; migrations {f.migrations}",
             *f.arrays.lines(),
+            *self.long_jobs.lines(),
             *self.hits.lines(),
             f"faults: {kills} worker kills, then "
             + ", ".join(x.name for x in self.faults if not x.name.startswith("kill -9 worker")),

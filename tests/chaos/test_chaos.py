@@ -2,7 +2,9 @@
 three tenants with arrays among their jobs, and every kind of fault while it runs
 (``harness.py``), aimed at the arrays too (``targets.py``); then nothing lost, nothing
 doubled, usage once per attempt, queues and outbox empty, each array whole and consistent
-with its counts (``array_checks.py``), and each fault recovered.
+with its counts (``array_checks.py``), long checkpointing jobs killed between two checkpoints
+resumed exactly, having lost at most the interval (``long_jobs.py``), and each fault
+recovered.
 
 ``make test`` runs it with 200 jobs; ``make chaos`` with 2,000 (``CHAOS_JOBS``). The servers
 are the suite's own (``tools.private_servers``): stopping them disturbs no one."""
@@ -84,6 +86,8 @@ async def test_chaos_nothing_lost_nothing_doubled(
     report = await ChaosRun(cluster, servers, PLAN, ADMIN_KEY).run()
     print("\n".join(["", "chaos figures:", *report.lines()]))
     assert report.findings.problems() == []
+    assert report.long_jobs.problems() == []
+    assert len(report.long_jobs.kills) == len(report.long_jobs.lost_s) >= 1, report.long_jobs
     kinds = report.recovery()
     assert set(kinds) >= {
         "kill -9 worker",

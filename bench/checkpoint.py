@@ -9,9 +9,32 @@ reaper queues it again, which (b)'s "kill to running again" leaves out and says 
 
     python bench/checkpoint.py            # (a) 60 s jobs, interval 30 s; (b) 5 kills
     python bench/checkpoint.py --quick    # (a) 15 s jobs, interval 5 s; (b) 3 kills
+    python bench/checkpoint.py --scale-down [--job-seconds 60] [--bursts 2] [--jobs 12]
+                                            [--max-workers 4] [--slots 2] [--gap 30]
 
 (a) is met when the job with checkpoints is at most 3 % slower (``overhead``); (b) when the
 median recomputed time is at most the interval plus the resume time.
+
+(c) ``--scale-down`` (on its own: it starts three local clusters, minutes each): scale-down
+with long jobs. ``--bursts`` bursts of ``--jobs`` ``montecarlo_pi`` jobs of about
+``--job-seconds`` each (calibrated on one thread of this host), each burst submitted at once
+and the next ``--gap`` seconds after the previous one ended, under three set-ups of
+``--max-workers`` workers of ``--slots`` slots each (one thread a job), each a fresh local
+cluster under supervisord (``bench/scaling.py``'s ``local`` backend):
+
+1. ``fixed``: ``--max-workers`` workers all along;
+2. ``autoscale``: 1 to ``--max-workers`` workers, jobs checkpointing every ``--job-seconds``
+   / 6 (at least 1 s): a scale-down drains a worker through checkpoints (its jobs resume on
+   the others at once);
+3. ``autoscale-wait``: the same autoscaler, the jobs without checkpoints: a worker being
+   removed waits for its jobs (``STRATUS_SHUTDOWN_GRACE_S``, then hands them back to start
+   over), which was the only way before checkpoints.
+
+Per set-up: completion time (the sum over bursts of first submit to last job finished) and
+worker-seconds (worker processes up or being stopped, sampled every 0.2 s, from the first
+submit to the end of the last burst: a worker that waits for its jobs still holds its
+machine). The autoscaler aims at ``--slots`` jobs a worker
+(``STRATUS_AUTOSCALE__TARGET_JOBS_PER_WORKER``).
 """
 
 from __future__ import annotations
@@ -39,6 +62,7 @@ from services.worker.runner import KernelRunner, PoolConfig, Request, Status
 
 CACHE = Path(os.path.expanduser("~/.cache/stratus/numba"))
 RESULTS = Path(__file__).resolve().parent / "results" / "checkpoint.json"
+SCALE_RESULTS = RESULTS.with_name("checkpoint-scale-down.json")
 
 
 def request(folder: Path, iterations: int, tag: str, interval_s: float | None) -> Request:
@@ -166,6 +190,213 @@ async def kills(
     }
 
 
+# --- (c) scale-down with long jobs ---------------------------------------------------------
+
+# a worker holds its machine while it runs or is being stopped (a drain that waits)
+HOLDING = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
+
+
+async def job_samples(seconds: float) -> int:
+    """``montecarlo_pi`` samples that take about ``seconds`` on one thread of this host."""
+    runner = KernelRunner(PoolConfig(processes=1, cache_dir=CACHE, threads=1))
+    await runner.start()
+    try:
+        n = 10_000_000
+        while True:
+            out = await runner.run(Request("montecarlo_pi", "cpu", {"samples": n, "seed": 1}))
+            assert out.status is Status.SUCCEEDED, out.error
+            if out.usage.wall_seconds > 1.0:
+                return max(1, int(n * seconds / out.usage.wall_seconds))
+            n *= 4
+    finally:
+        await runner.close()
+
+
+def scale_down(args: argparse.Namespace) -> dict[str, Any]:
+    """(c): the three set-ups in one run; their figures, printed and returned."""
+    import secrets
+    import shutil
+    import threading
+
+    import httpx
+
+    from bench.scaling import FINAL, tenant_headers
+    from tools.cluster import (
+        Autoscale,
+        ClusterConfig,
+        LocalCluster,
+        drop_database,
+        drop_vhost,
+        prepare_database,
+        prepare_vhost,
+    )
+
+    root = Path(__file__).resolve().parent / "results" / "checkpoint-scale-run"
+    name = f"stratus_bench_ckscale_{secrets.token_hex(3)}"
+    samples = asyncio.run(job_samples(args.job_seconds))
+    interval = max(1, round(args.job_seconds / 6))
+    admin_key = "bench-admin-" + secrets.token_urlsafe(16)
+    env = {
+        "STRATUS_POSTGRES__DATABASE": name,
+        "STRATUS_RABBIT__VHOST": name,
+        "STRATUS_ADMIN_KEY": admin_key,
+        "STRATUS_KEY_SECRET": "bench-" + secrets.token_urlsafe(16),
+        "STRATUS_ENVIRONMENT": "bench",
+        "STRATUS_LOG_LEVEL": "WARNING",
+        "STRATUS_STORAGE__LOCAL__ROOT": str(root / "data" / "local"),
+        "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "data" / "archive"),
+        "STRATUS_STORAGE__FSYNC": "false",
+        "STRATUS_AUTOSCALE__COOLDOWN_S": str(args.cooldown),
+        "STRATUS_AUTOSCALE__INTERVAL_S": "0.5",
+        "STRATUS_AUTOSCALE__TARGET_JOBS_PER_WORKER": str(args.slots),
+        "STRATUS_WORKER_TTL_S": "5",
+    }
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    print(
+        f"(c) scale-down: {args.bursts} bursts of {args.jobs} montecarlo_pi jobs of about "
+        f"{args.job_seconds:g} s ({samples} samples), {args.gap:g} s apart; "
+        f"{args.max_workers} workers of {args.slots} slots at most; checkpoints every "
+        f"{interval} s where on; {os.cpu_count()} cores, load average "
+        f"{os.getloadavg()[0]:.1f} at the start",
+        flush=True,
+    )
+
+    class Meter:
+        def __init__(self, cluster: LocalCluster) -> None:
+            self.cluster, self.worker_seconds, self.peak = cluster, 0.0, 0
+            self.running = True
+            self.thread = threading.Thread(target=self.run, daemon=True)
+            self.thread.start()
+
+        def count(self) -> int:
+            members = set(self.cluster.members("worker"))
+            states = self.cluster._states()
+            return sum(1 for n, st in states.items() if n in members and st in HOLDING)
+
+        def run(self) -> None:
+            last, count = time.monotonic(), self.count()
+            while self.running:
+                time.sleep(0.2)
+                now = time.monotonic()
+                self.worker_seconds += count * (now - last)
+                last, count = now, self.count()
+                self.peak = max(self.peak, count)
+
+        def stop(self) -> None:
+            self.running = False
+            self.thread.join()
+
+    async def drive(cluster: LocalCluster, checkpoint_s: int) -> dict[str, Any]:
+        async with httpx.AsyncClient(base_url=cluster.url("gateway"), timeout=60) as api:
+            h = await tenant_headers(api, admin)
+            meter, bursts, ids = Meter(cluster), [], []
+            try:
+                for b in range(args.bursts):
+                    if b:
+                        await asyncio.sleep(args.gap)
+                    t0 = time.monotonic()
+                    for j in range(args.jobs):
+                        body = {
+                            "kernel": "montecarlo_pi",
+                            "params": {"samples": samples, "seed": b * args.jobs + j},
+                            "checkpoint_interval_s": checkpoint_s,
+                            "timeout_s": int(args.job_seconds * 20 + 600),
+                        }
+                        r = await api.post("/v1/jobs", json=body, headers=h)
+                        r.raise_for_status()
+                        ids.append(r.json()["id"])
+                    while True:
+                        jobs = [(await api.get(f"/v1/jobs/{i}", headers=h)).json() for i in ids]
+                        if all(j["state"] in FINAL for j in jobs):
+                            break
+                        await asyncio.sleep(1.0)
+                    bursts.append(time.monotonic() - t0)
+                    print(f"    burst {b + 1}: {bursts[-1]:.1f} s", flush=True)
+            finally:
+                meter.stop()
+            return {
+                "burst_s": bursts,
+                "completion_s": sum(bursts),
+                "worker_seconds": meter.worker_seconds,
+                "peak_workers": meter.peak,
+                "failed": sum(j["state"] != "SUCCEEDED" for j in jobs),
+                "drained": sum(j["preemptions"] for j in jobs),
+                "restarted": sum(j["attempts"] > 1 and j["resumed_from"] is None for j in jobs),
+                "resumed": sum(j["resumed_from"] is not None for j in jobs),
+            }
+
+    def run_setup(setup: str) -> dict[str, Any]:
+        run_dir = root / setup
+        shutil.rmtree(run_dir, ignore_errors=True)
+        fixed = setup == "fixed"
+        cfg = ClusterConfig(
+            run_dir=run_dir,
+            env=env,
+            gateway_port=19700,
+            scheduler_port=19701,
+            datamover_port=19703,
+            worker_base_port=19800,
+            workers=args.max_workers if fixed else 1,
+            worker_env={
+                "STRATUS_CONCURRENCY": str(args.slots),
+                "STRATUS_THREADS_PER_PROCESS": "1",
+            },
+            autoscale=None if fixed else Autoscale(min_workers=1, max_workers=args.max_workers),
+        )
+        cluster = LocalCluster(cfg)
+        print(f"  {setup}: starting", flush=True)
+        cluster.start(timeout=180)
+        try:
+            return asyncio.run(drive(cluster, 0 if setup == "autoscale-wait" else interval))
+        finally:
+            cluster.stop()
+
+    out: dict[str, Any] = {}
+    try:
+        prepare_database(name)
+        prepare_vhost(name)
+        for setup in ("fixed", "autoscale", "autoscale-wait"):
+            out[setup] = run_setup(setup)
+    finally:
+        drop_database(name)
+        drop_vhost(name)
+    print()
+    print("{:<15} {:>13} {:>10} {:>5} {:>7} {:>8} {:>8} {:>10}".format(
+        "set-up", "completion s", "worker-s", "peak", "failed", "drained", "resumed", "restarted"
+    ))  # fmt: skip
+    for setup, o in out.items():
+        print(
+            f"{setup:<15} {o['completion_s']:>13.1f} {o['worker_seconds']:>10.1f} "
+            f"{o['peak_workers']:>5} {o['failed']:>7} {o['drained']:>8} {o['resumed']:>8} "
+            f"{o['restarted']:>10}"
+        )
+    auto, fixed, wait = out["autoscale"], out["fixed"], out["autoscale-wait"]
+    ratios = {
+        "autoscale_vs_fixed": {
+            "time": auto["completion_s"] / fixed["completion_s"],
+            "worker_seconds": auto["worker_seconds"] / fixed["worker_seconds"],
+        },
+        "autoscale_vs_wait": {
+            "time": auto["completion_s"] / wait["completion_s"],
+            "worker_seconds": auto["worker_seconds"] / wait["worker_seconds"],
+        },
+    }
+    for key, r in ratios.items():
+        print(f"{key}: time {r['time']:.2f}x, worker-seconds {r['worker_seconds']:.2f}x")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
+    return {
+        "job_seconds": args.job_seconds,
+        "samples": samples,
+        "interval_s": interval,
+        "bursts": args.bursts,
+        "jobs": args.jobs,
+        "max_workers": args.max_workers,
+        "slots": args.slots,
+        "setups": out,
+        **ratios,
+    }
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
@@ -175,7 +406,20 @@ async def main() -> None:
     parser.add_argument("--kills", type=int, default=None)
     parser.add_argument("--kill-interval", type=float, default=None)
     parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--scale-down", action="store_true", help="(c) alone, see above")
+    parser.add_argument("--job-seconds", type=float, default=60.0)
+    parser.add_argument("--bursts", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--max-workers", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=2)
+    parser.add_argument("--gap", type=float, default=30.0)
+    parser.add_argument("--cooldown", type=float, default=10.0)
     args = parser.parse_args()
+    if args.scale_down:
+        c = await asyncio.to_thread(scale_down, args)
+        SCALE_RESULTS.parent.mkdir(exist_ok=True)
+        SCALE_RESULTS.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), **c}, indent=1))
+        return
     seconds = args.seconds or (15.0 if args.quick else 60.0)
     interval = args.interval or (5.0 if args.quick else 30.0)
     n_kills = args.kills if args.kills is not None else (3 if args.quick else 5)

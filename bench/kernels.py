@@ -106,14 +106,19 @@ def median_time(fn: Callable[[], object], repeat: int) -> float:
     return interleaved({"fn": fn}, repeat)["fn"]
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], object]], repeat: int, settle_s: float = 0.0
+) -> dict[str, float]:
     """Median seconds of each function, timed in turns so that all see the same noise (the
-    machine is shared); one untimed run each first (compile or load, first touch)."""
+    machine is shared); one untimed run each first (compile or load, first touch).
+    ``settle_s``: an untimed pause after each run, so that the threads of one (OpenBLAS's
+    spin a while after a dgemm) are asleep before the next is timed."""
     times: dict[str, list[float]] = {name: [] for name in fns}
     for fn in fns.values():
         fn()
     for _ in range(repeat):
         for name, fn in fns.items():
+            time.sleep(settle_s)
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -214,7 +219,9 @@ def bench_nbody(quick: bool, repeat: int, lim: Limits) -> dict[str, Any]:
     rng = np.random.default_rng(4)
     pos, m, acc = rng.normal(size=(3, n)), rng.uniform(0.5, 1.5, n), np.empty((3, n))
     fns = {"fast": lambda: nbody.accelerations(pos, m, 1e-4, acc), "dgemm": lim.dgemm}
-    t = interleaved(fns, repeat)
+    # timed right after a dgemm, nbody shares the cores with OpenBLAS's spinning threads
+    # (82 against 94 GFLOP/s 0.3 s later, a quiet Xeon, 2026-12-07)
+    t = interleaved(fns, repeat, settle_s=0.3)
     t["ref"] = median_time(lambda: numpy_accelerations(pos.T.copy(), m, 1e-4), 1)
     dgemm = lim.dgemm_flops / t["dgemm"] / 1e9
     work = nbody.FLOPS_PER_PAIR * n * n

@@ -166,7 +166,7 @@ class Leadership:
                     await conn.fetchval("SELECT 1", timeout=self.lease_s - self.check_s)
             finally:
                 # before the lock can go: stop the loops (at once unless stopping)
-                await self._step_down(self.shutdown_grace_s if stop.is_set() else 0.0)
+                await self._step_down(stopping=stop.is_set())
         finally:
             self.backend_pid = None
             try:
@@ -183,9 +183,12 @@ class Leadership:
         log.info("leader_elected", lock=self.key, backend_pid=self.backend_pid)
         await self.on_gain()
 
-    async def _step_down(self, grace_s: float) -> None:
+    async def _step_down(self, *, stopping: bool) -> None:
+        """Stop the loops (within ``shutdown_grace_s`` when the scheduler stops, else at
+        once); a stop is logged as news, a loss as a warning."""
         if not self.is_leader:
             return
+        grace_s = self.shutdown_grace_s if stopping else 0.0
         try:
             await self.on_loss(grace_s)
         finally:
@@ -194,7 +197,10 @@ class Leadership:
             LEADER.set(0)
             CHANGES.labels("lost").inc()
             self.changed.set()
-            log.warning("leader_stepped_down", lock=self.key, grace_s=grace_s)
+            if stopping:
+                log.info("leader_released", lock=self.key, grace_s=grace_s)
+            else:
+                log.warning("leader_stepped_down", lock=self.key, grace_s=grace_s)
 
 
 async def _wait_any(*events: asyncio.Event, within_s: float) -> bool:

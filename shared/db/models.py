@@ -14,6 +14,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -25,7 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -403,6 +404,8 @@ class JobEvent(Base):
     # job's checkpoints so far
     step: Mapped[int | None] = mapped_column(BigInteger)
     checkpoints: Mapped[int | None] = mapped_column(Integer)
+    # kind 'progress' of an array, written by a chunk's flush (migration 0028): its counts
+    counts: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     attempt: Mapped[int] = mapped_column(Integer, nullable=False)
     from_state: Mapped[str] = mapped_column(String(16), nullable=False)
     to_state: Mapped[str] = mapped_column(String(16), nullable=False)
@@ -472,6 +475,58 @@ class JobAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (Index("ix_job_attempts_tenant_finished", "tenant_id", "finished_at"),)
+
+
+class ChunkAttempt(Base):
+    """The attempts of the array elements that one flush of a chunk recorded, index by index
+    (one row per flush, not per element); with ``job_attempts`` they make the view
+    ``attempt_records``, the one source of usage (migration 0028)."""
+
+    __tablename__ = "chunk_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    array_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
+    )
+    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
+    worker: Mapped[str | None] = mapped_column(String(200))
+    device: Mapped[str | None] = mapped_column(String(8))
+    finished_at: Mapped[datetime] = _now()
+    first_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    last_index: Mapped[int] = mapped_column(Integer, nullable=False)
+    indices: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
+    outcomes: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    cpu_seconds: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
+    wall_seconds: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
+    started_at: Mapped[list[datetime]] = mapped_column(
+        ARRAY(DateTime(timezone=True)), nullable=False
+    )
+    errors: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+
+    __table_args__ = (
+        Index("ix_chunk_attempts_array_index", "array_id", "first_index"),
+        Index("ix_chunk_attempts_tenant_finished", "tenant_id", "finished_at"),
+        CheckConstraint(
+            "cardinality(outcomes) = cardinality(indices)"
+            " AND cardinality(cpu_seconds) = cardinality(indices)"
+            " AND cardinality(wall_seconds) = cardinality(indices)"
+            " AND cardinality(started_at) = cardinality(indices)"
+            " AND cardinality(errors) = cardinality(indices)",
+            name="same_lengths",
+        ),
+    )
+
+
+class PreemptionGap(Base):
+    """When a scheduler last preempted a job in a pool, on the database's clock, so that
+    ``STRATUS_PREEMPT__MIN_GAP_S`` holds across restarts and between schedulers (migration
+    0029)."""
+
+    __tablename__ = "preemption_gaps"
+
+    pool: Mapped[str] = mapped_column(String(16), primary_key=True)
+    last_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
 
 
 class JobLogLine(Base):

@@ -176,7 +176,8 @@ def test_prometheus_scrapes_every_service(prometheus: str) -> None:
         while time.monotonic() < deadline:
             try:
                 r = client.get("/api/v1/query", params={"query": 'up{job=~"stratus-.*"}'})
-                up = {s["metric"]["job"]: s["value"][1] for s in r.json()["data"]["result"]}
+                if r.status_code == 200:  # a Prometheus still starting answers 503, not JSON
+                    up = {s["metric"]["job"]: s["value"][1] for s in r.json()["data"]["result"]}
             except httpx.TransportError:
                 pass
             if up == dict.fromkeys(JOBS, "1"):

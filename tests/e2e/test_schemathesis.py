@@ -79,9 +79,18 @@ def tenant_headers(gateway: str) -> Iterator[dict[str, str]]:
     assert k.status_code == 201, k.text
     headers = {"Authorization": f"Bearer {k.json()['key']}"}
     yield headers
+    # The admin routes are fuzzed with the admin key: the fuzzer may have suspended this
+    # tenant or revoked its key (it lists tenants and follows their ids). Resume it and clean
+    # up with a key made now.
+    tenant = f"{gateway}/v1/tenants/{t.json()['id']}"
+    resumed = httpx.patch(tenant, json={"suspended": False}, headers=ADMIN, timeout=10)
+    assert resumed.status_code == 200, resumed.text
+    fresh = httpx.post(f"{tenant}/keys", json={"name": "cleanup"}, headers=ADMIN, timeout=10)
+    assert fresh.status_code == 201, fresh.text
+    cleanup = {"Authorization": f"Bearer {fresh.json()['key']}"}
     for state in ("PENDING", "QUEUED"):
-        for job in _listed(gateway, state, headers):
-            httpx.post(f"{gateway}/v1/jobs/{job['id']}/cancel", headers=headers, timeout=10)
+        for job in _listed(gateway, state, cleanup):
+            httpx.post(f"{gateway}/v1/jobs/{job['id']}/cancel", headers=cleanup, timeout=10)
 
 
 def _listed(gateway: str, state: str, headers: dict[str, str]) -> list[dict[str, Any]]:

@@ -502,7 +502,7 @@ class ChunkAttempt(Base):
     started_at: Mapped[list[datetime]] = mapped_column(
         ARRAY(DateTime(timezone=True)), nullable=False
     )
-    errors: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
+    errors: Mapped[list[str | None]] = mapped_column(ARRAY(Text), nullable=False)
 
     __table_args__ = (
         Index("ix_chunk_attempts_array_index", "array_id", "first_index"),

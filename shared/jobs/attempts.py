@@ -14,17 +14,11 @@ from collections.abc import Collection
 from datetime import datetime
 
 from sqlalchemy import (
-    ARRAY,
-    BigInteger,
     DateTime,
     Float,
-    ForeignKey,
-    Identity,
-    Index,
     Integer,
     String,
     Text,
-    func,
     text,
 )
 from sqlalchemy.dialects.postgresql import UUID
@@ -32,39 +26,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Mapped, mapped_column
 
 from shared.db.models import Base, JobAttempt
-
-
-class ChunkAttempt(Base):
-    """The attempts of the elements one chunk flush recorded, one row (migration 0028)."""
-
-    __tablename__ = "chunk_attempts"
-
-    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    array_id: Mapped[uuid.UUID] = mapped_column(
-        ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False
-    )
-    tenant_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
-    attempt: Mapped[int] = mapped_column(Integer, nullable=False)
-    worker: Mapped[str | None] = mapped_column(String(200))
-    device: Mapped[str | None] = mapped_column(String(8))
-    finished_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), server_default=func.now(), nullable=False
-    )
-    first_index: Mapped[int] = mapped_column(Integer, nullable=False)
-    last_index: Mapped[int] = mapped_column(Integer, nullable=False)
-    indices: Mapped[list[int]] = mapped_column(ARRAY(Integer), nullable=False)
-    outcomes: Mapped[list[str]] = mapped_column(ARRAY(Text), nullable=False)
-    cpu_seconds: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
-    wall_seconds: Mapped[list[float]] = mapped_column(ARRAY(Float), nullable=False)
-    started_at: Mapped[list[datetime]] = mapped_column(
-        ARRAY(DateTime(timezone=True)), nullable=False
-    )
-    errors: Mapped[list[str | None]] = mapped_column(ARRAY(Text), nullable=False)
-
-    __table_args__ = (
-        Index("ix_chunk_attempts_array_index", "array_id", "first_index"),
-        Index("ix_chunk_attempts_tenant_finished", "tenant_id", "finished_at"),
-    )
 
 
 class AttemptRecord(Base):

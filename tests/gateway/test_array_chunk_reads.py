@@ -15,10 +15,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.gateway.jobs import cancel
 from services.gateway.jobs.chunked import IN_CHUNK
-from shared.db.models import ArrayChunk, JobArray, JobAttempt, Outbox
+from shared.db.models import ArrayChunk, ChunkAttempt, JobArray, JobAttempt, Outbox
 from shared.events import utcnow
 from shared.jobs.arrays import element_id
-from shared.jobs.attempts import AttemptRecord, ChunkAttempt
+from shared.jobs.attempts import AttemptRecord
 from shared.jobs.chunks import ChunkClaim, ElementOutcome, Flushed, claim_chunk, record_elements
 from shared.jobs.states import JobState
 from shared.jobs.store import session_fetch

@@ -62,13 +62,16 @@ def gateway(
         log.close()
 
 
+QUOTAS = {"requests_per_second": 1e5}  # the fuzzer's tenant, and what its teardown restores
+
+
 @pytest.fixture(scope="module")
 def tenant_headers(gateway: str) -> Iterator[dict[str, str]]:
     """A tenant key with every scope; the jobs it submitted are cancelled afterwards, so that
     no test after this module finds them waiting in the session's database."""
     t = httpx.post(
         f"{gateway}/v1/tenants",
-        json={"name": f"schemathesis-{time.time_ns()}", "quotas": {"requests_per_second": 1e5}},
+        json={"name": f"schemathesis-{time.time_ns()}", "quotas": QUOTAS},
         headers=ADMIN,
         timeout=10,
     )
@@ -80,10 +83,11 @@ def tenant_headers(gateway: str) -> Iterator[dict[str, str]]:
     headers = {"Authorization": f"Bearer {k.json()['key']}"}
     yield headers
     # The admin routes are fuzzed with the admin key: the fuzzer may have suspended this
-    # tenant or revoked its key (it lists tenants and follows their ids). Resume it and clean
-    # up with a key made now.
+    # tenant, cut its quotas or revoked its key (it lists tenants and follows their ids).
+    # Resume it with its quotas and clean up with a key made now.
     tenant = f"{gateway}/v1/tenants/{t.json()['id']}"
-    resumed = httpx.patch(tenant, json={"suspended": False}, headers=ADMIN, timeout=10)
+    restore = {"suspended": False, "quotas": QUOTAS}
+    resumed = httpx.patch(tenant, json=restore, headers=ADMIN, timeout=10)
     assert resumed.status_code == 200, resumed.text
     fresh = httpx.post(f"{tenant}/keys", json={"name": "cleanup"}, headers=ADMIN, timeout=10)
     assert fresh.status_code == 201, fresh.text

@@ -151,6 +151,18 @@ async def roles(*schedulers: Scheduler) -> list[str | None]:
     return list(await asyncio.gather(*(s.role() for s in schedulers)))
 
 
+async def leader_and_standby(
+    pa: TcpProxy, pb: TcpProxy, env: dict[str, str], tmp_path: Path, stack: ExitStack
+) -> tuple[Scheduler, Scheduler]:
+    """Scheduler a (through ``pa``) leading, then b (through ``pb``) standing by."""
+    a, b = Scheduler("a", pa, env, tmp_path), Scheduler("b", pb, env, tmp_path)
+    a.start(stack)
+    await wait_until("a leads", lambda: _is(a, "leader"), 60, a)
+    b.start(stack)
+    await wait_until("b stands by", lambda: _is(b, "standby"), 60, b)
+    return a, b
+
+
 async def test_one_leader_dispatches_and_the_standby_takes_over_after_kill_9(
     own: tuple[str, Sessions],
     env: dict[str, str],
@@ -162,11 +174,7 @@ async def test_one_leader_dispatches_and_the_standby_takes_over_after_kill_9(
     _, db = own
     pg = settings.postgres.port
     async with TcpProxy.running(pg) as pa, TcpProxy.running(pg) as pb:
-        a, b = Scheduler("a", pa, env, tmp_path), Scheduler("b", pb, env, tmp_path)
-        a.start(stack)
-        await wait_until("a leads", lambda: _is(a, "leader"), 60, a)
-        b.start(stack)
-        await wait_until("b stands by", lambda: _is(b, "standby"), 60, b)
+        a, b = await leader_and_standby(pa, pb, env, tmp_path, stack)
 
         # exactly one dispatches: every job through a, none through b
         ids = await submit(db, tenant, 20)
@@ -220,11 +228,7 @@ async def test_a_leader_cut_off_steps_down_before_the_standby_takes_over(
     _, db = own
     pg = settings.postgres.port
     async with TcpProxy.running(pg) as pa, TcpProxy.running(pg) as pb:
-        a, b = Scheduler("a", pa, env, tmp_path), Scheduler("b", pb, env, tmp_path)
-        a.start(stack)
-        await wait_until("a leads", lambda: _is(a, "leader"), 60, a)
-        b.start(stack)
-        await wait_until("b stands by", lambda: _is(b, "standby"), 60, b)
+        a, b = await leader_and_standby(pa, pb, env, tmp_path, stack)
 
         # the network between a and PostgreSQL stalls: the server still holds a's session
         # (and the lock), and a steps down within its lease while b still stands by

@@ -12,6 +12,11 @@
    service running, from the first submit to the last SUCCEEDED (``jobs.finished_at``, polled
    with asyncpg). Reference (b): Celery 5.7 no-op tasks on the same RabbitMQ (own vhost),
    ``celery worker -P threads -c 2``, from the first ``.delay()`` to the last task done.
+   Reference (c): the least a durable job path does, from the same load generator: the bare
+   endpoint of (a) and ``bench/ref_worker.py``, which claims each job (an UPDATE, committed),
+   does nothing and records it (an UPDATE, committed) before acknowledging the message: three
+   commits and one confirmed message a job, as Stratus's accept, claim and record, without
+   anything else Stratus does (authentication, quotas, fair share, events, usage, leases).
 2b. Arrays (``bench/arrays.py``): the same trivial work as arrays, one of 2,000 elements and
    20 of 100, first submit to last element SUCCEEDED, against Celery's rate of phase 2 (Celery
    enqueues one task per call; Stratus submits a sweep in one request), with the CPU time and
@@ -333,6 +338,8 @@ class Env:
     cluster: LocalCluster
     supervisor: Supervisor
     ref: Child
+    ref_cmd: list[str]
+    ref_env: dict[str, str]
     gateway: str
     admin: dict[str, str]
     pg_dsn: str
@@ -611,7 +618,7 @@ async def phase_gateway(env: Env, db: asyncpg.Connection) -> dict[str, Any]:
         f"{r_cpu.get('load generator', math.nan):.2f} ms"
     )
     return {
-        "setup": "scheduler+worker stopped; 1 gateway; same httpx load generator",
+        "setup": "scheduler+worker stopped; 1 gateway; same aiohttp load generator",
         "stratus_per_s": [r.rate for r in stratus],
         "reference_per_s": [r.rate for r in ref],
         "stratus_errors": [dict(r.statuses) for r in stratus],
@@ -802,12 +809,18 @@ async def phase_e2e(env: Env, db: asyncpg.Connection) -> dict[str, Any]:
         )
     else:
         await run_celery(env, celery)
+    durable = await run_durable_ref(env, db)
     s_med = median([r["per_s"] for r in stratus])
     c_med = median([c["per_s"] for c in celery])
+    d_med = median([d["per_s"] for d in durable])
     q = ratio(s_med, c_med)
     say(
         f"  => median Stratus {s_med:.1f} jobs/s; Celery {c_med:.1f} tasks/s; ratio {q:.2f} "
         f"(target >= {TARGETS['e2e_ratio']}: {mark(q >= TARGETS['e2e_ratio'], q)})"
+    )
+    say(
+        f"     reference (c), the bare durable path: {d_med:.1f} jobs/s, "
+        f"{ratio(d_med, c_med):.2f}x Celery; Stratus {ratio(s_med, d_med):.2f}x of it"
     )
     return {
         "setup": f"1 gateway, 1 scheduler, 1 worker process (STRATUS_CONCURRENCY={o.concurrency})",
@@ -817,7 +830,102 @@ async def phase_e2e(env: Env, db: asyncpg.Connection) -> dict[str, Any]:
         "celery_median_per_s": c_med,
         "ratio": q,
         "target": TARGETS["e2e_ratio"],
+        "durable_reference": durable,
+        "durable_median_per_s": d_med,
+        "durable_ratio_to_celery": ratio(d_med, c_med),
+        "stratus_ratio_to_durable": ratio(s_med, d_med),
     }
+
+
+async def run_durable_ref(env: Env, db: asyncpg.Connection) -> list[dict[str, Any]]:
+    """Reference (c): the bare endpoint of (a) with ``bench/ref_worker.py`` consuming its queue
+    (claim and record, a commit each, per job), from the same load generator; first submit ->
+    last ``finished_at``, ``repeat`` times."""
+    o = env.opts
+    say(
+        "    reference (c), the least a durable job path does: bench/ref_bare.py (one INSERT, one "
+        "confirmed publish) + bench/ref_worker.py (per message: claim UPDATE, commit; no-op; "
+        "record UPDATE, commit; ack), same load generator; first submit -> last finished_at"
+    )
+    server = Child("reference (c) uvicorn", env.ref_cmd, env.ref_env, RUN_DIR / "ref_bare_c.log")
+    worker = Child(
+        "reference (c) worker",
+        [sys.executable, "-m", "bench.ref_worker"],
+        env.ref_env | {"PYTHONPATH": str(ROOT)},
+        RUN_DIR / "ref_worker.log",
+    )
+    env.teardown.add("reference (c) server", server.stop)
+    env.teardown.add("reference (c) worker", worker.stop)
+    results: list[dict[str, Any]] = []
+    try:
+        await asyncio.to_thread(wait_http, f"http://127.0.0.1:{REF_PORT}/healthz", server)
+        await wait_log(worker, "ready", timeout=30.0)
+        for rep in range(o.repeat):
+            if env.budget.left() < RESERVE_AFTER_E2E:
+                say(f"    (stopping reference (c) after {rep} repetition(s): time bound)")
+                break
+            await db.execute(f"TRUNCATE {REF_TABLE}")
+            meter = CpuMeter(
+                {
+                    "reference": pids(server.proc.pid),
+                    "reference worker": pids(worker.proc.pid),
+                }
+                | servers(),
+                flat={"load generator"},
+            )
+            sub = await closed_loop(
+                f"http://127.0.0.1:{REF_PORT}", "/v1/jobs", {}, job_body, requests=o.jobs,
+                clients=o.clients, warmup=2, on_start=meter.start, time_limit_s=60.0,
+            )  # fmt: skip
+            done, last = 0, None
+            deadline = time.monotonic() + 60.0
+            expected = sub.ok + 2 * o.clients  # the warm-up's jobs too
+            while time.monotonic() < deadline:
+                row = await db.fetchrow(
+                    f"SELECT count(*) FILTER (WHERE state = 'SUCCEEDED') AS n, "  # noqa: S608
+                    f"max(finished_at) AS last FROM {REF_TABLE}"
+                )
+                assert row is not None
+                done, last = int(row["n"]), row["last"]
+                if done >= expected:
+                    break
+                await asyncio.sleep(0.05)
+            cpu = meter.stop()
+            n = done - 2 * o.clients
+            end = last.timestamp() if last is not None else time.time()
+            elapsed = end - sub.first_start
+            r = {
+                "submitted": sub.ok,
+                "succeeded": n,
+                "timed_out": done < expected,
+                "elapsed_s": elapsed,
+                "per_s": n / elapsed if elapsed > 0 else math.nan,
+                "cpu_ms_per_job": per_item_ms(cpu, n),
+                "cpu": describe(cpu, n, elapsed),
+            }
+            results.append(r)
+            say(
+                f"    rep {rep + 1} reference (c): {r['per_s']:7.1f} jobs/s ({n} SUCCEEDED of "
+                f"{sub.ok} in {elapsed:.2f} s{'; TIMED OUT' if r['timed_out'] else ''})"
+            )
+            say(f"          CPU per job: {r['cpu']}")
+        await purge(env.amqp_url, REF_QUEUE)
+    finally:
+        await asyncio.to_thread(worker.stop)
+        await asyncio.to_thread(server.stop)
+    return results
+
+
+async def wait_log(child: Child, text: str, timeout: float) -> None:
+    """Wait until ``child``'s log holds ``text`` (it says it is ready)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.log.exists() and text in child.log.read_text(errors="replace"):
+            return
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited; see {child.log}")
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"{child.name} not ready in {timeout:.0f} s; see {child.log}")
 
 
 async def run_celery(env: Env, celery: list[dict[str, Any]]) -> None:
@@ -1002,18 +1110,21 @@ def summary(results: dict[str, Any]) -> list[str]:
          g["ratio"], f">= {g['target']}", g["ratio"] >= g["target"], g["ratio"]),
         ("end-to-end jobs/s", e["stratus_median_per_s"], e["celery_median_per_s"],
          e["ratio"], f">= {e['target']}", e["ratio"] >= e["target"], e["ratio"]),
+        ("  bare durable (c) jobs/s", e["durable_median_per_s"], e["celery_median_per_s"],
+         e["durable_ratio_to_celery"], "-", True, math.nan),
         ("latency p50 ms", lat["p50_ms"], math.nan, math.nan,
          f"< {TARGETS['p50_ms']:g}", lat["p50_ms"] < TARGETS["p50_ms"], lat["p50_ms"]),
         ("latency p99 ms", lat["p99_ms"], math.nan, math.nan,
          f"< {TARGETS['p99_ms']:g}", lat["p99_ms"] < TARGETS["p99_ms"], lat["p99_ms"]),
     ]  # fmt: skip
     if "arrays" in results:
-        rows[2:2] = summary_rows(results["arrays"])
+        rows[3:3] = summary_rows(results["arrays"])
     out = [f"{'figure':<24}{'Stratus':>10}{'reference':>11}{'ratio':>8}  {'target':<8} result"]
     for name, s, r, q, target, ok, judged in rows:
         ref = f"{r:11.1f}" if not math.isnan(r) else f"{'-':>11}"
         rq = f"{q:8.2f}" if not math.isnan(q) else f"{'-':>8}"
-        out.append(f"{name:<24}{s:10.1f}{ref}{rq}  {target:<8} {mark(ok, judged)}")
+        result = mark(ok, judged) if target != "-" else "(a reference, not a target)"
+        out.append(f"{name:<24}{s:10.1f}{ref}{rq}  {target:<8} {result}")
     ceiling = ratio(g["reference_median_per_s"], e["celery_median_per_s"])
     if not math.isnan(ceiling):
         # Every job of the end-to-end phase is submitted over HTTP, so its rate cannot pass
@@ -1045,7 +1156,7 @@ def run(opts: Options) -> dict[str, Any]:
             f"log level INFO; database/vhost {DB}; ports {GATEWAY_PORT}-{WORKER_BASE_PORT}"
         )
         say(
-            f"  load: 1 process, asyncio (uvloop) + httpx.AsyncClient, {opts.clients} clients "
+            f"  load: 1 process, asyncio (uvloop) + aiohttp.ClientSession, {opts.clients} clients "
             "with one keep-alive connection each (the same generator for every reference)"
         )
         say(f"  Stratus source: {source_state()}")
@@ -1098,6 +1209,8 @@ def run(opts: Options) -> dict[str, Any]:
             cluster=cluster,
             supervisor=Supervisor(cluster.socket, timeout=60),
             ref=ref,
+            ref_cmd=ref_cmd,
+            ref_env=ref_env,
             gateway=cluster.url("gateway"),
             admin={"Authorization": f"Bearer {admin_key}"},
             pg_dsn=pg.url(driver="postgresql"),
@@ -1128,7 +1241,9 @@ async def _create_ref_table(dsn: str) -> None:
     try:
         await conn.execute(
             f"CREATE TABLE IF NOT EXISTS {REF_TABLE} (id uuid PRIMARY KEY, kernel text NOT NULL, "
-            "params jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())"
+            "params jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), "
+            "state text NOT NULL DEFAULT 'QUEUED', started_at timestamptz, "
+            "finished_at timestamptz)"
         )
     finally:
         await conn.close()

@@ -55,6 +55,11 @@ TARGETS = {  # each kernel's goal, as a fraction of the machine's limit
     "matmul": 0.90,
     "nbody": 0.50,
 }
+# Kernels whose implementation is NumPy's own call, timed against that same call: matmul runs
+# np.matmul into its output, and its reference (a @ b) is also its limit (dgemm), so its speedup
+# is the limit fraction again, 1.0 give or take the noise of two runs of one BLAS call. Its row
+# is judged on the limit fraction alone (a 0.98 "speedup" is noise, not a slower kernel).
+SAME_AS_REFERENCE = {"matmul"}
 LATENCY_TARGET_S = 0.200
 ISA = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512dq", "avx512bw", "avx512vl", "avx512cd")
 
@@ -273,7 +278,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print(head + f"{'rate':>16}{'limit':>8}{'of limit':>10}{'target':>8}  ok   host")
     for r in rows:
         frac, target = r["fraction_of_limit"], r["target"]
-        ok = r["speedup"] >= 1 and (target is None or frac >= target)
+        faster = r["kernel"] in SAME_AS_REFERENCE or r["speedup"] >= 1
+        ok = faster and (target is None or frac >= target)
         rate = f"{r['rate']:.1f} {r['unit']}"
         limit = f"{r['limit_rate']:.1f}" if r["limit_rate"] else "-"
         print(

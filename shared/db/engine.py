@@ -42,6 +42,7 @@ def make_engine(settings: PostgresSettings, *, application_name: str = "stratus"
             "server_settings": {
                 "application_name": application_name,
                 "statement_timeout": str(settings.statement_timeout_ms),
+                "jit": "on" if settings.jit else "off",
             },
         },
     )

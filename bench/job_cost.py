@@ -21,6 +21,10 @@ CPU and function times are times, so a busy host inflates them; the counts are n
 
 ``--private`` runs it on PostgreSQL, RabbitMQ and Redis of its own
 (``tools.private_servers``, started and stopped with it) instead of the machine's.
+``--statements`` (private servers too, their PostgreSQL with ``pg_stat_statements`` loaded)
+also prints the statements that cost the database most over the run, each with its calls
+and execution time per job (the run's background included; execution time only, not
+parsing, commits or WAL).
 """
 
 from __future__ import annotations
@@ -317,6 +321,9 @@ async def measure(
         idle_msgs = await tap_counts(channel)
 
         groups = await process_groups(cluster, meter, DB)
+        if opts.statements:
+            await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await db.execute("SELECT pg_stat_statements_reset()")
         start, cpu2 = await meter.snapshot(), group_cpu(groups)
         t0 = time.monotonic()
         await submit(gateway, key, opts.jobs, opts.clients)
@@ -349,6 +356,8 @@ async def measure(
               "deliveries on durable queues")  # fmt: skip
         cpu_report(n, window, idle_s, idle_cpu, {k: cpu3[k] - cpu2[k] for k in cpu2})
         functions_report(n, start, end)
+        if opts.statements:
+            await statements_report(db, n, opts.top)
     finally:
         await broker.close()
         await db.close()
@@ -360,8 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--idle", type=float, default=6.0)
     parser.add_argument("--private", action="store_true", help="servers of its own")
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="private servers with pg_stat_statements: the costliest statements per job",
+    )
+    parser.add_argument("--top", type=int, default=20, help="statements to print (20)")
     opts = parser.parse_args(argv)
-    servers = PrivateServers.create() if opts.private else None
+    opts.private = opts.private or opts.statements
+    options = "-c shared_preload_libraries=pg_stat_statements" if opts.statements else ""
+    servers = PrivateServers.create(pg_options=options) if opts.private else None
     try:
         if servers is not None:
             servers.start()
@@ -406,6 +423,24 @@ def run(opts: argparse.Namespace, servers: PrivateServers | None) -> int:
             drop_database(DB)
             drop_vhost(VHOST)
     return 0
+
+
+async def statements_report(db: asyncpg.Connection, n: int, top: int) -> None:
+    """The ``top`` statements by execution time since the reset, per job."""
+    rows = await db.fetch(
+        "SELECT calls, total_exec_time, rows, regexp_replace(query, '\\s+', ' ', 'g') AS q "
+        "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
+        "WHERE datname = current_database()) ORDER BY total_exec_time DESC"
+    )
+    total = sum(r["total_exec_time"] for r in rows)
+    print(f"statements (pg_stat_statements): {total / n:.3f} ms of execution per job in all")
+    print(f"    {'ms/job':>7} {'calls/job':>9} {'rows/call':>9}  statement")
+    for r in rows[:top]:
+        calls = max(1, r["calls"])
+        print(
+            f"    {r['total_exec_time'] / n:7.3f} {r['calls'] / n:9.2f} "
+            f"{r['rows'] / calls:9.1f}  {r['q'][:150]}"
+        )
 
 
 def track_functions(database: str, env: dict[str, str]) -> None:

@@ -130,15 +130,16 @@ class PrivateServers(Running):
     rabbit_dist_port: int
     node: str
     started: set[str] = field(default_factory=set)
+    pg_options: str = ""  # more ``-c name=value`` for the PostgreSQL server
 
     @classmethod
-    def create(cls, root: Path | None = None) -> PrivateServers:
+    def create(cls, root: Path | None = None, *, pg_options: str = "") -> PrivateServers:
         base = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="stratus-srv-"))
         base.mkdir(parents=True, exist_ok=True)
         os.chmod(base, 0o755)  # noqa: S103 (the postgres and rabbitmq users enter it)
         pg, redis, rabbit, dist = free_ports(4)
         node = f"stratus-{uuid.uuid4().hex[:8]}@localhost"
-        return cls(base, pg, redis, rabbit, dist, node)
+        return cls(base, pg, redis, rabbit, dist, node, pg_options=pg_options)
 
     # --- what services need ------------------------------------------------------------------
     def env(self) -> dict[str, str]:
@@ -180,6 +181,8 @@ class PrivateServers(Running):
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "
             "-c max_connections=300"
         )
+        if self.pg_options:
+            options += " " + self.pg_options
         log = str(self.root / "postgres" / "server.log")
         self._pg(
             "pg_ctl", "-D", str(self.pg_data), "-l", log, "-w", "-t", "60", "-o", options, "start"

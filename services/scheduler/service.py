@@ -80,6 +80,14 @@ async def open_pass(
         yield Pass(conn, sa_conn, sessions)
 
 
+# Whether any array has elements left to materialise (``ix_job_arrays_open``): both
+# materialise statements select only such arrays, and each costs the database far more than
+# this probe even when it finds none (its statement triggers on ``jobs`` fire regardless).
+_ANY_OPEN_ARRAY = (
+    "SELECT EXISTS (SELECT 1 FROM job_arrays WHERE NOT cancelled AND next_index < size)"
+)
+
+
 async def materialise(
     engine: AsyncEngine,
     *,
@@ -97,6 +105,8 @@ async def materialise(
     read and write no datasets get ``array_chunks`` rows instead, sized for about that many
     seconds each (``materialise_chunks``), in a statement of their own before."""
     async with pooled_connection(engine) as (_, conn):
+        if not await conn.fetchval(_ANY_OPEN_ARRAY):
+            return 0  # the common case without arrays: one index probe, not two statements
         chunked = chunk_target_s is not None
         if chunk_target_s is not None:
             await materialise_chunks(

@@ -272,6 +272,63 @@ def test_histogram_first_guess_alone_serves_random_values() -> None:
 
 
 @pytest.mark.parametrize(
+    ("bins", "lo", "hi"), [(1000, 0.0, 1.0), (7, -1.0, 1.0), (3, -1e300, 1e300), (50, 1e6, 1e6 + 1)]
+)
+def test_histogram_first_guess_is_sure_only_where_it_is_the_bin(
+    bins: int, lo: float, hi: float
+) -> None:
+    """Every value alone: where ``_guess`` says sure, its index is ``_indices``'s. Values at
+    0.5 to 4 ``delta`` from each edge (``lo`` and ``hi`` from both sides too), a few ulps
+    from them, NaN, infinities; values far outside (sentinels) are sure and outside."""
+    from services.worker.kernels.histogram import _delta, _guess, _indices
+
+    delta = _delta(bins, lo, hi)
+    width = (hi - lo) / bins
+    k = np.arange(bins + 1, dtype=np.float64)
+    offsets = np.array([0.5, 0.9, 1.1, 2.0, 4.0])
+    near = lo + (k[:, None] + np.concatenate([-offsets, offsets]) * delta) * width
+    edges = np.linspace(lo, hi, bins + 1)
+    ulps = [np.nextafter(edges, -np.inf), np.nextafter(edges, np.inf)]
+    data = np.concatenate([near.ravel(), edges, *ulps, [np.nan, np.inf, -np.inf]])
+    guessed, exact = np.empty(1, np.int32), np.empty(1, np.int32)
+    sure = 0
+    for v in data:
+        one = readonly(np.array([v]))
+        _indices(one, 0, lo, hi, bins, exact)
+        if _guess(one, 0, lo, hi, bins, delta, guessed) == 0:
+            assert guessed[0] == exact[0], v
+            sure += 1
+    assert sure >= 0.4 * len(near.ravel())  # the values 1.1 to 4 delta away at least
+    far = readonly(
+        np.array([lo - 1e6 * (hi - lo), lo - 2 * (hi - lo), hi + 1e6 * (hi - lo), 1e308])
+    )
+    far_guess = np.empty(4, np.int32)
+    assert _guess(far, 0, lo, hi, bins, delta, far_guess) == 0
+    assert far_guess.tolist() == [bins] * 4
+
+
+@pytest.mark.parametrize("segment", [2**30, 3 * 1024 + 1, 1024, 1023])
+def test_histogram_counts_one_block_while_it_guesses_the_next(segment: int) -> None:
+    """Unsure values at both ends of adjacent blocks, of the last whole block and in the
+    last piece; blocks redone, runs of exact blocks, guesses again; any segment length."""
+    from services.worker.kernels.histogram import BLOCK, EXACT_RUN, _count
+
+    lo, hi, bins = -1.0, 2.0, 300
+    edges = np.linspace(lo, hi, bins + 1)
+    n = (2 * EXACT_RUN + 8) * BLOCK + 77
+    data = rng.uniform(lo - 0.2, hi + 0.2, n)
+    for b in (1, 2, 5, EXACT_RUN + 6, n // BLOCK - 1):
+        data[[b * BLOCK, b * BLOCK + 1, b * BLOCK + BLOCK - 1]] = rng.choice(edges, 3)
+    data[-3:] = [hi, lo, np.nan]
+    data = readonly(data)
+    for begin, end in ((0, n), (5, n - 3), (BLOCK - 1, 3 * BLOCK + 2)):
+        counts = np.zeros(bins + 1, np.int64)
+        _count(data, begin, end, lo, hi, counts, segment)
+        assert counts[:-1].tolist() == ref.histogram(data[begin:end], bins, lo, hi)
+        assert counts.sum() == end - begin
+
+
+@pytest.mark.parametrize(
     "values", [[0.5], [2.0], [np.nan], [1.0], [0.0], [-np.inf], [0.25, 0.75], [0.5, np.nan]]
 )
 def test_histogram_of_runs_of_one_value(values: list[float]) -> None:

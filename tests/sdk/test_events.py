@@ -119,10 +119,12 @@ async def test_a_cut_feed_resumes_with_no_gap_and_no_duplicate(url: str, key: st
         try:
             jobs = {(await direct.submit("montecarlo_pi", params=MC)).id}
             cut: list[Event] = []
+            opens: list[int] = []  # events seen when the stream was (re)opened
             cuts = connections = 0
             ended: set[str] = set()
             async with asyncio.timeout(WITHIN_S):
-                async for event in ac.events(after="0"):  # the tenant's whole feed
+                # the tenant's whole feed
+                async for event in ac.events(after="0", on_open=lambda: opens.append(len(cut))):
                     cut.append(event)
                     if len(cut) == 2:
                         cuts, connections = proxy.cut(), len(proxy.accepted)
@@ -136,6 +138,9 @@ async def test_a_cut_feed_resumes_with_no_gap_and_no_duplicate(url: str, key: st
             await ac.aclose()
     assert cuts >= 1
     assert len(proxy.accepted) > connections  # the feed's connection was opened again
+    assert opens[0] == 0  # open before the first event ...
+    assert len(opens) >= 2  # ... and again after the cut
+    assert opens[1] >= 2
     assert len(cut) > 2
     assert increasing(cut)
     with Client(url, key) as c:
@@ -149,6 +154,7 @@ async def test_a_cut_feed_resumes_the_same_in_the_sync_client(url: str, key: str
     keeps the proxy going; the cut is made on the loop."""
     port = int(url.rsplit(":", 1)[1])
     loop = asyncio.get_running_loop()
+    opens: list[int] = []  # events seen when the stream was (re)opened
     async with TcpProxy.running(port) as proxy:
 
         async def cut_now() -> tuple[int, int]:
@@ -160,7 +166,7 @@ async def test_a_cut_feed_resumes_the_same_in_the_sync_client(url: str, key: str
                 seen: list[Event] = []
                 cuts = connections = 0
                 ended: set[str] = set()
-                for event in c.events(after="0"):
+                for event in c.events(after="0", on_open=lambda: opens.append(len(seen))):
                     seen.append(event)
                     if len(seen) == 2:
                         cuts, connections = asyncio.run_coroutine_threadsafe(
@@ -178,6 +184,9 @@ async def test_a_cut_feed_resumes_the_same_in_the_sync_client(url: str, key: str
             cut, cuts, connections = await asyncio.to_thread(follow)
         assert cuts >= 1
         assert len(proxy.accepted) > connections
+    assert opens[0] == 0  # opened before the first event, then again after the cut
+    assert len(opens) >= 2
+    assert opens[1] >= 2
     assert increasing(cut)
     with Client(url, key) as c:
         whole = list(islice(c.events(after="0"), len(cut)))

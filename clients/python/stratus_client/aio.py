@@ -410,13 +410,21 @@ class AsyncClient:
     # --- events, history, logs --------------------------------------------------------------
 
     async def events(
-        self, job: str | None = None, after: str | None = None
+        self,
+        job: str | None = None,
+        after: str | None = None,
+        *,
+        on_open: Callable[[], object] | None = None,
     ) -> AsyncIterator[Event]:
         """The tenant's events as they happen, without end, as ``Client.events``: a dropped
-        connection is opened again after the last event seen."""
+        connection is opened again after the last event seen; ``on_open`` is called each
+        time the stream is open, before its first event."""
         parser = SseParser(last_id=after)
         response = await self._open_events(job, after, EVENTS_READ_S)
-        items = self._event_items(job, parser, response, None)
+        if on_open is not None:
+            on_open()
+        reopened = (lambda _response: on_open()) if on_open is not None else None
+        items = self._event_items(job, parser, response, None, reopened)
         try:
             async for item in items:
                 if isinstance(item, Event):
@@ -434,9 +442,10 @@ class AsyncClient:
         parser: SseParser,
         response: httpx.Response,
         deadline: Deadline | None,
+        opened: Callable[[httpx.Response], object] | None = None,
     ) -> AsyncGenerator[Event | KeepAlive, None]:
         """What the stream brings from ``response`` on; after a drop, a ``KEEP_ALIVE`` and
-        the stream opened again after ``parser.last_id``."""
+        the stream opened again after ``parser.last_id`` (given to ``opened``)."""
         drops = 0
         while True:
             try:
@@ -453,6 +462,8 @@ class AsyncClient:
             drops += 1
             await asyncio.sleep(reconnect_delay(drops))
             response = await self._open_events(job, parser.last_id, read_s(deadline))
+            if opened is not None:
+                opened(response)
 
     async def job_events(self, job_id: str) -> TransitionList:
         """The job's changes of state, oldest first."""

@@ -370,15 +370,27 @@ class Client:
 
     # --- events, history, logs --------------------------------------------------------------
 
-    def events(self, job: str | None = None, after: str | None = None) -> Iterator[Event]:
+    def events(
+        self,
+        job: str | None = None,
+        after: str | None = None,
+        *,
+        on_open: Callable[[], object] | None = None,
+    ) -> Iterator[Event]:
         """The tenant's events as they happen (``GET /v1/events``), oldest first, without
         end: every job's, or one job's, array's or workflow's (``job``); after the event
         ``after`` (an ``Event.id``) when given. A dropped connection is opened again after
         the last event seen: nothing is missed, nothing comes twice. Opening it is retried
-        as any request (``self.retry``): a longer outage raises."""
+        as any request (``self.retry``): a longer outage raises. ``on_open`` is called each
+        time the stream is open (from then on no event is missed), before the first event:
+        a caller can look at the state of things then, knowing that every later change
+        comes as an event."""
         parser = SseParser(last_id=after)
         response = self._open_events(job, after, EVENTS_READ_S)
-        items = self._event_items(job, parser, response, None)
+        if on_open is not None:
+            on_open()
+        reopened = (lambda _response: on_open()) if on_open is not None else None
+        items = self._event_items(job, parser, response, None, reopened)
         try:
             for item in items:
                 if isinstance(item, Event):
@@ -396,7 +408,7 @@ class Client:
         parser: SseParser,
         response: httpx.Response,
         deadline: Deadline | None,
-        opened: Callable[[httpx.Response], None] | None = None,
+        opened: Callable[[httpx.Response], object] | None = None,
     ) -> Generator[Event | KeepAlive, None, None]:
         """What the stream brings from ``response`` on; after a drop, a ``KEEP_ALIVE`` and
         the stream opened again after ``parser.last_id`` (given to ``opened``)."""

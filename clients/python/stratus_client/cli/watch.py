@@ -21,8 +21,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from stratus_client import Client, Event, Job
-from stratus_client._events import EVENTS_READ_S, SseParser
+from stratus_client import Client, Job
 from stratus_client.cli.config import connect
 from stratus_client.cli.jobs import jobs_table
 from stratus_client.cli.output import JsonOption, print_json, show, stdout
@@ -67,13 +66,9 @@ class Changes:
         self._opened.wait(OPEN_S)
 
     def _read(self, client: Client) -> None:
-        parser = SseParser()
         try:
-            response = client._open_events(None, None, EVENTS_READ_S)
-            self._opened.set()
-            for item in client._event_items(None, parser, response, None):
-                if isinstance(item, Event):
-                    self._changed.set()
+            for _event in client.events(on_open=self._opened.set):
+                self._changed.set()
         except Exception as exc:  # an outage past the retries, or the client closed at exit
             self.stream_failed = exc
         finally:

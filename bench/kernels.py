@@ -1,7 +1,7 @@
 """Kernel benchmark: each kernel against its NumPy reference and against the machine's
 limit measured in the same run; first-job latency of a fresh pool process.
 
-    .venv/bin/python bench/kernels.py [--quick] [--repeat N] [--device cpu|cuda]
+    .venv/bin/python bench/kernels.py [--quick] [--repeat N] [--device cpu|cuda] [--only NAME]
 
 CPU: the limits are STREAM triad bandwidth (numba ``prange``, ``a = b + s*c``, 24 bytes per
 element) for the memory-bound kernels (saxpy, stencil2d, histogram) and NumPy's BLAS dgemm
@@ -249,6 +249,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smaller problems, fewer repeats")
     p.add_argument("--repeat", type=int, default=None, help="timed runs per measurement")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--only",
+        choices=[b.__name__.removeprefix("bench_") for b in BENCHES],
+        help="one kernel's row alone (CPU; no latency), written to kernels-<name>.json",
+    )
     opts = p.parse_args()
     repeat = opts.repeat or (3 if opts.quick else 5)
     if opts.device == "cuda":
@@ -260,12 +265,16 @@ def main() -> None:
     report["host"] = host()
     print_host(report["host"])
     lim = Limits(opts.quick)
-    report["kernels"] = [bench(opts.quick, repeat, lim) for bench in BENCHES]
+    benches = [b for b in BENCHES if opts.only in (None, b.__name__.removeprefix("bench_"))]
+    report["kernels"] = [bench(opts.quick, repeat, lim) for bench in benches]
     for r in report["kernels"]:
         r["host"] = report["host"]["label"]
     print_table(report["kernels"])
     report["load_average_end"] = os.getloadavg()[0]
     print(f"load average at the end: {report['load_average_end']:.1f}")
+    if opts.only:
+        write(report, f"kernels-{opts.only}.json")
+        return
     from bench.kernels_latency import latency, print_latency
 
     report["latency"] = asyncio.run(latency(CACHE, repeat=repeat))

@@ -54,6 +54,9 @@ class ClusterConfig:
     worker_base_port: int = 8100
     workers: int = 1
     worker_env: dict[str, str] = field(default_factory=dict)  # extra env, workers only
+    # supervisord's wait for a stopped worker before its SIGKILL (None: ``PROGRAM_OPTIONS``'
+    # 30 s); above the workers' ``STRATUS_SHUTDOWN_GRACE_S`` where a stop must wait for jobs
+    worker_stop_wait_s: int | None = None
     python: str = sys.executable
     autoscale: Autoscale | None = None  # None: ``workers`` fixed worker processes
 
@@ -213,6 +216,8 @@ class ClusterLayout:
             "stdout_logfile": esc(str(self.log_dir)) + "/%(program_name)s_%(process_num)02d.log",
             **PROGRAM_OPTIONS,
         }
+        if self.cfg.worker_stop_wait_s is not None:
+            options["stopwaitsecs"] = str(self.cfg.worker_stop_wait_s)
         if self.cfg.autoscale:
             options["autostart"] = "false"  # the autoscaler starts and stops them
         return section(f"program:{program}", options)

@@ -89,6 +89,7 @@ class WorkerRuntime:
         self._scratch_root: Path | None = None  # the scratch tier's root, resolved
         # each running job's latest checkpoint write (each waits for the one before)
         self.checkpoint_writes: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._work_paused: asyncio.Task[None] | None = None  # see ``_take_work_when_free``
 
     async def on_dispatch(self, delivery: Delivery) -> None:
         event = dispatched_work(delivery)
@@ -96,6 +97,11 @@ class WorkerRuntime:
         if self.stopping:  # waited for a slot through a shutdown: another worker takes it
             self.slots.release()
             raise RuntimeError("worker shutting down: job handed back unclaimed")
+        if self.slots.locked() and self._work_paused is None:
+            # its last free slot: the work queue's next messages go to the workers that have
+            # one (the prefetch would hand this one as many more, to wait here for a slot
+            # while a worker just started idles)
+            self._work_paused = asyncio.get_running_loop().create_task(self._take_work_when_free())
         # When the broker closes the channel of this delivery (a RabbitMQ restart), aiormq
         # cancels this handler. The claim and the start of its run go on in a task of their
         # own, so that a claim that committed always gets its run (the delivery comes back
@@ -106,6 +112,30 @@ class WorkerRuntime:
         # the job's trace (the message's traceparent), if tracing is on
         with tracing.received(event.job_id, event.event_id, delivery.traceparent):
             await asyncio.shield(self._claim_and_start(event.job_id))
+
+    async def _take_work_when_free(self) -> None:
+        """While every slot is taken: the work queue's consumer paused until one is free
+        (after the deliveries that already wait for one), then taking work again."""
+        queue = WORK_QUEUES[self.settings.device]
+        try:
+            while self.slots.locked() and not self.stopping:
+                try:
+                    await self.res.broker.pause(queue)
+                except Exception as exc:  # not paused: nothing to resume
+                    log.warning("work_pause_failed", error=repr(exc))
+                    return
+                await self.slots.acquire()
+                self.slots.release()
+                while not self.stopping:
+                    try:
+                        await self.res.broker.resume(queue)
+                        break
+                    except Exception as exc:  # the broker away: once it is back
+                        log.warning("work_resume_failed", error=repr(exc))
+                        await asyncio.sleep(1.0)
+                # deliveries made as it resumed may have taken the slots again: the loop
+        finally:
+            self._work_paused = None
 
     async def _claim_and_start(self, job_id: uuid.UUID) -> None:
         """Claim the job for the slot taken for it and start its run, or give the slot back."""
@@ -472,6 +502,8 @@ class WorkerRuntime:
         the queue (``drained``: no retry used); let the others finish for a grace period, hand
         back the rest."""
         self.stopping = True
+        if self._work_paused is not None:
+            self._work_paused.cancel()
         for release in self.releases.values():
             release.set()
         await self.res.broker.stop_consuming()

@@ -72,6 +72,10 @@ class Broker(BrokerAdmin):
         self._channels: list[AbstractChannel] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._consumers: list[tuple[AbstractQueue, str]] = []
+        # each queue given to ``consume``: its queue and callback, for ``resume``
+        self._callbacks: dict[str, tuple[AbstractQueue, Any]] = {}
+        self._paused: set[str] = set()
+        self._stopped = False  # ``stop_consuming``: nothing resumes any more
         self._settler = Settler(self.publish, settings.consumer_retry(), settings.delivery_limit)
 
     def qname(self, spec: QueueSpec) -> str:
@@ -264,7 +268,33 @@ class Broker(BrokerAdmin):
         async def on_message(message: AbstractIncomingMessage) -> None:
             await self._settler.settle(qname, message, handler(delivery_of(message)))
 
+        self._callbacks[qname] = (queue, on_message)
         self._consumers.append((queue, await queue.consume(on_message)))
+
+    async def pause(self, spec: QueueSpec) -> None:
+        """Take no more deliveries from ``spec``'s queue (``consume``'s) until ``resume``:
+        its messages stay there for the other consumers. Deliveries already made are
+        handled as usual. A paused consumer is not restored after a reconnection."""
+        qname = self.qname(spec)
+        if qname not in self._callbacks or qname in self._paused:
+            return
+        self._paused.add(qname)
+        queue = self._callbacks[qname][0]
+        for entry in [c for c in self._consumers if c[0] is queue]:
+            self._consumers.remove(entry)
+            with contextlib.suppress(Exception):  # a closed channel delivers nothing anyway
+                await queue.cancel(entry[1])
+
+    async def resume(self, spec: QueueSpec) -> None:
+        """Take deliveries from ``spec``'s queue again after ``pause`` (none after
+        ``stop_consuming``); raises while the broker is away (the caller tries again)."""
+        qname = self.qname(spec)
+        if qname not in self._paused or self._stopped:
+            return
+        queue, on_message = self._callbacks[qname]
+        tag = await queue.consume(on_message, timeout=10.0)
+        self._paused.discard(qname)
+        self._consumers.append((queue, tag))
 
     async def consume_batches(
         self,
@@ -306,6 +336,7 @@ class Broker(BrokerAdmin):
 
     async def stop_consuming(self) -> None:
         """Stop taking new deliveries (unacknowledged ones go back to their queues)."""
+        self._stopped = True
         for queue, tag in self._consumers:
             with contextlib.suppress(Exception):
                 await queue.cancel(tag)

@@ -9,32 +9,48 @@ reaper queues it again, which (b)'s "kill to running again" leaves out and says 
 
     python bench/checkpoint.py            # (a) 60 s jobs, interval 30 s; (b) 5 kills
     python bench/checkpoint.py --quick    # (a) 15 s jobs, interval 5 s; (b) 3 kills
-    python bench/checkpoint.py --scale-down [--job-seconds 60] [--bursts 2] [--jobs 12]
-                                            [--max-workers 4] [--slots 2] [--gap 30]
+    python bench/checkpoint.py --scale-down [--job-seconds 60] [--short 0.5] [--bursts 2]
+                  [--jobs 8] [--max-workers 4] [--slots 2] [--gap 30] [--cooldown 10]
 
 (a) is met when the job with checkpoints is at most 3 % slower (``overhead``); (b) when the
 median recomputed time is at most the interval plus the resume time.
 
 (c) ``--scale-down`` (on its own: it starts three local clusters, minutes each): scale-down
-with long jobs. ``--bursts`` bursts of ``--jobs`` ``montecarlo_pi`` jobs of about
-``--job-seconds`` each (calibrated on one thread of this host), each burst submitted at once
-and the next ``--gap`` seconds after the previous one ended, under three set-ups of
-``--max-workers`` workers of ``--slots`` slots each (one thread a job), each a fresh local
-cluster under supervisord (``bench/scaling.py``'s ``local`` backend):
+with long jobs. ``--bursts`` bursts of ``--jobs`` ``montecarlo_pi`` jobs, long ones of
+``--job-seconds`` and short ones of ``--short`` times that by turns (CPU seconds of one
+thread of this host, calibrated first), each burst submitted at once and the next ``--gap``
+seconds after the previous one ended, under three set-ups of ``--max-workers`` workers of
+``--slots`` slots each (one thread a job), each a fresh local cluster under supervisord
+(``bench/scaling.py``'s ``local`` backend):
 
 1. ``fixed``: ``--max-workers`` workers all along;
 2. ``autoscale``: 1 to ``--max-workers`` workers, jobs checkpointing every ``--job-seconds``
    / 6 (at least 1 s): a scale-down drains a worker through checkpoints (its jobs resume on
-   the others at once);
+   the others' free slots at once);
 3. ``autoscale-wait``: the same autoscaler, the jobs without checkpoints: a worker being
-   removed waits for its jobs (``STRATUS_SHUTDOWN_GRACE_S``, then hands them back to start
-   over), which was the only way before checkpoints.
+   removed waits for its jobs (``STRATUS_SHUTDOWN_GRACE_S``, here the jobs' timeout, so
+   that none is handed back to start over), which was the only way before checkpoints.
 
-Per set-up: completion time (the sum over bursts of first submit to last job finished) and
+The burst's order (a long job, a short one, ...) gives each worker a long and a short job:
+once the short ones end, the long ones run on every worker at half occupancy, and the
+autoscaler, sized for the demand (``--slots`` jobs a worker,
+``STRATUS_AUTOSCALE__TARGET_JOBS_PER_WORKER``), consolidates them on fewer workers after
+``--cooldown``: through checkpoints in 2., by waiting in 3. Jobs of one length do not show
+it: the freed slots take a burst's last jobs and the other workers end idle, stopped as they
+are (what the first runs of this benchmark measured). A worker that was slow to start (a
+loaded host) leaves the first worker to take a second long job, and fewer workers run at
+half occupancy.
+
+Per set-up: completion time (the sum over bursts of first submit to last job finished),
 worker-seconds (worker processes up or being stopped, sampled every 0.2 s, from the first
 submit to the end of the last burst: a worker that waits for its jobs still holds its
-machine). The autoscaler aims at ``--slots`` jobs a worker
-(``STRATUS_AUTOSCALE__TARGET_JOBS_PER_WORKER``).
+machine), the scale-downs taken while jobs ran, and the jobs drained (moved off a stopped
+worker), resumed from a checkpoint and restarted from the start.
+
+``make bench`` leaves (c) out, and no ``--quick`` size of it exists: the three clusters'
+starts and stops alone take about 2 minutes on a 2-core host, and bursts long beside a
+worker's start (seconds, tens of seconds on a loaded host) take minutes more, so no size
+that still shows a drain runs within the 3 minutes a quick run may take.
 """
 
 from __future__ import annotations
@@ -197,7 +213,8 @@ HOLDING = ("STARTING", "RUNNING", "BACKOFF", "STOPPING")
 
 
 async def job_samples(seconds: float) -> int:
-    """``montecarlo_pi`` samples that take about ``seconds`` on one thread of this host."""
+    """``montecarlo_pi`` samples that take about ``seconds`` of CPU on one thread of this
+    host."""
     runner = KernelRunner(PoolConfig(processes=1, cache_dir=CACHE, threads=1))
     await runner.start()
     try:
@@ -205,11 +222,22 @@ async def job_samples(seconds: float) -> int:
         while True:
             out = await runner.run(Request("montecarlo_pi", "cpu", {"samples": n, "seed": 1}))
             assert out.status is Status.SUCCEEDED, out.error
-            if out.usage.wall_seconds > 1.0:
-                return max(1, int(n * seconds / out.usage.wall_seconds))
+            # CPU seconds: the host's other load stretches the wall clock, not them
+            if out.usage.cpu_seconds > 1.0:
+                return max(1, int(n * seconds / out.usage.cpu_seconds))
             n *= 4
     finally:
         await runner.close()
+
+
+def lengths(args: argparse.Namespace) -> list[float]:
+    """One burst's job lengths in seconds, in submission order: long (``--job-seconds``) and
+    short (``--short`` x that) by turns. Each worker takes its ``--slots`` (2) jobs in that
+    order, a long and a short one: once the short ones end, the long ones run on every worker
+    at half occupancy, which a scale-down consolidates. (Jobs of one length would not do: a
+    slot freed takes the next job of the queue, so a burst's last jobs fill the workers that
+    freed slots first and the others end idle, which a scale-down stops as they are.)"""
+    return [args.job_seconds * (args.short if i % 2 else 1.0) for i in range(args.jobs)]
 
 
 def scale_down(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,7 +262,12 @@ def scale_down(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(__file__).resolve().parent / "results" / "checkpoint-scale-run"
     name = f"stratus_bench_ckscale_{secrets.token_hex(3)}"
     samples = asyncio.run(job_samples(args.job_seconds))
+    burst = lengths(args)
     interval = max(1, round(args.job_seconds / 6))
+    timeout_s = int(args.job_seconds * 20 + 600)
+    # a stopped worker waits for the jobs that do not checkpoint (drain by waiting), up to
+    # their timeout, rather than handing them back after the default 20 s to start over
+    grace_s = timeout_s
     admin_key = "bench-admin-" + secrets.token_urlsafe(16)
     env = {
         "STRATUS_POSTGRES__DATABASE": name,
@@ -253,8 +286,9 @@ def scale_down(args: argparse.Namespace) -> dict[str, Any]:
     }
     admin = {"Authorization": f"Bearer {admin_key}"}
     print(
-        f"(c) scale-down: {args.bursts} bursts of {args.jobs} montecarlo_pi jobs of about "
-        f"{args.job_seconds:g} s ({samples} samples), {args.gap:g} s apart; "
+        f"(c) scale-down: {args.bursts} bursts of {args.jobs} montecarlo_pi jobs of "
+        f"{min(burst):.3g} to {args.job_seconds:g} s on one thread ({samples} samples for "
+        f"{args.job_seconds:g} s), {args.gap:g} s apart; "
         f"{args.max_workers} workers of {args.slots} slots at most; checkpoints every "
         f"{interval} s where on; {os.cpu_count()} cores, load average "
         f"{os.getloadavg()[0]:.1f} at the start",
@@ -264,6 +298,7 @@ def scale_down(args: argparse.Namespace) -> dict[str, Any]:
     class Meter:
         def __init__(self, cluster: LocalCluster) -> None:
             self.cluster, self.worker_seconds, self.peak = cluster, 0.0, 0
+            self.timeline: list[tuple[float, int]] = []  # (seconds, workers), on each change
             self.running = True
             self.thread = threading.Thread(target=self.run, daemon=True)
             self.thread.start()
@@ -274,13 +309,17 @@ def scale_down(args: argparse.Namespace) -> dict[str, Any]:
             return sum(1 for n, st in states.items() if n in members and st in HOLDING)
 
         def run(self) -> None:
-            last, count = time.monotonic(), self.count()
+            start = last = time.monotonic()
+            count = self.count()
+            self.timeline.append((0.0, count))
             while self.running:
                 time.sleep(0.2)
                 now = time.monotonic()
                 self.worker_seconds += count * (now - last)
                 last, count = now, self.count()
                 self.peak = max(self.peak, count)
+                if count != self.timeline[-1][1]:
+                    self.timeline.append((round(now - start, 1), count))
 
         def stop(self) -> None:
             self.running = False
@@ -295,12 +334,13 @@ def scale_down(args: argparse.Namespace) -> dict[str, Any]:
                     if b:
                         await asyncio.sleep(args.gap)
                     t0 = time.monotonic()
-                    for j in range(args.jobs):
+                    for j, seconds in enumerate(burst):
+                        n = max(1, int(samples * seconds / args.job_seconds))
                         body = {
                             "kernel": "montecarlo_pi",
-                            "params": {"samples": samples, "seed": b * args.jobs + j},
+                            "params": {"samples": n, "seed": b * args.jobs + j},
                             "checkpoint_interval_s": checkpoint_s,
-                            "timeout_s": int(args.job_seconds * 20 + 600),
+                            "timeout_s": timeout_s,
                         }
                         r = await api.post("/v1/jobs", json=body, headers=h)
                         r.raise_for_status()
@@ -314,7 +354,21 @@ def scale_down(args: argparse.Namespace) -> dict[str, Any]:
                     print(f"    burst {b + 1}: {bursts[-1]:.1f} s", flush=True)
             finally:
                 meter.stop()
+            pools = (await api.get("/v1/admin/pools", headers=admin)).json()["items"]
+            decisions: list[dict[str, Any]] = next(
+                (p.get("decisions", []) for p in pools if p["pool"] == "cpu"), []
+            )
+            downs = [d for d in decisions if d["action"] == "down"]
             return {
+                # scale-downs, and those taken while jobs ran or waited (a consolidation)
+                "downs": len(downs),
+                "downs_with_jobs": sum(d["demand"] > 0 for d in downs),
+                "timeline": meter.timeline,
+                # where each job ended, and when (for a look at how the bursts spread)
+                "jobs": [
+                    {k: j[k] for k in ("worker", "started_at", "finished_at", "preemptions")}
+                    for j in jobs
+                ],
                 "burst_s": bursts,
                 "completion_s": sum(bursts),
                 "worker_seconds": meter.worker_seconds,
@@ -340,7 +394,9 @@ def scale_down(args: argparse.Namespace) -> dict[str, Any]:
             worker_env={
                 "STRATUS_CONCURRENCY": str(args.slots),
                 "STRATUS_THREADS_PER_PROCESS": "1",
+                "STRATUS_SHUTDOWN_GRACE_S": str(grace_s),
             },
+            worker_stop_wait_s=grace_s + 30,
             autoscale=None if fixed else Autoscale(min_workers=1, max_workers=args.max_workers),
         )
         cluster = LocalCluster(cfg)
@@ -355,37 +411,41 @@ def scale_down(args: argparse.Namespace) -> dict[str, Any]:
     try:
         prepare_database(name)
         prepare_vhost(name)
-        for setup in ("fixed", "autoscale", "autoscale-wait"):
+        for setup in args.setups.split(","):
             out[setup] = run_setup(setup)
     finally:
         drop_database(name)
         drop_vhost(name)
     print()
-    print("{:<15} {:>13} {:>10} {:>5} {:>7} {:>8} {:>8} {:>10}".format(
-        "set-up", "completion s", "worker-s", "peak", "failed", "drained", "resumed", "restarted"
+    print("{:<15} {:>13} {:>10} {:>5} {:>6} {:>7} {:>8} {:>8} {:>10}".format(
+        "set-up", "completion s", "worker-s", "peak", "downs", "failed", "drained", "resumed",
+        "restarted"
     ))  # fmt: skip
     for setup, o in out.items():
         print(
             f"{setup:<15} {o['completion_s']:>13.1f} {o['worker_seconds']:>10.1f} "
-            f"{o['peak_workers']:>5} {o['failed']:>7} {o['drained']:>8} {o['resumed']:>8} "
-            f"{o['restarted']:>10}"
+            f"{o['peak_workers']:>5} {o['downs_with_jobs']:>6} {o['failed']:>7} "
+            f"{o['drained']:>8} {o['resumed']:>8} {o['restarted']:>10}"
         )
-    auto, fixed, wait = out["autoscale"], out["fixed"], out["autoscale-wait"]
+    print(
+        "(downs: scale-downs taken while jobs ran or waited; drained: times a job was moved "
+        "off a stopped worker; resumed: jobs that resumed from a checkpoint; restarted: jobs "
+        "that ran again from the start)"
+    )
     ratios = {
-        "autoscale_vs_fixed": {
-            "time": auto["completion_s"] / fixed["completion_s"],
-            "worker_seconds": auto["worker_seconds"] / fixed["worker_seconds"],
-        },
-        "autoscale_vs_wait": {
-            "time": auto["completion_s"] / wait["completion_s"],
-            "worker_seconds": auto["worker_seconds"] / wait["worker_seconds"],
-        },
+        f"autoscale_vs_{other.removeprefix('autoscale-')}": {
+            "time": out["autoscale"]["completion_s"] / out[other]["completion_s"],
+            "worker_seconds": out["autoscale"]["worker_seconds"] / out[other]["worker_seconds"],
+        }
+        for other in ("fixed", "autoscale-wait")
+        if "autoscale" in out and other in out
     }
     for key, r in ratios.items():
         print(f"{key}: time {r['time']:.2f}x, worker-seconds {r['worker_seconds']:.2f}x")
     print(f"load average at the end {os.getloadavg()[0]:.1f}", flush=True)
     return {
         "job_seconds": args.job_seconds,
+        "lengths_s": burst,
         "samples": samples,
         "interval_s": interval,
         "bursts": args.bursts,
@@ -409,11 +469,15 @@ async def main() -> None:
     parser.add_argument("--scale-down", action="store_true", help="(c) alone, see above")
     parser.add_argument("--job-seconds", type=float, default=60.0)
     parser.add_argument("--bursts", type=int, default=2)
-    parser.add_argument("--jobs", type=int, default=12)
+    parser.add_argument("--jobs", type=int, default=8)
+    parser.add_argument("--short", type=float, default=0.5)
     parser.add_argument("--max-workers", type=int, default=4)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--gap", type=float, default=30.0)
     parser.add_argument("--cooldown", type=float, default=10.0)
+    parser.add_argument(
+        "--setups", default="fixed,autoscale,autoscale-wait", help="(c)'s, comma-separated"
+    )
     args = parser.parse_args()
     if args.scale_down:
         c = await asyncio.to_thread(scale_down, args)

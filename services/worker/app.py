@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -58,6 +59,12 @@ log = get_logger(__name__)
 
 _C = TypeVar("_C")  # what a claim gives: a job's or a chunk's
 
+# A full worker pauses its work queue only while its recent jobs ran at least this long
+# (``WorkerRuntime._pause_when_full``); each job's or chunk's time weighs this much in the
+# running average.
+PAUSE_MIN_RUN_S = 1.0
+RUN_AVERAGE_WEIGHT = 0.2
+
 
 class WorkerRuntime:
     def __init__(
@@ -90,6 +97,9 @@ class WorkerRuntime:
         # each running job's latest checkpoint write (each waits for the one before)
         self.checkpoint_writes: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._work_paused: asyncio.Task[None] | None = None  # see ``_take_work_when_free``
+        # how long this worker's recent jobs and chunks held their slot (an exponential
+        # average; None before the first): see ``_pause_when_full``
+        self.recent_run_s: float | None = None
 
     async def on_dispatch(self, delivery: Delivery) -> None:
         event = dispatched_work(delivery)
@@ -97,7 +107,7 @@ class WorkerRuntime:
         if self.stopping:  # waited for a slot through a shutdown: another worker takes it
             self.slots.release()
             raise RuntimeError("worker shutting down: job handed back unclaimed")
-        if self.slots.locked() and self._work_paused is None:
+        if self.slots.locked() and self._work_paused is None and self._pause_when_full():
             # its last free slot: the work queue's next messages go to the workers that have
             # one (the prefetch would hand this one as many more, to wait here for a slot
             # while a worker just started idles)
@@ -112,6 +122,20 @@ class WorkerRuntime:
         # the job's trace (the message's traceparent), if tracing is on
         with tracing.received(event.job_id, event.event_id, delivery.traceparent):
             await asyncio.shield(self._claim_and_start(event.job_id))
+
+    def _pause_when_full(self) -> bool:
+        """Whether a full worker should pause its work queue: only while its jobs are long
+        (or not known yet). Short jobs free a slot within milliseconds, so a message that
+        waits here for one is not held back, while pausing and resuming (two broker round
+        trips) on every job under a steady load of them cost a sixth of the pipeline's
+        throughput and ten times its latency at 100 jobs/s (``bench/pipeline.py``)."""
+        return self.recent_run_s is None or self.recent_run_s >= PAUSE_MIN_RUN_S
+
+    def _ran(self, seconds: float) -> None:
+        """A job or chunk held its slot for ``seconds``."""
+        last = self.recent_run_s
+        step = 0.0 if last is None else RUN_AVERAGE_WEIGHT * (seconds - last)
+        self.recent_run_s = seconds if last is None else last + step
 
     async def _take_work_when_free(self) -> None:
         """While every slot is taken: the work queue's consumer paused until one is free
@@ -173,12 +197,14 @@ class WorkerRuntime:
         task.add_done_callback(self.jobs.discard)
 
     async def _run_chunk(self, claim: ChunkClaim) -> None:
+        started = time.monotonic()
         try:
             # a span in the array's trace (a child of its submission), if tracing is on
             await tracing.traced_run(
                 "worker.chunk", claim.array_id, self.chunks.run(claim), elements=len(claim.elements)
             )
         finally:
+            self._ran(time.monotonic() - started)
             self.slots.release()
 
     async def on_control(self, delivery: Delivery) -> None:
@@ -200,7 +226,9 @@ class WorkerRuntime:
         self.progress.start(claim.job_id, claim.tenant_id, claim.attempt)
         slot_held = True
         try:
+            started = time.monotonic()
             report = await self._attempt(claim, files, staged)
+            self._ran(time.monotonic() - started)
             self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
             # The kernel is done: its slot takes the next dispatch while this outcome is

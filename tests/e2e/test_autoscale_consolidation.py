@@ -116,6 +116,14 @@ async def downs_with_jobs(api: httpx.AsyncClient) -> list[dict[str, Any]]:
     return [d for d in cpu["decisions"] if d["action"] == "down" and d["demand"] > 0]
 
 
+async def scaled_down_with_jobs(api: httpx.AsyncClient, before: int) -> None:
+    """The autoscaler took a scale-down 2 -> 1 while the pool had its 2 jobs (after the
+    ``before`` such decisions already there)."""
+    downs = await downs_with_jobs(api)
+    assert len(downs) > before, downs
+    assert (downs[0]["from"], downs[0]["to"], downs[0]["demand"]) == (2, 1, 2), downs
+
+
 async def test_a_scale_down_drains_a_half_empty_worker_through_checkpoints(
     scaled: LocalCluster, api: httpx.AsyncClient
 ) -> None:
@@ -133,9 +141,7 @@ async def test_a_scale_down_drains_a_half_empty_worker_through_checkpoints(
     assert stayed["attempts"] == 1
     events = (await api.get(f"/v1/jobs/{moved[0]['id']}/events", headers=h)).json()["items"]
     assert "drained" in [e["reason"] for e in events if e["state"] == "QUEUED"], events
-    downs = await downs_with_jobs(api)
-    assert len(downs) > before, downs
-    assert (downs[0]["from"], downs[0]["to"], downs[0]["demand"]) == (2, 1, 2), downs
+    await scaled_down_with_jobs(api, before)
     assert len(scaled.up_workers()) == 1
 
 
@@ -159,6 +165,4 @@ async def test_without_checkpoints_the_same_scale_down_waits_for_the_job(
         (a["worker"], 1, 0),
         (b["worker"], 1, 0),
     ]
-    downs = await downs_with_jobs(api)
-    assert len(downs) > before, downs
-    assert (downs[0]["from"], downs[0]["to"], downs[0]["demand"]) == (2, 1, 2), downs
+    await scaled_down_with_jobs(api, before)

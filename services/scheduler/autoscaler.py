@@ -24,6 +24,7 @@ from services.scheduler.demand import Demand, live_workers, pool_demand
 from services.scheduler.pool_policy import Decision, PoolPolicy, PoolScaler
 from services.scheduler.preempt import loss_per_worker
 from services.scheduler.settings import AutoscaleSettings
+from shared.db import advisory
 from shared.db.models import WorkerPool
 from shared.jobs.pools import POOLS
 from shared.logging import get_logger
@@ -32,7 +33,7 @@ from shared.telemetry import REGISTRY
 
 log = get_logger(__name__)
 
-ADVISORY_LOCK = 0x5354_0007  # one autoscaler at a time
+ADVISORY_LOCK = advisory.AUTOSCALER  # one autoscaler at a time
 HISTORY = 50  # decisions kept per pool
 
 WORKERS = Gauge(

@@ -38,6 +38,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge
 
+from shared.db import advisory
 from shared.db.wakeup import listener_connect
 from shared.logging import get_logger
 from shared.settings import PostgresSettings
@@ -45,8 +46,8 @@ from shared.telemetry import REGISTRY
 
 log = get_logger(__name__)
 
-# the key of the lock (a bigint of the scheduler's own, far from the per-tenant hashes)
-LEADER_LOCK = 0x5354_5241_5455_5301  # "STRATUS" + 1
+# the key of the lock (shared.db.advisory: one key per use)
+LEADER_LOCK = advisory.LEADER
 
 # what PostgreSQL's side of the lock's connection is told: after this much silence from the
 # leader (keepalives idle, then probes, or unacknowledged data) the session and its lock go

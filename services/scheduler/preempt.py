@@ -41,13 +41,14 @@ from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.scheduler.settings import AutoscaleSettings
+from shared.db import advisory
 from shared.db.outbox import add_event
 from shared.events import JobPreempted
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
-ADVISORY_LOCK = 0x5354_0020  # one preempting scheduler at a time
+ADVISORY_LOCK = advisory.PREEMPT  # one preempting scheduler at a time
 CHECKPOINTING = ("stencil2d", "nbody", "montecarlo_pi")
 
 

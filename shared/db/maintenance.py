@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from shared.db import advisory
 from shared.db.raw import raw_connection
 from shared.logging import get_logger
 
 log = get_logger(__name__)
 
-LOCK_KEY = 0x5354524154555301  # "STRATUS" + 1: one maintainer per database
+LOCK_KEY = advisory.MAINTENANCE  # one maintainer per database
 
 _TABLES = """
 SELECT quote_ident(relname), n_live_tup, n_dead_tup, n_mod_since_analyze

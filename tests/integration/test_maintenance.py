@@ -7,6 +7,7 @@ import uuid
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.scheduler.leader import LEADER_LOCK
 from shared.db.maintenance import LOCK_KEY, maintain
 from shared.db.raw import raw_connection
 from shared.settings import CommonSettings
@@ -60,3 +61,20 @@ async def test_one_maintainer_at_a_time(settings: CommonSettings) -> None:
             finally:
                 await holder.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
         assert "outbox" in (await maintain(engine, min_dead_rows=1000, force=True)).vacuumed
+
+
+async def test_the_leader_vacuums_while_it_holds_the_leader_lock(settings: CommonSettings) -> None:
+    """The leader runs the vacuum loop while its lock connection holds ``LEADER_LOCK``: the
+    vacuum's own lock is another key, so it still runs (it once shared the key and never
+    ran on a leader)."""
+    async with own_database(settings, f"maint_{uuid.uuid4().hex[:6]}") as (_, sessions):
+        engine = sessions.kw["bind"]
+        await _churn(engine, 2000)
+        async with raw_connection(engine) as lock:
+            assert await lock.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK)
+            try:
+                done = await maintain(engine, min_dead_rows=1000, force=True)
+            finally:
+                await lock.execute("SELECT pg_advisory_unlock($1)", LEADER_LOCK)
+        assert "outbox" in done.vacuumed
+        assert await _dead(engine, "outbox") == 0

@@ -37,7 +37,7 @@ from shared.jobs.materialise import materialise_chunks, materialise_elements
 from shared.jobs.proposals import Lost
 from shared.jobs.states import JobState
 from shared.jobs.store import admit_pending, set_job_state
-from shared.jobs.usage import LostAttempt, record_lost_attempts
+from shared.jobs.usage import IN_FLIGHT, LostAttempt, record_lost_attempts
 from shared.logging import get_logger
 from shared.settings import QuotaDefaults
 from shared.storage.stagein import fail_stage_in, request_stage_ins
@@ -144,18 +144,19 @@ class Capacity:
 
 # Live worker slots per device (heartbeat younger than $1 seconds, not stopping) and the jobs
 # that hold one (QUEUED and dispatched, or RUNNING; an array's own row never is; an array
-# chunk dispatched or claimed holds one), in one round trip.
-_CAPACITY = """
+# chunk dispatched or claimed holds one), in one round trip. The jobs are read from
+# ``ix_jobs_in_flight``, whose condition is ``IN_FLIGHT``: never the waiting backlog.
+_CAPACITY = f"""
 SELECT true, device, sum(concurrency)::int FROM workers
 WHERE heartbeat_at > now() - make_interval(secs => $1::float8) AND NOT stopping
 GROUP BY device
 UNION ALL
 SELECT false, assigned_device, count(*)::int FROM jobs
-WHERE state IN ('QUEUED', 'RUNNING') AND assigned_device IS NOT NULL AND NOT is_array
+WHERE {IN_FLIGHT} AND assigned_device IS NOT NULL
 GROUP BY assigned_device
 UNION ALL
 SELECT false, device, count(*)::int FROM array_chunks WHERE device IS NOT NULL GROUP BY device
-"""
+"""  # noqa: S608 (built from constants only)
 
 
 def _capacity(rows: Iterable[Sequence[Any]]) -> Capacity:

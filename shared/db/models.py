@@ -196,6 +196,17 @@ class Job(Base):
             postgresql_where="state IN ('QUEUED', 'RUNNING')",
         ),
         Index("ix_jobs_pending", "created_at", "id", postgresql_where=text("state = 'PENDING'")),
+        # the jobs that hold a slot (``shared.jobs.usage.IN_FLIGHT``), counted per tenant and
+        # per device by every dispatch pass: without the waiting backlog (migration 0031)
+        Index(
+            "ix_jobs_in_flight",
+            "tenant_id",
+            "assigned_device",
+            postgresql_where=text(
+                "NOT is_array AND (state = 'RUNNING' OR (state = 'QUEUED'"
+                " AND dispatched_at IS NOT NULL))"
+            ),
+        ),
         Index(
             "ix_jobs_tenant_dispatchable",
             "tenant_id",

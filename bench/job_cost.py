@@ -24,7 +24,14 @@ CPU and function times are times, so a busy host inflates them; the counts are n
 ``--statements`` (private servers too, their PostgreSQL with ``pg_stat_statements`` loaded)
 also prints the statements that cost the database most over the run, each with its calls
 and execution time per job (the run's background included; execution time only, not
-parsing, commits or WAL).
+parsing, commits or WAL). ``--plans MS`` (private servers too, ``auto_explain`` loaded) keeps
+the plan, with its row counts and buffers, of every statement that ran for ``MS`` ms or more,
+in ``bench/results/job-cost-plans.log``, and prints how many each statement had and their
+median time. These times are wall-clock: on a host the run saturates they include the time a
+backend waited for a core, so read the plans' row counts and buffers before their times.
+
+The cluster's scheduler vacuums as ``make up``'s and ``bench/pipeline.py``'s do
+(``STRATUS_DB_VACUUM``: only where the server's autovacuum is off).
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import secrets
+import shutil
+import statistics
 import sys
 import time
 from collections import Counter
@@ -61,6 +71,7 @@ from tools.provision import postgres_settings, rabbit_settings
 ROOT = Path(__file__).resolve().parent.parent
 DB = VHOST = "stratus_jobcost"
 RUN_DIR = ROOT / "bench" / "results" / "job-cost-run"
+PLANS = ROOT / "bench" / "results" / "job-cost-plans.log"
 EXCHANGE = "stratus.events"
 TAP = "bench.jobcost.tap"
 # PostgreSQL publishes a backend's counters at most once a second, and an idle backend's
@@ -375,17 +386,57 @@ def main(argv: list[str] | None = None) -> int:
         help="private servers with pg_stat_statements: the costliest statements per job",
     )
     parser.add_argument("--top", type=int, default=20, help="statements to print (20)")
+    parser.add_argument(
+        "--plans",
+        type=float,
+        metavar="MS",
+        help="private servers with auto_explain: keep the plans of statements of MS ms or more",
+    )
     opts = parser.parse_args(argv)
-    opts.private = opts.private or opts.statements
-    options = "-c shared_preload_libraries=pg_stat_statements" if opts.statements else ""
-    servers = PrivateServers.create(pg_options=options) if opts.private else None
+    opts.private = opts.private or opts.statements or opts.plans is not None
+    servers = PrivateServers.create(pg_options=pg_options(opts)) if opts.private else None
     try:
         if servers is not None:
             servers.start()
         return run(opts, servers)
     finally:
         if servers is not None:
+            if opts.plans is not None:
+                shutil.copy(servers.logs()["postgres"], PLANS)
+                plans_report(PLANS)
             servers.stop()
+
+
+def pg_options(opts: argparse.Namespace) -> str:
+    """The private PostgreSQL's ``-c`` options for ``--statements`` and ``--plans``."""
+    libraries, options = [], []
+    if opts.statements:
+        libraries.append("pg_stat_statements")
+    if opts.plans is not None:
+        libraries.append("auto_explain")
+        options += [
+            f"auto_explain.log_min_duration={opts.plans:g}ms",
+            "auto_explain.log_analyze=on",
+            "auto_explain.log_buffers=on",
+        ]
+    if libraries:
+        options.insert(0, "shared_preload_libraries=" + ",".join(libraries))
+    return " ".join(f"-c {o}" for o in options)
+
+
+def plans_report(log: Path) -> None:
+    """How many plans ``log`` holds per statement (its first words), and their median time."""
+    durations: dict[str, list[float]] = {}
+    text = log.read_text(errors="replace")
+    for entry in re.split(r"\n(?=\S[^\n]*LOG:  duration: )", text):
+        head = re.match(r"\S[^\n]*LOG:  duration: ([\d.]+) ms  plan:\s*Query Text:\s*(.*)", entry,
+                        re.S)  # fmt: skip
+        if head:
+            statement = " ".join(head.group(2).split())[:90]
+            durations.setdefault(statement, []).append(float(head.group(1)))
+    print(f"plans of slow statements (auto_explain), in {log}:")
+    for statement, ms in sorted(durations.items(), key=lambda kv: -sum(kv[1]))[:10]:
+        print(f"    {len(ms):6d} plans, median {statistics.median(ms):7.2f} ms  {statement}")
 
 
 def run(opts: argparse.Namespace, servers: PrivateServers | None) -> int:
@@ -396,6 +447,7 @@ def run(opts: argparse.Namespace, servers: PrivateServers | None) -> int:
         "STRATUS_ADMIN_KEY": admin_key,
         "STRATUS_KEY_SECRET": secrets.token_urlsafe(32),
         "STRATUS_ENVIRONMENT": "bench",
+        "STRATUS_DB_VACUUM": "true",
     }
     drop_database(DB, env=env)
     prepare_database(DB, env=env)

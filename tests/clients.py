@@ -13,6 +13,7 @@ import pytest
 from stratus_client import Client
 
 from tests.e2e.conftest import own_cluster
+from tests.tiers import disk_tiers
 from tools.cluster import LocalCluster
 
 
@@ -28,9 +29,7 @@ def tiered_cluster(
     ``concurrency`` slots."""
     root = Path(tmp_path_factory.mktemp(f"{name}-tiers"))
     env = {
-        "STRATUS_STORAGE__LOCAL__ROOT": str(root / "local"),
-        "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "archive"),
-        "STRATUS_STORAGE__FSYNC": "false",
+        **disk_tiers(root),
         # webhooks reach a test's receiver on 127.0.0.2; 127.0.0.1 stays refused
         "STRATUS_WEBHOOKS__ALLOW": "127.0.0.2/32",
         "STRATUS_WEBHOOKS__BACKOFF_S": "0.2",

@@ -43,6 +43,7 @@ from tests.chaos.report import ChaosReport as ChaosReport
 from tests.chaos.report import Fault
 from tests.chaos.report import Progress as Progress
 from tests.chaos.targets import ArrayHits
+from tests.tiers import disk_tiers
 from tools.cluster import ClusterConfig, LocalCluster, prepare_database
 from tools.private_servers import PrivateServers, free_ports
 from tools.provision import postgres_settings
@@ -84,9 +85,7 @@ def chaos_cluster(
             **env,
             **server_env,
             "STRATUS_POSTGRES__DATABASE": DATABASE,
-            "STRATUS_STORAGE__LOCAL__ROOT": str(root / "tiers" / "local"),
-            "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "tiers" / "archive"),
-            "STRATUS_STORAGE__FSYNC": "false",
+            **disk_tiers(root / "tiers"),
             "STRATUS_STORAGE__CHUNK_BYTES": str(5 * 2**20),
             "STRATUS_LOG_LEVEL": "INFO",
             "STRATUS_REAPER_INTERVAL_S": "0.5",

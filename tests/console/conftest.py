@@ -15,6 +15,7 @@ import pytest
 from playwright.async_api import Browser, async_playwright
 
 from tests.e2e.conftest import own_cluster
+from tests.tiers import disk_tiers
 from tools.cluster import LocalCluster
 from tools.otlp_receiver import OtlpReceiver
 
@@ -58,9 +59,7 @@ def console_cluster(
         test_env,
         tmp_path_factory,
         env={
-            "STRATUS_STORAGE__LOCAL__ROOT": str(tiers / "local"),
-            "STRATUS_STORAGE__ARCHIVE__ROOT": str(tiers / "archive"),
-            "STRATUS_STORAGE__FSYNC": "false",
+            **disk_tiers(tiers),
             "STRATUS_EVENTS_KEEP_ALIVE_S": "1",
             "STRATUS_OTEL__ENDPOINT": otlp.endpoint,
             "OTEL_BSP_SCHEDULE_DELAY": "100",  # spans exported within 0.1 s

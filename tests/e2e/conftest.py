@@ -20,6 +20,7 @@ from tests.conftest import ADMIN_KEY
 from tests.databases import copy_database, delete_vhost, new_vhost
 from tests.datamover.harness import BUCKET, MotoServer
 from tests.servers import unacked_messages, unfinished_jobs
+from tests.tiers import disk_tiers
 from tools.cluster import ClusterConfig, LocalCluster, drop_database
 from tools.provision import postgres_settings
 
@@ -69,14 +70,12 @@ def e2e_moto() -> Iterator[MotoServer]:
 def storage_env(root: Path, moto: MotoServer) -> dict[str, str]:
     """Every service's tiers: ``local`` and ``archive`` in ``root``, ``s3`` on moto."""
     return {
-        "STRATUS_STORAGE__LOCAL__ROOT": str(root / "local"),
-        "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "archive"),
+        **disk_tiers(root),
         "STRATUS_STORAGE__S3__ENDPOINT_URL": moto.url,
         "STRATUS_STORAGE__S3__BUCKET": BUCKET,
         "STRATUS_STORAGE__S3__REGION": "us-east-1",
         "STRATUS_STORAGE__S3__ACCESS_KEY_ID": "testing",
         "STRATUS_STORAGE__S3__SECRET_ACCESS_KEY": "testing",
-        "STRATUS_STORAGE__FSYNC": "false",
     }
 
 

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import ADMIN, new_tenant_key, own_cluster, wait_for_state
+from tests.tiers import disk_tiers
 from tools.cluster import (
     CUDA_WORKER,
     Autoscale,
@@ -48,9 +49,7 @@ def scaled(
 ) -> Iterator[LocalCluster]:
     tiers = Path(tmp_path_factory.mktemp("scale-tiers"))
     env = {
-        "STRATUS_STORAGE__LOCAL__ROOT": str(tiers / "local"),
-        "STRATUS_STORAGE__ARCHIVE__ROOT": str(tiers / "archive"),
-        "STRATUS_STORAGE__FSYNC": "false",
+        **disk_tiers(tiers),
         "STRATUS_AUTOSCALE__INTERVAL_S": str(INTERVAL_S),
         "STRATUS_AUTOSCALE__COOLDOWN_S": str(COOLDOWN_S),
         "STRATUS_AUTOSCALE__TARGET_JOBS_PER_WORKER": "4",

@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import new_tenant_key, own_cluster, wait_for_state
+from tests.tiers import disk_tiers
 from tools.cluster import LocalCluster
 
 SAMPLES = 8_000_000_000  # 15 s or more on the two threads of a worker of a 2-core host
@@ -35,11 +36,7 @@ def cluster(
     test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LocalCluster]:
     tiers = Path(tmp_path_factory.mktemp("ckpt-tiers"))
-    env = {
-        "STRATUS_STORAGE__LOCAL__ROOT": str(tiers / "local"),
-        "STRATUS_STORAGE__ARCHIVE__ROOT": str(tiers / "archive"),
-        "STRATUS_STORAGE__FSYNC": "false",
-    }
+    env = disk_tiers(tiers)
     with own_cluster(
         "ckpt",
         test_env,

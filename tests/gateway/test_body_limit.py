@@ -20,6 +20,7 @@ import pytest
 from services.gateway.settings import GatewaySettings
 from tests.conftest import ADMIN_KEY
 from tests.datamover.harness import free_port
+from tests.tiers import disk_tiers
 
 ROOT = Path(__file__).resolve().parents[2]
 CHUNK = 64 * 1024
@@ -54,9 +55,7 @@ def gateway(
         "STRATUS_LOG_LEVEL": "INFO",
         "STRATUS_BODY_TIMEOUT_S": str(settings.body_timeout_s),
         "STRATUS_BODY_IDLE_TIMEOUT_S": str(settings.body_idle_timeout_s),
-        "STRATUS_STORAGE__LOCAL__ROOT": str(root / "local"),
-        "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "archive"),
-        "STRATUS_STORAGE__FSYNC": "false",
+        **disk_tiers(root),
     }
     log = root / "gateway.log"
     with log.open("wb") as out:

@@ -31,6 +31,7 @@ from tests.conftest import ADMIN_KEY
 from tests.datamover.harness import free_port
 from tests.factories import new_array, new_job
 from tests.processes import service_process
+from tests.tiers import disk_tiers
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 KEEP_ALIVE_S = 0.5  # the gateways' STRATUS_EVENTS_KEEP_ALIVE_S
@@ -81,9 +82,7 @@ def _gateway(test_env: dict[str, str], root: Path, name: str) -> Gateway:
         **os.environ,
         **test_env,
         "STRATUS_PORT": str(port),
-        "STRATUS_STORAGE__LOCAL__ROOT": str(root / "local"),
-        "STRATUS_STORAGE__ARCHIVE__ROOT": str(root / "archive"),
-        "STRATUS_STORAGE__FSYNC": "false",
+        **disk_tiers(root),
         "STRATUS_EVENTS_KEEP_ALIVE_S": str(KEEP_ALIVE_S),
         "STRATUS_EVENTS_POLL_S": str(POLL_S),
     }

@@ -402,25 +402,33 @@ class Done:
     polls: int  # queries this poll made (each one transaction in the database's counters)
 
 
-async def wait_done(db: asyncpg.Connection, tenant_id: str, expected: int, timeout: float) -> Done:
-    """Poll ``jobs`` until ``expected`` jobs of the tenant are final (or ``timeout``)."""
-    query = """
-        SELECT count(*) FILTER (WHERE state = 'SUCCEEDED') AS ok,
-               count(*) FILTER (WHERE state = ANY($2::text[]) AND state <> 'SUCCEEDED') AS bad,
-               max(finished_at) AS last
-        FROM jobs WHERE tenant_id = $1::uuid
-    """
+async def wait_final(
+    db: asyncpg.Connection, query: str, args: tuple[Any, ...], expected: int, timeout: float
+) -> Done:
+    """Poll ``query`` (its row: the succeeded, the failed and the last ``finished_at``) until
+    ``expected`` are final (or ``timeout``)."""
     deadline = time.monotonic() + timeout
     polls = 0
     while True:
-        row = await db.fetchrow(query, tenant_id, list(FINAL_STATES))
+        row = await db.fetchrow(query, *args)
         polls += 1
         assert row is not None
-        ok, bad, last = int(row["ok"]), int(row["bad"]), row["last"]
+        ok, bad, last = int(row[0]), int(row[1]), row[2]
         done = ok + bad >= expected
         if done or time.monotonic() > deadline:
             return Done(ok, bad, last.timestamp() if last else None, not done, polls)
         await asyncio.sleep(0.05)
+
+
+async def wait_done(db: asyncpg.Connection, tenant_id: str, expected: int, timeout: float) -> Done:
+    """Poll ``jobs`` until ``expected`` jobs of the tenant are final (or ``timeout``)."""
+    query = """
+        SELECT count(*) FILTER (WHERE state = 'SUCCEEDED'),
+               count(*) FILTER (WHERE state = ANY($2::text[]) AND state <> 'SUCCEEDED'),
+               max(finished_at)
+        FROM jobs WHERE tenant_id = $1::uuid
+    """
+    return await wait_final(db, query, (tenant_id, list(FINAL_STATES)), expected, timeout)
 
 
 DB_COUNTERS = """
@@ -877,27 +885,23 @@ async def run_durable_ref(env: Env, db: asyncpg.Connection) -> list[dict[str, An
                 f"http://127.0.0.1:{REF_PORT}", "/v1/jobs", {}, job_body, requests=o.jobs,
                 clients=o.clients, warmup=2, on_start=meter.start, time_limit_s=60.0,
             )  # fmt: skip
-            done, last = 0, None
-            deadline = time.monotonic() + 60.0
             expected = sub.ok + 2 * o.clients  # the warm-up's jobs too
-            while time.monotonic() < deadline:
-                row = await db.fetchrow(
-                    f"SELECT count(*) FILTER (WHERE state = 'SUCCEEDED') AS n, "  # noqa: S608
-                    f"max(finished_at) AS last FROM {REF_TABLE}"
-                )
-                assert row is not None
-                done, last = int(row["n"]), row["last"]
-                if done >= expected:
-                    break
-                await asyncio.sleep(0.05)
+            ref_done = await wait_final(
+                db,
+                f"SELECT count(*) FILTER (WHERE state = 'SUCCEEDED'), 0, "  # noqa: S608
+                f"max(finished_at) FROM {REF_TABLE}",
+                (),
+                expected,
+                60.0,
+            )
             cpu = meter.stop()
-            n = done - 2 * o.clients
-            end = last.timestamp() if last is not None else time.time()
+            n = ref_done.succeeded - 2 * o.clients
+            end = ref_done.last_finished or time.time()
             elapsed = end - sub.first_start
             r = {
                 "submitted": sub.ok,
                 "succeeded": n,
-                "timed_out": done < expected,
+                "timed_out": ref_done.timed_out,
                 "elapsed_s": elapsed,
                 "per_s": n / elapsed if elapsed > 0 else math.nan,
                 "cpu_ms_per_job": per_item_ms(cpu, n),

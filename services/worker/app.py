@@ -36,7 +36,7 @@ from services.worker.service import Recorded, report_for
 from services.worker.settings import WorkerSettings
 from services.worker.stageout import StagedOutput, abort_staged, stage_out
 from shared import tracing
-from shared.db.engine import transaction
+from shared.db.engine import is_connectivity_error, transaction
 from shared.db.raw import raw_connection
 from shared.errors import QuotaExceeded, StratusError
 from shared.events import ChunkDispatched
@@ -368,21 +368,34 @@ class WorkerRuntime:
     async def _write_checkpoint(
         self, claim: Claim, kind: str, step: int, previous: asyncio.Task[None] | None
     ) -> None:
-        """The job's count and event of one checkpoint frame, after the frame before it."""
+        """The job's count and event of one checkpoint frame, after the frame before it.
+        While the database cannot be reached it tries again, as the record does, for up to
+        twice the lease, and the attempt's record waits for it (``_checkpoints_written``): a
+        resume left unrecorded would lose the job's history of it (a write cut off after the
+        commit may instead count one frame twice)."""
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
-        try:
-            async with raw_connection(self.res.engine) as conn:
-                await progress.write_checkpoint(
-                    conn.execute,
-                    claim.job_id,
-                    claim.attempt,
-                    event=kind,
-                    step=step,
-                    worker=self.settings.name,
-                )
-        except Exception as exc:  # a count and an event: the run goes on without them
-            log.warning("checkpoint_event_lost", job_id=str(claim.job_id), error=str(exc))
+        delay = 0.1
+        deadline = asyncio.get_running_loop().time() + self.settings.lease_s * 2
+        while True:
+            try:
+                async with raw_connection(self.res.engine) as conn:
+                    await progress.write_checkpoint(
+                        conn.execute,
+                        claim.job_id,
+                        claim.attempt,
+                        event=kind,
+                        step=step,
+                        worker=self.settings.name,
+                    )
+                return
+            except Exception as exc:  # a count and an event: the run goes on without them
+                if is_connectivity_error(exc) and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                log.warning("checkpoint_event_lost", job_id=str(claim.job_id), error=str(exc))
+                return
 
     async def _checkpoints_written(self, claim: Claim) -> None:
         """The attempt's checkpoint writes done (its record must come after them: they

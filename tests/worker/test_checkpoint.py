@@ -420,3 +420,74 @@ async def test_a_killed_attempts_checkpoints_are_counted_and_are_events(
     assert count == len(saved_1) + sum(e == "saved" for _, e, _ in rest)
     assert events[len(saved_1)] == (2, "resumed", step)
     assert [e for e in events if e[0] == 2] == [(2, e, s) for _, e, s in [(2, kind, step), *rest]]
+
+
+async def test_a_checkpoint_event_waits_out_a_database_outage(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A checkpoint's count and event written while PostgreSQL restarts are written once it
+    answers again, not dropped (the chaos run once lost a resume this way)."""
+    from contextlib import asynccontextmanager
+
+    from sqlalchemy.exc import OperationalError
+
+    from services.worker import app, progress
+    from shared.jobs.store import Claim
+
+    refusals = 3
+    written: list[tuple[uuid.UUID, int, str, int]] = []
+
+    @asynccontextmanager
+    async def connection(_engine: object) -> Any:
+        nonlocal refusals
+        if refusals:
+            refusals -= 1
+            raise OperationalError("connect", None, ConnectionRefusedError(111, "refused"))
+        yield SimpleNamespace(execute=None)
+
+    async def write(
+        _execute: object, job_id: uuid.UUID, attempt: int, *, event: str, step: int, worker: str
+    ) -> None:
+        written.append((job_id, attempt, event, step))
+
+    monkeypatch.setattr(app, "raw_connection", connection)
+    monkeypatch.setattr(progress, "write_checkpoint", write)
+    rt = SimpleNamespace(
+        res=SimpleNamespace(engine=None), settings=SimpleNamespace(name="w", lease_s=30.0)
+    )
+    claim = Claim(uuid.uuid4(), uuid.uuid4(), 2, "stencil2d", {}, {}, {}, 600, "local", 1)
+    await app.WorkerRuntime._write_checkpoint(cast(Any, rt), claim, "resumed", 40, None)
+    assert refusals == 0
+    assert written == [(claim.job_id, 2, "resumed", 40)]
+
+
+async def test_a_checkpoint_event_gives_up_after_twice_the_lease(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database away for longer than twice the lease: the frame is dropped with a warning
+    and the attempt's record is not held up any longer."""
+    from contextlib import asynccontextmanager
+
+    from sqlalchemy.exc import OperationalError
+
+    from services.worker import app
+    from shared.jobs.store import Claim
+
+    tries = 0
+
+    @asynccontextmanager
+    async def connection(_engine: object) -> Any:
+        nonlocal tries
+        tries += 1
+        raise OperationalError("connect", None, ConnectionRefusedError(111, "refused"))
+        yield  # an async generator
+
+    monkeypatch.setattr(app, "raw_connection", connection)
+    rt = SimpleNamespace(
+        res=SimpleNamespace(engine=None), settings=SimpleNamespace(name="w", lease_s=0.2)
+    )
+    claim = Claim(uuid.uuid4(), uuid.uuid4(), 1, "stencil2d", {}, {}, {}, 600, "local", 1)
+    await asyncio.wait_for(
+        app.WorkerRuntime._write_checkpoint(cast(Any, rt), claim, "saved", 10, None), timeout=5
+    )
+    assert tries >= 2

@@ -4,6 +4,8 @@ where dead outbox and jobs rows made every scan of their partial indexes slower)
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -37,6 +39,17 @@ async def _dead(engine: AsyncEngine, table: str) -> int:
     return int(value)
 
 
+@asynccontextmanager
+async def _held(engine: AsyncEngine, key: int) -> AsyncIterator[None]:
+    """Session advisory lock ``key`` held by another connection for the block."""
+    async with raw_connection(engine) as holder:
+        assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", key)
+        try:
+            yield
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock($1)", key)
+
+
 async def test_dead_rows_are_vacuumed_once_they_pile_up(settings: CommonSettings) -> None:
     async with own_database(settings, f"maint_{uuid.uuid4().hex[:6]}") as (_, sessions):
         engine = sessions.kw["bind"]
@@ -54,12 +67,8 @@ async def test_one_maintainer_at_a_time(settings: CommonSettings) -> None:
     async with own_database(settings, f"maint_{uuid.uuid4().hex[:6]}") as (_, sessions):
         engine = sessions.kw["bind"]
         await _churn(engine, 2000)
-        async with raw_connection(engine) as holder:
-            assert await holder.fetchval("SELECT pg_try_advisory_lock($1)", LOCK_KEY)
-            try:
-                assert (await maintain(engine, min_dead_rows=1000, force=True)).vacuumed == []
-            finally:
-                await holder.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+        async with _held(engine, LOCK_KEY):
+            assert (await maintain(engine, min_dead_rows=1000, force=True)).vacuumed == []
         assert "outbox" in (await maintain(engine, min_dead_rows=1000, force=True)).vacuumed
 
 
@@ -70,11 +79,7 @@ async def test_the_leader_vacuums_while_it_holds_the_leader_lock(settings: Commo
     async with own_database(settings, f"maint_{uuid.uuid4().hex[:6]}") as (_, sessions):
         engine = sessions.kw["bind"]
         await _churn(engine, 2000)
-        async with raw_connection(engine) as lock:
-            assert await lock.fetchval("SELECT pg_try_advisory_lock($1)", LEADER_LOCK)
-            try:
-                done = await maintain(engine, min_dead_rows=1000, force=True)
-            finally:
-                await lock.execute("SELECT pg_advisory_unlock($1)", LEADER_LOCK)
+        async with _held(engine, LEADER_LOCK):
+            done = await maintain(engine, min_dead_rows=1000, force=True)
         assert "outbox" in done.vacuumed
         assert await _dead(engine, "outbox") == 0

@@ -210,6 +210,15 @@ def query(client: httpx.Client, expr: str) -> list[dict[str, Any]]:
     return result
 
 
+def query_until(client: httpx.Client, expr: str, within_s: float = 30.0) -> list[dict[str, Any]]:
+    """``expr``'s samples once it has some: a scrape that fails (a busy host, a 1 s scrape
+    timeout) marks its target's series stale, and an instant query then answers none."""
+    deadline = time.monotonic() + within_s
+    while not (found := query(client, expr)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
+
+
 def test_the_scheduler_monitor_gauges_reach_prometheus(
     prometheus: str, console_cluster: LocalCluster
 ) -> None:
@@ -236,12 +245,12 @@ def test_the_scheduler_monitor_gauges_reach_prometheus(
                     time.sleep(1)
                 assert use.get("max_queued_jobs") == 1.0, use
                 assert use["max_running_jobs"] == 0.0
-                dead = query(client, 'stratus_dead_letters{job="stratus-scheduler"}')
+                dead = query_until(client, 'stratus_dead_letters{job="stratus-scheduler"}')
                 assert {s["metric"]["queue"] for s in dead}, "no dead-letter gauge"
                 assert all(float(s["value"][1]) == 0 for s in dead)
                 lag_count = 'stratus_events_delivery_lag_seconds_count{job="stratus-gateway"}'
-                assert query(client, lag_count), "the gateway serves no event stream lag"
-                oldest = query(client, "stratus_pool_oldest_queued_seconds")
+                assert query_until(client, lag_count), "the gateway serves no event stream lag"
+                oldest = query_until(client, "stratus_pool_oldest_queued_seconds")
                 assert {s["metric"]["pool"] for s in oldest} >= {"cpu", "cuda"}
         finally:
             for job_id in ids:

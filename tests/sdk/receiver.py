@@ -30,12 +30,13 @@ class Hooks:
             time.sleep(0.1)
         return [(orjson.loads(b), h.get("Stratus-Signature", "")) for h, b in self.received]
 
-    def states_until(self, state: str, within_s: float = 60.0) -> list[str]:
-        """The states delivered, once one of them is ``state``."""
+    def states_until(self, *wanted: str, within_s: float = 60.0) -> list[str]:
+        """The states delivered, once every one of ``wanted`` is among them. Deliveries are
+        sent concurrently and at least once, so the order they arrive in means nothing."""
         deadline = time.monotonic() + within_s
         while True:
             states = [orjson.loads(b)["state"] for _, b in self.received]
-            if state in states:
+            if set(wanted) <= set(states):
                 return states
             assert time.monotonic() < deadline, states
             time.sleep(0.1)

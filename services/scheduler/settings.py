@@ -120,7 +120,8 @@ class SchedulerSettings(CommonSettings):
     reaper_interval_s: float = 2.0
     # ``STRATUS_DB_VACUUM``: for a PostgreSQL server that runs with ``autovacuum = off``,
     # the scheduler vacuums and analyzes the tables a steady load churns, every
-    # ``db_vacuum_interval_s``, each once its dead rows reach ``db_vacuum_min_dead_rows``
+    # ``db_vacuum_interval_s``: VACUUM once a table's dead rows reach ``db_vacuum_min_dead_rows``
+    # and 20 % of its live rows, ANALYZE once its changes reach as many and half of them
     # (``shared.db.maintenance``). Off by default: a server with autovacuum on (PostgreSQL's
     # default) does this itself, and the loop does nothing there even when on.
     db_vacuum: bool = False

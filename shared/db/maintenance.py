@@ -8,11 +8,17 @@ vacuum removes them, and every scan of those indexes walks over them, so without
 PostgreSQL's CPU per job grows with every job run; without ANALYZE the planner also keeps the
 statistics of empty tables.
 
-Where the server's ``autovacuum`` is ``off``, ``maintain`` vacuums (with ANALYZE) each table of
-the schema whose dead rows reach ``min_dead_rows`` and a fraction of its live rows, and
-analyzes the tables that changed as much since their last ANALYZE. With autovacuum on it does
-nothing: that is autovacuum's job. One scheduler at a time (an advisory lock); VACUUM runs
-outside any transaction, without the statement timeout, on a plain asyncpg connection.
+Where the server's ``autovacuum`` is ``off``, ``maintain`` does what autovacuum would, on the
+same two counters: it vacuums each table of the schema whose dead rows reach
+``min_dead_rows`` and ``vacuum_fraction`` of its live rows, and analyzes each table whose rows
+changed since its last ANALYZE by ``min_dead_rows`` and ``analyze_fraction`` of its live rows.
+The two are apart because their costs are: a VACUUM of ``jobs`` reads every index of the
+table and is what keeps the hot partial indexes short, while an ANALYZE only refreshes
+statistics whose shape (a few states, a growing history) changes slowly, so it runs at a
+wider fraction. Both fractions make the work per job level off as a table grows instead of
+growing with it. With autovacuum on it does nothing: that is autovacuum's job. One scheduler
+at a time (an advisory lock); VACUUM runs outside any transaction, without the statement
+timeout, on a plain asyncpg connection.
 """
 
 from __future__ import annotations
@@ -28,6 +34,9 @@ from shared.logging import get_logger
 log = get_logger(__name__)
 
 LOCK_KEY = advisory.MAINTENANCE  # one maintainer per database
+
+VACUUM_FRACTION = 0.2  # autovacuum_vacuum_scale_factor's default
+ANALYZE_FRACTION = 0.5
 
 _TABLES = """
 SELECT quote_ident(relname), n_live_tup, n_dead_tup, n_mod_since_analyze
@@ -46,7 +55,12 @@ def _due(changed: int, live: int, *, min_rows: int, fraction: float) -> bool:
 
 
 async def maintain(
-    engine: AsyncEngine, *, min_dead_rows: int = 1000, fraction: float = 0.1, force: bool = False
+    engine: AsyncEngine,
+    *,
+    min_dead_rows: int = 1000,
+    vacuum_fraction: float = VACUUM_FRACTION,
+    analyze_fraction: float = ANALYZE_FRACTION,
+    force: bool = False,
 ) -> Done:
     """Vacuum/analyze what is due (see the module docstring); ``force`` also where the
     server's autovacuum is on (tests)."""
@@ -58,19 +72,20 @@ async def maintain(
         try:
             rows = await conn.fetch(_TABLES)
             vacuum = [
-                r[0] for r in rows if _due(r[2], r[1], min_rows=min_dead_rows, fraction=fraction)
+                name
+                for name, live, dead, _ in rows
+                if _due(dead, live, min_rows=min_dead_rows, fraction=vacuum_fraction)
             ]
             analyze = [
-                r[0]
-                for r in rows
-                if r[0] not in vacuum
-                and _due(r[3], r[1], min_rows=min_dead_rows, fraction=fraction)
+                name
+                for name, live, _, changed in rows
+                if _due(changed, live, min_rows=min_dead_rows, fraction=analyze_fraction)
             ]
             if vacuum or analyze:
                 await conn.execute("SET statement_timeout = 0")
-                try:
-                    for table in vacuum:  # names from the catalog, quoted by quote_ident
-                        await conn.execute(f"VACUUM (ANALYZE) {table}")
+                try:  # names from the catalog, quoted by quote_ident
+                    for table in vacuum:
+                        await conn.execute(f"VACUUM {table}")
                     for table in analyze:
                         await conn.execute(f"ANALYZE {table}")
                 finally:

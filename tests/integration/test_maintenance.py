@@ -30,13 +30,18 @@ async def _churn(engine: AsyncEngine, rows: int) -> None:
         await conn.execute("SELECT 1")
 
 
-async def _dead(engine: AsyncEngine, table: str) -> int:
+async def _stat(engine: AsyncEngine, table: str, column: str) -> int:
     async with raw_connection(engine) as conn:
         await conn.execute("SELECT pg_stat_clear_snapshot()")
         value = await conn.fetchval(
-            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = $1", table
+            f"SELECT {column} FROM pg_stat_user_tables WHERE relname = $1",  # noqa: S608
+            table,
         )
     return int(value)
+
+
+async def _dead(engine: AsyncEngine, table: str) -> int:
+    return await _stat(engine, table, "n_dead_tup")
 
 
 @asynccontextmanager
@@ -83,3 +88,54 @@ async def test_the_leader_vacuums_while_it_holds_the_leader_lock(settings: Commo
             done = await maintain(engine, min_dead_rows=1000, force=True)
         assert "outbox" in done.vacuumed
         assert await _dead(engine, "outbox") == 0
+
+
+async def test_a_vacuum_leaves_the_statistics_until_the_table_changed_by_half(
+    settings: CommonSettings,
+) -> None:
+    """VACUUM and ANALYZE come due apart: 10,000 rows inserted are analyzed (not vacuumed:
+    nothing is dead); 2,500 of them deleted reach the vacuum's 20 % but not the analyze's
+    50 %, so that pass vacuums without analyzing (an ANALYZE of ``jobs`` cost more than its
+    vacuum); 3,000 more deleted reach the analyze's."""
+    async with own_database(settings, f"maint_{uuid.uuid4().hex[:6]}") as (_, sessions):
+        engine = sessions.kw["bind"]
+
+        async def run(sql: str) -> None:
+            async with raw_connection(engine) as conn:
+                await conn.execute(sql)
+                await conn.execute("SELECT pg_stat_force_next_flush()")
+            async with raw_connection(engine) as conn:
+                await conn.execute("SELECT 1")
+
+        await run(
+            "INSERT INTO outbox (message_id, routing_key, body) "
+            "SELECT gen_random_uuid(), 'x', '\\x00' FROM generate_series(1, 10000)"
+        )
+        done = await maintain(engine, min_dead_rows=1000, force=True)
+        assert ("outbox" in done.analyzed, "outbox" in done.vacuumed) == (True, False)
+        analyzed = await _stat(engine, "outbox", "analyze_count")
+        await run("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 2500)")
+        done = await maintain(engine, min_dead_rows=1000, force=True)
+        assert ("outbox" in done.analyzed, "outbox" in done.vacuumed) == (False, True)
+        assert await _dead(engine, "outbox") == 0
+        assert await _stat(engine, "outbox", "analyze_count") == analyzed
+        await run("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 3000)")
+        done = await maintain(engine, min_dead_rows=1000, force=True)
+        assert "outbox" in done.analyzed
+        assert await _stat(engine, "outbox", "analyze_count") == analyzed + 1
+
+
+async def test_the_payload_columns_of_jobs_gather_no_statistics(settings: CommonSettings) -> None:
+    """What no query filters on (parameters, results, receipts) is left out of ANALYZE, and
+    the columns the queries do filter on keep the server's default."""
+    async with own_database(settings, f"maint_{uuid.uuid4().hex[:6]}") as (_, sessions):
+        async with raw_connection(sessions.kw["bind"]) as conn:
+            rows = await conn.fetch(
+                "SELECT attname, attstattarget FROM pg_attribute "
+                "WHERE attrelid = 'jobs'::regclass AND attnum > 0 AND NOT attisdropped"
+            )
+        targets = {r["attname"]: r["attstattarget"] for r in rows}
+        for column in ("params", "result", "receipt", "error"):
+            assert targets[column] == 0, column
+        for column in ("state", "tenant_id", "labels", "created_at", "deps_left"):
+            assert targets[column] in (-1, None), column

@@ -31,7 +31,8 @@ median time. These times are wall-clock: on a host the run saturates they includ
 backend waited for a core, so read the plans' row counts and buffers before their times.
 
 The cluster's scheduler vacuums as ``make up``'s and ``bench/pipeline.py``'s do
-(``STRATUS_DB_VACUUM``: only where the server's autovacuum is off).
+(``STRATUS_DB_VACUUM``: only where the server's autovacuum is off; ``--pg-option
+autovacuum=off`` gives the private PostgreSQL that setting, ``--pg-option`` any other).
 """
 
 from __future__ import annotations
@@ -392,8 +393,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="MS",
         help="private servers with auto_explain: keep the plans of statements of MS ms or more",
     )
+    parser.add_argument(
+        "--pg-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="private servers, their PostgreSQL started with -c NAME=VALUE (repeatable), "
+        "e.g. autovacuum=off as on a server the scheduler vacuums",
+    )
     opts = parser.parse_args(argv)
-    opts.private = opts.private or opts.statements or opts.plans is not None
+    opts.private = opts.private or opts.statements or opts.plans is not None or bool(opts.pg_option)
     servers = PrivateServers.create(pg_options=pg_options(opts)) if opts.private else None
     try:
         if servers is not None:
@@ -408,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def pg_options(opts: argparse.Namespace) -> str:
-    """The private PostgreSQL's ``-c`` options for ``--statements`` and ``--plans``."""
-    libraries, options = [], []
+    """The private PostgreSQL's ``-c`` options: ``--pg-option``, ``--statements``, ``--plans``."""
+    libraries: list[str] = []
+    options: list[str] = list(opts.pg_option)
     if opts.statements:
         libraries.append("pg_stat_statements")
     if opts.plans is not None:

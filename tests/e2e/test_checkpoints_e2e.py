@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from services.worker.checkpoint import FILE
+from shared.storage.checkpoints import folder_for
 from tests.e2e.conftest import new_tenant_key, own_cluster, wait_for_state
 from tests.tiers import disk_tiers
 from tools.cluster import LocalCluster
@@ -32,10 +34,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 @pytest.fixture(scope="module")
+def tiers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return Path(tmp_path_factory.mktemp("ckpt-tiers"))
+
+
+@pytest.fixture(scope="module")
 def cluster(
-    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, tiers: Path
 ) -> Iterator[LocalCluster]:
-    tiers = Path(tmp_path_factory.mktemp("ckpt-tiers"))
     env = disk_tiers(tiers)
     with own_cluster(
         "ckpt",
@@ -84,9 +90,21 @@ def _worker_process(cluster: LocalCluster, worker: str) -> int:
     return pid
 
 
+async def _removed(folder: Path, within_s: float = 30.0) -> None:
+    """``folder`` gone within ``within_s`` (the worker removes it just after the record)."""
+    deadline = time.monotonic() + within_s
+    while folder.exists():
+        assert time.monotonic() < deadline, sorted(p.name for p in folder.iterdir())
+        await asyncio.sleep(0.2)
+
+
 @pytest.mark.parametrize("how", ["kill", "drain"])
 async def test_a_job_resumes_from_its_checkpoint_exactly(
-    api: httpx.AsyncClient, cluster: LocalCluster, uninterrupted: dict[str, Any], how: str
+    api: httpx.AsyncClient,
+    cluster: LocalCluster,
+    uninterrupted: dict[str, Any],
+    how: str,
+    tiers: Path,
 ) -> None:
     h = await new_tenant_key(api, f"ckpt-{how}")
     r = await api.post("/v1/jobs", json=JOB, headers=h)
@@ -94,6 +112,8 @@ async def test_a_job_resumes_from_its_checkpoint_exactly(
     job_id = r.json()["id"]
     assert r.json()["checkpoint_interval_s"] == 1
     await _checkpointed(api, job_id, h)
+    folder = folder_for(tiers / "local", job_id)  # the scratch tier's
+    assert (folder / FILE).exists()
     running = (await api.get(f"/v1/jobs/{job_id}", headers=h)).json()
     assert running["state"] == "RUNNING", running
     pid = _worker_process(cluster, running["worker"])
@@ -105,6 +125,7 @@ async def test_a_job_resumes_from_its_checkpoint_exactly(
     assert done["resumed_from"] > 0
     assert done["checkpoints"] >= 1
     assert done["attempts"] == 2
+    await _removed(folder)  # final: nobody resumes it
     log = (await api.get(f"/v1/jobs/{job_id}/log", headers=h)).text
     assert f"resumed from the checkpoint at {done['resumed_from']}" in log
     events = (await api.get(f"/v1/jobs/{job_id}/events", headers=h)).json()["items"]

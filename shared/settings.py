@@ -6,6 +6,7 @@ Each service composes the blocks it needs into its own settings class and builds
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
@@ -222,8 +223,14 @@ class JobLimits(BaseModel):
     def job_memory_bytes(self, slots: int | None = None) -> int:
         if self.job_memory_mb:
             return self.job_memory_mb * 2**20
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        total = _host_memory_bytes()
         return int(total * self.memory_fraction) // max(1, slots or os.cpu_count() or 1)
+
+
+@functools.cache
+def _host_memory_bytes() -> int:
+    """The host's memory, read once (the gateway checks each submission against it)."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 class WebhookSettings(BaseModel):

@@ -10,8 +10,8 @@ statistics of empty tables.
 
 Where the server's ``autovacuum`` is ``off``, ``maintain`` does what autovacuum would, on the
 same two counters: it vacuums each table of the schema whose dead rows reach
-``min_dead_rows`` and ``vacuum_fraction`` of its live rows, and analyzes each table whose rows
-changed since its last ANALYZE by ``min_dead_rows`` and ``analyze_fraction`` of its live rows.
+``min_dead_rows`` and ``VACUUM_FRACTION`` of its live rows, and analyzes each table whose rows
+changed since its last ANALYZE by ``min_dead_rows`` and ``ANALYZE_FRACTION`` of its live rows.
 The two are apart because their costs are: a VACUUM of ``jobs`` reads every index of the
 table and is what keeps the hot partial indexes short, while an ANALYZE only refreshes
 statistics whose shape (a few states, a growing history) changes slowly, so it runs at a
@@ -54,14 +54,7 @@ def _due(changed: int, live: int, *, min_rows: int, fraction: float) -> bool:
     return changed >= max(min_rows, fraction * live)
 
 
-async def maintain(
-    engine: AsyncEngine,
-    *,
-    min_dead_rows: int = 1000,
-    vacuum_fraction: float = VACUUM_FRACTION,
-    analyze_fraction: float = ANALYZE_FRACTION,
-    force: bool = False,
-) -> Done:
+async def maintain(engine: AsyncEngine, *, min_dead_rows: int = 1000, force: bool = False) -> Done:
     """Vacuum/analyze what is due (see the module docstring); ``force`` also where the
     server's autovacuum is on (tests)."""
     async with raw_connection(engine) as conn:
@@ -74,12 +67,12 @@ async def maintain(
             vacuum = [
                 name
                 for name, live, dead, _ in rows
-                if _due(dead, live, min_rows=min_dead_rows, fraction=vacuum_fraction)
+                if _due(dead, live, min_rows=min_dead_rows, fraction=VACUUM_FRACTION)
             ]
             analyze = [
                 name
                 for name, live, _, changed in rows
-                if _due(changed, live, min_rows=min_dead_rows, fraction=analyze_fraction)
+                if _due(changed, live, min_rows=min_dead_rows, fraction=ANALYZE_FRACTION)
             ]
             if vacuum or analyze:
                 await conn.execute("SET statement_timeout = 0")

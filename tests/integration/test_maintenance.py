@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -15,19 +16,25 @@ from shared.db.raw import raw_connection
 from shared.settings import CommonSettings
 from tests.factories import own_database
 
+_INSERT = (
+    "INSERT INTO outbox (message_id, routing_key, body) "
+    "SELECT gen_random_uuid(), 'x', '\\x00' FROM generate_series(1, $1)"
+)
 
-async def _churn(engine: AsyncEngine, rows: int) -> None:
-    """Insert and delete ``rows`` outbox rows, as the relay does, and publish the counters."""
+
+async def _run(engine: AsyncEngine, *statements: tuple[Any, ...]) -> None:
+    """Run ``statements`` (SQL, then its arguments) and publish the table counters."""
     async with raw_connection(engine) as conn:
-        await conn.execute(
-            "INSERT INTO outbox (message_id, routing_key, body) "
-            "SELECT gen_random_uuid(), 'x', '\\x00' FROM generate_series(1, $1)",
-            rows,
-        )
-        await conn.execute("DELETE FROM outbox")
+        for sql, *args in statements:
+            await conn.execute(sql, *args)
         await conn.execute("SELECT pg_stat_force_next_flush()")
     async with raw_connection(engine) as conn:  # the flush happens at the end of a statement
         await conn.execute("SELECT 1")
+
+
+async def _churn(engine: AsyncEngine, rows: int) -> None:
+    """Insert and delete ``rows`` outbox rows, as the relay does, and publish the counters."""
+    await _run(engine, (_INSERT, rows), ("DELETE FROM outbox",))
 
 
 async def _stat(engine: AsyncEngine, table: str, column: str) -> int:
@@ -99,27 +106,17 @@ async def test_a_vacuum_leaves_the_statistics_until_the_table_changed_by_half(
     vacuum); 3,000 more deleted reach the analyze's."""
     async with own_database(settings, f"maint_{uuid.uuid4().hex[:6]}") as (_, sessions):
         engine = sessions.kw["bind"]
-
-        async def run(sql: str) -> None:
-            async with raw_connection(engine) as conn:
-                await conn.execute(sql)
-                await conn.execute("SELECT pg_stat_force_next_flush()")
-            async with raw_connection(engine) as conn:
-                await conn.execute("SELECT 1")
-
-        await run(
-            "INSERT INTO outbox (message_id, routing_key, body) "
-            "SELECT gen_random_uuid(), 'x', '\\x00' FROM generate_series(1, 10000)"
-        )
+        oldest = "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT $1)"
+        await _run(engine, (_INSERT, 10000))
         done = await maintain(engine, min_dead_rows=1000, force=True)
         assert ("outbox" in done.analyzed, "outbox" in done.vacuumed) == (True, False)
         analyzed = await _stat(engine, "outbox", "analyze_count")
-        await run("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 2500)")
+        await _run(engine, (oldest, 2500))
         done = await maintain(engine, min_dead_rows=1000, force=True)
         assert ("outbox" in done.analyzed, "outbox" in done.vacuumed) == (False, True)
         assert await _dead(engine, "outbox") == 0
         assert await _stat(engine, "outbox", "analyze_count") == analyzed
-        await run("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT 3000)")
+        await _run(engine, (oldest, 3000))
         done = await maintain(engine, min_dead_rows=1000, force=True)
         assert "outbox" in done.analyzed
         assert await _stat(engine, "outbox", "analyze_count") == analyzed + 1

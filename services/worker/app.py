@@ -357,8 +357,9 @@ class WorkerRuntime:
         kind, step = event.get("event"), event.get("step")
         if kind in progress.CHECKPOINT_EVENTS and isinstance(step, int):
             previous = self.checkpoint_writes.get(claim.job_id)
+            saved_by = progress.SavedBy.of(event.get("saved_by"), before=claim.attempt)
             self.checkpoint_writes[claim.job_id] = asyncio.get_running_loop().create_task(
-                self._write_checkpoint(claim, str(kind), step, previous)
+                self._write_checkpoint(claim, str(kind), step, previous, saved_by)
             )
         if kind == "saved":
             mib, took = event["bytes"] / 2**20, event["seconds"]
@@ -370,13 +371,19 @@ class WorkerRuntime:
         self.progress.line(claim.job_id, line)
 
     async def _write_checkpoint(
-        self, claim: Claim, kind: str, step: int, previous: asyncio.Task[None] | None
+        self,
+        claim: Claim,
+        kind: str,
+        step: int,
+        previous: asyncio.Task[None] | None,
+        saved_by: progress.SavedBy | None = None,
     ) -> None:
         """The job's count and event of one checkpoint frame, after the frame before it.
         While the database cannot be reached it tries again, as the record does, for up to
         twice the lease, and the attempt's record waits for it (``_checkpoints_written``): a
         resume left unrecorded would lose the job's history of it (a write cut off after the
-        commit may instead count one frame twice)."""
+        commit may instead count one frame twice). A resume names the attempt that saved the
+        file (``saved_by``): its save is recorded then if a kill cut off its own record."""
         if previous is not None:
             await asyncio.gather(previous, return_exceptions=True)
         delay = 0.1
@@ -391,6 +398,7 @@ class WorkerRuntime:
                         event=kind,
                         step=step,
                         worker=self.settings.name,
+                        saved_by=saved_by,
                     )
                 return
             except Exception as exc:  # a count and an event: the run goes on without them
@@ -424,6 +432,8 @@ class WorkerRuntime:
                 "folder": str(self._checkpoints(claim)),
                 "interval_s": claim.checkpoint_interval_s,
                 "max_bytes": self.settings.checkpoint_max_bytes,
+                "attempt": claim.attempt,
+                "worker": self.settings.name,
             }
             if claim.checkpoint_interval_s > 0
             else None,

@@ -9,7 +9,8 @@ job's one checkpoint file; a later attempt, on any worker that sees the tier, st
 (``resume``) and its result is bit for bit the result of an uninterrupted run.
 
 The file: ``MAGIC``, a 4-byte length and a JSON header (kernel, device, step, the arrays'
-dtypes and shapes, the numbers), the arrays' bytes in C order, then the SHA-256 of all that.
+dtypes and shapes, the numbers, and who saved it: the attempt, the worker and when), the
+arrays' bytes in C order, then the SHA-256 of all that.
 It is written to a temporary file beside the checkpoint, flushed and ``fsync``ed, then renamed
 over it (``os.replace``): a reader sees the previous checkpoint or the new one, never part of
 one. A file that does not end in its own digest (a torn write, a disk error) is not read: the
@@ -69,9 +70,19 @@ class State:
     numbers: dict[str, Any] = field(default_factory=dict)
 
 
-def write(path: Path, state: State, *, kernel: str, device: str, max_bytes: int) -> int | None:
+def write(
+    path: Path,
+    state: State,
+    *,
+    kernel: str,
+    device: str,
+    max_bytes: int,
+    saved_by: Mapping[str, Any] | None = None,
+) -> int | None:
     """``state`` as the checkpoint file ``path``, replacing the previous one atomically; its
-    size, or None when it would be larger than ``max_bytes`` (nothing written)."""
+    size, or None when it would be larger than ``max_bytes`` (nothing written). ``saved_by``
+    (the attempt and the worker) goes into the header with the time of the save: a later
+    attempt that resumes from the file can record a save whose own record a kill cut off."""
     arrays = {k: np.ascontiguousarray(v) for k, v in state.arrays.items()}
     header = json.dumps(
         {
@@ -80,6 +91,7 @@ def write(path: Path, state: State, *, kernel: str, device: str, max_bytes: int)
             "step": int(state.step),
             "numbers": state.numbers,
             "arrays": [[k, v.dtype.str, list(v.shape)] for k, v in arrays.items()],
+            "saved_by": {**saved_by, "at": time.time()} if saved_by else None,
         }
     ).encode()
     size = len(MAGIC) + LENGTH.size + len(header) + sum(a.nbytes for a in arrays.values())
@@ -161,6 +173,7 @@ class Checkpointer:
         portable: bool = True,
         max_bytes: int = DEFAULT_MAX_BYTES,
         on_event: Event | None = None,
+        saved_by: Mapping[str, Any] | None = None,
     ) -> None:
         self.folder = folder
         self.interval_s = interval_s
@@ -169,6 +182,7 @@ class Checkpointer:
         self.portable = portable  # a checkpoint of another device may be resumed
         self.max_bytes = max_bytes
         self.on_event = on_event
+        self.saved_by = saved_by  # the attempt and the worker, written into each file
         self.saved = 0
         self.resumed_from: int | None = None
         self.last = time.monotonic()
@@ -198,7 +212,11 @@ class Checkpointer:
             return None  # this kernel's arithmetic differs between devices
         self.resumed_from = state.step
         self.last = time.monotonic()
-        self._event({"event": "resumed", "step": state.step})
+        saved_by = header.get("saved_by")
+        self._event(
+            {"event": "resumed", "step": state.step}
+            | ({"saved_by": saved_by} if isinstance(saved_by, dict) else {})
+        )
         return state
 
     def blocks(self, total: int, done: int = 0, *, first: int = 1) -> Iterator[int]:
@@ -233,7 +251,12 @@ class Checkpointer:
             return
         t0 = time.perf_counter()
         size = write(
-            self.path, state(), kernel=self.kernel, device=self.device, max_bytes=self.max_bytes
+            self.path,
+            state(),
+            kernel=self.kernel,
+            device=self.device,
+            max_bytes=self.max_bytes,
+            saved_by=self.saved_by,
         )
         self.last = time.monotonic()
         if size is None:
@@ -265,14 +288,16 @@ def session(
     spec: Mapping[str, Any] | None, on_event: Event | None = None
 ) -> Iterator[Checkpointer]:
     """The job's checkpoints inside the block: ``spec`` is the request's ``checkpoint``
-    (``{"folder", "interval_s", "max_bytes"}``), None for none."""
+    (``{"folder", "interval_s", "max_bytes", "attempt", "worker"}``), None for none."""
     global _current, _release_requested
     if spec:
+        saved_by = {k: spec[k] for k in ("attempt", "worker") if spec.get(k) is not None}
         ck = Checkpointer(
             Path(spec["folder"]),
             float(spec.get("interval_s", 0)),
             max_bytes=int(spec.get("max_bytes") or DEFAULT_MAX_BYTES),
             on_event=on_event,
+            saved_by=saved_by or None,
         )
     else:
         ck = Checkpointer(None, 0)

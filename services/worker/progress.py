@@ -237,21 +237,63 @@ async def write(fetch: Callable[..., Any], batch: Batch, *, worker: str) -> None
 # feed's job.checkpoint: ``reason`` says which, ``step``, ``checkpoints`` the count after it).
 # Only while the attempt is the job's and RUNNING. $1 job, $2 attempt, $3 'saved' or
 # 'resumed', $4 the step, $5 the worker.
+# A resume also names who saved the file ($6 attempt, $7 worker, $8 epoch seconds; NULL when
+# the file does not say): if no save at that step was recorded (a kill between the file's
+# rename and its record, or a record given up after twice the lease), that save is recorded
+# first, as its own attempt's, at its own time. A step identifies a save: each one comes
+# after a block, past the step its attempt resumed from.
 CHECKPOINT = """
-    WITH job AS (
+    WITH lost AS (
+        SELECT $6::int AS attempt, $7::text AS worker,
+               coalesce(to_timestamp($8::float8), now()) AS at
+        WHERE $3::text = 'resumed' AND $6::int < $2 AND NOT EXISTS (
+            SELECT 1 FROM job_events
+            WHERE job_id = $1 AND kind = 'checkpoint' AND reason = 'saved'
+              AND step = $4::bigint
+        )
+    ), job AS (
         UPDATE jobs
-        SET checkpoints = checkpoints + (CASE WHEN $3::text = 'saved' THEN 1 ELSE 0 END),
+        SET checkpoints = checkpoints + (CASE WHEN $3::text = 'saved' THEN 1 ELSE 0 END)
+                + (SELECT count(*) FROM lost)::int,
             resumed_from = CASE WHEN $3::text = 'resumed' THEN $4::bigint ELSE resumed_from END
         WHERE id = $1 AND attempts = $2 AND state = 'RUNNING'
         RETURNING id, tenant_id, attempts, checkpoints
     )
     INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, kind, reason,
                             worker, step, checkpoints, at)
+    SELECT id, tenant_id, lost.attempt, 'RUNNING', 'RUNNING', 'checkpoint', 'saved',
+           lost.worker, $4::bigint, checkpoints, lost.at
+    FROM job, lost
+    UNION ALL
     SELECT id, tenant_id, attempts, 'RUNNING', 'RUNNING', 'checkpoint', $3::text, $5, $4::bigint,
            checkpoints, now()
     FROM job
 """
 CHECKPOINT_EVENTS = frozenset({"saved", "resumed"})
+
+
+@dataclass(frozen=True)
+class SavedBy:
+    """Who saved the checkpoint file an attempt resumed from, as the file's header says."""
+
+    attempt: int
+    worker: str | None = None
+    at: float | None = None  # epoch seconds
+
+    @classmethod
+    def of(cls, header: object, *, before: int) -> SavedBy | None:
+        """From a resume frame's ``saved_by`` (a mapping, or None from an older file); None
+        unless it names an attempt before ``before``, the resuming one."""
+        if not isinstance(header, dict):
+            return None
+        attempt, worker, at = header.get("attempt"), header.get("worker"), header.get("at")
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or not 0 < attempt < before:
+            return None
+        return cls(
+            attempt,
+            worker if isinstance(worker, str) else None,
+            float(at) if isinstance(at, int | float) and not isinstance(at, bool) else None,
+        )
 
 
 async def write_checkpoint(
@@ -262,7 +304,20 @@ async def write_checkpoint(
     event: str,
     step: int,
     worker: str,
+    saved_by: SavedBy | None = None,
 ) -> None:
     """A checkpoint ``event`` (``saved``, ``resumed``) of ``attempt`` at ``step``, in one
-    statement (``execute``: a plain asyncpg connection's)."""
-    await execute(CHECKPOINT, job_id, attempt, event, int(step), worker)
+    statement (``execute``: a plain asyncpg connection's); a resume from a file ``saved_by``
+    an earlier attempt records that save too if nothing did."""
+    by = saved_by if event == "resumed" else None
+    await execute(
+        CHECKPOINT,
+        job_id,
+        attempt,
+        event,
+        int(step),
+        worker,
+        None if by is None else by.attempt,
+        None if by is None else by.worker,
+        None if by is None else by.at,
+    )

@@ -100,7 +100,8 @@ class Request:
     inputs: dict[str, str] = field(default_factory=dict)  # name -> local path
     outputs: dict[str, str] = field(default_factory=dict)
     result_path: str | None = None  # where a result too large to come back inline goes
-    # ``{"folder", "interval_s", "max_bytes"}``: where and how often it checkpoints
+    # ``{"folder", "interval_s", "max_bytes", "attempt", "worker"}``: where and how often it
+    # checkpoints, and who saves (written into each file)
     checkpoint: dict[str, Any] | None = None
 
 

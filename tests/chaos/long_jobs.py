@@ -165,8 +165,8 @@ async def check(conn: AsyncConnection, ids: list[str], kills: list[Kill]) -> Lon
             if reason != "resumed":
                 continue
             f.resumes += 1
-            # never from before the last save recorded (a kill between a checkpoint's write
-            # and its event leaves a later one unrecorded: resuming from that one is right)
+            # never from before the last save recorded, nor from one never recorded (a kill
+            # between a checkpoint's rename and its record leaves it to the resume to record)
             before = [s for a, s, _ in saves if a < attempt]
             if not before or int(step) < before[-1]:
                 f.problems_found.append(

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -107,6 +108,32 @@ def test_a_flipped_byte_is_never_read(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     assert checkpoint.read(path, kernel="k") is None
+
+
+def test_a_resume_names_the_attempt_that_saved_the_file(tmp_path: Path) -> None:
+    """The file says who saved it (attempt, worker, when); the next attempt's resume frame
+    carries that, and only an attempt before the resuming one counts."""
+    from services.worker import progress
+
+    spec = {"folder": str(tmp_path), "interval_s": 1e-9, "attempt": 1, "worker": "w-a"}
+    t0 = time.time()
+    with checkpoint.session(spec) as ck:
+        ck.for_kernel("k", "cpu").after_block(12, 100, _state)
+    events: list[dict[str, Any]] = []
+    with checkpoint.session({**spec, "attempt": 2}, events.append) as ck:
+        state = ck.for_kernel("k", "cpu").resume()
+    assert state is not None
+    assert state.step == 12
+    [event] = events
+    assert event["event"] == "resumed"
+    by = progress.SavedBy.of(event["saved_by"], before=2)
+    assert by is not None
+    assert (by.attempt, by.worker) == (1, "w-a")
+    assert by.at is not None
+    assert t0 <= by.at <= time.time()
+    assert progress.SavedBy.of(event["saved_by"], before=1) is None  # not an earlier one's
+    assert progress.SavedBy.of(None, before=2) is None  # a file without the field
+    assert progress.SavedBy.of({"attempt": True}, before=2) is None
 
 
 def test_a_checkpoint_over_the_bound_is_not_written(tmp_path: Path) -> None:
@@ -422,6 +449,84 @@ async def test_a_killed_attempts_checkpoints_are_counted_and_are_events(
     assert [e for e in events if e[0] == 2] == [(2, e, s) for _, e, s in [(2, kind, step), *rest]]
 
 
+async def test_a_resume_records_the_save_a_kill_left_unrecorded(engine: Any, sessions: Any) -> None:
+    """A save whose record was cut off (a kill between the file's rename and its record) is
+    recorded when the next attempt resumes from it: its own attempt, worker and time, counted
+    once; a save already recorded, or one the file cannot name, adds nothing."""
+    from sqlalchemy import select
+
+    from services.worker import progress
+    from shared.db.models import Job, JobEvent, Tenant
+    from shared.db.raw import raw_connection
+    from tests.factories import new_job
+
+    tenant_id = uuid.uuid4()
+    async with sessions() as s, s.begin():
+        s.add(
+            Tenant(id=tenant_id, name=f"r{tenant_id.hex[:8]}", weight=1, quotas={}, suspended=False)
+        )
+        await s.flush()
+        job = new_job(tenant_id, kernel="stencil2d", state="RUNNING", attempts=1)
+        s.add(job)
+    job_id = job.id
+
+    async def attempt(n: int) -> None:
+        async with sessions() as s, s.begin():
+            row = await s.get(Job, job_id)
+            assert row is not None
+            row.attempts = n
+
+    async def write(n: int, event: str, step: int, by: progress.SavedBy | None = None) -> None:
+        async with raw_connection(engine) as conn:
+            await progress.write_checkpoint(
+                conn.execute, job_id, n, event=event, step=step, worker=f"w{n}", saved_by=by
+            )
+
+    async def recorded() -> tuple[int, list[tuple[Any, ...]]]:
+        async with sessions() as s:
+            row = await s.get(Job, job_id, populate_existing=True)
+            assert row is not None
+            events = await s.execute(
+                select(
+                    JobEvent.attempt,
+                    JobEvent.reason,
+                    JobEvent.step,
+                    JobEvent.worker,
+                    JobEvent.checkpoints,
+                    JobEvent.at,
+                )
+                .where(JobEvent.job_id == job_id, JobEvent.kind == "checkpoint")
+                .order_by(JobEvent.id)
+            )
+            return row.checkpoints, [tuple(e) for e in events]
+
+    saved_at = time.time() - 30
+    await write(1, "saved", 10)
+    # attempt 1 saved step 30 too, and was killed before its record
+    await attempt(2)
+    await write(2, "resumed", 30, progress.SavedBy(1, "w1", saved_at))
+    count, events = await recorded()
+    assert count == 2
+    assert [e[:5] for e in events] == [
+        (1, "saved", 10, "w1", 1),
+        (1, "saved", 30, "w1", 2),  # the lost save, before the resume that found it
+        (2, "resumed", 30, "w2", 2),
+    ]
+    assert abs(events[1][5].timestamp() - saved_at) < 0.01  # at its own time
+    # attempt 2 is killed before it saves: attempt 3 resumes from the same, recorded, save
+    await attempt(3)
+    await write(3, "resumed", 30, progress.SavedBy(1, "w1", saved_at))
+    # attempt 3 resumes from a file that does not say who saved it: nothing to add
+    await attempt(4)
+    await write(4, "resumed", 50)
+    count, events = await recorded()
+    assert count == 2
+    assert [e[:3] for e in events[3:]] == [(3, "resumed", 30), (4, "resumed", 50)]
+    # a stale attempt's resume writes nothing, lost save or not
+    await write(3, "resumed", 70, progress.SavedBy(2, "w2", saved_at))
+    assert await recorded() == (count, events)
+
+
 async def test_a_checkpoint_event_waits_out_a_database_outage(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -446,7 +551,14 @@ async def test_a_checkpoint_event_waits_out_a_database_outage(
         yield SimpleNamespace(execute=None)
 
     async def write(
-        _execute: object, job_id: uuid.UUID, attempt: int, *, event: str, step: int, worker: str
+        _execute: object,
+        job_id: uuid.UUID,
+        attempt: int,
+        *,
+        event: str,
+        step: int,
+        worker: str,
+        saved_by: object = None,
     ) -> None:
         written.append((job_id, attempt, event, step))
 

@@ -33,6 +33,9 @@ backend waited for a core, so read the plans' row counts and buffers before thei
 The cluster's scheduler vacuums as ``make up``'s and ``bench/pipeline.py``'s do
 (``STRATUS_DB_VACUUM``: only where the server's autovacuum is off; ``--pg-option
 autovacuum=off`` gives the private PostgreSQL that setting, ``--pg-option`` any other).
+``--env STRATUS_NAME=VALUE`` sets a setting of the cluster's services, to compare it in turns
+(``--env STRATUS_DISPATCH_OUTBOX=true``: every dispatch through the outbox, as before the
+scheduler published them itself).
 """
 
 from __future__ import annotations
@@ -401,7 +404,17 @@ def main(argv: list[str] | None = None) -> int:
         help="private servers, their PostgreSQL started with -c NAME=VALUE (repeatable), "
         "e.g. autovacuum=off as on a server the scheduler vacuums",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the cluster's services (repeatable), e.g. "
+        "STRATUS_DISPATCH_OUTBOX=true to compare a setting in turns",
+    )
     opts = parser.parse_args(argv)
+    if bad := [e for e in opts.env if "=" not in e or not e.startswith("STRATUS_")]:
+        parser.error(f"--env takes STRATUS_NAME=VALUE, not {bad[0]!r}")
     opts.private = opts.private or opts.statements or opts.plans is not None or bool(opts.pg_option)
     servers = PrivateServers.create(pg_options=pg_options(opts)) if opts.private else None
     try:
@@ -458,6 +471,7 @@ def run(opts: argparse.Namespace, servers: PrivateServers | None) -> int:
         "STRATUS_KEY_SECRET": secrets.token_urlsafe(32),
         "STRATUS_ENVIRONMENT": "bench",
         "STRATUS_DB_VACUUM": "true",
+        **dict(e.split("=", 1) for e in opts.env),
     }
     drop_database(DB, env=env)
     prepare_database(DB, env=env)

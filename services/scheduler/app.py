@@ -29,6 +29,7 @@ from services.scheduler.preempt import Preemptor, preempt_pass
 from services.scheduler.settings import SchedulerSettings
 from services.scheduler.webhooks import Deliverer
 from shared.db.maintenance import maintain
+from shared.db.outbox import publish_or_stage
 from shared.db.wakeup import WakeListener, listener_connect
 from shared.logging import configure_logging, get_logger
 from shared.loops import periodic, stop_loops
@@ -67,7 +68,9 @@ def make_dispatch_step(
             chunk_target_s=settings.array_chunk_target_s if settings.array_chunks else None,
             chunk_max=settings.array_chunk_max,
         )
-        async with service.open_pass(res.engine, res.sessions) as db:
+        async with service.open_pass(
+            res.engine, res.sessions, stage_dispatches=settings.dispatch_outbox
+        ) as db:
             await service.admit(db, limit=settings.dispatch_batch, tiers=tiers)
             events = await service.dispatch(
                 db,
@@ -78,7 +81,14 @@ def make_dispatch_step(
             )
         if events:
             DISPATCHED.inc(len(events))
-            res.relay.wake()
+            staged = len(events) > len(db.to_publish)  # chunks', or all with dispatch_outbox
+            if db.to_publish:
+                try:
+                    staged |= not await publish_or_stage(res.broker, res.sessions, db.to_publish)
+                except Exception as exc:  # neither broker nor database: re-dispatched later
+                    log.warning("dispatch_not_published", error=type(exc).__name__)
+            if staged:
+                res.relay.wake()
         return events
 
     return step

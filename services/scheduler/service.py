@@ -8,7 +8,8 @@ and cached anew each time. The rare steps that need the shared library's session
 savepoint inside the pass's transaction. The reaper's use cases (``requeue_lost``,
 ``redispatch_unclaimed``, ``forget_workers``, ``explain_waiting``), on a slow interval, take
 ``session`` as a keyword. Nothing here commits; events go to the outbox in the same
-transaction.
+transaction, except a pass's job dispatches when it is opened with ``stage_dispatches``
+off: those it collects (``Pass.to_publish``) for the caller to publish once it commits.
 """
 
 from __future__ import annotations
@@ -58,11 +59,20 @@ class Pass:
     asyncpg nests it), so everything the pass does commits or rolls back together."""
 
     def __init__(
-        self, conn: Any, sa_conn: AsyncConnection, sessions: async_sessionmaker[AsyncSession]
+        self,
+        conn: Any,
+        sa_conn: AsyncConnection,
+        sessions: async_sessionmaker[AsyncSession],
+        *,
+        stage_dispatches: bool = True,
     ) -> None:
         self.conn = conn
         self._sa_conn = sa_conn
         self._sessions = sessions
+        # False: the jobs' dispatch events are not staged in the outbox but collected here,
+        # for the caller to publish after the commit (``app.publish_dispatches``)
+        self.stage_dispatches = stage_dispatches
+        self.to_publish: list[Event] = []
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -72,12 +82,15 @@ class Pass:
 
 @asynccontextmanager
 async def open_pass(
-    engine: AsyncEngine, sessions: async_sessionmaker[AsyncSession]
+    engine: AsyncEngine,
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    stage_dispatches: bool = True,
 ) -> AsyncIterator[Pass]:
     """A connection from ``engine``'s pool in a transaction that commits when the block ends
     (rolls back on an exception); ``sessions`` makes the pass's sessions."""
     async with pooled_connection(engine) as (sa_conn, conn), conn.transaction():
-        yield Pass(conn, sa_conn, sessions)
+        yield Pass(conn, sa_conn, sessions, stage_dispatches=stage_dispatches)
 
 
 # Whether any array has elements left to materialise (``ix_job_arrays_open``): both
@@ -232,8 +245,13 @@ async def dispatch(
         )
         await _say_over_quota(db.conn, plan.over_quota)
         jobs = await _send(
-            db.conn, [c for c in plan.chosen if c.job_id not in waiting.chunks], device
+            db.conn,
+            [c for c in plan.chosen if c.job_id not in waiting.chunks],
+            device,
+            stage=db.stage_dispatches,
         )
+        if not db.stage_dispatches:
+            db.to_publish += jobs
         # a chunk holds a slot for many elements: sent only to slots free now, without the
         # slack, so that what waits stays in fair share instead of in a worker's queue
         chunks = [c for c in plan.chosen if c.job_id in waiting.chunks]
@@ -242,11 +260,24 @@ async def dispatch(
     return events
 
 
-# Mark the chosen jobs dispatched and stage their events in the outbox, in one statement. A
-# job another scheduler locked (SKIP LOCKED) or dispatched meanwhile (the re-checked WHERE)
-# is left out, and so is its event. $1 job ids, $2 device, $3 state_reason, $4 routing key,
-# $5 message ids and $6 bodies of the events, in the order of $1.
+# Mark the chosen jobs dispatched, in one statement. A job another scheduler locked (SKIP
+# LOCKED) or dispatched meanwhile (the re-checked WHERE) is left out, and so is its event.
+# $1 job ids, $2 device, $3 state_reason.
 _SEND = """
+WITH locked AS (
+    SELECT id FROM jobs
+    WHERE id = ANY($1::uuid[]) AND state = 'QUEUED' AND dispatched_at IS NULL
+    FOR UPDATE SKIP LOCKED
+), sent AS (
+    UPDATE jobs SET dispatched_at = now(), assigned_device = $2, state_reason = $3
+    FROM locked WHERE jobs.id = locked.id
+    RETURNING jobs.id
+)
+SELECT id FROM sent
+"""
+# The same, and the sent jobs' events staged in the outbox: $4 routing key, $5 message ids
+# and $6 bodies of the events, in the order of $1.
+_SEND_STAGED = """
 WITH locked AS (
     SELECT id FROM jobs
     WHERE id = ANY($1::uuid[]) AND state = 'QUEUED' AND dispatched_at IS NULL
@@ -265,8 +296,11 @@ SELECT id FROM sent
 """
 
 
-async def _send(conn: Any, chosen: list[Candidate], device: Device) -> list[Event]:
-    """Dispatch the chosen jobs to ``device``'s queue; return the events of those sent."""
+async def _send(
+    conn: Any, chosen: list[Candidate], device: Device, *, stage: bool = True
+) -> list[Event]:
+    """Dispatch the chosen jobs to ``device``'s queue; return the events of those sent,
+    staged in the outbox with ``stage``."""
     if not chosen:
         return []
     events = [
@@ -274,18 +308,20 @@ async def _send(conn: Any, chosen: list[Candidate], device: Device) -> list[Even
         for c in chosen
     ]
     start_ns = time.time_ns()
-    sent = {
-        r[0]
-        for r in await conn.fetch(
-            _SEND,
-            [e.job_id for e in events],
+    ids, reason = [e.job_id for e in events], f"dispatched to the {device} queue"
+    if stage:
+        rows = await conn.fetch(
+            _SEND_STAGED,
+            ids,
             device,
-            f"dispatched to the {device} queue",
+            reason,
             events[0].routing_key,
             [e.event_id for e in events],
             [e.to_bytes() for e in events],
         )
-    }
+    else:
+        rows = await conn.fetch(_SEND, ids, device, reason)
+    sent = {r[0] for r in rows}
     if tracing.enabled():
         done = [(e.job_id, e.event_id) for e in events if e.job_id in sent]
         tracing.dispatched(done, start_ns, device)

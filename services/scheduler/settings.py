@@ -103,6 +103,11 @@ class SchedulerSettings(CommonSettings):
     # a little slack hides the dispatch round trip without letting workers hoard jobs.
     dispatch_slack: float = 4.0
     dispatch_batch: int = 500
+    # A pass publishes its jobs' dispatch messages itself once it commits (the job's row
+    # already says it was dispatched; ``redispatch_after_s`` re-sends one a crash lost), and
+    # stages them in the outbox only when the broker refuses. True: every dispatch goes
+    # through the outbox (an insert, a delete and the relay's transaction more per job).
+    dispatch_outbox: bool = False
     # Array elements get a ``jobs`` row only shortly before they run: each pass materialises
     # up to ``array_window`` live (materialised, not final) elements per array (fewer under
     # the array's ``max_concurrent``) and at most ``array_materialise_max`` in all.

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import insert
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from shared import tracing
 from shared.db.models import Outbox
@@ -113,22 +114,50 @@ class OutboxRelay:
             if not rows:
                 return 0
             traced = tracing.enabled()
-            await self.broker.publish_many(
-                [
-                    Outgoing(
-                        routing_key,
-                        body,
-                        str(message_id),
-                        delay_ms=delay_ms,
-                        # W3C traceparent of a job's dispatch, while tracing is on
-                        headers=tracing.message_headers(routing_key, body) if traced else None,
-                    )
-                    for message_id, routing_key, body, delay_ms in rows
-                ]
-            )
+            await self.broker.publish_many([_outgoing(*row, traced=traced) for row in rows])
         if traced:  # a line per job dispatch published, in its dispatch span
             _log_dispatches(rows)
         return len(rows)
+
+
+async def publish_or_stage(
+    broker: Broker, sessions: async_sessionmaker[AsyncSession], events: Sequence[Event]
+) -> bool:
+    """Publish ``events`` at once, confirmed, or else stage them in the outbox for the relay.
+
+    For events that announce a change already committed, whose state the database holds (a
+    job's dispatch: a lost message is re-sent by the scheduler's re-dispatch): they skip the
+    outbox's insert, delete and relay transaction. When the broker refuses any of them, all
+    are staged (``sessions``' own transaction) and the relay publishes them once it can; the
+    ones already confirmed then arrive twice, which every consumer tolerates. Whether they
+    were published directly; raises only when staging fails too."""
+    if not events:
+        return True
+    traced = tracing.enabled()
+    rows = [(e.event_id, e.routing_key, e.to_bytes(), e.publish_delay_ms) for e in events]
+    try:
+        await broker.publish_many([_outgoing(*row, traced=traced) for row in rows])
+    except Exception as exc:
+        log.warning("publish_failed_staged", error=type(exc).__name__, events=len(events))
+        async with sessions() as session, session.begin():
+            await add_events(session, list(events))
+        return False
+    if traced:
+        _log_dispatches(rows)
+    return True
+
+
+def _outgoing(
+    message_id: Any, routing_key: str, body: bytes, delay_ms: int | None, *, traced: bool
+) -> Outgoing:
+    return Outgoing(
+        routing_key,
+        body,
+        str(message_id),
+        delay_ms=delay_ms,
+        # W3C traceparent of a job's dispatch, while tracing is on
+        headers=tracing.message_headers(routing_key, body) if traced else None,
+    )
 
 
 def _log_dispatches(rows: list[Any]) -> None:

@@ -1,19 +1,23 @@
 """The outbox relay on the real PostgreSQL and RabbitMQ: a row is deleted only once the broker
 confirmed its message; a failed publish leaves the whole batch; relays side by side never
-publish a row twice (SKIP LOCKED); a relay stopped mid-batch leaves its rows to the next."""
+publish a row twice (SKIP LOCKED); a relay stopped mid-batch leaves its rows to the next.
+``publish_or_stage``: published at once without a row, or every event staged when the broker
+refuses one."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from typing import ClassVar
 
 import pytest
 from aio_pika.exceptions import DeliveryError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
-from shared.db.outbox import OutboxRelay
+from shared.db.outbox import OutboxRelay, publish_or_stage
 from shared.db.raw import raw_connection
+from shared.events import Event
 from shared.messaging import Broker, QueueSpec
 from shared.messaging.broker import Outgoing
 from shared.settings import CommonSettings, OutboxSettings
@@ -166,3 +170,35 @@ async def test_a_wake_up_relays_at_once(
     finally:
         await relay.stop()
     assert await _received(broker, spec) == [str(i) for i in ids]
+
+
+class Ping(Event):
+    """An event routed under the test's own key."""
+
+    type: ClassVar[str] = "test.ping"
+    key: str
+
+    @property
+    def routing_key(self) -> str:
+        return self.key
+
+
+async def test_publish_or_stage_publishes_at_once_without_a_row(
+    engine: AsyncEngine, broker: GatedBroker, prefix: str
+) -> None:
+    spec = await _queue(broker, prefix)
+    events = [Ping(key=f"{prefix}.relay") for _ in range(3)]
+    assert await publish_or_stage(broker, async_sessionmaker(engine), events) is True
+    assert await _left(engine) == []
+    got = await _received(broker, spec)
+    assert sorted(map(str, got)) == sorted(str(e.event_id) for e in events)
+
+
+async def test_publish_or_stage_stages_every_event_when_the_broker_refuses_one(
+    engine: AsyncEngine, broker: GatedBroker, prefix: str
+) -> None:
+    await _queue(broker, prefix)
+    # the second is unroutable: the broker returns it (mandatory) and the publish fails
+    events = [Ping(key=f"{prefix}.{name}") for name in ("relay", "nobody", "relay")]
+    assert await publish_or_stage(broker, async_sessionmaker(engine), events) is False
+    assert await _left(engine) == [e.event_id for e in events]  # for the relay, in order

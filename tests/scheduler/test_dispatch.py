@@ -114,6 +114,25 @@ async def test_dispatch_follows_priority_and_capacity(s: async_sessionmaker[Asyn
     assert staged == 2  # the dispatch events wait in the outbox, same transaction
 
 
+async def test_a_pass_without_staging_leaves_its_dispatches_to_publish(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    tid = await _tenant(s)
+    ids = await _jobs(s, tid, [0, 0, 0])
+    await _worker(s, "w1", "cpu", 2)
+    async with service.open_pass(s.kw["bind"], s, stage_dispatches=False) as db:
+        events = await service.dispatch(db, worker_ttl_s=15, slack=0.0, batch=500)
+    assert {e.job_id for e in events} == set(ids[:2])  # type: ignore[attr-defined]
+    assert db.to_publish == events  # for the caller, after the commit
+    async with s() as session:
+        staged = await session.scalar(select(func.count()).select_from(Outbox))
+        dispatched = await session.scalar(
+            select(func.count()).select_from(Job).where(Job.dispatched_at.is_not(None))
+        )
+    assert staged == 0
+    assert dispatched == 2
+
+
 async def test_slack_allows_a_bounded_backlog(s: async_sessionmaker[AsyncSession]) -> None:
     tid = await _tenant(s)
     await _jobs(s, tid, [0] * 10)

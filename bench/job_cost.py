@@ -16,7 +16,8 @@ messages published per routing key (a queue of its own bound to ``#`` on the eve
 exchange sees every publish) with the queues they reach, CPU time per process (each
 service of the cluster, the database's backends, RabbitMQ; from ``/proc``, less the idle
 background), and the calls and time of the database's PL/pgSQL functions, the triggers
-among them (``pg_stat_user_functions``: the database runs with ``track_functions = pl``).
+among them (``pg_stat_user_functions``: the database runs with ``track_functions = pl``), and
+the scans of each index of ``jobs`` (``pg_stat_user_indexes``).
 CPU and function times are times, so a busy host inflates them; the counts are not.
 
 ``--private`` runs it on PostgreSQL, RabbitMQ and Redis of its own
@@ -340,6 +341,7 @@ async def measure(
             await db.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
             await db.execute("SELECT pg_stat_statements_reset()")
         start, cpu2 = await meter.snapshot(), group_cpu(groups)
+        indexes0 = await index_scans(db)
         t0 = time.monotonic()
         await submit(gateway, key, opts.jobs, opts.clients)
         await wait_done(meter, opts.jobs + 20)
@@ -371,11 +373,30 @@ async def measure(
               "deliveries on durable queues")  # fmt: skip
         cpu_report(n, window, idle_s, idle_cpu, {k: cpu3[k] - cpu2[k] for k in cpu2})
         functions_report(n, start, end)
+        indexes_report(n, indexes0, await index_scans(db))
         if opts.statements:
             await statements_report(db, n, opts.top)
     finally:
         await broker.close()
         await db.close()
+
+
+async def index_scans(db: asyncpg.Connection) -> dict[str, tuple[int, int]]:
+    """Each index of ``jobs``: its scans and the entries they read so far."""
+    rows = await db.fetch(
+        "SELECT indexrelname, idx_scan, idx_tup_read FROM pg_stat_user_indexes "
+        "WHERE relname = 'jobs'"
+    )
+    return {r[0]: (int(r[1]), int(r[2])) for r in rows}
+
+
+def indexes_report(n: int, a: dict[str, tuple[int, int]], b: dict[str, tuple[int, int]]) -> None:
+    """The scans of each index of ``jobs`` per job over the run (every index costs each
+    update that is not HOT an entry, so one nobody scans is paid for for nothing)."""
+    print("indexes of jobs, per job: scans, entries read (the statistics trail by a second)")
+    for name in sorted(b, key=lambda k: -(b[k][0] - a.get(k, (0, 0))[0])):
+        scans, read = (x - y for x, y in zip(b[name], a.get(name, (0, 0)), strict=True))
+        print(f"    {name:<36} {scans / n:7.2f} {read / n:9.1f}")
 
 
 def main(argv: list[str] | None = None) -> int:

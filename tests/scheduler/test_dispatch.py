@@ -133,6 +133,45 @@ async def test_a_pass_without_staging_leaves_its_dispatches_to_publish(
     assert dispatched == 2
 
 
+async def test_a_dispatch_the_broker_refuses_waits_in_the_outbox(
+    s: async_sessionmaker[AsyncSession],
+) -> None:
+    """The scheduler's dispatch step publishes after its pass commits; when RabbitMQ refuses,
+    the message is staged in the outbox and the relay woken, so the job is not left for the
+    re-dispatch."""
+    from types import SimpleNamespace
+    from typing import cast
+
+    from services.scheduler.app import make_dispatch_step
+    from services.scheduler.settings import SchedulerSettings
+    from shared.runtime import Resources
+
+    class Refusing:
+        async def publish_many(self, messages: object) -> None:
+            raise ConnectionError("broker away")
+
+    wakes: list[bool] = []
+    res = SimpleNamespace(
+        engine=s.kw["bind"],
+        sessions=s,
+        broker=Refusing(),
+        relay=SimpleNamespace(wake=lambda: wakes.append(True)),
+    )
+    tid = await _tenant(s)
+    [job_id] = await _jobs(s, tid, [0])
+    await _worker(s, "w1", "cpu", 1)
+    step = make_dispatch_step(cast(Resources, res), SchedulerSettings(array_chunks=False))
+    events = await step()
+    assert isinstance(events, list)
+    [event] = events
+    assert isinstance(event, JobDispatched)
+    assert event.job_id == job_id
+    async with s() as session:
+        staged = (await session.execute(select(Outbox.message_id, Outbox.routing_key))).all()
+    assert [tuple(r) for r in staged] == [(event.event_id, "job.dispatch.cpu")]
+    assert wakes == [True]
+
+
 async def test_slack_allows_a_bounded_backlog(s: async_sessionmaker[AsyncSession]) -> None:
     tid = await _tenant(s)
     await _jobs(s, tid, [0] * 10)

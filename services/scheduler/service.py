@@ -262,11 +262,13 @@ async def dispatch(
 
 # Mark the chosen jobs dispatched, in one statement. A job another scheduler locked (SKIP
 # LOCKED) or dispatched meanwhile (the re-checked WHERE) is left out, and so is its event.
+# Each found by its id alone (``state || ''``: ``shared.jobs.store``, BY_ID_ONLY; a plain
+# condition lets the partial indexes of dispatchable jobs scan the whole backlog).
 # $1 job ids, $2 device, $3 state_reason.
 _SEND = """
 WITH locked AS (
     SELECT id FROM jobs
-    WHERE id = ANY($1::uuid[]) AND state = 'QUEUED' AND dispatched_at IS NULL
+    WHERE id = ANY($1::uuid[]) AND state || '' = 'QUEUED' AND dispatched_at IS NULL
     FOR UPDATE SKIP LOCKED
 ), sent AS (
     UPDATE jobs SET dispatched_at = now(), assigned_device = $2, state_reason = $3
@@ -280,7 +282,7 @@ SELECT id FROM sent
 _SEND_STAGED = """
 WITH locked AS (
     SELECT id FROM jobs
-    WHERE id = ANY($1::uuid[]) AND state = 'QUEUED' AND dispatched_at IS NULL
+    WHERE id = ANY($1::uuid[]) AND state || '' = 'QUEUED' AND dispatched_at IS NULL
     FOR UPDATE SKIP LOCKED
 ), sent AS (
     UPDATE jobs SET dispatched_at = now(), assigned_device = $2, state_reason = $3

@@ -200,7 +200,9 @@ FLUSH = """
     ), job AS (
         UPDATE jobs SET progress = report.value
         FROM report
-        WHERE jobs.id = report.id AND jobs.state = 'RUNNING' AND jobs.attempts = report.attempt
+        -- by id alone (shared.jobs.store, BY_ID_ONLY)
+        WHERE jobs.id = report.id AND jobs.state || '' = 'RUNNING'
+          AND jobs.attempts = report.attempt
         RETURNING jobs.id, jobs.tenant_id, jobs.attempts, report.value
     ), history AS (
         INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, kind,
@@ -256,7 +258,7 @@ CHECKPOINT = """
         SET checkpoints = checkpoints + (CASE WHEN $3::text = 'saved' THEN 1 ELSE 0 END)
                 + (SELECT count(*) FROM lost)::int,
             resumed_from = CASE WHEN $3::text = 'resumed' THEN $4::bigint ELSE resumed_from END
-        WHERE id = $1 AND attempts = $2 AND state = 'RUNNING'
+        WHERE id = $1 AND attempts = $2 AND state || '' = 'RUNNING'  -- by id alone (BY_ID_ONLY)
         RETURNING id, tenant_id, attempts, checkpoints
     )
     INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, kind, reason,

@@ -286,6 +286,12 @@ class Claim:
 # Claim's fields are the job's columns of the same names, but for these two.
 CLAIMED = Columns([f.name for f in fields(Claim)], renamed={"job_id": "id", "attempt": "attempts"})
 
+# BY_ID_ONLY: the statements that change listed jobs find each row by its id (``pk_jobs``)
+# and test its state as ``state || ''``, which no index on ``state`` can serve. With a plain
+# ``state = 'QUEUED'`` the planner, whose estimate of a state's rows is whatever the last
+# ANALYZE saw of a queue that fills and drains, planned the claim as a scan of every QUEUED
+# row (``ix_jobs_active``) hashed against the listed ids: a claim cost the whole backlog
+# (docs/BENCHMARKS.md, "Plans that read the backlog").
 # ``_apply`` for QUEUED -> RUNNING, to every listed job that is QUEUED.
 CLAIM_QUEUED = f"""
     WITH job AS (
@@ -293,7 +299,9 @@ CLAIM_QUEUED = f"""
                         started_at = $3, updated_at = $3, error = NULL,
                         state_reason = NULL, lease_expires_at = $4, progress = NULL
         FROM unnest($1::uuid[]) AS listed(id)
-        WHERE jobs.id = listed.id AND jobs.state = 'QUEUED'
+        -- by id alone (pk_jobs): ``state || ''`` is no condition an index on state can take
+        -- (BY_ID_ONLY)
+        WHERE jobs.id = listed.id AND jobs.state || '' = 'QUEUED'
         RETURNING jobs.*
     ), history AS (
         INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, worker, at)
@@ -369,7 +377,8 @@ FINISH_ATTEMPTS = f"""
                                 'software', coalesce(w.software - 'stratus', '{{}}'::jsonb),
                                 'worker', $9::text, 'cpu_seconds', report.cpu_seconds) END
         FROM report LEFT JOIN workers w ON w.id = $9
-        WHERE jobs.id = report.id AND jobs.state = 'RUNNING' AND jobs.attempts = report.attempt
+        WHERE jobs.id = report.id AND jobs.state || '' = 'RUNNING'  -- BY_ID_ONLY
+          AND jobs.attempts = report.attempt
         RETURNING jobs.id, jobs.tenant_id, jobs.attempts, report.state, report.error,
                   report.cpu_seconds, report.wall_seconds, jobs.assigned_device,
                   jobs.started_at

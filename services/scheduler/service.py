@@ -70,7 +70,7 @@ class Pass:
         self._sa_conn = sa_conn
         self._sessions = sessions
         # False: the jobs' dispatch events are not staged in the outbox but collected here,
-        # for the caller to publish after the commit (``app.publish_dispatches``)
+        # for the caller to publish after the commit (``shared.db.outbox.publish_or_stage``)
         self.stage_dispatches = stage_dispatches
         self.to_publish: list[Event] = []
 

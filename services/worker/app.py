@@ -237,11 +237,13 @@ class WorkerRuntime:
             self.slots.release()
             slot_held = False
             with tracing.span("worker.finish", state=report.state.value, attempt=claim.attempt):
-                await self._record(claim, report, files, staged)
-            # nobody resumes it any more. Most jobs end before their first checkpoint and
-            # have no folder: a stat finds that, where a thread's round trip to find it cost
-            # 0.16 ms of CPU per job
-            if report.state in FINAL and claim.checkpoint_interval_s > 0:
+                accepted = await self._record(claim, report, files, staged)
+            # nobody resumes it any more, unless the record was refused: the job then went
+            # on without this attempt (its lease was taken), and the next attempt resumes
+            # from the file. Most jobs end before their first checkpoint and have no folder:
+            # a stat finds that, where a thread's round trip to find it cost 0.16 ms of CPU
+            # per job
+            if accepted and report.state in FINAL and claim.checkpoint_interval_s > 0:
                 folder = self._checkpoints(claim)
                 if folder.exists():
                     await asyncio.to_thread(checkpoints.remove, folder)
@@ -445,12 +447,13 @@ class WorkerRuntime:
         report: Report,
         files: AttemptFiles,
         staged: dict[str, StagedOutput],
-    ) -> None:
+    ) -> bool:
         """Make the outcome durable (and publish a successful attempt's outputs in the same
         transaction), retrying while the database is away. If the lease runs out meanwhile,
         the reaper re-queues the job and fencing drops this late report. Outputs that cannot
         be published (a name that clashes with another dataset, over the tenant's
-        ``storage_bytes`` quota) fail the job instead, and nothing of them is kept."""
+        ``storage_bytes`` quota) fail the job instead, and nothing of them is kept. Whether
+        the job took the outcome (False: refused, or given up)."""
         delay = 0.1
         deadline = asyncio.get_running_loop().time() + self.settings.lease_s * 2
         while True:
@@ -467,7 +470,7 @@ class WorkerRuntime:
             except Exception as exc:
                 if asyncio.get_running_loop().time() > deadline:
                     log.error("record_gave_up", job_id=str(claim.job_id), error=type(exc).__name__)
-                    return
+                    return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         log.info(
@@ -480,6 +483,7 @@ class WorkerRuntime:
         )
         if recorded.stale:
             await self._clean_stale(claim, recorded)
+        return recorded.accepted
 
     async def _write_record(
         self,

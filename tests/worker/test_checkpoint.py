@@ -449,6 +449,49 @@ async def test_a_killed_attempts_checkpoints_are_counted_and_are_events(
     assert [e for e in events if e[0] == 2] == [(2, e, s) for _, e, s in [(2, kind, step), *rest]]
 
 
+async def test_a_refused_record_leaves_the_checkpoint_to_the_next_attempt(
+    runner: KernelRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An attempt that ends in a final state removes the job's checkpoint, but only once the
+    job took its outcome: a record refused (its lease was taken, another attempt runs the
+    job) leaves the file for the attempt that resumes from it. The chaos run once saw a job
+    computed again from the start when such an attempt removed it."""
+    from services.worker.app import WorkerRuntime
+    from services.worker.settings import WorkerSettings
+    from shared.jobs.proposals import Report
+    from shared.jobs.states import JobState
+    from shared.jobs.store import Claim
+    from shared.runtime import Resources
+    from shared.settings import StorageSettings
+
+    storage = StorageSettings.model_validate(
+        {"local": {"root": str(tmp_path / "local")}, "fsync": False}
+    )
+    rt = WorkerRuntime(
+        cast(Resources, SimpleNamespace(engine=None, sessions=None)),
+        WorkerSettings(storage=storage, concurrency=1, name="w-keep"),
+        runner,
+    )
+    claim = Claim(uuid.uuid4(), uuid.uuid4(), 2, "stencil2d", {}, {}, {}, 600, "local", 1)
+    folder = rt._checkpoints(claim)
+    folder.mkdir(parents=True)
+    (folder / checkpoint.FILE).write_bytes(b"saved")
+
+    async def attempt(*_: object) -> Report:
+        return Report(JobState.SUCCEEDED, {"ok": 1})
+
+    monkeypatch.setattr(rt, "_attempt", attempt)
+    for accepted in (False, True):
+
+        async def record(*_: object, accepted: bool = accepted) -> bool:
+            return accepted
+
+        monkeypatch.setattr(rt, "_record", record)
+        await rt.slots.acquire()  # as the dispatch does before the attempt runs
+        await rt._run(claim)
+        assert folder.exists() is not accepted
+
+
 async def test_a_resume_records_the_save_a_kill_left_unrecorded(engine: Any, sessions: Any) -> None:
     """A save whose record was cut off (a kill between the file's rename and its record) is
     recorded when the next attempt resumes from it: its own attempt, worker and time, counted

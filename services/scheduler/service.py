@@ -265,7 +265,7 @@ async def dispatch(
 # Each found by its id alone (``state || ''``: ``shared.jobs.store``, BY_ID_ONLY; a plain
 # condition lets the partial indexes of dispatchable jobs scan the whole backlog).
 # $1 job ids, $2 device, $3 state_reason.
-_SEND = """
+_SEND_CTES = """
 WITH locked AS (
     SELECT id FROM jobs
     WHERE id = ANY($1::uuid[]) AND state || '' = 'QUEUED' AND dispatched_at IS NULL
@@ -274,21 +274,13 @@ WITH locked AS (
     UPDATE jobs SET dispatched_at = now(), assigned_device = $2, state_reason = $3
     FROM locked WHERE jobs.id = locked.id
     RETURNING jobs.id
-)
-SELECT id FROM sent
-"""
+)"""
+_SEND = _SEND_CTES + "\nSELECT id FROM sent\n"
 # The same, and the sent jobs' events staged in the outbox: $4 routing key, $5 message ids
 # and $6 bodies of the events, in the order of $1.
-_SEND_STAGED = """
-WITH locked AS (
-    SELECT id FROM jobs
-    WHERE id = ANY($1::uuid[]) AND state || '' = 'QUEUED' AND dispatched_at IS NULL
-    FOR UPDATE SKIP LOCKED
-), sent AS (
-    UPDATE jobs SET dispatched_at = now(), assigned_device = $2, state_reason = $3
-    FROM locked WHERE jobs.id = locked.id
-    RETURNING jobs.id
-), staged AS (
+_SEND_STAGED = (
+    _SEND_CTES  # noqa: S608 (fixed text only)
+    + """, staged AS (
     INSERT INTO outbox (message_id, routing_key, body)
     SELECT e.message_id, $4, e.body
     FROM unnest($1::uuid[], $5::uuid[], $6::bytea[]) AS e(job_id, message_id, body)
@@ -296,6 +288,7 @@ WITH locked AS (
 )
 SELECT id FROM sent
 """
+)
 
 
 async def _send(

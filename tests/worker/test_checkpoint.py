@@ -338,6 +338,22 @@ async def test_a_drain_hands_a_checkpointing_job_back_and_it_resumes_exactly(
     assert np.array_equal(np.load(out), reference)
 
 
+async def _running_job(sessions: Any) -> tuple[uuid.UUID, uuid.UUID]:
+    """A tenant and its ``stencil2d`` job, RUNNING its first attempt: their ids."""
+    from shared.db.models import Tenant
+    from tests.factories import new_job
+
+    tenant_id = uuid.uuid4()
+    async with sessions() as s, s.begin():
+        s.add(
+            Tenant(id=tenant_id, name=f"k{tenant_id.hex[:8]}", weight=1, quotas={}, suspended=False)
+        )
+        await s.flush()
+        job = new_job(tenant_id, kernel="stencil2d", state="RUNNING", attempts=1)
+        s.add(job)
+    return tenant_id, job.id
+
+
 async def test_a_killed_attempts_checkpoints_are_counted_and_are_events(
     runner: KernelRunner,
     save: Save,
@@ -354,12 +370,11 @@ async def test_a_killed_attempts_checkpoints_are_counted_and_are_events(
     from services.worker.app import WorkerRuntime
     from services.worker.datasets import attempt_files
     from services.worker.settings import WorkerSettings
-    from shared.db.models import Job, JobEvent, Tenant
+    from shared.db.models import Job, JobEvent
     from shared.jobs.states import JobState
     from shared.jobs.store import Claim
     from shared.runtime import Resources
     from shared.settings import StorageSettings
-    from tests.factories import new_job
 
     storage = StorageSettings.model_validate(
         {"local": {"root": str(tmp_path / "local")}, "fsync": False}
@@ -372,15 +387,7 @@ async def test_a_killed_attempts_checkpoints_are_counted_and_are_events(
     long = LONG
     reference = _uninterrupted(tmp_path, long)
     grid, out = save("grid", _grid()), str(tmp_path / "counted-out.npy")
-    tenant_id = uuid.uuid4()
-    async with sessions() as s, s.begin():
-        s.add(
-            Tenant(id=tenant_id, name=f"k{tenant_id.hex[:8]}", weight=1, quotas={}, suspended=False)
-        )
-        await s.flush()
-        job = new_job(tenant_id, kernel="stencil2d", state="RUNNING", attempts=1)
-        s.add(job)
-    job_id = job.id
+    tenant_id, job_id = await _running_job(sessions)
 
     def claim(attempt: int) -> Claim:
         params = {"iterations": long}
@@ -499,19 +506,10 @@ async def test_a_resume_records_the_save_a_kill_left_unrecorded(engine: Any, ses
     from sqlalchemy import select
 
     from services.worker import progress
-    from shared.db.models import Job, JobEvent, Tenant
+    from shared.db.models import Job, JobEvent
     from shared.db.raw import raw_connection
-    from tests.factories import new_job
 
-    tenant_id = uuid.uuid4()
-    async with sessions() as s, s.begin():
-        s.add(
-            Tenant(id=tenant_id, name=f"r{tenant_id.hex[:8]}", weight=1, quotas={}, suspended=False)
-        )
-        await s.flush()
-        job = new_job(tenant_id, kernel="stencil2d", state="RUNNING", attempts=1)
-        s.add(job)
-    job_id = job.id
+    _, job_id = await _running_job(sessions)
 
     async def attempt(n: int) -> None:
         async with sessions() as s, s.begin():

@@ -3,6 +3,7 @@
     .venv/bin/python bench/pipeline.py [--quick] [--jobs N] [--clients C] [--rate R]
                                        [--duration S] [--repeat K] [--concurrency N]
                                        [--budget SECONDS] [--profile]
+                                       [--only PHASE ...] [--env STRATUS_NAME=VALUE ...]
 
 1. Gateway submissions/s: ``--jobs`` POST /v1/jobs from ``--clients`` concurrent clients, with
    the scheduler and worker programs stopped (so the figure is the gateway's, its outbox relay
@@ -22,7 +23,9 @@
    enqueues one task per call; Stratus submits a sweep in one request), with the CPU time and
    PostgreSQL row writes per element.
 3. Latency: ``--rate`` jobs/s offered on a steady open-loop schedule for ``--duration`` s;
-   submit-to-SUCCEEDED latency from each submit's start (``time.time()``) to ``finished_at``.
+   submit-to-SUCCEEDED latency from each submit's start (``time.time()``) to ``finished_at``,
+   split at the job's timestamps (``created_at``, ``queued_at``, ``dispatched_at``,
+   ``started_at``), with the slowest jobs and when in the run they were submitted.
 4. Tracing (``bench/tracing.py``, run right after phase 2): the CPU per job of the tracing
    hooks and the log lines tracing adds, off and on (OTLP to a local receiver), and on's share
    of the CPU per job the services spent in phase 2.
@@ -30,7 +33,9 @@
 Beside each figure it prints the CPU time per request / job of every process group (from
 ``/proc``) and what other load the machine carried, since the machine is shared. ``--budget``
 bounds the measurements (330 s): repetitions that would not fit are skipped, and a batch that
-runs over is cut short and says so.
+runs over is cut short and says so. ``--only`` runs some phases (``gateway``, ``e2e``,
+``arrays``, which needs ``e2e``, ``latency``, which then starts with a warm-up batch);
+``--env`` sets a setting of the cluster's services, to compare it in turns.
 
 Everything it starts lives on ports 19000-19200, in database and vhosts ``stratus_bench*`` and
 Redis db 15, and is stopped or dropped on exit, also on error or Ctrl-C. Results are printed and
@@ -103,6 +108,7 @@ FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 RESERVE_AFTER_GATEWAY = 150.0
 RESERVE_AFTER_E2E = 60.0
 RESERVE_AFTER_LATENCY = 15.0
+PHASES = ("gateway", "e2e", "arrays", "latency")
 TARGETS = {"gateway_ratio": 0.8, "e2e_ratio": 0.3, "p50_ms": 30.0, "p99_ms": 100.0}
 
 
@@ -120,6 +126,8 @@ class Options:
     quick: bool
     profile: bool
     budget: float
+    only: tuple[str, ...] = PHASES
+    env: tuple[str, ...] = ()  # STRATUS_NAME=VALUE settings of the cluster's services
 
 
 def parse_args(argv: list[str] | None = None) -> Options:
@@ -149,15 +157,37 @@ def parse_args(argv: list[str] | None = None) -> Options:
         action="store_true",
         help="py-spy the gateway (phase 1) and scheduler/worker (phase 2), into bench/results",
     )
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=PHASES,
+        default=None,
+        help="run only this phase (repeatable; default: all). The summary judges the phases "
+        "run; the arrays phase alone takes its Celery reference from the end-to-end phase, so "
+        "it needs --only e2e beside it",
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="STRATUS_NAME=VALUE",
+        help="a setting of the cluster's services (repeatable), to compare it in turns",
+    )
     a = p.parse_args(argv)
+    if bad := [e for e in a.env if "=" not in e or not e.startswith("STRATUS_")]:
+        p.error(f"--env takes STRATUS_NAME=VALUE, not {bad[0]!r}")
+    only = tuple(ph for ph in PHASES if ph in a.only) if a.only else PHASES
+    if "arrays" in only and "e2e" not in only:
+        p.error("--only arrays needs --only e2e too (its reference is Celery's rate there)")
     jobs = a.jobs if a.jobs is not None else (300 if a.quick else 2000)
     duration = a.duration if a.duration is not None else (5.0 if a.quick else 10.0)
     repeat = a.repeat if a.repeat is not None else (1 if a.quick else 3)
     if jobs < 1 or a.clients < 1 or a.rate <= 0 or duration <= 0 or repeat < 1:
         p.error("--jobs, --clients, --rate, --duration and --repeat must be positive")
     return Options(
-        jobs, a.clients, a.rate, duration, repeat, a.concurrency, a.quick, a.profile, a.budget
-    )
+        jobs, a.clients, a.rate, duration, repeat, a.concurrency, a.quick, a.profile, a.budget,
+        only, tuple(a.env),
+    )  # fmt: skip
 
 
 # --- small helpers ------------------------------------------------------------------------
@@ -959,7 +989,8 @@ async def run_celery(env: Env, celery: list[dict[str, Any]]) -> None:
 SEGMENTS = (
     ("submit_to_created", "submit->row"),
     ("created_to_queued", "row->QUEUED"),
-    ("queued_to_started", "QUEUED->RUNNING"),
+    ("queued_to_dispatched", "QUEUED->dispatched"),
+    ("dispatched_to_started", "dispatched->RUNNING"),
     ("started_to_finished", "RUNNING->SUCCEEDED"),
 )
 
@@ -970,13 +1001,15 @@ def _segments(rows: list[asyncpg.Record], starts: dict[str, float]) -> dict[str,
         start = starts.get(str(row["id"]))
         if start is None or row["state"] != "SUCCEEDED" or row["finished_at"] is None:
             continue
-        c, q, s, f = (
-            row[k].timestamp() for k in ("created_at", "queued_at", "started_at", "finished_at")
+        c, q, d, s, f = (
+            row[k].timestamp()
+            for k in ("created_at", "queued_at", "dispatched_at", "started_at", "finished_at")
         )
         seg["total"].append((f - start) * 1000)
         seg["submit_to_created"].append((c - start) * 1000)
         seg["created_to_queued"].append((q - c) * 1000)
-        seg["queued_to_started"].append((s - q) * 1000)
+        seg["queued_to_dispatched"].append((d - q) * 1000)
+        seg["dispatched_to_started"].append((s - d) * 1000)
         seg["started_to_finished"].append((f - s) * 1000)
     return seg
 
@@ -998,7 +1031,8 @@ async def latency_run(
     cut_at = time.time()
     cancelled = await cut_short(db, tenant_id) if done.timed_out else 0
     rows = await db.fetch(
-        "SELECT id, state, created_at, queued_at, started_at, finished_at FROM jobs "
+        "SELECT id, state, created_at, queued_at, dispatched_at, started_at, finished_at "
+        "FROM jobs "
         "WHERE tenant_id = $1::uuid",
         tenant_id,
     )
@@ -1030,7 +1064,26 @@ async def latency_run(
         "cpu_ms_per_job": per_item_ms(cpu, done.succeeded),
         "cpu": describe(cpu, done.succeeded, end - res.sent[0].start if res.sent else 0.0),
         "jobs": len(lat),
+        "started_at": res.sent[0].start if res.sent else math.nan,
+        "slowest": _slowest(rows, starts, res.sent[0].start if res.sent else 0.0),
     }
+
+
+def _slowest(
+    rows: list[asyncpg.Record], starts: dict[str, float], t0: float, n: int = 8
+) -> list[tuple[float, float]]:
+    """The ``n`` slowest SUCCEEDED jobs as (seconds into the run at submit, ms to SUCCEEDED):
+    whether the tail is spread out or one stall."""
+    done = [
+        (starts[str(r["id"])] - t0, (r["finished_at"].timestamp() - starts[str(r["id"])]) * 1000)
+        for r in rows
+        if str(r["id"]) in starts and r["state"] == "SUCCEEDED" and r["finished_at"] is not None
+    ]
+    return sorted(done, key=lambda d: -d[1])[:n]
+
+
+def clock(t: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(t)) if not math.isnan(t) else "?"
 
 
 def describe_latency(r: dict[str, Any]) -> list[str]:
@@ -1054,6 +1107,8 @@ def describe_latency(r: dict[str, Any]) -> list[str]:
             for k, label in SEGMENTS
         ),
         f"CPU per job: {r['cpu']}",
+        f"slowest (s into the run, which began {clock(r['started_at'])} UTC: ms): "
+        + ", ".join(f"{at:.2f}: {ms:.0f}" for at, ms in r["slowest"]),
     ] + [f"error example: {e}" for e in r["submit_error_examples"][:2]]
 
 
@@ -1097,39 +1152,55 @@ async def run_phases(env: Env) -> dict[str, Any]:
     db = await asyncpg.connect(env.pg_dsn)
     try:
         results: dict[str, Any] = {}
-        results["gateway"] = await phase_gateway(env, db)
-        results["e2e"] = await phase_e2e(env, db)
-        results["tracing"] = phase_tracing(results["e2e"]["stratus"])  # beside [2]'s CPU
-        results["arrays"] = await phase_arrays(env, db, results["e2e"]["celery_median_per_s"])
-        results["latency"] = await phase_latency(env, db)
+        only = env.opts.only
+        if "gateway" in only:
+            results["gateway"] = await phase_gateway(env, db)
+        if "e2e" in only:
+            results["e2e"] = await phase_e2e(env, db)
+            results["tracing"] = phase_tracing(results["e2e"]["stratus"])  # beside [2]'s CPU
+        if "arrays" in only:
+            celery_rate = results["e2e"]["celery_median_per_s"]
+            results["arrays"] = await phase_arrays(env, db, celery_rate)
+        if "latency" in only:
+            if "e2e" not in only:  # imports, the kernel's JIT, prepared plans
+                await stratus_batch(env, db, "bench-warm", 2 * env.opts.clients, limit_s=60)
+            results["latency"] = await phase_latency(env, db)
         return results
     finally:
         await db.close()
 
 
 def summary(results: dict[str, Any]) -> list[str]:
-    g, e, lat = results["gateway"], results["e2e"], results["latency"]
-    rows = [
-        ("gateway submissions/s", g["stratus_median_per_s"], g["reference_median_per_s"],
-         g["ratio"], f">= {g['target']}", g["ratio"] >= g["target"], g["ratio"]),
-        ("end-to-end jobs/s", e["stratus_median_per_s"], e["celery_median_per_s"],
-         e["ratio"], f">= {e['target']}", e["ratio"] >= e["target"], e["ratio"]),
-        ("  bare durable (c) jobs/s", e["durable_median_per_s"], e["celery_median_per_s"],
-         e["durable_ratio_to_celery"], "-", True, math.nan),
-        ("latency p50 ms", lat["p50_ms"], math.nan, math.nan,
-         f"< {TARGETS['p50_ms']:g}", lat["p50_ms"] < TARGETS["p50_ms"], lat["p50_ms"]),
-        ("latency p99 ms", lat["p99_ms"], math.nan, math.nan,
-         f"< {TARGETS['p99_ms']:g}", lat["p99_ms"] < TARGETS["p99_ms"], lat["p99_ms"]),
-    ]  # fmt: skip
+    rows: list[tuple[str, float, float, float, str, bool, float]] = []
+    g, e, lat = results.get("gateway"), results.get("e2e"), results.get("latency")
+    if g:
+        rows.append(
+            ("gateway submissions/s", g["stratus_median_per_s"], g["reference_median_per_s"],
+             g["ratio"], f">= {g['target']}", g["ratio"] >= g["target"], g["ratio"])
+        )  # fmt: skip
+    if e:
+        rows += [
+            ("end-to-end jobs/s", e["stratus_median_per_s"], e["celery_median_per_s"],
+             e["ratio"], f">= {e['target']}", e["ratio"] >= e["target"], e["ratio"]),
+            ("  bare durable (c) jobs/s", e["durable_median_per_s"], e["celery_median_per_s"],
+             e["durable_ratio_to_celery"], "-", True, math.nan),
+        ]  # fmt: skip
     if "arrays" in results:
-        rows[3:3] = summary_rows(results["arrays"])
+        rows += summary_rows(results["arrays"])
+    if lat:
+        rows += [
+            ("latency p50 ms", lat["p50_ms"], math.nan, math.nan,
+             f"< {TARGETS['p50_ms']:g}", lat["p50_ms"] < TARGETS["p50_ms"], lat["p50_ms"]),
+            ("latency p99 ms", lat["p99_ms"], math.nan, math.nan,
+             f"< {TARGETS['p99_ms']:g}", lat["p99_ms"] < TARGETS["p99_ms"], lat["p99_ms"]),
+        ]  # fmt: skip
     out = [f"{'figure':<24}{'Stratus':>10}{'reference':>11}{'ratio':>8}  {'target':<8} result"]
     for name, s, r, q, target, ok, judged in rows:
         ref = f"{r:11.1f}" if not math.isnan(r) else f"{'-':>11}"
         rq = f"{q:8.2f}" if not math.isnan(q) else f"{'-':>8}"
         result = mark(ok, judged) if target != "-" else "(a reference, not a target)"
         out.append(f"{name:<24}{s:10.1f}{ref}{rq}  {target:<8} {result}")
-    ceiling = ratio(g["reference_median_per_s"], e["celery_median_per_s"])
+    ceiling = ratio(g["reference_median_per_s"], e["celery_median_per_s"]) if g and e else math.nan
     if not math.isnan(ceiling):
         # Every job of the end-to-end phase is submitted over HTTP, so its rate cannot pass
         # the bare endpoint's: that endpoint's rate over Celery's bounds the reachable ratio.
@@ -1145,7 +1216,7 @@ def run(opts: Options) -> dict[str, Any]:
         shutil.rmtree(RUN_DIR)
     RUN_DIR.mkdir(parents=True)
     admin_key = "bench-admin-" + secrets.token_urlsafe(16)
-    senv = stratus_env(admin_key)
+    senv = stratus_env(admin_key) | dict(e.split("=", 1) for e in opts.env)
     pg = postgres_settings(senv)
     amqp = rabbit_settings(senv).url()
     celery_amqp = rabbit_settings({**senv, "STRATUS_RABBIT__VHOST": CELERY_VHOST}).url()
@@ -1164,6 +1235,8 @@ def run(opts: Options) -> dict[str, Any]:
             "with one keep-alive connection each (the same generator for every reference)"
         )
         say(f"  Stratus source: {source_state()}")
+        if opts.env:
+            say(f"  settings: {' '.join(opts.env)}")
         say(f"  logs: {RUN_DIR}")
         t0 = time.monotonic()
         teardown.add("drop database", lambda: drop_database(DB))

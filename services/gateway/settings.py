@@ -23,7 +23,8 @@ class GatewaySettings(CommonSettings):
     default_max_retries: int = 3
     idempotency_window_s: int = 86_400
     # Group commit of submissions (services/gateway/jobs/writer.py): a batch is written once
-    # this many rows wait, or this long after its first row arrived, whichever comes first.
+    # this many rows wait, or this long after its first row arrived, whichever comes first;
+    # a row that came this long or longer after the one before it is written at once.
     # STRATUS_SUBMIT_BATCH_MAX_ROWS / STRATUS_SUBMIT_BATCH_LINGER_S; a linger of 0 writes
     # whatever has gathered while the previous batch was being written.
     submit_batch_max_rows: int = Field(default=64, ge=1, le=1000)

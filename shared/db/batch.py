@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
@@ -55,7 +56,10 @@ class GroupCommit(Generic[T, R]):
     one result per item, in order). The task runs only while items wait.
 
     - ``linger_s``: how long the oldest waiting item may wait for others before its batch is
-      written (unless ``max_batch`` are waiting, or the group commit is closing). 0, the
+      written (unless ``max_batch`` are waiting, or the group commit is closing), and only
+      while items come that fast: an item that came ``linger_s`` or more after the one before
+      it is written at once, for at a steady rate slower than the linger no other item
+      would join it and the wait would be all loss (the submission's latency). 0, the
       default, has no timer: an idle process writes at once, and what comes while a write is
       in flight (or in the same turn of the event loop) makes the next batch.
     - ``max_batch``: the most items in one write.
@@ -90,8 +94,10 @@ class GroupCommit(Generic[T, R]):
         self._fails_batch = fails_batch
         self._on_commit = on_commit
         self._closed_error = closed or (lambda: GroupCommitClosed(f"{name}: closed"))
-        # (item, its caller's future, when it arrived in loop time)
-        self._waiting: deque[tuple[T, asyncio.Future[R], float]] = deque()
+        # (item, its caller's future, when it arrived in loop time, how long after the item
+        # before it)
+        self._waiting: deque[tuple[T, asyncio.Future[R], float, float]] = deque()
+        self._last_arrival = -math.inf
         self._full = asyncio.Event()  # max_batch are waiting, or closing: stop lingering
         self._closed = False
         self._writer: asyncio.Task[None] | None = None
@@ -108,7 +114,9 @@ class GroupCommit(Generic[T, R]):
             raise self._closed_error()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._waiting.append((item, future, loop.time()))
+        now = loop.time()
+        self._waiting.append((item, future, now, now - self._last_arrival))
+        self._last_arrival = now
         if len(self._waiting) >= self.max_batch:
             self._full.set()
         if self._writer is None:
@@ -139,7 +147,7 @@ class GroupCommit(Generic[T, R]):
                         if not future.done():
                             future.set_exception(exc)
         except BaseException:
-            for _, future, _ in self._waiting:
+            for _, future, _, _ in self._waiting:
                 future.cancel()
             self._waiting.clear()
             raise
@@ -148,10 +156,13 @@ class GroupCommit(Generic[T, R]):
 
     async def _linger(self) -> None:
         """Wait until the oldest waiting item is ``linger_s`` old, ``max_batch`` wait, or
-        closing."""
+        closing; not at all for an item that came after a pause of ``linger_s`` or more."""
         if self._closed or len(self._waiting) >= self.max_batch:
             return
-        delay = self._waiting[0][2] + self.linger_s - asyncio.get_running_loop().time()
+        _, _, arrived, after = self._waiting[0]
+        if after >= self.linger_s:
+            return
+        delay = arrived + self.linger_s - asyncio.get_running_loop().time()
         if delay <= 0:
             return
         self._full.clear()
@@ -161,11 +172,11 @@ class GroupCommit(Generic[T, R]):
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
         batch: list[tuple[T, asyncio.Future[R]]] = []
-        later: list[tuple[T, asyncio.Future[R], float]] = []
+        later: list[tuple[T, asyncio.Future[R], float, float]] = []
         keys: set[Hashable] = set()
         while self._waiting and len(batch) < self.max_batch:
             entry = self._waiting.popleft()
-            item, future, _ = entry
+            item, future, _, _ = entry
             if future.done():  # its caller was cancelled: nobody waits for it
                 continue
             if self._key is not None:

@@ -149,13 +149,21 @@ async def test_a_cancelled_request_does_not_disturb_its_batch(settings: CommonSe
         in_statement = asyncio.Event()
         go_on = asyncio.Event()
 
+        holding = asyncio.Event()
+
         async def hold(_conn: Any, run: Any) -> Any:
+            if not holding.is_set():
+                return await run()
             statement = asyncio.ensure_future(run())
             in_statement.set()
             await go_on.wait()
             return await statement
 
         async with writer_with(gw, hold, linger_s=0.05) as writer:
+            # a row first, so that the batch below comes within the linger and lingers
+            warm = new_row(tenant_id)
+            assert await writer.write(warm)
+            holding.set()
             gone_early = new_row(tenant_id)
             gone_late = new_row(tenant_id)
             stay = [new_row(tenant_id) for _ in range(4)]
@@ -172,8 +180,8 @@ async def test_a_cancelled_request_does_not_disturb_its_batch(settings: CommonSe
             assert await asyncio.gather(*kept) == [True] * 4
             with pytest.raises(asyncio.CancelledError):
                 await early
-        assert writer.commits.writes == 1
-        expected = {str(r.id) for r in [*stay, gone_late]}
+        assert writer.commits.writes == 2
+        expected = {str(r.id) for r in [warm, *stay, gone_late]}
         assert await job_ids(gw, t.tenant_id) == expected
         assert await submitted_events(gw, t.tenant_id) == {}
 
@@ -201,11 +209,14 @@ async def test_stopping_writes_what_waits_and_refuses_the_rest(settings: CommonS
         tenant_id = uuid.UUID(t.tenant_id)
         rows = [new_row(tenant_id) for _ in range(3)]
         async with writer_with(gw, just_run, linger_s=10.0) as writer:
-            waiting = [asyncio.create_task(writer.write(r)) for r in rows]
+            # the first row is written at once (nothing came before it); the next ones come
+            # within the linger
+            assert await writer.write(rows[0])
+            waiting = [asyncio.create_task(writer.write(r)) for r in rows[1:]]
             await asyncio.sleep(0.05)
             assert not any(w.done() for w in waiting)  # lingering, nothing written yet
             await asyncio.wait_for(writer.stop(), 5)  # the lifespan's end: no linger any more
-            assert [w.result() for w in waiting] == [True] * 3
+            assert [w.result() for w in waiting] == [True] * 2
             with pytest.raises(DependencyUnavailable):
                 await writer.write(new_row(tenant_id))
         assert await job_ids(gw, t.tenant_id) == {str(r.id) for r in rows}

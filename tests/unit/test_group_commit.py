@@ -74,19 +74,42 @@ async def test_callers_of_one_turn_share_a_write_and_the_next_ones_wait_for_it()
 
 
 async def test_the_linger_gathers_callers_of_different_turns() -> None:
-    """Callers of later turns of the event loop join the first one's batch while it lingers,
-    and its write starts no sooner than ``linger_s`` after the first arrived."""
+    """Under load (items coming faster than the linger), callers of later turns of the event
+    loop join the first one's batch while it lingers, and its write starts no sooner than
+    ``linger_s`` after the first arrived."""
     loop = asyncio.get_running_loop()
     store = Store()
     commits = group(store, linger_s=1.0)
+    assert await commits.submit(9) == 90  # the first item: nothing came before it
     arrived = loop.time()
     tasks = []
     for i in (1, 2, 3):
         tasks.append(asyncio.create_task(commits.submit(i)))
         await asyncio.sleep(0)  # the next caller comes in a later turn
     assert await asyncio.gather(*tasks) == [10, 20, 30]
-    assert store.batches == [[1, 2, 3]]
-    assert store.started_at[0] - arrived >= commits.linger_s - 0.01
+    assert store.batches == [[9], [1, 2, 3]]
+    assert store.started_at[1] - arrived >= commits.linger_s - 0.01
+
+
+async def test_an_item_after_a_pause_is_written_without_lingering() -> None:
+    """An item that comes ``linger_s`` or more after the one before it (the first one too) is
+    written at once: at a rate slower than the linger nothing would join it. One that comes
+    sooner lingers."""
+    loop = asyncio.get_running_loop()
+    store = Store()
+    commits = group(store, linger_s=0.5)
+    arrived = loop.time()
+    assert await commits.submit(1) == 10
+    await asyncio.sleep(commits.linger_s * 1.2)
+    second = loop.time()
+    assert await commits.submit(2) == 20
+    # written at once, both (a linger would have started them linger_s after they came)
+    assert store.started_at[0] - arrived < commits.linger_s / 2
+    assert store.started_at[1] - second < commits.linger_s / 2
+    third = loop.time()
+    assert await commits.submit(3) == 30  # right after the second: it lingers
+    assert store.started_at[2] - third >= commits.linger_s - 0.01
+    assert store.batches == [[1], [2], [3]]
 
 
 async def test_max_batch_waiting_write_without_lingering() -> None:
@@ -141,6 +164,7 @@ async def test_a_caller_cancelled_while_waiting_is_dropped() -> None:
 async def test_closing_writes_what_waits_then_refuses() -> None:
     store = Store()
     commits = GroupCommit("t", store.write, linger_s=3600.0, closed=lambda: Away("closed"))
+    assert await commits.submit(9) == 90  # the next ones come within the linger: they linger
     waiting = [asyncio.create_task(commits.submit(i)) for i in (1, 2)]
     for _ in range(3):
         await asyncio.sleep(0)

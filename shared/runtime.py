@@ -85,11 +85,14 @@ async def wait_for_postgres(engine: AsyncEngine, *, max_delay: float = 5.0) -> N
 
 
 async def open_resources(
-    settings: CommonSettings, *, name: str, with_redis: bool = False
+    settings: CommonSettings, *, name: str, with_redis: bool = False, generic_plans: bool = False
 ) -> Resources:
     """Open what a service needs, waiting (with backoff) for RabbitMQ and PostgreSQL to
-    answer, in whatever order they come up. Redis is not waited for: its users fall back."""
-    engine = make_engine(settings.postgres, application_name=f"stratus-{name}")
+    answer, in whatever order they come up. Redis is not waited for: its users fall back.
+    ``generic_plans``: see ``shared.db.engine.make_engine``."""
+    engine = make_engine(
+        settings.postgres, application_name=f"stratus-{name}", generic_plans=generic_plans
+    )
     sessions = make_sessionmaker(engine)
     broker = Broker(settings.rabbit, name=f"stratus-{name}")
     await broker.connect()

@@ -618,7 +618,8 @@ def create_app(settings: WorkerSettings | None = None) -> FastAPI:
         # way (the broker gone meanwhile) still closes what it opened, or the process would
         # hang on its open connections and pool processes instead of exiting.
         try:
-            res = await open_resources(settings, name="worker")
+            # every statement of the worker finds its rows by id: generic plans
+            res = await open_resources(settings, name="worker", generic_plans=True)
             app.state.resources = res
             storage = Storage(settings.storage)
             rt = WorkerRuntime(res, settings, runner, storage)

@@ -20,8 +20,34 @@ from sqlalchemy.ext.asyncio import (
 from shared.db.raw import is_raw_connectivity_error
 from shared.settings import PostgresSettings
 
+# Generic plans: a prepared statement's plan is made once per connection and reused, instead
+# of PostgreSQL's default (``plan_cache_mode = auto``), which plans again at each execution
+# whenever a plan made for the values at hand looks cheaper than the generic one. For the hot
+# fixed statements keyed by arrays of ids (``unnest($1::uuid[])``, ``id = ANY($1)``) it
+# always does: made for the values, a plan expects the array's 1-2 ids, the generic one the
+# default 100, so the worker's claim and record and the dispatch pass's statements were
+# planned again at nearly every call, about a third of what PostgreSQL spent on them
+# (docs/BENCHMARKS.md, "Planning on every call"). Their plans do not depend on the values
+# (every row is found by its id), so they take the generic plan. Not for every statement: a
+# generic plan cannot use a partial index whose condition a parameter decides (``state =
+# $1``), which statements built with SQLAlchemy bind as parameters.
+GENERIC_PLANS = "force_generic_plan"
+SET_LOCAL_GENERIC_PLANS = f"SET LOCAL plan_cache_mode = {GENERIC_PLANS}"
 
-def make_engine(settings: PostgresSettings, *, application_name: str = "stratus") -> AsyncEngine:
+
+def make_engine(
+    settings: PostgresSettings, *, application_name: str = "stratus", generic_plans: bool = False
+) -> AsyncEngine:
+    """The service's engine; ``generic_plans`` for a service whose statements are all found
+    by id (the worker's): its sessions reuse each prepared statement's generic plan
+    (``GENERIC_PLANS``)."""
+    server_settings = {
+        "application_name": application_name,
+        "statement_timeout": str(settings.statement_timeout_ms),
+        "jit": "on" if settings.jit else "off",
+    }
+    if generic_plans:
+        server_settings["plan_cache_mode"] = GENERIC_PLANS
     engine = create_async_engine(
         settings.url(),
         pool_size=settings.pool_size,
@@ -39,11 +65,7 @@ def make_engine(settings: PostgresSettings, *, application_name: str = "stratus"
             "timeout": settings.connect_timeout_s,
             "ssl": settings.ssl,
             "command_timeout": settings.statement_timeout_ms / 1000,
-            "server_settings": {
-                "application_name": application_name,
-                "statement_timeout": str(settings.statement_timeout_ms),
-                "jit": "on" if settings.jit else "off",
-            },
+            "server_settings": server_settings,
         },
     )
     event.listen(engine.sync_engine, "do_connect", _connect)

@@ -456,6 +456,7 @@ def pg_options(opts: argparse.Namespace) -> str:
     options: list[str] = list(opts.pg_option)
     if opts.statements:
         libraries.append("pg_stat_statements")
+        options.append("pg_stat_statements.track_planning=on")
     if opts.plans is not None:
         libraries.append("auto_explain")
         options += [
@@ -523,20 +524,31 @@ def run(opts: argparse.Namespace, servers: PrivateServers | None) -> int:
 
 
 async def statements_report(db: asyncpg.Connection, n: int, top: int) -> None:
-    """The ``top`` statements by execution time since the reset, per job."""
+    """The ``top`` statements by execution and planning time since the reset, per job
+    (planning is counted where ``pg_stat_statements.track_planning`` is on, as with
+    ``--statements``)."""
     rows = await db.fetch(
-        "SELECT calls, total_exec_time, rows, regexp_replace(query, '\\s+', ' ', 'g') AS q "
+        "SELECT calls, plans, total_exec_time, total_plan_time, rows, "
+        "regexp_replace(query, '\\s+', ' ', 'g') AS q "
         "FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database "
-        "WHERE datname = current_database()) ORDER BY total_exec_time DESC"
+        "WHERE datname = current_database()) "
+        "ORDER BY total_exec_time + total_plan_time DESC"
     )
     total = sum(r["total_exec_time"] for r in rows)
-    print(f"statements (pg_stat_statements): {total / n:.3f} ms of execution per job in all")
-    print(f"    {'ms/job':>7} {'calls/job':>9} {'rows/call':>9}  statement")
+    planning = sum(r["total_plan_time"] for r in rows)
+    print(
+        f"statements (pg_stat_statements): {total / n:.3f} ms of execution and "
+        f"{planning / n:.3f} ms of planning per job in all"
+    )
+    print(
+        f"    {'ms/job':>7} {'plan ms':>7} {'calls/job':>9} {'plans':>6} {'rows/call':>9}  statement"
+    )
     for r in rows[:top]:
         calls = max(1, r["calls"])
         print(
-            f"    {r['total_exec_time'] / n:7.3f} {r['calls'] / n:9.2f} "
-            f"{r['rows'] / calls:9.1f}  {r['q'][:150]}"
+            f"    {r['total_exec_time'] / n:7.3f} {r['total_plan_time'] / n:7.3f} "
+            f"{r['calls'] / n:9.2f} {r['plans'] / calls:6.2f} "
+            f"{r['rows'] / calls:9.1f}  {r['q'][:130]}"
         )
 
 

@@ -6,22 +6,26 @@ of ids is planned again at nearly every execution once the tables have statistic
 for the values at hand expects the array's few ids and looks cheaper than the generic plan,
 which expects 100 (``bench/job_cost.py --statements`` counts the plans per call). Here the
 worker's claim is prepared, run six times (past the five custom plans after which PostgreSQL
-may switch) and explained: in the worker's sessions and in a dispatch pass its plan is the
-generic one (``unnest($1)``, not the constant array), and the pass leaves its connection as it
-found it."""
+may switch) and explained: with the default, in a database with statistics, its plan is made
+for the values (the constant array); in the worker's sessions and in a dispatch pass it is the
+generic one (``unnest($1)``), and the pass leaves its connection as it found it."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from services.scheduler.service import open_pass
-from shared.db.engine import make_engine
+from shared.db.engine import GENERIC_PLANS, make_engine
+from shared.db.models import Tenant
 from shared.db.raw import raw_connection
 from shared.jobs.store import CLAIM_QUEUED
 from shared.settings import CommonSettings
+from tests.factories import new_job, own_database
 
 
 async def _claim_plan(conn: Any) -> str:
@@ -46,6 +50,45 @@ async def _claim_plan(conn: Any) -> str:
 def _generic(plan: str) -> bool:
     """The ids' array is the parameter, not the constant a custom plan is made for."""
     return "unnest($1)" in plan
+
+
+@pytest.fixture(scope="module")
+async def analyzed(settings: CommonSettings) -> AsyncIterator[AsyncEngine]:
+    """A database with 3,000 finished jobs and their statistics (the shape of a cluster that
+    has run for a while; in an empty one PostgreSQL's estimates differ)."""
+    async with own_database(settings, "generic_plans") as (_, sessions):
+        tenant_id = uuid.uuid4()
+        async with sessions() as s, s.begin():
+            s.add(Tenant(id=tenant_id, name="plans", weight=1, quotas={}, suspended=False))
+            await s.flush()
+            s.add(new_job(tenant_id, state="SUCCEEDED"))
+        engine = sessions.kw["bind"]
+        async with raw_connection(engine) as conn:
+            await conn.execute(
+                "INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs,"
+                " labels, priority, timeout_s, max_retries, state, attempts)"
+                " SELECT gen_random_uuid(), tenant_id, kernel, device, params, inputs, outputs,"
+                " labels, priority, timeout_s, max_retries, 'SUCCEEDED', 1"
+                " FROM (SELECT * FROM jobs LIMIT 1) AS template, generate_series(1, 3000)"
+            )
+            await conn.execute("ANALYZE")
+        yield engine
+
+
+async def test_postgresqls_default_plans_the_claim_for_its_values_every_time(
+    analyzed: AsyncEngine,
+) -> None:
+    """What the setting avoids: with ``auto``, the claim is still planned for its values at
+    its seventh execution."""
+    async with raw_connection(analyzed) as conn:
+        assert await conn.fetchval("SHOW plan_cache_mode") == "auto"
+        plan = await _claim_plan(conn)
+        assert not _generic(plan), plan
+        await conn.execute(f"SET plan_cache_mode = {GENERIC_PLANS}")
+        try:
+            assert _generic(await _claim_plan(conn))
+        finally:
+            await conn.execute("RESET plan_cache_mode")
 
 
 async def test_the_workers_sessions_reuse_the_generic_plan(settings: CommonSettings) -> None:

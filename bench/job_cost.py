@@ -540,9 +540,8 @@ async def statements_report(db: asyncpg.Connection, n: int, top: int) -> None:
         f"statements (pg_stat_statements): {total / n:.3f} ms of execution and "
         f"{planning / n:.3f} ms of planning per job in all"
     )
-    print(
-        f"    {'ms/job':>7} {'plan ms':>7} {'calls/job':>9} {'plans':>6} {'rows/call':>9}  statement"
-    )
+    head = f"{'ms/job':>7} {'plan ms':>7} {'calls/job':>9} {'plans':>6} {'rows/call':>9}"
+    print(f"    {head}  statement")
     for r in rows[:top]:
         calls = max(1, r["calls"])
         print(

@@ -13,7 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Dataset, Job, JobArray, JobAttempt, Migration
+from shared.db.models import Dataset, Job, JobArray, JobAttempt, Migration, Tenant
+from shared.db.raw import raw_connection
 from shared.events import utcnow
 from shared.jobs.store import admit_pending, session_fetch
 from shared.settings import CommonSettings
@@ -40,6 +41,34 @@ async def own_database(
         drop_database(name)
         if vhost:
             delete_vhost(name)
+
+
+# Copies of the one job of ``template_job``'s database: $1 their state, $2 their attempts,
+# $3 how many (set-based, for tests that need a table of some thousands of jobs).
+COPY_JOBS = (
+    "INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, labels,"
+    " priority, timeout_s, max_retries, state, attempts)"
+    " SELECT gen_random_uuid(), tenant_id, kernel, device, params, inputs, outputs,"
+    " labels, priority, timeout_s, max_retries, $1, $2"
+    " FROM (SELECT * FROM jobs LIMIT 1) AS template, generate_series(1, $3)"
+)
+
+
+async def template_job(sessions: async_sessionmaker[AsyncSession], name: str) -> None:
+    """A tenant ``name`` with one SUCCEEDED job: the template of ``copy_jobs``."""
+    tenant_id = uuid.uuid4()
+    async with sessions() as s, s.begin():
+        s.add(Tenant(id=tenant_id, name=name, weight=1, quotas={}, suspended=False))
+        await s.flush()
+        s.add(new_job(tenant_id, state="SUCCEEDED"))
+
+
+async def copy_jobs(
+    sessions: async_sessionmaker[AsyncSession], state: str, attempts: int, n: int
+) -> None:
+    """``n`` copies of ``template_job``'s job in ``state`` with ``attempts``."""
+    async with raw_connection(sessions.kw["bind"]) as conn:
+        await conn.execute(COPY_JOBS, state, attempts, n)
 
 
 def new_job(tenant_id: uuid.UUID, **fields: Any) -> Job:

@@ -21,11 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from services.scheduler.service import open_pass
 from shared.db.engine import GENERIC_PLANS, make_engine
-from shared.db.models import Tenant
 from shared.db.raw import raw_connection
 from shared.jobs.store import CLAIM_QUEUED
 from shared.settings import CommonSettings
-from tests.factories import new_job, own_database
+from tests.factories import copy_jobs, own_database, template_job
 
 
 async def _claim_plan(conn: Any) -> str:
@@ -57,20 +56,10 @@ async def analyzed(settings: CommonSettings) -> AsyncIterator[AsyncEngine]:
     """A database with 3,000 finished jobs and their statistics (the shape of a cluster that
     has run for a while; in an empty one PostgreSQL's estimates differ)."""
     async with own_database(settings, "generic_plans") as (_, sessions):
-        tenant_id = uuid.uuid4()
-        async with sessions() as s, s.begin():
-            s.add(Tenant(id=tenant_id, name="plans", weight=1, quotas={}, suspended=False))
-            await s.flush()
-            s.add(new_job(tenant_id, state="SUCCEEDED"))
+        await template_job(sessions, "plans")
+        await copy_jobs(sessions, "SUCCEEDED", 1, 3000)
         engine = sessions.kw["bind"]
         async with raw_connection(engine) as conn:
-            await conn.execute(
-                "INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs,"
-                " labels, priority, timeout_s, max_retries, state, attempts)"
-                " SELECT gen_random_uuid(), tenant_id, kernel, device, params, inputs, outputs,"
-                " labels, priority, timeout_s, max_retries, 'SUCCEEDED', 1"
-                " FROM (SELECT * FROM jobs LIMIT 1) AS template, generate_series(1, 3000)"
-            )
             await conn.execute("ANALYZE")
         yield engine
 

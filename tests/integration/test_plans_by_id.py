@@ -10,7 +10,6 @@ on the plain form, then that Stratus's statement reads the job through ``pk_jobs
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,12 +17,11 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.scheduler.service import _SEND
-from shared.db.models import Tenant
 from shared.db.raw import raw_connection
 from shared.events import utcnow
 from shared.jobs.store import CLAIM_QUEUED, FINISH_ATTEMPTS
 from shared.settings import CommonSettings
-from tests.factories import new_job, own_database
+from tests.factories import copy_jobs, own_database, template_job
 
 BACKLOG = 3000
 
@@ -34,24 +32,14 @@ async def backlog(settings: CommonSettings) -> AsyncIterator[tuple[AsyncEngine, 
     backlog of ``BACKLOG`` QUEUED jobs and as many RUNNING ones (not analyzed): the ids of
     one QUEUED and one RUNNING job."""
     async with own_database(settings, "plans") as (_, sessions):
-        tenant_id = uuid.uuid4()
-        async with sessions() as s, s.begin():
-            s.add(Tenant(id=tenant_id, name="plans", weight=1, quotas={}, suspended=False))
-            await s.flush()
-            s.add(new_job(tenant_id, state="SUCCEEDED"))
+        await template_job(sessions, "plans")
         engine = sessions.kw["bind"]
-        copy = (
-            "INSERT INTO jobs (id, tenant_id, kernel, device, params, inputs, outputs, labels,"
-            " priority, timeout_s, max_retries, state, attempts)"
-            " SELECT gen_random_uuid(), tenant_id, kernel, device, params, inputs, outputs,"
-            " labels, priority, timeout_s, max_retries, $1, $2"
-            " FROM (SELECT * FROM jobs LIMIT 1) AS template, generate_series(1, $3)"
-        )
+        await copy_jobs(sessions, "SUCCEEDED", 1, 200)
         async with raw_connection(engine) as conn:
-            await conn.execute(copy, "SUCCEEDED", 1, 200)
             await conn.execute("ANALYZE jobs")  # nothing waits: QUEUED looks empty from here
-            await conn.execute(copy, "QUEUED", 0, BACKLOG)
-            await conn.execute(copy, "RUNNING", 1, BACKLOG)
+        await copy_jobs(sessions, "QUEUED", 0, BACKLOG)
+        await copy_jobs(sessions, "RUNNING", 1, BACKLOG)
+        async with raw_connection(engine) as conn:
             queued = await conn.fetchval("SELECT id FROM jobs WHERE state = 'QUEUED' LIMIT 1")
             running = await conn.fetchval("SELECT id FROM jobs WHERE state = 'RUNNING' LIMIT 1")
         yield engine, [queued, running]

@@ -286,6 +286,7 @@ class Claim:
 # Claim's fields are the job's columns of the same names, but for these two.
 CLAIMED = Columns([f.name for f in fields(Claim)], renamed={"job_id": "id", "attempt": "attempts"})
 
+
 # BY_ID_ONLY: the statements that change listed jobs find each row by its id (``pk_jobs``)
 # and test its state as ``state || ''``, which no index on ``state`` can serve. With a plain
 # ``state = 'QUEUED'`` the planner, whose estimate of a state's rows is whatever the last
@@ -293,21 +294,28 @@ CLAIMED = Columns([f.name for f in fields(Claim)], renamed={"job_id": "id", "att
 # row (``ix_jobs_active``) hashed against the listed ids: a claim cost the whole backlog
 # (docs/BENCHMARKS.md, "Plans that read the backlog").
 # ``_apply`` for QUEUED -> RUNNING, to every listed job that is QUEUED.
-CLAIM_QUEUED = f"""
-    WITH job AS (
-        UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, worker = $2,
-                        started_at = $3, updated_at = $3, error = NULL,
-                        state_reason = NULL, lease_expires_at = $4, progress = NULL
-        FROM unnest($1::uuid[]) AS listed(id)
+def _claim_ctes(ids: str, worker: str, now: str, lease: str) -> str:
+    """The claim's CTEs, ``claimed`` (the jobs taken) and their history rows, with its
+    parameters at the positions given (the ids, the worker, now, the lease's end)."""
+    return f"""
+    claimed AS (
+        UPDATE jobs SET state = 'RUNNING', attempts = attempts + 1, worker = {worker},
+                        started_at = {now}, updated_at = {now}, error = NULL,
+                        state_reason = NULL, lease_expires_at = {lease}, progress = NULL
+        FROM unnest({ids}::uuid[]) AS listed(id)
         -- by id alone (pk_jobs): ``state || ''`` is no condition an index on state can take
         -- (BY_ID_ONLY)
         WHERE jobs.id = listed.id AND jobs.state || '' = 'QUEUED'
         RETURNING jobs.*
-    ), history AS (
+    ), claimed_history AS (
         INSERT INTO job_events (job_id, tenant_id, attempt, from_state, to_state, worker, at)
-        SELECT id, tenant_id, attempts, 'QUEUED', 'RUNNING', $2, $3 FROM job
-    )
-    SELECT {CLAIMED.select()} FROM job
+        SELECT id, tenant_id, attempts, 'QUEUED', 'RUNNING', {worker}, {now} FROM claimed
+    )"""  # noqa: S608 (parameter positions only)
+
+
+CLAIM_QUEUED = f"""
+    WITH {_claim_ctes("$1", "$2", "$3", "$4")}
+    SELECT {CLAIMED.select()} FROM claimed
 """  # noqa: S608 (column names of the model only)
 
 
@@ -351,8 +359,7 @@ _AS_REPORTED = frozenset({JobState.SUCCEEDED, JobState.TIMED_OUT, JobState.CANCE
 # ``_apply`` for RUNNING -> a final state, to every listed job still RUNNING the reported
 # attempt (fencing), with the attempt's usage row (counted once) and one NOTIFY that wakes
 # the scheduler (a slot is free), all in the one statement.
-FINISH_ATTEMPTS = f"""
-    WITH report AS (
+_FINISH_CTES = f"""report AS (
         SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[],
                              $6::float8[], $7::float8[])
             AS r(id, attempt, state, result, error, cpu_seconds, wall_seconds)
@@ -394,9 +401,28 @@ FINISH_ATTEMPTS = f"""
         ON CONFLICT DO NOTHING
     ), woke AS MATERIALIZED (
         {notify_once("job", FINISHED)}
-    )
+    )"""  # noqa: S608 (the wake-up's fixed text only)
+
+FINISH_ATTEMPTS = f"""
+    WITH {_FINISH_CTES}
     SELECT id, state FROM job, woke
-"""  # noqa: S608 (the wake-up's fixed text only)
+"""  # noqa: S608 (fixed text only)
+
+# A job's record and the next job's claim in one statement: one round trip and one commit
+# where a transaction of the two took four (BEGIN, the two, COMMIT). A worker writes them
+# together whenever a slot's kernel ends while a dispatch waits for it (services.worker.batch).
+# The record's parameters as in FINISH_ATTEMPTS ($8 is now for both, $9 the worker), then
+# $10 the ids to claim and $11 the lease's end. Each UPDATE locks its rows in id order, as
+# alone; the triggers on ``jobs`` see both in one transition table (one per statement), and
+# tell the rows apart by id. One row per job claimed with the ids of the jobs recorded, or,
+# with none claimed, one row of NULLs with them.
+RECORD_AND_CLAIM = f"""
+    WITH {_FINISH_CTES},
+    {_claim_ctes("$10", "$9", "$8", "$11")}
+    SELECT c.*, f.recorded
+    FROM (SELECT array_agg(job.id) AS recorded FROM job, woke) AS f
+    LEFT JOIN (SELECT {CLAIMED.select()} FROM claimed) AS c ON true
+"""  # noqa: S608 (column names of the model only)
 
 
 async def finish_attempts(fetch: Fetch, finishes: Sequence[Finish], *, worker: str) -> list[Finish]:
@@ -405,14 +431,60 @@ async def finish_attempts(fetch: Fetch, finishes: Sequence[Finish], *, worker: s
     wake-up, in one statement. Return the finishes it did not apply (retry
     rules to decide, a superseded attempt, a job cancelled meanwhile): ``set_job_state``
     decides those."""
-    applicable = sorted(  # the lock order, as claim_queued
-        (f for f in finishes if f.without_rules), key=lambda f: f.job_id
-    )
+    applicable = _applicable(finishes)
     if not applicable:
         return list(finishes)
-    dumps = orjson.dumps
+    rows = await fetch(FINISH_ATTEMPTS, *_finish_args(applicable, utcnow(), worker))
+    for r in rows:
+        JOB_TRANSITIONS.labels(r[1]).inc()
+    applied = {r[0] for r in rows}
+    return [f for f in finishes if f.job_id not in applied or not f.without_rules]
+
+
+async def record_and_claim(
+    fetch: Fetch,
+    finishes: Sequence[Finish],
+    job_ids: Collection[uuid.UUID],
+    *,
+    worker: str,
+    lease_s: float,
+) -> tuple[dict[uuid.UUID, Claim], list[Finish]]:
+    """``finish_attempts`` of ``finishes`` and ``claim_queued`` of ``job_ids`` in one
+    statement (``RECORD_AND_CLAIM``): the claims, and the finishes not applied. No job may be
+    in both (its claim commits before its record is made)."""
+    applicable = _applicable(finishes)
+    if not applicable:
+        return await claim_queued(fetch, job_ids, worker=worker, lease_s=lease_s), list(finishes)
+    if not job_ids:
+        return {}, await finish_attempts(fetch, finishes, worker=worker)
+    now = utcnow()
     rows = await fetch(
-        FINISH_ATTEMPTS,
+        RECORD_AND_CLAIM,
+        *_finish_args(applicable, now, worker),
+        sorted(job_ids),  # the lock order, as claim_queued
+        now + timedelta(seconds=lease_s),
+    )
+    recorded = set(rows[0][-1] or ())  # the last column (each row has it)
+    states = {f.job_id: f.report.state.value for f in applicable}
+    for job_id in recorded:
+        JOB_TRANSITIONS.labels(states[job_id]).inc()
+    taken = [Claim(**CLAIMED.decode(r)) for r in rows if r[0] is not None]  # r[0]: job_id
+    if taken:
+        JOB_TRANSITIONS.labels(JobState.RUNNING.value).inc(len(taken))
+    left = [f for f in finishes if f.job_id not in recorded or not f.without_rules]
+    return {c.job_id: c for c in taken}, left
+
+
+def _applicable(finishes: Sequence[Finish]) -> list[Finish]:
+    """The finishes a set-based record applies, in the lock order (by id, as
+    ``claim_queued``)."""
+    return sorted((f for f in finishes if f.without_rules), key=lambda f: f.job_id)
+
+
+def _finish_args(applicable: Sequence[Finish], now: datetime, worker: str) -> list[Any]:
+    """``FINISH_ATTEMPTS``'s parameters $1-$9."""
+    dumps = orjson.dumps
+    return [
         [f.job_id for f in applicable],
         [f.attempt for f in applicable],
         [f.report.state.value for f in applicable],
@@ -420,10 +492,6 @@ async def finish_attempts(fetch: Fetch, finishes: Sequence[Finish], *, worker: s
         [f.report.error for f in applicable],
         [f.report.cpu_seconds for f in applicable],
         [f.report.wall_seconds for f in applicable],
-        utcnow(),
+        now,
         worker,
-    )
-    for r in rows:
-        JOB_TRANSITIONS.labels(r[1]).inc()
-    applied = {r[0] for r in rows}
-    return [f for f in finishes if f.job_id not in applied or not f.without_rules]
+    ]

@@ -35,6 +35,7 @@ from shared.jobs.store import (
     admit_pending,
     claim_queued,
     finish_attempts,
+    record_and_claim,
     session_fetch,
     set_job_state,
 )
@@ -260,3 +261,52 @@ async def test_the_general_path_takes_what_decide_says_and_fences_attempts(
         expected = None if fenced else decided.state
         assert (change.accepted, change.decision.state) == (expected is not None, expected)
         assert change.state is (expected or state), (state, attempts, proposal)
+
+
+async def test_record_and_claim_does_what_its_two_statements_do(db: Sessions, dsn: str) -> None:
+    """The worker's statement of both (a record and the next claim, ``record_and_claim``)
+    does to jobs in every state what ``finish_attempts`` and ``claim_queued`` do alone: the
+    same rows, history and usage, the same jobs left to the general path, one wake-up."""
+    finish_cases = list(itertools.product(S, RETRIES, S, (True, False), (True, False)))
+    claim_cases = [(s, a, m) for s in S for a, m in RETRIES]
+
+    async def made() -> tuple[list[uuid.UUID], list[Finish], list[uuid.UUID]]:
+        ids = await jobs_in(db, [(s, a, m) for s, (a, m), *_ in finish_cases])
+        async with db() as session:
+            finishes = [
+                Finish(
+                    j.id,
+                    j.tenant_id,
+                    j.attempts if current else j.attempts + 1,
+                    report(proposed, retryable),
+                )
+                for j, (_, _, proposed, retryable, current) in zip(
+                    [await session.get_one(Job, i) for i in ids], finish_cases, strict=True
+                )
+            ]
+        return ids, finishes, await jobs_in(db, claim_cases)
+
+    (ids, finishes, to_claim), (twins, twin_finishes, twins_to_claim) = await made(), await made()
+    async with Wakeups(dsn) as seen:
+        async with db() as session, session.begin():
+            claimed, left = await record_and_claim(
+                session_fetch(session), finishes, to_claim, worker="w1", lease_s=LEASE_S
+            )
+        assert await seen.take() == ["job.finished"]
+    async with db() as session, session.begin():
+        twin_left = await finish_attempts(session_fetch(session), twin_finishes, worker="w1")
+        twin_claimed = await claim_queued(
+            session_fetch(session), twins_to_claim, worker="w1", lease_s=LEASE_S
+        )
+    assert await effects(db, ids + to_claim) == await effects(db, twins + twins_to_claim)
+    position = {j: i for i, j in enumerate(ids + to_claim)}
+    twin_position = {j: i for i, j in enumerate(twins + twins_to_claim)}
+    assert sorted(position[f.job_id] for f in left) == sorted(
+        twin_position[f.job_id] for f in twin_left
+    )
+    assert sorted(position[j] for j in claimed) == sorted(twin_position[j] for j in twin_claimed)
+    assert claimed, "no case claimed: the comparison above proves nothing"
+    assert len(left) < len(finishes), "no case recorded: the comparison above proves nothing"
+    for job_id, claim in claimed.items():
+        twin = twin_claimed[(twins + twins_to_claim)[position[job_id]]]
+        assert claim == replace(twin, job_id=job_id, tenant_id=claim.tenant_id)

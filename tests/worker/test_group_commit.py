@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,10 +18,10 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from services.worker import service
+from services.worker import batch, service
 from services.worker.app import WorkerRuntime
 from services.worker.batch import Claims, Records, Writes
 from services.worker.datasets import attempt_files
@@ -28,8 +29,9 @@ from services.worker.runner import KernelRunner
 from services.worker.settings import WorkerSettings
 from shared.db.batch import GroupCommit
 from shared.db.engine import make_engine, make_sessionmaker
-from shared.db.models import Job, JobAttempt, JobEvent, Tenant
-from shared.jobs.proposals import Cancelled, Lost, Report
+from shared.db.models import Job, JobAttempt, JobDep, JobEvent, Tenant
+from shared.db.wakeup import FINISHED
+from shared.jobs.proposals import Cancelled, Claimed, Lost, Report
 from shared.jobs.states import JobState
 from shared.jobs.store import Claim, Finish, set_job_state
 from shared.runtime import Resources
@@ -359,21 +361,116 @@ async def test_a_slot_takes_the_next_job_while_the_last_outcome_is_recorded(
     assert not rt.slots.locked()
 
 
-async def test_a_record_and_a_claim_waiting_together_commit_in_one_transaction(
-    sessions: Sessions,
+def log_statements(monkeypatch: pytest.MonkeyPatch, statements: list[str]) -> None:
+    """Every statement the worker's writes send from now on goes into ``statements``."""
+    real = batch.raw_connection
+
+    @contextlib.asynccontextmanager
+    async def logged(engine: AsyncEngine) -> AsyncIterator[Any]:
+        async with real(engine) as conn:
+
+            def log(query: Any) -> None:
+                statements.append(query.query)
+
+            conn.add_query_logger(log)
+            try:
+                yield conn
+            finally:
+                conn.remove_query_logger(log)
+
+    monkeypatch.setattr(batch, "raw_connection", logged)
+
+
+async def test_a_record_and_a_claim_waiting_together_commit_in_one_statement(
+    sessions: Sessions, dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One job's record and the next job's claim, submitted in the same turn of the loop (a
-    slot passing from one to the other), are one write: both applied, one transaction."""
+    slot passing from one to the other), are one write of one statement: both applied, in
+    one transaction, with both jobs' history, the record's usage row and one wake-up."""
     writes = Writes(engine_of(sessions), worker="w1", lease_s=30)
     claims = Claims(engine_of(sessions), sessions, worker="w1", lease_s=30, writes=writes)
     records = Records(engine_of(sessions), worker="w1", writes=writes)
     (done,) = await claimed(sessions, 1)
     (queued,) = await queued_jobs(sessions, 1)
-    applied, claim = await asyncio.gather(records.record(succeeded(done)), claims.claim(queued))
+    statements: list[str] = []
+    log_statements(monkeypatch, statements)
+    async with Wakeups(dsn) as seen:
+        applied, claim = await asyncio.gather(records.record(succeeded(done)), claims.claim(queued))
+        assert await seen.take() == [FINISHED]
     assert applied is True
     assert claim is not None
     assert claim.job_id == queued
+    assert claim.params == {"samples": 0}
     assert (writes.commits.writes, writes.commits.items) == (1, 2)
+    assert len(statements) == 1  # no BEGIN, no COMMIT: one round trip
     assert (await get(sessions, done.job_id)).state == "SUCCEEDED"
     assert (await get(sessions, queued)).state == "RUNNING"
     assert await usage(sessions, done.job_id) == [(1, "SUCCEEDED", 0.5)]
+    assert (await events(sessions, done.job_id))[-1] == (1, "RUNNING", "SUCCEEDED", "w1")
+    assert await events(sessions, queued) == [
+        (0, "PENDING", "QUEUED", None),
+        (1, "QUEUED", "RUNNING", "w1"),
+    ]
+    async with sessions() as session:
+        xmins = await session.execute(
+            text("SELECT DISTINCT xmin::text FROM jobs WHERE id = ANY(:ids)"),
+            {"ids": [done.job_id, queued]},
+        )
+        assert len(xmins.all()) == 1  # one transaction
+
+
+async def test_a_record_and_a_claim_in_one_statement_leave_what_they_do_not_apply(
+    sessions: Sessions,
+) -> None:
+    """In the statement of both, a superseded attempt's record and a claim of a job that is
+    no longer QUEUED are not applied, and each takes the general path: the record is
+    refused, the claim comes back None; the others apply."""
+    writes = Writes(engine_of(sessions), worker="w1", lease_s=30)
+    claims = Claims(engine_of(sessions), sessions, worker="w1", lease_s=30, writes=writes)
+    records = Records(engine_of(sessions), worker="w1", writes=writes)
+    done, stale = await claimed(sessions, 2)
+    fresh, taken = await queued_jobs(sessions, 2)
+    async with sessions() as session, session.begin():  # another worker claimed it first
+        await set_job_state(session=session, job_id=taken, proposal=Claimed("w2", 30.0))
+    superseded = dataclasses.replace(succeeded(stale), attempt=stale.attempt + 1)
+    results = await asyncio.gather(
+        records.record(succeeded(done)),
+        records.record(superseded),
+        claims.claim(fresh),
+        claims.claim(taken),
+    )
+    assert results[0] is True
+    assert results[1] is False
+    assert isinstance(results[2], Claim)
+    assert results[3] is None
+    assert writes.commits.writes == 1
+    states = [(await get(sessions, j)).state for j in (done.job_id, stale.job_id, fresh, taken)]
+    assert states == ["SUCCEEDED", "RUNNING", "RUNNING", "RUNNING"]
+    assert (await get(sessions, taken)).worker == "w2"
+
+
+async def test_a_record_in_one_statement_with_a_claim_releases_its_dependents(
+    sessions: Sessions,
+) -> None:
+    """The triggers on ``jobs`` see the record and the claim in one statement (one
+    transition table): the recorded job's dependent is released, the claimed job is not
+    taken for a finished one."""
+    writes = Writes(engine_of(sessions), worker="w1", lease_s=30)
+    claims = Claims(engine_of(sessions), sessions, worker="w1", lease_s=30, writes=writes)
+    records = Records(engine_of(sessions), worker="w1", writes=writes)
+    (done,) = await claimed(sessions, 1)
+    (queued,) = await queued_jobs(sessions, 1)
+    waiting = uuid.uuid4()
+    async with sessions() as session, session.begin():
+        session.add(new_job(done.tenant_id, id=waiting, deps_left=1))
+        await session.flush()
+        session.add(JobDep(job_id=waiting, dep_id=done.job_id, condition="afterok"))
+    applied, claim = await asyncio.gather(records.record(succeeded(done)), claims.claim(queued))
+    assert applied is True
+    assert claim is not None
+    assert writes.commits.writes == 1
+    released = await get(sessions, waiting)
+    assert released.deps_left == 0
+    async with sessions() as session:
+        left = await session.execute(select(JobDep).where(JobDep.job_id == waiting))
+        assert left.all() == []

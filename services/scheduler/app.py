@@ -78,6 +78,8 @@ def make_dispatch_step(
                 slack=settings.dispatch_slack,
                 batch=settings.dispatch_batch,
                 fair=fair,
+                slack_max=settings.dispatch_slack_max,
+                ahead_s=settings.dispatch_ahead_s,
             )
         if events:
             DISPATCHED.inc(len(events))

@@ -154,47 +154,85 @@ async def admit(db: Pass, *, limit: int, tiers: list[str]) -> int:
 class Capacity:
     slots: dict[str, int]
     in_flight: dict[str, int]
+    # per device, how many jobs may be in flight: each live worker's slots times one plus
+    # its slack (``Ahead``)
+    room: dict[str, float] = field(default_factory=dict)
 
     def free(self, device: str, slack: float) -> int:
         slots = self.slots.get(device, 0)
         return max(0, math.ceil(slots * (1 + slack)) - self.in_flight.get(device, 0))
+
+    def ahead(self, device: str) -> int:
+        """How many more jobs may be sent to ``device``: its ``room`` less those in flight."""
+        room = math.ceil(self.room.get(device, 0.0) - 1e-9)
+        return max(0, room - self.in_flight.get(device, 0))
+
+
+@dataclass(frozen=True)
+class Ahead:
+    """How far ahead of the workers' slots the scheduler dispatches. Each live worker takes
+    ``concurrency * (1 + s)`` jobs in flight, where ``s`` is ``slack``, or, while the jobs
+    it ran lately were short (``workers.run_s``, from its heartbeat), enough to keep its slots
+    busy for ``ahead_s`` (``ahead_s / run_s``), at most ``slack_max``: a pass comes at most
+    every ``STRATUS_DISPATCH_MIN_GAP_S``, and short jobs would leave the slots idle until it
+    does. Long jobs keep ``slack``: what waits in a work queue is out of fair share's reach
+    until it runs."""
+
+    slack: float = 4.0
+    slack_max: float = 4.0
+    ahead_s: float = 0.0
 
 
 # Live worker slots per device (heartbeat younger than $1 seconds, not stopping) and the jobs
 # that hold one (QUEUED and dispatched, or RUNNING; an array's own row never is; an array
 # chunk dispatched or claimed holds one), in one round trip. The jobs are read from
 # ``ix_jobs_in_flight``, whose condition is ``IN_FLIGHT``: never the waiting backlog.
+# With the slots, each device's room ($2 slack, $3 slack_max, $4 ahead_s: ``Ahead``).
 _CAPACITY = f"""
-SELECT true, device, sum(concurrency)::int FROM workers
+SELECT true, device, sum(concurrency)::int,
+       sum(concurrency * (1 + greatest($2::float8, least($3::float8,
+           $4::float8 / greatest(coalesce(run_s, 'Infinity'), 1e-4)))))
+FROM workers
 WHERE heartbeat_at > now() - make_interval(secs => $1::float8) AND NOT stopping
 GROUP BY device
 UNION ALL
-SELECT false, assigned_device, count(*)::int FROM jobs
+SELECT false, assigned_device, count(*)::int, 0 FROM jobs
 WHERE {IN_FLIGHT} AND assigned_device IS NOT NULL
 GROUP BY assigned_device
 UNION ALL
-SELECT false, device, count(*)::int FROM array_chunks WHERE device IS NOT NULL GROUP BY device
+SELECT false, device, count(*)::int, 0 FROM array_chunks WHERE device IS NOT NULL GROUP BY device
 """  # noqa: S608 (built from constants only)
 
 
 def _capacity(rows: Iterable[Sequence[Any]]) -> Capacity:
     slots: dict[str, int] = {}
     in_flight: dict[str, int] = {}
-    for is_slots, device, n in rows:
+    room: dict[str, float] = {}
+    for is_slots, device, n, device_room in rows:
         counts = slots if is_slots else in_flight
         counts[str(device)] = counts.get(str(device), 0) + int(n)
-    return Capacity(slots=slots, in_flight=in_flight)
+        if is_slots:
+            room[str(device)] = float(device_room)
+    return Capacity(slots=slots, in_flight=in_flight, room=room)
 
 
-async def capacity(conn: Any, *, worker_ttl_s: float) -> Capacity:
-    """Live slots and jobs in flight per device, on the plain asyncpg connection ``conn``."""
-    return _capacity(await conn.fetch(_CAPACITY, worker_ttl_s))
+def _capacity_args(worker_ttl_s: float, ahead: Ahead) -> tuple[float, float, float, float]:
+    return (worker_ttl_s, ahead.slack, max(ahead.slack, ahead.slack_max), ahead.ahead_s)
 
 
-async def session_capacity(*, session: AsyncSession, worker_ttl_s: float) -> Capacity:
+async def capacity(conn: Any, *, worker_ttl_s: float, ahead: Ahead | None = None) -> Capacity:
+    """Live slots, their room and jobs in flight per device, on the plain asyncpg connection
+    ``conn``."""
+    return _capacity(await conn.fetch(_CAPACITY, *_capacity_args(worker_ttl_s, ahead or Ahead())))
+
+
+async def session_capacity(
+    *, session: AsyncSession, worker_ttl_s: float, ahead: Ahead | None = None
+) -> Capacity:
     """``capacity`` in a SQLAlchemy session (the same statement, given to the driver as is)."""
     conn = await session.connection()
-    return _capacity((await conn.exec_driver_sql(_CAPACITY, (worker_ttl_s,))).all())
+    args = _capacity_args(worker_ttl_s, ahead or Ahead())
+    return _capacity((await conn.exec_driver_sql(_CAPACITY, args)).all())
 
 
 @dataclass(frozen=True)
@@ -212,20 +250,25 @@ async def dispatch(
     slack: float,
     batch: int,
     fair: FairShareSettings | None = None,
+    slack_max: float | None = None,
+    ahead_s: float = 0.0,
 ) -> list[Event]:
     """Fill the free worker slots of each device with waiting jobs, shared fairly between
-    tenants (``fairshare.allocate``). Jobs that cannot go anywhere get a ``state_reason``.
+    tenants (``fairshare.allocate``), and as many beyond them as ``Ahead`` (``slack``, up to
+    ``slack_max`` for short jobs) allows. Jobs that cannot go anywhere get a
+    ``state_reason``.
 
     Round trips: one for capacity; then, per device with free slots, one for the candidates
     with their tenants' loads, one to send the chosen (lock, mark, stage the events), and one
     more only when a quota keeps some tenant's jobs waiting."""
     fair = fair or FairShareSettings()
-    cap = await capacity(db.conn, worker_ttl_s=worker_ttl_s)
+    ahead = Ahead(slack=slack, slack_max=slack if slack_max is None else slack_max, ahead_s=ahead_s)
+    cap = await capacity(db.conn, worker_ttl_s=worker_ttl_s, ahead=ahead)
     events: list[Event] = []
     for device in DEVICES:
         if cap.slots.get(device, 0) == 0:
             continue
-        free = min(cap.free(device, slack), batch)
+        free = min(cap.ahead(device), batch)
         if free <= 0:
             continue
         waiting = await runnable.candidates(

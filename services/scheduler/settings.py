@@ -102,6 +102,12 @@ class SchedulerSettings(CommonSettings):
     # Jobs sent to a device queue beyond the live workers' slots, as a multiple of the slots:
     # a little slack hides the dispatch round trip without letting workers hoard jobs.
     dispatch_slack: float = 4.0
+    # ...and beyond that, for workers whose recent jobs were short (their heartbeat says how
+    # long), enough to keep their slots busy this long, at most ``dispatch_slack_max`` times
+    # their slots: passes come at most every ``dispatch_min_gap_s``, and short jobs would
+    # leave the slots idle until the next (``services.scheduler.service.Ahead``).
+    dispatch_ahead_s: float = Field(default=0.1, ge=0.0)
+    dispatch_slack_max: float = Field(default=16.0, ge=0.0)
     dispatch_batch: int = 500
     # A pass publishes its jobs' dispatch messages itself once it commits (the job's row
     # already says it was dispatched; ``redispatch_after_s`` re-sends one a crash lost), and

@@ -29,7 +29,7 @@ from services.worker.datasets import (
     input_paths,
     missing_files,
 )
-from services.worker.handlers import Running, cancelled_job, preempted_job
+from services.worker.handlers import Running, cancelled_job, preempted_job, take_slot
 from services.worker.results import pointer
 from services.worker.runner import KernelRunner, PoolConfig, Request, Usage
 from services.worker.service import Recorded, report_for
@@ -64,6 +64,21 @@ _C = TypeVar("_C")  # what a claim gives: a job's or a chunk's
 # running average.
 PAUSE_MIN_RUN_S = 1.0
 RUN_AVERAGE_WEIGHT = 0.2
+# While its recent jobs ran less than this on average, a worker claims up to one job per
+# slot before a slot is free, and takes twice as many deliveries at once (its prefetch,
+# unless ``STRATUS_PREFETCH`` sets it): a claim's round trip and the broker's next delivery
+# then overlap the runs instead of leaving the slots idle between short jobs
+# (``WorkerRuntime._claims_ahead``).
+CLAIM_AHEAD_MAX_RUN_S = 0.1
+
+
+@dataclasses.dataclass
+class _Slot:
+    """A job's hold on a slot: taken at its claim, or (claimed ahead) when one frees."""
+
+    held: bool
+    waiting: bool = False  # claimed ahead, no slot yet: counted in ``WorkerRuntime.ahead``
+    taken_at: float = 0.0  # when it was taken (monotonic)
 
 
 class WorkerRuntime:
@@ -79,6 +94,9 @@ class WorkerRuntime:
         self.runner = runner
         self.storage = storage or Storage(settings.storage)
         self.slots = asyncio.Semaphore(settings.concurrency)
+        self.ahead = 0  # jobs claimed (or being claimed) ahead of a free slot
+        self.prefetch = settings.prefetch or settings.concurrency  # the work queue's, now
+        self._prefetch_change: asyncio.Task[None] | None = None
         self.running = Running()  # cancellable attempts, by job
         self.jobs: set[asyncio.Task[None]] = set()  # attempts and their records, for shutdown
         self.leased: set[uuid.UUID] = set()  # claimed, not yet recorded: the leases to extend
@@ -103,9 +121,18 @@ class WorkerRuntime:
 
     async def on_dispatch(self, delivery: Delivery) -> None:
         event = dispatched_work(delivery)
-        await self.slots.acquire()
+        ahead = (
+            not isinstance(event, ChunkDispatched)
+            and self.slots.locked()
+            and self.ahead < self.settings.concurrency
+            and self._claims_ahead()
+        )
+        if ahead:  # its run waits for a slot (``_run``)
+            self.ahead += 1
+        else:
+            await self.slots.acquire()
         if self.stopping:  # waited for a slot through a shutdown: another worker takes it
-            self.slots.release()
+            self._give_back(_Slot(held=not ahead, waiting=ahead))
             raise RuntimeError("worker shutting down: job handed back unclaimed")
         if self.slots.locked() and self._work_paused is None and self._pause_when_full():
             # its last free slot: the work queue's next messages go to the workers that have
@@ -120,8 +147,9 @@ class WorkerRuntime:
             await asyncio.shield(self._claim_chunk_and_start(event.chunk_id))
             return
         # the job's trace (the message's traceparent), if tracing is on
+        slot = _Slot(held=not ahead, waiting=ahead, taken_at=time.monotonic())
         with tracing.received(event.job_id, event.event_id, delivery.traceparent):
-            await asyncio.shield(self._claim_and_start(event.job_id))
+            await asyncio.shield(self._claim_and_start(event.job_id, slot))
 
     def _pause_when_full(self) -> bool:
         """Whether a full worker should pause its work queue: only while its jobs are long
@@ -131,11 +159,49 @@ class WorkerRuntime:
         throughput and ten times its latency at 100 jobs/s (``bench/pipeline.py``)."""
         return self.recent_run_s is None or self.recent_run_s >= PAUSE_MIN_RUN_S
 
+    def _claims_ahead(self) -> bool:
+        """Whether jobs are claimed before a slot is free for them: only while the recent
+        ones were short, so that a job claimed ahead waits for a slot a few milliseconds,
+        never behind a long job (one that runs long after many short ones holds at most one
+        claimed job per slot back that long)."""
+        return self.recent_run_s is not None and self.recent_run_s < CLAIM_AHEAD_MAX_RUN_S
+
     def _ran(self, seconds: float) -> None:
         """A job or chunk held its slot for ``seconds``."""
         last = self.recent_run_s
         step = 0.0 if last is None else RUN_AVERAGE_WEIGHT * (seconds - last)
         self.recent_run_s = seconds if last is None else last + step
+        self._adapt_prefetch()
+
+    def _adapt_prefetch(self) -> None:
+        """Twice the slots' deliveries at once while jobs are claimed ahead, as many as the
+        slots otherwise (a long job never holds a message that another worker could run);
+        not when ``STRATUS_PREFETCH`` sets it."""
+        if self.settings.prefetch is not None or self._prefetch_change is not None:
+            return
+        wanted = self.settings.concurrency * (2 if self._claims_ahead() else 1)
+        if wanted != self.prefetch and not self.stopping:
+            self._prefetch_change = asyncio.get_running_loop().create_task(
+                self._set_prefetch(wanted)
+            )
+
+    async def _set_prefetch(self, prefetch: int) -> None:
+        try:
+            await self.res.broker.set_prefetch(WORK_QUEUES[self.settings.device], prefetch)
+            self.prefetch = prefetch
+        except Exception as exc:  # the broker away: the next job's end tries again
+            log.warning("prefetch_change_failed", prefetch=prefetch, error=repr(exc))
+        finally:
+            self._prefetch_change = None
+
+    def _give_back(self, slot: _Slot) -> None:
+        """What ``slot`` holds, a slot or a place among the jobs claimed ahead."""
+        if slot.held:
+            slot.held = False
+            self.slots.release()
+        if slot.waiting:
+            slot.waiting = False
+            self.ahead -= 1
 
     async def _take_work_when_free(self) -> None:
         """While every slot is taken: the work queue's consumer paused until one is free
@@ -161,15 +227,21 @@ class WorkerRuntime:
         finally:
             self._work_paused = None
 
-    async def _claim_and_start(self, job_id: uuid.UUID) -> None:
-        """Claim the job for the slot taken for it and start its run, or give the slot back."""
+    async def _claim_and_start(self, job_id: uuid.UUID, slot: _Slot) -> None:
+        """Claim the job for the slot taken for it (or to come: ``slot.waiting``) and start
+        its run, or give the slot back."""
         with tracing.span("worker.claim", job_id=job_id, worker=self.settings.name):
-            claim = await self._claimed(self.claims.claim(job_id))
+            try:
+                claim = await self.claims.claim(job_id)
+            except BaseException:
+                self._give_back(slot)
+                raise
             if claim is None:
+                self._give_back(slot)
                 return
             self.leased.add(claim.job_id)  # its lease is extended by the heartbeat from now on
             # the run's task starts under the claim's span (its spans and log lines are in it)
-            task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}")
+            task = asyncio.create_task(self._run(claim, slot), name=f"job-{claim.job_id}")
         self.running.tasks[claim.job_id] = (claim, task)
         self.jobs.add(task)
         task.add_done_callback(self.jobs.discard)
@@ -220,22 +292,24 @@ class WorkerRuntime:
         elif job_id is not None and self.chunks.cancel_array(job_id):
             log.info("array_cancel_requested", array_id=str(job_id))
 
-    async def _run(self, claim: Claim) -> None:
+    async def _run(self, claim: Claim, slot: _Slot | None = None) -> None:
+        """Run the claimed job and record its outcome; ``slot`` is its hold on a slot (by
+        default, a slot taken for it now, as ``on_dispatch`` does), given back when the run
+        ends."""
+        slot = slot or _Slot(held=True, taken_at=time.monotonic())
         files = attempt_files(self.settings.storage, claim)
         staged: dict[str, StagedOutput] = {}
         self.progress.start(claim.job_id, claim.tenant_id, claim.attempt)
-        slot_held = True
         try:
-            started = time.monotonic()
-            report = await self._attempt(claim, files, staged)
-            self._ran(time.monotonic() - started)
+            report = await self._attempt(claim, files, staged, slot)
+            if slot.held:  # it ran: how long it held the slot
+                self._ran(time.monotonic() - slot.taken_at)
             self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
             # The kernel is done: its slot takes the next dispatch while this outcome is
             # recorded (the job stays leased, and RUNNING for the scheduler, until then), so
             # that a slot's cycle is its claim and its run, not also the record's round trip.
-            self.slots.release()
-            slot_held = False
+            self._give_back(slot)
             with tracing.span("worker.finish", state=report.state.value, attempt=claim.attempt):
                 accepted = await self._record(claim, report, files, staged)
             # nobody resumes it any more, unless the record was refused: the job then went
@@ -258,14 +332,19 @@ class WorkerRuntime:
             if claim.outputs or files.folder.exists():  # the folder of the outputs, a large result
                 # what the record did not publish (failed, refused or abandoned attempt)
                 await asyncio.to_thread(files.remove)
-            if slot_held:
-                self.slots.release()
+            self._give_back(slot)
 
     async def _attempt(
-        self, claim: Claim, files: AttemptFiles, staged: dict[str, StagedOutput] | None = None
+        self,
+        claim: Claim,
+        files: AttemptFiles,
+        staged: dict[str, StagedOutput] | None = None,
+        slot: _Slot | None = None,
     ) -> Report:
         """Run the attempt, its kernel writing ``files``; the partial objects of a stage-out
-        go into ``staged``."""
+        go into ``staged``. A job claimed ahead (``slot.waiting``) waits for its slot here:
+        a cancel meanwhile ends it as one while it runs would, and a drain hands it back
+        unrun."""
         usage = Usage()
         try:
             request = self._request(claim, files)
@@ -275,6 +354,12 @@ class WorkerRuntime:
         if self.stopping:
             release.set()  # claimed during a drain: checkpoint (if it has one) and hand back
         try:
+            if slot is not None and slot.waiting:
+                if not await take_slot(self.slots, release):  # a drain came first
+                    self._give_back(slot)
+                    return Report(JobState.QUEUED, handed_back="drained")
+                slot.held, slot.waiting, slot.taken_at = True, False, time.monotonic()
+                self.ahead -= 1
             with tracing.span(f"kernel {claim.kernel}", attempt=claim.attempt):
                 outcome = await self.runner.run(
                     request,
@@ -553,6 +638,7 @@ class WorkerRuntime:
                 lease_s=self.settings.lease_s,
                 stopping=self.stopping,
                 leased=set(self.leased),
+                run_s=self.recent_run_s,
             )
         await self.chunks.extend()
 

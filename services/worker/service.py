@@ -312,8 +312,10 @@ async def heartbeat(
     lease_s: float,
     stopping: bool = False,
     leased: Collection[uuid.UUID] = (),
+    run_s: float | None = None,
 ) -> None:
-    """Say this worker is alive (and how many jobs it takes) and extend the leases of the
+    """Say this worker is alive (how many jobs it takes, how long its recent ones held a
+    slot: ``run_s``) and extend the leases of the
     jobs in ``leased``: the ones it runs or records now. Only those: a job that is RUNNING
     under this worker's name but that no attempt of this process holds (its claim committed
     under a consumer cancelled by a broker restart, a record that gave up) must lose its
@@ -322,7 +324,12 @@ async def heartbeat(
     await session.execute(
         insert(Worker)
         .values(
-            id=worker, device=device, concurrency=concurrency, stopping=stopping, software=SOFTWARE
+            id=worker,
+            device=device,
+            concurrency=concurrency,
+            stopping=stopping,
+            software=SOFTWARE,
+            run_s=run_s,
         )
         .on_conflict_do_update(
             index_elements=[Worker.id],
@@ -331,6 +338,7 @@ async def heartbeat(
                 "concurrency": concurrency,
                 "stopping": stopping,
                 "software": SOFTWARE,
+                "run_s": run_s,
             },
         )
     )

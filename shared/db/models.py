@@ -570,6 +570,9 @@ class Worker(Base):
     stopping: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     # the versions a job's receipt names (stratus, numba, numpy, python), from the heartbeat
     software: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    # how long its recent jobs held their slot (an exponential average; NULL before the
+    # first), from the heartbeat: the scheduler dispatches further ahead of short jobs
+    run_s: Mapped[float | None] = mapped_column(Float)
 
 
 class WorkerPool(Base):

@@ -271,6 +271,24 @@ class Broker(BrokerAdmin):
         self._callbacks[qname] = (queue, on_message)
         self._consumers.append((queue, await queue.consume(on_message)))
 
+    async def set_prefetch(self, spec: QueueSpec, prefetch: int) -> None:
+        """Take up to ``prefetch`` unacknowledged deliveries at once from ``spec``'s queue
+        (``consume``'s) from now on, also after a reconnection. RabbitMQ fixes a consumer's
+        prefetch when it starts, so the consumer is started again with the new one (before
+        the old one is cancelled: no gap); deliveries already made are handled as usual. A
+        paused consumer takes it when resumed."""
+        qname = self.qname(spec)
+        queue, on_message = self._callbacks[qname]
+        await queue.channel.set_qos(prefetch_count=prefetch)
+        if qname in self._paused or self._stopped:
+            return
+        old = [c for c in self._consumers if c[0] is queue]
+        self._consumers.append((queue, await queue.consume(on_message, timeout=10.0)))
+        for entry in old:
+            self._consumers.remove(entry)
+            with contextlib.suppress(Exception):  # a closed channel delivers nothing anyway
+                await queue.cancel(entry[1])
+
     async def pause(self, spec: QueueSpec) -> None:
         """Take no more deliveries from ``spec``'s queue (``consume``'s) until ``resume``:
         its messages stay there for the other consumers. Deliveries already made are

@@ -99,3 +99,36 @@ async def test_nothing_resumes_after_stop_consuming(
     await asyncio.sleep(1.0)
     assert got == []
     assert await idle.get(idle.qname(spec)) is not None  # still queued
+
+
+async def test_a_new_prefetch_bounds_the_deliveries_held_at_once(
+    brokers: tuple[Broker, Broker], prefix: str
+) -> None:
+    """``set_prefetch`` changes how many unacknowledged deliveries the consumer holds at once:
+    with handlers that do not finish, 2, then 5 more after the change (the consumer starts
+    again with it, and the 2 held still count for the one that took them)."""
+    busy, _ = brokers
+    spec = QueueSpec("prefetch", (f"{prefix}.prefetch",))
+    held: list[bytes] = []
+    release = asyncio.Event()
+
+    async def hold(d: Delivery) -> None:
+        held.append(d.body)
+        await release.wait()
+
+    await busy.consume(spec, hold, prefetch=2)
+    for i in range(8):
+        await busy.publish(Outgoing(f"{prefix}.prefetch", b"%d" % i, str(uuid.uuid4())))
+
+    async def holding(n: int) -> None:
+        async with asyncio.timeout(10):
+            while len(held) < n:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # and no more come
+        assert len(held) == n
+
+    await holding(2)
+    await busy.set_prefetch(spec, 5)
+    await holding(7)
+    release.set()
+    await holding(8)

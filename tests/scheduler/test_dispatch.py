@@ -649,3 +649,35 @@ async def test_a_lost_attempt_is_counted_once(s: async_sessionmaker[AsyncSession
         ).all()
     assert [(a, o) for a, o, _ in rows] == [(1, "LOST")]
     assert 0 <= rows[0][2] < 5  # its slot was held from its start to its lease's end
+
+
+@pytest.mark.parametrize(
+    ("run_s", "slack_max", "sent"),
+    [
+        (None, 16.0, 10),  # no job run yet: the slack, 2 x (1 + 4)
+        (1.0, 16.0, 10),  # long jobs: the slack
+        (0.02, 16.0, 12),  # 0.1 s of 20 ms jobs: 5 a slot beyond it, 2 x (1 + 5)
+        (0.002, 16.0, 34),  # 2 ms jobs: at most slack_max, 2 x (1 + 16)
+        (0.002, None, 10),  # no slack_max: the slack alone
+    ],
+)
+async def test_short_jobs_are_dispatched_further_ahead_of_the_slots(
+    s: async_sessionmaker[AsyncSession], run_s: float | None, slack_max: float | None, sent: int
+) -> None:
+    """A worker whose recent jobs were short (``workers.run_s``) gets enough jobs in flight
+    to keep its slots busy for ``ahead_s``, between ``slack`` and ``slack_max`` times its
+    slots beyond them; and no more on the next pass while they are in flight."""
+    tid = await _tenant(s)
+    await _jobs(s, tid, [0] * 50)
+    await _worker(s, "w1", "cpu", 2)
+    async with s() as session, session.begin():
+        await session.execute(update(Worker).where(Worker.id == "w1").values(run_s=run_s))
+
+    async def dispatch() -> list[Event]:
+        async with _pass(s) as db:
+            return await service.dispatch(
+                db, worker_ttl_s=15, slack=4.0, batch=500, slack_max=slack_max, ahead_s=0.1
+            )
+
+    assert len(await dispatch()) == sent
+    assert await dispatch() == []  # all in flight: nothing more until some end

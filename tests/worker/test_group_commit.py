@@ -30,6 +30,7 @@ from services.worker.settings import WorkerSettings
 from shared.db.batch import GroupCommit
 from shared.db.engine import make_engine, make_sessionmaker
 from shared.db.models import Job, JobAttempt, JobDep, JobEvent, Tenant
+from shared.db.raw import raw_connection
 from shared.db.wakeup import FINISHED
 from shared.jobs.proposals import Cancelled, Claimed, Lost, Report
 from shared.jobs.states import JobState
@@ -363,7 +364,7 @@ async def test_a_slot_takes_the_next_job_while_the_last_outcome_is_recorded(
 
 def log_statements(monkeypatch: pytest.MonkeyPatch, statements: list[str]) -> None:
     """Every statement the worker's writes send from now on goes into ``statements``."""
-    real = batch.raw_connection
+    real = raw_connection
 
     @contextlib.asynccontextmanager
     async def logged(engine: AsyncEngine) -> AsyncIterator[Any]:

@@ -1,0 +1,245 @@
+"""A worker whose recent jobs were short claims up to one job per slot before a slot is
+free (``services.worker.app``, ``CLAIM_AHEAD_MAX_RUN_S``): the claim's round trip overlaps
+the run before. The job claimed ahead runs once a slot frees, never more at once than the
+slots; a cancel while it waits ends it as a cancel of a running job does; a drain hands it
+back unrun; after long jobs nothing is claimed ahead. On a database of its own."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.worker.app import CLAIM_AHEAD_MAX_RUN_S, WorkerRuntime
+from services.worker.runner import KernelRunner, Outcome, Request, Status, Usage
+from services.worker.settings import WorkerSettings
+from shared.db.models import Job, JobAttempt, Tenant, Worker
+from shared.runtime import Resources
+from shared.settings import CommonSettings, StorageSettings
+from tests.factories import admit_jobs, new_job, own_database
+from tests.worker.test_held_leases import dispatched
+
+Sessions = async_sessionmaker[AsyncSession]
+
+
+@pytest.fixture(scope="module")
+async def db(settings: CommonSettings) -> AsyncIterator[Sessions]:
+    async with own_database(settings, "claimahead") as (_, sessions):
+        yield sessions
+
+
+class Gated:
+    """A kernel runner whose attempts wait for ``go``; it counts the runs going at once."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.now = 0
+        self.most = 0
+        self.ran: list[int] = []
+
+    async def run(
+        self, request: Request, *, timeout_s: float, usage: Usage, **_: object
+    ) -> Outcome:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            await self.go.wait()
+        finally:
+            self.now -= 1
+        self.ran.append(request.params["samples"])
+        return Outcome(Status.SUCCEEDED, usage, result={"samples": request.params["samples"]})
+
+
+class Broker:
+    """What the runtime asks of the broker here: its prefetch changes, recorded."""
+
+    def __init__(self) -> None:
+        self.prefetch: list[int] = []
+
+    async def set_prefetch(self, _spec: object, prefetch: int) -> None:
+        self.prefetch.append(prefetch)
+
+    async def pause(self, _spec: object) -> None:
+        return None
+
+    async def resume(self, _spec: object) -> None:
+        return None
+
+
+def runtime(db: Sessions, tmp_path: Path, runner: Gated, *, slots: int) -> WorkerRuntime:
+    storage = StorageSettings.model_validate({"local": {"root": str(tmp_path / "local")}})
+    settings = WorkerSettings(
+        name=f"w-{uuid.uuid4().hex[:8]}", storage=storage, concurrency=slots, lease_s=30
+    )
+    res = SimpleNamespace(
+        engine=db.kw["bind"],
+        sessions=db,
+        relay=SimpleNamespace(wake=lambda: None),
+        broker=Broker(),
+    )
+    return WorkerRuntime(cast(Resources, res), settings, cast(KernelRunner, runner))
+
+
+async def queued(db: Sessions, n: int) -> list[uuid.UUID]:
+    tid, ids = uuid.uuid4(), [uuid.uuid4() for _ in range(n)]
+    async with db() as session, session.begin():
+        session.add(Tenant(id=tid, name=f"c{tid.hex[:8]}", weight=1, quotas={}, suspended=False))
+        await session.flush()
+        session.add_all(new_job(tid, id=j, params={"samples": i}) for i, j in enumerate(ids))
+    async with db() as session, session.begin():
+        assert await admit_jobs(session=session, job_ids=ids) == n
+    return ids
+
+
+async def job(db: Sessions, job_id: uuid.UUID) -> Job:
+    async with db() as session:
+        found = await session.get(Job, job_id)
+        assert found is not None
+        return found
+
+
+async def still_waiting(task: asyncio.Task[Any]) -> bool:
+    await asyncio.sleep(0.3)
+    return not task.done()
+
+
+async def test_short_jobs_are_claimed_one_per_slot_ahead_and_run_as_slots_free(
+    db: Sessions, tmp_path: Path
+) -> None:
+    runner = Gated()
+    rt = runtime(db, tmp_path, runner, slots=1)
+    rt.recent_run_s = CLAIM_AHEAD_MAX_RUN_S / 10  # its recent jobs were short
+    first, second, third = await queued(db, 3)
+    await asyncio.wait_for(rt.on_dispatch(dispatched(first)), 5)  # takes the slot, runs
+    await asyncio.wait_for(rt.on_dispatch(dispatched(second)), 5)  # claimed ahead: acked
+    assert rt.ahead == 1
+    assert (await job(db, second)).state == "RUNNING"  # claimed, waiting for the slot
+    assert second in rt.leased  # its lease is kept by the heartbeat meanwhile
+    late = asyncio.create_task(rt.on_dispatch(dispatched(third)))
+    assert await still_waiting(late)  # one ahead per slot: this one waits for a slot
+    assert (await job(db, third)).state == "QUEUED"
+    runner.go.set()
+    await asyncio.wait_for(late, 5)
+    while rt.jobs:
+        await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
+    assert runner.most == 1  # never more runs at once than slots
+    assert sorted(runner.ran) == [0, 1, 2]
+    assert [(await job(db, j)).state for j in (first, second, third)] == ["SUCCEEDED"] * 3
+    assert rt.ahead == 0
+    assert not rt.slots.locked()
+    assert not rt.leased
+
+
+async def test_after_long_jobs_nothing_is_claimed_before_a_slot_frees(
+    db: Sessions, tmp_path: Path
+) -> None:
+    runner = Gated()
+    rt = runtime(db, tmp_path, runner, slots=1)
+    rt.recent_run_s = CLAIM_AHEAD_MAX_RUN_S * 5  # long, though not long enough to pause
+    first, second = await queued(db, 2)
+    await asyncio.wait_for(rt.on_dispatch(dispatched(first)), 5)
+    late = asyncio.create_task(rt.on_dispatch(dispatched(second)))
+    assert await still_waiting(late)
+    assert (await job(db, second)).state == "QUEUED"
+    assert rt.ahead == 0
+    runner.go.set()
+    await asyncio.wait_for(late, 5)
+    while rt.jobs:
+        await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
+    assert [(await job(db, j)).state for j in (first, second)] == ["SUCCEEDED"] * 2
+
+
+async def test_a_job_cancelled_while_it_waits_for_a_slot_ends_cancelled_unrun(
+    db: Sessions, tmp_path: Path
+) -> None:
+    runner = Gated()
+    rt = runtime(db, tmp_path, runner, slots=1)
+    rt.recent_run_s = CLAIM_AHEAD_MAX_RUN_S / 10
+    first, second = await queued(db, 2)
+    await asyncio.wait_for(rt.on_dispatch(dispatched(first)), 5)
+    await asyncio.wait_for(rt.on_dispatch(dispatched(second)), 5)
+    assert rt.running.cancel(second)  # as ``job.cancelled`` on the control queue does
+    for _ in range(50):
+        if (await job(db, second)).state == "CANCELLED":
+            break
+        await asyncio.sleep(0.1)
+    assert (await job(db, second)).state == "CANCELLED"
+    assert rt.ahead == 0
+    async with db() as session:
+        usage = (await session.execute(select(JobAttempt).where(JobAttempt.job_id == second))).all()
+    assert len(usage) == 1  # the attempt is counted once, as a cancelled running job's
+    runner.go.set()
+    while rt.jobs:
+        await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
+    assert runner.ran == [0]  # the cancelled job never ran
+    assert (await job(db, first)).state == "SUCCEEDED"
+    assert not rt.slots.locked()
+
+
+async def test_a_drain_hands_a_job_claimed_ahead_back_unrun(db: Sessions, tmp_path: Path) -> None:
+    runner = Gated()
+    rt = runtime(db, tmp_path, runner, slots=1)
+    rt.recent_run_s = CLAIM_AHEAD_MAX_RUN_S / 10
+    first, second = await queued(db, 2)
+    await asyncio.wait_for(rt.on_dispatch(dispatched(first)), 5)
+    await asyncio.wait_for(rt.on_dispatch(dispatched(second)), 5)
+    rt.stopping = True  # what ``shutdown`` does first, then it lets the jobs go:
+    rt.releases[second].set()
+    for _ in range(50):
+        if (await job(db, second)).state == "QUEUED":
+            break
+        await asyncio.sleep(0.1)
+    back = await job(db, second)
+    assert (back.state, back.worker, back.error) == ("QUEUED", None, None)
+    assert rt.ahead == 0
+    runner.go.set()
+    while rt.jobs:
+        await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
+    assert runner.ran == [0]
+
+
+async def test_the_prefetch_doubles_while_jobs_are_claimed_ahead_and_comes_back_after(
+    db: Sessions, tmp_path: Path
+) -> None:
+    runner = Gated()
+    runner.go.set()
+    rt = runtime(db, tmp_path, runner, slots=2)
+    broker = cast(Broker, rt.res.broker)
+    rt._ran(CLAIM_AHEAD_MAX_RUN_S / 10)  # a short job ended
+    await asyncio.sleep(0.05)
+    assert broker.prefetch == [4]
+    assert rt.prefetch == 4
+    rt._ran(CLAIM_AHEAD_MAX_RUN_S / 10)
+    await asyncio.sleep(0.05)
+    assert broker.prefetch == [4]  # unchanged: no call
+    for _ in range(20):  # long ones: the average rises past the bound
+        rt._ran(CLAIM_AHEAD_MAX_RUN_S * 10)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.05)
+    assert broker.prefetch[-1] == 2
+    assert rt.prefetch == 2
+    fixed = runtime(db, tmp_path, runner, slots=2)
+    fixed.settings.prefetch = 3  # set by STRATUS_PREFETCH: never changed
+    fixed._ran(CLAIM_AHEAD_MAX_RUN_S / 10)
+    await asyncio.sleep(0.05)
+    assert cast(Broker, fixed.res.broker).prefetch == []
+
+
+async def test_the_heartbeat_tells_the_scheduler_how_long_recent_jobs_ran(
+    db: Sessions, tmp_path: Path
+) -> None:
+    rt = runtime(db, tmp_path, Gated(), slots=2)
+    await rt.heartbeat()
+    async with db() as session:
+        assert (await session.get_one(Worker, rt.settings.name)).run_s is None  # none yet
+    rt.recent_run_s = 0.004
+    await rt.heartbeat()
+    async with db() as session:
+        assert (await session.get_one(Worker, rt.settings.name)).run_s == 0.004

@@ -171,7 +171,6 @@ class WorkerRuntime:
         last = self.recent_run_s
         step = 0.0 if last is None else RUN_AVERAGE_WEIGHT * (seconds - last)
         self.recent_run_s = seconds if last is None else last + step
-        self._adapt_prefetch()
 
     def _adapt_prefetch(self) -> None:
         """Twice the slots' deliveries at once while jobs are claimed ahead, as many as the
@@ -190,7 +189,8 @@ class WorkerRuntime:
             await self.res.broker.set_prefetch(WORK_QUEUES[self.settings.device], prefetch)
             self.prefetch = prefetch
         except Exception as exc:  # the broker away: the next job's end tries again
-            log.warning("prefetch_change_failed", prefetch=prefetch, error=repr(exc))
+            if not self.stopping:  # a shutdown closed it meanwhile: nothing to change
+                log.warning("prefetch_change_failed", prefetch=prefetch, error=repr(exc))
         finally:
             self._prefetch_change = None
 
@@ -277,6 +277,7 @@ class WorkerRuntime:
             )
         finally:
             self._ran(time.monotonic() - started)
+            self._adapt_prefetch()
             self.slots.release()
 
     async def on_control(self, delivery: Delivery) -> None:
@@ -304,6 +305,7 @@ class WorkerRuntime:
             report = await self._attempt(claim, files, staged, slot)
             if slot.held:  # it ran: how long it held the slot
                 self._ran(time.monotonic() - slot.taken_at)
+                self._adapt_prefetch()
             self.progress.end(claim.job_id)
             self.running.tasks.pop(claim.job_id, None)  # a late cancel must not stop the record
             # The kernel is done: its slot takes the next dispatch while this outcome is

@@ -21,7 +21,9 @@ class WorkerSettings(CommonSettings):
     name: str = Field(default_factory=_default_name)
     device: Literal["cpu", "cuda"] = "cpu"
     concurrency: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1)
-    prefetch: int | None = None  # defaults to ``concurrency``
+    # unset: ``concurrency``, twice that while the recent jobs are short (``app.py``,
+    # ``CLAIM_AHEAD_MAX_RUN_S``); set: fixed
+    prefetch: int | None = None
     lease_s: float = 30.0
     heartbeat_interval_s: float = 3.0
     shutdown_grace_s: float = 20.0

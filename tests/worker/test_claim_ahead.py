@@ -135,6 +135,8 @@ async def test_short_jobs_are_claimed_one_per_slot_ahead_and_run_as_slots_free(
     assert rt.ahead == 0
     assert not rt.slots.locked()
     assert not rt.leased
+    # the short jobs' ends took the prefetch to twice the slots
+    assert cast(Broker, rt.res.broker).prefetch == [2]
 
 
 async def test_after_long_jobs_nothing_is_claimed_before_a_slot_frees(
@@ -205,6 +207,12 @@ async def test_a_drain_hands_a_job_claimed_ahead_back_unrun(db: Sessions, tmp_pa
     assert runner.ran == [0]
 
 
+def ended(rt: WorkerRuntime, seconds: float) -> None:
+    """What the end of a run does to the worker's prefetch (``_run``, ``_run_chunk``)."""
+    rt._ran(seconds)
+    rt._adapt_prefetch()
+
+
 async def test_the_prefetch_doubles_while_jobs_are_claimed_ahead_and_comes_back_after(
     db: Sessions, tmp_path: Path
 ) -> None:
@@ -212,22 +220,22 @@ async def test_the_prefetch_doubles_while_jobs_are_claimed_ahead_and_comes_back_
     runner.go.set()
     rt = runtime(db, tmp_path, runner, slots=2)
     broker = cast(Broker, rt.res.broker)
-    rt._ran(CLAIM_AHEAD_MAX_RUN_S / 10)  # a short job ended
+    ended(rt, CLAIM_AHEAD_MAX_RUN_S / 10)  # a short job ended
     await asyncio.sleep(0.05)
     assert broker.prefetch == [4]
     assert rt.prefetch == 4
-    rt._ran(CLAIM_AHEAD_MAX_RUN_S / 10)
+    ended(rt, CLAIM_AHEAD_MAX_RUN_S / 10)
     await asyncio.sleep(0.05)
     assert broker.prefetch == [4]  # unchanged: no call
     for _ in range(20):  # long ones: the average rises past the bound
-        rt._ran(CLAIM_AHEAD_MAX_RUN_S * 10)
+        ended(rt, CLAIM_AHEAD_MAX_RUN_S * 10)
         await asyncio.sleep(0)
     await asyncio.sleep(0.05)
     assert broker.prefetch[-1] == 2
     assert rt.prefetch == 2
     fixed = runtime(db, tmp_path, runner, slots=2)
     fixed.settings.prefetch = 3  # set by STRATUS_PREFETCH: never changed
-    fixed._ran(CLAIM_AHEAD_MAX_RUN_S / 10)
+    ended(fixed, CLAIM_AHEAD_MAX_RUN_S / 10)
     await asyncio.sleep(0.05)
     assert cast(Broker, fixed.res.broker).prefetch == []
 

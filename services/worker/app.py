@@ -231,13 +231,8 @@ class WorkerRuntime:
         """Claim the job for the slot taken for it (or to come: ``slot.waiting``) and start
         its run, or give the slot back."""
         with tracing.span("worker.claim", job_id=job_id, worker=self.settings.name):
-            try:
-                claim = await self.claims.claim(job_id)
-            except BaseException:
-                self._give_back(slot)
-                raise
+            claim = await self._claimed(self.claims.claim(job_id), slot)
             if claim is None:
-                self._give_back(slot)
                 return
             self.leased.add(claim.job_id)  # its lease is extended by the heartbeat from now on
             # the run's task starts under the claim's span (its spans and log lines are in it)
@@ -246,22 +241,22 @@ class WorkerRuntime:
         self.jobs.add(task)
         task.add_done_callback(self.jobs.discard)
 
-    async def _claimed(self, claiming: Awaitable[_C | None]) -> _C | None:
-        """The claim, or None with the slot taken for it given back (also when the claim
+    async def _claimed(self, claiming: Awaitable[_C | None], slot: _Slot) -> _C | None:
+        """The claim, or None with what ``slot`` holds given back (also when the claim
         raises)."""
         try:
             claim = await claiming
         except BaseException:
-            self.slots.release()
+            self._give_back(slot)
             raise
         if claim is None:
-            self.slots.release()
+            self._give_back(slot)
         return claim
 
     async def _claim_chunk_and_start(self, chunk_id: uuid.UUID) -> None:
         """Claim the chunk for the slot taken for it and start its run, or give the slot
         back (``services.worker.chunks``)."""
-        claim = await self._claimed(self.chunks.claim(chunk_id))
+        claim = await self._claimed(self.chunks.claim(chunk_id), _Slot(held=True))
         if claim is None:
             return
         task = asyncio.create_task(self._run_chunk(claim), name=f"chunk-{chunk_id}")

@@ -20,10 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.worker.app import CLAIM_AHEAD_MAX_RUN_S, WorkerRuntime
 from services.worker.runner import KernelRunner, Outcome, Request, Status, Usage
 from services.worker.settings import WorkerSettings
-from shared.db.models import Job, JobAttempt, Tenant, Worker
+from shared.db.models import Job, JobAttempt, Worker
 from shared.runtime import Resources
 from shared.settings import CommonSettings, StorageSettings
-from tests.factories import admit_jobs, new_job, own_database
+from tests.factories import own_database
+from tests.worker.test_group_commit import get, queued_jobs
 from tests.worker.test_held_leases import dispatched
 
 Sessions = async_sessionmaker[AsyncSession]
@@ -87,22 +88,20 @@ def runtime(db: Sessions, tmp_path: Path, runner: Gated, *, slots: int) -> Worke
     return WorkerRuntime(cast(Resources, res), settings, cast(KernelRunner, runner))
 
 
-async def queued(db: Sessions, n: int) -> list[uuid.UUID]:
-    tid, ids = uuid.uuid4(), [uuid.uuid4() for _ in range(n)]
-    async with db() as session, session.begin():
-        session.add(Tenant(id=tid, name=f"c{tid.hex[:8]}", weight=1, quotas={}, suspended=False))
-        await session.flush()
-        session.add_all(new_job(tid, id=j, params={"samples": i}) for i, j in enumerate(ids))
-    async with db() as session, session.begin():
-        assert await admit_jobs(session=session, job_ids=ids) == n
-    return ids
+async def reaches(db: Sessions, job_id: uuid.UUID, state: str) -> Job:
+    """The job's row once it is in ``state`` (or after 5 s, whatever it is then)."""
+    for _ in range(50):
+        found = await get(db, job_id)
+        if found.state == state:
+            return found
+        await asyncio.sleep(0.1)
+    return await get(db, job_id)
 
 
-async def job(db: Sessions, job_id: uuid.UUID) -> Job:
-    async with db() as session:
-        found = await session.get(Job, job_id)
-        assert found is not None
-        return found
+async def settled(rt: WorkerRuntime) -> None:
+    """Every run and record of the runtime done (records start runs' successors)."""
+    while rt.jobs:
+        await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
 
 
 async def still_waiting(task: asyncio.Task[Any]) -> bool:
@@ -116,22 +115,21 @@ async def test_short_jobs_are_claimed_one_per_slot_ahead_and_run_as_slots_free(
     runner = Gated()
     rt = runtime(db, tmp_path, runner, slots=1)
     rt.recent_run_s = CLAIM_AHEAD_MAX_RUN_S / 10  # its recent jobs were short
-    first, second, third = await queued(db, 3)
+    first, second, third = await queued_jobs(db, 3)
     await asyncio.wait_for(rt.on_dispatch(dispatched(first)), 5)  # takes the slot, runs
     await asyncio.wait_for(rt.on_dispatch(dispatched(second)), 5)  # claimed ahead: acked
     assert rt.ahead == 1
-    assert (await job(db, second)).state == "RUNNING"  # claimed, waiting for the slot
+    assert (await get(db, second)).state == "RUNNING"  # claimed, waiting for the slot
     assert second in rt.leased  # its lease is kept by the heartbeat meanwhile
     late = asyncio.create_task(rt.on_dispatch(dispatched(third)))
     assert await still_waiting(late)  # one ahead per slot: this one waits for a slot
-    assert (await job(db, third)).state == "QUEUED"
+    assert (await get(db, third)).state == "QUEUED"
     runner.go.set()
     await asyncio.wait_for(late, 5)
-    while rt.jobs:
-        await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
+    await settled(rt)
     assert runner.most == 1  # never more runs at once than slots
     assert sorted(runner.ran) == [0, 1, 2]
-    assert [(await job(db, j)).state for j in (first, second, third)] == ["SUCCEEDED"] * 3
+    assert [(await get(db, j)).state for j in (first, second, third)] == ["SUCCEEDED"] * 3
     assert rt.ahead == 0
     assert not rt.slots.locked()
     assert not rt.leased
@@ -145,17 +143,16 @@ async def test_after_long_jobs_nothing_is_claimed_before_a_slot_frees(
     runner = Gated()
     rt = runtime(db, tmp_path, runner, slots=1)
     rt.recent_run_s = CLAIM_AHEAD_MAX_RUN_S * 5  # long, though not long enough to pause
-    first, second = await queued(db, 2)
+    first, second = await queued_jobs(db, 2)
     await asyncio.wait_for(rt.on_dispatch(dispatched(first)), 5)
     late = asyncio.create_task(rt.on_dispatch(dispatched(second)))
     assert await still_waiting(late)
-    assert (await job(db, second)).state == "QUEUED"
+    assert (await get(db, second)).state == "QUEUED"
     assert rt.ahead == 0
     runner.go.set()
     await asyncio.wait_for(late, 5)
-    while rt.jobs:
-        await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
-    assert [(await job(db, j)).state for j in (first, second)] == ["SUCCEEDED"] * 2
+    await settled(rt)
+    assert [(await get(db, j)).state for j in (first, second)] == ["SUCCEEDED"] * 2
 
 
 async def test_a_job_cancelled_while_it_waits_for_a_slot_ends_cancelled_unrun(
@@ -164,24 +161,19 @@ async def test_a_job_cancelled_while_it_waits_for_a_slot_ends_cancelled_unrun(
     runner = Gated()
     rt = runtime(db, tmp_path, runner, slots=1)
     rt.recent_run_s = CLAIM_AHEAD_MAX_RUN_S / 10
-    first, second = await queued(db, 2)
+    first, second = await queued_jobs(db, 2)
     await asyncio.wait_for(rt.on_dispatch(dispatched(first)), 5)
     await asyncio.wait_for(rt.on_dispatch(dispatched(second)), 5)
     assert rt.running.cancel(second)  # as ``job.cancelled`` on the control queue does
-    for _ in range(50):
-        if (await job(db, second)).state == "CANCELLED":
-            break
-        await asyncio.sleep(0.1)
-    assert (await job(db, second)).state == "CANCELLED"
+    assert (await reaches(db, second, "CANCELLED")).state == "CANCELLED"
     assert rt.ahead == 0
     async with db() as session:
         usage = (await session.execute(select(JobAttempt).where(JobAttempt.job_id == second))).all()
     assert len(usage) == 1  # the attempt is counted once, as a cancelled running job's
     runner.go.set()
-    while rt.jobs:
-        await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
+    await settled(rt)
     assert runner.ran == [0]  # the cancelled job never ran
-    assert (await job(db, first)).state == "SUCCEEDED"
+    assert (await get(db, first)).state == "SUCCEEDED"
     assert not rt.slots.locked()
 
 
@@ -189,21 +181,16 @@ async def test_a_drain_hands_a_job_claimed_ahead_back_unrun(db: Sessions, tmp_pa
     runner = Gated()
     rt = runtime(db, tmp_path, runner, slots=1)
     rt.recent_run_s = CLAIM_AHEAD_MAX_RUN_S / 10
-    first, second = await queued(db, 2)
+    first, second = await queued_jobs(db, 2)
     await asyncio.wait_for(rt.on_dispatch(dispatched(first)), 5)
     await asyncio.wait_for(rt.on_dispatch(dispatched(second)), 5)
     rt.stopping = True  # what ``shutdown`` does first, then it lets the jobs go:
     rt.releases[second].set()
-    for _ in range(50):
-        if (await job(db, second)).state == "QUEUED":
-            break
-        await asyncio.sleep(0.1)
-    back = await job(db, second)
+    back = await reaches(db, second, "QUEUED")
     assert (back.state, back.worker, back.error) == ("QUEUED", None, None)
     assert rt.ahead == 0
     runner.go.set()
-    while rt.jobs:
-        await asyncio.wait_for(asyncio.gather(*rt.jobs), 10)
+    await settled(rt)
     assert runner.ran == [0]
 
 
